@@ -1,0 +1,271 @@
+/**
+ * The codec adapter: the only file that knows mqtt-packet.
+ *
+ * mqtt-packet parses and generates packets, but it does not bound packet sizes and accepts
+ * invalid UTF-8 and U+0000. This adapter frames the byte stream itself, so an oversized or
+ * malformed remaining length is refused from the fixed header alone, before the body is
+ * buffered, and it checks every UTF-8 string the parser decodes.
+ */
+import { isUtf8 } from 'node:buffer';
+import mqtt from 'mqtt-packet';
+import type * as MP from 'mqtt-packet';
+import { ReasonCode } from './reason-codes.ts';
+
+export type Packet = MP.Packet;
+export type ConnectPacket = MP.IConnectPacket;
+export type PublishPacket = MP.IPublishPacket;
+export type SubscribePacket = MP.ISubscribePacket;
+export type UnsubscribePacket = MP.IUnsubscribePacket;
+export type DisconnectPacket = MP.IDisconnectPacket;
+export type AuthPacket = MP.IAuthPacket;
+export type PubackPacket = MP.IPubackPacket;
+export type PubrecPacket = MP.IPubrecPacket;
+export type PubrelPacket = MP.IPubrelPacket;
+export type PubcompPacket = MP.IPubcompPacket;
+export type QoS = MP.QoS;
+export type UserProperties = MP.UserProperties;
+export type PublishProperties = NonNullable<MP.IPublishPacket['properties']>;
+export type ProtocolVersion = 3 | 4 | 5;
+
+/** A protocol violation found while decoding: the reason code to report and what was wrong. */
+export class CodecError extends Error {
+  constructor(
+    readonly reason: ReasonCode,
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+export interface ReaderLimits {
+  maxPacketSize: number;
+  maxConnectSize: number;
+}
+
+const EMPTY = Buffer.alloc(0);
+const CONNECT = 1;
+/** Incomplete frames shorter than this are kept by concatenation; longer ones are collected in parts. */
+const COLLECT_THRESHOLD = 16 * 1024;
+
+type MqttParser = MP.Parser & {
+  _list: { slice(start: number, end: number): Buffer; length: number };
+  _pos: number;
+  _parseString: (maybeBuffer?: boolean) => string | null;
+  settings: { protocolVersion?: number };
+  packet: { length: number };
+};
+
+/**
+ * Turns a byte stream into packets. Each complete frame is handed to mqtt-packet on its own, so
+ * the parser never holds more than one bounded frame.
+ */
+export class PacketReader {
+  private buf: Buffer = EMPTY;
+  private parts: Buffer[] | null = null;
+  private partsLength = 0;
+  private need = 0;
+  private readonly parser: MqttParser;
+  private badString: string | null = null;
+  private parsed: Packet | null = null;
+  private parseError: Error | null = null;
+  /** Set after CONNECT; until then only a CONNECT of at most `maxConnectSize` is accepted. */
+  connected = false;
+  /** Set when an error was reported; the reader then ignores further input. */
+  failed = false;
+
+  constructor(
+    private readonly limits: ReaderLimits,
+    private readonly onPacket: (packet: Packet) => void,
+    private readonly onError: (error: CodecError) => void,
+  ) {
+    const parser = mqtt.parser() as MqttParser;
+    const parseString = parser._parseString.bind(parser);
+    // Check every decoded string for well-formed UTF-8 without U+0000 [MQTT-1.5.4-1..2].
+    parser._parseString = (maybeBuffer?: boolean) => {
+      const start = parser._pos + 2;
+      const result = parseString(maybeBuffer);
+      if (result !== null && this.badString === null) {
+        const end = parser._pos;
+        if (result.includes('\u0000')) this.badString = 'a string contains U+0000';
+        else if (result.includes('\uFFFD') && !isUtf8(parser._list.slice(start, end))) {
+          this.badString = 'a string is not valid UTF-8';
+        }
+      }
+      return result;
+    };
+    parser.on('packet', (packet: Packet) => {
+      this.parsed = packet;
+    });
+    parser.on('error', (error: Error) => {
+      this.parseError = error;
+    });
+    this.parser = parser;
+  }
+
+  /** The protocol version the CONNECT declared (4 until then). */
+  get protocolVersion(): ProtocolVersion {
+    return (this.parser.settings.protocolVersion as ProtocolVersion | undefined) ?? 4;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.failed) return;
+    let b: Buffer;
+    if (this.parts !== null) {
+      this.parts.push(chunk);
+      this.partsLength += chunk.length;
+      if (this.partsLength < this.need) return;
+      b = Buffer.concat(this.parts, this.partsLength);
+      this.parts = null;
+    } else {
+      b = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    }
+    let off = 0;
+    const end = b.length;
+    while (off < end && !this.failed) {
+      const first = b[off] as number;
+      if (!this.connected && first >> 4 !== CONNECT) {
+        return this.fail(ReasonCode.ProtocolError, 'the first packet must be CONNECT'); // [MQTT-3.1.0-1]
+      }
+      let length = 0;
+      let multiplier = 1;
+      let i = off + 1;
+      let complete = false;
+      for (let n = 0; n < 4 && i < end; n++) {
+        const digit = b[i++] as number;
+        length += (digit & 0x7f) * multiplier;
+        multiplier *= 128;
+        if ((digit & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+      }
+      if (!complete) {
+        if (i - off - 1 >= 4) return this.fail(ReasonCode.MalformedPacket, 'malformed remaining length');
+        break; // wait for the rest of the fixed header
+      }
+      const total = i - off + length;
+      const limit = this.connected ? this.limits.maxPacketSize : this.limits.maxConnectSize;
+      if (total > limit) {
+        return this.fail(ReasonCode.PacketTooLarge, `packet of ${total} bytes exceeds the maximum of ${limit}`);
+      }
+      if (end - off < total) {
+        if (total - (end - off) > COLLECT_THRESHOLD) {
+          this.parts = [b.subarray(off)];
+          this.partsLength = end - off;
+          this.need = total;
+          this.buf = EMPTY;
+          return;
+        }
+        break;
+      }
+      const frame = b.subarray(off, off + total);
+      off += total;
+      this.decode(frame);
+    }
+    this.buf = off >= end ? EMPTY : b.subarray(off);
+  }
+
+  private decode(frame: Buffer): void {
+    this.parsed = null;
+    this.parseError = null;
+    this.badString = null;
+    this.parser.parse(frame);
+    if (this.parseError !== null) {
+      const message = (this.parseError as Error).message;
+      const reason = /protocol version|Invalid protocolId/i.test(message)
+        ? ReasonCode.UnsupportedProtocolVersion
+        : ReasonCode.MalformedPacket;
+      return this.fail(reason, message);
+    }
+    if (this.badString !== null) return this.fail(ReasonCode.MalformedPacket, this.badString);
+    const packet = this.parsed as Packet | null;
+    if (packet === null) return this.fail(ReasonCode.MalformedPacket, 'packet length does not match its contents');
+    if (packet.cmd === 'connect') this.connected = true;
+    this.onPacket(packet);
+  }
+
+  private fail(reason: ReasonCode, detail: string): void {
+    this.failed = true;
+    this.buf = EMPTY;
+    this.parts = null;
+    this.onError(new CodecError(reason, detail));
+  }
+}
+
+const generateOptions: Record<ProtocolVersion, { protocolVersion: ProtocolVersion }> = {
+  3: { protocolVersion: 3 },
+  4: { protocolVersion: 4 },
+  5: { protocolVersion: 5 },
+};
+
+/** Encodes any packet for the given protocol version. */
+export function encode(packet: Packet, version: ProtocolVersion): Buffer {
+  return mqtt.generate(packet, generateOptions[version]);
+}
+
+/** Counts the user properties of a decoded packet (a key with several values counts each). */
+export function countUserProperties(properties: { userProperties?: UserProperties } | undefined): number {
+  const up = properties?.userProperties;
+  if (up === undefined) return 0;
+  let n = 0;
+  for (const key in up) {
+    const value = up[key];
+    n += Array.isArray(value) ? value.length : 1;
+  }
+  return n;
+}
+
+function varintLength(n: number): number {
+  return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4;
+}
+
+function writeVarint(buf: Buffer, off: number, n: number): number {
+  do {
+    let digit = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) digit |= 0x80;
+    buf[off++] = digit;
+  } while (n > 0);
+  return off;
+}
+
+/**
+ * Encodes a PUBLISH with no properties, the hot path of delivery. The packet id, if any, is
+ * written as 0 and patched per subscriber with {@link withPacketId}.
+ */
+export function encodeBarePublish(
+  topic: string,
+  payload: Buffer,
+  qos: QoS,
+  retain: boolean,
+  version: ProtocolVersion,
+): Buffer {
+  const topicLength = Buffer.byteLength(topic);
+  const remaining = 2 + topicLength + (qos > 0 ? 2 : 0) + (version === 5 ? 1 : 0) + payload.length;
+  const buf = Buffer.allocUnsafe(1 + varintLength(remaining) + remaining);
+  buf[0] = 0x30 | (qos << 1) | (retain ? 1 : 0);
+  let off = writeVarint(buf, 1, remaining);
+  buf.writeUInt16BE(topicLength, off);
+  off += 2;
+  off += buf.write(topic, off, 'utf8');
+  if (qos > 0) {
+    buf.writeUInt16BE(0, off);
+    off += 2;
+  }
+  if (version === 5) buf[off++] = 0;
+  payload.copy(buf, off);
+  return buf;
+}
+
+/** Returns a copy of an encoded QoS 1/2 PUBLISH with the packet id and DUP flag set. */
+export function withPacketId(encoded: Buffer, packetId: number, dup: boolean): Buffer {
+  const copy = Buffer.allocUnsafe(encoded.length);
+  encoded.copy(copy);
+  let i = 1;
+  while ((copy[i] as number) & 0x80) i++;
+  i++;
+  const topicLength = copy.readUInt16BE(i);
+  copy.writeUInt16BE(packetId, i + 2 + topicLength);
+  if (dup) copy[0] = (copy[0] as number) | 0x08;
+  return copy;
+}

@@ -1,0 +1,107 @@
+import type { Store, StoredInflight, StoredMessage, StoredSession, StoredSubscription } from './types.ts';
+
+/** Deep copy that keeps Buffers as Buffers (structuredClone would turn them into Uint8Arrays). */
+function clone<T>(value: T): T {
+  if (Buffer.isBuffer(value)) return Buffer.from(value) as T;
+  if (Array.isArray(value)) return value.map(clone) as T;
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = clone(v);
+    return out as T;
+  }
+  return value;
+}
+
+/**
+ * Keeps everything in process memory. It survives a broker restart only when the same instance
+ * is passed to a new broker (embedding, tests); a process restart loses it.
+ */
+export class MemoryStore implements Store {
+  private readonly sessions = new Map<string, StoredSession>();
+  private readonly retained = new Map<string, StoredMessage>();
+
+  async open(): Promise<void> {}
+  async close(): Promise<void> {}
+
+  async loadSessions(): Promise<StoredSession[]> {
+    return [...this.sessions.values()].map(clone);
+  }
+
+  async getSession(clientId: string): Promise<StoredSession | undefined> {
+    const s = this.sessions.get(clientId);
+    return s === undefined ? undefined : clone(s);
+  }
+
+  async saveSession(session: StoredSession): Promise<void> {
+    this.sessions.set(session.clientId, clone(session));
+  }
+
+  async deleteSession(clientId: string): Promise<void> {
+    this.sessions.delete(clientId);
+  }
+
+  async setSessionExpiry(clientId: string, expiresAt: number | undefined, expiryInterval: number): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s === undefined) return;
+    s.expiryInterval = expiryInterval;
+    if (expiresAt === undefined) delete s.expiresAt;
+    else s.expiresAt = expiresAt;
+  }
+
+  async putSubscription(clientId: string, subscription: StoredSubscription): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s === undefined) return;
+    const i = s.subscriptions.findIndex((x) => x.filter === subscription.filter);
+    if (i >= 0) s.subscriptions[i] = clone(subscription);
+    else s.subscriptions.push(clone(subscription));
+  }
+
+  async deleteSubscription(clientId: string, filter: string): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined) s.subscriptions = s.subscriptions.filter((x) => x.filter !== filter);
+  }
+
+  async putInflight(clientId: string, inflight: StoredInflight): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s === undefined) return;
+    const i = s.inflight.findIndex((x) => x.packetId === inflight.packetId);
+    if (i >= 0) s.inflight[i] = clone(inflight);
+    else s.inflight.push(clone(inflight));
+  }
+
+  async deleteInflight(clientId: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined) s.inflight = s.inflight.filter((x) => x.packetId !== packetId);
+  }
+
+  async enqueue(clientId: string, message: StoredMessage): Promise<void> {
+    this.sessions.get(clientId)?.queue.push(clone(message));
+  }
+
+  async dequeue(clientId: string, count: number): Promise<void> {
+    this.sessions.get(clientId)?.queue.splice(0, count);
+  }
+
+  async putAwaitingRelease(clientId: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined && !s.awaitingRelease.includes(packetId)) s.awaitingRelease.push(packetId);
+  }
+
+  async deleteAwaitingRelease(clientId: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined) s.awaitingRelease = s.awaitingRelease.filter((x) => x !== packetId);
+  }
+
+  async loadRetained(): Promise<StoredMessage[]> {
+    return [...this.retained.values()].map(clone);
+  }
+
+  async putRetained(message: StoredMessage): Promise<void> {
+    if (message.payload.length === 0) this.retained.delete(message.topic);
+    else this.retained.set(message.topic, clone(message));
+  }
+
+  async deleteRetained(topic: string): Promise<void> {
+    this.retained.delete(topic);
+  }
+}

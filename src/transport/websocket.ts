@@ -1,0 +1,57 @@
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, createWebSocketStream } from 'ws';
+import type { Listener, PeerInfo } from './types.ts';
+import { closeServer, listen } from './tcp.ts';
+
+export interface WebSocketListenerOptions {
+  name: string;
+  host: string;
+  port: number;
+  path: string;
+  maxPayload: number;
+}
+
+/** MQTT over WebSocket with the `mqtt` subprotocol [MQTT-6.0.0-3..4]. */
+export class WebSocketListener implements Listener {
+  readonly kind = 'ws' as const;
+  readonly name: string;
+  private server: http.Server | null = null;
+  private wss: WebSocketServer | null = null;
+
+  constructor(private readonly options: WebSocketListenerOptions) {
+    this.name = options.name;
+  }
+
+  start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket only\n');
+    });
+    const wss = new WebSocketServer({
+      server,
+      path: this.options.path,
+      maxPayload: this.options.maxPayload,
+      perMessageDeflate: false,
+      handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : protocols.has('mqttv3.1') ? 'mqttv3.1' : false),
+    });
+    wss.on('connection', (ws, req) => {
+      const stream = createWebSocketStream(ws);
+      const socket = req.socket;
+      socket.setNoDelay(true);
+      onConnection(stream, {
+        listener: this.name,
+        transport: 'ws',
+        remoteAddress: socket.remoteAddress ?? '',
+        remotePort: socket.remotePort ?? 0,
+      });
+    });
+    this.server = server;
+    this.wss = wss;
+    return listen(server, this.options.host, this.options.port);
+  }
+
+  async stop(): Promise<void> {
+    this.wss?.close();
+    await closeServer(this.server);
+  }
+}
