@@ -1,0 +1,571 @@
+/**
+ * The broker: owns listeners, connections, sessions, the router and retained messages, and is
+ * the one place that talks to the security seams (authentication chains, the authorizer chain
+ * and the audit sink).
+ */
+import type { Duplex } from 'node:stream';
+import type { AuditEvent, AuditSink } from '../audit/types.ts';
+import { AuthenticatorChain, type ChainResult } from '../auth/chain.ts';
+import type { ConnectRequest, Principal } from '../auth/types.ts';
+import { AuthorizerChain } from '../authz/chain.ts';
+import type { AccessContext, Action, AuthzResult } from '../authz/types.ts';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import type { QoS } from '../protocol/codec.ts';
+import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
+import { parseShared } from '../protocol/topic.ts';
+import type { Store, StoredSubscription } from '../store/types.ts';
+import type { Listener, PeerInfo } from '../transport/types.ts';
+import { Connection } from './connection.ts';
+import { encodePublish, withPacketId } from './encode.ts';
+import type { Message } from './message.ts';
+import { RetainedMessages } from './retained.ts';
+import { Router } from './router.ts';
+import { Session, type Inflight, type QueuedDelivery } from './session.ts';
+import { SysTopics } from './sys.ts';
+import { WillScheduler } from './will.ts';
+
+export interface BrokerParts {
+  log: Logger;
+  store: Store;
+  audit: AuditSink;
+  listeners: Listener[];
+  chains: Map<string, AuthenticatorChain>;
+  authorizers: AuthorizerChain;
+}
+
+export interface ListenerAddress {
+  name: string;
+  type: string;
+  host: string;
+  port: number;
+}
+
+export interface BrokerStats {
+  connectsAccepted: number;
+  connectsRefused: number;
+  messagesReceived: number;
+  messagesSent: number;
+  messagesDropped: number;
+  messagesExpired: number;
+}
+
+const NEVER_EXPIRES = 0xffffffff;
+const MAX_TIMER = 2 ** 31 - 1;
+
+export class Broker {
+  readonly log: Logger;
+  readonly store: Store;
+  readonly sessions = new Map<string, Session>();
+  readonly connections = new Set<Connection>();
+  readonly router = new Router();
+  readonly retained = new RetainedMessages();
+  readonly stats: BrokerStats = {
+    connectsAccepted: 0,
+    connectsRefused: 0,
+    messagesReceived: 0,
+    messagesSent: 0,
+    messagesDropped: 0,
+    messagesExpired: 0,
+  };
+  clock = Date.now();
+  startedAt = Date.now();
+  connected = 0;
+  private readonly auditSink: AuditSink;
+  private readonly auditAllowed: Record<Action | 'connect' | 'will', boolean>;
+  private readonly chains: Map<string, AuthenticatorChain>;
+  private readonly authorizers: AuthorizerChain;
+  private readonly listeners: Listener[];
+  private readonly wills: WillScheduler;
+  private readonly sys: SysTopics;
+  private timers: NodeJS.Timeout[] = [];
+  private running = false;
+  private dropWarnedAt = 0;
+
+  constructor(
+    readonly config: Config,
+    parts: BrokerParts,
+  ) {
+    this.log = parts.log;
+    this.store = parts.store;
+    this.auditSink = parts.audit;
+    this.chains = parts.chains;
+    this.authorizers = parts.authorizers;
+    this.listeners = parts.listeners;
+    const allowed = config.audit.allowed;
+    this.auditAllowed = { ...allowed, will: true };
+    this.wills = new WillScheduler(this);
+    this.sys = new SysTopics(this);
+  }
+
+  // ── lifecycle ──────────────────────────────────────────────────────────────
+
+  async start(): Promise<ListenerAddress[]> {
+    await this.store.open();
+    for (const stored of await this.store.loadSessions()) {
+      const session = Session.fromStored(stored);
+      if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
+        await this.store.deleteSession(session.clientId);
+        continue;
+      }
+      this.sessions.set(session.clientId, session);
+      for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, true);
+      this.armExpiry(session);
+    }
+    for (const message of await this.store.loadRetained()) this.retained.set(message);
+
+    const tick = Math.max(20, Math.min(500, Math.floor(this.config.limits.connectTimeoutMs / 4)));
+    this.timers.push(setInterval(() => this.sweep(), tick).unref());
+    this.running = true;
+    const addresses: ListenerAddress[] = [];
+    try {
+      for (const listener of this.listeners) {
+        const address = await listener.start((stream, peer) => this.accept(stream, peer));
+        addresses.push({ name: listener.name, type: listener.kind, ...address });
+      }
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.sys.start(this.config.sys.intervalSeconds);
+    return addresses;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    this.sys.stop();
+    this.wills.stop();
+    await Promise.all(this.listeners.map((l) => l.stop()));
+    for (const conn of [...this.connections]) {
+      conn.discardWill = true;
+      conn.disconnect(ReasonCode.ServerShuttingDown, 'server shutting down');
+    }
+    for (const session of this.sessions.values()) {
+      if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
+    }
+    await this.waitForConnections(this.config.shutdown.graceMs);
+    for (const conn of this.connections) conn.stream.destroy();
+    await this.auditSink.flush();
+    await this.auditSink.close();
+    await this.authorizers.close();
+    await this.store.close();
+  }
+
+  private async waitForConnections(ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (this.connections.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  private accept(stream: Duplex, peer: PeerInfo): void {
+    if (!this.running) {
+      stream.destroy();
+      return;
+    }
+    const conn = new Connection(this, stream, peer);
+    this.connections.add(conn);
+  }
+
+  /** Keep-alive and CONNECT deadlines, checked by one timer for all connections. */
+  private sweep(): void {
+    const now = (this.clock = Date.now());
+    const connectDeadline = this.config.limits.connectTimeoutMs;
+    for (const conn of this.connections) {
+      if (conn.state === 'connected') {
+        if (conn.keepAlive > 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
+          conn.disconnect(ReasonCode.KeepAliveTimeout, 'keep-alive timeout'); // [MQTT-3.1.2-22]
+        }
+      } else if (conn.state !== 'closed' && now - conn.openedAt > connectDeadline) {
+        this.log.info({ remote: conn.peer.remoteAddress, listener: conn.peer.listener }, 'no CONNECT within the deadline: closing');
+        conn.close({ code: ReasonCode.MaximumConnectTime, detail: 'no CONNECT within the deadline' });
+        conn.stream.destroy();
+      }
+    }
+  }
+
+  // ── security seams ─────────────────────────────────────────────────────────
+
+  authenticate(listener: string, req: ConnectRequest): Promise<ChainResult> {
+    const chain = this.chains.get(listener) ?? new AuthenticatorChain([], this.config.authDeadlineMs);
+    return chain.authenticate(req);
+  }
+
+  /** Asks the authorizer chain and records the decision. Synchronous when the authorizers are. */
+  authorize(conn: Connection, action: Action, topic: string, ctx: Omit<AccessContext, 'listener'>): AuthzResult | Promise<AuthzResult> {
+    const principal = conn.principal;
+    if (principal === null) {
+      const denied: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'not authenticated' };
+      this.recordAccess(conn, action, topic, ctx, denied);
+      return denied;
+    }
+    const full: AccessContext = { ...ctx, listener: conn.peer.listener };
+    const result = this.authorizers.authorize(principal, action, topic, full);
+    if (result instanceof Promise) {
+      return result.then((r) => {
+        this.recordAccess(conn, action, topic, ctx, r);
+        return r;
+      });
+    }
+    this.recordAccess(conn, action, topic, ctx, result);
+    return result;
+  }
+
+  private recordAccess(conn: Connection, action: Action, topic: string, ctx: Omit<AccessContext, 'listener'>, result: AuthzResult): void {
+    const event = ctx.will === true ? 'will' : action;
+    if (result.kind === 'allow' && !this.auditAllowed[event]) return;
+    this.audit(conn, {
+      event,
+      decision: result.kind === 'allow' ? 'allow' : 'deny',
+      reasonCode: result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized,
+      ...(result.kind === 'deny' ? { reason: result.detail } : result.kind === 'abstain' ? { reason: 'no authorizer allowed it' } : {}),
+      ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}),
+      topic,
+      qos: ctx.qos,
+      retain: ctx.retain,
+    });
+  }
+
+  /** Writes one audit record, filled with who and where. */
+  audit(conn: Connection | null, event: AuditEvent): void {
+    if (event.event === 'connect' && event.decision === 'allow' && !this.auditAllowed.connect) return;
+    if (conn !== null) {
+      const p = conn.principal;
+      event.listener ??= conn.peer.listener;
+      event.remoteAddress ??= conn.peer.remoteAddress;
+      event.remotePort ??= conn.peer.remotePort;
+      event.clientId ??= conn.clientId;
+      if (p !== null) {
+        if (p.username !== undefined) event.username ??= p.username;
+        event.authMethod ??= p.method;
+      }
+      const fp = conn.peer.tls?.fingerprint256;
+      if (fp !== undefined) event.certFingerprint ??= fp;
+    }
+    try {
+      this.auditSink.record(event);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'audit sink failed');
+    }
+  }
+
+  // ── sessions ───────────────────────────────────────────────────────────────
+
+  /** Attaches a connection's session: takes over a live one, discards it on clean start, or resumes it. */
+  attachSession(conn: Connection, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean } {
+    let session = this.sessions.get(clientId);
+    if (session !== undefined) {
+      const old = session.connection;
+      if (old !== null && old !== conn) {
+        session.connection = null;
+        old.takenOver = true;
+        old.sessionEnding = cleanStart;
+        this.log.info({ clientId }, 'session taken over by a new connection');
+        old.disconnect(ReasonCode.SessionTakenOver, 'session taken over'); // [MQTT-3.1.4-3]
+      }
+      this.wills.cancel(clientId, cleanStart); // a new connection before the delay cancels the will [MQTT-3.1.3-9]
+      if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
+      session.expiryTimer = null;
+      if (cleanStart) {
+        this.destroySession(session);
+        session = undefined;
+      }
+    }
+    const present = session !== undefined;
+    if (session === undefined) {
+      session = new Session(clientId, owner, conn.version, expiryInterval);
+      this.sessions.set(clientId, session);
+    } else {
+      session.expiryInterval = expiryInterval;
+      session.protocolVersion = conn.version;
+    }
+    session.expiresAt = undefined;
+    if (session.persistent) {
+      if (present) this.persist((s) => s.setSessionExpiry(clientId, undefined, expiryInterval));
+      else this.persist((s) => s.saveSession((session as Session).toStored()));
+    } else if (present) {
+      this.persist((s) => s.deleteSession(clientId));
+    }
+    return { session, present };
+  }
+
+  connectionOpened(conn: Connection, principal: Principal): void {
+    this.connected++;
+    this.stats.connectsAccepted++;
+    this.log.info(
+      { clientId: conn.clientId, listener: conn.peer.listener, remote: conn.peer.remoteAddress, username: principal.username, method: principal.method, protocol: conn.version },
+      'client connected',
+    );
+    if (principal.expiresAt !== undefined) {
+      const ms = principal.expiresAt - Date.now();
+      conn.expiryTimer = setTimeout(() => conn.disconnect(ReasonCode.MaximumConnectTime, 'credentials expired'), Math.max(0, Math.min(ms, MAX_TIMER)));
+      conn.expiryTimer.unref();
+    }
+  }
+
+  connectionClosed(conn: Connection, wasConnected: boolean): void {
+    this.connections.delete(conn);
+    if (conn.expiryTimer !== null) clearTimeout(conn.expiryTimer);
+    if (!wasConnected) return;
+    this.connected--;
+    this.log.info({ clientId: conn.clientId, listener: conn.peer.listener, cause: conn.describeClose() }, 'client disconnected');
+    const session = conn.session;
+    const will = conn.will;
+    if (will !== null && !conn.discardWill) {
+      if (conn.takenOver) {
+        if (will.delaySeconds === 0 || conn.sessionEnding) this.wills.publish(conn, will);
+      } else {
+        const delay = conn.v5 ? Math.min(will.delaySeconds, session?.expiryInterval ?? 0) : 0;
+        this.wills.schedule(conn, will, delay);
+      }
+    }
+    if (session === null || session.connection !== conn) return;
+    session.connection = null;
+    if (!session.persistent) {
+      this.destroySession(session);
+      return;
+    }
+    session.expiresAt = session.expiryInterval === NEVER_EXPIRES ? undefined : Date.now() + session.expiryInterval * 1000;
+    this.persist((s) => s.setSessionExpiry(session.clientId, session.expiresAt, session.expiryInterval));
+    this.armExpiry(session);
+  }
+
+  private armExpiry(session: Session): void {
+    if (session.expiresAt === undefined || session.connection !== null) return;
+    const ms = session.expiresAt - Date.now();
+    session.expiryTimer = setTimeout(() => {
+      session.expiryTimer = null;
+      if (session.connection !== null) return;
+      if (session.expiresAt !== undefined && session.expiresAt > Date.now()) return this.armExpiry(session);
+      this.log.info({ clientId: session.clientId }, 'session expired');
+      this.wills.fire(session.clientId); // the session ends: a pending will goes now
+      this.destroySession(session);
+    }, Math.max(0, Math.min(ms, MAX_TIMER)));
+    session.expiryTimer.unref();
+  }
+
+  private destroySession(session: Session): void {
+    for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
+    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
+    if (session.persistent) this.persist((s) => s.deleteSession(session.clientId));
+  }
+
+  // ── subscriptions ──────────────────────────────────────────────────────────
+
+  addSubscription(session: Session, sub: StoredSubscription): void {
+    const previous = session.subscriptions.get(sub.filter);
+    if (previous !== undefined) this.routeSubscription(session, previous, false);
+    session.subscriptions.set(sub.filter, sub);
+    this.routeSubscription(session, sub, true);
+    if (session.persistent) this.persist((s) => s.putSubscription(session.clientId, sub));
+  }
+
+  removeSubscription(session: Session, filter: string): boolean {
+    const sub = session.subscriptions.get(filter);
+    if (sub === undefined) return false;
+    session.subscriptions.delete(filter);
+    this.routeSubscription(session, sub, false);
+    if (session.persistent) this.persist((s) => s.deleteSubscription(session.clientId, filter));
+    return true;
+  }
+
+  private routeSubscription(session: Session, sub: StoredSubscription, add: boolean): void {
+    const shared = parseShared(sub.filter);
+    const group = shared !== null && !('error' in shared) ? shared : null;
+    const filter = group === null ? sub.filter : group.filter;
+    if (add) this.router.add(session, filter, sub, group?.group);
+    else this.router.remove(session, filter, group?.group);
+  }
+
+  // ── routing and delivery ───────────────────────────────────────────────────
+
+  /** Stores a retained message if needed and delivers to every matching subscription; returns how many matched. */
+  route(message: Message): number {
+    if (message.retain) {
+      this.retained.set(message);
+      this.persist((s) => s.putRetained(stripForStore(message)));
+    }
+    const router = this.router;
+    router.match(message.topic, message.origin);
+    const matched = router.matched;
+    const shared = router.sharedMatched;
+    const n = matched.length;
+    const total = n + shared.length;
+    if (total === 0) return 0;
+    // The router's arrays are reused by the next match; delivery can route (wills), so copy when needed.
+    const sessions = n > 0 ? matched.slice() : matched;
+    const picks = shared.length > 0 ? shared.slice() : shared;
+    for (let i = 0; i < n; i++) {
+      const session = sessions[i] as Session;
+      const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
+      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds);
+    }
+    for (const { session, sub } of picks) {
+      const qos = (sub.qos < message.qos ? sub.qos : message.qos) as QoS;
+      this.deliver(session, message, qos, sub.retainAsPublished ? message.retain : false, sub.subscriptionId === undefined ? undefined : [sub.subscriptionId]);
+    }
+    return total;
+  }
+
+  /** Publishes a message originating in the broker itself ($SYS, wills). */
+  publishInternal(message: Message): number {
+    return this.route(message);
+  }
+
+  deliver(session: Session, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined): void {
+    if (message.expiresAt !== undefined && message.expiresAt <= this.clock) {
+      this.stats.messagesExpired++;
+      return;
+    }
+    const conn = session.connection;
+    if (conn !== null && conn.state === 'connected' && (qos === 0 || (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
+      const allowed = this.authorize(conn, 'deliver', message.topic, { qos, retain });
+      if (allowed instanceof Promise) {
+        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds));
+      } else if (allowed.kind === 'allow') {
+        this.sendNow(session, conn, message, qos, retain, subscriptionIds);
+      }
+      return;
+    }
+    if (conn === null) {
+      if (!session.persistent) return;
+      if (qos === 0 && !this.config.limits.queueQos0) return; // QoS 0 is not kept for offline sessions unless configured
+    }
+    this.enqueue(session, { message, qos, retain, subscriptionIds });
+  }
+
+  private sendNow(session: Session, conn: Connection, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined): void {
+    if (conn.state !== 'connected') return;
+    if (qos === 0) {
+      this.transmit(conn, message, 0, retain, subscriptionIds, 0, false);
+      return;
+    }
+    const inflight: Inflight = { message, qos, retain, subscriptionIds, packetId: session.allocatePacketId(), state: 'publish' };
+    if (!this.transmit(conn, message, qos, retain, subscriptionIds, inflight.packetId, false)) return;
+    session.inflight.set(inflight.packetId, inflight);
+    this.persistInflight(session, inflight);
+  }
+
+  /** Encodes and writes a PUBLISH. Returns false when the client's maximum packet size forbids it [MQTT-3.1.2-24]. */
+  private transmit(conn: Connection, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, packetId: number, dup: boolean): boolean {
+    const template = encodePublish(conn, message, qos, retain, subscriptionIds, this.clock);
+    if (template.length > conn.clientMaxPacketSize) {
+      this.drop('larger than the client maximum packet size');
+      return false;
+    }
+    conn.write(qos === 0 ? template : withPacketId(template, packetId, dup));
+    this.stats.messagesSent++;
+    return true;
+  }
+
+  private enqueue(session: Session, delivery: QueuedDelivery): void {
+    const max = this.config.limits.maxQueuedMessages;
+    const queue = session.queue;
+    if (queue.length >= max) {
+      // Drop policy: the oldest QoS 0 message goes first; with none, the new message is dropped.
+      const i = queue.findIndex((q) => q.qos === 0);
+      if (i >= 0 && max > 0) {
+        queue.splice(i, 1);
+        this.drop('queue full: oldest QoS 0 message dropped', session.clientId);
+      } else {
+        this.drop('queue full: new message dropped', session.clientId);
+        return;
+      }
+    }
+    queue.push(delivery);
+    if (session.persistent) this.persist((s) => s.enqueue(session.clientId, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+  }
+
+  private drop(why: string, clientId?: string): void {
+    this.stats.messagesDropped++;
+    if (this.clock - this.dropWarnedAt > 5000) {
+      this.dropWarnedAt = this.clock;
+      this.log.warn({ clientId, dropped: this.stats.messagesDropped }, `message dropped: ${why}`);
+    }
+  }
+
+  /** Sends queued messages while the client's in-flight window has room. */
+  pump(session: Session): void {
+    const conn = session.connection;
+    let sent = 0;
+    while (conn !== null && conn.state === 'connected' && session.queue.length > sent) {
+      const next = session.queue[sent] as QueuedDelivery;
+      if (next.qos > 0 && session.inflight.size >= conn.sendWindow) break;
+      sent++;
+      if (next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock) {
+        this.stats.messagesExpired++;
+        continue;
+      }
+      const allowed = this.authorize(conn, 'deliver', next.message.topic, { qos: next.qos, retain: next.retain });
+      if (allowed instanceof Promise) {
+        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds));
+      } else if (allowed.kind === 'allow') {
+        this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds);
+      }
+    }
+    if (sent > 0) {
+      session.queue.splice(0, sent);
+      if (session.persistent) this.persist((s) => s.dequeue(session.clientId, sent));
+    }
+  }
+
+  completeInflight(session: Session, packetId: number): void {
+    session.inflight.delete(packetId);
+    if (session.persistent) this.persist((s) => s.deleteInflight(session.clientId, packetId));
+    if (session.queue.length > 0) this.pump(session);
+  }
+
+  /** After CONNACK: re-send unacknowledged messages with DUP, then the queue [MQTT-4.4.0-1]. */
+  resumeDelivery(session: Session): void {
+    const conn = session.connection;
+    if (conn === null) return;
+    for (const inflight of session.inflight.values()) {
+      if (inflight.state === 'pubrel') conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
+      else if (!this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) {
+        session.inflight.delete(inflight.packetId);
+      }
+    }
+    this.pump(session);
+  }
+
+  /** Sends the retained messages matching a new subscription, each with the retain flag set [MQTT-3.3.1-9]. */
+  sendRetained(session: Session, sub: StoredSubscription): void {
+    this.retained.match(sub.filter, (message) => {
+      const qos = (sub.qos < message.qos ? sub.qos : message.qos) as QoS;
+      this.deliver(session, message, qos, true, sub.subscriptionId === undefined ? undefined : [sub.subscriptionId]);
+    });
+  }
+
+  // ── persistence ────────────────────────────────────────────────────────────
+
+  /** Writes through to the store without blocking the caller; failures are logged. */
+  persist(write: (store: Store) => Promise<void>): void {
+    write(this.store).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'store write failed'));
+  }
+
+  persistInflight(session: Session, inflight: Inflight): void {
+    if (!session.persistent) return;
+    this.persist((s) =>
+      s.putInflight(session.clientId, {
+        packetId: inflight.packetId,
+        state: inflight.state,
+        message: { ...stripForStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
+        ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
+      }),
+    );
+  }
+
+  describeReason(code: number): string {
+    return reasonName(code);
+  }
+}
+
+function stripForStore(message: Message): Message {
+  if (message.encoded === undefined) return message;
+  const { encoded: _e, ...rest } = message;
+  return rest;
+}

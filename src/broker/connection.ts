@@ -1,0 +1,190 @@
+/**
+ * One client connection: framing in, batched writes out, and the order in which packets are
+ * handled. A handler that returns a promise holds the next packets until it settles, so
+ * packets are always handled in the order they arrived.
+ */
+import type { Duplex } from 'node:stream';
+import type { Principal } from '../auth/types.ts';
+import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion, type QoS } from '../protocol/codec.ts';
+import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
+import type { PublishProperties } from '../protocol/codec.ts';
+import type { PeerInfo } from '../transport/types.ts';
+import type { Broker } from './broker.ts';
+import { dispatch } from './dispatch.ts';
+import type { Session } from './session.ts';
+
+export interface Will {
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+  properties?: PublishProperties;
+  delaySeconds: number;
+}
+
+export type ConnectionState = 'new' | 'connecting' | 'connected' | 'closed';
+
+export class Connection {
+  state: ConnectionState = 'new';
+  version: ProtocolVersion = 4;
+  clientId = '';
+  session: Session | null = null;
+  principal: Principal | null = null;
+  keepAlive = 0;
+  lastSeen: number;
+  readonly openedAt: number;
+  will: Will | null = null;
+  /** Why the connection ended, for logs and the will decision. */
+  closeReason: { code: number; detail: string } | null = null;
+  /** Set by a DISCONNECT 0x00 from the client: the will is discarded [MQTT-3.14.4-3]. */
+  discardWill = false;
+  /** Set when a new connection took the session over. */
+  takenOver = false;
+  /** With takenOver: the new connection started clean, so this session ends. */
+  sessionEnding = false;
+  inboundAliases: Map<number, string> | null = null;
+  outboundAliases: Map<string, number> | null = null;
+  outboundAliasMaximum = 0;
+  /** The client's receive maximum: our in-flight window towards it [MQTT-3.3.4-7]. */
+  sendWindow = 65535;
+  clientMaxPacketSize = Number.POSITIVE_INFINITY;
+  problemInformation = true;
+  expiryTimer: NodeJS.Timeout | null = null;
+  readonly reader: PacketReader;
+  private corked = false;
+  private busy = false;
+  private inbox: Packet[] = [];
+
+  constructor(
+    readonly broker: Broker,
+    readonly stream: Duplex,
+    readonly peer: PeerInfo,
+  ) {
+    this.openedAt = this.lastSeen = broker.clock;
+    const limits = broker.config.limits;
+    this.reader = new PacketReader(
+      { maxPacketSize: limits.maxPacketSize, maxConnectSize: limits.maxConnectSize },
+      (packet) => this.onPacket(packet),
+      (error) => this.onCodecError(error),
+    );
+    stream.on('data', (chunk: Buffer) => {
+      this.lastSeen = this.broker.clock;
+      this.reader.push(chunk);
+    });
+    stream.on('error', (err) => this.close({ code: ReasonCode.UnspecifiedError, detail: `socket error: ${err.message}` }));
+    stream.on('close', () => this.close({ code: ReasonCode.UnspecifiedError, detail: 'connection lost' }));
+    stream.on('end', () => this.close({ code: ReasonCode.UnspecifiedError, detail: 'connection closed by client' }));
+  }
+
+  get v5(): boolean {
+    return this.version === 5;
+  }
+
+  private onPacket(packet: Packet): void {
+    if (this.state === 'closed') return;
+    if (this.busy) {
+      this.inbox.push(packet);
+      return;
+    }
+    this.run(packet);
+  }
+
+  private run(packet: Packet): void {
+    let result: void | Promise<void>;
+    try {
+      result = dispatch(this, packet);
+    } catch (err) {
+      return this.internalError(err);
+    }
+    if (result instanceof Promise) {
+      this.busy = true;
+      this.stream.pause();
+      result.then(
+        () => this.resume(),
+        (err: unknown) => {
+          this.internalError(err);
+          this.resume();
+        },
+      );
+    }
+  }
+
+  private resume(): void {
+    this.busy = false;
+    while (!this.busy && this.inbox.length > 0 && this.state !== 'closed') {
+      this.run(this.inbox.shift() as Packet);
+    }
+    if (!this.busy && this.state !== 'closed') this.stream.resume();
+  }
+
+  private internalError(err: unknown): void {
+    this.broker.log.error({ err: (err as Error)?.stack ?? String(err), clientId: this.clientId }, 'handler failed');
+    this.disconnect(ReasonCode.ImplementationSpecificError, 'internal error');
+  }
+
+  private onCodecError(error: CodecError): void {
+    if (this.state === 'new' && error.reason === ReasonCode.UnsupportedProtocolVersion) {
+      // [MQTT-3.1.2-2]: answer CONNACK 0x01 (v3 form: we cannot speak the client's version), then close.
+      this.write(Buffer.from([0x20, 0x02, 0x00, 0x01]));
+    }
+    this.disconnect(error.reason, error.detail);
+  }
+
+  /** Queues bytes; writes made in one event-loop turn go out in one batch. */
+  write(buf: Buffer): void {
+    if (this.state === 'closed') return;
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(uncork, this);
+    }
+    this.stream.write(buf);
+  }
+
+  flushWrites(): void {
+    if (this.corked) {
+      this.corked = false;
+      this.stream.uncork();
+    }
+  }
+
+  send(packet: Packet): void {
+    this.write(encode(packet, this.version));
+  }
+
+  /**
+   * Ends the connection for a reason. A v5 client that completed CONNECT is told with
+   * DISCONNECT and the reason code [MQTT-4.13.2-1]; others see the socket close.
+   */
+  disconnect(code: number, detail: string): void {
+    if (this.state === 'closed') return;
+    if (this.v5 && this.state === 'connected') {
+      const properties = this.problemInformation ? { reasonString: detail.slice(0, 200) } : undefined;
+      this.send({ cmd: 'disconnect', reasonCode: code, ...(properties ? { properties } : {}) });
+    }
+    this.close({ code, detail });
+    this.stream.end();
+    // Do not wait forever for a peer that does not close its side.
+    setTimeout(() => this.stream.destroy(), 1000).unref();
+  }
+
+  /** Marks the connection closed once, whatever closed it, and lets the broker clean up. */
+  close(reason: { code: number; detail: string }): void {
+    if (this.state === 'closed') return;
+    const wasConnected = this.state === 'connected';
+    this.state = 'closed';
+    this.closeReason ??= reason;
+    this.flushWrites();
+    this.broker.connectionClosed(this, wasConnected);
+    if (this.stream.readableEnded || this.stream.destroyed) this.stream.destroy();
+  }
+
+  describeClose(): string {
+    const r = this.closeReason;
+    return r === null ? 'unknown' : `${r.detail} (${reasonName(r.code)})`;
+  }
+}
+
+function uncork(conn: Connection): void {
+  conn.flushWrites();
+}

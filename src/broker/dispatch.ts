@@ -1,0 +1,51 @@
+/**
+ * The one switch: every packet a client sends goes through here to its handler.
+ */
+import type { Packet } from '../protocol/codec.ts';
+import { ReasonCode } from '../protocol/reason-codes.ts';
+import type { Connection } from './connection.ts';
+import { handleAuth } from './handlers/auth.ts';
+import { handleConnect } from './handlers/connect.ts';
+import { handleDisconnect } from './handlers/disconnect.ts';
+import { handlePuback, handlePubcomp, handlePubrec, handlePubrel } from './handlers/acks.ts';
+import { handlePingreq } from './handlers/ping.ts';
+import { handlePublish } from './handlers/publish.ts';
+import { handleSubscribe } from './handlers/subscribe.ts';
+import { handleUnsubscribe } from './handlers/unsubscribe.ts';
+
+export function dispatch(conn: Connection, packet: Packet): void | Promise<void> {
+  if (conn.state === 'new') {
+    if (packet.cmd !== 'connect') return conn.disconnect(ReasonCode.ProtocolError, 'the first packet must be CONNECT'); // [MQTT-3.1.0-1]
+    return handleConnect(conn, packet);
+  }
+  if (conn.state !== 'connected') return;
+  switch (packet.cmd) {
+    case 'publish':
+      return handlePublish(conn, packet);
+    case 'puback':
+      return handlePuback(conn, packet);
+    case 'pubrec':
+      return handlePubrec(conn, packet);
+    case 'pubrel':
+      return handlePubrel(conn, packet);
+    case 'pubcomp':
+      return handlePubcomp(conn, packet);
+    case 'subscribe':
+      return handleSubscribe(conn, packet);
+    case 'unsubscribe':
+      return handleUnsubscribe(conn, packet);
+    case 'pingreq':
+      return handlePingreq(conn);
+    case 'disconnect':
+      return handleDisconnect(conn, packet);
+    case 'auth':
+      return handleAuth(conn, packet);
+    case 'connect':
+      return conn.disconnect(ReasonCode.ProtocolError, 'a second CONNECT is a protocol error'); // [MQTT-3.1.0-2]
+    case 'connack':
+    case 'suback':
+    case 'unsuback':
+    case 'pingresp':
+      return conn.disconnect(ReasonCode.ProtocolError, `${packet.cmd.toUpperCase()} is sent only by a server`);
+  }
+}

@@ -1,0 +1,313 @@
+/**
+ * CONNECT. A connection's steps are a visible list, run in order; the first step that refuses
+ * ends the connect with its reason code:
+ *
+ *   checkProtocol → checkClientId → checkKeepAlive → checkWill → authenticate → bindIdentity
+ *   → authorizeWill → attachSession → connack → resumeDelivery
+ */
+import { randomUUID } from 'node:crypto';
+import type { Principal, ProviderVerdict } from '../../auth/types.ts';
+import type { ConnectPacket } from '../../protocol/codec.ts';
+import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/reason-codes.ts';
+import { checkTopicName } from '../../protocol/topic.ts';
+import type { Connection, Will } from '../connection.ts';
+import type { Session } from '../session.ts';
+
+interface ConnectContext {
+  conn: Connection;
+  packet: ConnectPacket;
+  clientId: string;
+  assignedClientId?: string;
+  sessionExpiry: number;
+  sessionExpiryCapped: boolean;
+  serverKeepAlive?: number;
+  will: Will | null;
+  principal?: Principal;
+  decidedBy?: string;
+  verdicts?: ProviderVerdict[];
+  session?: Session;
+  sessionPresent: boolean;
+  audited: boolean;
+}
+
+interface Refusal {
+  reason: number;
+  detail: string;
+}
+
+type Step = (ctx: ConnectContext) => Refusal | undefined | Promise<Refusal | undefined>;
+
+const steps: Step[] = [
+  checkProtocol,
+  checkClientId,
+  checkKeepAlive,
+  checkWill,
+  authenticate,
+  bindIdentity,
+  authorizeWill,
+  attachSession,
+  connack,
+  resumeDelivery,
+];
+
+export async function handleConnect(conn: Connection, packet: ConnectPacket): Promise<void> {
+  conn.state = 'connecting';
+  conn.version = packet.protocolVersion ?? 4;
+  const v5 = conn.version === 5;
+  const ctx: ConnectContext = {
+    conn,
+    packet,
+    clientId: packet.clientId,
+    sessionExpiry: 0,
+    sessionExpiryCapped: false,
+    will: null,
+    sessionPresent: false,
+    audited: false,
+  };
+  conn.clientId = packet.clientId;
+  if (v5) {
+    conn.problemInformation = packet.properties?.requestProblemInformation !== false;
+  }
+  for (const step of steps) {
+    const refusal = await step(ctx);
+    if ((conn.state as string) === 'closed') return; // the client went away while we waited
+    if (refusal !== undefined) return refuse(ctx, refusal);
+  }
+}
+
+function refuse(ctx: ConnectContext, refusal: Refusal): void {
+  const { conn } = ctx;
+  const broker = conn.broker;
+  if (!ctx.audited) {
+    broker.audit(conn, {
+      event: 'connect',
+      decision: 'deny',
+      reasonCode: refusal.reason,
+      reason: refusal.detail,
+      ...(ctx.decidedBy ? { decidedBy: ctx.decidedBy } : {}),
+    });
+  }
+  broker.log.info(
+    { clientId: ctx.clientId, listener: conn.peer.listener, remote: conn.peer.remoteAddress, reason: reasonName(refusal.reason), detail: refusal.detail },
+    'connect refused',
+  );
+  broker.stats.connectsRefused++;
+  const protocolViolation =
+    refusal.reason === ReasonCode.MalformedPacket || refusal.reason === ReasonCode.ProtocolError || refusal.reason === ReasonCode.TopicNameInvalid;
+  if (conn.v5) {
+    conn.send({
+      cmd: 'connack',
+      reasonCode: refusal.reason,
+      sessionPresent: false,
+      ...(conn.problemInformation ? { properties: { reasonString: refusal.detail.slice(0, 200) } } : {}),
+    });
+  } else if (!protocolViolation) {
+    // v3.1.1 has no CONNACK code for protocol violations: the connection is just closed.
+    conn.send({ cmd: 'connack', returnCode: toV3ConnackReturnCode(refusal.reason), sessionPresent: false });
+  }
+  conn.close({ code: refusal.reason, detail: refusal.detail });
+  conn.stream.end();
+  setTimeout(() => conn.stream.destroy(), 1000).unref();
+}
+
+function checkProtocol(ctx: ConnectContext): Refusal | undefined {
+  const { packet } = ctx;
+  const expected = packet.protocolVersion === 3 ? 'MQIsdp' : 'MQTT';
+  if (packet.protocolId !== expected) {
+    return { reason: ReasonCode.UnsupportedProtocolVersion, detail: `protocol name ${packet.protocolId} does not match level ${packet.protocolVersion}` };
+  }
+  if (packet.properties?.authenticationMethod !== undefined) {
+    return { reason: ReasonCode.BadAuthenticationMethod, detail: `authentication method '${packet.properties.authenticationMethod}' is not supported` };
+  }
+  return undefined;
+}
+
+function checkClientId(ctx: ConnectContext): Refusal | undefined {
+  const { conn, packet } = ctx;
+  const limits = conn.broker.config.limits;
+  const clean = packet.clean !== false;
+  if (ctx.clientId.length === 0) {
+    if (conn.version === 3) return { reason: ReasonCode.ClientIdentifierNotValid, detail: 'MQTT 3.1 requires a client id' };
+    if (conn.version === 4 && !clean) {
+      return { reason: ReasonCode.ClientIdentifierNotValid, detail: 'an empty client id needs clean session' }; // [MQTT-3.1.3-8]
+    }
+    ctx.clientId = `auto-${randomUUID()}`;
+    if (conn.v5) ctx.assignedClientId = ctx.clientId; // [MQTT-3.2.2-16]
+  }
+  if (Buffer.byteLength(ctx.clientId) > limits.maxClientIdLength) {
+    return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id longer than ${limits.maxClientIdLength} bytes` };
+  }
+  conn.clientId = ctx.clientId;
+  if (conn.v5) {
+    const requested = packet.properties?.sessionExpiryInterval ?? 0;
+    ctx.sessionExpiry = Math.min(requested, limits.maxSessionExpiry);
+    ctx.sessionExpiryCapped = ctx.sessionExpiry !== requested;
+  } else {
+    ctx.sessionExpiry = clean ? 0 : limits.maxSessionExpiry;
+  }
+  return undefined;
+}
+
+function checkKeepAlive(ctx: ConnectContext): Refusal | undefined {
+  const { conn, packet } = ctx;
+  const max = conn.broker.config.limits.maxKeepAlive;
+  const requested = packet.keepalive ?? 0;
+  if (requested === 0 || requested > max) {
+    if (!conn.v5) {
+      // v3.1.1 cannot be told another keep-alive, so refuse rather than cut it off early.
+      return { reason: ReasonCode.ClientIdentifierNotValid, detail: `keep-alive ${requested}s is outside 1..${max}s` };
+    }
+    ctx.serverKeepAlive = max; // [MQTT-3.2.2-21]
+    conn.keepAlive = max;
+  } else {
+    conn.keepAlive = requested;
+  }
+  return undefined;
+}
+
+function checkWill(ctx: ConnectContext): Refusal | undefined {
+  const will = ctx.packet.will;
+  if (will === undefined || will === null) return undefined;
+  const check = checkTopicName(will.topic, ctx.conn.broker.config.limits);
+  if (!check.ok) return { reason: ReasonCode.TopicNameInvalid, detail: `will topic: ${check.detail}` };
+  const { willDelayInterval, ...properties } = will.properties ?? {};
+  ctx.will = {
+    topic: will.topic,
+    payload: typeof will.payload === 'string' ? Buffer.from(will.payload) : will.payload,
+    qos: will.qos ?? 0,
+    retain: will.retain === true,
+    ...(Object.keys(properties).length > 0 ? { properties } : {}),
+    delaySeconds: willDelayInterval ?? 0,
+  };
+  return undefined;
+}
+
+async function authenticate(ctx: ConnectContext): Promise<Refusal | undefined> {
+  const { conn, packet } = ctx;
+  const broker = conn.broker;
+  const result = await broker.authenticate(conn.peer.listener, {
+    clientId: ctx.clientId,
+    ...(packet.username !== undefined ? { username: packet.username } : {}),
+    ...(packet.password !== undefined ? { password: packet.password } : {}),
+    protocolVersion: conn.version,
+    peer: conn.peer,
+  });
+  const decision = result.decision;
+  if (result.decidedBy !== undefined) ctx.decidedBy = result.decidedBy;
+  ctx.audited = true;
+  if (decision.kind !== 'allow') {
+    const reason = decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized;
+    const detail = decision.kind === 'deny' ? decision.detail : 'not authorized';
+    broker.audit(conn, {
+      event: 'connect',
+      decision: 'deny',
+      reasonCode: reason,
+      reason: detail,
+      ...(result.decidedBy ? { decidedBy: result.decidedBy } : {}),
+      verdicts: result.verdicts,
+      ...(packet.username !== undefined ? { username: packet.username } : {}),
+    });
+    return { reason, detail };
+  }
+  const principal = { ...decision.value, clientId: ctx.clientId };
+  ctx.principal = principal;
+  conn.principal = principal;
+  ctx.audited = false; // the allow is recorded once the connect completes
+  ctx.verdicts = result.verdicts;
+  return undefined;
+}
+
+/** The identity that owns a session: a client id cannot be resumed or taken over by another identity. */
+export function ownerOf(principal: Principal): string {
+  return principal.username !== undefined ? `user:${principal.username}` : `${principal.method}:`;
+}
+
+function bindIdentity(ctx: ConnectContext): Refusal | undefined {
+  const broker = ctx.conn.broker;
+  const existing = broker.sessions.get(ctx.clientId);
+  const owner = ownerOf(ctx.principal as Principal);
+  if (existing !== undefined && existing.owner !== owner) {
+    ctx.audited = true;
+    broker.audit(ctx.conn, {
+      event: 'session',
+      decision: 'deny',
+      reasonCode: ReasonCode.NotAuthorized,
+      reason: 'client id is bound to another identity',
+    });
+    return { reason: ReasonCode.NotAuthorized, detail: 'client id is in use by another identity' };
+  }
+  return undefined;
+}
+
+async function authorizeWill(ctx: ConnectContext): Promise<Refusal | undefined> {
+  const will = ctx.will;
+  if (will === null) return undefined;
+  const { conn } = ctx;
+  const decision = await conn.broker.authorize(conn, 'publish', will.topic, { qos: will.qos, retain: will.retain, will: true });
+  if (decision.kind === 'allow') return undefined;
+  ctx.audited = true; // authorize() recorded the denial
+  return { reason: ReasonCode.NotAuthorized, detail: 'will topic not authorized' };
+}
+
+function attachSession(ctx: ConnectContext): Refusal | undefined {
+  const { conn, packet } = ctx;
+  const clean = packet.clean !== false;
+  const { session, present } = conn.broker.attachSession(conn, ctx.clientId, ownerOf(ctx.principal as Principal), clean, ctx.sessionExpiry);
+  ctx.session = session;
+  ctx.sessionPresent = present;
+  return undefined;
+}
+
+function connack(ctx: ConnectContext): undefined {
+  const { conn, packet } = ctx;
+  const broker = conn.broker;
+  const limits = broker.config.limits;
+  const session = ctx.session as Session;
+  conn.state = 'connected';
+  conn.session = session;
+  conn.will = ctx.will;
+  session.connection = conn;
+  session.principal = ctx.principal ?? null;
+  if (conn.v5) {
+    const p = packet.properties ?? {};
+    conn.sendWindow = Math.min(p.receiveMaximum ?? 65535, limits.maxInflight);
+    if (p.maximumPacketSize !== undefined) conn.clientMaxPacketSize = p.maximumPacketSize;
+    conn.outboundAliasMaximum = p.topicAliasMaximum ?? 0;
+    conn.send({
+      cmd: 'connack',
+      reasonCode: ReasonCode.Success,
+      sessionPresent: ctx.sessionPresent,
+      properties: {
+        receiveMaximum: limits.receiveMaximum,
+        maximumPacketSize: limits.maxPacketSize,
+        topicAliasMaximum: limits.topicAliasMaximum,
+        retainAvailable: true,
+        wildcardSubscriptionAvailable: true,
+        subscriptionIdentifiersAvailable: true,
+        sharedSubscriptionAvailable: true,
+        ...(ctx.assignedClientId !== undefined ? { assignedClientIdentifier: ctx.assignedClientId } : {}),
+        ...(ctx.sessionExpiryCapped ? { sessionExpiryInterval: ctx.sessionExpiry } : {}),
+        ...(ctx.serverKeepAlive !== undefined ? { serverKeepAlive: ctx.serverKeepAlive } : {}),
+      },
+    });
+  } else {
+    conn.sendWindow = limits.maxInflight;
+    conn.send({ cmd: 'connack', returnCode: 0, sessionPresent: ctx.sessionPresent });
+  }
+  const principal = ctx.principal as Principal;
+  broker.audit(conn, {
+    event: 'connect',
+    decision: 'allow',
+    reasonCode: ReasonCode.Success,
+    reason: ctx.sessionPresent ? 'session resumed' : 'new session',
+    ...(ctx.decidedBy ? { decidedBy: ctx.decidedBy } : {}),
+    ...(ctx.verdicts ? { verdicts: ctx.verdicts } : {}),
+  });
+  broker.connectionOpened(conn, principal);
+  return undefined;
+}
+
+function resumeDelivery(ctx: ConnectContext): undefined {
+  ctx.conn.broker.resumeDelivery(ctx.session as Session);
+  return undefined;
+}

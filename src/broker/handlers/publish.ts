@@ -1,0 +1,94 @@
+/**
+ * PUBLISH from a client: validate, resolve the topic alias, authorize, route, acknowledge.
+ * QoS 2 uses method A: the message is routed on PUBLISH and its packet id held until PUBREL,
+ * so a re-sent PUBLISH with the same id is not routed twice [MQTT-4.3.3-10].
+ */
+import type { PublishPacket } from '../../protocol/codec.ts';
+import { countUserProperties } from '../../protocol/codec.ts';
+import { ReasonCode } from '../../protocol/reason-codes.ts';
+import { checkTopicName } from '../../protocol/topic.ts';
+import type { AuthzResult } from '../../authz/types.ts';
+import type { Connection } from '../connection.ts';
+import type { Message } from '../message.ts';
+
+export function handlePublish(conn: Connection, packet: PublishPacket): void | Promise<void> {
+  const broker = conn.broker;
+  const limits = broker.config.limits;
+  const session = conn.session;
+  if (session === null) return;
+  let topic = packet.topic;
+  const properties = packet.properties;
+
+  if (conn.v5 && properties !== undefined) {
+    const alias = properties.topicAlias;
+    if (alias !== undefined) {
+      if (alias === 0 || alias > limits.topicAliasMaximum) {
+        return conn.disconnect(ReasonCode.TopicAliasInvalid, `topic alias ${alias} is outside 1..${limits.topicAliasMaximum}`); // [MQTT-3.3.2-8..9]
+      }
+      conn.inboundAliases ??= new Map();
+      if (topic.length > 0) conn.inboundAliases.set(alias, topic);
+      else {
+        const known = conn.inboundAliases.get(alias);
+        if (known === undefined) return conn.disconnect(ReasonCode.ProtocolError, `topic alias ${alias} is not set`);
+        topic = known;
+      }
+    }
+    if (countUserProperties(properties) > limits.maxUserProperties) {
+      return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
+    }
+  }
+  const check = checkTopicName(topic, limits);
+  if (!check.ok) return conn.disconnect(ReasonCode.TopicNameInvalid, check.detail); // [MQTT-3.3.2-2]
+
+  const qos = packet.qos;
+  const packetId = packet.messageId ?? 0;
+  if (qos === 2) {
+    if (session.awaitingRelease.has(packetId)) {
+      // A re-sent QoS 2 PUBLISH: already routed, acknowledge again.
+      conn.send({ cmd: 'pubrec', messageId: packetId });
+      return;
+    }
+    if (session.awaitingRelease.size >= limits.receiveMaximum) {
+      return conn.disconnect(ReasonCode.ReceiveMaximumExceeded, `more than ${limits.receiveMaximum} QoS 2 messages unacknowledged`); // [MQTT-3.3.4-9]
+    }
+  }
+
+  const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+  const message: Message = { topic, payload, qos, retain: packet.retain, origin: conn.clientId };
+  if (conn.v5 && properties !== undefined) {
+    const { topicAlias: _a, subscriptionIdentifier: _s, messageExpiryInterval, ...pass } = properties;
+    if (messageExpiryInterval !== undefined) {
+      message.expiresAt = broker.clock + messageExpiryInterval * 1000;
+      (pass as Record<string, unknown>).messageExpiryInterval = messageExpiryInterval;
+    }
+    if (Object.keys(pass).length > 0) message.properties = pass;
+  }
+
+  const decision = broker.authorize(conn, 'publish', topic, { qos, retain: packet.retain });
+  if (decision instanceof Promise) return decision.then((d) => finish(conn, message, packetId, d));
+  finish(conn, message, packetId, decision);
+}
+
+function finish(conn: Connection, message: Message, packetId: number, decision: AuthzResult): void {
+  const broker = conn.broker;
+  const session = conn.session;
+  if (session === null || conn.state !== 'connected') return;
+  broker.stats.messagesReceived++;
+  let reason: number = ReasonCode.Success;
+  if (decision.kind === 'allow') {
+    const matched = broker.route(message);
+    if (matched === 0 && conn.v5) reason = ReasonCode.NoMatchingSubscribers;
+  } else {
+    // v5 learns why; a v3.1.1 publisher is acknowledged as usual and the message dropped.
+    reason = conn.v5 ? (decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized) : ReasonCode.Success;
+  }
+  if (message.qos === 1) {
+    conn.send(reason === ReasonCode.Success ? { cmd: 'puback', messageId: packetId } : { cmd: 'puback', messageId: packetId, reasonCode: reason });
+  } else if (message.qos === 2) {
+    if (reason < 0x80) {
+      session.awaitingRelease.add(packetId);
+      if (session.persistent) broker.persist((s) => s.putAwaitingRelease(session.clientId, packetId));
+    }
+    conn.send(reason === ReasonCode.Success ? { cmd: 'pubrec', messageId: packetId } : { cmd: 'pubrec', messageId: packetId, reasonCode: reason });
+  }
+}

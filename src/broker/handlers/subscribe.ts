@@ -1,0 +1,81 @@
+/**
+ * SUBSCRIBE: each filter is validated and authorized on its own and gets its own reason code
+ * (v5 0x8F / 0x87 / 0x97, v3 0x80). Retained messages follow the SUBACK, honouring retain
+ * handling, and each passes the deliver check.
+ */
+import type { SubscribePacket } from '../../protocol/codec.ts';
+import { countUserProperties } from '../../protocol/codec.ts';
+import { ReasonCode, toV3SubackCode } from '../../protocol/reason-codes.ts';
+import { checkTopicFilter, parseShared } from '../../protocol/topic.ts';
+import type { StoredSubscription } from '../../store/types.ts';
+import type { Connection } from '../connection.ts';
+
+export async function handleSubscribe(conn: Connection, packet: SubscribePacket): Promise<void> {
+  const broker = conn.broker;
+  const limits = broker.config.limits;
+  const session = conn.session;
+  if (session === null) return;
+  if (packet.subscriptions.length === 0) {
+    return conn.disconnect(ReasonCode.ProtocolError, 'SUBSCRIBE with no topic filters'); // [MQTT-3.8.3-3]
+  }
+  const subscriptionId = packet.properties?.subscriptionIdentifier;
+  if (subscriptionId === 0) return conn.disconnect(ReasonCode.ProtocolError, 'subscription identifier 0');
+  if (countUserProperties(packet.properties) > limits.maxUserProperties) {
+    return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
+  }
+
+  const codes: number[] = [];
+  const granted: { sub: StoredSubscription; existed: boolean; shared: boolean }[] = [];
+  for (const request of packet.subscriptions) {
+    const filter = request.topic;
+    const shared = parseShared(filter);
+    if (shared !== null && 'error' in shared) {
+      codes.push(ReasonCode.TopicFilterInvalid);
+      continue;
+    }
+    const inner = shared === null ? filter : shared.filter;
+    const check = checkTopicFilter(inner, limits);
+    if (!check.ok) {
+      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
+      codes.push(ReasonCode.TopicFilterInvalid);
+      continue;
+    }
+    if (shared !== null && request.nl === true) {
+      return conn.disconnect(ReasonCode.ProtocolError, 'no-local on a shared subscription'); // [MQTT-3.8.3-4]
+    }
+    const existed = session.subscriptions.has(filter);
+    if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
+      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions', topic: filter, qos: request.qos });
+      codes.push(ReasonCode.QuotaExceeded);
+      continue;
+    }
+    const decision = await broker.authorize(conn, 'subscribe', filter, { qos: request.qos, retain: false });
+    if (decision.kind !== 'allow') {
+      codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
+      continue;
+    }
+    if (conn.state !== 'connected') return;
+    const sub: StoredSubscription = {
+      filter,
+      qos: request.qos,
+      noLocal: request.nl === true,
+      retainAsPublished: request.rap === true,
+      retainHandling: (request.rh ?? 0) as 0 | 1 | 2,
+      ...(subscriptionId !== undefined ? { subscriptionId } : {}),
+    };
+    broker.addSubscription(session, sub);
+    granted.push({ sub, existed, shared: shared !== null });
+    codes.push(request.qos);
+  }
+  if (conn.state !== 'connected') return;
+  conn.send({
+    cmd: 'suback',
+    messageId: packet.messageId ?? 0,
+    granted: conn.v5 ? codes : codes.map(toV3SubackCode),
+  });
+  for (const { sub, existed, shared } of granted) {
+    // Retained messages are not sent for shared subscriptions; rh=1 only for a new one; rh=2 never.
+    if (shared || sub.retainHandling === 2 || (sub.retainHandling === 1 && existed)) continue;
+    broker.sendRetained(session, sub);
+  }
+}

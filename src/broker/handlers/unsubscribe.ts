@@ -1,0 +1,26 @@
+import type { UnsubscribePacket } from '../../protocol/codec.ts';
+import { ReasonCode } from '../../protocol/reason-codes.ts';
+import type { Connection } from '../connection.ts';
+
+/** UNSUBSCRIBE: each filter is authorized, then removed; v5 reports 0x11 for a filter that had no subscription. */
+export async function handleUnsubscribe(conn: Connection, packet: UnsubscribePacket): Promise<void> {
+  const broker = conn.broker;
+  const session = conn.session;
+  if (session === null) return;
+  if (packet.unsubscriptions.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'UNSUBSCRIBE with no topic filters');
+  const codes: number[] = [];
+  for (const filter of packet.unsubscriptions) {
+    const decision = await broker.authorize(conn, 'unsubscribe', filter, { qos: 0, retain: false });
+    if (decision.kind !== 'allow') {
+      codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
+      continue;
+    }
+    codes.push(broker.removeSubscription(session, filter) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted);
+  }
+  if (conn.state !== 'connected') return;
+  conn.send(
+    conn.v5
+      ? { cmd: 'unsuback', messageId: packet.messageId ?? 0, granted: codes }
+      : ({ cmd: 'unsuback', messageId: packet.messageId ?? 0 } as never),
+  );
+}

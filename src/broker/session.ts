@@ -1,0 +1,105 @@
+import type { Principal } from '../auth/types.ts';
+import type { QoS } from '../protocol/codec.ts';
+import type { StoredSession, StoredSubscription } from '../store/types.ts';
+import type { Connection } from './connection.ts';
+import type { Message } from './message.ts';
+
+/** A delivery waiting for the client: offline, or its in-flight window is full. */
+export interface QueuedDelivery {
+  message: Message;
+  qos: QoS;
+  retain: boolean;
+  subscriptionIds: number[] | undefined;
+}
+
+/** An outgoing QoS 1/2 delivery not yet fully acknowledged. */
+export interface Inflight extends QueuedDelivery {
+  packetId: number;
+  state: 'publish' | 'pubrel';
+}
+
+/** Session state: lives as long as the connection, or longer for a persistent session. */
+export class Session {
+  readonly subscriptions = new Map<string, StoredSubscription>();
+  readonly inflight = new Map<number, Inflight>();
+  queue: QueuedDelivery[] = [];
+  /** Inbound QoS 2 packet ids received and not yet released [MQTT-4.3.3]. */
+  readonly awaitingRelease = new Set<number>();
+  connection: Connection | null = null;
+  principal: Principal | null = null;
+  expiryTimer: NodeJS.Timeout | null = null;
+  expiresAt: number | undefined;
+  private nextPacketId = 1;
+
+  // Scratch fields written by Router.match, so matching allocates nothing per subscriber.
+  matchGen = 0;
+  matchQos: QoS = 0;
+  matchRetainAsPublished = false;
+  matchSubscriptionIds: number[] | undefined = undefined;
+
+  constructor(
+    readonly clientId: string,
+    public owner: string,
+    public protocolVersion: 3 | 4 | 5,
+    /** Seconds the session outlives its connection (0: ends with it). */
+    public expiryInterval: number,
+  ) {}
+
+  get persistent(): boolean {
+    return this.expiryInterval > 0;
+  }
+
+  /** The next free packet id, skipping ids still in flight. */
+  allocatePacketId(): number {
+    for (let i = 0; i < 65535; i++) {
+      const id = this.nextPacketId;
+      this.nextPacketId = id === 65535 ? 1 : id + 1;
+      if (!this.inflight.has(id)) return id;
+    }
+    throw new Error('no free packet id');
+  }
+
+  toStored(): StoredSession {
+    const stored: StoredSession = {
+      clientId: this.clientId,
+      owner: this.owner,
+      protocolVersion: this.protocolVersion,
+      expiryInterval: this.expiryInterval,
+      subscriptions: [...this.subscriptions.values()],
+      inflight: [...this.inflight.values()].map((f) => ({
+        packetId: f.packetId,
+        state: f.state,
+        message: { ...stripEncoding(f.message), qos: f.qos, retain: f.retain },
+        ...(f.subscriptionIds ? { subscriptionIds: f.subscriptionIds } : {}),
+      })),
+      queue: this.queue.map((q) => ({ ...stripEncoding(q.message), qos: q.qos, retain: q.retain })),
+      awaitingRelease: [...this.awaitingRelease],
+    };
+    if (this.expiresAt !== undefined) stored.expiresAt = this.expiresAt;
+    return stored;
+  }
+
+  static fromStored(stored: StoredSession): Session {
+    const session = new Session(stored.clientId, stored.owner, stored.protocolVersion, stored.expiryInterval);
+    session.expiresAt = stored.expiresAt;
+    for (const sub of stored.subscriptions) session.subscriptions.set(sub.filter, sub);
+    for (const f of stored.inflight) {
+      session.inflight.set(f.packetId, {
+        packetId: f.packetId,
+        state: f.state,
+        message: f.message,
+        qos: f.message.qos,
+        retain: f.message.retain,
+        subscriptionIds: f.subscriptionIds,
+      });
+    }
+    session.queue = stored.queue.map((m) => ({ message: m, qos: m.qos, retain: m.retain, subscriptionIds: undefined }));
+    for (const id of stored.awaitingRelease) session.awaitingRelease.add(id);
+    return session;
+  }
+}
+
+function stripEncoding(message: Message): Message {
+  const { encoded: _encoded, ...rest } = message;
+  return rest;
+}

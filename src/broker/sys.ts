@@ -1,0 +1,42 @@
+/** `$SYS/broker/...` statistics, published as retained messages on an interval. */
+import { createRequire } from 'node:module';
+import type { Broker } from './broker.ts';
+
+const require = createRequire(import.meta.url);
+export const VERSION: string = (require('../../package.json') as { version: string }).version;
+
+export class SysTopics {
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly broker: Broker) {}
+
+  start(intervalSeconds: number): void {
+    if (intervalSeconds <= 0) return;
+    this.publish();
+    this.timer = setInterval(() => this.publish(), intervalSeconds * 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  publish(): void {
+    const b = this.broker;
+    const values: [string, string | number][] = [
+      ['version', `portcullis ${VERSION}`],
+      ['uptime', `${Math.floor((Date.now() - b.startedAt) / 1000)} seconds`],
+      ['clients/connected', b.connected],
+      ['clients/total', b.sessions.size],
+      ['messages/received', b.stats.messagesReceived],
+      ['messages/sent', b.stats.messagesSent],
+      ['messages/dropped', b.stats.messagesDropped],
+      ['messages/expired', b.stats.messagesExpired],
+      ['retained messages/count', b.retained.size],
+    ];
+    for (const [name, value] of values) {
+      b.publishInternal({ topic: `$SYS/broker/${name}`, payload: Buffer.from(String(value)), qos: 0, retain: true, origin: '$SYS' });
+    }
+  }
+}

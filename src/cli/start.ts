@@ -1,0 +1,66 @@
+import { createBroker } from '../index.ts';
+import { builtInDefaults } from '../config/defaults.ts';
+import { loadConfigFile } from '../config/load.ts';
+import { ConfigError, parseConfig, type Config } from '../config/schema.ts';
+import { createLogger } from '../log.ts';
+
+/** `portcullis start`: runs until SIGTERM/SIGINT, then shuts down gracefully and exits 0. */
+export async function startCommand(configFile: string | undefined): Promise<number> {
+  let config: Config;
+  try {
+    config = configFile === undefined ? parseConfig(builtInDefaults, 'built-in defaults') : loadConfigFile(configFile);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`portcullis: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const log = createLogger(config.log.level);
+  let broker;
+  try {
+    broker = createBroker(config, { logger: log });
+  } catch (err) {
+    process.stderr.write(`portcullis: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (configFile === undefined) {
+    log.info('no --config given: using built-in defaults (local-only mode: anonymous access with allow-all, loopback only)');
+  }
+  let addresses;
+  try {
+    ({ listeners: addresses } = await broker.start());
+  } catch (err) {
+    process.stderr.write(`portcullis: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  for (const a of addresses) {
+    log.info({ listener: a.name, type: a.type, host: a.host, port: a.port }, `listening on ${a.type}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
+  }
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const shutdown = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      const force = setTimeout(() => {
+        log.error('shutdown took too long: exiting');
+        process.exit(1);
+      }, broker.config.shutdown.graceMs + 3000);
+      force.unref();
+      broker.stop().then(
+        () => {
+          log.info('stopped');
+          log.flush();
+          resolve(0);
+        },
+        (err: unknown) => {
+          log.error({ err: (err as Error).message }, 'error during shutdown');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+    process.once('SIGINT', () => shutdown('SIGINT'));
+  });
+}

@@ -1,0 +1,146 @@
+/**
+ * The configuration schema. Every key has a safe default; a bad value stops the start with a
+ * message naming the key and what is wrong.
+ */
+import { z } from 'zod';
+
+const port = z.number().int().min(0).max(65535);
+const positiveInt = z.number().int().positive();
+
+const providerSpec = z.union([
+  z.literal('anonymous').transform(() => ({ provider: 'anonymous' as const })),
+  z.strictObject({ provider: z.literal('anonymous') }),
+  z.strictObject({
+    provider: z.literal('static-users'),
+    users: z
+      .array(
+        z.strictObject({
+          username: z.string().min(1),
+          password: z.string().min(1, 'must not be empty'),
+          roles: z.array(z.string()).default([]),
+        }),
+      )
+      .min(1, 'needs at least one user'),
+  }),
+], { error: "unknown authentication provider: expected 'anonymous' or { provider: 'static-users', users: [...] }" });
+
+const listenerBase = {
+  name: z.string().min(1).optional(),
+  host: z.string().min(1).default('127.0.0.1'),
+  /** The ordered authentication chain. Empty means every client is refused. */
+  auth: z.array(providerSpec).default([]),
+};
+
+const tcpListener = z.strictObject({
+  ...listenerBase,
+  type: z.literal('tcp'),
+  port: port.default(1883),
+});
+
+const wsListener = z.strictObject({
+  ...listenerBase,
+  type: z.literal('ws'),
+  port: port.default(8080),
+  path: z.string().startsWith('/').default('/mqtt'),
+});
+
+const authorizerSpec = z.union([
+  z.literal('allow-all').transform(() => ({ type: 'allow-all' as const })),
+  z.strictObject({ type: z.literal('allow-all') }),
+], { error: "unknown authorizer: expected 'allow-all'" });
+
+const limits = z
+  .strictObject({
+    maxPacketSize: z.number().int().min(64).max(268435455).default(1024 * 1024),
+    maxConnectSize: z.number().int().min(64).max(268435455).default(64 * 1024),
+    connectTimeoutMs: positiveInt.default(10_000),
+    maxKeepAlive: z.number().int().min(1).max(65535).default(3600),
+    maxClientIdLength: z.number().int().min(23).max(65535).default(256),
+    maxTopicLength: z.number().int().min(1).max(65535).default(4096),
+    maxTopicLevels: z.number().int().min(1).max(1024).default(64),
+    maxUserProperties: z.number().int().min(0).max(65535).default(32),
+    receiveMaximum: z.number().int().min(1).max(65535).default(64),
+    maxInflight: z.number().int().min(1).max(65535).default(64),
+    maxQueuedMessages: z.number().int().min(0).default(1000),
+    queueQos0: z.boolean().default(false),
+    topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
+    maxSubscriptionsPerClient: positiveInt.default(1000),
+    maxSessionExpiry: z.number().int().min(0).max(0xffffffff).default(7 * 24 * 3600),
+  })
+  .prefault({});
+
+export const configSchema = z.strictObject({
+  listeners: z
+    .array(z.discriminatedUnion('type', [tcpListener, wsListener]))
+    .min(1, 'needs at least one listener')
+    .default([{ type: 'tcp', host: '127.0.0.1', port: 1883, auth: [] }] as never),
+  /** The authorizer chain. Empty means every publish and subscribe is denied. */
+  authorizers: z.array(authorizerSpec).default([]),
+  limits,
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  audit: z
+    .strictObject({
+      sink: z.enum(['file', 'stdout', 'none']).default('file'),
+      path: z.string().default('data/audit.jsonl'),
+      maxQueue: positiveInt.default(100_000),
+      /** Allowed decisions to record per action; denials are always recorded. */
+      allowed: z
+        .strictObject({
+          connect: z.boolean().default(true),
+          publish: z.boolean().default(false),
+          subscribe: z.boolean().default(true),
+          unsubscribe: z.boolean().default(true),
+          deliver: z.boolean().default(false),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  store: z.strictObject({ type: z.literal('memory').default('memory') }).prefault({}),
+  sys: z.strictObject({ intervalSeconds: z.number().int().min(0).default(10) }).prefault({}),
+  shutdown: z.strictObject({ graceMs: positiveInt.default(5000) }).prefault({}),
+  authDeadlineMs: positiveInt.default(5000),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type ListenerConfig = Config['listeners'][number];
+export type ProviderConfig = ListenerConfig['auth'][number];
+export type LimitsConfig = Config['limits'];
+
+/** A configuration error with a stable code, naming every key that is wrong. */
+export class ConfigError extends Error {
+  readonly code = 'ERR_PORTCULLIS_CONFIG';
+  constructor(
+    message: string,
+    readonly issues: { key: string; message: string }[] = [],
+  ) {
+    super(message);
+  }
+}
+
+/** Validates and fills defaults. Throws {@link ConfigError} naming each bad key. */
+export function parseConfig(input: unknown, source = 'configuration'): Config {
+  const result = configSchema.safeParse(input ?? {});
+  if (!result.success) {
+    const issues = result.error.issues.map((issue) => ({
+      key: issue.path.length ? issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.').replace(/\.\[/g, '[') : '(root)',
+      message: issue.message,
+    }));
+    throw new ConfigError(
+      `invalid ${source}:\n` + issues.map((i) => `  - ${i.key}: ${i.message}`).join('\n'),
+      issues,
+    );
+  }
+  const config = result.data;
+  const names = new Set<string>();
+  config.listeners.forEach((listener, i) => {
+    listener.name ??= `${listener.type}-${listener.port}`;
+    if (names.has(listener.name)) {
+      throw new ConfigError(`invalid ${source}:\n  - listeners[${i}].name: duplicate listener name '${listener.name}'`, [
+        { key: `listeners[${i}].name`, message: 'duplicate listener name' },
+      ]);
+    }
+    names.add(listener.name);
+  });
+  return config;
+}

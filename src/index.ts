@@ -1,0 +1,145 @@
+/**
+ * Portcullis public API.
+ *
+ * @example
+ * import { createBroker } from 'portcullis';
+ * const broker = createBroker({
+ *   listeners: [{ type: 'tcp', host: '127.0.0.1', port: 1883, auth: ['anonymous'] }],
+ *   authorizers: ['allow-all'],
+ * });
+ * const { listeners } = await broker.start();
+ * // ...
+ * await broker.stop();
+ */
+import { JsonLinesAuditSink, NullAuditSink } from './audit/sinks.ts';
+import type { AuditSink } from './audit/types.ts';
+import { AnonymousAuthenticator } from './auth/anonymous.ts';
+import { AuthenticatorChain } from './auth/chain.ts';
+import { StaticUsersAuthenticator } from './auth/static-users.ts';
+import type { Authenticator } from './auth/types.ts';
+import { AllowAllAuthorizer } from './authz/allow-all.ts';
+import { AuthorizerChain } from './authz/chain.ts';
+import type { Authorizer } from './authz/types.ts';
+import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
+import { VERSION } from './broker/sys.ts';
+import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, parseConfig } from './config/schema.ts';
+import { createLogger, type Logger } from './log.ts';
+import { MemoryStore } from './store/memory.ts';
+import type { Store } from './store/types.ts';
+import { TcpListener } from './transport/tcp.ts';
+import type { Listener } from './transport/types.ts';
+import { WebSocketListener } from './transport/websocket.ts';
+
+export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
+export { ConfigError, parseConfig } from './config/schema.ts';
+export { MemoryStore } from './store/memory.ts';
+export { MemoryAuditSink } from './audit/sinks.ts';
+export type { Config, ConfigInput } from './config/schema.ts';
+export type { Authenticator, ConnectRequest, Decision, Principal } from './auth/types.ts';
+export type { Authorizer, Action, AccessContext, ReloadReport } from './authz/types.ts';
+export type { AuditEvent, AuditSink } from './audit/types.ts';
+export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight } from './store/types.ts';
+export type { PeerInfo, Listener } from './transport/types.ts';
+export { VERSION };
+
+export interface BrokerOptions {
+  /** Where sessions and retained messages persist. Default: a new MemoryStore. */
+  store?: Store;
+  /** Replaces the configured audit sink (for example a MemoryAuditSink in tests). */
+  audit?: AuditSink;
+  logger?: Logger;
+  /** Extra authorizers, asked after the configured ones. */
+  authorizers?: Authorizer[];
+  /** Extra authentication providers per listener name, asked after the configured ones. */
+  authenticators?: Record<string, Authenticator[]>;
+}
+
+export interface RunningBroker {
+  readonly config: Config;
+  /** Starts every listener; resolves with the bound addresses. */
+  start(): Promise<{ listeners: ListenerAddress[] }>;
+  /** Graceful stop: v5 clients get DISCONNECT 0x8B, the audit log is flushed. */
+  stop(): Promise<void>;
+  readonly stats: BrokerStats;
+  readonly connectedClients: number;
+}
+
+/** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
+export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
+  const config = parseConfig(input);
+  const log = options.logger ?? createLogger(config.log.level);
+  const listeners: Listener[] = config.listeners.map((l) => makeListener(l, config));
+  const chains = new Map<string, AuthenticatorChain>();
+  for (const l of config.listeners) {
+    const providers = [...l.auth.map(makeProvider), ...(options.authenticators?.[l.name as string] ?? [])];
+    chains.set(l.name as string, new AuthenticatorChain(providers, config.authDeadlineMs));
+  }
+  const authorizers = new AuthorizerChain([...config.authorizers.map(() => new AllowAllAuthorizer()), ...(options.authorizers ?? [])]);
+  const audit = options.audit ?? makeAuditSink(config, log);
+  const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
+  return {
+    config,
+    async start() {
+      const bound = await broker.start();
+      for (const l of config.listeners) {
+        const addr = bound.find((b) => b.name === l.name);
+        const names = l.auth.map((p) => p.provider);
+        if (names.length === 0) {
+          log.warn({ listener: l.name }, 'listener has no authentication provider: every client will be refused');
+        } else if (names.includes('anonymous')) {
+          const loopback = isLoopback(l.host);
+          (loopback ? log.info.bind(log) : log.warn.bind(log))(
+            { listener: l.name, host: addr?.host, port: addr?.port },
+            loopback ? 'anonymous access is enabled for local clients on this listener' : 'anonymous access is enabled on a non-loopback listener',
+          );
+        }
+      }
+      if (config.authorizers.length === 0 && (options.authorizers ?? []).length === 0) {
+        log.warn('no authorizer configured: every publish and subscribe is denied');
+      }
+      return { listeners: bound };
+    },
+    stop: () => broker.stop(),
+    get stats() {
+      return broker.stats;
+    },
+    get connectedClients() {
+      return broker.connected;
+    },
+  };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+function makeListener(l: ListenerConfig, config: Config): Listener {
+  const name = l.name as string;
+  switch (l.type) {
+    case 'tcp':
+      return new TcpListener({ name, host: l.host, port: l.port });
+    case 'ws':
+      return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize });
+  }
+}
+
+function makeProvider(p: ProviderConfig): Authenticator {
+  switch (p.provider) {
+    case 'anonymous':
+      return new AnonymousAuthenticator();
+    case 'static-users':
+      return new StaticUsersAuthenticator(p.users);
+  }
+}
+
+function makeAuditSink(config: Config, log: Logger): AuditSink {
+  switch (config.audit.sink) {
+    case 'none':
+      return new NullAuditSink();
+    case 'stdout':
+      return JsonLinesAuditSink.toStdout(config.audit.maxQueue, log);
+    case 'file':
+      return JsonLinesAuditSink.toFile(config.audit.path, config.audit.maxQueue, log);
+  }
+}
+

@@ -1,0 +1,157 @@
+/**
+ * Shared test helpers: a broker on an ephemeral loopback port with an in-memory audit sink,
+ * mqtt.js clients, and a raw socket for sending hand-made bytes.
+ */
+import net from 'node:net';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { createBroker, MemoryAuditSink, MemoryStore, type BrokerOptions, type ConfigInput, type RunningBroker } from '../src/index.ts';
+import { silentLogger } from '../src/log.ts';
+
+export interface TestBroker {
+  broker: RunningBroker;
+  port: number;
+  /** Port of the WebSocket listener, when one was asked for. */
+  wsPort?: number;
+  audit: MemoryAuditSink;
+  store: MemoryStore;
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a broker on 127.0.0.1 with a random port. By default the listener admits anonymous
+ * clients and the authorizer is allow-all; pass `config` to override any key.
+ */
+export async function startBroker(config: Partial<ConfigInput> = {}, options: BrokerOptions & { ws?: boolean } = {}): Promise<TestBroker> {
+  const audit = (options.audit as MemoryAuditSink | undefined) ?? new MemoryAuditSink();
+  const store = (options.store as MemoryStore | undefined) ?? new MemoryStore();
+  const listeners: ConfigInput['listeners'] = config.listeners ?? [
+    { name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] },
+    ...(options.ws ? [{ name: 'test-ws', type: 'ws' as const, host: '127.0.0.1', port: 0, auth: ['anonymous' as const] }] : []),
+  ];
+  const broker = createBroker(
+    { authorizers: ['allow-all'], sys: { intervalSeconds: 0 }, ...config, listeners },
+    { logger: silentLogger(), ...options, audit, store },
+  );
+  const { listeners: bound } = await broker.start();
+  const tcp = bound.find((l) => l.type === 'tcp');
+  const ws = bound.find((l) => l.type === 'ws');
+  const port = tcp?.port ?? 0;
+  return {
+    broker,
+    port,
+    ...(ws ? { wsPort: ws.port } : {}),
+    audit,
+    store,
+    url: `mqtt://127.0.0.1:${port}`,
+    stop: () => broker.stop(),
+  };
+}
+
+/** Connects an mqtt.js client and waits for CONNACK. Reconnects are off so tests see every close. */
+export function connect(port: number, options: IClientOptions = {}): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, ...options });
+    client.once('connect', () => resolve(client));
+    client.once('error', (err) => {
+      client.end(true);
+      reject(err);
+    });
+    client.once('close', () => reject(new Error('closed before CONNACK')));
+  });
+}
+
+/** Collects the next `count` messages a client receives (topic, payload, packet), or rejects after `ms`. */
+export function nextMessages(client: MqttClient, count: number, ms = 3000): Promise<{ topic: string; payload: string; packet: mqtt.IPublishPacket }[]> {
+  return new Promise((resolve, reject) => {
+    const got: { topic: string; payload: string; packet: mqtt.IPublishPacket }[] = [];
+    const timer = setTimeout(() => {
+      client.off('message', onMessage);
+      reject(new Error(`expected ${count} messages, got ${got.length}: ${JSON.stringify(got.map((m) => m.topic))}`));
+    }, ms);
+    const onMessage = (topic: string, payload: Buffer, packet: mqtt.IPublishPacket) => {
+      got.push({ topic, payload: payload.toString(), packet });
+      if (got.length === count) {
+        clearTimeout(timer);
+        client.off('message', onMessage);
+        resolve(got);
+      }
+    };
+    client.on('message', onMessage);
+  });
+}
+
+/** Resolves with every message received within `ms` (to assert that nothing arrives). */
+export function messagesWithin(client: MqttClient, ms: number): Promise<{ topic: string; payload: string }[]> {
+  return new Promise((resolve) => {
+    const got: { topic: string; payload: string }[] = [];
+    const onMessage = (topic: string, payload: Buffer) => got.push({ topic, payload: payload.toString() });
+    client.on('message', onMessage);
+    setTimeout(() => {
+      client.off('message', onMessage);
+      resolve(got);
+    }, ms);
+  });
+}
+
+export const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A raw TCP socket that records everything the broker sends and when it closes. */
+export interface RawClient {
+  socket: net.Socket;
+  received(): Buffer;
+  /** Resolves when the broker closes the connection (true), or false after `ms`. */
+  closed(ms?: number): Promise<boolean>;
+  /** Waits until at least `n` bytes have arrived. */
+  waitForBytes(n: number, ms?: number): Promise<Buffer>;
+  write(bytes: Buffer | number[]): void;
+}
+
+export function rawConnect(port: number): Promise<RawClient> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let isClosed = false;
+    const closeWaiters: (() => void)[] = [];
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      isClosed = true;
+      closeWaiters.splice(0).forEach((f) => f());
+    });
+    socket.once('connect', () =>
+      resolve({
+        socket,
+        received: () => Buffer.concat(chunks),
+        closed: (ms = 3000) =>
+          new Promise((res) => {
+            if (isClosed) return res(true);
+            const t = setTimeout(() => res(false), ms);
+            closeWaiters.push(() => {
+              clearTimeout(t);
+              res(true);
+            });
+          }),
+        waitForBytes: async (n, ms = 3000) => {
+          const end = Date.now() + ms;
+          while (Buffer.concat(chunks).length < n && Date.now() < end && !isClosed) await delay(10);
+          return Buffer.concat(chunks);
+        },
+        write: (bytes) => socket.write(Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes)),
+      }),
+    );
+    socket.once('error', reject);
+  });
+}
+
+/** A minimal valid MQTT 3.1.1 CONNECT (clean session, keep-alive 60) for raw-socket tests. */
+export function rawConnectPacket(clientId: string, version: 4 | 5 = 4): Buffer {
+  const id = Buffer.from(clientId);
+  const body = Buffer.concat([
+    Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, version, 0x02, 0x00, 0x3c]),
+    version === 5 ? Buffer.from([0x00]) : Buffer.alloc(0),
+    Buffer.from([id.length >> 8, id.length & 0xff]),
+    id,
+  ]);
+  return Buffer.concat([Buffer.from([0x10, body.length]), body]);
+}
