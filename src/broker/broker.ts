@@ -81,6 +81,7 @@ export class Broker {
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private dropWarnedAt = 0;
+  private readonly scratchContext: AccessContext = { qos: 0, retain: false, listener: '', will: false };
 
   constructor(
     readonly config: Config,
@@ -114,7 +115,7 @@ export class Broker {
     }
     for (const message of await this.store.loadRetained()) this.retained.set(message);
 
-    const tick = Math.max(20, Math.min(500, Math.floor(this.config.limits.connectTimeoutMs / 4)));
+    const tick = Math.max(20, Math.min(100, Math.floor(this.config.limits.connectTimeoutMs / 4)));
     this.timers.push(setInterval(() => this.sweep(), tick).unref());
     this.running = true;
     const addresses: ListenerAddress[] = [];
@@ -194,28 +195,36 @@ export class Broker {
     return chain.authenticate(req);
   }
 
-  /** Asks the authorizer chain and records the decision. Synchronous when the authorizers are. */
-  authorize(conn: Connection, action: Action, topic: string, ctx: Omit<AccessContext, 'listener'>): AuthzResult | Promise<AuthzResult> {
+  /**
+   * Asks the authorizer chain and records the decision. Synchronous when the authorizers are.
+   * The context object is reused between calls, so the delivery path allocates nothing per
+   * subscriber; an authorizer must copy it if it needs it after returning.
+   */
+  authorize(conn: Connection, action: Action, topic: string, qos: QoS, retain: boolean, will = false): AuthzResult | Promise<AuthzResult> {
     const principal = conn.principal;
     if (principal === null) {
       const denied: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'not authenticated' };
-      this.recordAccess(conn, action, topic, ctx, denied);
+      this.recordAccess(conn, action, topic, qos, retain, will, denied);
       return denied;
     }
-    const full: AccessContext = { ...ctx, listener: conn.peer.listener };
-    const result = this.authorizers.authorize(principal, action, topic, full);
+    const ctx = this.scratchContext;
+    ctx.qos = qos;
+    ctx.retain = retain;
+    ctx.listener = conn.peer.listener;
+    ctx.will = will;
+    const result = this.authorizers.authorize(principal, action, topic, ctx);
     if (result instanceof Promise) {
       return result.then((r) => {
-        this.recordAccess(conn, action, topic, ctx, r);
+        this.recordAccess(conn, action, topic, qos, retain, will, r);
         return r;
       });
     }
-    this.recordAccess(conn, action, topic, ctx, result);
+    this.recordAccess(conn, action, topic, qos, retain, will, result);
     return result;
   }
 
-  private recordAccess(conn: Connection, action: Action, topic: string, ctx: Omit<AccessContext, 'listener'>, result: AuthzResult): void {
-    const event = ctx.will === true ? 'will' : action;
+  private recordAccess(conn: Connection, action: Action, topic: string, qos: QoS, retain: boolean, will: boolean, result: AuthzResult): void {
+    const event = will ? 'will' : action;
     if (result.kind === 'allow' && !this.auditAllowed[event]) return;
     this.audit(conn, {
       event,
@@ -224,8 +233,8 @@ export class Broker {
       ...(result.kind === 'deny' ? { reason: result.detail } : result.kind === 'abstain' ? { reason: 'no authorizer allowed it' } : {}),
       ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}),
       topic,
-      qos: ctx.qos,
-      retain: ctx.retain,
+      qos,
+      retain,
     });
   }
 
@@ -423,7 +432,7 @@ export class Broker {
     }
     const conn = session.connection;
     if (conn !== null && conn.state === 'connected' && (qos === 0 || (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
-      const allowed = this.authorize(conn, 'deliver', message.topic, { qos, retain });
+      const allowed = this.authorize(conn, 'deliver', message.topic, qos, retain);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds));
       } else if (allowed.kind === 'allow') {
@@ -500,7 +509,7 @@ export class Broker {
         this.stats.messagesExpired++;
         continue;
       }
-      const allowed = this.authorize(conn, 'deliver', next.message.topic, { qos: next.qos, retain: next.retain });
+      const allowed = this.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds));
       } else if (allowed.kind === 'allow') {

@@ -39,7 +39,7 @@ export class WillScheduler {
 
   publish(conn: Connection, will: Will): void {
     const broker = this.broker;
-    const decide = broker.authorize(conn, 'publish', will.topic, { qos: will.qos, retain: will.retain, will: true });
+    const decide = broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
         broker.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');

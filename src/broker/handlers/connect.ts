@@ -243,7 +243,7 @@ async function authorizeWill(ctx: ConnectContext): Promise<Refusal | undefined> 
   const will = ctx.will;
   if (will === null) return undefined;
   const { conn } = ctx;
-  const decision = await conn.broker.authorize(conn, 'publish', will.topic, { qos: will.qos, retain: will.retain, will: true });
+  const decision = await conn.broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
   if (decision.kind === 'allow') return undefined;
   ctx.audited = true; // authorize() recorded the denial
   return { reason: ReasonCode.NotAuthorized, detail: 'will topic not authorized' };

@@ -64,7 +64,7 @@ export function handlePublish(conn: Connection, packet: PublishPacket): void | P
     if (Object.keys(pass).length > 0) message.properties = pass;
   }
 
-  const decision = broker.authorize(conn, 'publish', topic, { qos, retain: packet.retain });
+  const decision = broker.authorize(conn, 'publish', topic, qos, packet.retain);
   if (decision instanceof Promise) return decision.then((d) => finish(conn, message, packetId, d));
   finish(conn, message, packetId, decision);
 }

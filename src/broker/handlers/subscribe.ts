@@ -49,7 +49,7 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
       codes.push(ReasonCode.QuotaExceeded);
       continue;
     }
-    const decision = await broker.authorize(conn, 'subscribe', filter, { qos: request.qos, retain: false });
+    const decision = await broker.authorize(conn, 'subscribe', filter, request.qos, false);
     if (decision.kind !== 'allow') {
       codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
       continue;

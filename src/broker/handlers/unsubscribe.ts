@@ -10,7 +10,7 @@ export async function handleUnsubscribe(conn: Connection, packet: UnsubscribePac
   if (packet.unsubscriptions.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'UNSUBSCRIBE with no topic filters');
   const codes: number[] = [];
   for (const filter of packet.unsubscriptions) {
-    const decision = await broker.authorize(conn, 'unsubscribe', filter, { qos: 0, retain: false });
+    const decision = await broker.authorize(conn, 'unsubscribe', filter, 0, false);
     if (decision.kind !== 'allow') {
       codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
       continue;
