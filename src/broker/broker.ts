@@ -139,7 +139,8 @@ export class Broker {
     this.timers = [];
     this.sys.stop();
     this.wills.stop();
-    await Promise.all(this.listeners.map((l) => l.stop()));
+    // server.close() resolves only when every socket has gone, so start it and await it last.
+    const closing = Promise.all(this.listeners.map((l) => l.stop()));
     for (const conn of [...this.connections]) {
       conn.discardWill = true;
       conn.disconnect(ReasonCode.ServerShuttingDown, 'server shutting down');
@@ -149,6 +150,7 @@ export class Broker {
     }
     await this.waitForConnections(this.config.shutdown.graceMs);
     for (const conn of this.connections) conn.stream.destroy();
+    await closing;
     await this.auditSink.flush();
     await this.auditSink.close();
     await this.authorizers.close();
@@ -292,13 +294,25 @@ export class Broker {
       session.protocolVersion = conn.version;
     }
     session.expiresAt = undefined;
+    this.syncStored(session);
+    return { session, present };
+  }
+
+  /** Writes the session to the store when it is persistent, or removes it when it no longer is. */
+  private syncStored(session: Session): void {
+    const clientId = session.clientId;
     if (session.persistent) {
-      if (present) this.persist((s) => s.setSessionExpiry(clientId, undefined, expiryInterval));
-      else this.persist((s) => s.saveSession((session as Session).toStored()));
-    } else if (present) {
+      if (session.stored) {
+        this.persist((s) => s.setSessionExpiry(clientId, session.expiresAt, session.expiryInterval));
+      } else {
+        session.stored = true;
+        const snapshot = session.toStored();
+        this.persist((s) => s.saveSession(snapshot));
+      }
+    } else if (session.stored) {
+      session.stored = false;
       this.persist((s) => s.deleteSession(clientId));
     }
-    return { session, present };
   }
 
   connectionOpened(conn: Connection, principal: Principal): void {
@@ -338,7 +352,7 @@ export class Broker {
       return;
     }
     session.expiresAt = session.expiryInterval === NEVER_EXPIRES ? undefined : Date.now() + session.expiryInterval * 1000;
-    this.persist((s) => s.setSessionExpiry(session.clientId, session.expiresAt, session.expiryInterval));
+    this.syncStored(session);
     this.armExpiry(session);
   }
 
@@ -360,7 +374,10 @@ export class Broker {
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
     if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
     if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
-    if (session.persistent) this.persist((s) => s.deleteSession(session.clientId));
+    if (session.stored) {
+      session.stored = false;
+      this.persist((s) => s.deleteSession(session.clientId));
+    }
   }
 
   // ── subscriptions ──────────────────────────────────────────────────────────
@@ -525,6 +542,15 @@ export class Broker {
   completeInflight(session: Session, packetId: number): void {
     session.inflight.delete(packetId);
     if (session.persistent) this.persist((s) => s.deleteInflight(session.clientId, packetId));
+    const conn = session.connection;
+    if (conn !== null) {
+      for (const inflight of session.inflight.values()) {
+        if (inflight.resend === true) {
+          this.resend(session, conn, inflight);
+          return;
+        }
+      }
+    }
     if (session.queue.length > 0) this.pump(session);
   }
 
@@ -532,13 +558,24 @@ export class Broker {
   resumeDelivery(session: Session): void {
     const conn = session.connection;
     if (conn === null) return;
+    // Re-send no more than the client's receive maximum allows now; the rest follow as acks arrive.
+    let sent = 0;
     for (const inflight of session.inflight.values()) {
-      if (inflight.state === 'pubrel') conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
-      else if (!this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) {
-        session.inflight.delete(inflight.packetId);
+      if (sent >= conn.sendWindow) inflight.resend = true;
+      else {
+        sent++;
+        this.resend(session, conn, inflight);
       }
     }
     this.pump(session);
+  }
+
+  private resend(session: Session, conn: Connection, inflight: Inflight): void {
+    inflight.resend = false;
+    if (inflight.state === 'pubrel') conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
+    else if (!this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) {
+      session.inflight.delete(inflight.packetId);
+    }
   }
 
   /** Sends the retained messages matching a new subscription, each with the retain flag set [MQTT-3.3.1-9]. */

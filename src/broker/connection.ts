@@ -60,7 +60,7 @@ export class Connection {
     readonly stream: Duplex,
     readonly peer: PeerInfo,
   ) {
-    this.openedAt = this.lastSeen = broker.clock;
+    this.openedAt = this.lastSeen = Date.now();
     const limits = broker.config.limits;
     this.reader = new PacketReader(
       { maxPacketSize: limits.maxPacketSize, maxConnectSize: limits.maxConnectSize },

@@ -13,12 +13,19 @@ import { handlePublish } from './handlers/publish.ts';
 import { handleSubscribe } from './handlers/subscribe.ts';
 import { handleUnsubscribe } from './handlers/unsubscribe.ts';
 
+function needsPacketId(packet: Packet): boolean {
+  return packet.cmd === 'subscribe' || packet.cmd === 'unsubscribe' || (packet.cmd === 'publish' && packet.qos > 0);
+}
+
 export function dispatch(conn: Connection, packet: Packet): void | Promise<void> {
   if (conn.state === 'new') {
     if (packet.cmd !== 'connect') return conn.disconnect(ReasonCode.ProtocolError, 'the first packet must be CONNECT'); // [MQTT-3.1.0-1]
     return handleConnect(conn, packet);
   }
   if (conn.state !== 'connected') return;
+  if (packet.messageId === 0 && needsPacketId(packet)) {
+    return conn.disconnect(ReasonCode.ProtocolError, `${packet.cmd.toUpperCase()} with packet identifier 0`); // [MQTT-2.3.1-1]
+  }
   switch (packet.cmd) {
     case 'publish':
       return handlePublish(conn, packet);

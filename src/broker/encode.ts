@@ -45,8 +45,11 @@ export function encodePublish(
       topic = '';
     } else if (aliases.size < conn.outboundAliasMaximum) {
       const next = aliases.size + 1;
-      aliases.set(topic, next);
       properties.topicAlias = next;
+      const buf = encode(packetOf(topic, message, qos, retain, properties), 5);
+      // The alias exists for the client only if this packet reaches it.
+      if (buf.length <= conn.clientMaxPacketSize) aliases.set(topic, next);
+      return buf;
     }
   }
   return encode(packetOf(topic, message, qos, retain, properties), 5);

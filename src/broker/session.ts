@@ -16,6 +16,8 @@ export interface QueuedDelivery {
 export interface Inflight extends QueuedDelivery {
   packetId: number;
   state: 'publish' | 'pubrel';
+  /** Waiting to be re-sent after a reconnect, once the client's receive maximum has room. */
+  resend?: boolean;
 }
 
 /** Session state: lives as long as the connection, or longer for a persistent session. */
@@ -29,6 +31,8 @@ export class Session {
   principal: Principal | null = null;
   expiryTimer: NodeJS.Timeout | null = null;
   expiresAt: number | undefined;
+  /** True once the session has been written to the store. */
+  stored = false;
   private nextPacketId = 1;
 
   // Scratch fields written by Router.match, so matching allocates nothing per subscriber.
@@ -82,6 +86,7 @@ export class Session {
   static fromStored(stored: StoredSession): Session {
     const session = new Session(stored.clientId, stored.owner, stored.protocolVersion, stored.expiryInterval);
     session.expiresAt = stored.expiresAt;
+    session.stored = true;
     for (const sub of stored.subscriptions) session.subscriptions.set(sub.filter, sub);
     for (const f of stored.inflight) {
       session.inflight.set(f.packetId, {

@@ -13,7 +13,10 @@ program
   .description('start the broker (built-in local-only defaults without --config)')
   .option('-c, --config <file>', 'configuration file (YAML or JSON)')
   .action(async (opts: { config?: string }) => {
-    process.exitCode = await startCommand(opts.config);
+    const code = await startCommand(opts.config);
+    // Exit explicitly: the logger's async destination would otherwise keep the process alive.
+    setTimeout(() => process.exit(code), 50).unref();
+    process.exitCode = code;
   });
 
 await program.parseAsync(process.argv);

@@ -292,7 +292,8 @@ function connack(ctx: ConnectContext): undefined {
     });
   } else {
     conn.sendWindow = limits.maxInflight;
-    conn.send({ cmd: 'connack', returnCode: 0, sessionPresent: ctx.sessionPresent });
+    // MQTT 3.1 has no session-present flag: the byte is reserved and stays 0.
+    conn.send({ cmd: 'connack', returnCode: 0, sessionPresent: conn.version === 4 && ctx.sessionPresent });
   }
   const principal = ctx.principal as Principal;
   broker.audit(conn, {

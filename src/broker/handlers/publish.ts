@@ -37,6 +37,7 @@ export function handlePublish(conn: Connection, packet: PublishPacket): void | P
       return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
     }
   }
+  if (topic.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'PUBLISH with an empty topic and no topic alias');
   const check = checkTopicName(topic, limits);
   if (!check.ok) return conn.disconnect(ReasonCode.TopicNameInvalid, check.detail); // [MQTT-3.3.2-2]
 
