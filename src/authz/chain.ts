@@ -31,9 +31,11 @@ export class AuthorizerChain {
         return failed(authorizer, err);
       }
       if (answer instanceof Promise) {
+        // The broker reuses its context object between calls: keep a copy for the rest of the chain.
+        const saved = { ...ctx };
         return answer.then(
           (d): AuthzResult | Promise<AuthzResult> =>
-            d.kind === 'abstain' ? this.from(i + 1, who, action, topic, ctx) : { ...d, decidedBy: authorizer.id },
+            d.kind === 'abstain' ? this.from(i + 1, who, action, topic, saved) : { ...d, decidedBy: authorizer.id },
           (err: unknown) => failed(authorizer, err),
         );
       }

@@ -68,7 +68,7 @@ export class Connection {
       (error) => this.onCodecError(error),
     );
     stream.on('data', (chunk: Buffer) => {
-      this.lastSeen = this.broker.clock;
+      this.lastSeen = Date.now();
       this.reader.push(chunk);
     });
     stream.on('error', (err) => this.close({ code: ReasonCode.UnspecifiedError, detail: `socket error: ${err.message}` }));
