@@ -24,12 +24,20 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
     return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
   }
 
+  // A protocol error anywhere refuses the whole packet before any filter is applied.
+  for (const request of packet.subscriptions) {
+    const shared = parseShared(request.topic);
+    if (shared !== null && !('error' in shared) && request.nl === true) {
+      return conn.disconnect(ReasonCode.ProtocolError, 'no-local on a shared subscription'); // [MQTT-3.8.3-4]
+    }
+  }
   const codes: number[] = [];
   const granted: { sub: StoredSubscription; existed: boolean; shared: boolean }[] = [];
   for (const request of packet.subscriptions) {
     const filter = request.topic;
     const shared = parseShared(filter);
     if (shared !== null && 'error' in shared) {
+      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: shared.error, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
     }
@@ -39,9 +47,6 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
       broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
-    }
-    if (shared !== null && request.nl === true) {
-      return conn.disconnect(ReasonCode.ProtocolError, 'no-local on a shared subscription'); // [MQTT-3.8.3-4]
     }
     const existed = session.subscriptions.has(filter);
     if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
