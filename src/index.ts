@@ -22,7 +22,7 @@ import { AuthorizerChain } from './authz/chain.ts';
 import type { Authorizer } from './authz/types.ts';
 import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
 import { VERSION } from './broker/sys.ts';
-import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, parseConfig } from './config/schema.ts';
+import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MemoryStore } from './store/memory.ts';
 import type { Store } from './store/types.ts';
@@ -75,7 +75,15 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     chains.set(l.name as string, new AuthenticatorChain(providers, config.authDeadlineMs));
   }
   const authorizers = new AuthorizerChain([...config.authorizers.map(() => new AllowAllAuthorizer()), ...(options.authorizers ?? [])]);
-  const audit = options.audit ?? makeAuditSink(config, log);
+  let audit: AuditSink;
+  try {
+    audit = options.audit ?? makeAuditSink(config, log);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ConfigError(`invalid configuration:\n  - audit.path: cannot open ${config.audit.path} for writing (${code})`, [
+      { key: 'audit.path', message: `cannot open for writing (${code})` },
+    ]);
+  }
   const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
   return {
     config,

@@ -17,7 +17,8 @@ export function handleDisconnect(conn: Connection, packet: DisconnectPacket): vo
     }
     session.expiryInterval = Math.min(expiry, conn.broker.config.limits.maxSessionExpiry);
   }
-  conn.discardWill = code !== ReasonCode.DisconnectWithWill;
+  // Only a normal disconnect (0x00) deletes the will; 0x04 and error codes keep it.
+  conn.discardWill = code === ReasonCode.Success;
   conn.close({ code, detail: code === ReasonCode.Success ? 'client disconnected' : `client disconnected with reason 0x${code.toString(16)}` });
   conn.stream.end();
 }

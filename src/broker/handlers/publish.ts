@@ -65,6 +65,12 @@ export function handlePublish(conn: Connection, packet: PublishPacket): void | P
     if (Object.keys(pass).length > 0) message.properties = pass;
   }
 
+  if (topic === '$SYS' || topic.startsWith('$SYS/')) {
+    // $SYS is the broker's own namespace: clients cannot publish there, whatever the authorizer says.
+    const denied: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: '$SYS topics are reserved for the broker' };
+    broker.audit(conn, { event: 'publish', decision: 'deny', reasonCode: denied.reason, reason: denied.detail, topic, qos, retain: packet.retain });
+    return finish(conn, message, packetId, denied);
+  }
   const decision = broker.authorize(conn, 'publish', topic, qos, packet.retain);
   if (decision instanceof Promise) return decision.then((d) => finish(conn, message, packetId, d));
   finish(conn, message, packetId, decision);
