@@ -198,8 +198,15 @@ const generateOptions: Record<ProtocolVersion, { protocolVersion: ProtocolVersio
   5: { protocolVersion: 5 },
 };
 
-/** Encodes any packet for the given protocol version. */
+const ACK_HEADERS: Partial<Record<Packet['cmd'], number>> = { puback: 0x40, pubrec: 0x50, pubrel: 0x62, pubcomp: 0x70 };
+
+/** Encodes any packet for the given protocol version. Plain acknowledgements take a fast path. */
 export function encode(packet: Packet, version: ProtocolVersion): Buffer {
+  const ack = ACK_HEADERS[packet.cmd];
+  if (ack !== undefined && (packet as { reasonCode?: number }).reasonCode === undefined && (packet as { properties?: unknown }).properties === undefined) {
+    const id = packet.messageId ?? 0;
+    return Buffer.from([ack, 2, id >> 8, id & 0xff]);
+  }
   return mqtt.generate(packet, generateOptions[version]);
 }
 
