@@ -4,6 +4,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../broker/sys.ts';
 import { startCommand } from './start.ts';
+import { registerPkiCommand } from './pki.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -18,5 +19,7 @@ program
     setTimeout(() => process.exit(code), 50).unref();
     process.exitCode = code;
   });
+
+registerPkiCommand(program);
 
 await program.parseAsync(process.argv);
