@@ -11,8 +11,8 @@
  * // ...
  * await broker.stop();
  */
-import { JsonLinesAuditSink, NullAuditSink } from './audit/sinks.ts';
-import type { AuditSink } from './audit/types.ts';
+import { AuditSetupError, createAuditSink } from './audit/sinks.ts';
+import type { AuditHealth, AuditSink } from './audit/types.ts';
 import { AnonymousAuthenticator } from './auth/anonymous.ts';
 import { AuthenticatorChain } from './auth/chain.ts';
 import { StaticUsersAuthenticator } from './auth/static-users.ts';
@@ -33,11 +33,14 @@ import { WebSocketListener } from './transport/websocket.ts';
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
 export { MemoryStore } from './store/memory.ts';
-export { MemoryAuditSink } from './audit/sinks.ts';
+export { MemoryAuditSink, createAuditSink } from './audit/sinks.ts';
+export { ChainedAuditSink } from './audit/chained-sink.ts';
+export { FileAuditOutput, type AuditFileIO } from './audit/file-output.ts';
+export { verifyAuditFiles } from './audit/verify.ts';
 export type { Config, ConfigInput } from './config/schema.ts';
 export type { Authenticator, ConnectRequest, Decision, Principal } from './auth/types.ts';
 export type { Authorizer, Action, AccessContext, ReloadReport } from './authz/types.ts';
-export type { AuditEvent, AuditSink } from './audit/types.ts';
+export type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
 export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight } from './store/types.ts';
 export type { PeerInfo, Listener } from './transport/types.ts';
 export { VERSION };
@@ -62,6 +65,10 @@ export interface RunningBroker {
   stop(): Promise<void>;
   readonly stats: BrokerStats;
   readonly connectedClients: number;
+  /** The audit sink's state: ok, pending, dropped and written records. */
+  auditHealth(): AuditHealth;
+  /** Records a reload (policy, certificates, CRL, password file) in the audit log. */
+  recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void;
 }
 
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
@@ -79,10 +86,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   try {
     audit = options.audit ?? makeAuditSink(config, log);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-    throw new ConfigError(`invalid configuration:\n  - audit.path: cannot open ${config.audit.path} for writing (${code})`, [
-      { key: 'audit.path', message: `cannot open for writing (${code})` },
-    ]);
+    if (!(err instanceof AuditSetupError)) throw err;
+    throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
   return {
@@ -114,6 +119,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     get connectedClients() {
       return broker.connected;
     },
+    auditHealth: () => broker.auditHealth(),
+    recordReload: (what, report) => broker.recordReload(what, report),
   };
 }
 
@@ -141,13 +148,6 @@ function makeProvider(p: ProviderConfig): Authenticator {
 }
 
 function makeAuditSink(config: Config, log: Logger): AuditSink {
-  switch (config.audit.sink) {
-    case 'none':
-      return new NullAuditSink();
-    case 'stdout':
-      return JsonLinesAuditSink.toStdout(config.audit.maxQueue, log);
-    case 'file':
-      return JsonLinesAuditSink.toFile(config.audit.path, config.audit.maxQueue, log);
-  }
+  return createAuditSink(config.audit, log);
 }
 

@@ -1,7 +1,8 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import type { Logger } from '../log.ts';
-import { AUDIT_SCHEMA_VERSION, type AuditEvent, type AuditSink } from './types.ts';
+import { ChainedAuditSink, type AuditOutput } from './chained-sink.ts';
+import { loadSigningKey } from './checkpoint.ts';
+import { FileAuditOutput, findChainTip, type AuditFileIO } from './file-output.ts';
+import type { AuditEvent, AuditSink } from './types.ts';
 
 /** Discards records; used when auditing is explicitly turned off. */
 export class NullAuditSink implements AuditSink {
@@ -21,66 +22,85 @@ export class MemoryAuditSink implements AuditSink {
   async close(): Promise<void> {}
 }
 
+/** The `audit` section of the configuration, as the sinks need it. */
+export interface AuditSinkSettings {
+  sink: 'file' | 'stdout' | 'none';
+  path: string;
+  maxQueue: number;
+  fsyncIntervalMs: number;
+  retryIntervalMs: number;
+  rotate: { maxBytes: number; intervalSeconds: number };
+  retention: { maxFiles: number; maxAgeDays: number };
+  checkpoint: { keyFile?: string | undefined; keyId?: string | undefined; intervalSeconds: number };
+}
+
+/** Thrown when the audit sink cannot be set up; `key` names the configuration key at fault. */
+export class AuditSetupError extends Error {
+  readonly code = 'ERR_PORTCULLIS_AUDIT_SETUP';
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /**
- * Writes JSON Lines, batched once per event-loop turn, to a file or to stdout. The queue is
- * bounded: when it is full, records are dropped, counted, and reported in a loud log line.
+ * Builds the configured sink. The file is opened and the chain tip read before the broker
+ * starts, so an unwritable path or a bad signing key stops the start with a clear error.
  */
-export class JsonLinesAuditSink implements AuditSink {
-  private queue: string[] = [];
-  private seq = 0;
-  private scheduled = false;
-  private writing: Promise<void> = Promise.resolve();
-  dropped = 0;
-
-  private constructor(
-    private readonly out: NodeJS.WritableStream,
-    private readonly maxQueue: number,
-    private readonly log: Logger,
-    private readonly ownsStream: boolean,
-  ) {}
-
-  static toFile(file: string, maxQueue: number, log: Logger): JsonLinesAuditSink {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    // Open synchronously so an unwritable path fails at start with a clear error.
-    const fd = fs.openSync(file, 'a', 0o600);
-    const stream = fs.createWriteStream(file, { fd, flags: 'a' });
-    stream.on('error', (err) => log.error({ err: err.message, file }, 'audit file write failed'));
-    return new JsonLinesAuditSink(stream, maxQueue, log, true);
-  }
-
-  static toStdout(maxQueue: number, log: Logger): JsonLinesAuditSink {
-    return new JsonLinesAuditSink(process.stdout, maxQueue, log, false);
-  }
-
-  record(event: AuditEvent): void {
-    if (this.queue.length >= this.maxQueue) {
-      if (this.dropped++ % 1000 === 0) this.log.error({ dropped: this.dropped }, 'audit queue full: records dropped');
-      return;
-    }
-    this.queue.push(JSON.stringify({ v: AUDIT_SCHEMA_VERSION, time: new Date().toISOString(), seq: ++this.seq, ...event }));
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => this.drain());
+export function createAuditSink(settings: AuditSinkSettings, log: Logger, io?: AuditFileIO): AuditSink {
+  if (settings.sink === 'none') return new NullAuditSink();
+  let checkpoint: { key: import('node:crypto').KeyObject; intervalMs: number; kid?: string } | undefined;
+  if (settings.checkpoint.keyFile !== undefined) {
+    try {
+      checkpoint = {
+        key: loadSigningKey(settings.checkpoint.keyFile),
+        intervalMs: settings.checkpoint.intervalSeconds * 1000,
+        ...(settings.checkpoint.keyId !== undefined ? { kid: settings.checkpoint.keyId } : {}),
+      };
+    } catch (err) {
+      throw new AuditSetupError('audit.checkpoint.keyFile', (err as Error).message);
     }
   }
+  const common = { maxQueue: settings.maxQueue, log, retryMs: settings.retryIntervalMs, fsyncIntervalMs: settings.fsyncIntervalMs, ...(checkpoint ? { checkpoint } : {}) };
+  if (settings.sink === 'stdout') return new ChainedAuditSink(stdoutOutput(process.stdout), common);
 
-  private drain(): void {
-    this.scheduled = false;
-    if (this.queue.length === 0) return;
-    const batch = this.queue.join('\n') + '\n';
-    this.queue = [];
-    this.writing = this.writing.then(
-      () => new Promise<void>((resolve) => this.out.write(batch, () => resolve())),
-    );
+  let sink: ChainedAuditSink | undefined;
+  const found = (() => {
+    try {
+      return findChainTip(settings.path);
+    } catch (err) {
+      throw new AuditSetupError('audit.path', `cannot read ${settings.path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  })();
+  let output: FileAuditOutput;
+  try {
+    output = new FileAuditOutput({
+      path: settings.path,
+      maxBytes: settings.rotate.maxBytes,
+      intervalMs: settings.rotate.intervalSeconds * 1000,
+      maxFiles: settings.retention.maxFiles,
+      maxAgeMs: settings.retention.maxAgeDays * 86_400_000,
+      log,
+      ...(io ? { io } : {}),
+      onEvent: (event) => sink?.record(event),
+    });
+  } catch (err) {
+    throw new AuditSetupError('audit.path', `cannot open ${settings.path} for writing (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+  sink = new ChainedAuditSink(output, {
+    ...common,
+    ...(found ? { tip: found.tip, startDetail: { resumedAfterSeq: found.tip.seq } } : {}),
+  });
+  return sink;
+}
 
-  async flush(): Promise<void> {
-    this.drain();
-    await this.writing;
-  }
-
-  async close(): Promise<void> {
-    await this.flush();
-    if (this.ownsStream) await new Promise<void>((resolve) => (this.out as fs.WriteStream).end(() => resolve()));
-  }
+/** An output to a stream such as stdout, for containers; the chain starts afresh each run. */
+export function stdoutOutput(stream: NodeJS.WritableStream, name = 'stdout'): AuditOutput {
+  return {
+    name,
+    write: (data) => new Promise((resolve, reject) => stream.write(data, (err) => (err ? reject(err) : resolve()))),
+    close: async () => {},
+  };
 }

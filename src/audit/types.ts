@@ -1,8 +1,13 @@
-/** The audit record schema version written in every record. */
-export const AUDIT_SCHEMA_VERSION = 1;
+/**
+ * The audit record schema. Version 2 adds the hash chain (`prev`, `hash`), the action field,
+ * certificate subject, rule and the security-disconnect, reload, ban, TLS and checkpoint events.
+ * See docs/audit.md for every field.
+ */
+export const AUDIT_SCHEMA_VERSION = 2;
 
 export type AuditEventName =
   | 'connect'
+  | 'tls'
   | 'publish'
   | 'subscribe'
   | 'unsubscribe'
@@ -11,13 +16,24 @@ export type AuditEventName =
   | 'session'
   | 'disconnect'
   | 'reload'
-  | 'admin';
+  | 'ban'
+  | 'unban'
+  | 'admin'
+  /** Written by the audit sink itself: start, recovery after a failure, dropped-record counts. */
+  | 'audit'
+  /** A signed checkpoint over the chain so far. */
+  | 'checkpoint';
 
 /**
  * One access decision. Secrets (passwords, tokens, keys) and payloads are never part of it.
+ *
+ * @example
+ * sink.record({ event: 'publish', decision: 'deny', reasonCode: 0x87, reason: 'not authorized', clientId: 'dev-1', topic: 'a/b', qos: 1, retain: false });
  */
 export interface AuditEvent {
   event: AuditEventName;
+  /** What was attempted, when it is more specific than the event (e.g. 'policy' for a reload, 'expired' for a disconnect). */
+  action?: string;
   decision: 'allow' | 'deny';
   reasonCode?: number;
   reason?: string;
@@ -29,6 +45,8 @@ export interface AuditEvent {
   authMethod?: string;
   /** The provider or authorizer that decided. */
   decidedBy?: string;
+  /** The policy rule that decided, when the authorizer reports one. */
+  rule?: string;
   /** Each provider's verdict, for connect records. */
   verdicts?: { provider: string; kind: string; reason?: number; detail?: string }[];
   topic?: string;
@@ -37,6 +55,22 @@ export interface AuditEvent {
   certFingerprint?: string;
   certSubject?: string;
   policyVersion?: string;
+  /** Free-form, non-secret details (file name of a reload, counts). */
+  detail?: Record<string, string | number | boolean>;
+}
+
+/** What the broker reads from a sink to apply the failure mode. */
+export interface AuditHealth {
+  /** False while the sink cannot write (disk full, permission lost) or its queue is full. */
+  ok: boolean;
+  /** Records waiting to be written. */
+  pending: number;
+  /** Records dropped since start (only ever when the queue was full); each drop is logged and counted. */
+  dropped: number;
+  /** Records written since start. */
+  written: number;
+  /** The last write error, while failing. */
+  error?: string;
 }
 
 /** Where audit records go. `record` is non-blocking, bounded and never throws. */
@@ -44,4 +78,6 @@ export interface AuditSink {
   record(event: AuditEvent): void;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /** Sinks that can fail report it here; the broker applies `audit.failMode` while `ok` is false. */
+  health?(): AuditHealth;
 }

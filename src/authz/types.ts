@@ -38,4 +38,4 @@ export interface ReloadReport {
 }
 
 /** A chain's answer, with who decided for the audit record. */
-export type AuthzResult = Decision & { decidedBy?: string };
+export type AuthzResult = Decision & { decidedBy?: string; rule?: string; policyVersion?: string };

@@ -4,7 +4,7 @@
  * and the audit sink).
  */
 import type { Duplex } from 'node:stream';
-import type { AuditEvent, AuditSink } from '../audit/types.ts';
+import type { AuditEvent, AuditHealth, AuditSink } from '../audit/types.ts';
 import { AuthenticatorChain, type ChainResult } from '../auth/chain.ts';
 import type { ConnectRequest, Principal } from '../auth/types.ts';
 import { AuthorizerChain } from '../authz/chain.ts';
@@ -73,6 +73,7 @@ export class Broker {
   connected = 0;
   private readonly auditSink: AuditSink;
   private readonly auditAllowed: Record<Action | 'connect' | 'will', boolean>;
+  private readonly auditFailClosed: boolean;
   private readonly chains: Map<string, AuthenticatorChain>;
   private readonly authorizers: AuthorizerChain;
   private readonly listeners: Listener[];
@@ -95,6 +96,8 @@ export class Broker {
     this.listeners = parts.listeners;
     const allowed = config.audit.allowed;
     this.auditAllowed = { ...allowed, will: true };
+    const sink = parts.audit;
+    this.auditFailClosed = config.audit.failMode === 'fail-closed' && typeof sink.health === 'function';
     this.wills = new WillScheduler(this);
     this.sys = new SysTopics(this);
   }
@@ -209,6 +212,11 @@ export class Broker {
       this.recordAccess(conn, action, topic, qos, retain, will, denied);
       return denied;
     }
+    if (this.auditFailClosed && action !== 'unsubscribe' && !this.auditAvailable()) {
+      // fail-closed: no access that cannot be audited. Giving up a subscription stays allowed.
+      this.recordAccess(conn, action, topic, qos, retain, will, AUDIT_UNAVAILABLE);
+      return AUDIT_UNAVAILABLE;
+    }
     const ctx = this.scratchContext;
     ctx.qos = qos;
     ctx.retain = retain;
@@ -234,6 +242,8 @@ export class Broker {
       reasonCode: result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized,
       ...(result.kind === 'deny' ? { reason: result.detail } : result.kind === 'abstain' ? { reason: 'no authorizer allowed it' } : {}),
       ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}),
+      ...(result.rule !== undefined ? { rule: result.rule } : {}),
+      ...(result.policyVersion !== undefined ? { policyVersion: result.policyVersion } : {}),
       topic,
       qos,
       retain,
@@ -253,14 +263,53 @@ export class Broker {
         if (p.username !== undefined) event.username ??= p.username;
         event.authMethod ??= p.method;
       }
-      const fp = conn.peer.tls?.fingerprint256;
-      if (fp !== undefined) event.certFingerprint ??= fp;
+      const tls = conn.peer.tls;
+      if (tls?.fingerprint256 !== undefined) event.certFingerprint ??= tls.fingerprint256;
+      if (tls?.subject !== undefined) event.certSubject ??= formatSubject(tls.subject);
     }
     try {
       this.auditSink.record(event);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'audit sink failed');
     }
+  }
+
+  /** False while the audit sink cannot write and `audit.failMode` is fail-closed: connects are refused, access denied. */
+  auditAvailable(): boolean {
+    return !this.auditFailClosed || (this.auditSink.health as () => AuditHealth).call(this.auditSink).ok;
+  }
+
+  /** The audit sink's state (for metrics); sinks that cannot fail report ok. */
+  auditHealth(): AuditHealth {
+    return this.auditSink.health?.() ?? { ok: true, pending: 0, dropped: 0, written: 0 };
+  }
+
+  /**
+   * Disconnects a client for a security reason (credentials expired, certificate revoked,
+   * access lost after a reload) and records it. `action` names the cause in the audit record.
+   */
+  disconnectForSecurity(conn: Connection, code: number, action: string, reason: string): void {
+    if (conn.state === 'closed') return;
+    this.audit(conn, { event: 'disconnect', action, decision: 'deny', reasonCode: code, reason });
+    conn.disconnect(code, reason);
+  }
+
+  /**
+   * Records a reload of policy, certificates, CRLs or a password file, successful or not.
+   * Call it from whatever performs the reload.
+   *
+   * @example
+   * broker.recordReload('policy', { ok: false, detail: 'policies/acl.csv:12: unknown effect' });
+   */
+  recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void {
+    this.audit(null, {
+      event: 'reload',
+      action: what,
+      decision: report.ok ? 'allow' : 'deny',
+      reason: report.detail ?? (report.ok ? 'reloaded' : 'reload failed'),
+      ...(report.version !== undefined ? { policyVersion: report.version } : {}),
+      ...(report.file !== undefined ? { detail: { file: report.file } } : {}),
+    });
   }
 
   // ── sessions ───────────────────────────────────────────────────────────────
@@ -324,7 +373,10 @@ export class Broker {
     );
     if (principal.expiresAt !== undefined) {
       const ms = principal.expiresAt - Date.now();
-      conn.expiryTimer = setTimeout(() => conn.disconnect(ReasonCode.MaximumConnectTime, 'credentials expired'), Math.max(0, Math.min(ms, MAX_TIMER)));
+      conn.expiryTimer = setTimeout(
+        () => this.disconnectForSecurity(conn, ReasonCode.MaximumConnectTime, 'credentials-expired', 'credentials expired'),
+        Math.max(0, Math.min(ms, MAX_TIMER)),
+      );
       conn.expiryTimer.unref();
     }
   }
@@ -608,6 +660,15 @@ export class Broker {
   describeReason(code: number): string {
     return reasonName(code);
   }
+}
+
+const AUDIT_UNAVAILABLE: AuthzResult = Object.freeze({ kind: 'deny', reason: ReasonCode.UnspecifiedError, detail: 'audit log unavailable', decidedBy: 'audit' }) as AuthzResult;
+
+/** `{ CN: 'dev-1', O: ['a', 'b'] }` → `CN=dev-1, O=a, O=b`. */
+function formatSubject(subject: Record<string, string | string[]>): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(subject)) for (const x of Array.isArray(v) ? v : [v]) parts.push(`${k}=${x}`);
+  return parts.join(', ');
 }
 
 function stripForStore(message: Message): Message {

@@ -81,8 +81,37 @@ export const configSchema = z.strictObject({
   audit: z
     .strictObject({
       sink: z.enum(['file', 'stdout', 'none']).default('file'),
-      path: z.string().default('data/audit.jsonl'),
+      path: z.string().min(1).default('data/audit.jsonl'),
       maxQueue: positiveInt.default(100_000),
+      /** What the broker does while records cannot be written: refuse connects and deny access, or keep serving. */
+      failMode: z.enum(['fail-closed', 'fail-open']).default('fail-closed'),
+      /** fsync the audit file at most this often; 0 syncs after every batch. */
+      fsyncIntervalMs: z.number().int().min(0).default(1000),
+      retryIntervalMs: positiveInt.default(1000),
+      rotate: z
+        .strictObject({
+          /** 0 turns size rotation off. */
+          maxBytes: z.number().int().min(0).default(100 * 1024 * 1024),
+          /** 0 turns time rotation off. */
+          intervalSeconds: z.number().int().min(0).default(86_400),
+        })
+        .prefault({}),
+      retention: z
+        .strictObject({
+          /** Rotated files kept; 0 keeps all. */
+          maxFiles: z.number().int().min(0).default(30),
+          /** 0 keeps rotated files whatever their age. */
+          maxAgeDays: z.number().int().min(0).default(0),
+        })
+        .prefault({}),
+      checkpoint: z
+        .strictObject({
+          /** An Ed25519 private key (PKCS#8 PEM); with it, signed checkpoints are written. */
+          keyFile: z.string().min(1).optional(),
+          keyId: z.string().min(1).optional(),
+          intervalSeconds: positiveInt.default(60),
+        })
+        .prefault({}),
       /** Allowed decisions to record per action; denials are always recorded. */
       allowed: z
         .strictObject({

@@ -2,7 +2,7 @@
  * CONNECT. A connection's steps are a visible list, run in order; the first step that refuses
  * ends the connect with its reason code:
  *
- *   checkProtocol → checkClientId → checkKeepAlive → checkWill → authenticate → bindIdentity
+ *   checkProtocol → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate → bindIdentity
  *   → authorizeWill → attachSession → connack → resumeDelivery
  */
 import { randomUUID } from 'node:crypto';
@@ -42,6 +42,7 @@ const steps: Step[] = [
   checkClientId,
   checkKeepAlive,
   checkWill,
+  checkAuditLog,
   authenticate,
   bindIdentity,
   authorizeWill,
@@ -180,6 +181,13 @@ function checkWill(ctx: ConnectContext): Refusal | undefined {
     delaySeconds: willDelayInterval ?? 0,
   };
   return undefined;
+}
+
+/** fail-closed: while the audit log cannot be written, no new client gets in (v5 0x88, v3 return code 3). */
+function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
+  if (ctx.conn.broker.auditAvailable()) return undefined;
+  ctx.decidedBy = 'audit';
+  return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable' };
 }
 
 async function authenticate(ctx: ConnectContext): Promise<Refusal | undefined> {

@@ -1,0 +1,320 @@
+/**
+ * The hash-chained JSON Lines sink. `record()` only appends to a bounded in-memory queue; a
+ * drain scheduled with setImmediate serializes the queued events in one batch, links each to
+ * the one before (SHA-256), and hands the batch to an output (a file with rotation, or stdout).
+ *
+ * When the output fails (disk full, permission lost), the serialized batch is kept and retried;
+ * `health().ok` turns false so the broker can apply its failure mode. When the queue is full,
+ * records are dropped, counted, logged loudly, and a record saying how many were dropped is
+ * written into the chain as soon as it can be: nothing is dropped silently.
+ */
+import type { KeyObject } from 'node:crypto';
+import type { Logger } from '../log.ts';
+import { signCheckpoint } from './checkpoint.ts';
+import { GENESIS, serializeRecord, type ChainTip } from './record.ts';
+import type { AuditEvent, AuditHealth, AuditSink } from './types.ts';
+
+/** Where the serialized batches go. */
+export interface AuditOutput {
+  /** A short name for logs: the file path or 'stdout'. */
+  readonly name: string;
+  /** Called before each write; a file output may rotate here. */
+  prepare?(batchBytes: number): Promise<void>;
+  write(data: Buffer): Promise<void>;
+  /** Undoes a partial write before a failed batch is retried. */
+  rollback?(): Promise<void>;
+  sync?(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ChainedSinkOptions {
+  maxQueue: number;
+  log: Logger;
+  /** The chain to continue (the last record of the previous run or file). */
+  tip?: ChainTip;
+  /** How long to wait before retrying a failed write. Default 1000 ms. */
+  retryMs?: number;
+  /** fsync at most this often; 0 syncs after every batch. Default 1000 ms. */
+  fsyncIntervalMs?: number;
+  checkpoint?: { key: KeyObject; intervalMs: number; kid?: string };
+  /** Written as the first record, e.g. where the chain was resumed from. */
+  startDetail?: Record<string, string | number | boolean>;
+}
+
+const CHECKPOINT = Symbol('checkpoint');
+type Item = AuditEvent | typeof CHECKPOINT;
+const MAX_BATCH = 8192;
+const LOUD_LOG_INTERVAL_MS = 5000;
+
+export class ChainedAuditSink implements AuditSink {
+  private items: Item[] = [];
+  private times: number[] = [];
+  private pending: { data: Buffer; count: number } | null = null;
+  private tip: ChainTip;
+  private running = false;
+  private scheduled = false;
+  private closed = false;
+  private needsRollback = false;
+  private failedSince: number | null = null;
+  private lastError: string | undefined;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private syncTimer: NodeJS.Timeout | null = null;
+  private checkpointTimer: NodeJS.Timeout | null = null;
+  private dirty = false;
+  private sinceCheckpoint = 0;
+  private droppedUnreported = 0;
+  private dropLoggedAt = 0;
+  private failLoggedAt = 0;
+  private waiters: (() => void)[] = [];
+  dropped = 0;
+  written = 0;
+
+  constructor(
+    private readonly output: AuditOutput,
+    private readonly options: ChainedSinkOptions,
+  ) {
+    this.tip = options.tip ?? { seq: 0, hash: GENESIS };
+    const fsyncMs = options.fsyncIntervalMs ?? 1000;
+    if (fsyncMs > 0 && output.sync) {
+      this.syncTimer = setInterval(() => void this.syncNow(), fsyncMs);
+      this.syncTimer.unref();
+    }
+    const cp = options.checkpoint;
+    if (cp !== undefined) {
+      this.checkpointTimer = setInterval(() => this.checkpoint(), cp.intervalMs);
+      this.checkpointTimer.unref();
+    }
+    this.record({
+      event: 'audit',
+      action: 'start',
+      decision: 'allow',
+      reason: this.tip.seq === 0 ? 'new chain' : 'chain resumed',
+      ...(options.startDetail !== undefined ? { detail: options.startDetail } : {}),
+    });
+  }
+
+  record(event: AuditEvent): void {
+    if (this.closed) {
+      this.drop();
+      return;
+    }
+    this.enqueue(event);
+  }
+
+  private enqueue(event: AuditEvent): void {
+    if (this.items.length >= this.options.maxQueue) {
+      this.drop();
+      return;
+    }
+    this.items.push(event);
+    this.times.push(Date.now());
+    this.schedule();
+  }
+
+  /** Queues a signed checkpoint when records were written since the last one. */
+  checkpoint(): void {
+    if (this.options.checkpoint === undefined || this.sinceCheckpoint === 0 || this.closed) return;
+    this.sinceCheckpoint = 0;
+    this.items.push(CHECKPOINT);
+    this.times.push(Date.now());
+    this.schedule();
+  }
+
+  health(): AuditHealth {
+    const h: AuditHealth = {
+      ok: this.failedSince === null && this.items.length < this.options.maxQueue,
+      pending: this.items.length + (this.pending?.count ?? 0),
+      dropped: this.dropped,
+      written: this.written,
+    };
+    if (this.lastError !== undefined && this.failedSince !== null) h.error = this.lastError;
+    return h;
+  }
+
+  /** The last record written to the chain so far (serialized, possibly not yet on disk). */
+  get chainTip(): ChainTip {
+    return { ...this.tip };
+  }
+
+  async flush(): Promise<void> {
+    for (;;) {
+      void this.run();
+      if (this.failedSince !== null) return;
+      if (!this.running && this.pending === null && this.items.length === 0 && this.droppedUnreported === 0) return;
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.options.checkpoint !== undefined) this.checkpoint();
+    this.closed = true;
+    for (const t of [this.syncTimer, this.checkpointTimer, this.retryTimer]) if (t !== null) clearInterval(t);
+    await this.flush();
+    if (this.failedSince !== null) {
+      // One last attempt, then say exactly what is lost.
+      this.clearRetry();
+      await this.run();
+    }
+    const lost = this.items.length + (this.pending?.count ?? 0);
+    if (lost > 0) {
+      this.options.log.error({ lost, output: this.output.name, err: this.lastError }, `audit log closed with ${lost} records that could not be written`);
+    }
+    if (this.dropped > 0) this.options.log.error({ dropped: this.dropped }, `audit log: ${this.dropped} records were dropped while running`);
+    try {
+      await this.output.sync?.();
+    } catch {
+      // already reported by the failed write
+    }
+    await this.output.close();
+  }
+
+  private drop(): void {
+    this.dropped++;
+    this.droppedUnreported++;
+    const now = Date.now();
+    if (this.dropped === 1 || now - this.dropLoggedAt > LOUD_LOG_INTERVAL_MS) {
+      this.dropLoggedAt = now;
+      this.options.log.error(
+        { dropped: this.dropped, queue: this.items.length, output: this.output.name, err: this.lastError },
+        'AUDIT RECORDS DROPPED: the audit queue is full',
+      );
+    }
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.running || this.retryTimer !== null) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.run();
+    });
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+
+  private async run(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      for (;;) {
+        if (this.pending === null) {
+          if (this.items.length === 0 && this.droppedUnreported === 0) break;
+          this.pending = await this.serializeBatch();
+        }
+        try {
+          if (this.needsRollback) {
+            await this.output.rollback?.();
+            this.needsRollback = false;
+          }
+          await this.output.prepare?.(this.pending.data.length);
+          await this.output.write(this.pending.data);
+        } catch (err) {
+          this.onFailure(err);
+          break;
+        }
+        this.written += this.pending.count;
+        this.sinceCheckpoint += this.pending.count;
+        this.pending = null;
+        this.dirty = true;
+        if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
+        if (this.failedSince !== null) this.onRecovery();
+        this.wake();
+      }
+    } finally {
+      this.running = false;
+      this.wake();
+    }
+  }
+
+  private async serializeBatch(): Promise<{ data: Buffer; count: number }> {
+    const n = Math.min(this.items.length, MAX_BATCH);
+    const items = this.items.splice(0, n);
+    const times = this.times.splice(0, n);
+    const lines: string[] = [];
+    if (this.droppedUnreported > 0) {
+      const count = this.droppedUnreported;
+      this.droppedUnreported = 0;
+      lines.push(this.link({ event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }, Date.now()));
+    }
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i] as Item;
+      const at = times[i] as number;
+      if (item === CHECKPOINT) {
+        const cp = this.options.checkpoint;
+        if (cp === undefined) continue;
+        const time = new Date(at).toISOString();
+        const payload = { seq: this.tip.seq + 1, prev: this.tip.hash, time };
+        const signature = await signCheckpoint(payload, cp.key, cp.kid);
+        const { line, hash } = serializeRecord({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, payload.seq, time, payload.prev, signature);
+        this.tip = { seq: payload.seq, hash };
+        lines.push(line);
+      } else {
+        lines.push(this.link(item, at));
+      }
+    }
+    return { data: Buffer.from(lines.join('\n') + '\n'), count: lines.length };
+  }
+
+  private link(event: AuditEvent, at: number): string {
+    const seq = this.tip.seq + 1;
+    const { line, hash } = serializeRecord(event, seq, new Date(at).toISOString(), this.tip.hash);
+    this.tip = { seq, hash };
+    return line;
+  }
+
+  private async syncNow(): Promise<boolean> {
+    if (!this.dirty || this.output.sync === undefined) return true;
+    this.dirty = false;
+    try {
+      await this.output.sync();
+      return true;
+    } catch (err) {
+      this.dirty = true;
+      this.onFailure(err);
+      return false;
+    }
+  }
+
+  private onFailure(err: unknown): void {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    this.lastError = code;
+    this.needsRollback = true;
+    const now = Date.now();
+    if (this.failedSince === null) this.failedSince = now;
+    if (now - this.failLoggedAt > LOUD_LOG_INTERVAL_MS) {
+      this.failLoggedAt = now;
+      this.options.log.error(
+        { err: code, output: this.output.name, pending: this.items.length + (this.pending?.count ?? 0) },
+        'AUDIT LOG WRITE FAILED: records are held and retried',
+      );
+    }
+    if (!this.closed) {
+      this.clearRetry();
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        void this.run();
+      }, this.options.retryMs ?? 1000);
+      this.retryTimer.unref();
+    }
+    this.wake();
+  }
+
+  private onRecovery(): void {
+    const failedMs = Date.now() - (this.failedSince ?? Date.now());
+    const error = this.lastError ?? 'unknown';
+    this.failedSince = null;
+    this.failLoggedAt = 0;
+    this.options.log.warn({ output: this.output.name, failedMs, err: error }, 'audit log writes recovered');
+    this.enqueue({ event: 'audit', action: 'recovered', decision: 'allow', reason: `writes failed for ${failedMs} ms (${error})`, detail: { failedMs, error } });
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
