@@ -148,9 +148,10 @@ export class ChainedAuditSink implements AuditSink {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.options.checkpoint !== undefined) this.checkpoint();
-    this.closed = true;
-    for (const t of [this.syncTimer, this.checkpointTimer, this.retryTimer]) if (t !== null) clearInterval(t);
+    for (const t of [this.syncTimer, this.checkpointTimer]) if (t !== null) clearInterval(t);
+    // Records that arrive during this last flush (rotation, recovery) are still written.
     await this.flush();
+    this.closed = true;
     if (this.failedSince !== null) {
       // One last attempt, then say exactly what is lost.
       this.clearRetry();

@@ -31,7 +31,8 @@ const HASH_SUFFIX = /,"hash":"([0-9a-f]{64})"\}$/;
 // confuse terminals and line-oriented tools, so they are escaped too.
 const UNSAFE = /[\u007f-\u009f\u2028\u2029]/g;
 
-function escapeUnsafe(text: string): string {
+/** Escapes DEL, C1 controls and the Unicode line separators, which JSON.stringify leaves raw. */
+export function escapeUnsafe(text: string): string {
   UNSAFE.lastIndex = 0;
   if (!UNSAFE.test(text)) return text;
   return text.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);

@@ -5,6 +5,7 @@ import { Command } from 'commander';
 import { VERSION } from '../broker/sys.ts';
 import { startCommand } from './start.ts';
 import { registerPkiCommand } from './pki.ts';
+import { registerAuditCommand } from './audit.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -21,5 +22,6 @@ program
   });
 
 registerPkiCommand(program);
+registerAuditCommand(program);
 
 await program.parseAsync(process.argv);
