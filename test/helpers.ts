@@ -2,10 +2,14 @@
  * Shared test helpers: a broker on an ephemeral loopback port with an in-memory audit sink,
  * mqtt.js clients, and a raw socket for sending hand-made bytes.
  */
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, MemoryAuditSink, MemoryStore, type BrokerOptions, type ConfigInput, type RunningBroker } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
+import type { AuditSinkSettings } from '../src/audit/sinks.ts';
 
 export interface TestBroker {
   broker: RunningBroker;
@@ -154,4 +158,32 @@ export function rawConnectPacket(clientId: string, version: 4 | 5 = 4): Buffer {
     id,
   ]);
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
+}
+
+// ── audit log helpers ────────────────────────────────────────────────────────
+
+/** A temporary directory for audit files, removed at teardown. */
+export function tempAuditDir(t: { teardown(fn: () => void): void }): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** File-sink settings for tests: fsync after each batch, fast retry, no rotation, no signing. */
+export function auditSettings(file: string): AuditSinkSettings {
+  return {
+    sink: 'file',
+    path: file,
+    maxQueue: 10_000,
+    fsyncIntervalMs: 0,
+    retryIntervalMs: 50,
+    rotate: { maxBytes: 0, intervalSeconds: 0 },
+    retention: { maxFiles: 0, maxAgeDays: 0 },
+    checkpoint: { intervalSeconds: 60 },
+  };
+}
+
+/** The non-empty lines of an audit file. */
+export function readAuditLines(file: string): string[] {
+  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0);
 }

@@ -87,6 +87,9 @@ export async function verifyAuditFiles(files: string[], options: VerifyOptions =
         else if (rec.seq !== 1) return fail({ code: 'missing', file, line: lineNo, seq: rec.seq, message: `${where}: the chain starts at seq ${rec.seq}, expected 1` });
       } else {
         const expected = tip.seq + 1;
+        if (rec.seq > expected && lines.slice(i + 1).some((l) => l.includes(`"seq":${expected},`))) {
+          return fail({ code: 'out-of-order', file, line: lineNo, seq: rec.seq, message: `${where}: record seq ${rec.seq} is out of order: seq ${expected} comes later in the file (reordered)` });
+        }
         if (rec.seq > expected) {
           return fail({ code: 'missing', file, line: lineNo, seq: rec.seq, message: `${where}: records ${expected}..${rec.seq - 1} are missing (found seq ${rec.seq}, expected ${expected})` });
         }
