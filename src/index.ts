@@ -12,14 +12,20 @@
  * await broker.stop();
  */
 import { AuditSetupError, createAuditSink } from './audit/sinks.ts';
-import type { AuditHealth, AuditSink } from './audit/types.ts';
+import type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
 import { AnonymousAuthenticator } from './auth/anonymous.ts';
 import { AuthenticatorChain } from './auth/chain.ts';
 import { StaticUsersAuthenticator } from './auth/static-users.ts';
+import { CertificateAuthenticator } from './auth/certificate.ts';
+import { PskAuthenticator } from './auth/psk.ts';
 import type { Authenticator } from './auth/types.ts';
 import { AllowAllAuthorizer } from './authz/allow-all.ts';
 import { AuthorizerChain } from './authz/chain.ts';
-import type { Authorizer } from './authz/types.ts';
+import type { Authorizer, ReloadReport } from './authz/types.ts';
+import { CasbinAuthorizer } from './authz/casbin/authorizer.ts';
+import { PolicyError } from './authz/casbin/policy-file.ts';
+import { ModuleAuthorizer } from './authz/module.ts';
+import type { AuthorizerConfig } from './config/schema.ts';
 import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
 import { VERSION } from './broker/sys.ts';
 import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
@@ -29,6 +35,8 @@ import type { Store } from './store/types.ts';
 import { TcpListener } from './transport/tcp.ts';
 import type { Listener } from './transport/types.ts';
 import { WebSocketListener } from './transport/websocket.ts';
+import { TlsListener } from './transport/tls.ts';
+import { TlsFileError } from './transport/tls-material.ts';
 
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
@@ -40,6 +48,9 @@ export { verifyAuditFiles } from './audit/verify.ts';
 export type { Config, ConfigInput } from './config/schema.ts';
 export type { Authenticator, ConnectRequest, Decision, Principal } from './auth/types.ts';
 export type { Authorizer, Action, AccessContext, ReloadReport } from './authz/types.ts';
+export { CasbinAuthorizer, type CasbinAuthorizerOptions, type Explanation } from './authz/casbin/authorizer.ts';
+export { PolicyError } from './authz/casbin/policy-file.ts';
+export type { AuthorizerFactory } from './authz/module.ts';
 export type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
 export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight } from './store/types.ts';
 export type { PeerInfo, Listener } from './transport/types.ts';
@@ -65,6 +76,8 @@ export interface RunningBroker {
   stop(): Promise<void>;
   readonly stats: BrokerStats;
   readonly connectedClients: number;
+  /** Reloads every authorizer that can (the Casbin policy files); resolves after live subscriptions were re-checked. */
+  reloadPolicy(trigger?: string): Promise<ReloadReport[]>;
   /** The audit sink's state: ok, pending, dropped and written records. */
   auditHealth(): AuditHealth;
   /** Records a reload (policy, certificates, CRL, password file) in the audit log. */
@@ -75,13 +88,16 @@ export interface RunningBroker {
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
   const config = parseConfig(input);
   const log = options.logger ?? createLogger(config.log.level);
-  const listeners: Listener[] = config.listeners.map((l) => makeListener(l, config));
+  // TLS listeners record gate refusals through the broker, which is built below.
+  const tlsAudit = (event: AuditEvent) => broker.audit(null, event);
+  const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit));
   const chains = new Map<string, AuthenticatorChain>();
   for (const l of config.listeners) {
     const providers = [...l.auth.map(makeProvider), ...(options.authenticators?.[l.name as string] ?? [])];
     chains.set(l.name as string, new AuthenticatorChain(providers, config.authDeadlineMs));
   }
-  const authorizers = new AuthorizerChain([...config.authorizers.map(() => new AllowAllAuthorizer()), ...(options.authorizers ?? [])]);
+  const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i));
+  const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
   let audit: AuditSink;
   try {
     audit = options.audit ?? makeAuditSink(config, log);
@@ -90,9 +106,22 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
+  // Policy reloads (file change, SIGHUP, CLI): re-check live subscriptions and audit, one at a time.
+  let policyHandling: Promise<unknown> = Promise.resolve();
+  for (const a of configured) {
+    if (!(a instanceof CasbinAuthorizer)) continue;
+    for (const w of a.warnings) log.warn(w);
+    a.onReload((report) => {
+      for (const w of report.warnings) log.warn(w);
+      policyHandling = policyHandling.then(() => broker.policyReloaded(report)).catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy re-check failed'));
+    });
+  }
   return {
     config,
     async start() {
+      for (const a of configured) {
+        if (a instanceof CasbinAuthorizer || a instanceof ModuleAuthorizer) await a.init();
+      }
       const bound = await broker.start();
       for (const l of config.listeners) {
         const addr = bound.find((b) => b.name === l.name);
@@ -113,6 +142,12 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       return { listeners: bound };
     },
     stop: () => broker.stop(),
+    async reloadPolicy(trigger = 'api') {
+      const reports: ReloadReport[] = [];
+      for (const a of configured) if (a.reload !== undefined) reports.push(await (a instanceof CasbinAuthorizer ? a.reload(trigger) : a.reload()));
+      await policyHandling;
+      return reports;
+    },
     get stats() {
       return broker.stats;
     },
@@ -128,13 +163,47 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
-function makeListener(l: ListenerConfig, config: Config): Listener {
+function makeListener(l: ListenerConfig, config: Config, index: number, log: Logger, audit: (event: AuditEvent) => void): Listener {
   const name = l.name as string;
   switch (l.type) {
+    case 'tls':
+    case 'wss':
+      try {
+        return new TlsListener({
+          ...l,
+          name,
+          kind: l.type,
+          ...(l.type === 'wss' ? { path: l.path, maxPayload: config.limits.maxPacketSize } : {}),
+          handshakeTimeoutMs: config.limits.connectTimeoutMs,
+          audit,
+          log,
+        });
+      } catch (err) {
+        if (!(err instanceof TlsFileError)) throw err;
+        const key = `listeners[${index}].${err.option}`;
+        throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
+      }
     case 'tcp':
       return new TcpListener({ name, host: l.host, port: l.port });
     case 'ws':
       return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize });
+  }
+}
+
+function makeAuthorizer(a: AuthorizerConfig, i: number): Authorizer {
+  switch (a.type) {
+    case 'allow-all':
+      return new AllowAllAuthorizer();
+    case 'casbin':
+      try {
+        return new CasbinAuthorizer({ model: a.model, policy: a.policy, watch: a.watch, cacheSize: a.cacheSize, jwtTopics: a.jwtTopics }, a.id);
+      } catch (err) {
+        if (!(err instanceof PolicyError)) throw err;
+        const key = `authorizers[${i}].${err.file === a.model ? 'model' : 'policy'}`;
+        throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
+      }
+    case 'module':
+      return new ModuleAuthorizer(a.path, a.options);
   }
 }
 
@@ -144,6 +213,10 @@ function makeProvider(p: ProviderConfig): Authenticator {
       return new AnonymousAuthenticator();
     case 'static-users':
       return new StaticUsersAuthenticator(p.users);
+    case 'certificate':
+      return new CertificateAuthenticator(p);
+    case 'psk':
+      return new PskAuthenticator(p);
   }
 }
 

@@ -160,6 +160,55 @@ export function rawConnectPacket(clientId: string, version: 4 | 5 = 4): Buffer {
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
 }
 
+/**
+ * Writes the shipped Casbin model and the given policy text into a fresh temporary directory;
+ * returns the paths. The directory is removed when `cleanup` runs.
+ */
+export function writePolicyDir(policy: string): { dir: string; model: string; policy: string; cleanup(): void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-policy-'));
+  const model = path.join(dir, 'model.conf');
+  const policyFile = path.join(dir, 'policy.csv');
+  fs.copyFileSync(new URL('../policies/model.conf', import.meta.url), model);
+  fs.writeFileSync(policyFile, policy);
+  return { dir, model, policy: policyFile, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Starts a broker whose only authorizer is Casbin over `policy`, with password users (static-users)
+ * named in `users` (password = user name + '-pw'; roles optional) on a loopback listener.
+ */
+export async function startCasbinBroker(
+  policy: string,
+  users: { username: string; roles?: string[] }[],
+  extra: { watch?: boolean; jwtTopics?: { claim?: string; mode?: 'intersection' | 'union' | 'ignore' } } = {},
+  options: BrokerOptions = {},
+): Promise<TestBroker & { files: ReturnType<typeof writePolicyDir> }> {
+  const files = writePolicyDir(policy);
+  const tb = await startBroker(
+    {
+      listeners: [
+        {
+          name: 'test',
+          type: 'tcp',
+          host: '127.0.0.1',
+          port: 0,
+          auth: [{ provider: 'static-users', users: users.map((u) => ({ username: u.username, password: `${u.username}-pw`, roles: u.roles ?? [] })) }],
+        },
+      ],
+      authorizers: [{ type: 'casbin', model: files.model, policy: files.policy, watch: extra.watch ?? false, ...(extra.jwtTopics ? { jwtTopics: extra.jwtTopics } : {}) }],
+    },
+    options,
+  );
+  return {
+    ...tb,
+    files,
+    stop: async () => {
+      await tb.stop();
+      files.cleanup();
+    },
+  };
+}
+
 // ── audit log helpers ────────────────────────────────────────────────────────
 
 /** A temporary directory for audit files, removed at teardown. */

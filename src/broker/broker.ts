@@ -50,6 +50,16 @@ export interface BrokerStats {
   messagesExpired: number;
 }
 
+/** What a policy reload did to the live sessions. */
+export interface RecheckSummary {
+  sessionsChecked: number;
+  sessionsAffected: number;
+  subscriptionsRemoved: number;
+}
+
+/** Where a v5 client is told that a policy reload removed one of its subscriptions. */
+export const REVOKED_TOPIC = '$portcullis/subscription-revoked';
+
 const NEVER_EXPIRES = 0xffffffff;
 const MAX_TIMER = 2 ** 31 - 1;
 
@@ -449,6 +459,54 @@ export class Broker {
     this.routeSubscription(session, sub, false);
     if (session.persistent) this.persist((s) => s.deleteSubscription(session.clientId, filter));
     return true;
+  }
+
+  /**
+   * After a policy reload: asks the authorizers again about every live session's subscriptions,
+   * removes those that lost access, and writes one `reload` audit record with the policy version
+   * and what was affected. MQTT 5 has no server-side UNSUBSCRIBE, so a v5 client is told with a
+   * QoS 0 PUBLISH on {@link REVOKED_TOPIC} (payload: the filter) instead of a DISCONNECT; a v3
+   * client is not told. Offline sessions are not re-checked here: every delivery is authorized
+   * again when it is sent. A failed reload is only recorded.
+   */
+  async policyReloaded(report: { ok: boolean; version?: string; detail?: string; authorizer?: string; trigger?: string }): Promise<RecheckSummary> {
+    const summary: RecheckSummary = { sessionsChecked: 0, sessionsAffected: 0, subscriptionsRemoved: 0 };
+    if (report.ok) {
+      for (const session of [...this.sessions.values()]) {
+        const conn = session.connection;
+        if (conn === null || conn.state !== 'connected' || conn.principal === null) continue;
+        summary.sessionsChecked++;
+        let lost = 0;
+        for (const sub of [...session.subscriptions.values()]) {
+          const ctx: AccessContext = { qos: sub.qos, retain: false, listener: conn.peer.listener, will: false };
+          const d = await this.authorizers.authorize(conn.principal, 'subscribe', sub.filter, ctx);
+          if (d.kind === 'allow' || !this.removeSubscription(session, sub.filter)) continue;
+          lost++;
+          const why = d.kind === 'deny' ? d.detail : 'no authorizer allowed it';
+          this.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `subscription removed after a policy reload: ${why}`, topic: sub.filter, qos: sub.qos });
+          if (conn.v5 && conn.state === 'connected') {
+            conn.send({ cmd: 'publish', topic: REVOKED_TOPIC, payload: Buffer.from(sub.filter), qos: 0, retain: false, dup: false, properties: { userProperties: { filter: sub.filter, reason: 'not authorized' } } });
+          }
+        }
+        if (lost > 0) {
+          summary.sessionsAffected++;
+          summary.subscriptionsRemoved += lost;
+        }
+      }
+    } else {
+      this.log.error({ authorizer: report.authorizer, trigger: report.trigger, error: report.detail }, 'policy reload FAILED: the last good policy stays in force');
+    }
+    this.audit(null, {
+      event: 'reload',
+      decision: report.ok ? 'allow' : 'deny',
+      reason: report.ok
+        ? `policy reloaded (${report.trigger ?? 'api'}): ${summary.sessionsAffected} of ${summary.sessionsChecked} live sessions lost ${summary.subscriptionsRemoved} subscriptions`
+        : `policy reload failed (${report.trigger ?? 'api'}), last good policy kept: ${report.detail ?? 'unknown error'}`,
+      ...(report.version !== undefined ? { policyVersion: report.version } : {}),
+      ...(report.authorizer !== undefined ? { decidedBy: report.authorizer } : {}),
+    });
+    if (report.ok) this.log.info({ version: report.version, ...summary }, 'policy reloaded');
+    return summary;
   }
 
   private routeSubscription(session: Session, sub: StoredSubscription, add: boolean): void {

@@ -3,6 +3,7 @@
  * message naming the key and what is wrong.
  */
 import { z } from 'zod';
+import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().positive();
@@ -10,6 +11,10 @@ const positiveInt = z.number().int().positive();
 const providerSpec = z.union([
   z.literal('anonymous').transform(() => ({ provider: 'anonymous' as const })),
   z.strictObject({ provider: z.literal('anonymous') }),
+  z.literal('certificate').transform(() => certificateProvider.parse({ provider: 'certificate' })),
+  certificateProvider,
+  z.literal('psk').transform(() => pskProvider.parse({ provider: 'psk' })),
+  pskProvider,
   z.strictObject({
     provider: z.literal('static-users'),
     users: z
@@ -22,7 +27,7 @@ const providerSpec = z.union([
       )
       .min(1, 'needs at least one user'),
   }),
-], { error: "unknown authentication provider: expected 'anonymous' or { provider: 'static-users', users: [...] }" });
+], { error: "unknown authentication provider: expected 'anonymous', 'certificate', 'psk' or { provider: 'static-users', users: [...] }" });
 
 const listenerBase = {
   name: z.string().min(1).optional(),
@@ -44,10 +49,56 @@ const wsListener = z.strictObject({
   path: z.string().startsWith('/').default('/mqtt'),
 });
 
-const authorizerSpec = z.union([
-  z.literal('allow-all').transform(() => ({ type: 'allow-all' as const })),
-  z.strictObject({ type: z.literal('allow-all') }),
-], { error: "unknown authorizer: expected 'allow-all'" });
+const tlsListener = z
+  .strictObject({
+    ...listenerBase,
+    type: z.literal('tls'),
+    port: port.default(8883),
+    ...tlsSettings,
+  })
+  .superRefine(checkTlsListener);
+
+const wssListener = z
+  .strictObject({
+    ...listenerBase,
+    type: z.literal('wss'),
+    port: port.default(8443),
+    path: z.string().startsWith('/').default('/mqtt'),
+    ...tlsSettings,
+  })
+  .superRefine(checkTlsListener);
+
+const casbinAuthorizer = z.strictObject({
+  type: z.literal('casbin'),
+  id: z.string().min(1).default('casbin'),
+  /** The Casbin model file (see policies/model.conf). */
+  model: z.string().min(1).default('policies/model.conf'),
+  /** The policy file. Missing or empty: every action is denied. */
+  policy: z.string().min(1),
+  /** Reload when the model or policy file changes. */
+  watch: z.boolean().default(true),
+  /** Most cached decisions, all principals together; 0 disables the cache. */
+  cacheSize: z.number().int().min(0).default(100_000),
+  /** How a JWT topic claim (principal.attributes.jwt[claim]) combines with the policy. */
+  jwtTopics: z
+    .strictObject({ claim: z.string().min(1).default('topics'), mode: z.enum(['intersection', 'union', 'ignore']).default('intersection') })
+    .prefault({}),
+});
+
+const moduleAuthorizer = z.strictObject({
+  type: z.literal('module'),
+  /** A module (path relative to the working directory) whose default export or `createAuthorizer` builds an Authorizer. */
+  path: z.string().min(1),
+  /** Passed to the factory as is. */
+  options: z.record(z.string(), z.unknown()).default({}),
+});
+
+const authorizerSpec = z.preprocess(
+  (v) => (v === 'allow-all' ? { type: 'allow-all' } : v),
+  z.discriminatedUnion('type', [z.strictObject({ type: z.literal('allow-all') }), casbinAuthorizer, moduleAuthorizer], {
+    error: "unknown authorizer: expected 'allow-all', { type: 'casbin', policy: ... } or { type: 'module', path: ... }",
+  }),
+);
 
 const limits = z
   .strictObject({
@@ -71,7 +122,7 @@ const limits = z
 
 export const configSchema = z.strictObject({
   listeners: z
-    .array(z.discriminatedUnion('type', [tcpListener, wsListener]))
+    .array(z.discriminatedUnion('type', [tcpListener, wsListener, tlsListener, wssListener]))
     .min(1, 'needs at least one listener')
     .default([{ type: 'tcp', host: '127.0.0.1', port: 1883, auth: [] }] as never),
   /** The authorizer chain. Empty means every publish and subscribe is denied. */
@@ -134,6 +185,7 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = Config['listeners'][number];
 export type ProviderConfig = ListenerConfig['auth'][number];
+export type AuthorizerConfig = Config['authorizers'][number];
 export type LimitsConfig = Config['limits'];
 
 /** A configuration error with a stable code, naming every key that is wrong. */
