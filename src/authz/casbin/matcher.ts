@@ -71,7 +71,7 @@ export type Effect = 'allow' | 'deny';
  * `topic` is a topic name for publish/deliver and a topic filter (maybe `$share/...`) otherwise.
  */
 export function policyApplies(policyFilter: string, action: MatchAction, topic: string, effect: Effect): boolean {
-  const policyShared = parseShared(policyFilter);
+  const policyShared = parsePolicyShared(policyFilter);
   if (policyShared !== null && 'error' in policyShared) return false;
   if (action === 'publish' || action === 'deliver') {
     // Deliver of a shared subscription's message is decided on the inner filter; publish never on a $share rule.
@@ -88,6 +88,13 @@ export function policyApplies(policyFilter: string, action: MatchAction, topic: 
   }
   const inner = policyShared === null ? policyFilter : policyShared.filter;
   return effect === 'allow' ? filterCovers(inner, requestedFilter) : filtersOverlap(inner, requestedFilter);
+}
+
+/** Like parseShared, but a policy may name the group `+` (any group). */
+export function parsePolicyShared(filter: string): { group: string; filter: string } | null | { error: string } {
+  if (!filter.startsWith('$share/+/')) return parseShared(filter);
+  const inner = filter.slice(9);
+  return inner.length === 0 ? { error: 'shared subscription has an empty filter' } : { group: '+', filter: inner };
 }
 
 // ── placeholders ───────────────────────────────────────────────────────────────

@@ -5,8 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { checkTopicFilter, parseShared } from '../../protocol/topic.ts';
-import { POLICY_ACTIONS, unknownPlaceholders, type Effect } from './matcher.ts';
+import { checkTopicFilter } from '../../protocol/topic.ts';
+import { POLICY_ACTIONS, parsePolicyShared, unknownPlaceholders, type Effect } from './matcher.ts';
 
 /** A validated `p` line. */
 export interface PolicyRule {
@@ -132,7 +132,7 @@ function checkPolicyFilter(obj: string, file: string, n: number): void {
   const bad = unknownPlaceholders(obj);
   if (bad.length > 0) throw new PolicyError(file, n, `unknown placeholder ${bad[0]} in '${obj}' (known: %u %c %r %{cert.cn} %{cert.san.uri} %{jwt.<claim>})`);
   const plain = obj.replace(/%(?:[ucr]|\{[^}]*\})/g, 'x');
-  const shared = parseShared(plain);
+  const shared = parsePolicyShared(plain);
   if (shared !== null && 'error' in shared) throw new PolicyError(file, n, `invalid shared filter '${obj}': ${shared.error}`);
   const check = checkTopicFilter(shared === null ? plain : shared.filter, POLICY_LIMITS);
   if (!check.ok) throw new PolicyError(file, n, `invalid topic filter '${obj}': ${check.detail}`);
@@ -171,6 +171,8 @@ export function parsePolicy(text: string, file: string): { rules: PolicyRule[]; 
       if (!SUBJECT.test(member) || member === '*') throw new PolicyError(file, n, `unknown member '${member}' (expected user:NAME, client:ID or role:NAME)`);
       if (!role.startsWith('role:') || !SUBJECT.test(role)) throw new PolicyError(file, n, `'${role}' is not a role (expected role:NAME)`);
       links.push({ member, role, source });
+    } else if (/^[pg]\s/.test(kind as string)) {
+      throw new PolicyError(file, n, 'syntax error: fields must be separated by commas');
     } else {
       throw new PolicyError(file, n, `unknown line type '${kind}' (expected p or g)`);
     }
