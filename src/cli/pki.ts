@@ -147,7 +147,10 @@ export function registerPkiCommand(program: Command): void {
     .action((o: { json?: boolean }) =>
       run(() => {
         const rows = listCertificates(dirOf());
-        if (o.json) return out(JSON.stringify(rows, null, 2));
+        if (o.json) {
+          out(JSON.stringify(rows, null, 2));
+          return;
+        }
         out(['STATUS', 'SERIAL', 'KIND', 'NOT AFTER', 'SUBJECT'].join('\t'));
         for (const r of rows) out([r.state, r.serial, r.kind, r.notAfter, r.subject].join('\t'));
       }),
