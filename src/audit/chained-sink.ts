@@ -108,6 +108,7 @@ export class ChainedAuditSink implements AuditSink {
     }
     this.items.push(event);
     this.times.push(Date.now());
+    this.sinceCheckpoint++;
     this.schedule();
   }
 
@@ -218,7 +219,6 @@ export class ChainedAuditSink implements AuditSink {
           break;
         }
         this.written += this.pending.count;
-        this.sinceCheckpoint += this.pending.count;
         this.pending = null;
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;

@@ -121,6 +121,7 @@ export async function tailCommand(opts: TailOptions, io: Out = stdio, stop?: Abo
   const last = n === 0 ? [] : matched.slice(-n);
   if (last.length > 0) io.out(last.join('\n') + '\n');
   if (!opts.follow) return 0;
+  io.err(`following ${file} (stop with Ctrl-C)\n`);
 
   let offset = Buffer.byteLength(complete);
   let ino = statIno(file);
