@@ -6,6 +6,7 @@ import { VERSION } from '../broker/sys.ts';
 import { startCommand } from './start.ts';
 import { registerPkiCommand } from './pki.ts';
 import { registerAuditCommand } from './audit.ts';
+import { registerPolicyCommand } from './policy.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -23,5 +24,6 @@ program
 
 registerPkiCommand(program);
 registerAuditCommand(program);
+registerPolicyCommand(program);
 
 await program.parseAsync(process.argv);

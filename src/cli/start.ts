@@ -62,5 +62,11 @@ export async function startCommand(configFile: string | undefined): Promise<numb
     };
     process.once('SIGTERM', () => shutdown('SIGTERM'));
     process.once('SIGINT', () => shutdown('SIGINT'));
+    // SIGHUP reloads the policy files; the outcome goes to the log and the audit trail.
+    process.on('SIGHUP', () => {
+      if (stopping) return;
+      log.info('SIGHUP: reloading the policy');
+      broker.reloadPolicy('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy reload failed'));
+    });
   });
 }
