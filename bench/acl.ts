@@ -134,6 +134,9 @@ Median of ${RUNS} runs; messages delivered per second, end to end.
 
 Cost of the ACL: **${(((offM - onM) / offM) * 100).toFixed(1)} %** of throughput (target: at most 10 %).
 
+The machine is shared and has 2 cores, so single runs vary widely (see the runs column); compare
+medians, and re-run on a quiet machine before drawing conclusions.
+
 ## One decision
 
 Same principal; "cache hit" repeats one question, "cache miss" runs with the cache off, so each
