@@ -121,6 +121,10 @@ export class ChainedAuditSink implements AuditSink {
     this.schedule();
   }
 
+  healthy(): boolean {
+    return this.failedSince === null && this.items.length < this.options.maxQueue;
+  }
+
   health(): AuditHealth {
     const h: AuditHealth = {
       ok: this.failedSince === null && this.items.length < this.options.maxQueue,

@@ -80,4 +80,6 @@ export interface AuditSink {
   close(): Promise<void>;
   /** Sinks that can fail report it here; the broker applies `audit.failMode` while `ok` is false. */
   health?(): AuditHealth;
+  /** The same as `health().ok`, without allocating: the broker asks it on every access decision. */
+  healthy?(): boolean;
 }

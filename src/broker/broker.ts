@@ -286,7 +286,9 @@ export class Broker {
 
   /** False while the audit sink cannot write and `audit.failMode` is fail-closed: connects are refused, access denied. */
   auditAvailable(): boolean {
-    return !this.auditFailClosed || (this.auditSink.health as () => AuditHealth).call(this.auditSink).ok;
+    if (!this.auditFailClosed) return true;
+    const sink = this.auditSink;
+    return sink.healthy !== undefined ? sink.healthy() : (sink.health as () => AuditHealth).call(sink).ok;
   }
 
   /** The audit sink's state (for metrics); sinks that cannot fail report ok. */
