@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { Command } from 'commander';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { registerPkiCommand } from '../src/cli/pki.ts';
-import { createBroker, MemoryAuditSink, MemoryStore, type ConfigInput, type RunningBroker } from '../src/index.ts';
+import { createBroker, MemoryAuditSink, MemoryStore, type BrokerOptions, type ConfigInput, type RunningBroker } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 
 /** Runs `portcullis pki ARGS` in-process and returns what it printed. */
@@ -157,9 +157,9 @@ export interface TlsTestBroker {
 }
 
 /** Starts a broker with the given listeners (ports 0), allow-all and an in-memory audit sink. */
-export async function startTlsBroker(listeners: ConfigInput['listeners'], extra: Partial<ConfigInput> = {}): Promise<TlsTestBroker> {
+export async function startTlsBroker(listeners: ConfigInput['listeners'], extra: Partial<ConfigInput> = {}, options: BrokerOptions = {}): Promise<TlsTestBroker> {
   const audit = new MemoryAuditSink();
-  const broker = createBroker({ authorizers: ['allow-all'], sys: { intervalSeconds: 0 }, ...extra, listeners }, { logger: silentLogger(), audit, store: new MemoryStore() });
+  const broker = createBroker({ authorizers: ['allow-all'], sys: { intervalSeconds: 0 }, ...extra, listeners }, { logger: silentLogger(), ...options, audit, store: new MemoryStore() });
   const { listeners: bound } = await broker.start();
   const ports: Record<string, number> = {};
   for (const l of bound) ports[l.name] = l.port;

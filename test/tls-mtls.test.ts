@@ -45,7 +45,7 @@ test.after.always(async () => {
 
 const refusal = (r: { event: string; detail?: Record<string, unknown> }, code: string) => r.event === 'tls' && r.detail?.refusal === code;
 
-async function refused(t: import('ava').ExecutionContext, device: Parameters<typeof connectTls>[2]['device'], code: string): Promise<void> {
+async function refused(t: import('ava').ExecutionContext, device: string | { cert: string; key: string } | undefined, code: string): Promise<void> {
   const before = b.audit.records.length;
   await t.throwsAsync(connectTls(port, fleet, { device, clientId: 'x' }));
   const rec = await waitForAudit(b.audit, (r) => r.seq > before && refusal(r, code));
