@@ -1,5 +1,6 @@
 import { createBroker } from '../index.ts';
-import { builtInDefaults } from '../config/defaults.ts';
+import { DEFAULT_PKI_DIR, builtInDefaults } from '../config/defaults.ts';
+import { ensureDevelopmentPki } from '../pki/bootstrap.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError, parseConfig, type Config } from '../config/schema.ts';
 import { createLogger } from '../log.ts';
@@ -19,13 +20,15 @@ export async function startCommand(configFile: string | undefined): Promise<numb
   const log = createLogger(config.log.level);
   let broker;
   try {
+    // The built-in TLS listeners need a server certificate: make a development one on first start.
+    if (configFile === undefined) ensureDevelopmentPki(DEFAULT_PKI_DIR, log);
     broker = createBroker(config, { logger: log });
   } catch (err) {
     process.stderr.write(`portcullis: ${(err as Error).message}\n`);
     return 2;
   }
   if (configFile === undefined) {
-    log.info('no --config given: using built-in defaults (local-only mode: anonymous access with allow-all, loopback only)');
+    log.info('no --config given: using built-in defaults (local-only mode: anonymous access with allow-all on 127.0.0.1:1883; TLS with certificate or PSK on 127.0.0.1:8883; mTLS on 127.0.0.1:8884)');
   }
   let addresses;
   try {

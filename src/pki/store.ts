@@ -88,7 +88,8 @@ export function writeIndex(dir: string, entries: IndexEntry[]): void {
 
 /** Writes through a temporary file and a rename, so a reader never sees half a file. */
 export function writeAtomic(file: string, data: string, mode: number): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true, ...(path.basename(dir) === 'private' ? { mode: 0o700 } : {}) });
   const tmp = `${file}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, data, { mode });
   fs.chmodSync(tmp, mode);
