@@ -132,3 +132,11 @@ test.serial('npm start on a fresh machine: the built-in defaults create a develo
     t.is(await exited, 0);
   }
 });
+
+test('docs/examples/mtls-fleet.yaml is a valid configuration: mTLS on 8884 with a CRL, CN as username and client id, binding on', async (t) => {
+  const { loadConfigFile } = await import('../src/config/load.ts');
+  const config = loadConfigFile(path.join(root, 'docs', 'examples', 'mtls-fleet.yaml'));
+  const fleetListener = config.listeners.find((l) => l.name === 'fleet');
+  t.like(fleetListener, { type: 'tls', port: 8884, requireClientCert: true, ca: 'pki/ca-chain.crt', crl: { files: ['pki/crl.pem'] } });
+  t.like(fleetListener?.auth[0], { provider: 'certificate', username: 'cn', clientId: 'cn', bindClientId: true });
+});
