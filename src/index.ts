@@ -18,6 +18,11 @@ import { AuthenticatorChain } from './auth/chain.ts';
 import { StaticUsersAuthenticator } from './auth/static-users.ts';
 import { CertificateAuthenticator } from './auth/certificate.ts';
 import { PskAuthenticator } from './auth/psk.ts';
+import { AuthGuard } from './auth/guard.ts';
+import { ListenerAuthenticator } from './auth/listener-auth.ts';
+import { JwtAuthenticator } from './auth/jwt/provider.ts';
+import { PasswordAuthenticator } from './auth/password/provider.ts';
+import { makeOwnProvider, ProviderSetupError } from './auth/providers.ts';
 import type { Authenticator } from './auth/types.ts';
 import { AllowAllAuthorizer } from './authz/allow-all.ts';
 import { AuthorizerChain } from './authz/chain.ts';
@@ -47,6 +52,7 @@ export { FileAuditOutput, type AuditFileIO } from './audit/file-output.ts';
 export { verifyAuditFiles } from './audit/verify.ts';
 export type { Config, ConfigInput } from './config/schema.ts';
 export type { Authenticator, ConnectRequest, Decision, Principal } from './auth/types.ts';
+export type { AuthenticatorFactory } from './auth/module.ts';
 export type { Authorizer, Action, AccessContext, ReloadReport } from './authz/types.ts';
 export { CasbinAuthorizer, type CasbinAuthorizerOptions, type Explanation } from './authz/casbin/authorizer.ts';
 export { PolicyError } from './authz/casbin/policy-file.ts';
@@ -80,6 +86,8 @@ export interface RunningBroker {
   reloadPolicy(trigger?: string): Promise<ReloadReport[]>;
   /** The audit sink's state: ok, pending, dropped and written records. */
   auditHealth(): AuditHealth;
+  /** Re-reads every password file (SIGHUP, CLI); a malformed file keeps the last good one. Each outcome is audited. */
+  reloadCredentials(trigger?: string): Promise<{ ok: boolean; file: string; detail: string }[]>;
   /** Records a reload (policy, certificates, CRL, password file) in the audit log. */
   recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void;
 }
@@ -92,10 +100,15 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const tlsAudit = (event: AuditEvent) => broker.audit(null, event);
   const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit));
   const chains = new Map<string, AuthenticatorChain>();
-  for (const l of config.listeners) {
-    const providers = [...l.auth.map(makeProvider), ...(options.authenticators?.[l.name as string] ?? [])];
-    chains.set(l.name as string, new AuthenticatorChain(providers, config.authDeadlineMs));
-  }
+  // Failed-login protection is shared by every listener: a banned address is banned everywhere.
+  const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.audit(null, event)) : undefined;
+  const authProviders: Authenticator[] = [];
+  config.listeners.forEach((l, li) => {
+    const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
+    authProviders.push(...own);
+    const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
+    chains.set(l.name as string, new ListenerAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard));
+  });
   const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i));
   const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
   let audit: AuditSink;
@@ -116,12 +129,27 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       policyHandling = policyHandling.then(() => broker.policyReloaded(report)).catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy re-check failed'));
     });
   }
+  for (const p of authProviders) {
+    if (p instanceof PasswordAuthenticator) {
+      p.onReload((r) => {
+        (r.ok ? log.info.bind(log) : log.error.bind(log))({ file: r.file, trigger: r.trigger }, `password file reload: ${r.detail}`);
+        broker.recordReload('password-file', { ok: r.ok, detail: `${r.trigger}: ${r.detail}`, file: r.file });
+      });
+    } else if (p instanceof JwtAuthenticator) {
+      p.keys.onFetch((r) => {
+        if (r.ok) return log.debug({ url: r.url, trigger: r.trigger }, `JWKS fetched: ${r.detail}`);
+        log.warn({ url: r.url, trigger: r.trigger }, r.detail);
+        broker.recordReload('jwks', { ok: false, detail: `${r.trigger}: ${r.detail}`, file: r.url });
+      });
+    }
+  }
   return {
     config,
     async start() {
       for (const a of configured) {
         if (a instanceof CasbinAuthorizer || a instanceof ModuleAuthorizer) await a.init();
       }
+      for (const p of authProviders) await p.init?.();
       const bound = await broker.start();
       for (const l of config.listeners) {
         const addr = bound.find((b) => b.name === l.name);
@@ -141,7 +169,16 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       }
       return { listeners: bound };
     },
-    stop: () => broker.stop(),
+    async stop() {
+      await broker.stop();
+      guard?.close();
+      for (const p of authProviders) await p.close?.();
+    },
+    async reloadCredentials(trigger = 'api') {
+      const reports = [];
+      for (const p of authProviders) if (p instanceof PasswordAuthenticator) reports.push(await p.reload(trigger));
+      return reports;
+    },
     async reloadPolicy(trigger = 'api') {
       const reports: ReloadReport[] = [];
       for (const a of configured) if (a.reload !== undefined) reports.push(await (a instanceof CasbinAuthorizer ? a.reload(trigger) : a.reload()));
@@ -207,8 +244,17 @@ function makeAuthorizer(a: AuthorizerConfig, i: number): Authorizer {
   }
 }
 
-function makeProvider(p: ProviderConfig): Authenticator {
+function makeProvider(p: ProviderConfig, config: Config, key: string): Authenticator {
   switch (p.provider) {
+    case 'password':
+    case 'jwt':
+    case 'module':
+      try {
+        return makeOwnProvider(p, config.credentialCache);
+      } catch (err) {
+        if (!(err instanceof ProviderSetupError)) throw err;
+        throw new ConfigError(`invalid configuration:\n  - ${key}.${err.key}: ${err.message}`, [{ key: `${key}.${err.key}`, message: err.message }]);
+      }
     case 'anonymous':
       return new AnonymousAuthenticator();
     case 'static-users':

@@ -18,6 +18,11 @@ export class AuthenticatorChain {
     private readonly deadlineMs: number,
   ) {}
 
+  /** True when some provider in the chain offers this MQTT 5 authentication method. */
+  supportsMethod(method: string): boolean {
+    return this.providers.some((p) => p.methods?.includes(method) === true);
+  }
+
   async authenticate(req: ConnectRequest): Promise<ChainResult> {
     const verdicts: ProviderVerdict[] = [];
     if (this.providers.length === 0) {

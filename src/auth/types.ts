@@ -58,6 +58,10 @@ export interface ConnectRequest {
 export interface Authenticator {
   readonly id: string;
   authenticate(req: ConnectRequest, signal: AbortSignal): Promise<Decision<Principal>>;
+  /** MQTT 5 authentication methods this provider handles (CONNECT and AUTH re-authentication), e.g. ['JWT']. */
+  readonly methods?: readonly string[];
+  /** Called once before the listeners start: load keys, warm caches. Throwing stops the start. */
+  init?(): Promise<void>;
   close?(): Promise<void>;
 }
 

@@ -205,6 +205,11 @@ export class Broker {
 
   // ── security seams ─────────────────────────────────────────────────────────
 
+  /** True when a provider on this listener offers the MQTT 5 authentication method (e.g. 'JWT'). */
+  supportsAuthMethod(listener: string, method: string): boolean {
+    return this.chains.get(listener)?.supportsMethod(method) ?? false;
+  }
+
   authenticate(listener: string, req: ConnectRequest): Promise<ChainResult> {
     const chain = this.chains.get(listener) ?? new AuthenticatorChain([], this.config.authDeadlineMs);
     return chain.authenticate(req);

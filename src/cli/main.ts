@@ -7,6 +7,7 @@ import { startCommand } from './start.ts';
 import { registerPkiCommand } from './pki.ts';
 import { registerAuditCommand } from './audit.ts';
 import { registerPolicyCommand } from './policy.ts';
+import { registerPasswdCommand } from './passwd.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -25,5 +26,6 @@ program
 registerPkiCommand(program);
 registerAuditCommand(program);
 registerPolicyCommand(program);
+registerPasswdCommand(program);
 
 await program.parseAsync(process.argv);

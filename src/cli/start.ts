@@ -70,6 +70,8 @@ export async function startCommand(configFile: string | undefined): Promise<numb
       if (stopping) return;
       log.info('SIGHUP: reloading the policy');
       broker.reloadPolicy('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy reload failed'));
+      // ...and the password files (each outcome is logged and audited by the provider's reload hook).
+      broker.reloadCredentials('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'password file reload failed'));
     });
   });
 }

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
+import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().positive();
@@ -15,6 +16,9 @@ const providerSpec = z.union([
   certificateProvider,
   z.literal('psk').transform(() => pskProvider.parse({ provider: 'psk' })),
   pskProvider,
+  passwordProvider,
+  jwtProvider,
+  moduleProvider,
   z.strictObject({
     provider: z.literal('static-users'),
     users: z
@@ -27,13 +31,26 @@ const providerSpec = z.union([
       )
       .min(1, 'needs at least one user'),
   }),
-], { error: "unknown authentication provider: expected 'anonymous', 'certificate', 'psk' or { provider: 'static-users', users: [...] }" });
+], { error: "unknown authentication provider: expected 'anonymous', 'certificate', 'psk', { provider: 'password', file }, { provider: 'jwt', ... }, { provider: 'module', path } or { provider: 'static-users', users: [...] }" });
+
+/** Routes objects naming an own-schema provider to that schema, so its errors name the exact key. */
+const keyedProviders = { password: passwordProvider, jwt: jwtProvider, module: moduleProvider } as const;
+const providerEntry = z.unknown().transform((v, ctx): z.output<typeof providerSpec> => {
+  const name = v !== null && typeof v === 'object' ? (v as { provider?: unknown }).provider : undefined;
+  const schema = typeof name === 'string' && Object.hasOwn(keyedProviders, name) ? keyedProviders[name as keyof typeof keyedProviders] : providerSpec;
+  const r = schema.safeParse(v);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) ctx.addIssue({ code: 'custom', message: issue.message, path: issue.path });
+  return z.NEVER;
+});
 
 const listenerBase = {
   name: z.string().min(1).optional(),
   host: z.string().min(1).default('127.0.0.1'),
   /** The ordered authentication chain. Empty means every client is refused. */
-  auth: z.array(providerSpec).default([]),
+  auth: z.array(providerEntry).default([]),
+  /** Identity rules applied after a provider allowed: client id binding, wildcard refusal. */
+  identity: identityRules,
 };
 
 const tcpListener = z.strictObject({
@@ -179,6 +196,10 @@ export const configSchema = z.strictObject({
   sys: z.strictObject({ intervalSeconds: z.number().int().min(0).default(10) }).prefault({}),
   shutdown: z.strictObject({ graceMs: positiveInt.default(5000) }).prefault({}),
   authDeadlineMs: positiveInt.default(5000),
+  /** Failed-login backoff and bans (see docs/authentication.md). */
+  authGuard,
+  /** The verified-credential cache for the password provider; off by default. */
+  credentialCache,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

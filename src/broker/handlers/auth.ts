@@ -1,11 +1,13 @@
 import type { AuthPacket } from '../../protocol/codec.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Connection } from '../connection.ts';
+import { authMethodOf, reauthenticate } from './reauth.ts';
 
 /**
- * AUTH: enhanced authentication is not offered yet, so no client negotiated an authentication
- * method, and an AUTH packet is a protocol error [MQTT-4.12.0-1].
+ * AUTH: only clients that authenticated with an Authentication Method in CONNECT may send it, to
+ * re-authenticate (see reauth.ts); from any other client it is a protocol error [MQTT-4.12.0-1].
  */
-export function handleAuth(conn: Connection, _packet: AuthPacket): void {
+export function handleAuth(conn: Connection, packet: AuthPacket): void | Promise<void> {
+  if (authMethodOf(conn) !== undefined) return reauthenticate(conn, packet);
   conn.disconnect(ReasonCode.ProtocolError, 'AUTH without an authentication method');
 }

@@ -12,6 +12,7 @@ import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/re
 import { checkTopicName } from '../../protocol/topic.ts';
 import type { Connection, Will } from '../connection.ts';
 import type { Session } from '../session.ts';
+import { rememberAuthMethod } from './reauth.ts';
 
 interface ConnectContext {
   conn: Connection;
@@ -117,8 +118,9 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
   if (packet.protocolId !== expected) {
     return { reason: ReasonCode.UnsupportedProtocolVersion, detail: `protocol name ${packet.protocolId} does not match level ${packet.protocolVersion}` };
   }
-  if (packet.properties?.authenticationMethod !== undefined) {
-    return { reason: ReasonCode.BadAuthenticationMethod, detail: `authentication method '${packet.properties.authenticationMethod}' is not supported` };
+  const method = packet.properties?.authenticationMethod;
+  if (method !== undefined && !ctx.conn.broker.supportsAuthMethod(ctx.conn.peer.listener, method)) {
+    return { reason: ReasonCode.BadAuthenticationMethod, detail: `authentication method '${method}' is not supported` }; // [MQTT-4.12.0-1]
   }
   return undefined;
 }
@@ -199,6 +201,8 @@ async function authenticate(ctx: ConnectContext): Promise<Refusal | undefined> {
     ...(packet.password !== undefined ? { password: packet.password } : {}),
     protocolVersion: conn.version,
     peer: conn.peer,
+    ...(packet.properties?.authenticationMethod !== undefined ? { authenticationMethod: packet.properties.authenticationMethod } : {}),
+    ...(packet.properties?.authenticationData !== undefined ? { authenticationData: packet.properties.authenticationData } : {}),
   });
   const decision = result.decision;
   if (result.decidedBy !== undefined) ctx.decidedBy = result.decidedBy;
@@ -296,8 +300,11 @@ function connack(ctx: ConnectContext): undefined {
         ...(ctx.assignedClientId !== undefined ? { assignedClientIdentifier: ctx.assignedClientId } : {}),
         ...(ctx.sessionExpiryCapped ? { sessionExpiryInterval: ctx.sessionExpiry } : {}),
         ...(ctx.serverKeepAlive !== undefined ? { serverKeepAlive: ctx.serverKeepAlive } : {}),
+        // [MQTT-3.2.2.3.17] the method the client authenticated with; it may re-authenticate with AUTH.
+        ...(p.authenticationMethod !== undefined ? { authenticationMethod: p.authenticationMethod } : {}),
       },
     });
+    if (p.authenticationMethod !== undefined) rememberAuthMethod(conn, p.authenticationMethod);
   } else {
     conn.sendWindow = limits.maxInflight;
     // MQTT 3.1 has no session-present flag: the byte is reserved and stays 0.

@@ -1,0 +1,67 @@
+/**
+ * A provider from a module of the user's own: `{ provider: 'module', path, options }`. The module
+ * exports a factory (default export or `createAuthenticator`) returning an {@link Authenticator}
+ * or a promise of one. Until it has loaded, and if it fails to, every client it is asked about
+ * is denied. See docs/examples/http-auth-provider.mjs.
+ */
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ReasonCode } from '../protocol/reason-codes.ts';
+import type { Authenticator, ConnectRequest, Decision, Principal } from './types.ts';
+
+/** What a provider module exports. */
+export type AuthenticatorFactory = (options: Record<string, unknown>) => Authenticator | Promise<Authenticator>;
+
+export class AuthenticatorModuleError extends Error {
+  readonly code = 'ERR_PORTCULLIS_AUTHENTICATOR_MODULE';
+}
+
+export class ModuleAuthenticator implements Authenticator {
+  private inner: Authenticator | null = null;
+  id: string;
+
+  constructor(
+    readonly modulePath: string,
+    private readonly options: Record<string, unknown> = {},
+  ) {
+    this.id = `module:${modulePath}`;
+  }
+
+  get methods(): readonly string[] | undefined {
+    return this.inner?.methods;
+  }
+
+  /** Imports the module and builds the provider. Throws {@link AuthenticatorModuleError} naming the module. */
+  async init(): Promise<void> {
+    if (this.inner !== null) return;
+    let mod: Record<string, unknown>;
+    try {
+      mod = (await import(pathToFileURL(path.resolve(this.modulePath)).href)) as Record<string, unknown>;
+    } catch (err) {
+      throw new AuthenticatorModuleError(`cannot load authentication module ${this.modulePath}: ${(err as Error).message}`);
+    }
+    const factory = typeof mod.createAuthenticator === 'function' ? mod.createAuthenticator : mod.default;
+    if (typeof factory !== 'function') {
+      throw new AuthenticatorModuleError(`authentication module ${this.modulePath} must export a factory function (default export or createAuthenticator)`);
+    }
+    const made: unknown = await (factory as AuthenticatorFactory)(this.options);
+    if (made === null || typeof made !== 'object' || typeof (made as Authenticator).authenticate !== 'function' || typeof (made as Authenticator).id !== 'string') {
+      throw new AuthenticatorModuleError(`the factory of authentication module ${this.modulePath} did not return an object with id and authenticate()`);
+    }
+    this.inner = made as Authenticator;
+    this.id = this.inner.id;
+    await this.inner.init?.();
+  }
+
+  async authenticate(req: ConnectRequest, signal: AbortSignal): Promise<Decision<Principal>> {
+    if (this.inner === null) return { kind: 'deny', reason: ReasonCode.ServerUnavailable, detail: `authentication module ${this.modulePath} not loaded` };
+    const d = await this.inner.authenticate(req, signal);
+    // A module cannot claim to be another provider in the audit trail.
+    if (d.kind === 'allow') return { kind: 'allow', value: { ...d.value, provider: this.id } };
+    return d;
+  }
+
+  async close(): Promise<void> {
+    await this.inner?.close?.();
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Configuration of the password, JWT and module authentication providers, of per-listener
+ * identity rules (client id binding, wildcard refusal) and of failed-login protection.
+ * Imported by schema.ts. See docs/authentication.md.
+ */
+import { z } from 'zod';
+
+/** OWASP minimums for argon2id (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane. */
+export const ARGON2_FLOOR = { memoryKiB: 19_456, timeCost: 2, parallelism: 1 } as const;
+
+export const argon2Params = z
+  .strictObject({
+    memoryKiB: z.number().int().min(ARGON2_FLOOR.memoryKiB, `must be at least ${ARGON2_FLOOR.memoryKiB} KiB (OWASP minimum)`).max(4 * 1024 * 1024).default(ARGON2_FLOOR.memoryKiB),
+    timeCost: z.number().int().min(ARGON2_FLOOR.timeCost, `must be at least ${ARGON2_FLOOR.timeCost} (OWASP minimum)`).max(100).default(ARGON2_FLOOR.timeCost),
+    parallelism: z.number().int().min(ARGON2_FLOOR.parallelism).max(16).default(ARGON2_FLOOR.parallelism),
+  })
+  .prefault({});
+export type Argon2Params = z.output<typeof argon2Params>;
+
+export const passwordProvider = z.strictObject({
+  provider: z.literal('password'),
+  /** The password file: `user:$argon2id$...[:role,role]` per line (see `portcullis passwd`). */
+  file: z.string().min(1),
+  /** Reload when the file changes (SIGHUP always reloads). */
+  watch: z.boolean().default(true),
+  /** The floor for hashes in the file and the parameters of the dummy hash unknown users are checked against. */
+  argon2: argon2Params,
+  /** Longer user names or passwords are refused before argon2 runs. */
+  maxUsernameBytes: z.number().int().min(1).max(65535).default(256),
+  maxPasswordBytes: z.number().int().min(1).max(65535).default(1024),
+  /** Users not in the file: deny (default) or abstain so a later provider may decide. Both take one argon2 verification. */
+  unknownUser: z.enum(['deny', 'abstain']).default('deny'),
+});
+export type PasswordProviderConfig = z.output<typeof passwordProvider>;
+
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'HS256', 'HS384', 'HS512'] as const;
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+export const jwtProvider = z
+  .strictObject({
+    provider: z.literal('jwt'),
+    /** Algorithms accepted; anything else (and always `none`) is refused. */
+    algorithms: z.array(z.enum(JWT_ALGORITHMS, { error: `unknown or forbidden algorithm: expected one of ${JWT_ALGORITHMS.join(', ')} ('none' is never accepted)` })).min(1, 'name at least one algorithm'),
+    /** Required `iss`: one value or a list. */
+    issuer: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)], { error: 'required: the issuer (iss) every token must carry, a string or a list' }),
+    /** Required `aud`: one value or a list. */
+    audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)], { error: 'required: the audience (aud) every token must carry, a string or a list' }),
+    /** Static verification keys: PEM (SPKI public key) or JWK / JWKS JSON files. */
+    keyFiles: z.array(z.string().min(1)).default([]),
+    jwks: z
+      .strictObject({
+        /** https://...; plain http only to a loopback host (tests). */
+        url: z.string().url(),
+        timeoutMs: z.number().int().min(50).max(60_000).default(2000),
+        /** Least time between two fetches caused by an unknown `kid`. */
+        cooldownMs: z.number().int().min(0).default(30_000),
+        /** The key set is fetched again after this long (a failed fetch keeps the last good set). */
+        maxAgeMs: z.number().int().min(1000).default(600_000),
+        maxBytes: z.number().int().min(1024).default(1024 * 1024),
+      })
+      .optional(),
+    clockSkewSeconds: z.number().int().min(0).max(600).default(30),
+    /** Tokens without `exp` are refused unless this is false. */
+    requireExp: z.boolean().default(true),
+    maxTokenBytes: z.number().int().min(64).max(65535).default(8192),
+    claims: z
+      .strictObject({
+        /** The claim that becomes the username. */
+        username: z.string().min(1).default('sub'),
+        /** If set, the client id must equal this claim. */
+        clientId: z.string().min(1).optional(),
+        /** A string or string list of roles. */
+        roles: z.string().min(1).default('roles'),
+      })
+      .prefault({}),
+    /** The MQTT username, when given, must equal the username claim. */
+    requireUsernameMatch: z.boolean().default(true),
+    /** A password that is not a compact JWS: abstain (for mixed chains) instead of deny. */
+    abstainOnNonJwt: z.boolean().default(false),
+    /** The MQTT 5 authentication method name for enhanced authentication and re-authentication. */
+    method: z.string().min(1).default('JWT'),
+  })
+  .superRefine((p, ctx) => {
+    if (p.keyFiles.length === 0 && p.jwks === undefined) ctx.addIssue({ code: 'custom', path: ['keyFiles'], message: 'give keyFiles, a jwks url, or both' });
+    if (p.jwks !== undefined) {
+      const u = new URL(p.jwks.url);
+      if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
+        ctx.addIssue({ code: 'custom', path: ['jwks', 'url'], message: 'must be https (plain http is only accepted to a loopback host)' });
+      }
+    }
+  });
+export type JwtProviderConfig = z.output<typeof jwtProvider>;
+
+export const moduleProvider = z.strictObject({
+  provider: z.literal('module'),
+  /** A module whose default export or `createAuthenticator` builds an Authenticator. */
+  path: z.string().min(1),
+  options: z.record(z.string(), z.unknown()).default({}),
+});
+export type ModuleProviderConfig = z.output<typeof moduleProvider>;
+
+/** Per-listener identity rules, applied after a provider allowed. */
+export const identityRules = z
+  .strictObject({
+    /** Client id binding: must equal, or start with, the identity. */
+    clientIdBinding: z.enum(['none', 'equals', 'prefix']).default('none'),
+    /** The identity the client id is bound to. */
+    bindTo: z.enum(['username', 'cert-cn']).default('username'),
+    /** Refuse user names and client ids with + # or U+0000 (they would widen %u / %c ACL placeholders). */
+    refuseWildcards: z.boolean().default(true),
+  })
+  .prefault({});
+export type IdentityRules = z.output<typeof identityRules>;
+
+/** Failed-login backoff and bans, by source IP and by username. */
+export const authGuard = z
+  .strictObject({
+    enabled: z.boolean().default(true),
+    byIp: z.boolean().default(true),
+    byUsername: z.boolean().default(true),
+    /** Failures before attempts are delayed. */
+    backoffAfter: z.number().int().min(1).default(5),
+    baseDelayMs: z.number().int().min(1).default(500),
+    maxDelayMs: z.number().int().min(1).default(30_000),
+    /** Failures before a temporary ban. */
+    banAfter: z.number().int().min(1).default(20),
+    banMs: z.number().int().min(100).default(5 * 60_000),
+    /** Each repeated ban doubles, up to this cap. */
+    maxBanMs: z.number().int().min(100).default(60 * 60_000),
+    /** Failures are forgotten after this long without one. */
+    forgetAfterMs: z.number().int().min(1000).default(15 * 60_000),
+    /** Most tracked IPs and user names; the oldest are dropped beyond it. */
+    maxEntries: z.number().int().min(100).default(100_000),
+  })
+  .prefault({});
+export type AuthGuardConfig = z.output<typeof authGuard>;
+
+/** The verified-credential cache: off by default (see SECURITY.md for the trade-off). */
+export const credentialCache = z
+  .strictObject({
+    enabled: z.boolean().default(false),
+    ttlMs: z.number().int().min(100).max(10 * 60_000).default(60_000),
+    maxEntries: z.number().int().min(1).max(1_000_000).default(10_000),
+  })
+  .prefault({});
+export type CredentialCacheConfig = z.output<typeof credentialCache>;
