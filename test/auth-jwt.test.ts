@@ -20,7 +20,7 @@ const other = await generateKeyPair('RS256', { extractable: true });
 const publicPem = await exportSPKI(rsa.publicKey);
 const jwk = { ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
 
-function mint(claims: JWTPayload = {}, opts: { kid?: string; key?: CryptoKey; exp?: number | string; nbf?: number | string; iss?: string; aud?: string } = {}): Promise<string> {
+function mint(claims: JWTPayload = {}, opts: { kid?: string; key?: Parameters<SignJWT['sign']>[0]; exp?: number | string; nbf?: number | string; iss?: string; aud?: string } = {}): Promise<string> {
   const jwt = new SignJWT({ sub: 'svc-a', roles: ['backend'], topics: { publish: ['svc/a/#'], subscribe: ['svc/#'] }, ...claims })
     .setProtectedHeader({ alg: 'RS256', ...(opts.kid !== undefined ? { kid: opts.kid } : {}) })
     .setIssuedAt()
@@ -36,10 +36,10 @@ const b64url = (b: Buffer | string) => Buffer.from(b).toString('base64url');
 /** A JWKS endpoint whose behaviour a test switches: serve, down (500), slow, garbage. */
 async function jwksServer(t: { teardown(fn: () => void): void }) {
   const state = { mode: 'serve' as 'serve' | 'down' | 'slow' | 'garbage', keys: [jwk] as object[], hits: 0 };
-  const server = http.createServer((_req, res) => {
+  const server = http.createServer((_req, res): void => {
     state.hits++;
-    if (state.mode === 'down') return res.writeHead(500).end('oops');
-    if (state.mode === 'garbage') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys": nope');
+    if (state.mode === 'down') return void res.writeHead(500).end('oops');
+    if (state.mode === 'garbage') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys": nope');
     if (state.mode === 'slow') return void setTimeout(() => res.writeHead(200).end(JSON.stringify({ keys: state.keys })), 3000);
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: state.keys }));
   });

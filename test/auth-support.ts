@@ -7,8 +7,25 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { IClientOptions } from 'mqtt';
+import net from 'node:net';
+import { MqttClient, type IClientOptions } from 'mqtt';
 import { connect } from './helpers.ts';
+
+/**
+ * Connects an mqtt.js client from a chosen loopback source address (mqtt.js's own tcp transport
+ * ignores `localAddress`), and waits for CONNACK.
+ */
+export function connectFrom(port: number, localAddress: string, options: IClientOptions = {}): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = new MqttClient(() => net.connect({ port, host: '127.0.0.1', localAddress }), { reconnectPeriod: 0, connectTimeout: 5000, ...options });
+    client.once('connect', () => resolve(client));
+    client.once('error', (err) => {
+      client.end(true);
+      reject(err);
+    });
+    client.once('close', () => reject(new Error('closed before CONNACK')));
+  });
+}
 
 export const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -25,9 +42,9 @@ export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'portcul
 }
 
 /** Connects and resolves with the CONNACK refusal code (mqtt.js error code), or 0 if the connect was accepted. */
-export async function refusalCode(port: number, options: IClientOptions): Promise<{ code: number; message: string }> {
+export async function refusalCode(port: number, options: IClientOptions & { localAddress?: string }): Promise<{ code: number; message: string }> {
   try {
-    const c = await connect(port, options);
+    const c = options.localAddress !== undefined ? await connectFrom(port, options.localAddress, options) : await connect(port, options);
     c.end(true);
     return { code: 0, message: 'connected' };
   } catch (err) {

@@ -1,7 +1,7 @@
 /**
  * Failed-login protection, by source IP and by user name. After `backoffAfter` failures an
  * attempt must wait `baseDelayMs × 2^(n − backoffAfter)` (capped) after the last failure; an
- * attempt that comes sooner is refused at once (0x9F). After `banAfter` failures the key is
+ * attempt that comes sooner is refused at once (0x9F) and counts as a failure. After `banAfter` failures the key is
  * banned for `banMs`, doubling with each repeated ban up to `maxBanMs`; banned attempts are
  * refused at once (0x8A) before any provider or argon2 runs. Bans and unbans are audited.
  */

@@ -33,6 +33,8 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     const ip = req.peer.remoteAddress;
     const refused = this.guard?.check(ip, req.username);
     if (refused !== undefined) {
+      // Hammering during a backoff counts towards the ban; attempts while banned do not extend it.
+      if (refused.reason === ReasonCode.ConnectionRateExceeded) this.guard?.failure(ip, req.username, this.listener);
       return {
         decision: { kind: 'deny', reason: refused.reason, detail: refused.detail },
         decidedBy: 'guard',
