@@ -84,7 +84,6 @@ async function main() {
   fs.writeFileSync(new URL('./results/auth.md', import.meta.url), md);
   process.stdout.write(md);
   fs.rmSync(dir, { recursive: true, force: true });
-  await jwt.close?.();
 }
 
 await main();
