@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import test from 'ava';
 import type { MqttClient } from 'mqtt';
-import { connect, delay, messagesWithin, nextMessages, startCasbinBroker } from './helpers.ts';
+import { connect, delay, messagesWithin, nextMessages, startBroker, startCasbinBroker, writePolicyDir } from './helpers.ts';
 
 const POLICY = `
 # alice and bob each own devices/<user>/#; a reader role sees telemetry of all devices.
@@ -179,8 +179,18 @@ test('an allowed will is published when the client drops, and passes the deliver
 });
 
 test('placeholders: %u is not substituted with a user name holding / or +, so the rule does not apply', async (t) => {
-  const b = await startCasbinBroker('p, *, users/%u/#, read, allow\np, *, users/%u/#, publish, allow\n', [{ username: 'a/b' }, { username: 'x+' }, { username: 'eve' }]);
-  t.teardown(() => b.stop());
+  // The connect-time refusal of + # U+0000 (listeners[].identity.refuseWildcards, on by default) is turned
+  // off here, so this test proves the matcher's own defence.
+  const files = writePolicyDir('p, *, users/%u/#, read, allow\np, *, users/%u/#, publish, allow\n');
+  const users = ['a/b', 'x+', 'eve'].map((u) => ({ username: u, password: `${u}-pw` }));
+  const b = await startBroker({
+    listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users }], identity: { refuseWildcards: false } }],
+    authorizers: [{ type: 'casbin', model: files.model, policy: files.policy, watch: false }],
+  });
+  t.teardown(async () => {
+    await b.stop();
+    files.cleanup();
+  });
   const slash = await connect(b.port, as('a/b'));
   t.deepEqual(await subscribeCodes(slash, ['users/a/b/#', 'users/a/#', 'users/+/#']), [0x87, 0x87, 0x87]);
   const codes: number[] = [];
