@@ -53,3 +53,16 @@ test('an audit path that cannot be opened is a configuration error naming audit.
   t.is((error as { code?: string }).code, 'ERR_PORTCULLIS_CONFIG');
   t.regex(error?.message ?? '', /audit\.path/);
 });
+
+test('an audit path whose parent cannot be created fails fast with a configuration error, not a hang', (t) => {
+  const started = Date.now();
+  const error = t.throws(() =>
+    createBroker(
+      { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], audit: { sink: 'file', path: '/proc/portcullis-nope/audit.jsonl' } },
+      { logger: silentLogger() },
+    ),
+  );
+  t.is((error as { code?: string }).code, 'ERR_PORTCULLIS_CONFIG');
+  t.regex(error?.message ?? '', /audit\.path/);
+  t.true(Date.now() - started < 2000);
+});

@@ -11,6 +11,7 @@ import type { Logger } from '../log.ts';
 import type { AuditOutput } from './chained-sink.ts';
 import { parseRecord, splitHash, type ChainTip } from './record.ts';
 import type { AuditEvent } from './types.ts';
+import { ensureDir } from '../util/fs.ts';
 
 /** The two calls a disk failure shows up in; injectable so tests can simulate ENOSPC or EACCES. */
 export interface AuditFileIO {
@@ -57,7 +58,7 @@ export class FileAuditOutput implements AuditOutput {
   constructor(private readonly options: FileOutputOptions) {
     this.name = options.path;
     this.io = options.io ?? nodeFileIO;
-    fs.mkdirSync(path.dirname(options.path), { recursive: true });
+    ensureDir(path.dirname(options.path));
     const fd = fs.openSync(options.path, 'a+', 0o600); // throws on an unwritable path
     this.fd = fd;
     const stat = fs.fstatSync(fd);

@@ -13,6 +13,7 @@ import { escapeUnsafe, parseRecord, type AuditRecord } from '../audit/record.ts'
 import { verifyAuditFiles } from '../audit/verify.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError } from '../config/schema.ts';
+import { ensureDir } from '../util/fs.ts';
 
 const DEFAULT_PATH = 'data/audit.jsonl';
 
@@ -217,7 +218,7 @@ export function keygenCommand(opts: { out: string; name?: string; force?: boolea
     return 1;
   }
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  fs.mkdirSync(opts.out, { recursive: true });
+  ensureDir(opts.out);
   fs.writeFileSync(priv, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
   fs.writeFileSync(pub, publicKey.export({ type: 'spki', format: 'pem' }));
   io.out(`wrote ${priv} (keep it on the broker host, set audit.checkpoint.keyFile) and ${pub} (give it to whoever verifies)\n`);

@@ -14,6 +14,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { ensureDir } from '../util/fs.ts';
 
 export class PkiError extends Error {
   constructor(
@@ -89,7 +90,7 @@ export function writeIndex(dir: string, entries: IndexEntry[]): void {
 /** Writes through a temporary file and a rename, so a reader never sees half a file. */
 export function writeAtomic(file: string, data: string, mode: number): void {
   const dir = path.dirname(file);
-  fs.mkdirSync(dir, { recursive: true, ...(path.basename(dir) === 'private' ? { mode: 0o700 } : {}) });
+  ensureDir(dir, path.basename(dir) === 'private' ? 0o700 : undefined);
   const tmp = `${file}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, data, { mode });
   fs.chmodSync(tmp, mode);
