@@ -20,24 +20,15 @@ export class AuditKeyError extends Error {
 
 /** Loads an Ed25519 private key (PKCS#8 PEM). Errors name the file. */
 export function loadSigningKey(file: string): KeyObject {
-  let pem: string;
-  try {
-    pem = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new AuditKeyError(`cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-  let key: KeyObject;
-  try {
-    key = createPrivateKey(pem);
-  } catch {
-    throw new AuditKeyError(`${file} is not a PEM private key`);
-  }
-  if (key.asymmetricKeyType !== 'ed25519') throw new AuditKeyError(`${file} holds a ${key.asymmetricKeyType} key; an Ed25519 key is required`);
-  return key;
+  return loadEd25519(file, createPrivateKey, 'a PEM private key');
 }
 
 /** Loads an Ed25519 public key, or derives it from a private key file. */
 export function loadVerifyKey(file: string): KeyObject {
+  return loadEd25519(file, createPublicKey, 'a PEM public or private key');
+}
+
+function loadEd25519(file: string, parse: (pem: string) => KeyObject, expected: string): KeyObject {
   let pem: string;
   try {
     pem = fs.readFileSync(file, 'utf8');
@@ -46,9 +37,9 @@ export function loadVerifyKey(file: string): KeyObject {
   }
   let key: KeyObject;
   try {
-    key = createPublicKey(pem);
+    key = parse(pem);
   } catch {
-    throw new AuditKeyError(`${file} is not a PEM public or private key`);
+    throw new AuditKeyError(`${file} is not ${expected}`);
   }
   if (key.asymmetricKeyType !== 'ed25519') throw new AuditKeyError(`${file} holds a ${key.asymmetricKeyType} key; an Ed25519 key is required`);
   return key;
