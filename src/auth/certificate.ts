@@ -19,6 +19,8 @@ export interface CertificateAttributes {
   dns: string[];
   uris: string[];
   emails: string[];
+  /** The SANs by kind (`%{cert.san.uri}` in policies reads `san.uri`). */
+  san: { uri: string[]; dns: string[]; email: string[] };
   serial: string;
   fingerprint: string;
   notAfter: string;
@@ -37,14 +39,18 @@ export function certificateAttributes(t: TlsPeerInfo): CertificateAttributes {
   const sans = t.subjectAltNames ?? [];
   const of = (prefix: string) => sans.filter((s) => s.startsWith(prefix)).map((s) => s.slice(prefix.length));
   const cn = first(t.subject?.CN);
+  const uris = of('URI:');
+  const dns = of('DNS:');
+  const emails = of('email:');
   return {
     ...(cn !== undefined ? { cn } : {}),
     subject: dn(t.subject),
     issuer: dn(t.issuer),
     sans,
-    dns: of('DNS:'),
-    uris: of('URI:'),
-    emails: of('email:'),
+    dns,
+    uris,
+    emails,
+    san: { uri: uris, dns, email: emails },
     serial: t.serialNumber ?? '',
     fingerprint: (t.fingerprint256 ?? '').replace(/:/g, '').toLowerCase(),
     notAfter: t.validTo ?? '',
