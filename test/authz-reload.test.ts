@@ -41,7 +41,7 @@ test('a good reload removes subscriptions that lost access, tells the v5 client,
   const reload = b.audit.records.find((r) => r.event === 'reload');
   t.like(reload, { decision: 'allow', decidedBy: 'casbin' });
   t.is(reload?.policyVersion, reports[0]?.version);
-  t.regex(reload?.reason ?? '', /2 of 4 live sessions lost 2 subscriptions/);
+  t.regex(reload?.reason ?? '', /2 of 4 sessions \(live and offline\) lost 2 subscriptions/);
   t.truthy(b.audit.records.find((r) => r.event === 'subscribe' && r.username === 'lose' && /removed after a policy reload/.test(r.reason ?? '')));
   for (const c of [keep, lose, old, pub]) c.end(true);
 });
@@ -84,4 +84,34 @@ test('a changed policy file is reloaded on its own, and the cache is cleared', a
   await pub.publishAsync('news/a', '2', { qos: 1 }).catch(() => undefined);
   t.deepEqual(codes, [0x10, 0x87]);
   pub.end(true);
+});
+
+test('a good reload also removes a lost subscription from an offline persistent session, audited; the client finds it gone', async (t) => {
+  const b = await startCasbinBroker(BEFORE, USERS);
+  t.teardown(() => b.stop());
+  const clientId = `lose-offline-${Math.random().toString(16).slice(2, 8)}`;
+  const opts = { username: 'lose', password: 'lose-pw', clientId, protocolVersion: 5 as const, clean: false, properties: { sessionExpiryInterval: 600 } };
+  const first = await connect(b.port, opts);
+  await first.subscribeAsync('news/#', { qos: 1 });
+  await first.endAsync();
+  await delay(100);
+
+  fs.writeFileSync(b.files.policy, AFTER);
+  const [report] = await b.broker.reloadPolicy('test');
+  t.true(report?.ok);
+  const removed = b.audit.records.find((r) => r.event === 'subscribe' && r.decision === 'deny' && r.clientId === clientId);
+  t.truthy(removed, 'the offline session lost its subscription and it was audited');
+  t.regex(removed?.reason ?? '', /removed after a policy reload \(session offline\)/);
+  t.is(removed?.username, 'lose');
+  t.is(removed?.topic, 'news/#');
+
+  // A QoS 1 message published while it is still offline is not queued for it...
+  const pub = await connect(b.port, as('pub'));
+  await pub.publishAsync('news/while-away', 'x', { qos: 1 });
+  // ...and when it resumes its session, nothing arrives on the old filter.
+  const back = await connect(b.port, opts);
+  const got = messagesWithin(back, 500);
+  await pub.publishAsync('news/after', 'y', { qos: 1 });
+  t.deepEqual(await got, []);
+  for (const c of [back, pub]) c.end(true);
 });

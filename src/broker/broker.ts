@@ -469,29 +469,42 @@ export class Broker {
   }
 
   /**
-   * After a policy reload: asks the authorizers again about every live session's subscriptions,
+   * After a policy reload: asks the authorizers again about every session's subscriptions,
    * removes those that lost access, and writes one `reload` audit record with the policy version
    * and what was affected. MQTT 5 has no server-side UNSUBSCRIBE, so a v5 client is told with a
    * QoS 0 PUBLISH on {@link REVOKED_TOPIC} (payload: the filter) instead of a DISCONNECT; a v3
-   * client is not told. Offline sessions are not re-checked here: every delivery is authorized
-   * again when it is sent. A failed reload is only recorded.
+   * client is not told. Offline persistent sessions are re-checked as the principal they last
+   * connected with (and every delivery is authorized again when it is sent). A failed reload is
+   * only recorded.
    */
   async policyReloaded(report: { ok: boolean; version?: string; detail?: string; authorizer?: string; trigger?: string }): Promise<RecheckSummary> {
     const summary: RecheckSummary = { sessionsChecked: 0, sessionsAffected: 0, subscriptionsRemoved: 0 };
     if (report.ok) {
       for (const session of [...this.sessions.values()]) {
-        const conn = session.connection;
-        if (conn === null || conn.state !== 'connected' || conn.principal === null) continue;
+        // Live sessions are checked as their connection's principal; offline persistent sessions
+        // as the principal they last connected with. A session restored from the store without
+        // one is left to the deliver check, which runs again on every message it is sent.
+        const live = session.connection;
+        const conn = live !== null && live.state === 'connected' ? live : null;
+        const principal = conn !== null ? conn.principal : live === null ? session.principal : null;
+        if (principal === null) continue;
         summary.sessionsChecked++;
         let lost = 0;
         for (const sub of [...session.subscriptions.values()]) {
-          const ctx: AccessContext = { qos: sub.qos, retain: false, listener: conn.peer.listener, will: false };
-          const d = await this.authorizers.authorize(conn.principal, 'subscribe', sub.filter, ctx);
+          const ctx: AccessContext = { qos: sub.qos, retain: false, listener: conn !== null ? conn.peer.listener : session.listener, will: false };
+          const d = await this.authorizers.authorize(principal, 'subscribe', sub.filter, ctx);
           if (d.kind === 'allow' || !this.removeSubscription(session, sub.filter)) continue;
           lost++;
           const why = d.kind === 'deny' ? d.detail : 'no authorizer allowed it';
-          this.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `subscription removed after a policy reload: ${why}`, topic: sub.filter, qos: sub.qos });
-          if (conn.v5 && conn.state === 'connected') {
+          const record: AuditEvent = { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `subscription removed after a policy reload${conn === null ? ' (session offline)' : ''}: ${why}`, topic: sub.filter, qos: sub.qos };
+          if (conn === null) {
+            record.clientId = session.clientId;
+            record.listener = session.listener;
+            if (principal.username !== undefined) record.username = principal.username;
+            record.authMethod = principal.method;
+          }
+          this.audit(conn, record);
+          if (conn !== null && conn.v5 && conn.state === 'connected') {
             conn.send({ cmd: 'publish', topic: REVOKED_TOPIC, payload: Buffer.from(sub.filter), qos: 0, retain: false, dup: false, properties: { userProperties: { filter: sub.filter, reason: 'not authorized' } } });
           }
         }
@@ -507,7 +520,7 @@ export class Broker {
       event: 'reload',
       decision: report.ok ? 'allow' : 'deny',
       reason: report.ok
-        ? `policy reloaded (${report.trigger ?? 'api'}): ${summary.sessionsAffected} of ${summary.sessionsChecked} live sessions lost ${summary.subscriptionsRemoved} subscriptions`
+        ? `policy reloaded (${report.trigger ?? 'api'}): ${summary.sessionsAffected} of ${summary.sessionsChecked} sessions (live and offline) lost ${summary.subscriptionsRemoved} subscriptions`
         : `policy reload failed (${report.trigger ?? 'api'}), last good policy kept: ${report.detail ?? 'unknown error'}`,
       ...(report.version !== undefined ? { policyVersion: report.version } : {}),
       ...(report.authorizer !== undefined ? { decidedBy: report.authorizer } : {}),

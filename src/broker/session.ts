@@ -29,6 +29,8 @@ export class Session {
   readonly awaitingRelease = new Set<number>();
   connection: Connection | null = null;
   principal: Principal | null = null;
+  /** The listener of the last connection, for checks made while the session is offline. */
+  listener = '';
   expiryTimer: NodeJS.Timeout | null = null;
   expiresAt: number | undefined;
   /** True once the session has been written to the store. */

@@ -280,6 +280,7 @@ function connack(ctx: ConnectContext): undefined {
   conn.will = ctx.will;
   session.connection = conn;
   session.principal = ctx.principal ?? null;
+  session.listener = conn.peer.listener;
   if (conn.v5) {
     const p = packet.properties ?? {};
     conn.sendWindow = Math.min(p.receiveMaximum ?? 65535, limits.maxInflight);
