@@ -21,7 +21,8 @@ import { encodePublish, withPacketId } from './encode.ts';
 import type { Message } from './message.ts';
 import { RetainedMessages } from './retained.ts';
 import { Router } from './router.ts';
-import { Session, type Inflight, type QueuedDelivery } from './session.ts';
+import { PublishRateLimiter } from './rate-limit.ts';
+import { Session, queuedSize, type Inflight, type QueuedDelivery } from './session.ts';
 import { SysTopics } from './sys.ts';
 import { WillScheduler } from './will.ts';
 
@@ -48,6 +49,16 @@ export interface BrokerStats {
   messagesSent: number;
   messagesDropped: number;
   messagesExpired: number;
+  /** QoS 0 messages a subscriber's full queue (limits.maxQueuedMessages / maxQueuedBytes) dropped. */
+  queueDroppedQos0: number;
+  /** QoS 1/2 messages a subscriber's full queue refused (each counted, logged and audited). */
+  queueRefusedQos12: number;
+  /** Clients disconnected because their queue stayed full for limits.slowConsumerTimeoutMs. */
+  slowConsumersDisconnected: number;
+  /** PUBLISH packets over a rate limit that were rejected, dropped or caused a disconnect. */
+  publishesRateLimited: number;
+  /** Times a connection's reading was paused by a rate limit (throttle). */
+  connectionsThrottled: number;
 }
 
 /** What a policy reload did to the live sessions. */
@@ -77,7 +88,14 @@ export class Broker {
     messagesSent: 0,
     messagesDropped: 0,
     messagesExpired: 0,
+    queueDroppedQos0: 0,
+    queueRefusedQos12: 0,
+    slowConsumersDisconnected: 0,
+    publishesRateLimited: 0,
+    connectionsThrottled: 0,
   };
+  /** PUBLISH rate limits; null when none is configured (the default). */
+  readonly rateLimiter: PublishRateLimiter | null;
   clock = Date.now();
   startedAt = Date.now();
   connected = 0;
@@ -110,6 +128,7 @@ export class Broker {
     this.auditFailClosed = config.audit.failMode === 'fail-closed' && typeof sink.health === 'function';
     this.wills = new WillScheduler(this);
     this.sys = new SysTopics(this);
+    this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log);
   }
 
   // ── lifecycle ──────────────────────────────────────────────────────────────
@@ -186,14 +205,21 @@ export class Broker {
     this.connections.add(conn);
   }
 
-  /** Keep-alive and CONNECT deadlines, checked by one timer for all connections. */
+  /** Keep-alive and CONNECT deadlines, rate-limit throttles and slow consumers, checked by one timer for all connections. */
   private sweep(): void {
     const now = (this.clock = Date.now());
     const connectDeadline = this.config.limits.connectTimeoutMs;
+    const slowConsumerMs = this.config.limits.slowConsumerTimeoutMs;
     for (const conn of this.connections) {
       if (conn.state === 'connected') {
         if (conn.keepAlive > 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
           conn.disconnect(ReasonCode.KeepAliveTimeout, 'keep-alive timeout'); // [MQTT-3.1.2-22]
+          continue;
+        }
+        if (conn.readPausedUntil !== 0 && now >= conn.readPausedUntil) conn.resumeReading();
+        const session = conn.session;
+        if (slowConsumerMs > 0 && session !== null && session.queueFullSince !== 0 && now - session.queueFullSince > slowConsumerMs) {
+          this.disconnectSlowConsumer(conn, session, now);
         }
       } else if (conn.state !== 'closed' && now - conn.openedAt > connectDeadline) {
         this.log.info({ remote: conn.peer.remoteAddress, listener: conn.peer.listener }, 'no CONNECT within the deadline: closing');
@@ -383,6 +409,7 @@ export class Broker {
 
   connectionOpened(conn: Connection, principal: Principal): void {
     this.connected++;
+    this.rateLimiter?.attach(conn, Date.now());
     this.stats.connectsAccepted++;
     this.log.info(
       { clientId: conn.clientId, listener: conn.peer.listener, remote: conn.peer.remoteAddress, username: principal.username, method: principal.method, protocol: conn.version },
@@ -403,6 +430,7 @@ export class Broker {
     if (conn.expiryTimer !== null) clearTimeout(conn.expiryTimer);
     if (!wasConnected) return;
     this.connected--;
+    this.rateLimiter?.release(conn);
     this.log.info({ clientId: conn.clientId, listener: conn.peer.listener, cause: conn.describeClose() }, 'client disconnected');
     const session = conn.session;
     const will = conn.will;
@@ -416,10 +444,12 @@ export class Broker {
     }
     if (session === null || session.connection !== conn) return;
     session.connection = null;
+    session.queueFullSince = 0;
     if (!session.persistent) {
       this.destroySession(session);
       return;
     }
+    if (session.queue.length > 0 && !this.config.limits.queueQos0) this.dropQueuedQos0(session);
     session.expiresAt = session.expiryInterval === NEVER_EXPIRES ? undefined : Date.now() + session.expiryInterval * 1000;
     this.syncStored(session);
     this.armExpiry(session);
@@ -578,7 +608,8 @@ export class Broker {
       return;
     }
     const conn = session.connection;
-    if (conn !== null && conn.state === 'connected' && (qos === 0 || (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
+    // A socket over limits.maxSocketBufferBytes is not written to: its deliveries queue (backpressure).
+    if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 || (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
       const allowed = this.authorize(conn, 'deliver', message.topic, qos, retain);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds));
@@ -615,43 +646,113 @@ export class Broker {
     }
     conn.write(qos === 0 ? template : withPacketId(template, packetId, dup));
     this.stats.messagesSent++;
+    // Only block when the stream will emit 'drain', which unblocks it and pumps the queue.
+    if (conn.stream.writableLength > this.config.limits.maxSocketBufferBytes && conn.stream.writableNeedDrain) conn.writeBlocked = true;
     return true;
   }
 
+  /**
+   * Queues a delivery within limits.maxQueuedMessages and maxQueuedBytes. When full: a new QoS 0
+   * message is dropped; a new QoS 1/2 message evicts the oldest QoS 0 ones, and with none left it
+   * is refused for this subscriber (the messages already queued were acknowledged to their
+   * publishers and are kept). Every loss is counted, and QoS 1/2 refusals are audited. The first
+   * message always fits, so no size is undeliverable. Only QoS 1/2 entries are written to the store.
+   */
   private enqueue(session: Session, delivery: QueuedDelivery): void {
-    const max = this.config.limits.maxQueuedMessages;
+    const limits = this.config.limits;
     const queue = session.queue;
-    if (queue.length >= max) {
-      // Drop policy: the oldest QoS 0 message goes first; with none, the new message is dropped.
-      const i = queue.findIndex((q) => q.qos === 0);
-      if (i >= 0 && max > 0) {
-        queue.splice(i, 1);
-        this.drop('queue full: oldest QoS 0 message dropped', session.clientId);
-      } else {
-        this.drop('queue full: new message dropped', session.clientId);
-        return;
+    const size = queuedSize(delivery.message);
+    const maxBytes = limits.maxQueuedBytes;
+    const max = limits.maxQueuedMessages;
+    if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
+      if (delivery.qos === 0) return this.queueLoss(session, delivery, false);
+      let i = 0;
+      while (queue.length > 0 && (queue.length >= max || session.queuedBytes + size > maxBytes)) {
+        while (i < queue.length && (queue[i] as QueuedDelivery).qos !== 0) i++;
+        if (i === queue.length) break;
+        const [evicted] = queue.splice(i, 1) as [QueuedDelivery];
+        session.queuedBytes -= queuedSize(evicted.message);
+        this.queueLoss(session, evicted, false);
       }
+      if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) return this.queueLoss(session, delivery, true);
+    } else {
+      session.queueFullSince = 0;
     }
     queue.push(delivery);
-    if (session.persistent) this.persist((s) => s.enqueue(session.clientId, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    session.queuedBytes += size;
+    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.clientId, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
   }
 
-  private drop(why: string, clientId?: string): void {
+  /** Counts a message a subscriber's full queue lost; logs (rate-limited) and audits QoS 1/2 refusals. */
+  private queueLoss(session: Session, delivery: QueuedDelivery, refused: boolean): void {
+    session.droppedMessages++;
+    if (session.connection !== null && session.queueFullSince === 0) session.queueFullSince = this.clock;
+    if (!refused) {
+      this.stats.queueDroppedQos0++;
+      this.drop('queue full: QoS 0 message dropped', session);
+      return;
+    }
+    this.stats.queueRefusedQos12++;
+    this.drop(`queue full: QoS ${delivery.qos} message refused for this subscriber`, session);
+    session.refusalsUnaudited++;
+    if (this.clock - session.refusalsAuditedAt < 1000) return;
+    session.refusalsAuditedAt = this.clock;
+    const refusals = session.refusalsUnaudited;
+    session.refusalsUnaudited = 0;
+    this.audit(session.connection, {
+      event: 'deliver',
+      action: 'queue-full',
+      decision: 'deny',
+      reasonCode: ReasonCode.QuotaExceeded,
+      reason: 'subscriber queue full: QoS 1/2 message refused',
+      clientId: session.clientId,
+      topic: delivery.message.topic,
+      qos: delivery.qos,
+      detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
+    });
+  }
+
+  /** A persistent session going offline keeps only QoS 1/2 (and QoS 0 when limits.queueQos0). */
+  private dropQueuedQos0(session: Session): void {
+    const kept = session.queue.filter((q) => q.qos > 0);
+    if (kept.length === session.queue.length) return;
+    session.queue = kept;
+    session.queuedBytes = 0;
+    for (const q of kept) session.queuedBytes += queuedSize(q.message);
+  }
+
+  /** A client whose queue stayed full with no delivery for limits.slowConsumerTimeoutMs: DISCONNECT 0x97. */
+  private disconnectSlowConsumer(conn: Connection, session: Session, now: number): void {
+    this.stats.slowConsumersDisconnected++;
+    const detail = `slow consumer: queue full for ${now - session.queueFullSince} ms, ${session.droppedMessages} messages dropped`;
+    this.log.warn({ clientId: conn.clientId, dropped: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes }, detail);
+    session.queueFullSince = 0;
+    this.disconnectForSecurity(conn, ReasonCode.QuotaExceeded, 'slow-consumer', detail);
+  }
+
+  private drop(why: string, session?: Session): void {
     this.stats.messagesDropped++;
     if (this.clock - this.dropWarnedAt > 5000) {
       this.dropWarnedAt = this.clock;
-      this.log.warn({ clientId, dropped: this.stats.messagesDropped }, `message dropped: ${why}`);
+      this.log.warn(
+        { clientId: session?.clientId, droppedBySession: session?.droppedMessages, dropped: this.stats.messagesDropped, queueDroppedQos0: this.stats.queueDroppedQos0, queueRefusedQos12: this.stats.queueRefusedQos12 },
+        `message dropped: ${why}`,
+      );
     }
   }
 
-  /** Sends queued messages while the client's in-flight window has room. */
+  /** Sends queued messages while the client's in-flight window has room and its socket is not over the mark. */
   pump(session: Session): void {
     const conn = session.connection;
     let sent = 0;
-    while (conn !== null && conn.state === 'connected' && session.queue.length > sent) {
+    let stored = 0;
+    let bytes = 0;
+    while (conn !== null && conn.state === 'connected' && !conn.writeBlocked && session.queue.length > sent) {
       const next = session.queue[sent] as QueuedDelivery;
       if (next.qos > 0 && session.inflight.size >= conn.sendWindow) break;
       sent++;
+      bytes += queuedSize(next.message);
+      if (next.qos > 0) stored++;
       if (next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock) {
         this.stats.messagesExpired++;
         continue;
@@ -665,7 +766,9 @@ export class Broker {
     }
     if (sent > 0) {
       session.queue.splice(0, sent);
-      if (session.persistent) this.persist((s) => s.dequeue(session.clientId, sent));
+      session.queuedBytes -= bytes;
+      session.queueFullSince = 0;
+      if (session.persistent && stored > 0) this.persist((s) => s.dequeue(session.clientId, stored));
     }
   }
 

@@ -11,6 +11,7 @@ import type { PublishProperties } from '../protocol/codec.ts';
 import type { PeerInfo } from '../transport/types.ts';
 import type { Broker } from './broker.ts';
 import { dispatch } from './dispatch.ts';
+import type { TokenBucket } from './rate-limit.ts';
 import type { Session } from './session.ts';
 
 export interface Will {
@@ -50,6 +51,15 @@ export class Connection {
   clientMaxPacketSize = Number.POSITIVE_INFINITY;
   problemInformation = true;
   expiryTimer: NodeJS.Timeout | null = null;
+  /** More than limits.maxSocketBufferBytes wait in the socket: deliveries queue until it drains. */
+  writeBlocked = false;
+  /** Rate-limit throttle: the socket is not read until this time (epoch ms); 0: not throttled. */
+  readPausedUntil = 0;
+  /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
+  rateLimitedSince = 0;
+  clientBucket: TokenBucket | null = null;
+  identityBucket: TokenBucket | null = null;
+  identityKey: string | null = null;
   readonly reader: PacketReader;
   private corked = false;
   private busy = false;
@@ -71,6 +81,7 @@ export class Connection {
       this.lastSeen = Date.now();
       this.reader.push(chunk);
     });
+    stream.on('drain', () => this.onDrain());
     stream.on('error', (err) => this.close({ code: ReasonCode.UnspecifiedError, detail: `socket error: ${err.message}` }));
     stream.on('close', () => this.close({ code: ReasonCode.UnspecifiedError, detail: 'connection lost' }));
     stream.on('end', () => this.close({ code: ReasonCode.UnspecifiedError, detail: 'connection closed by client' }));
@@ -114,7 +125,19 @@ export class Connection {
     while (!this.busy && this.inbox.length > 0 && this.state !== 'closed') {
       this.run(this.inbox.shift() as Packet);
     }
+    if (!this.busy && this.state !== 'closed' && this.readPausedUntil === 0) this.stream.resume();
+  }
+
+  /** Ends a rate-limit throttle: reads again unless a handler still holds the next packets. */
+  resumeReading(): void {
+    this.readPausedUntil = 0;
     if (!this.busy && this.state !== 'closed') this.stream.resume();
+  }
+
+  private onDrain(): void {
+    if (!this.writeBlocked || this.state === 'closed') return;
+    this.writeBlocked = false;
+    if (this.session !== null) this.broker.pump(this.session);
   }
 
   private internalError(err: unknown): void {

@@ -25,6 +25,15 @@ export class Session {
   readonly subscriptions = new Map<string, StoredSubscription>();
   readonly inflight = new Map<number, Inflight>();
   queue: QueuedDelivery[] = [];
+  /** Payload + topic bytes held in `queue`, bounded by limits.maxQueuedBytes. */
+  queuedBytes = 0;
+  /** Messages this session lost to its queue limits: QoS 0 dropped, QoS 1/2 refused. */
+  droppedMessages = 0;
+  /** When the queue started losing messages while connected, with no delivery since; 0: it is not. */
+  queueFullSince = 0;
+  /** QoS 1/2 refusals not yet written to the audit log, and when the last such record was written. */
+  refusalsUnaudited = 0;
+  refusalsAuditedAt = 0;
   /** Inbound QoS 2 packet ids received and not yet released [MQTT-4.3.3]. */
   readonly awaitingRelease = new Set<number>();
   connection: Connection | null = null;
@@ -78,7 +87,8 @@ export class Session {
         message: { ...stripEncoding(f.message), qos: f.qos, retain: f.retain },
         ...(f.subscriptionIds ? { subscriptionIds: f.subscriptionIds } : {}),
       })),
-      queue: this.queue.map((q) => ({ ...stripEncoding(q.message), qos: q.qos, retain: q.retain })),
+      // QoS 0 is at most once: it is never written to the store (see Broker.enqueue).
+      queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...stripEncoding(q.message), qos: q.qos, retain: q.retain })),
       awaitingRelease: [...this.awaitingRelease],
     };
     if (this.expiresAt !== undefined) stored.expiresAt = this.expiresAt;
@@ -101,6 +111,7 @@ export class Session {
       });
     }
     session.queue = stored.queue.map((m) => ({ message: m, qos: m.qos, retain: m.retain, subscriptionIds: undefined }));
+    for (const m of stored.queue) session.queuedBytes += queuedSize(m);
     for (const id of stored.awaitingRelease) session.awaitingRelease.add(id);
     return session;
   }
@@ -109,4 +120,9 @@ export class Session {
 function stripEncoding(message: Message): Message {
   const { encoded: _encoded, ...rest } = message;
   return rest;
+}
+
+/** What a queued message counts against limits.maxQueuedBytes: its payload and topic. */
+export function queuedSize(message: { payload: Buffer; topic: string }): number {
+  return message.payload.length + message.topic.length;
 }

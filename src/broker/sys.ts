@@ -33,6 +33,11 @@ export class SysTopics {
       ['messages/sent', b.stats.messagesSent],
       ['messages/dropped', b.stats.messagesDropped],
       ['messages/expired', b.stats.messagesExpired],
+      ['messages/dropped/queue-qos0', b.stats.queueDroppedQos0],
+      ['messages/dropped/queue-refused-qos12', b.stats.queueRefusedQos12],
+      ['messages/dropped/rate-limited', b.stats.publishesRateLimited],
+      ['clients/throttled', b.stats.connectionsThrottled],
+      ['clients/slow-consumers-disconnected', b.stats.slowConsumersDisconnected],
       ['retained messages/count', b.retained.size],
     ];
     for (const [name, value] of values) {

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
 import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
+import { rateLimits } from './rate-limit-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().positive();
@@ -130,6 +131,12 @@ const limits = z
     receiveMaximum: z.number().int().min(1).max(65535).default(64),
     maxInflight: z.number().int().min(1).max(65535).default(64),
     maxQueuedMessages: z.number().int().min(0).default(1000),
+    /** Queued bytes (payload + topic) per session; over it QoS 0 is dropped first, then new QoS 1/2 refused. */
+    maxQueuedBytes: z.number().int().min(1024).default(16 * 1024 * 1024),
+    /** Bytes waiting in a client's socket before the broker stops writing to it and queues instead. */
+    maxSocketBufferBytes: z.number().int().min(16 * 1024).default(1024 * 1024),
+    /** A connected client whose queue stays full, with no progress, this long is disconnected (0x97); 0: never. */
+    slowConsumerTimeoutMs: z.number().int().min(0).default(30_000),
     queueQos0: z.boolean().default(false),
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),
@@ -200,6 +207,8 @@ export const configSchema = z.strictObject({
   authGuard,
   /** The verified-credential cache for the password provider; off by default. */
   credentialCache,
+  /** PUBLISH rate limits per connection and per identity; off by default (see docs/configuration.md). */
+  rateLimits,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

@@ -2,12 +2,12 @@
  * CONNECT. A connection's steps are a visible list, run in order; the first step that refuses
  * ends the connect with its reason code:
  *
- *   checkProtocol → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate → bindIdentity
+ *   checkProtocol → checkUserProperties → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate → bindIdentity
  *   → authorizeWill → attachSession → connack → resumeDelivery
  */
 import { randomUUID } from 'node:crypto';
 import type { Principal, ProviderVerdict } from '../../auth/types.ts';
-import type { ConnectPacket } from '../../protocol/codec.ts';
+import { countUserProperties, type ConnectPacket } from '../../protocol/codec.ts';
 import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/reason-codes.ts';
 import { checkTopicName } from '../../protocol/topic.ts';
 import type { Connection, Will } from '../connection.ts';
@@ -40,6 +40,7 @@ type Step = (ctx: ConnectContext) => Refusal | undefined | Promise<Refusal | und
 
 const steps: Step[] = [
   checkProtocol,
+  checkUserProperties,
   checkClientId,
   checkKeepAlive,
   checkWill,
@@ -122,6 +123,14 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
   if (method !== undefined && !ctx.conn.broker.supportsAuthMethod(ctx.conn.peer.listener, method)) {
     return { reason: ReasonCode.BadAuthenticationMethod, detail: `authentication method '${method}' is not supported` }; // [MQTT-4.12.0-1]
   }
+  return undefined;
+}
+
+/** limits.maxUserProperties bounds the CONNECT and the will, each on its own (CONNACK 0x83). */
+function checkUserProperties(ctx: ConnectContext): Refusal | undefined {
+  const max = ctx.conn.broker.config.limits.maxUserProperties;
+  if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties` };
+  if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties in the will` };
   return undefined;
 }
 

@@ -53,6 +53,8 @@ export function handlePublish(conn: Connection, packet: PublishPacket): void | P
       return conn.disconnect(ReasonCode.ReceiveMaximumExceeded, `more than ${limits.receiveMaximum} QoS 2 messages unacknowledged`); // [MQTT-3.3.4-9]
     }
   }
+  const limiter = broker.rateLimiter;
+  if (limiter !== null && !limiter.admit(conn, qos, packetId, packet.payload.length + topic.length, Date.now())) return;
 
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
   const message: Message = { topic, payload, qos, retain: packet.retain, origin: conn.clientId };

@@ -1,4 +1,4 @@
-import type { UnsubscribePacket } from '../../protocol/codec.ts';
+import { countUserProperties, type UnsubscribePacket } from '../../protocol/codec.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Connection } from '../connection.ts';
 
@@ -8,6 +8,8 @@ export async function handleUnsubscribe(conn: Connection, packet: UnsubscribePac
   const session = conn.session;
   if (session === null) return;
   if (packet.unsubscriptions.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'UNSUBSCRIBE with no topic filters');
+  const max = broker.config.limits.maxUserProperties;
+  if (countUserProperties(packet.properties) > max) return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${max} user properties`);
   const codes: number[] = [];
   for (const filter of packet.unsubscriptions) {
     const decision = await broker.authorize(conn, 'unsubscribe', filter, 0, false);
