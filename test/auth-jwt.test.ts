@@ -238,3 +238,65 @@ test('JWKS refetch on unknown kid is rate-limited by cooldownMs', async (t) => {
   }
   t.is(idp.state.hits, afterStart, 'the start fetch was under a minute ago: unknown kids cause no fetch storm');
 });
+
+test('verified-token cache over sockets: repeat connects with a cached token pass, yet exp, client id binding and key rotation still apply', async (t) => {
+  const idp = await jwksServer(t);
+  const tb = await jwtBroker(t, { jwks: { url: idp.url, cooldownMs: 0 }, clockSkewSeconds: 0, claims: { clientId: 'cid' } });
+  const exp = Math.floor(Date.now() / 1000) + 3;
+  const token = await mint({ cid: 'cache-1' }, { kid: 'k1', exp });
+  for (let i = 0; i < 3; i++) {
+    const c = await connect(tb.port, { protocolVersion: 5, clientId: 'cache-1', username: 'svc-a', password: token });
+    c.end(true);
+  }
+  t.is(tb.audit.records.filter((r) => r.event === 'connect' && r.decision === 'allow' && r.clientId === 'cache-1').length, 3);
+  // The cached token is not a pass for another client id: the claim check runs on every connect.
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'cache-2', username: 'svc-a', password: token })).code, 0x85);
+  // Nor for a different MQTT user name.
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'cache-1', username: 'svc-b', password: token })).code, 0x86);
+
+  // Key rotation: the IdP drops k1. A token with an unknown kid makes the broker fetch the new set,
+  // and the cached k1 token is verified again, and refused.
+  const k2 = await generateKeyPair('RS256', { extractable: true });
+  idp.state.keys = [{ ...(await exportJWK(k2.publicKey)), kid: 'k2', alg: 'RS256', use: 'sig' }];
+  const fresh = await mint({ cid: 'rotated' }, { kid: 'k2', key: k2.privateKey });
+  const c2 = await connect(tb.port, { protocolVersion: 5, clientId: 'rotated', username: 'svc-a', password: fresh });
+  c2.end(true);
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'cache-1', username: 'svc-a', password: token })).code, 0x86, 'a cached token whose key left the set is refused');
+  t.regex(causeOf(tb, 'cache-1') + JSON.stringify(tb.audit.records.filter((r) => r.clientId === 'cache-1' && r.decision === 'deny').map((r) => r.verdicts)), /ERR_JWKS_NO_MATCHING_KEY/);
+
+  // Expiry: the fresh token is cached; once its exp passes it is refused although it is cached.
+  const short = await mint({ cid: 'short' }, { kid: 'k2', key: k2.privateKey, exp: Math.floor(Date.now() / 1000) + 2 });
+  const c3 = await connect(tb.port, { protocolVersion: 5, clientId: 'short', username: 'svc-a', password: short });
+  c3.end(true);
+  await delay(2600);
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'short', username: 'svc-a', password: short })).code, 0x86);
+  const denied = tb.audit.records.filter((r) => r.event === 'connect' && r.clientId === 'short' && r.decision === 'deny');
+  t.regex(JSON.stringify(denied.map((r) => r.verdicts)), /ERR_JWT_EXPIRED/);
+});
+
+test('verified-token cache: hits are counted and the bound holds; cache.enabled false verifies every time', async (t) => {
+  const { JwtAuthenticator } = await import('../src/auth/jwt/provider.ts');
+  const { parseConfig } = await import('../src/config/schema.ts');
+  const dir = tempDir(t);
+  fs.writeFileSync(path.join(dir, 'k.pem'), publicPem);
+  const make = (cache: object) =>
+    new JwtAuthenticator(
+      parseConfig({ listeners: [{ type: 'tcp', auth: [{ provider: 'jwt', algorithms: ['RS256'], issuer: ISS, audience: AUD, keyFiles: [path.join(dir, 'k.pem')], cache }] }] }).listeners[0]!.auth[0] as never,
+    );
+  const req = (token: string) => ({ clientId: 'c', username: 'svc-a', password: Buffer.from(token), protocolVersion: 5 as const, peer: { listener: 'l', transport: 'tcp' as const, remoteAddress: '127.0.0.1', remotePort: 1 } });
+  const on = make({ maxEntries: 2 });
+  const tokens = [await mint({ n: 1 }), await mint({ n: 2 }), await mint({ n: 3 })];
+  t.is((await on.authenticate(req(tokens[0]!))).kind, 'allow');
+  t.is((await on.authenticate(req(tokens[0]!))).kind, 'allow');
+  t.is(on.cacheHits, 1);
+  await on.authenticate(req(tokens[1]!));
+  await on.authenticate(req(tokens[2]!)); // evicts tokens[0]
+  await on.authenticate(req(tokens[0]!));
+  t.is(on.cacheHits, 1, 'the oldest entry was evicted at maxEntries');
+  await on.authenticate(req(tokens[2]!));
+  t.is(on.cacheHits, 2);
+  const off = make({ enabled: false });
+  await off.authenticate(req(tokens[0]!));
+  await off.authenticate(req(tokens[0]!));
+  t.is(off.cacheHits, 0);
+});

@@ -83,6 +83,18 @@ export const jwtProvider = z
     abstainOnNonJwt: z.boolean().default(false),
     /** The MQTT 5 authentication method name for enhanced authentication and re-authentication. */
     method: z.string().min(1).default('JWT'),
+    /**
+     * Verified-token cache: a token whose signature and claims were verified is remembered (by
+     * its SHA-256) so a reconnect with the same token skips the signature check. `exp`/`nbf` are
+     * checked again on every hit; a change of the key set empties it.
+     */
+    cache: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        maxEntries: z.number().int().min(1).max(1_000_000).default(10_000),
+        ttlSeconds: z.number().int().min(1).max(3600).default(300),
+      })
+      .prefault({}),
   })
   .superRefine((p, ctx) => {
     if (p.keyFiles.length === 0 && p.jwks === undefined) ctx.addIssue({ code: 'custom', path: ['keyFiles'], message: 'give keyFiles, a jwks url, or both' });

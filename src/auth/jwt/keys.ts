@@ -88,6 +88,8 @@ export class JwtKeyStore {
   private inflight: Promise<void> | undefined;
   private readonly listeners: ((r: JwksFetchReport) => void)[] = [];
   fetches = 0;
+  /** Bumped whenever the key set is rebuilt: cached verifications from an older set are void. */
+  generation = 0;
 
   /** Reads the static key files now: throws KeyFileError naming the file. */
   constructor(private readonly config: JwtProviderConfig) {
@@ -175,6 +177,7 @@ export class JwtKeyStore {
   }
 
   private rebuild(): void {
+    this.generation++;
     this.set = createLocalJWKSet({ keys: [...this.staticKeys, ...this.remoteKeys] });
   }
 }

@@ -8,6 +8,7 @@
  * // auth: [{ provider: 'jwt', algorithms: ['RS256'], issuer: 'https://idp.example', audience: 'mqtt',
  * //          jwks: { url: 'https://idp.example/.well-known/jwks.json' } }]
  */
+import { createHash } from 'node:crypto';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import type { JwtProviderConfig } from '../../config/auth-schema.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
@@ -16,10 +17,21 @@ import { JwtKeyStore, KeysUnavailableError } from './keys.ts';
 
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
+interface CachedToken {
+  payload: JWTPayload;
+  /** The key set generation it was verified against. */
+  generation: number;
+  /** ms: the entry is void after this (TTL, capped by `exp`). */
+  until: number;
+}
+
 export class JwtAuthenticator implements Authenticator {
   readonly id = 'jwt';
   readonly methods: readonly string[];
   readonly keys: JwtKeyStore;
+  /** Verified tokens by SHA-256, oldest first (insertion order); bounded by `cache.maxEntries`. */
+  private readonly verified = new Map<string, CachedToken>();
+  cacheHits = 0;
 
   constructor(private readonly config: JwtProviderConfig) {
     this.methods = [config.method];
@@ -45,19 +57,59 @@ export class JwtAuthenticator implements Authenticator {
     if (!COMPACT_JWS.test(text)) {
       return this.config.abstainOnNonJwt ? { kind: 'abstain' } : deny(ReasonCode.BadUserNameOrPassword, 'not a JWT (compact JWS expected)');
     }
-    let payload: JWTPayload;
-    try {
-      ({ payload } = await jwtVerify(text, this.keys.getKey, {
+    const cache = this.config.cache;
+    const now = Date.now();
+    const digest = cache.enabled ? createHash('sha256').update(text).digest('base64') : '';
+    const hit = cache.enabled ? this.verified.get(digest) : undefined;
+    let payload: JWTPayload | undefined;
+    if (hit !== undefined) {
+      // Same bytes, verified before against the same key set: only the time claims can have changed.
+      const skew = this.config.clockSkewSeconds * 1000;
+      const exp = hit.payload.exp;
+      if (hit.generation === this.keys.generation && now < hit.until && (typeof exp !== 'number' || now <= exp * 1000 + skew)) {
+        payload = hit.payload;
+        this.cacheHits++;
+      } else {
+        this.verified.delete(digest);
+      }
+    }
+    if (payload === undefined) {
+      try {
+        payload = await this.verify(text);
+      } catch (err) {
+        if (signal?.aborted) return deny(ReasonCode.ServerUnavailable, 'deadline passed while verifying the token');
+        return deny(...describe(err));
+      }
+      if (cache.enabled) this.remember(digest, payload, now);
+    }
+    return this.principal(req, payload);
+  }
+
+  private async verify(text: string): Promise<JWTPayload> {
+    const { payload } = await jwtVerify(text, this.keys.getKey, {
         algorithms: [...this.config.algorithms],
         issuer: this.config.issuer,
         audience: this.config.audience,
         clockTolerance: this.config.clockSkewSeconds,
         ...(this.config.requireExp ? { requiredClaims: ['exp'] } : {}),
-      }));
-    } catch (err) {
-      if (signal?.aborted) return deny(ReasonCode.ServerUnavailable, 'deadline passed while verifying the token');
-      return deny(...describe(err));
+    });
+    return payload;
+  }
+
+  private remember(digest: string, payload: JWTPayload, now: number): void {
+    const cache = this.config.cache;
+    let until = now + cache.ttlSeconds * 1000;
+    if (typeof payload.exp === 'number') until = Math.min(until, payload.exp * 1000);
+    if (until <= now) return;
+    if (this.verified.size >= cache.maxEntries) {
+      const oldest = this.verified.keys().next().value;
+      if (oldest !== undefined) this.verified.delete(oldest);
     }
+    this.verified.set(digest, { payload, generation: this.keys.generation, until });
+  }
+
+  /** Maps verified claims to the Principal; checks that depend on the request run on every connect. */
+  private principal(req: ConnectRequest, payload: JWTPayload): Decision<Principal> {
     const claims = this.config.claims;
     const username = payload[claims.username];
     if (typeof username !== 'string' || username === '') return deny(ReasonCode.BadUserNameOrPassword, `claim '${claims.username}' (username) is missing or not a string`);
