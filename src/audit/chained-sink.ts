@@ -11,7 +11,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.ts';
 import { signCheckpoint } from './checkpoint.ts';
-import { GENESIS, serializeRecord, type ChainTip } from './record.ts';
+import { createTimeFormatter, GENESIS, serializeBody, sha256, type ChainTip } from './record.ts';
 import type { AuditEvent, AuditHealth, AuditSink } from './types.ts';
 
 /** Where the serialized batches go. */
@@ -44,6 +44,51 @@ export interface ChainedSinkOptions {
 const CHECKPOINT = Symbol('checkpoint');
 type Item = AuditEvent | typeof CHECKPOINT;
 const MAX_BATCH = 8192;
+/** The usual size of a batch's buffer; a batch with huge records gets a larger one of its own. */
+const BATCH_BYTES = 4 << 20;
+const HASH_FIELD = ',"hash":"';
+
+/**
+ * Node's Buffer has these encoder methods under `write`; `write` itself spends as long checking
+ * its arguments as the encoding of a short line takes.
+ */
+type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number; latin1Write(text: string, offset: number): number };
+
+/** Encodes chained records into one buffer, growing it when a record does not fit. */
+class BatchWriter {
+  private used = 0;
+  private count = 0;
+
+  constructor(private buffer: Buffer) {}
+
+  /** Appends `body` (a record without its hash field) as a line; returns the record's hash. */
+  append(body: string): string {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit; the hash field adds 75 bytes and the newline 1.
+    const worst = body.length * 3 + 80;
+    if (this.used + worst > this.buffer.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(this.buffer.length * 2, this.used + worst));
+      this.buffer.copy(bigger, 0, 0, this.used);
+      this.buffer = bigger;
+    }
+    const start = this.used;
+    const bytes = (this.buffer as RawBuffer).utf8Write(body, start);
+    const hash = sha256(this.buffer.subarray(start, start + bytes));
+    // Replace the closing brace with `,"hash":"…"}` and end the line.
+    let at = start + bytes - 1;
+    at += (this.buffer as RawBuffer).latin1Write(HASH_FIELD, at);
+    at += (this.buffer as RawBuffer).latin1Write(hash, at);
+    this.buffer[at++] = 0x22; // "
+    this.buffer[at++] = 0x7d; // }
+    this.buffer[at++] = 0x0a; // \n
+    this.used = at;
+    this.count++;
+    return hash;
+  }
+
+  finish(): { data: Buffer; count: number } {
+    return { data: this.buffer.subarray(0, this.used), count: this.count };
+  }
+}
 const LOUD_LOG_INTERVAL_MS = 5000;
 
 export class ChainedAuditSink implements AuditSink {
@@ -66,6 +111,8 @@ export class ChainedAuditSink implements AuditSink {
   private dropLoggedAt = 0;
   private failLoggedAt = 0;
   private waiters: (() => void)[] = [];
+  private spare: Buffer | null = null;
+  private readonly formatTime = createTimeFormatter();
   dropped = 0;
   written = 0;
 
@@ -223,6 +270,8 @@ export class ChainedAuditSink implements AuditSink {
           break;
         }
         this.written += this.pending.count;
+        // The output is done with the bytes, so the next batch can reuse the memory.
+        if (this.pending.data.buffer.byteLength === BATCH_BYTES) this.spare = Buffer.from(this.pending.data.buffer, 0, BATCH_BYTES);
         this.pending = null;
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
@@ -235,15 +284,19 @@ export class ChainedAuditSink implements AuditSink {
     }
   }
 
+  /**
+   * Serializes, chains and encodes up to MAX_BATCH queued records into one buffer: each body is
+   * encoded once, hashed over its bytes, and its closing brace replaced by the `hash` field.
+   */
   private async serializeBatch(): Promise<{ data: Buffer; count: number }> {
     const n = Math.min(this.items.length, MAX_BATCH);
     const items = this.items.splice(0, n);
     const times = this.times.splice(0, n);
-    const lines: string[] = [];
+    const batch = this.batchWriter();
     if (this.droppedUnreported > 0) {
       const count = this.droppedUnreported;
       this.droppedUnreported = 0;
-      lines.push(this.link({ event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }, Date.now()));
+      this.link(batch, { event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }, Date.now());
     }
     for (let i = 0; i < items.length; i++) {
       const item = items[i] as Item;
@@ -251,24 +304,27 @@ export class ChainedAuditSink implements AuditSink {
       if (item === CHECKPOINT) {
         const cp = this.options.checkpoint;
         if (cp === undefined) continue;
-        const time = new Date(at).toISOString();
+        const time = this.formatTime(at);
         const payload = { seq: this.tip.seq + 1, prev: this.tip.hash, time };
         const signature = await signCheckpoint(payload, cp.key, cp.kid);
-        const { line, hash } = serializeRecord({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, payload.seq, time, payload.prev, signature);
-        this.tip = { seq: payload.seq, hash };
-        lines.push(line);
+        this.tip = { seq: payload.seq, hash: batch.append(serializeBody({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, payload.seq, time, payload.prev, signature)) };
       } else {
-        lines.push(this.link(item, at));
+        this.link(batch, item, at);
       }
     }
-    return { data: Buffer.from(lines.join('\n') + '\n'), count: lines.length };
+    return batch.finish();
   }
 
-  private link(event: AuditEvent, at: number): string {
+  private link(batch: BatchWriter, event: AuditEvent, at: number): void {
     const seq = this.tip.seq + 1;
-    const { line, hash } = serializeRecord(event, seq, new Date(at).toISOString(), this.tip.hash);
-    this.tip = { seq, hash };
-    return line;
+    this.tip = { seq, hash: batch.append(serializeBody(event, seq, this.formatTime(at), this.tip.hash)) };
+  }
+
+  /** A writer over the spare buffer: the buffer of the last batch, once its write has completed. */
+  private batchWriter(): BatchWriter {
+    const buffer = this.spare ?? Buffer.allocUnsafeSlow(BATCH_BYTES);
+    this.spare = null;
+    return new BatchWriter(buffer);
   }
 
   private async syncNow(): Promise<boolean> {

@@ -4,7 +4,7 @@
  * `hash` field left out). Any edit to a record changes its hash; any deleted, inserted or moved
  * record breaks the `prev` link of the record after it.
  */
-import { createHash } from 'node:crypto';
+import crypto from 'node:crypto';
 import { AUDIT_SCHEMA_VERSION, type AuditEvent } from './types.ts';
 
 /** The `prev` of the very first record of a chain. */
@@ -39,10 +39,93 @@ export function escapeUnsafe(text: string): string {
 }
 
 /**
+ * One JSON string literal, exactly as `escapeUnsafe(JSON.stringify(text))` writes it, without its
+ * cost in the common case. Anything but printable ASCII (and quotes and backslashes) takes the
+ * slow path: JSON.stringify escapes C0 controls and lone surrogates, escapeUnsafe the rest.
+ * A plain loop, because a RegExp call costs more than scanning a short client id or topic.
+ */
+export function jsonString(text: string): string {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return escapeUnsafe(JSON.stringify(text));
+  }
+  return `"${text}"`;
+}
+
+/** One JSON value as `escapeUnsafe(JSON.stringify(value))` writes it; undefined when JSON leaves the field out. */
+function jsonValue(value: unknown): string | undefined {
+  switch (typeof value) {
+    case 'string':
+      return jsonString(value);
+    case 'number':
+      return Number.isFinite(value) ? String(value) : 'null';
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'undefined':
+      return undefined;
+    default: {
+      const text = JSON.stringify(value) as string | undefined;
+      return text === undefined ? undefined : escapeUnsafe(text);
+    }
+  }
+}
+
+const RECORD_PREFIX = `{"v":${AUDIT_SCHEMA_VERSION},"time":"`;
+
+/** `,"name":value`, or nothing when JSON leaves the field out. */
+function field(name: string, value: unknown): string {
+  if (value === undefined) return '';
+  const text = jsonValue(value);
+  return text === undefined ? '' : name + text;
+}
+
+/**
+ * The hashed body of a record: the line without its `hash` field. Built by hand for the fixed
+ * schema (the field order below is the record's); byte for byte what
+ * `escapeUnsafe(JSON.stringify(orderedRecord))` gives (a test holds it to that for hostile
+ * strings), at a fraction of the cost. Each field is read by name so property access stays fast.
+ */
+export function serializeBody(e: AuditEvent, seq: number, time: string, prev: string, signature?: string): string {
+  return (
+    `${RECORD_PREFIX}${time}","seq":${seq}` +
+    field(',"event":', e.event) +
+    field(',"action":', e.action) +
+    field(',"decision":', e.decision) +
+    field(',"reasonCode":', e.reasonCode) +
+    field(',"reason":', e.reason) +
+    field(',"listener":', e.listener) +
+    field(',"remoteAddress":', e.remoteAddress) +
+    field(',"remotePort":', e.remotePort) +
+    field(',"clientId":', e.clientId) +
+    field(',"username":', e.username) +
+    field(',"authMethod":', e.authMethod) +
+    field(',"decidedBy":', e.decidedBy) +
+    field(',"rule":', e.rule) +
+    field(',"verdicts":', e.verdicts) +
+    field(',"certFingerprint":', e.certFingerprint) +
+    field(',"certSubject":', e.certSubject) +
+    field(',"topic":', e.topic) +
+    field(',"qos":', e.qos) +
+    field(',"retain":', e.retain) +
+    field(',"policyVersion":', e.policyVersion) +
+    field(',"detail":', e.detail) +
+    field(',"signature":', signature) +
+    `,"prev":"${prev}"}`
+  );
+}
+
+/**
  * Serializes one record and links it to `tip`. The field order is fixed so a reader can
  * recompute the hash from the line as written.
  */
 export function serializeRecord(event: AuditEvent, seq: number, time: string, prev: string, signature?: string): { line: string; hash: string } {
+  const body = serializeBody(event, seq, time, prev, signature);
+  const hash = sha256(body);
+  return { line: `${body.slice(0, -1)},"hash":"${hash}"}`, hash };
+}
+
+/** The reference serializer the hand-written one must match: kept for tests. */
+export function serializeBodyWithJson(event: AuditEvent, seq: number, time: string, prev: string, signature?: string): string {
   const ordered = {
     v: AUDIT_SCHEMA_VERSION,
     time,
@@ -71,14 +154,28 @@ export function serializeRecord(event: AuditEvent, seq: number, time: string, pr
     signature,
     prev,
   };
-  const body = escapeUnsafe(JSON.stringify(ordered));
-  const hash = sha256(body);
-  return { line: `${body.slice(0, -1)},"hash":"${hash}"}`, hash };
+  return escapeUnsafe(JSON.stringify(ordered));
 }
 
-export function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
+/**
+ * RFC 3339 UTC with milliseconds, as `new Date(ms).toISOString()` writes it, formatted once per
+ * millisecond: records that share a millisecond share the string.
+ */
+export function createTimeFormatter(): (ms: number) => string {
+  let lastMs = NaN;
+  let last = '';
+  return (ms) => {
+    if (ms !== lastMs) {
+      lastMs = ms;
+      last = new Date(ms).toISOString();
+    }
+    return last;
+  };
 }
+
+/** SHA-256 (hex) in one native call where Node has `crypto.hash` (20.12+): no Hash object per record. */
+export const sha256: (data: string | Uint8Array) => string =
+  typeof crypto.hash === 'function' ? (data) => crypto.hash('sha256', data, 'hex') : (data) => crypto.createHash('sha256').update(data).digest('hex');
 
 /** Splits a written line into the hashed body and the hash it claims; null when it has no hash field. */
 export function splitHash(line: string): { body: string; hash: string } | null {
