@@ -11,6 +11,7 @@
  * // ...
  * await broker.stop();
  */
+import { AdminSpool, spoolDirFor } from './audit/admin-spool.ts';
 import { AuditSetupError, createAuditSink } from './audit/sinks.ts';
 import type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
 import { AnonymousAuthenticator } from './auth/anonymous.ts';
@@ -19,7 +20,12 @@ import { StaticUsersAuthenticator } from './auth/static-users.ts';
 import { CertificateAuthenticator } from './auth/certificate.ts';
 import { PskAuthenticator } from './auth/psk.ts';
 import { AuthGuard } from './auth/guard.ts';
-import { ListenerAuthenticator } from './auth/listener-auth.ts';
+import { Admission, type AdmissionStats, type BanReloadReport } from './admission/admission.ts';
+import { BanFileError } from './admission/ban-file.ts';
+import { AdmittingAuthenticator } from './admission/connect-gate.ts';
+import { describeBan } from './admission/bans.ts';
+import type { AdmitSocket } from './transport/admit.ts';
+import { ReasonCode } from './protocol/reason-codes.ts';
 import { JwtAuthenticator } from './auth/jwt/provider.ts';
 import { PasswordAuthenticator } from './auth/password/provider.ts';
 import { makeOwnProvider, ProviderSetupError } from './auth/providers.ts';
@@ -88,6 +94,10 @@ export interface RunningBroker {
   auditHealth(): AuditHealth;
   /** Re-reads every password file (SIGHUP, CLI); a malformed file keeps the last good one. Each outcome is audited. */
   reloadCredentials(trigger?: string): Promise<{ ok: boolean; file: string; detail: string }[]>;
+  /** Re-reads the ban file (SIGHUP, API); a malformed file keeps the last good list. Audited, with each ban added or removed. */
+  reloadBans(trigger?: string): BanReloadReport;
+  /** Connections counted by admission control, refusals at accept time by cause, bans in force. */
+  admissionStats(): AdmissionStats;
   /** Records a reload (policy, certificates, CRL, password file) in the audit log. */
   recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void;
 }
@@ -98,7 +108,9 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const log = options.logger ?? createLogger(config.log.level);
   // TLS listeners record gate refusals through the broker, which is built below.
   const tlsAudit = (event: AuditEvent) => broker.audit(null, event);
-  const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit));
+  // Admission control: caps, connect rate and IP bans at accept time; id bans and flapping at CONNECT.
+  const admission = makeAdmission(config, (event) => broker.audit(null, event), log);
+  const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit, admission.admitter(l.name as string)));
   const chains = new Map<string, AuthenticatorChain>();
   // Failed-login protection is shared by every listener: a banned address is banned everywhere.
   const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.audit(null, event)) : undefined;
@@ -107,7 +119,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
     authProviders.push(...own);
     const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
-    chains.set(l.name as string, new ListenerAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard));
+    chains.set(l.name as string, new AdmittingAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission));
   });
   const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i));
   const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
@@ -119,6 +131,19 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
+  // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
+  const adminSpool =
+    options.audit === undefined && config.audit.sink !== 'none'
+      ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.audit(null, event), (message) => log.warn(message))
+      : undefined;
+  // A ban added to the ban file also ends the live connections it covers.
+  admission.onBansAdded((added) => {
+    const covers = admission.coverer(added);
+    for (const conn of [...broker.connections]) {
+      const ban = covers({ clientId: conn.clientId, username: conn.principal?.username, remoteAddress: conn.peer.remoteAddress });
+      if (ban !== undefined) broker.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'banned', `banned: ${describeBan(ban)}`);
+    }
+  });
   // Policy reloads (file change, SIGHUP, CLI): re-check live subscriptions and audit, one at a time.
   let policyHandling: Promise<unknown> = Promise.resolve();
   for (const a of configured) {
@@ -150,7 +175,9 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
         if (a instanceof CasbinAuthorizer || a instanceof ModuleAuthorizer) await a.init();
       }
       for (const p of authProviders) await p.init?.();
+      admission.start();
       const bound = await broker.start();
+      adminSpool?.start();
       for (const l of config.listeners) {
         const addr = bound.find((b) => b.name === l.name);
         const names = l.auth.map((p) => p.provider);
@@ -170,8 +197,10 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       return { listeners: bound };
     },
     async stop() {
+      adminSpool?.close();
       await broker.stop();
       guard?.close();
+      admission.close();
       for (const p of authProviders) await p.close?.();
     },
     async reloadCredentials(trigger = 'api') {
@@ -192,6 +221,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       return broker.connected;
     },
     auditHealth: () => broker.auditHealth(),
+    reloadBans: (trigger = 'api') => admission.reloadBans(trigger),
+    admissionStats: () => admission.stats(),
     recordReload: (what, report) => broker.recordReload(what, report),
   };
 }
@@ -200,7 +231,17 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
-function makeListener(l: ListenerConfig, config: Config, index: number, log: Logger, audit: (event: AuditEvent) => void): Listener {
+function makeAdmission(config: Config, audit: (event: AuditEvent) => void, log: Logger): Admission {
+  try {
+    return new Admission(config, audit, log);
+  } catch (err) {
+    if (!(err instanceof BanFileError)) throw err;
+    const key = 'admission.bans.file';
+    throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
+  }
+}
+
+function makeListener(l: ListenerConfig, config: Config, index: number, log: Logger, audit: (event: AuditEvent) => void, admit: AdmitSocket): Listener {
   const name = l.name as string;
   switch (l.type) {
     case 'tls':
@@ -212,6 +253,7 @@ function makeListener(l: ListenerConfig, config: Config, index: number, log: Log
           kind: l.type,
           ...(l.type === 'wss' ? { path: l.path, maxPayload: config.limits.maxPacketSize } : {}),
           handshakeTimeoutMs: config.limits.connectTimeoutMs,
+          admit,
           audit,
           log,
         });
@@ -221,9 +263,9 @@ function makeListener(l: ListenerConfig, config: Config, index: number, log: Log
         throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
       }
     case 'tcp':
-      return new TcpListener({ name, host: l.host, port: l.port });
+      return new TcpListener({ name, host: l.host, port: l.port, admit });
     case 'ws':
-      return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize });
+      return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize, admit });
   }
 }
 

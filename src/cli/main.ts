@@ -2,15 +2,38 @@
  * The `portcullis` command.
  */
 import { Command } from 'commander';
+import { spoolAdminAction } from '../audit/admin-spool.ts';
 import { VERSION } from '../broker/sys.ts';
 import { startCommand } from './start.ts';
 import { registerPkiCommand } from './pki.ts';
 import { registerAuditCommand } from './audit.ts';
 import { registerPolicyCommand } from './policy.ts';
 import { registerPasswdCommand } from './passwd.ts';
+import { registerBanCommand } from './ban.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
+program.option('--audit-spool <dir>', 'where CLI actions that change state are spooled for the broker\'s audit log (audit-spool/ beside audit.path)', process.env.PORTCULLIS_AUDIT_SPOOL ?? 'data/audit-spool');
+
+/** Commands that change state: each successful run becomes an `admin` audit record. */
+const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove']);
+
+program.hook('postAction', (_root, action) => {
+  const names: string[] = [];
+  const args: string[] = [];
+  for (let c: Command | null = action; c !== null && c !== program; c = c.parent) {
+    names.unshift(c.name());
+    for (const [k, v] of Object.entries(c.opts())) args.push(`--${k}=${Array.isArray(v) ? v.join(',') : String(v)}`);
+  }
+  const command = names.join(' ');
+  if (!STATE_CHANGING.has(command) || (process.exitCode !== undefined && process.exitCode !== 0)) return;
+  const dir = (program.opts() as { auditSpool: string }).auditSpool;
+  try {
+    spoolAdminAction(dir, { command, args: [...action.args, ...args] });
+  } catch (err) {
+    process.stderr.write(`portcullis: WARNING: the action was done but could not be spooled for the audit log in ${dir}: ${(err as Error).message}\n`);
+  }
+});
 
 program
   .command('start')
@@ -27,5 +50,6 @@ registerPkiCommand(program);
 registerAuditCommand(program);
 registerPolicyCommand(program);
 registerPasswdCommand(program);
+registerBanCommand(program);
 
 await program.parseAsync(process.argv);
