@@ -93,7 +93,8 @@ export class Connection {
 
   private onPacket(packet: Packet): void {
     if (this.state === 'closed') return;
-    if (this.busy) {
+    // Held while a handler is pending, or while a rate-limit throttle pauses this client (the rest of the chunk read before the pause).
+    if (this.busy || this.readPausedUntil !== 0) {
       this.inbox.push(packet);
       return;
     }
@@ -122,16 +123,20 @@ export class Connection {
 
   private resume(): void {
     this.busy = false;
-    while (!this.busy && this.inbox.length > 0 && this.state !== 'closed') {
-      this.run(this.inbox.shift() as Packet);
-    }
-    if (!this.busy && this.state !== 'closed' && this.readPausedUntil === 0) this.stream.resume();
+    this.drainInbox();
   }
 
-  /** Ends a rate-limit throttle: reads again unless a handler still holds the next packets. */
+  private drainInbox(): void {
+    while (!this.busy && this.readPausedUntil === 0 && this.inbox.length > 0 && this.state !== 'closed') {
+      this.run(this.inbox.shift() as Packet);
+    }
+    if (!this.busy && this.readPausedUntil === 0 && this.state !== 'closed') this.stream.resume();
+  }
+
+  /** Ends a rate-limit throttle: handles the packets held back, then reads again. */
   resumeReading(): void {
     this.readPausedUntil = 0;
-    if (!this.busy && this.state !== 'closed') this.stream.resume();
+    if (!this.busy) this.drainInbox();
   }
 
   private onDrain(): void {
