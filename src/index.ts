@@ -198,9 +198,9 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     },
     async stop() {
       adminSpool?.close();
+      admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
       guard?.close();
-      admission.close();
       for (const p of authProviders) await p.close?.();
     },
     async reloadCredentials(trigger = 'api') {

@@ -72,6 +72,8 @@ export async function startCommand(configFile: string | undefined): Promise<numb
       broker.reloadPolicy('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy reload failed'));
       // ...and the password files (each outcome is logged and audited by the provider's reload hook).
       broker.reloadCredentials('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'password file reload failed'));
+      // ...and the ban file (the outcome and every ban added or removed are logged and audited).
+      broker.reloadBans('SIGHUP');
     });
   });
 }

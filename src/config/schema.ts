@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
 import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
+import { admission, connectionLimits, listenerLimits } from '../admission/schema.ts';
 import { rateLimits } from './rate-limit-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
@@ -52,6 +53,8 @@ const listenerBase = {
   auth: z.array(providerEntry).default([]),
   /** Identity rules applied after a provider allowed: client id binding, wildcard refusal. */
   identity: identityRules,
+  /** This listener's own connection caps and connect rate (see docs/configuration.md). */
+  limits: listenerLimits,
 };
 
 const tcpListener = z.strictObject({
@@ -141,6 +144,8 @@ const limits = z
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),
     maxSessionExpiry: z.number().int().min(0).max(0xffffffff).default(7 * 24 * 3600),
+    /** Connection caps and the connect rate per source address, enforced at accept time. */
+    ...connectionLimits,
   })
   .prefault({});
 
@@ -207,6 +212,8 @@ export const configSchema = z.strictObject({
   authGuard,
   /** The verified-credential cache for the password provider; off by default. */
   credentialCache,
+  /** Exemptions, flapping detection and the ban file (see docs/bans.md). */
+  admission,
   /** PUBLISH rate limits per connection and per identity; off by default (see docs/configuration.md). */
   rateLimits,
 });

@@ -1,11 +1,14 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { AdmitSocket } from './admit.ts';
 import type { Listener, PeerInfo } from './types.ts';
 
 export interface TcpListenerOptions {
   name: string;
   host: string;
   port: number;
+  /** Admission control, run on each accepted socket before anything is read from it. */
+  admit?: AdmitSocket | undefined;
 }
 
 /** A plain TCP listener. Nagle is off: the broker batches its own writes with cork/uncork. */
@@ -19,7 +22,9 @@ export class TcpListener implements Listener {
   }
 
   start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
+    const admit = this.options.admit;
     const server = net.createServer({ noDelay: true }, (socket) => {
+      if (admit !== undefined && !admit(socket)) return;
       onConnection(socket, {
         listener: this.name,
         transport: 'tcp',

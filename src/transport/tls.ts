@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import https from 'node:https';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { WebSocketServer, createWebSocketStream } from 'ws';
@@ -15,6 +16,7 @@ import type { Logger } from '../log.ts';
 import { type CrlState, type GatePolicy, type TlsRefusal, decide, handshakeRefusal, isRevoked } from './tls-gate.ts';
 import { type TlsFiles, type TlsMaterial, TlsFileError, loadCrls, loadMaterial, loadPskFile } from './tls-material.ts';
 import { closeServer, listen } from './tcp.ts';
+import { type AdmitSocket, admittingFront } from './admit.ts';
 import type { Listener, PeerInfo, TlsPeerInfo } from './types.ts';
 
 export interface TlsListenerOptions {
@@ -37,6 +39,8 @@ export interface TlsListenerOptions {
   psk?: { file: string; hint?: string | undefined } | undefined;
   reload: { watch: boolean; intervalMs: number; sighup: boolean };
   handshakeTimeoutMs: number;
+  /** Admission control, run on each accepted TCP socket before the TLS handshake starts. */
+  admit?: AdmitSocket | undefined;
   /** Where refusals and reloads are recorded. */
   audit: (event: AuditEvent) => void;
   log: Logger;
@@ -70,6 +74,7 @@ export class TlsListener implements Listener {
   readonly kind: 'tls' | 'wss';
   readonly name: string;
   private server: tls.Server | null = null;
+  private front: net.Server | null = null;
   private wss: WebSocketServer | null = null;
   private material: TlsMaterial;
   private crl: CrlState | undefined;
@@ -161,13 +166,15 @@ export class TlsListener implements Listener {
     server.on('tlsClientError', (err: Error & { code?: string }, socket: tls.TLSSocket) => this.handshakeFailed(err, socket));
     this.server = server;
     this.startWatching();
-    return listen(server, this.options.host, this.options.port);
+    // Admission (caps, connect rate, IP bans) decides on the raw socket, before any TLS work.
+    this.front = this.options.admit === undefined ? server : admittingFront(server, this.options.admit);
+    return listen(this.front, this.options.host, this.options.port);
   }
 
   async stop(): Promise<void> {
     this.stopWatching();
     this.wss?.close();
-    await closeServer(this.server);
+    await closeServer(this.front);
   }
 
   /** Live connections that passed the gate (for tests and $SYS). */

@@ -1,8 +1,10 @@
 import http from 'node:http';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import type { Listener, PeerInfo } from './types.ts';
 import { closeServer, listen } from './tcp.ts';
+import { type AdmitSocket, admittingFront } from './admit.ts';
 
 export interface WebSocketListenerOptions {
   name: string;
@@ -10,13 +12,15 @@ export interface WebSocketListenerOptions {
   port: number;
   path: string;
   maxPayload: number;
+  /** Admission control, run on each accepted socket before the HTTP upgrade is read. */
+  admit?: AdmitSocket | undefined;
 }
 
 /** MQTT over WebSocket with the `mqtt` subprotocol [MQTT-6.0.0-3..4]. */
 export class WebSocketListener implements Listener {
   readonly kind = 'ws' as const;
   readonly name: string;
-  private server: http.Server | null = null;
+  private server: net.Server | null = null;
   private wss: WebSocketServer | null = null;
 
   constructor(private readonly options: WebSocketListenerOptions) {
@@ -45,9 +49,9 @@ export class WebSocketListener implements Listener {
         remotePort: socket.remotePort ?? 0,
       });
     });
-    this.server = server;
+    this.server = this.options.admit === undefined ? server : admittingFront(server, this.options.admit);
     this.wss = wss;
-    return listen(server, this.options.host, this.options.port);
+    return listen(this.server, this.options.host, this.options.port);
   }
 
   async stop(): Promise<void> {

@@ -1,0 +1,41 @@
+/**
+ * One listener's authentication with admission control in front: client id and user name bans
+ * and flapping bans are refused (0x8A; v3.1.1 return code 5) before failed-login protection or
+ * any provider runs, and an allowed connect is counted for flapping detection.
+ *
+ *   admission.checkConnect → ListenerAuthenticator (guard → providers → identity) → admission.connected
+ */
+import type { ChainResult } from '../auth/chain.ts';
+import type { AuthGuard } from '../auth/guard.ts';
+import { ListenerAuthenticator } from '../auth/listener-auth.ts';
+import type { Authenticator, ConnectRequest } from '../auth/types.ts';
+import type { IdentityRules } from '../config/auth-schema.ts';
+import type { Admission } from './admission.ts';
+
+export class AdmittingAuthenticator extends ListenerAuthenticator {
+  constructor(
+    providers: readonly Authenticator[],
+    deadlineMs: number,
+    private readonly listenerName: string,
+    rules: IdentityRules,
+    guard: AuthGuard | undefined,
+    private readonly admission: Admission,
+  ) {
+    super(providers, deadlineMs, listenerName, rules, guard);
+  }
+
+  override async authenticate(req: ConnectRequest): Promise<ChainResult> {
+    const ip = req.peer.remoteAddress;
+    const refused = this.admission.checkConnect(req.clientId, req.username, ip, this.listenerName);
+    if (refused !== undefined) {
+      return {
+        decision: { kind: 'deny', reason: refused.reason, detail: refused.detail },
+        decidedBy: refused.decidedBy,
+        verdicts: [{ provider: refused.decidedBy, kind: 'deny', reason: refused.reason, detail: refused.detail }],
+      };
+    }
+    const result = await super.authenticate(req);
+    if (result.decision.kind === 'allow') this.admission.connected(req.peer, req.clientId, result.decision.value.username, ip, this.listenerName);
+    return result;
+  }
+}

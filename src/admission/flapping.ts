@@ -1,0 +1,98 @@
+/**
+ * Flapping detection: a client id that gets through authentication `maxConnects` times within
+ * `windowMs` (a reconnect loop, or two devices fighting over one client id by taking the
+ * session from each other) is banned for `banMs`. The connection that reached the limit stays;
+ * the next attempts are refused with 0x8A (v3.1.1: return code 5) until the ban expires.
+ * Only authenticated connects count, so a stranger cannot get a device banned by reusing its
+ * client id without credentials.
+ */
+interface Entry {
+  /** Connect times within the window, oldest first (at most maxConnects). */
+  times: number[];
+  bannedUntil: number;
+}
+
+export interface FlappingSettings {
+  maxConnects: number;
+  windowMs: number;
+  banMs: number;
+  maxTracked: number;
+}
+
+export interface FlappingBan {
+  clientId: string;
+  until: number;
+}
+
+export class FlappingDetector {
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(
+    private readonly settings: FlappingSettings,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get tracked(): number {
+    return this.entries.size;
+  }
+
+  /** Epoch ms until which the client id is banned, or undefined. */
+  bannedUntil(clientId: string): number | undefined {
+    const e = this.entries.get(clientId);
+    return e !== undefined && e.bannedUntil > this.now() ? e.bannedUntil : undefined;
+  }
+
+  /** True (once) when the client id's ban has expired and was not reported yet; the sweep reports the rest. */
+  takeExpired(clientId: string): boolean {
+    const e = this.entries.get(clientId);
+    if (e === undefined || e.bannedUntil === 0 || e.bannedUntil > this.now()) return false;
+    e.bannedUntil = 0;
+    return true;
+  }
+
+  /** Counts an authenticated connect; returns the ban when this connect reached the limit. */
+  connected(clientId: string): FlappingBan | undefined {
+    const now = this.now();
+    let e = this.entries.get(clientId);
+    if (e === undefined) {
+      e = { times: [], bannedUntil: 0 };
+      this.entries.set(clientId, e);
+      this.evict();
+    } else {
+      // Most recently active last: eviction takes the least recently seen first.
+      this.entries.delete(clientId);
+      this.entries.set(clientId, e);
+    }
+    const since = now - this.settings.windowMs;
+    while (e.times.length > 0 && (e.times[0] as number) <= since) e.times.shift();
+    e.times.push(now);
+    if (e.times.length < this.settings.maxConnects) return undefined;
+    e.times = [];
+    e.bannedUntil = now + this.settings.banMs;
+    return { clientId, until: e.bannedUntil };
+  }
+
+  /** Drops idle entries and returns the client ids whose ban has just expired. */
+  sweep(): string[] {
+    const now = this.now();
+    const expired: string[] = [];
+    for (const [id, e] of this.entries) {
+      if (e.bannedUntil !== 0 && e.bannedUntil <= now) {
+        expired.push(id);
+        e.bannedUntil = 0;
+      }
+      if (e.bannedUntil === 0 && (e.times.length === 0 || (e.times[e.times.length - 1] as number) <= now - this.settings.windowMs)) this.entries.delete(id);
+    }
+    return expired;
+  }
+
+  private evict(): void {
+    if (this.entries.size <= this.settings.maxTracked) return;
+    const now = this.now();
+    for (const [id, e] of this.entries) {
+      if (e.bannedUntil > now) continue; // bans are kept
+      this.entries.delete(id);
+      if (this.entries.size <= this.settings.maxTracked) return;
+    }
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * Connection caps and the connect rate, decided on the raw TCP socket at accept time, before
+ * a TLS handshake, an HTTP upgrade or a byte of MQTT is read.
+ *
+ *   total cap → listener cap → per-address cap → connect rate (token bucket) → admitted
+ *
+ * State per source address is bounded (`maxTrackedAddresses`) and idle entries are expired
+ * by the one shared sweep the caller runs; there is no timer per address.
+ */
+import { type Address, formatAddress, masked } from './address.ts';
+import type { ConnectionLimits, ListenerLimits } from './schema.ts';
+
+export type LimitRefusal = 'total-cap' | 'listener-cap' | 'ip-cap' | 'rate' | 'tracking-full';
+
+export const limitRefusalText: Record<LimitRefusal, string> = {
+  'total-cap': 'connection cap for the broker reached',
+  'listener-cap': 'connection cap for the listener reached',
+  'ip-cap': 'connection cap for the source address reached',
+  rate: 'connect rate for the source address exceeded',
+  'tracking-full': 'too many source addresses tracked',
+};
+
+interface AddressState {
+  live: number;
+  tokens: number;
+  refilledAt: number;
+}
+
+/** What one listener enforces, the global values with its own overrides applied. */
+export interface ListenerPolicy {
+  name: string;
+  maxConnections: number | undefined;
+  /** Set when the listener counts addresses on its own (its own cap and/or rate). */
+  scoped: boolean;
+  maxConnectionsPerIp: number;
+  connectRate: { perSecond: number; burst: number };
+  live: number;
+}
+
+export interface Admitted {
+  release(): void;
+}
+
+export class ConnectionLimiter {
+  private readonly addresses = new Map<string, AddressState>();
+  private total = 0;
+  private lastEmergencySweep = 0;
+
+  constructor(
+    private readonly limits: ConnectionLimits,
+    private readonly maxTracked: number,
+    private readonly ipv6Prefix: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** The policy of one listener. */
+  policy(name: string, own: ListenerLimits | undefined): ListenerPolicy {
+    return {
+      name,
+      maxConnections: own?.maxConnections,
+      scoped: own?.maxConnectionsPerIp !== undefined || own?.connectRate !== undefined,
+      maxConnectionsPerIp: own?.maxConnectionsPerIp ?? this.limits.maxConnectionsPerIp,
+      connectRate: own?.connectRate ?? this.limits.connectRate,
+      live: 0,
+    };
+  }
+
+  /** The key an address is counted under: the address, or its network for IPv6. */
+  keyOf(a: Address | undefined, raw: string): string {
+    if (a === undefined) return raw;
+    if (a.family === 6 && this.ipv6Prefix < 128) return `${formatAddress(masked({ ...a, prefix: this.ipv6Prefix }))}/${this.ipv6Prefix}`;
+    return formatAddress(a);
+  }
+
+  get connections(): number {
+    return this.total;
+  }
+
+  get tracked(): number {
+    return this.addresses.size;
+  }
+
+  /** Decides one connection. `exempt` skips every cap and the rate; it is still counted. */
+  admit(l: ListenerPolicy, key: string, exempt: boolean): Admitted | LimitRefusal {
+    const now = this.now();
+    if (!exempt) {
+      if (this.total >= this.limits.maxConnections) return 'total-cap';
+      if (l.maxConnections !== undefined && l.live >= l.maxConnections) return 'listener-cap';
+    }
+    // A listener with its own per-address cap or rate keeps its own entry (count and bucket);
+    // the others share one entry per address.
+    const s = this.state(l.scoped ? `${l.name}\u0000${key}` : key, now);
+    if (s === undefined) return 'tracking-full';
+    if (!exempt) {
+      if (s.live >= l.maxConnectionsPerIp) return 'ip-cap';
+      const rate = l.connectRate;
+      if (rate.perSecond > 0) {
+        refill(s, rate, now);
+        if (s.tokens < 1) return 'rate';
+        s.tokens -= 1;
+      }
+    }
+    this.total++;
+    l.live++;
+    s.live++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.total--;
+        l.live--;
+        s.live--;
+      },
+    };
+  }
+
+  /**
+   * Drops idle entries: no live connection and a bucket that has refilled (it holds nothing an
+   * absent entry would not). Run by the shared sweep.
+   */
+  sweep(policies: readonly ListenerPolicy[]): void {
+    const now = this.now();
+    const slowest = Math.min(this.limits.connectRate.perSecond || Infinity, ...policies.map((p) => p.connectRate.perSecond || Infinity));
+    const burst = Math.max(this.limits.connectRate.burst, ...policies.map((p) => p.connectRate.burst));
+    // Time for the slowest bucket to refill completely from empty.
+    const idleMs = Number.isFinite(slowest) ? (burst / slowest) * 1000 : 0;
+    for (const [key, s] of this.addresses) {
+      if (s.live === 0 && now - s.refilledAt >= idleMs) this.addresses.delete(key);
+    }
+  }
+
+  private state(key: string, now: number): AddressState | undefined {
+    let s = this.addresses.get(key);
+    if (s !== undefined) return s;
+    if (this.addresses.size >= this.maxTracked) {
+      // Under a spread flood: forget idle addresses (their rate history too), at most once a second.
+      if (now - this.lastEmergencySweep < 1000) return undefined;
+      this.lastEmergencySweep = now;
+      for (const [k, x] of this.addresses) if (x.live === 0) this.addresses.delete(k);
+      if (this.addresses.size >= this.maxTracked) return undefined;
+    }
+    s = { live: 0, tokens: Number.POSITIVE_INFINITY, refilledAt: now };
+    this.addresses.set(key, s);
+    return s;
+  }
+}
+
+function refill(s: AddressState, rate: { perSecond: number; burst: number }, now: number): void {
+  const tokens = s.tokens + ((now - s.refilledAt) / 1000) * rate.perSecond;
+  s.tokens = tokens > rate.burst ? rate.burst : tokens;
+  s.refilledAt = now;
+}
