@@ -51,6 +51,7 @@ type MqttParser = MP.Parser & {
   _list: { slice(start: number, end: number): Buffer; length: number };
   _pos: number;
   _parseString: (maybeBuffer?: boolean) => string | null;
+  _parseProperties: () => object | false;
   settings: { protocolVersion?: number };
   packet: { length: number };
 };
@@ -66,6 +67,8 @@ export class PacketReader {
   private need = 0;
   private readonly parser: MqttParser;
   private badString: string | null = null;
+  /** A property identifier found twice in the frame being decoded. */
+  private repeated: number | null = null;
   private parsed: Packet | null = null;
   private parseError: Error | null = null;
   /** Set after CONNECT; until then only a CONNECT of at most `maxConnectSize` is accepted. */
@@ -91,6 +94,13 @@ export class PacketReader {
           this.badString = 'a string is not valid UTF-8';
         }
       }
+      return result;
+    };
+    const parseProperties = parser._parseProperties.bind(parser);
+    parser._parseProperties = () => {
+      const start = parser._pos;
+      const result = parseProperties();
+      if (result !== false && this.repeated === null) this.repeated = repeatedProperty(parser._list.slice(start, parser._pos));
       return result;
     };
     parser.on('packet', (packet: Packet) => {
@@ -169,6 +179,7 @@ export class PacketReader {
     this.parsed = null;
     this.parseError = null;
     this.badString = null;
+    this.repeated = null;
     this.parser.parse(frame);
     if (this.parseError !== null) {
       const message = (this.parseError as Error).message;
@@ -180,6 +191,8 @@ export class PacketReader {
     if (this.badString !== null) return this.fail(ReasonCode.MalformedPacket, this.badString);
     const packet = this.parsed as Packet | null;
     if (packet === null) return this.fail(ReasonCode.MalformedPacket, 'packet length does not match its contents');
+    const repeated = this.repeated as number | null; // set by the parser hook during parse()
+    if (repeated !== null) return this.fail(ReasonCode.ProtocolError, `property 0x${repeated.toString(16).padStart(2, '0')} appears more than once`);
     if (packet.cmd === 'connect') this.connected = true;
     this.onPacket(packet);
   }
@@ -190,6 +203,59 @@ export class PacketReader {
     this.parts = null;
     this.onError(new CodecError(reason, detail));
   }
+}
+
+/** MQTT 5 property identifiers and how their values are encoded (MQTT 5, table 2-4). */
+const PROPERTY_TYPES: Record<number, 'byte' | 'int16' | 'int32' | 'var' | 'string' | 'binary' | 'pair'> = {
+  0x01: 'byte', 0x02: 'int32', 0x03: 'string', 0x08: 'string', 0x09: 'binary', 0x0b: 'var', 0x11: 'int32',
+  0x12: 'string', 0x13: 'int16', 0x15: 'string', 0x16: 'binary', 0x17: 'byte', 0x18: 'int32', 0x19: 'byte',
+  0x1a: 'string', 0x1c: 'string', 0x1f: 'string', 0x21: 'int16', 0x22: 'int16', 0x23: 'int16', 0x24: 'byte',
+  0x25: 'byte', 0x26: 'pair', 0x27: 'int32', 0x28: 'byte', 0x29: 'byte', 0x2a: 'byte',
+};
+const USER_PROPERTY = 0x26;
+
+/**
+ * The first property in an encoded property block (length prefix included) that appears more
+ * than once, or null. Only user properties may repeat in what a client sends; any other
+ * repeat is a Protocol Error. mqtt-packet does not refuse repeats: it makes an array of them,
+ * or keeps the last when the first was falsy. Malformed blocks are left to the parser.
+ */
+function repeatedProperty(block: Buffer): number | null {
+  let off = 0;
+  let length = 0;
+  let multiplier = 1;
+  for (let n = 0; n < 4 && off < block.length; n++) {
+    const digit = block[off++] as number;
+    length += (digit & 0x7f) * multiplier;
+    multiplier *= 128;
+    if ((digit & 0x80) === 0) break;
+  }
+  const end = Math.min(block.length, off + length);
+  let seenLow = 0; // identifiers 0x00..0x1f, one bit each
+  let seenHigh = 0; // identifiers 0x20..0x3f
+  const skipString = () => {
+    off = off + 2 <= end ? off + 2 + block.readUInt16BE(off) : end;
+  };
+  while (off < end) {
+    const id = block[off++] as number;
+    const type = PROPERTY_TYPES[id];
+    if (type === undefined) return null;
+    if (id !== USER_PROPERTY) {
+      const bit = 1 << (id & 0x1f);
+      if (((id < 0x20 ? seenLow : seenHigh) & bit) !== 0) return id;
+      if (id < 0x20) seenLow |= bit;
+      else seenHigh |= bit;
+    }
+    if (type === 'byte') off += 1;
+    else if (type === 'int16') off += 2;
+    else if (type === 'int32') off += 4;
+    else if (type === 'var') while (off < end && ((block[off++] as number) & 0x80) !== 0);
+    else if (type === 'pair') {
+      skipString();
+      skipString();
+    } else skipString();
+  }
+  return null;
 }
 
 const generateOptions: Record<ProtocolVersion, { protocolVersion: ProtocolVersion }> = {
