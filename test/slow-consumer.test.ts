@@ -179,3 +179,35 @@ test('limits.maxSocketBufferBytes: a subscriber that stops reading has the rest 
   t.deepEqual(ids, Array.from({ length: n }, (_, i) => i), 'in order');
   t.is(ofType(packetsOf(r), PacketType.DISCONNECT).length, 0);
 });
+
+test('a client that floods QoS 1 PUBLISHes and never reads its PUBACKs is not read either once its socket is over maxSocketBufferBytes, and is read again when it drains', async (t) => {
+  t.timeout(90_000);
+  const b = await startBroker({ limits: { maxSocketBufferBytes: 64 * 1024 } });
+  t.teardown(() => b.stop());
+  const { r, connack } = await rawSession(t, b.port, { clientId: 'ack-flood', version: 4 });
+  t.is(connack?.code, 0);
+  r.socket.pause();
+  const n = 2_000_000;
+  const flood = Buffer.alloc(n * 7); // QoS 1 PUBLISH to 'a' with no payload: 7 bytes, answered by a 4-byte PUBACK
+  for (let i = 0, off = 0; i < n; i++, off += 7) {
+    const id = (i % 65535) + 1;
+    flood[off] = 0x32;
+    flood[off + 1] = 5;
+    flood[off + 3] = 1;
+    flood[off + 4] = 0x61;
+    flood[off + 5] = id >> 8;
+    flood[off + 6] = id & 0xff;
+  }
+  r.socket.write(flood);
+  const stats = b.broker.stats;
+  let last = -1;
+  for (let i = 0; i < 200 && stats.messagesReceived !== last; i++) {
+    last = stats.messagesReceived;
+    await delay(300);
+  }
+  t.log(`handled ${stats.messagesReceived} of ${n} while the client read nothing`);
+  t.true(stats.messagesReceived < n * 0.8, `the broker stopped reading: ${stats.messagesReceived} of ${n} handled`);
+  t.is(b.broker.connectedClients, 1, 'backpressure, not a disconnect');
+  r.socket.resume();
+  t.true(await until(() => stats.messagesReceived === n, 60_000), `all handled once the client reads: ${stats.messagesReceived}`);
+});

@@ -277,18 +277,18 @@ export class Broker {
   private recordAccess(conn: Connection, action: Action, topic: string, qos: QoS, retain: boolean, will: boolean, result: AuthzResult): void {
     const event = will ? 'will' : action;
     if (result.kind === 'allow' && !this.auditAllowed[event]) return;
-    this.audit(conn, {
-      event,
-      decision: result.kind === 'allow' ? 'allow' : 'deny',
-      reasonCode: result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized,
-      ...(result.kind === 'deny' ? { reason: result.detail } : result.kind === 'abstain' ? { reason: 'no authorizer allowed it' } : {}),
-      ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}),
-      ...(result.rule !== undefined ? { rule: result.rule } : {}),
-      ...(result.policyVersion !== undefined ? { policyVersion: result.policyVersion } : {}),
-      topic,
-      qos,
-      retain,
-    });
+    // Built field by field, not with spreads: with every publish and delivery audited this runs
+    // twice per message.
+    const record: AuditEvent = { event, decision: result.kind === 'allow' ? 'allow' : 'deny', reasonCode: result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized };
+    if (result.kind === 'deny') record.reason = result.detail;
+    else if (result.kind === 'abstain') record.reason = 'no authorizer allowed it';
+    if (result.decidedBy !== undefined) record.decidedBy = result.decidedBy;
+    if (result.rule !== undefined) record.rule = result.rule;
+    if (result.policyVersion !== undefined) record.policyVersion = result.policyVersion;
+    record.topic = topic;
+    record.qos = qos;
+    record.retain = retain;
+    this.audit(conn, record);
   }
 
   /** Writes one audit record, filled with who and where. */
@@ -667,11 +667,11 @@ export class Broker {
     if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
       if (delivery.qos === 0) return this.queueLoss(session, delivery, false);
       let i = 0;
-      while (queue.length > 0 && (queue.length >= max || session.queuedBytes + size > maxBytes)) {
-        while (i < queue.length && (queue[i] as QueuedDelivery).qos !== 0) i++;
-        if (i === queue.length) break;
+      while (session.queuedQos0 > 0 && (queue.length >= max || session.queuedBytes + size > maxBytes)) {
+        while ((queue[i] as QueuedDelivery).qos !== 0) i++;
         const [evicted] = queue.splice(i, 1) as [QueuedDelivery];
         session.queuedBytes -= queuedSize(evicted.message);
+        session.queuedQos0--;
         this.queueLoss(session, evicted, false);
       }
       if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) return this.queueLoss(session, delivery, true);
@@ -680,6 +680,7 @@ export class Broker {
     }
     queue.push(delivery);
     session.queuedBytes += size;
+    if (delivery.qos === 0) session.queuedQos0++;
     if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.clientId, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
   }
 
@@ -718,6 +719,7 @@ export class Broker {
     if (kept.length === session.queue.length) return;
     session.queue = kept;
     session.queuedBytes = 0;
+    session.queuedQos0 = 0;
     for (const q of kept) session.queuedBytes += queuedSize(q.message);
   }
 
@@ -747,12 +749,14 @@ export class Broker {
     let sent = 0;
     let stored = 0;
     let bytes = 0;
+    let qos0 = 0;
     while (conn !== null && conn.state === 'connected' && !conn.writeBlocked && session.queue.length > sent) {
       const next = session.queue[sent] as QueuedDelivery;
       if (next.qos > 0 && session.inflight.size >= conn.sendWindow) break;
       sent++;
       bytes += queuedSize(next.message);
       if (next.qos > 0) stored++;
+      else qos0++;
       if (next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock) {
         this.stats.messagesExpired++;
         continue;
@@ -767,6 +771,7 @@ export class Broker {
     if (sent > 0) {
       session.queue.splice(0, sent);
       session.queuedBytes -= bytes;
+      session.queuedQos0 -= qos0;
       session.queueFullSince = 0;
       if (session.persistent && stored > 0) this.persist((s) => s.dequeue(session.clientId, stored));
     }

@@ -53,6 +53,8 @@ export class Connection {
   expiryTimer: NodeJS.Timeout | null = null;
   /** More than limits.maxSocketBufferBytes wait in the socket: deliveries queue until it drains. */
   writeBlocked = false;
+  /** Same, noticed after reading: the socket is not read until it drains. */
+  readBlocked = false;
   /** Rate-limit throttle: the socket is not read until this time (epoch ms); 0: not throttled. */
   readPausedUntil = 0;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
@@ -77,9 +79,15 @@ export class Connection {
       (packet) => this.onPacket(packet),
       (error) => this.onCodecError(error),
     );
+    const socketMark = limits.maxSocketBufferBytes;
     stream.on('data', (chunk: Buffer) => {
       this.lastSeen = Date.now();
       this.reader.push(chunk);
+      // A client that does not read what we send (acknowledgements included) is not read either, until it drains.
+      if (stream.writableLength > socketMark && stream.writableNeedDrain && this.state !== 'closed') {
+        this.readBlocked = true;
+        stream.pause();
+      }
     });
     stream.on('drain', () => this.onDrain());
     stream.on('error', (err) => this.close({ code: ReasonCode.UnspecifiedError, detail: `socket error: ${err.message}` }));
@@ -130,7 +138,7 @@ export class Connection {
     while (!this.busy && this.readPausedUntil === 0 && this.inbox.length > 0 && this.state !== 'closed') {
       this.run(this.inbox.shift() as Packet);
     }
-    if (!this.busy && this.readPausedUntil === 0 && this.state !== 'closed') this.stream.resume();
+    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && this.state !== 'closed') this.stream.resume();
   }
 
   /** Ends a rate-limit throttle: handles the packets held back, then reads again. */
@@ -140,7 +148,12 @@ export class Connection {
   }
 
   private onDrain(): void {
-    if (!this.writeBlocked || this.state === 'closed') return;
+    if (this.state === 'closed') return;
+    if (this.readBlocked) {
+      this.readBlocked = false;
+      if (!this.busy) this.drainInbox();
+    }
+    if (!this.writeBlocked) return;
     this.writeBlocked = false;
     if (this.session !== null) this.broker.pump(this.session);
   }

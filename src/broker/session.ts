@@ -27,6 +27,8 @@ export class Session {
   queue: QueuedDelivery[] = [];
   /** Payload + topic bytes held in `queue`, bounded by limits.maxQueuedBytes. */
   queuedBytes = 0;
+  /** QoS 0 entries in `queue`: when 0, a full queue has nothing to evict. */
+  queuedQos0 = 0;
   /** Messages this session lost to its queue limits: QoS 0 dropped, QoS 1/2 refused. */
   droppedMessages = 0;
   /** When the queue started losing messages while connected, with no delivery since; 0: it is not. */
@@ -111,7 +113,10 @@ export class Session {
       });
     }
     session.queue = stored.queue.map((m) => ({ message: m, qos: m.qos, retain: m.retain, subscriptionIds: undefined }));
-    for (const m of stored.queue) session.queuedBytes += queuedSize(m);
+    for (const m of stored.queue) {
+      session.queuedBytes += queuedSize(m);
+      if (m.qos === 0) session.queuedQos0++;
+    }
     for (const id of stored.awaitingRelease) session.awaitingRelease.add(id);
     return session;
   }
