@@ -122,6 +122,20 @@ test('v3.1.1 throttle: 100 QoS 1 at 50/s (burst 10) take about 1.8 s, all are ac
   t.is(b.broker.stats.publishesRateLimited, 0, 'nothing refused');
 });
 
+test('v5 throttle: 30 QoS 1 at 20/s (burst 5) are all acknowledged with 0x00 and delivered, held to the rate, no 0x96', async (t) => {
+  const b = await broker(t, { perClient: { messagesPerSecond: 20, burstMessages: 5 }, v5Action: 'throttle' });
+  const sub = await openClient(t, b.port, { clientId: 'rl5t-sub', protocolVersion: 5 });
+  await sub.client.subscribeAsync('rl5t/t', { qos: 1 });
+  const { r } = await rawSession(t, b.port, { clientId: 'rl5t-pub', version: 5 });
+  const started = Date.now();
+  const codes = await publishBurst(r, 5, 'rl5t/t', 30);
+  const elapsed = Date.now() - started;
+  t.deepEqual(codes, Array(30).fill(0));
+  t.true(elapsed >= 1000 && elapsed <= 3500, `30 messages at 20/s after a burst of 5 took ${elapsed} ms`);
+  t.true(await until(() => sub.messages.length === 30));
+  t.false(r.socket.destroyed);
+});
+
 test('v3.1.1 throttle does not hold up other clients: a second publisher is served at once', async (t) => {
   const b = await broker(t, { perClient: { messagesPerSecond: 20, burstMessages: 5 } });
   const sub = await openClient(t, b.port, { clientId: 'rlo-sub', protocolVersion: 4 });
