@@ -5,7 +5,7 @@
  * that the broker keeps serving other clients.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { ConfigInput } from '../src/index.ts';
+import { MemoryStore, type ConfigInput } from '../src/index.ts';
 import { connect, delay, nextMessages, startBroker, type TestBroker } from './helpers.ts';
 import {
   connectWithUserProperties,
@@ -19,8 +19,8 @@ import {
 } from './limits-support.ts';
 import { PacketType, decodeAck, encodeConnect, encodePublish, encodePubrel, encodeSubscribe, ofType, packetsOf, waitForPackets, waitForType, type Version } from './raw-mqtt.ts';
 
-async function broker(t: ExecutionContext, config: Partial<ConfigInput> = {}): Promise<TestBroker> {
-  const b = await startBroker(config);
+async function broker(t: ExecutionContext, config: Partial<ConfigInput> = {}, store?: MemoryStore): Promise<TestBroker> {
+  const b = await startBroker(config, store === undefined ? {} : { store });
   t.teardown(() => b.stop());
   return b;
 }
@@ -200,6 +200,51 @@ test('a client id of exactly maxClientIdLength bytes is accepted, one byte more 
   t.is(bad.connack?.code, 0x85);
 });
 
+// ── topic length and depth ───────────────────────────────────────────────────
+
+const longTopic = 'a'.repeat(65);
+const deepTopic = Array(9).fill('l').join('/');
+
+for (const [what, topic] of [
+  ['longer than maxTopicLength (64)', longTopic],
+  ['deeper than maxTopicLevels (8)', deepTopic],
+] as const) {
+  test(`v5: a PUBLISH topic ${what} gets DISCONNECT 0x90 and is not delivered; v3.1.1 is closed`, async (t) => {
+    const b = await broker(t, { limits: { maxTopicLength: 64, maxTopicLevels: 8 } });
+    const sub = await openClient(t, b.port, { clientId: `tl-sub-${topic.length}`, protocolVersion: 5 });
+    await sub.client.subscribeAsync('#', { qos: 1 });
+    const v5 = await rawSession(t, b.port, { clientId: `tl5-${topic.length}`, version: 5 });
+    v5.r.write(encodePublish({ topic, payload: 'x', qos: 1, packetId: 1, version: 5 }));
+    t.true(await v5.r.closed(3000));
+    t.is(ofType(packetsOf(v5.r), PacketType.DISCONNECT)[0]?.body[0], 0x90);
+    const v3 = await rawSession(t, b.port, { clientId: `tl4-${topic.length}`, version: 4 });
+    v3.r.write(encodePublish({ topic, payload: 'x', qos: 1, packetId: 1, version: 4 }));
+    t.true(await v3.r.closed(3000));
+    t.is(ofType(packetsOf(v3.r), PacketType.PUBACK).length, 0);
+    await delay(200);
+    t.is(sub.messages.length, 0);
+  });
+
+  test(`a SUBSCRIBE filter ${what} gets SUBACK 0x8F for that filter (v3.1.1: 0x80), the other filters are granted`, async (t) => {
+    const b = await broker(t, { limits: { maxTopicLength: 64, maxTopicLevels: 8 } });
+    for (const v of [4, 5] as const) {
+      const { r } = await rawSession(t, b.port, { clientId: `tf${v}-${topic.length}`, version: v });
+      r.write(encodeSubscribe({ packetId: 1, filters: [{ topic: 'ok/t', qos: 1 }, { topic, qos: 1 }], version: v }));
+      const [suback] = await waitForType(r, PacketType.SUBACK);
+      t.deepEqual(subackCodes(suback?.body ?? Buffer.alloc(3), v === 5), [1, v === 5 ? 0x8f : 0x80]);
+    }
+  });
+
+  test(`a will topic ${what} gets CONNACK 0x90 (v5); v3.1.1 is closed without CONNACK`, async (t) => {
+    const b = await broker(t, { limits: { maxTopicLength: 64, maxTopicLevels: 8 } });
+    const v5 = await rawSession(t, b.port, { clientId: `tw5-${topic.length}`, version: 5, will: { topic, payload: 'bye' } });
+    t.is(v5.connack?.code, 0x90);
+    const v3 = await rawSession(t, b.port, { clientId: `tw4-${topic.length}`, version: 4, will: { topic, payload: 'bye' } });
+    t.is(v3.connack, undefined);
+    t.true(await v3.r.closed(3000));
+  });
+}
+
 // ── user properties ──────────────────────────────────────────────────────────
 
 test('v5: a PUBLISH with 10,000 user properties gets DISCONNECT 0x83 and is not delivered', async (t) => {
@@ -359,6 +404,32 @@ test('a message larger than maxQueuedBytes is still queued when the queue is emp
   t.true(await until(() => back.messages.length >= 1));
   await delay(300);
   t.deepEqual(back.messages.map((m) => m.payload.length), [4096]);
+});
+
+test('after a restart with the same store, the queue holds what it held before: an evicted QoS 0 message does not come back, QoS 1 is kept', async (t) => {
+  const store = new MemoryStore();
+  const config: Partial<ConfigInput> = { limits: { maxQueuedMessages: 2, queueQos0: true } };
+  const b1 = await startBroker(config, { store });
+  t.teardown(() => b1.stop());
+  const s = await openClient(t, b1.port, persistent5('q-restart'));
+  await s.client.subscribeAsync('q/restart', { qos: 1 });
+  await s.client.endAsync();
+  const pub = await openClient(t, b1.port, { clientId: 'q-restart-pub', protocolVersion: 5 });
+  await pub.client.publishAsync('q/restart', 'q0', { qos: 0 });
+  await pub.client.publishAsync('q/restart', 'q1-a', { qos: 1 });
+  await pub.client.publishAsync('q/restart', 'q1-b', { qos: 1 }); // evicts q0
+  await pub.client.endAsync();
+  t.is(b1.broker.stats.queueDroppedQos0, 1);
+  await b1.stop();
+
+  const b2 = await broker(t, config, store);
+  const back = await openClient(t, b2.port, persistent5('q-restart'));
+  t.true(await until(() => back.messages.length >= 2));
+  await delay(300);
+  t.deepEqual(
+    back.messages.map((m) => m.payload.toString()),
+    ['q1-a', 'q1-b'],
+  );
 });
 
 test('invalid limit values are configuration errors naming the key', async (t) => {
