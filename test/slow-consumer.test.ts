@@ -12,7 +12,7 @@ import test, { type ExecutionContext } from 'ava';
 import type { ConfigInput } from '../src/index.ts';
 import { delay, startBroker, type RawClient } from './helpers.ts';
 import { openClient, rawSession, until } from './limits-support.ts';
-import { PacketType, decodePublish, encodeSubscribe, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
+import { PacketType, decodePublish, encodePublish, encodeSubscribe, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
 
 interface Sample {
   rss: number;
@@ -210,4 +210,24 @@ test('a client that floods QoS 1 PUBLISHes and never reads its PUBACKs is not re
   t.is(b.broker.connectedClients, 1, 'backpressure, not a disconnect');
   r.socket.resume();
   t.true(await until(() => stats.messagesReceived === n, 60_000), `all handled once the client reads: ${stats.messagesReceived}`);
+});
+
+test('a subscriber that keeps acknowledging is not a slow consumer, even when a full window makes its queue refuse messages', async (t) => {
+  const b = await startBroker({ limits: { maxQueuedMessages: 0, maxInflight: 1, slowConsumerTimeoutMs: 300 } });
+  t.teardown(() => b.stop());
+  const sub = await openClient(t, b.port, { clientId: 'acker', protocolVersion: 5 });
+  await sub.client.subscribeAsync('ack/t', { qos: 1 });
+  let closed = false;
+  sub.client.on('close', () => (closed = true));
+  const { r } = await rawSession(t, b.port, { clientId: 'ack-pub', version: 5 });
+  for (let round = 0; round < 8; round++) {
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 10; i++) parts.push(encodePublish({ topic: 'ack/t', payload: `${round}-${i}`, qos: 1, packetId: round * 10 + i + 1, version: 5 }));
+    r.write(Buffer.concat(parts));
+    await delay(150);
+  }
+  t.true(b.broker.stats.queueRefusedQos12 > 0, 'the window was full and nothing may queue');
+  t.true(sub.messages.length >= 8, `it kept receiving: ${sub.messages.length}`);
+  t.is(b.broker.stats.slowConsumersDisconnected, 0);
+  t.false(closed);
 });

@@ -779,6 +779,7 @@ export class Broker {
 
   completeInflight(session: Session, packetId: number): void {
     session.inflight.delete(packetId);
+    session.queueFullSince = 0; // an acknowledgement is progress: not a stalled consumer
     if (session.persistent) this.persist((s) => s.deleteInflight(session.clientId, packetId));
     const conn = session.connection;
     if (conn !== null) {
