@@ -19,14 +19,25 @@ import {
 } from './limits-support.ts';
 import { PacketType, decodeAck, encodeConnect, encodePublish, encodePubrel, encodeSubscribe, ofType, packetsOf, waitForPackets, waitForType, type Version } from './raw-mqtt.ts';
 
+const rssAtStart = new Map<number, number>();
+const MiB = 1024 * 1024;
+
 async function broker(t: ExecutionContext, config: Partial<ConfigInput> = {}, store?: MemoryStore): Promise<TestBroker> {
   const b = await startBroker(config, store === undefined ? {} : { store });
   t.teardown(() => b.stop());
+  rssAtStart.set(b.port, process.memoryUsage().rss);
   return b;
 }
 
-/** Another client can still subscribe, publish and receive: the broker is up and serving. */
+/**
+ * Another client can still subscribe, publish and receive: the broker is up and serving. Also a
+ * generous bound on this process's RSS growth since the broker started (the tests of this file
+ * run side by side in one process, so it is a guard against runaway growth, not a measurement;
+ * test/slow-consumer.test.ts measures a broker alone).
+ */
 async function assertServing(t: ExecutionContext, port: number, tag: string): Promise<void> {
+  const grown = (process.memoryUsage().rss - (rssAtStart.get(port) ?? 0)) / MiB;
+  t.true(grown < 256, `RSS grew by ${grown.toFixed(0)} MiB`);
   const c = await connect(port, { clientId: `alive-${tag}` });
   try {
     await c.subscribeAsync(`alive/${tag}`, { qos: 1 });
