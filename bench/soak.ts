@@ -105,6 +105,8 @@ interface Subscriber {
   epoch: number;
   received: Map<string, Receipt>;
   duplicates: string[];
+  /** QoS 1 re-deliveries with DUP after a reconnect: allowed. */
+  resent: number;
   reconnects: number;
   online: boolean;
 }
@@ -124,7 +126,7 @@ function onMessage(sub: Subscriber, payload: Buffer, packet: IPublishPacket): vo
   // [MQTT-4.3.1]: QoS 1 may be delivered again, with DUP, when a session resumes; QoS 0 and 2 never.
   if (effective !== 1 || packet.dup !== true || sub.epoch <= r.epoch) {
     sub.duplicates.push(`${id} (QoS ${effective}, dup=${packet.dup}, epoch ${sub.epoch} vs ${r.epoch})`);
-  }
+  } else sub.resent++;
   r.epoch = sub.epoch;
 }
 
@@ -149,7 +151,7 @@ async function makeSubscriber(name: string, version: 4 | 5, qos: 1 | 2, persiste
     ...(persistent ? { incomingStore: new Store({ clean: false }), outgoingStore: new Store({ clean: false }) } : {}),
     resubscribe: false,
   });
-  const sub: Subscriber = { name, version, qos, persistent, client, epoch: 1, received: new Map(), duplicates: [], reconnects: 0, online: true };
+  const sub: Subscriber = { name, version, qos, persistent, client, epoch: 1, received: new Map(), duplicates: [], resent: 0, reconnects: 0, online: true };
   client.on('message', (_t, payload, packet) => onMessage(sub, payload, packet));
   client.on('connect', () => {
     sub.epoch++;
@@ -513,7 +515,7 @@ console.log(`  acknowledged QoS 1+2            ${expected.length}`);
 console.log(`  publish failures                ${[...publishFailures.entries()].map(([k, v]) => `${k}: ${v}`).join(', ') || 'none'}`);
 console.log(`  churn clients (abrupt)          ${counters.churnClients} (${counters.churnAbrupt})`);
 console.log(`  persistent reconnects (abrupt)  ${counters.persistentCycles} (${counters.persistentAbrupt})`);
-console.log('\n  subscriber        QoS  reconnects  received  lost  bad duplicates  QoS 0 seen');
+console.log('\n  subscriber        QoS  reconnects  received  lost  bad duplicates  QoS 1 resent with DUP  QoS 0 seen');
 let lost = 0;
 let badDuplicates = 0;
 for (const s of subscribers) {
@@ -522,7 +524,7 @@ for (const s of subscribers) {
   badDuplicates += s.duplicates.length;
   const qos0 = [...s.received.keys()].filter((id) => msgQos(id) === 0).length;
   console.log(
-    `  ${s.name.padEnd(17)} ${String(s.qos).padEnd(4)} ${String(s.reconnects).padEnd(11)} ${String(s.received.size).padEnd(9)} ${String(m.length).padEnd(5)} ${String(s.duplicates.length).padEnd(15)} ${qos0}`,
+    `  ${s.name.padEnd(17)} ${String(s.qos).padEnd(4)} ${String(s.reconnects).padEnd(11)} ${String(s.received.size).padEnd(9)} ${String(m.length).padEnd(5)} ${String(s.duplicates.length).padEnd(15)} ${String(s.resent).padEnd(22)} ${qos0}`,
   );
   for (const id of m.slice(0, 3)) console.log(`      lost: ${id}`);
   for (const d of s.duplicates.slice(0, 3)) console.log(`      duplicate: ${d}`);

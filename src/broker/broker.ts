@@ -212,7 +212,8 @@ export class Broker {
     const slowConsumerMs = this.config.limits.slowConsumerTimeoutMs;
     for (const conn of this.connections) {
       if (conn.state === 'connected') {
-        if (conn.keepAlive > 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
+        // A client held back by its rate limit is not read, so it cannot show activity: no keep-alive check then.
+        if (conn.keepAlive > 0 && conn.readPausedUntil === 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
           conn.disconnect(ReasonCode.KeepAliveTimeout, 'keep-alive timeout'); // [MQTT-3.1.2-22]
           continue;
         }
