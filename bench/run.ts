@@ -1,78 +1,39 @@
 /**
- * Portcullis benchmark entry point: `npm run bench -- [--runs N] [--scenarios a,b] [--brokers x,y]`.
+ * Portcullis benchmark entry point: `npm run bench -- [--quick] [--scenarios a,b] [--brokers x,y] [--security off,on]`.
  *
- * Every broker runs in its own child process (CPU 0); this process is the load generator (CPU 1),
- * speaking hand-encoded MQTT 3.1.1 over raw sockets. See bench/README.md.
+ * Every broker runs in its own child process (CPU 0), in two configurations (security off / on),
+ * freshly started for each scenario; this process is the load generator (CPU 1), speaking
+ * hand-encoded MQTT 3.1.1 over raw TCP or TLS sockets. See bench/README.md.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import {
-  BROKERS,
-  DEFAULT_MOSQUITTO,
-  mosquittoVersion,
-  setMosquittoPath,
-  projectRoot,
-  setupPinning,
-  sleep,
-  startBroker,
-  systemBusySeconds,
-  type BrokerName,
-  type Pinning,
-  type RunningBrokerProcess,
-} from './lib/brokers.ts';
-import { runLatency, runThroughput, type LatencyResult, type ThroughputResult, type ThroughputSpec } from './lib/scenarios.ts';
-
-const SCENARIOS = ['fanin', 'fanout', 'qos1'] as const;
-type ScenarioName = (typeof SCENARIOS)[number];
-
-const PAYLOAD = 64;
-
-const DEFAULT_WINDOWS: Record<ScenarioName, number> = { fanin: 200, fanout: 1000, qos1: 200 };
-
-interface Options {
-  waitIdleS: number;
-  windows: Record<ScenarioName, number>;
-  runs: number;
-  scenarios: ScenarioName[];
-  brokers: BrokerName[];
-  durationMs: number;
-  warmupMs: number;
-  rate: number;
-  pin: boolean;
-  out: string;
-}
-
-/** The throughput part of each scenario. `window` is per publisher (see lib/scenarios.ts). */
-function throughputSpec(name: ScenarioName, durationMs: number, window: number): ThroughputSpec {
-  switch (name) {
-    case 'fanin':
-      return { publishers: 10, subscribers: 1, qos: 0, topic: (i) => `bench/fanin/${i}`, filter: 'bench/fanin/+', payloadSize: PAYLOAD, window, durationMs };
-    case 'fanout':
-      return { publishers: 1, subscribers: 50, qos: 0, topic: () => 'bench/fanout', filter: 'bench/fanout', payloadSize: PAYLOAD, window, durationMs };
-    case 'qos1':
-      return { publishers: 1, subscribers: 1, qos: 1, topic: () => 'bench/qos1', filter: 'bench/qos1', payloadSize: PAYLOAD, window, durationMs };
-  }
-}
-
-const TITLES: Record<ScenarioName, string> = {
-  fanin: 'QoS 0 fan-in, 10 publishers → 1 subscriber',
-  fanout: 'QoS 0 fan-out, 1 publisher → 50 subscribers',
-  qos1: 'QoS 1, 1 publisher → 1 subscriber',
-};
+import { BROKERS, DEFAULT_MOSQUITTO, SECURITY, projectRoot, setMosquittoPath, setupPinning, startBroker, type BrokerName, type Pinning, type RunningBrokerProcess, type Security, type Transport } from './lib/brokers.ts';
+import type { Endpoint } from './lib/client.ts';
+import { runConnects, runIdleMemory } from './lib/connections.ts';
+import { DEFAULT_WINDOWS, PAYLOAD, SCENARIOS, SCENARIO_INFO, throughputSpec, type ScenarioName } from './lib/plan.ts';
+import { idleLoad, describeLoad, report, waitIdle, type Outcome, type Results, type RunOptions, type Sample } from './lib/report.ts';
+import { runRetained, storeRetained } from './lib/retained.ts';
+import { runLatency, runThroughput } from './lib/scenarios.ts';
+import { BENCH_PASSWORD, BENCH_USER, makeBenchFiles, type BenchFiles } from './lib/security.ts';
 
 function usage(): string {
   return `Usage: npm run bench -- [options]
 
-  --runs N               measured runs per scenario (default 3)
+  --quick                1 run of 1 s per scenario, 0.5 s warm-up, 1,000 idle connections, 1,000 retained
+                         messages: checks every scenario works (a few minutes); numbers are indicative only
+  --runs N               measured runs per scenario (default 3; idle memory is measured --memory-runs times)
   --scenarios a,b        of ${SCENARIOS.join(', ')} (default: all)
   --brokers x,y          of ${BROKERS.join(', ')} (default: all; Mosquitto is skipped if not installed)
-  --duration S           seconds of publishing per run (default 3)
-  --warmup S             seconds of discarded warm-up per scenario and broker (default 1)
+  --security off,on      configurations (default: both; see bench/README.md)
+  --duration S           seconds of publishing / connecting per run (default 3)
+  --warmup S             seconds of discarded warm-up per scenario and configuration (default 1)
   --rate N               publish rate of the QoS 1 latency run, msg/s (default 1000)
   --window s=N,...       flow-control window per publisher (default ${Object.entries(DEFAULT_WINDOWS).map(([k, v]) => `${k}=${v}`).join(',')})
+  --connections N        idle connections for the memory scenarios (default 5000)
+  --memory-runs N        idle-memory measurements per configuration (default 1)
+  --retained N           retained messages for the retained scenario (default 10000)
+  --concurrency N        parallel connect loops in the connect scenarios (default 16)
   --mosquitto PATH       Mosquitto binary (default ${DEFAULT_MOSQUITTO}; skipped if missing)
   --wait-idle S          before each run, wait up to S seconds for other processes to go quiet (default 0: off)
   --no-pin               do not pin broker/generator to CPUs with taskset
@@ -80,16 +41,27 @@ function usage(): string {
   -h, --help`;
 }
 
-function parseOptions(): Options {
+function die(msg: string): never {
+  console.error(`bench: ${msg}\n\n${usage()}`);
+  process.exit(2);
+}
+
+function parseOptions(): RunOptions {
   const { values } = parseArgs({
     options: {
-      runs: { type: 'string', default: '3' },
+      quick: { type: 'boolean', default: false },
+      runs: { type: 'string' },
       scenarios: { type: 'string', default: SCENARIOS.join(',') },
       brokers: { type: 'string', default: BROKERS.join(',') },
-      duration: { type: 'string', default: '3' },
-      warmup: { type: 'string', default: '1' },
+      security: { type: 'string', default: SECURITY.join(',') },
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
       rate: { type: 'string', default: '1000' },
       window: { type: 'string', default: '' },
+      connections: { type: 'string' },
+      'memory-runs': { type: 'string', default: '1' },
+      retained: { type: 'string' },
+      concurrency: { type: 'string', default: '16' },
       mosquitto: { type: 'string', default: DEFAULT_MOSQUITTO },
       'wait-idle': { type: 'string', default: '0' },
       'no-pin': { type: 'boolean', default: false },
@@ -104,7 +76,7 @@ function parseOptions(): Options {
   const list = <T extends string>(raw: string, allowed: readonly T[], what: string): T[] => {
     const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
     for (const i of items) if (!allowed.includes(i as T)) die(`unknown ${what} '${i}': expected ${allowed.join(', ')}`);
-    if (items.length === 0) die(`--${what}s needs at least one of ${allowed.join(', ')}`);
+    if (items.length === 0) die(`--${what} needs at least one of ${allowed.join(', ')}`);
     return allowed.filter((a) => items.includes(a)); // canonical order, deduplicated
   };
   const num = (raw: string, what: string, min: number): number => {
@@ -112,52 +84,75 @@ function parseOptions(): Options {
     if (!Number.isFinite(n) || n < min) die(`--${what} must be a number ≥ ${min}`);
     return n;
   };
+  const q = values.quick;
   setMosquittoPath(values.mosquitto);
   const windows = { ...DEFAULT_WINDOWS };
   for (const item of values.window.split(',').map((x) => x.trim()).filter(Boolean)) {
     const [k, v] = item.split('=');
-    if (!SCENARIOS.includes(k as ScenarioName) || v === undefined) die(`--window expects scenario=N pairs, e.g. fanin=100,qos1=200; got '${item}'`);
+    if (!(k! in DEFAULT_WINDOWS) || v === undefined) die(`--window expects scenario=N pairs of ${Object.keys(DEFAULT_WINDOWS).join(', ')}; got '${item}'`);
     const n = Math.floor(num(v, 'window', 1));
-    if (k === 'qos1' && n > 65000) die('--window qos1 must be below 65000 (packet ids)');
+    if ((k === 'qos1' || k === 'qos2') && n > 65000) die(`--window ${k} must be below 65000 (packet ids)`);
     windows[k as ScenarioName] = n;
   }
   return {
+    quick: q,
     waitIdleS: num(values['wait-idle'], 'wait-idle', 0),
     windows,
-    runs: Math.floor(num(values.runs, 'runs', 1)),
-    scenarios: list(values.scenarios, SCENARIOS, 'scenario'),
-    brokers: list(values.brokers, BROKERS, 'broker'),
-    durationMs: num(values.duration, 'duration', 0.1) * 1000,
-    warmupMs: num(values.warmup, 'warmup', 0) * 1000,
+    runs: Math.floor(num(values.runs ?? (q ? '1' : '3'), 'runs', 1)),
+    scenarios: list(values.scenarios, SCENARIOS, 'scenarios'),
+    brokers: list(values.brokers, BROKERS, 'brokers'),
+    security: list(values.security, SECURITY, 'security'),
+    durationMs: num(values.duration ?? (q ? '1' : '3'), 'duration', 0.1) * 1000,
+    warmupMs: num(values.warmup ?? (q ? '0.5' : '1'), 'warmup', 0) * 1000,
     rate: num(values.rate, 'rate', 1),
+    connections: Math.floor(num(values.connections ?? (q ? '1000' : '5000'), 'connections', 1)),
+    memoryRuns: Math.floor(num(values['memory-runs'], 'memory-runs', 1)),
+    retained: Math.floor(num(values.retained ?? (q ? '1000' : '10000'), 'retained', 1)),
+    concurrency: Math.floor(num(values.concurrency, 'concurrency', 1)),
     pin: !values['no-pin'],
     out: path.resolve(values.out),
   };
 }
 
-function die(msg: string): never {
-  console.error(`bench: ${msg}\n\n${usage()}`);
-  process.exit(2);
+// ---------- estimating ----------
+
+/** Rough seconds per scenario and configuration: broker start, warm-up, runs, set-up and drain. */
+function estimateSeconds(o: RunOptions): number {
+  const d = o.durationMs / 1000;
+  const w = o.warmupMs / 1000;
+  let perConfig = 0;
+  for (const s of o.scenarios) {
+    const start = 2;
+    switch (SCENARIO_INFO[s].kind) {
+      case 'throughput':
+        perConfig += start + (w > 0 ? w + 1 : 0) + o.runs * (d + 1) + (s === 'qos1' ? o.runs * (d + 0.5) : 0) + (s.endsWith('mtls') ? 2 : 0);
+        break;
+      case 'retained':
+        perConfig += start + o.retained / 2000 + (o.runs + 1) * (1 + o.retained / 20_000);
+        break;
+      case 'connect':
+        perConfig += start + w + o.runs * d;
+        break;
+      case 'memory':
+        perConfig += start + o.memoryRuns * (5 + o.connections / (s === 'memory-mtls' ? 400 : 3000));
+        break;
+    }
+  }
+  return perConfig * o.brokers.length * o.security.length + 10;
 }
 
 // ---------- running ----------
 
-interface ScenarioOutcome {
-  throughput: ThroughputResult[];
-  latency: LatencyResult[];
+function endpointFor(broker: RunningBrokerProcess, transport: Transport, files: BenchFiles): Endpoint {
+  const on = broker.security === 'on';
+  const credentials = on && transport !== 'mtls' ? { username: BENCH_USER, password: BENCH_PASSWORD } : undefined;
+  const tlsOpts = transport === 'tcp' ? undefined : { context: transport === 'mtls' ? files.mtlsContext : files.tlsContext, servername: 'localhost' };
+  return { host: broker.host, port: broker.ports[transport], ...(tlsOpts ? { tls: tlsOpts } : {}), ...(credentials ? { credentials } : {}) };
 }
 
-type BrokerOutcome = { unavailable: string } | { scenarios: Partial<Record<ScenarioName, ScenarioOutcome>> };
+const failed = (why: string): Sample => ({ ok: false, failure: why, values: {}, generatorCpu: null, brokerCpu: null, otherCpu: null, detail: `FAILED: ${why}` });
 
-function failedThroughput(why: string): ThroughputResult {
-  return { ok: false, failure: why, published: 0, expected: 0, received: 0, lost: 0, duplicates: 0, outOfOrder: 0, unexpectedAcks: 0, elapsedS: 0, deliveriesPerS: 0, publishesPerS: 0, generatorCpu: 0, brokerCpu: null, otherCpu: null };
-}
-
-function failedLatency(why: string): LatencyResult {
-  return { ok: false, failure: why, published: 0, received: 0, lost: 0, duplicates: 0, ratePerS: 0, p50Ms: Number.NaN, p99Ms: Number.NaN, maxMs: Number.NaN, generatorCpu: 0, brokerCpu: null, otherCpu: null };
-}
-
-async function guarded<T>(broker: RunningBrokerProcess, fn: () => Promise<T>, failed: (why: string) => T): Promise<T> {
+async function guarded(broker: RunningBrokerProcess, fn: () => Promise<Sample>): Promise<Sample> {
   if (broker.exited) return failed(`broker process exited (${broker.exited})`);
   try {
     const r = await fn();
@@ -170,282 +165,151 @@ async function guarded<T>(broker: RunningBrokerProcess, fn: () => Promise<T>, fa
 const pct = (x: number | null): string => (x === null ? 'n/a' : `${Math.round(x * 100)}%`);
 const int = (x: number): string => Math.round(x).toLocaleString('en-US');
 const ms = (x: number): string => (Number.isFinite(x) ? (x < 10 ? x.toFixed(3) : x.toFixed(1)) : 'n/a');
+const cpus = (s: { generatorCpu: number | null; brokerCpu: number | null; otherCpu: number | null }): string => `gen CPU ${pct(s.generatorCpu)}, broker CPU ${pct(s.brokerCpu)}, other CPU ${pct(s.otherCpu)}`;
 
-function describeThroughput(r: ThroughputResult): string {
-  if (!r.ok) return `FAILED: ${r.failure}`;
-  const extra = [
-    `lost ${int(r.lost)}${r.expected > 0 ? ` (${((r.lost / r.expected) * 100).toFixed(2)}%)` : ''}`,
-    r.duplicates ? `dup ${int(r.duplicates)}` : '',
-    r.outOfOrder ? `out-of-order ${int(r.outOfOrder)}` : '',
-    r.unexpectedAcks ? `unexpected PUBACK ${r.unexpectedAcks}` : '',
-    `gen CPU ${pct(r.generatorCpu)}`,
-    `broker CPU ${pct(r.brokerCpu)}`,
-    `other CPU ${pct(r.otherCpu)}`,
-  ].filter(Boolean);
-  return `${int(r.deliveriesPerS)} deliveries/s (${int(r.publishesPerS)} publishes/s, ${r.elapsedS.toFixed(2)} s; ${extra.join(', ')})`;
+async function throughputSample(broker: RunningBrokerProcess, endpoint: Endpoint, s: ScenarioName, opts: RunOptions, durationMs: number): Promise<Sample> {
+  const r = await runThroughput(broker, endpoint, throughputSpec(s, durationMs, opts.windows[s] ?? 200));
+  const loss = `lost ${int(r.lost)}${r.expected > 0 ? ` (${((r.lost / r.expected) * 100).toFixed(2)}%)` : ''}${r.duplicates ? `, dup ${int(r.duplicates)}` : ''}${r.outOfOrder ? `, out-of-order ${int(r.outOfOrder)}` : ''}${r.unexpectedAcks ? `, unexpected acks ${r.unexpectedAcks}` : ''}`;
+  return {
+    ok: r.ok,
+    ...(r.failure !== undefined ? { failure: r.failure } : {}),
+    values: { rate: r.deliveriesPerS, publishes: r.publishesPerS, lost: r.lost, lostFraction: r.expected ? r.lost / r.expected : 0, duplicates: r.duplicates },
+    generatorCpu: r.generatorCpu,
+    brokerCpu: r.brokerCpu,
+    otherCpu: r.otherCpu,
+    detail: r.ok ? `${int(r.deliveriesPerS)} msgs/s (${int(r.publishesPerS)} publishes/s, ${r.elapsedS.toFixed(2)} s; ${loss}; ${cpus(r)})` : `FAILED: ${r.failure} (${loss})`,
+  };
 }
 
-function describeLatency(r: LatencyResult): string {
-  if (!r.ok) return `FAILED: ${r.failure}`;
-  return `p50 ${ms(r.p50Ms)} ms, p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms at ${int(r.ratePerS)} msg/s (${int(r.received)} msgs, dup ${r.duplicates}; gen CPU ${pct(r.generatorCpu)}, broker CPU ${pct(r.brokerCpu)}, other CPU ${pct(r.otherCpu)})`;
+async function runScenario(broker: RunningBrokerProcess, s: ScenarioName, opts: RunOptions, files: BenchFiles): Promise<Outcome> {
+  const info = SCENARIO_INFO[s];
+  const endpoint = endpointFor(broker, info.transport, files);
+  const out: Outcome = { main: [], latency: [] };
+  const log = (label: string, x: Sample): void => console.log(`  ${label.padEnd(14)}${x.detail}`);
+  const measure = async (label: string, into: Sample[], fn: () => Promise<Sample>): Promise<void> => {
+    await waitIdle(opts.waitIdleS);
+    const x = await guarded(broker, fn);
+    into.push(x);
+    log(label, x);
+  };
+  switch (info.kind) {
+    case 'throughput': {
+      if (opts.warmupMs > 0) {
+        const w = await guarded(broker, () => throughputSample(broker, endpoint, s, opts, opts.warmupMs));
+        console.log(`  ${'warm-up'.padEnd(14)}${w.ok ? `${int(w.values.rate ?? 0)} msgs/s (discarded)` : w.detail}`);
+      }
+      for (let r = 1; r <= opts.runs; r++) await measure(`run ${r}/${opts.runs}`, out.main, () => throughputSample(broker, endpoint, s, opts, opts.durationMs));
+      if (s === 'qos1') {
+        for (let r = 1; r <= opts.runs; r++) {
+          await measure(`latency ${r}/${opts.runs}`, out.latency, async () => {
+            const l = await runLatency(broker, endpoint, { topic: 'bench/qos1/latency', payloadSize: PAYLOAD, ratePerS: opts.rate, durationMs: opts.durationMs });
+            return {
+              ok: l.ok,
+              ...(l.failure !== undefined ? { failure: l.failure } : {}),
+              values: { p50: l.p50Ms, p99: l.p99Ms, max: l.maxMs, achieved: l.ratePerS },
+              generatorCpu: l.generatorCpu,
+              brokerCpu: l.brokerCpu,
+              otherCpu: l.otherCpu,
+              detail: l.ok ? `p50 ${ms(l.p50Ms)} ms, p99 ${ms(l.p99Ms)} ms, max ${ms(l.maxMs)} ms at ${int(l.ratePerS)} msg/s (dup ${l.duplicates}; ${cpus(l)})` : `FAILED: ${l.failure}`,
+            };
+          });
+        }
+      }
+      break;
+    }
+    case 'retained': {
+      const t0 = performance.now();
+      await storeRetained(endpoint, opts.retained, PAYLOAD);
+      console.log(`  ${'stored'.padEnd(14)}${int(opts.retained)} retained messages in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      const one = async (): Promise<Sample> => {
+        const r = await runRetained(broker, endpoint, opts.retained);
+        return {
+          ok: r.ok,
+          ...(r.failure !== undefined ? { failure: r.failure } : {}),
+          values: { ms: r.elapsedMs, rate: r.messagesPerS, lost: r.expected - r.received, duplicates: r.duplicates },
+          generatorCpu: r.generatorCpu,
+          brokerCpu: r.brokerCpu,
+          otherCpu: r.otherCpu,
+          detail: r.ok ? `${int(r.received)} retained in ${ms(r.elapsedMs)} ms (${int(r.messagesPerS)} msgs/s; ${cpus(r)})` : `FAILED: ${r.failure}`,
+        };
+      };
+      if (opts.warmupMs > 0) log('warm-up', await guarded(broker, one));
+      for (let r = 1; r <= opts.runs; r++) await measure(`run ${r}/${opts.runs}`, out.main, one);
+      break;
+    }
+    case 'connect': {
+      const one = async (durationMs: number): Promise<Sample> => {
+        const r = await runConnects(broker, endpoint, opts.concurrency, durationMs);
+        return {
+          ok: r.ok,
+          ...(r.failure !== undefined ? { failure: r.failure } : {}),
+          values: { rate: r.connectsPerS, ...(r.brokerMsPerConnect !== null ? { cpuMs: r.brokerMsPerConnect } : {}) },
+          generatorCpu: r.generatorCpu,
+          brokerCpu: r.brokerCpu,
+          otherCpu: r.otherCpu,
+          detail: r.ok ? `${int(r.connectsPerS)} connects/s, broker ${r.brokerMsPerConnect === null ? 'n/a' : r.brokerMsPerConnect.toFixed(3)} ms CPU per connect (${int(r.connects)} connects; ${cpus(r)})` : `FAILED: ${r.failure}`,
+        };
+      };
+      // Warm-up also fills Portcullis's credential cache: later connects are "warm".
+      if (opts.warmupMs > 0) log('warm-up', await guarded(broker, () => one(opts.warmupMs)));
+      for (let r = 1; r <= opts.runs; r++) await measure(`run ${r}/${opts.runs}`, out.main, () => one(opts.durationMs));
+      break;
+    }
+    case 'memory': {
+      for (let r = 1; r <= opts.memoryRuns; r++) {
+        await measure(`run ${r}/${opts.memoryRuns}`, out.main, async () => {
+          const m = await runIdleMemory(broker, endpoint, opts.connections);
+          return {
+            ok: m.ok,
+            ...(m.failure !== undefined ? { failure: m.failure } : {}),
+            values: { kb: m.perConnectionKb, beforeMb: m.beforeKb / 1024, afterMb: m.afterKb / 1024 },
+            generatorCpu: null,
+            brokerCpu: null,
+            otherCpu: null,
+            detail: m.ok ? `${m.perConnectionKb.toFixed(2)} KiB per connection (${int(m.connections)} open in ${m.openS.toFixed(1)} s; RSS ${(m.beforeKb / 1024).toFixed(1)} → ${(m.afterKb / 1024).toFixed(1)} MiB)` : `FAILED: ${m.failure}`,
+          };
+        });
+      }
+      break;
+    }
+  }
+  return out;
 }
 
-/** First line of a failure, plus the first error line of the broker's stderr if there is one. */
 function shortReason(why: string): string {
   const [first, ...rest] = why.split('\n');
-  const err = rest.find((l) => /^\s*\w*Error\b|^\s*\w+Error \[/.test(l));
+  const err = rest.find((l) => /^\s*\w*Error\b|^\s*\w+Error \[|^\d+: Error/.test(l));
   return err ? `${first} — ${err.trim()}` : (first ?? why);
 }
 
-async function runBroker(name: BrokerName, opts: Options, pin: Pinning): Promise<BrokerOutcome> {
-  const scenarios: Partial<Record<ScenarioName, ScenarioOutcome>> = {};
-  for (const scenario of opts.scenarios) {
+async function runConfig(name: BrokerName, security: Security, opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<Results[string]> {
+  const scenarios: Partial<Record<ScenarioName, Outcome>> = {};
+  for (const s of opts.scenarios) {
     let broker: RunningBrokerProcess;
     try {
-      broker = await startBroker(name, pin);
+      broker = await startBroker(name, security, files, pin);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       if (Object.keys(scenarios).length === 0) {
-        console.log(`\n[${name}] SKIPPED: ${why}`);
-        return { unavailable: shortReason(why) };
+        console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
+        return { unavailable: shortReason(why), scenarios };
       }
-      // It ran before: keep those results, count this scenario as failed.
-      console.log(`\n[${name}] ${TITLES[scenario]}: broker did not start: ${why}`);
-      const f = `broker did not start: ${shortReason(why)}`;
-      scenarios[scenario] = { throughput: [failedThroughput(f)], latency: scenario === 'qos1' ? [failedLatency(f)] : [] };
+      console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title}: broker did not start: ${why}`);
+      scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
       continue;
     }
-    console.log(`\n[${name}] ${TITLES[scenario]} (pid ${broker.pid}, ${broker.host}:${broker.port})`);
-    const outcome: ScenarioOutcome = { throughput: [], latency: [] };
+    console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title} (pid ${broker.pid}, ${broker.host}:${broker.ports[SCENARIO_INFO[s].transport]} ${SCENARIO_INFO[s].transport})`);
     try {
-      const spec = throughputSpec(scenario, opts.durationMs, opts.windows[scenario]);
-      if (opts.warmupMs > 0) {
-        const w = await guarded(broker, () => runThroughput(broker, { ...spec, durationMs: opts.warmupMs }), failedThroughput);
-        console.log(`  warm-up         ${w.ok ? `${int(w.deliveriesPerS)} deliveries/s (discarded)` : `FAILED: ${w.failure}`}`);
-      }
-      for (let r = 1; r <= opts.runs; r++) {
-        await waitIdle(opts.waitIdleS);
-        const res = await guarded(broker, () => runThroughput(broker, spec), failedThroughput);
-        outcome.throughput.push(res);
-        console.log(`  run ${r}/${opts.runs}       ${describeThroughput(res)}`);
-      }
-      if (scenario === 'qos1') {
-        for (let r = 1; r <= opts.runs; r++) {
-          await waitIdle(opts.waitIdleS);
-          const res = await guarded(broker, () => runLatency(broker, { topic: 'bench/qos1/latency', payloadSize: PAYLOAD, ratePerS: opts.rate, durationMs: opts.durationMs }), failedLatency);
-          outcome.latency.push(res);
-          console.log(`  latency ${r}/${opts.runs}   ${describeLatency(res)}`);
-        }
-      }
+      scenarios[s] = await runScenario(broker, s, opts, files);
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      console.log(`  FAILED: ${why}`);
+      scenarios[s] = { main: [failed(why)], latency: [] };
     } finally {
       await broker.stop();
     }
-    scenarios[scenario] = outcome;
   }
   return { scenarios };
-}
-
-// ---------- reporting ----------
-
-interface Summary {
-  /** Median, min, max over successful runs; null when any run failed or none ran. */
-  value: { median: number; min: number; max: number } | null;
-  failure?: string;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function summarize<R extends { ok: boolean; failure?: string }>(runs: R[], pick: (r: R) => number): Summary {
-  if (runs.length === 0) return { value: null, failure: 'not run' };
-  const failed = runs.filter((r) => !r.ok);
-  if (failed.length > 0) return { value: null, failure: `FAIL (${failed.length}/${runs.length} runs): ${failed[0]!.failure}` };
-  const xs = runs.map(pick);
-  return { value: { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) } };
-}
-
-const fmtRange = (s: Summary, f: (x: number) => string): string =>
-  s.value === null ? (s.failure ?? 'n/a').replaceAll('|', '\\|').replaceAll('\n', ' ') : `${f(s.value.median)} (${f(s.value.min)}–${f(s.value.max)})`;
-
-function ratio(a: Summary, b: Summary | undefined): string {
-  if (!a.value || !b?.value || b.value.median === 0) return 'n/a';
-  return `${(a.value.median / b.value.median).toFixed(2)}×`;
-}
-
-function gitDescribe(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: projectRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    return dirty ? `${sha} (src/ has uncommitted changes)` : sha;
-  } catch {
-    return 'unknown';
-  }
-}
-
-function pkgVersion(file: string): string {
-  try {
-    return (JSON.parse(readFileSync(file, 'utf8')) as { version?: string }).version ?? '?';
-  } catch {
-    return '?';
-  }
-}
-
-/** CPU cores kept busy by other processes while the benchmark is idle (null without /proc). */
-async function idleLoad(ms = 1000): Promise<number | null> {
-  const a = systemBusySeconds();
-  const own = process.cpuUsage();
-  await sleep(ms);
-  const b = systemBusySeconds();
-  if (a === null || b === null) return null;
-  const mine = process.cpuUsage(own);
-  return Math.max(0, ((b - a) * 1000 - (mine.user + mine.system) / 1000) / ms);
-}
-
-/**
- * --wait-idle: waits until two consecutive 500 ms windows show other processes below 10 % of a CPU
- * (the broker between runs is idle, so it does not count), or until maxS seconds have passed.
- */
-async function waitIdle(maxS: number): Promise<void> {
-  if (maxS <= 0) return;
-  const deadline = Date.now() + maxS * 1000;
-  let quiet = 0;
-  let waited = false;
-  while (Date.now() < deadline) {
-    const load = await idleLoad(500);
-    if (load === null) return;
-    quiet = load < 0.1 ? quiet + 1 : 0;
-    if (quiet >= 2) break;
-    if (!waited && load >= 0.1) {
-      waited = true;
-      process.stdout.write(`  (waiting up to ${maxS} s for other processes to go quiet: ${load.toFixed(2)} CPU busy) `);
-    }
-  }
-  if (waited) console.log(quiet >= 2 ? 'quiet' : 'gave up, running anyway');
-}
-
-function describeLoad(load: number | null): string {
-  if (load === null) return 'unknown (no /proc/stat)';
-  return `${load.toFixed(2)} CPU busy with other processes${load > 0.15 ? ' — NOT idle: numbers will be noisy and low' : ' (idle)'}`;
-}
-
-function report(opts: Options, pin: Pinning, outcomes: Map<BrokerName, BrokerOutcome>, startedAt: Date, wallS: number, loads: [number | null, number | null]): string {
-  const lines: string[] = [];
-  const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  lines.push('# Portcullis benchmark', '');
-  lines.push(`- Date: ${startedAt.toISOString()}; total wall time ${wallS.toFixed(0)} s`);
-  lines.push(`- Machine: ${cpu}, ${os.cpus().length} CPUs, ${os.type()} ${os.release()}, Node ${process.version}`);
-  lines.push(`- CPU pinning: ${pin.note}`);
-  lines.push(`- Background load: before ${describeLoad(loads[0])}; after ${describeLoad(loads[1])}${opts.waitIdleS > 0 ? `; each run waited up to ${opts.waitIdleS} s for a quiet machine (--wait-idle)` : ''}`);
-  lines.push(`- Portcullis ${pkgVersion(path.join(projectRoot, 'package.json'))} at ${gitDescribe()}; Aedes ${pkgVersion(path.join(projectRoot, 'node_modules', 'aedes', 'package.json'))}; Mosquitto ${mosquittoVersion() ?? 'not installed'}`);
-  lines.push(`- ${opts.runs} measured run(s) per scenario after ${opts.warmupMs / 1000} s warm-up; ${opts.durationMs / 1000} s of publishing per run; ${PAYLOAD} B payloads; MQTT 3.1.1; latency run paced at ${opts.rate} msg/s; flow-control windows per publisher ${Object.entries(opts.windows).filter(([k]) => opts.scenarios.includes(k as ScenarioName)).map(([k, v]) => `${k}=${v}`).join(', ')}`);
-  lines.push('- Values: median (min–max) over the runs. Throughput = unique messages received by subscribers per second.');
-  lines.push('');
-  for (const [name, o] of outcomes) if ('unavailable' in o) lines.push(`> **${name} skipped:** ${o.unavailable}`, '');
-
-  const ran = [...outcomes].filter(([, o]) => 'scenarios' in o).map(([n]) => n);
-  const get = (b: BrokerName, s: ScenarioName): ScenarioOutcome | undefined => {
-    const o = outcomes.get(b);
-    return o && 'scenarios' in o ? o.scenarios[s] : undefined;
-  };
-
-  // Summary table
-  type Row = { label: string; per: Map<BrokerName, Summary>; fmt: (x: number) => string; lowerIsBetter?: boolean };
-  const rows: Row[] = [];
-  for (const s of opts.scenarios) {
-    const tp = new Map<BrokerName, Summary>();
-    for (const b of ran) tp.set(b, summarize(get(b, s)?.throughput ?? [], (r) => r.deliveriesPerS));
-    rows.push({ label: `${TITLES[s]}: msgs/s`, per: tp, fmt: int });
-    if (s === 'qos1') {
-      const p50 = new Map<BrokerName, Summary>();
-      const p99 = new Map<BrokerName, Summary>();
-      for (const b of ran) {
-        p50.set(b, summarize(get(b, s)?.latency ?? [], (r) => r.p50Ms));
-        p99.set(b, summarize(get(b, s)?.latency ?? [], (r) => r.p99Ms));
-      }
-      rows.push({ label: `QoS 1 latency p50 @ ${opts.rate} msg/s: ms`, per: p50, fmt: ms, lowerIsBetter: true });
-      rows.push({ label: `QoS 1 latency p99 @ ${opts.rate} msg/s: ms`, per: p99, fmt: ms, lowerIsBetter: true });
-    }
-  }
-  const ratioCols = (['aedes', 'mosquitto'] as const).filter((b) => ran.includes('portcullis') && ran.includes(b));
-  lines.push('## Summary', '');
-  lines.push(`| Scenario | ${ran.map(cap).join(' | ')} |${ratioCols.map((b) => ` Portcullis/${cap(b)} |`).join('')}`);
-  lines.push(`|---|${ran.map(() => '---:').join('|')}|${ratioCols.map(() => '---:|').join('')}`);
-  for (const row of rows) {
-    const cells = ran.map((b) => fmtRange(row.per.get(b)!, row.fmt));
-    const ratios = ratioCols.map((b) => ratio(row.per.get('portcullis')!, row.per.get(b)));
-    lines.push(`| ${row.label}${row.lowerIsBetter ? ' (lower is better)' : ''} | ${cells.join(' | ')} |${ratios.map((r) => ` ${r} |`).join('')}`);
-  }
-  if (ratioCols.length === 0 && ran.length > 0) lines.push('', '_No ratios: Portcullis and at least one other broker must both run._');
-  lines.push('');
-
-  // Details
-  lines.push('## Details', '');
-  lines.push('| Broker | Scenario | Throughput msgs/s | Publishes/s | Lost | Duplicates | Generator CPU | Broker CPU | Other CPU |');
-  lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
-  const warnings: string[] = [];
-  for (const b of ran) {
-    for (const s of opts.scenarios) {
-      const o = get(b, s);
-      if (!o) continue;
-      const ok = o.throughput.filter((r) => r.ok);
-      const failed = o.throughput.length - ok.length;
-      const f = (xs: number[], fmt: (x: number) => string): string => (xs.length ? `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})` : 'n/a');
-      const lost = ok.map((r) => r.lost);
-      const lostPct = ok.map((r) => (r.expected ? r.lost / r.expected : 0));
-      const gen = ok.map((r) => r.generatorCpu);
-      const brk = ok.map((r) => r.brokerCpu).filter((x): x is number => x !== null);
-      const other = ok.map((r) => r.otherCpu).filter((x): x is number => x !== null);
-      lines.push(
-        `| ${cap(b)} | ${s} | ${failed ? `${failed}/${o.throughput.length} runs FAILED; ` : ''}${f(ok.map((r) => r.deliveriesPerS), int)} | ${f(ok.map((r) => r.publishesPerS), int)} | ${f(lost, int)}${lost.some((x) => x > 0) ? ` (max ${(Math.max(...lostPct) * 100).toFixed(2)}%)` : ''} | ${f(ok.map((r) => r.duplicates), int)} | ${f(gen, pct)} | ${brk.length ? f(brk, pct) : 'n/a'} | ${other.length ? f(other, pct) : 'n/a'} |`,
-      );
-      if (other.length && Math.max(...other) > 0.15) warnings.push(`${cap(b)} ${s}: other processes used up to ${pct(Math.max(...other))} of a CPU during the runs: the machine was not idle, numbers are noisy.`);
-      if (gen.length && median(gen) > 0.9) {
-        const bm = brk.length ? median(brk) : null;
-        warnings.push(
-          bm !== null && bm > 0.95
-            ? `${cap(b)} ${s}: the load generator used ${pct(median(gen))} of its CPU, but the broker was at ${pct(bm)}: still broker-bound, with little headroom.`
-            : `${cap(b)} ${s}: the load generator used ${pct(median(gen))} of its CPU (broker ${pct(bm)}): this number may be generator-bound.`,
-        );
-      }
-      const quiet = other.length === 0 || median(other) < 0.15; // otherwise the other processes explain it
-      if (quiet && gen.length && brk.length && median(gen) < 0.75 && median(brk) < 0.75) warnings.push(`${cap(b)} ${s}: neither broker (${pct(median(brk))}) nor generator (${pct(median(gen))}) saturated a CPU: the flow-control window or the broker's own flow control limits throughput.`);
-      for (const r of o.throughput) if (!r.ok) warnings.push(`${cap(b)} ${s}: run failed: ${r.failure}`);
-      for (const r of o.latency) if (!r.ok) warnings.push(`${cap(b)} ${s} latency: run failed: ${r.failure}`);
-      const latOther = o.latency.filter((r) => r.ok && r.otherCpu !== null).map((r) => r.otherCpu!);
-      if (latOther.length && Math.max(...latOther) > 0.15) warnings.push(`${cap(b)} ${s} latency: other processes used up to ${pct(Math.max(...latOther))} of a CPU during the runs: p99 and max are inflated.`);
-      if (ok.some((r) => r.outOfOrder > 0)) warnings.push(`${cap(b)} ${s}: messages from one publisher arrived out of order.`);
-    }
-  }
-  lines.push('');
-  if (ran.some((b) => get(b, 'qos1')?.latency.length)) {
-    lines.push('| Broker | QoS 1 latency @ paced rate | p50 ms | p99 ms | max ms | Achieved msg/s | Generator CPU | Broker CPU | Other CPU |');
-    lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
-    for (const b of ran) {
-      const o = get(b, 'qos1');
-      if (!o?.latency.length) continue;
-      const ok = o.latency.filter((r) => r.ok);
-      const f = (xs: number[], fmt: (x: number) => string): string => (xs.length ? `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})` : 'n/a');
-      const brk = ok.map((r) => r.brokerCpu).filter((x): x is number => x !== null);
-      const other = ok.map((r) => r.otherCpu).filter((x): x is number => x !== null);
-      const failed = o.latency.length - ok.length;
-      lines.push(`| ${cap(b)} | ${failed ? `${failed}/${o.latency.length} runs FAILED` : `${ok.length} runs`} | ${f(ok.map((r) => r.p50Ms), ms)} | ${f(ok.map((r) => r.p99Ms), ms)} | ${f(ok.map((r) => r.maxMs), ms)} | ${f(ok.map((r) => r.ratePerS), int)} | ${f(ok.map((r) => r.generatorCpu), pct)} | ${brk.length ? f(brk, pct) : 'n/a'} | ${other.length ? f(other, pct) : 'n/a'} |`);
-    }
-    lines.push('');
-  }
-  if (warnings.length) {
-    lines.push('## Warnings', '');
-    for (const w of warnings) lines.push(`- ${w}`);
-    lines.push('');
-  }
-  lines.push('CPU figures are fractions of one core over each run (user + system). Broker CPU near 100% means the broker is the bottleneck, as intended; "Other CPU" is everything else on the machine during the run (should be near 0%).');
-  return lines.join('\n') + '\n';
-}
-
-function cap(s: string): string {
-  return s === 'portcullis' ? 'Portcullis' : s === 'aedes' ? 'Aedes' : s === 'mosquitto' ? 'Mosquitto' : s;
 }
 
 // ---------- main ----------
@@ -453,24 +317,35 @@ function cap(s: string): string {
 const opts = parseOptions();
 const pin = setupPinning(opts.pin);
 const startedAt = new Date();
-console.log(`Portcullis benchmark: brokers ${opts.brokers.join(', ')}; scenarios ${opts.scenarios.join(', ')}; ${opts.runs} run(s) × ${opts.durationMs / 1000} s`);
+const estimate = estimateSeconds(opts);
+console.log(
+  `Portcullis benchmark${opts.quick ? ' (quick)' : ''}: brokers ${opts.brokers.join(', ')}; security ${opts.security.join(', ')}; scenarios ${opts.scenarios.join(', ')}; ${opts.runs} run(s) × ${opts.durationMs / 1000} s`,
+);
+console.log(`Estimated duration: ~${Math.ceil(estimate / 60)} min (${Math.round(estimate)} s)`);
 console.log(pin.note);
 const loadBefore = await idleLoad();
 console.log(`Background load: ${describeLoad(loadBefore)}`);
-
-const outcomes = new Map<BrokerName, BrokerOutcome>();
-for (const b of opts.brokers) {
-  try {
-    outcomes.set(b, await runBroker(b, opts, pin));
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    console.log(`\n[${b}] ABORTED: ${why}`);
-    outcomes.set(b, { unavailable: `aborted: ${shortReason(why)}` });
+console.log('Making the PKI, password files and ACLs ...');
+const files = await makeBenchFiles();
+const results: Results = {};
+try {
+  for (const b of opts.brokers) {
+    for (const sec of opts.security) {
+      const key = `${b}/${sec}`;
+      try {
+        results[key] = await runConfig(b, sec, opts, pin, files);
+      } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
+        console.log(`\n[${b}, security ${sec}] ABORTED: ${why}`);
+        results[key] = { unavailable: `aborted: ${shortReason(why)}`, scenarios: {} };
+      }
+    }
   }
+} finally {
+  files.cleanup();
 }
-
 const loadAfter = await idleLoad();
-const md = report(opts, pin, outcomes, startedAt, (Date.now() - startedAt.getTime()) / 1000, [loadBefore, loadAfter]);
+const md = report(opts, pin, results, startedAt, (Date.now() - startedAt.getTime()) / 1000, estimate, [loadBefore, loadAfter]);
 console.log(`\n${md}`);
 mkdirSync(path.dirname(opts.out), { recursive: true });
 writeFileSync(opts.out, md);

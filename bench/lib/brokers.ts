@@ -1,6 +1,8 @@
 /**
- * Starts each broker in its own child process (pinned to CPU 0 when taskset is available),
- * waits until it accepts connections, samples its CPU time from /proc, and stops it.
+ * Starts each broker in its own child process (pinned to CPU 0 when taskset is available), in one
+ * of two configurations (security off / on), with three listeners each: plain TCP, TLS (server
+ * certificate only) and mTLS (client certificate required). Waits until it accepts connections,
+ * samples its CPU time and RSS from /proc, and stops it.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
@@ -8,9 +10,22 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseConfig } from '../../src/config/schema.ts';
+import type { BenchFiles } from './security.ts';
 
 export const BROKERS = ['portcullis', 'aedes', 'mosquitto'] as const;
 export type BrokerName = (typeof BROKERS)[number];
+
+/**
+ * off: anonymous, allow-all, no audit (the mTLS listener still requires a client certificate).
+ * on: passwords (TLS: passwords over TLS; mTLS: the certificate), a 1,000-rule ACL, and for
+ * Portcullis the default audit to a file.
+ */
+export const SECURITY = ['off', 'on'] as const;
+export type Security = (typeof SECURITY)[number];
+
+/** The three listeners every broker opens. */
+export type Transport = 'tcp' | 'tls' | 'mtls';
 
 export const DEFAULT_MOSQUITTO = '/usr/sbin/mosquitto';
 let mosquittoPath = DEFAULT_MOSQUITTO;
@@ -45,11 +60,14 @@ export function setupPinning(enabled: boolean): Pinning {
 
 export interface RunningBrokerProcess {
   name: BrokerName;
+  security: Security;
   host: string;
-  port: number;
+  ports: Record<Transport, number>;
   pid: number;
   /** Broker CPU seconds (user+system) so far, or null when /proc is unavailable. */
   cpuSeconds(): number | null;
+  /** Resident set size in KiB, from /proc/<pid>/status; null when unavailable. */
+  rssKb(): number | null;
   /** Set when the process exited on its own. */
   exited: string | null;
   stderrTail(): string;
@@ -65,14 +83,57 @@ export function mosquittoVersion(): string | null {
   return m ? m[1]! : 'unknown';
 }
 
-export async function startBroker(name: BrokerName, pin: Pinning): Promise<RunningBrokerProcess> {
+let instance = 0;
+
+export async function startBroker(name: BrokerName, security: Security, files: BenchFiles, pin: Pinning): Promise<RunningBrokerProcess> {
+  const config = path.join(files.dir, `${name}-${security}-${++instance}.json`);
   switch (name) {
     case 'portcullis':
+      writeFileSync(config, JSON.stringify(portcullisConfig(security, files)));
+      return startNodeServer(name, security, config, pin);
     case 'aedes':
-      return startNodeServer(name, pin);
+      writeFileSync(config, JSON.stringify({ security, host: HOST, ca: files.ca, cert: files.serverCert, key: files.serverKey, securityFile: files.aedesSecurityFile }));
+      return startNodeServer(name, security, config, pin);
     case 'mosquitto':
-      return startMosquitto(pin);
+      return startMosquitto(security, files, pin);
   }
+}
+
+/** Whether this Portcullis has per-address connection caps (limits.maxConnectionsPerIp, limits.connectRate). */
+let admissionLimits: boolean | null = null;
+
+/**
+ * The Portcullis configuration. Per-address connection caps and the connect rate limit are lifted
+ * in both modes: every benchmark client comes from 127.0.0.1, and the connect loops and the 5,000
+ * idle connections would otherwise measure the limiter, not the broker.
+ */
+export function portcullisConfig(security: Security, files: BenchFiles): Record<string, unknown> {
+  const on = security === 'on';
+  const password = { provider: 'password', file: files.portcullisPasswordFile, watch: false };
+  const tlsFiles = { cert: files.serverCert, key: files.serverKey };
+  const config: Record<string, unknown> = {
+    listeners: [
+      { name: 'tcp', type: 'tcp', host: HOST, port: 0, auth: on ? [password] : ['anonymous'] },
+      { name: 'tls', type: 'tls', host: HOST, port: 0, ...tlsFiles, auth: on ? [password] : ['anonymous'] },
+      { name: 'mtls', type: 'tls', host: HOST, port: 0, ...tlsFiles, ca: files.ca, requireClientCert: true, auth: ['certificate'] },
+    ],
+    authorizers: on ? [{ type: 'casbin', model: path.join(projectRoot, 'policies', 'model.conf'), policy: files.casbinPolicyFile, watch: false }] : ['allow-all'],
+    log: { level: 'silent' },
+    audit: on ? { sink: 'file', path: path.join(files.dir, `audit-${instance}.jsonl`) } : { sink: 'none' },
+    ...(on ? { credentialCache: { enabled: true } } : {}),
+  };
+  if (admissionLimits !== false) {
+    const withLimits = { ...config, limits: { maxConnectionsPerIp: 100_000, connectRate: { perSecond: 0, burst: 1 } } };
+    try {
+      parseConfig(withLimits);
+      admissionLimits = true;
+      return withLimits;
+    } catch {
+      admissionLimits = false;
+    }
+  }
+  parseConfig(config); // throws a ConfigError naming the key if the schema moved on
+  return config;
 }
 
 function pinned(pin: Pinning, cmd: string, args: string[]): [string, string[]] {
@@ -80,21 +141,21 @@ function pinned(pin: Pinning, cmd: string, args: string[]): [string, string[]] {
   return pin.brokerCpu === null ? [cmd, args] : ['taskset', ['-c', pin.brokerCpu, cmd, ...args]];
 }
 
-async function startNodeServer(name: 'portcullis' | 'aedes', pin: Pinning): Promise<RunningBrokerProcess> {
+async function startNodeServer(name: 'portcullis' | 'aedes', security: Security, config: string, pin: Pinning): Promise<RunningBrokerProcess> {
   const script = path.join(benchDir, 'servers', `${name}.ts`);
   // `node --import tsx` (not `npx tsx`) so the broker is a single process whose CPU we can read.
-  const [cmd, args] = pinned(pin, process.execPath, ['--import', 'tsx', script, '--host', HOST, '--port', '0']);
+  const [cmd, args] = pinned(pin, process.execPath, ['--import', 'tsx', script, '--config', config]);
   const child = spawn(cmd, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
-  const proc = wrap(name, child, HOST);
-  const port = await new Promise<number>((resolve, reject) => {
+  const proc = wrap(name, security, child, HOST);
+  const ports = await new Promise<Record<Transport, number>>((resolve, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new BrokerUnavailable(`${name} server did not report ready within 30 s${tail(proc)}`)), 30_000);
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString('utf8');
-      const m = /^READY (\d+)$/m.exec(out);
+      const m = /^READY (\{.*\})$/m.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve(Number(m[1]));
+        resolve(JSON.parse(m[1]!) as Record<Transport, number>);
       }
     });
     child.once('exit', (code, signal) => {
@@ -109,13 +170,15 @@ async function startNodeServer(name: 'portcullis' | 'aedes', pin: Pinning): Prom
     await proc.stop();
     throw e;
   });
-  proc.port = port;
+  proc.ports = ports;
   return proc;
 }
 
-async function startMosquitto(pin: Pinning): Promise<RunningBrokerProcess> {
+async function startMosquitto(security: Security, files: BenchFiles, pin: Pinning): Promise<RunningBrokerProcess> {
   if (!existsSync(mosquittoPath)) throw new BrokerUnavailable(`${mosquittoPath} not found: Mosquitto skipped (install it, e.g. apt-get install mosquitto, or pass --mosquitto PATH)`);
-  const port = await freePort();
+  const on = security === 'on';
+  if (on && files.mosquittoPasswordFile === null) throw new BrokerUnavailable('mosquitto_passwd not found: Mosquitto with security on skipped');
+  const ports = { tcp: await freePort(), tls: await freePort(), mtls: await freePort() };
   const dir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-mosquitto-'));
   const conf = path.join(dir, 'mosquitto.conf');
   // Defaults otherwise (max_inflight_messages 20, max_queued_messages 1000, Nagle on), like the other brokers.
@@ -123,29 +186,43 @@ async function startMosquitto(pin: Pinning): Promise<RunningBrokerProcess> {
     conf,
     [
       '# generated by bench/lib/brokers.ts',
-      `listener ${port} ${HOST}`,
-      'allow_anonymous true',
+      'per_listener_settings false',
+      ...(process.getuid?.() === 0 ? ['user root'] : []), // as root, mosquitto would drop to a user that cannot read the 0600 files
+      `allow_anonymous ${on ? 'false' : 'true'}`,
+      ...(on ? [`password_file ${files.mosquittoPasswordFile}`, `acl_file ${files.mosquittoAclFile}`] : []),
       'persistence false',
       'log_dest stderr',
       'log_type error',
       'log_type warning',
+      `listener ${ports.tcp} ${HOST}`,
+      `listener ${ports.tls} ${HOST}`,
+      `certfile ${files.serverCert}`,
+      `keyfile ${files.serverKey}`,
+      'tls_version tlsv1.2', // Mosquitto 2.0: TLS 1.2 or newer, as Portcullis
+      `listener ${ports.mtls} ${HOST}`,
+      `cafile ${files.ca}`,
+      `certfile ${files.serverCert}`,
+      `keyfile ${files.serverKey}`,
+      'tls_version tlsv1.2',
+      'require_certificate true',
+      ...(on ? ['use_identity_as_username true'] : []),
       '',
     ].join('\n'),
   );
   const [cmd, args] = pinned(pin, mosquittoPath, ['-c', conf]);
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const proc = wrap('mosquitto', child, HOST, () => rmSync(dir, { recursive: true, force: true }));
-  proc.port = port;
+  const proc = wrap('mosquitto', security, child, HOST, () => rmSync(dir, { recursive: true, force: true }));
+  proc.ports = ports;
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (proc.exited) {
       await proc.stop();
       throw new BrokerUnavailable(`mosquitto exited: ${proc.exited}${tail(proc)}`);
     }
-    if (await canConnect(HOST, port)) return proc;
+    if ((await canConnect(HOST, ports.tcp)) && (await canConnect(HOST, ports.mtls))) return proc;
     if (Date.now() > deadline) {
       await proc.stop();
-      throw new BrokerUnavailable(`mosquitto did not accept connections on ${HOST}:${port} within 10 s${tail(proc)}`);
+      throw new BrokerUnavailable(`mosquitto did not accept connections on ${HOST}:${ports.tcp} within 10 s${tail(proc)}`);
     }
     await sleep(50);
   }
@@ -174,7 +251,7 @@ function hookExit(): void {
   }
 }
 
-function wrap(name: BrokerName, child: ChildProcess, host: string, cleanup?: () => void): RunningBrokerProcess & { port: number } {
+function wrap(name: BrokerName, security: Security, child: ChildProcess, host: string, cleanup?: () => void): RunningBrokerProcess {
   hookExit();
   live.add(child);
   child.once('exit', () => live.delete(child));
@@ -185,11 +262,13 @@ function wrap(name: BrokerName, child: ChildProcess, host: string, cleanup?: () 
   let exitPromise: Promise<void>;
   const proc = {
     name,
+    security,
     host,
-    port: 0,
+    ports: { tcp: 0, tls: 0, mtls: 0 },
     pid: child.pid ?? -1,
     exited: null as string | null,
     cpuSeconds: () => procCpuSeconds(child.pid),
+    rssKb: () => procRssKb(child.pid),
     stderrTail: () => stderr,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
@@ -245,6 +324,17 @@ export function procCpuSeconds(pid: number | undefined): number | null {
     // after "pid (comm) ": state is field 0; utime is field 11, stime field 12
     const ticks = Number(fields[11]) + Number(fields[12]);
     return ticks / ticksPerSecond();
+  } catch {
+    return null;
+  }
+}
+
+/** VmRSS of a process in KiB; null when not on Linux or the process is gone. */
+export function procRssKb(pid: number | undefined): number | null {
+  if (pid === undefined || process.platform !== 'linux') return null;
+  try {
+    const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
   } catch {
     return null;
   }

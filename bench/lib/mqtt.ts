@@ -9,6 +9,9 @@ export const PacketType = {
   CONNACK: 2,
   PUBLISH: 3,
   PUBACK: 4,
+  PUBREC: 5,
+  PUBREL: 6,
+  PUBCOMP: 7,
   SUBSCRIBE: 8,
   SUBACK: 9,
   PINGRESP: 13,
@@ -36,37 +39,56 @@ function writeString(buf: Buffer, offset: number, s: Buffer): number {
   return offset + 2 + s.length;
 }
 
-/** CONNECT, protocol level 4 (3.1.1), clean session, no will, no credentials. */
-export function encodeConnect(clientId: string, keepAlive = 60): Buffer {
+export type QoS = 0 | 1 | 2;
+
+/** User name and password sent in CONNECT. */
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+/** CONNECT, protocol level 4 (3.1.1), clean session, no will; user name and password when given. */
+export function encodeConnect(clientId: string, keepAlive = 60, credentials?: Credentials): Buffer {
   const id = Buffer.from(clientId, 'utf8');
-  const remaining = 10 + 2 + id.length;
+  const user = credentials ? Buffer.from(credentials.username, 'utf8') : null;
+  const pass = credentials ? Buffer.from(credentials.password, 'utf8') : null;
+  const remaining = 10 + 2 + id.length + (user ? 2 + user.length : 0) + (pass ? 2 + pass.length : 0);
   const buf = Buffer.alloc(1 + varintSize(remaining) + remaining);
   buf[0] = 0x10;
   let o = writeVarint(buf, 1, remaining);
   o = writeString(buf, o, Buffer.from('MQTT'));
   buf[o++] = 4; // protocol level
-  buf[o++] = 0x02; // clean session
+  buf[o++] = 0x02 | (user ? 0x80 : 0) | (pass ? 0x40 : 0); // clean session, user name, password
   buf.writeUInt16BE(keepAlive, o);
   o += 2;
-  writeString(buf, o, id);
+  o = writeString(buf, o, id);
+  if (user) o = writeString(buf, o, user);
+  if (pass) writeString(buf, o, pass);
   return buf;
 }
 
-export function encodeSubscribe(packetId: number, topic: string, qos: 0 | 1): Buffer {
-  const t = Buffer.from(topic, 'utf8');
-  const remaining = 2 + 2 + t.length + 1;
+/** SUBSCRIBE with one or more filters, all at the same maximum QoS. */
+export function encodeSubscribe(packetId: number, topics: string | string[], qos: QoS): Buffer {
+  const ts = (Array.isArray(topics) ? topics : [topics]).map((t) => Buffer.from(t, 'utf8'));
+  const remaining = 2 + ts.reduce((a, t) => a + 2 + t.length + 1, 0);
   const buf = Buffer.alloc(1 + varintSize(remaining) + remaining);
   buf[0] = 0x82;
   let o = writeVarint(buf, 1, remaining);
   buf.writeUInt16BE(packetId, o);
-  o = writeString(buf, o + 2, t);
-  buf[o] = qos;
+  o += 2;
+  for (const t of ts) {
+    o = writeString(buf, o, t);
+    buf[o++] = qos;
+  }
   return buf;
 }
 
 export function encodePuback(packetId: number): Buffer {
   return Buffer.from([0x40, 0x02, packetId >> 8, packetId & 0xff]);
 }
+
+/** First byte of the four two-byte acknowledgements (PUBREL has the mandatory flags 0b0010). */
+export const ACK_HEADER = { puback: 0x40, pubrec: 0x50, pubrel: 0x62, pubcomp: 0x70 } as const;
 
 export const DISCONNECT = Buffer.from([0xe0, 0x00]);
 
@@ -88,15 +110,16 @@ export class PublishTemplate {
 
   constructor(
     topic: string,
-    readonly qos: 0 | 1,
+    readonly qos: QoS,
     readonly payloadSize: number,
+    readonly retain = false,
   ) {
     if (payloadSize < PAYLOAD_HEADER) throw new Error(`payload must be at least ${PAYLOAD_HEADER} bytes`);
     const t = Buffer.from(topic, 'utf8');
     const remaining = 2 + t.length + (qos > 0 ? 2 : 0) + payloadSize;
     this.packetSize = 1 + varintSize(remaining) + remaining;
     const head = Buffer.alloc(this.packetSize - payloadSize);
-    head[0] = 0x30 | (qos << 1);
+    head[0] = 0x30 | (qos << 1) | (retain ? 1 : 0);
     let o = writeVarint(head, 1, remaining);
     o = writeString(head, o, t);
     this.prefix = head;
@@ -120,7 +143,12 @@ export class PublishTemplate {
 export interface ReceivedPublish {
   qos: number;
   dup: boolean;
+  retain: boolean;
   packetId: number;
+  /** Topic bytes [topicStart, topicEnd) in the chunk being parsed (valid only during the callback). */
+  buf: Buffer;
+  topicStart: number;
+  topicEnd: number;
   publisher: number;
   seq: number;
   sentAt: number;
@@ -137,7 +165,7 @@ export interface FrameHandlers {
 /** Streaming MQTT frame reader: feed it socket chunks, it calls the handlers per complete packet. */
 export class FrameReader {
   private pending: Buffer | null = null;
-  private readonly pub: ReceivedPublish = { qos: 0, dup: false, packetId: 0, publisher: 0, seq: 0, sentAt: 0, payloadLength: 0 };
+  private readonly pub: ReceivedPublish = { qos: 0, dup: false, retain: false, packetId: 0, buf: Buffer.alloc(0), topicStart: 0, topicEnd: 0, publisher: 0, seq: 0, sentAt: 0, payloadLength: 0 };
   private failed = false;
 
   constructor(private readonly handlers: FrameHandlers) {}
@@ -180,7 +208,11 @@ export class FrameReader {
         const p = this.pub;
         p.qos = (flags >> 1) & 3;
         p.dup = (flags & 8) !== 0;
+        p.retain = (flags & 1) !== 0;
+        p.buf = buf;
+        p.topicStart = start + 2;
         let q = start + 2 + buf.readUInt16BE(start);
+        p.topicEnd = q;
         if (p.qos > 0) {
           p.packetId = buf.readUInt16BE(q);
           q += 2;

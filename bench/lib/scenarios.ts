@@ -6,18 +6,20 @@
  * sequence number received, so a lost QoS 0 message does not shrink the window forever.
  */
 import { performance } from 'node:perf_hooks';
-import { BenchClient, withTimeout } from './client.ts';
-import { PublishTemplate, type ReceivedPublish } from './mqtt.ts';
+import { BenchClient, withTimeout, type Endpoint } from './client.ts';
+import { PublishTemplate, type QoS, type ReceivedPublish } from './mqtt.ts';
 import { systemBusySeconds, type RunningBrokerProcess } from './brokers.ts';
 
 export interface ThroughputSpec {
   publishers: number;
   subscribers: number;
-  qos: 0 | 1;
-  /** Topic published by publisher i. */
-  topic: (i: number) => string;
-  /** Filter every subscriber subscribes to. */
-  filter: string;
+  qos: QoS;
+  /** Topic published by publisher i; with several, the publisher cycles through them message by message. */
+  topic: (i: number) => string | string[];
+  /** Filter(s) subscriber s subscribes to. Every subscriber must match every published topic exactly once. */
+  filter: string | ((s: number) => string | string[]);
+  /** Filters one extra client subscribes to that match nothing published (a bigger subscription tree). */
+  background?: string[];
   payloadSize: number;
   window: number;
   durationMs: number;
@@ -109,7 +111,7 @@ interface Clients {
 
 let runCounter = 0;
 
-async function connectClients(broker: RunningBrokerProcess, publishers: number, subscribers: number, filter: string, qos: 0 | 1, onFailure: (e: Error) => void): Promise<Clients> {
+async function connectClients(endpoint: Endpoint, publishers: number, subscribers: number, filter: ThroughputSpec['filter'], qos: QoS, onFailure: (e: Error) => void, background: string[] = []): Promise<Clients> {
   const tag = `bench-${process.pid}-${++runCounter}`;
   const all: BenchClient[] = [];
   const closeAll = async (): Promise<void> => {
@@ -118,15 +120,20 @@ async function connectClients(broker: RunningBrokerProcess, publishers: number, 
   try {
     const subs = await Promise.all(
       Array.from({ length: subscribers }, async (_, i) => {
-        const c = await BenchClient.connect(broker.host, broker.port, `${tag}-sub-${i}`);
+        const c = await BenchClient.connect(endpoint, `${tag}-sub-${i}`);
         all.push(c);
-        await c.subscribe(1, filter, qos);
+        await c.subscribe(1, typeof filter === 'function' ? filter(i) : filter, qos);
         return c;
       }),
     );
+    if (background.length > 0) {
+      const c = await BenchClient.connect(endpoint, `${tag}-background`);
+      all.push(c);
+      for (let i = 0; i < background.length; i += 100) await c.subscribe(1 + i / 100, background.slice(i, i + 100), qos);
+    }
     const pubs = await Promise.all(
       Array.from({ length: publishers }, async (_, i) => {
-        const c = await BenchClient.connect(broker.host, broker.port, `${tag}-pub-${i}`);
+        const c = await BenchClient.connect(endpoint, `${tag}-pub-${i}`);
         all.push(c);
         return c;
       }),
@@ -181,7 +188,7 @@ const STALL_MS = 2000;
 const SETTLE_MS = 200;
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, SETTLE_MS));
 
-export async function runThroughput(broker: RunningBrokerProcess, spec: ThroughputSpec): Promise<ThroughputResult> {
+export async function runThroughput(broker: RunningBrokerProcess, endpoint: Endpoint, spec: ThroughputSpec): Promise<ThroughputResult> {
   const { publishers: P, subscribers: S, qos, window } = spec;
   let failure: string | null = null;
   let finish: () => void = () => {};
@@ -192,16 +199,19 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
     failure ??= why;
     finish();
   };
-  const clients = await connectClients(broker, P, S, spec.filter, qos, (e) => fail(`client error: ${e.message}`));
+  const clients = await connectClients(endpoint, P, S, spec.filter, qos, (e) => fail(`client error: ${e.message}`), spec.background);
   await settle();
 
-  const templates = Array.from({ length: P }, (_, i) => new PublishTemplate(spec.topic(i), qos, spec.payloadSize));
+  const templates = Array.from({ length: P }, (_, i) => {
+    const t = spec.topic(i);
+    return (Array.isArray(t) ? t : [t]).map((topic) => new PublishTemplate(topic, qos, spec.payloadSize));
+  });
   const trackers = Array.from({ length: P }, () => Array.from({ length: S }, () => new SeqTracker()));
   const sent = new Array<number>(P).fill(0);
   const acked = new Array<number>(P).fill(0);
   const blocked = new Array<boolean>(P).fill(false);
-  // QoS 1: outstanding packet ids per publisher (packet id = seq % 65535 + 1; window < 65535)
-  const outstanding = qos === 1 ? Array.from({ length: P }, () => new Uint8Array(65536)) : [];
+  // QoS 1/2: outstanding packet ids per publisher (packet id = seq % 65535 + 1; window < 65535)
+  const outstanding = qos > 0 ? Array.from({ length: P }, () => new Uint8Array(65536)) : [];
   let unexpectedAcks = 0;
   let invalid = 0;
   let lastActivity = performance.now();
@@ -211,7 +221,7 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
   const maxBatch = Math.min(window, 4096);
 
   const progress = (p: number): number => {
-    let min = qos === 1 ? acked[p]! : Number.POSITIVE_INFINITY;
+    let min = qos > 0 ? acked[p]! : Number.POSITIVE_INFINITY;
     for (const t of trackers[p]!) if (t.highest + 1 < min) min = t.highest + 1;
     return min;
   };
@@ -238,21 +248,21 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
       const allowed = window - inFlight;
       if (allowed <= 0 || (allowed < minBatch && inFlight > 0)) continue;
       const n = Math.min(allowed, maxBatch);
-      const tpl = templates[p]!;
-      const buf = Buffer.allocUnsafe(n * tpl.packetSize);
+      const tpls = templates[p]!;
+      const buf = Buffer.allocUnsafe(n * Math.max(...tpls.map((t) => t.packetSize)));
       let off = 0;
       let seq = sent[p]!;
       for (let i = 0; i < n; i++, seq++) {
         let id = 0;
-        if (qos === 1) {
+        if (qos > 0) {
           id = (seq % 65535) + 1;
           outstanding[p]![id] = 1;
         }
-        off = tpl.write(buf, off, p, seq, now, id);
+        off = tpls[seq % tpls.length]!.write(buf, off, p, seq, now, id);
       }
       sent[p] = seq;
       const sock = clients.pubs[p]!.socket;
-      if (!sock.write(buf)) {
+      if (!sock.write(off === buf.length ? buf : buf.subarray(0, off))) {
         blocked[p] = true;
         sock.once('drain', () => {
           blocked[p] = false;
@@ -264,9 +274,9 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
 
   const isComplete = (): boolean => {
     for (let p = 0; p < P; p++) {
-      if (qos === 1 && acked[p] !== sent[p]) return false;
+      if (qos > 0 && acked[p] !== sent[p]) return false;
       for (const t of trackers[p]!) {
-        if (qos === 1 ? t.received < sent[p]! : t.highest + 1 < sent[p]!) return false;
+        if (qos > 0 ? t.received < sent[p]! : t.highest + 1 < sent[p]!) return false;
       }
     }
     return true;
@@ -280,7 +290,6 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
       return;
     }
     tracker.add(m.seq);
-    if (m.qos === 1) clients.subs[s]!.puback(m.packetId);
   };
   const onChunk = (): void => {
     const now = performance.now();
@@ -353,11 +362,11 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
   const elapsedMs = Math.max(1, (lastDelivery || tEnd) - t0);
   if (failure === null) {
     if (invalid > 0) failure = `${invalid} deliveries with an unknown publisher or a short payload`;
-    else if (qos === 1 && lost > 0) failure = `QoS 1 loss: ${lost} of ${expected} deliveries never arrived`;
-    else if (qos === 1 && ackedTotal < published) failure = `QoS 1: ${published - ackedTotal} PUBACKs missing`;
-    else if (qos === 0 && duplicates > 0) failure = `QoS 0 duplicates: ${duplicates} (at-most-once violated)`;
+    else if (qos > 0 && lost > 0) failure = `QoS ${qos} loss: ${lost} of ${expected} deliveries never arrived`;
+    else if (qos > 0 && ackedTotal < published) failure = `QoS ${qos}: ${published - ackedTotal} ${qos === 1 ? 'PUBACKs' : 'PUBCOMPs'} missing`;
+    else if (qos !== 1 && duplicates > 0) failure = `QoS ${qos} duplicates: ${duplicates} (${qos === 0 ? 'at-most-once' : 'exactly-once'} violated)`;
     else if (received === 0) failure = 'nothing was delivered';
-    else if (bytesIn < received * templates[0]!.packetSize) failure = `subscribers read ${bytesIn} bytes, fewer than ${received} deliveries need`;
+    else if (bytesIn < received * Math.min(...templates[0]!.map((t) => t.packetSize))) failure = `subscribers read ${bytesIn} bytes, fewer than ${received} deliveries need`;
   }
   return {
     ok: failure === null,
@@ -377,7 +386,7 @@ export async function runThroughput(broker: RunningBrokerProcess, spec: Throughp
 }
 
 /** QoS 1, one publisher → one subscriber, paced at a fixed rate; latency = receive time − send time. */
-export async function runLatency(broker: RunningBrokerProcess, spec: LatencySpec): Promise<LatencyResult> {
+export async function runLatency(broker: RunningBrokerProcess, endpoint: Endpoint, spec: LatencySpec): Promise<LatencyResult> {
   let failure: string | null = null;
   let finish: () => void = () => {};
   const done = new Promise<void>((resolve) => {
@@ -387,7 +396,7 @@ export async function runLatency(broker: RunningBrokerProcess, spec: LatencySpec
     failure ??= why;
     finish();
   };
-  const clients = await connectClients(broker, 1, 1, spec.topic, 1, (e) => fail(`client error: ${e.message}`));
+  const clients = await connectClients(endpoint, 1, 1, spec.topic, 1, (e) => fail(`client error: ${e.message}`));
   await settle();
   const pub = clients.pubs[0]!;
   const sub = clients.subs[0]!;
@@ -416,7 +425,6 @@ export async function runLatency(broker: RunningBrokerProcess, spec: LatencySpec
       const before = tracker.received;
       tracker.add(m.seq);
       if (tracker.received > before) latencies[samples++] = now - m.sentAt;
-      if (m.qos === 1) sub.puback(m.packetId);
     },
     onChunkDone: () => {
       lastActivity = performance.now();

@@ -1,16 +1,19 @@
-/** Shared bits of the broker server scripts: --host/--port parsing and the parent handshake. */
+/** Shared bits of the broker server scripts: --config parsing and the parent handshake. */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
-export function serverArgs(): { host: string; port: number } {
-  const { values } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '0' } } });
-  return { host: values.host, port: Number(values.port) };
+/** Reads the JSON file named by --config (written by bench/lib/brokers.ts). */
+export function serverConfig<T>(): T {
+  const { values } = parseArgs({ options: { config: { type: 'string' } } });
+  if (values.config === undefined) throw new Error('usage: --config FILE.json');
+  return JSON.parse(readFileSync(values.config, 'utf8')) as T;
 }
 
 /**
- * Prints `READY <port>` for the parent, then stops on SIGTERM/SIGINT or when the parent goes
- * away (stdin closes), so no broker outlives the benchmark.
+ * Prints `READY {"tcp":port,"tls":port,"mtls":port}` for the parent, then stops on SIGTERM/SIGINT
+ * or when the parent goes away (stdin closes), so no broker outlives the benchmark.
  */
-export function serve(port: number, stop: () => Promise<void>): void {
+export function serve(ports: { tcp: number; tls: number; mtls: number }, stop: () => Promise<void>): void {
   let stopping = false;
   const shutdown = (): void => {
     if (stopping) return;
@@ -27,5 +30,5 @@ export function serve(port: number, stop: () => Promise<void>): void {
   process.stdin.on('end', shutdown);
   process.stdin.on('error', shutdown);
   process.stdin.resume();
-  process.stdout.write(`READY ${port}\n`);
+  process.stdout.write(`READY ${JSON.stringify(ports)}\n`);
 }

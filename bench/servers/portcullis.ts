@@ -1,15 +1,15 @@
-/** Portcullis on one anonymous TCP listener with allow-all, no logging and no audit, for the benchmark. */
+/**
+ * Portcullis for the benchmark, from the configuration bench/lib/brokers.ts wrote (plain TCP, TLS
+ * and mTLS listeners; security off or on).
+ */
 import { createBroker } from '../../src/index.ts';
-import { serve, serverArgs } from './args.ts';
+import { serve, serverConfig } from './args.ts';
 
-const { host, port } = serverArgs();
-const broker = createBroker({
-  listeners: [{ name: 'bench', type: 'tcp', host, port, auth: ['anonymous'] }],
-  authorizers: ['allow-all'],
-  log: { level: 'silent' },
-  audit: { sink: 'none' },
-});
+const broker = createBroker(serverConfig<Parameters<typeof createBroker>[0]>());
 const info = await broker.start();
-const bound = info.listeners.find((l) => l.name === 'bench') ?? info.listeners[0];
-if (bound === undefined) throw new Error('Portcullis started without a listener');
-serve(bound.port, () => broker.stop());
+const port = (name: string): number => {
+  const l = info.listeners.find((x) => x.name === name);
+  if (l === undefined) throw new Error(`Portcullis started without the '${name}' listener`);
+  return l.port;
+};
+serve({ tcp: port('tcp'), tls: port('tls'), mtls: port('mtls') }, () => broker.stop());
