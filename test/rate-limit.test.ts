@@ -136,6 +136,19 @@ test('v5 throttle: 30 QoS 1 at 20/s (burst 5) are all acknowledged with 0x00 and
   t.false(r.socket.destroyed);
 });
 
+test('throttle: a pause longer than the keep-alive does not end the connection (the broker, not the client, stopped reading)', async (t) => {
+  const b = await broker(t, { perClient: { bytesPerSecond: 1000 } });
+  const { r } = await rawSession(t, b.port, { clientId: 'rl-ka', version: 4, keepAlive: 1 });
+  r.write(encodePublish({ topic: 'ka/t', payload: Buffer.alloc(3000), qos: 1, packetId: 1, version: 4 })); // 3 s of debt
+  r.write(encodePublish({ topic: 'ka/t', payload: 'next', qos: 1, packetId: 2, version: 4 }));
+  const started = Date.now();
+  const acks = await waitForType(r, PacketType.PUBACK, 2, 6000);
+  t.is(acks.length, 2, 'both acknowledged');
+  t.true(Date.now() - started >= 2000, 'the second waited for the bucket');
+  t.false(r.socket.destroyed);
+  t.is(b.broker.connectedClients, 1, 'not cut off by keep-alive (1.5 s) during the 3 s pause');
+});
+
 test('v3.1.1 throttle does not hold up other clients: a second publisher is served at once', async (t) => {
   const b = await broker(t, { perClient: { messagesPerSecond: 20, burstMessages: 5 } });
   const sub = await openClient(t, b.port, { clientId: 'rlo-sub', protocolVersion: 4 });

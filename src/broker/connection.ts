@@ -144,6 +144,7 @@ export class Connection {
   /** Ends a rate-limit throttle: handles the packets held back, then reads again. */
   resumeReading(): void {
     this.readPausedUntil = 0;
+    this.lastSeen = Date.now(); // the keep-alive clock restarts when we read again
     if (!this.busy) this.drainInbox();
   }
 

@@ -144,11 +144,22 @@ export class PublishRateLimiter {
       if (w > wait) wait = w;
     }
     const action = conn.v5 ? this.config.v5Action : this.config.v3Action;
-    if (wait === 0 || action === 'throttle') {
+    if (action === 'throttle') {
+      // Already read, so it is handled (possibly into debt); then nothing more is read until
+      // the buckets could take another message.
       own?.take(size);
       shared?.take(size);
-      if (wait > 0) this.throttle(conn, now, wait);
+      const ownNext = own === null ? 0 : own.waitMs(1, now);
+      const sharedNext = shared === null ? 0 : shared.waitMs(1, now);
+      const next = ownNext > sharedNext ? ownNext : sharedNext;
+      if (next > 0) this.throttle(conn, now, next);
       else conn.rateLimitedSince = 0;
+      return true;
+    }
+    if (wait === 0) {
+      own?.take(size);
+      shared?.take(size);
+      conn.rateLimitedSince = 0;
       return true;
     }
     const stats = conn.broker.stats;
