@@ -70,7 +70,7 @@ const MESSAGES = 1600;
 const SIZE = 64 * 1024;
 const MiB = 1024 * 1024;
 
-test('subscribers that never read while 100 MiB is published: RSS stays bounded, a reading subscriber gets every message, the stalled ones are disconnected with drops counted', async (t) => {
+test.serial('subscribers that never read while 100 MiB is published: RSS stays bounded, a reading subscriber gets every message, the stalled ones are disconnected with drops counted', async (t) => {
   t.timeout(120_000);
   const broker = await spawnBroker(t, {
     limits: { maxPacketSize: 128 * 1024, maxQueuedBytes: 4 * MiB, maxSocketBufferBytes: 256 * 1024, slowConsumerTimeoutMs: 1500 },
@@ -150,7 +150,7 @@ test('subscribers that never read while 100 MiB is published: RSS stays bounded,
   t.true(await until(() => check.messages.length === 1), 'the broker still serves clients');
 });
 
-test('limits.maxSocketBufferBytes: a subscriber that stops reading has the rest queued, and once it reads again the socket drains and the queue follows, in order', async (t) => {
+test.serial('limits.maxSocketBufferBytes: a subscriber that stops reading has the rest queued, and once it reads again the socket drains and the queue follows, in order', async (t) => {
   const b = await startBroker({ limits: { maxSocketBufferBytes: 64 * 1024, maxQueuedMessages: 100_000, maxQueuedBytes: 64 * MiB, slowConsumerTimeoutMs: 0 } });
   t.teardown(() => b.stop());
   const { r } = await rawSession(t, b.port, { clientId: 'pausing', version: 5 });
@@ -180,14 +180,14 @@ test('limits.maxSocketBufferBytes: a subscriber that stops reading has the rest 
   t.is(ofType(packetsOf(r), PacketType.DISCONNECT).length, 0);
 });
 
-test('a client that floods QoS 1 PUBLISHes and never reads its PUBACKs is not read either once its socket is over maxSocketBufferBytes, and is read again when it drains', async (t) => {
-  t.timeout(90_000);
+test.serial('a client that floods QoS 1 PUBLISHes and never reads its PUBACKs is not read either once its socket is over maxSocketBufferBytes, and is read again when it drains', async (t) => {
+  t.timeout(150_000);
   const b = await startBroker({ limits: { maxSocketBufferBytes: 64 * 1024 } });
   t.teardown(() => b.stop());
   const { r, connack } = await rawSession(t, b.port, { clientId: 'ack-flood', version: 4 });
   t.is(connack?.code, 0);
   r.socket.pause();
-  const n = 2_000_000;
+  const n = 1_500_000;
   const flood = Buffer.alloc(n * 7); // QoS 1 PUBLISH to 'a' with no payload: 7 bytes, answered by a 4-byte PUBACK
   for (let i = 0, off = 0; i < n; i++, off += 7) {
     const id = (i % 65535) + 1;
@@ -209,25 +209,25 @@ test('a client that floods QoS 1 PUBLISHes and never reads its PUBACKs is not re
   t.true(stats.messagesReceived < n * 0.8, `the broker stopped reading: ${stats.messagesReceived} of ${n} handled`);
   t.is(b.broker.connectedClients, 1, 'backpressure, not a disconnect');
   r.socket.resume();
-  t.true(await until(() => stats.messagesReceived === n, 60_000), `all handled once the client reads: ${stats.messagesReceived}`);
+  t.true(await until(() => stats.messagesReceived === n, 80_000), `all handled once the client reads: ${stats.messagesReceived}`);
 });
 
-test('a subscriber that keeps acknowledging is not a slow consumer, even when a full window makes its queue refuse messages', async (t) => {
-  const b = await startBroker({ limits: { maxQueuedMessages: 0, maxInflight: 1, slowConsumerTimeoutMs: 300 } });
+test.serial('a subscriber that keeps acknowledging is not a slow consumer, even when a full window makes its queue refuse messages', async (t) => {
+  const b = await startBroker({ limits: { maxQueuedMessages: 0, maxInflight: 1, slowConsumerTimeoutMs: 1000 } });
   t.teardown(() => b.stop());
   const sub = await openClient(t, b.port, { clientId: 'acker', protocolVersion: 5 });
   await sub.client.subscribeAsync('ack/t', { qos: 1 });
   let closed = false;
   sub.client.on('close', () => (closed = true));
   const { r } = await rawSession(t, b.port, { clientId: 'ack-pub', version: 5 });
-  for (let round = 0; round < 8; round++) {
+  for (let round = 0; round < 20; round++) {
     const parts: Buffer[] = [];
     for (let i = 0; i < 10; i++) parts.push(encodePublish({ topic: 'ack/t', payload: `${round}-${i}`, qos: 1, packetId: round * 10 + i + 1, version: 5 }));
     r.write(Buffer.concat(parts));
     await delay(150);
   }
   t.true(b.broker.stats.queueRefusedQos12 > 0, 'the window was full and nothing may queue');
-  t.true(sub.messages.length >= 8, `it kept receiving: ${sub.messages.length}`);
+  t.true(sub.messages.length >= 20, `it kept receiving: ${sub.messages.length}`);
   t.is(b.broker.stats.slowConsumersDisconnected, 0);
   t.false(closed);
 });
