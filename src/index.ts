@@ -176,7 +176,10 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       }
       for (const p of authProviders) await p.init?.();
       admission.start();
-      const bound = await broker.start();
+      const bound = await broker.start().catch((err: unknown) => {
+        admission.close();
+        throw err;
+      });
       adminSpool?.start();
       for (const l of config.listeners) {
         const addr = bound.find((b) => b.name === l.name);

@@ -4,15 +4,17 @@
  * reload of the ban file (good, malformed, at start), live connections closed by a new ban,
  * and the `portcullis ban` command round trip. Every decision is checked in the audit records.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import test from 'ava';
+import { Command } from 'commander';
 import type { IDisconnectPacket } from 'mqtt';
 import { formatAddress, parseAddress, parseCidr, inRange } from '../src/admission/address.ts';
 import { parseBanText } from '../src/admission/ban-file.ts';
+import { registerBanCommand } from '../src/cli/ban.ts';
 import { connect, delay } from './helpers.ts';
 import { connectFrom, refusalCode, root } from './auth-support.ts';
 import { admissionRecords, rawOpen, startAdmissionBroker, tempDir, waitFor } from './admission-support.ts';
@@ -23,6 +25,32 @@ function banFile(dir: string, text: string): string {
   const file = path.join(dir, 'bans.jsonl');
   fs.writeFileSync(file, text);
   return file;
+}
+
+/**
+ * Runs `portcullis ban ...` in this process through the real command definitions (fast, for
+ * the bad-input cases); output and exit code are captured and restored.
+ */
+async function banInProcess(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const program = new Command();
+  program.exitOverride();
+  registerBanCommand(program);
+  let out = '';
+  let err = '';
+  const stdout = process.stdout.write.bind(process.stdout);
+  const stderr = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((chunk: string | Uint8Array) => ((out += String(chunk)), true)) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => ((err += String(chunk)), true)) as typeof process.stderr.write;
+  process.exitCode = undefined;
+  try {
+    await program.parseAsync(['node', 'portcullis', 'ban', ...args]);
+  } finally {
+    process.stdout.write = stdout;
+    process.stderr.write = stderr;
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = undefined;
+  return { code, out, err };
 }
 
 /** Runs `portcullis ban ...` as a child process. */
@@ -237,7 +265,7 @@ test('a malformed ban file stops the start, naming the key, file and line', asyn
   t.regex(err?.message ?? '', /admission\.bans\.file: .*bans\.jsonl:3: '192\.0\.2\.1\/24' has host bits set/);
 });
 
-// Serial: it starts the CLI (tsx) nine times, which would starve the timing of the tests beside it.
+// Serial: it starts the CLI (tsx) twice and captures this process's output for the rest.
 test.serial('portcullis ban add / list / remove: atomic edits that a running broker picks up; bad input is refused with a clear error', async (t) => {
   t.timeout(60_000);
   const dir = tempDir(t);
@@ -251,8 +279,8 @@ test.serial('portcullis ban add / list / remove: atomic edits that a running bro
   t.regex(add.err, /added: ip 127\.0\.0\.2 banned until \d{4}-/);
   t.true(await waitFor(() => tb.audit.records.some((r) => r.event === 'ban' && r.action === 'ban-file' && r.remoteAddress === '127.0.0.2'), 4000));
   t.is(await rawOpen(tb.port, '127.0.0.2', 1000).outcome, 'closed');
-  t.is(banCli(['add', 'username', 'eve', '--until', '2099-01-01T00:00:00Z', '--file', file], spool).code, 0);
-  const list = banCli(['list', '--file', file], spool);
+  t.is((await banInProcess(['add', 'username', 'eve', '--until', '2099-01-01T00:00:00Z', '--file', file])).code, 0);
+  const list = await banInProcess(['list', '--file', file]);
   t.is(list.code, 0);
   const rows = list.out.trim().split('\n').map((l) => l.split('\t'));
   t.is(rows.length, 2);
@@ -276,14 +304,65 @@ test.serial('portcullis ban add / list / remove: atomic edits that a running bro
     [['remove', 'username', 'nobody'], 1, /no ban on username nobody/],
   ];
   for (const [args, code, re] of bad) {
-    const r = banCli([...args, '--file', file], spool);
+    const r = await banInProcess([...args, '--file', file]);
     t.is(r.code, code, args.join(' '));
     t.regex(r.err, re);
   }
   t.is(fs.readFileSync(file, 'utf8'), before);
   // A malformed file is never edited by the CLI.
   fs.appendFileSync(file, 'garbage\n');
-  const refused = banCli(['add', 'ip', '192.0.2.9', '--file', file], spool);
+  const refused = await banInProcess(['add', 'ip', '192.0.2.9', '--file', file]);
   t.is(refused.code, 2);
   t.regex(refused.err, /bans\.jsonl:3: not valid JSON/);
+});
+
+// Serial: it starts the broker through the CLI (tsx), which is slow beside other tests.
+test.serial('portcullis start: SIGHUP reloads the ban file (watch off), audited with the trigger', async (t) => {
+  t.timeout(60_000);
+  const dir = tempDir(t);
+  const bans = path.join(dir, 'bans.jsonl');
+  fs.writeFileSync(bans, '# no bans yet\n');
+  const port = await new Promise<number>((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
+  const config = path.join(dir, 'broker.json');
+  fs.writeFileSync(
+    config,
+    JSON.stringify({
+      listeners: [{ name: 'cli', type: 'tcp', host: '127.0.0.1', port, auth: ['anonymous'] }],
+      authorizers: ['allow-all'],
+      audit: { path: path.join(dir, 'audit.jsonl'), fsyncIntervalMs: 0 },
+      admission: { bans: { file: bans, watch: false } },
+      sys: { intervalSeconds: 0 },
+    }),
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'cli', 'main.ts'), 'start', '--config', config], {
+    cwd: root,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, PORTCULLIS_AUDIT_SPOOL: path.join(dir, 'spool') },
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  t.true(await waitFor(() => stderr.includes('listening on') || child.exitCode !== null, 20_000), stderr);
+  const first = await refusalCode(port, { protocolVersion: 5, clientId: 'sig-target' });
+  t.is(first.code, 0, `${first.message}\n${stderr}`);
+  fs.writeFileSync(bans, line({ kind: 'client-id', value: 'sig-target', reason: 'via SIGHUP' }));
+  await delay(300);
+  t.is((await refusalCode(port, { protocolVersion: 5, clientId: 'sig-target' })).code, 0, 'no watch: nothing changes before SIGHUP');
+  child.kill('SIGHUP');
+  t.true(await waitFor(() => stderr.includes('ban file reload'), 5000), stderr);
+  t.is((await refusalCode(port, { protocolVersion: 5, clientId: 'sig-target' })).code, 0x8a);
+  child.kill('SIGTERM');
+  t.is(await exited, 0);
+  const records = fs.readFileSync(path.join(dir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.true(records.some((r) => r.event === 'reload' && r.action === 'ban-file' && r.decision === 'allow' && String(r.reason).startsWith('SIGHUP: 1 bans in force')));
+  t.true(records.some((r) => r.event === 'ban' && r.action === 'ban-file' && r.clientId === 'sig-target'));
+  t.true(records.some((r) => r.event === 'connect' && r.decision === 'deny' && r.clientId === 'sig-target' && r.decidedBy === 'ban'));
 });
