@@ -1,7 +1,11 @@
 /**
- * The hash-chained JSON Lines sink. `record()` only appends to a bounded in-memory queue; a
- * drain scheduled with setImmediate serializes the queued events in one batch, links each to
- * the one before (SHA-256), and hands the batch to an output (a file with rotation, or stdout).
+ * The hash-chained JSON Lines sink. `record()` only appends to a bounded in-memory queue. Once
+ * per event-loop turn (setImmediate) the queued events are serialized in one batch, each linked
+ * to the one before (SHA-256), into a buffer; a writer hands the serialized batches, one write
+ * each and in order, to an output (a file with rotation, or stdout). Serializing does not wait
+ * for the previous write to finish, so under load the sink's CPU work keeps pace with the turns
+ * that produce the records instead of waiting behind them; the bound covers both the events
+ * not yet serialized and the serialized batches not yet written.
  *
  * When the output fails (disk full, permission lost), the serialized batch is kept and retried;
  * `health().ok` turns false so the broker can apply its failure mode. When the queue is full,
@@ -47,6 +51,9 @@ const MAX_BATCH = 8192;
 /** The usual size of a batch's buffer; a batch with huge records gets a larger one of its own. */
 const BATCH_BYTES = 4 << 20;
 const HASH_FIELD = ',"hash":"';
+/** A batch starts in a fresh buffer when the current one has less room than this left. */
+const MIN_ROOM = 64 * 1024;
+const LOUD_LOG_INTERVAL_MS = 5000;
 
 /**
  * Node's Buffer has these encoder methods under `write`; `write` itself spends as long checking
@@ -54,48 +61,73 @@ const HASH_FIELD = ',"hash":"';
  */
 type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number; latin1Write(text: string, offset: number): number };
 
-/** Encodes chained records into one buffer, growing it when a record does not fit. */
+/** Serialized records waiting to be written: `buffer[start, end)`, `count` lines. */
+interface Batch {
+  buffer: Buffer;
+  start: number;
+  end: number;
+  count: number;
+}
+
+/**
+ * Encodes chained records into a buffer from `start`, moving to a larger buffer of its own when
+ * a record does not fit (earlier batches keep the old one until they are written).
+ */
 class BatchWriter {
-  private used = 0;
+  private used: number;
   private count = 0;
 
-  constructor(private buffer: Buffer) {}
+  constructor(
+    private buffer: Buffer,
+    private start: number,
+  ) {
+    this.used = start;
+  }
 
   /** Appends `body` (a record without its hash field) as a line; returns the record's hash. */
   append(body: string): string {
     // UTF-8 takes at most 3 bytes per UTF-16 unit; the hash field adds 75 bytes and the newline 1.
     const worst = body.length * 3 + 80;
     if (this.used + worst > this.buffer.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(this.buffer.length * 2, this.used + worst));
-      this.buffer.copy(bigger, 0, 0, this.used);
+      const bigger = Buffer.allocUnsafeSlow(Math.max(BATCH_BYTES, (this.used - this.start + worst) * 2));
+      this.buffer.copy(bigger, 0, this.start, this.used);
+      this.used -= this.start;
+      this.start = 0;
       this.buffer = bigger;
     }
+    const raw = this.buffer as RawBuffer;
     const start = this.used;
-    const bytes = (this.buffer as RawBuffer).utf8Write(body, start);
-    const hash = sha256(this.buffer.subarray(start, start + bytes));
+    const bytes = raw.utf8Write(body, start);
+    const hash = sha256(raw.subarray(start, start + bytes));
     // Replace the closing brace with `,"hash":"…"}` and end the line.
     let at = start + bytes - 1;
-    at += (this.buffer as RawBuffer).latin1Write(HASH_FIELD, at);
-    at += (this.buffer as RawBuffer).latin1Write(hash, at);
-    this.buffer[at++] = 0x22; // "
-    this.buffer[at++] = 0x7d; // }
-    this.buffer[at++] = 0x0a; // \n
+    at += raw.latin1Write(HASH_FIELD, at);
+    at += raw.latin1Write(hash, at);
+    raw[at++] = 0x22; // "
+    raw[at++] = 0x7d; // }
+    raw[at++] = 0x0a; // \n
     this.used = at;
     this.count++;
     return hash;
   }
 
-  finish(): { data: Buffer; count: number } {
-    return { data: this.buffer.subarray(0, this.used), count: this.count };
+  finish(): Batch {
+    return { buffer: this.buffer, start: this.start, end: this.used, count: this.count };
   }
 }
-const LOUD_LOG_INTERVAL_MS = 5000;
 
 export class ChainedAuditSink implements AuditSink {
   private items: Item[] = [];
   private times: number[] = [];
-  private pending: { data: Buffer; count: number } | null = null;
+  /** Serialized, chained batches not yet written, oldest first. */
+  private ready: Batch[] = [];
+  private readyCount = 0;
+  /** The buffer the next batch is serialized into, and how much of it earlier batches use. */
+  private open: Buffer | null = null;
+  private openUsed = 0;
+  private serializing = false;
   private tip: ChainTip;
+  /** The writer is running. */
   private running = false;
   private scheduled = false;
   private closed = false;
@@ -111,7 +143,6 @@ export class ChainedAuditSink implements AuditSink {
   private dropLoggedAt = 0;
   private failLoggedAt = 0;
   private waiters: (() => void)[] = [];
-  private spare: Buffer | null = null;
   private readonly formatTime = createTimeFormatter();
   dropped = 0;
   written = 0;
@@ -149,7 +180,7 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   private enqueue(event: AuditEvent): void {
-    if (this.items.length >= this.options.maxQueue) {
+    if (this.items.length + this.readyCount >= this.options.maxQueue) {
       this.drop();
       return;
     }
@@ -169,13 +200,13 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   healthy(): boolean {
-    return this.failedSince === null && this.items.length < this.options.maxQueue;
+    return this.failedSince === null && this.items.length + this.readyCount < this.options.maxQueue;
   }
 
   health(): AuditHealth {
     const h: AuditHealth = {
-      ok: this.failedSince === null && this.items.length < this.options.maxQueue,
-      pending: this.items.length + (this.pending?.count ?? 0),
+      ok: this.failedSince === null && this.items.length + this.readyCount < this.options.maxQueue,
+      pending: this.items.length + this.readyCount,
       dropped: this.dropped,
       written: this.written,
     };
@@ -190,9 +221,10 @@ export class ChainedAuditSink implements AuditSink {
 
   async flush(): Promise<void> {
     for (;;) {
+      void this.serialize();
       void this.run();
       if (this.failedSince !== null) return;
-      if (!this.running && this.pending === null && this.items.length === 0 && this.droppedUnreported === 0) return;
+      if (!this.running && !this.serializing && this.ready.length === 0 && this.items.length === 0 && this.droppedUnreported === 0) return;
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
   }
@@ -208,8 +240,12 @@ export class ChainedAuditSink implements AuditSink {
       // One last attempt, then say exactly what is lost.
       this.clearRetry();
       await this.run();
+      while (this.failedSince === null && (this.items.length > 0 || this.droppedUnreported > 0)) {
+        await this.serialize();
+        await this.run();
+      }
     }
-    const lost = this.items.length + (this.pending?.count ?? 0);
+    const lost = this.items.length + this.readyCount;
     if (lost > 0) {
       this.options.log.error({ lost, output: this.output.name, err: this.lastError }, `audit log closed with ${lost} records that could not be written`);
     }
@@ -236,11 +272,11 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   private schedule(): void {
-    if (this.scheduled || this.running || this.retryTimer !== null) return;
+    if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      void this.run();
+      void this.serialize();
     });
   }
 
@@ -249,33 +285,67 @@ export class ChainedAuditSink implements AuditSink {
     this.retryTimer = null;
   }
 
+  /**
+   * Serializes one batch of queued events and hands it to the writer; schedules the next turn
+   * when more are queued. Nothing is serialized while writes fail: the events wait in the queue
+   * (and count against its bound) until a write succeeds.
+   */
+  private async serialize(): Promise<void> {
+    if (this.serializing || this.failedSince !== null) return;
+    if (this.items.length === 0 && this.droppedUnreported === 0) return;
+    this.serializing = true;
+    try {
+      // Everything queued so far, in batches: when a turn leaves records behind, a busy broker
+      // makes more records per turn than the sink serializes, and the queue fills.
+      do {
+        const batch = await this.serializeBatch();
+        if (batch.count > 0) {
+          this.ready.push(batch);
+          this.readyCount += batch.count;
+        }
+        // The next batch goes on in the same buffer while it has room.
+        this.open = batch.buffer.length - batch.end >= MIN_ROOM ? batch.buffer : null;
+        this.openUsed = batch.end;
+        void this.run();
+      } while (this.items.length > 0 && this.failedSince === null);
+    } finally {
+      this.serializing = false;
+    }
+    if (this.items.length > 0 || this.droppedUnreported > 0) this.schedule();
+    void this.run();
+    this.wake();
+  }
+
+  /** Writes the serialized batches in order; on failure keeps them (the retry writes the same bytes). */
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
       for (;;) {
-        if (this.pending === null) {
-          if (this.items.length === 0 && this.droppedUnreported === 0) break;
-          this.pending = await this.serializeBatch();
-        }
+        if (this.ready.length === 0) break;
+        // Everything serialized while the last write was in flight goes out in one write: under
+        // load an event-loop turn can be long, and one write per turn must carry a turn's records.
+        const data = this.takeReady();
+        const batches = this.ready.length;
+        const count = this.readyCount;
         try {
           if (this.needsRollback) {
             await this.output.rollback?.();
             this.needsRollback = false;
           }
-          await this.output.prepare?.(this.pending.data.length);
-          await this.output.write(this.pending.data);
+          await this.output.prepare?.(data.length);
+          await this.output.write(data);
         } catch (err) {
           this.onFailure(err);
           break;
         }
-        this.written += this.pending.count;
-        // The output is done with the bytes, so the next batch can reuse the memory.
-        if (this.pending.data.buffer.byteLength === BATCH_BYTES) this.spare = Buffer.from(this.pending.data.buffer, 0, BATCH_BYTES);
-        this.pending = null;
+        this.ready.splice(0, batches);
+        this.readyCount -= count;
+        this.written += count;
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
         if (this.failedSince !== null) this.onRecovery();
+        if (this.items.length > 0 || this.droppedUnreported > 0) this.schedule();
         this.wake();
       }
     } finally {
@@ -285,14 +355,34 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
+   * The ready batches as one buffer: a view when they sit end to end in one buffer (the usual
+   * case), else a copy. The batches stay in `ready` until the write succeeds.
+   */
+  private takeReady(): Buffer {
+    const first = this.ready[0] as Batch;
+    let contiguous = true;
+    for (let i = 1; i < this.ready.length && contiguous; i++) {
+      const b = this.ready[i] as Batch;
+      const before = this.ready[i - 1] as Batch;
+      contiguous = b.buffer === first.buffer && b.start === before.end;
+    }
+    if (contiguous) return first.buffer.subarray(first.start, (this.ready[this.ready.length - 1] as Batch).end);
+    const merged = Buffer.concat(this.ready.map((b) => b.buffer.subarray(b.start, b.end)));
+    // Keep the copy as the only ready batch, so a retry after a failure writes the same bytes.
+    const count = this.readyCount;
+    this.ready = [{ buffer: merged, start: 0, end: merged.length, count }];
+    return merged;
+  }
+
+  /**
    * Serializes, chains and encodes up to MAX_BATCH queued records into one buffer: each body is
    * encoded once, hashed over its bytes, and its closing brace replaced by the `hash` field.
    */
-  private async serializeBatch(): Promise<{ data: Buffer; count: number }> {
+  private async serializeBatch(): Promise<Batch> {
     const n = Math.min(this.items.length, MAX_BATCH);
     const items = this.items.splice(0, n);
     const times = this.times.splice(0, n);
-    const batch = this.batchWriter();
+    const batch = this.open !== null ? new BatchWriter(this.open, this.openUsed) : new BatchWriter(Buffer.allocUnsafeSlow(BATCH_BYTES), 0);
     if (this.droppedUnreported > 0) {
       const count = this.droppedUnreported;
       this.droppedUnreported = 0;
@@ -320,13 +410,6 @@ export class ChainedAuditSink implements AuditSink {
     this.tip = { seq, hash: batch.append(serializeBody(event, seq, this.formatTime(at), this.tip.hash)) };
   }
 
-  /** A writer over the spare buffer: the buffer of the last batch, once its write has completed. */
-  private batchWriter(): BatchWriter {
-    const buffer = this.spare ?? Buffer.allocUnsafeSlow(BATCH_BYTES);
-    this.spare = null;
-    return new BatchWriter(buffer);
-  }
-
   private async syncNow(): Promise<boolean> {
     if (!this.dirty || this.output.sync === undefined) return true;
     this.dirty = false;
@@ -349,7 +432,7 @@ export class ChainedAuditSink implements AuditSink {
     if (now - this.failLoggedAt > LOUD_LOG_INTERVAL_MS) {
       this.failLoggedAt = now;
       this.options.log.error(
-        { err: code, output: this.output.name, pending: this.items.length + (this.pending?.count ?? 0) },
+        { err: code, output: this.output.name, pending: this.items.length + this.readyCount },
         'AUDIT LOG WRITE FAILED: records are held and retried',
       );
     }
