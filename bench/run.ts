@@ -38,6 +38,7 @@ function usage(): string {
   --wait-idle S          before each run, wait up to S seconds for other processes to go quiet (default 0: off)
   --no-pin               do not pin broker/generator to CPUs with taskset
   --out FILE             markdown report path (default bench/results/latest.md)
+  --dry-run              print the plan and the estimated duration, run nothing
   -h, --help`;
 }
 
@@ -66,6 +67,7 @@ function parseOptions(): RunOptions {
       'wait-idle': { type: 'string', default: '0' },
       'no-pin': { type: 'boolean', default: false },
       out: { type: 'string', default: path.join(projectRoot, 'bench', 'results', 'latest.md') },
+      'dry-run': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -111,6 +113,7 @@ function parseOptions(): RunOptions {
     concurrency: Math.floor(num(values.concurrency, 'concurrency', 1)),
     pin: !values['no-pin'],
     out: path.resolve(values.out),
+    dryRun: values['dry-run'],
   };
 }
 
@@ -322,11 +325,13 @@ console.log(
   `Portcullis benchmark${opts.quick ? ' (quick)' : ''}: brokers ${opts.brokers.join(', ')}; security ${opts.security.join(', ')}; scenarios ${opts.scenarios.join(', ')}; ${opts.runs} run(s) × ${opts.durationMs / 1000} s`,
 );
 console.log(`Estimated duration: ~${Math.ceil(estimate / 60)} min (${Math.round(estimate)} s)`);
+if (opts.dryRun) process.exit(0);
 console.log(pin.note);
 const loadBefore = await idleLoad();
 console.log(`Background load: ${describeLoad(loadBefore)}`);
 console.log('Making the PKI, password files and ACLs ...');
 const files = await makeBenchFiles();
+process.on('exit', () => files.cleanup()); // also on Ctrl-C, which ends the run through process.exit
 const results: Results = {};
 try {
   for (const b of opts.brokers) {

@@ -27,6 +27,7 @@ export interface RunOptions {
   concurrency: number;
   pin: boolean;
   out: string;
+  dryRun: boolean;
 }
 
 /** One measured run of any scenario. */
