@@ -7,7 +7,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { delay, rawConnect, type RawClient } from './helpers.ts';
 import { PacketType, decodeConnack, encodeConnect, encodeString, encodeVarint, frame, waitForType, type ConnectOptions } from './raw-mqtt.ts';
 
-export async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
+export async function until(cond: () => boolean, ms = 6000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() >= end) return false;
@@ -23,7 +23,7 @@ export async function rawSession(t: ExecutionContext, port: number, connect: Con
     r.socket.destroy();
   });
   r.write(Buffer.isBuffer(connect) ? connect : encodeConnect(connect));
-  const [ack] = await waitForType(r, PacketType.CONNACK);
+  const [ack] = await waitForType(r, PacketType.CONNACK, 1, 6000);
   return { r, connack: ack === undefined ? undefined : decodeConnack(ack) };
 }
 

@@ -61,7 +61,7 @@ async function stalledSubscriber(t: ExecutionContext, port: number, clientId: st
   const { r, connack } = await rawSession(t, port, { clientId, version: 5, clean: !persistent, ...(persistent ? { properties: { sessionExpiryInterval: 300 } } : {}) });
   if (connack?.code !== 0) throw new Error(`CONNACK ${connack?.code}`);
   r.write(encodeSubscribe({ packetId: 1, filters: [{ topic: 'flood/#', qos }], version: 5 }));
-  await waitForType(r, PacketType.SUBACK);
+  await waitForType(r, PacketType.SUBACK, 1, 6000);
   r.socket.pause();
   return r;
 }
@@ -155,7 +155,7 @@ test.serial('limits.maxSocketBufferBytes: a subscriber that stops reading has th
   t.teardown(() => b.stop());
   const { r } = await rawSession(t, b.port, { clientId: 'pausing', version: 5 });
   r.write(encodeSubscribe({ packetId: 1, filters: [{ topic: 'bp/#', qos: 0 }], version: 5 }));
-  await waitForType(r, PacketType.SUBACK);
+  await waitForType(r, PacketType.SUBACK, 1, 6000);
   r.socket.pause();
   const pub = await openClient(t, b.port, { clientId: 'bp-pub', protocolVersion: 5 });
   const n = 600;
