@@ -267,7 +267,7 @@ test.serial('200 slowloris connections (silent, one byte, a trickle) are dropped
 test.serial('per-address state is bounded: beyond maxTrackedAddresses new addresses are refused, and the shared sweep expires idle entries', async (t) => {
   const tb = await startAdmissionBroker({
     limits: { connectRate: { perSecond: 1000, burst: 10 } },
-    admission: { maxTrackedAddresses: 100, refusalAudit: { intervalMs: 100 } },
+    admission: { maxTrackedAddresses: 100, refusalAudit: { intervalMs: 100 }, exempt: ['127.0.0.3'] },
   });
   t.teardown(() => tb.stop());
   const addresses = Array.from({ length: 110 }, (_, i) => `127.0.${1 + Math.floor(i / 200)}.${(i % 200) + 2}`);
@@ -279,6 +279,9 @@ test.serial('per-address state is bounded: beyond maxTrackedAddresses new addres
   t.is(tb.broker.admissionStats().accepted, 100, 'one connection from each of the first 100 addresses');
   t.is(tb.broker.admissionStats().refused['tracking-full'], 10);
   t.is(tb.broker.admissionStats().trackedAddresses, 100);
+  const exempt = await connectFrom(tb.port, '127.0.0.3', { clientId: 'exempt-while-full' });
+  exempt.end(true);
+  t.is(tb.broker.admissionStats().refused['tracking-full'], 10, 'an exempt address is admitted while the table is full');
   for (const s of held) s.socket.destroy();
   t.true(await waitFor(() => tb.broker.admissionStats().trackedAddresses === 0, 3000), 'idle entries are expired by the sweep');
   const again = await connectFrom(tb.port, '127.0.1.250', { clientId: 'new-address' });

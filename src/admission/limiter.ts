@@ -80,18 +80,19 @@ export class ConnectionLimiter {
     return this.addresses.size;
   }
 
-  /** Decides one connection. `exempt` skips every cap and the rate; it is still counted. */
+  /** Decides one connection. `exempt` skips every cap, the rate and the address table; it is still counted in the totals. */
   admit(l: ListenerPolicy, key: string, exempt: boolean): Admitted | LimitRefusal {
     const now = this.now();
     if (!exempt) {
       if (this.total >= this.limits.maxConnections) return 'total-cap';
       if (l.maxConnections !== undefined && l.live >= l.maxConnections) return 'listener-cap';
     }
+    // Exempt addresses need no entry: nothing about them is enforced, not even the table size.
     // A listener with its own per-address cap or rate keeps its own entry (count and bucket);
     // the others share one entry per address.
-    const s = this.state(l.scoped ? `${l.name}\u0000${key}` : key, now);
-    if (s === undefined) return 'tracking-full';
-    if (!exempt) {
+    const s = exempt ? undefined : this.state(l.scoped ? `${l.name}\u0000${key}` : key, now);
+    if (!exempt && s === undefined) return 'tracking-full';
+    if (s !== undefined) {
       if (s.live >= l.maxConnectionsPerIp) return 'ip-cap';
       const rate = l.connectRate;
       if (rate.perSecond > 0) {
@@ -102,7 +103,7 @@ export class ConnectionLimiter {
     }
     this.total++;
     l.live++;
-    s.live++;
+    if (s !== undefined) s.live++;
     let released = false;
     return {
       release: () => {
@@ -110,7 +111,7 @@ export class ConnectionLimiter {
         released = true;
         this.total--;
         l.live--;
-        s.live--;
+        if (s !== undefined) s.live--;
       },
     };
   }
