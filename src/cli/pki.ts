@@ -3,8 +3,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import type { Command } from 'commander';
-import { initPki, issueClient, issueServer, listCertificates, readDeviceCsv, revoke } from '../pki/ca.ts';
+import { type Command, InvalidArgumentError } from 'commander';
+import { DEFAULT_KEY_TYPE, KEY_TYPES, type KeyType, initPki, issueClient, issueServer, listCertificates, readDeviceCsv, revoke } from '../pki/ca.ts';
 import { writeCrl } from '../pki/crl.ts';
 import { PkiError, paths, writeSecret } from '../pki/store.ts';
 
@@ -16,6 +16,11 @@ function positiveInt(name: string) {
     if (!Number.isInteger(n) || n <= 0) throw new PkiError('ERR_PKI_BAD_INPUT', `${name} must be a positive integer, got '${value}'`);
     return n;
   };
+}
+
+function keyType(value: string): KeyType {
+  if (!(KEY_TYPES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected ec or rsa, got '${value}'`);
+  return value as KeyType;
 }
 
 function isoDate(name: string) {
@@ -54,10 +59,11 @@ export function registerPkiCommand(program: Command): void {
     .option('--intermediate', 'also create an intermediate CA that issues the certificates')
     .option('--days <n>', 'validity in days', positiveInt('--days'), 3650)
     .option('--force', 'replace an existing CA (every certificate it issued stops being trusted)')
-    .action((o: { cn: string; intermediate?: boolean; days: number; force?: boolean }) =>
+    .option('--key-type <type>', 'key algorithm of the CA and of every certificate it issues: ec (ECDSA P-256) or rsa (RSA-2048)', keyType, DEFAULT_KEY_TYPE)
+    .action((o: { cn: string; intermediate?: boolean; days: number; force?: boolean; keyType: KeyType }) =>
       run(() => {
-        const r = initPki({ dir: dirOf(), cn: o.cn, days: o.days, ...(o.intermediate ? { intermediate: true } : {}), ...(o.force ? { force: true } : {}) });
-        out(`CA created: ${r.ca}`);
+        const r = initPki({ dir: dirOf(), cn: o.cn, days: o.days, keyType: o.keyType, ...(o.intermediate ? { intermediate: true } : {}), ...(o.force ? { force: true } : {}) });
+        out(`CA created: ${r.ca} (${o.keyType === 'ec' ? 'ECDSA P-256' : 'RSA-2048'} keys)`);
         out(`CA bundle for listeners (ca:): ${r.chain}`);
         out(`private keys are under ${paths(dirOf()).caKey.replace(/ca\.key$/, '')} (mode 0600)`);
       }),

@@ -9,7 +9,7 @@
  * issueServer({ dir: 'pki', dns: ['localhost'], ip: ['127.0.0.1'] });
  * issueClient({ dir: 'pki', cn: 'device-42' });
  */
-import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { type KeyObject, X509Certificate, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import forge from 'node-forge';
@@ -17,18 +17,26 @@ import { type IndexEntry, PkiError, paths, readIndex, safeName, writeAtomic, wri
 
 const DAY = 24 * 3600 * 1000;
 
+/**
+ * The key algorithm of a new PKI: ECDSA P-256 (the default) or RSA-2048. An ECDSA server key
+ * makes each TLS handshake far cheaper for the broker than RSA (one signature per handshake).
+ * Certificates a CA issues get keys of the CA's own type.
+ */
+export type KeyType = 'ec' | 'rsa';
+export const DEFAULT_KEY_TYPE: KeyType = 'ec';
+export const KEY_TYPES: readonly KeyType[] = ['ec', 'rsa'];
+
 interface KeyPair {
   privatePem: string;
-  publicPem: string;
+  publicKey: KeyObject;
 }
 
-function newKeyPair(): KeyPair {
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return {
-    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
-    publicPem: publicKey.export({ type: 'spki', format: 'pem' }) as string,
-  };
+function newKeyPair(type: KeyType): KeyPair {
+  const { privateKey, publicKey } = type === 'ec' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, publicKey };
 }
+
+const keyTypeOf = (key: KeyObject): KeyType => (key.asymmetricKeyType === 'ec' ? 'ec' : 'rsa');
 
 /** A random positive 128-bit serial, as lower-case hex. */
 function newSerial(): string {
@@ -50,59 +58,107 @@ function validity(v: Validity, defaultDays: number): { notBefore: Date; notAfter
   return { notBefore, notAfter };
 }
 
+// node-forge assembles certificates but signs and encodes keys for RSA only: it builds the
+// TBSCertificate here, and Node's crypto supplies the public key, the key identifiers and the
+// signature, so ECDSA and RSA go the same way.
+const { asn1 } = forge;
+const der = (node: forge.asn1.Asn1): Buffer => Buffer.from(asn1.toDer(node).getBytes(), 'binary');
+const fromDer = (bytes: Buffer): forge.asn1.Asn1 => asn1.fromDer(forge.util.createBuffer(bytes.toString('binary')));
+const { getTBSCertificate } = forge.pki as unknown as { getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1 };
+/** A stand-in RSA key for forge's encoder; its SubjectPublicKeyInfo is replaced before signing. */
+const PLACEHOLDER_KEY = forge.pki.setRsaPublicKey(new forge.jsbn.BigInteger('3'), new forge.jsbn.BigInteger('3'));
+
+function signatureAlgorithm(key: KeyObject): forge.asn1.Asn1 {
+  // RFC 4055: sha256WithRSAEncryption with NULL parameters; RFC 5758: ecdsa-with-SHA256 with none.
+  return keyTypeOf(key) === 'ec'
+    ? asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer('1.2.840.10045.4.3.2').getBytes())])
+    : asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
+        asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer('1.2.840.113549.1.1.11').getBytes()),
+        asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, ''),
+      ]);
+}
+
+/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (what forge wrote for RSA CAs too). */
+function keyIdentifier(publicKey: KeyObject): Buffer {
+  const spki = fromDer(publicKey.export({ type: 'spki', format: 'der' }));
+  const bits = (spki.value as forge.asn1.Asn1[])[1]?.value as string;
+  return createHash('sha1').update(Buffer.from(bits, 'binary').subarray(1)).digest();
+}
+
 interface Signer {
-  cert: forge.pki.Certificate;
-  key: forge.pki.PrivateKey;
+  /** The issuing CA's subject, exactly as encoded in its certificate. */
+  subject: forge.asn1.Asn1;
+  key: KeyObject;
+  keyId: Buffer;
 }
 
 interface IssueParams {
   subject: forge.pki.CertificateField[];
-  publicPem: string;
+  publicKey: KeyObject;
+  /** null: self-signed with `selfKey`. */
   issuer: Signer | null;
-  selfKey?: forge.pki.PrivateKey;
-  kind: IndexEntry['kind'];
+  selfKey?: KeyObject;
   validity: { notBefore: Date; notAfter: Date };
   extensions: object[];
 }
 
-function issue(p: IssueParams): { cert: forge.pki.Certificate; serial: string } {
+interface Issued {
+  pem: string;
+  serial: string;
+  subject: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** The new certificate as an issuer (for CA certificates). */
+  asSigner: (key: KeyObject) => Signer;
+}
+
+function issue(p: IssueParams): Issued {
   const cert = forge.pki.createCertificate();
   const serial = newSerial();
   cert.serialNumber = serial;
-  cert.publicKey = forge.pki.publicKeyFromPem(p.publicPem);
+  cert.publicKey = PLACEHOLDER_KEY;
+  cert.siginfo.algorithmOid = forge.pki.oids.sha256WithRSAEncryption as string; // replaced below too
   cert.validity.notBefore = p.validity.notBefore;
   cert.validity.notAfter = p.validity.notAfter;
   cert.setSubject(p.subject);
-  cert.setIssuer(p.issuer === null ? p.subject : p.issuer.cert.subject.attributes);
-  const aki = p.issuer === null ? cert.generateSubjectKeyIdentifier() : p.issuer.cert.generateSubjectKeyIdentifier();
+  cert.setIssuer(p.subject);
+  const ski = keyIdentifier(p.publicKey);
+  cert.generateSubjectKeyIdentifier = () => forge.util.createBuffer(ski.toString('binary'));
   cert.setExtensions([
     ...p.extensions,
     { name: 'subjectKeyIdentifier' },
-    { name: 'authorityKeyIdentifier', keyIdentifier: aki.getBytes() },
+    { name: 'authorityKeyIdentifier', keyIdentifier: (p.issuer?.keyId ?? ski).toString('binary') },
   ]);
-  const signingKey = p.issuer === null ? (p.selfKey as forge.pki.PrivateKey) : p.issuer.key;
-  cert.sign(signingKey as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
-  return { cert, serial };
+  const signingKey = p.issuer?.key ?? (p.selfKey as KeyObject);
+  const tbs = getTBSCertificate(cert);
+  // TBSCertificate ::= SEQUENCE { [0] version, serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, [3] extensions }
+  const fields = tbs.value as forge.asn1.Asn1[];
+  fields[2] = signatureAlgorithm(signingKey);
+  if (p.issuer !== null) fields[3] = p.issuer.subject;
+  fields[6] = fromDer(p.publicKey.export({ type: 'spki', format: 'der' }));
+  const signature = sign('sha256', der(tbs), signingKey);
+  const certificate = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
+    tbs,
+    signatureAlgorithm(signingKey),
+    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.BITSTRING, false, `\0${signature.toString('binary')}`),
+  ]);
+  const pem = forge.pem.encode({ type: 'CERTIFICATE', body: asn1.toDer(certificate).getBytes() }).replace(/\r\n/g, '\n');
+  const subject = cert.subject.attributes.map((a) => `${a.shortName ?? a.name}=${String(a.value)}`).join(', ');
+  return { pem, serial, subject, ...p.validity, asSigner: (key) => ({ subject: fields[5] as forge.asn1.Asn1, key, keyId: ski }) };
 }
 
-const pem = (cert: forge.pki.Certificate) => forge.pki.certificateToPem(cert);
-
-function record(dir: string, kind: IndexEntry['kind'], serial: string, cert: forge.pki.Certificate, file: string): void {
+function record(dir: string, kind: IndexEntry['kind'], cert: Issued, file: string): void {
   const entries = readIndex(dir);
   entries.push({
     status: 'valid',
-    serial,
+    serial: cert.serial,
     kind,
-    notBefore: cert.validity.notBefore.toISOString(),
-    notAfter: cert.validity.notAfter.toISOString(),
-    subject: subjectString(cert),
+    notBefore: cert.notBefore.toISOString(),
+    notAfter: cert.notAfter.toISOString(),
+    subject: cert.subject,
     file: path.relative(dir, file),
   });
   writeIndex(dir, entries);
-}
-
-function subjectString(cert: forge.pki.Certificate): string {
-  return cert.subject.attributes.map((a) => `${a.shortName ?? a.name}=${String(a.value)}`).join(', ');
 }
 
 export interface InitOptions {
@@ -114,6 +170,8 @@ export interface InitOptions {
   days?: number;
   /** Overwrite an existing CA. */
   force?: boolean;
+  /** Key algorithm of the CA and of every certificate it issues (default `ec`, ECDSA P-256). */
+  keyType?: KeyType;
 }
 
 /** Creates a CA (or a root plus an intermediate) under `dir`. */
@@ -127,54 +185,61 @@ export function initPki(o: InitOptions): { ca: string; chain: string } {
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, digitalSignature: true, critical: true },
   ];
   if (o.force === true) writeIndex(o.dir, []);
-  const rootKeys = newKeyPair();
-  const rootKey = forge.pki.privateKeyFromPem(rootKeys.privatePem);
+  const keyType = o.keyType ?? DEFAULT_KEY_TYPE;
+  if (!KEY_TYPES.includes(keyType)) throw new PkiError('ERR_PKI_BAD_INPUT', `key type ${String(keyType)}: expected ec or rsa`);
+  const rootKeys = newKeyPair(keyType);
+  const rootKey = createPrivateKey(rootKeys.privatePem);
   const root = issue({
     subject: [{ name: 'commonName', value: cn }, { name: 'organizationName', value: 'Portcullis' }],
-    publicPem: rootKeys.publicPem,
+    publicKey: rootKeys.publicKey,
     issuer: null,
     selfKey: rootKey,
-    kind: 'root',
     validity: validity({ days }, days),
     extensions: caExtensions(o.intermediate ? 1 : 0),
   });
   if (o.intermediate !== true) {
     writeSecret(p.caKey, rootKeys.privatePem);
-    writeAtomic(p.ca, pem(root.cert), 0o644);
-    writeAtomic(p.caChain, pem(root.cert), 0o644);
+    writeAtomic(p.ca, root.pem, 0o644);
+    writeAtomic(p.caChain, root.pem, 0o644);
     fs.rmSync(p.root, { force: true });
     fs.rmSync(p.rootKey, { force: true });
-    record(o.dir, 'root', root.serial, root.cert, p.ca);
+    record(o.dir, 'root', root, p.ca);
     return { ca: p.ca, chain: p.caChain };
   }
-  const interKeys = newKeyPair();
+  const interKeys = newKeyPair(keyType);
   const inter = issue({
     subject: [{ name: 'commonName', value: `${cn} Intermediate` }, { name: 'organizationName', value: 'Portcullis' }],
-    publicPem: interKeys.publicPem,
-    issuer: { cert: root.cert, key: rootKey },
-    kind: 'ca',
+    publicKey: interKeys.publicKey,
+    issuer: root.asSigner(rootKey),
     validity: validity({ days }, days),
     extensions: caExtensions(0),
   });
   writeSecret(p.rootKey, rootKeys.privatePem);
   writeSecret(p.caKey, interKeys.privatePem);
-  writeAtomic(p.root, pem(root.cert), 0o644);
-  writeAtomic(p.ca, pem(inter.cert), 0o644);
-  writeAtomic(p.caChain, pem(inter.cert) + pem(root.cert), 0o644);
-  record(o.dir, 'root', root.serial, root.cert, p.root);
-  record(o.dir, 'ca', inter.serial, inter.cert, p.ca);
+  writeAtomic(p.root, root.pem, 0o644);
+  writeAtomic(p.ca, inter.pem, 0o644);
+  writeAtomic(p.caChain, inter.pem + root.pem, 0o644);
+  record(o.dir, 'root', root, p.root);
+  record(o.dir, 'ca', inter, p.ca);
   return { ca: p.ca, chain: p.caChain };
 }
 
 /** Loads the issuing CA (the intermediate when there is one). */
-export function loadSigner(dir: string): Signer & { chainPem: string; hasRoot: boolean } {
+export function loadSigner(dir: string): Signer & { chainPem: string; hasRoot: boolean; keyType: KeyType } {
   const p = paths(dir);
   if (!fs.existsSync(p.ca) || !fs.existsSync(p.caKey)) throw new PkiError('ERR_PKI_NO_CA', `no CA in ${dir}: run 'portcullis pki init' first`);
-  const cert = forge.pki.certificateFromPem(fs.readFileSync(p.ca, 'utf8'));
-  const key = forge.pki.privateKeyFromPem(fs.readFileSync(p.caKey, 'utf8'));
+  const certPem = fs.readFileSync(p.ca, 'utf8');
+  const cert = new X509Certificate(certPem);
+  const key = createPrivateKey(fs.readFileSync(p.caKey, 'utf8'));
+  // Certificate ::= SEQUENCE { tbsCertificate, ... }; the subject is the TBSCertificate's sixth field.
+  const tbs = (fromDer(cert.raw).value as forge.asn1.Asn1[])[0] as forge.asn1.Asn1;
+  const subject = (tbs.value as forge.asn1.Asn1[])[5] as forge.asn1.Asn1;
   const hasRoot = fs.existsSync(p.root);
-  return { cert, key, chainPem: hasRoot ? pem(cert) : '', hasRoot };
+  return { subject, key, keyId: keyIdentifier(cert.publicKey), chainPem: hasRoot ? cert.toString() : '', hasRoot, keyType: keyTypeOf(key) };
 }
+
+/** keyEncipherment only for RSA: an ECDSA key signs, it never decrypts (RFC 5480). */
+const leafKeyUsage = (type: KeyType) => ({ name: 'keyUsage', digitalSignature: true, ...(type === 'rsa' ? { keyEncipherment: true } : {}), critical: true });
 
 export interface ServerOptions extends Validity {
   dir: string;
@@ -192,16 +257,15 @@ export function issueServer(o: ServerOptions): { cert: string; key: string; seri
   const dns = o.dns?.length ? o.dns : ['localhost'];
   const ip = o.ip ?? ['127.0.0.1'];
   for (const a of ip) if (!/^[0-9.]+$|^[0-9a-fA-F:]+$/.test(a)) throw new PkiError('ERR_PKI_BAD_INPUT', `--ip ${a} is not an IP address`);
-  const keys = newKeyPair();
-  const { cert, serial } = issue({
+  const keys = newKeyPair(signer.keyType);
+  const cert = issue({
     subject: [{ name: 'commonName', value: o.cn ?? dns[0] ?? 'localhost' }],
-    publicPem: keys.publicPem,
+    publicKey: keys.publicKey,
     issuer: signer,
-    kind: 'server',
     validity: validity(o, 825),
     extensions: [
       { name: 'basicConstraints', cA: false, critical: true },
-      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      leafKeyUsage(signer.keyType),
       { name: 'extKeyUsage', serverAuth: true },
       { name: 'subjectAltName', altNames: [...dns.map((value) => ({ type: 2, value })), ...ip.map((a) => ({ type: 7, ip: a }))] },
     ],
@@ -209,9 +273,9 @@ export function issueServer(o: ServerOptions): { cert: string; key: string; seri
   const certFile = o.out !== undefined ? `${o.out}.crt` : p.server;
   const keyFile = o.out !== undefined ? `${o.out}.key` : p.serverKey;
   writeSecret(keyFile, keys.privatePem);
-  writeAtomic(certFile, pem(cert) + signer.chainPem, 0o644);
-  record(o.dir, 'server', serial, cert, certFile);
-  return { cert: certFile, key: keyFile, serial };
+  writeAtomic(certFile, cert.pem + signer.chainPem, 0o644);
+  record(o.dir, 'server', cert, certFile);
+  return { cert: certFile, key: keyFile, serial: cert.serial };
 }
 
 export interface ClientOptions extends Validity {
@@ -248,25 +312,24 @@ export function issueClient(o: ClientOptions): { cert: string; key: string; seri
   const signer = loadSigner(o.dir);
   const p = paths(o.dir);
   const sans = (o.san ?? []).map(parseSan);
-  const keys = newKeyPair();
-  const { cert, serial } = issue({
+  const keys = newKeyPair(signer.keyType);
+  const cert = issue({
     subject: [{ name: 'commonName', value: o.cn }],
-    publicPem: keys.publicPem,
+    publicKey: keys.publicKey,
     issuer: signer,
-    kind: 'client',
     validity: validity(o, 365),
     extensions: [
       { name: 'basicConstraints', cA: false, critical: true },
-      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      leafKeyUsage(signer.keyType),
       ...(o.clientAuthEku === false ? [] : [{ name: 'extKeyUsage', clientAuth: true }]),
       ...(sans.length > 0 ? [{ name: 'subjectAltName', altNames: sans }] : []),
     ],
   });
   const base = path.join(p.clients, safeName(o.cn));
   writeSecret(`${base}.key`, keys.privatePem);
-  writeAtomic(`${base}.crt`, pem(cert) + signer.chainPem, 0o644);
-  record(o.dir, 'client', serial, cert, `${base}.crt`);
-  return { cert: `${base}.crt`, key: `${base}.key`, serial };
+  writeAtomic(`${base}.crt`, cert.pem + signer.chainPem, 0o644);
+  record(o.dir, 'client', cert, `${base}.crt`);
+  return { cert: `${base}.crt`, key: `${base}.key`, serial: cert.serial };
 }
 
 /**

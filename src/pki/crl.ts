@@ -3,7 +3,7 @@
  * file that knows @peculiar/x509.
  */
 import 'reflect-metadata';
-import { createPublicKey, verify, webcrypto, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, verify, webcrypto, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import * as x509 from '@peculiar/x509';
 import forge from 'node-forge';
@@ -13,15 +13,17 @@ import { PkiError, paths, readIndex, writeAtomic } from './store.ts';
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 const RSA_SHA256 = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+const ECDSA_P256_SHA256 = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
 
 async function signCrl(caCertPem: string, caKeyPem: string, serials: { serial: string; revokedAt?: string }[], nextUpdate: Date, now: Date): Promise<string> {
-  const key = await webcrypto.subtle.importKey('pkcs8', createPrivateDer(caKeyPem), RSA_SHA256, false, ['sign']);
+  const algorithm = createPrivateKey(caKeyPem).asymmetricKeyType === 'ec' ? ECDSA_P256_SHA256 : RSA_SHA256;
+  const key = await webcrypto.subtle.importKey('pkcs8', createPrivateDer(caKeyPem), algorithm, false, ['sign']);
   const ca = new x509.X509Certificate(caCertPem);
   const crl = await x509.X509CrlGenerator.create({
     issuer: ca.subjectName,
     thisUpdate: now,
     nextUpdate,
-    signingAlgorithm: RSA_SHA256,
+    signingAlgorithm: algorithm,
     signingKey: key as unknown as x509.X509CrlCreateParams['signingKey'],
     entries: serials.map((s) => ({ serialNumber: s.serial, revocationDate: s.revokedAt ? new Date(s.revokedAt) : now })),
   });
