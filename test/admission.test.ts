@@ -10,6 +10,7 @@ import { connect, delay, nextMessages } from './helpers.ts';
 import { connectFrom, refusalCode } from './auth-support.ts';
 import { admissionRecords, rawOpen, startAdmissionBroker, waitFor, type RawSocket } from './admission-support.ts';
 import { rawConnectPacket } from './helpers.ts';
+import { parseConfig } from '../src/index.ts';
 
 const fastRate = { perSecond: 10_000, burst: 10_000 };
 
@@ -308,4 +309,24 @@ test('admission on a WebSocket listener runs before the HTTP upgrade: a refused 
   const other = rawOpen(tb.port, '127.0.0.2', 300);
   t.is(await other.outcome, 'open', 'another address reaches the HTTP server');
   other.socket.destroy();
+});
+
+test('bad admission settings are refused with the key named', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ limits: { maxConnections: 0 } }, /limits\.maxConnections: Too small/],
+    [{ limits: { maxConnectionsPerIp: 1.5 } }, /limits\.maxConnectionsPerIp: /],
+    [{ limits: { connectRate: { perSecond: -1 } } }, /limits\.connectRate\.perSecond: Too small/],
+    [{ limits: { connectRate: { burst: 0 } } }, /limits\.connectRate\.burst: Too small/],
+    [{ listeners: [{ type: 'tcp', limits: { connectRate: { perSecond: 5 } } }] }, /listeners\[0\]\.limits\.connectRate\.burst: /],
+    [{ listeners: [{ type: 'tcp', limits: { maxConections: 5 } }] }, /listeners\[0\]\.limits: Unrecognized key: "maxConections"/],
+    [{ admission: { exempt: ['localhost'] } }, /admission\.exempt\[0\]: 'localhost' is not an IPv4 or IPv6 address or CIDR range/],
+    [{ admission: { ipv6Prefix: 16 } }, /admission\.ipv6Prefix: Too small/],
+    [{ admission: { flapping: { maxConnects: 1 } } }, /admission\.flapping\.maxConnects: Too small/],
+    [{ admission: { bans: { file: '' } } }, /admission\.bans\.file: Too small/],
+  ];
+  for (const [config, re] of cases) {
+    const err = t.throws(() => parseConfig(config));
+    t.is((err as { code?: string }).code, 'ERR_PORTCULLIS_CONFIG');
+    t.regex(err?.message ?? '', re, JSON.stringify(config));
+  }
 });
