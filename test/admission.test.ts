@@ -330,3 +330,44 @@ test('bad admission settings are refused with the key named', (t) => {
     t.regex(err?.message ?? '', re, JSON.stringify(config));
   }
 });
+
+test('a listener connectRate has its own bucket per address; the other listener keeps the global rate', async (t) => {
+  const tb = await startAdmissionBroker({
+    listeners: [
+      { name: 'public', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] },
+      { name: 'strict', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'], limits: { connectRate: { perSecond: 0.5, burst: 2 } } },
+    ],
+    limits: { connectRate: fastRate },
+  });
+  t.teardown(() => tb.stop());
+  const sockets = [rawOpen(tb.ports.strict as number, '127.0.0.1', 300), rawOpen(tb.ports.strict as number, '127.0.0.1', 300)];
+  t.teardown(() => sockets.forEach((s) => s.socket.destroy()));
+  t.deepEqual(await Promise.all(sockets.map((s) => s.outcome)), ['open', 'open']);
+  const third = rawOpen(tb.ports.strict as number, '127.0.0.1', 1000);
+  sockets.push(third);
+  t.is(await third.outcome, 'closed', 'the strict listener allows a burst of 2');
+  for (let i = 0; i < 5; i++) (await connect(tb.ports.public as number, { clientId: `public-${i}` })).end(true);
+  t.is(tb.broker.admissionStats().refused.rate, 1, 'the public listener is not held by the strict bucket');
+  t.true(await waitFor(() => admissionRecords(tb.audit).some((r) => r.listener === 'strict' && r.detail?.refusal === 'rate')));
+});
+
+test('refusal records are bounded in addresses: beyond refusalAudit.maxAddresses, refusals are summed into one record for "*"', async (t) => {
+  const tb = await startAdmissionBroker({
+    limits: { maxConnectionsPerIp: 1, connectRate: fastRate },
+    // A long interval, so that the five refusals fall in one even on a loaded machine.
+    admission: { refusalAudit: { intervalMs: 2000, maxAddresses: 2 } },
+  });
+  t.teardown(() => tb.stop());
+  const held = Array.from({ length: 5 }, (_, i) => rawOpen(tb.port, `127.0.3.${i + 1}`, 300));
+  t.teardown(() => held.forEach((s) => s.socket.destroy()));
+  t.deepEqual(new Set(await Promise.all(held.map((s) => s.outcome))), new Set(['open']));
+  const refused = Array.from({ length: 5 }, (_, i) => rawOpen(tb.port, `127.0.3.${i + 1}`, 1000));
+  t.deepEqual(new Set(await Promise.all(refused.map((s) => s.outcome))), new Set(['closed']));
+  t.true(await waitFor(() => admissionRecords(tb.audit).some((r) => r.remoteAddress === '*'), 8000));
+  const recs = admissionRecords(tb.audit);
+  t.is(recs.filter((r) => r.remoteAddress !== '*').length, 2, 'two addresses recorded on their own');
+  const overflow = recs.find((r) => r.remoteAddress === '*');
+  t.is(overflow?.detail?.count, 3);
+  t.is(overflow?.detail?.['ip-cap'], 3);
+  t.is(recs.reduce((n, r) => n + Number(r.detail?.count ?? 0), 0), 5, 'every refusal is counted once');
+});
