@@ -717,7 +717,11 @@ export class Broker {
   /** A persistent session going offline keeps only QoS 1/2 (and QoS 0 when limits.queueQos0). */
   private dropQueuedQos0(session: Session): void {
     const kept = session.queue.filter((q) => q.qos > 0);
-    if (kept.length === session.queue.length) return;
+    const dropped = session.queue.length - kept.length;
+    if (dropped === 0) return;
+    session.droppedMessages += dropped;
+    this.stats.queueDroppedQos0 += dropped;
+    this.stats.messagesDropped += dropped;
     session.queue = kept;
     session.queuedBytes = 0;
     session.queuedQos0 = 0;
