@@ -125,7 +125,7 @@ function estimateSeconds(o: RunOptions): number {
   const w = o.warmupMs / 1000;
   let perConfig = 0;
   for (const s of o.scenarios) {
-    const start = 2;
+    const start = 3; // start-up of a Node broker under tsx, and connecting the clients
     switch (SCENARIO_INFO[s].kind) {
       case 'throughput':
         perConfig += start + (w > 0 ? w + 1 : 0) + o.runs * (d + 1) + (s === 'qos1' ? o.runs * (d + 0.5) : 0) + (s.endsWith('mtls') ? 2 : 0);
@@ -137,7 +137,7 @@ function estimateSeconds(o: RunOptions): number {
         perConfig += start + w + o.runs * d;
         break;
       case 'memory':
-        perConfig += start + o.memoryRuns * (5 + o.connections / (s === 'memory-mtls' ? 400 : 3000));
+        perConfig += start + o.memoryRuns * (6 + o.connections / (s === 'memory-mtls' ? 300 : 2000));
         break;
     }
   }

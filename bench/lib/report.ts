@@ -280,7 +280,8 @@ export function report(opts: RunOptions, pin: Pinning, results: Results, started
 
 function ratio(a: Summary, b: Summary | undefined): string {
   if (!a.value || !b?.value || b.value.median === 0) return 'n/a';
-  return `${(a.value.median / b.value.median).toFixed(2)}×`;
+  const r = a.value.median / b.value.median;
+  return `${r < 0.1 ? r.toPrecision(2) : r.toFixed(2)}×`;
 }
 
 function bestPeer(m: MetricDef, sec: Security, ran: string[], sum: (k: string, m: MetricDef) => Summary): { broker: BrokerName; summary: Summary } | null {
