@@ -52,7 +52,7 @@ export interface RawSocket {
  * server right away without a byte: outcome 'closed'. One admitted stays open (the CONNECT
  * deadline is longer than `settleMs`).
  */
-export function rawOpen(port: number, localAddress = '127.0.0.1', settleMs = 150, host = '127.0.0.1'): RawSocket {
+export function rawOpen(port: number, localAddress = '127.0.0.1', settleMs = 1000, host = '127.0.0.1'): RawSocket {
   const socket = net.connect({ port, host, localAddress });
   let received = 0;
   let isClosed = false;

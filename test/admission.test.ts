@@ -110,27 +110,29 @@ test('a listener maxConnectionsPerIp replaces the global cap for that listener, 
 });
 
 test('connect rate: a burst is admitted, the next connection is refused at once, the bucket refills; another address is unaffected', async (t) => {
-  // One token every 2 s: slow enough that a loaded machine cannot refill the bucket by accident.
-  const tb = await startAdmissionBroker({ limits: { connectRate: { perSecond: 0.5, burst: 3 } } });
+  // One token every 5 s: slow enough that a loaded machine cannot refill the bucket by accident.
+  // Outcomes are read from the broker's counts: under load a connect may wait for a SYN retry.
+  const tb = await startAdmissionBroker({ limits: { connectRate: { perSecond: 0.2, burst: 3 } } });
   t.teardown(() => tb.stop());
-  const sockets = [rawOpen(tb.port, '127.0.0.1', 300), rawOpen(tb.port, '127.0.0.1', 300), rawOpen(tb.port, '127.0.0.1', 300)];
+  const stats = () => tb.broker.admissionStats();
+  const sockets = [rawOpen(tb.port), rawOpen(tb.port), rawOpen(tb.port)];
   t.teardown(() => sockets.forEach((s) => s.socket.destroy()));
-  t.deepEqual(await Promise.all(sockets.map((s) => s.outcome)), ['open', 'open', 'open']);
-  t.is(tb.broker.admissionStats().accepted, 3);
-  const fourth = rawOpen(tb.port, '127.0.0.1', 1000);
+  t.true(await waitFor(() => stats().accepted === 3, 5000), 'the burst of 3 is admitted');
+  const fourth = rawOpen(tb.port);
   sockets.push(fourth);
-  t.is(await fourth.outcome, 'closed');
+  t.true(await waitFor(() => stats().refused.rate === 1, 5000), 'the 4th is refused');
+  t.true(await fourth.closed(2000));
   t.is(fourth.bytes(), 0);
-  t.is(tb.broker.admissionStats().refused.rate, 1);
-  const elsewhere = rawOpen(tb.port, '127.0.0.2', 300);
+  t.is(stats().accepted, 3);
+  const elsewhere = rawOpen(tb.port, '127.0.0.2');
   sockets.push(elsewhere);
-  t.is(await elsewhere.outcome, 'open', 'the bucket is per source address');
-  t.is(tb.broker.admissionStats().accepted, 4);
-  await delay(2100); // one token back
+  t.true(await waitFor(() => stats().accepted === 4, 5000), 'the bucket is per source address');
+  t.is(await elsewhere.outcome, 'open');
+  await delay(5200); // one token back
   const later = await connect(tb.port, { clientId: 'after-refill' });
   later.end(true);
-  t.is(tb.broker.admissionStats().refused.rate, 1);
-  t.true(await waitFor(() => admissionRecords(tb.audit).some((r) => r.detail?.refusal === 'rate' && /0\.5\/s, burst 3/.test(r.reason ?? ''))));
+  t.is(stats().refused.rate, 1);
+  t.true(await waitFor(() => admissionRecords(tb.audit).some((r) => r.detail?.refusal === 'rate' && /0\.2\/s, burst 3/.test(r.reason ?? ''))));
 });
 
 test('exempt ranges skip the caps and the rate, but are still counted', async (t) => {
@@ -335,15 +337,15 @@ test('a listener connectRate has its own bucket per address; the other listener 
   const tb = await startAdmissionBroker({
     listeners: [
       { name: 'public', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] },
-      { name: 'strict', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'], limits: { connectRate: { perSecond: 0.5, burst: 2 } } },
+      { name: 'strict', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'], limits: { connectRate: { perSecond: 0.1, burst: 2 } } },
     ],
     limits: { connectRate: fastRate },
   });
   t.teardown(() => tb.stop());
-  const sockets = [rawOpen(tb.ports.strict as number, '127.0.0.1', 300), rawOpen(tb.ports.strict as number, '127.0.0.1', 300)];
+  const sockets = [rawOpen(tb.ports.strict as number), rawOpen(tb.ports.strict as number)];
   t.teardown(() => sockets.forEach((s) => s.socket.destroy()));
-  t.deepEqual(await Promise.all(sockets.map((s) => s.outcome)), ['open', 'open']);
-  const third = rawOpen(tb.ports.strict as number, '127.0.0.1', 1000);
+  t.true(await waitFor(() => tb.broker.admissionStats().accepted === 2, 5000));
+  const third = rawOpen(tb.ports.strict as number);
   sockets.push(third);
   t.is(await third.outcome, 'closed', 'the strict listener allows a burst of 2');
   for (let i = 0; i < 5; i++) (await connect(tb.ports.public as number, { clientId: `public-${i}` })).end(true);
@@ -360,7 +362,7 @@ test('refusal records are bounded in addresses: beyond refusalAudit.maxAddresses
   t.teardown(() => tb.stop());
   const held = Array.from({ length: 5 }, (_, i) => rawOpen(tb.port, `127.0.3.${i + 1}`, 300));
   t.teardown(() => held.forEach((s) => s.socket.destroy()));
-  t.deepEqual(new Set(await Promise.all(held.map((s) => s.outcome))), new Set(['open']));
+  t.true(await waitFor(() => tb.broker.admissionStats().accepted === 5, 5000));
   const refused = Array.from({ length: 5 }, (_, i) => rawOpen(tb.port, `127.0.3.${i + 1}`, 1000));
   t.deepEqual(new Set(await Promise.all(refused.map((s) => s.outcome))), new Set(['closed']));
   t.true(await waitFor(() => admissionRecords(tb.audit).some((r) => r.remoteAddress === '*'), 8000));
