@@ -204,13 +204,13 @@ test('an IP ban on a TLS listener refuses before the handshake: no TLS bytes, no
 
 test('a ban expires: refused before, served after, the expiry is audited once', async (t) => {
   const dir = tempDir(t);
-  const until = new Date(Date.now() + 2500).toISOString();
+  const until = new Date(Date.now() + 4000).toISOString();
   const file = banFile(dir, line({ kind: 'client-id', value: 'temp', until }) + line({ kind: 'ip', value: '127.0.0.4', until }));
   const tb = await startAdmissionBroker({ admission: { bans: { file }, refusalAudit: { intervalMs: 100 } } });
   t.teardown(() => tb.stop());
   t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'temp' })).code, 0x8a);
   t.is(await rawOpen(tb.port, '127.0.0.4', 1000).outcome, 'closed');
-  t.true(await waitFor(() => tb.audit.records.filter((r) => r.event === 'unban' && r.action === 'ban-file').length === 2, 6000));
+  t.true(await waitFor(() => tb.audit.records.filter((r) => r.event === 'unban' && r.action === 'ban-file').length === 2, 8000));
   const unbans = tb.audit.records.filter((r) => r.event === 'unban');
   t.true(unbans.some((r) => r.clientId === 'temp' && /ban expired/.test(r.reason ?? '')));
   t.true(unbans.some((r) => r.remoteAddress === '127.0.0.4'));
