@@ -37,7 +37,7 @@ function usage(): string {
   --mosquitto PATH       Mosquitto binary (default ${DEFAULT_MOSQUITTO}; skipped if missing)
   --wait-idle S          before each run, wait up to S seconds for other processes to go quiet (default 0: off)
   --no-pin               do not pin broker/generator to CPUs with taskset
-  --out FILE             markdown report path (default bench/results/latest.md)
+  --out FILE             markdown report path (default bench/results/latest.md; with --quick bench/results/quick.md)
   --dry-run              print the plan and the estimated duration, run nothing
   -h, --help`;
 }
@@ -66,7 +66,7 @@ function parseOptions(): RunOptions {
       mosquitto: { type: 'string', default: DEFAULT_MOSQUITTO },
       'wait-idle': { type: 'string', default: '0' },
       'no-pin': { type: 'boolean', default: false },
-      out: { type: 'string', default: path.join(projectRoot, 'bench', 'results', 'latest.md') },
+      out: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -112,7 +112,7 @@ function parseOptions(): RunOptions {
     retained: Math.floor(num(values.retained ?? (q ? '1000' : '10000'), 'retained', 1)),
     concurrency: Math.floor(num(values.concurrency, 'concurrency', 1)),
     pin: !values['no-pin'],
-    out: path.resolve(values.out),
+    out: path.resolve(values.out ?? path.join(projectRoot, 'bench', 'results', q ? 'quick.md' : 'latest.md')),
     dryRun: values['dry-run'],
   };
 }

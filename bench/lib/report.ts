@@ -96,6 +96,8 @@ interface Summary {
   value: { median: number; min: number; max: number } | null;
   failure?: string;
   generatorCpu: number | null;
+  /** Largest fraction of deliveries lost in one run (QoS 0 may lose messages; it is shown, not failed). */
+  maxLost?: number;
 }
 
 export function median(xs: number[]): number {
@@ -112,7 +114,8 @@ function summarize(runs: Sample[], key: string): Summary {
   const gens = runs.map((r) => r.generatorCpu).filter((x): x is number => x !== null);
   const generatorCpu = gens.length ? median(gens) : null;
   if (xs.length === 0) return { value: null, failure: 'n/a', generatorCpu };
-  return { value: { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) }, generatorCpu };
+  const maxLost = Math.max(0, ...runs.map((r) => r.values.lostFraction ?? 0));
+  return { value: { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) }, generatorCpu, ...(maxLost > 0 ? { maxLost } : {}) };
 }
 
 const int = (x: number): string => Math.round(x).toLocaleString('en-US');
@@ -125,7 +128,8 @@ const esc = (s: string): string => s.replaceAll('|', '\\|').replaceAll('\n', ' '
 function cell(s: Summary, f: (x: number) => string): string {
   if (s.value === null) return esc(s.failure ?? 'n/a').slice(0, 160);
   const gen = s.generatorCpu !== null && s.generatorCpu > GENERATOR_LIMIT ? ` ⚠ gen ${pct(s.generatorCpu)}` : '';
-  return `${f(s.value.median)} (${f(s.value.min)}–${f(s.value.max)})${gen}`;
+  const lost = s.maxLost !== undefined ? ` (QoS 0 lost ≤ ${(s.maxLost * 100).toFixed(2)}%)` : '';
+  return `${f(s.value.median)} (${f(s.value.min)}–${f(s.value.max)})${gen}${lost}`;
 }
 
 const NAMES: Record<BrokerName, string> = { portcullis: 'Portcullis', aedes: 'Aedes', mosquitto: 'Mosquitto' };
