@@ -321,3 +321,46 @@ test('a v5 CONNECT with a repeated property is refused without a successful CONN
   t.is(env.b.broker.connectedClients, 0);
   await assertServing(t, env, 'after repeated CONNECT properties');
 });
+
+// ── CONNECT flags mqtt-packet lets through (found by the fuzz test) ──────────
+
+/** A CONNECT with raw flags; `tail` follows the client id (will, user name, password). */
+function connectWithFlags(version: 4 | 5, flags: number, tail: Buffer[]): Buffer {
+  const id = Buffer.from(`flags-${++unique}`);
+  const body = Buffer.concat([Buffer.from([0x00, 0x04]), Buffer.from('MQTT'), Buffer.from([version, flags, 0x00, 0x3c]), version === 5 ? Buffer.from([0]) : Buffer.alloc(0), Buffer.from([0, id.length]), id, ...tail]);
+  return Buffer.concat([Buffer.from([0x10]), encodeVarint(body.length), body]);
+}
+
+const field = (s: string) => Buffer.concat([Buffer.from([0, Buffer.byteLength(s)]), Buffer.from(s)]);
+
+test('a CONNECT with will QoS 3 is refused as malformed, v3.1.1 and v5, without a successful CONNACK [MQTT-3.1.2-14]', async (t) => {
+  const env = await setup(t);
+  const watcher = await env.client({ clientId: 'will-watch', protocolVersion: 5 });
+  await watcher.subscribeAsync('w/#', { qos: 2 });
+  const seen: string[] = [];
+  watcher.on('message', (topic) => seen.push(topic));
+  for (const version of [4, 5] as const) {
+    const c = await env.raw();
+    const will = [...(version === 5 ? [Buffer.from([0])] : []), field('w/qos3'), field('bye')];
+    c.write(connectWithFlags(version, 0x02 | 0x04 | 0x18, will)); // clean, will, will QoS bits 11
+    t.true(await c.closed(1500), `v${version}: closed`);
+    t.deepEqual(parsePackets(c.received()), [], `v${version}: no CONNACK`);
+  }
+  await delay(200);
+  t.deepEqual(seen, [], 'no will with QoS 3 was ever published');
+  t.is(env.b.broker.connectedClients, 1, 'only the watcher is connected');
+  await assertServing(t, env, 'after will QoS 3');
+});
+
+test('a v3.1.1 CONNECT with a password but no user name is refused as malformed; v5 allows it [MQTT-3.1.2-22]', async (t) => {
+  const env = await setup(t);
+  const v4 = await env.raw();
+  v4.write(connectWithFlags(4, 0x02 | 0x40, [field('secret')]));
+  t.true(await v4.closed(1500));
+  t.deepEqual(parsePackets(v4.received()), [], 'no CONNACK');
+  const v5 = await env.raw();
+  v5.write(connectWithFlags(5, 0x02 | 0x40, [field('secret')]));
+  const connack = parsePackets(await v5.waitForBytes(3, 2000)).find((p) => p.type === PacketType.CONNACK);
+  t.is(connack?.body[1], 0, 'MQTT 5 allows a password without a user name');
+  t.false(await v5.closed(200));
+});

@@ -193,7 +193,11 @@ export class PacketReader {
     if (packet === null) return this.fail(ReasonCode.MalformedPacket, 'packet length does not match its contents');
     const repeated = this.repeated as number | null; // set by the parser hook during parse()
     if (repeated !== null) return this.fail(ReasonCode.ProtocolError, `property 0x${repeated.toString(16).padStart(2, '0')} appears more than once`);
-    if (packet.cmd === 'connect') this.connected = true;
+    if (packet.cmd === 'connect') {
+      const flags = connectFlagError(packet);
+      if (flags !== null) return this.fail(ReasonCode.MalformedPacket, flags);
+      this.connected = true;
+    }
     this.onPacket(packet);
   }
 
@@ -203,6 +207,15 @@ export class PacketReader {
     this.parts = null;
     this.onError(new CodecError(reason, detail));
   }
+}
+
+/** CONNECT flag rules that mqtt-packet does not check (found by fuzzing). */
+function connectFlagError(packet: ConnectPacket): string | null {
+  if (packet.will !== undefined && packet.will !== null && (packet.will.qos as number) > 2) return 'will QoS 3'; // [MQTT-3.1.2-14]
+  if (packet.protocolVersion === 4 && packet.password !== undefined && packet.username === undefined) {
+    return 'a password without a user name'; // [MQTT-3.1.2-22]
+  }
+  return null;
 }
 
 /** MQTT 5 property identifiers and how their values are encoded (MQTT 5, table 2-4). */
