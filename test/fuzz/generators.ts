@@ -428,6 +428,60 @@ export function encodeViolation(v: Violation, version: Version, maxPacketSize: n
   }
 }
 
+/** A CONNECT the broker must refuse: no successful CONNACK, and the connection closed. */
+export type ConnectViolation =
+  | { kind: 'client-id-utf8'; bytes: Buffer }
+  | { kind: 'username-nul' }
+  | { kind: 'will-topic-wildcard'; wildcard: '+' | '#' }
+  | { kind: 'reserved-connect-flag' }
+  | { kind: 'will-qos3' }
+  | { kind: 'will-flags-without-will' }
+  | { kind: 'password-without-username' }
+  | { kind: 'repeated-connect-property' }
+  | { kind: 'protocol-name'; name: string };
+
+export const connectViolation: fc.Arbitrary<ConnectViolation> = fc.oneof(
+  fc.record({ kind: fc.constant('client-id-utf8' as const), bytes: badUtf8 }),
+  fc.constant({ kind: 'username-nul' as const }),
+  fc.record({ kind: fc.constant('will-topic-wildcard' as const), wildcard: fc.constantFrom('+' as const, '#' as const) }),
+  fc.constant({ kind: 'reserved-connect-flag' as const }),
+  fc.constant({ kind: 'will-qos3' as const }),
+  fc.constant({ kind: 'will-flags-without-will' as const }),
+  fc.constant({ kind: 'password-without-username' as const }),
+  fc.constant({ kind: 'repeated-connect-property' as const }),
+  fc.record({ kind: fc.constant('protocol-name' as const), name: fc.constantFrom('MQTX', 'mqtt', 'MQIsdp', '') }),
+);
+
+/** Encodes a CONNECT of the given version with one violation in it. */
+export function encodeConnectViolation(v: ConnectViolation, version: Version, clientId: string): Buffer {
+  const v5 = version === 5;
+  const base = (o: { flags?: number; id?: string | Buffer; props?: Prop[]; tail?: Buffer[]; name?: string }) =>
+    frame(0x10, Buffer.concat([str(o.name ?? 'MQTT'), Buffer.from([version, o.flags ?? 0x02]), u16(1), ...(v5 ? [props(o.props ?? [])] : []), str(o.id ?? clientId), ...(o.tail ?? [])]));
+  const will = (topic: string) => [...(v5 ? [props([])] : []), str(topic), str('bye')];
+  switch (v.kind) {
+    case 'client-id-utf8':
+      return base({ id: Buffer.concat([Buffer.from(clientId), v.bytes]) }); // [MQTT-1.5.4-1]
+    case 'username-nul':
+      return base({ flags: 0x82, tail: [str('us\u0000er')] }); // [MQTT-1.5.4-2]
+    case 'will-topic-wildcard':
+      return base({ flags: 0x06, tail: will(`fz/${v.wildcard}`) }); // [MQTT-3.1.3-11]
+    case 'reserved-connect-flag':
+      return base({ flags: 0x03 }); // [MQTT-3.1.2-3]
+    case 'will-qos3':
+      return base({ flags: 0x1e, tail: will('fz/w') }); // [MQTT-3.1.2-14]
+    case 'will-flags-without-will':
+      return base({ flags: 0x2a }); // will retain and QoS 1 without the will flag [MQTT-3.1.2-13, -15]
+    case 'password-without-username':
+      // v3.1.1 forbids it [MQTT-3.1.2-22]; v5 allows it, so v5 gets a repeated property instead.
+      return v5 ? base({ props: [{ id: 0x21, value: u16(5) }, { id: 0x21, value: u16(6) }] }) : base({ flags: 0x42, tail: [str('secret')] });
+    case 'repeated-connect-property':
+      if (!v5) return base({ flags: 0x03 });
+      return base({ props: [{ id: 0x11, value: u32(10) }, { id: 0x11, value: u32(0) }] });
+    case 'protocol-name':
+      return base({ name: v.name }); // [MQTT-3.1.2-1]
+  }
+}
+
 // ── cases ────────────────────────────────────────────────────────────────────
 
 /**
@@ -435,12 +489,14 @@ export function encodeViolation(v: Violation, version: Version, maxPacketSize: n
  * - `noise`: random bytes, before or instead of a CONNECT;
  * - `random`: a valid CONNECT and packets, some corrupted at random (the CONNECT too);
  * - `violation`: a valid CONNECT and valid packets, then one packet the broker must refuse
- *   with a known reason code.
+ *   with a known reason code;
+ * - `bad-connect`: a CONNECT the broker must refuse.
  */
 export type FuzzCase =
   | { kind: 'noise'; version: Version; bytes: Buffer; afterConnect: boolean; connect: ConnectSpec }
   | { kind: 'random'; version: Version; connect: ConnectSpec; packets: PacketSpec[]; mutations: { index: number; mutation: RandomMutation }[] }
-  | { kind: 'violation'; version: Version; connect: ConnectSpec; packets: PacketSpec[]; violation: Violation };
+  | { kind: 'violation'; version: Version; connect: ConnectSpec; packets: PacketSpec[]; violation: Violation }
+  | { kind: 'bad-connect'; version: Version; violation: ConnectViolation };
 
 const version = fc.constantFrom(4 as const, 5 as const);
 
@@ -459,6 +515,7 @@ export const fuzzCase: fc.Arbitrary<FuzzCase> = version.chain((v) =>
       }),
     },
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('violation' as const), version: fc.constant(v), connect: connectSpec(v), packets: fc.array(packetSpec(v), { maxLength: 4 }), violation }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('bad-connect' as const), version: fc.constant(v), violation: connectViolation }) },
   ),
 );
 
@@ -467,6 +524,7 @@ export const fuzzCase: fc.Arbitrary<FuzzCase> = version.chain((v) =>
  * A random mutation with index i corrupts packet i modulo the number of packets.
  */
 export function encodeCase(c: FuzzCase, clientId: string, maxPacketSize: number): { packets: Buffer[]; reasons?: number[] } {
+  if (c.kind === 'bad-connect') return { packets: [encodeConnectViolation(c.violation, c.version, clientId)] };
   const connect = encodeConnectSpec(c.connect, clientId);
   switch (c.kind) {
     case 'noise':
