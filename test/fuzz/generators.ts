@@ -111,7 +111,7 @@ const publishProps = propSet([
 ]);
 
 const subscribeProps = propSet([fc.integer({ min: 1, max: 268_435_455 }).map((v): Prop => ({ id: 0x0b, value: varint(v) }))]);
-const emptyish = propSet([strProp(0x1f, text)]); // reason string
+const ackProps = propSet([strProp(0x1f, text)]); // reason string and user properties
 
 // ── packets as data ──────────────────────────────────────────────────────────
 
@@ -201,7 +201,7 @@ export function packetSpec(version: Version): fc.Arbitrary<PacketSpec> {
         kind: fc.constantFrom(4 as const, 5 as const, 6 as const, 7 as const),
         packetId,
         reason: fc.nat(),
-        properties: v5 ? emptyish : none,
+        properties: v5 ? ackProps : none,
       },
       { requiredKeys: ['type', 'kind', 'packetId', 'properties'] },
     ).map((a) => {
