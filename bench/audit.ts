@@ -43,17 +43,22 @@ const MODES: Record<Mode, { label: string; audit: ConfigInput['audit'] }> = {
 };
 
 if (args[0] === '--server') {
-  const mode = args[1] as Mode;
+  // One broker per mode named ("off" or "off+denials": two in one process, for the A/B phase).
+  const modes = (args[1] as string).split('+') as Mode[];
   const dir = args[2] as string;
-  const broker = createBroker({
-    listeners: [{ name: 'bench', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
-    authorizers: ['allow-all'],
-    log: { level: 'silent' },
-    sys: { intervalSeconds: 0 },
-    audit: { ...MODES[mode].audit, path: path.join(dir, 'audit.jsonl') },
-  });
-  const { listeners } = await broker.start();
-  process.stdout.write(`READY ${listeners[0]?.port}\n`);
+  const brokers = modes.map((mode, i) =>
+    createBroker({
+      listeners: [{ name: 'bench', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
+      authorizers: ['allow-all'],
+      log: { level: 'silent' },
+      sys: { intervalSeconds: 0 },
+      audit: { ...MODES[mode].audit, path: path.join(dir, `audit-${i}.jsonl`) },
+    }),
+  );
+  const ports: number[] = [];
+  for (const b of brokers) ports.push((await b.start()).listeners[0]?.port ?? 0);
+  const broker = brokers[0] as (typeof brokers)[number];
+  process.stdout.write(`READY ${ports.join(' ')}\n`);
   // "cpu" on stdin: reply with this process's CPU time so far (µs) and the audit counters.
   process.stdin.on('data', (d: Buffer) => {
     for (const _ of d.toString().match(/cpu\n/g) ?? []) {
@@ -64,7 +69,7 @@ if (args[0] === '--server') {
     }
   });
   if (process.env.BENCH_AUDIT_DEBUG) setInterval(() => process.stderr.write(`health ${JSON.stringify(broker.auditHealth())}\n`), 500).unref();
-  process.stdin.on('end', () => void broker.stop().then(() => process.exit(0)));
+  process.stdin.on('end', () => void Promise.all(brokers.map((b) => b.stop())).then(() => process.exit(0)));
 } else {
   await main();
 }
@@ -81,12 +86,14 @@ interface CpuSample {
 
 interface Server {
   port: number;
+  /** Every broker's port, when the process runs more than one. */
+  ports: number[];
   /** The broker process's CPU time so far in µs, and its audit sink's written/dropped counts. */
   cpu(): Promise<CpuSample>;
   stop(): Promise<void>;
 }
 
-function startServer(mode: Mode, dir: string): Promise<Server> {
+function startServer(mode: Mode | `${Mode}+${Mode}`, dir: string): Promise<Server> {
   const profileDir = optString('profile');
   // One directory per mode: Node names the files itself (one per thread).
   const nodeArgs = profileDir !== undefined ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(profileDir, mode)] : [];
@@ -101,12 +108,14 @@ function startServer(mode: Mode, dir: string): Promise<Server> {
       while ((nl = out.indexOf('\n')) >= 0) {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
-        const r = /^READY (\d+)$/.exec(line);
+        const r = /^READY ([\d ]+)$/.exec(line);
         const c = /^CPU (\d+) (\d+) (\d+) (\d+) (\d+)$/.exec(line);
         if (r && !ready) {
           ready = true;
+          const ports = (r[1] as string).split(' ').map(Number);
           resolve({
-            port: Number(r[1]),
+            port: ports[0] as number,
+            ports,
             cpu: () => new Promise((res) => (waiting.push(res), child.stdin.write('cpu\n'))),
             stop: () => new Promise((res) => (child.once('close', () => res()), child.stdin.end())),
           });
@@ -244,6 +253,60 @@ async function sinkAlone(n: number): Promise<SinkResult> {
   }
 }
 
+/**
+ * Two brokers in one process, audit off and the default mode, fed the same steady rate in
+ * alternating slices (A B B A A B …): both see the same machine load within a second, so the
+ * per-slice CPU time per message compares them more finely than separate runs can.
+ */
+async function interleaved(server: Server, slices: number, sliceMs: number, rate: number): Promise<{ off: number[]; denials: number[] }> {
+  const pkt = mqttPacket.generate({ cmd: 'publish', topic: 'bench/t', payload: Buffer.alloc(64, 1), qos: 0, retain: false, dup: false });
+  const batch = Buffer.concat(Array.from({ length: 200 }, () => pkt));
+  const sides = await Promise.all(
+    server.ports.map(async (port, i) => {
+      const sub = await rawClient(port, `ab-sub-${i}`);
+      sub.write(mqttPacket.generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'bench/t', qos: 0 }] }));
+      await new Promise((r) => sub.once('data', r)); // SUBACK
+      const side = { sub, pub: await rawClient(port, `ab-pub-${i}`), bytes: 0 };
+      sub.on('data', (d: Buffer) => (side.bytes += d.length));
+      return side;
+    }),
+  );
+  const out = { off: [] as number[], denials: [] as number[] };
+  for (let i = 0; i < slices; i++) {
+    const which = [0, 1, 1, 0][i % 4] as number;
+    const side = sides[which] as (typeof sides)[number];
+    const c0 = await server.cpu();
+    const b0 = side.bytes;
+    const start = performance.now();
+    let sent = 0;
+    await new Promise<void>((resolve) => {
+      const timer = setInterval(() => {
+        const now = performance.now();
+        let due = Math.min(Math.floor(((Math.min(now, start + sliceMs) - start) * rate) / 1000) - sent, rate / 20);
+        while (due > 0) {
+          const n = Math.min(due, 200);
+          side.pub.write(n === 200 ? batch : batch.subarray(0, n * pkt.length));
+          sent += n;
+          due -= n;
+        }
+        if (now >= start + sliceMs) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 10);
+    });
+    await new Promise((r) => setTimeout(r, 100)); // the last deliveries
+    const c1 = await server.cpu();
+    const delivered = (side.bytes - b0) / pkt.length;
+    if (i >= 4) out[which === 0 ? 'off' : 'denials'].push((c1.us - c0.us) / delivered); // the first four warm up
+  }
+  for (const s of sides) {
+    s.pub.destroy();
+    s.sub.destroy();
+  }
+  return out;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
@@ -306,6 +369,18 @@ async function main(): Promise<void> {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   }
+  const abSlices = opt('ab-slices', 84);
+  const abRate = opt('ab-rate', 30_000);
+  let ab: { off: number[]; denials: number[] } = { off: [], denials: [] };
+  if (abSlices > 0) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-audit-'));
+    const server = await startServer('off+denials', dir);
+    ab = await interleaved(server, abSlices, 500, abRate);
+    await server.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+    process.stderr.write(`A/B: off ${median(ab.off).toFixed(3)} µs/msg, default ${median(ab.denials).toFixed(3)} µs/msg\n`);
+  }
+  const abPairs = ab.denials.map((d, i) => ((d - (ab.off[i] as number)) / (ab.off[i] as number)) * 100);
   const sinkRuns: SinkResult[] = [];
   for (let r = 0; r < opt('sink-runs', 5); r++) {
     sinkRuns.push(await sinkAlone(records));
@@ -330,6 +405,14 @@ async function main(): Promise<void> {
     ...table(paced),
     '',
     `CPU cost per round against audit off: default ${paired(paced, 'denials')}; all ${paired(paced, 'all')}.`,
+    '',
+    `## Default mode against audit off, interleaved in one process (${fmt(abRate)} msg/s, ${ab.off.length} + ${ab.denials.length} slices of 0.5 s)`,
+    '',
+    abSlices > 0
+      ? `Broker CPU per message, median (min–max): audit off **${median(ab.off).toFixed(3)} µs** (${range(ab.off, 3)}), default **${median(ab.denials).toFixed(3)} µs** (${range(ab.denials, 3)}): ` +
+        `**${(((median(ab.denials) - median(ab.off)) / median(ab.off)) * 100).toFixed(1)}%**. Slice by slice (each default slice against the off slice next to it): median ${median(abPairs).toFixed(1)}%, ` +
+        `middle half ${[...abPairs].sort((x, y) => x - y)[Math.floor(abPairs.length / 4)]?.toFixed(1)}% to ${[...abPairs].sort((x, y) => x - y)[Math.floor((abPairs.length * 3) / 4)]?.toFixed(1)}%.`
+      : '(skipped)',
     '',
     '## File sink alone',
     '',
