@@ -325,9 +325,10 @@ test('a v5 CONNECT with a repeated property is refused without a successful CONN
 // ── CONNECT flags mqtt-packet lets through (found by the fuzz test) ──────────
 
 /** A CONNECT with raw flags; `tail` follows the client id (will, user name, password). */
-function connectWithFlags(version: 4 | 5, flags: number, tail: Buffer[]): Buffer {
+function connectWithFlags(version: 3 | 4 | 5, flags: number, tail: Buffer[]): Buffer {
   const id = Buffer.from(`flags-${++unique}`);
-  const body = Buffer.concat([Buffer.from([0x00, 0x04]), Buffer.from('MQTT'), Buffer.from([version, flags, 0x00, 0x3c]), version === 5 ? Buffer.from([0]) : Buffer.alloc(0), Buffer.from([0, id.length]), id, ...tail]);
+  const name = version === 3 ? 'MQIsdp' : 'MQTT';
+  const body = Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([version, flags, 0x00, 0x3c]), version === 5 ? Buffer.from([0]) : Buffer.alloc(0), Buffer.from([0, id.length]), id, ...tail]);
   return Buffer.concat([Buffer.from([0x10]), encodeVarint(body.length), body]);
 }
 
@@ -352,12 +353,14 @@ test('a CONNECT with will QoS 3 is refused as malformed, v3.1.1 and v5, without 
   await assertServing(t, env, 'after will QoS 3');
 });
 
-test('a v3.1.1 CONNECT with a password but no user name is refused as malformed; v5 allows it [MQTT-3.1.2-22]', async (t) => {
+test('a v3.1.1 or v3.1 CONNECT with a password but no user name is refused as malformed; v5 allows it [MQTT-3.1.2-22]', async (t) => {
   const env = await setup(t);
-  const v4 = await env.raw();
-  v4.write(connectWithFlags(4, 0x02 | 0x40, [field('secret')]));
-  t.true(await v4.closed(1500));
-  t.deepEqual(parsePackets(v4.received()), [], 'no CONNACK');
+  for (const version of [3, 4] as const) {
+    const c = await env.raw();
+    c.write(connectWithFlags(version, 0x02 | 0x40, [field('secret')]));
+    t.true(await c.closed(1500), `level ${version}: closed`);
+    t.deepEqual(parsePackets(c.received()), [], `level ${version}: no CONNACK`);
+  }
   const v5 = await env.raw();
   v5.write(connectWithFlags(5, 0x02 | 0x40, [field('secret')]));
   const connack = parsePackets(await v5.waitForBytes(3, 2000)).find((p) => p.type === PacketType.CONNACK);

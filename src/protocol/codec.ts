@@ -212,8 +212,8 @@ export class PacketReader {
 /** CONNECT flag rules that mqtt-packet does not check (found by fuzzing). */
 function connectFlagError(packet: ConnectPacket): string | null {
   if (packet.will !== undefined && packet.will !== null && (packet.will.qos as number) > 2) return 'will QoS 3'; // [MQTT-3.1.2-14]
-  if (packet.protocolVersion === 4 && packet.password !== undefined && packet.username === undefined) {
-    return 'a password without a user name'; // [MQTT-3.1.2-22]
+  if (packet.protocolVersion !== 5 && packet.password !== undefined && packet.username === undefined) {
+    return 'a password without a user name'; // [MQTT-3.1.2-22]; MQTT 3.1 says the same
   }
   return null;
 }

@@ -9,7 +9,8 @@
  */
 import fc from 'fast-check';
 
-export type Version = 4 | 5;
+/** 3 is MQTT 3.1 (protocol name MQIsdp), 4 is 3.1.1, 5 is 5.0. */
+export type Version = 3 | 4 | 5;
 
 // ── encoders ─────────────────────────────────────────────────────────────────
 
@@ -161,8 +162,8 @@ export function connectSpec(version: Version): fc.Arbitrary<ConnectSpec> {
     },
     { requiredKeys: ['version', 'clean', 'keepAlive', 'properties'] },
   ).map((c) => {
-    // MQTT 3.1.1 allows a password only with a user name [MQTT-3.1.2-22].
-    if (version === 4 && c.username === undefined && c.password !== undefined) {
+    // MQTT 3.1 and 3.1.1 allow a password only with a user name [MQTT-3.1.2-22].
+    if (version !== 5 && c.username === undefined && c.password !== undefined) {
       const { password: _p, ...rest } = c;
       return rest;
     }
@@ -222,12 +223,14 @@ export function endingSpec(version: Version): fc.Arbitrary<PacketSpec> {
     : fc.constant({ type: 'disconnect' as const, reason: 0 });
 }
 
+export const protocolName = (version: Version) => (version === 3 ? 'MQIsdp' : 'MQTT');
+
 export function encodeConnectSpec(c: ConnectSpec, clientId: string | Buffer): Buffer {
   let flags = c.clean ? 0x02 : 0;
   if (c.will) flags |= 0x04 | (c.will.qos << 3) | (c.will.retain ? 0x20 : 0);
   if (c.password !== undefined) flags |= 0x40;
   if (c.username !== undefined) flags |= 0x80;
-  const parts: Buffer[] = [str('MQTT'), Buffer.from([c.version, flags]), u16(c.keepAlive)];
+  const parts: Buffer[] = [str(protocolName(c.version)), Buffer.from([c.version, flags]), u16(c.keepAlive)];
   if (c.version === 5) parts.push(props(c.properties));
   parts.push(str(clientId));
   if (c.will) {
@@ -422,7 +425,7 @@ export function encodeViolation(v: Violation, version: Version, maxPacketSize: n
       return { bytes: frame(v.type << 4, body), reasons: [0x81, 0x82] };
     }
     case 'second-connect':
-      return { bytes: frame(0x10, Buffer.concat([str('MQTT'), Buffer.from([version, 0x02]), u16(1), ...(v5 ? [props([])] : []), str('again')])), reasons: [0x82] }; // [MQTT-3.1.0-2]
+      return { bytes: frame(0x10, Buffer.concat([str(protocolName(version)), Buffer.from([version, 0x02]), u16(1), ...(v5 ? [props([])] : []), str('again')])), reasons: [0x82] }; // [MQTT-3.1.0-2]
     case 'reserved-type':
       return { bytes: Buffer.from([0x00, 0x02, 0x00, 0x00]), reasons: [0x81, 0x82] };
   }
@@ -456,7 +459,7 @@ export const connectViolation: fc.Arbitrary<ConnectViolation> = fc.oneof(
 export function encodeConnectViolation(v: ConnectViolation, version: Version, clientId: string): Buffer {
   const v5 = version === 5;
   const base = (o: { flags?: number; id?: string | Buffer; props?: Prop[]; tail?: Buffer[]; name?: string }) =>
-    frame(0x10, Buffer.concat([str(o.name ?? 'MQTT'), Buffer.from([version, o.flags ?? 0x02]), u16(1), ...(v5 ? [props(o.props ?? [])] : []), str(o.id ?? clientId), ...(o.tail ?? [])]));
+    frame(0x10, Buffer.concat([str(o.name ?? protocolName(version)), Buffer.from([version, o.flags ?? 0x02]), u16(1), ...(v5 ? [props(o.props ?? [])] : []), str(o.id ?? clientId), ...(o.tail ?? [])]));
   const will = (topic: string) => [...(v5 ? [props([])] : []), str(topic), str('bye')];
   switch (v.kind) {
     case 'client-id-utf8':
@@ -472,13 +475,13 @@ export function encodeConnectViolation(v: ConnectViolation, version: Version, cl
     case 'will-flags-without-will':
       return base({ flags: 0x2a }); // will retain and QoS 1 without the will flag [MQTT-3.1.2-13, -15]
     case 'password-without-username':
-      // v3.1.1 forbids it [MQTT-3.1.2-22]; v5 allows it, so v5 gets a repeated property instead.
+      // MQTT 3.1 and 3.1.1 forbid it [MQTT-3.1.2-22]; v5 allows it, so v5 gets a repeated property instead.
       return v5 ? base({ props: [{ id: 0x21, value: u16(5) }, { id: 0x21, value: u16(6) }] }) : base({ flags: 0x42, tail: [str('secret')] });
     case 'repeated-connect-property':
       if (!v5) return base({ flags: 0x03 });
       return base({ props: [{ id: 0x11, value: u32(10) }, { id: 0x11, value: u32(0) }] });
     case 'protocol-name':
-      return base({ name: v.name }); // [MQTT-3.1.2-1]
+      return base({ name: v.name === protocolName(version) ? protocolName(version === 3 ? 4 : 3) : v.name }); // [MQTT-3.1.2-1]
   }
 }
 
@@ -498,7 +501,7 @@ export type FuzzCase =
   | { kind: 'violation'; version: Version; connect: ConnectSpec; packets: PacketSpec[]; violation: Violation }
   | { kind: 'bad-connect'; version: Version; violation: ConnectViolation };
 
-const version = fc.constantFrom(4 as const, 5 as const);
+const version = fc.oneof({ weight: 1, arbitrary: fc.constant(3 as const) }, { weight: 3, arbitrary: fc.constant(4 as const) }, { weight: 4, arbitrary: fc.constant(5 as const) });
 
 export const fuzzCase: fc.Arbitrary<FuzzCase> = version.chain((v) =>
   fc.oneof(
