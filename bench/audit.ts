@@ -93,7 +93,7 @@ interface Server {
   stop(): Promise<void>;
 }
 
-function startServer(mode: Mode | `${Mode}+${Mode}`, dir: string): Promise<Server> {
+function startServer(mode: string, dir: string): Promise<Server> {
   const profileDir = optString('profile');
   // One directory per mode: Node names the files itself (one per thread).
   const nodeArgs = profileDir !== undefined ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(profileDir, mode)] : [];
@@ -254,11 +254,13 @@ async function sinkAlone(n: number): Promise<SinkResult> {
 }
 
 /**
- * Two brokers in one process, audit off and the default mode, fed the same steady rate in
- * alternating slices (A B B A A B …): both see the same machine load within a second, so the
- * per-slice CPU time per message compares them more finely than separate runs can.
+ * One broker per mode in one process, fed the same steady rate in turn, in cycles of one slice
+ * each (the order reverses every cycle): all see the same machine load within a second, so the
+ * per-slice CPU time per message compares them more finely than separate runs. Only for modes
+ * of similar cost: the brokers share one heap, so a mode that makes much garbage would bill its
+ * garbage collection to the slice after it.
  */
-async function interleaved(server: Server, slices: number, sliceMs: number, rate: number): Promise<{ off: number[]; denials: number[] }> {
+async function interleaved(server: Server, modes: Mode[], cycles: number, sliceMs: number, rate: number): Promise<Record<Mode, number[]>> {
   const pkt = mqttPacket.generate({ cmd: 'publish', topic: 'bench/t', payload: Buffer.alloc(64, 1), qos: 0, retain: false, dup: false });
   const batch = Buffer.concat(Array.from({ length: 200 }, () => pkt));
   const sides = await Promise.all(
@@ -271,9 +273,11 @@ async function interleaved(server: Server, slices: number, sliceMs: number, rate
       return side;
     }),
   );
-  const out = { off: [] as number[], denials: [] as number[] };
-  for (let i = 0; i < slices; i++) {
-    const which = [0, 1, 1, 0][i % 4] as number;
+  const out: Record<Mode, number[]> = { off: [], denials: [], all: [] };
+  for (let i = 0; i < (cycles + 1) * modes.length; i++) {
+    const cycle = Math.floor(i / modes.length);
+    const step = i % modes.length;
+    const which = cycle % 2 === 0 ? step : modes.length - 1 - step;
     const side = sides[which] as (typeof sides)[number];
     const c0 = await server.cpu();
     const b0 = side.bytes;
@@ -298,7 +302,7 @@ async function interleaved(server: Server, slices: number, sliceMs: number, rate
     await new Promise((r) => setTimeout(r, 100)); // the last deliveries
     const c1 = await server.cpu();
     const delivered = (side.bytes - b0) / pkt.length;
-    if (i >= 4) out[which === 0 ? 'off' : 'denials'].push((c1.us - c0.us) / delivered); // the first four warm up
+    if (cycle > 0) out[modes[which] as Mode].push((c1.us - c0.us) / delivered); // the first cycle warms up
   }
   for (const s of sides) {
     s.pub.destroy();
@@ -369,18 +373,22 @@ async function main(): Promise<void> {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   }
-  const abSlices = opt('ab-slices', 84);
-  const abRate = opt('ab-rate', 30_000);
-  let ab: { off: number[]; denials: number[] } = { off: [], denials: [] };
-  if (abSlices > 0) {
+  const abCycles = opt('ab-cycles', 40);
+  const abRate = opt('ab-rate', 20_000);
+  let ab: Record<Mode, number[]> = { off: [], denials: [], all: [] };
+  if (abCycles > 0) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-audit-'));
     const server = await startServer('off+denials', dir);
-    ab = await interleaved(server, abSlices, 500, abRate);
+    ab = await interleaved(server, ['off', 'denials'], abCycles, 500, abRate);
     await server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
     process.stderr.write(`A/B: off ${median(ab.off).toFixed(3)} µs/msg, default ${median(ab.denials).toFixed(3)} µs/msg\n`);
   }
-  const abPairs = ab.denials.map((d, i) => ((d - (ab.off[i] as number)) / (ab.off[i] as number)) * 100);
+  // Each cycle's slice of a mode against the same cycle's audit-off slice, in %.
+  const abCost = (m: Mode) => {
+    const xs = ab[m].map((d, i) => ((d - (ab.off[i] as number)) / (ab.off[i] as number)) * 100).sort((x, y) => x - y);
+    return `median **${median(xs).toFixed(1)}%**, middle half ${xs[Math.floor(xs.length / 4)]?.toFixed(1)}% to ${xs[Math.floor((xs.length * 3) / 4)]?.toFixed(1)}%`;
+  };
   const sinkRuns: SinkResult[] = [];
   for (let r = 0; r < opt('sink-runs', 5); r++) {
     sinkRuns.push(await sinkAlone(records));
@@ -406,13 +414,15 @@ async function main(): Promise<void> {
     '',
     `CPU cost per round against audit off: default ${paired(paced, 'denials')}; all ${paired(paced, 'all')}.`,
     '',
-    `## Default mode against audit off, interleaved in one process (${fmt(abRate)} msg/s, ${ab.off.length} + ${ab.denials.length} slices of 0.5 s)`,
+    `## Default mode against audit off, interleaved in one process (${fmt(abRate)} msg/s, ${ab.off.length} cycles of one 0.5 s slice per mode)`,
     '',
-    abSlices > 0
-      ? `Broker CPU per message, median (min–max): audit off **${median(ab.off).toFixed(3)} µs** (${range(ab.off, 3)}), default **${median(ab.denials).toFixed(3)} µs** (${range(ab.denials, 3)}): ` +
-        `**${(((median(ab.denials) - median(ab.off)) / median(ab.off)) * 100).toFixed(1)}%**. Slice by slice (each default slice against the off slice next to it): median ${median(abPairs).toFixed(1)}%, ` +
-        `middle half ${[...abPairs].sort((x, y) => x - y)[Math.floor(abPairs.length / 4)]?.toFixed(1)}% to ${[...abPairs].sort((x, y) => x - y)[Math.floor((abPairs.length * 3) / 4)]?.toFixed(1)}%.`
-      : '(skipped)',
+    ...(abCycles > 0
+      ? [
+          '| Mode | Broker CPU µs/msg (median) | min–max | CPU cost, cycle by cycle against audit off |',
+          '|---|---|---|---|',
+          ...(['off', 'denials'] as Mode[]).map((m) => `| ${MODES[m].label} | ${median(ab[m]).toFixed(3)} | ${range(ab[m], 3)} | ${m === 'off' ? '—' : abCost(m)} |`),
+        ]
+      : ['(skipped)']),
     '',
     '## File sink alone',
     '',
