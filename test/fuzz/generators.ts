@@ -111,6 +111,9 @@ const publishProps = propSet([
   strProp(0x03, text),
 ]);
 
+/** Authentication method and data (0x15, 0x16) for a CONNECT. */
+const authProps = fc.tuple(strProp(0x15, fc.constantFrom('SCRAM-SHA-256', 'JWT', 'x')), binProp(0x16)).map(([m, d]): Prop[] => [m, d]);
+
 const subscribeProps = propSet([fc.integer({ min: 1, max: 268_435_455 }).map((v): Prop => ({ id: 0x0b, value: varint(v) }))]);
 const ackProps = propSet([strProp(0x1f, text)]); // reason string and user properties
 
@@ -511,7 +514,10 @@ export const fuzzCase: fc.Arbitrary<FuzzCase> = version.chain((v) =>
       arbitrary: fc.record({
         kind: fc.constant('random' as const),
         version: fc.constant(v),
-        connect: connectSpec(v),
+        // One v5 CONNECT in eight also asks for extended authentication, which the anonymous listener refuses (0x8C).
+        connect: fc.tuple(connectSpec(v), authProps, fc.integer({ min: 0, max: 7 })).map(([c, auth, pick]) =>
+          v === 5 && pick === 0 ? { ...c, properties: [...c.properties, ...auth] } : c,
+        ),
         // One case in six ends with a DISCONNECT or AUTH of its own.
         packets: fc.tuple(fc.array(packetSpec(v), { maxLength: 6 }), endingSpec(v), fc.integer({ min: 0, max: 5 })).map(([ps, end, die]) => (die === 0 ? [...ps, end] : ps)),
         mutations: fc.array(fc.record({ index: fc.nat(), mutation: randomMutation }), { minLength: 0, maxLength: 3 }),
