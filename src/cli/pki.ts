@@ -59,7 +59,7 @@ export function registerPkiCommand(program: Command): void {
     .option('--intermediate', 'also create an intermediate CA that issues the certificates')
     .option('--days <n>', 'validity in days', positiveInt('--days'), 3650)
     .option('--force', 'replace an existing CA (every certificate it issued stops being trusted)')
-    .option('--key-type <type>', 'key algorithm of the CA and of every certificate it issues: ec (ECDSA P-256) or rsa (RSA-2048)', keyType, DEFAULT_KEY_TYPE)
+    .option('--key-type <type>', 'key algorithm of the CA and of every certificate it issues: rsa (RSA-2048) or ec (ECDSA P-256)', keyType, DEFAULT_KEY_TYPE)
     .action((o: { cn: string; intermediate?: boolean; days: number; force?: boolean; keyType: KeyType }) =>
       run(() => {
         const r = initPki({ dir: dirOf(), cn: o.cn, days: o.days, keyType: o.keyType, ...(o.intermediate ? { intermediate: true } : {}), ...(o.force ? { force: true } : {}) });

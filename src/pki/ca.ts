@@ -18,12 +18,13 @@ import { type IndexEntry, PkiError, paths, readIndex, safeName, writeAtomic, wri
 const DAY = 24 * 3600 * 1000;
 
 /**
- * The key algorithm of a new PKI: ECDSA P-256 (the default) or RSA-2048. An ECDSA server key
- * makes each TLS handshake far cheaper for the broker than RSA (one signature per handshake).
- * Certificates a CA issues get keys of the CA's own type.
+ * The key algorithm of a new PKI: RSA-2048 (the default) or ECDSA P-256. Certificates a CA
+ * issues get keys of the CA's own type. RSA stays the default: on Node 20 / OpenSSL 3.0 an
+ * ECDSA handshake costs the broker about the same CPU as RSA (the signature is a small part of
+ * it), and each idle ECDSA connection holds about 8 KiB more native memory (bench/results/tls.md).
  */
 export type KeyType = 'ec' | 'rsa';
-export const DEFAULT_KEY_TYPE: KeyType = 'ec';
+export const DEFAULT_KEY_TYPE: KeyType = 'rsa';
 export const KEY_TYPES: readonly KeyType[] = ['ec', 'rsa'];
 
 interface KeyPair {
@@ -170,7 +171,7 @@ export interface InitOptions {
   days?: number;
   /** Overwrite an existing CA. */
   force?: boolean;
-  /** Key algorithm of the CA and of every certificate it issues (default `ec`, ECDSA P-256). */
+  /** Key algorithm of the CA and of every certificate it issues (default `rsa`, RSA-2048). */
   keyType?: KeyType;
 }
 
