@@ -285,34 +285,36 @@ function shortReason(why: string): string {
   return err ? `${first} — ${err.trim()}` : (first ?? why);
 }
 
-async function runConfig(name: BrokerName, security: Security, opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<Results[string]> {
-  const scenarios: Partial<Record<ScenarioName, Outcome>> = {};
-  for (const s of opts.scenarios) {
-    let broker: RunningBrokerProcess;
-    try {
-      broker = await startBroker(name, security, files, pin);
-    } catch (e) {
-      const why = e instanceof Error ? e.message : String(e);
-      if (Object.keys(scenarios).length === 0) {
-        console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
-        return { unavailable: shortReason(why), scenarios };
-      }
-      console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title}: broker did not start: ${why}`);
-      scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
-      continue;
+/**
+ * One scenario on one configuration, on a freshly started broker. A broker that cannot start
+ * before any of its scenarios ran marks the configuration unavailable (e.g. Mosquitto not
+ * installed); later, it fails just this scenario.
+ */
+async function runOne(name: BrokerName, security: Security, s: ScenarioName, entry: Results[string], opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<void> {
+  let broker: RunningBrokerProcess;
+  try {
+    broker = await startBroker(name, security, files, pin);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    if (Object.keys(entry.scenarios).length === 0) {
+      console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
+      entry.unavailable = shortReason(why);
+      return;
     }
-    console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title} (pid ${broker.pid}, ${broker.host}:${broker.ports[SCENARIO_INFO[s].transport]} ${SCENARIO_INFO[s].transport})`);
-    try {
-      scenarios[s] = await runScenario(broker, s, opts, files);
-    } catch (e) {
-      const why = e instanceof Error ? e.message : String(e);
-      console.log(`  FAILED: ${why}`);
-      scenarios[s] = { main: [failed(why)], latency: [] };
-    } finally {
-      await broker.stop();
-    }
+    console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title}: broker did not start: ${why}`);
+    entry.scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
+    return;
   }
-  return { scenarios };
+  console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title} (pid ${broker.pid}, ${broker.host}:${broker.ports[SCENARIO_INFO[s].transport]} ${SCENARIO_INFO[s].transport})`);
+  try {
+    entry.scenarios[s] = await runScenario(broker, s, opts, files);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    console.log(`  FAILED: ${why}`);
+    entry.scenarios[s] = { main: [failed(why)], latency: [] };
+  } finally {
+    await broker.stop();
+  }
 }
 
 // ---------- main ----------
@@ -333,16 +335,16 @@ console.log('Making the PKI, password files and ACLs ...');
 const files = await makeBenchFiles();
 process.on('exit', () => files.cleanup()); // also on Ctrl-C, which ends the run through process.exit
 const results: Results = {};
+for (const b of opts.brokers) for (const sec of opts.security) results[`${b}/${sec}`] = { scenarios: {} };
 try {
-  for (const b of opts.brokers) {
-    for (const sec of opts.security) {
-      const key = `${b}/${sec}`;
-      try {
-        results[key] = await runConfig(b, sec, opts, pin, files);
-      } catch (e) {
-        const why = e instanceof Error ? e.message : String(e);
-        console.log(`\n[${b}, security ${sec}] ABORTED: ${why}`);
-        results[key] = { unavailable: `aborted: ${shortReason(why)}`, scenarios: {} };
+  // Scenario by scenario, every configuration in turn: the figures compared in one row are
+  // measured minutes apart, not a whole broker's run apart, so drifting background load hurts less.
+  for (const s of opts.scenarios) {
+    for (const b of opts.brokers) {
+      for (const sec of opts.security) {
+        const entry = results[`${b}/${sec}`]!;
+        if (entry.unavailable !== undefined) continue;
+        await runOne(b, sec, s, entry, opts, pin, files);
       }
     }
   }
