@@ -9,7 +9,7 @@
  *  2. memory per idle mTLS connection: broker RSS (from /proc) before and after N connections.
  *
  *   npm run bench:tls -- [--runs 5] [--seconds 5] [--concurrency 16] [--connections 5000]
- *                        [--key-type ec|rsa] [--no-pin] [--no-memory] [--profile DIR] [--baseline DIR]
+ *                        [--key-type ec|rsa] [--no-pin] [--no-memory] [--profile DIR] [--baseline DIR [--baseline-label TEXT]]
  *                        [--out bench/results/tls.md]
  *
  * --baseline DIR also runs the Portcullis in another checkout (with its node_modules), alternately
@@ -44,6 +44,7 @@ const PIN = !args.includes('--no-pin');
 const MEMORY = !args.includes('--no-memory');
 /** Another Portcullis checkout (e.g. the previous commit) run alternately with this one, for before/after figures. */
 const BASELINE = optString('baseline', '');
+const BASELINE_LABEL = optString('baseline-label', 'baseline');
 /** Writes a V8 CPU profile of the Portcullis broker into this directory (`node --cpu-prof`). */
 const PROFILE = optString('profile', '');
 const MOSQUITTO = process.env.MOSQUITTO ?? '/usr/sbin/mosquitto';
@@ -266,13 +267,14 @@ process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
 const brokers: Running[] = [await start('portcullis', startPortcullis)];
-if (BASELINE) brokers.push(await start('portcullis (baseline)', (port) => startPortcullis(port, path.resolve(BASELINE))));
+if (BASELINE) brokers.push(await start(`portcullis (${BASELINE_LABEL})`, (port) => startPortcullis(port, path.resolve(BASELINE))));
 if (fs.existsSync(MOSQUITTO)) brokers.push(await start('mosquitto', startMosquitto));
 else process.stderr.write(`${MOSQUITTO} not found: no comparison\n`);
 
-// Alternate the brokers run by run, so a burst of other load on the machine hits both.
+// Alternate the brokers run by run, each round starting with the next one, so a burst of
+// other load on the machine (or the cost of following another broker) hits all of them.
 for (let i = 0; i < RUNS; i++) {
-  for (const b of brokers) {
+  for (const b of [...brokers.slice(i % brokers.length), ...brokers.slice(0, i % brokers.length)]) {
     const r = await handshakeRun(b.port, b.child.pid as number, SECONDS);
     b.runs.push(r);
     process.stderr.write(
@@ -319,7 +321,7 @@ const md = [
   `Run: ${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? 'unknown'}), loopback; ${pinning}.`,
   `Certificates: one \`portcullis pki\` CA, server and client certificate with ${KEY_TYPE === 'ec' ? 'ECDSA P-256' : 'RSA-2048'} keys, the same files for both brokers.`,
   `Handshakes: ${p?.protocol ?? '?'} full handshakes (the client never resumes a session) with a client certificate, CONNECT/CONNACK (MQTT 3.1.1), close; ` +
-    `${CONCURRENCY} concurrent loops for ${SECONDS} s, ${RUNS} runs per broker, alternating between brokers, after a 2 s warm-up. ` +
+    `${CONCURRENCY} concurrent loops for ${SECONDS} s, ${RUNS} runs per broker, alternating between brokers (each round starts with the next one), after a 2 s warm-up. ` +
     'Median (min–max) of the runs. Broker CPU per handshake is user+system time of the broker process (/proc/<pid>/stat) divided by completed handshakes.',
   ...(MEMORY ? [`Memory: broker RSS before and after ${CONNECTIONS} idle mTLS connections (MQTT 3.1.1, keep-alive 60 s), one measurement per broker.`] : []),
   '',
