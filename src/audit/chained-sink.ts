@@ -1,11 +1,11 @@
 /**
  * The hash-chained JSON Lines sink. `record()` only appends to a bounded in-memory queue. Once
- * per event-loop turn (setImmediate) the queued events are serialized in one batch, each linked
- * to the one before (SHA-256), into a buffer; a writer hands the serialized batches, one write
- * each and in order, to an output (a file with rotation, or stdout). Serializing does not wait
+ * per event-loop turn (setImmediate) the queued events are serialized, each linked to the one
+ * before (SHA-256), into a buffer; a writer hands everything serialized since its last write to
+ * an output (a file with rotation, or stdout) in one write, in order. Serializing does not wait
  * for the previous write to finish, so under load the sink's CPU work keeps pace with the turns
  * that produce the records instead of waiting behind them; the bound covers both the events
- * not yet serialized and the serialized batches not yet written.
+ * not yet serialized and the serialized records not yet written.
  *
  * When the output fails (disk full, permission lost), the serialized batch is kept and retried;
  * `health().ok` turns false so the broker can apply its failure mode. When the queue is full,
@@ -240,10 +240,7 @@ export class ChainedAuditSink implements AuditSink {
       // One last attempt, then say exactly what is lost.
       this.clearRetry();
       await this.run();
-      while (this.failedSince === null && (this.items.length > 0 || this.droppedUnreported > 0)) {
-        await this.serialize();
-        await this.run();
-      }
+      if (this.failedSince === null) await this.flush();
     }
     const lost = this.items.length + this.readyCount;
     if (lost > 0) {
