@@ -137,7 +137,7 @@ function estimateSeconds(o: RunOptions): number {
         perConfig += start + w + o.runs * d;
         break;
       case 'memory':
-        perConfig += start + o.memoryRuns * (6 + o.connections / (s === 'memory-mtls' ? 300 : 2000));
+        perConfig += start + o.memoryRuns * (9 + o.connections / (s === 'memory-mtls' ? 300 : 2000));
         break;
     }
   }
@@ -265,11 +265,13 @@ async function runScenario(broker: RunningBrokerProcess, s: ScenarioName, opts: 
           return {
             ok: m.ok,
             ...(m.failure !== undefined ? { failure: m.failure } : {}),
-            values: { kb: m.perConnectionKb, beforeMb: m.beforeKb / 1024, afterMb: m.afterKb / 1024 },
+            values: { kb: m.perConnectionKb, beforeMb: m.beforeKb / 1024, afterMb: m.afterKb / 1024, ...(m.perConnectionNoGcKb !== null ? { kbNoGc: m.perConnectionNoGcKb } : {}) },
             generatorCpu: null,
             brokerCpu: null,
             otherCpu: null,
-            detail: m.ok ? `${m.perConnectionKb.toFixed(2)} KiB per connection (${int(m.connections)} open in ${m.openS.toFixed(1)} s; RSS ${(m.beforeKb / 1024).toFixed(1)} → ${(m.afterKb / 1024).toFixed(1)} MiB)` : `FAILED: ${m.failure}`,
+            detail: m.ok
+              ? `${m.perConnectionKb.toFixed(2)} KiB per connection (${int(m.connections)} open in ${m.openS.toFixed(1)} s; RSS ${(m.beforeKb / 1024).toFixed(1)} → ${(m.afterKb / 1024).toFixed(1)} MiB${m.perConnectionNoGcKb !== null ? `, after GC; before GC ${m.perConnectionNoGcKb.toFixed(2)} KiB per connection` : ''})`
+              : `FAILED: ${m.failure}`,
           };
         });
       }

@@ -68,6 +68,8 @@ export interface RunningBrokerProcess {
   cpuSeconds(): number | null;
   /** Resident set size in KiB, from /proc/<pid>/status; null when unavailable. */
   rssKb(): number | null;
+  /** Node brokers: asks for a full garbage collection (SIGUSR2 → gc()); false for brokers without a GC. */
+  collectGarbage(): boolean;
   /** Set when the process exited on its own. */
   exited: string | null;
   stderrTail(): string;
@@ -144,7 +146,8 @@ function pinned(pin: Pinning, cmd: string, args: string[]): [string, string[]] {
 async function startNodeServer(name: 'portcullis' | 'aedes', security: Security, config: string, pin: Pinning): Promise<RunningBrokerProcess> {
   const script = path.join(benchDir, 'servers', `${name}.ts`);
   // `node --import tsx` (not `npx tsx`) so the broker is a single process whose CPU we can read.
-  const [cmd, args] = pinned(pin, process.execPath, ['--import', 'tsx', script, '--config', config]);
+  // --expose-gc: the idle-memory scenario asks for a collection (SIGUSR2) before reading RSS.
+  const [cmd, args] = pinned(pin, process.execPath, ['--expose-gc', '--import', 'tsx', script, '--config', config]);
   const child = spawn(cmd, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   const proc = wrap(name, security, child, HOST);
   const ports = await new Promise<Record<Transport, number>>((resolve, reject) => {
@@ -269,6 +272,7 @@ function wrap(name: BrokerName, security: Security, child: ChildProcess, host: s
     exited: null as string | null,
     cpuSeconds: () => procCpuSeconds(child.pid),
     rssKb: () => procRssKb(child.pid),
+    collectGarbage: () => name !== 'mosquitto' && child.exitCode === null && child.kill('SIGUSR2'),
     stderrTail: () => stderr,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {

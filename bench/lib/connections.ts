@@ -75,8 +75,10 @@ export interface MemoryResult {
   connections: number;
   beforeKb: number;
   afterKb: number;
-  /** (after − before) / connections, in KiB. */
+  /** (after − before) / connections, in KiB; for Node brokers both readings follow a full GC. */
   perConnectionKb: number;
+  /** Node brokers: the same from the reading before that GC (null for Mosquitto). */
+  perConnectionNoGcKb: number | null;
   /** How long opening them took, seconds. */
   openS: number;
 }
@@ -85,7 +87,9 @@ export interface MemoryResult {
  * Opens `count` connections (MQTT 3.1.1, keep-alive 600 s, nothing subscribed), `batch` at a time,
  * waits for the broker to settle and reads its RSS. All connections are closed before returning.
  * A warm-up of 200 connections, opened and closed first, keeps one-time costs (JIT, TLS contexts,
- * pools) out of the per-connection figure.
+ * pools) out of the per-connection figure. For the Node brokers each reading follows a full GC
+ * (without it, the figure swings with whatever garbage the heap holds); the reading just before
+ * that GC is kept too.
  */
 export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endpoint, count: number, batch = 50): Promise<MemoryResult> {
   const tag = `bench-${process.pid}-m${++counter}`;
@@ -95,8 +99,15 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
     const warm = await Promise.all(Array.from({ length: batch }, (_, k) => BenchClient.connect(endpoint, `${tag}-warm-${i + k}`, 10_000, 600)));
     for (const c of warm) c.disconnect();
   }
-  await sleep(1000);
-  const before = broker.rssKb();
+  const settledRss = async (): Promise<{ rss: number | null; noGc: number | null }> => {
+    await sleep(1000);
+    const noGc = broker.rssKb();
+    if (!broker.collectGarbage()) return { rss: noGc, noGc: null };
+    await sleep(1000);
+    return { rss: broker.rssKb(), noGc };
+  };
+  const b = await settledRss();
+  const before = b.rss;
   const t0 = performance.now();
   try {
     for (let i = 0; i < count && failure === null; i += batch) {
@@ -111,8 +122,8 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
       }
     }
     const openS = (performance.now() - t0) / 1000;
-    await sleep(2000);
-    const after = broker.rssKb();
+    const a = await settledRss();
+    const after = a.rss;
     if (failure === null && (before === null || after === null)) failure = 'broker RSS unavailable (no /proc)';
     return {
       ok: failure === null,
@@ -121,6 +132,7 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
       beforeKb: before ?? 0,
       afterKb: after ?? 0,
       perConnectionKb: clients.length > 0 && before !== null && after !== null ? (after - before) / clients.length : 0,
+      perConnectionNoGcKb: clients.length > 0 && b.noGc !== null && a.noGc !== null ? (a.noGc - b.noGc) / clients.length : null,
       openS,
     };
   } finally {

@@ -247,7 +247,7 @@ export function report(opts: RunOptions, pin: Pinning, results: Results, started
         const name = `${s}${part === 'latency' ? ' latency' : ''}`;
         const extra =
           SCENARIO_INFO[s].kind === 'memory'
-            ? `RSS ${f(ok.map((r) => r.values.beforeMb), (x) => x.toFixed(1))} → ${f(ok.map((r) => r.values.afterMb), (x) => x.toFixed(1))} MiB`
+            ? `RSS ${f(ok.map((r) => r.values.beforeMb), (x) => x.toFixed(1))} → ${f(ok.map((r) => r.values.afterMb), (x) => x.toFixed(1))} MiB${ok.some((r) => r.values.kbNoGc !== undefined) ? ` after GC; without GC ${f(ok.map((r) => r.values.kbNoGc), kib)} KiB per connection` : ''}`
             : SCENARIO_INFO[s].kind === 'throughput' && part === 'main'
               ? `${f(ok.map((r) => r.values.publishes), int)} publishes/s`
               : part === 'latency'
