@@ -201,3 +201,32 @@ test('batches serialized while writes fail, some too big for the shared buffer, 
   t.deepEqual(ns, Array.from({ length: expected }, (_, i) => i), 'nothing duplicated or reordered');
   t.is(fs.readFileSync(settings.path, 'utf8').split('\n').filter((l) => l.includes('"action":"recovered"')).length, 1);
 });
+
+test('a slow disk pauses serializing once 64 MiB wait to be written; the rest follows in order and the chain verifies', async (t) => {
+  const dir = tempAuditDir(t);
+  let writes = 0;
+  const slow: AuditFileIO = {
+    async write(fd, data) {
+      writes++;
+      await new Promise((r) => setTimeout(r, 100));
+      await nodeFileIO.write(fd, data);
+    },
+    fsync: (fd) => nodeFileIO.fsync(fd),
+  };
+  const settings = { ...auditSettings(path.join(dir, 'audit.jsonl')), maxQueue: 100_000 };
+  const sink = createAuditSink(settings, silentLogger(), slow);
+  const big = 'b'.repeat(500_000);
+  const n = 200; // about 100 MB serialized
+  for (let i = 0; i < n; i++) sink.record({ event: 'publish', decision: 'deny', reasonCode: 0x87, clientId: `c-${i}`, topic: big, qos: 0, retain: false, detail: { n: i } });
+  await sink.flush();
+  await sink.close();
+  t.true(writes >= 3, `${writes} writes: serializing paused for the disk`);
+  const report = await verifyAuditFiles([settings.path]);
+  t.true(report.ok, report.problem?.message);
+  t.is(report.records, n + 1);
+  const ns = readAuditLines(settings.path)
+    .map((l) => parseRecord(l))
+    .filter((r) => r?.event === 'publish')
+    .map((r) => r?.detail?.n);
+  t.deepEqual(ns, Array.from({ length: n }, (_, i) => i));
+});

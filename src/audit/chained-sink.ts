@@ -48,6 +48,13 @@ export interface ChainedSinkOptions {
 const CHECKPOINT = Symbol('checkpoint');
 type Item = AuditEvent | typeof CHECKPOINT;
 const MAX_BATCH = 8192;
+/** A batch ends once it holds this much, whatever its record count (records can be large). */
+const MAX_BATCH_BYTES = 16 << 20;
+/**
+ * Serializing pauses while this much waits for the disk: the events stay queued (sharing their
+ * strings with the broker) instead of being copied, escaped, into ever more buffers.
+ */
+const MAX_READY_BYTES = 64 << 20;
 /** The usual size of a batch's buffer; a batch with huge records gets a larger one of its own. */
 const BATCH_BYTES = 4 << 20;
 const HASH_FIELD = ',"hash":"';
@@ -111,6 +118,10 @@ class BatchWriter {
     return hash;
   }
 
+  get bytes(): number {
+    return this.used - this.start;
+  }
+
   finish(): Batch {
     return { buffer: this.buffer, start: this.start, end: this.used, count: this.count };
   }
@@ -122,6 +133,7 @@ export class ChainedAuditSink implements AuditSink {
   /** Serialized, chained batches not yet written, oldest first. */
   private ready: Batch[] = [];
   private readyCount = 0;
+  private readyBytes = 0;
   /** The buffer the next batch is serialized into, and how much of it earlier batches use. */
   private open: Buffer | null = null;
   private openUsed = 0;
@@ -237,8 +249,9 @@ export class ChainedAuditSink implements AuditSink {
     await this.flush();
     this.closed = true;
     if (this.failedSince !== null) {
-      // One last attempt, then say exactly what is lost.
+      // One last attempt (after a retry already under way, if any), then say exactly what is lost.
       this.clearRetry();
+      while (this.running) await new Promise<void>((resolve) => this.waiters.push(resolve));
       await this.run();
       if (this.failedSince === null) await this.flush();
     }
@@ -288,7 +301,7 @@ export class ChainedAuditSink implements AuditSink {
    * (and count against its bound) until a write succeeds.
    */
   private async serialize(): Promise<void> {
-    if (this.serializing || this.failedSince !== null) return;
+    if (this.serializing || this.failedSince !== null || this.readyBytes >= MAX_READY_BYTES) return;
     if (this.items.length === 0 && this.droppedUnreported === 0) return;
     this.serializing = true;
     try {
@@ -299,16 +312,18 @@ export class ChainedAuditSink implements AuditSink {
         if (batch.count > 0) {
           this.ready.push(batch);
           this.readyCount += batch.count;
+          this.readyBytes += batch.end - batch.start;
         }
         // The next batch goes on in the same buffer while it has room.
         this.open = batch.buffer.length - batch.end >= MIN_ROOM ? batch.buffer : null;
         this.openUsed = batch.end;
         void this.run();
-      } while (this.items.length > 0 && this.failedSince === null);
+      } while (this.items.length > 0 && this.failedSince === null && this.readyBytes < MAX_READY_BYTES);
     } finally {
       this.serializing = false;
     }
-    if (this.items.length > 0 || this.droppedUnreported > 0) this.schedule();
+    // When the disk is behind, the writer schedules the rest after its next write.
+    if ((this.items.length > 0 || this.droppedUnreported > 0) && this.readyBytes < MAX_READY_BYTES) this.schedule();
     void this.run();
     this.wake();
   }
@@ -338,6 +353,7 @@ export class ChainedAuditSink implements AuditSink {
         }
         this.ready.splice(0, batches);
         this.readyCount -= count;
+        this.readyBytes -= data.length;
         this.written += count;
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
@@ -372,22 +388,22 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
-   * Serializes, chains and encodes up to MAX_BATCH queued records into one buffer: each body is
-   * encoded once, hashed over its bytes, and its closing brace replaced by the `hash` field.
+   * Serializes, chains and encodes up to MAX_BATCH queued records (or MAX_BATCH_BYTES) into one
+   * buffer: each body is encoded once, hashed over its bytes, and its closing brace replaced by
+   * the `hash` field.
    */
   private async serializeBatch(): Promise<Batch> {
-    const n = Math.min(this.items.length, MAX_BATCH);
-    const items = this.items.splice(0, n);
-    const times = this.times.splice(0, n);
     const batch = this.open !== null ? new BatchWriter(this.open, this.openUsed) : new BatchWriter(Buffer.allocUnsafeSlow(BATCH_BYTES), 0);
     if (this.droppedUnreported > 0) {
       const count = this.droppedUnreported;
       this.droppedUnreported = 0;
       this.link(batch, { event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }, Date.now());
     }
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i] as Item;
-      const at = times[i] as number;
+    // Records queued while a checkpoint is signed go on the end of the queue; the front is ours.
+    let i = 0;
+    for (; i < this.items.length && i < MAX_BATCH && batch.bytes < MAX_BATCH_BYTES; i++) {
+      const item = this.items[i] as Item;
+      const at = this.times[i] as number;
       if (item === CHECKPOINT) {
         const cp = this.options.checkpoint;
         if (cp === undefined) continue;
@@ -399,6 +415,8 @@ export class ChainedAuditSink implements AuditSink {
         this.link(batch, item, at);
       }
     }
+    this.items.splice(0, i);
+    this.times.splice(0, i);
     return batch.finish();
   }
 
