@@ -7,7 +7,7 @@ import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 
 import type { ConfigInput } from '../src/index.ts';
 import { MemoryStore } from '../src/index.ts';
 import { delay, rawConnect, startBroker, type RawClient, type TestBroker } from './helpers.ts';
-import { PacketType, decodeConnack, encodeConnect, encodePingreq, waitForType } from './raw-mqtt.ts';
+import { PacketType, decodeConnack, encodeConnect, encodePingreq, encodePublish, waitForType } from './raw-mqtt.ts';
 
 // ── local helpers ────────────────────────────────────────────────────────────
 
@@ -351,6 +351,25 @@ test('a client that sends PINGREQ within its keep-alive stays connected', async 
   clearInterval(timer);
   const pingresps = await waitForType(r, PacketType.PINGRESP, 3);
   t.true(pingresps.length >= 3); // [MQTT-3.12.4-1]
+});
+
+test('a client that trickles one packet byte by byte is not kept alive by the bytes: closed at 1.5 x its keep-alive', async (t) => {
+  const b = await broker(t);
+  const r = await raw(t, b.port);
+  const start = Date.now();
+  r.write(encodeConnect({ clientId: 'ka-trickle', keepAlive: 1, version: 4 }));
+  await waitForType(r, PacketType.CONNACK);
+  // A PUBLISH that claims 1,000 bytes, sent one byte every 200 ms: never a whole control packet.
+  const packet = encodePublish({ topic: 'ka/trickle', payload: Buffer.alloc(1000 - 12), qos: 0 });
+  let i = 0;
+  const timer = setInterval(() => {
+    if (i < packet.length) r.write(packet.subarray(i, ++i));
+  }, 200);
+  t.teardown(() => clearInterval(timer));
+  t.true(await r.closed(4000), 'closed by the broker'); // [MQTT-3.1.2-24]
+  clearInterval(timer);
+  const elapsed = Date.now() - start;
+  t.true(elapsed >= 1300 && elapsed <= 4000, `closed ${elapsed} ms after the CONNECT, with ${i} bytes trickled`);
 });
 
 test('v5: a keep-alive above limits.maxKeepAlive is lowered with Server Keep Alive in CONNACK', async (t) => {

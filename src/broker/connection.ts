@@ -65,6 +65,8 @@ export class Connection {
   readonly reader: PacketReader;
   private corked = false;
   private busy = false;
+  /** Complete packets read so far (for the keep-alive clock). */
+  private packetsIn = 0;
   private inbox: Packet[] = [];
 
   constructor(
@@ -81,8 +83,11 @@ export class Connection {
     );
     const socketMark = limits.maxSocketBufferBytes;
     stream.on('data', (chunk: Buffer) => {
-      this.lastSeen = Date.now();
+      // Keep-alive counts whole control packets [MQTT-3.1.2-24], not bytes: a client that trickles
+      // one packet byte by byte does not keep its connection alive.
+      const before = this.packetsIn;
       this.reader.push(chunk);
+      if (this.packetsIn !== before) this.lastSeen = Date.now();
       // A client that does not read what we send (acknowledgements included) is not read either, until it drains.
       if (stream.writableLength > socketMark && stream.writableNeedDrain && this.state !== 'closed') {
         this.readBlocked = true;
@@ -100,6 +105,7 @@ export class Connection {
   }
 
   private onPacket(packet: Packet): void {
+    this.packetsIn++;
     if (this.state === 'closed') return;
     // Held while a handler is pending, or while a rate-limit throttle pauses this client (the rest of the chunk read before the pause).
     if (this.busy || this.readPausedUntil !== 0) {
