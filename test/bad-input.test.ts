@@ -7,29 +7,12 @@ import test, { type ExecutionContext } from 'ava';
 import type { MqttClient } from 'mqtt';
 import type { ConfigInput } from '../src/index.ts';
 import { connect, delay, nextMessages, rawConnect, rawConnectPacket, startBroker, type RawClient, type TestBroker } from './helpers.ts';
+import { encodeString as str, encodeVarint as varint } from './raw-mqtt.ts';
 
 // ── small encoders ────────────────────────────────────────────────────────────
 
 const DISCONNECT = 14;
 const CONNACK = 2;
-
-/** MQTT Variable Byte Integer. */
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let digit = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) digit |= 0x80;
-    out.push(digit);
-  } while (n > 0);
-  return Buffer.from(out);
-}
-
-/** A length-prefixed string field; a Buffer is taken as raw (possibly invalid) bytes. */
-function str(s: string | Buffer): Buffer {
-  const bytes = typeof s === 'string' ? Buffer.from(s, 'utf8') : s;
-  return Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]);
-}
 
 function u16(n: number): Buffer {
   return Buffer.from([n >> 8, n & 0xff]);

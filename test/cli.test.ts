@@ -5,13 +5,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import type { IDisconnectPacket } from 'mqtt';
-import { connect, delay, nextMessages } from './helpers.ts';
+import { connect, delay, freePort, nextMessages } from './helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const main = path.join('src', 'cli', 'main.ts');
@@ -56,17 +55,6 @@ function tempDir(t: ExecutionContext): string {
   return dir;
 }
 
-/** A port that was free a moment ago: listen on port 0, note the port, close. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitFor(predicate: () => boolean, ms: number): Promise<boolean> {
   const end = Date.now() + ms;

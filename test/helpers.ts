@@ -236,3 +236,26 @@ export function auditSettings(file: string): AuditSinkSettings {
 export function readAuditLines(file: string): string[] {
   return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0);
 }
+
+/** A port that was free a moment ago: listen on port 0, note the port, close. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = (server.address() as net.AddressInfo);
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** The SUBACK code for one filter: the granted QoS, or the refusal reason code (v5) / 0x80 (v3). */
+export async function subackCode(client: MqttClient, filter: string, qos: 0 | 1 | 2 = 1): Promise<number> {
+  try {
+    return (await client.subscribeAsync(filter, { qos }))[0]?.qos ?? -1;
+  } catch (err) {
+    const granted = (err as { packet?: { granted?: number[] } }).packet?.granted;
+    if (granted === undefined) throw err;
+    return granted[0] ?? -1;
+  }
+}

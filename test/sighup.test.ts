@@ -5,7 +5,6 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,20 +12,10 @@ import test from 'ava';
 import mqtt, { type MqttClient } from 'mqtt';
 import { ARGON2_FLOOR } from '../src/config/auth-schema.ts';
 import { hashPassword } from '../src/auth/password/hash.ts';
-import { delay } from './helpers.ts';
+import { delay, freePort, subackCode } from './helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function until(pred: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -48,15 +37,6 @@ function tryConnect(port: number, username: string, password: string): Promise<M
   });
 }
 
-async function subscribeCode(c: MqttClient, filter: string): Promise<number> {
-  try {
-    return (await c.subscribeAsync(filter, { qos: 1 }))[0]?.qos ?? -1;
-  } catch (err) {
-    const granted = (err as { packet?: { granted?: number[] } }).packet?.granted;
-    if (granted === undefined) throw err;
-    return granted[0] ?? -1;
-  }
-}
 
 test('SIGHUP reloads the policy and the password file of a running broker, audited; a bad file keeps the last good one', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-sighup-'));
@@ -116,7 +96,7 @@ test('SIGHUP reloads the policy and the password file of a running broker, audit
   const alice = await tryConnect(port, 'alice', 'alice-secret');
   if (typeof alice === 'number') return t.fail(`alice refused: ${alice}`);
   clients.push(alice);
-  t.is(await subscribeCode(alice, 'b/#'), 0x87);
+  t.is(await subackCode(alice, 'b/#'), 0x87);
   t.is(await tryConnect(port, 'bob', 'bob-secret'), 0x86);
 
   // Change both files. Watching is off: nothing changes until the signal.
@@ -134,7 +114,7 @@ test('SIGHUP reloads the policy and the password file of a running broker, audit
   const bob = await tryConnect(port, 'bob', 'bob-secret');
   if (typeof bob === 'number') return t.fail(`bob refused after SIGHUP: ${bob}`);
   clients.push(bob);
-  t.is(await subscribeCode(alice, 'b/#'), 1, 'the new policy is in force');
+  t.is(await subackCode(alice, 'b/#'), 1, 'the new policy is in force');
   const got = new Promise<string>((resolve) => alice.once('message', (topic) => resolve(topic)));
   await bob.publishAsync('b/x', 'hello', { qos: 1 });
   t.is(await got, 'b/x');
@@ -151,7 +131,7 @@ test('SIGHUP reloads the policy and the password file of a running broker, audit
   const bob2 = await tryConnect(port, 'bob', 'bob-secret');
   t.not(typeof bob2, 'number', 'the last good password file is still in force');
   if (typeof bob2 !== 'number') clients.push(bob2);
-  t.is(await subscribeCode(alice, 'b/y'), 1, 'the last good policy is still in force');
+  t.is(await subackCode(alice, 'b/y'), 1, 'the last good policy is still in force');
   t.false(out.includes('alice-secret') || out.includes('bob-secret'), 'no password in the log');
 
   for (const c of clients) c.end(true);

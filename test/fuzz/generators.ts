@@ -8,28 +8,14 @@
  * share a session by accident.
  */
 import fc from 'fast-check';
+import { encodeString as str, encodeVarint as varint } from '../raw-mqtt.ts';
+
+export { str, varint };
 
 /** 3 is MQTT 3.1 (protocol name MQIsdp), 4 is 3.1.1, 5 is 5.0. */
 export type Version = 3 | 4 | 5;
 
 // ── encoders ─────────────────────────────────────────────────────────────────
-
-export function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let digit = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) digit |= 0x80;
-    out.push(digit);
-  } while (n > 0);
-  return Buffer.from(out);
-}
-
-/** A length-prefixed string; a Buffer is taken as raw (possibly invalid) bytes. */
-export function str(s: string | Buffer): Buffer {
-  const b = typeof s === 'string' ? Buffer.from(s, 'utf8') : s;
-  return Buffer.concat([u16(b.length), b]);
-}
 
 export function u16(n: number): Buffer {
   return Buffer.from([(n >> 8) & 0xff, n & 0xff]);
