@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { exportJWK, exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import mqtt from 'mqtt';
 import { hashPassword } from '../src/auth/password/hash.ts';
 import { ARGON2_FLOOR } from '../src/config/auth-schema.ts';
@@ -197,4 +197,56 @@ test('docs/examples/mixed-chain.yaml: certificate, then JWT, then password on on
   const forged = token.slice(0, token.lastIndexOf('.') + 1) + 'AAAA';
   t.is(await tlsConnect(port, p.chain, { clientId: 'bob-2', username: 'bob', password: forged }), 0x86);
   t.true(audit.records.some((r) => r.event === 'connect' && r.decision === 'deny' && r.clientId === 'bob-2' && r.decidedBy === 'jwt'));
+});
+
+test('docs/examples/jwt-backend.yaml: JWTs from a JWKS URL on one listener and a static ES256 key on the other, with topic claims that narrow the policy', async (t) => {
+  const p = await examplePki(t, {});
+  const rsa = await generateKeyPair('RS256');
+  const jwk = { ...(await exportJWK(rsa.publicKey)), kid: 'idp-1', alg: 'RS256', use: 'sig' };
+  const server = http.createServer((_req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ keys: [jwk] }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const config = adapt('jwt-backend.yaml', p, `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/.well-known/jwks.json`);
+  const es = await generateKeyPair('ES256');
+  const pem = path.join(p.dir, 'idp-public.pem');
+  fs.writeFileSync(pem, await exportSPKI(es.publicKey));
+  const staticJwt = config.listeners[1]?.auth[0];
+  if (staticJwt?.provider !== 'jwt') return t.fail('the second listener has a jwt provider');
+  staticJwt.keyFiles = [pem];
+  const audit = new MemoryAuditSink();
+  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const { listeners } = await broker.start();
+  t.teardown(() => broker.stop());
+  const port = (name: string) => listeners.find((l) => l.name === name)?.port ?? 0;
+  const clients: mqtt.MqttClient[] = [];
+  t.teardown(() => clients.forEach((c) => c.end(true)));
+  const mint = (claims: Record<string, unknown>, alg: 'RS256' | 'ES256', key: Parameters<SignJWT['sign']>[0], kid?: string) =>
+    new SignJWT(claims)
+      .setProtectedHeader({ alg, ...(kid !== undefined ? { kid } : {}) })
+      .setSubject('alice')
+      .setIssuer('https://idp.example.com/')
+      .setAudience('mqtt-broker')
+      .setExpirationTime('5m')
+      .sign(key);
+
+  // JWKS listener: a token without topic claims gets the file policy (alice is a device).
+  const viaJwks = await tlsConnect(port('jwt-jwks'), p.chain, { clientId: 'alice-jwks', username: 'alice', password: await mint({}, 'RS256', rsa.privateKey, 'idp-1') });
+  if (typeof viaJwks === 'number') return t.fail(`JWKS token refused with ${viaJwks}`);
+  clients.push(viaJwks);
+  t.is(await pubackCode(viaJwks, 'devices/alice/telemetry/t'), 0);
+  t.is(await pubackCode(viaJwks, 'devices/bob/telemetry/t'), 0x87);
+
+  // Static-key listener: the client id must equal the cid claim; a topic claim narrows the policy.
+  const narrow = await mint({ cid: 'alice-7', topics: { publish: ['devices/alice/telemetry/temp'] } }, 'ES256', es.privateKey);
+  const viaStatic = await tlsConnect(port('jwt-static'), p.chain, { clientId: 'alice-7', username: 'alice', password: narrow });
+  if (typeof viaStatic === 'number') return t.fail(`static-key token refused with ${viaStatic}`);
+  clients.push(viaStatic);
+  t.is(await pubackCode(viaStatic, 'devices/alice/telemetry/temp'), 0);
+  t.is(await pubackCode(viaStatic, 'devices/alice/telemetry/humidity'), 0x87, 'the token narrows what the policy allows');
+  t.is(await tlsConnect(port('jwt-static'), p.chain, { clientId: 'alice-8', username: 'alice', password: narrow }), 0x85, 'client id bound to the cid claim');
+  // An RS256 token from the JWKS is not accepted where only the static ES256 key is configured.
+  t.is(await tlsConnect(port('jwt-static'), p.chain, { clientId: 'alice-7', username: 'alice', password: await mint({ cid: 'alice-7' }, 'RS256', rsa.privateKey, 'idp-1') }), 0x86);
 });
