@@ -111,6 +111,8 @@ function tlsConnect(port: number, chain: string, options: mqtt.IClientOptions): 
       c.end(true);
       resolve((err as Error & { code?: number }).code ?? -1);
     });
+    // Refused during the TLS handshake: the socket closes without an MQTT answer.
+    c.once('close', () => resolve(-1));
   });
 }
 
@@ -249,4 +251,47 @@ test('docs/examples/jwt-backend.yaml: JWTs from a JWKS URL on one listener and a
   t.is(await tlsConnect(port('jwt-static'), p.chain, { clientId: 'alice-8', username: 'alice', password: narrow }), 0x85, 'client id bound to the cid claim');
   // An RS256 token from the JWKS is not accepted where only the static ES256 key is configured.
   t.is(await tlsConnect(port('jwt-static'), p.chain, { clientId: 'alice-7', username: 'alice', password: await mint({ cid: 'alice-7' }, 'RS256', rsa.privateKey, 'idp-1') }), 0x86);
+});
+
+test('docs/examples/mtls-fleet.yaml: devices with certificates from portcullis pki (root + intermediate), CN bound to the client id, a revoked device refused', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-examples-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pkiDir = path.join(dir, 'pki');
+  await pki(pkiDir, 'init', '--intermediate');
+  await pki(pkiDir, 'server', '--dns', 'localhost', '--ip', '127.0.0.1');
+  await pki(pkiDir, 'client', '--cn', 'device-1');
+  await pki(pkiDir, 'client', '--cn', 'device-2');
+  await pki(pkiDir, 'revoke', path.join(pkiDir, 'clients', 'device-2.crt'));
+  await pki(pkiDir, 'crl');
+  const config = loadConfigFile(path.join(examples, 'mtls-fleet.yaml'));
+  for (const l of config.listeners) {
+    l.host = '127.0.0.1';
+    l.port = 0;
+    if (l.type === 'tls') {
+      l.cert = path.join(pkiDir, 'server.crt');
+      l.key = path.join(pkiDir, 'private', 'server.key');
+      l.ca = path.join(pkiDir, 'ca-chain.crt');
+      if (l.crl !== undefined) l.crl.files = [path.join(pkiDir, 'crl.pem')];
+    }
+  }
+  config.audit.sink = 'none';
+  const audit = new MemoryAuditSink();
+  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const { listeners } = await broker.start();
+  t.teardown(() => broker.stop());
+  const port = listeners.find((l) => l.name === 'fleet')?.port ?? 0;
+  const chain = path.join(pkiDir, 'ca-chain.crt');
+  const device = (name: string) => ({ cert: fs.readFileSync(path.join(pkiDir, 'clients', `${name}.crt`)), key: fs.readFileSync(path.join(pkiDir, 'clients', `${name}.key`)) });
+
+  const ok = await tlsConnect(port, chain, { clientId: 'device-1', ...device('device-1') });
+  if (typeof ok === 'number') return t.fail(`device-1 refused with ${ok}`);
+  t.teardown(() => ok.end(true));
+  t.is(await pubackCode(ok, 'devices/device-1/telemetry'), 0);
+  t.true(audit.records.some((r) => r.event === 'connect' && r.decision === 'allow' && r.username === 'device-1' && r.authMethod === 'certificate'));
+  t.is(await tlsConnect(port, chain, { clientId: 'device-9', ...device('device-1') }), 0x85, 'binding: the client id must be the CN');
+  const revoked = await tlsConnect(port, chain, { clientId: 'device-2', ...device('device-2') });
+  t.is(typeof revoked, 'number', 'the revoked device never gets a session');
+  if (typeof revoked !== 'number') revoked.end(true);
+  t.true(audit.records.some((r) => r.event === 'tls' && r.decision === 'deny' && /revoked/i.test(r.reason ?? '')));
+  t.is(await tlsConnect(port, chain, { clientId: 'device-1' }), -1, 'no certificate: refused at the handshake');
 });
