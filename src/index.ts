@@ -268,7 +268,7 @@ function makeListener(l: ListenerConfig, config: Config, index: number, log: Log
     case 'tcp':
       return new TcpListener({ name, host: l.host, port: l.port, admit });
     case 'ws':
-      return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize, admit });
+      return new WebSocketListener({ name, host: l.host, port: l.port, path: l.path, maxPayload: config.limits.maxPacketSize, admit, upgradeTimeoutMs: config.limits.connectTimeoutMs });
   }
 }
 

@@ -17,6 +17,7 @@ import { type CrlState, type GatePolicy, type TlsRefusal, decide, handshakeRefus
 import { type TlsFiles, type TlsMaterial, TlsFileError, loadCrls, loadMaterial, loadPskFile } from './tls-material.ts';
 import { closeServer, listen } from './tcp.ts';
 import { type AdmitSocket, admittingFront } from './admit.ts';
+import { upgradeDeadline } from './websocket.ts';
 import type { Listener, PeerInfo, TlsPeerInfo } from './types.ts';
 
 export interface TlsListenerOptions {
@@ -141,7 +142,7 @@ export class TlsListener implements Listener {
         onConnection(socket, this.peerInfo(socket, info));
       });
     } else {
-      const httpsServer = https.createServer(serverOptions, (_req, res) => {
+      const httpsServer = https.createServer({ ...serverOptions, ...upgradeDeadline(this.options.handshakeTimeoutMs) }, (_req, res) => {
         res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket only\n');
       });
       const wss = new WebSocketServer({

@@ -14,6 +14,18 @@ export interface WebSocketListenerOptions {
   maxPayload: number;
   /** Admission control, run on each accepted socket before the HTTP upgrade is read. */
   admit?: AdmitSocket | undefined;
+  /** The whole upgrade request must arrive within this (limits.connectTimeoutMs). */
+  upgradeTimeoutMs?: number;
+}
+
+/**
+ * HTTP server options that bound how long an upgrade request may take to arrive: a client
+ * that trickles its request headers (slowloris) is closed after `ms`, not after Node's
+ * default 60 s, checked every second instead of every 30 s.
+ */
+export function upgradeDeadline(ms: number | undefined): http.ServerOptions {
+  if (ms === undefined) return {};
+  return { headersTimeout: ms, requestTimeout: ms, connectionsCheckingInterval: Math.min(1000, ms) };
 }
 
 /** MQTT over WebSocket with the `mqtt` subprotocol [MQTT-6.0.0-3..4]. */
@@ -28,7 +40,7 @@ export class WebSocketListener implements Listener {
   }
 
   start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
-    const server = http.createServer((_req, res) => {
+    const server = http.createServer(upgradeDeadline(this.options.upgradeTimeoutMs), (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket only\n');
     });
     const wss = new WebSocketServer({
