@@ -8,9 +8,8 @@
  * headers split and slowly, from many connections at once, before and after CONNECT.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { MqttClient } from 'mqtt';
 import type { ConfigInput } from '../src/index.ts';
-import { connect, delay, nextMessages, rawConnect, rawConnectPacket, startBroker, type RawClient, type TestBroker } from './helpers.ts';
+import { delay, startTestEnv, type TestEnv as Env, nextMessages, rawConnectPacket, type RawClient } from './helpers.ts';
 import { encodeVarint, parsePackets, PacketType, type RawPacket } from './raw-mqtt.ts';
 
 const MAX_REMAINING_LENGTH = 268_435_455; // 0xFF 0xFF 0xFF 0x7F: the largest the protocol can express
@@ -19,35 +18,7 @@ const RSS_BOUND = 96 * 1024 * 1024;
 /** The many-connection tests all come from 127.0.0.1: exempt it from the per-address connect rate, which is not under test here. */
 const FLOOD: Partial<ConfigInput> = { admission: { exempt: ['127.0.0.1/32'] } };
 
-interface Env {
-  b: TestBroker;
-  raw(): Promise<RawClient>;
-  client(options?: Parameters<typeof connect>[1]): Promise<MqttClient>;
-}
 
-async function setup(t: ExecutionContext, config: Partial<ConfigInput> = {}): Promise<Env> {
-  const b = await startBroker(config);
-  const raws: RawClient[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const r of raws) r.socket.destroy();
-    await Promise.all(clients.map((c) => c.endAsync(true)));
-    await b.stop();
-  });
-  return {
-    b,
-    async raw() {
-      const r = await rawConnect(b.port);
-      raws.push(r);
-      return r;
-    },
-    async client(options = {}) {
-      const c = await connect(b.port, options);
-      clients.push(c);
-      return c;
-    },
-  };
-}
 
 let unique = 0;
 
@@ -108,7 +79,7 @@ const disconnectReason = (p: RawPacket | undefined) => (p === undefined ? -1 : p
 // ── a remaining length of five bytes ─────────────────────────────────────────
 
 test('a five-byte remaining length trickled one byte at a time is refused as malformed: v5 DISCONNECT 0x81, v3.1.1 closed, no CONNACK before CONNECT', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const header = Buffer.from([0xff, 0xff, 0xff, 0xff, 0x7f]); // [MQTT-1.5.5-1]: a fifth length byte is malformed
   const pre = await env.raw();
   const v4 = await session(env, 4);
@@ -133,7 +104,7 @@ test('a five-byte remaining length trickled one byte at a time is refused as mal
 });
 
 test.serial('200 connections sending five-byte remaining lengths at once are all refused, and memory stays flat', async (t) => {
-  const env = await setup(t, FLOOD);
+  const env = await startTestEnv(t, FLOOD);
   const rss = watchRss();
   const attackers = await Promise.all(Array.from({ length: 200 }, (_, i) => (i % 2 === 0 ? env.raw() : session(env, 5))));
   for (const [i, c] of attackers.entries()) c.write(Buffer.from([i % 2 === 0 ? 0x10 : 0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]));
@@ -148,7 +119,7 @@ test.serial('200 connections sending five-byte remaining lengths at once are all
 // ── 256 MB claimed, then trickled ────────────────────────────────────────────
 
 test('a CONNECT claiming 256 MB that then trickles its body is closed from the header, before any authentication', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   const started = Date.now();
   c.write(Buffer.concat([Buffer.from([0x10]), encodeVarint(MAX_REMAINING_LENGTH)]));
@@ -165,7 +136,7 @@ test('a CONNECT claiming 256 MB that then trickles its body is closed from the h
 
 for (const version of [4, 5] as const) {
   test(`after CONNECT (v${version === 5 ? '5' : '3.1.1'}), a PUBLISH claiming 256 MB that trickles its body is refused from the header${version === 5 ? ' with DISCONNECT 0x95' : ''}`, async (t) => {
-    const env = await setup(t);
+    const env = await startTestEnv(t);
     const c = await session(env, version);
     const started = Date.now();
     c.write(Buffer.concat([Buffer.from([0x30]), encodeVarint(MAX_REMAINING_LENGTH)]));
@@ -186,7 +157,7 @@ for (const version of [4, 5] as const) {
 }
 
 test.serial('100 clients claiming 256 MB each and pouring their bodies in, before and after CONNECT: all refused, memory stays flat, a subscriber keeps receiving', async (t) => {
-  const env = await setup(t, FLOOD);
+  const env = await startTestEnv(t, FLOOD);
   const sub = await env.client({ clientId: 'steady-subscriber', protocolVersion: 5 });
   await sub.subscribeAsync('steady/#', { qos: 1 });
   const pub = await env.client({ clientId: 'steady-publisher' });
@@ -214,7 +185,7 @@ test.serial('100 clients claiming 256 MB each and pouring their bodies in, befor
 
 test('a CONNECT claiming just under maxConnectSize that trickles its body is dropped at the CONNECT deadline', async (t) => {
   const connectTimeoutMs = 500;
-  const env = await setup(t, { limits: { connectTimeoutMs } });
+  const env = await startTestEnv(t, { limits: { connectTimeoutMs } });
   const maxConnectSize = env.b.broker.config.limits.maxConnectSize;
   const c = await env.raw();
   // The whole frame (1 + 3 length bytes + body) is exactly maxConnectSize - 1: allowed from the header.
@@ -246,7 +217,7 @@ test('a CONNECT claiming just under maxConnectSize that trickles its body is dro
 
 test.serial('50 CONNECTs crawling towards maxConnectSize at once are all dropped at the deadline, memory stays flat, others connect meanwhile', async (t) => {
   const connectTimeoutMs = 600;
-  const env = await setup(t, { ...FLOOD, limits: { connectTimeoutMs } });
+  const env = await startTestEnv(t, { ...FLOOD, limits: { connectTimeoutMs } });
   const maxConnectSize = env.b.broker.config.limits.maxConnectSize;
   const rss = watchRss();
   const attackers = await Promise.all(Array.from({ length: 50 }, () => env.raw()));
@@ -274,7 +245,7 @@ test.serial('50 CONNECTs crawling towards maxConnectSize at once are all dropped
 // ── repeated properties (found by the fuzz test) ─────────────────────────────
 
 test('a v5 PUBLISH with a property repeated gets DISCONNECT 0x82 and is not delivered', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watcher = await env.client({ clientId: 'repeat-watch', protocolVersion: 5 });
   await watcher.subscribeAsync('rep/#', { qos: 1 });
   const seen: string[] = [];
@@ -301,7 +272,7 @@ test('a v5 PUBLISH with a property repeated gets DISCONNECT 0x82 and is not deli
 });
 
 test('a v5 CONNECT with a repeated property is refused without a successful CONNACK; a repeated will property too', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const build = (properties: Buffer, will?: Buffer) => {
     const id = Buffer.from(`rep-${++unique}`);
     const parts = [Buffer.from([0x00, 0x04]), Buffer.from('MQTT'), Buffer.from([0x05, will ? 0x06 : 0x02, 0x00, 0x3c]), encodeVarint(properties.length), properties, Buffer.from([0, id.length]), id];
@@ -335,7 +306,7 @@ function connectWithFlags(version: 3 | 4 | 5, flags: number, tail: Buffer[]): Bu
 const field = (s: string) => Buffer.concat([Buffer.from([0, Buffer.byteLength(s)]), Buffer.from(s)]);
 
 test('a CONNECT with will QoS 3 is refused as malformed, v3.1.1 and v5, without a successful CONNACK [MQTT-3.1.2-14]', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watcher = await env.client({ clientId: 'will-watch', protocolVersion: 5 });
   await watcher.subscribeAsync('w/#', { qos: 2 });
   const seen: string[] = [];
@@ -354,7 +325,7 @@ test('a CONNECT with will QoS 3 is refused as malformed, v3.1.1 and v5, without 
 });
 
 test('a v3.1.1 or v3.1 CONNECT with a password but no user name is refused as malformed; v5 allows it [MQTT-3.1.2-22]', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   for (const version of [3, 4] as const) {
     const c = await env.raw();
     c.write(connectWithFlags(version, 0x02 | 0x40, [field('secret')]));

@@ -4,9 +4,7 @@
  * closed) and that the broker keeps serving other clients afterwards.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { MqttClient } from 'mqtt';
-import type { ConfigInput } from '../src/index.ts';
-import { connect, delay, nextMessages, rawConnect, rawConnectPacket, startBroker, type RawClient, type TestBroker } from './helpers.ts';
+import { delay, startTestEnv, type TestEnv as Env, nextMessages, rawConnectPacket, type RawClient } from './helpers.ts';
 import { encodeString as str, encodeVarint as varint } from './raw-mqtt.ts';
 
 // ── small encoders ────────────────────────────────────────────────────────────
@@ -113,38 +111,7 @@ async function waitForPacket(c: RawClient, type: number, ms = 2000): Promise<Raw
 
 // ── per-test setup ───────────────────────────────────────────────────────────
 
-interface Env {
-  b: TestBroker;
-  port: number;
-  raw(): Promise<RawClient>;
-  client(options?: Parameters<typeof connect>[1]): Promise<MqttClient>;
-}
 
-/** Starts a broker for one test; its raw sockets and clients are closed, then the broker stopped, at teardown. */
-async function setup(t: ExecutionContext, config: Partial<ConfigInput> = {}): Promise<Env> {
-  const b = await startBroker(config);
-  const raws: RawClient[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const r of raws) r.socket.destroy();
-    await Promise.all(clients.map((c) => c.endAsync(true)));
-    await b.stop();
-  });
-  return {
-    b,
-    port: b.port,
-    async raw() {
-      const r = await rawConnect(b.port);
-      raws.push(r);
-      return r;
-    },
-    async client(options = {}) {
-      const c = await connect(b.port, options);
-      clients.push(c);
-      return c;
-    },
-  };
-}
 
 let unique = 0;
 
@@ -220,7 +187,7 @@ async function expectV3Close(t: ExecutionContext, env: Env, bytes: Buffer, what:
 // ── the first packet ─────────────────────────────────────────────────────────
 
 test('a PINGREQ as the first packet closes the connection without CONNACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write([0xc0, 0x00]); // [MQTT-3.1.0-1]
   t.true(await c.closed(2000));
@@ -229,7 +196,7 @@ test('a PINGREQ as the first packet closes the connection without CONNACK', asyn
 });
 
 test('a PUBLISH as the first packet closes the connection without CONNACK and is not delivered', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watch = await hashWatcher(t, env);
   const c = await env.raw();
   c.write(publish({ topic: 'sneaky/first', payload: 'no connect', version: 4 })); // [MQTT-3.1.0-1]
@@ -240,7 +207,7 @@ test('a PUBLISH as the first packet closes the connection without CONNACK and is
 });
 
 test('a SUBSCRIBE as the first packet closes the connection without CONNACK or SUBACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write(subscribe(1, [{ topic: '#', qos: 0 }], 4)); // [MQTT-3.1.0-1]
   t.true(await c.closed(2000));
@@ -251,13 +218,13 @@ test('a SUBSCRIBE as the first packet closes the connection without CONNACK or S
 // ── a second CONNECT ─────────────────────────────────────────────────────────
 
 test('a second CONNECT gets DISCONNECT 0x82 (v5) and closes the connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV5Disconnect(t, env, rawConnectPacket('again', 5), [0x82], 'second CONNECT'); // [MQTT-3.1.0-2]
   await assertServing(t, env);
 });
 
 test('a second CONNECT sent right behind the first, before the CONNACK, gets DISCONNECT 0x82 (v5)', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write(Buffer.concat([rawConnectPacket('pipelined', 5), rawConnectPacket('pipelined', 5)])); // [MQTT-3.1.0-2]
   t.true(await c.closed(1500));
@@ -268,7 +235,7 @@ test('a second CONNECT sent right behind the first, before the CONNACK, gets DIS
 });
 
 test('a second CONNECT closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV3Close(t, env, rawConnectPacket('again', 4), 'second CONNECT'); // [MQTT-3.1.0-2]
   await assertServing(t, env);
 });
@@ -276,20 +243,20 @@ test('a second CONNECT closes a v3.1.1 connection', async (t) => {
 // ── malformed remaining length ───────────────────────────────────────────────
 
 test('a remaining length of five bytes gets DISCONNECT 0x81 (v5)', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // [MQTT-1.5.5-1]: at most four bytes; a fifth continuation byte is a Malformed Packet.
   await expectV5Disconnect(t, env, Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]), [0x81], 'five-byte remaining length');
   await assertServing(t, env);
 });
 
 test('a remaining length of five bytes closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV3Close(t, env, Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]), 'five-byte remaining length'); // [MQTT-2.2.3]
   await assertServing(t, env);
 });
 
 test('a CONNECT with a five-byte remaining length is closed without CONNACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write([0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]);
   t.true(await c.closed(2000));
@@ -300,7 +267,7 @@ test('a CONNECT with a five-byte remaining length is closed without CONNACK', as
 // ── maximum packet size, refused from the fixed header ───────────────────────
 
 test('a PUBLISH header claiming 10 MB over maxPacketSize gets DISCONNECT 0x95 at once, without its body (v5)', async (t) => {
-  const env = await setup(t, { limits: { maxPacketSize: 1024 } });
+  const env = await startTestEnv(t, { limits: { maxPacketSize: 1024 } });
   const c = await rawSession(env, 5);
   const started = Date.now();
   c.write(Buffer.concat([Buffer.from([0x30]), varint(10 * 1024 * 1024)])); // the fixed header only, no body
@@ -312,7 +279,7 @@ test('a PUBLISH header claiming 10 MB over maxPacketSize gets DISCONNECT 0x95 at
 });
 
 test('a PUBLISH header claiming 10 MB over maxPacketSize closes a v3.1.1 connection at once', async (t) => {
-  const env = await setup(t, { limits: { maxPacketSize: 1024 } });
+  const env = await startTestEnv(t, { limits: { maxPacketSize: 1024 } });
   const c = await rawSession(env, 4);
   c.write(Buffer.concat([Buffer.from([0x30]), varint(10 * 1024 * 1024)]));
   t.true(await c.closed(1000));
@@ -321,7 +288,7 @@ test('a PUBLISH header claiming 10 MB over maxPacketSize closes a v3.1.1 connect
 });
 
 test('a PUBLISH of exactly maxPacketSize bytes is delivered, one byte more gets DISCONNECT 0x95 (v5)', async (t) => {
-  const env = await setup(t, { limits: { maxPacketSize: 1024 } });
+  const env = await startTestEnv(t, { limits: { maxPacketSize: 1024 } });
   const sub = await env.client({ clientId: 'size-sub' });
   await sub.subscribeAsync('size/#', { qos: 0 });
   const build = (total: number) => {
@@ -342,7 +309,7 @@ test('a PUBLISH of exactly maxPacketSize bytes is delivered, one byte more gets 
 });
 
 test('a CONNECT header claiming 256 MB is closed at once, before authentication', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   const started = Date.now();
   c.write([0x10, 0xff, 0xff, 0xff, 0x7f]); // 268,435,455 bytes claimed, none sent
@@ -354,7 +321,7 @@ test('a CONNECT header claiming 256 MB is closed at once, before authentication'
 });
 
 test('a CONNECT over maxConnectSize but under maxPacketSize is closed at once', async (t) => {
-  const env = await setup(t, { limits: { maxConnectSize: 1024, maxPacketSize: 1024 * 1024 } });
+  const env = await startTestEnv(t, { limits: { maxConnectSize: 1024, maxPacketSize: 1024 * 1024 } });
   const c = await env.raw();
   c.write(Buffer.concat([Buffer.from([0x10]), varint(100_000)])); // within maxPacketSize, over maxConnectSize
   t.true(await c.closed(1000));
@@ -377,7 +344,7 @@ const badTopics: { name: string; topic: string | Buffer; v5: number[]; clause: s
 
 for (const bad of badTopics) {
   test(`a PUBLISH topic with ${bad.name} gets DISCONNECT ${bad.v5.map((r) => `0x${r.toString(16)}`).join('/')} (v5) and is not delivered [${bad.clause}]`, async (t) => {
-    const env = await setup(t);
+    const env = await startTestEnv(t);
     const watch = await hashWatcher(t, env);
     await expectV5Disconnect(t, env, publish({ topic: bad.topic, payload: 'bad', version: 5 }), bad.v5, bad.name);
     await expectV5Disconnect(t, env, publish({ topic: bad.topic, payload: 'bad', qos: 1, version: 5 }), bad.v5, `${bad.name} at QoS 1`);
@@ -386,7 +353,7 @@ for (const bad of badTopics) {
   });
 
   test(`a PUBLISH topic with ${bad.name} closes a v3.1.1 connection and is not delivered [${bad.clause}]`, async (t) => {
-    const env = await setup(t);
+    const env = await startTestEnv(t);
     const watch = await hashWatcher(t, env);
     await expectV3Close(t, env, publish({ topic: bad.topic, payload: 'bad', version: 4 }), bad.name);
     await expectV3Close(t, env, publish({ topic: bad.topic, payload: 'bad', qos: 1, version: 4 }), `${bad.name} at QoS 1`);
@@ -396,13 +363,13 @@ for (const bad of badTopics) {
 }
 
 test('a SUBSCRIBE filter with invalid UTF-8 gets DISCONNECT 0x81 (v5), not a SUBACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV5Disconnect(t, env, subscribe(1, [{ topic: Buffer.from([0x61, 0x2f, 0xc3, 0x28]), qos: 0 }], 5), [0x81], 'invalid UTF-8 filter'); // [MQTT-1.5.4-1]
   await assertServing(t, env);
 });
 
 test('a client id with invalid UTF-8 is closed without a successful CONNACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write(frame(0x10, str('MQTT'), Buffer.from([4, 0x02]), u16(60), str(Buffer.from([0x63, 0xc3, 0x28])))); // [MQTT-1.5.3-1]
   t.true(await c.closed(2000));
@@ -413,7 +380,7 @@ test('a client id with invalid UTF-8 is closed without a successful CONNACK', as
 // ── bad header flags and empty SUBSCRIBE ─────────────────────────────────────
 
 test('a PUBLISH with QoS 3 gets DISCONNECT 0x81 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watch = await hashWatcher(t, env);
   // [MQTT-3.3.1-4]: both QoS bits set is a Malformed Packet.
   const qos3 = (version: 4 | 5) => publish({ topic: 'q/3', payload: 'bad', qos: 1, version, first: 0x36 });
@@ -424,7 +391,7 @@ test('a PUBLISH with QoS 3 gets DISCONNECT 0x81 (v5) and closes a v3.1.1 connect
 });
 
 test('a SUBSCRIBE with reserved flags 0000 gets DISCONNECT 0x81 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // [MQTT-3.8.1-1], [MQTT-2.2.2-2]: SUBSCRIBE flags must be 0010.
   await expectV5Disconnect(t, env, subscribe(1, [{ topic: 'a', qos: 0 }], 5, 0x80), [0x81], 'SUBSCRIBE flags 0');
   await expectV3Close(t, env, subscribe(1, [{ topic: 'a', qos: 0 }], 4, 0x80), 'SUBSCRIBE flags 0');
@@ -432,7 +399,7 @@ test('a SUBSCRIBE with reserved flags 0000 gets DISCONNECT 0x81 (v5) and closes 
 });
 
 test('a PUBREL with reserved flags 0000 gets DISCONNECT 0x81 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // [MQTT-3.6.1-1]: PUBREL flags must be 0010.
   await expectV5Disconnect(t, env, frame(0x60, u16(1)), [0x81], 'PUBREL flags 0');
   await expectV3Close(t, env, frame(0x60, u16(1)), 'PUBREL flags 0');
@@ -440,14 +407,14 @@ test('a PUBREL with reserved flags 0000 gets DISCONNECT 0x81 (v5) and closes a v
 });
 
 test('an UNSUBSCRIBE with reserved flags 0000 gets DISCONNECT 0x81 (v5)', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // [MQTT-3.10.1-1]
   await expectV5Disconnect(t, env, frame(0xa0, u16(1), props(), str('a')), [0x81], 'UNSUBSCRIBE flags 0');
   await assertServing(t, env);
 });
 
 test('a SUBSCRIBE with no topic filters gets DISCONNECT 0x82 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // [MQTT-3.8.3-2] (v5: Protocol Error), [MQTT-3.8.3-3] (v3.1.1: protocol violation).
   await expectV5Disconnect(t, env, subscribe(1, [], 5), [0x81, 0x82], 'empty SUBSCRIBE');
   await expectV3Close(t, env, subscribe(1, [], 4), 'empty SUBSCRIBE');
@@ -457,7 +424,7 @@ test('a SUBSCRIBE with no topic filters gets DISCONNECT 0x82 (v5) and closes a v
 // [MQTT-2.2.1-3] (v5), [MQTT-2.3.1-1] (v3.1.1): a QoS > 0 PUBLISH and a SUBSCRIBE MUST carry a
 // non-zero packet identifier; one with 0 is not a valid packet and must not be processed.
 test('a QoS 1 PUBLISH with packet identifier 0 gets DISCONNECT (v5) and is neither acknowledged nor delivered', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watch = await hashWatcher(t, env);
   await expectV5Disconnect(t, env, publish({ topic: 'id/zero', payload: 'bad', qos: 1, packetId: 0, version: 5 }), [0x81, 0x82], 'PUBLISH id 0');
   await watch.check();
@@ -465,7 +432,7 @@ test('a QoS 1 PUBLISH with packet identifier 0 gets DISCONNECT (v5) and is neith
 });
 
 test('a QoS 1 PUBLISH with packet identifier 0 closes a v3.1.1 connection and is neither acknowledged nor delivered', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watch = await hashWatcher(t, env);
   await expectV3Close(t, env, publish({ topic: 'id/zero', payload: 'bad', qos: 1, packetId: 0, version: 4 }), 'PUBLISH id 0');
   await watch.check();
@@ -473,7 +440,7 @@ test('a QoS 1 PUBLISH with packet identifier 0 closes a v3.1.1 connection and is
 });
 
 test('a SUBSCRIBE with packet identifier 0 gets DISCONNECT (v5), not a SUBACK', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV5Disconnect(t, env, subscribe(0, [{ topic: 'a', qos: 0 }], 5), [0x81, 0x82], 'SUBSCRIBE id 0');
   await assertServing(t, env);
 });
@@ -481,7 +448,7 @@ test('a SUBSCRIBE with packet identifier 0 gets DISCONNECT (v5), not a SUBACK', 
 // ── topic aliases ────────────────────────────────────────────────────────────
 
 test('a PUBLISH with topic alias 0 gets DISCONNECT 0x94', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const watch = await hashWatcher(t, env);
   // [MQTT-3.3.2-8]
   await expectV5Disconnect(t, env, publish({ topic: 'alias/zero', version: 5, properties: props(topicAliasProp(0)) }), [0x94], 'alias 0');
@@ -490,7 +457,7 @@ test('a PUBLISH with topic alias 0 gets DISCONNECT 0x94', async (t) => {
 });
 
 test('a PUBLISH with a topic alias above the maximum gets DISCONNECT 0x94', async (t) => {
-  const env = await setup(t, { limits: { topicAliasMaximum: 5 } });
+  const env = await startTestEnv(t, { limits: { topicAliasMaximum: 5 } });
   const watch = await hashWatcher(t, env);
   // [MQTT-3.3.2-9]
   await expectV5Disconnect(t, env, publish({ topic: 'alias/high', version: 5, properties: props(topicAliasProp(6)) }), [0x94], 'alias 6 > 5');
@@ -501,7 +468,7 @@ test('a PUBLISH with a topic alias above the maximum gets DISCONNECT 0x94', asyn
 // ── packets only a server sends ──────────────────────────────────────────────
 
 test('a CONNACK sent by a client gets DISCONNECT 0x82 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   // CONNACK is sent only by the Server (v5 3.2); receiving it is a Protocol Error (v5 4.13.1), v3.1.1 closes.
   await expectV5Disconnect(t, env, Buffer.from([0x20, 0x03, 0x00, 0x00, 0x00]), [0x82], 'CONNACK from client');
   await expectV5Disconnect(t, env, Buffer.from([0x20, 0x02, 0x00, 0x00]), [0x81, 0x82], 'short CONNACK from client');
@@ -510,7 +477,7 @@ test('a CONNACK sent by a client gets DISCONNECT 0x82 (v5) and closes a v3.1.1 c
 });
 
 test('a SUBACK, UNSUBACK or PINGRESP sent by a client gets DISCONNECT 0x82 (v5) and closes a v3.1.1 connection', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   await expectV5Disconnect(t, env, Buffer.from([0x90, 0x04, 0x00, 0x01, 0x00, 0x00]), [0x82], 'SUBACK from client');
   await expectV5Disconnect(t, env, Buffer.from([0xb0, 0x04, 0x00, 0x01, 0x00, 0x00]), [0x82], 'UNSUBACK from client');
   await expectV5Disconnect(t, env, Buffer.from([0xd0, 0x00]), [0x82], 'PINGRESP from client');
@@ -522,7 +489,7 @@ test('a SUBACK, UNSUBACK or PINGRESP sent by a client gets DISCONNECT 0x82 (v5) 
 // ── protocol level ───────────────────────────────────────────────────────────
 
 test('an unsupported protocol level 6 gets CONNACK return code 1 and the connection is closed', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const c = await env.raw();
   c.write(connectWithLevel('level6', 6)); // [MQTT-3.1.2-2]
   t.true(await c.closed(2000));
@@ -533,7 +500,7 @@ test('an unsupported protocol level 6 gets CONNACK return code 1 and the connect
 // ── the CONNECT deadline ─────────────────────────────────────────────────────
 
 test('an idle socket that sends no CONNECT is closed shortly after connectTimeoutMs', async (t) => {
-  const env = await setup(t, { limits: { connectTimeoutMs: 300 } });
+  const env = await startTestEnv(t, { limits: { connectTimeoutMs: 300 } });
   const c = await env.raw();
   const started = Date.now();
   // The deadline is checked by a sweep timer (every connectTimeoutMs / 4 here), so allow one tick either way.
@@ -546,7 +513,7 @@ test('an idle socket that sends no CONNECT is closed shortly after connectTimeou
 });
 
 test('a client that sends half a CONNECT and stops is closed after connectTimeoutMs', async (t) => {
-  const env = await setup(t, { limits: { connectTimeoutMs: 300 } });
+  const env = await startTestEnv(t, { limits: { connectTimeoutMs: 300 } });
   const c = await env.raw();
   const whole = rawConnectPacket('slowpoke', 4);
   const started = Date.now();
@@ -559,7 +526,7 @@ test('a client that sends half a CONNECT and stops is closed after connectTimeou
 });
 
 test('a client that trickles a CONNECT byte by byte is still closed at the deadline', async (t) => {
-  const env = await setup(t, { limits: { connectTimeoutMs: 300 } });
+  const env = await startTestEnv(t, { limits: { connectTimeoutMs: 300 } });
   const c = await env.raw();
   // About 90 bytes at one byte per 40 ms: the CONNECT would take over 3 s to arrive.
   const whole = rawConnectPacket(`trickle-${'x'.repeat(64)}`, 4);
@@ -580,7 +547,7 @@ test('a client that trickles a CONNECT byte by byte is still closed at the deadl
 // ── isolation ────────────────────────────────────────────────────────────────
 
 test('garbage from one client does not disturb another subscribed client', async (t) => {
-  const env = await setup(t);
+  const env = await startTestEnv(t);
   const good = await env.client({ clientId: 'good', protocolVersion: 5 });
   await good.subscribeAsync('news/#', { qos: 1 });
   let goodClosed = false;

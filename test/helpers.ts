@@ -259,3 +259,37 @@ export async function subackCode(client: MqttClient, filter: string, qos: 0 | 1 
     return granted[0] ?? -1;
   }
 }
+
+/** A broker for one test plus the raw sockets and mqtt.js clients it opens, all closed at teardown. */
+export interface TestEnv {
+  b: TestBroker;
+  port: number;
+  raw(): Promise<RawClient>;
+  client(options?: IClientOptions): Promise<MqttClient>;
+}
+
+/** Starts a broker for one test; its raw sockets and clients are closed, then the broker stopped, at teardown. */
+export async function startTestEnv(t: { teardown(fn: () => unknown): void }, config: Partial<ConfigInput> = {}): Promise<TestEnv> {
+  const b = await startBroker(config);
+  const raws: RawClient[] = [];
+  const clients: MqttClient[] = [];
+  t.teardown(async () => {
+    for (const r of raws) r.socket.destroy();
+    await Promise.all(clients.map((c) => c.endAsync(true)));
+    await b.stop();
+  });
+  return {
+    b,
+    port: b.port,
+    async raw() {
+      const r = await rawConnect(b.port);
+      raws.push(r);
+      return r;
+    },
+    async client(options = {}) {
+      const c = await connect(b.port, options);
+      clients.push(c);
+      return c;
+    },
+  };
+}
