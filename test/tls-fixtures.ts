@@ -176,3 +176,20 @@ export async function waitForAudit(audit: MemoryAuditSink, pred: (r: MemoryAudit
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** The mTLS listener most tests use: client certificates from the fleet's CA, its CRL, the clientAuth EKU, CN as user name and bound client id. */
+export function fleetMtlsListener(fleet: Pick<Fleet, 'serverCert' | 'serverKey' | 'chain' | 'crl'>): NonNullable<ConfigInput['listeners']>[number] {
+  return {
+    name: 'mtls',
+    type: 'tls',
+    host: '127.0.0.1',
+    port: 0,
+    cert: fleet.serverCert,
+    key: fleet.serverKey,
+    ca: fleet.chain,
+    requireClientCert: true,
+    requireClientAuthEku: true,
+    crl: { files: [fleet.crl] },
+    auth: [{ provider: 'certificate', username: 'cn', clientId: 'cn', bindClientId: true }],
+  };
+}

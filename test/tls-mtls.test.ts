@@ -8,7 +8,7 @@ import net from 'node:net';
 import test from 'ava';
 import type { MqttClient } from 'mqtt';
 import { nextMessages } from './helpers.ts';
-import { type Fleet, type TlsTestBroker, connectTls, handshake, makeFleet, run, startTlsBroker, waitForAudit } from './tls-fixtures.ts';
+import { type Fleet, type TlsTestBroker, connectTls, fleetMtlsListener, handshake, makeFleet, run, startTlsBroker, waitForAudit } from './tls-fixtures.ts';
 
 let fleet: Fleet;
 let b: TlsTestBroker;
@@ -20,19 +20,7 @@ test.before(async () => {
   await import('./tls-fixtures.ts').then(({ pki }) => pki(fleet.dir, 'revoke', fleet.client('device-4').cert));
   await import('./tls-fixtures.ts').then(({ pki }) => pki(fleet.dir, 'crl'));
   b = await startTlsBroker([
-    {
-      name: 'mtls',
-      type: 'tls',
-      host: '127.0.0.1',
-      port: 0,
-      cert: fleet.serverCert,
-      key: fleet.serverKey,
-      ca: fleet.chain,
-      requireClientCert: true,
-      requireClientAuthEku: true,
-      crl: { files: [fleet.crl] },
-      auth: [{ provider: 'certificate', username: 'cn', clientId: 'cn', bindClientId: true }],
-    },
+    fleetMtlsListener(fleet),
     { name: 'tls', type: 'tls', host: '127.0.0.1', port: 0, cert: fleet.serverCert, key: fleet.serverKey, auth: ['anonymous'] },
   ]);
   port = b.ports.mtls as number;

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
-import { type Fleet, connectTls, pki, run, startTlsBroker, waitForAudit } from './tls-fixtures.ts';
+import { type Fleet, connectTls, fleetMtlsListener, pki, run, startTlsBroker, waitForAudit } from './tls-fixtures.ts';
 
 async function makePki(keyType: 'ec' | 'rsa' | undefined, intermediate: boolean): Promise<Fleet> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), `portcullis-pki-${keyType ?? 'default'}-`));
@@ -71,19 +71,7 @@ for (const [keyType, intermediate] of [
     t.is(verified.status, 0, verified.stdout + verified.stderr);
 
     const b = await startTlsBroker([
-      {
-        name: 'mtls',
-        type: 'tls',
-        host: '127.0.0.1',
-        port: 0,
-        cert: fleet.serverCert,
-        key: fleet.serverKey,
-        ca: fleet.chain,
-        requireClientCert: true,
-        requireClientAuthEku: true,
-        crl: { files: [fleet.crl] },
-        auth: [{ provider: 'certificate', username: 'cn', clientId: 'cn', bindClientId: true }],
-      },
+      fleetMtlsListener(fleet),
     ]);
     t.teardown(() => b.stop());
     const port = b.ports.mtls as number;
