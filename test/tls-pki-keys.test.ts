@@ -67,6 +67,16 @@ for (const [keyType, intermediate] of [
     t.regex(text.stdout, kind === 'ec' ? /Signature Algorithm: ecdsa-with-SHA256/ : /Signature Algorithm: sha256WithRSAEncryption/);
     // An ECDSA key only signs: keyEncipherment belongs to RSA key transport.
     if (kind === 'ec') t.notRegex(text.stdout, /Key Encipherment/);
+    // Key identifiers: each certificate's SKI is the SHA-1 of its own key (RFC 5280 method 1), and a
+    // leaf's AKI is its issuer's SKI, as openssl reads them; no two keys share one.
+    const ext = async (f: string, name: string) => (await run('openssl', ['x509', '-in', f, '-noout', '-ext', name])).stdout.split('\n')[1]?.trim().replace(/^keyid:/, '') ?? '';
+    const caSki = await ext(fleet.ca, 'subjectKeyIdentifier');
+    const serverSki = await ext(fleet.serverCert, 'subjectKeyIdentifier');
+    const clientSki = await ext(fleet.client('dev-1').cert, 'subjectKeyIdentifier');
+    t.not(caSki, '');
+    t.is(new Set([caSki, serverSki, clientSki]).size, 3, 'every key has its own identifier');
+    t.not(clientSki, 'DA:39:A3:EE:5E:6B:4B:0D:32:55:BF:EF:95:60:18:90:AF:D8:07:09', 'not the SHA-1 of nothing');
+    if (!intermediate) t.is(await ext(fleet.client('dev-1').cert, 'authorityKeyIdentifier'), caSki);
     const verified = await run('openssl', ['verify', '-CAfile', fleet.chain, fleet.serverCert, fleet.client('dev-1').cert]);
     t.is(verified.status, 0, verified.stdout + verified.stderr);
 

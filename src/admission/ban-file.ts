@@ -11,8 +11,8 @@
  * date or a duplicate fails the whole file with an error naming the file and line.
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import { formatAddress, formatCidr, parseAddress, parseCidr } from './address.ts';
+import { writeAtomic } from '../util/fs.ts';
 
 export const BAN_KINDS = ['client-id', 'username', 'ip', 'cidr'] as const;
 export type BanKind = (typeof BAN_KINDS)[number];
@@ -79,7 +79,11 @@ export function normalizeBanValue(kind: string, value: string): { ok: true; valu
 export function parseIsoDate(text: string): number | undefined {
   if (!ISO.test(text)) return undefined;
   const ms = Date.parse(text);
-  return Number.isNaN(ms) ? undefined : ms;
+  if (Number.isNaN(ms)) return undefined;
+  // Date.parse rolls 2026-02-31 over to March: refuse a day that does not exist.
+  const [y, m, d] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
+  const check = new Date(Date.UTC(y, m - 1, d));
+  return check.getUTCFullYear() === y && check.getUTCMonth() === m - 1 && check.getUTCDate() === d ? ms : undefined;
 }
 
 /** Parses the text of a ban file. Throws BanFileError naming the first bad line. */
@@ -201,7 +205,5 @@ function writeAtomically(file: string, lines: string[]): void {
   } catch {
     // a new file
   }
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, `${lines.join('\n')}\n`, { mode });
-  fs.renameSync(tmp, file);
+  writeAtomic(file, `${lines.join('\n')}\n`, mode);
 }

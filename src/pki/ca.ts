@@ -81,8 +81,11 @@ function signatureAlgorithm(key: KeyObject): forge.asn1.Asn1 {
 
 /** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (what forge wrote for RSA CAs too). */
 function keyIdentifier(publicKey: KeyObject): Buffer {
-  const spki = fromDer(publicKey.export({ type: 'spki', format: 'der' }));
-  const bits = (spki.value as forge.asn1.Asn1[])[1]?.value as string;
+  // decodeBitStrings: false, or forge parses an RSA key's BIT STRING into nested ASN.1 and the bytes are lost.
+  const der = publicKey.export({ type: 'spki', format: 'der' });
+  const spki = (asn1.fromDer as unknown as (bytes: forge.util.ByteStringBuffer, options: { decodeBitStrings: boolean }) => forge.asn1.Asn1)(forge.util.createBuffer(der.toString('binary')), { decodeBitStrings: false });
+  const bits = (spki.value as forge.asn1.Asn1[])[1]?.value;
+  if (typeof bits !== 'string' || bits.length < 2) throw new PkiError('ERR_PKI_BAD_INPUT', 'cannot read the public key bits for its key identifier');
   return createHash('sha1').update(Buffer.from(bits, 'binary').subarray(1)).digest();
 }
 

@@ -14,7 +14,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ensureDir } from '../util/fs.ts';
+import { ensureDir, writeAtomic } from '../util/fs.ts';
+
+export { writeAtomic };
 
 export class PkiError extends Error {
   constructor(
@@ -87,15 +89,6 @@ export function writeIndex(dir: string, entries: IndexEntry[]): void {
   writeAtomic(paths(dir).index, HEADER + body + (body ? '\n' : ''), 0o644);
 }
 
-/** Writes through a temporary file and a rename, so a reader never sees half a file. */
-export function writeAtomic(file: string, data: string, mode: number): void {
-  const dir = path.dirname(file);
-  ensureDir(dir, path.basename(dir) === 'private' ? 0o700 : undefined);
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, data, { mode });
-  fs.chmodSync(tmp, mode);
-  fs.renameSync(tmp, file);
-}
 
 export function writeSecret(file: string, data: string): void {
   writeAtomic(file, data, 0o600);

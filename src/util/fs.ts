@@ -12,3 +12,16 @@ export function ensureDir(dir: string, mode?: number): void {
   if (parent !== dir) ensureDir(parent);
   fs.mkdirSync(dir, mode === undefined ? undefined : { mode });
 }
+
+/**
+ * Writes through a temporary file and a rename, so a reader (a broker watching the file) never
+ * sees half a file. Missing directories are created; one named `private` gets mode 0700.
+ */
+export function writeAtomic(file: string, data: string, mode: number): void {
+  const dir = path.dirname(file);
+  ensureDir(dir, path.basename(dir) === 'private' ? 0o700 : undefined);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, data, { mode });
+  fs.chmodSync(tmp, mode);
+  fs.renameSync(tmp, file);
+}

@@ -5,6 +5,7 @@
  * (CVE-2018-12551 class: an empty hash must never mean an empty password).
  */
 import fs from 'node:fs';
+import { writeAtomic } from '../../util/fs.ts';
 import type { Argon2Params } from '../../config/auth-schema.ts';
 
 export interface PasswordEntry {
@@ -85,7 +86,5 @@ export function readPasswordFile(file: string, floor: Argon2Params): Map<string,
 export function writePasswordFile(file: string, users: Iterable<PasswordEntry>, header = '# Portcullis password file: user:argon2id-hash[:roles]. Maintain with `portcullis passwd`.\n'): void {
   let text = header;
   for (const u of users) text += `${u.username}:${u.hash}${u.roles.length > 0 ? `:${u.roles.join(',')}` : ''}\n`;
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, text, { mode: 0o600 });
-  fs.renameSync(tmp, file);
+  writeAtomic(file, text, 0o600);
 }
