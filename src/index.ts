@@ -39,6 +39,7 @@ import { ModuleAuthorizer } from './authz/module.ts';
 import type { AuthorizerConfig } from './config/schema.ts';
 import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
 import { VERSION } from './broker/sys.ts';
+import { ownerOf } from './broker/handlers/connect.ts';
 import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MemoryStore } from './store/memory.ts';
@@ -136,6 +137,11 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     options.audit === undefined && config.audit.sink !== 'none'
       ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.audit(null, event), (message) => log.warn(message))
       : undefined;
+  // Flapping counts only connects that will get the session: not those of another identity.
+  admission.ownedByOther = (clientId, principal) => {
+    const session = broker.sessions.get(clientId);
+    return session !== undefined && session.owner !== ownerOf(principal);
+  };
   // A ban added to the ban file also ends the live connections it covers.
   admission.onBansAdded((added) => {
     const covers = admission.coverer(added);

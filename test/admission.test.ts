@@ -373,3 +373,16 @@ test('refusal records are bounded in addresses: beyond refusalAudit.maxAddresses
   t.is(overflow?.detail?.['ip-cap'], 3);
   t.is(recs.reduce((n, r) => n + Number(r.detail?.count ?? 0), 0), 5, 'every refusal is counted once');
 });
+
+test('flapping does not count connects refused because another identity owns the session: nobody can get a client id banned for its owner', async (t) => {
+  const tb = await startAdmissionBroker({
+    listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'a-pw' }, { username: 'bob', password: 'b-pw' }] }] }],
+    admission: { flapping: { maxConnects: 3, windowMs: 30_000, banMs: 60_000 } },
+  });
+  t.teardown(() => tb.stop());
+  const owner = { clientId: 'dev-a', username: 'alice', password: 'a-pw', protocolVersion: 5 as const, clean: false, properties: { sessionExpiryInterval: 600 } };
+  t.is((await refusalCode(tb.port, owner)).code, 0);
+  for (let i = 0; i < 5; i++) t.is((await refusalCode(tb.port, { clientId: 'dev-a', username: 'bob', password: 'b-pw', protocolVersion: 5 })).code, 0x87);
+  t.is((await refusalCode(tb.port, owner)).code, 0, 'the owner is not banned');
+  t.false(tb.audit.records.some((r) => r.event === 'ban' && r.action === 'flapping'));
+});

@@ -11,6 +11,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import test from 'ava';
 import { Command } from 'commander';
+import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import type { IDisconnectPacket } from 'mqtt';
 import { formatAddress, parseAddress, parseCidr, inRange } from '../src/admission/address.ts';
 import { parseBanText } from '../src/admission/ban-file.ts';
@@ -365,4 +366,38 @@ test.serial('portcullis start: SIGHUP reloads the ban file (watch off), audited 
   t.true(records.some((r) => r.event === 'reload' && r.action === 'ban-file' && r.decision === 'allow' && String(r.reason).startsWith('SIGHUP: 1 bans in force')));
   t.true(records.some((r) => r.event === 'ban' && r.action === 'ban-file' && r.clientId === 'sig-target'));
   t.true(records.some((r) => r.event === 'connect' && r.decision === 'deny' && r.clientId === 'sig-target' && r.decidedBy === 'ban'));
+});
+
+test('a user name ban also holds against the user name a provider maps (a JWT subject), not only the one in CONNECT', async (t) => {
+  const dir = tempDir(t);
+  const { publicKey, privateKey } = await generateKeyPair('RS256');
+  const pem = path.join(dir, 'idp.pem');
+  fs.writeFileSync(pem, await exportSPKI(publicKey));
+  const file = banFile(dir, line({ kind: 'username', value: 'mallory' }));
+  const tb = await startAdmissionBroker({
+    listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['RS256'], issuer: 'iss', audience: 'aud', keyFiles: [pem], requireUsernameMatch: false }] }],
+    admission: { bans: { file } },
+  });
+  t.teardown(() => tb.stop());
+  const token = (sub: string) => new SignJWT({}).setProtectedHeader({ alg: 'RS256' }).setSubject(sub).setIssuer('iss').setAudience('aud').setExpirationTime('5m').sign(privateKey);
+  // CONNECT says 'someone'; the ban is found on the principal the JWT provider built from the subject.
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'm-jwt', username: 'someone', password: await token('mallory') })).code, 0x8a);
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'a-jwt', username: 'someone', password: await token('alice') })).code, 0);
+  const denied = tb.audit.records.find((r) => r.event === 'connect' && r.decision === 'deny' && r.clientId === 'm-jwt');
+  t.is(denied?.decidedBy, 'ban');
+  t.is(denied?.reasonCode, 0x8a);
+});
+
+test('a ban file that goes missing keeps the last good list (fail closed): refused and audited', async (t) => {
+  const dir = tempDir(t);
+  const file = banFile(dir, line({ kind: 'client-id', value: 'stolen-9' }));
+  const tb = await startAdmissionBroker({ admission: { bans: { file, watch: false } } });
+  t.teardown(() => tb.stop());
+  fs.rmSync(file);
+  const report = tb.broker.reloadBans('test');
+  t.false(report.ok);
+  t.regex(report.detail, /keeping the last good ban list/);
+  t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'stolen-9' })).code, 0x8a, 'the ban still holds');
+  t.true(tb.audit.records.some((r) => r.event === 'reload' && r.action === 'ban-file' && r.decision === 'deny'));
+  t.false(tb.audit.records.some((r) => r.event === 'unban'));
 });

@@ -17,7 +17,8 @@ import type { AuditEvent } from '../audit/types.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import { RangeList, formatAddress, parseAddress } from './address.ts';
+import type { Principal } from '../auth/types.ts';
+import { RangeList, formatAddress, normalizeAddress, parseAddress } from './address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
 import { FlappingDetector } from './flapping.ts';
@@ -94,7 +95,10 @@ export class Admission {
       const name = l.name as string;
       this.policies.set(name, this.limiter.policy(name, l.limits));
     });
-    if (s.bans.file !== undefined) this.bans.replace(readBanFile(s.bans.file));
+    if (s.bans.file !== undefined) {
+      if (!fs.existsSync(s.bans.file)) log.warn({ file: s.bans.file }, 'the ban file does not exist yet: no bans in force until it is created');
+      this.bans.replace(readBanFile(s.bans.file));
+    }
   }
 
   // ── accept time ─────────────────────────────────────────────────────────────
@@ -141,9 +145,19 @@ export class Admission {
 
   // ── CONNECT ─────────────────────────────────────────────────────────────────
 
+  /** Set by the broker: true when the client id's session belongs to an identity other than `principal`. */
+  ownedByOther: (clientId: string, principal: Principal) => boolean = () => false;
+
+  /** A user name ban on the user name a provider mapped (it may differ from the one in CONNECT). */
+  checkUsername(username: string | undefined): ConnectRefusal | undefined {
+    const ban = this.bans.match('username', username);
+    if (ban === undefined) return undefined;
+    return { reason: ReasonCode.Banned, detail: `user name banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
+  }
+
   /** Client id, user name (and, for connections accepted before a ban, address) bans, then flapping. */
   checkConnect(clientId: string, username: string | undefined, remoteAddress: string, listener: string): ConnectRefusal | undefined {
-    const ban = this.bans.match('client-id', clientId) ?? this.bans.match('username', username) ?? this.bans.matchAddress(undefined, normalize(remoteAddress));
+    const ban = this.bans.match('client-id', clientId) ?? this.bans.match('username', username) ?? this.bans.matchAddress(undefined, normalizeAddress(remoteAddress));
     if (ban !== undefined) {
       const what = ban.kind === 'client-id' ? 'client id' : ban.kind === 'username' ? 'user name' : 'source address';
       return { reason: ReasonCode.Banned, detail: `${what} banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
@@ -201,7 +215,7 @@ export class Admission {
     const list = new BanList(this.now);
     list.replace(bans);
     return (who) =>
-      (who.clientId !== '' ? list.match('client-id', who.clientId) : undefined) ?? list.match('username', who.username) ?? list.matchAddress(undefined, normalize(who.remoteAddress));
+      (who.clientId !== '' ? list.match('client-id', who.clientId) : undefined) ?? list.match('username', who.username) ?? list.matchAddress(undefined, normalizeAddress(who.remoteAddress));
   }
 
   // ── ban file ────────────────────────────────────────────────────────────────
@@ -211,12 +225,16 @@ export class Admission {
     const file = this.settings.bans.file;
     if (file === undefined) return { ok: true, file: '', detail: 'no ban file configured', trigger, changes: [] };
     let report: BanReloadReport;
+    // Bans that ran out since the last sweep are reported as expired, not silently replaced.
+    for (const b of this.bans.expired()) this.auditChange({ change: 'expired', ban: b }, 'expiry');
     try {
-      const changes = this.bans.replace(readBanFile(file));
+      // A file that has gone missing keeps the last good list (fail closed): an editor that deletes
+      // and rewrites, or a moved file, must not lift every ban.
+      const changes = this.bans.replace(readBanFile(file, false));
       report = { ok: true, file, detail: `${this.bans.active().length} bans in force (${summarize(changes)})`, trigger, changes };
     } catch (err) {
-      if (!(err instanceof BanFileError)) throw err;
-      report = { ok: false, file, detail: `${err.message}; keeping the last good ban list`, trigger, changes: [] };
+      const why = err instanceof BanFileError ? err.message : `${file}: ${(err as Error).message}`;
+      report = { ok: false, file, detail: `${why}; keeping the last good ban list`, trigger, changes: [] };
     }
     (report.ok ? this.log.info.bind(this.log) : this.log.error.bind(this.log))({ file, trigger }, `ban file reload: ${report.detail}`);
     this.audit({ event: 'reload', action: 'ban-file', decision: report.ok ? 'allow' : 'deny', reason: `${trigger}: ${report.detail}`, detail: { file } });
@@ -263,7 +281,7 @@ export class Admission {
         this.debounce = setTimeout(() => this.reloadBans('file change'), 100);
         this.debounce.unref();
       });
-      this.watcher.on('error', () => {});
+      this.watcher.on('error', (err) => this.log.warn({ file, err: err.message }, 'ban file watch failed: SIGHUP still reloads it'));
     } catch (err) {
       this.log.warn({ file, err: (err as Error).message }, 'cannot watch the ban file: SIGHUP still reloads it');
     }
@@ -298,10 +316,6 @@ export class Admission {
   }
 }
 
-function normalize(address: string): string {
-  const a = parseAddress(address);
-  return a === undefined ? address : formatAddress(a);
-}
 
 function summarize(changes: readonly BanChange[]): string {
   const n = (k: BanChange['change']) => changes.filter((c) => c.change === k).length;

@@ -35,7 +35,20 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
       };
     }
     const result = await super.authenticate(req);
-    if (result.decision.kind === 'allow') this.admission.connected(req.peer, req.clientId, result.decision.value.username, ip, this.listenerName);
+    if (result.decision.kind !== 'allow') return result;
+    // The user name a provider mapped (certificate CN, JWT claim) may differ from the one sent: check it too.
+    const principal = result.decision.value;
+    const late = principal.username !== req.username ? this.admission.checkUsername(principal.username) : undefined;
+    if (late !== undefined) {
+      return {
+        decision: { kind: 'deny', reason: late.reason, detail: late.detail },
+        decidedBy: late.decidedBy,
+        verdicts: [...result.verdicts, { provider: late.decidedBy, kind: 'deny', reason: late.reason, detail: late.detail }],
+      };
+    }
+    // A connect that the broker will refuse because another identity owns the session is not counted,
+    // so nobody can get someone else's client id banned for flapping.
+    if (!this.admission.ownedByOther(req.clientId, principal)) this.admission.connected(req.peer, req.clientId, principal.username, ip, this.listenerName);
     return result;
   }
 }
