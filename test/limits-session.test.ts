@@ -344,6 +344,10 @@ test.serial('limits.maxQueuedMessages 5: QoS 0 is dropped first, QoS 1 is never 
   t.is(refusal?.decision, 'deny');
   t.is(refusal?.reasonCode, 0x97);
   t.is(refusal?.clientId, 'q-count');
+  // The second refusal came within the same second: the sweep records it shortly after, so every refusal is audited.
+  const refusedInRecords = () =>
+    b.audit.records.filter((x) => x.action === 'queue-full' && x.clientId === 'q-count').reduce((n, x) => n + Number(x.detail?.refusedSinceLastRecord ?? 0), 0);
+  t.true(await until(() => refusedInRecords() === 2, 3000), `refusals in audit records: ${refusedInRecords()}`);
 
   const back = await openClient(t, b.port, persistent5('q-count'));
   t.true(await until(() => back.messages.length >= 5));

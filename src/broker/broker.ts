@@ -78,6 +78,8 @@ export class Broker {
   readonly log: Logger;
   readonly store: Store;
   readonly sessions = new Map<string, Session>();
+  /** Sessions with QoS 1/2 queue refusals not yet in the audit log; the sweep records them. */
+  private readonly refusalsPending = new Set<Session>();
   readonly connections = new Set<Connection>();
   readonly router = new Router();
   readonly retained = new RetainedMessages();
@@ -210,6 +212,7 @@ export class Broker {
     const now = (this.clock = Date.now());
     const connectDeadline = this.config.limits.connectTimeoutMs;
     const slowConsumerMs = this.config.limits.slowConsumerTimeoutMs;
+    for (const session of this.refusalsPending) if (now - session.refusalsAuditedAt >= 1000) this.auditQueueRefusals(session);
     for (const conn of this.connections) {
       if (conn.state === 'connected') {
         // A client held back by its rate limit is not read, so it cannot show activity: no keep-alive check then.
@@ -517,7 +520,7 @@ export class Broker {
         // one is left to the deliver check, which runs again on every message it is sent.
         const live = session.connection;
         const conn = live !== null && live.state === 'connected' ? live : null;
-        const principal = conn !== null ? conn.principal : live === null ? session.principal : null;
+        const principal = conn?.principal ?? session.principal;
         if (principal === null) continue;
         summary.sessionsChecked++;
         let lost = 0;
@@ -610,7 +613,7 @@ export class Broker {
     }
     const conn = session.connection;
     // A socket over limits.maxSocketBufferBytes is not written to: its deliveries queue (backpressure).
-    if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 || (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
+    if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 ? session.queuedQos0 === 0 : (session.queue.length === 0 && session.inflight.size < conn.sendWindow))) {
       const allowed = this.authorize(conn, 'deliver', message.topic, qos, retain);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds));
@@ -676,8 +679,6 @@ export class Broker {
         this.queueLoss(session, evicted, false);
       }
       if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) return this.queueLoss(session, delivery, true);
-    } else {
-      session.queueFullSince = 0;
     }
     queue.push(delivery);
     session.queuedBytes += size;
@@ -697,7 +698,18 @@ export class Broker {
     this.stats.queueRefusedQos12++;
     this.drop(`queue full: QoS ${delivery.qos} message refused for this subscriber`, session);
     session.refusalsUnaudited++;
-    if (this.clock - session.refusalsAuditedAt < 1000) return;
+    if (this.clock - session.refusalsAuditedAt < 1000) {
+      // Recorded by the sweep within a second if no later refusal records it first.
+      this.refusalsPending.add(session);
+      return;
+    }
+    this.auditQueueRefusals(session, delivery.message.topic, delivery.qos);
+  }
+
+  /** One `deliver` / `queue-full` record for the QoS 1/2 refusals of a session not yet recorded. */
+  private auditQueueRefusals(session: Session, topic?: string, qos?: number): void {
+    this.refusalsPending.delete(session);
+    if (session.refusalsUnaudited === 0) return;
     session.refusalsAuditedAt = this.clock;
     const refusals = session.refusalsUnaudited;
     session.refusalsUnaudited = 0;
@@ -708,8 +720,8 @@ export class Broker {
       reasonCode: ReasonCode.QuotaExceeded,
       reason: 'subscriber queue full: QoS 1/2 message refused',
       clientId: session.clientId,
-      topic: delivery.message.topic,
-      qos: delivery.qos,
+      ...(topic !== undefined ? { topic } : {}),
+      ...(qos !== undefined ? { qos } : {}),
       detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
     });
   }

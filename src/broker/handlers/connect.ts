@@ -290,6 +290,7 @@ function connack(ctx: ConnectContext): undefined {
   session.connection = conn;
   session.principal = ctx.principal ?? null;
   session.listener = conn.peer.listener;
+  session.queueFullSince = 0; // a new connection starts its slow-consumer clock afresh (takeover included)
   if (conn.v5) {
     const p = packet.properties ?? {};
     conn.sendWindow = Math.min(p.receiveMaximum ?? 65535, limits.maxInflight);
