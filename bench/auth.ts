@@ -64,8 +64,8 @@ async function main() {
     ['static-users', () => connectsPerSecond([{ provider: 'static-users', users: [{ username: 'bench', password: 'bench-pw' }] }], { username: 'bench', password: 'bench-pw' })],
     ['password (argon2id m=19 MiB t=2 p=1), no cache', () => connectsPerSecond([{ provider: 'password', file: pwFile, watch: false }], { username: 'bench', password: 'bench-pw' })],
     ['password, credential cache on (warm)', () => connectsPerSecond([{ provider: 'password', file: pwFile, watch: false }], { username: 'bench', password: 'bench-pw' }, { credentialCache: { enabled: true } })],
-    ['jwt (RS256, static key), token cache off', () => connectsPerSecond([{ ...jwtConf, cache: { enabled: false } }], { username: 'bench', password: token })],
-    ['jwt (RS256, static key), token cache on (warm, default)', () => connectsPerSecond([jwtConf], { username: 'bench', password: token })],
+    ['jwt (RS256, static key), token cache off (default)', () => connectsPerSecond([jwtConf], { username: 'bench', password: token })],
+    ['jwt (RS256, static key), token cache on (warm)', () => connectsPerSecond([{ ...jwtConf, cache: { enabled: true } }], { username: 'bench', password: token })],
   ];
   const samples = scenarios.map(() => [] as number[]);
   for (let r = 0; r < RUNS; r++) {
@@ -73,11 +73,11 @@ async function main() {
   }
   const rows: [string, number, number[]][] = scenarios.map(([name], k) => [name, median(samples[k]!), samples[k]!]);
 
-  const jwt = new JwtAuthenticator(parseConfig({ listeners: [{ type: 'tcp', auth: [jwtConf as never] }] }).listeners[0]!.auth[0] as never);
+  const jwt = new JwtAuthenticator(parseConfig({ listeners: [{ type: 'tcp', auth: [{ ...jwtConf, cache: { enabled: true } } as never] }] }).listeners[0]!.auth[0] as never);
   await jwt.init();
   const req = { clientId: 'c', username: 'bench', password: Buffer.from(token), protocolVersion: 5 as const, peer: { listener: 'b', transport: 'tcp' as const, remoteAddress: '127.0.0.1', remotePort: 1 } };
   const N = 2000;
-  const cold = new JwtAuthenticator(parseConfig({ listeners: [{ type: 'tcp', auth: [{ ...jwtConf, cache: { enabled: false } } as never] }] }).listeners[0]!.auth[0] as never);
+  const cold = new JwtAuthenticator(parseConfig({ listeners: [{ type: 'tcp', auth: [jwtConf as never] }] }).listeners[0]!.auth[0] as never);
   await cold.init();
   let s = performance.now();
   for (let k = 0; k < N; k++) await cold.authenticate(req);

@@ -241,7 +241,7 @@ test('JWKS refetch on unknown kid is rate-limited by cooldownMs', async (t) => {
 
 test('verified-token cache over sockets: repeat connects with a cached token pass, yet exp, client id binding and key rotation still apply', async (t) => {
   const idp = await jwksServer(t);
-  const tb = await jwtBroker(t, { jwks: { url: idp.url, cooldownMs: 0 }, clockSkewSeconds: 0, claims: { clientId: 'cid' } });
+  const tb = await jwtBroker(t, { jwks: { url: idp.url, cooldownMs: 0 }, clockSkewSeconds: 0, claims: { clientId: 'cid' }, cache: { enabled: true } });
   const exp = Math.floor(Date.now() / 1000) + 3;
   const token = await mint({ cid: 'cache-1' }, { kid: 'k1', exp });
   for (let i = 0; i < 3; i++) {
@@ -274,7 +274,7 @@ test('verified-token cache over sockets: repeat connects with a cached token pas
   t.regex(JSON.stringify(denied.map((r) => r.verdicts)), /ERR_JWT_EXPIRED/);
 });
 
-test('verified-token cache: hits are counted and the bound holds; cache.enabled false verifies every time', async (t) => {
+test('verified-token cache: hits are counted and the bound holds; off by default: every connect is verified', async (t) => {
   const { JwtAuthenticator } = await import('../src/auth/jwt/provider.ts');
   const { parseConfig } = await import('../src/config/schema.ts');
   const dir = tempDir(t);
@@ -284,7 +284,7 @@ test('verified-token cache: hits are counted and the bound holds; cache.enabled 
       parseConfig({ listeners: [{ type: 'tcp', auth: [{ provider: 'jwt', algorithms: ['RS256'], issuer: ISS, audience: AUD, keyFiles: [path.join(dir, 'k.pem')], cache }] }] }).listeners[0]!.auth[0] as never,
     );
   const req = (token: string) => ({ clientId: 'c', username: 'svc-a', password: Buffer.from(token), protocolVersion: 5 as const, peer: { listener: 'l', transport: 'tcp' as const, remoteAddress: '127.0.0.1', remotePort: 1 } });
-  const on = make({ maxEntries: 2 });
+  const on = make({ enabled: true, maxEntries: 2 });
   const tokens = [await mint({ n: 1 }), await mint({ n: 2 }), await mint({ n: 3 })];
   t.is((await on.authenticate(req(tokens[0]!))).kind, 'allow');
   t.is((await on.authenticate(req(tokens[0]!))).kind, 'allow');
@@ -295,7 +295,7 @@ test('verified-token cache: hits are counted and the bound holds; cache.enabled 
   t.is(on.cacheHits, 1, 'the oldest entry was evicted at maxEntries');
   await on.authenticate(req(tokens[2]!));
   t.is(on.cacheHits, 2);
-  const off = make({ enabled: false });
+  const off = make({});
   await off.authenticate(req(tokens[0]!));
   await off.authenticate(req(tokens[0]!));
   t.is(off.cacheHits, 0);

@@ -85,12 +85,13 @@ export const jwtProvider = z
     method: z.string().min(1).default('JWT'),
     /**
      * Verified-token cache: a token whose signature and claims were verified is remembered (by
-     * its SHA-256) so a reconnect with the same token skips the signature check. `exp`/`nbf` are
-     * checked again on every hit; a change of the key set empties it.
+     * its SHA-256) so a reconnect with the same token skips the signature check. `exp` is checked
+     * again on every hit (a token is only cached once `nbf` has passed); a change of the key set
+     * voids it. Off by default, like the password provider's credential cache: see SECURITY.md.
      */
     cache: z
       .strictObject({
-        enabled: z.boolean().default(true),
+        enabled: z.boolean().default(false),
         maxEntries: z.number().int().min(1).max(1_000_000).default(10_000),
         ttlSeconds: z.number().int().min(1).max(3600).default(300),
       })
