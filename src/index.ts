@@ -135,7 +135,10 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none'
-      ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.audit(null, event), (message) => log.warn(message))
+      ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.audit(null, event), (message) => log.warn(message), {
+          healthy: () => broker.auditHealth().ok,
+          flush: () => audit.flush(),
+        })
       : undefined;
   // Flapping counts only connects that will get the session: not those of another identity.
   admission.ownedByOther = (clientId, principal) => {
@@ -206,7 +209,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       return { listeners: bound };
     },
     async stop() {
-      adminSpool?.close();
+      await adminSpool?.close();
       admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
       guard?.close();

@@ -121,3 +121,28 @@ test('while the broker runs, a CLI action is audited within seconds; an unreadab
   t.regex(denied?.reason ?? '', /unreadable admin spool file/);
   t.true(fs.existsSync(path.join(spool, '000000000000001-1-deadbeef.json.bad')), 'kept for inspection, not deleted');
 });
+
+test('the spool keeps its files while the audit sink cannot write, deletes them only after a flush, and never records one twice', async (t) => {
+  const { AdminSpool, spoolAdminAction } = await import('../src/audit/admin-spool.ts');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-spool-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = spoolAdminAction(dir, { command: 'pki revoke', args: ['ab12'] });
+  const recorded: string[] = [];
+  const sink = { ok: false, flushFails: true, healthy() { return this.ok; }, async flush() { if (this.flushFails) throw new Error('disk full'); } };
+  const warnings: string[] = [];
+  const spool = new AdminSpool(dir, (e) => recorded.push(e.action ?? ''), (m) => warnings.push(m), sink, 60_000);
+
+  await spool.drain();
+  t.deepEqual(recorded, [], 'nothing is taken while the sink is failing');
+  t.true(fs.existsSync(file));
+
+  sink.ok = true;
+  await spool.drain();
+  t.deepEqual(recorded, ['pki revoke']);
+  t.true(fs.existsSync(file), 'kept: the flush failed, so the record may not be on disk');
+  t.regex(warnings.join('\n'), /disk full/);
+
+  sink.flushFails = false;
+  await spool.drain();
+  t.deepEqual(recorded, ['pki revoke'], 'not recorded a second time');
+});

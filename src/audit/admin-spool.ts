@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensureDir } from '../util/fs.ts';
+import { ensureDir, writeAtomic } from '../util/fs.ts';
 import type { AuditEvent } from './types.ts';
 
 /** The spool directory that belongs to an audit file. */
@@ -51,10 +51,8 @@ export function spoolAdminAction(dir: string, action: AdminAction): string {
     pid: process.pid,
   };
   const name = `${Date.now().toString().padStart(15, '0')}-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const tmp = path.join(dir, `.${name}.tmp`);
   const file = path.join(dir, `${name}.json`);
-  fs.writeFileSync(tmp, JSON.stringify(body), { mode: 0o600 });
-  fs.renameSync(tmp, file);
+  writeAtomic(file, JSON.stringify(body), 0o600);
   return file;
 }
 
@@ -63,12 +61,17 @@ export class AdminSpool {
   private watcher: fs.FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private draining = false;
+  /** Files already recorded, so a file that cannot be deleted is never recorded twice. */
+  private readonly handled = new Set<string>();
+  private readWarned = false;
   ingested = 0;
 
   constructor(
     readonly dir: string,
     private readonly record: (event: AuditEvent) => void,
     private readonly warn: (message: string) => void,
+    /** Files are taken only while the sink can write, and deleted only once it has flushed. */
+    private readonly sink: { healthy(): boolean; flush(): Promise<void> },
     private readonly pollMs = 2000,
   ) {}
 
@@ -78,53 +81,76 @@ export class AdminSpool {
     } catch (err) {
       this.warn(`admin audit spool ${this.dir} cannot be created (${(err as Error).message}): CLI actions are not audited until it exists`);
     }
-    this.drain();
+    void this.drain();
     try {
-      this.watcher = fs.watch(this.dir, () => this.drain());
+      this.watcher = fs.watch(this.dir, () => void this.drain());
       this.watcher.on('error', () => undefined);
     } catch {
       // no watch on this file system: the poll below still picks files up
     }
-    this.timer = setInterval(() => this.drain(), this.pollMs);
+    this.timer = setInterval(() => void this.drain(), this.pollMs);
     this.timer.unref();
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.watcher?.close();
     if (this.timer !== undefined) clearInterval(this.timer);
-    this.drain();
+    await this.drain();
   }
 
-  /** Ingests every complete spool file now (synchronously, so the records keep their order). */
-  drain(): void {
-    if (this.draining) return;
+  /**
+   * Records every complete spool file, oldest first, then deletes them once the sink has
+   * flushed: a crash or a failing disk before that leaves the files for the next drain.
+   */
+  async drain(): Promise<void> {
+    if (this.draining || !this.sink.healthy()) return;
     this.draining = true;
     try {
       let names: string[];
       try {
-        names = fs.readdirSync(this.dir).filter((n) => n.endsWith('.json')).sort();
-      } catch {
+        names = fs.readdirSync(this.dir).filter((n) => n.endsWith('.json') && !this.handled.has(n)).sort();
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && !this.readWarned) {
+          this.readWarned = true;
+          this.warn(`admin audit spool ${this.dir} cannot be read (${code ?? (err as Error).message}): CLI actions are not audited until it can`);
+        }
         return;
       }
-      for (const name of names) this.ingest(path.join(this.dir, name), name);
+      const done: string[] = [];
+      for (const name of names) if (this.ingest(path.join(this.dir, name), name)) done.push(name);
+      if (done.length === 0) return;
+      await this.sink.flush();
+      for (const name of done) {
+        try {
+          fs.unlinkSync(path.join(this.dir, name));
+        } catch {
+          // already gone, or not ours to delete: `handled` keeps it from being recorded again
+        }
+      }
+    } catch (err) {
+      this.warn(`admin audit spool: ${(err as Error).message}; the files stay for the next attempt`);
     } finally {
       this.draining = false;
     }
   }
 
-  private ingest(file: string, name: string): void {
+  /** Records one file; true when it was recorded (and may be deleted after the flush). */
+  private ingest(file: string, name: string): boolean {
     let parsed: unknown;
     try {
       const st = fs.statSync(file);
       if (st.size > MAX_FILE_BYTES) throw new Error(`larger than ${MAX_FILE_BYTES} bytes`);
       parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      return this.reject(file, name, (err as Error).message);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      this.reject(file, name, (err as Error).message);
+      return false;
     }
     const a = parsed as Partial<{ time: string; command: string; args: string[]; osUser: string; pid: number }>;
     if (typeof a !== 'object' || a === null || typeof a.command !== 'string' || !Array.isArray(a.args) || !a.args.every((x) => typeof x === 'string') || typeof a.time !== 'string') {
-      return this.reject(file, name, 'not an admin action record');
+      this.reject(file, name, 'not an admin action record');
+      return false;
     }
     this.record({
       event: 'admin',
@@ -134,14 +160,12 @@ export class AdminSpool {
       detail: { cliTime: a.time, osUser: String(a.osUser ?? 'unknown'), pid: Number(a.pid ?? 0), spoolFile: name },
     });
     this.ingested++;
-    try {
-      fs.unlinkSync(file);
-    } catch {
-      // already gone
-    }
+    this.handled.add(name);
+    return true;
   }
 
   private reject(file: string, name: string, why: string): void {
+    this.handled.add(name);
     this.record({ event: 'admin', action: 'spool', decision: 'deny', reason: `unreadable admin spool file kept as ${name}.bad: ${why}`, detail: { spoolFile: name } });
     this.warn(`admin audit spool: ${name} is unreadable (${why}); renamed to ${name}.bad`);
     try {

@@ -10,7 +10,12 @@ export function ensureDir(dir: string, mode?: number): void {
   if (fs.existsSync(dir)) return;
   const parent = path.dirname(dir);
   if (parent !== dir) ensureDir(parent);
-  fs.mkdirSync(dir, mode === undefined ? undefined : { mode });
+  try {
+    fs.mkdirSync(dir, mode === undefined ? undefined : { mode });
+  } catch (err) {
+    // Another process (the CLI and the broker) may create it at the same moment.
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
 }
 
 /**
