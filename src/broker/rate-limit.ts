@@ -64,6 +64,12 @@ export class TokenBucket {
     return wait === 0 ? 0 : Math.ceil(wait);
   }
 
+  /** True when the bucket has refilled completely: forgetting it then gives nobody extra tokens. */
+  isFull(now: number): boolean {
+    this.refill(now);
+    return (this.messagesPerSecond === 0 || this.messages >= this.burstMessages) && (this.bytesPerSecond === 0 || this.bytes >= this.burstBytes);
+  }
+
   /** Takes one message of `size` bytes, possibly into debt. */
   take(size: number): void {
     if (this.messagesPerSecond > 0) this.messages -= 1;
@@ -105,6 +111,7 @@ export class PublishRateLimiter {
     if (username === undefined) return;
     let bucket = this.identities.get(username) ?? null;
     if (bucket === null) {
+      if (this.identities.size >= this.config.maxIdentities) this.pruneIdle(now);
       if (this.identities.size >= this.config.maxIdentities) {
         // Bounded: identities beyond the cap share one bucket, which only makes them slower.
         bucket = this.overflow ??= makeBucket(this.config.perIdentity, now);
@@ -121,14 +128,20 @@ export class PublishRateLimiter {
     conn.identityKey = username;
   }
 
-  /** Frees the identity bucket when the identity's last connection closes. */
+  /**
+   * Lets go of a connection's identity bucket. The bucket itself stays until it has refilled
+   * (pruned when the table is full), so closing and reconnecting does not buy a fresh burst.
+   */
   release(conn: Connection): void {
-    const key = conn.identityKey;
     const bucket = conn.identityBucket;
     conn.identityBucket = null;
     conn.identityKey = null;
-    if (key === null || bucket === null) return;
-    if (--bucket.refs <= 0 && this.identities.get(key) === bucket) this.identities.delete(key);
+    if (bucket !== null) bucket.refs--;
+  }
+
+  /** Forgets identity buckets that no connection holds and that have refilled completely. */
+  private pruneIdle(now: number): void {
+    for (const [key, bucket] of this.identities) if (bucket.refs <= 0 && bucket.isFull(now)) this.identities.delete(key);
   }
 
   /**
