@@ -24,7 +24,7 @@ import { BanList, type BanChange, describeBan } from './bans.ts';
 import { FlappingDetector } from './flapping.ts';
 import { ConnectionLimiter, type ListenerPolicy, limitRefusalText } from './limiter.ts';
 import { RefusalAuditor } from './refusal-audit.ts';
-import type { AdmissionConfig } from './schema.ts';
+import type { AdmissionConfig } from '../config/admission-schema.ts';
 
 /** Why a CONNECT was refused by admission control. */
 export interface ConnectRefusal {

@@ -8,7 +8,7 @@
  * by the one shared sweep the caller runs; there is no timer per address.
  */
 import { type Address, formatAddress, masked } from './address.ts';
-import type { ConnectionLimits, ListenerLimits } from './schema.ts';
+import type { ConnectionLimits, ListenerLimits } from '../config/admission-schema.ts';
 
 export type LimitRefusal = 'total-cap' | 'listener-cap' | 'ip-cap' | 'rate' | 'tracking-full';
 

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
 import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
-import { admission, connectionLimits, listenerLimits } from '../admission/schema.ts';
+import { admission, connectionLimits, listenerLimits } from './admission-schema.ts';
 import { rateLimits } from './rate-limit-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
