@@ -149,10 +149,11 @@ test('unknown users take about as long to refuse as known users with a wrong pas
     known.push(await time('alice'));
     unknown.push(await time(`ghost${i}`));
   }
-  const med = (a: number[]) => a.sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;
-  const ratio = med(unknown) / med(known);
-  t.true(ratio > 0.25 && ratio < 4, `unknown ${med(unknown).toFixed(1)} ms vs known ${med(known).toFixed(1)} ms`);
-  t.true(med(unknown) > 10, 'an unknown user costs an argon2 verification too');
+  // The fastest of each: load on a shared machine only ever adds time, so minimums compare the work done.
+  const min = (a: number[]) => Math.min(...a);
+  const ratio = min(unknown) / min(known);
+  t.true(ratio > 0.25 && ratio < 4, `unknown ${min(unknown).toFixed(1)} ms vs known ${min(known).toFixed(1)} ms`);
+  t.true(min(unknown) > 10, 'an unknown user costs an argon2 verification too');
 });
 
 test('the verified-credential cache (opt-in) skips argon2 on a repeat and is cleared by a reload', async (t) => {
