@@ -1,11 +1,10 @@
 /**
- * The hash-chained JSON Lines sink. `record()` only appends to a bounded in-memory queue. Once
- * per event-loop turn (setImmediate) the queued events are serialized, each linked to the one
- * before (SHA-256), into a buffer; a writer hands everything serialized since its last write to
- * an output (a file with rotation, or stdout) in one write, in order. Serializing does not wait
- * for the previous write to finish, so under load the sink's CPU work keeps pace with the turns
- * that produce the records instead of waiting behind them; the bound covers both the events
- * not yet serialized and the serialized records not yet written.
+ * The hash-chained JSON Lines sink. `record()` and `recordAccess()` only lay the record out in a
+ * compact, bounded segment (see chain-segment.ts); a worker thread numbers, formats and chains
+ * (SHA-256) each segment into lines, so the broker's thread spends about as long per record as
+ * it takes to copy a topic; a writer hands everything chained since its last write to an output
+ * (a file with rotation, or stdout) in one write, in order. The bound covers every record not yet
+ * written, wherever it is.
  *
  * When the output fails (disk full, permission lost), the serialized batch is kept and retried;
  * `health().ok` turns false so the broker can apply its failure mode. When the queue is full,
@@ -15,8 +14,9 @@
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.ts';
 import { signCheckpoint } from './checkpoint.ts';
-import { createTimeFormatter, GENESIS, serializeBody, sha256, type ChainTip } from './record.ts';
-import type { AuditEvent, AuditHealth, AuditSink } from './types.ts';
+import { inlineChainer, workerChainer, type Chainer } from './chain-segment.ts';
+import { GENESIS, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
+import type { AuditEvent, AuditEventName, AuditHealth, AuditSink, AuditWho } from './types.ts';
 
 /** Where the serialized batches go. */
 export interface AuditOutput {
@@ -43,32 +43,41 @@ export interface ChainedSinkOptions {
   checkpoint?: { key: KeyObject; intervalMs: number; kid?: string };
   /** Written as the first record, e.g. where the chain was resumed from. */
   startDetail?: Record<string, string | number | boolean>;
+  /** Chain records in a worker thread (the default), or on the calling thread. */
+  chainInWorker?: boolean;
+  /** Tests: what chains the segments (instead of a worker or the calling thread). */
+  createChainer?: (tip: ChainTip, prefix: string) => Chainer;
 }
 
-const CHECKPOINT = Symbol('checkpoint');
-type Item = AuditEvent | typeof CHECKPOINT;
-const MAX_BATCH = 8192;
-/** A batch ends once it holds this much, whatever its record count (records can be large). */
-const MAX_BATCH_BYTES = 16 << 20;
+/** A checkpoint waiting its turn among the sealed segments: signed once the chain before it is known. */
+interface CheckpointMark {
+  checkpointAt: number;
+}
+/** A segment is sealed once it holds this many records or this much text. */
+const MAX_SEGMENT_RECORDS = 8192;
+const MAX_SEGMENT_BYTES = 1 << 20;
 /**
- * Serializing pauses while this much waits for the disk: the events stay queued (sharing their
- * strings with the broker) instead of being copied, escaped, into ever more buffers.
+ * Chaining pauses while this much waits for the disk: the records stay in their (compact)
+ * segments instead of being expanded into ever more lines.
  */
 const MAX_READY_BYTES = 64 << 20;
-/** The usual size of a batch's buffer; a batch with huge records gets a larger one of its own. */
-const BATCH_BYTES = 4 << 20;
-const HASH_FIELD = ',"hash":"';
-/** A batch starts in a fresh buffer when the current one has less room than this left. */
-const MIN_ROOM = 64 * 1024;
+/**
+ * A segment smaller than this waits up to DISPATCH_INTERVAL_MS (from the last dispatch) for more
+ * records: each hand-over to the chaining thread costs tens of microseconds on both threads.
+ */
+const MIN_DISPATCH_RECORDS = 2048;
+const DISPATCH_INTERVAL_MS = 20;
+/** Definitions kept before the table starts over (ids are then reused, in order). */
+const MAX_DEFS = 4096;
 const LOUD_LOG_INTERVAL_MS = 5000;
 
 /**
  * Node's Buffer has these encoder methods under `write`; `write` itself spends as long checking
- * its arguments as the encoding of a short line takes.
+ * its arguments as the encoding of a short piece takes.
  */
-type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number; latin1Write(text: string, offset: number): number };
+type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number };
 
-/** Serialized records waiting to be written: `buffer[start, end)`, `count` lines. */
+/** Chained lines waiting to be written: `buffer[start, end)`, `count` lines. */
 interface Batch {
   buffer: Buffer;
   start: number;
@@ -76,69 +85,75 @@ interface Batch {
   count: number;
 }
 
-/**
- * Encodes chained records into a buffer from `start`, moving to a larger buffer of its own when
- * a record does not fit (earlier batches keep the old one until they are written).
- */
-class BatchWriter {
-  private used: number;
-  private count = 0;
+/** Records laid out for chaining (see chain-segment.ts): numbers and JSON text. */
+class Segment {
+  n = 0;
+  used = 0;
+  records = 0;
+  nums: Float64Array;
+  text: RawBuffer;
 
-  constructor(
-    private buffer: Buffer,
-    private start: number,
-  ) {
-    this.used = start;
+  constructor(nums?: Float64Array, text?: Uint8Array) {
+    this.nums = nums ?? new Float64Array(16384);
+    // Its own memory (not Node's shared pool): it is moved to the chaining thread and back.
+    this.text = (text !== undefined ? Buffer.from(text.buffer, text.byteOffset, text.byteLength) : Buffer.allocUnsafeSlow(256 * 1024)) as RawBuffer;
   }
 
-  /** Appends `body` (a record without its hash field) as a line; returns the record's hash. */
-  append(body: string): string {
-    // UTF-8 takes at most 3 bytes per UTF-16 unit; the hash field adds 75 bytes and the newline 1.
-    const worst = body.length * 3 + 80;
-    if (this.used + worst > this.buffer.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(BATCH_BYTES, (this.used - this.start + worst) * 2));
-      this.buffer.copy(bigger, 0, this.start, this.used);
-      this.used -= this.start;
-      this.start = 0;
-      this.buffer = bigger;
+  /** Makes room for `count` more numbers. */
+  room(count: number): void {
+    if (this.n + count <= this.nums.length) return;
+    const bigger = new Float64Array(Math.max(this.nums.length * 2, this.n + count));
+    bigger.set(this.nums.subarray(0, this.n));
+    this.nums = bigger;
+  }
+
+  /** Appends JSON text; returns where it starts. */
+  write(text: string): number {
+    const worst = text.length * 3;
+    if (this.used + worst > this.text.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + worst)) as RawBuffer;
+      this.text.copy(bigger, 0, 0, this.used);
+      this.text = bigger;
     }
-    const raw = this.buffer as RawBuffer;
     const start = this.used;
-    const bytes = raw.utf8Write(body, start);
-    const hash = sha256(raw.subarray(start, start + bytes));
-    // Replace the closing brace with `,"hash":"…"}` and end the line.
-    let at = start + bytes - 1;
-    at += raw.latin1Write(HASH_FIELD, at);
-    at += raw.latin1Write(hash, at);
-    raw[at++] = 0x22; // "
-    raw[at++] = 0x7d; // }
-    raw[at++] = 0x0a; // \n
-    this.used = at;
-    this.count++;
-    return hash;
+    this.used += this.text.utf8Write(text, start);
+    return start;
   }
 
-  get bytes(): number {
-    return this.used - this.start;
-  }
-
-  finish(): Batch {
-    return { buffer: this.buffer, start: this.start, end: this.used, count: this.count };
+  /** Appends an inline piece reference for `text` at nums[n], nums[n+1] (room must be made). */
+  inline(text: string): void {
+    const start = this.write(text);
+    this.nums[this.n++] = -(start + 1);
+    this.nums[this.n++] = this.used - start;
   }
 }
 
 export class ChainedAuditSink implements AuditSink {
-  private items: Item[] = [];
-  private times: number[] = [];
-  /** Serialized, chained batches not yet written, oldest first. */
+  /** The segment being filled; sealed segments (and checkpoints) wait their turn, in order. */
+  private open = new Segment();
+  private sealed: (Segment | CheckpointMark)[] = [];
+  private sealedRecords = 0;
+  private inflightRecords = 0;
+  private inflight = false;
+  private spare: Segment[] = [];
+  private chainer: Chainer;
+  /** Chained batches not yet written, oldest first. */
   private ready: Batch[] = [];
   private readyCount = 0;
   private readyBytes = 0;
-  /** The buffer the next batch is serialized into, and how much of it earlier batches use. */
-  private open: Buffer | null = null;
-  private openUsed = 0;
-  private serializing = false;
+  private signing = false;
+  private lastDispatch = 0;
+  private dispatchTimer: NodeJS.Timeout | null = null;
+  /** flush() is waiting: small segments go at once. */
+  private flushing = 0;
   private tip: ChainTip;
+  /** Definition ids by piece text, and caches from raw values to those ids. */
+  private defs = new Map<string, number>();
+  private defGen = 0;
+  private heads = new Map<string, Map<number, number>>();
+  private valueIds: Map<string, number>[] = [new Map(), new Map(), new Map(), new Map()];
+  private qosRetainIds: number[] = [];
+  private whoIds = new WeakMap<AuditWho, { gen: number; a: number; b: number }>();
   /** The writer is running. */
   private running = false;
   private scheduled = false;
@@ -155,7 +170,6 @@ export class ChainedAuditSink implements AuditSink {
   private dropLoggedAt = 0;
   private failLoggedAt = 0;
   private waiters: (() => void)[] = [];
-  private readonly formatTime = createTimeFormatter();
   dropped = 0;
   written = 0;
 
@@ -164,6 +178,7 @@ export class ChainedAuditSink implements AuditSink {
     private readonly options: ChainedSinkOptions,
   ) {
     this.tip = options.tip ?? { seq: 0, hash: GENESIS };
+    this.chainer = this.startChainer();
     const fsyncMs = options.fsyncIntervalMs ?? 1000;
     if (fsyncMs > 0 && output.sync) {
       this.syncTimer = setInterval(() => void this.syncNow(), fsyncMs);
@@ -183,68 +198,212 @@ export class ChainedAuditSink implements AuditSink {
     });
   }
 
-  record(event: AuditEvent): void {
-    if (this.closed) {
-      this.drop();
-      return;
+  private startChainer(): Chainer {
+    if (this.options.createChainer !== undefined) return this.options.createChainer(this.tip, RECORD_PREFIX);
+    if (this.options.chainInWorker === false) return inlineChainer(this.tip, RECORD_PREFIX);
+    try {
+      return workerChainer(this.tip, RECORD_PREFIX);
+    } catch (err) {
+      this.options.log.warn({ err: (err as Error).message }, 'audit: no worker thread for chaining records; chaining on the main thread');
+      return inlineChainer(this.tip, RECORD_PREFIX);
     }
-    this.enqueue(event);
   }
 
-  private enqueue(event: AuditEvent): void {
-    if (this.items.length + this.readyCount >= this.options.maxQueue) {
+  private get pendingCount(): number {
+    return this.open.records + this.sealedRecords + this.inflightRecords + this.readyCount;
+  }
+
+  record(event: AuditEvent): void {
+    if (this.closed || this.pendingCount >= this.options.maxQueue) {
       this.drop();
       return;
     }
-    this.items.push(event);
-    this.times.push(Date.now());
+    this.appendFields(serializeFields(event), Date.now());
+  }
+
+  /**
+   * An access decision (publish, subscribe, unsubscribe, deliver, will), without an event object:
+   * the record is the one `record()` writes for the same fields. The pieces that repeat (who, the
+   * rule, the policy version) are sent to the chaining thread once and named by number after.
+   */
+  recordAccess(
+    who: AuditWho,
+    event: AuditEventName,
+    decision: 'allow' | 'deny',
+    reasonCode: number,
+    reason: string | undefined,
+    decidedBy: string | undefined,
+    rule: string | undefined,
+    policyVersion: string | undefined,
+    topic: string,
+    qos: number,
+    retain: boolean,
+  ): void {
+    if (this.closed || this.pendingCount >= this.options.maxQueue) {
+      this.drop();
+      return;
+    }
+    // A record defines at most 7 pieces: start the table over before it, never in the middle
+    // (that would reuse an id the record already holds).
+    if (this.defs.size > MAX_DEFS - 8) this.resetDefs();
+    const seg = this.open;
+    let heads = this.heads.get(event);
+    if (heads === undefined) this.heads.set(event, (heads = new Map()));
+    const headKey = decision === 'allow' ? reasonCode * 2 : reasonCode * 2 + 1;
+    let head = heads.get(headKey);
+    if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', event) + serializeField(',"decision":', decision) + serializeField(',"reasonCode":', reasonCode))));
+    let ids = this.whoIds.get(who);
+    if (ids === undefined || ids.gen !== this.defGen) {
+      ids = {
+        gen: this.defGen,
+        a: this.define(
+          serializeField(',"listener":', who.listener) +
+            serializeField(',"remoteAddress":', who.remoteAddress) +
+            serializeField(',"remotePort":', who.remotePort) +
+            serializeField(',"clientId":', who.clientId) +
+            serializeField(',"username":', who.username) +
+            serializeField(',"authMethod":', who.authMethod),
+        ),
+        b: this.define(`${serializeField(',"certFingerprint":', who.certFingerprint)}${serializeField(',"certSubject":', who.certSubject)},"topic":`),
+      };
+      this.whoIds.set(who, ids);
+    }
+    const reasonId = reason === undefined ? -1 : this.valueId(0, ',"reason":', reason);
+    const decidedById = decidedBy === undefined ? -1 : this.valueId(1, ',"decidedBy":', decidedBy);
+    const ruleId = rule === undefined ? -1 : this.valueId(2, ',"rule":', rule);
+    const policyId = policyVersion === undefined ? -1 : this.valueId(3, ',"policyVersion":', policyVersion);
+    const qr = qos * 2 + (retain ? 1 : 0);
+    let qrId = this.qosRetainIds[qr];
+    if (qrId === undefined) this.qosRetainIds[qr] = qrId = this.define(`,"qos":${qos},"retain":${retain}`);
+    // At most 2 + 9 pieces, one of them inline (two numbers).
+    seg.room(12);
+    const nums = seg.nums;
+    nums[seg.n++] = Date.now();
+    const countAt = seg.n++;
+    let pieces = 4;
+    nums[seg.n++] = head;
+    if (reasonId >= 0) ((nums[seg.n++] = reasonId), pieces++);
+    nums[seg.n++] = ids.a;
+    if (decidedById >= 0) ((nums[seg.n++] = decidedById), pieces++);
+    if (ruleId >= 0) ((nums[seg.n++] = ruleId), pieces++);
+    nums[seg.n++] = ids.b;
+    seg.inline(jsonString(topic));
+    nums[seg.n++] = qrId;
+    if (policyId >= 0) ((nums[seg.n++] = policyId), pieces++);
+    nums[countAt] = pieces + 1;
+    this.added(seg);
+  }
+
+  /** The id of `name` + value as a piece, from a cache of raw values. */
+  private valueId(kind: number, name: string, value: string): number {
+    const ids = this.valueIds[kind] as Map<string, number>;
+    let id = ids.get(value);
+    if (id === undefined) {
+      id = this.define(serializeField(name, value));
+      ids.set(value, id);
+    }
+    return id;
+  }
+
+  /** The id of a piece of JSON text, defined in the open segment the first time it is seen. */
+  private define(text: string): number {
+    let id = this.defs.get(text);
+    if (id !== undefined) return id;
+    id = this.defs.size;
+    this.defs.set(text, id);
+    const seg = this.open;
+    seg.room(4);
+    const start = seg.write(text);
+    const nums = seg.nums;
+    nums[seg.n++] = -1;
+    nums[seg.n++] = id;
+    nums[seg.n++] = start;
+    nums[seg.n++] = seg.used - start;
+    return id;
+  }
+
+  /** Starts the definition table over: ids are reused from 0, each defined again before its next use. */
+  private resetDefs(): void {
+    this.defs.clear();
+    this.heads.clear();
+    for (const m of this.valueIds) m.clear();
+    this.qosRetainIds = [];
+    this.defGen++;
+  }
+
+  /** Appends a record made of one inline piece: the event's fields as JSON text. */
+  private appendFields(fields: string, at: number): void {
+    const seg = this.open;
+    seg.room(4);
+    seg.nums[seg.n++] = at;
+    seg.nums[seg.n++] = 1;
+    seg.inline(fields);
+    this.added(seg);
+  }
+
+  private added(seg: Segment): void {
+    seg.records++;
     this.sinceCheckpoint++;
+    if (seg.records >= MAX_SEGMENT_RECORDS || seg.used >= MAX_SEGMENT_BYTES) this.seal();
     this.schedule();
+  }
+
+  private seal(): void {
+    if (this.open.records === 0) return;
+    this.sealed.push(this.open);
+    this.sealedRecords += this.open.records;
+    this.open = this.spare.pop() ?? new Segment();
+    // Definitions live in the chaining thread; the new segment names them by number as well.
   }
 
   /** Queues a signed checkpoint when records were written since the last one. */
   checkpoint(): void {
     if (this.options.checkpoint === undefined || this.sinceCheckpoint === 0 || this.closed) return;
     this.sinceCheckpoint = 0;
-    this.items.push(CHECKPOINT);
-    this.times.push(Date.now());
+    this.seal();
+    this.sealed.push({ checkpointAt: Date.now() });
     this.schedule();
   }
 
   healthy(): boolean {
-    return this.failedSince === null && this.items.length + this.readyCount < this.options.maxQueue;
+    return this.failedSince === null && this.pendingCount < this.options.maxQueue;
   }
 
   health(): AuditHealth {
-    const h: AuditHealth = {
-      ok: this.failedSince === null && this.items.length + this.readyCount < this.options.maxQueue,
-      pending: this.items.length + this.readyCount,
-      dropped: this.dropped,
-      written: this.written,
-    };
+    const pending = this.pendingCount;
+    const h: AuditHealth = { ok: this.failedSince === null && pending < this.options.maxQueue, pending, dropped: this.dropped, written: this.written };
     if (this.lastError !== undefined && this.failedSince !== null) h.error = this.lastError;
     return h;
   }
 
-  /** The last record written to the chain so far (serialized, possibly not yet on disk). */
+  /** The last record chained so far (possibly not yet on disk). */
   get chainTip(): ChainTip {
     return { ...this.tip };
   }
 
   async flush(): Promise<void> {
-    for (;;) {
-      void this.serialize();
-      void this.run();
-      if (this.failedSince !== null) return;
-      if (!this.running && !this.serializing && this.ready.length === 0 && this.items.length === 0 && this.droppedUnreported === 0) return;
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    this.flushing++;
+    try {
+      for (;;) {
+        this.pump();
+        void this.run();
+        if (this.failedSince !== null) return;
+        if (this.idle()) return;
+        await new Promise<void>((resolve) => this.waiters.push(resolve));
+      }
+    } finally {
+      this.flushing--;
     }
+  }
+
+  private idle(): boolean {
+    return !this.running && !this.inflight && !this.signing && this.sealed.length === 0 && this.open.records === 0 && this.ready.length === 0 && this.droppedUnreported === 0;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.options.checkpoint !== undefined) this.checkpoint();
-    for (const t of [this.syncTimer, this.checkpointTimer]) if (t !== null) clearInterval(t);
+    for (const t of [this.syncTimer, this.checkpointTimer, this.dispatchTimer]) if (t !== null) clearInterval(t);
     // Records that arrive during this last flush (rotation, recovery) are still written.
     await this.flush();
     this.closed = true;
@@ -255,7 +414,7 @@ export class ChainedAuditSink implements AuditSink {
       await this.run();
       if (this.failedSince === null) await this.flush();
     }
-    const lost = this.items.length + this.readyCount;
+    const lost = this.pendingCount;
     if (lost > 0) {
       this.options.log.error({ lost, output: this.output.name, err: this.lastError }, `audit log closed with ${lost} records that could not be written`);
     }
@@ -265,17 +424,18 @@ export class ChainedAuditSink implements AuditSink {
     } catch {
       // already reported by the failed write
     }
+    await this.chainer.close();
     await this.output.close();
   }
 
-  private drop(): void {
-    this.dropped++;
-    this.droppedUnreported++;
+  private drop(count = 1): void {
+    this.dropped += count;
+    this.droppedUnreported += count;
     const now = Date.now();
-    if (this.dropped === 1 || now - this.dropLoggedAt > LOUD_LOG_INTERVAL_MS) {
+    if (this.dropped === count || now - this.dropLoggedAt > LOUD_LOG_INTERVAL_MS) {
       this.dropLoggedAt = now;
       this.options.log.error(
-        { dropped: this.dropped, queue: this.items.length, output: this.output.name, err: this.lastError },
+        { dropped: this.dropped, queue: this.pendingCount, output: this.output.name, err: this.lastError },
         'AUDIT RECORDS DROPPED: the audit queue is full',
       );
     }
@@ -286,7 +446,7 @@ export class ChainedAuditSink implements AuditSink {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      void this.serialize();
+      this.pump();
     });
   }
 
@@ -296,47 +456,116 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
-   * Serializes one batch of queued events and hands it to the writer; schedules the next turn
-   * when more are queued. Nothing is serialized while writes fail: the events wait in the queue
-   * (and count against its bound) until a write succeeds.
+   * Sends the next sealed segment (sealing the open one when none is) to be chained; one at a
+   * time, so records are chained in order and the next segment fills meanwhile. Nothing is
+   * chained while writes fail or while too much waits for the disk: records wait in their
+   * segments (and count against the bound).
    */
-  private async serialize(): Promise<void> {
-    if (this.serializing || this.failedSince !== null || this.readyBytes >= MAX_READY_BYTES) return;
-    if (this.items.length === 0 && this.droppedUnreported === 0) return;
-    this.serializing = true;
-    try {
-      // Everything queued so far, in batches: when a turn leaves records behind, a busy broker
-      // makes more records per turn than the sink serializes, and the queue fills.
-      do {
-        const batch = await this.serializeBatch();
-        if (batch.count > 0) {
-          this.ready.push(batch);
-          this.readyCount += batch.count;
-          this.readyBytes += batch.end - batch.start;
-        }
-        // The next batch goes on in the same buffer while it has room.
-        this.open = batch.buffer.length - batch.end >= MIN_ROOM ? batch.buffer : null;
-        this.openUsed = batch.end;
-        void this.run();
-      } while (this.items.length > 0 && this.failedSince === null && this.readyBytes < MAX_READY_BYTES);
-    } finally {
-      this.serializing = false;
+  private pump(): void {
+    if (this.inflight || this.signing || this.failedSince !== null || this.readyBytes >= MAX_READY_BYTES) return;
+    if (this.droppedUnreported > 0) {
+      const count = this.droppedUnreported;
+      this.droppedUnreported = 0;
+      this.appendFields(
+        serializeFields({ event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }),
+        Date.now(),
+      );
     }
-    // When the disk is behind, the writer schedules the rest after its next write.
-    if ((this.items.length > 0 || this.droppedUnreported > 0) && this.readyBytes < MAX_READY_BYTES) this.schedule();
-    void this.run();
+    if (this.sealed.length === 0) {
+      if (this.open.records === 0) return;
+      const wait = this.lastDispatch + DISPATCH_INTERVAL_MS - Date.now();
+      if (this.open.records < MIN_DISPATCH_RECORDS && wait > 0 && this.flushing === 0 && !this.closed) {
+        if (this.dispatchTimer === null) {
+          this.dispatchTimer = setTimeout(() => {
+            this.dispatchTimer = null;
+            this.pump();
+          }, wait);
+          this.dispatchTimer.unref();
+        }
+        return;
+      }
+      this.seal();
+    }
+    const next = this.sealed.shift();
+    if (next === undefined) return;
+    if (next instanceof Segment) {
+      this.sealedRecords -= next.records;
+      this.dispatch(next);
+    } else {
+      this.signing = true;
+      void this.signCheckpoint(next.checkpointAt).finally(() => {
+        this.signing = false;
+        this.pump();
+        this.wake();
+      });
+    }
+  }
+
+  /** Signs a checkpoint over the chain so far (everything before it is chained) and sends it next. */
+  private async signCheckpoint(at: number): Promise<void> {
+    const cp = this.options.checkpoint;
+    if (cp === undefined) return;
+    const payload = { seq: this.tip.seq + 1, prev: this.tip.hash, time: new Date(at).toISOString() };
+    const signature = await signCheckpoint(payload, cp.key, cp.kid);
+    const seg = this.spare.pop() ?? new Segment();
+    seg.room(4);
+    seg.nums[seg.n++] = at;
+    seg.nums[seg.n++] = 1;
+    seg.inline(serializeFields({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, signature));
+    seg.records = 1;
+    this.dispatch(seg);
+  }
+
+  private dispatch(seg: Segment): void {
+    this.lastDispatch = Date.now();
+    this.inflight = true;
+    this.inflightRecords = seg.records;
+    this.chainer.chain(seg.nums, seg.n, seg.text.subarray(0, seg.used)).then(
+      (r) => {
+        this.inflight = false;
+        this.inflightRecords = 0;
+        this.tip = { seq: r.seq, hash: r.hash };
+        if (r.count > 0) {
+          this.ready.push({ buffer: r.out, start: 0, end: r.end, count: r.count });
+          this.readyCount += r.count;
+          this.readyBytes += r.end;
+        }
+        if (this.spare.length < 2) this.spare.push(new Segment(r.nums, new Uint8Array(r.text.buffer)));
+        void this.run();
+        this.pump();
+        this.wake();
+      },
+      (err: Error) => this.onChainerFailure(err, seg.records),
+    );
+  }
+
+  /**
+   * The chaining thread died: the records it held, and those laid out for it (they name its
+   * definitions), are lost. Count them as dropped (the chain says so), and chain on this thread.
+   */
+  private onChainerFailure(err: Error, inflight: number): void {
+    this.inflight = false;
+    this.inflightRecords = 0;
+    const lost = inflight + this.sealedRecords + this.open.records;
+    this.options.log.error({ err: err.message, lost }, 'AUDIT CHAINING FAILED: chaining on the main thread from now on');
+    this.sealed = this.sealed.filter((s) => !(s instanceof Segment));
+    this.sealedRecords = 0;
+    this.open = new Segment();
+    this.resetDefs();
+    this.chainer = inlineChainer(this.tip, RECORD_PREFIX);
+    if (lost > 0) this.drop(lost);
+    this.pump();
     this.wake();
   }
 
-  /** Writes the serialized batches in order; on failure keeps them (the retry writes the same bytes). */
+  /** Writes the chained batches in order; on failure keeps them (the retry writes the same bytes). */
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
       for (;;) {
         if (this.ready.length === 0) break;
-        // Everything serialized while the last write was in flight goes out in one write: under
-        // load an event-loop turn can be long, and one write per turn must carry a turn's records.
+        // Everything chained while the last write was in flight goes out in one write.
         const data = this.takeReady();
         const batches = this.ready.length;
         const count = this.readyCount;
@@ -358,7 +587,7 @@ export class ChainedAuditSink implements AuditSink {
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
         if (this.failedSince !== null) this.onRecovery();
-        if (this.items.length > 0 || this.droppedUnreported > 0) this.schedule();
+        this.pump();
         this.wake();
       }
     } finally {
@@ -368,61 +597,19 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
-   * The ready batches as one buffer: a view when they sit end to end in one buffer (the usual
-   * case), else a copy. The batches stay in `ready` until the write succeeds.
+   * The ready batches as one buffer: the batch itself when there is one, else a copy. The
+   * batches stay in `ready` until the write succeeds.
    */
   private takeReady(): Buffer {
-    const first = this.ready[0] as Batch;
-    let contiguous = true;
-    for (let i = 1; i < this.ready.length && contiguous; i++) {
-      const b = this.ready[i] as Batch;
-      const before = this.ready[i - 1] as Batch;
-      contiguous = b.buffer === first.buffer && b.start === before.end;
+    if (this.ready.length === 1) {
+      const b = this.ready[0] as Batch;
+      return b.buffer.subarray(b.start, b.end);
     }
-    if (contiguous) return first.buffer.subarray(first.start, (this.ready[this.ready.length - 1] as Batch).end);
     const merged = Buffer.concat(this.ready.map((b) => b.buffer.subarray(b.start, b.end)));
     // Keep the copy as the only ready batch, so a retry after a failure writes the same bytes.
     const count = this.readyCount;
     this.ready = [{ buffer: merged, start: 0, end: merged.length, count }];
     return merged;
-  }
-
-  /**
-   * Serializes, chains and encodes up to MAX_BATCH queued records (or MAX_BATCH_BYTES) into one
-   * buffer: each body is encoded once, hashed over its bytes, and its closing brace replaced by
-   * the `hash` field.
-   */
-  private async serializeBatch(): Promise<Batch> {
-    const batch = this.open !== null ? new BatchWriter(this.open, this.openUsed) : new BatchWriter(Buffer.allocUnsafeSlow(BATCH_BYTES), 0);
-    if (this.droppedUnreported > 0) {
-      const count = this.droppedUnreported;
-      this.droppedUnreported = 0;
-      this.link(batch, { event: 'audit', action: 'dropped', decision: 'deny', reason: `${count} records were dropped: the audit queue was full`, detail: { dropped: count, droppedTotal: this.dropped } }, Date.now());
-    }
-    // Records queued while a checkpoint is signed go on the end of the queue; the front is ours.
-    let i = 0;
-    for (; i < this.items.length && i < MAX_BATCH && batch.bytes < MAX_BATCH_BYTES; i++) {
-      const item = this.items[i] as Item;
-      const at = this.times[i] as number;
-      if (item === CHECKPOINT) {
-        const cp = this.options.checkpoint;
-        if (cp === undefined) continue;
-        const time = this.formatTime(at);
-        const payload = { seq: this.tip.seq + 1, prev: this.tip.hash, time };
-        const signature = await signCheckpoint(payload, cp.key, cp.kid);
-        this.tip = { seq: payload.seq, hash: batch.append(serializeBody({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, payload.seq, time, payload.prev, signature)) };
-      } else {
-        this.link(batch, item, at);
-      }
-    }
-    this.items.splice(0, i);
-    this.times.splice(0, i);
-    return batch.finish();
-  }
-
-  private link(batch: BatchWriter, event: AuditEvent, at: number): void {
-    const seq = this.tip.seq + 1;
-    this.tip = { seq, hash: batch.append(serializeBody(event, seq, this.formatTime(at), this.tip.hash)) };
   }
 
   private async syncNow(): Promise<boolean> {
@@ -447,7 +634,7 @@ export class ChainedAuditSink implements AuditSink {
     if (now - this.failLoggedAt > LOUD_LOG_INTERVAL_MS) {
       this.failLoggedAt = now;
       this.options.log.error(
-        { err: code, output: this.output.name, pending: this.items.length + this.readyCount },
+        { err: code, output: this.output.name, pending: this.pendingCount },
         'AUDIT LOG WRITE FAILED: records are held and retried',
       );
     }
@@ -468,7 +655,13 @@ export class ChainedAuditSink implements AuditSink {
     this.failedSince = null;
     this.failLoggedAt = 0;
     this.options.log.warn({ output: this.output.name, failedMs, err: error }, 'audit log writes recovered');
-    this.enqueue({ event: 'audit', action: 'recovered', decision: 'allow', reason: `writes failed for ${failedMs} ms (${error})`, detail: { failedMs, error } });
+    this.enqueueInternal({ event: 'audit', action: 'recovered', decision: 'allow', reason: `writes failed for ${failedMs} ms (${error})`, detail: { failedMs, error } });
+  }
+
+  /** A record of the sink's own (also while closing), within the bound. */
+  private enqueueInternal(event: AuditEvent): void {
+    if (this.pendingCount >= this.options.maxQueue) this.drop();
+    else this.appendFields(serializeFields(event), Date.now());
   }
 
   private wake(): void {

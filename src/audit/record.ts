@@ -70,7 +70,7 @@ function jsonValue(value: unknown): string | undefined {
   }
 }
 
-const RECORD_PREFIX = `{"v":${AUDIT_SCHEMA_VERSION},"time":"`;
+export const RECORD_PREFIX = `{"v":${AUDIT_SCHEMA_VERSION},"time":"`;
 
 /** `,"name":value`, or nothing when JSON leaves the field out. */
 function field(name: string, value: unknown): string {
@@ -83,11 +83,18 @@ function field(name: string, value: unknown): string {
  * The hashed body of a record: the line without its `hash` field. Built by hand for the fixed
  * schema (the field order below is the record's); byte for byte what
  * `escapeUnsafe(JSON.stringify(orderedRecord))` gives (a test holds it to that for hostile
- * strings), at a fraction of the cost. Each field is read by name so property access stays fast.
+ * strings), at a fraction of the cost.
  */
 export function serializeBody(e: AuditEvent, seq: number, time: string, prev: string, signature?: string): string {
+  return `${RECORD_PREFIX}${time}","seq":${seq}${serializeFields(e, signature)},"prev":"${prev}"}`;
+}
+
+/**
+ * The event's own fields as they sit in a record: everything between `seq` and `prev`, each
+ * starting with its comma. Each field is read by name so property access stays fast.
+ */
+export function serializeFields(e: AuditEvent, signature?: string): string {
   return (
-    `${RECORD_PREFIX}${time}","seq":${seq}` +
     field(',"event":', e.event) +
     field(',"action":', e.action) +
     field(',"decision":', e.decision) +
@@ -109,10 +116,12 @@ export function serializeBody(e: AuditEvent, seq: number, time: string, prev: st
     field(',"retain":', e.retain) +
     field(',"policyVersion":', e.policyVersion) +
     field(',"detail":', e.detail) +
-    field(',"signature":', signature) +
-    `,"prev":"${prev}"}`
+    field(',"signature":', signature)
   );
 }
+
+/** `,"name":value` for one field of a record, or nothing when JSON leaves it out. */
+export { field as serializeField };
 
 /**
  * Serializes one record and links it to `tip`. The field order is fixed so a reader can

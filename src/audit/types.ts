@@ -73,9 +73,40 @@ export interface AuditHealth {
   error?: string;
 }
 
+/** Who asked, for the records of access decisions: the same for every decision of a connection. */
+export interface AuditWho {
+  listener?: string | undefined;
+  remoteAddress?: string | undefined;
+  remotePort?: number | undefined;
+  clientId?: string | undefined;
+  username?: string | undefined;
+  authMethod?: string | undefined;
+  certFingerprint?: string | undefined;
+  certSubject?: string | undefined;
+}
+
 /** Where audit records go. `record` is non-blocking, bounded and never throws. */
 export interface AuditSink {
   record(event: AuditEvent): void;
+  /**
+   * Optional fast path for access decisions (publish, subscribe, unsubscribe, deliver, will):
+   * the record must be exactly what `record()` writes for an event with these fields and `who`'s.
+   * The broker passes the same `who` object for every decision of a connection, so a sink can
+   * cache what it derives from it.
+   */
+  recordAccess?(
+    who: AuditWho,
+    event: AuditEventName,
+    decision: 'allow' | 'deny',
+    reasonCode: number,
+    reason: string | undefined,
+    decidedBy: string | undefined,
+    rule: string | undefined,
+    policyVersion: string | undefined,
+    topic: string,
+    qos: number,
+    retain: boolean,
+  ): void;
   flush(): Promise<void>;
   close(): Promise<void>;
   /** Sinks that can fail report it here; the broker applies `audit.failMode` while `ok` is false. */

@@ -4,7 +4,7 @@
  * and the audit sink).
  */
 import type { Duplex } from 'node:stream';
-import type { AuditEvent, AuditHealth, AuditSink } from '../audit/types.ts';
+import type { AuditEvent, AuditHealth, AuditSink, AuditWho } from '../audit/types.ts';
 import { AuthenticatorChain, type ChainResult } from '../auth/chain.ts';
 import type { ConnectRequest, Principal } from '../auth/types.ts';
 import { AuthorizerChain } from '../authz/chain.ts';
@@ -283,9 +283,21 @@ export class Broker {
     if (result.kind === 'allow' && !this.auditAllowed[event]) return;
     // Built field by field, not with spreads: with every publish and delivery audited this runs
     // twice per message.
-    const record: AuditEvent = { event, decision: result.kind === 'allow' ? 'allow' : 'deny', reasonCode: result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized };
-    if (result.kind === 'deny') record.reason = result.detail;
-    else if (result.kind === 'abstain') record.reason = 'no authorizer allowed it';
+    const decision = result.kind === 'allow' ? 'allow' : 'deny';
+    const reasonCode = result.kind === 'deny' ? result.reason : result.kind === 'allow' ? ReasonCode.Success : ReasonCode.NotAuthorized;
+    const reason = result.kind === 'deny' ? result.detail : result.kind === 'abstain' ? 'no authorizer allowed it' : undefined;
+    const sink = this.auditSink;
+    if (sink.recordAccess !== undefined) {
+      // No event object: with every publish and delivery audited this runs twice per message.
+      try {
+        sink.recordAccess(this.auditWho(conn), event, decision, reasonCode, reason, result.decidedBy, result.rule, result.policyVersion, topic, qos, retain);
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, 'audit sink failed');
+      }
+      return;
+    }
+    const record: AuditEvent = { event, decision, reasonCode };
+    if (reason !== undefined) record.reason = reason;
     if (result.decidedBy !== undefined) record.decidedBy = result.decidedBy;
     if (result.rule !== undefined) record.rule = result.rule;
     if (result.policyVersion !== undefined) record.policyVersion = result.policyVersion;
@@ -293,6 +305,24 @@ export class Broker {
     record.qos = qos;
     record.retain = retain;
     this.audit(conn, record);
+  }
+
+  /** Who a connection's access records name; made again when its principal or client id changes. */
+  private auditWho(conn: Connection): AuditWho {
+    const cached = conn.auditWho;
+    if (cached !== null && conn.auditWhoPrincipal === conn.principal && cached.clientId === conn.clientId) return cached;
+    const p = conn.principal;
+    const who: AuditWho = { listener: conn.peer.listener, remoteAddress: conn.peer.remoteAddress, remotePort: conn.peer.remotePort, clientId: conn.clientId };
+    if (p !== null) {
+      if (p.username !== undefined) who.username = p.username;
+      who.authMethod = p.method;
+    }
+    const tls = conn.peer.tls;
+    if (tls?.fingerprint256 !== undefined) who.certFingerprint = tls.fingerprint256;
+    if (tls?.subject !== undefined) who.certSubject = formatSubject(tls.subject);
+    conn.auditWho = who;
+    conn.auditWhoPrincipal = p;
+    return who;
   }
 
   /** Writes one audit record, filled with who and where. */

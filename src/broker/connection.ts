@@ -4,6 +4,7 @@
  * packets are always handled in the order they arrived.
  */
 import type { Duplex } from 'node:stream';
+import type { AuditWho } from '../audit/types.ts';
 import type { Principal } from '../auth/types.ts';
 import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion, type QoS } from '../protocol/codec.ts';
 import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
@@ -62,6 +63,9 @@ export class Connection {
   clientBucket: TokenBucket | null = null;
   identityBucket: TokenBucket | null = null;
   identityKey: string | null = null;
+  /** Who this connection's access records name (see Broker.auditWho), and for which principal. */
+  auditWho: AuditWho | null = null;
+  auditWhoPrincipal: Principal | null = null;
   readonly reader: PacketReader;
   private corked = false;
   private busy = false;

@@ -1,0 +1,208 @@
+/**
+ * Chaining audit records off the broker's thread.
+ *
+ * The broker's thread only lays records out in a *segment*: a list of numbers (a record's time
+ * and the pieces of JSON text it is made of) and a buffer of JSON text. Pieces that repeat
+ * (a connection's listener, address, client id and user name; a rule; a policy version) are
+ * sent once as a numbered *definition* and then named by number. A worker thread turns a
+ * segment into the final lines: it numbers the records, formats their times, links each to the
+ * one before with SHA-256 and appends the `hash` field. The lines are byte for byte what
+ * `serializeRecord` (record.ts) writes for the same events: a test holds the two to that.
+ *
+ * Layout of `nums`, entry after entry:
+ * - a definition: `-1, id, start, length` (the piece's text is `text[start, start + length)`);
+ * - a record: `timeMs, pieceCount, piece…`, where a piece is a definition id (>= 0) or an
+ *   inline text `-(start + 1), length`.
+ */
+import { Worker } from 'node:worker_threads';
+import crypto from 'node:crypto';
+
+/** What the chaining side keeps between segments. */
+export interface ChainState {
+  seq: number;
+  hash: string;
+  defs: Buffer[];
+  lastMs: number;
+  lastTime: string;
+}
+
+/** The lines a segment became, `out[0, end)`, and how many records they are. */
+export interface ChainedSegment {
+  out: Buffer;
+  end: number;
+  count: number;
+}
+
+/**
+ * Turns one segment into chained lines. Runs in the worker (its source is sent there as text),
+ * so it may use nothing but its arguments and globals: no imports, no helpers from this module.
+ */
+export function chainSegment(nums: Float64Array, n: number, text: Uint8Array, state: ChainState, prefix: string, hashHex: (data: Uint8Array) => string): ChainedSegment {
+  const src = Buffer.from(text.buffer, text.byteOffset, text.byteLength);
+  // latin1Write: Node's encoder without `write`'s argument checks (every string here is ASCII).
+  let out = Buffer.allocUnsafeSlow(Math.max(1 << 16, text.byteLength * 2 + n * 64)) as Buffer & { latin1Write(s: string, at: number): number };
+  let at = 0;
+  let count = 0;
+  let i = 0;
+  while (i < n) {
+    const head = nums[i] as number;
+    if (head < 0) {
+      const id = nums[i + 1] as number;
+      const start = nums[i + 2] as number;
+      state.defs[id] = Buffer.from(src.subarray(start, start + (nums[i + 3] as number)));
+      i += 4;
+      continue;
+    }
+    const pieces = nums[i + 1] as number;
+    // Room for the fixed parts (at most 200 bytes with the hash field) and every piece.
+    let need = 256;
+    for (let k = i + 2, end = i + 2 + pieces; k < end; k++) {
+      const p = nums[k] as number;
+      if (p >= 0) need += (state.defs[p] as Buffer).length;
+      else {
+        need += nums[k + 1] as number;
+        k++;
+        end++;
+      }
+    }
+    if (at + need > out.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, at + need * 2)) as typeof out;
+      out.copy(bigger, 0, 0, at);
+      out = bigger;
+    }
+    if (head !== state.lastMs) {
+      state.lastMs = head;
+      state.lastTime = new Date(head).toISOString();
+    }
+    const start = at;
+    const seq = state.seq + 1;
+    at += out.latin1Write(`${prefix}${state.lastTime}","seq":${seq}`, at);
+    let k = i + 2;
+    for (let left = pieces; left > 0; left--) {
+      const p = nums[k++] as number;
+      if (p >= 0) {
+        const def = state.defs[p] as Buffer;
+        at += def.copy(out, at);
+      } else {
+        const from = -p - 1;
+        at += src.copy(out, at, from, from + (nums[k++] as number));
+      }
+    }
+    at += out.latin1Write(`,"prev":"${state.hash}"}`, at);
+    const hash = hashHex(out.subarray(start, at));
+    // The closing brace becomes `,"hash":"…"}` and the line ends.
+    at += out.latin1Write(`,"hash":"${hash}"}\n`, at - 1) - 1;
+    state.seq = seq;
+    state.hash = hash;
+    count++;
+    i = k;
+  }
+  return { out, end: at, count };
+}
+
+/** SHA-256 in hex over bytes: one native call where Node has `crypto.hash`. */
+export function hashHexOf(c: typeof crypto): (data: Uint8Array) => string {
+  return typeof c.hash === 'function' ? (data) => c.hash('sha256', data, 'hex') : (data) => c.createHash('sha256').update(data).digest('hex');
+}
+
+/** A request to the worker: chain a segment. The buffers are transferred, and come back. */
+interface ChainRequest {
+  id: number;
+  nums: Float64Array;
+  n: number;
+  text: Uint8Array;
+}
+interface ChainReply {
+  id: number;
+  out: Uint8Array;
+  end: number;
+  count: number;
+  seq: number;
+  hash: string;
+  nums: Float64Array;
+  text: Uint8Array;
+}
+
+/** The segment after chaining, with the buffers it came in (for reuse). */
+export interface ChainResult extends ChainedSegment {
+  seq: number;
+  hash: string;
+  nums: Float64Array;
+  text: Uint8Array;
+}
+
+/** Chains segments, in the order given, one at a time. */
+export interface Chainer {
+  chain(nums: Float64Array, n: number, text: Uint8Array): Promise<ChainResult>;
+  close(): Promise<void>;
+}
+
+/** Chains on the calling thread: for environments without worker threads, and for tests. */
+export function inlineChainer(tip: { seq: number; hash: string }, prefix: string): Chainer {
+  const state: ChainState = { seq: tip.seq, hash: tip.hash, defs: [], lastMs: NaN, lastTime: '' };
+  const hashHex = hashHexOf(crypto);
+  return {
+    chain: async (nums, n, text) => {
+      const r = chainSegment(nums, n, text, state, prefix, hashHex);
+      return { ...r, seq: state.seq, hash: state.hash, nums, text };
+    },
+    close: async () => {},
+  };
+}
+
+/**
+ * Chains in a worker thread. The worker's code is this module's `chainSegment`, sent as source
+ * text, so it needs no loader and no file of its own. The worker does not keep the process
+ * alive; if it dies, every pending and later request fails and the sink reports the error.
+ */
+export function workerChainer(tip: { seq: number; hash: string }, prefix: string): Chainer {
+  const source = `
+    'use strict';
+    const { parentPort, workerData } = require('node:worker_threads');
+    const crypto = require('node:crypto');
+    var __name = (f) => f; // in case the transpiler that loaded the main thread named functions
+    const chainSegment = ${chainSegment.toString()};
+    const hashHexOf = ${hashHexOf.toString()};
+    const hashHex = hashHexOf(crypto);
+    const state = { seq: workerData.seq, hash: workerData.hash, defs: [], lastMs: NaN, lastTime: '' };
+    parentPort.on('message', (m) => {
+      const r = chainSegment(m.nums, m.n, m.text, state, workerData.prefix, hashHex);
+      const out = new Uint8Array(r.out.buffer, r.out.byteOffset, r.out.length);
+      parentPort.postMessage({ id: m.id, out, end: r.end, count: r.count, seq: state.seq, hash: state.hash, nums: m.nums, text: m.text }, [out.buffer, m.nums.buffer, m.text.buffer]);
+    });
+  `;
+  const worker = new Worker(source, { eval: true, workerData: { seq: tip.seq, hash: tip.hash, prefix } });
+  worker.unref();
+  let nextId = 0;
+  let failure: Error | null = null;
+  const pending = new Map<number, { resolve: (r: ChainResult) => void; reject: (e: Error) => void }>();
+  const fail = (err: Error) => {
+    failure ??= err;
+    for (const p of pending.values()) p.reject(failure);
+    pending.clear();
+  };
+  worker.on('message', (m: ChainReply) => {
+    const p = pending.get(m.id);
+    pending.delete(m.id);
+    p?.resolve({ out: Buffer.from(m.out.buffer, m.out.byteOffset, m.out.byteLength), end: m.end, count: m.count, seq: m.seq, hash: m.hash, nums: m.nums, text: m.text });
+  });
+  worker.on('error', (err) => fail(err));
+  worker.on('exit', (code) => fail(new Error(`the audit chaining thread exited (code ${code})`)));
+  return {
+    chain: (nums, n, text) =>
+      new Promise((resolve, reject) => {
+        if (failure !== null) {
+          reject(failure);
+          return;
+        }
+        const id = nextId++;
+        pending.set(id, { resolve, reject });
+        const request: ChainRequest = { id, nums, n, text };
+        worker.postMessage(request, [nums.buffer as ArrayBuffer, text.buffer as ArrayBuffer]);
+      }),
+    close: async () => {
+      failure ??= new Error('the audit chaining thread was stopped');
+      await worker.terminate();
+    },
+  };
+}

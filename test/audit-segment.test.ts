@@ -1,0 +1,202 @@
+/**
+ * Records chained off the broker's thread: the access fast path writes exactly what the
+ * serializer writes for the same event, the worker thread and the calling thread chain the
+ * same bytes, the definition table starts over without mixing pieces up, and a chaining thread
+ * that dies loses nothing silently.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { inlineChainer, type Chainer } from '../src/audit/chain-segment.ts';
+import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
+import { GENESIS, parseRecord, serializeRecord } from '../src/audit/record.ts';
+import type { AuditEvent, AuditEventName, AuditWho } from '../src/audit/types.ts';
+import { verifyAuditFiles } from '../src/audit/verify.ts';
+import { silentLogger } from '../src/log.ts';
+import { tempAuditDir } from './helpers.ts';
+
+/** An output that keeps what it is given. */
+function memoryOutput(): AuditOutput & { text(): string } {
+  const chunks: Buffer[] = [];
+  return {
+    name: 'memory',
+    write: async (data) => void chunks.push(Buffer.from(data)),
+    close: async () => {},
+    text: () => Buffer.concat(chunks).toString('utf8'),
+  };
+}
+
+const HOSTILE = ['plain', 'new\nline', 'quote " and \\ backslash', 'tab\tnul\u0000', 'del\u007f c1\u0085', 'sep\u2028\u2029', 'é ü 漢字 🚀', 'lone \ud800 surrogate', ''];
+
+interface Access {
+  who: AuditWho;
+  event: AuditEventName;
+  decision: 'allow' | 'deny';
+  reasonCode: number;
+  reason: string | undefined;
+  decidedBy: string | undefined;
+  rule: string | undefined;
+  policyVersion: string | undefined;
+  topic: string;
+  qos: number;
+  retain: boolean;
+}
+
+function accesses(): Access[] {
+  const out: Access[] = [];
+  const events: AuditEventName[] = ['publish', 'deliver', 'subscribe', 'unsubscribe', 'will'];
+  HOSTILE.forEach((s, i) => {
+    const who: AuditWho =
+      i % 3 === 0
+        ? { listener: 'tls', remoteAddress: '127.0.0.1', remotePort: 50000 + i, clientId: `dev-${s}`, username: s, authMethod: 'certificate', certFingerprint: 'AB:CD', certSubject: `CN=${s}` }
+        : i % 3 === 1
+          ? { listener: 'tcp', remoteAddress: '::1', remotePort: 1883, clientId: s }
+          : { clientId: '' };
+    for (let k = 0; k < 4; k++) {
+      const deny = k % 2 === 1;
+      out.push({
+        who,
+        event: events[(i + k) % events.length] as AuditEventName,
+        decision: deny ? 'deny' : 'allow',
+        reasonCode: deny ? 0x87 : 0,
+        reason: deny ? `denied: ${s}` : k === 2 ? 'no authorizer allowed it' : undefined,
+        decidedBy: k === 3 ? undefined : 'casbin',
+        rule: k % 2 === 0 ? `p, ${s}, a/+, publish, allow` : undefined,
+        policyVersion: k === 1 ? undefined : `v-${i}`,
+        topic: `plant/${s}/${k}`,
+        qos: k % 3,
+        retain: k === 2,
+      });
+    }
+  });
+  return out;
+}
+
+function asEvent(a: Access): AuditEvent {
+  const e: AuditEvent = { event: a.event, decision: a.decision, reasonCode: a.reasonCode };
+  if (a.reason !== undefined) e.reason = a.reason;
+  Object.assign(e, a.who);
+  if (a.decidedBy !== undefined) e.decidedBy = a.decidedBy;
+  if (a.rule !== undefined) e.rule = a.rule;
+  e.topic = a.topic;
+  e.qos = a.qos;
+  e.retain = a.retain;
+  if (a.policyVersion !== undefined) e.policyVersion = a.policyVersion;
+  return e;
+}
+
+function send(sink: ChainedAuditSink, a: Access): void {
+  sink.recordAccess(a.who, a.event, a.decision, a.reasonCode, a.reason, a.decidedBy, a.rule, a.policyVersion, a.topic, a.qos, a.retain);
+}
+
+for (const chainInWorker of [true, false]) {
+  test(`access records from the fast path are byte for byte what the serializer writes for the same event (${chainInWorker ? 'worker thread' : 'calling thread'})`, async (t) => {
+    const out = memoryOutput();
+    const sink = new ChainedAuditSink(out, { maxQueue: 10_000, log: silentLogger(), chainInWorker });
+    const list = accesses();
+    for (const a of list) send(sink, a);
+    await sink.close();
+    const lines = out.text().split('\n').filter((l) => l !== '');
+    t.is(lines.length, list.length + 1, 'a start record and one record per decision');
+    let prev = GENESIS;
+    lines.forEach((line, i) => {
+      const rec = parseRecord(line);
+      if (rec === null) return t.fail(`line ${i + 1} does not parse`);
+      t.is(rec.seq, i + 1);
+      t.is(rec.prev, prev);
+      if (i > 0) {
+        const event = asEvent(list[i - 1] as Access);
+        const expected = serializeRecord(event, rec.seq, rec.time, prev);
+        t.is(line, expected.line, `record ${i + 1}`);
+      }
+      prev = rec.hash;
+    });
+  });
+}
+
+test('the worker thread and the calling thread chain the same bytes, across a restart of the definition table', async (t) => {
+  const realNow = Date.now;
+  let clock = 1_764_000_000_000;
+  Date.now = () => clock;
+  try {
+    const run = async (chainInWorker: boolean): Promise<string> => {
+      clock = 1_764_000_000_000;
+      const out = memoryOutput();
+      const sink = new ChainedAuditSink(out, { maxQueue: 100_000, log: silentLogger(), chainInWorker, tip: { seq: 41, hash: 'f'.repeat(64) } });
+      const list = accesses();
+      // More distinct rules than the table holds: ids are reused and defined again.
+      for (let i = 0; i < 9000; i++) {
+        clock += i % 7 === 0 ? 1 : 0;
+        const a = { ...(list[i % list.length] as Access), rule: `p, user-${i % 5000}, t/${i}, publish, allow` };
+        send(sink, a);
+        if (i % 1000 === 0) sink.record({ event: 'connect', decision: 'deny', reasonCode: 0x86, clientId: `c-${i}`, reason: 'bad user name or password' });
+        if (i % 2500 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await sink.close();
+      return out.text();
+    };
+    const inWorker = await run(true);
+    const inline = await run(false);
+    t.is(inWorker.split('\n').length, 9000 + 9 + 1 + 1);
+    t.true(inWorker === inline, 'identical output');
+    const rules = inline
+      .split('\n')
+      .filter((l) => l.includes('"event":"'))
+      .map((l) => parseRecord(l))
+      .filter((r) => r?.rule !== undefined)
+      .map((r) => r?.rule);
+    const parsed = inline.split('\n').filter((l) => l !== '');
+    const bad = parsed.filter((l) => parseRecord(l) === null);
+    t.deepEqual(bad, []);
+    t.is(rules.length, 9000);
+    t.true(
+      rules.every((r, i) => r === `p, user-${i % 5000}, t/${i}, publish, allow`),
+      'each record names its own rule after the table restarted',
+    );
+  } finally {
+    Date.now = realNow;
+  }
+});
+
+test('when the chaining thread dies, the records it held are counted, logged and recorded as dropped; later records are chained and the log verifies', async (t) => {
+  const dir = tempAuditDir(t);
+  const file = path.join(dir, 'audit.jsonl');
+  const fd = fs.openSync(file, 'a');
+  const output: AuditOutput = {
+    name: file,
+    write: async (data) => void fs.writeSync(fd, data),
+    close: async () => fs.closeSync(fd),
+  };
+  let calls = 0;
+  const createChainer = (tip: { seq: number; hash: string }, prefix: string): Chainer => {
+    const inner = inlineChainer(tip, prefix);
+    return {
+      chain: (nums, n, text) => (++calls === 2 ? Promise.reject(new Error('chaining thread exited (code 1)')) : inner.chain(nums, n, text)),
+      close: () => inner.close(),
+    };
+  };
+  const errors: string[] = [];
+  const log = { ...silentLogger(), error: (_o: unknown, msg?: string) => void errors.push(String(msg)) } as ReturnType<typeof silentLogger>;
+  const sink = new ChainedAuditSink(output, { maxQueue: 1000, log, createChainer });
+  const who: AuditWho = { clientId: 'dev-1', username: 'fleet' };
+  for (let i = 0; i < 5; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `a/${i}`, 0, false);
+  await sink.flush();
+  for (let i = 5; i < 12; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `a/${i}`, 0, false);
+  await sink.flush();
+  for (let i = 12; i < 15; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `a/${i}`, 0, false);
+  await sink.close();
+  t.is(sink.dropped, 7);
+  t.true(errors.some((m) => m.includes('AUDIT CHAINING FAILED')));
+  t.true(errors.some((m) => m.includes('AUDIT RECORDS DROPPED')));
+  const recs = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => parseRecord(l));
+  const topics = recs.filter((r) => r?.event === 'publish').map((r) => r?.topic);
+  t.deepEqual(topics, ['a/0', 'a/1', 'a/2', 'a/3', 'a/4', 'a/12', 'a/13', 'a/14']);
+  const dropped = recs.find((r) => r?.event === 'audit' && r.action === 'dropped');
+  t.is(dropped?.detail?.dropped, 7);
+  const report = await verifyAuditFiles([file]);
+  t.true(report.ok, report.problem?.message);
+});
