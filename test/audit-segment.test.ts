@@ -172,6 +172,7 @@ test('when the chaining thread dies, the records it held are counted, logged and
     const inner = inlineChainer(tip, prefix);
     return {
       chain: (nums, n, text) => (++calls === 2 ? Promise.reject(new Error('chaining thread exited (code 1)')) : inner.chain(nums, n, text)),
+      recycle: (b) => inner.recycle(b),
       close: () => inner.close(),
     };
   };

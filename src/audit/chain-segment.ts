@@ -37,67 +37,117 @@ export interface ChainedSegment {
  * Turns one segment into chained lines. Runs in the worker (its source is sent there as text),
  * so it may use nothing but its arguments and globals: no imports, no helpers from this module.
  */
-export function chainSegment(nums: Float64Array, n: number, text: Uint8Array, state: ChainState, prefix: string, hashHex: (data: Uint8Array) => string): ChainedSegment {
-  const src = Buffer.from(text.buffer, text.byteOffset, text.byteLength);
+export function chainSegment(
+  nums: Float64Array,
+  n: number,
+  text: Uint8Array,
+  state: ChainState,
+  prefix: string,
+  hashHex: (data: Uint8Array) => string,
+  alloc: (size: number) => Buffer,
+): ChainedSegment {
+  // Buffer's own copy() and subarray() check their arguments and build objects: slower than the
+  // copying itself for pieces this short, so bytes are moved with set() or a plain loop.
   // latin1Write: Node's encoder without `write`'s argument checks (every string here is ASCII).
-  let out = Buffer.allocUnsafeSlow(Math.max(1 << 16, text.byteLength * 2 + n * 64)) as Buffer & { latin1Write(s: string, at: number): number };
+  type Out = Buffer & { latin1Write(s: string, at: number): number };
+  let out = alloc(text.byteLength * 2 + n * 64) as Out;
   let at = 0;
   let count = 0;
   let i = 0;
   while (i < n) {
     const head = nums[i] as number;
     if (head < 0) {
-      const id = nums[i + 1] as number;
-      const start = nums[i + 2] as number;
-      state.defs[id] = Buffer.from(src.subarray(start, start + (nums[i + 3] as number)));
+      const id = (nums[i + 1] as number) | 0;
+      const start = (nums[i + 2] as number) | 0;
+      state.defs[id] = Buffer.from(text.subarray(start, start + ((nums[i + 3] as number) | 0)));
       i += 4;
       continue;
     }
-    const pieces = nums[i + 1] as number;
+    // Indices are made small integers (`| 0`): a double used as an index takes a slow path.
+    const pieces = (nums[i + 1] as number) | 0;
     // Room for the fixed parts (at most 200 bytes with the hash field) and every piece.
     let need = 256;
     for (let k = i + 2, end = i + 2 + pieces; k < end; k++) {
-      const p = nums[k] as number;
+      const p = (nums[k] as number) | 0;
       if (p >= 0) need += (state.defs[p] as Buffer).length;
       else {
-        need += nums[k + 1] as number;
+        need += (nums[k + 1] as number) | 0;
         k++;
         end++;
       }
     }
     if (at + need > out.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, at + need * 2)) as typeof out;
-      out.copy(bigger, 0, 0, at);
+      const bigger = alloc(Math.max(out.length * 2, at + need * 2)) as Out;
+      bigger.set(out.subarray(0, at));
       out = bigger;
     }
     if (head !== state.lastMs) {
       state.lastMs = head;
-      state.lastTime = new Date(head).toISOString();
+      state.lastTime = `${prefix}${new Date(head).toISOString()}","seq":`;
     }
     const start = at;
     const seq = state.seq + 1;
-    at += out.latin1Write(`${prefix}${state.lastTime}","seq":${seq}`, at);
+    at += out.latin1Write(state.lastTime, at);
+    // The sequence number's digits, written by hand (no string).
+    let digits = 1;
+    for (let v = seq; v >= 10; v = Math.floor(v / 10)) digits++;
+    for (let d = digits - 1, v = seq; d >= 0; d--, v = Math.floor(v / 10)) out[at + d] = 0x30 + (v % 10);
+    at += digits;
     let k = i + 2;
     for (let left = pieces; left > 0; left--) {
-      const p = nums[k++] as number;
+      const p = (nums[k++] as number) | 0;
       if (p >= 0) {
         const def = state.defs[p] as Buffer;
-        at += def.copy(out, at);
-      } else {
-        const from = -p - 1;
-        at += src.copy(out, at, from, from + (nums[k++] as number));
+        out.set(def, at);
+        at += def.length;
+        continue;
       }
+      const from = -p - 1;
+      const len = (nums[k++] as number) | 0;
+      if (len > 48) out.set(text.subarray(from, from + len), at);
+      else for (let j = 0; j < len; j++) out[at + j] = text[from + j] as number;
+      at += len;
     }
-    at += out.latin1Write(`,"prev":"${state.hash}"}`, at);
-    const hash = hashHex(out.subarray(start, at));
+    at += out.latin1Write(',"prev":"', at);
+    at += out.latin1Write(state.hash, at);
+    out[at++] = 0x22; // "
+    out[at++] = 0x7d; // }
+    const hash = hashHex(new Uint8Array(out.buffer, out.byteOffset + start, at - start));
     // The closing brace becomes `,"hash":"…"}` and the line ends.
-    at += out.latin1Write(`,"hash":"${hash}"}\n`, at - 1) - 1;
+    at += out.latin1Write(',"hash":"', at - 1) - 1;
+    at += out.latin1Write(hash, at);
+    out[at++] = 0x22; // "
+    out[at++] = 0x7d; // }
+    out[at++] = 0x0a; // \n
     state.seq = seq;
     state.hash = hash;
     count++;
     i = k;
   }
   return { out, end: at, count };
+}
+
+/**
+ * Output buffers for chainSegment, reused: a fresh large buffer costs a page fault per 4 KiB on
+ * first use, more than chaining the records written into it. Buffers come back once written.
+ */
+export function outputPool(): { alloc(size: number): Buffer; give(buffer: ArrayBuffer): void } {
+  const pool: ArrayBuffer[] = [];
+  return {
+    alloc(size) {
+      for (let i = 0; i < pool.length; i++) {
+        const b = pool[i] as ArrayBuffer;
+        if (b.byteLength >= size) {
+          pool.splice(i, 1);
+          return Buffer.from(b);
+        }
+      }
+      return Buffer.allocUnsafeSlow(Math.max(size, 1 << 20));
+    },
+    give(buffer) {
+      if (pool.length < 4) pool.push(buffer);
+    },
+  };
 }
 
 /** SHA-256 in hex over bytes: one native call where Node has `crypto.hash`. */
@@ -111,6 +161,8 @@ interface ChainRequest {
   nums: Float64Array;
   n: number;
   text: Uint8Array;
+  /** Output buffers written since the last request, for reuse. */
+  spare: ArrayBuffer[];
 }
 interface ChainReply {
   id: number;
@@ -134,6 +186,8 @@ export interface ChainResult extends ChainedSegment {
 /** Chains segments, in the order given, one at a time. */
 export interface Chainer {
   chain(nums: Float64Array, n: number, text: Uint8Array): Promise<ChainResult>;
+  /** An output buffer (from a result) that has been written and can be reused. */
+  recycle(buffer: ArrayBuffer): void;
   close(): Promise<void>;
 }
 
@@ -141,11 +195,13 @@ export interface Chainer {
 export function inlineChainer(tip: { seq: number; hash: string }, prefix: string): Chainer {
   const state: ChainState = { seq: tip.seq, hash: tip.hash, defs: [], lastMs: NaN, lastTime: '' };
   const hashHex = hashHexOf(crypto);
+  const pool = outputPool();
   return {
     chain: async (nums, n, text) => {
-      const r = chainSegment(nums, n, text, state, prefix, hashHex);
+      const r = chainSegment(nums, n, text, state, prefix, hashHex, pool.alloc);
       return { ...r, seq: state.seq, hash: state.hash, nums, text };
     },
+    recycle: (buffer) => pool.give(buffer),
     close: async () => {},
   };
 }
@@ -163,10 +219,13 @@ export function workerChainer(tip: { seq: number; hash: string }, prefix: string
     var __name = (f) => f; // in case the transpiler that loaded the main thread named functions
     const chainSegment = ${chainSegment.toString()};
     const hashHexOf = ${hashHexOf.toString()};
+    const outputPool = ${outputPool.toString()};
     const hashHex = hashHexOf(crypto);
+    const pool = outputPool();
     const state = { seq: workerData.seq, hash: workerData.hash, defs: [], lastMs: NaN, lastTime: '' };
     parentPort.on('message', (m) => {
-      const r = chainSegment(m.nums, m.n, m.text, state, workerData.prefix, hashHex);
+      for (const b of m.spare) pool.give(b);
+      const r = chainSegment(m.nums, m.n, m.text, state, workerData.prefix, hashHex, pool.alloc);
       const out = new Uint8Array(r.out.buffer, r.out.byteOffset, r.out.length);
       parentPort.postMessage({ id: m.id, out, end: r.end, count: r.count, seq: state.seq, hash: state.hash, nums: m.nums, text: m.text }, [out.buffer, m.nums.buffer, m.text.buffer]);
     });
@@ -174,6 +233,7 @@ export function workerChainer(tip: { seq: number; hash: string }, prefix: string
   const worker = new Worker(source, { eval: true, workerData: { seq: tip.seq, hash: tip.hash, prefix } });
   worker.unref();
   let nextId = 0;
+  let spare: ArrayBuffer[] = [];
   let failure: Error | null = null;
   const pending = new Map<number, { resolve: (r: ChainResult) => void; reject: (e: Error) => void }>();
   const fail = (err: Error) => {
@@ -197,9 +257,13 @@ export function workerChainer(tip: { seq: number; hash: string }, prefix: string
         }
         const id = nextId++;
         pending.set(id, { resolve, reject });
-        const request: ChainRequest = { id, nums, n, text };
-        worker.postMessage(request, [nums.buffer as ArrayBuffer, text.buffer as ArrayBuffer]);
+        const request: ChainRequest = { id, nums, n, text, spare };
+        worker.postMessage(request, [nums.buffer as ArrayBuffer, text.buffer as ArrayBuffer, ...spare]);
+        spare = [];
       }),
+    recycle: (buffer) => {
+      if (spare.length < 4) spare.push(buffer);
+    },
     close: async () => {
       failure ??= new Error('the audit chaining thread was stopped');
       await worker.terminate();

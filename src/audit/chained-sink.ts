@@ -65,8 +65,8 @@ const MAX_READY_BYTES = 64 << 20;
  * A segment smaller than this waits up to DISPATCH_INTERVAL_MS (from the last dispatch) for more
  * records: each hand-over to the chaining thread costs tens of microseconds on both threads.
  */
-const MIN_DISPATCH_RECORDS = 2048;
-const DISPATCH_INTERVAL_MS = 20;
+const MIN_DISPATCH_RECORDS = 4096;
+const DISPATCH_INTERVAL_MS = 50;
 /** Definitions kept before the table starts over (ids are then reused, in order). */
 const MAX_DEFS = 4096;
 const LOUD_LOG_INTERVAL_MS = 5000;
@@ -558,17 +558,19 @@ export class ChainedAuditSink implements AuditSink {
     this.wake();
   }
 
-  /** Writes the chained batches in order; on failure keeps them (the retry writes the same bytes). */
+  /**
+   * Writes the chained batches in order, one write each (a batch holds a whole segment: up to
+   * thousands of records); on failure keeps them (the retry writes the same bytes). A written
+   * batch's buffer goes back to the chaining side for reuse.
+   */
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
       for (;;) {
-        if (this.ready.length === 0) break;
-        // Everything chained while the last write was in flight goes out in one write.
-        const data = this.takeReady();
-        const batches = this.ready.length;
-        const count = this.readyCount;
+        const batch = this.ready[0];
+        if (batch === undefined) break;
+        const data = batch.buffer.subarray(batch.start, batch.end);
         try {
           if (this.needsRollback) {
             await this.output.rollback?.();
@@ -580,10 +582,11 @@ export class ChainedAuditSink implements AuditSink {
           this.onFailure(err);
           break;
         }
-        this.ready.splice(0, batches);
-        this.readyCount -= count;
+        this.ready.shift();
+        this.readyCount -= batch.count;
         this.readyBytes -= data.length;
-        this.written += count;
+        this.written += batch.count;
+        this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
         if (this.failedSince !== null) this.onRecovery();
@@ -594,22 +597,6 @@ export class ChainedAuditSink implements AuditSink {
       this.running = false;
       this.wake();
     }
-  }
-
-  /**
-   * The ready batches as one buffer: the batch itself when there is one, else a copy. The
-   * batches stay in `ready` until the write succeeds.
-   */
-  private takeReady(): Buffer {
-    if (this.ready.length === 1) {
-      const b = this.ready[0] as Batch;
-      return b.buffer.subarray(b.start, b.end);
-    }
-    const merged = Buffer.concat(this.ready.map((b) => b.buffer.subarray(b.start, b.end)));
-    // Keep the copy as the only ready batch, so a retry after a failure writes the same bytes.
-    const count = this.readyCount;
-    this.ready = [{ buffer: merged, start: 0, end: merged.length, count }];
-    return merged;
   }
 
   private async syncNow(): Promise<boolean> {
