@@ -40,7 +40,7 @@ type Mode = 'off' | 'denials' | 'publishes' | 'all';
 const MODES: Record<Mode, { label: string; audit: ConfigInput['audit'] }> = {
   off: { label: 'audit off', audit: { sink: 'none' } },
   denials: { label: 'connects + denials audited (default)', audit: { sink: 'file' } },
-  publishes: { label: 'allowed publishes audited (and connects, denials)', audit: { sink: 'file', allowed: { publish: true } } },
+  publishes: { label: 'allowed publishes audited (and connects, denials)', audit: { sink: 'file', allowed: { publish: true }, ...(process.env.BENCH_AUDIT_QUEUE ? { maxQueue: Number(process.env.BENCH_AUDIT_QUEUE) } : {}) } },
   all: { label: 'every publish and delivery audited', audit: { sink: 'file', allowed: { publish: true, deliver: true } } },
 };
 

@@ -25,6 +25,8 @@ export interface AuditOutput {
   /** Called before each write; a file output may rotate here. */
   prepare?(batchBytes: number): Promise<void>;
   write(data: Buffer): Promise<void>;
+  /** Writes several buffers, in order, as one write (one system call where it can). */
+  writev?(chunks: Buffer[]): Promise<void>;
   /** Undoes a partial write before a failed batch is retried. */
   rollback?(): Promise<void>;
   sync?(): Promise<void>;
@@ -84,6 +86,8 @@ interface Batch {
   end: number;
   count: number;
 }
+/** At most this much goes out in one write when several batches are ready. */
+const MAX_WRITE_BYTES = 32 << 20;
 
 /** Records laid out for chaining (see chain-segment.ts): numbers and JSON text. */
 class Segment {
@@ -134,7 +138,7 @@ export class ChainedAuditSink implements AuditSink {
   private sealed: (Segment | CheckpointMark)[] = [];
   private sealedRecords = 0;
   private inflightRecords = 0;
-  private inflight = false;
+  private inflightSegments = 0;
   private spare: Segment[] = [];
   private chainer: Chainer;
   /** Chained batches not yet written, oldest first. */
@@ -397,7 +401,7 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   private idle(): boolean {
-    return !this.running && !this.inflight && !this.signing && this.sealed.length === 0 && this.open.records === 0 && this.ready.length === 0 && this.droppedUnreported === 0;
+    return !this.running && this.inflightSegments === 0 && !this.signing && this.sealed.length === 0 && this.open.records === 0 && this.ready.length === 0 && this.droppedUnreported === 0;
   }
 
   async close(): Promise<void> {
@@ -456,13 +460,14 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
-   * Sends the next sealed segment (sealing the open one when none is) to be chained; one at a
-   * time, so records are chained in order and the next segment fills meanwhile. Nothing is
-   * chained while writes fail or while too much waits for the disk: records wait in their
-   * segments (and count against the bound).
+   * Sends the sealed segments (sealing the open one when it is due) to be chained. Several can
+   * be in flight: the chaining thread takes them in order, and under load the broker's thread may
+   * only look at its replies once per event-loop turn, which can be long. A checkpoint waits
+   * until everything before it is chained. Nothing is chained while writes fail or while too much
+   * waits for the disk: records wait in their segments (and count against the bound).
    */
   private pump(): void {
-    if (this.inflight || this.signing || this.failedSince !== null || this.readyBytes >= MAX_READY_BYTES) return;
+    if (this.signing || this.failedSince !== null || this.readyBytes >= MAX_READY_BYTES) return;
     if (this.droppedUnreported > 0) {
       const count = this.droppedUnreported;
       this.droppedUnreported = 0;
@@ -471,8 +476,7 @@ export class ChainedAuditSink implements AuditSink {
         Date.now(),
       );
     }
-    if (this.sealed.length === 0) {
-      if (this.open.records === 0) return;
+    if (this.sealed.length === 0 && this.open.records > 0) {
       const wait = this.lastDispatch + DISPATCH_INTERVAL_MS - Date.now();
       if (this.open.records < MIN_DISPATCH_RECORDS && wait > 0 && this.flushing === 0 && !this.closed) {
         if (this.dispatchTimer === null) {
@@ -486,18 +490,22 @@ export class ChainedAuditSink implements AuditSink {
       }
       this.seal();
     }
-    const next = this.sealed.shift();
-    if (next === undefined) return;
-    if (next instanceof Segment) {
-      this.sealedRecords -= next.records;
-      this.dispatch(next);
-    } else {
+    for (let next = this.sealed[0]; next !== undefined; next = this.sealed[0]) {
+      if (next instanceof Segment) {
+        this.sealed.shift();
+        this.sealedRecords -= next.records;
+        this.dispatch(next);
+        continue;
+      }
+      if (this.inflightSegments > 0) return; // the checkpoint signs the chain as it stands after them
+      this.sealed.shift();
       this.signing = true;
       void this.signCheckpoint(next.checkpointAt).finally(() => {
         this.signing = false;
         this.pump();
         this.wake();
       });
+      return;
     }
   }
 
@@ -518,12 +526,13 @@ export class ChainedAuditSink implements AuditSink {
 
   private dispatch(seg: Segment): void {
     this.lastDispatch = Date.now();
-    this.inflight = true;
-    this.inflightRecords = seg.records;
-    this.chainer.chain(seg.nums, seg.n, seg.text.subarray(0, seg.used)).then(
+    this.inflightSegments++;
+    this.inflightRecords += seg.records;
+    const chainer = this.chainer;
+    chainer.chain(seg.nums, seg.n, seg.text.subarray(0, seg.used)).then(
       (r) => {
-        this.inflight = false;
-        this.inflightRecords = 0;
+        this.inflightSegments--;
+        this.inflightRecords -= seg.records;
         this.tip = { seq: r.seq, hash: r.hash };
         if (r.count > 0) {
           this.ready.push({ buffer: r.out, start: 0, end: r.end, count: r.count });
@@ -535,7 +544,9 @@ export class ChainedAuditSink implements AuditSink {
         this.pump();
         this.wake();
       },
-      (err: Error) => this.onChainerFailure(err, seg.records),
+      (err: Error) => {
+        if (chainer === this.chainer) this.onChainerFailure(err);
+      },
     );
   }
 
@@ -543,15 +554,16 @@ export class ChainedAuditSink implements AuditSink {
    * The chaining thread died: the records it held, and those laid out for it (they name its
    * definitions), are lost. Count them as dropped (the chain says so), and chain on this thread.
    */
-  private onChainerFailure(err: Error, inflight: number): void {
-    this.inflight = false;
+  private onChainerFailure(err: Error): void {
+    const lost = this.inflightRecords + this.sealedRecords + this.open.records;
+    this.inflightSegments = 0;
     this.inflightRecords = 0;
-    const lost = inflight + this.sealedRecords + this.open.records;
     this.options.log.error({ err: err.message, lost }, 'AUDIT CHAINING FAILED: chaining on the main thread from now on');
     this.sealed = this.sealed.filter((s) => !(s instanceof Segment));
     this.sealedRecords = 0;
     this.open = new Segment();
     this.resetDefs();
+    void this.chainer.close().catch(() => {});
     this.chainer = inlineChainer(this.tip, RECORD_PREFIX);
     if (lost > 0) this.drop(lost);
     this.pump();
@@ -559,34 +571,46 @@ export class ChainedAuditSink implements AuditSink {
   }
 
   /**
-   * Writes the chained batches in order, one write each (a batch holds a whole segment: up to
-   * thousands of records); on failure keeps them (the retry writes the same bytes). A written
-   * batch's buffer goes back to the chaining side for reuse.
+   * Writes the chained batches in order: all that are ready (up to MAX_WRITE_BYTES) in one write
+   * when the output can write several buffers at once, because under load the broker's thread
+   * sees a write finish only once per event-loop turn. On failure the batches are kept; the
+   * retry writes them again (the output first cuts off what the failed write left). Written
+   * batches' buffers go back to the chaining side for reuse.
    */
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
       for (;;) {
-        const batch = this.ready[0];
-        if (batch === undefined) break;
-        const data = batch.buffer.subarray(batch.start, batch.end);
+        if (this.ready.length === 0) break;
+        let take = 1;
+        let bytes = (this.ready[0] as Batch).end - (this.ready[0] as Batch).start;
+        if (this.output.writev !== undefined) {
+          for (; take < this.ready.length; take++) {
+            const b = this.ready[take] as Batch;
+            if (bytes + b.end - b.start > MAX_WRITE_BYTES) break;
+            bytes += b.end - b.start;
+          }
+        }
+        const chunks = this.ready.slice(0, take).map((b) => b.buffer.subarray(b.start, b.end));
         try {
           if (this.needsRollback) {
             await this.output.rollback?.();
             this.needsRollback = false;
           }
-          await this.output.prepare?.(data.length);
-          await this.output.write(data);
+          await this.output.prepare?.(bytes);
+          if (take === 1) await this.output.write(chunks[0] as Buffer);
+          else await (this.output.writev as (chunks: Buffer[]) => Promise<void>)(chunks);
         } catch (err) {
           this.onFailure(err);
           break;
         }
-        this.ready.shift();
-        this.readyCount -= batch.count;
-        this.readyBytes -= data.length;
-        this.written += batch.count;
-        this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
+        for (const batch of this.ready.splice(0, take)) {
+          this.readyCount -= batch.count;
+          this.readyBytes -= batch.end - batch.start;
+          this.written += batch.count;
+          this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
+        }
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
         if (this.failedSince !== null) this.onRecovery();

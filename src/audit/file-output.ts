@@ -16,6 +16,8 @@ import { ensureDir } from '../util/fs.ts';
 /** The two calls a disk failure shows up in; injectable so tests can simulate ENOSPC or EACCES. */
 export interface AuditFileIO {
   write(fd: number, data: Buffer): Promise<void>;
+  /** Several buffers in order; without it they are written one after the other. */
+  writev?(fd: number, chunks: Buffer[]): Promise<void>;
   fsync(fd: number): Promise<void>;
 }
 
@@ -27,6 +29,21 @@ export const nodeFileIO: AuditFileIO = {
         fs.write(fd, data, off, data.length - off, null, (err, n) => (err ? reject(err) : resolve({ bytesWritten: n }))),
       );
       off += bytesWritten;
+    }
+  },
+  async writev(fd, chunks) {
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const written = await new Promise<number>((resolve, reject) => fs.writev(fd, chunks, null, (err, n) => (err ? reject(err) : resolve(n))));
+    if (written === total) return;
+    // A short write (rare for a regular file): the rest, buffer by buffer.
+    let skip = written;
+    for (const c of chunks) {
+      if (skip >= c.length) {
+        skip -= c.length;
+        continue;
+      }
+      await nodeFileIO.write(fd, skip > 0 ? c.subarray(skip) : c);
+      skip = 0;
     }
   },
   fsync: (fd) => new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve()))),
@@ -84,6 +101,14 @@ export class FileAuditOutput implements AuditOutput {
     if (this.fd === null) await this.reopen();
     await this.io.write(this.fd as number, data);
     this.size += data.length;
+  }
+
+  async writev(chunks: Buffer[]): Promise<void> {
+    if (this.fd === null) await this.reopen();
+    const fd = this.fd as number;
+    if (this.io.writev !== undefined) await this.io.writev(fd, chunks);
+    else for (const c of chunks) await this.io.write(fd, c);
+    for (const c of chunks) this.size += c.length;
   }
 
   /** Cuts a partly written batch off before it is retried, so no torn record stays in the file. */
