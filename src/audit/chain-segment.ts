@@ -12,7 +12,8 @@
  * Layout of `nums`, entry after entry:
  * - a definition: `-1, id, start, length` (the piece's text is `text[start, start + length)`);
  * - a record: `timeMs, pieceCount, piece…`, where a piece is a definition id (>= 0) or an
- *   inline text `-(start + 1), length`.
+ *   inline text `-(start + 1), length`; a negative length means the text is to be put in
+ *   quotes (a JSON string that needs no escaping, sent without them).
  */
 import { Worker } from 'node:worker_threads';
 import crypto from 'node:crypto';
@@ -71,7 +72,7 @@ export function chainSegment(
       const p = (nums[k] as number) | 0;
       if (p >= 0) need += (state.defs[p] as Buffer).length;
       else {
-        need += (nums[k + 1] as number) | 0;
+        need += Math.abs((nums[k + 1] as number) | 0) + 2;
         k++;
         end++;
       }
@@ -103,10 +104,16 @@ export function chainSegment(
         continue;
       }
       const from = -p - 1;
-      const len = (nums[k++] as number) | 0;
+      let len = (nums[k++] as number) | 0;
+      const quote = len < 0;
+      if (quote) {
+        len = -len;
+        out[at++] = 0x22; // "
+      }
       if (len > 48) out.set(text.subarray(from, from + len), at);
       else for (let j = 0; j < len; j++) out[at + j] = text[from + j] as number;
       at += len;
+      if (quote) out[at++] = 0x22;
     }
     at += out.latin1Write(',"prev":"', at);
     at += out.latin1Write(state.hash, at);

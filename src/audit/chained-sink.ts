@@ -15,7 +15,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.ts';
 import { signCheckpoint } from './checkpoint.ts';
 import { inlineChainer, workerChainer, type Chainer } from './chain-segment.ts';
-import { GENESIS, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
+import { GENESIS, isPlainJson, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
 import type { AuditEvent, AuditEventName, AuditHealth, AuditSink, AuditWho } from './types.ts';
 
 /** Where the serialized batches go. */
@@ -77,7 +77,7 @@ const LOUD_LOG_INTERVAL_MS = 5000;
  * Node's Buffer has these encoder methods under `write`; `write` itself spends as long checking
  * its arguments as the encoding of a short piece takes.
  */
-type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number };
+type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number; latin1Write(text: string, offset: number): number };
 
 /** Chained lines waiting to be written: `buffer[start, end)`, `count` lines. */
 interface Batch {
@@ -98,7 +98,7 @@ class Segment {
   text: RawBuffer;
 
   constructor(nums?: Float64Array, text?: Uint8Array) {
-    this.nums = nums ?? new Float64Array(16384);
+    this.nums = nums ?? new Float64Array(65536);
     // Its own memory (not Node's shared pool): it is moved to the chaining thread and back.
     this.text = (text !== undefined ? Buffer.from(text.buffer, text.byteOffset, text.byteLength) : Buffer.allocUnsafeSlow(256 * 1024)) as RawBuffer;
   }
@@ -124,6 +124,19 @@ class Segment {
     return start;
   }
 
+  /** Appends `text` (printable ASCII, no quotes or backslashes) as an inline piece the chaining side puts in quotes. */
+  inlineQuoted(text: string): void {
+    if (this.used + text.length > this.text.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + text.length)) as RawBuffer;
+      this.text.copy(bigger, 0, 0, this.used);
+      this.text = bigger;
+    }
+    const start = this.used;
+    this.used += this.text.latin1Write(text, start);
+    this.nums[this.n++] = -(start + 1);
+    this.nums[this.n++] = start - this.used;
+  }
+
   /** Appends an inline piece reference for `text` at nums[n], nums[n+1] (room must be made). */
   inline(text: string): void {
     const start = this.write(text);
@@ -131,6 +144,13 @@ class Segment {
     this.nums[this.n++] = this.used - start;
   }
 }
+
+/**
+ * The definition ids of a `who`'s pieces, kept on the object itself (the broker passes the same
+ * one for every decision of a connection): a property read is cheaper than a WeakMap lookup.
+ */
+const WHO_IDS = Symbol('audit definition ids');
+type WhoWithIds = AuditWho & { [WHO_IDS]?: { sink: ChainedAuditSink; gen: number; a: number; b: number } };
 
 export class ChainedAuditSink implements AuditSink {
   /** The segment being filled; sealed segments (and checkpoints) wait their turn, in order. */
@@ -157,7 +177,7 @@ export class ChainedAuditSink implements AuditSink {
   private heads = new Map<string, Map<number, number>>();
   private valueIds: Map<string, number>[] = [new Map(), new Map(), new Map(), new Map()];
   private qosRetainIds: number[] = [];
-  private whoIds = new WeakMap<AuditWho, { gen: number; a: number; b: number }>();
+
   /** The writer is running. */
   private running = false;
   private scheduled = false;
@@ -256,9 +276,10 @@ export class ChainedAuditSink implements AuditSink {
     const headKey = decision === 'allow' ? reasonCode * 2 : reasonCode * 2 + 1;
     let head = heads.get(headKey);
     if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', event) + serializeField(',"decision":', decision) + serializeField(',"reasonCode":', reasonCode))));
-    let ids = this.whoIds.get(who);
-    if (ids === undefined || ids.gen !== this.defGen) {
+    let ids = (who as WhoWithIds)[WHO_IDS];
+    if (ids === undefined || ids.sink !== this || ids.gen !== this.defGen) {
       ids = {
+        sink: this,
         gen: this.defGen,
         a: this.define(
           serializeField(',"listener":', who.listener) +
@@ -270,7 +291,7 @@ export class ChainedAuditSink implements AuditSink {
         ),
         b: this.define(`${serializeField(',"certFingerprint":', who.certFingerprint)}${serializeField(',"certSubject":', who.certSubject)},"topic":`),
       };
-      this.whoIds.set(who, ids);
+      (who as WhoWithIds)[WHO_IDS] = ids;
     }
     const reasonId = reason === undefined ? -1 : this.valueId(0, ',"reason":', reason);
     const decidedById = decidedBy === undefined ? -1 : this.valueId(1, ',"decidedBy":', decidedBy);
@@ -291,7 +312,8 @@ export class ChainedAuditSink implements AuditSink {
     if (decidedById >= 0) ((nums[seg.n++] = decidedById), pieces++);
     if (ruleId >= 0) ((nums[seg.n++] = ruleId), pieces++);
     nums[seg.n++] = ids.b;
-    seg.inline(jsonString(topic));
+    if (isPlainJson(topic)) seg.inlineQuoted(topic);
+    else seg.inline(jsonString(topic));
     nums[seg.n++] = qrId;
     if (policyId >= 0) ((nums[seg.n++] = policyId), pieces++);
     nums[countAt] = pieces + 1;
@@ -539,7 +561,7 @@ export class ChainedAuditSink implements AuditSink {
           this.readyCount += r.count;
           this.readyBytes += r.end;
         }
-        if (this.spare.length < 2) this.spare.push(new Segment(r.nums, new Uint8Array(r.text.buffer)));
+        if (this.spare.length < 8) this.spare.push(new Segment(r.nums, new Uint8Array(r.text.buffer)));
         void this.run();
         this.pump();
         this.wake();

@@ -45,11 +45,16 @@ export function escapeUnsafe(text: string): string {
  * A plain loop, because a RegExp call costs more than scanning a short client id or topic.
  */
 export function jsonString(text: string): string {
+  return isPlainJson(text) ? `"${text}"` : escapeUnsafe(JSON.stringify(text));
+}
+
+/** True when `text` is printable ASCII without quotes or backslashes: its JSON string is itself in quotes. */
+export function isPlainJson(text: string): boolean {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return escapeUnsafe(JSON.stringify(text));
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
   }
-  return `"${text}"`;
+  return true;
 }
 
 /** One JSON value as `escapeUnsafe(JSON.stringify(value))` writes it; undefined when JSON leaves the field out. */
