@@ -87,7 +87,7 @@ interface Batch {
   count: number;
 }
 /** At most this much goes out in one write when several batches are ready. */
-const MAX_WRITE_BYTES = 32 << 20;
+const MAX_WRITE_BYTES = 16 << 20;
 
 /** Records laid out for chaining (see chain-segment.ts): numbers and JSON text. */
 class Segment {
