@@ -54,7 +54,57 @@ type MqttParser = MP.Parser & {
   _parseProperties: () => object | false;
   settings: { protocolVersion?: number };
   packet: { length: number };
+  _resetState(): void;
 };
+
+const NO_SETTINGS: { protocolVersion?: number } = Object.freeze({});
+const SETTINGS: Record<number, { protocolVersion: number }> = { 3: Object.freeze({ protocolVersion: 3 }), 4: Object.freeze({ protocolVersion: 4 }), 5: Object.freeze({ protocolVersion: 5 }) };
+
+/** The reader whose frame the shared parser is parsing (parse() is synchronous). */
+let parsing: PacketReader | null = null;
+let shared: MqttParser | null = null;
+
+/**
+ * One mqtt-packet parser for every connection: frames are whole when they reach it, so between
+ * two frames it holds no state but the protocol version, which each reader sets before parsing
+ * (a parser per connection cost about 1.5 KiB each, and kept the CONNECT packet, password
+ * included, as its settings). Its hooks report to the reader being parsed.
+ */
+function sharedParser(): MqttParser {
+  if (shared !== null) return shared;
+  const parser = mqtt.parser() as MqttParser;
+  const parseString = parser._parseString.bind(parser);
+  // Check every decoded string for well-formed UTF-8 without U+0000 [MQTT-1.5.4-1..2].
+  parser._parseString = (maybeBuffer?: boolean) => {
+    const start = parser._pos + 2;
+    const result = parseString(maybeBuffer);
+    const reader = parsing;
+    if (result !== null && reader !== null && reader.badString === null) {
+      const end = parser._pos;
+      if (result.includes('\u0000')) reader.badString = 'a string contains U+0000';
+      else if (result.includes('\uFFFD') && !isUtf8(parser._list.slice(start, end))) {
+        reader.badString = 'a string is not valid UTF-8';
+      }
+    }
+    return result;
+  };
+  const parseProperties = parser._parseProperties.bind(parser);
+  parser._parseProperties = () => {
+    const start = parser._pos;
+    const result = parseProperties();
+    const reader = parsing;
+    if (result !== false && reader !== null && reader.repeated === null) reader.repeated = repeatedProperty(parser._list.slice(start, parser._pos));
+    return result;
+  };
+  parser.on('packet', (packet: Packet) => {
+    if (parsing !== null) parsing.parsed = packet;
+  });
+  parser.on('error', (error: Error) => {
+    if (parsing !== null) parsing.parseError = error;
+  });
+  shared = parser;
+  return parser;
+}
 
 /**
  * Turns a byte stream into packets. Each complete frame is handed to mqtt-packet on its own, so
@@ -65,12 +115,14 @@ export class PacketReader {
   private parts: Buffer[] | null = null;
   private partsLength = 0;
   private need = 0;
-  private readonly parser: MqttParser;
-  private badString: string | null = null;
+  /** What the shared parser is told about this connection: the version its CONNECT declared. */
+  private settings: { protocolVersion?: number } = NO_SETTINGS;
+  /** Set by the parser hooks while this reader's frame is being parsed. */
+  badString: string | null = null;
   /** A property identifier found twice in the frame being decoded. */
-  private repeated: number | null = null;
-  private parsed: Packet | null = null;
-  private parseError: Error | null = null;
+  repeated: number | null = null;
+  parsed: Packet | null = null;
+  parseError: Error | null = null;
   /** Set after CONNECT; until then only a CONNECT of at most `maxConnectSize` is accepted. */
   connected = false;
   /** Set when an error was reported; the reader then ignores further input. */
@@ -80,41 +132,11 @@ export class PacketReader {
     private readonly limits: ReaderLimits,
     private readonly onPacket: (packet: Packet) => void,
     private readonly onError: (error: CodecError) => void,
-  ) {
-    const parser = mqtt.parser() as MqttParser;
-    const parseString = parser._parseString.bind(parser);
-    // Check every decoded string for well-formed UTF-8 without U+0000 [MQTT-1.5.4-1..2].
-    parser._parseString = (maybeBuffer?: boolean) => {
-      const start = parser._pos + 2;
-      const result = parseString(maybeBuffer);
-      if (result !== null && this.badString === null) {
-        const end = parser._pos;
-        if (result.includes('\u0000')) this.badString = 'a string contains U+0000';
-        else if (result.includes('\uFFFD') && !isUtf8(parser._list.slice(start, end))) {
-          this.badString = 'a string is not valid UTF-8';
-        }
-      }
-      return result;
-    };
-    const parseProperties = parser._parseProperties.bind(parser);
-    parser._parseProperties = () => {
-      const start = parser._pos;
-      const result = parseProperties();
-      if (result !== false && this.repeated === null) this.repeated = repeatedProperty(parser._list.slice(start, parser._pos));
-      return result;
-    };
-    parser.on('packet', (packet: Packet) => {
-      this.parsed = packet;
-    });
-    parser.on('error', (error: Error) => {
-      this.parseError = error;
-    });
-    this.parser = parser;
-  }
+  ) {}
 
   /** The protocol version the CONNECT declared (4 until then). */
   get protocolVersion(): ProtocolVersion {
-    return (this.parser.settings.protocolVersion as ProtocolVersion | undefined) ?? 4;
+    return (this.settings.protocolVersion as ProtocolVersion | undefined) ?? 4;
   }
 
   push(chunk: Buffer): void {
@@ -180,7 +202,25 @@ export class PacketReader {
     this.parseError = null;
     this.badString = null;
     this.repeated = null;
-    this.parser.parse(frame);
+    const parser = sharedParser();
+    parser.settings = this.settings;
+    parsing = this;
+    try {
+      parser.parse(frame);
+    } finally {
+      parsing = null;
+    }
+    // A frame is parsed whole; anything left in the parser (an error, a length that did not
+    // match) must not reach the next connection's frame.
+    if (this.parseError !== null || this.parsed === null || parser._list.length > 0 || parser.packet.length !== -1) {
+      // _resetState() leaves the read position where the error stopped it, and the next
+      // header's length is read from there: it must start at 0.
+      parser._resetState();
+      parser._pos = 0;
+    }
+    const parsedNow = this.parsed as Packet | null;
+    if (parsedNow !== null && parsedNow.cmd === 'connect') this.settings = SETTINGS[parsedNow.protocolVersion ?? 4] ?? NO_SETTINGS;
+    parser.settings = NO_SETTINGS;
     if (this.parseError !== null) {
       const message = (this.parseError as Error).message;
       const reason = /protocol version|Invalid protocolId/i.test(message)
