@@ -64,11 +64,14 @@ const MAX_SEGMENT_BYTES = 1 << 20;
  */
 const MAX_READY_BYTES = 64 << 20;
 /**
- * A segment smaller than this waits up to DISPATCH_INTERVAL_MS (from the last dispatch) for more
- * records: each hand-over to the chaining thread costs tens of microseconds on both threads.
+ * A segment smaller than this waits (from the last dispatch) for more records, at most a fifth
+ * of the fsync interval and at most MAX_DISPATCH_INTERVAL_MS: each hand-over to the chaining
+ * thread and each write costs the broker's thread about a hundred microseconds, which at a
+ * moderate rate weighs more than the records themselves. With fsync after every write
+ * (fsyncIntervalMs 0) nothing waits.
  */
 const MIN_DISPATCH_RECORDS = 4096;
-const DISPATCH_INTERVAL_MS = 50;
+const MAX_DISPATCH_INTERVAL_MS = 200;
 /** Definitions kept before the table starts over (ids are then reused, in order). */
 const MAX_DEFS = 4096;
 const LOUD_LOG_INTERVAL_MS = 5000;
@@ -167,6 +170,7 @@ export class ChainedAuditSink implements AuditSink {
   private readyBytes = 0;
   private signing = false;
   private lastDispatch = 0;
+  private readonly dispatchIntervalMs: number;
   private dispatchTimer: NodeJS.Timeout | null = null;
   /** flush() is waiting: small segments go at once. */
   private flushing = 0;
@@ -202,6 +206,7 @@ export class ChainedAuditSink implements AuditSink {
     private readonly options: ChainedSinkOptions,
   ) {
     this.tip = options.tip ?? { seq: 0, hash: GENESIS };
+    this.dispatchIntervalMs = Math.min(MAX_DISPATCH_INTERVAL_MS, Math.floor((options.fsyncIntervalMs ?? 1000) / 5));
     this.chainer = this.startChainer();
     const fsyncMs = options.fsyncIntervalMs ?? 1000;
     if (fsyncMs > 0 && output.sync) {
@@ -499,7 +504,7 @@ export class ChainedAuditSink implements AuditSink {
       );
     }
     if (this.sealed.length === 0 && this.open.records > 0) {
-      const wait = this.lastDispatch + DISPATCH_INTERVAL_MS - Date.now();
+      const wait = this.lastDispatch + this.dispatchIntervalMs - Date.now();
       if (this.open.records < MIN_DISPATCH_RECORDS && wait > 0 && this.flushing === 0 && !this.closed) {
         if (this.dispatchTimer === null) {
           this.dispatchTimer = setTimeout(() => {
