@@ -201,3 +201,37 @@ test('when the chaining thread dies, the records it held are counted, logged and
   const report = await verifyAuditFiles([file]);
   t.true(report.ok, report.problem?.message);
 });
+
+test('the stdout sink writes every record, in order, when several chained batches go out in one writev', async (t) => {
+  const { Writable } = await import('node:stream');
+  const { stdoutOutput } = await import('../src/audit/sinks.ts');
+  const chunks: Buffer[] = [];
+  // A slow reader (a pipe to a busy log shipper): chained batches pile up while a write is pending.
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(Buffer.from(chunk));
+      setTimeout(cb, 30);
+    },
+  });
+  const output = stdoutOutput(stream, 'test-stdout');
+  let writevs = 0;
+  const counted: AuditOutput = { ...output, writev: (c) => (writevs++, (output.writev as (x: Buffer[]) => Promise<void>)(c)) };
+  const sink = new ChainedAuditSink(counted, { maxQueue: 100_000, log: silentLogger(), fsyncIntervalMs: 1000 });
+  const who: AuditWho = { listener: 'tcp', clientId: 'dev-1' };
+  // More than a segment's worth in one turn: several segments are chained before the first write.
+  for (let i = 0; i < 20_000; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `t/${i}`, 0, false);
+  await sink.close();
+  const dir = tempAuditDir(t);
+  const file = path.join(dir, 'stdout.jsonl');
+  fs.writeFileSync(file, Buffer.concat(chunks));
+  const report = await verifyAuditFiles([file]);
+  t.true(report.ok, report.problem?.message);
+  t.is(report.records, 20_001);
+  const topics = Buffer.concat(chunks)
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => l.includes('"event":"publish"'))
+    .map((l) => parseRecord(l)?.topic);
+  t.deepEqual(topics, Array.from({ length: 20_000 }, (_, i) => `t/${i}`));
+  t.true(writevs >= 1, 'at least one write carried several batches');
+});

@@ -147,7 +147,9 @@ async function startNodeServer(name: 'portcullis' | 'aedes', security: Security,
   const script = path.join(benchDir, 'servers', `${name}.ts`);
   // `node --import tsx` (not `npx tsx`) so the broker is a single process whose CPU we can read.
   // --expose-gc: the idle-memory scenario asks for a collection (SIGUSR2) before reading RSS.
-  const [cmd, args] = pinned(pin, process.execPath, ['--expose-gc', '--import', 'tsx', script, '--config', config]);
+  // BENCH_BROKER_NODE_ARGS: extra Node flags for the Node brokers, e.g. "--cpu-prof --cpu-prof-dir prof".
+  const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const [cmd, args] = pinned(pin, process.execPath, ['--expose-gc', ...extra, '--import', 'tsx', script, '--config', config]);
   const child = spawn(cmd, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   const proc = wrap(name, security, child, HOST);
   const ports = await new Promise<Record<Transport, number>>((resolve, reject) => {
