@@ -209,13 +209,15 @@ test('the stdout sink writes every record, in order, when several chained batche
   // A slow reader (a pipe to a busy log shipper): chained batches pile up while a write is pending.
   const stream = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      chunks.push(Buffer.from(chunk));
-      setTimeout(cb, 30);
+      // Kept as given, not copied: the sink must not reuse a buffer a stream may still hold.
+      chunks.push(chunk);
+      setTimeout(cb, 300);
     },
   });
   const output = stdoutOutput(stream, 'test-stdout');
   let writevs = 0;
-  const counted: AuditOutput = { ...output, writev: (c) => (writevs++, (output.writev as (x: Buffer[]) => Promise<void>)(c)) };
+  let writes = 0;
+  const counted: AuditOutput = { ...output, write: (d) => (writes++, output.write(d)), writev: (c) => (writevs++, (output.writev as (x: Buffer[]) => Promise<void>)(c)) };
   const sink = new ChainedAuditSink(counted, { maxQueue: 100_000, log: silentLogger(), fsyncIntervalMs: 1000 });
   const who: AuditWho = { listener: 'tcp', clientId: 'dev-1' };
   // More than a segment's worth in one turn: several segments are chained before the first write.
@@ -233,5 +235,71 @@ test('the stdout sink writes every record, in order, when several chained batche
     .filter((l) => l.includes('"event":"publish"'))
     .map((l) => parseRecord(l)?.topic);
   t.deepEqual(topics, Array.from({ length: 20_000 }, (_, i) => `t/${i}`));
-  t.true(writevs >= 1, 'at least one write carried several batches');
+  t.true(writevs >= 1, `at least one write carried several batches (${writes} writes, ${writevs} writevs)`);
+});
+
+test('an empty topic (an UNSUBSCRIBE filter is checked after it is audited) still makes a well-formed record, the same as the serializer\'s', async (t) => {
+  const out = memoryOutput();
+  const sink = new ChainedAuditSink(out, { maxQueue: 100, log: silentLogger() });
+  const a: Access = { who: { clientId: 'c' }, event: 'unsubscribe', decision: 'deny', reasonCode: 0x87, reason: 'no', decidedBy: 'casbin', rule: undefined, policyVersion: undefined, topic: '', qos: 0, retain: false };
+  send(sink, a);
+  send(sink, { ...a, topic: 'after' });
+  await sink.close();
+  const lines = out.text().split('\n').filter((l) => l !== '');
+  const rec = parseRecord(lines[1] as string);
+  t.is(rec?.topic, '');
+  t.is(lines[1], serializeRecord(asEvent(a), 2, rec?.time ?? '', rec?.prev ?? '').line);
+  t.is(parseRecord(lines[2] as string)?.prev, rec?.hash);
+});
+
+test('an fsync that fails once, with nothing left to write, recovers: the sink is healthy again and later records are written', async (t) => {
+  const lines: string[] = [];
+  let failSync = false;
+  const output: AuditOutput = {
+    name: 'flaky-fsync',
+    write: async (data) => void lines.push(...data.toString('utf8').split('\n').filter((l) => l !== '')),
+    sync: async () => {
+      if (failSync) {
+        failSync = false;
+        throw Object.assign(new Error('EIO: simulated'), { code: 'EIO' });
+      }
+    },
+    close: async () => {},
+  };
+  const sink = new ChainedAuditSink(output, { maxQueue: 100, log: silentLogger(), fsyncIntervalMs: 0, retryMs: 20 });
+  const who: AuditWho = { clientId: 'c' };
+  failSync = true;
+  sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, 'before', 0, false);
+  await sink.flush();
+  t.false(sink.healthy(), 'the failed fsync is reported');
+  await new Promise((r) => setTimeout(r, 100));
+  t.true(sink.healthy(), 'the retried fsync succeeded');
+  sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, 'after', 0, false);
+  await sink.close();
+  const recs = lines.map((l) => parseRecord(l));
+  t.deepEqual(
+    recs.filter((r) => r?.event === 'publish').map((r) => r?.topic),
+    ['before', 'after'],
+  );
+  t.truthy(recs.find((r) => r?.action === 'recovered'), 'the recovery is recorded');
+  for (let i = 1; i < recs.length; i++) t.is(recs[i]?.prev, recs[i - 1]?.hash);
+});
+
+test('closing while every write fails counts the unwritten records once, as lost at close, not as dropped by the chaining thread', async (t) => {
+  const errors: string[] = [];
+  const log = { ...silentLogger(), error: (_o: unknown, msg?: string) => void errors.push(String(msg)) } as ReturnType<typeof silentLogger>;
+  const output: AuditOutput = {
+    name: 'full-disk',
+    write: async () => {
+      throw Object.assign(new Error('ENOSPC: simulated'), { code: 'ENOSPC' });
+    },
+    close: async () => {},
+  };
+  const sink = new ChainedAuditSink(output, { maxQueue: 100_000, log, retryMs: 10_000 });
+  const who: AuditWho = { clientId: 'c' };
+  for (let i = 0; i < 10_000; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `t/${i}`, 0, false);
+  await sink.close();
+  t.is(sink.dropped, 0);
+  t.false(errors.some((m) => m.includes('AUDIT CHAINING FAILED')));
+  t.true(errors.some((m) => m.includes('audit log closed with 10001 records that could not be written')), errors.join(' | '));
 });

@@ -66,3 +66,18 @@ test('readers of different versions interleaved keep their own version (v5 prope
   t.is((v5.packets[1] as mqttPacket.IPublishPacket).properties?.contentType, 'text/plain');
   t.is((v4.packets[3] as mqttPacket.IPublishPacket).payload.toString(), '4');
 });
+
+test('a bridge CONNECT (protocol level 0x84) still makes its subscriptions no-local and retain-as-published, as mqtt-packet reads them', (t) => {
+  const bridge = reader();
+  bridge.r.push(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, bridgeMode: true, clean: true, clientId: 'bridge', keepalive: 60 } as mqttPacket.IConnectPacket));
+  bridge.r.push(mqttPacket.generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a/#', qos: 1 }] } as mqttPacket.ISubscribePacket));
+  const plain = reader();
+  plain.r.push(connect(4, 'plain'));
+  plain.r.push(mqttPacket.generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a/#', qos: 1 }] } as mqttPacket.ISubscribePacket));
+  t.deepEqual(bridge.errors, []);
+  const sub = (bridge.packets[1] as mqttPacket.ISubscribePacket).subscriptions[0];
+  t.is(sub?.nl, true);
+  t.is(sub?.rap, true);
+  const plainSub = (plain.packets[1] as mqttPacket.ISubscribePacket).subscriptions[0];
+  t.not(plainSub?.nl, true, 'an ordinary client is not read in bridge mode');
+});

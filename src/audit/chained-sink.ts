@@ -27,6 +27,12 @@ export interface AuditOutput {
   write(data: Buffer): Promise<void>;
   /** Writes several buffers, in order, as one write (one system call where it can). */
   writev?(chunks: Buffer[]): Promise<void>;
+  /**
+   * True when the output keeps no reference to a buffer once its write has resolved: the sink
+   * then reuses the buffer (it is handed back to the chaining thread). Streams that may hold a
+   * chunk after the write callback (a PassThrough someone reads later) must leave this unset.
+   */
+  readonly releasesBuffers?: boolean;
   /** Undoes a partial write before a failed batch is retried. */
   rollback?(): Promise<void>;
   sync?(): Promise<void>;
@@ -317,7 +323,8 @@ export class ChainedAuditSink implements AuditSink {
     if (decidedById >= 0) ((nums[seg.n++] = decidedById), pieces++);
     if (ruleId >= 0) ((nums[seg.n++] = ruleId), pieces++);
     nums[seg.n++] = ids.b;
-    if (isPlainJson(topic)) seg.inlineQuoted(topic);
+    // (An empty topic goes as JSON text: its quoted form has no bytes to mark as "to be quoted".)
+    if (topic.length > 0 && isPlainJson(topic)) seg.inlineQuoted(topic);
     else seg.inline(jsonString(topic));
     nums[seg.n++] = qrId;
     if (policyId >= 0) ((nums[seg.n++] = policyId), pieces++);
@@ -438,13 +445,22 @@ export class ChainedAuditSink implements AuditSink {
     // Records that arrive during this last flush (rotation, recovery) are still written.
     await this.flush();
     this.closed = true;
+    const waitFor = (busy: () => boolean) => (async () => {
+      while (busy()) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    })();
+    // Segments still with the chaining thread (flush() returns early while writes fail) come
+    // back: count them where they are, not as lost by the thread.
+    await waitFor(() => this.inflightSegments > 0 || this.signing);
     if (this.failedSince !== null) {
       // One last attempt (after a retry already under way, if any), then say exactly what is lost.
       this.clearRetry();
-      while (this.running) await new Promise<void>((resolve) => this.waiters.push(resolve));
-      await this.run();
+      await waitFor(() => this.running);
+      await this.retry();
       if (this.failedSince === null) await this.flush();
     }
+    // No write may still be under way when the output closes.
+    await waitFor(() => this.running);
+    this.clearRetry();
     const lost = this.pendingCount;
     if (lost > 0) {
       this.options.log.error({ lost, output: this.output.name, err: this.lastError }, `audit log closed with ${lost} records that could not be written`);
@@ -527,11 +543,13 @@ export class ChainedAuditSink implements AuditSink {
       if (this.inflightSegments > 0) return; // the checkpoint signs the chain as it stands after them
       this.sealed.shift();
       this.signing = true;
-      void this.signCheckpoint(next.checkpointAt).finally(() => {
-        this.signing = false;
-        this.pump();
-        this.wake();
-      });
+      this.signCheckpoint(next.checkpointAt)
+        .catch((err: unknown) => this.options.log.error({ err: (err as Error).message }, 'AUDIT CHECKPOINT NOT SIGNED: the checkpoint is skipped'))
+        .finally(() => {
+          this.signing = false;
+          this.pump();
+          this.wake();
+        });
       return;
     }
   }
@@ -572,7 +590,12 @@ export class ChainedAuditSink implements AuditSink {
         this.wake();
       },
       (err: Error) => {
-        if (chainer === this.chainer) this.onChainerFailure(err);
+        if (chainer === this.chainer && !this.closed) this.onChainerFailure(err);
+        else if (chainer === this.chainer) {
+          // Closing: the records are counted in the "closed with N records lost" line.
+          this.inflightSegments--;
+          this.wake();
+        }
       },
     );
   }
@@ -636,7 +659,7 @@ export class ChainedAuditSink implements AuditSink {
           this.readyCount -= batch.count;
           this.readyBytes -= batch.end - batch.start;
           this.written += batch.count;
-          this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
+          if (this.output.releasesBuffers === true) this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
         }
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
@@ -680,11 +703,29 @@ export class ChainedAuditSink implements AuditSink {
       this.clearRetry();
       this.retryTimer = setTimeout(() => {
         this.retryTimer = null;
-        void this.run();
+        void this.retry();
       }, this.options.retryMs ?? 1000);
       this.retryTimer.unref();
     }
     this.wake();
+  }
+
+  /**
+   * Tries again after a failure: the held batches when there are any; otherwise the failure was
+   * an fsync with nothing left to write, so the fsync is what is retried (without this, a failed
+   * fsync with an empty queue would never be seen to recover, and nothing would be chained).
+   */
+  private async retry(): Promise<void> {
+    if (this.ready.length > 0 || this.running) {
+      await this.run();
+      return;
+    }
+    this.dirty = true;
+    if (await this.syncNow()) {
+      if (this.failedSince !== null) this.onRecovery();
+      this.pump();
+      this.wake();
+    }
   }
 
   private onRecovery(): void {

@@ -66,6 +66,8 @@ export interface FileOutputOptions {
 }
 
 export class FileAuditOutput implements AuditOutput {
+  /** Writes are complete when they resolve: the sink may reuse the buffers. */
+  readonly releasesBuffers = true;
   readonly name: string;
   private fd: number | null;
   private size: number;
@@ -115,7 +117,8 @@ export class FileAuditOutput implements AuditOutput {
   async rollback(): Promise<void> {
     if (this.fd === null) return;
     const fd = this.fd;
-    await new Promise<void>((resolve) => fs.ftruncate(fd, this.size, () => resolve()));
+    // A failed truncation fails the retry (it is tried again), so a torn record never stays.
+    await new Promise<void>((resolve, reject) => fs.ftruncate(fd, this.size, (err) => (err ? reject(err) : resolve())));
   }
 
   async sync(): Promise<void> {

@@ -52,13 +52,20 @@ type MqttParser = MP.Parser & {
   _pos: number;
   _parseString: (maybeBuffer?: boolean) => string | null;
   _parseProperties: () => object | false;
-  settings: { protocolVersion?: number };
+  settings: ParserSettings;
   packet: { length: number };
   _resetState(): void;
 };
 
-const NO_SETTINGS: { protocolVersion?: number } = Object.freeze({});
-const SETTINGS: Record<number, { protocolVersion: number }> = { 3: Object.freeze({ protocolVersion: 3 }), 4: Object.freeze({ protocolVersion: 4 }), 5: Object.freeze({ protocolVersion: 5 }) };
+type ParserSettings = { protocolVersion?: number; bridgeMode?: boolean };
+const NO_SETTINGS: ParserSettings = Object.freeze({});
+const SETTINGS: Record<number, ParserSettings> = { 3: Object.freeze({ protocolVersion: 3 }), 4: Object.freeze({ protocolVersion: 4 }), 5: Object.freeze({ protocolVersion: 5 }) };
+/** A bridge's CONNECT (protocol level | 0x80): mqtt-packet then reads its subscriptions as no-local, retain-as-published. */
+const BRIDGE_SETTINGS: Record<number, ParserSettings> = {
+  3: Object.freeze({ protocolVersion: 3, bridgeMode: true }),
+  4: Object.freeze({ protocolVersion: 4, bridgeMode: true }),
+  5: Object.freeze({ protocolVersion: 5, bridgeMode: true }),
+};
 
 /** The reader whose frame the shared parser is parsing (parse() is synchronous). */
 let parsing: PacketReader | null = null;
@@ -116,7 +123,7 @@ export class PacketReader {
   private partsLength = 0;
   private need = 0;
   /** What the shared parser is told about this connection: the version its CONNECT declared. */
-  private settings: { protocolVersion?: number } = NO_SETTINGS;
+  private settings: ParserSettings = NO_SETTINGS;
   /** Set by the parser hooks while this reader's frame is being parsed. */
   badString: string | null = null;
   /** A property identifier found twice in the frame being decoded. */
@@ -205,22 +212,27 @@ export class PacketReader {
     const parser = sharedParser();
     parser.settings = this.settings;
     parsing = this;
+    let clean = false;
     try {
       parser.parse(frame);
+      clean = this.parseError === null && this.parsed !== null && parser._list.length === 0 && parser.packet.length === -1;
     } finally {
       parsing = null;
-    }
-    // A frame is parsed whole; anything left in the parser (an error, a length that did not
-    // match) must not reach the next connection's frame.
-    if (this.parseError !== null || this.parsed === null || parser._list.length > 0 || parser.packet.length !== -1) {
-      // _resetState() leaves the read position where the error stopped it, and the next
-      // header's length is read from there: it must start at 0.
-      parser._resetState();
-      parser._pos = 0;
+      parser.settings = NO_SETTINGS;
+      // A frame is parsed whole; anything left in the parser (an error, a throw, a length that
+      // did not match) must not reach the next connection's frame.
+      if (!clean) {
+        // _resetState() leaves the read position where the error stopped it, and the next
+        // header's length is read from there: it must start at 0.
+        parser._resetState();
+        parser._pos = 0;
+      }
     }
     const parsedNow = this.parsed as Packet | null;
-    if (parsedNow !== null && parsedNow.cmd === 'connect') this.settings = SETTINGS[parsedNow.protocolVersion ?? 4] ?? NO_SETTINGS;
-    parser.settings = NO_SETTINGS;
+    if (parsedNow !== null && parsedNow.cmd === 'connect') {
+      const v = parsedNow.protocolVersion ?? 4;
+      this.settings = ((parsedNow as { bridgeMode?: boolean }).bridgeMode === true ? BRIDGE_SETTINGS[v] : SETTINGS[v]) ?? NO_SETTINGS;
+    }
     if (this.parseError !== null) {
       const message = (this.parseError as Error).message;
       const reason = /protocol version|Invalid protocolId/i.test(message)
