@@ -113,6 +113,8 @@ export class Broker {
   private running = false;
   private dropWarnedAt = 0;
   private readonly scratchContext: AccessContext = { qos: 0, retain: false, listener: '', will: false };
+  /** The packet-size limits every connection's reader applies: one object for all of them. */
+  readonly readerLimits: { maxPacketSize: number; maxConnectSize: number };
 
   constructor(
     readonly config: Config,
@@ -120,6 +122,7 @@ export class Broker {
   ) {
     this.log = parts.log;
     this.store = parts.store;
+    this.readerLimits = { maxPacketSize: config.limits.maxPacketSize, maxConnectSize: config.limits.maxConnectSize };
     this.auditSink = parts.audit;
     this.chains = parts.chains;
     this.authorizers = parts.authorizers;
@@ -518,7 +521,7 @@ export class Broker {
   addSubscription(session: Session, sub: StoredSubscription): void {
     const previous = session.subscriptions.get(sub.filter);
     if (previous !== undefined) this.routeSubscription(session, previous, false);
-    session.subscriptions.set(sub.filter, sub);
+    session.subscriptionsForWrite().set(sub.filter, sub);
     this.routeSubscription(session, sub, true);
     if (session.persistent) this.persist((s) => s.putSubscription(session.clientId, sub));
   }
@@ -667,7 +670,7 @@ export class Broker {
     }
     const inflight: Inflight = { message, qos, retain, subscriptionIds, packetId: session.allocatePacketId(), state: 'publish' };
     if (!this.transmit(conn, message, qos, retain, subscriptionIds, inflight.packetId, false)) return;
-    session.inflight.set(inflight.packetId, inflight);
+    session.inflightForWrite().set(inflight.packetId, inflight);
     this.persistInflight(session, inflight);
   }
 

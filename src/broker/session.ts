@@ -20,10 +20,61 @@ export interface Inflight extends QueuedDelivery {
   resend?: boolean;
 }
 
+class ReadOnlyEmptyMap<K, V> extends Map<K, V> {
+  override set(): this {
+    throw new Error('internal error: write to a session collection through its *ForWrite() method');
+  }
+  override delete(): boolean {
+    return false;
+  }
+  override clear(): void {}
+}
+class ReadOnlyEmptySet<T> extends Set<T> {
+  override add(): this {
+    throw new Error('internal error: write to a session collection through its *ForWrite() method');
+  }
+  override delete(): boolean {
+    return false;
+  }
+  override clear(): void {}
+}
+const EMPTY_MAP: Map<unknown, unknown> = new ReadOnlyEmptyMap();
+const EMPTY_SET: Set<number> = new ReadOnlyEmptySet<number>();
+
 /** Session state: lives as long as the connection, or longer for a persistent session. */
 export class Session {
-  readonly subscriptions = new Map<string, StoredSubscription>();
-  readonly inflight = new Map<number, Inflight>();
+  /**
+   * Subscriptions, in-flight deliveries and QoS 2 ids awaiting release are made on first write:
+   * an idle connection then holds no hash tables (about 0.6 KiB). Until then these read as shared
+   * empty collections that throw if written to, so a write that skipped the *ForWrite() methods
+   * fails loudly instead of changing every session.
+   */
+  private subs: Map<string, StoredSubscription> = EMPTY_MAP as Map<string, StoredSubscription>;
+  private inflightMap: Map<number, Inflight> = EMPTY_MAP as Map<number, Inflight>;
+  private awaiting: Set<number> = EMPTY_SET;
+
+  get subscriptions(): Map<string, StoredSubscription> {
+    return this.subs;
+  }
+  get inflight(): Map<number, Inflight> {
+    return this.inflightMap;
+  }
+  /** Inbound QoS 2 packet ids received and not yet released [MQTT-4.3.3]. */
+  get awaitingRelease(): Set<number> {
+    return this.awaiting;
+  }
+  subscriptionsForWrite(): Map<string, StoredSubscription> {
+    if (this.subs === EMPTY_MAP) this.subs = new Map();
+    return this.subs;
+  }
+  inflightForWrite(): Map<number, Inflight> {
+    if (this.inflightMap === EMPTY_MAP) this.inflightMap = new Map();
+    return this.inflightMap;
+  }
+  awaitingReleaseForWrite(): Set<number> {
+    if (this.awaiting === EMPTY_SET) this.awaiting = new Set();
+    return this.awaiting;
+  }
   queue: QueuedDelivery[] = [];
   /** Payload + topic bytes held in `queue`, bounded by limits.maxQueuedBytes. */
   queuedBytes = 0;
@@ -36,8 +87,6 @@ export class Session {
   /** QoS 1/2 refusals not yet written to the audit log, and when the last such record was written. */
   refusalsUnaudited = 0;
   refusalsAuditedAt = 0;
-  /** Inbound QoS 2 packet ids received and not yet released [MQTT-4.3.3]. */
-  readonly awaitingRelease = new Set<number>();
   connection: Connection | null = null;
   principal: Principal | null = null;
   /** The listener of the last connection, for checks made while the session is offline. */
@@ -101,9 +150,9 @@ export class Session {
     const session = new Session(stored.clientId, stored.owner, stored.protocolVersion, stored.expiryInterval);
     session.expiresAt = stored.expiresAt;
     session.stored = true;
-    for (const sub of stored.subscriptions) session.subscriptions.set(sub.filter, sub);
+    for (const sub of stored.subscriptions) session.subscriptionsForWrite().set(sub.filter, sub);
     for (const f of stored.inflight) {
-      session.inflight.set(f.packetId, {
+      session.inflightForWrite().set(f.packetId, {
         packetId: f.packetId,
         state: f.state,
         message: f.message,
@@ -117,7 +166,7 @@ export class Session {
       session.queuedBytes += queuedSize(m);
       if (m.qos === 0) session.queuedQos0++;
     }
-    for (const id of stored.awaitingRelease) session.awaitingRelease.add(id);
+    for (const id of stored.awaitingRelease) session.awaitingReleaseForWrite().add(id);
     return session;
   }
 }

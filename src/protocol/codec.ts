@@ -135,10 +135,15 @@ export class PacketReader {
   /** Set when an error was reported; the reader then ignores further input. */
   failed = false;
 
+  /**
+   * `onPacket` and `onError` are called with `context` as `this`: a connection passes shared
+   * functions and itself instead of two closures of its own.
+   */
   constructor(
     private readonly limits: ReaderLimits,
-    private readonly onPacket: (packet: Packet) => void,
-    private readonly onError: (error: CodecError) => void,
+    private readonly onPacket: (this: never, packet: Packet) => void,
+    private readonly onError: (this: never, error: CodecError) => void,
+    private readonly context?: unknown,
   ) {}
 
   /** The protocol version the CONNECT declared (4 until then). */
@@ -242,6 +247,8 @@ export class PacketReader {
     }
     if (this.badString !== null) return this.fail(ReasonCode.MalformedPacket, this.badString);
     const packet = this.parsed as Packet | null;
+    // Not kept: an idle connection would hold its CONNECT (password included) until its next packet.
+    this.parsed = null;
     if (packet === null) return this.fail(ReasonCode.MalformedPacket, 'packet length does not match its contents');
     const repeated = this.repeated as number | null; // set by the parser hook during parse()
     if (repeated !== null) return this.fail(ReasonCode.ProtocolError, `property 0x${repeated.toString(16).padStart(2, '0')} appears more than once`);
@@ -250,14 +257,14 @@ export class PacketReader {
       if (flags !== null) return this.fail(ReasonCode.MalformedPacket, flags);
       this.connected = true;
     }
-    this.onPacket(packet);
+    this.onPacket.call(this.context as never, packet);
   }
 
   private fail(reason: ReasonCode, detail: string): void {
     this.failed = true;
     this.buf = EMPTY;
     this.parts = null;
-    this.onError(new CodecError(reason, detail));
+    this.onError.call(this.context as never, new CodecError(reason, detail));
   }
 }
 

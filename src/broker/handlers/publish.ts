@@ -95,7 +95,7 @@ function finish(conn: Connection, message: Message, packetId: number, decision: 
     conn.send(reason === ReasonCode.Success ? { cmd: 'puback', messageId: packetId } : { cmd: 'puback', messageId: packetId, reasonCode: reason });
   } else if (message.qos === 2) {
     if (reason < 0x80) {
-      session.awaitingRelease.add(packetId);
+      session.awaitingReleaseForWrite().add(packetId);
       if (session.persistent) broker.persist((s) => s.putAwaitingRelease(session.clientId, packetId));
     }
     conn.send(reason === ReasonCode.Success ? { cmd: 'pubrec', messageId: packetId } : { cmd: 'pubrec', messageId: packetId, reasonCode: reason });
