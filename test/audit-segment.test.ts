@@ -202,7 +202,7 @@ test('when the chaining thread dies, the records it held are counted, logged and
   t.true(report.ok, report.problem?.message);
 });
 
-test('the stdout sink writes every record, in order, when several chained batches go out in one writev', async (t) => {
+test('the stdout sink writes every record, in order, one batch per write, while chained batches pile up behind a slow reader', async (t) => {
   const { Writable } = await import('node:stream');
   const { stdoutOutput } = await import('../src/audit/sinks.ts');
   const chunks: Buffer[] = [];
@@ -211,14 +211,12 @@ test('the stdout sink writes every record, in order, when several chained batche
     write(chunk: Buffer, _enc, cb) {
       // Kept as given, not copied: the sink must not reuse a buffer a stream may still hold.
       chunks.push(chunk);
-      setTimeout(cb, 300);
+      setTimeout(cb, 100);
     },
   });
   const output = stdoutOutput(stream, 'test-stdout');
-  let writevs = 0;
-  let writes = 0;
-  const counted: AuditOutput = { ...output, write: (d) => (writes++, output.write(d)), writev: (c) => (writevs++, (output.writev as (x: Buffer[]) => Promise<void>)(c)) };
-  const sink = new ChainedAuditSink(counted, { maxQueue: 100_000, log: silentLogger(), fsyncIntervalMs: 1000 });
+  t.is(output.writev, undefined, 'no rollback, so no multi-batch writes: a retry must not write lines twice');
+  const sink = new ChainedAuditSink(output, { maxQueue: 100_000, log: silentLogger(), fsyncIntervalMs: 1000 });
   const who: AuditWho = { listener: 'tcp', clientId: 'dev-1' };
   // More than a segment's worth in one turn: several segments are chained before the first write.
   for (let i = 0; i < 20_000; i++) sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, `t/${i}`, 0, false);
@@ -235,7 +233,7 @@ test('the stdout sink writes every record, in order, when several chained batche
     .filter((l) => l.includes('"event":"publish"'))
     .map((l) => parseRecord(l)?.topic);
   t.deepEqual(topics, Array.from({ length: 20_000 }, (_, i) => `t/${i}`));
-  t.true(writevs >= 1, `at least one write carried several batches (${writes} writes, ${writevs} writevs)`);
+  t.true(chunks.length >= 3, `${chunks.length} writes`);
 });
 
 test('an empty topic (an UNSUBSCRIBE filter is checked after it is audited) still makes a well-formed record, the same as the serializer\'s', async (t) => {

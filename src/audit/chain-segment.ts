@@ -248,7 +248,15 @@ export function workerChainer(tip: { seq: number; hash: string }, prefix: string
     for (const p of pending.values()) p.reject(failure);
     pending.clear();
   };
+  let expectedReply = 0;
   worker.on('message', (m: ChainReply) => {
+    // One worker, one ordered port: replies come in the order of the requests. If one ever did
+    // not, the chain tip and the write order would be wrong, so that is treated as a failure.
+    if (m.id !== expectedReply) {
+      fail(new Error(`the audit chaining thread answered request ${m.id} before ${expectedReply}`));
+      return;
+    }
+    expectedReply++;
     const p = pending.get(m.id);
     pending.delete(m.id);
     p?.resolve({ out: Buffer.from(m.out.buffer, m.out.byteOffset, m.out.byteLength), end: m.end, count: m.count, seq: m.seq, hash: m.hash, nums: m.nums, text: m.text });

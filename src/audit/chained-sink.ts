@@ -635,7 +635,9 @@ export class ChainedAuditSink implements AuditSink {
         if (this.ready.length === 0) break;
         let take = 1;
         let bytes = (this.ready[0] as Batch).end - (this.ready[0] as Batch).start;
-        if (this.output.writev !== undefined) {
+        // Several batches per write only where a failed write can be cut off before the retry
+        // (rollback): elsewhere a retry would write again what a partial write already wrote.
+        if (this.output.writev !== undefined && this.output.rollback !== undefined) {
           for (; take < this.ready.length; take++) {
             const b = this.ready[take] as Batch;
             if (bytes + b.end - b.start > MAX_WRITE_BYTES) break;

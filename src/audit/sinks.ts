@@ -101,10 +101,6 @@ export function stdoutOutput(stream: NodeJS.WritableStream, name = 'stdout'): Au
   return {
     name,
     write: (data) => new Promise((resolve, reject) => stream.write(data, (err) => (err ? reject(err) : resolve()))),
-    writev: (chunks) =>
-      new Promise((resolve, reject) => {
-        chunks.forEach((c, i) => stream.write(c, i === chunks.length - 1 ? (err) => (err ? reject(err) : resolve()) : undefined));
-      }),
     close: async () => {},
   };
 }
