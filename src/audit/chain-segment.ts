@@ -17,6 +17,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import crypto from 'node:crypto';
+import { sha256Of } from './record.ts';
 
 /** What the chaining side keeps between segments. */
 export interface ChainState {
@@ -157,10 +158,6 @@ export function outputPool(): { alloc(size: number): Buffer; give(buffer: ArrayB
   };
 }
 
-/** SHA-256 in hex over bytes: one native call where Node has `crypto.hash`. */
-export function hashHexOf(c: typeof crypto): (data: Uint8Array) => string {
-  return typeof c.hash === 'function' ? (data) => c.hash('sha256', data, 'hex') : (data) => c.createHash('sha256').update(data).digest('hex');
-}
 
 /** A request to the worker: chain a segment. The buffers are transferred, and come back. */
 interface ChainRequest {
@@ -201,7 +198,7 @@ export interface Chainer {
 /** Chains on the calling thread: for environments without worker threads, and for tests. */
 export function inlineChainer(tip: { seq: number; hash: string }, prefix: string): Chainer {
   const state: ChainState = { seq: tip.seq, hash: tip.hash, defs: [], lastMs: NaN, lastTime: '' };
-  const hashHex = hashHexOf(crypto);
+  const hashHex = sha256Of(crypto);
   const pool = outputPool();
   return {
     chain: async (nums, n, text) => {
@@ -225,9 +222,9 @@ export function workerChainer(tip: { seq: number; hash: string }, prefix: string
     const crypto = require('node:crypto');
     var __name = (f) => f; // in case the transpiler that loaded the main thread named functions
     const chainSegment = ${chainSegment.toString()};
-    const hashHexOf = ${hashHexOf.toString()};
+    const sha256Of = ${sha256Of.toString()};
     const outputPool = ${outputPool.toString()};
-    const hashHex = hashHexOf(crypto);
+    const hashHex = sha256Of(crypto);
     const pool = outputPool();
     const state = { seq: workerData.seq, hash: workerData.hash, defs: [], lastMs: NaN, lastTime: '' };
     parentPort.on('message', (m) => {

@@ -188,8 +188,15 @@ export function createTimeFormatter(): (ms: number) => string {
 }
 
 /** SHA-256 (hex) in one native call where Node has `crypto.hash` (20.12+): no Hash object per record. */
-export const sha256: (data: string | Uint8Array) => string =
-  typeof crypto.hash === 'function' ? (data) => crypto.hash('sha256', data, 'hex') : (data) => crypto.createHash('sha256').update(data).digest('hex');
+export const sha256: (data: string | Uint8Array) => string = sha256Of(crypto);
+
+/**
+ * SHA-256 in hex from a given crypto module. Self-contained (it uses only its argument), because
+ * the audit chaining thread is sent its source text (chain-segment.ts).
+ */
+export function sha256Of(c: typeof crypto): (data: string | Uint8Array) => string {
+  return typeof c.hash === 'function' ? (data) => c.hash('sha256', data, 'hex') : (data) => c.createHash('sha256').update(data).digest('hex');
+}
 
 /** Splits a written line into the hashed body and the hash it claims; null when it has no hash field. */
 export function splitHash(line: string): { body: string; hash: string } | null {
