@@ -8,23 +8,33 @@
  *   npm run bench:audit -- --runs 9 --duration 5
  *   npm run bench:audit -- --profile prof # also write a CPU profile of each broker process
  *   npm run bench:audit -- --ab-rate 20000,100000 --ab-cycles 40  # the interleaved A/B phase
+ *   npm run bench:audit -- --pin process  # the whole broker on one CPU (default: its main thread)
+ *
+ * Pinning (Linux, 2 or more CPUs, taskset): the load generator (this process) runs on CPU 1.
+ * With `--pin main` (the default) the broker's main thread, the one that runs the event loop,
+ * has CPU 0 to itself and the broker's other threads (the audit chaining thread, libuv's pool,
+ * the garbage collector's helpers) share CPU 1 with the generator: a broker with a second core
+ * for its audit thread. With `--pin process` every thread of the broker shares CPU 0: a broker
+ * with one core. `--pin none` leaves placement to the kernel.
  *
  * The broker runs in its own process (this file with --server) so the load generator does not
  * share its event loop; it reports its own CPU time (process.cpuUsage) at the start and end of
  * each measuring window. CPU time per message is much less sensitive to other load on the
  * machine than throughput is. Results go to stdout and bench/results/audit.md.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import mqttPacket from 'mqtt-packet';
 import { createAuditSink } from '../src/audit/sinks.ts';
 import type { AuditWho } from '../src/audit/types.ts';
 import { createBroker, type ConfigInput } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
+import { setupPinning } from './lib/brokers.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -41,7 +51,7 @@ type Mode = 'off' | 'denials' | 'publishes' | 'all';
 const MODES: Record<Mode, { label: string; audit: ConfigInput['audit'] }> = {
   off: { label: 'audit off', audit: { sink: 'none' } },
   denials: { label: 'connects + denials audited (default)', audit: { sink: 'file' } },
-  publishes: { label: 'allowed publishes audited (and connects, denials)', audit: { sink: 'file', allowed: { publish: true }, ...(process.env.BENCH_AUDIT_QUEUE ? { maxQueue: Number(process.env.BENCH_AUDIT_QUEUE) } : {}) } },
+  publishes: { label: 'allowed publishes audited (and connects, denials)', audit: { sink: 'file', allowed: { publish: true }, ...(process.env.BENCH_AUDIT_QUEUE ? { maxQueue: Number(process.env.BENCH_AUDIT_QUEUE) } : {}), ...(process.env.BENCH_AUDIT_FSYNC ? { fsyncIntervalMs: Number(process.env.BENCH_AUDIT_FSYNC) } : {}) } },
   all: { label: 'every publish and delivery audited', audit: { sink: 'file', allowed: { publish: true, deliver: true } } },
 };
 
@@ -59,6 +69,29 @@ function mainThreadCpuUs(): number {
   }
 }
 
+type PinMode = 'main' | 'process' | 'none';
+const pinMode = (optString('pin') ?? 'main') as PinMode;
+if (!['main', 'process', 'none'].includes(pinMode)) throw new Error(`--pin must be main, process or none, not ${pinMode}`);
+/** What the pinning came to, for the report. */
+let pinNote = 'not pinned (--pin none)';
+
+/** Pins the broker process's threads as `pinMode` says (see the top of this file). */
+function pinBroker(pid: number): void {
+  if (pinMode === 'none' || !pinNote.startsWith('pinned')) return;
+  const set = (cpu: string, tid: string, all = false) => spawnSync('taskset', [...(all ? ['-a'] : []), '-p', '-c', cpu, tid], { stdio: 'ignore' });
+  if (pinMode === 'process') {
+    set('0', String(pid), true);
+    return;
+  }
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return;
+  }
+  for (const tid of tids) set(tid === String(pid) ? '0' : '1', tid);
+}
+
 if (args[0] === '--server') {
   // One broker per mode named ("off" or "off+denials": two in one process, for the A/B phase).
   const modes = (args[1] as string).split('+') as Mode[];
@@ -74,18 +107,43 @@ if (args[0] === '--server') {
   );
   const ports: number[] = [];
   for (const b of brokers) ports.push((await b.start()).listeners[0]?.port ?? 0);
-  const broker = brokers[0] as (typeof brokers)[number];
   process.stdout.write(`READY ${ports.join(' ')}\n`);
   // "cpu" on stdin: reply with this process's CPU time so far (µs) and the audit counters.
   process.stdin.on('data', (d: Buffer) => {
     for (const _ of d.toString().match(/cpu\n/g) ?? []) {
       const c = process.cpuUsage();
-      const h = broker.auditHealth();
+      const hs = brokers.map((b) => b.auditHealth());
+      const h = { written: hs.reduce((a, x) => a + x.written, 0), dropped: hs.reduce((a, x) => a + x.dropped, 0), pending: hs.reduce((a, x) => a + x.pending, 0) };
       const elu = performance.eventLoopUtilization();
-      process.stdout.write(`CPU ${c.user + c.system} ${h.written} ${h.dropped} ${Math.round(elu.active * 1000)} ${Math.round((elu.active + elu.idle) * 1000)} ${mainThreadCpuUs()}\n`);
+      process.stdout.write(`CPU ${c.user + c.system} ${h.written} ${h.dropped} ${Math.round(elu.active * 1000)} ${Math.round((elu.active + elu.idle) * 1000)} ${mainThreadCpuUs()} ${h.pending}\n`);
     }
   });
-  if (process.env.BENCH_AUDIT_DEBUG) setInterval(() => process.stderr.write(`health ${JSON.stringify(broker.auditHealth())}\n`), 500).unref();
+  if (process.env.BENCH_AUDIT_DEBUG) {
+    // Every half second: the audit counters and each thread's CPU time meanwhile (ms).
+    let last = new Map<string, number>();
+    const gc = { minor: 0, major: 0, ms: 0 };
+    new PerformanceObserver((l) => {
+      for (const e of l.getEntries()) {
+        const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind ?? 0;
+        if (kind === 1) gc.minor++;
+        else gc.major++;
+        gc.ms += e.duration;
+      }
+    }).observe({ entryTypes: ['gc'] });
+    setInterval(() => {
+      const now = new Map<string, number>();
+      for (const t of fs.readdirSync('/proc/self/task')) {
+        try {
+          now.set(t, Number(fs.readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').split(' ')[0]) / 1e6);
+        } catch {}
+      }
+      const busy = [...now].map(([t, ms]) => [t, Math.round(ms - (last.get(t) ?? ms))] as const).filter(([, ms]) => ms > 5);
+      last = now;
+      process.stderr.write(`gc ${gc.minor} minor ${gc.major} other ${gc.ms.toFixed(0)} ms; `);
+      gc.minor = gc.major = gc.ms = 0;
+      process.stderr.write(`health ${JSON.stringify(brokers.map((b) => b.auditHealth()))} threads ${busy.map(([t, ms]) => `${t === String(process.pid) ? 'main' : t}:${ms}`).join(' ')}\n`);
+    }, 500).unref();
+  }
   process.stdin.on('end', () => void Promise.all(brokers.map((b) => b.stop())).then(() => process.exit(0)));
 } else {
   await main();
@@ -101,6 +159,8 @@ interface CpuSample {
   loopTotal: number;
   /** The main thread's CPU time, µs. */
   mainCpu: number;
+  /** Audit records waiting to be written, all brokers of the process. */
+  pending: number;
 }
 
 interface Server {
@@ -109,8 +169,11 @@ interface Server {
   ports: number[];
   /** The broker process's CPU time so far in µs, and its audit sink's written/dropped counts. */
   cpu(): Promise<CpuSample>;
+  /** (Re)applies the CPU pinning to the broker's threads, including any started since. */
+  pin(): void;
   stop(): Promise<void>;
 }
+
 
 function startServer(mode: string, dir: string): Promise<Server> {
   const profileDir = optString('profile');
@@ -128,7 +191,7 @@ function startServer(mode: string, dir: string): Promise<Server> {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
         const r = /^READY ([\d ]+)$/.exec(line);
-        const c = /^CPU (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$/.exec(line);
+        const c = /^CPU (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$/.exec(line);
         if (r && !ready) {
           ready = true;
           const ports = (r[1] as string).split(' ').map(Number);
@@ -136,9 +199,10 @@ function startServer(mode: string, dir: string): Promise<Server> {
             port: ports[0] as number,
             ports,
             cpu: () => new Promise((res) => (waiting.push(res), child.stdin.write('cpu\n'))),
+            pin: () => pinBroker(child.pid as number),
             stop: () => new Promise((res) => (child.once('close', () => res()), child.stdin.end())),
           });
-        } else if (c) waiting.shift()?.({ us: Number(c[1]), written: Number(c[2]), dropped: Number(c[3]), loopActive: Number(c[4]), loopTotal: Number(c[5]), mainCpu: Number(c[6]) });
+        } else if (c) waiting.shift()?.({ us: Number(c[1]), written: Number(c[2]), dropped: Number(c[3]), loopActive: Number(c[4]), loopTotal: Number(c[5]), mainCpu: Number(c[6]), pending: Number(c[7]) });
       }
     });
     child.once('error', reject);
@@ -168,6 +232,8 @@ interface RunResult {
   loopPerMsg: number;
   /** Records dropped during the window. */
   dropped: number;
+  /** The load generator's (this process's) CPU time per delivered message, µs. */
+  generatorPerMsg: number;
 }
 
 /**
@@ -214,12 +280,15 @@ async function throughput(server: Server, seconds: number, rate = 0): Promise<Ru
     }, 10);
   } else pump();
   await new Promise((r) => setTimeout(r, 500)); // warm-up
+  server.pin(); // threads started during the warm-up too
   const cpu0 = await server.cpu();
+  const gen0 = process.cpuUsage();
   counting = true;
   const t0 = process.hrtime.bigint();
   await new Promise((r) => setTimeout(r, seconds * 1000));
   counting = false;
   const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+  const gen = process.cpuUsage(gen0);
   const cpu1 = await server.cpu();
   running = false;
   if (paced !== null) clearInterval(paced);
@@ -233,6 +302,7 @@ async function throughput(server: Server, seconds: number, rate = 0): Promise<Ru
     loop: (cpu1.loopActive - cpu0.loopActive) / (cpu1.loopTotal - cpu0.loopTotal),
     loopPerMsg: (cpu1.mainCpu - cpu0.mainCpu) / delivered,
     dropped: cpu1.dropped - cpu0.dropped,
+    generatorPerMsg: (gen.user + gen.system) / delivered,
   };
 }
 
@@ -289,6 +359,8 @@ async function sinkAlone(n: number): Promise<SinkResult> {
 interface Slices {
   cpu: number[];
   loop: number[];
+  /** Delivered messages per second (floods only). */
+  rate: number[];
 }
 
 async function interleaved(server: Server, modes: Mode[], cycles: number, sliceMs: number, rate: number): Promise<Record<Mode, Slices>> {
@@ -304,12 +376,43 @@ async function interleaved(server: Server, modes: Mode[], cycles: number, sliceM
       return side;
     }),
   );
-  const out: Record<Mode, Slices> = { off: { cpu: [], loop: [] }, denials: { cpu: [], loop: [] }, publishes: { cpu: [], loop: [] }, all: { cpu: [], loop: [] } };
+  server.pin();
+  const out: Record<Mode, Slices> = { off: { cpu: [], loop: [], rate: [] }, denials: { cpu: [], loop: [], rate: [] }, publishes: { cpu: [], loop: [], rate: [] }, all: { cpu: [], loop: [], rate: [] } };
   for (let i = 0; i < (cycles + 1) * modes.length; i++) {
     const cycle = Math.floor(i / modes.length);
     const step = i % modes.length;
     const which = cycle % 2 === 0 ? step : modes.length - 1 - step;
     const side = sides[which] as (typeof sides)[number];
+    if (rate === 0) {
+      // Flood: as fast as the broker takes them. The first 100 ms fill the pipeline; the slice's
+      // throughput is what is delivered in the rest, and its CPU time is counted over the same.
+      let running = true;
+      const pump = () => {
+        while (running && side.pub.write(batch));
+        if (running) side.pub.once('drain', pump);
+      };
+      pump();
+      await new Promise((r) => setTimeout(r, 100));
+      const c0 = await server.cpu();
+      const b0 = side.bytes;
+      const t0 = performance.now();
+      await new Promise((r) => setTimeout(r, sliceMs));
+      const c1 = await server.cpu();
+      const delivered = (side.bytes - b0) / pkt.length;
+      const elapsed = (performance.now() - t0) / 1000;
+      running = false;
+      side.pub.removeAllListeners('drain');
+      // The backlog drains, the audit log's too, before the next slice (it would slow that one).
+      await new Promise((r) => setTimeout(r, 200));
+      for (let w = 0; w < 40 && (await server.cpu()).pending > 0; w++) await new Promise((r) => setTimeout(r, 50));
+      if (cycle > 0) {
+        const o = out[modes[which] as Mode];
+        o.cpu.push((c1.us - c0.us) / delivered);
+        o.loop.push((c1.mainCpu - c0.mainCpu) / delivered);
+        o.rate.push(delivered / elapsed);
+      }
+      continue;
+    }
     const c0 = await server.cpu();
     const b0 = side.bytes;
     const start = performance.now();
@@ -359,7 +462,7 @@ function range(xs: number[], digits = 0): string {
 }
 
 function table(results: Record<Mode, RunResult[]>): string[] {
-  const modes = Object.keys(MODES) as Mode[];
+  const modes = (Object.keys(MODES) as Mode[]).filter((m) => results[m].length > 0);
   const baseRate = median(results.off.map((x) => x.rate));
   const baseCpu = median(results.off.map((x) => x.cpuPerMsg));
   const baseLoop = median(results.off.map((x) => x.loopPerMsg));
@@ -385,15 +488,25 @@ function paired(results: Record<Mode, RunResult[]>, m: Mode): string {
 }
 
 async function main(): Promise<void> {
+  if (pinMode !== 'none') {
+    const pinning = setupPinning(true);
+    pinNote =
+      pinning.generatorCpu === null
+        ? pinning.note
+        : pinMode === 'main'
+          ? "pinned: the load generator on CPU 1; the broker's main thread alone on CPU 0, its other threads (audit chaining, libuv pool, GC helpers) on CPU 1 with the generator"
+          : 'pinned: the load generator on CPU 1; the whole broker (every thread) on CPU 0';
+  }
   const runs = opt('runs', 7);
   const seconds = opt('duration', 3);
   const records = opt('records', 500_000);
   const rate = opt('rate', 20_000);
-  const modes = Object.keys(MODES) as Mode[];
+  // `--modes off,publishes`: a subset, for a quicker look (audit off is always measured).
+  const modes = (Object.keys(MODES) as Mode[]).filter((m) => m === 'off' || (optString('modes') ?? m).split(',').includes(m));
   const flood: Record<Mode, RunResult[]> = { off: [], denials: [], publishes: [], all: [] };
   const paced: Record<Mode, RunResult[]> = { off: [], denials: [], publishes: [], all: [] };
   const line = (label: string, res: RunResult) =>
-    `${label}: ${Math.round(res.rate)} msg/s, ${res.cpuPerMsg.toFixed(3)} µs CPU/msg, ${res.recordsPerMsg.toFixed(2)} records/msg, loop ${(res.loop * 100).toFixed(0)}% busy, ${res.dropped} dropped\n`;
+    `${label}: ${Math.round(res.rate)} msg/s, ${res.cpuPerMsg.toFixed(3)} µs CPU/msg, ${res.recordsPerMsg.toFixed(2)} records/msg, loop ${(res.loop * 100).toFixed(0)}% busy (${res.loopPerMsg.toFixed(3)} µs/msg), generator ${res.generatorPerMsg.toFixed(3)} µs/msg, ${res.dropped} dropped\n`;
   for (let r = 0; r < runs; r++) {
     // Rotate the order between runs so a drift in machine load does not favour one mode.
     const order = modes.map((_, i) => modes[(i + r) % modes.length] as Mode);
@@ -412,7 +525,7 @@ async function main(): Promise<void> {
     }
   }
   const abCycles = opt('ab-cycles', 40);
-  const abRates = (optString('ab-rate') ?? '20000,100000').split(',').map(Number);
+  const abRates = (optString('ab-rate') ?? '0,20000,100000').split(',').map(Number); // 0: flood
   // Each mode against audit off, in its own process of two brokers (a mode that makes much
   // garbage would bill its collection to the other broker's slices if more shared one heap).
   const abModes: Mode[] = ['denials', 'publishes'];
@@ -425,6 +538,7 @@ async function main(): Promise<void> {
       await server.stop();
       fs.rmSync(dir, { recursive: true, force: true });
       ab[`${abRate} ${m}`] = { off: res.off, mode: res[m] };
+      if (abRate === 0) process.stderr.write(`A/B flood ${m}: off ${fmt(median(res.off.rate))} / ${m} ${fmt(median(res[m].rate))} msg/s; `);
       process.stderr.write(`A/B ${abRate} msg/s ${m}: off ${median(res.off.loop).toFixed(3)} / ${m} ${median(res[m].loop).toFixed(3)} µs main thread per msg; off ${median(res.off.cpu).toFixed(3)} / ${m} ${median(res[m].cpu).toFixed(3)} µs all threads\n`);
     }
   }
@@ -433,6 +547,12 @@ async function main(): Promise<void> {
     const xs = xsMode.map((d, i) => ((d - (xsOff[i] as number)) / (xsOff[i] as number)) * 100).sort((x, y) => x - y);
     return `median **${median(xs).toFixed(1)}%**, middle half ${xs[Math.floor(xs.length / 4)]?.toFixed(1)}% to ${xs[Math.floor((xs.length * 3) / 4)]?.toFixed(1)}%`;
   };
+  // Each cycle's throughput against the same cycle's audit-off throughput: the cost, in %.
+  const abRateCost = (xsMode: number[], xsOff: number[]) => {
+    const xs = xsMode.map((d, i) => (((xsOff[i] as number) - d) / (xsOff[i] as number)) * 100).sort((x, y) => x - y);
+    return `median **${median(xs).toFixed(1)}%**, middle half ${xs[Math.floor(xs.length / 4)]?.toFixed(1)}% to ${xs[Math.floor((xs.length * 3) / 4)]?.toFixed(1)}%`;
+  };
+  const rateLabel = (r: number) => (r === 0 ? 'flood' : `${fmt(r)} msg/s`);
   const sinkRuns: SinkResult[] = [];
   for (let r = 0; r < opt('sink-runs', 5); r++) {
     sinkRuns.push(await sinkAlone(records));
@@ -444,6 +564,7 @@ async function main(): Promise<void> {
     '',
     `Generated by \`npm run bench:audit\` on ${new Date().toISOString()} (${os.cpus().length} CPUs, Node ${process.version}, load average at the end ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}).`,
     `QoS 0, one publisher → one subscriber, 64-byte payloads, MQTT 3.1.1, loopback; broker in its own process; ${runs} rounds, modes interleaved (the order rotates every round); median and min–max shown.`,
+    `CPU placement (\`--pin ${pinMode}\`): ${pinNote}.`,
     '"CPU/msg" is the broker process\'s CPU time (user + system, all threads: the main thread, the audit chaining thread, libuv and GC helpers) during the measuring window divided by the messages delivered in it; "main thread" is the CPU time of the thread that runs the event loop (Linux schedstat), divided the same way.',
     '',
     `## Flood: as fast as the broker takes them (${seconds} s per run)`,
@@ -458,17 +579,28 @@ async function main(): Promise<void> {
     '',
     `CPU cost per round against audit off: default ${paired(paced, 'denials')}; publishes ${paired(paced, 'publishes')}; all ${paired(paced, 'all')}.`,
     '',
-    `## Against audit off, interleaved in one process (${abRates.map((r) => fmt(r)).join(' and ')} msg/s, ${abCycles} cycles of one 0.5 s slice per mode)`,
+    `## Against audit off, interleaved in one process (${abRates.map(rateLabel).join(', ')}; ${abCycles} cycles of one 0.5 s slice per mode)`,
     '',
-    'Two brokers in one process, one with audit off and one with the mode, fed the same rate in turn; each slice is compared with the audit-off slice of the same cycle. "Main thread" is the CPU time of the event-loop thread: the work that limits throughput when the broker has a core for its audit thread.',
+    'Two brokers in one process, one with audit off and one with the mode, fed in turn; each slice is compared with the audit-off slice of the same cycle. "Flood": as fast as the broker takes them, the first 100 ms of each slice not counted. "Main thread" is the CPU time of the event-loop thread: the work that limits throughput when the broker has a core for its audit thread.',
     '',
+    ...(abCycles > 0 && abRates.includes(0)
+      ? [
+          '| Mode | Delivered msg/s (off → mode, medians) | Throughput cost, cycle by cycle | Main thread µs/msg (off → mode) | Main-thread cost, cycle by cycle |',
+          '|---|---|---|---|---|',
+          ...abModes.map((m) => {
+            const r = ab[`0 ${m}`] as { off: Slices; mode: Slices };
+            return `| ${MODES[m].label} | ${fmt(median(r.off.rate))} → ${fmt(median(r.mode.rate))} | ${abRateCost(r.mode.rate, r.off.rate)} | ${median(r.off.loop).toFixed(3)} → ${median(r.mode.loop).toFixed(3)} | ${abCost(r.mode.loop, r.off.loop)} |`;
+          }),
+          '',
+        ]
+      : []),
     ...(abCycles > 0
       ? [
           '| Rate | Mode | Main thread µs/msg (off → mode, medians) | Main-thread cost, cycle by cycle | All threads µs/msg (off → mode) | CPU cost, cycle by cycle |',
           '|---|---|---|---|---|---|',
           ...abRates.flatMap((rate) => abModes.map((m) => [rate, m] as const)).map(([abRate, m]) => {
             const r = ab[`${abRate} ${m}`] as { off: Slices; mode: Slices };
-            return `| ${fmt(abRate)} msg/s | ${MODES[m].label} | ${median(r.off.loop).toFixed(3)} → ${median(r.mode.loop).toFixed(3)} | ${abCost(r.mode.loop, r.off.loop)} | ${median(r.off.cpu).toFixed(3)} → ${median(r.mode.cpu).toFixed(3)} | ${abCost(r.mode.cpu, r.off.cpu)} |`;
+            return `| ${rateLabel(abRate)} | ${MODES[m].label} | ${median(r.off.loop).toFixed(3)} → ${median(r.mode.loop).toFixed(3)} | ${abCost(r.mode.loop, r.off.loop)} | ${median(r.off.cpu).toFixed(3)} → ${median(r.mode.cpu).toFixed(3)} | ${abCost(r.mode.cpu, r.off.cpu)} |`;
           }),
         ]
       : ['(skipped)']),

@@ -68,6 +68,14 @@ function accesses(): Access[] {
         retain: k === 2,
       });
     }
+    // A connection's decisions that repeat all but the topic (the sink reuses the last one's
+    // pieces), then differ in one field only: each must still be written as it is.
+    const last = out[out.length - 1] as Access;
+    out.push({ ...last, topic: `again/${s}` });
+    out.push({ ...last, topic: `again/${s}`, retain: !last.retain });
+    out.push({ ...last, topic: `again/${s}`, retain: !last.retain, policyVersion: 'v-other' });
+    out.push({ ...last, topic: `again/${s}`, retain: !last.retain, policyVersion: 'v-other', reason: 'changed' });
+    out.push({ ...last, topic: `again/${s}` });
   });
   return out;
 }
@@ -114,7 +122,8 @@ for (const chainInWorker of [true, false]) {
   });
 }
 
-test('the worker thread and the calling thread chain the same bytes, across a restart of the definition table', async (t) => {
+// Serial: these replace Date.now, which the tests running beside them would see.
+test.serial('the worker thread and the calling thread chain the same bytes, across a restart of the definition table', async (t) => {
   const realNow = Date.now;
   let clock = 1_764_000_000_000;
   Date.now = () => clock;
@@ -122,7 +131,8 @@ test('the worker thread and the calling thread chain the same bytes, across a re
     const run = async (chainInWorker: boolean): Promise<string> => {
       clock = 1_764_000_000_000;
       const out = memoryOutput();
-      const sink = new ChainedAuditSink(out, { maxQueue: 100_000, log: silentLogger(), chainInWorker, tip: { seq: 41, hash: 'f'.repeat(64) } });
+      // The clock is read for every record: where event-loop turns begin differs between the two runs.
+      const sink = new ChainedAuditSink(out, { maxQueue: 100_000, log: silentLogger(), chainInWorker, clockReuse: 1, tip: { seq: 41, hash: 'f'.repeat(64) } });
       const list = accesses();
       // More distinct rules than the table holds: ids are reused and defined again.
       for (let i = 0; i < 9000; i++) {
@@ -300,4 +310,46 @@ test('closing while every write fails counts the unwritten records once, as lost
   t.is(sink.dropped, 0);
   t.false(errors.some((m) => m.includes('AUDIT CHAINING FAILED')));
   t.true(errors.some((m) => m.includes('audit log closed with 10001 records that could not be written')), errors.join(' | '));
+});
+
+test.serial('access records read the clock again in every event-loop turn, and at least every 16 records within one', async (t) => {
+  const realNow = Date.now;
+  let clock = 1_764_000_000_000;
+  Date.now = () => clock;
+  try {
+    const out = memoryOutput();
+    const sink = new ChainedAuditSink(out, { maxQueue: 1000, log: silentLogger(), chainInWorker: false });
+    const who: AuditWho = { clientId: 'dev-1', username: 'fleet' };
+    const publish = (topic: string) => sink.recordAccess(who, 'publish', 'allow', 0, undefined, 'allow-all', undefined, undefined, topic, 0, false);
+    // One turn: the clock moves 1 ms between records; a reading serves 16 records at most.
+    for (let i = 0; i < 20; i++) {
+      publish(`same-turn/${i}`);
+      clock += 1;
+    }
+    // Later turns read it again, however few records came before.
+    await new Promise((r) => setImmediate(r));
+    clock += 5000;
+    publish('next-turn');
+    await new Promise((r) => setTimeout(r, 5));
+    clock += 5000;
+    publish('later');
+    await sink.close();
+    const times = new Map(
+      out
+        .text()
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => parseRecord(l))
+        .filter((r) => r?.event === 'publish')
+        .map((r) => [r?.topic, Date.parse(r?.time as string)]),
+    );
+    const base = 1_764_000_000_000;
+    t.is(times.get('same-turn/0'), base);
+    t.is(times.get('same-turn/15'), base, 'the 16th record still uses the first reading');
+    t.is(times.get('same-turn/16'), base + 16, 'the 17th reads the clock again');
+    t.is(times.get('next-turn'), base + 20 + 5000);
+    t.is(times.get('later'), base + 20 + 10000);
+  } finally {
+    Date.now = realNow;
+  }
 });

@@ -53,6 +53,8 @@ export interface ChainedSinkOptions {
   startDetail?: Record<string, string | number | boolean>;
   /** Chain records in a worker thread (the default), or on the calling thread. */
   chainInWorker?: boolean;
+  /** Access records per reading of the clock within one event-loop turn (default CLOCK_REUSE; 1: every record). */
+  clockReuse?: number;
   /** Tests: what chains the segments (instead of a worker or the calling thread). */
   createChainer?: (tip: ChainTip, prefix: string) => Chainer;
 }
@@ -78,6 +80,11 @@ const MAX_READY_BYTES = 64 << 20;
  */
 const MIN_DISPATCH_RECORDS = 4096;
 const MAX_DISPATCH_INTERVAL_MS = 200;
+/**
+ * Access records made in one event-loop turn share one reading of the clock, this many at most
+ * (made one after another, they are microseconds apart; a new turn always reads it again).
+ */
+const CLOCK_REUSE = 16;
 /** Definitions kept before the table starts over (ids are then reused, in order). */
 const MAX_DEFS = 4096;
 const LOUD_LOG_INTERVAL_MS = 5000;
@@ -146,6 +153,36 @@ class Segment {
     this.nums[this.n++] = start - this.used;
   }
 
+  /**
+   * Appends `text` as an inline piece the chaining side puts in quotes, when it is plain JSON
+   * (see isPlainJson: printable ASCII, no quotes or backslashes); returns false, having written
+   * nothing, when it is not. Checks and copies in one pass; room for 2 numbers must be made.
+   */
+  inlinePlain(text: string): boolean {
+    const len = text.length;
+    if (len > 128) {
+      if (!isPlainJson(text)) return false;
+      this.inlineQuoted(text);
+      return true;
+    }
+    if (this.used + len > this.text.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + len)) as RawBuffer;
+      this.text.copy(bigger, 0, 0, this.used);
+      this.text = bigger;
+    }
+    const buf = this.text;
+    const start = this.used;
+    for (let i = 0; i < len; i++) {
+      const c = text.charCodeAt(i);
+      if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
+      buf[start + i] = c;
+    }
+    this.used = start + len;
+    this.nums[this.n++] = -(start + 1);
+    this.nums[this.n++] = -len;
+    return true;
+  }
+
   /** Appends an inline piece reference for `text` at nums[n], nums[n+1] (room must be made). */
   inline(text: string): void {
     const start = this.write(text);
@@ -159,7 +196,30 @@ class Segment {
  * one for every decision of a connection): a property read is cheaper than a WeakMap lookup.
  */
 const WHO_IDS = Symbol('audit definition ids');
-type WhoWithIds = AuditWho & { [WHO_IDS]?: { sink: ChainedAuditSink; gen: number; a: number; b: number } };
+/** The pieces of a connection's last access record, but for its topic. */
+interface AccessPieces {
+  event: AuditEventName;
+  decision: 'allow' | 'deny';
+  reasonCode: number;
+  reason: string | undefined;
+  decidedBy: string | undefined;
+  rule: string | undefined;
+  policyVersion: string | undefined;
+  qos: number;
+  retain: boolean;
+  /** Definition ids before the topic, and after it. */
+  before: number[];
+  after: number[];
+}
+/** Valid while `sink` and its definition table (`gen`) are the same. */
+interface WhoIds {
+  sink: ChainedAuditSink;
+  gen: number;
+  a: number;
+  b: number;
+  last: AccessPieces | null;
+}
+type WhoWithIds = AuditWho & { [WHO_IDS]?: WhoIds };
 
 export class ChainedAuditSink implements AuditSink {
   /** The segment being filled; sealed segments (and checkpoints) wait their turn, in order. */
@@ -191,6 +251,9 @@ export class ChainedAuditSink implements AuditSink {
   /** The writer is running. */
   private running = false;
   private scheduled = false;
+  /** The clock as last read for an access record, and how many more may use it this turn. */
+  private clock = 0;
+  private clockUses = 0;
   private closed = false;
   private needsRollback = false;
   private failedSince: number | null = null;
@@ -281,12 +344,6 @@ export class ChainedAuditSink implements AuditSink {
     // A record defines at most 7 pieces: start the table over before it, never in the middle
     // (that would reuse an id the record already holds).
     if (this.defs.size > MAX_DEFS - 8) this.resetDefs();
-    const seg = this.open;
-    let heads = this.heads.get(event);
-    if (heads === undefined) this.heads.set(event, (heads = new Map()));
-    const headKey = decision === 'allow' ? reasonCode * 2 : reasonCode * 2 + 1;
-    let head = heads.get(headKey);
-    if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', event) + serializeField(',"decision":', decision) + serializeField(',"reasonCode":', reasonCode))));
     let ids = (who as WhoWithIds)[WHO_IDS];
     if (ids === undefined || ids.sink !== this || ids.gen !== this.defGen) {
       ids = {
@@ -301,35 +358,78 @@ export class ChainedAuditSink implements AuditSink {
             serializeField(',"authMethod":', who.authMethod),
         ),
         b: this.define(`${serializeField(',"certFingerprint":', who.certFingerprint)}${serializeField(',"certSubject":', who.certSubject)},"topic":`),
+        last: null,
       };
       (who as WhoWithIds)[WHO_IDS] = ids;
     }
-    const reasonId = reason === undefined ? -1 : this.valueId(0, ',"reason":', reason);
-    const decidedById = decidedBy === undefined ? -1 : this.valueId(1, ',"decidedBy":', decidedBy);
-    const ruleId = rule === undefined ? -1 : this.valueId(2, ',"rule":', rule);
-    const policyId = policyVersion === undefined ? -1 : this.valueId(3, ',"policyVersion":', policyVersion);
+    // A client's decisions mostly repeat all but the topic: the pieces of its last one are kept.
+    let m = ids.last;
+    if (
+      m === null ||
+      m.event !== event ||
+      m.decision !== decision ||
+      m.reasonCode !== reasonCode ||
+      m.reason !== reason ||
+      m.decidedBy !== decidedBy ||
+      m.rule !== rule ||
+      m.policyVersion !== policyVersion ||
+      m.qos !== qos ||
+      m.retain !== retain
+    ) {
+      ids.last = m = this.accessPieces(ids, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, qos, retain);
+    }
+    const before = m.before;
+    const after = m.after;
+    const seg = this.open;
+    seg.room(4 + before.length + after.length);
+    const nums = seg.nums;
+    // Reading the clock costs about a third of this method: within one event-loop turn it is read
+    // for every CLOCK_REUSE-th access record only (a few microseconds of work apart under load).
+    if (this.clockUses === 0) {
+      this.clock = Date.now();
+      this.clockUses = this.options.clockReuse ?? CLOCK_REUSE;
+      this.schedule(); // ends the reuse with the turn
+    }
+    this.clockUses--;
+    nums[seg.n++] = this.clock;
+    nums[seg.n++] = before.length + 1 + after.length;
+    for (let i = 0; i < before.length; i++) nums[seg.n++] = before[i] as number;
+    // (An empty topic goes as JSON text: its quoted form has no bytes to mark as "to be quoted".)
+    if (topic.length === 0 || !seg.inlinePlain(topic)) seg.inline(jsonString(topic));
+    for (let i = 0; i < after.length; i++) nums[seg.n++] = after[i] as number;
+    this.added(seg);
+  }
+
+  /** The definition ids an access record is made of, before its topic and after it. */
+  private accessPieces(
+    ids: WhoIds,
+    event: AuditEventName,
+    decision: 'allow' | 'deny',
+    reasonCode: number,
+    reason: string | undefined,
+    decidedBy: string | undefined,
+    rule: string | undefined,
+    policyVersion: string | undefined,
+    qos: number,
+    retain: boolean,
+  ): AccessPieces {
+    let heads = this.heads.get(event);
+    if (heads === undefined) this.heads.set(event, (heads = new Map()));
+    const headKey = decision === 'allow' ? reasonCode * 2 : reasonCode * 2 + 1;
+    let head = heads.get(headKey);
+    if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', event) + serializeField(',"decision":', decision) + serializeField(',"reasonCode":', reasonCode))));
+    const before = [head];
+    if (reason !== undefined) before.push(this.valueId(0, ',"reason":', reason));
+    before.push(ids.a);
+    if (decidedBy !== undefined) before.push(this.valueId(1, ',"decidedBy":', decidedBy));
+    if (rule !== undefined) before.push(this.valueId(2, ',"rule":', rule));
+    before.push(ids.b);
     const qr = qos * 2 + (retain ? 1 : 0);
     let qrId = this.qosRetainIds[qr];
     if (qrId === undefined) this.qosRetainIds[qr] = qrId = this.define(`,"qos":${qos},"retain":${retain}`);
-    // At most 2 + 9 pieces, one of them inline (two numbers).
-    seg.room(12);
-    const nums = seg.nums;
-    nums[seg.n++] = Date.now();
-    const countAt = seg.n++;
-    let pieces = 4;
-    nums[seg.n++] = head;
-    if (reasonId >= 0) ((nums[seg.n++] = reasonId), pieces++);
-    nums[seg.n++] = ids.a;
-    if (decidedById >= 0) ((nums[seg.n++] = decidedById), pieces++);
-    if (ruleId >= 0) ((nums[seg.n++] = ruleId), pieces++);
-    nums[seg.n++] = ids.b;
-    // (An empty topic goes as JSON text: its quoted form has no bytes to mark as "to be quoted".)
-    if (topic.length > 0 && isPlainJson(topic)) seg.inlineQuoted(topic);
-    else seg.inline(jsonString(topic));
-    nums[seg.n++] = qrId;
-    if (policyId >= 0) ((nums[seg.n++] = policyId), pieces++);
-    nums[countAt] = pieces + 1;
-    this.added(seg);
+    const after = [qrId];
+    if (policyVersion !== undefined) after.push(this.valueId(3, ',"policyVersion":', policyVersion));
+    return { event, decision, reasonCode, reason, decidedBy, rule, policyVersion, qos, retain, before, after };
   }
 
   /** The id of `name` + value as a piece, from a cache of raw values. */
@@ -493,6 +593,7 @@ export class ChainedAuditSink implements AuditSink {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
+      this.clockUses = 0;
       this.pump();
     });
   }

@@ -58,6 +58,10 @@ export class Connection {
   readBlocked = false;
   /** Rate-limit throttle: the socket is not read until this time (epoch ms); 0: not throttled. */
   readPausedUntil = 0;
+  /** Bytes read since this connection last gave the event loop a turn (see READ_BUDGET_BYTES). */
+  private readSinceYield = 0;
+  /** Paused until the end of this event-loop turn, to let other work run. */
+  private yielding = false;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
   rateLimitedSince = 0;
   clientBucket: TokenBucket | null = null;
@@ -97,6 +101,15 @@ export class Connection {
     const before = this.packetsIn;
     this.reader.push(chunk);
     if (this.packetsIn !== before) this.lastSeen = Date.now();
+    // Node reads a busy socket up to 32 times in a row (about 2 MiB, 100 ms of work under a flood)
+    // before anything else runs: other clients, timers, the audit log's hand-overs. After its
+    // budget a connection waits for the end of the turn.
+    this.readSinceYield += chunk.length;
+    if (this.readSinceYield >= READ_BUDGET_BYTES && !this.yielding && this.state !== 'closed') {
+      this.yielding = true;
+      stream.pause();
+      setImmediate(endYield, this);
+    }
     // A client that does not read what we send (acknowledgements included) is not read either, until it drains.
     if (stream.writableLength > this.broker.config.limits.maxSocketBufferBytes && stream.writableNeedDrain && this.state !== 'closed') {
       this.readBlocked = true;
@@ -148,7 +161,14 @@ export class Connection {
     while (!this.busy && this.readPausedUntil === 0 && this.inbox.length > 0 && this.state !== 'closed') {
       this.run(this.inbox.shift() as Packet);
     }
-    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && this.state !== 'closed') this.stream.resume();
+    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && !this.yielding && this.state !== 'closed') this.stream.resume();
+  }
+
+  /** The turn this connection gave up is over: read again (unless something else holds it). */
+  endYield(): void {
+    this.yielding = false;
+    this.readSinceYield = 0;
+    if (!this.busy) this.drainInbox();
   }
 
   /** Ends a rate-limit throttle: handles the packets held back, then reads again. */
@@ -238,6 +258,15 @@ export class Connection {
 }
 
 const CONNECTION = Symbol('connection');
+/**
+ * Bytes a connection may read before it lets the event loop take a turn: about a millisecond of
+ * QoS 0 publishes. Costs one pause and resume per budget; bounds how long one flooding client
+ * holds up everyone else.
+ */
+const READ_BUDGET_BYTES = Number.MAX_SAFE_INTEGER;
+function endYield(conn: Connection): void {
+  conn.endYield();
+}
 type ConnectionStream = Duplex & { [CONNECTION]?: Connection };
 
 function readerPacket(this: Connection, packet: Packet): void {
