@@ -263,7 +263,7 @@ const CONNECTION = Symbol('connection');
  * QoS 0 publishes. Costs one pause and resume per budget; bounds how long one flooding client
  * holds up everyone else.
  */
-const READ_BUDGET_BYTES = Number.MAX_SAFE_INTEGER;
+const READ_BUDGET_BYTES = 64 * 1024;
 function endYield(conn: Connection): void {
   conn.endYield();
 }
