@@ -528,7 +528,7 @@ async function main(): Promise<void> {
   const abRates = (optString('ab-rate') ?? '0,20000,100000').split(',').map(Number); // 0: flood
   // Each mode against audit off, in its own process of two brokers (a mode that makes much
   // garbage would bill its collection to the other broker's slices if more shared one heap).
-  const abModes: Mode[] = ['denials', 'publishes'];
+  const abModes = (optString('ab-modes') ?? 'denials,publishes').split(',') as Mode[];
   const ab: Partial<Record<string, { off: Slices; mode: Slices }>> = {};
   if (abCycles > 0) {
     for (const abRate of abRates) for (const m of abModes) {
@@ -554,6 +554,9 @@ async function main(): Promise<void> {
   };
   const rateLabel = (r: number) => (r === 0 ? 'flood' : `${fmt(r)} msg/s`);
   const sinkRuns: SinkResult[] = [];
+  // The sink alone runs in this process: its chaining thread gets a CPU of its own, as a broker's
+  // does with `--pin main` (this process was pinned to CPU 1 as the load generator).
+  if (pinMode !== 'none' && pinNote.startsWith('pinned')) spawnSync('taskset', ['-a', '-p', '-c', `0-${os.availableParallelism() - 1}`, String(process.pid)], { stdio: 'ignore' });
   for (let r = 0; r < opt('sink-runs', 5); r++) {
     sinkRuns.push(await sinkAlone(records));
     process.stderr.write(`sink run ${r + 1}: ${Math.round(sinkRuns[r]?.rate ?? 0)} records/s, ${sinkRuns[r]?.cpuPerRecord.toFixed(2)} µs CPU/record\n`);
