@@ -312,7 +312,7 @@ test('closing while every write fails counts the unwritten records once, as lost
   t.true(errors.some((m) => m.includes('audit log closed with 10001 records that could not be written')), errors.join(' | '));
 });
 
-test.serial('access records read the clock again in every event-loop turn, and at least every 16 records within one', async (t) => {
+test.serial('access records read the clock again after every run of synchronous code (however it ends), and at least every 16 records within one', async (t) => {
   const realNow = Date.now;
   let clock = 1_764_000_000_000;
   Date.now = () => clock;
@@ -333,6 +333,11 @@ test.serial('access records read the clock again in every event-loop turn, and a
     await new Promise((r) => setTimeout(r, 5));
     clock += 5000;
     publish('later');
+    // A record made in an immediate (the check phase), then an idle wait: the next record, in a
+    // timer, reads the clock again.
+    await new Promise<void>((resolve) => setImmediate(() => (publish('in-immediate'), resolve())));
+    clock += 7000;
+    await new Promise<void>((resolve) => setTimeout(() => (publish('after-idle'), resolve()), 20));
     await sink.close();
     const times = new Map(
       out
@@ -349,6 +354,8 @@ test.serial('access records read the clock again in every event-loop turn, and a
     t.is(times.get('same-turn/16'), base + 16, 'the 17th reads the clock again');
     t.is(times.get('next-turn'), base + 20 + 5000);
     t.is(times.get('later'), base + 20 + 10000);
+    t.is(times.get('in-immediate'), base + 20 + 10000);
+    t.is(times.get('after-idle'), base + 20 + 17000, 'a reading from an earlier run is never reused');
   } finally {
     Date.now = realNow;
   }

@@ -53,7 +53,7 @@ export interface ChainedSinkOptions {
   startDetail?: Record<string, string | number | boolean>;
   /** Chain records in a worker thread (the default), or on the calling thread. */
   chainInWorker?: boolean;
-  /** Access records per reading of the clock within one event-loop turn (default CLOCK_REUSE; 1: every record). */
+  /** Access records per reading of the clock within one run of synchronous code (default CLOCK_REUSE; 1: every record). */
   clockReuse?: number;
   /** Tests: what chains the segments (instead of a worker or the calling thread). */
   createChainer?: (tip: ChainTip, prefix: string) => Chainer;
@@ -81,8 +81,9 @@ const MAX_READY_BYTES = 64 << 20;
 const MIN_DISPATCH_RECORDS = 4096;
 const MAX_DISPATCH_INTERVAL_MS = 200;
 /**
- * Access records made in one event-loop turn share one reading of the clock, this many at most
- * (made one after another, they are microseconds apart; a new turn always reads it again).
+ * Access records made in one run of synchronous code (one socket read's packets, one timer's
+ * fan-out) share one reading of the clock, this many at most: made one after another, they are
+ * microseconds apart. The reading expires with the run (a microtask), however short it was.
  */
 const CLOCK_REUSE = 16;
 /** Definitions kept before the table starts over (ids are then reused, in order). */
@@ -251,9 +252,12 @@ export class ChainedAuditSink implements AuditSink {
   /** The writer is running. */
   private running = false;
   private scheduled = false;
-  /** The clock as last read for an access record, and how many more may use it this turn. */
+  /** The clock as last read for an access record, and how many more may use it before it expires. */
   private clock = 0;
   private clockUses = 0;
+  private readonly clockExpires = (): void => {
+    this.clockUses = 0;
+  };
   private closed = false;
   private needsRollback = false;
   private failedSince: number | null = null;
@@ -376,19 +380,21 @@ export class ChainedAuditSink implements AuditSink {
       m.qos !== qos ||
       m.retain !== retain
     ) {
-      ids.last = m = this.accessPieces(ids, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, qos, retain);
+      ids.last = m = { event, decision, reasonCode, reason, decidedBy, rule, policyVersion, qos, retain, before: [], after: [] };
+      this.definePieces(ids, m);
     }
     const before = m.before;
     const after = m.after;
     const seg = this.open;
     seg.room(4 + before.length + after.length);
     const nums = seg.nums;
-    // Reading the clock costs about a third of this method: within one event-loop turn it is read
-    // for every CLOCK_REUSE-th access record only (a few microseconds of work apart under load).
+    // Reading the clock costs about a third of this method: within one run of synchronous code it
+    // is read for every CLOCK_REUSE-th access record only (a few microseconds of work apart). The
+    // reading expires when the run ends, so a later run (after an idle wait) never reuses it.
     if (this.clockUses === 0) {
       this.clock = Date.now();
       this.clockUses = this.options.clockReuse ?? CLOCK_REUSE;
-      this.schedule(); // ends the reuse with the turn
+      queueMicrotask(this.clockExpires);
     }
     this.clockUses--;
     nums[seg.n++] = this.clock;
@@ -400,36 +406,25 @@ export class ChainedAuditSink implements AuditSink {
     this.added(seg);
   }
 
-  /** The definition ids an access record is made of, before its topic and after it. */
-  private accessPieces(
-    ids: WhoIds,
-    event: AuditEventName,
-    decision: 'allow' | 'deny',
-    reasonCode: number,
-    reason: string | undefined,
-    decidedBy: string | undefined,
-    rule: string | undefined,
-    policyVersion: string | undefined,
-    qos: number,
-    retain: boolean,
-  ): AccessPieces {
-    let heads = this.heads.get(event);
-    if (heads === undefined) this.heads.set(event, (heads = new Map()));
-    const headKey = decision === 'allow' ? reasonCode * 2 : reasonCode * 2 + 1;
+  /** Fills in `m.before` and `m.after`: the definition ids its record is made of, before the topic and after it. */
+  private definePieces(ids: WhoIds, m: AccessPieces): void {
+    let heads = this.heads.get(m.event);
+    if (heads === undefined) this.heads.set(m.event, (heads = new Map()));
+    const headKey = m.decision === 'allow' ? m.reasonCode * 2 : m.reasonCode * 2 + 1;
     let head = heads.get(headKey);
-    if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', event) + serializeField(',"decision":', decision) + serializeField(',"reasonCode":', reasonCode))));
-    const before = [head];
-    if (reason !== undefined) before.push(this.valueId(0, ',"reason":', reason));
+    if (head === undefined) heads.set(headKey, (head = this.define(serializeField(',"event":', m.event) + serializeField(',"decision":', m.decision) + serializeField(',"reasonCode":', m.reasonCode))));
+    const before = m.before;
+    before.push(head);
+    if (m.reason !== undefined) before.push(this.valueId(0, ',"reason":', m.reason));
     before.push(ids.a);
-    if (decidedBy !== undefined) before.push(this.valueId(1, ',"decidedBy":', decidedBy));
-    if (rule !== undefined) before.push(this.valueId(2, ',"rule":', rule));
+    if (m.decidedBy !== undefined) before.push(this.valueId(1, ',"decidedBy":', m.decidedBy));
+    if (m.rule !== undefined) before.push(this.valueId(2, ',"rule":', m.rule));
     before.push(ids.b);
-    const qr = qos * 2 + (retain ? 1 : 0);
+    const qr = m.qos * 2 + (m.retain ? 1 : 0);
     let qrId = this.qosRetainIds[qr];
-    if (qrId === undefined) this.qosRetainIds[qr] = qrId = this.define(`,"qos":${qos},"retain":${retain}`);
-    const after = [qrId];
-    if (policyVersion !== undefined) after.push(this.valueId(3, ',"policyVersion":', policyVersion));
-    return { event, decision, reasonCode, reason, decidedBy, rule, policyVersion, qos, retain, before, after };
+    if (qrId === undefined) this.qosRetainIds[qr] = qrId = this.define(`,"qos":${m.qos},"retain":${m.retain}`);
+    m.after.push(qrId);
+    if (m.policyVersion !== undefined) m.after.push(this.valueId(3, ',"policyVersion":', m.policyVersion));
   }
 
   /** The id of `name` + value as a piece, from a cache of raw values. */
@@ -593,7 +588,6 @@ export class ChainedAuditSink implements AuditSink {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.clockUses = 0;
       this.pump();
     });
   }
