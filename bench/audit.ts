@@ -7,8 +7,11 @@
  *   npm run bench:audit                   # 7 runs of 3 s per mode, modes interleaved
  *   npm run bench:audit -- --runs 9 --duration 5
  *   npm run bench:audit -- --profile prof # also write a CPU profile of each broker process
- *   npm run bench:audit -- --ab-rate 20000,100000 --ab-cycles 40  # the interleaved A/B phase
+ *   npm run bench:audit -- --ab-rate 0,20000,100000 --ab-cycles 40  # the interleaved A/B phase (0: flood)
+ *   npm run bench:audit -- --runs 0 --ab-rate 0 --ab-modes publishes --sink-runs 0  # the flood A/B alone
+ *   npm run bench:audit -- --modes off,publishes  # separate runs of a subset of modes
  *   npm run bench:audit -- --pin process  # the whole broker on one CPU (default: its main thread)
+ *   BENCH_AUDIT_DEBUG=1 npm run bench:audit   # the broker prints its audit counters, GC and per-thread CPU every 0.5 s
  *
  * Pinning (Linux, 2 or more CPUs, taskset): the load generator (this process) runs on CPU 1.
  * With `--pin main` (the default) the broker's main thread, the one that runs the event loop,
