@@ -3,7 +3,12 @@
  * from `concurrency` parallel loops for a fixed time) and idle memory per connection (broker RSS
  * before and after opening N connections that then stay idle).
  */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { BenchClient, withTimeout, type Endpoint } from './client.ts';
 import { sleep, systemBusySeconds, type RunningBrokerProcess } from './brokers.ts';
 
@@ -17,15 +22,90 @@ export interface ConnectResult {
   generatorCpu: number;
   brokerCpu: number | null;
   otherCpu: number | null;
+  /** Which load generator ran: 'c' (bench/gen/connect.c) or 'node'. */
+  generator: 'c' | 'node';
 }
 
 let counter = 0;
+
+/** The C connect generator, compiled on first use; null (with the reason) when it cannot be built. */
+let cGenerator: { path: string } | { path: null; why: string } | undefined;
+
+export function connectGenerator(): { path: string } | { path: null; why: string } {
+  if (cGenerator !== undefined) return cGenerator;
+  if (process.env.BENCH_NODE_CONNECT_GENERATOR === '1') return (cGenerator = { path: null, why: 'BENCH_NODE_CONNECT_GENERATOR=1' });
+  if (process.platform !== 'linux') return (cGenerator = { path: null, why: `epoll is Linux-only (${process.platform})` });
+  const src = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gen', 'connect.c');
+  const out = path.join(mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-gen-')), 'connect');
+  const cc = process.env.CC ?? 'cc';
+  const r = spawnSync(cc, ['-O2', '-o', out, src], { encoding: 'utf8' });
+  if (r.error || r.status !== 0) return (cGenerator = { path: null, why: `${cc} failed: ${(r.error?.message ?? r.stderr).trim().split('\n')[0]}` });
+  return (cGenerator = { path: out });
+}
+
+/**
+ * Plain TCP connect loops in the C generator (bench/gen/connect.c): one epoll thread in a child
+ * process, which inherits this process's CPU pinning. Its CPU is read from its own getrusage.
+ */
+async function runConnectsC(gen: string, broker: RunningBrokerProcess, endpoint: Endpoint, concurrency: number, durationMs: number): Promise<ConnectResult> {
+  const tag = `bench-${process.pid}-c${++counter}`;
+  const creds = endpoint.credentials ? [endpoint.credentials.username, endpoint.credentials.password] : [];
+  const brk0 = broker.cpuSeconds();
+  const sys0 = systemBusySeconds();
+  const t0 = performance.now();
+  const child = spawn(gen, [endpoint.host, String(endpoint.port), String(concurrency), String(durationMs), tag, ...creds], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  const code = await withTimeout(
+    new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (c) => resolve(c));
+    }),
+    durationMs + 15_000,
+    'C connect generator',
+  ).catch((e: unknown) => {
+    child.kill('SIGKILL');
+    throw e;
+  });
+  const wallMs = performance.now() - t0;
+  const brk1 = broker.cpuSeconds();
+  const sys1 = systemBusySeconds();
+  let parsed: { connects: number; failures: number; failure: string | null; wallMs: number; cpuMs: number };
+  try {
+    parsed = JSON.parse(out.trim().split('\n').pop() ?? '') as typeof parsed;
+  } catch {
+    throw new Error(`C connect generator exited with ${code} and no result${err ? `: ${err.trim()}` : ''}`);
+  }
+  const brokerSeconds = brk0 === null || brk1 === null ? null : brk1 - brk0;
+  const brokerCpu = brokerSeconds === null ? null : (brokerSeconds * 1000) / wallMs;
+  const generatorCpu = parsed.cpuMs / parsed.wallMs;
+  const otherCpu = sys0 === null || sys1 === null || brokerCpu === null ? null : Math.max(0, ((sys1 - sys0) * 1000) / wallMs - brokerCpu - generatorCpu);
+  let failure = parsed.failures > 0 ? `${parsed.failures} connect(s) failed, first: ${parsed.failure ?? 'unknown'}` : null;
+  if (failure === null && parsed.connects === 0) failure = 'no connect completed';
+  return {
+    ok: failure === null,
+    ...(failure !== null ? { failure } : {}),
+    connects: parsed.connects,
+    connectsPerS: (parsed.connects / parsed.wallMs) * 1000,
+    brokerMsPerConnect: brokerSeconds === null || parsed.connects === 0 ? null : (brokerSeconds * 1000) / parsed.connects,
+    generatorCpu,
+    brokerCpu,
+    otherCpu,
+    generator: 'c',
+  };
+}
 
 /**
  * `concurrency` loops, each: connect, CONNECT, wait for CONNACK, send DISCONNECT and end the socket
  * (without waiting for the broker's FIN: that wait only adds loopback round trips, not broker work).
  */
 export async function runConnects(broker: RunningBrokerProcess, endpoint: Endpoint, concurrency: number, durationMs: number): Promise<ConnectResult> {
+  if (endpoint.tls === undefined) {
+    const gen = connectGenerator();
+    if (gen.path !== null) return runConnectsC(gen.path, broker, endpoint, concurrency, durationMs);
+  }
   const tag = `bench-${process.pid}-c${++counter}`;
   let connects = 0;
   let failure: string | null = null;
@@ -66,6 +146,7 @@ export async function runConnects(broker: RunningBrokerProcess, endpoint: Endpoi
     generatorCpu,
     brokerCpu,
     otherCpu,
+    generator: 'node',
   };
 }
 

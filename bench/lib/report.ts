@@ -9,6 +9,7 @@ import path from 'node:path';
 import { BROKERS, mosquittoVersion, projectRoot, sleep, systemBusySeconds, type BrokerName, type Pinning, type Security } from './brokers.ts';
 import { SCENARIO_INFO, TARGETS, metricsOf, PAYLOAD, type MetricDef, type ScenarioName, type Target } from './plan.ts';
 import { ACL_RULES, FLEET_USERS } from './security.ts';
+import { connectGenerator } from './connections.ts';
 
 export interface RunOptions {
   quick: boolean;
@@ -175,6 +176,14 @@ export function report(opts: RunOptions, pin: Pinning, results: Results, started
       `latency paced at ${opts.rate} msg/s; ${opts.concurrency} parallel connect loops; ${int(opts.connections)} idle connections (${opts.memoryRuns} measurement(s)); ${int(opts.retained)} retained messages; ` +
       `windows ${Object.entries(opts.windows).filter(([k]) => opts.scenarios.includes(k as ScenarioName)).map(([k, v]) => `${k}=${v}`).join(', ')}`,
   );
+  if (opts.scenarios.includes('connect-tcp')) {
+    const gen = connectGenerator();
+    L.push(
+      gen.path !== null
+        ? '- Plain TCP connects: the C load generator (bench/gen/connect.c, one epoll thread, built with the system C compiler); TLS and mTLS connects: Node loops in the benchmark process.'
+        : `- Plain TCP connects: Node loops in the benchmark process (the C load generator was not used: ${gen.why}); TLS and mTLS connects: Node loops too.`,
+    );
+  }
   L.push(
     `- **Security off**: anonymous, allow-all, no audit (Portcullis \`authorizers: [allow-all]\`, \`audit.sink: none\`; Mosquitto \`allow_anonymous true\`; Aedes without hooks); the mTLS listener still requires a client certificate (Portcullis: \`certificate\` provider).`,
   );

@@ -1,0 +1,223 @@
+/*
+ * Connect-rate load generator for the benchmark (plain TCP only).
+ *
+ * `concurrency` loops, each: non-blocking TCP connect, CONNECT (MQTT 3.1.1, clean session,
+ * keep-alive 60, optional user name and password), wait for CONNACK, check its return code,
+ * send DISCONNECT and close; then start again, until `duration_ms` has passed. One thread,
+ * epoll, no allocation per connect: the generator should cost the machine far less than the
+ * broker it measures (the Node generator in bench/lib/connections.ts uses about as much CPU as
+ * Mosquitto does).
+ *
+ * Usage: connect HOST PORT CONCURRENCY DURATION_MS CLIENT_ID_PREFIX [USERNAME PASSWORD]
+ * Prints one JSON line: {"connects":N,"failures":N,"failure":"first failure or null",
+ *                        "wallMs":N,"cpuMs":N}
+ * Exit status 0 when every connect succeeded, 1 otherwise, 2 on bad arguments.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { IDLE, CONNECTING, WAIT_CONNACK };
+
+struct slot {
+  int fd;
+  int state;
+  unsigned char in[8];
+  int have;
+};
+
+static struct sockaddr_in addr;
+static const char *prefix;
+static const char *user;
+static const char *pass;
+static long long seq;
+static long long connects, failures;
+static char failure[256];
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static void fail(const char *what, int err) {
+  failures++;
+  if (failure[0] == 0) snprintf(failure, sizeof failure, "%s: %s", what, err ? strerror(err) : "unexpected reply");
+}
+
+static int put_str(unsigned char *p, const char *s, size_t n) {
+  p[0] = (unsigned char)(n >> 8);
+  p[1] = (unsigned char)n;
+  memcpy(p + 2, s, n);
+  return (int)(2 + n);
+}
+
+/* Encodes CONNECT for a fresh client id into buf; returns its length. */
+static int encode_connect(unsigned char *buf) {
+  char id[96];
+  int idn = snprintf(id, sizeof id, "%s-%lld", prefix, seq++);
+  size_t un = user ? strlen(user) : 0, pn = pass ? strlen(pass) : 0;
+  int remaining = 10 + 2 + idn + (user ? 2 + (int)un : 0) + (pass ? 2 + (int)pn : 0);
+  int o = 0;
+  buf[o++] = 0x10;
+  int r = remaining;
+  do {
+    unsigned char b = r % 128;
+    r /= 128;
+    if (r > 0) b |= 0x80;
+    buf[o++] = b;
+  } while (r > 0);
+  o += put_str(buf + o, "MQTT", 4);
+  buf[o++] = 4;                                      /* protocol level 3.1.1 */
+  buf[o++] = 0x02 | (user ? 0x80 : 0) | (pass ? 0x40 : 0); /* clean session, credentials */
+  buf[o++] = 0;
+  buf[o++] = 60; /* keep-alive */
+  o += put_str(buf + o, id, (size_t)idn);
+  if (user) o += put_str(buf + o, user, un);
+  if (pass) o += put_str(buf + o, pass, pn);
+  return o;
+}
+
+static void start(int ep, struct slot *s) {
+  s->have = 0;
+  s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->fd < 0) {
+    fail("socket", errno);
+    s->state = IDLE;
+    return;
+  }
+  int one = 1;
+  setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  int rc = connect(s->fd, (struct sockaddr *)&addr, sizeof addr);
+  if (rc < 0 && errno != EINPROGRESS) {
+    fail("connect", errno);
+    close(s->fd);
+    s->state = IDLE;
+    return;
+  }
+  s->state = CONNECTING;
+  struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = s};
+  epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
+}
+
+static void finish(int ep, struct slot *s, int ok) {
+  epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
+  if (ok) {
+    static const unsigned char disconnect[2] = {0xe0, 0x00};
+    (void)!write(s->fd, disconnect, 2);
+    connects++;
+  }
+  close(s->fd);
+  s->fd = -1;
+  s->state = IDLE;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 6 && argc != 8) {
+    fprintf(stderr, "usage: %s HOST PORT CONCURRENCY DURATION_MS CLIENT_ID_PREFIX [USERNAME PASSWORD]\n", argv[0]);
+    return 2;
+  }
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons((uint16_t)atoi(argv[2]));
+  if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) {
+    fprintf(stderr, "bad IPv4 address: %s\n", argv[1]);
+    return 2;
+  }
+  int concurrency = atoi(argv[3]);
+  double duration = atof(argv[4]);
+  prefix = argv[5];
+  if (argc == 8) {
+    user = argv[6];
+    pass = argv[7];
+  }
+  if (concurrency < 1 || concurrency > 4096 || duration <= 0 || strlen(prefix) > 64) {
+    fprintf(stderr, "bad arguments\n");
+    return 2;
+  }
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct slot *slots = calloc((size_t)concurrency, sizeof *slots);
+  struct epoll_event events[256];
+  unsigned char buf[512];
+  double t0 = now_ms(), end = t0 + duration;
+  for (int i = 0; i < concurrency; i++) start(ep, &slots[i]);
+  int running = 1;
+  while (running) {
+    int n = epoll_wait(ep, events, 256, 100);
+    if (n < 0 && errno != EINTR) {
+      fail("epoll_wait", errno);
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      struct slot *s = events[i].data.ptr;
+      if (s->state == CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+          fail("connect", err);
+          finish(ep, s, 0);
+          continue;
+        }
+        int m = encode_connect(buf);
+        if (write(s->fd, buf, (size_t)m) != m) {
+          fail("write CONNECT", errno);
+          finish(ep, s, 0);
+          continue;
+        }
+        s->state = WAIT_CONNACK;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+        epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+      } else if (s->state == WAIT_CONNACK) {
+        ssize_t r = read(s->fd, s->in + s->have, sizeof s->in - (size_t)s->have);
+        if (r <= 0) {
+          if (r < 0 && errno == EAGAIN) continue;
+          fail("read CONNACK", r == 0 ? ECONNRESET : errno);
+          finish(ep, s, 0);
+          continue;
+        }
+        s->have += (int)r;
+        if (s->have < 4) continue;
+        if (s->in[0] != 0x20 || s->in[1] != 0x02 || s->in[3] != 0x00) {
+          if (failure[0] == 0)
+            snprintf(failure, sizeof failure, "CONNACK refused or malformed: %02x %02x %02x %02x", s->in[0], s->in[1], s->in[2], s->in[3]);
+          failures++;
+          finish(ep, s, 0);
+          continue;
+        }
+        finish(ep, s, 1);
+      }
+    }
+    double t = now_ms();
+    running = 0;
+    for (int i = 0; i < concurrency; i++) {
+      if (slots[i].state == IDLE && t < end && failures == 0) start(ep, &slots[i]);
+      if (slots[i].state != IDLE) running = 1;
+    }
+  }
+  double wall = now_ms() - t0;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3 + ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3;
+  printf("{\"connects\":%lld,\"failures\":%lld,\"failure\":", connects, failures);
+  if (failure[0]) {
+    putchar('"');
+    for (const char *p = failure; *p; p++)
+      if (*p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) putchar(*p);
+    putchar('"');
+  } else
+    printf("null");
+  printf(",\"wallMs\":%.1f,\"cpuMs\":%.1f}\n", wall, cpu);
+  return failures == 0 ? 0 : 1;
+}
