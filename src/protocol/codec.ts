@@ -9,6 +9,7 @@
 import { isUtf8 } from 'node:buffer';
 import mqtt from 'mqtt-packet';
 import type * as MP from 'mqtt-packet';
+import { decodeFast } from './fast-decode.ts';
 import { ReasonCode } from './reason-codes.ts';
 
 export type Packet = MP.Packet;
@@ -210,6 +211,8 @@ export class PacketReader {
   }
 
   private decode(frame: Buffer): void {
+    const fast = decodeFast(frame, this.settings.protocolVersion ?? 0);
+    if (fast !== null) return this.accept(fast);
     this.parsed = null;
     this.parseError = null;
     this.badString = null;
@@ -233,11 +236,6 @@ export class PacketReader {
         parser._pos = 0;
       }
     }
-    const parsedNow = this.parsed as Packet | null;
-    if (parsedNow !== null && parsedNow.cmd === 'connect') {
-      const v = parsedNow.protocolVersion ?? 4;
-      this.settings = ((parsedNow as { bridgeMode?: boolean }).bridgeMode === true ? BRIDGE_SETTINGS[v] : SETTINGS[v]) ?? NO_SETTINGS;
-    }
     if (this.parseError !== null) {
       const message = (this.parseError as Error).message;
       const reason = /protocol version|Invalid protocolId/i.test(message)
@@ -252,7 +250,14 @@ export class PacketReader {
     if (packet === null) return this.fail(ReasonCode.MalformedPacket, 'packet length does not match its contents');
     const repeated = this.repeated as number | null; // set by the parser hook during parse()
     if (repeated !== null) return this.fail(ReasonCode.ProtocolError, `property 0x${repeated.toString(16).padStart(2, '0')} appears more than once`);
+    this.accept(packet);
+  }
+
+  /** A decoded packet, from either decoder: CONNECT's checks and version, then the handler. */
+  private accept(packet: Packet): void {
     if (packet.cmd === 'connect') {
+      const v = packet.protocolVersion ?? 4;
+      this.settings = ((packet as { bridgeMode?: boolean }).bridgeMode === true ? BRIDGE_SETTINGS[v] : SETTINGS[v]) ?? NO_SETTINGS;
       const flags = connectFlagError(packet);
       if (flags !== null) return this.fail(ReasonCode.MalformedPacket, flags);
       this.connected = true;
