@@ -6,6 +6,7 @@
 import test from 'ava';
 import mqtt from 'mqtt-packet';
 import type * as MP from 'mqtt-packet';
+import { encode } from '../src/protocol/codec.ts';
 import { decodeFast } from '../src/protocol/fast-decode.ts';
 
 type Version = 3 | 4 | 5;
@@ -149,4 +150,16 @@ test('declines what only mqtt-packet may judge', (t) => {
   reserved[header(connect) + 7]! |= 1;
   t.is(decodeFast(reserved, 0), null, 'the reserved CONNECT flag');
   t.not(decodeFast(connect, 0), null, 'the plain CONNECT itself is taken');
+});
+
+test('encode: the CONNACK and PINGRESP shortcuts write the bytes mqtt-packet writes', (t) => {
+  for (const v of [3, 4] as const)
+    for (const sessionPresent of [false, true])
+      for (const returnCode of [0, 1, 2, 3, 4, 5]) {
+        const p = { cmd: 'connack', returnCode, sessionPresent } as MP.IConnackPacket;
+        t.deepEqual(encode(p, v), mqtt.generate(p, { protocolVersion: v }), `v${v} ${returnCode} ${sessionPresent}`);
+      }
+  for (const v of [3, 4, 5] as const) t.deepEqual(encode({ cmd: 'pingresp' }, v), mqtt.generate({ cmd: 'pingresp' }, { protocolVersion: v }));
+  const v5 = { cmd: 'connack', reasonCode: 0, sessionPresent: true, properties: { receiveMaximum: 10 } } as MP.IConnackPacket;
+  t.deepEqual(encode(v5, 5), mqtt.generate(v5, { protocolVersion: 5 }), 'MQTT 5 still goes through mqtt-packet');
 });

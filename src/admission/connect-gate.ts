@@ -24,7 +24,7 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
     super(providers, deadlineMs, listenerName, rules, guard);
   }
 
-  override async authenticate(req: ConnectRequest): Promise<ChainResult> {
+  override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
     const ip = req.peer.remoteAddress;
     const refused = this.admission.checkConnect(req.clientId, req.username, ip, this.listenerName);
     if (refused !== undefined) {
@@ -34,7 +34,12 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
         verdicts: [{ provider: refused.decidedBy, kind: 'deny', reason: refused.reason, detail: refused.detail }],
       };
     }
-    const result = await super.authenticate(req);
+    const result = super.decide(req);
+    return result instanceof Promise ? result.then((r) => this.admitted(r, req, ip)) : this.admitted(result, req, ip);
+  }
+
+  /** A late user name check on an allowed Principal, and the connect counted for flapping detection. */
+  private admitted(result: ChainResult, req: ConnectRequest, ip: string): ChainResult {
     if (result.decision.kind !== 'allow') return result;
     // The user name a provider mapped (certificate CN, JWT claim) may differ from the one sent: check it too.
     const principal = result.decision.value;

@@ -8,6 +8,10 @@ export class AnonymousAuthenticator implements Authenticator {
   readonly id = 'anonymous';
 
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
+    return this.decideNow(req);
+  }
+
+  decideNow(req: ConnectRequest): Decision<Principal> {
     const attributes: Record<string, unknown> = {};
     if (req.username !== undefined) attributes.claimedUsername = req.username;
     return {

@@ -95,6 +95,11 @@ export class CertificateAuthenticator implements Authenticator {
   constructor(private readonly config: CertificateProviderConfig) {}
 
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
+    return this.decideNow(req);
+  }
+
+  /** Everything it needs came with the handshake: it never waits. */
+  decideNow(req: ConnectRequest): Decision<Principal> {
     const t = req.peer.tls;
     if (t === undefined || t.fingerprint256 === undefined) return { kind: 'abstain' };
     if (!t.authorized) return { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: `client certificate not verified (${t.authorizationError ?? 'unknown'})` };

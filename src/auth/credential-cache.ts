@@ -23,12 +23,13 @@ export class CredentialCache<T> {
     return h.update(len).update(u).update(password).digest('base64');
   }
 
-  get(username: string, password: Buffer): T | undefined {
+  /** The cached value; a miss is counted unless `countMiss` is false (a look that will be repeated). */
+  get(username: string, password: Buffer, countMiss = true): T | undefined {
     const k = this.keyOf(username, password);
     const e = this.entries.get(k);
     if (e === undefined || e.expires <= Date.now()) {
       if (e !== undefined) this.entries.delete(k);
-      this.misses++;
+      if (countMiss) this.misses++;
       return undefined;
     }
     this.hits++;

@@ -29,7 +29,7 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     super(providers, deadlineMs);
   }
 
-  override async authenticate(req: ConnectRequest): Promise<ChainResult> {
+  override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
     const ip = req.peer.remoteAddress;
     const refused = this.guard?.check(ip, req.username);
     if (refused !== undefined) {
@@ -41,7 +41,12 @@ export class ListenerAuthenticator extends AuthenticatorChain {
         verdicts: [{ provider: 'guard', kind: 'deny', reason: refused.reason, detail: refused.detail }],
       };
     }
-    const result = await super.authenticate(req);
+    const result = super.decide(req);
+    return result instanceof Promise ? result.then((r) => this.finish(r, req, ip)) : this.finish(result, req, ip);
+  }
+
+  /** Identity checks on an allowed Principal, and the failed-login protection's bookkeeping. */
+  private finish(result: ChainResult, req: ConnectRequest, ip: string): ChainResult {
     const d = result.decision;
     if (d.kind === 'allow') {
       const problem = this.checkIdentity(d.value, req);

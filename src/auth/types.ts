@@ -58,6 +58,12 @@ export interface ConnectRequest {
 export interface Authenticator {
   readonly id: string;
   authenticate(req: ConnectRequest, signal: AbortSignal): Promise<Decision<Principal>>;
+  /**
+   * Optional: the answer when it needs no waiting (no I/O, no password hashing), or undefined to
+   * be asked through authenticate() with its deadline. It must answer as authenticate() would.
+   * Built-in providers use it for anonymous, certificate and cached password logins.
+   */
+  decideNow?(req: ConnectRequest): Decision<Principal> | undefined;
   /** MQTT 5 authentication methods this provider handles (CONNECT and AUTH re-authentication), e.g. ['JWT']. */
   readonly methods?: readonly string[];
   /** Called once before the listeners start: load keys, warm caches. Throwing stops the start. */

@@ -244,8 +244,13 @@ export class Broker {
   }
 
   authenticate(listener: string, req: ConnectRequest): Promise<ChainResult> {
+    return Promise.resolve(this.decideAuthentication(listener, req));
+  }
+
+  /** The listener's chain's answer: synchronous when no provider has to wait (see AuthenticatorChain.decide). */
+  decideAuthentication(listener: string, req: ConnectRequest): ChainResult | Promise<ChainResult> {
     const chain = this.chains.get(listener) ?? new AuthenticatorChain([], this.config.authDeadlineMs);
-    return chain.authenticate(req);
+    return chain.decide(req);
   }
 
   /**

@@ -350,6 +350,12 @@ export function encode(packet: Packet, version: ProtocolVersion): Buffer {
     const id = packet.messageId ?? 0;
     return Buffer.from([ack, 2, id >> 8, id & 0xff]);
   }
+  if (packet.cmd === 'connack' && version !== 5 && packet.properties === undefined) {
+    // MQTT 3.1 / 3.1.1 CONNACK: flags, return code (the same bytes mqtt-packet writes).
+    const rc = packet.returnCode ?? 0;
+    if (Number.isInteger(rc) && rc >= 0 && rc <= 255) return Buffer.from([0x20, 2, packet.sessionPresent ? 1 : 0, rc]);
+  }
+  if (packet.cmd === 'pingresp') return Buffer.from([0xd0, 0]);
   return mqtt.generate(packet, generateOptions[version]);
 }
 

@@ -26,6 +26,8 @@ export interface PasswordReloadReport {
   trigger: string;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** The client sees one text for every password refusal; the cause goes to the audit record only. */
 export const GENERIC_PASSWORD_DENIAL = 'bad user name or password';
 
@@ -109,15 +111,32 @@ export class PasswordAuthenticator implements Authenticator {
     this.watcher = undefined;
   }
 
-  async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
+  /**
+   * Answers at once when no hash has to be checked: no user name (abstain), a refused length, an
+   * empty password, or a credential-cache hit. Everything else waits for argon2 in authenticate().
+   */
+  decideNow(req: ConnectRequest): Decision<Principal> | undefined {
+    return this.withoutHashing(req, false);
+  }
+
+  private withoutHashing(req: ConnectRequest, countMiss: boolean): Decision<Principal> | undefined {
     const username = req.username;
     if (username === undefined) return { kind: 'abstain' };
-    const password = req.password ?? Buffer.alloc(0);
+    const password = req.password ?? EMPTY;
     if (Buffer.byteLength(username) > this.config.maxUsernameBytes) return deny(`user name longer than ${this.config.maxUsernameBytes} bytes`);
     if (password.length > this.config.maxPasswordBytes) return deny(`password longer than ${this.config.maxPasswordBytes} bytes`);
     if (password.length === 0) return deny('empty password');
-    const cached = this.cache?.get(username, password);
+    // decideNow's miss is not counted: authenticate() looks again and counts it once.
+    const cached = this.cache?.get(username, password, countMiss);
     if (cached !== undefined) return allow(req, cached.username, cached.roles, true);
+    return undefined;
+  }
+
+  async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
+    const now = this.withoutHashing(req, true);
+    if (now !== undefined) return now;
+    const username = req.username as string;
+    const password = req.password ?? EMPTY;
     const entry = this.users.get(username);
     this.dummy ??= dummyHash(this.dummyParams);
     // The same argon2 work for known and unknown users: user names cannot be found by timing.

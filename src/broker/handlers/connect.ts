@@ -6,7 +6,9 @@
  *   → authorizeWill → attachSession → connack → resumeDelivery
  */
 import { randomUUID } from 'node:crypto';
+import type { ChainResult } from '../../auth/chain.ts';
 import type { Principal, ProviderVerdict } from '../../auth/types.ts';
+import type { AuthzResult } from '../../authz/types.ts';
 import { countUserProperties, type ConnectPacket } from '../../protocol/codec.ts';
 import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/reason-codes.ts';
 import { checkTopicName } from '../../protocol/topic.ts';
@@ -53,7 +55,7 @@ const steps: Step[] = [
   resumeDelivery,
 ];
 
-export async function handleConnect(conn: Connection, packet: ConnectPacket): Promise<void> {
+export function handleConnect(conn: Connection, packet: ConnectPacket): void | Promise<void> {
   conn.state = 'connecting';
   conn.version = packet.protocolVersion ?? 4;
   const v5 = conn.version === 5;
@@ -71,11 +73,28 @@ export async function handleConnect(conn: Connection, packet: ConnectPacket): Pr
   if (v5) {
     conn.problemInformation = packet.properties?.requestProblemInformation !== false;
   }
-  for (const step of steps) {
-    const refusal = await step(ctx);
-    if ((conn.state as string) === 'closed') return; // the client went away while we waited
-    if (refusal !== undefined) return refuse(ctx, refusal);
+  return runSteps(ctx, 0);
+}
+
+/**
+ * Runs the steps from `from` on. Steps that answer at once are not awaited: a connect with
+ * nothing to wait for (anonymous, certificate, a cached password) runs to its CONNACK in one go,
+ * and only a step that returns a promise makes the rest asynchronous.
+ */
+function runSteps(ctx: ConnectContext, from: number): void | Promise<void> {
+  for (let i = from; i < steps.length; i++) {
+    const refusal = steps[i]!(ctx);
+    if (refusal instanceof Promise) return refusal.then((r) => (ended(ctx, r) ? undefined : runSteps(ctx, i + 1)));
+    if (ended(ctx, refusal)) return;
   }
+}
+
+/** True when the connect ends here: the client went away (while we waited) or a step refused it. */
+function ended(ctx: ConnectContext, refusal: Refusal | undefined): boolean {
+  if ((ctx.conn.state as string) === 'closed') return true;
+  if (refusal === undefined) return false;
+  refuse(ctx, refusal);
+  return true;
 }
 
 function refuse(ctx: ConnectContext, refusal: Refusal): void {
@@ -201,10 +220,9 @@ function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
   return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable' };
 }
 
-async function authenticate(ctx: ConnectContext): Promise<Refusal | undefined> {
+function authenticate(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
   const { conn, packet } = ctx;
-  const broker = conn.broker;
-  const result = await broker.authenticate(conn.peer.listener, {
+  const result = conn.broker.decideAuthentication(conn.peer.listener, {
     clientId: ctx.clientId,
     ...(packet.username !== undefined ? { username: packet.username } : {}),
     ...(packet.password !== undefined ? { password: packet.password } : {}),
@@ -213,6 +231,12 @@ async function authenticate(ctx: ConnectContext): Promise<Refusal | undefined> {
     ...(packet.properties?.authenticationMethod !== undefined ? { authenticationMethod: packet.properties.authenticationMethod } : {}),
     ...(packet.properties?.authenticationData !== undefined ? { authenticationData: packet.properties.authenticationData } : {}),
   });
+  return result instanceof Promise ? result.then((r) => authenticated(ctx, r)) : authenticated(ctx, result);
+}
+
+function authenticated(ctx: ConnectContext, result: ChainResult): Refusal | undefined {
+  const { conn, packet } = ctx;
+  const broker = conn.broker;
   const decision = result.decision;
   if (result.decidedBy !== undefined) ctx.decidedBy = result.decidedBy;
   ctx.audited = true;
@@ -260,11 +284,15 @@ function bindIdentity(ctx: ConnectContext): Refusal | undefined {
   return undefined;
 }
 
-async function authorizeWill(ctx: ConnectContext): Promise<Refusal | undefined> {
+function authorizeWill(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
   const will = ctx.will;
   if (will === null) return undefined;
   const { conn } = ctx;
-  const decision = await conn.broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
+  const decision = conn.broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
+  return decision instanceof Promise ? decision.then((d) => willDecided(ctx, d)) : willDecided(ctx, decision);
+}
+
+function willDecided(ctx: ConnectContext, decision: AuthzResult): Refusal | undefined {
   if (decision.kind === 'allow') return undefined;
   ctx.audited = true; // authorize() recorded the denial
   return { reason: ReasonCode.NotAuthorized, detail: 'will topic not authorized' };
