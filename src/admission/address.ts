@@ -61,8 +61,26 @@ export function formatAddress(a: Address): string {
 
 /** The text form of an address as the broker keys it; the input unchanged when it does not parse. */
 export function normalizeAddress(text: string): string {
-  const a = parseAddress(text);
-  return a === undefined ? text : formatAddress(a);
+  return peerAddress(text).text;
+}
+
+/** Recently seen peer addresses, parsed: bounded, emptied whole when full. Treat the values as read-only. */
+const recentPeers = new Map<string, { addr: Address | undefined; text: string }>();
+const RECENT_PEERS = 4096;
+
+/**
+ * A peer's address as reported by the socket, parsed and in canonical text, remembered for the
+ * next connection from the same address (a connect looks at it twice: admission and CONNECT).
+ */
+export function peerAddress(raw: string): { readonly addr: Address | undefined; readonly text: string } {
+  let r = recentPeers.get(raw);
+  if (r === undefined) {
+    const addr = parseAddress(raw);
+    r = { addr, text: addr === undefined ? raw : formatAddress(addr) };
+    if (recentPeers.size >= RECENT_PEERS) recentPeers.clear();
+    recentPeers.set(raw, r);
+  }
+  return r;
 }
 
 /**

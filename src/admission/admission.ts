@@ -18,7 +18,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { Principal } from '../auth/types.ts';
-import { RangeList, formatAddress, normalizeAddress, parseAddress } from './address.ts';
+import { RangeList, normalizeAddress, peerAddress } from './address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
 import { FlappingDetector } from './flapping.ts';
@@ -116,8 +116,7 @@ export class Admission {
       socket.destroy(); // already gone
       return false;
     }
-    const addr = parseAddress(raw);
-    const text = addr === undefined ? raw : formatAddress(addr);
+    const { addr, text } = peerAddress(raw);
     const ban = this.bans.matchAddress(addr, text);
     if (ban !== undefined) {
       this.refuse(socket, policy, text, 'banned', `source address banned: ${describeBan(ban)}`, { ban: `${ban.kind} ${ban.value}` });

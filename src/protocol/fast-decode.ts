@@ -85,6 +85,13 @@ export function decodeFast(frame: Buffer, version: number): Packet | null {
   return null;
 }
 
+/** The end of the length-prefixed field at `pos`, or -1 when it does not fit before `end`. */
+function fieldEnd(frame: Buffer, pos: number, end: number): number {
+  if (end - pos < 2) return -1;
+  const e = pos + 2 + frame.readUInt16BE(pos);
+  return e > end ? -1 : e;
+}
+
 /** MQTT 3.1.1 ('MQTT', level 4) or 3.1 ('MQIsdp', level 3) CONNECT, not a bridge's. */
 function decodeConnect(frame: Buffer, pos: number, end: number, length: number): Packet | null {
   if ((frame[0] as number) !== 0x10 || end - pos < 2) return null;
@@ -107,13 +114,7 @@ function decodeConnect(frame: Buffer, pos: number, end: number, length: number):
   if ((flags & 1) !== 0 || willQos === 3 || (!willFlag && (willQos !== 0 || willRetain))) return null;
   const keepalive = frame.readUInt16BE(pos + 2);
   pos += 4;
-  const field = (): number => {
-    // The end of the next length-prefixed field, or -1 when it does not fit.
-    if (end - pos < 2) return -1;
-    const e = pos + 2 + frame.readUInt16BE(pos);
-    return e > end ? -1 : e;
-  };
-  let e = field();
+  let e = fieldEnd(frame, pos, end);
   if (e < 0) return null;
   const clientId = plainString(frame, pos + 2, e);
   if (clientId === null) return null;
@@ -121,20 +122,20 @@ function decodeConnect(frame: Buffer, pos: number, end: number, length: number):
   let will: { retain: boolean; qos: number; topic?: string; payload?: Buffer } | undefined;
   if (willFlag) {
     will = { retain: willRetain, qos: willQos };
-    e = field();
+    e = fieldEnd(frame, pos, end);
     if (e < 0) return null;
     const topic = plainString(frame, pos + 2, e);
     if (topic === null) return null;
     will.topic = topic;
     pos = e;
-    e = field();
+    e = fieldEnd(frame, pos, end);
     if (e < 0) return null;
     will.payload = frame.subarray(pos + 2, e);
     pos = e;
   }
   let username: string | undefined;
   if ((flags & 0x80) !== 0) {
-    e = field();
+    e = fieldEnd(frame, pos, end);
     if (e < 0) return null;
     const u = plainString(frame, pos + 2, e);
     if (u === null) return null;
@@ -143,7 +144,7 @@ function decodeConnect(frame: Buffer, pos: number, end: number, length: number):
   }
   let password: Buffer | undefined;
   if ((flags & 0x40) !== 0) {
-    e = field();
+    e = fieldEnd(frame, pos, end);
     if (e < 0) return null;
     password = frame.subarray(pos + 2, e);
     pos = e;
