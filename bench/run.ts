@@ -265,12 +265,12 @@ async function runScenario(broker: RunningBrokerProcess, s: ScenarioName, opts: 
           return {
             ok: m.ok,
             ...(m.failure !== undefined ? { failure: m.failure } : {}),
-            values: { kb: m.perConnectionKb, beforeMb: m.beforeKb / 1024, afterMb: m.afterKb / 1024, ...(m.perConnectionNoGcKb !== null ? { kbNoGc: m.perConnectionNoGcKb } : {}) },
+            values: { kb: m.perConnectionKb, kbMarginal: m.marginalKb, beforeMb: m.beforeKb / 1024, afterMb: m.afterKb / 1024, ...(m.perConnectionNoGcKb !== null ? { kbNoGc: m.perConnectionNoGcKb } : {}) },
             generatorCpu: null,
             brokerCpu: null,
             otherCpu: null,
             detail: m.ok
-              ? `${m.perConnectionKb.toFixed(2)} KiB per connection (${int(m.connections)} open in ${m.openS.toFixed(1)} s; RSS ${(m.beforeKb / 1024).toFixed(1)} → ${(m.afterKb / 1024).toFixed(1)} MiB${m.perConnectionNoGcKb !== null ? `, after GC; before GC ${m.perConnectionNoGcKb.toFixed(2)} KiB per connection` : ''})`
+              ? `${m.perConnectionKb.toFixed(2)} KiB per connection, ${m.marginalKb.toFixed(2)} marginal (${int(m.connections)} open in ${m.openS.toFixed(1)} s; RSS ${(m.beforeKb / 1024).toFixed(1)} → ${(m.afterKb / 1024).toFixed(1)} MiB${m.perConnectionNoGcKb !== null ? `, after GC; before GC ${m.perConnectionNoGcKb.toFixed(2)} KiB per connection` : ''})`
               : `FAILED: ${m.failure}`,
           };
         });

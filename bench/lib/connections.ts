@@ -158,6 +158,11 @@ export interface MemoryResult {
   afterKb: number;
   /** (after − before) / connections, in KiB; for Node brokers both readings follow a full GC. */
   perConnectionKb: number;
+  /**
+   * (after − reading at half) / the second half's connections: what one more idle connection
+   * costs once the broker holds many, without one-time growth (allocator arenas, heap spaces).
+   */
+  marginalKb: number;
   /** Node brokers: the same from the reading before that GC (null for Mosquitto). */
   perConnectionNoGcKb: number | null;
   /** How long opening them took, seconds. */
@@ -165,7 +170,8 @@ export interface MemoryResult {
 }
 
 /**
- * Opens `count` connections (MQTT 3.1.1, keep-alive 600 s, nothing subscribed), `batch` at a time,
+ * Opens `count` connections (MQTT 3.1.1, keep-alive 600 s, nothing subscribed), `batch` at a time
+ * (reading RSS once more when half are open, for the marginal figure),
  * waits for the broker to settle and reads its RSS. All connections are closed before returning.
  * A warm-up of 200 connections, opened and closed first, keeps one-time costs (JIT, TLS contexts,
  * pools) out of the per-connection figure. For the Node brokers each reading follows a full GC
@@ -190,8 +196,18 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
   const b = await settledRss();
   const before = b.rss;
   const t0 = performance.now();
+  const half = Math.floor(count / 2);
+  let mid: number | null = null;
+  let atMid = 0;
+  let midWaitMs = 0;
   try {
     for (let i = 0; i < count && failure === null; i += batch) {
+      if (mid === null && i >= half) {
+        const w = performance.now();
+        mid = (await settledRss()).rss;
+        atMid = clients.length;
+        midWaitMs = performance.now() - w;
+      }
       const opened = await Promise.allSettled(Array.from({ length: Math.min(batch, count - i) }, (_, k) => BenchClient.connect(endpoint, `${tag}-${i + k}`, 10_000, 600)));
       for (const o of opened) {
         if (o.status === 'fulfilled') {
@@ -202,7 +218,7 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
         } else failure ??= o.reason instanceof Error ? o.reason.message : String(o.reason);
       }
     }
-    const openS = (performance.now() - t0) / 1000;
+    const openS = (performance.now() - t0 - midWaitMs) / 1000;
     const a = await settledRss();
     const after = a.rss;
     if (failure === null && (before === null || after === null)) failure = 'broker RSS unavailable (no /proc)';
@@ -213,6 +229,7 @@ export async function runIdleMemory(broker: RunningBrokerProcess, endpoint: Endp
       beforeKb: before ?? 0,
       afterKb: after ?? 0,
       perConnectionKb: clients.length > 0 && before !== null && after !== null ? (after - before) / clients.length : 0,
+      marginalKb: clients.length > atMid && mid !== null && after !== null ? (after - mid) / (clients.length - atMid) : 0,
       perConnectionNoGcKb: clients.length > 0 && b.noGc !== null && a.noGc !== null ? (a.noGc - b.noGc) / clients.length : null,
       openS,
     };
