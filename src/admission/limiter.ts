@@ -65,11 +65,14 @@ export class ConnectionLimiter {
     };
   }
 
-  /** The key an address is counted under: the address, or its network for IPv6. */
-  keyOf(a: Address | undefined, raw: string): string {
-    if (a === undefined) return raw;
+  /**
+   * The key an address is counted under: the address, or its network for IPv6. `text` is the
+   * address's canonical text (formatAddress of `a`, or the raw text when it did not parse).
+   */
+  keyOf(a: Address | undefined, text: string): string {
+    if (a === undefined) return text;
     if (a.family === 6 && this.ipv6Prefix < 128) return `${formatAddress(masked({ ...a, prefix: this.ipv6Prefix }))}/${this.ipv6Prefix}`;
-    return formatAddress(a);
+    return text;
   }
 
   get connections(): number {
