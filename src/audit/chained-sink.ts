@@ -79,6 +79,9 @@ const MAX_READY_BYTES = 64 << 20;
  * (fsyncIntervalMs 0) nothing waits.
  */
 const MIN_DISPATCH_RECORDS = 4096;
+/** The share of `maxQueue` at which the broker stops reading from clients, and the share at which it reads again. */
+const BACKLOG_HIGH = 0.5;
+const BACKLOG_LOW = 0.25;
 const MAX_DISPATCH_INTERVAL_MS = 200;
 /**
  * Access records made in one run of synchronous code (one socket read's packets, one timer's
@@ -271,6 +274,7 @@ export class ChainedAuditSink implements AuditSink {
   private dropLoggedAt = 0;
   private failLoggedAt = 0;
   private waiters: (() => void)[] = [];
+  private drainWaiters: (() => void)[] = [];
   dropped = 0;
   written = 0;
 
@@ -844,5 +848,26 @@ export class ChainedAuditSink implements AuditSink {
     const w = this.waiters;
     this.waiters = [];
     for (const f of w) f();
+    if (this.drainWaiters.length > 0 && (this.pendingCount <= this.options.maxQueue * BACKLOG_LOW || this.failedSince !== null || this.closed)) {
+      const d = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const f of d) f();
+    }
+  }
+
+  /**
+   * True while records arrive faster than they are written: half the queue is taken, and writes
+   * are not failing (a failing log is `healthy()`'s business, and `audit.failMode` decides). The
+   * broker then stops reading from its clients until {@link whenDrained} calls back, so a burst
+   * is slowed down instead of filling the queue (where fail-closed would deny and fail-open drop).
+   */
+  backlogged(): boolean {
+    return this.failedSince === null && !this.closed && this.pendingCount >= this.options.maxQueue * BACKLOG_HIGH;
+  }
+
+  /** Calls `fn` once the queue is down to a quarter, or writes fail, or the sink closes. */
+  whenDrained(fn: () => void): void {
+    this.drainWaiters.push(fn);
+    this.wake();
   }
 }

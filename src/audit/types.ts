@@ -113,4 +113,8 @@ export interface AuditSink {
   health?(): AuditHealth;
   /** The same as `health().ok`, without allocating: the broker asks it on every access decision. */
   healthy?(): boolean;
+  /** Records arrive faster than they are written: the broker stops reading from clients (read back-pressure). */
+  backlogged?(): boolean;
+  /** Calls back once, when the sink has caught up (or can no longer: writes fail, or it closed). */
+  whenDrained?(fn: () => void): void;
 }

@@ -59,6 +59,8 @@ export interface BrokerStats {
   publishesRateLimited: number;
   /** Times a connection's reading was paused by a rate limit (throttle). */
   connectionsThrottled: number;
+  /** Times a connection stopped reading because the audit log was behind (read back-pressure). */
+  auditHolds: number;
 }
 
 /** What a policy reload did to the live sessions. */
@@ -95,6 +97,7 @@ export class Broker {
     slowConsumersDisconnected: 0,
     publishesRateLimited: 0,
     connectionsThrottled: 0,
+    auditHolds: 0,
   };
   /** PUBLISH rate limits; null when none is configured (the default). */
   readonly rateLimiter: PublishRateLimiter | null;
@@ -104,6 +107,8 @@ export class Broker {
   private readonly auditSink: AuditSink;
   private readonly auditAllowed: Record<Action | 'connect' | 'will', boolean>;
   private readonly auditFailClosed: boolean;
+  /** Connections that stopped reading until the audit log catches up (see holdForAudit). */
+  private readonly auditHeld = new Set<Connection>();
   private readonly chains: Map<string, AuthenticatorChain>;
   private readonly authorizers: AuthorizerChain;
   private readonly listeners: Listener[];
@@ -355,6 +360,23 @@ export class Broker {
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'audit sink failed');
     }
+  }
+
+  /** True while the audit log is behind (see AuditSink.backlogged): connections stop reading until it catches up. */
+  auditBacklogged(): boolean {
+    return this.auditSink.backlogged?.() === true;
+  }
+
+  /** Holds a connection's reading until the audit log has caught up; every held connection is released at once. */
+  holdForAudit(conn: Connection): void {
+    this.auditHeld.add(conn);
+    this.stats.auditHolds++;
+    if (this.auditHeld.size > 1) return; // a callback is already waiting
+    (this.auditSink.whenDrained as (fn: () => void) => void).call(this.auditSink, () => {
+      const held = [...this.auditHeld];
+      this.auditHeld.clear();
+      for (const c of held) c.releaseAudit();
+    });
   }
 
   /** False while the audit sink cannot write and `audit.failMode` is fail-closed: connects are refused, access denied. */

@@ -62,6 +62,8 @@ export class Connection {
   private readSinceYield = 0;
   /** Paused until the end of this event-loop turn, to let other work run. */
   private yielding = false;
+  /** Not reading until the audit log catches up (Broker.holdForAudit). */
+  private auditHeld = false;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
   rateLimitedSince = 0;
   clientBucket: TokenBucket | null = null;
@@ -124,8 +126,9 @@ export class Connection {
   onPacket(packet: Packet): void {
     this.packetsIn++;
     if (this.state === 'closed') return;
-    // Held while a handler is pending, or while a rate-limit throttle pauses this client (the rest of the chunk read before the pause).
-    if (this.busy || this.readPausedUntil !== 0) {
+    // Held while a handler is pending, while a rate-limit throttle pauses this client (the rest of
+    // the chunk read before the pause), or while the audit log is behind.
+    if (this.busy || this.readPausedUntil !== 0 || this.auditHeld || this.holdsForAudit()) {
       this.inbox.push(packet);
       return;
     }
@@ -158,16 +161,36 @@ export class Connection {
   }
 
   private drainInbox(): void {
-    while (!this.busy && this.readPausedUntil === 0 && this.inbox.length > 0 && this.state !== 'closed') {
+    while (!this.busy && this.readPausedUntil === 0 && !this.auditHeld && this.inbox.length > 0 && this.state !== 'closed' && !this.holdsForAudit()) {
       this.run(this.inbox.shift() as Packet);
     }
-    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && !this.yielding && this.state !== 'closed') this.stream.resume();
+    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && !this.yielding && !this.auditHeld && this.state !== 'closed') this.stream.resume();
   }
 
   /** The turn this connection gave up is over: read again (unless something else holds it). */
   endYield(): void {
     this.yielding = false;
     this.readSinceYield = 0;
+    if (!this.busy) this.drainInbox();
+  }
+
+  /**
+   * The audit log is behind: this connection stops reading (TCP slows the client down) and keeps
+   * the packets it has read, rather than let the log's queue fill, where fail-closed would deny
+   * access and fail-open would drop records. Asked before every packet, so a connection adds at
+   * most one packet's records after the log said it was behind.
+   */
+  private holdsForAudit(): boolean {
+    if (!this.broker.auditBacklogged()) return false;
+    this.auditHeld = true;
+    this.stream.pause();
+    this.broker.holdForAudit(this);
+    return true;
+  }
+
+  /** The audit log caught up (or can no longer): read again, unless something else holds this connection. */
+  releaseAudit(): void {
+    this.auditHeld = false;
     if (!this.busy) this.drainInbox();
   }
 

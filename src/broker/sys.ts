@@ -37,6 +37,7 @@ export class SysTopics {
       ['messages/dropped/queue-refused-qos12', b.stats.queueRefusedQos12],
       ['messages/dropped/rate-limited', b.stats.publishesRateLimited],
       ['clients/throttled', b.stats.connectionsThrottled],
+      ['clients/held-for-audit', b.stats.auditHolds],
       ['clients/slow-consumers-disconnected', b.stats.slowConsumersDisconnected],
       ['retained messages/count', b.retained.size],
     ];

@@ -1,0 +1,92 @@
+/**
+ * Read back-pressure from the audit log, over a real loopback socket: when allowed publishes are
+ * audited and records arrive faster than the log writes them, the broker stops reading from its
+ * clients until the log catches up. A flood is slowed down, not denied (fail-closed) and not
+ * stripped of its records (fail-open): every publish is delivered and every record written.
+ *
+ * The log's output here is deliberately slow (each write waits 3 ms) and its queue small (2,000
+ * records), so a flood of 20,000 publishes fills it many times over. Without the back-pressure
+ * the queue fills, `healthy()` turns false and fail-closed denies publishes: the counts below
+ * then fall short and `dropped` is not 0.
+ */
+import net from 'node:net';
+import test from 'ava';
+import mqtt from 'mqtt';
+import mqttPacket from 'mqtt-packet';
+import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
+import { parseRecord } from '../src/audit/record.ts';
+import { silentLogger } from '../src/log.ts';
+import { startBroker } from './helpers.ts';
+
+const COUNT = 20_000;
+
+function slowOutput(delayMs: number): AuditOutput & { lines(): string[] } {
+  const chunks: Buffer[] = [];
+  const wait = () => new Promise((resolve) => setTimeout(resolve, delayMs));
+  return {
+    name: 'slow memory',
+    write: async (data) => {
+      await wait();
+      chunks.push(Buffer.from(data));
+    },
+    writev: async (list) => {
+      await wait();
+      for (const d of list) chunks.push(Buffer.from(d));
+    },
+    close: async () => {},
+    lines: () =>
+      Buffer.concat(chunks)
+        .toString('utf8')
+        .split('\n')
+        .filter((l) => l !== ''),
+  };
+}
+
+for (const failMode of ['fail-closed', 'fail-open'] as const) {
+  test(`${failMode}: a flood faster than the audit log is slowed down by not reading, not denied and not dropped`, async (t) => {
+    t.timeout(60_000);
+    const out = slowOutput(3);
+    const sink = new ChainedAuditSink(out, { maxQueue: 2000, log: silentLogger(), fsyncIntervalMs: 0 });
+    const tb = await startBroker({ audit: { allowed: { publish: true }, failMode } }, { audit: sink as never });
+    t.teardown(() => tb.stop());
+
+    let received = 0;
+    const sub = mqtt.connect(tb.url, { clientId: 'sub', reconnectPeriod: 0 });
+    t.teardown(() => sub.end(true));
+    await new Promise<void>((resolve, reject) => {
+      sub.once('connect', () => sub.subscribe('flood/t', { qos: 0 }, (err) => (err ? reject(err) : resolve())));
+      sub.once('error', reject);
+    });
+    sub.on('message', () => received++);
+
+    const socket = net.connect(tb.port, '127.0.0.1');
+    t.teardown(() => socket.destroy());
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    const connack = new Promise<Buffer>((resolve) => socket.once('data', resolve));
+    socket.on('data', () => {});
+    socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'flooder', clean: true, keepalive: 60 }));
+    t.is((await connack)[3], 0x00, 'connection accepted');
+
+    const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
+    socket.write(Buffer.concat(Array.from({ length: COUNT }, () => one)));
+
+    const deadline = Date.now() + 50_000;
+    while (received < COUNT && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    t.is(received, COUNT, 'every publish was delivered: none was denied');
+    t.true(tb.broker.stats.auditHolds > 0, 'the broker held the flooding connection at least once');
+    await sink.flush();
+    t.is(sink.dropped, 0, 'no audit record was dropped');
+    const publishes = out
+      .lines()
+      .map((l) => parseRecord(l))
+      .filter((r) => r?.event === 'publish');
+    t.is(publishes.length, COUNT, 'one record per publish');
+    t.true(
+      publishes.every((r) => r?.decision === 'allow'),
+      'every publish was allowed',
+    );
+  });
+}
