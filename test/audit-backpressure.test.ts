@@ -9,14 +9,13 @@
  * the queue fills, `healthy()` turns false and fail-closed denies publishes: the counts below
  * then fall short and `dropped` is not 0.
  */
-import net from 'node:net';
 import test from 'ava';
 import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
 import { parseRecord } from '../src/audit/record.ts';
 import { silentLogger } from '../src/log.ts';
-import { startBroker } from './helpers.ts';
+import { rawConnected, startBroker } from './helpers.ts';
 
 const COUNT = 20_000;
 
@@ -59,16 +58,8 @@ for (const failMode of ['fail-closed', 'fail-open'] as const) {
     });
     sub.on('message', () => received++);
 
-    const socket = net.connect(tb.port, '127.0.0.1');
+    const socket = await rawConnected(tb.port, 'flooder');
     t.teardown(() => socket.destroy());
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    const connack = new Promise<Buffer>((resolve) => socket.once('data', resolve));
-    socket.on('data', () => {});
-    socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'flooder', clean: true, keepalive: 60 }));
-    t.is((await connack)[3], 0x00, 'connection accepted');
 
     const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
     socket.write(Buffer.concat(Array.from({ length: COUNT }, () => one)));

@@ -8,6 +8,7 @@ import mqtt from 'mqtt-packet';
 import type * as MP from 'mqtt-packet';
 import { encode } from '../src/protocol/codec.ts';
 import { decodeFast } from '../src/protocol/fast-decode.ts';
+import { frame } from './raw-mqtt.ts';
 
 type Version = 3 | 4 | 5;
 
@@ -37,15 +38,7 @@ function header(frame: Buffer): number {
 
 /** Re-frames a body behind a first byte, with the remaining length encoded for it. */
 function frameOf(first: number, body: Buffer): Buffer {
-  const len: number[] = [];
-  let n = body.length;
-  do {
-    let d = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) d |= 0x80;
-    len.push(d);
-  } while (n > 0);
-  return Buffer.concat([Buffer.from([first, ...len]), body]);
+  return frame(first >> 4, first & 0x0f, body);
 }
 
 const payloads = [Buffer.alloc(0), Buffer.from('hello'), Buffer.alloc(300, 7)];

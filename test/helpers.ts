@@ -293,3 +293,27 @@ export async function startTestEnv(t: { teardown(fn: () => unknown): void }, con
     },
   };
 }
+
+/**
+ * A raw TCP client that has sent CONNECT (MQTT 3.1.1, clean session) and had it accepted: for
+ * tests that write bytes straight to the socket (floods). What the broker sends later is read
+ * and ignored. Throws if the CONNACK is not an acceptance.
+ */
+export async function rawConnected(port: number, clientId: string): Promise<net.Socket> {
+  const socket = net.connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  const connack = new Promise<Buffer>((resolve) => socket.once('data', resolve));
+  socket.on('data', () => {});
+  const id = Buffer.from(clientId, 'utf8');
+  const body = Buffer.concat([Buffer.from([0, 4, 0x4d, 0x51, 0x54, 0x54, 4, 0x02, 0, 60, id.length >> 8, id.length & 0xff]), id]);
+  socket.write(Buffer.concat([Buffer.from([0x10, body.length]), body]));
+  const ack = await connack;
+  if (ack[0] !== 0x20 || ack[3] !== 0x00) {
+    socket.destroy();
+    throw new Error(`CONNACK did not accept ${clientId}: ${ack.subarray(0, 4).toString('hex')}`);
+  }
+  return socket;
+}
