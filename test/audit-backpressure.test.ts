@@ -81,3 +81,44 @@ for (const failMode of ['fail-closed', 'fail-open'] as const) {
     );
   });
 }
+
+test('fail-open: a log whose write hangs holds clients for at most 2 s, then they are read again and the records that do not fit are dropped and counted', async (t) => {
+  t.timeout(30_000);
+  // Every write hangs until the test lets go of it (before stopping the broker, which flushes).
+  const pending: (() => void)[] = [];
+  let hang = true;
+  const out: AuditOutput = {
+    name: 'hung',
+    write: () => (hang ? new Promise<void>((resolve) => pending.push(resolve)) : Promise.resolve()),
+    writev: () => (hang ? new Promise<void>((resolve) => pending.push(resolve)) : Promise.resolve()),
+    close: async () => {},
+  };
+  const sink = new ChainedAuditSink(out, { maxQueue: 1000, log: silentLogger(), fsyncIntervalMs: 0 });
+  const tb = await startBroker({ audit: { allowed: { publish: true }, failMode: 'fail-open' } }, { audit: sink as never });
+  t.teardown(async () => {
+    hang = false;
+    for (const r of pending.splice(0)) r();
+    await tb.stop();
+  });
+
+  let received = 0;
+  const sub = mqtt.connect(tb.url, { clientId: 'sub', reconnectPeriod: 0 });
+  t.teardown(() => sub.end(true));
+  await new Promise<void>((resolve, reject) => {
+    sub.once('connect', () => sub.subscribe('flood/t', { qos: 0 }, (err) => (err ? reject(err) : resolve())));
+    sub.once('error', reject);
+  });
+  sub.on('message', () => received++);
+  const socket = await rawConnected(tb.port, 'flooder');
+  t.teardown(() => socket.destroy());
+  const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
+  const count = 5000;
+  const started = Date.now();
+  socket.write(Buffer.concat(Array.from({ length: count }, () => one)));
+  const deadline = Date.now() + 20_000;
+  while (received < count && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.is(received, count, 'every publish was delivered (fail-open)');
+  t.true(Date.now() - started >= 1900, 'after being held for about 2 s');
+  t.true(tb.broker.stats.auditHolds > 0, 'the client was held first');
+  t.true(sink.dropped > 0, 'records that did not fit were dropped, and counted');
+});

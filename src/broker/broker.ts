@@ -42,6 +42,9 @@ export interface ListenerAddress {
   port: number;
 }
 
+/** fail-open: how long clients may be held for an audit log that does not catch up. */
+const AUDIT_HOLD_MAX_MS = 2000;
+
 export interface BrokerStats {
   connectsAccepted: number;
   connectsRefused: number;
@@ -109,6 +112,8 @@ export class Broker {
   private readonly auditFailClosed: boolean;
   /** Connections that stopped reading until the audit log catches up (see holdForAudit). */
   private readonly auditHeld = new Set<Connection>();
+  /** fail-open: the log did not catch up in time; nobody is held until it does. */
+  private auditHoldBypassed = false;
   private readonly chains: Map<string, AuthenticatorChain>;
   private readonly authorizers: AuthorizerChain;
   private readonly listeners: Listener[];
@@ -364,19 +369,39 @@ export class Broker {
 
   /** True while the audit log is behind (see AuditSink.backlogged): connections stop reading until it catches up. */
   auditBacklogged(): boolean {
-    return this.auditSink.backlogged?.() === true;
+    return !this.auditHoldBypassed && this.auditSink.backlogged?.() === true;
   }
 
-  /** Holds a connection's reading until the audit log has caught up; every held connection is released at once. */
+  /**
+   * Holds a connection's reading until the audit log has caught up; every held connection is
+   * released at once. With `audit.failMode: fail-open`, a log that has not caught up within
+   * AUDIT_HOLD_MAX_MS (a write that hangs) no longer holds anyone until it does: availability
+   * first, and records that do not fit are dropped and counted, as fail-open promises.
+   */
   holdForAudit(conn: Connection): void {
     this.auditHeld.add(conn);
     this.stats.auditHolds++;
     if (this.auditHeld.size > 1) return; // a callback is already waiting
+    let timer: NodeJS.Timeout | undefined;
+    if (!this.auditFailClosed) {
+      timer = setTimeout(() => {
+        this.auditHoldBypassed = true;
+        this.log.warn({ heldMs: AUDIT_HOLD_MAX_MS, held: this.auditHeld.size }, 'audit log has not caught up: fail-open reads clients again; records that do not fit are dropped');
+        this.releaseAuditHeld();
+      }, AUDIT_HOLD_MAX_MS);
+      timer.unref();
+    }
     (this.auditSink.whenDrained as (fn: () => void) => void).call(this.auditSink, () => {
-      const held = [...this.auditHeld];
-      this.auditHeld.clear();
-      for (const c of held) c.releaseAudit();
+      clearTimeout(timer);
+      this.auditHoldBypassed = false;
+      this.releaseAuditHeld();
     });
+  }
+
+  private releaseAuditHeld(): void {
+    const held = [...this.auditHeld];
+    this.auditHeld.clear();
+    for (const c of held) c.releaseAudit();
   }
 
   /** False while the audit sink cannot write and `audit.failMode` is fail-closed: connects are refused, access denied. */
