@@ -204,14 +204,16 @@ export class PacketReader {
         break;
       }
       const frame = b.subarray(off, off + total);
+      const bodyStart = i - off;
       off += total;
-      this.decode(frame);
+      this.decode(frame, bodyStart);
     }
     this.buf = off >= end ? EMPTY : b.subarray(off);
   }
 
-  private decode(frame: Buffer): void {
-    const fast = decodeFast(frame, this.settings.protocolVersion ?? 0);
+  /** One whole frame; its body starts at `bodyStart` (after the fixed header). */
+  private decode(frame: Buffer, bodyStart: number): void {
+    const fast = decodeFast(frame, bodyStart, this.settings.protocolVersion ?? 0);
     if (fast !== null) return this.accept(fast);
     this.parsed = null;
     this.parseError = null;

@@ -29,22 +29,15 @@ function bare(cmd: Cmd, header: number, length: number): Packet {
 const ACKS: Record<number, Cmd> = { 0x40: 'puback', 0x50: 'pubrec', 0x62: 'pubrel', 0x70: 'pubcomp' };
 
 /**
- * Decodes one whole frame (fixed header included) for a connection that declared `version`
- * (0 before its CONNECT). Returns null when the frame is not one of the simple shapes above.
+ * Decodes one whole frame for a connection that declared `version` (0 before its CONNECT). The
+ * reader has framed it: the body starts at `bodyStart` and runs to the end of `frame`. Returns
+ * null when the frame is not one of the simple shapes above.
  */
-export function decodeFast(frame: Buffer, version: number): Packet | null {
+export function decodeFast(frame: Buffer, bodyStart: number, version: number): Packet | null {
   const header = frame[0] as number;
-  let pos = 1;
-  let length = 0;
-  let multiplier = 1;
-  for (;;) {
-    const digit = frame[pos++] as number;
-    length += (digit & 0x7f) * multiplier;
-    if ((digit & 0x80) === 0) break;
-    multiplier *= 128;
-  }
+  let pos = bodyStart;
   const end = frame.length;
-  if (end - pos !== length) return null;
+  const length = end - bodyStart;
   const type = header >> 4;
   if (version === 0) return type === 1 ? decodeConnect(frame, pos, end, length) : null;
   if (type === 3) {
