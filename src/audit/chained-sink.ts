@@ -15,7 +15,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.ts';
 import { signCheckpoint } from './checkpoint.ts';
 import { inlineChainer, workerChainer, type Chainer } from './chain-segment.ts';
-import { GENESIS, isPlainJson, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
+import { GENESIS, isPlainJson, isPlainJsonChar, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
 import type { AuditEvent, AuditEventName, AuditHealth, AuditSink, AuditWho } from './types.ts';
 
 /** Where the serialized batches go. */
@@ -131,14 +131,17 @@ class Segment {
     this.nums = bigger;
   }
 
+  /** Makes room for `bytes` more bytes of text. */
+  private reserve(bytes: number): void {
+    if (this.used + bytes <= this.text.length) return;
+    const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + bytes)) as RawBuffer;
+    this.text.copy(bigger, 0, 0, this.used);
+    this.text = bigger;
+  }
+
   /** Appends JSON text; returns where it starts. */
   write(text: string): number {
-    const worst = text.length * 3;
-    if (this.used + worst > this.text.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + worst)) as RawBuffer;
-      this.text.copy(bigger, 0, 0, this.used);
-      this.text = bigger;
-    }
+    this.reserve(text.length * 3);
     const start = this.used;
     this.used += this.text.utf8Write(text, start);
     return start;
@@ -146,11 +149,7 @@ class Segment {
 
   /** Appends `text` (printable ASCII, no quotes or backslashes) as an inline piece the chaining side puts in quotes. */
   inlineQuoted(text: string): void {
-    if (this.used + text.length > this.text.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + text.length)) as RawBuffer;
-      this.text.copy(bigger, 0, 0, this.used);
-      this.text = bigger;
-    }
+    this.reserve(text.length);
     const start = this.used;
     this.used += this.text.latin1Write(text, start);
     this.nums[this.n++] = -(start + 1);
@@ -169,16 +168,12 @@ class Segment {
       this.inlineQuoted(text);
       return true;
     }
-    if (this.used + len > this.text.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(this.text.length * 2, this.used + len)) as RawBuffer;
-      this.text.copy(bigger, 0, 0, this.used);
-      this.text = bigger;
-    }
+    this.reserve(len);
     const buf = this.text;
     const start = this.used;
     for (let i = 0; i < len; i++) {
       const c = text.charCodeAt(i);
-      if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
+      if (!isPlainJsonChar(c)) return false;
       buf[start + i] = c;
     }
     this.used = start + len;

@@ -50,11 +50,13 @@ export function jsonString(text: string): string {
 
 /** True when `text` is printable ASCII without quotes or backslashes: its JSON string is itself in quotes. */
 export function isPlainJson(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
-  }
+  for (let i = 0; i < text.length; i++) if (!isPlainJsonChar(text.charCodeAt(i))) return false;
   return true;
+}
+
+/** A UTF-16 code unit JSON writes as itself inside a string: printable ASCII but `"` and `\`. */
+export function isPlainJsonChar(c: number): boolean {
+  return c >= 0x20 && c <= 0x7e && c !== 0x22 && c !== 0x5c;
 }
 
 /** One JSON value as `escapeUnsafe(JSON.stringify(value))` writes it; undefined when JSON leaves the field out. */
