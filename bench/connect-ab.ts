@@ -14,9 +14,8 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setupPinning, type RunningBrokerProcess, type Security, type Transport } from './lib/brokers.ts';
-import type { Endpoint } from './lib/client.ts';
 import { runConnects } from './lib/connections.ts';
-import { BENCH_PASSWORD, BENCH_USER, makeBenchFiles, type BenchFiles } from './lib/security.ts';
+import { endpointFor, makeBenchFiles, type BenchFiles } from './lib/security.ts';
 
 const { values } = parseArgs({
   options: {
@@ -51,12 +50,6 @@ async function launcher(dir: string): Promise<StartBroker> {
   return mod.startBroker;
 }
 
-function endpointOf(b: RunningBrokerProcess, files: BenchFiles): Endpoint {
-  const tls = transport === 'tcp' ? undefined : { context: transport === 'mtls' ? files.mtlsContext : files.tlsContext, servername: 'localhost' };
-  const credentials = security === 'on' && transport !== 'mtls' ? { username: BENCH_USER, password: BENCH_PASSWORD } : undefined;
-  return { host: b.host, port: b.ports[transport], ...(tls ? { tls } : {}), ...(credentials ? { credentials } : {}) };
-}
-
 const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)] as number;
 
 const pin = setupPinning(true);
@@ -69,7 +62,7 @@ const sides = [
 const brokers: RunningBrokerProcess[] = [];
 try {
   for (const s of sides) brokers.push(await s.start('portcullis', security, files, pin));
-  const eps = brokers.map((b) => endpointOf(b, files));
+  const eps = brokers.map((b) => endpointFor(b, transport, files));
   // Warm-up: JIT, and for security on the credential cache.
   for (let i = 0; i < 2; i++) await runConnects(brokers[i]!, eps[i]!, concurrency, sliceMs);
   const ms: number[][] = [[], []];

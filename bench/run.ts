@@ -15,7 +15,7 @@ import { DEFAULT_WINDOWS, PAYLOAD, SCENARIOS, SCENARIO_INFO, throughputSpec, typ
 import { idleLoad, describeLoad, report, waitIdle, type Outcome, type Results, type RunOptions, type Sample } from './lib/report.ts';
 import { runRetained, storeRetained } from './lib/retained.ts';
 import { runLatency, runThroughput } from './lib/scenarios.ts';
-import { BENCH_PASSWORD, BENCH_USER, makeBenchFiles, type BenchFiles } from './lib/security.ts';
+import { endpointFor, makeBenchFiles, type BenchFiles } from './lib/security.ts';
 
 function usage(): string {
   return `Usage: npm run bench -- [options]
@@ -145,13 +145,6 @@ function estimateSeconds(o: RunOptions): number {
 }
 
 // ---------- running ----------
-
-function endpointFor(broker: RunningBrokerProcess, transport: Transport, files: BenchFiles): Endpoint {
-  const on = broker.security === 'on';
-  const credentials = on && transport !== 'mtls' ? { username: BENCH_USER, password: BENCH_PASSWORD } : undefined;
-  const tlsOpts = transport === 'tcp' ? undefined : { context: transport === 'mtls' ? files.mtlsContext : files.tlsContext, servername: 'localhost' };
-  return { host: broker.host, port: broker.ports[transport], ...(tlsOpts ? { tls: tlsOpts } : {}), ...(credentials ? { credentials } : {}) };
-}
 
 const failed = (why: string): Sample => ({ ok: false, failure: why, values: {}, generatorCpu: null, brokerCpu: null, otherCpu: null, detail: `FAILED: ${why}` });
 

@@ -4,7 +4,7 @@
  * before and after opening N connections that then stay idle).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -36,7 +36,9 @@ export function connectGenerator(): { path: string } | { path: null; why: string
   if (process.env.BENCH_NODE_CONNECT_GENERATOR === '1') return (cGenerator = { path: null, why: 'BENCH_NODE_CONNECT_GENERATOR=1' });
   if (process.platform !== 'linux') return (cGenerator = { path: null, why: `epoll is Linux-only (${process.platform})` });
   const src = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gen', 'connect.c');
-  const out = path.join(mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-gen-')), 'connect');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-gen-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const out = path.join(dir, 'connect');
   const cc = process.env.CC ?? 'cc';
   const r = spawnSync(cc, ['-O2', '-o', out, src], { encoding: 'utf8' });
   if (r.error || r.status !== 0) return (cGenerator = { path: null, why: `${cc} failed: ${(r.error?.message ?? r.stderr).trim().split('\n')[0]}` });

@@ -17,6 +17,8 @@ import tls from 'node:tls';
 import { ARGON2_FLOOR } from '../../src/config/auth-schema.ts';
 import { hashPassword } from '../../src/auth/password/hash.ts';
 import { initPki, issueClient, issueServer } from '../../src/pki/ca.ts';
+import type { RunningBrokerProcess, Transport } from './brokers.ts';
+import type { Endpoint } from './client.ts';
 
 /** The user every benchmark client logs in as when security is on (also the client certificate's CN). */
 export const BENCH_USER = 'bench';
@@ -161,4 +163,16 @@ export async function makeBenchFiles(mosquittoPasswd = 'mosquitto_passwd'): Prom
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
+}
+
+/**
+ * Where and how the load generator connects to a broker on one of its listeners: the bench user's
+ * password with security on (except on mTLS, where the client certificate is the identity), and
+ * the client's TLS context on the TLS listeners.
+ */
+export function endpointFor(broker: RunningBrokerProcess, transport: Transport, files: BenchFiles): Endpoint {
+  const on = broker.security === 'on';
+  const credentials = on && transport !== 'mtls' ? { username: BENCH_USER, password: BENCH_PASSWORD } : undefined;
+  const tlsOpts = transport === 'tcp' ? undefined : { context: transport === 'mtls' ? files.mtlsContext : files.tlsContext, servername: 'localhost' };
+  return { host: broker.host, port: broker.ports[transport], ...(tlsOpts ? { tls: tlsOpts } : {}), ...(credentials ? { credentials } : {}) };
 }
