@@ -9,7 +9,7 @@
  * the queue fills, `healthy()` turns false and fail-closed denies publishes: the counts below
  * then fall short and `dropped` is not 0.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
@@ -41,6 +41,28 @@ function slowOutput(delayMs: number): AuditOutput & { lines(): string[] } {
   };
 }
 
+/**
+ * A subscriber to `flood/t` and a raw client that writes `count` QoS 0 publishes to it in one
+ * go; resolves with the number delivered once all arrived or `waitMs` passed.
+ */
+async function flood(t: ExecutionContext, port: number, count: number, waitMs: number): Promise<number> {
+  let received = 0;
+  const sub = mqtt.connect(`mqtt://127.0.0.1:${port}`, { clientId: 'sub', reconnectPeriod: 0 });
+  t.teardown(() => sub.end(true));
+  await new Promise<void>((resolve, reject) => {
+    sub.once('connect', () => sub.subscribe('flood/t', { qos: 0 }, (err) => (err ? reject(err) : resolve())));
+    sub.once('error', reject);
+  });
+  sub.on('message', () => received++);
+  const socket = await rawConnected(port, 'flooder');
+  t.teardown(() => socket.destroy());
+  const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
+  socket.write(Buffer.concat(Array.from({ length: count }, () => one)));
+  const deadline = Date.now() + waitMs;
+  while (received < count && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  return received;
+}
+
 for (const failMode of ['fail-closed', 'fail-open'] as const) {
   test(`${failMode}: a flood faster than the audit log is slowed down by not reading, not denied and not dropped`, async (t) => {
     t.timeout(60_000);
@@ -49,23 +71,7 @@ for (const failMode of ['fail-closed', 'fail-open'] as const) {
     const tb = await startBroker({ audit: { allowed: { publish: true }, failMode } }, { audit: sink as never });
     t.teardown(() => tb.stop());
 
-    let received = 0;
-    const sub = mqtt.connect(tb.url, { clientId: 'sub', reconnectPeriod: 0 });
-    t.teardown(() => sub.end(true));
-    await new Promise<void>((resolve, reject) => {
-      sub.once('connect', () => sub.subscribe('flood/t', { qos: 0 }, (err) => (err ? reject(err) : resolve())));
-      sub.once('error', reject);
-    });
-    sub.on('message', () => received++);
-
-    const socket = await rawConnected(tb.port, 'flooder');
-    t.teardown(() => socket.destroy());
-
-    const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
-    socket.write(Buffer.concat(Array.from({ length: COUNT }, () => one)));
-
-    const deadline = Date.now() + 50_000;
-    while (received < COUNT && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    const received = await flood(t, tb.port, COUNT, 50_000);
     t.is(received, COUNT, 'every publish was delivered: none was denied');
     t.true(tb.broker.stats.auditHolds > 0, 'the broker held the flooding connection at least once');
     await sink.flush();
@@ -101,22 +107,9 @@ test('fail-open: a log whose write hangs holds clients for at most 2 s, then the
     await tb.stop();
   });
 
-  let received = 0;
-  const sub = mqtt.connect(tb.url, { clientId: 'sub', reconnectPeriod: 0 });
-  t.teardown(() => sub.end(true));
-  await new Promise<void>((resolve, reject) => {
-    sub.once('connect', () => sub.subscribe('flood/t', { qos: 0 }, (err) => (err ? reject(err) : resolve())));
-    sub.once('error', reject);
-  });
-  sub.on('message', () => received++);
-  const socket = await rawConnected(tb.port, 'flooder');
-  t.teardown(() => socket.destroy());
-  const one = mqttPacket.generate({ cmd: 'publish', topic: 'flood/t', payload: Buffer.alloc(40, 0x61), qos: 0, retain: false, dup: false });
   const count = 5000;
   const started = Date.now();
-  socket.write(Buffer.concat(Array.from({ length: count }, () => one)));
-  const deadline = Date.now() + 20_000;
-  while (received < count && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  const received = await flood(t, tb.port, count, 20_000);
   t.is(received, count, 'every publish was delivered (fail-open)');
   t.true(Date.now() - started >= 1900, 'after being held for about 2 s');
   t.true(tb.broker.stats.auditHolds > 0, 'the client was held first');
