@@ -274,6 +274,19 @@ export class Connection {
     if (this.stream.readableEnded || this.stream.destroyed) this.stream.destroy();
   }
 
+  /**
+   * Closes our side after the client's DISCONNECT [MQTT-3.14.4-1]. A plain TCP socket with
+   * nothing left in its write buffer is closed at once, as Mosquitto does: close() still sends
+   * FIN after whatever the kernel holds, and it saves a shutdown(), a read of the peer's EOF and
+   * the stream's end-of-stream steps. Anything else (bytes still queued, TLS with its
+   * close_notify, WebSocket with its close frame) ends gracefully.
+   */
+  endAfterDisconnect(): void {
+    const stream = this.stream;
+    if (this.peer.transport === 'tcp' && stream.writableLength === 0) stream.destroy();
+    else stream.end();
+  }
+
   describeClose(): string {
     const r = this.closeReason;
     return r === null ? 'unknown' : `${r.detail} (${reasonName(r.code)})`;

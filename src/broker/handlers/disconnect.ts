@@ -20,5 +20,5 @@ export function handleDisconnect(conn: Connection, packet: DisconnectPacket): vo
   // Only a normal disconnect (0x00) deletes the will; 0x04 and error codes keep it.
   conn.discardWill = code === ReasonCode.Success;
   conn.close({ code, detail: code === ReasonCode.Success ? 'client disconnected' : `client disconnected with reason 0x${code.toString(16)}` });
-  conn.stream.end();
+  conn.endAfterDisconnect();
 }
