@@ -3,29 +3,66 @@
  * an HMAC-SHA256 of (user, password) under a random key made per process, so the cache holds
  * no password and no value that can be checked offline without that key.
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import type { CredentialCacheConfig } from '../config/auth-schema.ts';
 
+const BLOCK = 64;
+
+/**
+ * HMAC-SHA256 (RFC 2104) of len(user) ‖ user ‖ password, the length a 4-byte big-endian prefix so
+ * (user, password) pairs cannot collide by moving bytes between them. Built from two one-shot
+ * hashes over reused buffers: a connect that hits the cache pays for this on every attempt, and
+ * an Hmac object costs more to make than the hashing of inputs this short. The password's copy
+ * in the scratch buffer is zeroed before `of` returns.
+ */
+export class CredentialMac {
+  /** K xor ipad, then room for the message. */
+  private inner: Buffer;
+  /** K xor opad, then the inner digest. */
+  private readonly outer = Buffer.alloc(BLOCK + 32);
+
+  constructor(key: Buffer = randomBytes(32)) {
+    if (key.length > BLOCK) throw new Error('CredentialMac: key longer than one block');
+    this.inner = Buffer.alloc(BLOCK + 256);
+    for (let i = 0; i < BLOCK; i++) {
+      const k = i < key.length ? (key[i] as number) : 0;
+      this.inner[i] = k ^ 0x36;
+      this.outer[i] = k ^ 0x5c;
+    }
+  }
+
+  /** The MAC, base64. */
+  of(username: string, password: Buffer): string {
+    const userBytes = Buffer.byteLength(username, 'utf8');
+    const end = BLOCK + 4 + userBytes + password.length;
+    if (end > this.inner.length) {
+      const bigger = Buffer.alloc(Math.max(end, this.inner.length * 2));
+      this.inner.copy(bigger, 0, 0, BLOCK);
+      this.inner.fill(0);
+      this.inner = bigger;
+    }
+    const m = this.inner;
+    m.writeUInt32BE(userBytes, BLOCK);
+    m.write(username, BLOCK + 4, 'utf8');
+    password.copy(m, BLOCK + 4 + userBytes);
+    const innerDigest = hash('sha256', m.subarray(0, end), 'buffer') as unknown as Buffer;
+    m.fill(0, BLOCK + 4 + userBytes, end);
+    innerDigest.copy(this.outer, BLOCK);
+    return hash('sha256', this.outer, 'base64');
+  }
+}
+
 export class CredentialCache<T> {
-  private readonly key = randomBytes(32);
+  private readonly mac = new CredentialMac();
   private readonly entries = new Map<string, { value: T; expires: number }>();
   hits = 0;
   misses = 0;
 
   constructor(private readonly config: Pick<CredentialCacheConfig, 'ttlMs' | 'maxEntries'>) {}
 
-  private keyOf(username: string, password: Buffer): string {
-    const h = createHmac('sha256', this.key);
-    const u = Buffer.from(username, 'utf8');
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(u.length);
-    // Length-prefixed, so (user, password) pairs cannot collide by moving bytes between them.
-    return h.update(len).update(u).update(password).digest('base64');
-  }
-
   /** The cached value; a miss is counted unless `countMiss` is false (a look that will be repeated). */
   get(username: string, password: Buffer, countMiss = true): T | undefined {
-    const k = this.keyOf(username, password);
+    const k = this.mac.of(username, password);
     const e = this.entries.get(k);
     if (e === undefined || e.expires <= Date.now()) {
       if (e !== undefined) this.entries.delete(k);
@@ -37,7 +74,7 @@ export class CredentialCache<T> {
   }
 
   set(username: string, password: Buffer, value: T): void {
-    const k = this.keyOf(username, password);
+    const k = this.mac.of(username, password);
     this.entries.delete(k);
     this.entries.set(k, { value, expires: Date.now() + this.config.ttlMs });
     while (this.entries.size > this.config.maxEntries) {
