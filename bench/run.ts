@@ -177,6 +177,19 @@ async function throughputSample(broker: RunningBrokerProcess, endpoint: Endpoint
   };
 }
 
+async function connectSample(broker: RunningBrokerProcess, endpoint: Endpoint, opts: RunOptions, durationMs: number): Promise<Sample> {
+  const r = await runConnects(broker, endpoint, opts.concurrency, durationMs);
+  return {
+    ok: r.ok,
+    ...(r.failure !== undefined ? { failure: r.failure } : {}),
+    values: { rate: r.connectsPerS, ...(r.brokerMsPerConnect !== null ? { cpuMs: r.brokerMsPerConnect } : {}) },
+    generatorCpu: r.generatorCpu,
+    brokerCpu: r.brokerCpu,
+    otherCpu: r.otherCpu,
+    detail: r.ok ? `${int(r.connectsPerS)} connects/s, broker ${r.brokerMsPerConnect === null ? 'n/a' : r.brokerMsPerConnect.toFixed(3)} ms CPU per connect (${int(r.connects)} connects; ${cpus(r)})` : `FAILED: ${r.failure}`,
+  };
+}
+
 async function runScenario(broker: RunningBrokerProcess, s: ScenarioName, opts: RunOptions, files: BenchFiles): Promise<Outcome> {
   const info = SCENARIO_INFO[s];
   const endpoint = endpointFor(broker, info.transport, files);
@@ -233,24 +246,8 @@ async function runScenario(broker: RunningBrokerProcess, s: ScenarioName, opts: 
       for (let r = 1; r <= opts.runs; r++) await measure(`run ${r}/${opts.runs}`, out.main, one);
       break;
     }
-    case 'connect': {
-      const one = async (durationMs: number): Promise<Sample> => {
-        const r = await runConnects(broker, endpoint, opts.concurrency, durationMs);
-        return {
-          ok: r.ok,
-          ...(r.failure !== undefined ? { failure: r.failure } : {}),
-          values: { rate: r.connectsPerS, ...(r.brokerMsPerConnect !== null ? { cpuMs: r.brokerMsPerConnect } : {}) },
-          generatorCpu: r.generatorCpu,
-          brokerCpu: r.brokerCpu,
-          otherCpu: r.otherCpu,
-          detail: r.ok ? `${int(r.connectsPerS)} connects/s, broker ${r.brokerMsPerConnect === null ? 'n/a' : r.brokerMsPerConnect.toFixed(3)} ms CPU per connect (${int(r.connects)} connects; ${cpus(r)})` : `FAILED: ${r.failure}`,
-        };
-      };
-      // Warm-up also fills Portcullis's credential cache: later connects are "warm".
-      if (opts.warmupMs > 0) log('warm-up', await guarded(broker, () => one(opts.warmupMs)));
-      for (let r = 1; r <= opts.runs; r++) await measure(`run ${r}/${opts.runs}`, out.main, () => one(opts.durationMs));
-      break;
-    }
+    case 'connect':
+      throw new Error('connect scenarios are measured in rounds across configurations (runConnectRounds)');
     case 'memory': {
       for (let r = 1; r <= opts.memoryRuns; r++) {
         await measure(`run ${r}/${opts.memoryRuns}`, out.main, async () => {
@@ -312,6 +309,62 @@ async function runOne(name: BrokerName, security: Security, s: ScenarioName, ent
   }
 }
 
+/**
+ * A connect scenario on every configuration at once: all brokers are started (each idle while
+ * another is fed), warmed up, then measured in rounds, one run of each configuration per round,
+ * the order rotated from round to round. Connect rates move with the host's speed by 30-50 %
+ * within minutes here; run N of Portcullis and run N of a peer are seconds apart, so the report
+ * can compare them pair by pair (Outcome.paired).
+ */
+async function runConnectRounds(s: ScenarioName, keys: { name: BrokerName; security: Security }[], results: Results, opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<void> {
+  const info = SCENARIO_INFO[s];
+  const live: { key: string; broker: RunningBrokerProcess; endpoint: Endpoint; out: Outcome }[] = [];
+  try {
+    for (const { name, security } of keys) {
+      const key = `${name}/${security}`;
+      const entry = results[key]!;
+      if (entry.unavailable !== undefined) continue;
+      let broker: RunningBrokerProcess;
+      try {
+        broker = await startBroker(name, security, files, pin);
+      } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
+        if (Object.keys(entry.scenarios).length === 0) {
+          console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
+          entry.unavailable = shortReason(why);
+        } else {
+          console.log(`\n[${name}, security ${security}] ${info.title}: broker did not start: ${why}`);
+          entry.scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
+        }
+        continue;
+      }
+      const out: Outcome = { main: [], latency: [], paired: true };
+      entry.scenarios[s] = out;
+      live.push({ key, broker, endpoint: endpointFor(broker, info.transport, files), out });
+    }
+    console.log(`\n[${info.title}] ${live.length} configuration(s) started, measured in ${opts.runs} round(s) of one run each`);
+    // Warm-up also fills Portcullis's credential cache: later connects are "warm".
+    if (opts.warmupMs > 0) {
+      for (const l of live) {
+        const w = await guarded(l.broker, () => connectSample(l.broker, l.endpoint, opts, opts.warmupMs));
+        console.log(`  ${l.key.padEnd(22)}${'warm-up'.padEnd(14)}${w.detail}`);
+      }
+    }
+    for (let r = 0; r < opts.runs; r++) {
+      for (let i = 0; i < live.length; i++) {
+        const l = live[(i + r) % live.length]!;
+        await waitIdle(opts.waitIdleS);
+        const x = await guarded(l.broker, () => connectSample(l.broker, l.endpoint, opts, opts.durationMs));
+        // Each configuration's runs stay in round order, whatever order a round fed them in.
+        l.out.main[r] = x;
+        console.log(`  ${l.key.padEnd(22)}${`round ${r + 1}/${opts.runs}`.padEnd(14)}${x.detail}`);
+      }
+    }
+  } finally {
+    for (const l of live) await l.broker.stop();
+  }
+}
+
 // ---------- main ----------
 
 const opts = parseOptions();
@@ -335,6 +388,10 @@ try {
   // Scenario by scenario, every configuration in turn: the figures compared in one row are
   // measured minutes apart, not a whole broker's run apart, so drifting background load hurts less.
   for (const s of opts.scenarios) {
+    if (SCENARIO_INFO[s].kind === 'connect') {
+      await runConnectRounds(s, opts.brokers.flatMap((name) => opts.security.map((security) => ({ name, security }))), results, opts, pin, files);
+      continue;
+    }
     for (const b of opts.brokers) {
       for (const sec of opts.security) {
         const entry = results[`${b}/${sec}`]!;
