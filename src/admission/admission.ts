@@ -22,7 +22,7 @@ import { RangeList, normalizeAddress, peerAddress } from './address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
 import { FlappingDetector } from './flapping.ts';
-import { ConnectionLimiter, type ListenerPolicy, limitRefusalText } from './limiter.ts';
+import { type Admitted, ConnectionLimiter, type ListenerPolicy, limitRefusalText } from './limiter.ts';
 import { RefusalAuditor } from './refusal-audit.ts';
 import type { AdmissionConfig } from '../config/admission-schema.ts';
 
@@ -60,6 +60,12 @@ export interface BanReloadReport {
 
 /** Most per-ban audit records for one reload; the rest are counted in the reload record. */
 const MAX_CHANGE_RECORDS = 1000;
+
+const ADMITTED = Symbol('admitted');
+type AdmittedSocket = net.Socket & { [ADMITTED]?: Admitted };
+function releaseAdmitted(this: AdmittedSocket): void {
+  this[ADMITTED]?.release();
+}
 
 export class Admission {
   private readonly settings: AdmissionConfig;
@@ -130,7 +136,9 @@ export class Admission {
       this.refuse(socket, policy, text, result, `${limitRefusalText[result]}${limit !== undefined ? ` (${limit})` : ''}${rate}`);
       return false;
     }
-    socket.once('close', result.release);
+    // One shared listener, not a closure per socket: the count goes back when the socket closes.
+    (socket as AdmittedSocket)[ADMITTED] = result;
+    socket.on('close', releaseAdmitted);
     this.accepted++;
     return true;
   }

@@ -37,8 +37,21 @@ export interface ListenerPolicy {
   live: number;
 }
 
-export interface Admitted {
-  release(): void;
+/** An admitted connection's place in the counts; `release` gives it back, once. */
+export class Admitted {
+  private released = false;
+
+  constructor(
+    private readonly limiter: ConnectionLimiter,
+    private readonly listener: ListenerPolicy,
+    private readonly address: AddressState | undefined,
+  ) {}
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.limiter.giveBack(this.listener, this.address);
+  }
 }
 
 export class ConnectionLimiter {
@@ -107,16 +120,14 @@ export class ConnectionLimiter {
     this.total++;
     l.live++;
     if (s !== undefined) s.live++;
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        this.total--;
-        l.live--;
-        if (s !== undefined) s.live--;
-      },
-    };
+    return new Admitted(this, l, s);
+  }
+
+  /** What Admitted.release undoes of admit(). */
+  giveBack(l: ListenerPolicy, s: AddressState | undefined): void {
+    this.total--;
+    l.live--;
+    if (s !== undefined) s.live--;
   }
 
   /**

@@ -6,8 +6,9 @@
  *   → authorizeWill → attachSession → connack → resumeDelivery
  */
 import { randomUUID } from 'node:crypto';
+import type { AuditEvent } from '../../audit/types.ts';
 import type { ChainResult } from '../../auth/chain.ts';
-import type { Principal, ProviderVerdict } from '../../auth/types.ts';
+import type { ConnectRequest, Principal, ProviderVerdict } from '../../auth/types.ts';
 import type { AuthzResult } from '../../authz/types.ts';
 import { countUserProperties, type ConnectPacket } from '../../protocol/codec.ts';
 import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/reason-codes.ts';
@@ -222,15 +223,16 @@ function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
 
 function authenticate(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
   const { conn, packet } = ctx;
-  const result = conn.broker.decideAuthentication(conn.peer.listener, {
-    clientId: ctx.clientId,
-    ...(packet.username !== undefined ? { username: packet.username } : {}),
-    ...(packet.password !== undefined ? { password: packet.password } : {}),
-    protocolVersion: conn.version,
-    peer: conn.peer,
-    ...(packet.properties?.authenticationMethod !== undefined ? { authenticationMethod: packet.properties.authenticationMethod } : {}),
-    ...(packet.properties?.authenticationData !== undefined ? { authenticationData: packet.properties.authenticationData } : {}),
-  });
+  // Fields assigned one by one, not spread: this runs on every connect.
+  const req: ConnectRequest = { clientId: ctx.clientId, protocolVersion: conn.version, peer: conn.peer };
+  if (packet.username !== undefined) req.username = packet.username;
+  if (packet.password !== undefined) req.password = packet.password;
+  const props = packet.properties;
+  if (props !== undefined) {
+    if (props.authenticationMethod !== undefined) req.authenticationMethod = props.authenticationMethod;
+    if (props.authenticationData !== undefined) req.authenticationData = props.authenticationData;
+  }
+  const result = conn.broker.decideAuthentication(conn.peer.listener, req);
   return result instanceof Promise ? result.then((r) => authenticated(ctx, r)) : authenticated(ctx, result);
 }
 
@@ -350,14 +352,12 @@ function connack(ctx: ConnectContext): undefined {
     conn.send({ cmd: 'connack', returnCode: 0, sessionPresent: conn.version === 4 && ctx.sessionPresent });
   }
   const principal = ctx.principal as Principal;
-  broker.audit(conn, {
-    event: 'connect',
-    decision: 'allow',
-    reasonCode: ReasonCode.Success,
-    reason: ctx.sessionPresent ? 'session resumed' : 'new session',
-    ...(ctx.decidedBy ? { decidedBy: ctx.decidedBy } : {}),
-    ...(ctx.verdicts ? { verdicts: ctx.verdicts } : {}),
-  });
+  if (broker.auditsConnects()) {
+    const event: AuditEvent = { event: 'connect', decision: 'allow', reasonCode: ReasonCode.Success, reason: ctx.sessionPresent ? 'session resumed' : 'new session' };
+    if (ctx.decidedBy) event.decidedBy = ctx.decidedBy;
+    if (ctx.verdicts) event.verdicts = ctx.verdicts;
+    broker.audit(conn, event);
+  }
   broker.connectionOpened(conn, principal);
   return undefined;
 }
