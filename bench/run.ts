@@ -23,6 +23,7 @@ function usage(): string {
   --quick                1 run of 1 s per scenario, 0.5 s warm-up, 1,000 idle connections, 1,000 retained
                          messages: checks every scenario works (a few minutes); numbers are indicative only
   --runs N               measured runs per scenario (default 3; idle memory is measured --memory-runs times)
+  --connect-rounds N     rounds of the connect scenarios, one run of every configuration each (default 9)
   --scenarios a,b        of ${SCENARIOS.join(', ')} (default: all)
   --brokers x,y          of ${BROKERS.join(', ')} (default: all; Mosquitto is skipped if not installed)
   --security off,on      configurations (default: both; see bench/README.md)
@@ -52,6 +53,7 @@ function parseOptions(): RunOptions {
     options: {
       quick: { type: 'boolean', default: false },
       runs: { type: 'string' },
+      'connect-rounds': { type: 'string' },
       scenarios: { type: 'string', default: SCENARIOS.join(',') },
       brokers: { type: 'string', default: BROKERS.join(',') },
       security: { type: 'string', default: SECURITY.join(',') },
@@ -101,6 +103,7 @@ function parseOptions(): RunOptions {
     waitIdleS: num(values['wait-idle'], 'wait-idle', 0),
     windows,
     runs: Math.floor(num(values.runs ?? (q ? '1' : '3'), 'runs', 1)),
+    connectRounds: Math.floor(num(values['connect-rounds'] ?? (q ? '1' : '9'), 'connect-rounds', 1)),
     scenarios: list(values.scenarios, SCENARIOS, 'scenarios'),
     brokers: list(values.brokers, BROKERS, 'brokers'),
     security: list(values.security, SECURITY, 'security'),
@@ -134,7 +137,7 @@ function estimateSeconds(o: RunOptions): number {
         perConfig += start + o.retained / 2000 + (o.runs + 1) * (1 + o.retained / 20_000);
         break;
       case 'connect':
-        perConfig += start + w + o.runs * d;
+        perConfig += start + w + o.connectRounds * d;
         break;
       case 'memory':
         perConfig += start + o.memoryRuns * (9 + o.connections / (s === 'memory-mtls' ? 300 : 2000));
@@ -342,7 +345,7 @@ async function runConnectRounds(s: ScenarioName, keys: { name: BrokerName; secur
       entry.scenarios[s] = out;
       live.push({ key, broker, endpoint: endpointFor(broker, info.transport, files), out });
     }
-    console.log(`\n[${info.title}] ${live.length} configuration(s) started, measured in ${opts.runs} round(s) of one run each`);
+    console.log(`\n[${info.title}] ${live.length} configuration(s) started, measured in ${opts.connectRounds} round(s) of one run each`);
     // Warm-up also fills Portcullis's credential cache: later connects are "warm".
     if (opts.warmupMs > 0) {
       for (const l of live) {
@@ -350,14 +353,14 @@ async function runConnectRounds(s: ScenarioName, keys: { name: BrokerName; secur
         console.log(`  ${l.key.padEnd(22)}${'warm-up'.padEnd(14)}${w.detail}`);
       }
     }
-    for (let r = 0; r < opts.runs; r++) {
+    for (let r = 0; r < opts.connectRounds; r++) {
       for (let i = 0; i < live.length; i++) {
         const l = live[(i + r) % live.length]!;
         await waitIdle(opts.waitIdleS);
         const x = await guarded(l.broker, () => connectSample(l.broker, l.endpoint, opts, opts.durationMs));
         // Each configuration's runs stay in round order, whatever order a round fed them in.
         l.out.main[r] = x;
-        console.log(`  ${l.key.padEnd(22)}${`round ${r + 1}/${opts.runs}`.padEnd(14)}${x.detail}`);
+        console.log(`  ${l.key.padEnd(22)}${`round ${r + 1}/${opts.connectRounds}`.padEnd(14)}${x.detail}`);
       }
     }
   } finally {

@@ -16,6 +16,8 @@ export interface RunOptions {
   waitIdleS: number;
   windows: Partial<Record<ScenarioName, number>>;
   runs: number;
+  /** Rounds of the connect scenarios (one run of every configuration per round). */
+  connectRounds: number;
   scenarios: ScenarioName[];
   brokers: BrokerName[];
   security: Security[];
@@ -188,7 +190,7 @@ export function report(opts: RunOptions, pin: Pinning, results: Results, started
   }
   if (opts.scenarios.some((s) => SCENARIO_INFO[s].kind === 'connect')) {
     L.push(
-      '- Connect scenarios run in rounds: every configuration is started at once (idle while another is fed), and each round measures one run of each, in rotated order. A target ratio for them is the median of the per-round ratios, so both sides of each pair ran seconds apart on the same host; the ratio of the two medians is shown beside it.',
+      `- Connect scenarios run in ${opts.connectRounds} rounds: every configuration is started at once (idle while another is fed), and each round measures one run of each, in rotated order. A target ratio for them is the median of the per-round ratios, so both sides of each pair ran seconds apart on the same host; the ratio of the two medians is shown beside it.`,
     );
   }
   L.push(
