@@ -281,25 +281,30 @@ function shortReason(why: string): string {
 }
 
 /**
- * One scenario on one configuration, on a freshly started broker. A broker that cannot start
+ * Starts a broker for scenario `s`, or records why it could not: a broker that cannot start
  * before any of its scenarios ran marks the configuration unavailable (e.g. Mosquitto not
- * installed); later, it fails just this scenario.
+ * installed); later, it fails just this scenario. Null when it did not start.
  */
-async function runOne(name: BrokerName, security: Security, s: ScenarioName, entry: Results[string], opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<void> {
-  let broker: RunningBrokerProcess;
+async function startFor(name: BrokerName, security: Security, s: ScenarioName, entry: Results[string], pin: Pinning, files: BenchFiles): Promise<RunningBrokerProcess | null> {
   try {
-    broker = await startBroker(name, security, files, pin);
+    return await startBroker(name, security, files, pin);
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     if (Object.keys(entry.scenarios).length === 0) {
       console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
       entry.unavailable = shortReason(why);
-      return;
+    } else {
+      console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title}: broker did not start: ${why}`);
+      entry.scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
     }
-    console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title}: broker did not start: ${why}`);
-    entry.scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
-    return;
+    return null;
   }
+}
+
+/** One scenario on one configuration, on a freshly started broker. */
+async function runOne(name: BrokerName, security: Security, s: ScenarioName, entry: Results[string], opts: RunOptions, pin: Pinning, files: BenchFiles): Promise<void> {
+  const broker = await startFor(name, security, s, entry, pin, files);
+  if (broker === null) return;
   console.log(`\n[${name}, security ${security}] ${SCENARIO_INFO[s].title} (pid ${broker.pid}, ${broker.host}:${broker.ports[SCENARIO_INFO[s].transport]} ${SCENARIO_INFO[s].transport})`);
   try {
     entry.scenarios[s] = await runScenario(broker, s, opts, files);
@@ -327,20 +332,8 @@ async function runConnectRounds(s: ScenarioName, keys: { name: BrokerName; secur
       const key = `${name}/${security}`;
       const entry = results[key]!;
       if (entry.unavailable !== undefined) continue;
-      let broker: RunningBrokerProcess;
-      try {
-        broker = await startBroker(name, security, files, pin);
-      } catch (e) {
-        const why = e instanceof Error ? e.message : String(e);
-        if (Object.keys(entry.scenarios).length === 0) {
-          console.log(`\n[${name}, security ${security}] SKIPPED: ${why}`);
-          entry.unavailable = shortReason(why);
-        } else {
-          console.log(`\n[${name}, security ${security}] ${info.title}: broker did not start: ${why}`);
-          entry.scenarios[s] = { main: [failed(`broker did not start: ${shortReason(why)}`)], latency: [] };
-        }
-        continue;
-      }
+      const broker = await startFor(name, security, s, entry, pin, files);
+      if (broker === null) continue;
       const out: Outcome = { main: [], latency: [], paired: true };
       entry.scenarios[s] = out;
       live.push({ key, broker, endpoint: endpointFor(broker, info.transport, files), out });
