@@ -1,7 +1,8 @@
 /**
  * What the broker does with the network connection after a client's DISCONNECT over plain TCP:
- * it closes it [MQTT-3.14.4-1], fully (a client that keeps its own side open does not keep a
- * half-open socket on the broker), and only after handling what came before the DISCONNECT.
+ * it closes it (3.1.1 §3.14.4, a SHOULD for the server), fully (a client that keeps its own side
+ * open does not keep a half-open socket on the broker), and only after handling what came before
+ * the DISCONNECT.
  */
 import net from 'node:net';
 import test from 'ava';

@@ -275,7 +275,8 @@ export class Connection {
   }
 
   /**
-   * Closes our side after the client's DISCONNECT [MQTT-3.14.4-1]. A plain TCP socket with
+   * Closes our side after the client's DISCONNECT (3.1.1 §3.14.4: the server SHOULD close the
+   * network connection if the client has not already done so). A plain TCP socket with
    * nothing left in its write buffer is closed at once, as Mosquitto does: close() still sends
    * FIN after whatever the kernel holds, and it saves a shutdown(), a read of the peer's EOF and
    * the stream's end-of-stream steps. Anything else (bytes still queued, TLS with its
