@@ -115,3 +115,23 @@ test('fail-open: a log whose write hangs holds clients for at most 2 s, then the
   t.true(tb.broker.stats.auditHolds > 0, 'the client was held first');
   t.true(sink.dropped > 0, 'records that did not fit were dropped, and counted');
 });
+
+test('a custom sink that says it is backlogged but cannot call back (no whenDrained) is never waited for', async (t) => {
+  const { MemoryAuditSink } = await import('../src/audit/sinks.ts');
+  class HalfSink extends MemoryAuditSink {
+    backlogged(): boolean {
+      return true;
+    }
+  }
+  const b = await startBroker({}, { audit: new HalfSink() });
+  t.teardown(() => b.stop());
+  const sub = await mqtt.connectAsync(b.url, { clientId: 'half-sub', reconnectPeriod: 0 });
+  t.teardown(() => sub.end(true));
+  await sub.subscribeAsync('half/#', { qos: 1 });
+  const got = new Promise<string>((resolve) => sub.once('message', (_topic, payload) => resolve(payload.toString())));
+  const pub = await mqtt.connectAsync(b.url, { clientId: 'half-pub', reconnectPeriod: 0 });
+  t.teardown(() => pub.end(true));
+  await pub.publishAsync('half/t', 'through', { qos: 1 });
+  t.is(await got, 'through');
+  t.is(b.broker.stats.auditHolds, 0);
+});

@@ -113,7 +113,11 @@ export interface AuditSink {
   health?(): AuditHealth;
   /** The same as `health().ok`, without allocating: the broker asks it on every access decision. */
   healthy?(): boolean;
-  /** Records arrive faster than they are written: the broker stops reading from clients (read back-pressure). */
+  /**
+   * Records arrive faster than they are written: the broker stops reading from clients (read
+   * back-pressure). Only used together with `whenDrained`; a sink with one and not the other is
+   * never waited for.
+   */
   backlogged?(): boolean;
   /** Calls back once, when the sink has caught up (or can no longer: writes fail, or it closed). */
   whenDrained?(fn: () => void): void;

@@ -374,7 +374,8 @@ export class Broker {
 
   /** True while the audit log is behind (see AuditSink.backlogged): connections stop reading until it catches up. */
   auditBacklogged(): boolean {
-    return !this.auditHoldBypassed && this.auditSink.backlogged?.() === true;
+    // Both halves of the protocol, or none: a sink that cannot call back would hold clients forever.
+    return !this.auditHoldBypassed && this.auditSink.whenDrained !== undefined && this.auditSink.backlogged?.() === true;
   }
 
   /**
@@ -396,7 +397,7 @@ export class Broker {
       }, AUDIT_HOLD_MAX_MS);
       timer.unref();
     }
-    (this.auditSink.whenDrained as (fn: () => void) => void).call(this.auditSink, () => {
+    this.auditSink.whenDrained?.(() => {
       clearTimeout(timer);
       this.auditHoldBypassed = false;
       this.releaseAuditHeld();
