@@ -45,7 +45,7 @@ export class CredentialMac {
     m.writeUInt32BE(userBytes, BLOCK);
     m.write(username, BLOCK + 4, 'utf8');
     password.copy(m, BLOCK + 4 + userBytes);
-    const innerDigest = hash('sha256', m.subarray(0, end), 'buffer') as unknown as Buffer;
+    const innerDigest = hash('sha256', m.subarray(0, end), 'buffer');
     m.fill(0, BLOCK + 4 + userBytes, end);
     innerDigest.copy(this.outer, BLOCK);
     return hash('sha256', this.outer, 'base64');
