@@ -12,8 +12,11 @@ import { ACK_HEADER, DISCONNECT, FrameReader, PacketType, encodeConnect, encodeS
 export interface Endpoint {
   host: string;
   port: number;
-  /** TLS: the client's secure context (CA, and for mTLS the client certificate) and the server name. */
-  tls?: { context: tls.SecureContext; servername: string };
+  /**
+   * TLS: the client's secure context (CA, and for mTLS the client certificate) and the server
+   * name; `files` are the same as PEM file paths, for the C connect generator.
+   */
+  tls?: { context: tls.SecureContext; servername: string; files?: { ca: string; cert?: string; key?: string } };
   credentials?: Credentials;
 }
 

@@ -28,10 +28,15 @@ export interface ConnectResult {
 
 let counter = 0;
 
-/** The C connect generator, compiled on first use; null (with the reason) when it cannot be built. */
-let cGenerator: { path: string } | { path: null; why: string } | undefined;
+/**
+ * The C connect generator, compiled on first use: with TLS (OpenSSL) when its headers and
+ * libraries are found (`tls: true`), else plain TCP only (`tls: false`, `tlsWhy` says why); null
+ * (with the reason) when it cannot be built at all.
+ */
+export type ConnectGenerator = { path: string; tls: true } | { path: string; tls: false; tlsWhy: string } | { path: null; why: string };
+let cGenerator: ConnectGenerator | undefined;
 
-export function connectGenerator(): { path: string } | { path: null; why: string } {
+export function connectGenerator(): ConnectGenerator {
   if (cGenerator !== undefined) return cGenerator;
   if (process.env.BENCH_NODE_CONNECT_GENERATOR === '1') return (cGenerator = { path: null, why: 'BENCH_NODE_CONNECT_GENERATOR=1' });
   if (process.platform !== 'linux') return (cGenerator = { path: null, why: `epoll is Linux-only (${process.platform})` });
@@ -40,22 +45,28 @@ export function connectGenerator(): { path: string } | { path: null; why: string
   process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   const out = path.join(dir, 'connect');
   const cc = process.env.CC ?? 'cc';
-  const r = spawnSync(cc, ['-O2', '-o', out, src], { encoding: 'utf8' });
-  if (r.error || r.status !== 0) return (cGenerator = { path: null, why: `${cc} failed: ${(r.error?.message ?? r.stderr).trim().split('\n')[0]}` });
-  return (cGenerator = { path: out });
+  const firstLine = (r: ReturnType<typeof spawnSync>): string => (r.error?.message ?? String(r.stderr)).trim().split('\n')[0] ?? '';
+  const withTls = spawnSync(cc, ['-O2', '-DWITH_TLS', '-o', out, src, '-lssl', '-lcrypto'], { encoding: 'utf8' });
+  if (!withTls.error && withTls.status === 0) return (cGenerator = { path: out, tls: true });
+  const plain = spawnSync(cc, ['-O2', '-o', out, src], { encoding: 'utf8' });
+  if (plain.error || plain.status !== 0) return (cGenerator = { path: null, why: `${cc} failed: ${firstLine(plain)}` });
+  return (cGenerator = { path: out, tls: false, tlsWhy: `no OpenSSL to build against (${firstLine(withTls)}; Debian: apt-get install libssl-dev)` });
 }
 
 /**
- * Plain TCP connect loops in the C generator (bench/gen/connect.c): one epoll thread in a child
- * process, which inherits this process's CPU pinning. Its CPU is read from its own getrusage.
+ * Connect loops in the C generator (bench/gen/connect.c), plain TCP or TLS: one epoll thread in a
+ * child process, which inherits this process's CPU pinning. Its CPU is read from its own getrusage.
  */
 async function runConnectsC(gen: string, broker: RunningBrokerProcess, endpoint: Endpoint, concurrency: number, durationMs: number): Promise<ConnectResult> {
   const tag = `bench-${process.pid}-c${++counter}`;
   const creds = endpoint.credentials ? [endpoint.credentials.username, endpoint.credentials.password] : [];
+  const files = endpoint.tls?.files;
+  const tlsArgs = endpoint.tls === undefined || files === undefined ? [] : ['--ca', files.ca, '--servername', endpoint.tls.servername];
+  if (files?.cert !== undefined && files.key !== undefined) tlsArgs.push('--cert', files.cert, '--key', files.key);
   const brk0 = broker.cpuSeconds();
   const sys0 = systemBusySeconds();
   const t0 = performance.now();
-  const child = spawn(gen, [endpoint.host, String(endpoint.port), String(concurrency), String(durationMs), tag, ...creds], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(gen, [...tlsArgs, endpoint.host, String(endpoint.port), String(concurrency), String(durationMs), tag, ...creds], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
@@ -104,10 +115,8 @@ async function runConnectsC(gen: string, broker: RunningBrokerProcess, endpoint:
  * (without waiting for the broker's FIN: that wait only adds loopback round trips, not broker work).
  */
 export async function runConnects(broker: RunningBrokerProcess, endpoint: Endpoint, concurrency: number, durationMs: number): Promise<ConnectResult> {
-  if (endpoint.tls === undefined) {
-    const gen = connectGenerator();
-    if (gen.path !== null) return runConnectsC(gen.path, broker, endpoint, concurrency, durationMs);
-  }
+  const cGen = connectGenerator();
+  if (cGen.path !== null && (endpoint.tls === undefined || (cGen.tls && endpoint.tls.files !== undefined))) return runConnectsC(cGen.path, broker, endpoint, concurrency, durationMs);
   const tag = `bench-${process.pid}-c${++counter}`;
   let connects = 0;
   let failure: string | null = null;

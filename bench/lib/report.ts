@@ -180,12 +180,14 @@ export function report(opts: RunOptions, pin: Pinning, results: Results, started
       `latency paced at ${opts.rate} msg/s; ${opts.concurrency} parallel connect loops; ${int(opts.connections)} idle connections (${opts.memoryRuns} measurement(s)); ${int(opts.retained)} retained messages; ` +
       `windows ${Object.entries(opts.windows).filter(([k]) => opts.scenarios.includes(k as ScenarioName)).map(([k, v]) => `${k}=${v}`).join(', ')}`,
   );
-  if (opts.scenarios.includes('connect-tcp')) {
+  if (opts.scenarios.some((s) => SCENARIO_INFO[s].kind === 'connect')) {
     const gen = connectGenerator();
     L.push(
-      gen.path !== null
-        ? '- Plain TCP connects: the C load generator (bench/gen/connect.c, one epoll thread, built with the system C compiler); TLS and mTLS connects: Node loops in the benchmark process.'
-        : `- Plain TCP connects: Node loops in the benchmark process (the C load generator was not used: ${gen.why}); TLS and mTLS connects: Node loops too.`,
+      gen.path === null
+        ? `- Connects: Node loops in the benchmark process (the C load generator was not used: ${gen.why}).`
+        : gen.tls
+          ? '- Connects (plain TCP, TLS and mTLS): the C load generator (bench/gen/connect.c, one epoll thread, OpenSSL for TLS with full handshakes and no session resumption, built with the system C compiler).'
+          : `- Plain TCP connects: the C load generator (bench/gen/connect.c, one epoll thread, built with the system C compiler); TLS and mTLS connects: Node loops in the benchmark process (the C generator was built without TLS: ${gen.tlsWhy}).`,
     );
   }
   if (opts.scenarios.some((s) => SCENARIO_INFO[s].kind === 'connect')) {

@@ -44,6 +44,9 @@ export interface BenchFiles {
   serverKey: string;
   /** Client secure contexts: TLS (CA only) and mTLS (CA + the bench user's certificate). */
   tlsContext: tls.SecureContext;
+  /** The bench user's client certificate and key (PEM file paths). */
+  clientCert: string;
+  clientKey: string;
   mtlsContext: tls.SecureContext;
   users: { username: string; password: string }[];
   rules: AclRule[];
@@ -149,6 +152,8 @@ export async function makeBenchFiles(mosquittoPasswd = 'mosquitto_passwd'): Prom
       serverCert: server.cert,
       serverKey: server.key,
       tlsContext,
+      clientCert: client.cert,
+      clientKey: client.key,
       mtlsContext,
       users,
       rules,
@@ -173,6 +178,11 @@ export async function makeBenchFiles(mosquittoPasswd = 'mosquitto_passwd'): Prom
 export function endpointFor(broker: RunningBrokerProcess, transport: Transport, files: BenchFiles): Endpoint {
   const on = broker.security === 'on';
   const credentials = on && transport !== 'mtls' ? { username: BENCH_USER, password: BENCH_PASSWORD } : undefined;
-  const tlsOpts = transport === 'tcp' ? undefined : { context: transport === 'mtls' ? files.mtlsContext : files.tlsContext, servername: 'localhost' };
+  const tlsOpts =
+    transport === 'tcp'
+      ? undefined
+      : transport === 'mtls'
+        ? { context: files.mtlsContext, servername: 'localhost', files: { ca: files.ca, cert: files.clientCert, key: files.clientKey } }
+        : { context: files.tlsContext, servername: 'localhost', files: { ca: files.ca } };
   return { host: broker.host, port: broker.ports[transport], ...(tlsOpts ? { tls: tlsOpts } : {}), ...(credentials ? { credentials } : {}) };
 }
