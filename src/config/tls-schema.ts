@@ -27,6 +27,13 @@ export const tlsSettings = {
   requireClientCert: z.boolean().default(false),
   /** Refuse client certificates without the clientAuth extended key usage. */
   requireClientAuthEku: z.boolean().default(false),
+  /**
+   * Issue TLS session tickets, so clients can resume a session without a full handshake (and
+   * without sending their certificate again; the gate still checks the session's certificate,
+   * CRLs included). Off by default: every connect is a full handshake, the broker keeps no
+   * ticket keys, and a full handshake skips the cost of making tickets nobody uses.
+   */
+  sessionTickets: z.boolean().default(false),
   crl: z
     .strictObject({
       files: z.array(z.string().min(1)).min(1, 'needs at least one CRL file'),
