@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import tls from 'node:tls';
 import test from 'ava';
+import type { ConfigInput } from '../src/index.ts';
 import { rawConnectPacket } from './helpers.ts';
 import { type Fleet, type TlsTestBroker, fleetMtlsListener, startTlsBroker, waitForAudit } from './tls-fixtures.ts';
 import { makeFleet, pki } from './tls-fixtures.ts';
@@ -20,7 +21,7 @@ test.before(async () => {
   await pki(fleet.dir, 'crl');
   b = await startTlsBroker([
     fleetMtlsListener(fleet),
-    { ...fleetMtlsListener(fleet), name: 'mtls-tickets', sessionTickets: true },
+    { ...fleetMtlsListener(fleet), name: 'mtls-tickets', sessionTickets: true } as NonNullable<ConfigInput['listeners']>[number],
     { name: 'tls', type: 'tls', host: '127.0.0.1', port: 0, cert: fleet.serverCert, key: fleet.serverKey, auth: ['anonymous'] },
   ]);
 });
