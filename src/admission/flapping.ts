@@ -25,7 +25,15 @@ export interface FlappingBan {
 }
 
 export class FlappingDetector {
+  /** In order of last activity, least recent first (a touched entry is deleted and set again). */
   private readonly entries = new Map<string, Entry>();
+  /**
+   * Where eviction goes on from: a live iterator over `entries`, so each eviction starts where the
+   * last one stopped. Starting from the front every time walked over every entry deleted since
+   * the table was last compacted: with 100,000 client ids tracked and a stream of new ones, that
+   * was a tenth of the broker's CPU per connect.
+   */
+  private cursor: MapIterator<[string, Entry]> | undefined;
 
   constructor(
     private readonly settings: FlappingSettings,
@@ -89,10 +97,22 @@ export class FlappingDetector {
   private evict(): void {
     if (this.entries.size <= this.settings.maxTracked) return;
     const now = this.now();
-    for (const [id, e] of this.entries) {
+    // Entries before the cursor are bans (kept) or were deleted; everything set since is after it.
+    // At the end it starts over from the front, once per call at most, so a table full of bans
+    // costs one pass, not a loop.
+    let restarted = false;
+    while (this.entries.size > this.settings.maxTracked) {
+      let next = this.cursor?.next();
+      if (next === undefined || next.done === true) {
+        if (restarted) return;
+        restarted = true;
+        this.cursor = this.entries.entries();
+        next = this.cursor.next();
+        if (next.done === true) return;
+      }
+      const [id, e] = next.value;
       if (e.bannedUntil > now) continue; // bans are kept
       this.entries.delete(id);
-      if (this.entries.size <= this.settings.maxTracked) return;
     }
   }
 }
