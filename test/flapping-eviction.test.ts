@@ -4,7 +4,7 @@
  * long streams of new client ids (it goes on from where the previous one stopped).
  */
 import test from 'ava';
-import { FlappingDetector } from '../src/admission/flapping.ts';
+import { EXPIRED_NOW, FlappingDetector } from '../src/admission/flapping.ts';
 
 const settings = { maxConnects: 3, windowMs: 60_000, banMs: 300_000, maxTracked: 100 };
 
@@ -50,4 +50,43 @@ test('a table full of bans stops evicting instead of looping: the bans stay, a n
   for (let k = 0; k < 5; k++) t.is(f.connected('fresh'), undefined);
   t.is(f.tracked, 10);
   for (let i = 0; i < 10; i++) t.truthy(f.bannedUntil(`ban-${i}`), `ban-${i} lost its ban`);
+});
+
+test('the sweep drops ids idle for a window, keeps active ones and bans, and reports each expired ban once', (t) => {
+  let now = 1_000;
+  const f = new FlappingDetector({ ...settings, windowMs: 1_000, banMs: 5_000 }, () => now);
+  for (let i = 0; i < 20; i++) f.connected(`idle-${i}`);
+  for (let k = 0; k < 3; k++) f.connected('flappy'); // banned until 6,000
+  now = 1_500;
+  for (let i = 0; i < 5; i++) f.connected(`active-${i}`);
+  now = 2_100; // idle-* and flappy's connects are older than the window; active-* are not
+  t.deepEqual(f.sweep(), []);
+  t.is(f.tracked, 6, 'the 20 idle ids are gone; flappy (banned) and the 5 active ids stay');
+  t.truthy(f.bannedUntil('flappy'));
+  now = 6_000;
+  t.deepEqual(f.sweep(), ['flappy'], 'the expired ban is reported by the sweep');
+  t.deepEqual(f.sweep(), [], 'and only once');
+  t.is(f.tracked, 0);
+});
+
+test('check() reports an expired ban once; the sweep then does not report it again', (t) => {
+  let now = 1_000;
+  const f = new FlappingDetector({ ...settings, banMs: 5_000 }, () => now);
+  for (let k = 0; k < 3; k++) f.connected('flappy');
+  t.true(f.check('flappy') > now);
+  t.is(f.check('other'), 0);
+  now = 7_000;
+  t.is(f.check('flappy'), EXPIRED_NOW);
+  t.is(f.check('flappy'), 0);
+  t.deepEqual(f.sweep(), []);
+});
+
+test('a ban that expired and was then evicted is still reported by the sweep', (t) => {
+  let now = 1_000;
+  const f = new FlappingDetector({ ...settings, maxTracked: 100, banMs: 5_000 }, () => now);
+  for (let k = 0; k < 3; k++) f.connected('flappy');
+  now = 7_000; // expired, not yet reported
+  for (let i = 0; i < 200; i++) f.connected(`new-${i}`); // evicts flappy among the oldest
+  t.is(f.bannedUntil('flappy'), undefined);
+  t.deepEqual(f.sweep(), ['flappy']);
 });

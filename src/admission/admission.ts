@@ -21,7 +21,7 @@ import type { Principal } from '../auth/types.ts';
 import { RangeList, normalizeAddress, peerAddress } from './address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
-import { FlappingDetector } from './flapping.ts';
+import { EXPIRED_NOW, FlappingDetector } from './flapping.ts';
 import { type Admitted, ConnectionLimiter, type ListenerPolicy, limitRefusalText } from './limiter.ts';
 import { RefusalAuditor } from './refusal-audit.ts';
 import type { AdmissionConfig } from '../config/admission-schema.ts';
@@ -170,9 +170,11 @@ export class Admission {
       return { reason: ReasonCode.Banned, detail: `${what} banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
     }
     if (this.flapping === undefined) return undefined;
-    if (this.flapping.takeExpired(clientId)) this.flappingExpired(clientId, listener);
-    const until = this.flapping.bannedUntil(clientId);
-    if (until === undefined) return undefined;
+    const until = this.flapping.check(clientId);
+    if (until <= 0) {
+      if (until === EXPIRED_NOW) this.flappingExpired(clientId, listener);
+      return undefined;
+    }
     const f = this.settings.flapping;
     return {
       reason: ReasonCode.Banned,

@@ -24,6 +24,9 @@ export interface FlappingBan {
   until: number;
 }
 
+/** FlappingDetector.check: not banned, because the ban has just expired (report it). */
+export const EXPIRED_NOW = -1;
+
 export class FlappingDetector {
   /** In order of last activity, least recent first (a touched entry is deleted and set again). */
   private readonly entries = new Map<string, Entry>();
@@ -34,6 +37,8 @@ export class FlappingDetector {
    * was a tenth of the broker's CPU per connect.
    */
   private cursor: MapIterator<[string, Entry]> | undefined;
+  /** Client ids with a ban (running, or expired and not reported yet). */
+  private readonly banned = new Set<string>();
 
   constructor(
     private readonly settings: FlappingSettings,
@@ -50,12 +55,18 @@ export class FlappingDetector {
     return e !== undefined && e.bannedUntil > this.now() ? e.bannedUntil : undefined;
   }
 
-  /** True (once) when the client id's ban has expired and was not reported yet; the sweep reports the rest. */
-  takeExpired(clientId: string): boolean {
+  /**
+   * One look-up per CONNECT: the ban's end (epoch ms) when the client id is banned; 0 when it is
+   * not; EXPIRED_NOW when it is not because its ban has just expired, which is reported once
+   * (here, or by the sweep).
+   */
+  check(clientId: string): number {
     const e = this.entries.get(clientId);
-    if (e === undefined || e.bannedUntil === 0 || e.bannedUntil > this.now()) return false;
+    if (e === undefined || e.bannedUntil === 0) return 0;
+    if (e.bannedUntil > this.now()) return e.bannedUntil;
     e.bannedUntil = 0;
-    return true;
+    this.banned.delete(clientId);
+    return EXPIRED_NOW;
   }
 
   /** Counts an authenticated connect; returns the ban when this connect reached the limit. */
@@ -67,7 +78,7 @@ export class FlappingDetector {
       this.entries.set(clientId, e);
       this.evict();
     } else {
-      // Most recently active last: eviction takes the least recently seen first.
+      // Most recently active last: eviction and the sweep take the least recently seen first.
       this.entries.delete(clientId);
       this.entries.set(clientId, e);
     }
@@ -77,19 +88,36 @@ export class FlappingDetector {
     if (e.times.length < this.settings.maxConnects) return undefined;
     e.times = [];
     e.bannedUntil = now + this.settings.banMs;
+    this.banned.add(clientId);
     return { clientId, until: e.bannedUntil };
   }
 
-  /** Drops idle entries and returns the client ids whose ban has just expired. */
+  /**
+   * Drops idle entries and returns the client ids whose ban has just expired. Entries are in order
+   * of last activity, so the walk stops at the first one still inside the window: it costs the
+   * entries it drops (and bans it passes), not the whole table.
+   */
   sweep(): string[] {
     const now = this.now();
     const expired: string[] = [];
-    for (const [id, e] of this.entries) {
-      if (e.bannedUntil !== 0 && e.bannedUntil <= now) {
+    for (const id of this.banned) {
+      const e = this.entries.get(id);
+      if (e === undefined) {
+        // Evicted, which only happens to a ban that has expired: report it all the same.
+        expired.push(id);
+        this.banned.delete(id);
+      } else if (e.bannedUntil <= now) {
         expired.push(id);
         e.bannedUntil = 0;
+        this.banned.delete(id);
       }
-      if (e.bannedUntil === 0 && (e.times.length === 0 || (e.times[e.times.length - 1] as number) <= now - this.settings.windowMs)) this.entries.delete(id);
+    }
+    const idleBefore = now - this.settings.windowMs;
+    for (const [id, e] of this.entries) {
+      if (e.bannedUntil !== 0) continue; // a live ban: kept, wherever it is
+      const last = e.times.length === 0 ? 0 : (e.times[e.times.length - 1] as number);
+      if (last > idleBefore) break; // this one and every later one were active within the window
+      this.entries.delete(id);
     }
     return expired;
   }
