@@ -49,12 +49,6 @@ export class FlappingDetector {
     return this.entries.size;
   }
 
-  /** Epoch ms until which the client id is banned, or undefined. */
-  bannedUntil(clientId: string): number | undefined {
-    const e = this.entries.get(clientId);
-    return e !== undefined && e.bannedUntil > this.now() ? e.bannedUntil : undefined;
-  }
-
   /**
    * One look-up per CONNECT: the ban's end (epoch ms) when the client id is banned; 0 when it is
    * not; EXPIRED_NOW when it is not because its ban has just expired, which is reported once
