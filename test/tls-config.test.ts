@@ -69,6 +69,12 @@ test('schema: mTLS without a CA, TLS 1.1, and a PSK listener whose first TLS 1.3
   t.deepEqual(ciphers.issues.map((i) => i.key), ['listeners[0].ciphers']);
 });
 
+test('schema: sessionTickets must be a boolean; the error names the key', (t) => {
+  const err = configError(t, { cert: 'a', key: 'b', sessionTickets: 'yes' });
+  t.deepEqual(err.issues.map((i) => i.key), ['listeners[0].sessionTickets']);
+  t.regex(err.message, /listeners\[0\]\.sessionTickets: .*boolean/);
+});
+
 test.serial('portcullis pki: init, client, list, revoke, crl as a user runs them; private keys are 0600; bad input exits 2 naming the file and line', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-pki-cli-'));
   const pkiDir = path.join(dir, 'pki');
