@@ -231,7 +231,7 @@ test('jwt configuration errors name the key: http JWKS to a non-loopback host, a
 
 test('JWKS refetch on unknown kid is rate-limited by cooldownMs', async (t) => {
   const idp = await jwksServer(t);
-  const tb = await jwtBroker(t, { jwks: { url: idp.url, timeoutMs: 500, cooldownMs: 60_000 } });
+  const tb = await jwtBroker(t, { jwks: { url: idp.url, timeoutMs: 5000, cooldownMs: 60_000 } });
   const afterStart = idp.state.hits;
   for (const kid of ['n1', 'n2', 'n3']) {
     t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: kid, username: 'svc-a', password: await mint({}, { kid }) })).code, 0x86);
