@@ -15,6 +15,8 @@ import type { BenchFiles } from './security.ts';
 
 export const BROKERS = ['portcullis', 'aedes', 'mosquitto'] as const;
 export type BrokerName = (typeof BROKERS)[number];
+/** The Node servers bench/servers/ holds: two brokers, and the bare connect floor (startFloorServer). */
+type NodeServerName = 'portcullis' | 'aedes' | 'floor';
 
 /**
  * off: anonymous, allow-all, no audit (the mTLS listener still requires a client certificate).
@@ -59,7 +61,7 @@ export function setupPinning(enabled: boolean): Pinning {
 }
 
 export interface RunningBrokerProcess {
-  name: BrokerName;
+  name: BrokerName | 'floor';
   security: Security;
   host: string;
   ports: Record<Transport, number>;
@@ -143,7 +145,17 @@ function pinned(pin: Pinning, cmd: string, args: string[]): [string, string[]] {
   return pin.brokerCpu === null ? [cmd, args] : ['taskset', ['-c', pin.brokerCpu, cmd, ...args]];
 }
 
-async function startNodeServer(name: 'portcullis' | 'aedes', security: Security, config: string, pin: Pinning): Promise<RunningBrokerProcess> {
+/**
+ * A bare Node TCP server that frames MQTT packets and answers CONNECT with CONNACK
+ * (bench/servers/floor.ts): what a connect costs on Node's `net` module with no broker in it.
+ */
+export async function startFloorServer(files: BenchFiles, pin: Pinning): Promise<RunningBrokerProcess> {
+  const config = path.join(files.dir, `floor-${++instance}.json`);
+  writeFileSync(config, JSON.stringify({ host: HOST }));
+  return startNodeServer('floor', 'off', config, pin);
+}
+
+async function startNodeServer(name: NodeServerName, security: Security, config: string, pin: Pinning): Promise<RunningBrokerProcess> {
   const script = path.join(benchDir, 'servers', `${name}.ts`);
   // `node --import tsx` (not `npx tsx`) so the broker is a single process whose CPU we can read.
   // --expose-gc: the idle-memory scenario asks for a collection (SIGUSR2) before reading RSS.
@@ -256,7 +268,7 @@ function hookExit(): void {
   }
 }
 
-function wrap(name: BrokerName, security: Security, child: ChildProcess, host: string, cleanup?: () => void): RunningBrokerProcess {
+function wrap(name: BrokerName | 'floor', security: Security, child: ChildProcess, host: string, cleanup?: () => void): RunningBrokerProcess {
   hookExit();
   live.add(child);
   child.once('exit', () => live.delete(child));
