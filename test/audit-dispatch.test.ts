@@ -42,7 +42,8 @@ for (const chainInWorker of [true, false]) {
     const out = memoryOutput();
     // fsync every 500 ms: a small segment waits up to 100 ms for more records.
     const sink = new ChainedAuditSink(out, { maxQueue: 1000, log: silentLogger(), fsyncIntervalMs: 500, chainInWorker });
-    const reasons = (): string[] => out.lines().map((l) => parseRecord(l).reason ?? '');
+    const records = () => out.lines().map((l) => parseRecord(l) ?? t.fail(`not a record: ${l}`));
+    const reasons = (): string[] => records().map((r) => r?.reason ?? '');
     try {
       sink.record({ event: 'connect', decision: 'allow', reason: 'first', clientId: 'a' });
       t.true(await until(() => reasons().includes('first'), 5000), 'the first record is written');
@@ -54,16 +55,16 @@ for (const chainInWorker of [true, false]) {
       await turn();
       sink.record({ event: 'subscribe', decision: 'deny', reason: 'fourth', clientId: 'd', topic: 'x/y' });
       t.true(await until(() => reasons().includes('fourth'), 5000), 'the records made while the timer was armed are written');
-      const records = out.lines().map(parseRecord);
+      const written = records();
       t.deepEqual(
-        records.map((r) => r.reason),
+        written.map((r) => r?.reason),
         ['new chain', 'first', 'second', 'third', 'fourth'],
       );
       t.deepEqual(
-        records.map((r) => r.seq),
+        written.map((r) => r?.seq),
         [1, 2, 3, 4, 5],
       );
-      for (let i = 1; i < records.length; i++) t.is(records[i]!.prev, records[i - 1]!.hash, `record ${i + 1} is chained to the one before`);
+      for (let i = 1; i < written.length; i++) t.is(written[i]?.prev, written[i - 1]?.hash, `record ${i + 1} is chained to the one before`);
     } finally {
       await sink.close();
     }
