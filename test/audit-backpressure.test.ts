@@ -15,31 +15,9 @@ import mqttPacket from 'mqtt-packet';
 import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
 import { parseRecord } from '../src/audit/record.ts';
 import { silentLogger } from '../src/log.ts';
-import { rawConnected, startBroker } from './helpers.ts';
+import { memoryAuditOutput, rawConnected, startBroker } from './helpers.ts';
 
 const COUNT = 20_000;
-
-function slowOutput(delayMs: number): AuditOutput & { lines(): string[] } {
-  const chunks: Buffer[] = [];
-  const wait = () => new Promise((resolve) => setTimeout(resolve, delayMs));
-  return {
-    name: 'slow memory',
-    write: async (data) => {
-      await wait();
-      chunks.push(Buffer.from(data));
-    },
-    writev: async (list) => {
-      await wait();
-      for (const d of list) chunks.push(Buffer.from(d));
-    },
-    close: async () => {},
-    lines: () =>
-      Buffer.concat(chunks)
-        .toString('utf8')
-        .split('\n')
-        .filter((l) => l !== ''),
-  };
-}
 
 /**
  * A subscriber to `flood/t` and a raw client that writes `count` QoS 0 publishes to it in one
@@ -66,7 +44,7 @@ async function flood(t: ExecutionContext, port: number, count: number, waitMs: n
 for (const failMode of ['fail-closed', 'fail-open'] as const) {
   test(`${failMode}: a flood faster than the audit log is slowed down by not reading, not denied and not dropped`, async (t) => {
     t.timeout(60_000);
-    const out = slowOutput(3);
+    const out = memoryAuditOutput(3);
     const sink = new ChainedAuditSink(out, { maxQueue: 2000, log: silentLogger(), fsyncIntervalMs: 0 });
     const tb = await startBroker({ audit: { allowed: { publish: true }, failMode } }, { audit: sink as never });
     t.teardown(() => tb.stop());

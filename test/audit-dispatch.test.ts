@@ -6,25 +6,10 @@
  * records and no flush().
  */
 import test from 'ava';
-import { ChainedAuditSink, type AuditOutput } from '../src/audit/chained-sink.ts';
+import { ChainedAuditSink } from '../src/audit/chained-sink.ts';
 import { parseRecord } from '../src/audit/record.ts';
 import { silentLogger } from '../src/log.ts';
-
-function memoryOutput(): AuditOutput & { lines(): string[] } {
-  const chunks: Buffer[] = [];
-  return {
-    name: 'memory',
-    write: async (data) => {
-      chunks.push(Buffer.from(data));
-    },
-    close: async () => {},
-    lines: () =>
-      Buffer.concat(chunks)
-        .toString('utf8')
-        .split('\n')
-        .filter((l) => l !== ''),
-  };
-}
+import { memoryAuditOutput } from './helpers.ts';
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -39,7 +24,7 @@ async function until(cond: () => boolean, ms: number): Promise<boolean> {
 
 for (const chainInWorker of [true, false]) {
   test(`records made while the dispatch timer is armed are written when it fires, without a flush (${chainInWorker ? 'worker' : 'inline'} chaining)`, async (t) => {
-    const out = memoryOutput();
+    const out = memoryAuditOutput();
     // fsync every 500 ms: a small segment waits up to 100 ms for more records.
     const sink = new ChainedAuditSink(out, { maxQueue: 1000, log: silentLogger(), fsyncIntervalMs: 500, chainInWorker });
     const records = () => out.lines().map((l) => parseRecord(l) ?? t.fail(`not a record: ${l}`));

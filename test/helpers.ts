@@ -10,6 +10,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, MemoryAuditSink, MemoryStore, type BrokerOptions, type ConfigInput, type RunningBroker } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import type { AuditSinkSettings } from '../src/audit/sinks.ts';
+import type { AuditOutput } from '../src/audit/chained-sink.ts';
 
 export interface TestBroker {
   broker: RunningBroker;
@@ -235,6 +236,29 @@ export function auditSettings(file: string): AuditSinkSettings {
 /** The non-empty lines of an audit file. */
 export function readAuditLines(file: string): string[] {
   return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.length > 0);
+}
+
+/** An audit output that keeps what is written in memory; each write first waits `delayMs` (a slow disk). */
+export function memoryAuditOutput(delayMs = 0): AuditOutput & { lines(): string[] } {
+  const chunks: Buffer[] = [];
+  const wait = () => new Promise((resolve) => setTimeout(resolve, delayMs));
+  return {
+    name: 'memory',
+    write: async (data) => {
+      await wait();
+      chunks.push(Buffer.from(data));
+    },
+    writev: async (list) => {
+      await wait();
+      for (const d of list) chunks.push(Buffer.from(d));
+    },
+    close: async () => {},
+    lines: () =>
+      Buffer.concat(chunks)
+        .toString('utf8')
+        .split('\n')
+        .filter((l) => l !== ''),
+  };
 }
 
 /** A port that was free a moment ago: listen on port 0, note the port, close. */
