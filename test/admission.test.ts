@@ -155,8 +155,22 @@ test('a bad exempt range is refused at start with the key named', async (t) => {
   t.regex(err?.message ?? '', /admission\.exempt\[0\]: '10\.0\.0\.5\/8' has host bits set; did you mean 10\.0\.0\.0\/8\?/);
 });
 
+test('on the defaults, a client id that reconnects 100 times in a row (connect, publish, DISCONNECT) is never banned for flapping', async (t) => {
+  const tb = await startAdmissionBroker({ authGuard: {} }); // the defaults: only the test's broker set-up differs
+  t.teardown(() => tb.stop());
+  for (const version of [4, 5] as const) {
+    for (let i = 0; i < 50; i++) {
+      const c = await connectFrom(tb.port, '127.0.0.1', { clientId: `loop-${version}`, protocolVersion: version });
+      await c.publishAsync('admission/loop', `${i}`, { qos: 1 });
+      await c.endAsync();
+    }
+  }
+  t.false(tb.audit.records.some((r) => r.event === 'ban'), 'no ban of any kind');
+  t.false(tb.audit.records.some((r) => r.event === 'connect' && r.decision === 'deny'), 'no refused connect');
+});
+
 test('flapping: a client id that connects 3 times within the window is banned (v5 0x8A, v3.1.1 rc 5), other ids unaffected, audited; the ban expires', async (t) => {
-  const tb = await startAdmissionBroker({ admission: { flapping: { maxConnects: 3, windowMs: 30_000, banMs: 3000 } } });
+  const tb = await startAdmissionBroker({ admission: { flapping: { enabled: true, maxConnects: 3, windowMs: 30_000, banMs: 3000 } } });
   t.teardown(() => tb.stop());
   for (let i = 0; i < 3; i++) {
     const c = await connect(tb.port, { clientId: 'flappy', protocolVersion: 5 });
@@ -180,7 +194,7 @@ test('flapping: a client id that connects 3 times within the window is banned (v
 test('flapping counts only authenticated connects: failed logins with a client id do not get it banned', async (t) => {
   const tb = await startAdmissionBroker({
     listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'dev', password: 'dev-pw' }] }] }],
-    admission: { flapping: { maxConnects: 3, windowMs: 10_000, banMs: 60_000 } },
+    admission: { flapping: { enabled: true, maxConnects: 3, windowMs: 10_000, banMs: 60_000 } },
   });
   t.teardown(() => tb.stop());
   for (let i = 0; i < 5; i++) t.is((await refusalCode(tb.port, { clientId: 'device-7', username: 'dev', password: 'wrong', protocolVersion: 5 })).code, 0x86);
@@ -377,7 +391,7 @@ test('refusal records are bounded in addresses: beyond refusalAudit.maxAddresses
 test('flapping does not count connects refused because another identity owns the session: nobody can get a client id banned for its owner', async (t) => {
   const tb = await startAdmissionBroker({
     listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'a-pw' }, { username: 'bob', password: 'b-pw' }] }] }],
-    admission: { flapping: { maxConnects: 3, windowMs: 30_000, banMs: 60_000 } },
+    admission: { flapping: { enabled: true, maxConnects: 3, windowMs: 30_000, banMs: 60_000 } },
   });
   t.teardown(() => tb.stop());
   const owner = { clientId: 'dev-a', username: 'alice', password: 'a-pw', protocolVersion: 5 as const, clean: false, properties: { sessionExpiryInterval: 600 } };

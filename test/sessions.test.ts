@@ -372,6 +372,33 @@ test('a client that trickles one packet byte by byte is not kept alive by the by
   t.true(elapsed >= 1300 && elapsed <= 4000, `closed ${elapsed} ms after the CONNECT, with ${i} bytes trickled`);
 });
 
+for (const v of [3, 4, 5] as const) {
+  test(`${v === 3 ? 'v3.1' : v === 4 ? 'v3.1.1' : 'v5'}: keep-alive 0 (keep-alive off) is accepted on the defaults and the idle client is not cut off`, async (t) => {
+    const b = await broker(t);
+    const c = await open(t, b.port, { clientId: `ka-zero-${v}`, protocolVersion: v, ...(v === 3 ? { protocolId: 'MQIsdp' as const } : {}), keepalive: 0 });
+    t.is(v === 5 ? c.connack.reasonCode : c.connack.returnCode, 0); // [MQTT-3.1.2-10]
+    t.is(c.connack.properties?.serverKeepAlive, undefined, 'no Server Keep Alive forced on the client');
+    t.false(await closed(c.client, 2500), 'an idle client with keep-alive 0 stays connected');
+    // Still fully usable after being idle.
+    await c.client.subscribeAsync('ka/zero', { qos: 1 });
+    await c.client.publishAsync('ka/zero', 'still here', { qos: 1 });
+    t.true(await until(() => c.messages.length === 1));
+  });
+}
+
+test('limits.keepAliveZeroMaxIdle (opt-in): v5 keep-alive 0 gets it as Server Keep Alive; an idle v3.1.1 keep-alive 0 client is ended', async (t) => {
+  const b = await broker(t, { limits: { keepAliveZeroMaxIdle: 1 } });
+  const v5 = await open(t, b.port, { clientId: 'ka-zero-idle-5', protocolVersion: 5, keepalive: 0 });
+  t.is(v5.connack.properties?.serverKeepAlive, 1); // [MQTT-3.2.2-21]
+  const r = await raw(t, b.port);
+  const start = Date.now();
+  r.write(encodeConnect({ clientId: 'ka-zero-idle-4', keepAlive: 0, version: 4 }));
+  const [ack] = await waitForType(r, PacketType.CONNACK);
+  t.is(ack === undefined ? undefined : decodeConnack(ack).code, 0, 'accepted');
+  t.true(await r.closed(4000), 'ended once idle past the bound');
+  t.true(Date.now() - start >= 1300);
+});
+
 test('v5: a keep-alive above limits.maxKeepAlive is lowered with Server Keep Alive in CONNACK', async (t) => {
   const b = await broker(t, { limits: { maxKeepAlive: 10 } });
   const { connack } = await open(t, b.port, { clientId: 'ka-big-5', protocolVersion: 5, keepalive: 60 });

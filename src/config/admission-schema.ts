@@ -55,10 +55,14 @@ export const admission = z
         maxAddresses: z.number().int().min(1).max(100_000).default(1000),
       })
       .prefault({}),
-    /** A client id that connects this often within the window is banned for a while. */
+    /**
+     * A client id that connects this often within the window is banned for a while. Off by
+     * default: test suites, CI jobs, battery devices and health checks reconnect often and
+     * normally (see docs/bans.md for why, and docs/hardening.md to turn it on).
+     */
     flapping: z
       .strictObject({
-        enabled: z.boolean().default(true),
+        enabled: z.boolean().default(false),
         maxConnects: z.number().int().min(2).default(10),
         windowMs: z.number().int().min(100).default(60_000),
         banMs: z.number().int().min(100).default(5 * 60_000),

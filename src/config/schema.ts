@@ -127,6 +127,12 @@ const limits = z
     maxConnectSize: z.number().int().min(64).max(268435455).default(64 * 1024),
     connectTimeoutMs: positiveInt.default(10_000),
     maxKeepAlive: z.number().int().min(1).max(65535).default(3600),
+    /**
+     * Keep-alive 0 turns keep-alive off ([MQTT-3.1.2-10]) and is accepted. With a value here, a
+     * client that asked for 0 is still ended after this many idle seconds (v5 learns it as Server
+     * Keep Alive). 0: no limit, as the spec and every common client expect.
+     */
+    keepAliveZeroMaxIdle: z.number().int().min(0).max(65535).default(0),
     maxClientIdLength: z.number().int().min(23).max(65535).default(256),
     maxTopicLength: z.number().int().min(1).max(65535).default(4096),
     maxTopicLevels: z.number().int().min(1).max(1024).default(64),

@@ -12,7 +12,7 @@ import { createLogger } from '../../src/log.ts';
 import { encodeCase, frame, fuzzCase, str, u16, type FuzzCase } from './generators.ts';
 
 /** Limits small enough that every stalled connection is closed within seconds. */
-export const FUZZ_LIMITS = { connectTimeoutMs: 1000, maxKeepAlive: 2, maxSessionExpiry: 2 } as const;
+export const FUZZ_LIMITS = { connectTimeoutMs: 1000, maxKeepAlive: 2, keepAliveZeroMaxIdle: 2, maxSessionExpiry: 2 } as const;
 const MAX_PACKET_SIZE = 1024 * 1024; // the broker's default, for the over-size violation
 
 export interface FuzzBroker {

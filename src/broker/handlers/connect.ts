@@ -182,12 +182,23 @@ function checkClientId(ctx: ConnectContext): Refusal | undefined {
 
 function checkKeepAlive(ctx: ConnectContext): Refusal | undefined {
   const { conn, packet } = ctx;
-  const max = conn.broker.config.limits.maxKeepAlive;
+  const limits = conn.broker.config.limits;
+  const max = limits.maxKeepAlive;
   const requested = packet.keepalive ?? 0;
-  if (requested === 0 || requested > max) {
+  if (requested === 0) {
+    // 0 turns keep-alive off [MQTT-3.1.2-10]; a stricter operator may still bound the idle time.
+    const idle = limits.keepAliveZeroMaxIdle;
+    if (idle > 0 && conn.v5) ctx.serverKeepAlive = idle; // [MQTT-3.2.2-21]
+    conn.keepAlive = idle;
+    // With no MQTT keep-alive, TCP keep-alive still finds a peer that vanished (a half-open socket).
+    const socket = conn.stream as { setKeepAlive?: (on: boolean, delayMs: number) => unknown };
+    if (idle === 0 && typeof socket.setKeepAlive === 'function') socket.setKeepAlive(true, 60_000);
+    return undefined;
+  }
+  if (requested > max) {
     if (!conn.v5) {
-      // v3.1.1 cannot be told another keep-alive, so refuse rather than cut it off early.
-      return { reason: ReasonCode.ClientIdentifierNotValid, detail: `keep-alive ${requested}s is outside 1..${max}s` };
+      // v3.1.1 cannot be told another keep-alive, so refuse rather than cut it off early (as Mosquitto does).
+      return { reason: ReasonCode.ClientIdentifierNotValid, detail: `keep-alive ${requested}s is above limits.maxKeepAlive (${max}s); raise limits.maxKeepAlive to admit it` };
     }
     ctx.serverKeepAlive = max; // [MQTT-3.2.2-21]
     conn.keepAlive = max;
