@@ -39,7 +39,7 @@ import { ModuleAuthorizer } from './authz/module.ts';
 import type { AuthorizerConfig } from './config/schema.ts';
 import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
 import { VERSION } from './broker/sys.ts';
-import { ownerOf } from './broker/handlers/connect.ts';
+import { ownerOf } from './broker/owner.ts';
 import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MemoryStore } from './store/memory.ts';
@@ -108,13 +108,13 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const config = parseConfig(input);
   const log = options.logger ?? createLogger(config.log.level);
   // TLS listeners record gate refusals through the broker, which is built below.
-  const tlsAudit = (event: AuditEvent) => broker.audit(null, event);
+  const tlsAudit = (event: AuditEvent) => broker.gate.audit(null, event);
   // Admission control: caps, connect rate and IP bans at accept time; id bans and flapping at CONNECT.
-  const admission = makeAdmission(config, (event) => broker.audit(null, event), log);
+  const admission = makeAdmission(config, (event) => broker.gate.audit(null, event), log);
   const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit, admission.admitter(l.name as string)));
   const chains = new Map<string, AuthenticatorChain>();
   // Failed-login protection is shared by every listener: a banned address is banned everywhere.
-  const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.audit(null, event)) : undefined;
+  const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.gate.audit(null, event)) : undefined;
   const authProviders: Authenticator[] = [];
   config.listeners.forEach((l, li) => {
     const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
@@ -135,8 +135,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none'
-      ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.audit(null, event), (message) => log.warn(message), {
-          healthy: () => broker.auditHealth().ok,
+      ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.gate.audit(null, event), (message) => log.warn(message), {
+          healthy: () => broker.gate.auditHealth().ok,
           flush: () => audit.flush(),
         })
       : undefined;
@@ -150,7 +150,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     const covers = admission.coverer(added);
     for (const conn of [...broker.connections]) {
       const ban = covers({ clientId: conn.clientId, username: conn.principal?.username, remoteAddress: conn.peer.remoteAddress });
-      if (ban !== undefined) broker.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'banned', `banned: ${describeBan(ban)}`);
+      if (ban !== undefined) broker.gate.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'banned', `banned: ${describeBan(ban)}`);
     }
   });
   // Policy reloads (file change, SIGHUP, CLI): re-check live subscriptions and audit, one at a time.
@@ -167,13 +167,13 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     if (p instanceof PasswordAuthenticator) {
       p.onReload((r) => {
         (r.ok ? log.info.bind(log) : log.error.bind(log))({ file: r.file, trigger: r.trigger }, `password file reload: ${r.detail}`);
-        broker.recordReload('password-file', { ok: r.ok, detail: `${r.trigger}: ${r.detail}`, file: r.file });
+        broker.gate.recordReload('password-file', { ok: r.ok, detail: `${r.trigger}: ${r.detail}`, file: r.file });
       });
     } else if (p instanceof JwtAuthenticator) {
       p.keys.onFetch((r) => {
         if (r.ok) return log.debug({ url: r.url, trigger: r.trigger }, `JWKS fetched: ${r.detail}`);
         log.warn({ url: r.url, trigger: r.trigger }, r.detail);
-        broker.recordReload('jwks', { ok: false, detail: `${r.trigger}: ${r.detail}`, file: r.url });
+        broker.gate.recordReload('jwks', { ok: false, detail: `${r.trigger}: ${r.detail}`, file: r.url });
       });
     }
   }
@@ -232,10 +232,10 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     get connectedClients() {
       return broker.connected;
     },
-    auditHealth: () => broker.auditHealth(),
+    auditHealth: () => broker.gate.auditHealth(),
     reloadBans: (trigger = 'api') => admission.reloadBans(trigger),
     admissionStats: () => admission.stats(),
-    recordReload: (what, report) => broker.recordReload(what, report),
+    recordReload: (what, report) => broker.gate.recordReload(what, report),
   };
 }
 

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import test from 'ava';
-import { REVOKED_TOPIC } from '../src/broker/broker.ts';
+import { REVOKED_TOPIC } from '../src/broker/recheck.ts';
 import { connect, delay, messagesWithin, nextMessages, startCasbinBroker } from './helpers.ts';
 
 const BEFORE = 'p, *, news/#, read, allow\np, user:pub, news/#, publish, allow\n';

@@ -13,7 +13,7 @@ import test from 'ava';
 import { Command } from 'commander';
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import type { IDisconnectPacket } from 'mqtt';
-import { formatAddress, parseAddress, parseCidr, inRange } from '../src/admission/address.ts';
+import { formatAddress, parseAddress, parseCidr, inRange } from '../src/util/address.ts';
 import { parseBanText } from '../src/admission/ban-file.ts';
 import { registerBanCommand } from '../src/cli/ban.ts';
 import { connect, delay } from './helpers.ts';

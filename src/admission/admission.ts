@@ -18,7 +18,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { Principal } from '../auth/types.ts';
-import { RangeList, normalizeAddress, peerAddress } from './address.ts';
+import { RangeList, normalizeAddress, peerAddress } from '../util/address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
 import { EXPIRED_NOW, FlappingDetector } from './flapping.ts';

@@ -11,7 +11,7 @@
  * date or a duplicate fails the whole file with an error naming the file and line.
  */
 import fs from 'node:fs';
-import { formatAddress, formatCidr, parseAddress, parseCidr } from './address.ts';
+import { formatAddress, formatCidr, parseAddress, parseCidr } from '../util/address.ts';
 import { writeAtomic } from '../util/fs.ts';
 
 export const BAN_KINDS = ['client-id', 'username', 'ip', 'cidr'] as const;

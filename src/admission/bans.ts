@@ -3,7 +3,7 @@
  * user name. A reload replaces it atomically and reports what changed; a ban whose `until` has
  * passed stops applying at once and its expiry is reported exactly once.
  */
-import { type Address, type CidrRange, inRange, parseAddress, parseCidr } from './address.ts';
+import { type Address, type CidrRange, inRange, parseAddress, parseCidr } from '../util/address.ts';
 import { type BanEntry, type BanKind, banKey } from './ban-file.ts';
 
 export interface BanChange {

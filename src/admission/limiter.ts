@@ -7,7 +7,7 @@
  * State per source address is bounded (`maxTrackedAddresses`) and idle entries are expired
  * by the one shared sweep the caller runs; there is no timer per address.
  */
-import { type Address, formatAddress, masked } from './address.ts';
+import { type Address, formatAddress, masked } from '../util/address.ts';
 import type { ConnectionLimits, ListenerLimits } from '../config/admission-schema.ts';
 
 export type LimitRefusal = 'total-cap' | 'listener-cap' | 'ip-cap' | 'rate' | 'tracking-full';

@@ -6,27 +6,14 @@
 import type { Duplex } from 'node:stream';
 import type { AuditWho } from '../audit/types.ts';
 import type { Principal } from '../auth/types.ts';
-import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion, type QoS } from '../protocol/codec.ts';
+import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion } from '../protocol/codec.ts';
 import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
-import type { PublishProperties } from '../protocol/codec.ts';
 import type { PeerInfo } from '../transport/types.ts';
-import type { Broker } from './broker.ts';
-import { dispatch } from './dispatch.ts';
-import type { TokenBucket } from './rate-limit.ts';
+import type { Client, ConnectionHost, ConnectionState, Will } from './ports.ts';
 import type { Session } from './session.ts';
+import type { TokenBucket } from './token-bucket.ts';
 
-export interface Will {
-  topic: string;
-  payload: Buffer;
-  qos: QoS;
-  retain: boolean;
-  properties?: PublishProperties;
-  delaySeconds: number;
-}
-
-export type ConnectionState = 'new' | 'connecting' | 'connected' | 'closed';
-
-export class Connection {
+export class Connection implements Client {
   state: ConnectionState = 'new';
   version: ProtocolVersion = 4;
   clientId = '';
@@ -62,14 +49,14 @@ export class Connection {
   private readSinceYield = 0;
   /** Paused until the end of this event-loop turn, to let other work run. */
   private yielding = false;
-  /** Not reading until the audit log catches up (Broker.holdForAudit). */
+  /** Not reading until the audit log catches up (SecurityGate.holdForAudit). */
   private auditHeld = false;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
   rateLimitedSince = 0;
   clientBucket: TokenBucket | null = null;
   identityBucket: TokenBucket | null = null;
   identityKey: string | null = null;
-  /** Who this connection's access records name (see Broker.auditWho), and for which principal. */
+  /** Who this connection's access records name (see SecurityGate), and for which principal. */
   auditWho: AuditWho | null = null;
   auditWhoPrincipal: Principal | null = null;
   readonly reader: PacketReader;
@@ -80,12 +67,12 @@ export class Connection {
   private inbox: Packet[] = [];
 
   constructor(
-    readonly broker: Broker,
+    private readonly host: ConnectionHost<Connection>,
     readonly stream: Duplex,
     readonly peer: PeerInfo,
   ) {
     this.openedAt = this.lastSeen = Date.now();
-    this.reader = new PacketReader(broker.readerLimits, readerPacket, readerError, this);
+    this.reader = new PacketReader(host.readerLimits, readerPacket, readerError, this);
     // Shared listeners, not closures: an idle connection costs a few hundred bytes less.
     (stream as ConnectionStream)[CONNECTION] = this;
     stream.on('data', onStreamData);
@@ -113,7 +100,7 @@ export class Connection {
       setImmediate(endYield, this);
     }
     // A client that does not read what we send (acknowledgements included) is not read either, until it drains.
-    if (stream.writableLength > this.broker.config.limits.maxSocketBufferBytes && stream.writableNeedDrain && this.state !== 'closed') {
+    if (stream.writableLength > this.host.limits.maxSocketBufferBytes && stream.writableNeedDrain && this.state !== 'closed') {
       this.readBlocked = true;
       stream.pause();
     }
@@ -138,7 +125,7 @@ export class Connection {
   private run(packet: Packet): void {
     let result: void | Promise<void>;
     try {
-      result = dispatch(this, packet);
+      result = this.host.dispatch(this, packet);
     } catch (err) {
       return this.internalError(err);
     }
@@ -181,10 +168,10 @@ export class Connection {
    * most one packet's records after the log said it was behind.
    */
   private holdsForAudit(): boolean {
-    if (!this.broker.auditBacklogged()) return false;
+    if (!this.host.auditBacklogged()) return false;
     this.auditHeld = true;
     this.stream.pause();
-    this.broker.holdForAudit(this);
+    this.host.holdForAudit(this);
     return true;
   }
 
@@ -209,11 +196,11 @@ export class Connection {
     }
     if (!this.writeBlocked) return;
     this.writeBlocked = false;
-    if (this.session !== null) this.broker.pump(this.session);
+    this.host.drained(this);
   }
 
   private internalError(err: unknown): void {
-    this.broker.log.error({ err: (err as Error)?.stack ?? String(err), clientId: this.clientId }, 'handler failed');
+    this.host.log.error({ err: (err as Error)?.stack ?? String(err), clientId: this.clientId }, 'handler failed');
     this.disconnect(ReasonCode.ImplementationSpecificError, 'internal error');
   }
 
@@ -270,7 +257,7 @@ export class Connection {
     this.state = 'closed';
     this.closeReason ??= reason;
     this.flushWrites();
-    this.broker.connectionClosed(this, wasConnected);
+    this.host.connectionClosed(this, wasConnected);
     if (this.stream.readableEnded || this.stream.destroyed) this.stream.destroy();
   }
 

@@ -4,6 +4,7 @@
 import type { Packet } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { Connection } from './connection.ts';
+import type { BrokerApi } from './handler-api.ts';
 import { handleAuth } from './handlers/auth.ts';
 import { handleConnect } from './handlers/connect.ts';
 import { handleDisconnect } from './handlers/disconnect.ts';
@@ -17,10 +18,10 @@ function needsPacketId(packet: Packet): boolean {
   return packet.cmd === 'subscribe' || packet.cmd === 'unsubscribe' || (packet.cmd === 'publish' && packet.qos > 0);
 }
 
-export function dispatch(conn: Connection, packet: Packet): void | Promise<void> {
+export function dispatch(broker: BrokerApi, conn: Connection, packet: Packet): void | Promise<void> {
   if (conn.state === 'new') {
     if (packet.cmd !== 'connect') return conn.disconnect(ReasonCode.ProtocolError, 'the first packet must be CONNECT'); // [MQTT-3.1.0-1]
-    return handleConnect(conn, packet);
+    return handleConnect(broker, conn, packet);
   }
   if (conn.state !== 'connected') return;
   if (packet.messageId === 0 && needsPacketId(packet)) {
@@ -28,25 +29,25 @@ export function dispatch(conn: Connection, packet: Packet): void | Promise<void>
   }
   switch (packet.cmd) {
     case 'publish':
-      return handlePublish(conn, packet);
+      return handlePublish(broker, conn, packet);
     case 'puback':
-      return handlePuback(conn, packet);
+      return handlePuback(broker, conn, packet);
     case 'pubrec':
-      return handlePubrec(conn, packet);
+      return handlePubrec(broker, conn, packet);
     case 'pubrel':
-      return handlePubrel(conn, packet);
+      return handlePubrel(broker, conn, packet);
     case 'pubcomp':
-      return handlePubcomp(conn, packet);
+      return handlePubcomp(broker, conn, packet);
     case 'subscribe':
-      return handleSubscribe(conn, packet);
+      return handleSubscribe(broker, conn, packet);
     case 'unsubscribe':
-      return handleUnsubscribe(conn, packet);
+      return handleUnsubscribe(broker, conn, packet);
     case 'pingreq':
       return handlePingreq(conn);
     case 'disconnect':
-      return handleDisconnect(conn, packet);
+      return handleDisconnect(broker, conn, packet);
     case 'auth':
-      return handleAuth(conn, packet);
+      return handleAuth(broker, conn, packet);
     case 'connect':
       return conn.disconnect(ReasonCode.ProtocolError, 'a second CONNECT is a protocol error'); // [MQTT-3.1.0-2]
     case 'connack':

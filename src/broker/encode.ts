@@ -4,11 +4,11 @@
  * only QoS 1/2 copies get their packet id patched in.
  */
 import { encode, encodeBarePublish, withPacketId, type PublishPacket, type PublishProperties, type QoS } from '../protocol/codec.ts';
-import type { Connection } from './connection.ts';
+import type { Client } from './ports.ts';
 import { encodingSlot, type Message } from './message.ts';
 
 export function encodePublish(
-  conn: Connection,
+  conn: Client,
   message: Message,
   qos: QoS,
   retain: boolean,

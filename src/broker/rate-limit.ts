@@ -2,7 +2,7 @@
  * PUBLISH rate limits: token buckets per connection and per identity (user name), refilled
  * lazily from timestamps, so there is no timer per connection or per bucket. A throttled
  * connection stops being read; the broker's one sweep timer resumes it when its bucket has
- * refilled ({@link Connection.readPausedUntil}).
+ * refilled ({@link Client.readPausedUntil}).
  *
  * Over the limit, by `rateLimits.v5Action` / `v3Action`:
  * - reject (v5 only): QoS 1/2 get PUBACK/PUBREC 0x96 Message rate too high, QoS 0 is dropped;
@@ -13,69 +13,20 @@
 import type { RateLimitsConfig } from '../config/rate-limit-schema.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import type { Connection } from './connection.ts';
+import type { AuditEvent } from '../audit/types.ts';
+import type { Client } from './ports.ts';
+import type { BrokerStats, CoarseClock } from './stats.ts';
+import { TokenBucket } from './token-bucket.ts';
+
+/** What the limiter reports to: the broker's counters and clock, and the security gate. */
+export interface RateLimitHooks {
+  readonly stats: BrokerStats;
+  readonly clock: CoarseClock;
+  audit(conn: Client, event: AuditEvent): void;
+  disconnectForSecurity(conn: Client, code: number, action: string, reason: string): void;
+}
 
 type BucketConfig = RateLimitsConfig['perClient'];
-
-/**
- * A token bucket in two dimensions: messages and bytes. A message larger than the byte burst
- * passes on a full bucket and leaves it in debt, so no message size is refused forever.
- *
- * @example
- * const b = new TokenBucket(10, 10, 0, 0, Date.now());
- * b.waitMs(100, Date.now()); // 0 while tokens remain
- */
-export class TokenBucket {
-  private messages: number;
-  private bytes: number;
-  private updatedAt: number;
-  /** Connections holding this bucket (identity buckets only). */
-  refs = 0;
-
-  constructor(
-    readonly messagesPerSecond: number,
-    readonly burstMessages: number,
-    readonly bytesPerSecond: number,
-    readonly burstBytes: number,
-    now: number,
-  ) {
-    this.messages = burstMessages;
-    this.bytes = burstBytes;
-    this.updatedAt = now;
-  }
-
-  private refill(now: number): void {
-    const elapsed = now - this.updatedAt;
-    if (elapsed <= 0) return;
-    this.updatedAt = now;
-    if (this.messagesPerSecond > 0) this.messages = Math.min(this.burstMessages, this.messages + (elapsed * this.messagesPerSecond) / 1000);
-    if (this.bytesPerSecond > 0) this.bytes = Math.min(this.burstBytes, this.bytes + (elapsed * this.bytesPerSecond) / 1000);
-  }
-
-  /** Milliseconds until a message of `size` bytes may pass; 0 when it may pass now. */
-  waitMs(size: number, now: number): number {
-    this.refill(now);
-    let wait = 0;
-    if (this.messagesPerSecond > 0 && this.messages < 1) wait = ((1 - this.messages) * 1000) / this.messagesPerSecond;
-    if (this.bytesPerSecond > 0) {
-      const need = size < this.burstBytes ? size : this.burstBytes;
-      if (this.bytes < need) wait = Math.max(wait, ((need - this.bytes) * 1000) / this.bytesPerSecond);
-    }
-    return wait === 0 ? 0 : Math.ceil(wait);
-  }
-
-  /** True when the bucket has refilled completely: forgetting it then gives nobody extra tokens. */
-  isFull(now: number): boolean {
-    this.refill(now);
-    return (this.messagesPerSecond === 0 || this.messages >= this.burstMessages) && (this.bytesPerSecond === 0 || this.bytes >= this.burstBytes);
-  }
-
-  /** Takes one message of `size` bytes, possibly into debt. */
-  take(size: number): void {
-    if (this.messagesPerSecond > 0) this.messages -= 1;
-    if (this.bytesPerSecond > 0) this.bytes -= size;
-  }
-}
 
 function makeBucket(c: BucketConfig, now: number): TokenBucket | null {
   if (c.messagesPerSecond === 0 && c.bytesPerSecond === 0) return null;
@@ -91,12 +42,13 @@ export class PublishRateLimiter {
   private constructor(
     private readonly config: RateLimitsConfig,
     private readonly log: Logger,
+    private readonly hooks: RateLimitHooks,
   ) {}
 
   /** A limiter for the configuration, or null when every rate is 0 (the default). */
-  static create(config: RateLimitsConfig, log: Logger): PublishRateLimiter | null {
+  static create(config: RateLimitsConfig, log: Logger, hooks: RateLimitHooks): PublishRateLimiter | null {
     const on = (c: BucketConfig) => c.messagesPerSecond > 0 || c.bytesPerSecond > 0;
-    return on(config.perClient) || on(config.perIdentity) ? new PublishRateLimiter(config, log) : null;
+    return on(config.perClient) || on(config.perIdentity) ? new PublishRateLimiter(config, log, hooks) : null;
   }
 
   /** Number of live identity buckets (bounded by `maxIdentities`). */
@@ -105,7 +57,7 @@ export class PublishRateLimiter {
   }
 
   /** Gives a newly connected client its buckets. */
-  attach(conn: Connection, now: number): void {
+  attach(conn: Client, now: number): void {
     conn.clientBucket = makeBucket(this.config.perClient, now);
     const username = conn.principal?.username;
     if (username === undefined) return;
@@ -132,7 +84,7 @@ export class PublishRateLimiter {
    * Lets go of a connection's identity bucket. The bucket itself stays until it has refilled
    * (pruned when the table is full), so closing and reconnecting does not buy a fresh burst.
    */
-  release(conn: Connection): void {
+  release(conn: Client): void {
     const bucket = conn.identityBucket;
     conn.identityBucket = null;
     conn.identityKey = null;
@@ -148,7 +100,7 @@ export class PublishRateLimiter {
    * Charges one PUBLISH of `size` bytes. Returns true when the caller goes on handling it; false
    * when it was refused here (acknowledged with 0x96, dropped, or the client disconnected).
    */
-  admit(conn: Connection, qos: number, packetId: number, size: number, now: number): boolean {
+  admit(conn: Client, qos: number, packetId: number, size: number, now: number): boolean {
     const own = conn.clientBucket;
     const shared = conn.identityBucket;
     let wait = own === null ? 0 : own.waitMs(size, now);
@@ -175,12 +127,12 @@ export class PublishRateLimiter {
       conn.rateLimitedSince = 0;
       return true;
     }
-    const stats = conn.broker.stats;
+    const stats = this.hooks.stats;
     stats.publishesRateLimited++;
     stats.messagesDropped++;
     this.report(conn, action);
     if (action === 'disconnect') {
-      conn.broker.disconnectForSecurity(conn, ReasonCode.MessageRateTooHigh, 'rate-limit', 'message rate too high');
+      this.hooks.disconnectForSecurity(conn, ReasonCode.MessageRateTooHigh, 'rate-limit', 'message rate too high');
       return false;
     }
     // reject: the publisher learns it from the acknowledgement; QoS 0 has none [MQTT-3.3.4]
@@ -189,10 +141,10 @@ export class PublishRateLimiter {
     return false;
   }
 
-  private throttle(conn: Connection, now: number, wait: number): void {
+  private throttle(conn: Client, now: number, wait: number): void {
     const until = now + wait;
     if (conn.readPausedUntil === 0) {
-      conn.broker.stats.connectionsThrottled++;
+      this.hooks.stats.connectionsThrottled++;
       if (conn.rateLimitedSince === 0) {
         conn.rateLimitedSince = now;
         this.warn(conn, 'throttle');
@@ -203,19 +155,19 @@ export class PublishRateLimiter {
   }
 
   /** One audit record per episode (the first refusal after an accepted publish), one warn line per 5 s. */
-  private report(conn: Connection, action: string): void {
+  private report(conn: Client, action: string): void {
     if (conn.rateLimitedSince !== 0) return;
-    conn.rateLimitedSince = conn.broker.clock;
+    conn.rateLimitedSince = this.hooks.clock.now;
     if (action !== 'disconnect') {
-      conn.broker.audit(conn, { event: 'publish', action: 'rate-limit', decision: 'deny', reasonCode: ReasonCode.MessageRateTooHigh, reason: `message rate too high: ${action}` });
+      this.hooks.audit(conn, { event: 'publish', action: 'rate-limit', decision: 'deny', reasonCode: ReasonCode.MessageRateTooHigh, reason: `message rate too high: ${action}` });
     }
     this.warn(conn, action);
   }
 
-  private warn(conn: Connection, action: string): void {
-    const now = conn.broker.clock;
+  private warn(conn: Client, action: string): void {
+    const now = this.hooks.clock.now;
     if (now - this.warnedAt < 5000) return;
     this.warnedAt = now;
-    this.log.warn({ clientId: conn.clientId, username: conn.principal?.username, action, rateLimited: conn.broker.stats.publishesRateLimited, throttled: conn.broker.stats.connectionsThrottled }, 'publish rate limit reached');
+    this.log.warn({ clientId: conn.clientId, username: conn.principal?.username, action, rateLimited: this.hooks.stats.publishesRateLimited, throttled: this.hooks.stats.connectionsThrottled }, 'publish rate limit reached');
   }
 }

@@ -1,7 +1,7 @@
 import type { Principal } from '../auth/types.ts';
 import type { QoS } from '../protocol/codec.ts';
 import type { StoredSession, StoredSubscription } from '../store/types.ts';
-import type { Connection } from './connection.ts';
+import type { Client } from './ports.ts';
 import type { Message } from './message.ts';
 
 /** A delivery waiting for the client: offline, or its in-flight window is full. */
@@ -87,7 +87,7 @@ export class Session {
   /** QoS 1/2 refusals not yet written to the audit log, and when the last such record was written. */
   refusalsUnaudited = 0;
   refusalsAuditedAt = 0;
-  connection: Connection | null = null;
+  connection: Client | null = null;
   principal: Principal | null = null;
   /** The listener of the last connection, for checks made while the session is offline. */
   listener = '';
@@ -138,7 +138,7 @@ export class Session {
         message: { ...stripEncoding(f.message), qos: f.qos, retain: f.retain },
         ...(f.subscriptionIds ? { subscriptionIds: f.subscriptionIds } : {}),
       })),
-      // QoS 0 is at most once: it is never written to the store (see Broker.enqueue).
+      // QoS 0 is at most once: it is never written to the store (see Delivery.enqueue).
       queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...stripEncoding(q.message), qos: q.qos, retain: q.retain })),
       awaitingRelease: [...this.awaitingRelease],
     };

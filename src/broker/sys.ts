@@ -1,14 +1,25 @@
 /** `$SYS/broker/...` statistics, published as retained messages on an interval. */
 import { createRequire } from 'node:module';
-import type { Broker } from './broker.ts';
+import type { Message } from './message.ts';
+import type { BrokerStats } from './stats.ts';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../../package.json') as { version: string }).version;
 
+/** What the `$SYS` topics report, and how they are published. */
+export interface SysSource {
+  readonly startedAt: number;
+  readonly connected: number;
+  readonly stats: BrokerStats;
+  sessionCount(): number;
+  retainedCount(): number;
+  publishInternal(message: Message): number;
+}
+
 export class SysTopics {
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly broker: Broker) {}
+  constructor(private readonly broker: SysSource) {}
 
   start(intervalSeconds: number): void {
     if (intervalSeconds <= 0) return;
@@ -28,7 +39,7 @@ export class SysTopics {
       ['version', `portcullis ${VERSION}`],
       ['uptime', `${Math.floor((Date.now() - b.startedAt) / 1000)} seconds`],
       ['clients/connected', b.connected],
-      ['clients/total', b.sessions.size],
+      ['clients/total', b.sessionCount()],
       ['messages/received', b.stats.messagesReceived],
       ['messages/sent', b.stats.messagesSent],
       ['messages/dropped', b.stats.messagesDropped],
@@ -39,7 +50,7 @@ export class SysTopics {
       ['clients/throttled', b.stats.connectionsThrottled],
       ['clients/held-for-audit', b.stats.auditHolds],
       ['clients/slow-consumers-disconnected', b.stats.slowConsumersDisconnected],
-      ['retained messages/count', b.retained.size],
+      ['retained messages/count', b.retainedCount()],
     ];
     for (const [name, value] of values) {
       b.publishInternal({ topic: `$SYS/broker/${name}`, payload: Buffer.from(String(value)), qos: 0, retain: true, origin: '$SYS' });

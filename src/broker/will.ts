@@ -1,18 +1,35 @@
 /**
  * Will messages: published when a connection ends without DISCONNECT 0x00, after the will delay
  * (v5, capped by the session expiry), unless the client reconnects first [MQTT-3.1.3-9]. The
- * will is authorized again when it is published.
+ * will is authorized again when it is published, through the same check as a PUBLISH.
  */
-import type { Broker } from './broker.ts';
-import type { Connection, Will } from './connection.ts';
+import type { Logger } from '../log.ts';
+import type { GateApi } from './handler-api.ts';
 import type { Message } from './message.ts';
+import type { Client, Will } from './ports.ts';
 
 export class WillScheduler {
-  private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Connection; will: Will }>();
+  private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will }>();
 
-  constructor(private readonly broker: Broker) {}
+  constructor(
+    private readonly gate: Pick<GateApi, 'authorizePublish'>,
+    private readonly publishInternal: (message: Message) => number,
+    private readonly log: Logger,
+  ) {}
 
-  schedule(conn: Connection, will: Will, delaySeconds: number): void {
+  /** A connection ended: its will goes now, after its delay, or not at all. */
+  connectionEnded(conn: Client, sessionExpiryInterval: number | undefined): void {
+    const will = conn.will;
+    if (will === null || conn.discardWill) return;
+    if (conn.takenOver) {
+      if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(conn, will);
+      return;
+    }
+    const delay = conn.v5 ? Math.min(will.delaySeconds, sessionExpiryInterval ?? 0) : 0;
+    this.schedule(conn, will, delay);
+  }
+
+  private schedule(conn: Client, will: Will, delaySeconds: number): void {
     if (delaySeconds <= 0) return this.publish(conn, will);
     this.cancel(conn.clientId, false);
     const timer = setTimeout(() => {
@@ -37,12 +54,11 @@ export class WillScheduler {
     this.cancel(clientId, true);
   }
 
-  publish(conn: Connection, will: Will): void {
-    const broker = this.broker;
-    const decide = broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
+  private publish(conn: Client, will: Will): void {
+    const decide = this.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
-        broker.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');
+        this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');
         return;
       }
       const message: Message = { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, origin: conn.clientId };
@@ -54,8 +70,8 @@ export class WillScheduler {
         }
         if (Object.keys(properties).length > 0) message.properties = properties;
       }
-      broker.log.info({ clientId: conn.clientId, topic: will.topic }, 'will published');
-      broker.publishInternal(message);
+      this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will published');
+      this.publishInternal(message);
     };
     if (decide instanceof Promise) decide.then((d) => go(d.kind === 'allow'), () => go(false));
     else go(decide.kind === 'allow');
@@ -66,4 +82,3 @@ export class WillScheduler {
     this.pending.clear();
   }
 }
-

@@ -4,7 +4,7 @@
  * `admission`). See docs/configuration.md and docs/bans.md.
  */
 import { z } from 'zod';
-import { parseCidr } from '../admission/address.ts';
+import { parseCidr } from '../util/address.ts';
 
 const cidr = z.string().superRefine((s, ctx) => {
   const r = parseCidr(s);

@@ -5,16 +5,17 @@
 import type { PubackPacket, PubcompPacket, PubrecPacket, PubrelPacket } from '../../protocol/codec.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
 
-export function handlePuback(conn: Connection, packet: PubackPacket): void {
+export function handlePuback(broker: BrokerApi, conn: Connection, packet: PubackPacket): void {
   const session = conn.session;
   const id = packet.messageId ?? 0;
   const inflight = session?.inflight.get(id);
   if (session == null || inflight === undefined || inflight.qos !== 1) return;
-  conn.broker.completeInflight(session, id);
+  broker.delivery.completeInflight(session, id);
 }
 
-export function handlePubrec(conn: Connection, packet: PubrecPacket): void {
+export function handlePubrec(broker: BrokerApi, conn: Connection, packet: PubrecPacket): void {
   const session = conn.session;
   const id = packet.messageId ?? 0;
   const inflight = session?.inflight.get(id);
@@ -24,30 +25,28 @@ export function handlePubrec(conn: Connection, packet: PubrecPacket): void {
   }
   if ((packet.reasonCode ?? 0) >= 0x80) {
     // The client refused the message: the flow ends here [MQTT-4.3.3-4].
-    conn.broker.completeInflight(session, id);
+    broker.delivery.completeInflight(session, id);
     return;
   }
-  inflight.state = 'pubrel';
-  conn.broker.persistInflight(session, inflight);
+  broker.delivery.awaitComplete(session, inflight);
   conn.send({ cmd: 'pubrel', messageId: id });
 }
 
-export function handlePubcomp(conn: Connection, packet: PubcompPacket): void {
+export function handlePubcomp(broker: BrokerApi, conn: Connection, packet: PubcompPacket): void {
   const session = conn.session;
   const id = packet.messageId ?? 0;
   const inflight = session?.inflight.get(id);
   if (session == null || inflight === undefined || inflight.state !== 'pubrel') return;
-  conn.broker.completeInflight(session, id);
+  broker.delivery.completeInflight(session, id);
 }
 
-export function handlePubrel(conn: Connection, packet: PubrelPacket): void {
+export function handlePubrel(broker: BrokerApi, conn: Connection, packet: PubrelPacket): void {
   const session = conn.session;
   if (session === null) return;
   const id = packet.messageId ?? 0;
-  if (!session.awaitingRelease.delete(id)) {
+  if (!broker.sessions.release(session, id)) {
     conn.send(conn.v5 ? { cmd: 'pubcomp', messageId: id, reasonCode: ReasonCode.PacketIdentifierNotFound } : { cmd: 'pubcomp', messageId: id });
     return;
   }
-  if (session.persistent) conn.broker.persist((s) => s.deleteAwaitingRelease(session.clientId, id));
   conn.send({ cmd: 'pubcomp', messageId: id });
 }

@@ -13,11 +13,15 @@ import type { AuthzResult } from '../../authz/types.ts';
 import { countUserProperties, type ConnectPacket } from '../../protocol/codec.ts';
 import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/reason-codes.ts';
 import { checkTopicName } from '../../protocol/topic.ts';
-import type { Connection, Will } from '../connection.ts';
+import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
+import { ownerOf } from '../owner.ts';
+import type { Will } from '../ports.ts';
 import type { Session } from '../session.ts';
 import { rememberAuthMethod } from './reauth.ts';
 
 interface ConnectContext {
+  broker: BrokerApi;
   conn: Connection;
   packet: ConnectPacket;
   clientId: string;
@@ -56,11 +60,12 @@ const steps: Step[] = [
   resumeDelivery,
 ];
 
-export function handleConnect(conn: Connection, packet: ConnectPacket): void | Promise<void> {
+export function handleConnect(broker: BrokerApi, conn: Connection, packet: ConnectPacket): void | Promise<void> {
   conn.state = 'connecting';
   conn.version = packet.protocolVersion ?? 4;
   const v5 = conn.version === 5;
   const ctx: ConnectContext = {
+    broker,
     conn,
     packet,
     clientId: packet.clientId,
@@ -99,10 +104,9 @@ function ended(ctx: ConnectContext, refusal: Refusal | undefined): boolean {
 }
 
 function refuse(ctx: ConnectContext, refusal: Refusal): void {
-  const { conn } = ctx;
-  const broker = conn.broker;
+  const { conn, broker } = ctx;
   if (!ctx.audited) {
-    broker.audit(conn, {
+    broker.gate.audit(conn, {
       event: 'connect',
       decision: 'deny',
       reasonCode: refusal.reason,
@@ -140,7 +144,7 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
     return { reason: ReasonCode.UnsupportedProtocolVersion, detail: `protocol name ${packet.protocolId} does not match level ${packet.protocolVersion}` };
   }
   const method = packet.properties?.authenticationMethod;
-  if (method !== undefined && !ctx.conn.broker.supportsAuthMethod(ctx.conn.peer.listener, method)) {
+  if (method !== undefined && !ctx.broker.gate.supportsAuthMethod(ctx.conn.peer.listener, method)) {
     return { reason: ReasonCode.BadAuthenticationMethod, detail: `authentication method '${method}' is not supported` }; // [MQTT-4.12.0-1]
   }
   return undefined;
@@ -148,7 +152,7 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
 
 /** limits.maxUserProperties bounds the CONNECT and the will, each on its own (CONNACK 0x83). */
 function checkUserProperties(ctx: ConnectContext): Refusal | undefined {
-  const max = ctx.conn.broker.config.limits.maxUserProperties;
+  const max = ctx.broker.config.limits.maxUserProperties;
   if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties` };
   if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties in the will` };
   return undefined;
@@ -156,7 +160,7 @@ function checkUserProperties(ctx: ConnectContext): Refusal | undefined {
 
 function checkClientId(ctx: ConnectContext): Refusal | undefined {
   const { conn, packet } = ctx;
-  const limits = conn.broker.config.limits;
+  const limits = ctx.broker.config.limits;
   const clean = packet.clean !== false;
   if (ctx.clientId.length === 0) {
     if (conn.version === 3) return { reason: ReasonCode.ClientIdentifierNotValid, detail: 'MQTT 3.1 requires a client id' };
@@ -182,7 +186,7 @@ function checkClientId(ctx: ConnectContext): Refusal | undefined {
 
 function checkKeepAlive(ctx: ConnectContext): Refusal | undefined {
   const { conn, packet } = ctx;
-  const limits = conn.broker.config.limits;
+  const limits = ctx.broker.config.limits;
   const max = limits.maxKeepAlive;
   const requested = packet.keepalive ?? 0;
   if (requested === 0) {
@@ -211,7 +215,7 @@ function checkKeepAlive(ctx: ConnectContext): Refusal | undefined {
 function checkWill(ctx: ConnectContext): Refusal | undefined {
   const will = ctx.packet.will;
   if (will === undefined || will === null) return undefined;
-  const check = checkTopicName(will.topic, ctx.conn.broker.config.limits);
+  const check = checkTopicName(will.topic, ctx.broker.config.limits);
   if (!check.ok) return { reason: ReasonCode.TopicNameInvalid, detail: `will topic: ${check.detail}` };
   const { willDelayInterval, ...properties } = will.properties ?? {};
   ctx.will = {
@@ -227,7 +231,7 @@ function checkWill(ctx: ConnectContext): Refusal | undefined {
 
 /** fail-closed: while the audit log cannot be written, no new client gets in (v5 0x88, v3 return code 3). */
 function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
-  if (ctx.conn.broker.auditAvailable()) return undefined;
+  if (ctx.broker.gate.auditAvailable()) return undefined;
   ctx.decidedBy = 'audit';
   return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable' };
 }
@@ -243,20 +247,19 @@ function authenticate(ctx: ConnectContext): Refusal | undefined | Promise<Refusa
     if (props.authenticationMethod !== undefined) req.authenticationMethod = props.authenticationMethod;
     if (props.authenticationData !== undefined) req.authenticationData = props.authenticationData;
   }
-  const result = conn.broker.decideAuthentication(conn.peer.listener, req);
+  const result = ctx.broker.gate.decideAuthentication(conn.peer.listener, req);
   return result instanceof Promise ? result.then((r) => authenticated(ctx, r)) : authenticated(ctx, result);
 }
 
 function authenticated(ctx: ConnectContext, result: ChainResult): Refusal | undefined {
-  const { conn, packet } = ctx;
-  const broker = conn.broker;
+  const { conn, packet, broker } = ctx;
   const decision = result.decision;
   if (result.decidedBy !== undefined) ctx.decidedBy = result.decidedBy;
   ctx.audited = true;
   if (decision.kind !== 'allow') {
     const reason = decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized;
     const detail = decision.kind === 'deny' ? decision.detail : 'not authorized';
-    broker.audit(conn, {
+    broker.gate.audit(conn, {
       event: 'connect',
       decision: 'deny',
       reasonCode: reason,
@@ -275,18 +278,13 @@ function authenticated(ctx: ConnectContext, result: ChainResult): Refusal | unde
   return undefined;
 }
 
-/** The identity that owns a session: a client id cannot be resumed or taken over by another identity. */
-export function ownerOf(principal: Principal): string {
-  return principal.username !== undefined ? `user:${principal.username}` : `${principal.method}:`;
-}
-
 function bindIdentity(ctx: ConnectContext): Refusal | undefined {
-  const broker = ctx.conn.broker;
+  const broker = ctx.broker;
   const existing = broker.sessions.get(ctx.clientId);
   const owner = ownerOf(ctx.principal as Principal);
   if (existing !== undefined && existing.owner !== owner) {
     ctx.audited = true;
-    broker.audit(ctx.conn, {
+    broker.gate.audit(ctx.conn, {
       event: 'session',
       decision: 'deny',
       reasonCode: ReasonCode.NotAuthorized,
@@ -301,7 +299,7 @@ function authorizeWill(ctx: ConnectContext): Refusal | undefined | Promise<Refus
   const will = ctx.will;
   if (will === null) return undefined;
   const { conn } = ctx;
-  const decision = conn.broker.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
+  const decision = ctx.broker.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
   return decision instanceof Promise ? decision.then((d) => willDecided(ctx, d)) : willDecided(ctx, decision);
 }
 
@@ -314,15 +312,14 @@ function willDecided(ctx: ConnectContext, decision: AuthzResult): Refusal | unde
 function attachSession(ctx: ConnectContext): Refusal | undefined {
   const { conn, packet } = ctx;
   const clean = packet.clean !== false;
-  const { session, present } = conn.broker.attachSession(conn, ctx.clientId, ownerOf(ctx.principal as Principal), clean, ctx.sessionExpiry);
+  const { session, present } = ctx.broker.sessions.attach(conn, ctx.clientId, ownerOf(ctx.principal as Principal), clean, ctx.sessionExpiry);
   ctx.session = session;
   ctx.sessionPresent = present;
   return undefined;
 }
 
 function connack(ctx: ConnectContext): undefined {
-  const { conn, packet } = ctx;
-  const broker = conn.broker;
+  const { conn, packet, broker } = ctx;
   const limits = broker.config.limits;
   const session = ctx.session as Session;
   conn.state = 'connected';
@@ -363,17 +360,17 @@ function connack(ctx: ConnectContext): undefined {
     conn.send({ cmd: 'connack', returnCode: 0, sessionPresent: conn.version === 4 && ctx.sessionPresent });
   }
   const principal = ctx.principal as Principal;
-  if (broker.auditsConnects()) {
+  if (broker.gate.auditsConnects()) {
     const event: AuditEvent = { event: 'connect', decision: 'allow', reasonCode: ReasonCode.Success, reason: ctx.sessionPresent ? 'session resumed' : 'new session' };
     if (ctx.decidedBy) event.decidedBy = ctx.decidedBy;
     if (ctx.verdicts) event.verdicts = ctx.verdicts;
-    broker.audit(conn, event);
+    broker.gate.audit(conn, event);
   }
   broker.connectionOpened(conn, principal);
   return undefined;
 }
 
 function resumeDelivery(ctx: ConnectContext): undefined {
-  ctx.conn.broker.resumeDelivery(ctx.session as Session);
+  ctx.broker.delivery.resumeDelivery(ctx.session as Session);
   return undefined;
 }

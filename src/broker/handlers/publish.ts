@@ -9,10 +9,10 @@ import { ReasonCode } from '../../protocol/reason-codes.ts';
 import { checkTopicName } from '../../protocol/topic.ts';
 import type { AuthzResult } from '../../authz/types.ts';
 import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
 import type { Message } from '../message.ts';
 
-export function handlePublish(conn: Connection, packet: PublishPacket): void | Promise<void> {
-  const broker = conn.broker;
+export function handlePublish(broker: BrokerApi, conn: Connection, packet: PublishPacket): void | Promise<void> {
   const limits = broker.config.limits;
   const session = conn.session;
   if (session === null) return;
@@ -61,31 +61,24 @@ export function handlePublish(conn: Connection, packet: PublishPacket): void | P
   if (conn.v5 && properties !== undefined) {
     const { topicAlias: _a, subscriptionIdentifier: _s, messageExpiryInterval, ...pass } = properties;
     if (messageExpiryInterval !== undefined) {
-      message.expiresAt = broker.clock + messageExpiryInterval * 1000;
+      message.expiresAt = broker.clock.now + messageExpiryInterval * 1000;
       (pass as Record<string, unknown>).messageExpiryInterval = messageExpiryInterval;
     }
     if (Object.keys(pass).length > 0) message.properties = pass;
   }
 
-  if (topic === '$SYS' || topic.startsWith('$SYS/')) {
-    // $SYS is the broker's own namespace: clients cannot publish there, whatever the authorizer says.
-    const denied: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: '$SYS topics are reserved for the broker' };
-    broker.audit(conn, { event: 'publish', decision: 'deny', reasonCode: denied.reason, reason: denied.detail, topic, qos, retain: packet.retain });
-    return finish(conn, message, packetId, denied);
-  }
-  const decision = broker.authorize(conn, 'publish', topic, qos, packet.retain);
-  if (decision instanceof Promise) return decision.then((d) => finish(conn, message, packetId, d));
-  finish(conn, message, packetId, decision);
+  const decision = broker.gate.authorizePublish(conn, topic, qos, packet.retain, false);
+  if (decision instanceof Promise) return decision.then((d) => finish(broker, conn, message, packetId, d));
+  finish(broker, conn, message, packetId, decision);
 }
 
-function finish(conn: Connection, message: Message, packetId: number, decision: AuthzResult): void {
-  const broker = conn.broker;
+function finish(broker: BrokerApi, conn: Connection, message: Message, packetId: number, decision: AuthzResult): void {
   const session = conn.session;
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
   let reason: number = ReasonCode.Success;
   if (decision.kind === 'allow') {
-    const matched = broker.route(message);
+    const matched = broker.delivery.route(message);
     if (matched === 0 && conn.v5) reason = ReasonCode.NoMatchingSubscribers;
   } else {
     // v5 learns why; a v3.1.1 publisher is acknowledged as usual and the message dropped.
@@ -94,10 +87,7 @@ function finish(conn: Connection, message: Message, packetId: number, decision: 
   if (message.qos === 1) {
     conn.send(reason === ReasonCode.Success ? { cmd: 'puback', messageId: packetId } : { cmd: 'puback', messageId: packetId, reasonCode: reason });
   } else if (message.qos === 2) {
-    if (reason < 0x80) {
-      session.awaitingReleaseForWrite().add(packetId);
-      if (session.persistent) broker.persist((s) => s.putAwaitingRelease(session.clientId, packetId));
-    }
+    if (reason < 0x80) broker.sessions.holdForRelease(session, packetId);
     conn.send(reason === ReasonCode.Success ? { cmd: 'pubrec', messageId: packetId } : { cmd: 'pubrec', messageId: packetId, reasonCode: reason });
   }
 }

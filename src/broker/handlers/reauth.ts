@@ -7,8 +7,8 @@
 import type { AuthPacket } from '../../protocol/codec.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
 
-const MAX_TIMER = 2 ** 31 - 1;
 const methods = new WeakMap<Connection, string>();
 
 /** Remembers the method a connection authenticated with in CONNECT (for AUTH re-authentication). */
@@ -20,8 +20,8 @@ export function authMethodOf(conn: Connection): string | undefined {
   return methods.get(conn);
 }
 
-export async function reauthenticate(conn: Connection, packet: AuthPacket): Promise<void> {
-  const broker = conn.broker;
+export async function reauthenticate(broker: BrokerApi, conn: Connection, packet: AuthPacket): Promise<void> {
+  const gate = broker.gate;
   const method = methods.get(conn);
   const before = conn.principal;
   if (method === undefined || before === null) return conn.disconnect(ReasonCode.ProtocolError, 'AUTH without an authentication method'); // [MQTT-4.12.0-1]
@@ -32,7 +32,7 @@ export async function reauthenticate(conn: Connection, packet: AuthPacket): Prom
     return conn.disconnect(ReasonCode.ProtocolError, 'AUTH must name the authentication method of CONNECT'); // [MQTT-4.12.1-1]
   }
   const data = packet.properties.authenticationData;
-  const result = await broker.authenticate(conn.peer.listener, {
+  const result = await gate.decideAuthentication(conn.peer.listener, {
     clientId: conn.clientId,
     ...(before.username !== undefined ? { username: before.username } : {}),
     protocolVersion: conn.version,
@@ -47,21 +47,13 @@ export async function reauthenticate(conn: Connection, packet: AuthPacket): Prom
   else if (d.value.username !== before.username || d.value.provider !== before.provider) refusal = 'the new credentials are for another identity';
   const common = { action: 'reauthenticate', ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}), verdicts: result.verdicts };
   if (refusal !== undefined || d.kind !== 'allow') {
-    broker.audit(conn, { event: 'disconnect', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `re-authentication failed: ${refusal}`, ...common });
+    gate.audit(conn, { event: 'disconnect', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `re-authentication failed: ${refusal}`, ...common });
     return conn.disconnect(ReasonCode.NotAuthorized, 're-authentication failed');
   }
   const principal = { ...d.value, clientId: conn.clientId };
   conn.principal = principal;
   if (conn.session !== null && conn.session !== undefined) conn.session.principal = principal;
-  if (conn.expiryTimer !== null) clearTimeout(conn.expiryTimer);
-  conn.expiryTimer = null;
-  if (principal.expiresAt !== undefined) {
-    conn.expiryTimer = setTimeout(
-      () => broker.disconnectForSecurity(conn, ReasonCode.MaximumConnectTime, 'credentials-expired', 'credentials expired'),
-      Math.max(0, Math.min(principal.expiresAt - Date.now(), MAX_TIMER)),
-    );
-    conn.expiryTimer.unref();
-  }
-  broker.audit(conn, { event: 'connect', decision: 'allow', reasonCode: ReasonCode.Success, reason: 're-authenticated', ...common });
+  gate.armCredentialExpiry(conn);
+  gate.audit(conn, { event: 'connect', decision: 'allow', reasonCode: ReasonCode.Success, reason: 're-authenticated', ...common });
   conn.send({ cmd: 'auth', reasonCode: ReasonCode.Success, properties: { authenticationMethod: method } });
 }

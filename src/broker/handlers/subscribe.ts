@@ -9,9 +9,10 @@ import { ReasonCode, toV3SubackCode } from '../../protocol/reason-codes.ts';
 import { checkTopicFilter, parseShared } from '../../protocol/topic.ts';
 import type { StoredSubscription } from '../../store/types.ts';
 import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
 
-export async function handleSubscribe(conn: Connection, packet: SubscribePacket): Promise<void> {
-  const broker = conn.broker;
+export async function handleSubscribe(broker: BrokerApi, conn: Connection, packet: SubscribePacket): Promise<void> {
+  const gate = broker.gate;
   const limits = broker.config.limits;
   const session = conn.session;
   if (session === null) return;
@@ -37,24 +38,24 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
     const filter = request.topic;
     const shared = parseShared(filter);
     if (shared !== null && 'error' in shared) {
-      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: shared.error, topic: filter, qos: request.qos });
+      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: shared.error, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
     }
     const inner = shared === null ? filter : shared.filter;
     const check = checkTopicFilter(inner, limits);
     if (!check.ok) {
-      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
+      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
     }
     const existed = session.subscriptions.has(filter);
     if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
-      broker.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions', topic: filter, qos: request.qos });
+      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
       continue;
     }
-    const decision = await broker.authorize(conn, 'subscribe', filter, request.qos, false);
+    const decision = await gate.authorize(conn, 'subscribe', filter, request.qos, false);
     if (decision.kind !== 'allow') {
       codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
       continue;
@@ -68,7 +69,7 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
       retainHandling: (request.rh ?? 0) as 0 | 1 | 2,
       ...(subscriptionId !== undefined ? { subscriptionId } : {}),
     };
-    broker.addSubscription(session, sub);
+    broker.sessions.addSubscription(session, sub);
     granted.push({ sub, existed, shared: shared !== null });
     codes.push(request.qos);
   }
@@ -81,6 +82,6 @@ export async function handleSubscribe(conn: Connection, packet: SubscribePacket)
   for (const { sub, existed, shared } of granted) {
     // Retained messages are not sent for shared subscriptions; rh=1 only for a new one; rh=2 never.
     if (shared || sub.retainHandling === 2 || (sub.retainHandling === 1 && existed)) continue;
-    broker.sendRetained(session, sub);
+    broker.delivery.sendRetained(session, sub);
   }
 }

@@ -1,10 +1,10 @@
 import { countUserProperties, type UnsubscribePacket } from '../../protocol/codec.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Connection } from '../connection.ts';
+import type { BrokerApi } from '../handler-api.ts';
 
 /** UNSUBSCRIBE: each filter is authorized, then removed; v5 reports 0x11 for a filter that had no subscription. */
-export async function handleUnsubscribe(conn: Connection, packet: UnsubscribePacket): Promise<void> {
-  const broker = conn.broker;
+export async function handleUnsubscribe(broker: BrokerApi, conn: Connection, packet: UnsubscribePacket): Promise<void> {
   const session = conn.session;
   if (session === null) return;
   if (packet.unsubscriptions.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'UNSUBSCRIBE with no topic filters');
@@ -12,12 +12,12 @@ export async function handleUnsubscribe(conn: Connection, packet: UnsubscribePac
   if (countUserProperties(packet.properties) > max) return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${max} user properties`);
   const codes: number[] = [];
   for (const filter of packet.unsubscriptions) {
-    const decision = await broker.authorize(conn, 'unsubscribe', filter, 0, false);
+    const decision = await broker.gate.authorize(conn, 'unsubscribe', filter, 0, false);
     if (decision.kind !== 'allow') {
       codes.push(decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized);
       continue;
     }
-    codes.push(broker.removeSubscription(session, filter) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted);
+    codes.push(broker.sessions.removeSubscription(session, filter) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted);
   }
   if (conn.state !== 'connected') return;
   conn.send(

@@ -1,0 +1,73 @@
+/**
+ * What a packet handler may ask of the broker: the security gate, the sessions and delivery,
+ * each through the few operations handlers need. Handlers never see the Broker class; this file
+ * declares types only and imports no implementation.
+ */
+import type { AuditEvent } from '../audit/types.ts';
+import type { ChainResult } from '../auth/chain.ts';
+import type { ConnectRequest, Principal } from '../auth/types.ts';
+import type { Action, AuthzResult } from '../authz/types.ts';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import type { QoS } from '../protocol/codec.ts';
+import type { StoredSubscription } from '../store/types.ts';
+import type { Message } from './message.ts';
+import type { Client } from './ports.ts';
+import type { PublishRateLimiter } from './rate-limit.ts';
+import type { Inflight, Session } from './session.ts';
+import type { BrokerStats, CoarseClock } from './stats.ts';
+
+/** Authentication, authorization and audit (src/broker/gate.ts). */
+export interface GateApi {
+  supportsAuthMethod(listener: string, method: string): boolean;
+  decideAuthentication(listener: string, req: ConnectRequest): ChainResult | Promise<ChainResult>;
+  authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will?: boolean): AuthzResult | Promise<AuthzResult>;
+  /** A client's PUBLISH or will: the reserved `$SYS` tree first, then the authorizers. */
+  authorizePublish(conn: Client, topic: string, qos: QoS, retain: boolean, will: boolean): AuthzResult | Promise<AuthzResult>;
+  audit(conn: Client | null, event: AuditEvent): void;
+  auditsConnects(): boolean;
+  auditAvailable(): boolean;
+  disconnectForSecurity(conn: Client, code: number, action: string, reason: string): void;
+  armCredentialExpiry(conn: Client): void;
+}
+
+/** Session state and the store (src/broker/sessions.ts). */
+export interface SessionsApi {
+  get(clientId: string): Session | undefined;
+  /** Takes over a live session, discards it on clean start, or resumes it. */
+  attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean };
+  addSubscription(session: Session, sub: StoredSubscription): void;
+  removeSubscription(session: Session, filter: string): boolean;
+  /** An inbound QoS 2 packet id is held until PUBREL [MQTT-4.3.3-10]. */
+  holdForRelease(session: Session, packetId: number): void;
+  /** PUBREL: the packet id is free again. False when it was not held. */
+  release(session: Session, packetId: number): boolean;
+}
+
+/** Routing and delivery (src/broker/delivery.ts). */
+export interface DeliveryApi {
+  /** Stores a retained message if needed and delivers to every matching subscription; returns how many matched. */
+  route(message: Message): number;
+  /** PUBACK, PUBCOMP or a refusing PUBREC: the in-flight slot is free. */
+  completeInflight(session: Session, packetId: number): void;
+  /** PUBREC: the QoS 2 delivery now waits for PUBCOMP. */
+  awaitComplete(session: Session, inflight: Inflight): void;
+  /** Sends the retained messages matching a new subscription. */
+  sendRetained(session: Session, sub: StoredSubscription): void;
+  /** After CONNACK: re-sends what was in flight, then the queue. */
+  resumeDelivery(session: Session): void;
+}
+
+export interface BrokerApi {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly stats: BrokerStats;
+  readonly clock: CoarseClock;
+  /** PUBLISH rate limits; null when none is configured (the default). */
+  readonly rateLimiter: PublishRateLimiter | null;
+  readonly gate: GateApi;
+  readonly sessions: SessionsApi;
+  readonly delivery: DeliveryApi;
+  /** CONNACK was sent: the connection counts as connected. */
+  connectionOpened(conn: Client, principal: Principal): void;
+}
