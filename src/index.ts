@@ -39,7 +39,6 @@ import { ModuleAuthorizer } from './authz/module.ts';
 import type { AuthorizerConfig } from './config/schema.ts';
 import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.ts';
 import { VERSION } from './broker/sys.ts';
-import { ownerOf } from './broker/owner.ts';
 import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MemoryStore } from './store/memory.ts';
@@ -140,11 +139,6 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
           flush: () => audit.flush(),
         })
       : undefined;
-  // Flapping counts only connects that will get the session: not those of another identity.
-  admission.ownedByOther = (clientId, principal) => {
-    const session = broker.sessions.get(clientId);
-    return session !== undefined && session.owner !== ownerOf(principal);
-  };
   // A ban added to the ban file also ends the live connections it covers.
   admission.onBansAdded((added) => {
     const covers = admission.coverer(added);

@@ -186,7 +186,8 @@ test('flapping: a client id that connects 3 times within the window is banned (v
   t.is(ban?.detail?.durationMs, 3000);
   const refusals = tb.audit.records.filter((r) => r.event === 'connect' && r.decision === 'deny' && r.clientId === 'flappy');
   t.is(refusals.length, 2);
-  t.true(refusals.every((r) => r.decidedBy === 'flapping' && r.reasonCode === 0x8a && r.verdicts?.length === 1));
+  // Flapping is decided after authentication (it is per identity): the provider's verdict comes first.
+  t.true(refusals.every((r) => r.decidedBy === 'flapping' && r.reasonCode === 0x8a && r.verdicts?.at(-1)?.provider === 'flapping'));
   t.true(await waitFor(() => tb.audit.records.some((r) => r.event === 'unban' && r.action === 'flapping' && r.clientId === 'flappy'), 8000), 'the expiry is audited');
   t.is((await refusalCode(tb.port, { clientId: 'flappy', protocolVersion: 5 })).code, 0, 'and the client id connects again');
 });
@@ -388,7 +389,7 @@ test('refusal records are bounded in addresses: beyond refusalAudit.maxAddresses
   t.is(recs.reduce((n, r) => n + Number(r.detail?.count ?? 0), 0), 5, 'every refusal is counted once');
 });
 
-test('flapping does not count connects refused because another identity owns the session: nobody can get a client id banned for its owner', async (t) => {
+test("flapping is counted per identity and client id: bob reconnecting in a loop with alice's client id bans only bob's use of it, never alice", async (t) => {
   const tb = await startAdmissionBroker({
     listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'a-pw' }, { username: 'bob', password: 'b-pw' }] }] }],
     admission: { flapping: { enabled: true, maxConnects: 3, windowMs: 30_000, banMs: 60_000 } },
@@ -396,7 +397,11 @@ test('flapping does not count connects refused because another identity owns the
   t.teardown(() => tb.stop());
   const owner = { clientId: 'dev-a', username: 'alice', password: 'a-pw', protocolVersion: 5 as const, clean: false, properties: { sessionExpiryInterval: 600 } };
   t.is((await refusalCode(tb.port, owner)).code, 0);
-  for (let i = 0; i < 5; i++) t.is((await refusalCode(tb.port, { clientId: 'dev-a', username: 'bob', password: 'b-pw', protocolVersion: 5 })).code, 0x87);
-  t.is((await refusalCode(tb.port, owner)).code, 0, 'the owner is not banned');
-  t.false(tb.audit.records.some((r) => r.event === 'ban' && r.action === 'flapping'));
+  const bob = { clientId: 'dev-a', username: 'bob', password: 'b-pw', protocolVersion: 5 as const };
+  const codes: number[] = [];
+  for (let i = 0; i < 5; i++) codes.push((await refusalCode(tb.port, bob)).code);
+  t.deepEqual(codes, [0, 0, 0, 0x8a, 0x8a], "bob's own loop bans bob's use of the client id after 3 connects");
+  t.is((await refusalCode(tb.port, owner)).code, 0, 'alice, the other identity, is not banned');
+  const ban = tb.audit.records.find((r) => r.event === 'ban' && r.action === 'flapping');
+  t.is(ban?.username, 'bob');
 });

@@ -18,7 +18,7 @@
  * - Buffers must come back as real Buffers (not Uint8Array, string or base64) with equal bytes.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { Store, StoredInflight, StoredMessage, StoredSession, StoredSubscription } from '../src/store/types.ts';
+import { sessionKey, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription } from '../src/store/types.ts';
 
 const NEVER_EXPIRES = 0xffffffff;
 
@@ -55,6 +55,11 @@ function subscription(filter: string, overrides: Partial<StoredSubscription> = {
 
 function inflight(packetId: number, overrides: Partial<StoredInflight> = {}): StoredInflight {
   return { packetId, state: 'publish', message: message({ topic: `inflight/${packetId}` }), ...overrides };
+}
+
+/** The key of the session a test made with {@link session}: owner `user:<client id>` unless given. */
+function key(clientId: string, owner = `user:${clientId}`): string {
+  return sessionKey(owner, clientId);
 }
 
 /** A session with nothing in it. */
@@ -121,8 +126,8 @@ function byTopic(messages: StoredMessage[]): StoredMessage[] {
   return stripUndefined([...messages].sort((a, b) => (a.topic < b.topic ? -1 : a.topic > b.topic ? 1 : 0)));
 }
 
-async function mustGet(t: ExecutionContext, store: Store, clientId: string): Promise<StoredSession> {
-  const s = await store.getSession(clientId);
+async function mustGet(t: ExecutionContext, store: Store, clientId: string, owner = `user:${clientId}`): Promise<StoredSession> {
+  const s = await store.getSession(sessionKey(owner, clientId));
   if (s === undefined) t.fail(`session ${clientId} is missing`);
   return s as StoredSession;
 }
@@ -160,7 +165,7 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     await t.notThrowsAsync(store.open());
     t.deepEqual(await store.loadSessions(), []);
     t.deepEqual(await store.loadRetained(), []);
-    t.is(await store.getSession('nobody'), undefined);
+    t.is(await store.getSession(key('nobody')), undefined);
     await t.notThrowsAsync(store.close());
   });
 
@@ -177,7 +182,7 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     }
     await store.open();
     try {
-      assertSameSession(t, await store.getSession('c1'), s);
+      assertSameSession(t, await store.getSession(key('c1')), s);
       t.deepEqual(byTopic(await store.loadRetained()), byTopic([r]));
     } finally {
       await store.close();
@@ -187,13 +192,13 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   // ── sessions ──
 
   check('getSession returns undefined for an unknown client', async (t, store) => {
-    t.is(await store.getSession('unknown'), undefined);
+    t.is(await store.getSession(key('unknown')), undefined);
   });
 
   check('an empty session round-trips through saveSession/getSession', async (t, store) => {
     const s = session('c1');
     await store.saveSession(s);
-    assertSameSession(t, await store.getSession('c1'), s);
+    assertSameSession(t, await store.getSession(key('c1')), s);
   });
 
   check('a full session round-trips through saveSession/getSession', async (t, store) => {
@@ -218,9 +223,9 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     const zero = session('zero', { protocolVersion: 4, expiryInterval: 0 });
     const odd = session('ünïcødé/+#\u0000id', { owner: 'cert:CN=x,O=y', expiresAt: 1 });
     for (const s of [forever, zero, odd]) await store.saveSession(s);
-    assertSameSession(t, await store.getSession('forever'), forever);
-    assertSameSession(t, await store.getSession('zero'), zero);
-    assertSameSession(t, await store.getSession(odd.clientId), odd);
+    assertSameSession(t, await store.getSession(key('forever')), forever);
+    assertSameSession(t, await store.getSession(key('zero')), zero);
+    assertSameSession(t, await store.getSession(key(odd.clientId, odd.owner)), odd);
     t.is((await mustGet(t, store, 'forever')).expiresAt, undefined);
   });
 
@@ -240,22 +245,21 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('deleteSession removes the session and everything in it', async (t, store) => {
     await store.saveSession(fullSession('gone'));
     await store.saveSession(session('kept'));
-    await store.deleteSession('gone');
-    t.is(await store.getSession('gone'), undefined);
+    await store.deleteSession(key('gone'));
+    t.is(await store.getSession(key('gone')), undefined);
     t.deepEqual(
       (await store.loadSessions()).map((s) => s.clientId),
       ['kept'],
     );
-    // A new session under the same id starts empty: nothing of the deleted one comes back.
-    const fresh = session('gone', { owner: 'someone-else' });
+    // A new session under the same key starts empty: nothing of the deleted one comes back.
+    const fresh = session('gone', { protocolVersion: 4 });
     await store.saveSession(fresh);
-    assertSameSession(t, await store.getSession('gone'), fresh);
+    assertSameSession(t, await store.getSession(key('gone')), fresh);
   });
 
   check('saveSession replaces an older session wholesale', async (t, store) => {
     await store.saveSession(fullSession('c1'));
     const replacement = session('c1', {
-      owner: 'user:new-owner',
       protocolVersion: 5,
       expiryInterval: 10,
       subscriptions: [subscription('only/this', { qos: 2 })],
@@ -275,20 +279,20 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     delete s.expiresAt;
     await store.saveSession(s);
 
-    await store.setSessionExpiry('c1', 1_750_000_000_000, 120);
+    await store.setSessionExpiry(key('c1'), 1_750_000_000_000, 120);
     let got = await mustGet(t, store, 'c1');
     t.is(got.expiresAt, 1_750_000_000_000);
     t.is(got.expiryInterval, 120);
     assertSameSession(t, got, { ...s, expiresAt: 1_750_000_000_000, expiryInterval: 120 }, 'nothing else changes when disconnecting');
 
-    await store.setSessionExpiry('c1', undefined, 240);
+    await store.setSessionExpiry(key('c1'), undefined, 240);
     got = await mustGet(t, store, 'c1');
     t.is(got.expiresAt, undefined);
     t.is(got.expiryInterval, 240);
     assertSameSession(t, got, { ...s, expiryInterval: 240 }, 'nothing else changes when connecting');
 
     // A session that never expires is disconnected with expiresAt undefined.
-    await store.setSessionExpiry('c1', undefined, NEVER_EXPIRES);
+    await store.setSessionExpiry(key('c1'), undefined, NEVER_EXPIRES);
     got = await mustGet(t, store, 'c1');
     t.is(got.expiresAt, undefined);
     t.is(got.expiryInterval, NEVER_EXPIRES);
@@ -297,7 +301,7 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('setSessionExpiry is visible through loadSessions', async (t, store) => {
     await store.saveSession(session('c1'));
     await store.saveSession(session('c2'));
-    await store.setSessionExpiry('c1', 1_234, 5);
+    await store.setSessionExpiry(key('c1'), 1_234, 5);
     const byId = new Map((await store.loadSessions()).map((s) => [s.clientId, s]));
     t.is(byId.get('c1')?.expiresAt, 1_234);
     t.is(byId.get('c1')?.expiryInterval, 5);
@@ -311,23 +315,23 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     await store.saveSession(session('c1'));
     const a = subscription('a/+', { qos: 0 });
     const b = subscription('b/#', { qos: 1, subscriptionId: 42 });
-    await store.putSubscription('c1', a);
-    await store.putSubscription('c1', b);
-    assertSameSession(t, await store.getSession('c1'), session('c1', { subscriptions: [a, b] }));
+    await store.putSubscription(key('c1'), a);
+    await store.putSubscription(key('c1'), b);
+    assertSameSession(t, await store.getSession(key('c1')), session('c1', { subscriptions: [a, b] }));
 
     // Same filter: replaced wholesale, including dropping an optional field.
     const b2 = subscription('b/#', { qos: 2, noLocal: true, retainAsPublished: true, retainHandling: 1 });
-    await store.putSubscription('c1', b2);
+    await store.putSubscription(key('c1'), b2);
     let got = await mustGet(t, store, 'c1');
     t.is(got.subscriptions.length, 2);
     assertSameSession(t, got, session('c1', { subscriptions: [a, b2] }));
     t.is(got.subscriptions.find((s) => s.filter === 'b/#')?.subscriptionId, undefined);
 
-    await store.deleteSubscription('c1', 'a/+');
-    assertSameSession(t, await store.getSession('c1'), session('c1', { subscriptions: [b2] }));
+    await store.deleteSubscription(key('c1'), 'a/+');
+    assertSameSession(t, await store.getSession(key('c1')), session('c1', { subscriptions: [b2] }));
 
-    await t.notThrowsAsync(store.deleteSubscription('c1', 'not/subscribed'));
-    await store.deleteSubscription('c1', 'b/#');
+    await t.notThrowsAsync(store.deleteSubscription(key('c1'), 'not/subscribed'));
+    await store.deleteSubscription(key('c1'), 'b/#');
     got = await mustGet(t, store, 'c1');
     t.deepEqual(got.subscriptions, []);
   });
@@ -335,9 +339,9 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('filters that differ only in wildcards or case are different subscriptions', async (t, store) => {
     await store.saveSession(session('c1'));
     const subs = ['a/b', 'a/+', 'a/#', 'A/b', '$share/g/a/b', 'a/b/'].map((f) => subscription(f));
-    for (const s of subs) await store.putSubscription('c1', s);
-    assertSameSession(t, await store.getSession('c1'), session('c1', { subscriptions: subs }));
-    await store.deleteSubscription('c1', 'a/+');
+    for (const s of subs) await store.putSubscription(key('c1'), s);
+    assertSameSession(t, await store.getSession(key('c1')), session('c1', { subscriptions: subs }));
+    await store.deleteSubscription(key('c1'), 'a/+');
     const got = await mustGet(t, store, 'c1');
     t.deepEqual(got.subscriptions.map((s) => s.filter).sort(), ['$share/g/a/b', 'A/b', 'a/#', 'a/b', 'a/b/'].sort());
   });
@@ -345,9 +349,9 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('subscriptions belong to one session only', async (t, store) => {
     await store.saveSession(session('c1'));
     await store.saveSession(session('c2'));
-    await store.putSubscription('c1', subscription('x'));
-    await store.putSubscription('c2', subscription('x', { qos: 2 }));
-    await store.deleteSubscription('c1', 'x');
+    await store.putSubscription(key('c1'), subscription('x'));
+    await store.putSubscription(key('c2'), subscription('x', { qos: 2 }));
+    await store.deleteSubscription(key('c1'), 'x');
     t.deepEqual((await mustGet(t, store, 'c1')).subscriptions, []);
     t.deepEqual(stripUndefined((await mustGet(t, store, 'c2')).subscriptions), [subscription('x', { qos: 2 })]);
   });
@@ -359,36 +363,36 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     const f1 = inflight(10, { message: messageWithProperties({ topic: 't/10', qos: 2 }), subscriptionIds: [3] });
     const f2 = inflight(2);
     const f3 = inflight(65_535, { message: message({ topic: 't/max', qos: 2 }) });
-    await store.putInflight('c1', f1);
-    await store.putInflight('c1', f2);
-    await store.putInflight('c1', f3);
+    await store.putInflight(key('c1'), f1);
+    await store.putInflight(key('c1'), f2);
+    await store.putInflight(key('c1'), f3);
     let got = await mustGet(t, store, 'c1');
     t.deepEqual(stripUndefined(got.inflight), [f1, f2, f3]);
 
     // PUBREC received for 10: same packet id, new state; it keeps its place.
     const f1rel: StoredInflight = { ...f1, state: 'pubrel' };
-    await store.putInflight('c1', f1rel);
+    await store.putInflight(key('c1'), f1rel);
     got = await mustGet(t, store, 'c1');
     t.is(got.inflight.length, 3);
     t.deepEqual(stripUndefined(got.inflight), [f1rel, f2, f3]);
 
-    await store.deleteInflight('c1', 2);
+    await store.deleteInflight(key('c1'), 2);
     got = await mustGet(t, store, 'c1');
     t.deepEqual(stripUndefined(got.inflight), [f1rel, f3]);
 
-    await t.notThrowsAsync(store.deleteInflight('c1', 999));
-    await store.deleteInflight('c1', 10);
-    await store.deleteInflight('c1', 65_535);
+    await t.notThrowsAsync(store.deleteInflight(key('c1'), 999));
+    await store.deleteInflight(key('c1'), 10);
+    await store.deleteInflight(key('c1'), 65_535);
     t.deepEqual((await mustGet(t, store, 'c1')).inflight, []);
   });
 
   check('a packet id can be reused after deleteInflight', async (t, store) => {
     await store.saveSession(session('c1'));
-    await store.putInflight('c1', inflight(1));
-    await store.putInflight('c1', inflight(2));
-    await store.deleteInflight('c1', 1);
+    await store.putInflight(key('c1'), inflight(1));
+    await store.putInflight(key('c1'), inflight(2));
+    await store.deleteInflight(key('c1'), 1);
     const again = inflight(1, { message: message({ topic: 'second/use' }) });
-    await store.putInflight('c1', again);
+    await store.putInflight(key('c1'), again);
     const got = await mustGet(t, store, 'c1');
     t.deepEqual(
       got.inflight.map((f) => f.packetId),
@@ -403,49 +407,49 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('enqueue appends in order and dequeue removes from the front by count', async (t, store) => {
     await store.saveSession(session('c1'));
     const msgs = [0, 1, 2, 3, 4].map((i) => message({ topic: `q/${i}`, payload: bytes(i, 0xff), qos: (i % 3) as 0 | 1 | 2 }));
-    for (const m of msgs) await store.enqueue('c1', m);
+    for (const m of msgs) await store.enqueue(key('c1'), m);
     const topics = async (): Promise<string[]> => (await mustGet(t, store, 'c1')).queue.map((m) => m.topic);
 
     t.deepEqual(stripUndefined((await mustGet(t, store, 'c1')).queue), msgs);
 
-    await store.dequeue('c1', 0);
+    await store.dequeue(key('c1'), 0);
     t.deepEqual(await topics(), ['q/0', 'q/1', 'q/2', 'q/3', 'q/4'], 'dequeue 0 removes nothing');
 
-    await store.dequeue('c1', 2);
+    await store.dequeue(key('c1'), 2);
     t.deepEqual(await topics(), ['q/2', 'q/3', 'q/4']);
 
-    await store.enqueue('c1', message({ topic: 'q/5' }));
+    await store.enqueue(key('c1'), message({ topic: 'q/5' }));
     t.deepEqual(await topics(), ['q/2', 'q/3', 'q/4', 'q/5'], 'enqueue after dequeue appends at the end');
 
-    await store.dequeue('c1', 1);
+    await store.dequeue(key('c1'), 1);
     t.deepEqual(await topics(), ['q/3', 'q/4', 'q/5']);
 
-    await store.dequeue('c1', 10);
+    await store.dequeue(key('c1'), 10);
     t.deepEqual(await topics(), [], 'dequeue more than the queue holds empties it');
 
-    await t.notThrowsAsync(store.dequeue('c1', 1), 'dequeue on an empty queue');
-    await store.enqueue('c1', message({ topic: 'q/6' }));
+    await t.notThrowsAsync(store.dequeue(key('c1'), 1), 'dequeue on an empty queue');
+    await store.enqueue(key('c1'), message({ topic: 'q/6' }));
     t.deepEqual(await topics(), ['q/6']);
   });
 
   check('identical messages are queued separately', async (t, store) => {
     await store.saveSession(session('c1'));
     const m = message({ topic: 'same' });
-    await store.enqueue('c1', m);
-    await store.enqueue('c1', m);
-    await store.enqueue('c1', m);
+    await store.enqueue(key('c1'), m);
+    await store.enqueue(key('c1'), m);
+    await store.enqueue(key('c1'), m);
     t.is((await mustGet(t, store, 'c1')).queue.length, 3);
-    await store.dequeue('c1', 1);
+    await store.dequeue(key('c1'), 1);
     t.is((await mustGet(t, store, 'c1')).queue.length, 2);
   });
 
   check('queues belong to one session only', async (t, store) => {
     await store.saveSession(session('c1'));
     await store.saveSession(session('c2'));
-    await store.enqueue('c1', message({ topic: 'for/c1' }));
-    await store.enqueue('c2', message({ topic: 'for/c2/a' }));
-    await store.enqueue('c2', message({ topic: 'for/c2/b' }));
-    await store.dequeue('c2', 1);
+    await store.enqueue(key('c1'), message({ topic: 'for/c1' }));
+    await store.enqueue(key('c2'), message({ topic: 'for/c2/a' }));
+    await store.enqueue(key('c2'), message({ topic: 'for/c2/b' }));
+    await store.dequeue(key('c2'), 1);
     t.deepEqual(
       (await mustGet(t, store, 'c1')).queue.map((m) => m.topic),
       ['for/c1'],
@@ -462,27 +466,27 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     await store.saveSession(session('c1'));
     const ids = async (): Promise<number[]> => [...(await mustGet(t, store, 'c1')).awaitingRelease].sort((a, b) => a - b);
 
-    await store.putAwaitingRelease('c1', 5);
-    await store.putAwaitingRelease('c1', 1);
-    await store.putAwaitingRelease('c1', 65_535);
-    await store.putAwaitingRelease('c1', 5);
-    await store.putAwaitingRelease('c1', 1);
+    await store.putAwaitingRelease(key('c1'), 5);
+    await store.putAwaitingRelease(key('c1'), 1);
+    await store.putAwaitingRelease(key('c1'), 65_535);
+    await store.putAwaitingRelease(key('c1'), 5);
+    await store.putAwaitingRelease(key('c1'), 1);
     t.deepEqual(await ids(), [1, 5, 65_535]);
 
-    await store.deleteAwaitingRelease('c1', 5);
+    await store.deleteAwaitingRelease(key('c1'), 5);
     t.deepEqual(await ids(), [1, 65_535]);
 
-    await t.notThrowsAsync(store.deleteAwaitingRelease('c1', 5), 'deleting an id twice');
-    await t.notThrowsAsync(store.deleteAwaitingRelease('c1', 777), 'deleting an id never added');
+    await t.notThrowsAsync(store.deleteAwaitingRelease(key('c1'), 5), 'deleting an id twice');
+    await t.notThrowsAsync(store.deleteAwaitingRelease(key('c1'), 777), 'deleting an id never added');
     t.deepEqual(await ids(), [1, 65_535]);
 
-    await store.putAwaitingRelease('c1', 5);
+    await store.putAwaitingRelease(key('c1'), 5);
     t.deepEqual(await ids(), [1, 5, 65_535], 'an id can be added again after deletion');
   });
 
   check('putAwaitingRelease does not duplicate an id saved with the session', async (t, store) => {
     await store.saveSession(session('c1', { awaitingRelease: [9] }));
-    await store.putAwaitingRelease('c1', 9);
+    await store.putAwaitingRelease(key('c1'), 9);
     t.deepEqual((await mustGet(t, store, 'c1')).awaitingRelease, [9]);
   });
 
@@ -543,9 +547,9 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     await store.saveSession(s);
     await store.putRetained(message({ topic: 'r/a', retain: true }));
     await store.deleteRetained('r/a');
-    assertSameSession(t, await store.getSession('r/a'), s);
+    assertSameSession(t, await store.getSession(key('r/a')), s);
     await store.putRetained(message({ topic: 'r/a', retain: true }));
-    await store.deleteSession('r/a');
+    await store.deleteSession(key('r/a'));
     t.is((await store.loadRetained()).length, 1);
   });
 
@@ -554,8 +558,8 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
   check('Buffers in sessions come back as real Buffers with equal bytes', async (t, store) => {
     const s = fullSession('c1');
     await store.saveSession(s);
-    await store.enqueue('c1', messageWithProperties({ topic: 'q/later', payload: bytes(0xff, 0xfe, 0x00) }));
-    await store.putInflight('c1', inflight(300, { message: messageWithProperties({ topic: 'in/300', payload: bytes(0x80) }) }));
+    await store.enqueue(key('c1'), messageWithProperties({ topic: 'q/later', payload: bytes(0xff, 0xfe, 0x00) }));
+    await store.putInflight(key('c1'), inflight(300, { message: messageWithProperties({ topic: 'in/300', payload: bytes(0x80) }) }));
 
     for (const got of [await mustGet(t, store, 'c1'), (await store.loadSessions())[0]]) {
       if (got === undefined) {
@@ -585,7 +589,7 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
 
   check('a zero-length queued payload comes back as an empty Buffer', async (t, store) => {
     await store.saveSession(session('c1'));
-    await store.enqueue('c1', message({ topic: 'empty', payload: Buffer.alloc(0), qos: 0 }));
+    await store.enqueue(key('c1'), message({ topic: 'empty', payload: Buffer.alloc(0), qos: 0 }));
     const [m] = (await mustGet(t, store, 'c1')).queue;
     assertBuffer(t, m?.payload, Buffer.alloc(0), 'queue[0].payload');
   });
@@ -637,9 +641,9 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
       fromLoad.owner = 'eve';
     }
 
-    assertSameSession(t, await store.getSession('c1'), before);
+    assertSameSession(t, await store.getSession(key('c1')), before);
     // Compared with a freshly built fixture too, in case the store handed out the very object it was given.
-    assertSameSession(t, await store.getSession('c1'), fullSession('c1'));
+    assertSameSession(t, await store.getSession(key('c1')), fullSession('c1'));
   });
 
   check('mutating an object after passing it in does not change the store', async (t, store) => {
@@ -651,17 +655,17 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     (s.queue[0] as StoredMessage).payload.fill(0);
     (s.inflight[0] as StoredInflight).message.properties?.correlationData?.fill(0);
     s.awaitingRelease.push(4);
-    assertSameSession(t, await store.getSession('c1'), pristine, 'saveSession');
+    assertSameSession(t, await store.getSession(key('c1')), pristine, 'saveSession');
 
     const sub = subscription('later', { qos: 1 });
-    await store.putSubscription('c1', sub);
+    await store.putSubscription(key('c1'), sub);
     sub.qos = 2;
     const f = inflight(500);
-    await store.putInflight('c1', f);
+    await store.putInflight(key('c1'), f);
     f.state = 'pubrel';
     f.message.payload.fill(0);
     const q = message({ topic: 'queued/later' });
-    await store.enqueue('c1', q);
+    await store.enqueue(key('c1'), q);
     q.topic = 'changed';
     q.payload.fill(0);
 
@@ -695,11 +699,29 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
     t.deepEqual(byTopic(await store.loadRetained()), byTopic([messageWithProperties({ topic: 'r', retain: true })]));
   });
 
+  // ── sessions belong to identities ──
+
+  check('the same client id under two owners is two sessions: writes to one never reach the other', async (t, store) => {
+    const mine = session('device-1', { owner: 'cert:' });
+    const squatter = session('device-1', { owner: 'user:alice' });
+    await store.saveSession(mine);
+    await store.saveSession(squatter);
+    await store.putSubscription(key('device-1', 'user:alice'), subscription('alice/#'));
+    await store.enqueue(key('device-1', 'user:alice'), message({ topic: 'for/alice' }));
+    await store.putInflight(key('device-1', 'user:alice'), inflight(7));
+    await store.putAwaitingRelease(key('device-1', 'user:alice'), 9);
+    assertSameSession(t, await store.getSession(key('device-1', 'cert:')), mine, "the device's session is untouched");
+    t.is((await store.loadSessions()).length, 2);
+    await store.deleteSession(key('device-1', 'user:alice'));
+    assertSameSession(t, await store.getSession(key('device-1', 'cert:')), mine, 'deleting one leaves the other');
+    t.is(await store.getSession(key('device-1', 'user:alice')), undefined);
+  });
+
   // ── unknown client ids ──
 
   check('operations on an unknown client id do not throw and create nothing', async (t, store) => {
     await store.saveSession(session('known'));
-    const id = 'unknown';
+    const id = key('unknown');
     await t.notThrowsAsync(store.deleteSession(id), 'deleteSession');
     await t.notThrowsAsync(store.setSessionExpiry(id, 1_000, 10), 'setSessionExpiry (disconnect)');
     await t.notThrowsAsync(store.setSessionExpiry(id, undefined, 10), 'setSessionExpiry (connect)');
@@ -716,20 +738,20 @@ export function storeConformance(name: string, makeStore: () => Promise<Store>):
       (await store.loadSessions()).map((s) => s.clientId),
       ['known'],
     );
-    assertSameSession(t, await store.getSession('known'), session('known'), 'other sessions are untouched');
+    assertSameSession(t, await store.getSession(key('known')), session('known'), 'other sessions are untouched');
   });
 
   check('writes for a deleted session are ignored and do not resurface', async (t, store) => {
     await store.saveSession(session('c1'));
-    await store.deleteSession('c1');
-    await store.putSubscription('c1', subscription('stale'));
-    await store.putInflight('c1', inflight(1));
-    await store.enqueue('c1', message({ topic: 'stale' }));
-    await store.putAwaitingRelease('c1', 1);
-    await store.setSessionExpiry('c1', 5, 5);
-    t.is(await store.getSession('c1'), undefined);
+    await store.deleteSession(key('c1'));
+    await store.putSubscription(key('c1'), subscription('stale'));
+    await store.putInflight(key('c1'), inflight(1));
+    await store.enqueue(key('c1'), message({ topic: 'stale' }));
+    await store.putAwaitingRelease(key('c1'), 1);
+    await store.setSessionExpiry(key('c1'), 5, 5);
+    t.is(await store.getSession(key('c1')), undefined);
     const fresh = session('c1');
     await store.saveSession(fresh);
-    assertSameSession(t, await store.getSession('c1'), fresh);
+    assertSameSession(t, await store.getSession(key('c1')), fresh);
   });
 }

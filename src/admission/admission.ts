@@ -17,7 +17,7 @@ import type { AuditEvent } from '../audit/types.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import type { Principal } from '../auth/types.ts';
+import { sessionKey, splitSessionKey } from '../store/types.ts';
 import { RangeList, normalizeAddress, peerAddress } from '../util/address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
@@ -152,9 +152,6 @@ export class Admission {
 
   // ── CONNECT ─────────────────────────────────────────────────────────────────
 
-  /** Set by the broker: true when the client id's session belongs to an identity other than `principal`. */
-  ownedByOther: (clientId: string, principal: Principal) => boolean = () => false;
-
   /** A user name ban on the user name a provider mapped (it may differ from the one in CONNECT). */
   checkUsername(username: string | undefined): ConnectRefusal | undefined {
     const ban = this.bans.match('username', username);
@@ -162,23 +159,31 @@ export class Admission {
     return { reason: ReasonCode.Banned, detail: `user name banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
   }
 
-  /** Client id, user name (and, for connections accepted before a ban, address) bans, then flapping. */
-  checkConnect(clientId: string, username: string | undefined, remoteAddress: string, listener: string): ConnectRefusal | undefined {
+  /** Client id, user name (and, for connections accepted before a ban, address) bans: before any provider runs. */
+  checkConnect(clientId: string, username: string | undefined, remoteAddress: string): ConnectRefusal | undefined {
     const ban = this.bans.match('client-id', clientId) ?? this.bans.match('username', username) ?? this.bans.matchAddress(undefined, normalizeAddress(remoteAddress));
-    if (ban !== undefined) {
-      const what = ban.kind === 'client-id' ? 'client id' : ban.kind === 'username' ? 'user name' : 'source address';
-      return { reason: ReasonCode.Banned, detail: `${what} banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
-    }
+    if (ban === undefined) return undefined;
+    const what = ban.kind === 'client-id' ? 'client id' : ban.kind === 'username' ? 'user name' : 'source address';
+    return { reason: ReasonCode.Banned, detail: `${what} banned${ban.until !== undefined ? ` until ${new Date(ban.until).toISOString()}` : ''}${ban.reason !== undefined ? `: ${ban.reason}` : ''}`, decidedBy: 'ban' };
+  }
+
+  /**
+   * A flapping ban of this identity's client id. Flapping is counted per session, that is per
+   * identity and client id (sessionKey), after authentication: an identity that reconnects in a
+   * loop with a client id bans only itself, never another identity that uses the same client id.
+   */
+  checkFlapping(owner: string, clientId: string, listener: string): ConnectRefusal | undefined {
     if (this.flapping === undefined) return undefined;
-    const until = this.flapping.check(clientId);
+    const key = sessionKey(owner, clientId);
+    const until = this.flapping.check(key);
     if (until <= 0) {
-      if (until === EXPIRED_NOW) this.flappingExpired(clientId, listener);
+      if (until === EXPIRED_NOW) this.flappingExpired(key, listener);
       return undefined;
     }
     const f = this.settings.flapping;
     return {
       reason: ReasonCode.Banned,
-      detail: `client id banned for ${Math.ceil((until - this.now()) / 1000)} s: it connected ${f.maxConnects} times within ${f.windowMs / 1000} s`,
+      detail: `client id banned for this identity for ${Math.ceil((until - this.now()) / 1000)} s: it connected ${f.maxConnects} times within ${f.windowMs / 1000} s (admission.flapping)`,
       decidedBy: 'flapping',
     };
   }
@@ -187,10 +192,10 @@ export class Admission {
    * Counts an authenticated connect for flapping detection. `connection` is any object unique to
    * the network connection (its PeerInfo), so an MQTT 5 re-authentication is not counted again.
    */
-  connected(connection: object, clientId: string, username: string | undefined, remoteAddress: string, listener: string): void {
+  connected(connection: object, owner: string, clientId: string, username: string | undefined, remoteAddress: string, listener: string): void {
     if (this.flapping === undefined || this.counted.has(connection)) return;
     this.counted.add(connection);
-    const ban = this.flapping.connected(clientId);
+    const ban = this.flapping.connected(sessionKey(owner, clientId));
     if (ban === undefined) return;
     const f = this.settings.flapping;
     this.log.warn({ clientId, listener, remote: remoteAddress, banMs: f.banMs }, 'client id flapping: banned');
@@ -208,8 +213,9 @@ export class Admission {
     });
   }
 
-  private flappingExpired(clientId: string, listener?: string): void {
-    this.audit({ event: 'unban', action: 'flapping', decision: 'allow', reason: 'flapping ban expired', clientId, ...(listener !== undefined ? { listener } : {}) });
+  private flappingExpired(key: string, listener?: string): void {
+    const { owner, clientId } = splitSessionKey(key);
+    this.audit({ event: 'unban', action: 'flapping', decision: 'allow', reason: 'flapping ban expired', clientId, detail: { owner }, ...(listener !== undefined ? { listener } : {}) });
   }
 
   // ── live connections ────────────────────────────────────────────────────────

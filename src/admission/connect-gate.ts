@@ -8,6 +8,7 @@
 import type { ChainResult } from '../auth/chain.ts';
 import type { AuthGuard } from '../auth/guard.ts';
 import { ListenerAuthenticator } from '../auth/listener-auth.ts';
+import { ownerOf } from '../auth/owner.ts';
 import type { Authenticator, ConnectRequest } from '../auth/types.ts';
 import type { IdentityRules } from '../config/auth-schema.ts';
 import type { Admission } from './admission.ts';
@@ -26,7 +27,7 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
 
   override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
     const ip = req.peer.remoteAddress;
-    const refused = this.admission.checkConnect(req.clientId, req.username, ip, this.listenerName);
+    const refused = this.admission.checkConnect(req.clientId, req.username, ip);
     if (refused !== undefined) {
       return {
         decision: { kind: 'deny', reason: refused.reason, detail: refused.detail },
@@ -51,9 +52,17 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
         verdicts: [...result.verdicts, { provider: late.decidedBy, kind: 'deny', reason: late.reason, detail: late.detail }],
       };
     }
-    // A connect that the broker will refuse because another identity owns the session is not counted,
-    // so nobody can get someone else's client id banned for flapping.
-    if (!this.admission.ownedByOther(req.clientId, principal)) this.admission.connected(req.peer, req.clientId, principal.username, ip, this.listenerName);
+    // Flapping is per identity and client id, so nobody gets someone else's client id banned.
+    const owner = ownerOf(principal);
+    const flapping = this.admission.checkFlapping(owner, req.clientId, this.listenerName);
+    if (flapping !== undefined) {
+      return {
+        decision: { kind: 'deny', reason: flapping.reason, detail: flapping.detail },
+        decidedBy: flapping.decidedBy,
+        verdicts: [...result.verdicts, { provider: flapping.decidedBy, kind: 'deny', reason: flapping.reason, detail: flapping.detail }],
+      };
+    }
+    this.admission.connected(req.peer, owner, req.clientId, principal.username, ip, this.listenerName);
     return result;
   }
 }

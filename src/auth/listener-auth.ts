@@ -77,9 +77,12 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     if (identity === undefined || identity === '') {
       return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id binding: the identity has no ${this.rules.bindTo}` };
     }
-    const ok = this.rules.clientIdBinding === 'equals' ? req.clientId === identity : req.clientId.startsWith(identity);
+    // A prefix needs its separator: user `dev` must not pass as `device-2` and take its %c rules.
+    const sep = this.rules.clientIdSeparator;
+    const ok = req.clientId === identity || (this.rules.clientIdBinding === 'prefix' && req.clientId.startsWith(identity + sep));
     if (!ok) {
-      return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id must ${this.rules.clientIdBinding === 'equals' ? 'equal' : 'start with'} the ${this.rules.bindTo} '${identity}'` };
+      const must = this.rules.clientIdBinding === 'equals' ? 'equal' : `equal or start with '${identity}${sep}': the`;
+      return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id must ${must} ${this.rules.bindTo} '${identity}' (identity.clientIdBinding)` };
     }
     return undefined;
   }

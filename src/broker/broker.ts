@@ -20,7 +20,7 @@ import type { Logger } from '../log.ts';
 import type { Packet } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { Store } from '../store/types.ts';
-import type { Listener, PeerInfo } from '../transport/types.ts';
+import type { ConnectionHandle, Listener, PeerInfo } from '../transport/types.ts';
 import { Connection } from './connection.ts';
 import { Delivery } from './delivery.ts';
 import { dispatch } from './dispatch.ts';
@@ -95,7 +95,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
       stats: this.stats,
       clock: this.clock,
       audit: (conn, event) => this.gate.audit(conn, event),
-      disconnectForSecurity: (conn, code, action, reason) => this.gate.disconnectForSecurity(conn, code, action, reason),
+      disconnectForSecurity: (conn, code, action, reason, dropWill) => this.gate.disconnectForSecurity(conn, code, action, reason, dropWill),
     });
     const broker = this;
     this.sys = new SysTopics({
@@ -163,12 +163,14 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     }
   }
 
-  private accept(stream: Duplex, peer: PeerInfo): void {
+  private accept(stream: Duplex, peer: PeerInfo): ConnectionHandle | void {
     if (!this.running) {
       stream.destroy();
       return;
     }
-    this.connections.add(new Connection(this, stream, peer));
+    const conn = new Connection(this, stream, peer);
+    this.connections.add(conn);
+    return conn;
   }
 
   /** Keep-alive and CONNECT deadlines, rate-limit throttles and slow consumers, checked by one timer for all connections. */
@@ -207,6 +209,10 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     this.gate.holdForAudit(conn);
   }
 
+  securityClose(conn: Connection, action: string, reason: string): void {
+    this.gate.disconnectForSecurity(conn, ReasonCode.NotAuthorized, action, reason);
+  }
+
   drained(conn: Connection): void {
     if (conn.session !== null) this.delivery.pump(conn.session);
   }
@@ -233,7 +239,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     this.rateLimiter?.release(conn);
     if (this.log.isLevelEnabled('info')) this.log.info({ clientId: conn.clientId, listener: conn.peer.listener, cause: conn.describeClose() }, 'client disconnected');
     const session = conn.session;
-    this.wills.connectionEnded(conn, session?.expiryInterval);
+    this.wills.connectionEnded(conn, session);
     if (session !== null) this.sessions.detach(conn, session);
   }
 

@@ -8,12 +8,12 @@ import type { AuditWho } from '../audit/types.ts';
 import type { Principal } from '../auth/types.ts';
 import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion } from '../protocol/codec.ts';
 import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
-import type { PeerInfo } from '../transport/types.ts';
+import type { ConnectionHandle, PeerInfo } from '../transport/types.ts';
 import type { Client, ConnectionHost, ConnectionState, Will } from './ports.ts';
 import type { Session } from './session.ts';
 import type { TokenBucket } from './token-bucket.ts';
 
-export class Connection implements Client {
+export class Connection implements Client, ConnectionHandle {
   state: ConnectionState = 'new';
   version: ProtocolVersion = 4;
   clientId = '';
@@ -186,6 +186,11 @@ export class Connection implements Client {
     this.readPausedUntil = 0;
     this.lastSeen = Date.now(); // the keep-alive clock restarts when we read again
     if (!this.busy) this.drainInbox();
+  }
+
+  /** The listener learned that this connection must end (a revoked certificate): a security disconnect. */
+  securityClose(action: string, reason: string): void {
+    this.host.securityClose(this, action, reason);
   }
 
   onDrain(): void {

@@ -249,7 +249,7 @@ export class Delivery implements DeliveryApi {
     const detail = `slow consumer: queue full for ${now - session.queueFullSince} ms, ${session.droppedMessages} messages dropped`;
     this.log.warn({ clientId: conn.clientId, dropped: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes }, detail);
     session.queueFullSince = 0;
-    this.gate.disconnectForSecurity(conn, ReasonCode.QuotaExceeded, 'slow-consumer', detail);
+    this.gate.disconnectForSecurity(conn, ReasonCode.QuotaExceeded, 'slow-consumer', detail, false);
   }
 
   private drop(why: string, session?: Session): void {
@@ -337,11 +337,31 @@ export class Delivery implements DeliveryApi {
     this.pump(session);
   }
 
+  /**
+   * Re-sends one in-flight delivery with DUP. A PUBLISH passes the deliver check again first: the
+   * policy may have changed while the client was away (a reload that removed its read access),
+   * and a message it may no longer read is withdrawn, not re-sent (the denial is audited).
+   */
   private resend(session: Session, conn: Client, inflight: Inflight): void {
     inflight.resend = false;
-    if (inflight.state === 'pubrel') conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
-    else if (!this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) {
-      session.inflight.delete(inflight.packetId);
+    if (inflight.state === 'pubrel') {
+      conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
+      return;
     }
+    const allowed = this.gate.authorize(conn, 'deliver', inflight.message.topic, inflight.qos, inflight.retain);
+    if (allowed instanceof Promise) {
+      allowed.then((d) => {
+        if (this.resendDecided(session, conn, inflight, d.kind === 'allow')) this.pump(session);
+      });
+    } else this.resendDecided(session, conn, inflight, allowed.kind === 'allow');
+  }
+
+  /** Sends the re-checked delivery, or withdraws it; true when it was withdrawn (its slot is free). */
+  private resendDecided(session: Session, conn: Client, inflight: Inflight, allowed: boolean): boolean {
+    if (conn.state !== 'connected' || session.inflight.get(inflight.packetId) !== inflight) return false;
+    if (allowed && this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) return false;
+    session.inflight.delete(inflight.packetId);
+    this.store.inflightDone(session, inflight.packetId);
+    return true;
   }
 }

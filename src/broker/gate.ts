@@ -270,12 +270,17 @@ export class SecurityGate implements GateApi {
   }
 
   /**
-   * Disconnects a client for a security reason (credentials expired, certificate revoked,
-   * access lost after a reload) and records it. `action` names the cause in the audit record.
+   * Disconnects a client for a security reason and records it. `action` names the cause in the
+   * audit record. When the identity itself is no longer good (credentials expired, certificate
+   * revoked, banned, kicked, re-authentication failed: `dropWill`), its will is discarded: a
+   * message the broker would publish in its name after cutting it off. Protective disconnects
+   * (a slow consumer, a rate limit) keep the will, as any other lost connection does.
    */
-  disconnectForSecurity(conn: Client, code: number, action: string, reason: string): void {
+  disconnectForSecurity(conn: Client, code: number, action: string, reason: string, dropWill = true): void {
     if (conn.state === 'closed') return;
-    this.audit(conn, { event: 'disconnect', action, decision: 'deny', reasonCode: code, reason });
+    const willDiscarded = dropWill && conn.will !== null && !conn.discardWill;
+    if (dropWill) conn.discardWill = true;
+    this.audit(conn, { event: 'disconnect', action, decision: 'deny', reasonCode: code, reason, ...(willDiscarded ? { detail: { willDiscarded: true } } : {}) });
     conn.disconnect(code, reason);
   }
 

@@ -27,13 +27,13 @@ export interface GateApi {
   audit(conn: Client | null, event: AuditEvent): void;
   auditsConnects(): boolean;
   auditAvailable(): boolean;
-  disconnectForSecurity(conn: Client, code: number, action: string, reason: string): void;
+  /** Ends a connection for a security reason, audited; `dropWill` (default true) discards its will. */
+  disconnectForSecurity(conn: Client, code: number, action: string, reason: string, dropWill?: boolean): void;
   armCredentialExpiry(conn: Client): void;
 }
 
 /** Session state and the store (src/broker/sessions.ts). */
 export interface SessionsApi {
-  get(clientId: string): Session | undefined;
   /** Takes over a live session, discards it on clean start, or resumes it. */
   attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean };
   addSubscription(session: Session, sub: StoredSubscription): void;

@@ -90,6 +90,8 @@ export interface ConnectionHost<C> {
   /** True while the audit log is behind: the connection stops reading until it catches up. */
   auditBacklogged(): boolean;
   holdForAudit(conn: C): void;
+  /** The listener ends the connection for a security reason (e.g. its certificate was revoked). */
+  securityClose(conn: C, action: string, reason: string): void;
   /** The socket drained: queued deliveries may go out. */
   drained(conn: C): void;
   connectionClosed(conn: C, wasConnected: boolean): void;

@@ -23,7 +23,7 @@ export interface RateLimitHooks {
   readonly stats: BrokerStats;
   readonly clock: CoarseClock;
   audit(conn: Client, event: AuditEvent): void;
-  disconnectForSecurity(conn: Client, code: number, action: string, reason: string): void;
+  disconnectForSecurity(conn: Client, code: number, action: string, reason: string, dropWill?: boolean): void;
 }
 
 type BucketConfig = RateLimitsConfig['perClient'];
@@ -132,7 +132,7 @@ export class PublishRateLimiter {
     stats.messagesDropped++;
     this.report(conn, action);
     if (action === 'disconnect') {
-      this.hooks.disconnectForSecurity(conn, ReasonCode.MessageRateTooHigh, 'rate-limit', 'message rate too high');
+      this.hooks.disconnectForSecurity(conn, ReasonCode.MessageRateTooHigh, 'rate-limit', 'message rate too high', false);
       return false;
     }
     // reject: the publisher learns it from the acknowledgement; QoS 0 has none [MQTT-3.3.4]

@@ -162,7 +162,7 @@ export class Router {
     const subscribers = node.subscribers;
     if (subscribers !== null) {
       for (const [session, sub] of subscribers) {
-        if (sub.noLocal && session.clientId === this.origin) continue; // [MQTT-3.8.3-3]
+        if (sub.noLocal && session.key === this.origin) continue; // [MQTT-3.8.3-3]
         if (session.matchGen !== this.gen) {
           session.matchGen = this.gen;
           session.matchQos = sub.qos;

@@ -1,6 +1,6 @@
 import type { Principal } from '../auth/types.ts';
 import type { QoS } from '../protocol/codec.ts';
-import type { StoredSession, StoredSubscription } from '../store/types.ts';
+import { sessionKey, type StoredSession, type StoredSubscription } from '../store/types.ts';
 import type { Client } from './ports.ts';
 import type { Message } from './message.ts';
 
@@ -103,13 +103,18 @@ export class Session {
   matchRetainAsPublished = false;
   matchSubscriptionIds: number[] | undefined = undefined;
 
+  /** The session's name: its owner and client id (see sessionKey). */
+  readonly key: string;
+
   constructor(
     readonly clientId: string,
-    public owner: string,
+    readonly owner: string,
     public protocolVersion: 3 | 4 | 5,
     /** Seconds the session outlives its connection (0: ends with it). */
     public expiryInterval: number,
-  ) {}
+  ) {
+    this.key = sessionKey(owner, clientId);
+  }
 
   get persistent(): boolean {
     return this.expiryInterval > 0;

@@ -7,7 +7,7 @@
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
-import type { Store, StoredSubscription } from '../store/types.ts';
+import { sessionKey, type Store, type StoredSubscription } from '../store/types.ts';
 import type { SessionsApi } from './handler-api.ts';
 import type { Message } from './message.ts';
 import type { Client } from './ports.ts';
@@ -19,10 +19,10 @@ const MAX_TIMER = 2 ** 31 - 1;
 
 /** What a session's life means elsewhere: wills, and the queue of a session that went offline. */
 export interface SessionHooks {
-  /** A new connection for the client id: drop a pending will, or send it now if the session ends. */
-  cancelWill(clientId: string, sessionEnds: boolean): void;
+  /** A new connection for the session (by its key): drop a pending will, or send it now if the session ends. */
+  cancelWill(key: string, sessionEnds: boolean): void;
   /** The session expired: a pending will goes now. */
-  fireWill(clientId: string): void;
+  fireWill(key: string): void;
   /** A persistent session lost its connection: trim its queue to what offline sessions keep. */
   wentOffline(session: Session): void;
 }
@@ -41,8 +41,9 @@ export class SessionRegistry implements SessionsApi {
     return this.sessions.size;
   }
 
-  get(clientId: string): Session | undefined {
-    return this.sessions.get(clientId);
+  /** The session of an identity (its owner) and a client id. */
+  get(owner: string, clientId: string): Session | undefined {
+    return this.sessions.get(sessionKey(owner, clientId));
   }
 
   values(): IterableIterator<Session> {
@@ -55,10 +56,10 @@ export class SessionRegistry implements SessionsApi {
     for (const stored of await this.store.loadSessions()) {
       const session = Session.fromStored(stored);
       if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
-        await this.store.deleteSession(session.clientId);
+        await this.store.deleteSession(session.key);
         continue;
       }
-      this.sessions.set(session.clientId, session);
+      this.sessions.set(session.key, session);
       for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, true);
       this.armExpiry(session);
     }
@@ -76,7 +77,8 @@ export class SessionRegistry implements SessionsApi {
   // ── attach and detach ──────────────────────────────────────────────────────
 
   attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean } {
-    let session = this.sessions.get(clientId);
+    const key = sessionKey(owner, clientId);
+    let session = this.sessions.get(key);
     if (session !== undefined) {
       const old = session.connection;
       if (old !== null && old !== conn) {
@@ -86,7 +88,7 @@ export class SessionRegistry implements SessionsApi {
         this.log.info({ clientId }, 'session taken over by a new connection');
         old.disconnect(ReasonCode.SessionTakenOver, 'session taken over'); // [MQTT-3.1.4-3]
       }
-      this.hooks.cancelWill(clientId, cleanStart); // a new connection before the delay cancels the will [MQTT-3.1.3-9]
+      this.hooks.cancelWill(key, cleanStart); // a new connection before the delay cancels the will [MQTT-3.1.3-9]
       if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
       session.expiryTimer = null;
       if (cleanStart) {
@@ -97,7 +99,7 @@ export class SessionRegistry implements SessionsApi {
     const present = session !== undefined;
     if (session === undefined) {
       session = new Session(clientId, owner, conn.version, expiryInterval);
-      this.sessions.set(clientId, session);
+      this.sessions.set(key, session);
     } else {
       session.expiryInterval = expiryInterval;
       session.protocolVersion = conn.version;
@@ -130,7 +132,7 @@ export class SessionRegistry implements SessionsApi {
       if (session.connection !== null) return;
       if (session.expiresAt !== undefined && session.expiresAt > Date.now()) return this.armExpiry(session);
       this.log.info({ clientId: session.clientId }, 'session expired');
-      this.hooks.fireWill(session.clientId); // the session ends: a pending will goes now
+      this.hooks.fireWill(session.key); // the session ends: a pending will goes now
       this.destroy(session);
     }, Math.max(0, Math.min(ms, MAX_TIMER)));
     session.expiryTimer.unref();
@@ -138,11 +140,11 @@ export class SessionRegistry implements SessionsApi {
 
   private destroy(session: Session): void {
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
-    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
     if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     if (session.stored) {
       session.stored = false;
-      this.persist((s) => s.deleteSession(session.clientId));
+      this.persist((s) => s.deleteSession(session.key));
     }
   }
 
@@ -153,7 +155,7 @@ export class SessionRegistry implements SessionsApi {
     if (previous !== undefined) this.routeSubscription(session, previous, false);
     session.subscriptionsForWrite().set(sub.filter, sub);
     this.routeSubscription(session, sub, true);
-    if (session.persistent) this.persist((s) => s.putSubscription(session.clientId, sub));
+    if (session.persistent) this.persist((s) => s.putSubscription(session.key, sub));
   }
 
   removeSubscription(session: Session, filter: string): boolean {
@@ -161,7 +163,7 @@ export class SessionRegistry implements SessionsApi {
     if (sub === undefined) return false;
     session.subscriptions.delete(filter);
     this.routeSubscription(session, sub, false);
-    if (session.persistent) this.persist((s) => s.deleteSubscription(session.clientId, filter));
+    if (session.persistent) this.persist((s) => s.deleteSubscription(session.key, filter));
     return true;
   }
 
@@ -177,12 +179,12 @@ export class SessionRegistry implements SessionsApi {
 
   holdForRelease(session: Session, packetId: number): void {
     session.awaitingReleaseForWrite().add(packetId);
-    if (session.persistent) this.persist((s) => s.putAwaitingRelease(session.clientId, packetId));
+    if (session.persistent) this.persist((s) => s.putAwaitingRelease(session.key, packetId));
   }
 
   release(session: Session, packetId: number): boolean {
     if (!session.awaitingRelease.delete(packetId)) return false;
-    if (session.persistent) this.persist((s) => s.deleteAwaitingRelease(session.clientId, packetId));
+    if (session.persistent) this.persist((s) => s.deleteAwaitingRelease(session.key, packetId));
     return true;
   }
 
@@ -193,17 +195,17 @@ export class SessionRegistry implements SessionsApi {
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.clientId, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.key, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
   }
 
   dequeued(session: Session, count: number): void {
-    if (session.persistent && count > 0) this.persist((s) => s.dequeue(session.clientId, count));
+    if (session.persistent && count > 0) this.persist((s) => s.dequeue(session.key, count));
   }
 
   inflight(session: Session, inflight: Inflight): void {
     if (!session.persistent) return;
     this.persist((s) =>
-      s.putInflight(session.clientId, {
+      s.putInflight(session.key, {
         packetId: inflight.packetId,
         state: inflight.state,
         message: { ...stripForStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
@@ -213,15 +215,15 @@ export class SessionRegistry implements SessionsApi {
   }
 
   inflightDone(session: Session, packetId: number): void {
-    if (session.persistent) this.persist((s) => s.deleteInflight(session.clientId, packetId));
+    if (session.persistent) this.persist((s) => s.deleteInflight(session.key, packetId));
   }
 
   /** Writes the session to the store when it is persistent, or removes it when it no longer is. */
   private syncStored(session: Session): void {
-    const clientId = session.clientId;
+    const key = session.key;
     if (session.persistent) {
       if (session.stored) {
-        this.persist((s) => s.setSessionExpiry(clientId, session.expiresAt, session.expiryInterval));
+        this.persist((s) => s.setSessionExpiry(key, session.expiresAt, session.expiryInterval));
       } else {
         session.stored = true;
         const snapshot = session.toStored();
@@ -229,7 +231,7 @@ export class SessionRegistry implements SessionsApi {
       }
     } else if (session.stored) {
       session.stored = false;
-      this.persist((s) => s.deleteSession(clientId));
+      this.persist((s) => s.deleteSession(key));
     }
   }
 

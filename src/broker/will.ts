@@ -9,6 +9,7 @@ import type { Message } from './message.ts';
 import type { Client, Will } from './ports.ts';
 
 export class WillScheduler {
+  /** Delayed wills by session key. */
   private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will }>();
 
   constructor(
@@ -18,50 +19,51 @@ export class WillScheduler {
   ) {}
 
   /** A connection ended: its will goes now, after its delay, or not at all. */
-  connectionEnded(conn: Client, sessionExpiryInterval: number | undefined): void {
+  connectionEnded(conn: Client, session: { readonly key: string; readonly expiryInterval: number } | null): void {
     const will = conn.will;
-    if (will === null || conn.discardWill) return;
+    if (will === null || conn.discardWill || session === null) return;
     if (conn.takenOver) {
-      if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(conn, will);
+      if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(session.key, conn, will);
       return;
     }
-    const delay = conn.v5 ? Math.min(will.delaySeconds, sessionExpiryInterval ?? 0) : 0;
-    this.schedule(conn, will, delay);
+    const delay = conn.v5 ? Math.min(will.delaySeconds, session.expiryInterval) : 0;
+    this.schedule(session.key, conn, will, delay);
   }
 
-  private schedule(conn: Client, will: Will, delaySeconds: number): void {
-    if (delaySeconds <= 0) return this.publish(conn, will);
-    this.cancel(conn.clientId, false);
+  private schedule(key: string, conn: Client, will: Will, delaySeconds: number): void {
+    if (delaySeconds <= 0) return this.publish(key, conn, will);
+    this.cancel(key, false);
     const timer = setTimeout(() => {
-      this.pending.delete(conn.clientId);
-      this.publish(conn, will);
+      this.pending.delete(key);
+      this.publish(key, conn, will);
     }, delaySeconds * 1000);
     timer.unref();
-    this.pending.set(conn.clientId, { timer, conn, will });
+    this.pending.set(key, { timer, conn, will });
   }
 
-  /** A new connection for the client id: drop the pending will, or send it now if the session ends. */
-  cancel(clientId: string, sessionEnds: boolean): void {
-    const entry = this.pending.get(clientId);
+  /** A new connection for the session: drop the pending will, or send it now if the session ends. */
+  cancel(key: string, sessionEnds: boolean): void {
+    const entry = this.pending.get(key);
     if (entry === undefined) return;
     clearTimeout(entry.timer);
-    this.pending.delete(clientId);
-    if (sessionEnds) this.publish(entry.conn, entry.will);
+    this.pending.delete(key);
+    if (sessionEnds) this.publish(key, entry.conn, entry.will);
   }
 
   /** The session ended (expired): a pending will is published now. */
-  fire(clientId: string): void {
-    this.cancel(clientId, true);
+  fire(key: string): void {
+    this.cancel(key, true);
   }
 
-  private publish(conn: Client, will: Will): void {
+  /** `origin`: the session key of the client whose will it is (for no-local). */
+  private publish(origin: string, conn: Client, will: Will): void {
     const decide = this.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
         this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');
         return;
       }
-      const message: Message = { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, origin: conn.clientId };
+      const message: Message = { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, origin };
       if (will.properties !== undefined) {
         const { messageExpiryInterval, ...properties } = will.properties;
         if (messageExpiryInterval !== undefined) {

@@ -119,8 +119,10 @@ export type ModuleProviderConfig = z.output<typeof moduleProvider>;
 /** Per-listener identity rules, applied after a provider allowed. */
 export const identityRules = z
   .strictObject({
-    /** Client id binding: must equal, or start with, the identity. */
+    /** Client id binding: must equal the identity, or (prefix) be the identity followed by the separator and more. */
     clientIdBinding: z.enum(['none', 'equals', 'prefix']).default('none'),
+    /** With prefix binding: what follows the identity in the client id (`dev` admits `dev` and `dev-2`, never `device-2`). */
+    clientIdSeparator: z.string().min(1).max(8).default('-'),
     /** The identity the client id is bound to. */
     bindTo: z.enum(['username', 'cert-cn']).default('username'),
     /** Refuse user names and client ids with + # or U+0000 (they would widen %u / %c ACL placeholders). */

@@ -1,4 +1,4 @@
-import type { Store, StoredInflight, StoredMessage, StoredSession, StoredSubscription } from './types.ts';
+import { sessionKey, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription } from './types.ts';
 
 /** Deep copy that keeps Buffers as Buffers (structuredClone would turn them into Uint8Arrays). */
 function clone<T>(value: T): T {
@@ -28,68 +28,68 @@ export class MemoryStore implements Store {
     return [...this.sessions.values()].map(clone);
   }
 
-  async getSession(clientId: string): Promise<StoredSession | undefined> {
-    const s = this.sessions.get(clientId);
+  async getSession(key: string): Promise<StoredSession | undefined> {
+    const s = this.sessions.get(key);
     return s === undefined ? undefined : clone(s);
   }
 
   async saveSession(session: StoredSession): Promise<void> {
-    this.sessions.set(session.clientId, clone(session));
+    this.sessions.set(sessionKey(session.owner, session.clientId), clone(session));
   }
 
-  async deleteSession(clientId: string): Promise<void> {
-    this.sessions.delete(clientId);
+  async deleteSession(key: string): Promise<void> {
+    this.sessions.delete(key);
   }
 
-  async setSessionExpiry(clientId: string, expiresAt: number | undefined, expiryInterval: number): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async setSessionExpiry(key: string, expiresAt: number | undefined, expiryInterval: number): Promise<void> {
+    const s = this.sessions.get(key);
     if (s === undefined) return;
     s.expiryInterval = expiryInterval;
     if (expiresAt === undefined) delete s.expiresAt;
     else s.expiresAt = expiresAt;
   }
 
-  async putSubscription(clientId: string, subscription: StoredSubscription): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async putSubscription(key: string, subscription: StoredSubscription): Promise<void> {
+    const s = this.sessions.get(key);
     if (s === undefined) return;
     const i = s.subscriptions.findIndex((x) => x.filter === subscription.filter);
     if (i >= 0) s.subscriptions[i] = clone(subscription);
     else s.subscriptions.push(clone(subscription));
   }
 
-  async deleteSubscription(clientId: string, filter: string): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async deleteSubscription(key: string, filter: string): Promise<void> {
+    const s = this.sessions.get(key);
     if (s !== undefined) s.subscriptions = s.subscriptions.filter((x) => x.filter !== filter);
   }
 
-  async putInflight(clientId: string, inflight: StoredInflight): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async putInflight(key: string, inflight: StoredInflight): Promise<void> {
+    const s = this.sessions.get(key);
     if (s === undefined) return;
     const i = s.inflight.findIndex((x) => x.packetId === inflight.packetId);
     if (i >= 0) s.inflight[i] = clone(inflight);
     else s.inflight.push(clone(inflight));
   }
 
-  async deleteInflight(clientId: string, packetId: number): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async deleteInflight(key: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(key);
     if (s !== undefined) s.inflight = s.inflight.filter((x) => x.packetId !== packetId);
   }
 
-  async enqueue(clientId: string, message: StoredMessage): Promise<void> {
-    this.sessions.get(clientId)?.queue.push(clone(message));
+  async enqueue(key: string, message: StoredMessage): Promise<void> {
+    this.sessions.get(key)?.queue.push(clone(message));
   }
 
-  async dequeue(clientId: string, count: number): Promise<void> {
-    this.sessions.get(clientId)?.queue.splice(0, count);
+  async dequeue(key: string, count: number): Promise<void> {
+    this.sessions.get(key)?.queue.splice(0, count);
   }
 
-  async putAwaitingRelease(clientId: string, packetId: number): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async putAwaitingRelease(key: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(key);
     if (s !== undefined && !s.awaitingRelease.includes(packetId)) s.awaitingRelease.push(packetId);
   }
 
-  async deleteAwaitingRelease(clientId: string, packetId: number): Promise<void> {
-    const s = this.sessions.get(clientId);
+  async deleteAwaitingRelease(key: string, packetId: number): Promise<void> {
+    const s = this.sessions.get(key);
     if (s !== undefined) s.awaitingRelease = s.awaitingRelease.filter((x) => x !== packetId);
   }
 

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { AdmitSocket } from './admit.ts';
-import type { Listener, PeerInfo } from './types.ts';
+import type { Listener, OnConnection, PeerInfo } from './types.ts';
 
 export interface TcpListenerOptions {
   name: string;
@@ -21,7 +21,7 @@ export class TcpListener implements Listener {
     this.name = options.name;
   }
 
-  start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
+  start(onConnection: OnConnection): Promise<{ host: string; port: number }> {
     const admit = this.options.admit;
     const server = net.createServer({ noDelay: true }, (socket) => {
       if (admit !== undefined && !admit(socket)) return;

@@ -19,7 +19,7 @@ import { type TlsFiles, type TlsMaterial, TlsFileError, loadCrls, loadMaterial, 
 import { closeServer, listen } from './tcp.ts';
 import { type AdmitSocket, admittingFront } from './admit.ts';
 import { upgradeDeadline } from './websocket.ts';
-import type { Listener, PeerInfo, TlsPeerInfo } from './types.ts';
+import type { ConnectionHandle, Listener, OnConnection, PeerInfo, TlsPeerInfo } from './types.ts';
 
 export interface TlsListenerOptions {
   name: string;
@@ -54,6 +54,8 @@ interface LiveConnection {
   socket: tls.TLSSocket;
   info: TlsPeerInfo;
   serials: { serial: string; issuer: string }[];
+  /** The broker's handle, once the connection was handed over. */
+  handle?: ConnectionHandle;
 }
 
 const refusalText: Record<TlsRefusal, string> = {
@@ -128,7 +130,7 @@ export class TlsListener implements Listener {
     return { ...this.secureOptions(), cert: m.cert, key: m.key, ...(m.ca ? { ca: m.ca } : {}) };
   }
 
-  start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
+  start(onConnection: OnConnection): Promise<{ host: string; port: number }> {
     const serverOptions: tls.TlsOptions = {
       ...this.contextOptions(),
       requestCert: this.policy.requestCert,
@@ -147,7 +149,7 @@ export class TlsListener implements Listener {
         const info = this.accepted.get(socket);
         if (info === undefined) return; // refused by the gate
         socket.setNoDelay(true);
-        onConnection(socket, this.peerInfo(socket, info));
+        this.handedOver(socket, onConnection(socket, this.peerInfo(socket, info)));
       });
     } else {
       const httpsServer = https.createServer({ ...serverOptions, ...upgradeDeadline(this.options.handshakeTimeoutMs) }, (_req, res) => {
@@ -165,7 +167,7 @@ export class TlsListener implements Listener {
         const info = this.accepted.get(socket);
         if (info === undefined) return ws.terminate();
         socket.setNoDelay(true);
-        onConnection(createWebSocketStream(ws), this.peerInfo(socket, info));
+        this.handedOver(socket, onConnection(createWebSocketStream(ws), this.peerInfo(socket, info)));
       });
       this.wss = wss;
       server = httpsServer;
@@ -184,6 +186,11 @@ export class TlsListener implements Listener {
     this.stopWatching();
     this.wss?.close();
     await closeServer(this.front);
+  }
+
+  private handedOver(socket: tls.TLSSocket, handle: ConnectionHandle | void): void {
+    if (handle === undefined) return;
+    for (const live of this.live) if (live.socket === socket) live.handle = handle;
   }
 
   /** Live connections that passed the gate (for tests and $SYS). */
@@ -345,6 +352,12 @@ export class TlsListener implements Listener {
       if (!isRevoked(conn.serials, index)) continue;
       this.live.delete(conn);
       this.options.log.warn({ listener: this.name, remote: conn.socket.remoteAddress, subject: conn.info.subject?.CN }, 'certificate revoked: closing the live connection');
+      if (conn.handle !== undefined) {
+        // The broker closes it as a security disconnect: audited there, the will discarded.
+        conn.handle.securityClose('revoked', 'client certificate revoked by a reloaded CRL: live connection closed');
+        setTimeout(() => conn.socket.destroy(), 1000).unref();
+        continue;
+      }
       this.options.audit({
         event: 'disconnect',
         action: 'revoked',

@@ -26,12 +26,23 @@ export interface TlsPeerInfo {
   pskIdentity?: string;
 }
 
+/**
+ * What the broker gives back for an accepted connection: how a listener ends it for a security
+ * reason it learns about later (a certificate that a reloaded CRL revokes), so that the broker
+ * closes it as a security disconnect (audited, will discarded) rather than as a lost socket.
+ */
+export interface ConnectionHandle {
+  securityClose(action: string, reason: string): void;
+}
+
+export type OnConnection = (stream: Duplex, peer: PeerInfo) => ConnectionHandle | void;
+
 /** A listener accepts sockets and hands each one to the broker as a Duplex plus a PeerInfo. */
 export interface Listener {
   readonly name: string;
   readonly kind: PeerInfo['transport'];
   /** Starts listening; resolves with the bound address. */
-  start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }>;
+  start(onConnection: OnConnection): Promise<{ host: string; port: number }>;
   /** Stops accepting new connections. Live connections are left to the broker. */
   stop(): Promise<void>;
 }

@@ -2,7 +2,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream } from 'ws';
-import type { Listener, PeerInfo } from './types.ts';
+import type { Listener, OnConnection, PeerInfo } from './types.ts';
 import { closeServer, listen } from './tcp.ts';
 import { type AdmitSocket, admittingFront } from './admit.ts';
 
@@ -39,7 +39,7 @@ export class WebSocketListener implements Listener {
     this.name = options.name;
   }
 
-  start(onConnection: (stream: Duplex, peer: PeerInfo) => void): Promise<{ host: string; port: number }> {
+  start(onConnection: OnConnection): Promise<{ host: string; port: number }> {
     const server = http.createServer(upgradeDeadline(this.options.upgradeTimeoutMs), (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket only\n');
     });

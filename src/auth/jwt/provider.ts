@@ -131,7 +131,9 @@ export class JwtAuthenticator implements Authenticator {
         provider: this.id,
         roles,
         attributes: { jwt: payload },
-        ...(typeof payload.exp === 'number' ? { expiresAt: payload.exp * 1000 } : {}),
+        // Skew applies alike at connect and at disconnect: the broker cuts the client off at the
+        // moment the token stops being accepted at connect, so the token it cut off never gets back in.
+        ...(typeof payload.exp === 'number' ? { expiresAt: (payload.exp + this.config.clockSkewSeconds) * 1000 } : {}),
       },
     };
   }

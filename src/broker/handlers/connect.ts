@@ -2,8 +2,11 @@
  * CONNECT. A connection's steps are a visible list, run in order; the first step that refuses
  * ends the connect with its reason code:
  *
- *   checkProtocol → checkUserProperties → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate → bindIdentity
+ *   checkProtocol → checkUserProperties → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate
  *   → authorizeWill → attachSession → connack → resumeDelivery
+ *
+ * A session belongs to the identity that authenticated (owner.ts): the same client id under
+ * another identity is another session, so no step refuses a client id for being in use.
  */
 import { randomUUID } from 'node:crypto';
 import type { AuditEvent } from '../../audit/types.ts';
@@ -15,7 +18,7 @@ import { ReasonCode, reasonName, toV3ConnackReturnCode } from '../../protocol/re
 import { checkTopicName } from '../../protocol/topic.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
-import { ownerOf } from '../owner.ts';
+import { ownerOf } from '../../auth/owner.ts';
 import type { Will } from '../ports.ts';
 import type { Session } from '../session.ts';
 import { rememberAuthMethod } from './reauth.ts';
@@ -53,7 +56,6 @@ const steps: Step[] = [
   checkWill,
   checkAuditLog,
   authenticate,
-  bindIdentity,
   authorizeWill,
   attachSession,
   connack,
@@ -275,23 +277,6 @@ function authenticated(ctx: ConnectContext, result: ChainResult): Refusal | unde
   conn.principal = principal;
   ctx.audited = false; // the allow is recorded once the connect completes
   ctx.verdicts = result.verdicts;
-  return undefined;
-}
-
-function bindIdentity(ctx: ConnectContext): Refusal | undefined {
-  const broker = ctx.broker;
-  const existing = broker.sessions.get(ctx.clientId);
-  const owner = ownerOf(ctx.principal as Principal);
-  if (existing !== undefined && existing.owner !== owner) {
-    ctx.audited = true;
-    broker.gate.audit(ctx.conn, {
-      event: 'session',
-      decision: 'deny',
-      reasonCode: ReasonCode.NotAuthorized,
-      reason: 'client id is bound to another identity',
-    });
-    return { reason: ReasonCode.NotAuthorized, detail: 'client id is in use by another identity' };
-  }
   return undefined;
 }
 

@@ -57,7 +57,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
   if (limiter !== null && !limiter.admit(conn, qos, packetId, packet.payload.length + topic.length, Date.now())) return;
 
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
-  const message: Message = { topic, payload, qos, retain: packet.retain, origin: conn.clientId };
+  const message: Message = { topic, payload, qos, retain: packet.retain, origin: session.key };
   if (conn.v5 && properties !== undefined) {
     const { topicAlias: _a, subscriptionIdentifier: _s, messageExpiryInterval, ...pass } = properties;
     if (messageExpiryInterval !== undefined) {

@@ -47,7 +47,10 @@ export async function reauthenticate(broker: BrokerApi, conn: Connection, packet
   else if (d.value.username !== before.username || d.value.provider !== before.provider) refusal = 'the new credentials are for another identity';
   const common = { action: 'reauthenticate', ...(result.decidedBy !== undefined ? { decidedBy: result.decidedBy } : {}), verdicts: result.verdicts };
   if (refusal !== undefined || d.kind !== 'allow') {
-    gate.audit(conn, { event: 'disconnect', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `re-authentication failed: ${refusal}`, ...common });
+    // The identity is no longer proven: a security disconnect, and its will is discarded.
+    const willDiscarded = conn.will !== null && !conn.discardWill;
+    conn.discardWill = true;
+    gate.audit(conn, { event: 'disconnect', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `re-authentication failed: ${refusal}`, ...common, ...(willDiscarded ? { detail: { willDiscarded: true } } : {}) });
     return conn.disconnect(ReasonCode.NotAuthorized, 're-authentication failed');
   }
   const principal = { ...d.value, clientId: conn.clientId };
