@@ -53,8 +53,9 @@ type MqttParser = MP.Parser & {
   _pos: number;
   _parseString: (maybeBuffer?: boolean) => string | null;
   _parseProperties: () => object | false;
+  _parsePayload: () => boolean;
   settings: ParserSettings;
-  packet: { length: number };
+  packet: { length: number; cmd?: string };
   _resetState(): void;
 };
 
@@ -104,6 +105,17 @@ function sharedParser(): MqttParser {
     if (result !== false && reader !== null && reader.repeated === null) reader.repeated = repeatedProperty(parser._list.slice(start, parser._pos));
     return result;
   };
+  // mqtt-packet skips whatever follows a packet's last field: a packet whose fields do not use
+  // exactly its Remaining Length is malformed. A PUBLISH's payload is the rest by definition.
+  const parsePayload = parser._parsePayload.bind(parser);
+  parser._parsePayload = () => {
+    const done = parsePayload();
+    const reader = parsing;
+    if (done && reader !== null && reader.parseError === null && parser.packet.cmd !== 'publish' && parser._pos !== parser.packet.length) {
+      reader.unused = parser.packet.length - parser._pos;
+    }
+    return done;
+  };
   parser.on('packet', (packet: Packet) => {
     if (parsing !== null) parsing.parsed = packet;
   });
@@ -129,6 +141,8 @@ export class PacketReader {
   badString: string | null = null;
   /** A property identifier found twice in the frame being decoded. */
   repeated: number | null = null;
+  /** Bytes of the frame being decoded that its fields did not use (0: none). */
+  unused = 0;
   parsed: Packet | null = null;
   parseError: Error | null = null;
   /** Set after CONNECT; until then only a CONNECT of at most `maxConnectSize` is accepted. */
@@ -219,6 +233,7 @@ export class PacketReader {
     this.parseError = null;
     this.badString = null;
     this.repeated = null;
+    this.unused = 0;
     const parser = sharedParser();
     parser.settings = this.settings;
     parsing = this;
@@ -246,6 +261,9 @@ export class PacketReader {
       return this.fail(reason, message);
     }
     if (this.badString !== null) return this.fail(ReasonCode.MalformedPacket, this.badString);
+    if (this.unused !== 0) {
+      return this.fail(ReasonCode.MalformedPacket, `the packet's fields do not match its remaining length (${this.unused > 0 ? `${this.unused} bytes left over` : 'too short'})`);
+    }
     const packet = this.parsed as Packet | null;
     // Not kept: an idle connection would hold its CONNECT (password included) until its next packet.
     this.parsed = null;
