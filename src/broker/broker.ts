@@ -84,7 +84,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     this.gate = new SecurityGate({ config, log: this.log, stats: this.stats, audit: parts.audit, chains: parts.chains, authorizers: parts.authorizers });
     // Sessions and delivery call each other only through the hooks wired here.
     let delivery: Delivery | undefined;
-    this.wills = new WillScheduler(this.gate, (message) => this.publishInternal(message), this.log);
+    this.wills = new WillScheduler(this.gate, (message) => this.publishInternal(message), this.log, this.clock);
     this.sessions = new SessionRegistry(this.log, parts.store, router, {
       cancelWill: (clientId, sessionEnds) => this.wills.cancel(clientId, sessionEnds),
       fireWill: (clientId) => this.wills.fire(clientId),

@@ -235,8 +235,21 @@ export class Connection implements Client, ConnectionHandle {
     }
   }
 
+  /**
+   * Encodes and writes a packet within the client's Maximum Packet Size [MQTT-3.1.2-24]: when it
+   * does not fit, the reason string goes first, then user properties, then properties that only
+   * repeat the spec's default. A PUBLISH that still does not fit is not sent; any other packet
+   * that cannot fit ends the connection without it [MQTT-3.1.2-25].
+   */
   send(packet: Packet): void {
-    this.write(encode(packet, this.version));
+    const buf = encode(packet, this.version);
+    if (buf.length <= this.clientMaxPacketSize) return this.write(buf);
+    const fitted = fitPacket(packet, this.version, this.clientMaxPacketSize);
+    if (fitted !== null) return this.write(fitted);
+    if (packet.cmd === 'publish') return;
+    this.close({ code: ReasonCode.PacketTooLarge, detail: `a ${packet.cmd.toUpperCase()} does not fit the client's maximum packet size of ${this.clientMaxPacketSize} bytes` });
+    this.stream.end();
+    setTimeout(() => this.stream.destroy(), 1000).unref();
   }
 
   /**
@@ -284,6 +297,40 @@ export class Connection implements Client, ConnectionHandle {
     const r = this.closeReason;
     return r === null ? 'unknown' : `${r.detail} (${reasonName(r.code)})`;
   }
+}
+
+/** Properties whose absence means the same as this value (MQTT 5, 3.2.2.3): safe to leave out. */
+const DEFAULT_VALUED: Record<string, unknown> = {
+  retainAvailable: true,
+  wildcardSubscriptionAvailable: true,
+  subscriptionIdentifiersAvailable: true,
+  sharedSubscriptionAvailable: true,
+  maximumQoS: 2,
+  topicAliasMaximum: 0,
+  receiveMaximum: 65535,
+  payloadFormatIndicator: false,
+};
+
+/** The packet re-encoded with what may be left out removed, step by step, until it fits; null if it never does. */
+function fitPacket(packet: Packet, version: ProtocolVersion, max: number): Buffer | null {
+  const props = (packet as { properties?: Record<string, unknown> }).properties;
+  if (props === undefined) return null;
+  const trimmed: Record<string, unknown> = { ...props };
+  const steps: (() => boolean)[] = [
+    () => delete trimmed.reasonString,
+    () => delete trimmed.userProperties,
+    () => {
+      for (const [k, v] of Object.entries(DEFAULT_VALUED)) if (trimmed[k] === v) delete trimmed[k];
+      return true;
+    },
+  ];
+  for (const step of steps) {
+    step();
+    const p = { ...packet, properties: { ...trimmed } } as Packet;
+    const buf = encode(p, version);
+    if (buf.length <= max) return buf;
+  }
+  return null;
 }
 
 const CONNECTION = Symbol('connection');

@@ -31,7 +31,10 @@ export function encodePublish(
   }
   const properties: PublishProperties = { ...message.properties };
   if (message.expiresAt !== undefined) {
-    properties.messageExpiryInterval = Math.max(1, Math.ceil((message.expiresAt - now) / 1000)); // [MQTT-3.3.2-6]
+    // What is left of the interval [MQTT-3.3.2-6]; never more than the publisher set.
+    const left = Math.max(1, Math.ceil((message.expiresAt - now) / 1000));
+    const set = message.properties?.messageExpiryInterval;
+    properties.messageExpiryInterval = set !== undefined && set < left ? set : left;
   } else delete properties.messageExpiryInterval;
   if (subscriptionIds !== undefined) {
     properties.subscriptionIdentifier = subscriptionIds.length === 1 ? (subscriptionIds[0] as number) : subscriptionIds;

@@ -7,6 +7,7 @@ import type { Logger } from '../log.ts';
 import type { GateApi } from './handler-api.ts';
 import type { Message } from './message.ts';
 import type { Client, Will } from './ports.ts';
+import type { CoarseClock } from './stats.ts';
 
 export class WillScheduler {
   /** Delayed wills by session key. */
@@ -16,6 +17,8 @@ export class WillScheduler {
     private readonly gate: Pick<GateApi, 'authorizePublish'>,
     private readonly publishInternal: (message: Message) => number,
     private readonly log: Logger,
+    /** The clock every message's expiry is read from; a will's must be set from the same one. */
+    private readonly clock: CoarseClock,
   ) {}
 
   /** A connection ended: its will goes now, after its delay, or not at all. */
@@ -67,7 +70,7 @@ export class WillScheduler {
       if (will.properties !== undefined) {
         const { messageExpiryInterval, ...properties } = will.properties;
         if (messageExpiryInterval !== undefined) {
-          message.expiresAt = Date.now() + messageExpiryInterval * 1000;
+          message.expiresAt = this.clock.now + messageExpiryInterval * 1000; // [MQTT-3.3.2-6]
           (properties as Record<string, unknown>).messageExpiryInterval = messageExpiryInterval;
         }
         if (Object.keys(properties).length > 0) message.properties = properties;

@@ -80,6 +80,9 @@ export function handleConnect(broker: BrokerApi, conn: Connection, packet: Conne
   conn.clientId = packet.clientId;
   if (v5) {
     conn.problemInformation = packet.properties?.requestProblemInformation !== false;
+    // Every packet from here on fits it, a refusing CONNACK included [MQTT-3.1.2-24].
+    const max = packet.properties?.maximumPacketSize;
+    if (max !== undefined) conn.clientMaxPacketSize = max;
   }
   return runSteps(ctx, 0);
 }
@@ -317,7 +320,6 @@ function connack(ctx: ConnectContext): undefined {
   if (conn.v5) {
     const p = packet.properties ?? {};
     conn.sendWindow = Math.min(p.receiveMaximum ?? 65535, limits.maxInflight);
-    if (p.maximumPacketSize !== undefined) conn.clientMaxPacketSize = p.maximumPacketSize;
     conn.outboundAliasMaximum = p.topicAliasMaximum ?? 0;
     conn.send({
       cmd: 'connack',
