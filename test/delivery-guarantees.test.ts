@@ -4,9 +4,34 @@
  * groups hand a departed member's messages to another member, and expiry is never forwarded
  * higher than it was set.
  */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import test from 'ava';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { connect, delay, startBroker } from './helpers.ts';
+import { ReasonCode, type Authorizer } from '../src/index.ts';
+import { connect, delay, rawConnect, startBroker } from './helpers.ts';
+import { PacketType, encodeConnect, frame, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
+
+const HERE = path.dirname(new URL(import.meta.url).pathname);
+/** Debian's python3, where python3-paho-mqtt installs. */
+const PY = '/usr/bin/python3';
+
+function python(script: string, args: string[], ms: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PY, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
 
 function collector(port: number, options: IClientOptions): Promise<{ client: MqttClient; got: mqtt.IPublishPacket[] }> {
   return new Promise((resolve, reject) => {
@@ -40,4 +65,114 @@ test('a will with Message Expiry Interval 100 is forwarded with 100 or less, 10 
   const intervals = sub.got.map((p) => p.properties?.messageExpiryInterval);
   t.true(intervals.every((x) => x !== undefined && x <= 100 && x >= 99), `forwarded intervals: ${intervals.join(', ')}`);
   sub.client.end(true);
+});
+
+// ── flow control ─────────────────────────────────────────────────────────────
+
+for (const version of [4, 5] as const) {
+  test(`a burst of 10,000 QoS 1 messages sent at once reaches one healthy subscriber complete and in order, on the defaults (MQTT.js ${version === 5 ? 'v5' : 'v3.1.1'})`, async (t) => {
+    const b = await startBroker();
+    t.teardown(() => b.stop());
+    const N = 10_000;
+    const sub = await collector(b.port, { clientId: `burst-sub-${version}`, protocolVersion: version });
+    await sub.client.subscribeAsync('burst/js', { qos: 1 });
+    const pub = await connect(b.port, { clientId: `burst-pub-${version}`, protocolVersion: version });
+    const acks: Promise<unknown>[] = [];
+    for (let i = 0; i < N; i++) acks.push(pub.publishAsync('burst/js', String(i), { qos: 1 }));
+    await Promise.all(acks);
+    t.true(await until(() => sub.got.length >= N, 30_000), `received ${sub.got.length} of ${N}`);
+    t.is(sub.got.length, N);
+    t.true(sub.got.every((p, i) => p.payload.toString() === String(i)), 'in order');
+    t.is(b.broker.stats.queueRefusedQos12, 0, 'nothing refused for lack of room');
+    sub.client.end(true);
+    pub.end(true);
+  });
+}
+
+for (const version of ['3', '5'] as const) {
+  test(`a burst of 10,000 QoS 1 messages from paho-mqtt (${version === '5' ? 'v5' : 'v3.1.1'}) arrives complete and in order`, async (t) => {
+    if (!fs.existsSync(PY)) {
+      t.log(`${PY} is missing: install python3-paho-mqtt`);
+      t.pass();
+      return;
+    }
+    const b = await startBroker();
+    t.teardown(() => b.stop());
+    const out = await python(path.join(HERE, 'delivery', 'paho_burst.py'), [String(b.port), '10000', version], 90_000);
+    t.is(out.stdout.trim().split('\n').join(' '), '10000 OK', out.stderr);
+  });
+}
+
+test('a stuck subscriber (never acks) beside a healthy one: the healthy one gets everything, the stuck one holds the publisher only until it stalls, its drops are counted and memory stays bounded', async (t) => {
+  const b = await startBroker({ limits: { flowControl: { stallMs: 500 }, maxQueuedMessages: 200 } });
+  t.teardown(() => b.stop());
+  const stuck = await rawConnect(b.port);
+  stuck.write(encodeConnect({ clientId: 'stuck', version: 4 }));
+  await waitForType(stuck, PacketType.CONNACK);
+  stuck.write(frame(PacketType.SUBSCRIBE, 0x02, Buffer.from([0, 1, 0, 5, ...Buffer.from('stuck'), 1])));
+  await waitForType(stuck, PacketType.SUBACK);
+  const healthy = await collector(b.port, { clientId: 'healthy' });
+  await healthy.client.subscribeAsync('stuck', { qos: 1 });
+  const pub = await connect(b.port, { clientId: 'stuck-pub' });
+  const N = 3000;
+  const rssBefore = process.memoryUsage().rss;
+  const started = Date.now();
+  const acks: Promise<unknown>[] = [];
+  for (let i = 0; i < N; i++) acks.push(pub.publishAsync('stuck', Buffer.alloc(256, i % 256), { qos: 1 }));
+  await Promise.all(acks);
+  t.true(await until(() => healthy.got.length >= N, 20_000), `healthy got ${healthy.got.length} of ${N}`);
+  t.true(Date.now() - started < 15_000, 'the stuck subscriber held the publisher for a bounded time only');
+  t.true(b.broker.stats.queueRefusedQos12 > 0, "the stuck subscriber's overflow is counted");
+  t.true(process.memoryUsage().rss - rssBefore < 200 * 1024 * 1024, 'memory stays bounded');
+  stuck.socket.destroy();
+  healthy.client.end(true);
+  pub.end(true);
+});
+
+// ── shared subscriptions ─────────────────────────────────────────────────────
+
+test('a $share member that stops acking and goes away (session expiry 0): its in-flight and queued messages go to the other member, which gets all 10', async (t) => {
+  const b = await startBroker();
+  t.teardown(() => b.stop());
+  // Member A: a raw v5 client with Receive Maximum 3 that never acks.
+  const a = await rawConnect(b.port);
+  a.write(encodeConnect({ clientId: 'member-a', version: 5, properties: { receiveMaximum: 3 } }));
+  await waitForType(a, PacketType.CONNACK);
+  a.write(frame(PacketType.SUBSCRIBE, 0x02, Buffer.from([0, 1, 0, 0, 17, ...Buffer.from('$share/g/shared/x'), 1])));
+  await waitForType(a, PacketType.SUBACK);
+  // Member B subscribes later: the first messages go to A (round robin takes turns).
+  const bm = await collector(b.port, { clientId: 'member-b', protocolVersion: 5 });
+  await bm.client.subscribeAsync('$share/g/shared/x', { qos: 1 });
+  const pub = await connect(b.port, { clientId: 'share-pub', protocolVersion: 5 });
+  for (let i = 0; i < 10; i++) await pub.publishAsync('shared/x', `m${i}`, { qos: 1 });
+  await delay(200);
+  const toA = ofType(packetsOf(a), PacketType.PUBLISH).length;
+  t.true(toA > 0, 'A was sent some (and acked none)');
+  a.socket.destroy();
+  t.true(await until(() => bm.got.length >= 10, 5000), `B got ${bm.got.length} of 10`);
+  t.deepEqual([...new Set(bm.got.map((p) => p.payload.toString()))].sort(), Array.from({ length: 10 }, (_, i) => `m${i}`).sort());
+  bm.client.end(true);
+  pub.end(true);
+});
+
+test('a $share member that may not read a message (deliver denied) or cannot take its size passes it to another member', async (t) => {
+  const denyA: Authorizer = {
+    id: 'deny-a',
+    authorize: (who, action) => (action === 'deliver' && who.clientId === 'small-a' ? { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'a may not read' } : { kind: 'allow', value: undefined }),
+  };
+  const b = await startBroker({ authorizers: [] }, { authorizers: [denyA] });
+  t.teardown(() => b.stop());
+  const a = await collector(b.port, { clientId: 'small-a', protocolVersion: 5 });
+  await a.client.subscribeAsync('$share/g2/s/y', { qos: 1 });
+  const c = await collector(b.port, { clientId: 'tiny-c', protocolVersion: 5, properties: { maximumPacketSize: 40 } });
+  await c.client.subscribeAsync('$share/g2/s/y', { qos: 1 });
+  const d = await collector(b.port, { clientId: 'ok-d', protocolVersion: 5 });
+  await d.client.subscribeAsync('$share/g2/s/y', { qos: 1 });
+  const pub = await connect(b.port, { clientId: 'share-pub2', protocolVersion: 5 });
+  for (let i = 0; i < 6; i++) await pub.publishAsync('s/y', `big-message-${i}-${'x'.repeat(60)}`, { qos: 1 });
+  t.true(await until(() => d.got.length >= 6, 3000), `d got ${d.got.length} of 6`);
+  t.is(a.got.length, 0);
+  t.is(c.got.length, 0);
+  for (const x of [a, c, d]) x.client.end(true);
+  pub.end(true);
 });

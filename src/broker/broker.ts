@@ -89,6 +89,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
       cancelWill: (clientId, sessionEnds) => this.wills.cancel(clientId, sessionEnds),
       fireWill: (clientId) => this.wills.fire(clientId),
       wentOffline: (session) => delivery?.wentOffline(session),
+      sessionEnded: (session) => delivery?.sessionEnded(session),
     });
     delivery = this.delivery = new Delivery({ config, log: this.log, stats: this.stats, clock: this.clock, router, gate: this.gate, store: this.sessions });
     this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log, {
@@ -178,10 +179,11 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     const now = this.clock.tick();
     const connectDeadline = this.config.limits.connectTimeoutMs;
     this.delivery.sweepRefusals(now);
+    this.delivery.sweepFlow(now);
     for (const conn of this.connections) {
       if (conn.state === 'connected') {
-        // A client held back by its rate limit is not read, so it cannot show activity: no keep-alive check then.
-        if (conn.keepAlive > 0 && conn.readPausedUntil === 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
+        // A client held back by its rate limit or by flow control is not read, so it cannot show activity: no keep-alive check then.
+        if (conn.keepAlive > 0 && conn.readPausedUntil === 0 && conn.flowHolds === 0 && now - conn.lastSeen > conn.keepAlive * 1500) {
           conn.disconnect(ReasonCode.KeepAliveTimeout, 'keep-alive timeout'); // [MQTT-3.1.2-22]
           continue;
         }

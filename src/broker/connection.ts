@@ -51,6 +51,8 @@ export class Connection implements Client, ConnectionHandle {
   private yielding = false;
   /** Not reading until the audit log catches up (SecurityGate.holdForAudit). */
   private auditHeld = false;
+  /** Subscribers of this client's messages that are behind and hold its reading (flow control). */
+  flowHolds = 0;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
   rateLimitedSince = 0;
   clientBucket: TokenBucket | null = null;
@@ -115,7 +117,7 @@ export class Connection implements Client, ConnectionHandle {
     if (this.state === 'closed') return;
     // Held while a handler is pending, while a rate-limit throttle pauses this client (the rest of
     // the chunk read before the pause), or while the audit log is behind.
-    if (this.busy || this.readPausedUntil !== 0 || this.auditHeld || this.holdsForAudit()) {
+    if (this.busy || this.readPausedUntil !== 0 || this.auditHeld || this.flowHolds !== 0 || this.holdsForAudit()) {
       this.inbox.push(packet);
       return;
     }
@@ -148,10 +150,10 @@ export class Connection implements Client, ConnectionHandle {
   }
 
   private drainInbox(): void {
-    while (!this.busy && this.readPausedUntil === 0 && !this.auditHeld && this.inbox.length > 0 && this.state !== 'closed' && !this.holdsForAudit()) {
+    while (!this.busy && this.readPausedUntil === 0 && !this.auditHeld && this.flowHolds === 0 && this.inbox.length > 0 && this.state !== 'closed' && !this.holdsForAudit()) {
       this.run(this.inbox.shift() as Packet);
     }
-    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && !this.yielding && !this.auditHeld && this.state !== 'closed') this.stream.resume();
+    if (!this.busy && this.readPausedUntil === 0 && !this.readBlocked && !this.yielding && !this.auditHeld && this.flowHolds === 0 && this.state !== 'closed') this.stream.resume();
   }
 
   /** The turn this connection gave up is over: read again (unless something else holds it). */
@@ -178,6 +180,21 @@ export class Connection implements Client, ConnectionHandle {
   /** The audit log caught up (or can no longer): read again, unless something else holds this connection. */
   releaseAudit(): void {
     this.auditHeld = false;
+    if (!this.busy) this.drainInbox();
+  }
+
+  /**
+   * A subscriber of this client's messages is behind: stop reading after the packet being
+   * handled, so TCP slows the publisher down instead of the subscriber's queue overflowing.
+   */
+  holdForFlow(): void {
+    if (this.flowHolds++ === 0) this.stream.pause();
+  }
+
+  /** One subscriber that held this client caught up (or gave up): read again when none holds it. */
+  releaseFlow(): void {
+    if (this.flowHolds === 0 || --this.flowHolds !== 0) return;
+    this.lastSeen = Date.now(); // the keep-alive clock restarts when we read again
     if (!this.busy) this.drainInbox();
   }
 

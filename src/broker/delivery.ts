@@ -15,7 +15,7 @@ import type { Message } from './message.ts';
 import type { Client } from './ports.ts';
 import { RetainedMessages } from './retained.ts';
 import type { Router } from './router.ts';
-import { queuedSize, type Inflight, type QueuedDelivery, type Session } from './session.ts';
+import { queuedSize, type Inflight, type QueuedDelivery, type Session, type SharedTarget } from './session.ts';
 import type { BrokerStats, CoarseClock } from './stats.ts';
 
 /** What delivery keeps in the store (SessionRegistry writes it). */
@@ -48,6 +48,14 @@ export class Delivery implements DeliveryApi {
   private readonly store: DeliveryStore;
   /** Sessions with QoS 1/2 queue refusals not yet in the audit log; the sweep records them. */
   private readonly refusalsPending = new Set<Session>();
+  /** Connected subscribers over their high-water mark that hold publishers (flow control). */
+  private readonly holding = new Set<Session>();
+  private readonly flowOn: boolean;
+  private readonly stallMs: number;
+  private readonly highWater: number;
+  private readonly highWaterBytes: number;
+  private readonly lowWater: number;
+  private readonly lowWaterBytes: number;
   private dropWarnedAt = 0;
 
   constructor(parts: DeliveryParts) {
@@ -58,11 +66,19 @@ export class Delivery implements DeliveryApi {
     this.router = parts.router;
     this.gate = parts.gate;
     this.store = parts.store;
+    const limits = parts.config.limits;
+    this.flowOn = limits.flowControl.enabled && limits.maxQueuedMessages > 1;
+    this.stallMs = limits.flowControl.stallMs;
+    this.highWater = Math.ceil(limits.maxQueuedMessages / 2);
+    this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
+    this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
+    this.lowWaterBytes = Math.floor(limits.maxQueuedBytes / 4);
   }
 
   // ── routing ────────────────────────────────────────────────────────────────
 
-  route(message: Message): number {
+  /** `from`: the publishing client, which flow control may hold; null for the broker's own messages. */
+  route(message: Message, from: Client | null = null): number {
     if (message.retain) {
       this.retained.set(message);
       this.store.retained(message);
@@ -80,13 +96,39 @@ export class Delivery implements DeliveryApi {
     for (let i = 0; i < n; i++) {
       const session = sessions[i] as Session;
       const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
-      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds);
+      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, from);
     }
-    for (const { session, sub } of picks) {
-      const qos = (sub.qos < message.qos ? sub.qos : message.qos) as QoS;
-      this.deliver(session, message, qos, sub.retainAsPublished ? message.retain : false, sub.subscriptionId === undefined ? undefined : [sub.subscriptionId]);
-    }
+    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, from, null);
     return total;
+  }
+
+  /**
+   * A message for a `$share` group goes to one member. A member that refuses it now (not
+   * authorized to read it, or it is larger than the member's Maximum Packet Size) passes it to
+   * another member, until one takes it or every member has refused [MQTT 5.0 4.8.2].
+   */
+  private deliverShared(group: SharedTarget, first: Session, sub: StoredSubscription, message: Message, from: Client | null, tried: Set<Session> | null): void {
+    let session = first;
+    let s = sub;
+    for (;;) {
+      const qos = (s.qos < message.qos ? s.qos : message.qos) as QoS;
+      if (this.deliver(session, message, qos, s.retainAsPublished ? message.retain : false, s.subscriptionId === undefined ? undefined : [s.subscriptionId], from, group)) return;
+      tried ??= new Set();
+      tried.add(session);
+      const next = group.pickExcept(tried);
+      if (next === undefined) return;
+      session = next.session;
+      s = next.sub;
+    }
+  }
+
+  /** A delivery that came through a shared group and that `session` could not take: another member gets it. */
+  private passOn(session: Session, delivery: QueuedDelivery): void {
+    const share = delivery.share;
+    if (share === undefined) return;
+    const tried = new Set<Session>([session]);
+    const next = share.pickExcept(tried);
+    if (next !== undefined) this.deliverShared(share, next.session, next.sub, delivery.message, null, tried);
   }
 
   /** Sends the retained messages matching a new subscription, each with the retain flag set [MQTT-3.3.1-9]. */
@@ -99,39 +141,47 @@ export class Delivery implements DeliveryApi {
 
   // ── delivery ───────────────────────────────────────────────────────────────
 
-  deliver(session: Session, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined): void {
+  /**
+   * One delivery to one session: sent now, queued, or (expired, offline QoS 0) dropped. Returns
+   * false only when the session refused it at once, leaving nothing queued: the deliver check
+   * denied it, or it is larger than the client's Maximum Packet Size. A shared group then tries
+   * another member.
+   */
+  deliver(session: Session, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, from: Client | null = null, share?: SharedTarget): boolean {
     if (message.expiresAt !== undefined && message.expiresAt <= this.clock.now) {
       this.stats.messagesExpired++;
-      return;
+      return true;
     }
     const conn = session.connection;
     // A socket over limits.maxSocketBufferBytes is not written to: its deliveries queue (backpressure).
     if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 ? session.queuedQos0 === 0 : session.queue.length === 0 && session.inflight.size < conn.sendWindow)) {
       const allowed = this.gate.authorize(conn, 'deliver', message.topic, qos, retain);
       if (allowed instanceof Promise) {
-        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds));
-      } else if (allowed.kind === 'allow') {
-        this.sendNow(session, conn, message, qos, retain, subscriptionIds);
+        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share));
+        return true;
       }
-      return;
+      return allowed.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share);
     }
     if (conn === null) {
-      if (!session.persistent) return;
-      if (qos === 0 && !this.config.limits.queueQos0) return; // QoS 0 is not kept for offline sessions unless configured
+      if (!session.persistent) return true;
+      if (qos === 0 && !this.config.limits.queueQos0) return true; // QoS 0 is not kept for offline sessions unless configured
     }
-    this.enqueue(session, { message, qos, retain, subscriptionIds });
+    const delivery: QueuedDelivery = { message, qos, retain, subscriptionIds };
+    if (share !== undefined) delivery.share = share;
+    if (this.enqueue(session, delivery) && from !== null && qos > 0) this.holdPublisher(session, from);
+    return true;
   }
 
-  private sendNow(session: Session, conn: Client, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined): void {
-    if (conn.state !== 'connected') return;
-    if (qos === 0) {
-      this.transmit(conn, message, 0, retain, subscriptionIds, 0, false);
-      return;
-    }
+  /** Writes the delivery to the client; false when its Maximum Packet Size forbids it. */
+  private sendNow(session: Session, conn: Client, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, share?: SharedTarget): boolean {
+    if (conn.state !== 'connected') return true;
+    if (qos === 0) return this.transmit(conn, message, 0, retain, subscriptionIds, 0, false);
     const inflight: Inflight = { message, qos, retain, subscriptionIds, packetId: session.allocatePacketId(), state: 'publish' };
-    if (!this.transmit(conn, message, qos, retain, subscriptionIds, inflight.packetId, false)) return;
+    if (share !== undefined) inflight.share = share;
+    if (!this.transmit(conn, message, qos, retain, subscriptionIds, inflight.packetId, false)) return false;
     session.inflightForWrite().set(inflight.packetId, inflight);
     this.store.inflight(session, inflight);
+    return true;
   }
 
   /** Encodes and writes a PUBLISH. Returns false when the client's maximum packet size forbids it [MQTT-3.1.2-24]. */
@@ -157,14 +207,17 @@ export class Delivery implements DeliveryApi {
    * publishers and are kept). Every loss is counted, and QoS 1/2 refusals are audited. The first
    * message always fits, so no size is undeliverable. Only QoS 1/2 entries are written to the store.
    */
-  private enqueue(session: Session, delivery: QueuedDelivery): void {
+  private enqueue(session: Session, delivery: QueuedDelivery): boolean {
     const limits = this.config.limits;
     const queue = session.queue;
     const size = queuedSize(delivery.message);
     const maxBytes = limits.maxQueuedBytes;
     const max = limits.maxQueuedMessages;
     if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
-      if (delivery.qos === 0) return this.queueLoss(session, delivery, false);
+      if (delivery.qos === 0) {
+        this.queueLoss(session, delivery, false);
+        return false;
+      }
       let i = 0;
       while (session.queuedQos0 > 0 && (queue.length >= max || session.queuedBytes + size > maxBytes)) {
         while ((queue[i] as QueuedDelivery).qos !== 0) i++;
@@ -173,12 +226,59 @@ export class Delivery implements DeliveryApi {
         session.queuedQos0--;
         this.queueLoss(session, evicted, false);
       }
-      if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) return this.queueLoss(session, delivery, true);
+      if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
+        this.queueLoss(session, delivery, true);
+        return false;
+      }
     }
     queue.push(delivery);
     session.queuedBytes += size;
     if (delivery.qos === 0) session.queuedQos0++;
     this.store.queued(session, delivery);
+    return true;
+  }
+
+  // ── flow control ───────────────────────────────────────────────────────────
+
+  /**
+   * A QoS 1/2 message was queued for a connected subscriber: when its queue is over the
+   * high-water mark (half of limits.maxQueuedMessages or maxQueuedBytes), the publisher is not
+   * read again until the subscriber is down to the low-water mark (a quarter). So a burst is
+   * slowed down by TCP instead of overflowing the queue after the publisher was told "accepted".
+   * Never for a subscriber's own messages (it must stay readable to send its acks), and never
+   * for a subscriber that has stalled (flowControl.stallMs with no progress).
+   */
+  private holdPublisher(session: Session, from: Client): void {
+    const conn = session.connection;
+    if (!this.flowOn || conn === null || conn === from || session.flowStalled || from.state !== 'connected') return;
+    if (session.queue.length < this.highWater && session.queuedBytes < this.highWaterBytes) return;
+    let waiters = session.flowWaiters;
+    if (waiters === null) {
+      waiters = session.flowWaiters = new Set();
+      session.lastProgressAt = this.clock.now;
+      this.holding.add(session);
+    } else if (waiters.has(from)) return;
+    waiters.add(from);
+    from.holdForFlow();
+  }
+
+  /** The subscriber caught up, left, or stalled: every publisher it held is read again. */
+  private releasePublishers(session: Session): void {
+    const waiters = session.flowWaiters;
+    if (waiters === null) return;
+    session.flowWaiters = null;
+    this.holding.delete(session);
+    for (const c of waiters) c.releaseFlow();
+  }
+
+  /** Called by the broker's sweep: a subscriber that made no progress for stallMs while holding publishers lets them go. */
+  sweepFlow(now: number): void {
+    for (const session of this.holding) {
+      if (now - session.lastProgressAt <= this.stallMs) continue;
+      session.flowStalled = true;
+      this.log.warn({ clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, stallMs: this.stallMs }, 'subscriber stalled: publishers it held are read again; its queue limits apply');
+      this.releasePublishers(session);
+    }
   }
 
   /** Counts a message a subscriber's full queue lost; logs (rate-limited) and audits QoS 1/2 refusals. */
@@ -228,6 +328,7 @@ export class Delivery implements DeliveryApi {
 
   /** A persistent session going offline keeps only QoS 1/2 (and QoS 0 when limits.queueQos0). */
   wentOffline(session: Session): void {
+    this.releasePublishers(session);
     if (session.queue.length === 0 || this.config.limits.queueQos0) return;
     const kept = session.queue.filter((q) => q.qos > 0);
     const dropped = session.queue.length - kept.length;
@@ -284,9 +385,9 @@ export class Delivery implements DeliveryApi {
       }
       const allowed = this.gate.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain);
       if (allowed instanceof Promise) {
-        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds));
-      } else if (allowed.kind === 'allow') {
-        this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds);
+        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share));
+      } else if (allowed.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) {
+        this.passOn(session, next);
       }
     }
     if (sent > 0) {
@@ -294,7 +395,12 @@ export class Delivery implements DeliveryApi {
       session.queuedBytes -= bytes;
       session.queuedQos0 -= qos0;
       session.queueFullSince = 0;
+      session.lastProgressAt = this.clock.now;
       this.store.dequeued(session, stored);
+      if (session.queue.length <= this.lowWater && session.queuedBytes <= this.lowWaterBytes) {
+        session.flowStalled = false;
+        this.releasePublishers(session);
+      }
     }
   }
 
@@ -303,6 +409,7 @@ export class Delivery implements DeliveryApi {
   completeInflight(session: Session, packetId: number): void {
     session.inflight.delete(packetId);
     session.queueFullSince = 0; // an acknowledgement is progress: not a stalled consumer
+    session.lastProgressAt = this.clock.now;
     this.store.inflightDone(session, packetId);
     const conn = session.connection;
     if (conn !== null) {
@@ -362,6 +469,19 @@ export class Delivery implements DeliveryApi {
     if (allowed && this.transmit(conn, inflight.message, inflight.qos, inflight.retain, inflight.subscriptionIds, inflight.packetId, true)) return false;
     session.inflight.delete(inflight.packetId);
     this.store.inflightDone(session, inflight.packetId);
+    this.passOn(session, inflight);
     return true;
+  }
+
+  /**
+   * A session ended (not a persistent one going offline): publishers it held are read again, and
+   * what it held from shared groups, in flight and queued, goes to other members in the order it
+   * was sent [MQTT 5.0 4.8.2]. A message the client already acknowledged with PUBREC is done.
+   */
+  sessionEnded(session: Session): void {
+    this.releasePublishers(session);
+    this.refusalsPending.delete(session);
+    for (const inflight of session.inflight.values()) if (inflight.state === 'publish') this.passOn(session, inflight);
+    for (const queued of session.queue) this.passOn(session, queued);
   }
 }

@@ -46,8 +46,11 @@ export interface SessionsApi {
 
 /** Routing and delivery (src/broker/delivery.ts). */
 export interface DeliveryApi {
-  /** Stores a retained message if needed and delivers to every matching subscription; returns how many matched. */
-  route(message: Message): number;
+  /**
+   * Stores a retained message if needed and delivers to every matching subscription; returns how
+   * many matched. `from`, the publisher, may be held by flow control.
+   */
+  route(message: Message, from?: Client | null): number;
   /** PUBACK, PUBCOMP or a refusing PUBREC: the in-flight slot is free. */
   completeInflight(session: Session, packetId: number): void;
   /** PUBREC: the QoS 2 delivery now waits for PUBCOMP. */

@@ -74,6 +74,10 @@ export interface Client {
   close(reason: { code: number; detail: string }): void;
   /** Ends a rate-limit throttle. */
   resumeReading(): void;
+  /** Subscribers behind on this client's messages that hold its reading (flow control); 0: none. */
+  readonly flowHolds: number;
+  holdForFlow(): void;
+  releaseFlow(): void;
   /** The audit log caught up: read again. */
   releaseAudit(): void;
   describeClose(): string;

@@ -4,7 +4,7 @@
  * QoS and every subscription identifier, so overlapping subscriptions deliver one copy.
  */
 import type { StoredSubscription } from '../store/types.ts';
-import type { Session } from './session.ts';
+import type { Session, SharedTarget } from './session.ts';
 
 class Node {
   children: Map<string, Node> | null = null;
@@ -21,7 +21,7 @@ class Node {
 }
 
 /** One `$share/{group}/{filter}` subscription: its members take turns. */
-export class SharedGroup {
+export class SharedGroup implements SharedTarget {
   readonly members = new Map<Session, StoredSubscription>();
   private order: Session[] = [];
   private next = 0;
@@ -52,11 +52,28 @@ export class SharedGroup {
     this.next = (this.next + 1) % n;
     return session;
   }
+
+  /** Another member to take a message one member could not (it left, refused it, or it is too large for it). */
+  pickExcept(exclude: ReadonlySet<Session>): { session: Session; sub: StoredSubscription } | undefined {
+    let offline: Session | undefined;
+    const n = this.order.length;
+    for (let i = 0; i < n; i++) {
+      const session = this.order[(this.next + i) % n] as Session;
+      if (exclude.has(session)) continue;
+      if (session.connection !== null) {
+        this.next = (this.next + i + 1) % n;
+        return { session, sub: this.members.get(session) as StoredSubscription };
+      }
+      offline ??= session;
+    }
+    return offline === undefined ? undefined : { session: offline, sub: this.members.get(offline) as StoredSubscription };
+  }
 }
 
 export interface SharedPick {
   session: Session;
   sub: StoredSubscription;
+  group: SharedGroup;
 }
 
 export class Router {
@@ -182,7 +199,7 @@ export class Router {
     if (shared !== null) {
       for (const group of shared.values()) {
         const session = group.pick();
-        if (session !== undefined) this.sharedMatched.push({ session, sub: group.members.get(session) as StoredSubscription });
+        if (session !== undefined) this.sharedMatched.push({ session, sub: group.members.get(session) as StoredSubscription, group });
       }
     }
   }

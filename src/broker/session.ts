@@ -4,12 +4,20 @@ import { sessionKey, type StoredSession, type StoredSubscription } from '../stor
 import type { Client } from './ports.ts';
 import type { Message } from './message.ts';
 
+/** A `$share` group a delivery came through: another member may take it (router.ts SharedGroup). */
+export interface SharedTarget {
+  readonly name: string;
+  pickExcept(exclude: ReadonlySet<Session>): { session: Session; sub: StoredSubscription } | undefined;
+}
+
 /** A delivery waiting for the client: offline, or its in-flight window is full. */
 export interface QueuedDelivery {
   message: Message;
   qos: QoS;
   retain: boolean;
   subscriptionIds: number[] | undefined;
+  /** Set when it came through a shared subscription: it goes to another member if this one cannot take it. */
+  share?: SharedTarget;
 }
 
 /** An outgoing QoS 1/2 delivery not yet fully acknowledged. */
@@ -89,6 +97,12 @@ export class Session {
   refusalsAuditedAt = 0;
   connection: Client | null = null;
   principal: Principal | null = null;
+  /** Publishers held (flow control) because this subscriber's queue is over its high-water mark. */
+  flowWaiters: Set<Client> | null = null;
+  /** Last acknowledgement or send from the queue while holding publishers (ms, the broker's clock). */
+  lastProgressAt = 0;
+  /** Held publishers for too long without progress: holds nobody until its queue is down to the low-water mark. */
+  flowStalled = false;
   /** The listener of the last connection, for checks made while the session is offline. */
   listener = '';
   expiryTimer: NodeJS.Timeout | null = null;

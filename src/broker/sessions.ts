@@ -25,6 +25,8 @@ export interface SessionHooks {
   fireWill(key: string): void;
   /** A persistent session lost its connection: trim its queue to what offline sessions keep. */
   wentOffline(session: Session): void;
+  /** A session ended (its routes are gone): what it held from shared groups goes to other members. */
+  sessionEnded(session: Session): void;
 }
 
 export class SessionRegistry implements SessionsApi {
@@ -146,6 +148,7 @@ export class SessionRegistry implements SessionsApi {
       session.stored = false;
       this.persist((s) => s.deleteSession(session.key));
     }
+    this.hooks.sessionEnded(session);
   }
 
   // ── subscriptions ──────────────────────────────────────────────────────────

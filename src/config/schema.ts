@@ -146,6 +146,13 @@ const limits = z
     maxSocketBufferBytes: z.number().int().min(16 * 1024).default(1024 * 1024),
     /** A connected client whose queue stays full, with no progress, this long is disconnected (0x97); 0: never. */
     slowConsumerTimeoutMs: z.number().int().min(0).default(30_000),
+    /**
+     * Flow control back to publishers: while a connected subscriber's queue is over half its
+     * limits, the publishers of QoS 1/2 messages queued for it are not read, until it is down to
+     * a quarter. A subscriber that acknowledges nothing for `stallMs` while it holds publishers
+     * is stalled: it holds nobody until it has caught up (its queue limits apply as before).
+     */
+    flowControl: z.strictObject({ enabled: z.boolean().default(true), stallMs: z.number().int().min(100).max(600_000).default(5000) }).prefault({}),
     queueQos0: z.boolean().default(false),
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),

@@ -78,7 +78,7 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   broker.stats.messagesReceived++;
   let reason: number = ReasonCode.Success;
   if (decision.kind === 'allow') {
-    const matched = broker.delivery.route(message);
+    const matched = broker.delivery.route(message, conn);
     if (matched === 0 && conn.v5) reason = ReasonCode.NoMatchingSubscribers;
   } else {
     // v5 learns why; a v3.1.1 publisher is acknowledged as usual and the message dropped.
