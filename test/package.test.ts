@@ -42,8 +42,13 @@ const DEFAULT_PORTS = [1883, 8883, 8884];
 /** Taken by any test that starts a broker on the built-in defaults, whatever its file. */
 const DEFAULT_PORTS_LOCK = path.join(os.tmpdir(), 'portcullis-default-ports.lock');
 
-/** The child processes see neither npm's run-script variables nor NODE_OPTIONS: a plain node. */
-const plainEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'NODE_OPTIONS'));
+/**
+ * The child processes run on a plain node (no NODE_OPTIONS) and without the variables `npm test`
+ * sets for its scripts (npm_config_local_prefix would point npm at this checkout), except where
+ * npm's cache and configuration are.
+ */
+const KEPT_NPM_SETTINGS = /^npm_config_(cache|userconfig|globalconfig|registry|cafile)$/i;
+const plainEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => (!/^npm_/i.test(k) || KEPT_NPM_SETTINGS.test(k)) && k !== 'NODE_OPTIONS'));
 
 interface Exit {
   code: number | null;
