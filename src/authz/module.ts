@@ -2,13 +2,27 @@
  * An authorizer from a module of the user's own: `{ type: 'module', path, options }`. The module
  * exports a factory, as its default export or as `createAuthorizer`, that returns an
  * {@link Authorizer} (or a promise of one). Until it has loaded, and if it fails to, every
- * request is denied.
+ * request is denied. JavaScript and TypeScript modules load as providers do (see
+ * importPluginModule in src/auth/module.ts).
+ *
+ * This file is also the package's `portcullis/authz` entry point: what an authorizer's author needs.
+ *
+ * @example
+ * import { ReasonCode, type AuthorizerFactory } from 'portcullis/authz';
+ * const factory: AuthorizerFactory = () => ({
+ *   id: 'read-only',
+ *   authorize: (_who, action) => (action === 'publish' ? { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'read-only' } : { kind: 'abstain' }),
+ * });
+ * export default factory;
  */
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { importPluginModule } from '../auth/module.ts';
 import type { Decision, Principal } from '../auth/types.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { AccessContext, Action, Authorizer, ReloadReport } from './types.ts';
+
+export { ReasonCode } from '../protocol/reason-codes.ts';
+export type { Decision, Principal } from '../auth/types.ts';
+export type { AccessContext, Action, Authorizer, ReloadReport } from './types.ts';
 
 /** What a plug-in module exports. */
 export type AuthorizerFactory = (options: Record<string, unknown>) => Authorizer | Promise<Authorizer>;
@@ -34,10 +48,9 @@ export class ModuleAuthorizer implements Authorizer {
   /** Imports the module and builds the authorizer. Throws {@link AuthorizerModuleError} naming the module. */
   async init(): Promise<void> {
     if (this.inner !== null) return;
-    const url = pathToFileURL(path.resolve(this.modulePath)).href;
     let mod: Record<string, unknown>;
     try {
-      mod = (await import(url)) as Record<string, unknown>;
+      mod = await importPluginModule(this.modulePath);
     } catch (err) {
       throw new AuthorizerModuleError(`cannot load authorizer module ${this.modulePath}: ${(err as Error).message}`);
     }
