@@ -277,7 +277,7 @@ export function statsCommand(files: string[], opts: { config?: string; file?: st
     `top denied clients: ${r.topDeniedClients.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
     `top denied users: ${r.topDeniedUsers.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
     `top denied topics: ${r.topDeniedTopics.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
-    `dropped records: ${r.dropped}   sink failures recovered: ${r.sinkFailures}   checkpoints: ${r.checkpoints}   rotations: ${r.rotations}`,
+    `denials counted in summaries: ${r.summarized}   dropped records: ${r.dropped}   sink failures recovered: ${r.sinkFailures}   checkpoints: ${r.checkpoints}   rotations: ${r.rotations}`,
   ];
   io.out(lines.join('\n') + '\n');
   return 0;
@@ -343,7 +343,7 @@ export function registerAuditCommand(program: Command): void {
     .action((opts: TailOptions) => run(tailCommand(opts)));
   audit
     .command('stats')
-    .description('summarise audit files: decisions per event, denial reasons, top denied clients, users and topics, dropped records')
+    .description('summarise audit files: decisions per event (a summary record counts for the denials it summarises), denial reasons, top denied clients, users and topics, dropped records')
     .argument('[files...]', 'audit files (default: the configured log and its rotated files)')
     .option('--json', 'print JSON')
     .option('--top <n>', 'how many top entries', '5')
