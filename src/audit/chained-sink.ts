@@ -392,9 +392,13 @@ export class ChainedAuditSink implements AuditSink {
     qos: number,
     retain: boolean,
   ): void {
+    if (this.closed) {
+      this.drop();
+      return;
+    }
     // A repeated denial is counted into its connection's summary, before it can take a place in the queue.
     if (decision === 'deny' && this.summary !== null && !this.summary.admit(who, event, reasonCode, reason, decidedBy, rule, policyVersion, topic, Date.now())) return;
-    if (this.closed || this.pendingCount >= this.options.maxQueue) {
+    if (this.pendingCount >= this.options.maxQueue) {
       this.drop();
       return;
     }
@@ -728,7 +732,6 @@ export class ChainedAuditSink implements AuditSink {
     seg.nums[seg.n++] = 1;
     seg.inline(serializeFields({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, signature));
     seg.records = 1;
-    this.lastCheckpointSeq = seq;
     this.dispatch(seg, { time: payload.time, ...(cp.kid !== undefined ? { kid: cp.kid } : {}) });
   }
 
@@ -743,7 +746,11 @@ export class ChainedAuditSink implements AuditSink {
         this.inflightSegments--;
         this.inflightRecords -= seg.records;
         this.tip = { seq: r.seq, hash: r.hash };
-        if (checkpoint !== undefined && this.options.anchor !== undefined) this.unwrittenCheckpoints.push({ seq: r.seq, hash: r.hash, ...checkpoint });
+        if (checkpoint !== undefined) {
+          // Counted from here only once it is in the chain (a chaining thread that died loses it).
+          this.lastCheckpointSeq = r.seq;
+          if (this.options.anchor !== undefined) this.unwrittenCheckpoints.push({ seq: r.seq, hash: r.hash, ...checkpoint });
+        }
         if (r.count > 0) {
           this.ready.push({ buffer: r.out, start: 0, end: r.end, count: r.count, lastSeq: r.seq });
           this.readyCount += r.count;
