@@ -83,7 +83,7 @@ test('audit keygen writes an Ed25519 pair (private key 0600) that verify accepts
   let errors = '';
   const ok = await portcullis(t, ['audit', 'verify', '--key', path.join(dir, 'audit-signing.pub'), '--require-checkpoint', file]);
   t.is(ok.code, 0, ok.stderr);
-  t.regex(ok.stdout, /1 signed checkpoint\(s\) verified/);
+  t.regex(ok.stdout, /2 signed checkpoint\(s\) verified/, 'one at start, one at close');
   const other = path.join(dir, 'other.pub');
   fs.writeFileSync(other, generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'pem' }));
   const wrong = await verifyCommand([file], { key: other }, { out: () => {}, err: (e) => (errors += e) });

@@ -213,7 +213,8 @@ test('a slow disk pauses serializing once 64 MiB wait to be written; the rest fo
     },
     fsync: (fd) => nodeFileIO.fsync(fd),
   };
-  const settings = { ...auditSettings(path.join(dir, 'audit.jsonl')), maxQueue: 100_000 };
+  // The 500 KB topics carry the bulk: not cut to audit.maxTopicLength here.
+  const settings = { ...auditSettings(path.join(dir, 'audit.jsonl')), maxQueue: 100_000, maxTopicLength: 1_000_000 };
   const sink = createAuditSink(settings, silentLogger(), slow);
   const big = 'b'.repeat(500_000);
   const n = 200; // about 100 MB serialized

@@ -13,9 +13,11 @@
  */
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from '../log.ts';
-import { signCheckpoint } from './checkpoint.ts';
+import { signCheckpoint, type CheckpointPayload } from './checkpoint.ts';
 import { inlineChainer, workerChainer, type Chainer } from './chain-segment.ts';
+import { DenialSummarizer } from './denial-summary.ts';
 import { GENESIS, isPlainJson, isPlainJsonChar, jsonString, RECORD_PREFIX, serializeField, serializeFields, type ChainTip } from './record.ts';
+import { capEventTopic, DEFAULT_MAX_TOPIC_LENGTH } from './topic-cap.ts';
 import type { AuditEvent, AuditEventName, AuditHealth, AuditSink, AuditWho } from './types.ts';
 
 /** Where the serialized batches go. */
@@ -49,6 +51,12 @@ export interface ChainedSinkOptions {
   /** fsync at most this often; 0 syncs after every batch. Default 1000 ms. */
   fsyncIntervalMs?: number;
   checkpoint?: { key: KeyObject; intervalMs: number; kid?: string };
+  /** Told about each signed checkpoint once it has been written (the outside witness, anchor.ts). */
+  anchor?: CheckpointWitness;
+  /** Summarise repeated access denials per connection (denial-summary.ts); every denial in full when absent. */
+  denialSummary?: { intervalMs: number; fullRecords: number };
+  /** Topics and filters longer than this are cut in records (topic-cap.ts). Default DEFAULT_MAX_TOPIC_LENGTH. */
+  maxTopicLength?: number;
   /** Written as the first record, e.g. where the chain was resumed from. */
   startDetail?: Record<string, string | number | boolean>;
   /** Chain records in a worker thread (the default), or on the calling thread. */
@@ -62,6 +70,22 @@ export interface ChainedSinkOptions {
 /** A checkpoint waiting its turn among the sealed segments: signed once the chain before it is known. */
 interface CheckpointMark {
   checkpointAt: number;
+}
+
+/** A signed checkpoint as it was written: what an anchor carries. */
+export interface WrittenCheckpoint {
+  seq: number;
+  /** The checkpoint record's own hash: it covers the whole chain up to it, signature included. */
+  hash: string;
+  time: string;
+  kid?: string;
+}
+
+/** Where written checkpoints are reported (anchor.ts). */
+export interface CheckpointWitness {
+  publish(checkpoint: WrittenCheckpoint): void;
+  /** Waits (boundedly) for what was published to be delivered. */
+  close(): Promise<void>;
 }
 /** A segment is sealed once it holds this many records or this much text. */
 const MAX_SEGMENT_RECORDS = 8192;
@@ -99,12 +123,13 @@ const LOUD_LOG_INTERVAL_MS = 5000;
  */
 type RawBuffer = Buffer & { utf8Write(text: string, offset: number): number; latin1Write(text: string, offset: number): number };
 
-/** Chained lines waiting to be written: `buffer[start, end)`, `count` lines. */
+/** Chained lines waiting to be written: `buffer[start, end)`, `count` lines, the last of them `lastSeq`. */
 interface Batch {
   buffer: Buffer;
   start: number;
   end: number;
   count: number;
+  lastSeq: number;
 }
 /** At most this much goes out in one write when several batches are ready. */
 const MAX_WRITE_BYTES = 16 << 20;
@@ -265,6 +290,16 @@ export class ChainedAuditSink implements AuditSink {
   private checkpointTimer: NodeJS.Timeout | null = null;
   private dirty = false;
   private sinceCheckpoint = 0;
+  /**
+   * The seq of the last checkpoint this sink signed, else of the record before its start record:
+   * the next checkpoint says it is the first signature for the records after it (its `count`).
+   */
+  private lastCheckpointSeq: number;
+  /** Checkpoints chained but not yet written, for the witness. */
+  private unwrittenCheckpoints: WrittenCheckpoint[] = [];
+  private readonly summary: DenialSummarizer | null;
+  private summaryTimer: NodeJS.Timeout | null = null;
+  private readonly maxTopicLength: number;
   private droppedUnreported = 0;
   private dropLoggedAt = 0;
   private failLoggedAt = 0;
@@ -278,6 +313,15 @@ export class ChainedAuditSink implements AuditSink {
     private readonly options: ChainedSinkOptions,
   ) {
     this.tip = options.tip ?? { seq: 0, hash: GENESIS };
+    this.lastCheckpointSeq = this.tip.seq;
+    this.maxTopicLength = options.maxTopicLength ?? DEFAULT_MAX_TOPIC_LENGTH;
+    const ds = options.denialSummary;
+    this.summary = ds === undefined ? null : new DenialSummarizer({ ...ds, maxTopicLength: this.maxTopicLength }, (e) => this.record(e));
+    if (ds !== undefined) {
+      // Windows are closed (and their summaries written) at most half a window late.
+      this.summaryTimer = setInterval(() => this.summary?.sweep(Date.now()), Math.max(100, Math.floor(ds.intervalMs / 2)));
+      this.summaryTimer.unref();
+    }
     this.dispatchIntervalMs = Math.min(MAX_DISPATCH_INTERVAL_MS, Math.floor((options.fsyncIntervalMs ?? 1000) / 5));
     this.chainer = this.startChainer();
     const fsyncMs = options.fsyncIntervalMs ?? 1000;
@@ -297,6 +341,9 @@ export class ChainedAuditSink implements AuditSink {
       reason: this.tip.seq === 0 ? 'new chain' : 'chain resumed',
       ...(options.startDetail !== undefined ? { detail: options.startDetail } : {}),
     });
+    // Signed at once: the chain this run continues (with the tail of a run that crashed, if it
+    // did) is vouched for from now on, and the checkpoint's count marks where this run began.
+    if (cp !== undefined) this.checkpoint();
   }
 
   private startChainer(): Chainer {
@@ -319,7 +366,12 @@ export class ChainedAuditSink implements AuditSink {
       this.drop();
       return;
     }
-    this.appendFields(serializeFields(event), Date.now());
+    this.appendFields(serializeFields(capEventTopic(event, this.maxTopicLength)), Date.now());
+  }
+
+  /** Denials counted into summaries since start (not written one by one). */
+  get summarized(): number {
+    return this.summary?.summarized ?? 0;
   }
 
   /**
@@ -340,8 +392,19 @@ export class ChainedAuditSink implements AuditSink {
     qos: number,
     retain: boolean,
   ): void {
-    if (this.closed || this.pendingCount >= this.options.maxQueue) {
+    if (this.closed) {
       this.drop();
+      return;
+    }
+    // A repeated denial is counted into its connection's summary, before it can take a place in the queue.
+    if (decision === 'deny' && this.summary !== null && !this.summary.admit(who, event, reasonCode, reason, decidedBy, rule, policyVersion, topic, Date.now())) return;
+    if (this.pendingCount >= this.options.maxQueue) {
+      this.drop();
+      return;
+    }
+    if (topic.length > this.maxTopicLength) {
+      // Rare: the record goes the slow way, which cuts the topic and says how long it was.
+      this.record(accessEvent(who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain));
       return;
     }
     // A record defines at most 7 pieces: start the table over before it, never in the middle
@@ -538,8 +601,10 @@ export class ChainedAuditSink implements AuditSink {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // Counts of denials not yet summarised are written, and signed by the last checkpoint.
+    this.summary?.flushAll();
     if (this.options.checkpoint !== undefined) this.checkpoint();
-    for (const t of [this.syncTimer, this.checkpointTimer, this.dispatchTimer]) if (t !== null) clearInterval(t);
+    for (const t of [this.syncTimer, this.checkpointTimer, this.dispatchTimer, this.summaryTimer]) if (t !== null) clearInterval(t);
     // Records that arrive during this last flush (rotation, recovery) are still written.
     await this.flush();
     this.closed = true;
@@ -569,6 +634,8 @@ export class ChainedAuditSink implements AuditSink {
     } catch {
       // already reported by the failed write
     }
+    // The last checkpoint's anchor is on its way: wait for it (each delivery has a deadline).
+    await this.options.anchor?.close();
     await this.chainer.close();
     await this.output.close();
   }
@@ -656,7 +723,8 @@ export class ChainedAuditSink implements AuditSink {
   private async signCheckpoint(at: number): Promise<void> {
     const cp = this.options.checkpoint;
     if (cp === undefined) return;
-    const payload = { seq: this.tip.seq + 1, prev: this.tip.hash, time: new Date(at).toISOString() };
+    const seq = this.tip.seq + 1;
+    const payload: CheckpointPayload = { seq, prev: this.tip.hash, time: new Date(at).toISOString(), count: seq - 1 - this.lastCheckpointSeq, interval: cp.intervalMs / 1000 };
     const signature = await signCheckpoint(payload, cp.key, cp.kid);
     const seg = this.spare.pop() ?? new Segment();
     seg.room(4);
@@ -664,10 +732,11 @@ export class ChainedAuditSink implements AuditSink {
     seg.nums[seg.n++] = 1;
     seg.inline(serializeFields({ event: 'checkpoint', decision: 'allow', reason: 'signed checkpoint' }, signature));
     seg.records = 1;
-    this.dispatch(seg);
+    this.dispatch(seg, { time: payload.time, ...(cp.kid !== undefined ? { kid: cp.kid } : {}) });
   }
 
-  private dispatch(seg: Segment): void {
+  /** `checkpoint`: the segment is one signed checkpoint, to be reported to the witness once written. */
+  private dispatch(seg: Segment, checkpoint?: { time: string; kid?: string }): void {
     this.lastDispatch = Date.now();
     this.inflightSegments++;
     this.inflightRecords += seg.records;
@@ -677,8 +746,13 @@ export class ChainedAuditSink implements AuditSink {
         this.inflightSegments--;
         this.inflightRecords -= seg.records;
         this.tip = { seq: r.seq, hash: r.hash };
+        if (checkpoint !== undefined) {
+          // Counted from here only once it is in the chain (a chaining thread that died loses it).
+          this.lastCheckpointSeq = r.seq;
+          if (this.options.anchor !== undefined) this.unwrittenCheckpoints.push({ seq: r.seq, hash: r.hash, ...checkpoint });
+        }
         if (r.count > 0) {
-          this.ready.push({ buffer: r.out, start: 0, end: r.end, count: r.count });
+          this.ready.push({ buffer: r.out, start: 0, end: r.end, count: r.count, lastSeq: r.seq });
           this.readyCount += r.count;
           this.readyBytes += r.end;
         }
@@ -755,12 +829,15 @@ export class ChainedAuditSink implements AuditSink {
           this.onFailure(err);
           break;
         }
+        let writtenSeq = 0;
         for (const batch of this.ready.splice(0, take)) {
           this.readyCount -= batch.count;
           this.readyBytes -= batch.end - batch.start;
           this.written += batch.count;
+          writtenSeq = batch.lastSeq;
           if (this.output.releasesBuffers === true) this.chainer.recycle(batch.buffer.buffer as ArrayBuffer);
         }
+        this.witness(writtenSeq);
         this.dirty = true;
         if ((this.options.fsyncIntervalMs ?? 1000) === 0 && !(await this.syncNow())) break;
         if (this.failedSince !== null) this.onRecovery();
@@ -770,6 +847,14 @@ export class ChainedAuditSink implements AuditSink {
     } finally {
       this.running = false;
       this.wake();
+    }
+  }
+
+  /** Reports the checkpoints written up to `writtenSeq` to the witness: never one that is not in the file. */
+  private witness(writtenSeq: number): void {
+    const anchor = this.options.anchor;
+    while (anchor !== undefined && this.unwrittenCheckpoints.length > 0 && (this.unwrittenCheckpoints[0] as WrittenCheckpoint).seq <= writtenSeq) {
+      anchor.publish(this.unwrittenCheckpoints.shift() as WrittenCheckpoint);
     }
   }
 
@@ -869,4 +954,37 @@ export class ChainedAuditSink implements AuditSink {
     this.drainWaiters.push(fn);
     this.wake();
   }
+}
+
+/** An access decision as an event: what `recordAccess` writes, field for field, for the slow path. */
+function accessEvent(
+  who: AuditWho,
+  event: AuditEventName,
+  decision: 'allow' | 'deny',
+  reasonCode: number,
+  reason: string | undefined,
+  decidedBy: string | undefined,
+  rule: string | undefined,
+  policyVersion: string | undefined,
+  topic: string,
+  qos: number,
+  retain: boolean,
+): AuditEvent {
+  const e: AuditEvent = { event, decision, reasonCode };
+  if (reason !== undefined) e.reason = reason;
+  if (who.listener !== undefined) e.listener = who.listener;
+  if (who.remoteAddress !== undefined) e.remoteAddress = who.remoteAddress;
+  if (who.remotePort !== undefined) e.remotePort = who.remotePort;
+  if (who.clientId !== undefined) e.clientId = who.clientId;
+  if (who.username !== undefined) e.username = who.username;
+  if (who.authMethod !== undefined) e.authMethod = who.authMethod;
+  if (decidedBy !== undefined) e.decidedBy = decidedBy;
+  if (rule !== undefined) e.rule = rule;
+  if (who.certFingerprint !== undefined) e.certFingerprint = who.certFingerprint;
+  if (who.certSubject !== undefined) e.certSubject = who.certSubject;
+  e.topic = topic;
+  e.qos = qos;
+  e.retain = retain;
+  if (policyVersion !== undefined) e.policyVersion = policyVersion;
+  return e;
 }

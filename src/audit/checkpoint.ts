@@ -1,17 +1,30 @@
 /**
  * Signed checkpoints: a record whose `signature` is a compact JWS (EdDSA, Ed25519) over the
- * checkpoint's own sequence number and the hash of the record before it. Because every hash
- * covers everything before it, one valid signature vouches for the whole chain up to it; a
- * rewritten chain (hashes recomputed) cannot carry a valid signature without the private key.
+ * checkpoint's own sequence number, the hash of the record before it (the head of the chain),
+ * its time, how many records it is the first signature for, and the interval at which the
+ * broker promised to sign. Because every hash covers everything before it, one valid signature
+ * vouches for the whole chain up to it; a rewritten chain (hashes recomputed) cannot carry a
+ * valid signature without the private key. `verify` checks each field against the records.
  */
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { CompactSign, compactVerify } from 'jose';
 
 export interface CheckpointPayload {
+  /** The checkpoint record's own sequence number. */
   seq: number;
+  /** The hash of the record before it: the head of the chain it signs. */
   prev: string;
+  /** The checkpoint record's `time`. */
   time: string;
+  /**
+   * How many records before it this checkpoint is the first signature for: those since the
+   * previous checkpoint of the same run, or since the run's `audit`/`start` record. Absent in
+   * checkpoints written before it was added.
+   */
+  count?: number;
+  /** `audit.checkpoint.intervalSeconds` of the run that signed it: the cadence it promised. */
+  interval?: number;
 }
 
 export class AuditKeyError extends Error {
@@ -54,5 +67,19 @@ export function signCheckpoint(payload: CheckpointPayload, key: KeyObject, kid?:
 /** Verifies a checkpoint signature; resolves with the signed payload or throws. */
 export async function verifyCheckpoint(jws: string, key: KeyObject): Promise<CheckpointPayload> {
   const { payload } = await compactVerify(jws, key, { algorithms: ['EdDSA'] });
-  return JSON.parse(new TextDecoder().decode(payload)) as CheckpointPayload;
+  const value: unknown = JSON.parse(new TextDecoder().decode(payload));
+  if (!isPayload(value)) throw new AuditKeyError('the signed checkpoint payload is not {seq, prev, time}');
+  return value;
+}
+
+function isPayload(v: unknown): v is CheckpointPayload {
+  if (v === null || typeof v !== 'object') return false;
+  const p = v as Record<string, unknown>;
+  return (
+    typeof p.seq === 'number' &&
+    typeof p.prev === 'string' &&
+    typeof p.time === 'string' &&
+    (p.count === undefined || (typeof p.count === 'number' && Number.isInteger(p.count) && p.count >= 0)) &&
+    (p.interval === undefined || (typeof p.interval === 'number' && p.interval > 0))
+  );
 }

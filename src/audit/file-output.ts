@@ -59,6 +59,8 @@ export interface FileOutputOptions {
   maxFiles: number;
   /** Delete rotated files older than this; 0 keeps them whatever their age. */
   maxAgeMs: number;
+  /** Retention deleting a file last written less than this long ago raises an alarm (log and audit); 0 never. */
+  alarmMinAgeMs?: number;
   log: Logger;
   io?: AuditFileIO;
   /** Receives records about rotation and retention, to be written into the chain. */
@@ -150,6 +152,22 @@ export class FileAuditOutput implements AuditOutput {
     await this.applyRetention();
   }
 
+  /** Logs the alarm before a young file is deleted, and returns the record that says so. */
+  private async youngFileAlarm(file: string): Promise<AuditEvent | null> {
+    const min = this.options.alarmMinAgeMs ?? 0;
+    if (min <= 0) return null;
+    const st = await fsp.stat(file).catch(() => null);
+    if (st === null) return null;
+    const alarm = retentionAlarm(file, st.mtimeMs, Date.now(), min);
+    if (alarm !== null) {
+      this.options.log.error(
+        { file, ageSeconds: alarm.detail?.ageSeconds, alarmMinAgeHours: min / 3_600_000 },
+        'AUDIT RETENTION ALARM: retention is deleting a rotated audit file younger than audit.retention.alarmMinAgeHours: records arrive faster than retention keeps them (a flood?)',
+      );
+    }
+    return alarm;
+  }
+
   private async applyRetention(): Promise<void> {
     const { maxFiles, maxAgeMs, log } = this.options;
     const rotated = listRotatedFiles(this.options.path);
@@ -162,15 +180,37 @@ export class FileAuditOutput implements AuditOutput {
       }
     }
     for (const f of doomed) {
+      const alarm = await this.youngFileAlarm(f);
       try {
         await fsp.unlink(f);
         log.info({ file: f }, 'audit retention: removed an old rotated file');
-        this.options.onEvent?.({ event: 'audit', action: 'retention', decision: 'allow', reason: 'rotated file removed by retention', detail: { file: path.basename(f) } });
+        // One record either way: the alarm is the retention record (a record more per rotation
+        // would make each rotation write more of what makes files rotate).
+        this.options.onEvent?.(alarm ?? { event: 'audit', action: 'retention', decision: 'allow', reason: 'rotated file removed by retention', detail: { file: path.basename(f) } });
       } catch (err) {
         log.error({ file: f, err: (err as NodeJS.ErrnoException).code }, 'audit retention: cannot remove an old rotated file');
       }
     }
   }
+}
+
+/**
+ * Retention is there to bound the disk, not to erase recent history: a file it deletes that was
+ * written to less than `alarmMinAgeMs` ago means records arrive far faster than retention was
+ * sized for (a flood, or a misconfiguration), and that recent evidence is going. Said loudly in
+ * the log and in the chain, before the file goes.
+ */
+export function retentionAlarm(file: string, mtimeMs: number, now: number, alarmMinAgeMs: number): AuditEvent | null {
+  const ageMs = now - mtimeMs;
+  if (alarmMinAgeMs <= 0 || ageMs >= alarmMinAgeMs) return null;
+  const ageSeconds = Math.max(0, Math.round(ageMs / 1000));
+  return {
+    event: 'audit',
+    action: 'retention-alarm',
+    decision: 'deny',
+    reason: `retention removed a rotated file last written ${ageSeconds} s ago`,
+    detail: { file: path.basename(file), ageSeconds, alarmMinAgeHours: alarmMinAgeMs / 3_600_000 },
+  };
 }
 
 /** `audit.jsonl` → `audit.<time>.jsonl`, the stem and extension of rotated files. */

@@ -33,8 +33,10 @@ export interface AuditStats {
   lastTime?: string;
   firstSeq?: number;
   lastSeq?: number;
-  /** `event` → `{ allow, deny }`. */
+  /** `event` → `{ allow, deny }`: decisions, a summary counting for the denials it summarises. */
   byEvent: Record<string, { allow: number; deny: number }>;
+  /** Denials counted in `summary` records (repeated denials of one connection, see docs/audit.md). */
+  summarized: number;
   /** Reason codes of denials, as `0x87` → count. */
   denyReasons: Record<string, number>;
   topDeniedClients: [string, number][];
@@ -48,7 +50,7 @@ export interface AuditStats {
 }
 
 export class StatsCollector {
-  private readonly s: AuditStats = { records: 0, malformed: 0, byEvent: {}, denyReasons: {}, topDeniedClients: [], topDeniedUsers: [], topDeniedTopics: [], dropped: 0, sinkFailures: 0, checkpoints: 0, rotations: 0 };
+  private readonly s: AuditStats = { records: 0, malformed: 0, byEvent: {}, denyReasons: {}, summarized: 0, topDeniedClients: [], topDeniedUsers: [], topDeniedTopics: [], dropped: 0, sinkFailures: 0, checkpoints: 0, rotations: 0 };
   private readonly clients = new Map<string, number>();
   private readonly users = new Map<string, number>();
   private readonly topics = new Map<string, number>();
@@ -66,8 +68,11 @@ export class StatsCollector {
     s.firstSeq ??= rec.seq;
     s.lastTime = rec.time;
     s.lastSeq = rec.seq;
+    // A summary stands for the denials it counted (its topic is the first of them).
+    const weight = rec.action === 'summary' && typeof rec.detail?.count === 'number' ? rec.detail.count : 1;
+    if (rec.action === 'summary') s.summarized += weight;
     const e = (s.byEvent[rec.event] ??= { allow: 0, deny: 0 });
-    e[rec.decision === 'deny' ? 'deny' : 'allow']++;
+    e[rec.decision === 'deny' ? 'deny' : 'allow'] += weight;
     if (rec.event === 'audit') {
       if (rec.action === 'dropped' && typeof rec.detail?.dropped === 'number') s.dropped += rec.detail.dropped;
       if (rec.action === 'recovered') s.sinkFailures++;
@@ -81,11 +86,11 @@ export class StatsCollector {
     if (rec.decision === 'deny') {
       if (rec.reasonCode !== undefined) {
         const k = `0x${rec.reasonCode.toString(16).padStart(2, '0')}`;
-        s.denyReasons[k] = (s.denyReasons[k] ?? 0) + 1;
+        s.denyReasons[k] = (s.denyReasons[k] ?? 0) + weight;
       }
-      if (rec.clientId !== undefined) this.clients.set(rec.clientId, (this.clients.get(rec.clientId) ?? 0) + 1);
-      if (rec.username !== undefined) this.users.set(rec.username, (this.users.get(rec.username) ?? 0) + 1);
-      if (rec.topic !== undefined) this.topics.set(rec.topic, (this.topics.get(rec.topic) ?? 0) + 1);
+      if (rec.clientId !== undefined) this.clients.set(rec.clientId, (this.clients.get(rec.clientId) ?? 0) + weight);
+      if (rec.username !== undefined) this.users.set(rec.username, (this.users.get(rec.username) ?? 0) + weight);
+      if (rec.topic !== undefined) this.topics.set(rec.topic, (this.topics.get(rec.topic) ?? 0) + weight);
     }
   }
 

@@ -1,7 +1,11 @@
+import os from 'node:os';
+import path from 'node:path';
 import type { Logger } from '../log.ts';
-import { ChainedAuditSink, type AuditOutput } from './chained-sink.ts';
+import { AnchorPublisher, type HttpAnchorSettings, type SyslogAnchorSettings } from './anchor.ts';
+import { ChainedAuditSink, type AuditOutput, type ChainedSinkOptions } from './chained-sink.ts';
 import { loadSigningKey } from './checkpoint.ts';
 import { FileAuditOutput, findChainTip, type AuditFileIO } from './file-output.ts';
+import { DEFAULT_MAX_TOPIC_LENGTH } from './topic-cap.ts';
 import type { AuditEvent, AuditSink } from './types.ts';
 
 /** Discards records; used when auditing is explicitly turned off. */
@@ -30,8 +34,23 @@ export interface AuditSinkSettings {
   fsyncIntervalMs: number;
   retryIntervalMs: number;
   rotate: { maxBytes: number; intervalSeconds: number };
-  retention: { maxFiles: number; maxAgeDays: number };
+  /** `alarmMinAgeHours` absent: no alarm (the configuration's default is 24). */
+  retention: { maxFiles: number; maxAgeDays: number; alarmMinAgeHours?: number };
   checkpoint: { keyFile?: string | undefined; keyId?: string | undefined; intervalSeconds: number };
+  /** Absent: no anchors. */
+  anchor?: {
+    name?: string | undefined;
+    log: boolean;
+    syslog?: SyslogAnchorSettings | undefined;
+    http?: HttpAnchorSettings | undefined;
+    timeoutMs: number;
+    attempts: number;
+    retryDelayMs: number;
+  };
+  /** Absent: DEFAULT_MAX_TOPIC_LENGTH. */
+  maxTopicLength?: number;
+  /** Absent: every denial is written in full. (`disconnectAfter` is the broker's; see denial-limit.ts.) */
+  denials?: { summarize: boolean; intervalSeconds: number; fullRecords: number };
 }
 
 /** Thrown when the audit sink cannot be set up; `key` names the configuration key at fault. */
@@ -63,10 +82,32 @@ export function createAuditSink(settings: AuditSinkSettings, log: Logger, io?: A
       throw new AuditSetupError('audit.checkpoint.keyFile', (err as Error).message);
     }
   }
-  const common = { maxQueue: settings.maxQueue, log, retryMs: settings.retryIntervalMs, fsyncIntervalMs: settings.fsyncIntervalMs, ...(checkpoint ? { checkpoint } : {}) };
-  if (settings.sink === 'stdout') return new ChainedAuditSink(stdoutOutput(process.stdout), common);
-
   let sink: ChainedAuditSink | undefined;
+  const anchor = settings.anchor;
+  const witness =
+    anchor !== undefined && AnchorPublisher.enabled(anchor)
+      ? new AnchorPublisher(
+          { ...anchor, name: anchor.name ?? `${os.hostname()}:${settings.sink === 'stdout' ? 'stdout' : path.resolve(settings.path)}` },
+          log,
+          (event) => sink?.record(event),
+        )
+      : undefined;
+  if (witness !== undefined && checkpoint === undefined) {
+    throw new AuditSetupError('audit.anchor', 'anchors are digests of signed checkpoints: set audit.checkpoint.keyFile too');
+  }
+  const denials = settings.denials;
+  const common: ChainedSinkOptions = {
+    maxQueue: settings.maxQueue,
+    log,
+    retryMs: settings.retryIntervalMs,
+    fsyncIntervalMs: settings.fsyncIntervalMs,
+    maxTopicLength: settings.maxTopicLength ?? DEFAULT_MAX_TOPIC_LENGTH,
+    ...(checkpoint ? { checkpoint } : {}),
+    ...(witness ? { anchor: witness } : {}),
+    ...(denials?.summarize === true ? { denialSummary: { intervalMs: denials.intervalSeconds * 1000, fullRecords: denials.fullRecords } } : {}),
+  };
+  if (settings.sink === 'stdout') return (sink = new ChainedAuditSink(stdoutOutput(process.stdout), common));
+
   const found = (() => {
     try {
       return findChainTip(settings.path);
@@ -82,6 +123,7 @@ export function createAuditSink(settings: AuditSinkSettings, log: Logger, io?: A
       intervalMs: settings.rotate.intervalSeconds * 1000,
       maxFiles: settings.retention.maxFiles,
       maxAgeMs: settings.retention.maxAgeDays * 86_400_000,
+      alarmMinAgeMs: (settings.retention.alarmMinAgeHours ?? 0) * 3_600_000,
       log,
       ...(io ? { io } : {}),
       onEvent: (event) => sink?.record(event),

@@ -6,11 +6,13 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { anchorNames, readAnchorFiles, type AnchorEntry } from '../audit/anchor-file.ts';
 import { AuditKeyError, loadVerifyKey } from '../audit/checkpoint.ts';
 import { chainFiles } from '../audit/file-output.ts';
 import { matchesFilter, StatsCollector, type RecordFilter } from '../audit/query.ts';
 import { escapeUnsafe, parseRecord, type AuditRecord } from '../audit/record.ts';
-import { verifyAuditFiles } from '../audit/verify.ts';
+import { verifyAuditFiles, type VerifyReport } from '../audit/verify.ts';
+import { unsignedGapLimitMs } from '../audit/verify-signatures.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError } from '../config/schema.ts';
 import { ensureDir } from '../util/fs.ts';
@@ -30,39 +32,112 @@ function auditPath(opts: { file?: string; config?: string }): string {
   return DEFAULT_PATH;
 }
 
-export async function verifyCommand(files: string[], opts: { key?: string; requireCheckpoint?: boolean; config?: string; json?: boolean }, io: Out = stdio): Promise<number> {
+export interface VerifyCommandOptions {
+  key?: string;
+  requireCheckpoint?: boolean;
+  config?: string;
+  json?: boolean;
+  /** Seconds, as given on the command line. */
+  maxUnsignedGap?: string;
+  anchors?: string[];
+  anchorName?: string;
+}
+
+export async function verifyCommand(files: string[], opts: VerifyCommandOptions, io: Out = stdio): Promise<number> {
+  const usage = (text: string) => {
+    io.err(`portcullis audit verify: ${text}\n`);
+    return 2;
+  };
   let key: KeyObject | undefined;
   if (opts.key !== undefined) {
     try {
       key = loadVerifyKey(opts.key);
     } catch (err) {
-      io.err(`portcullis audit verify: --key: ${(err as Error).message}\n`);
-      return 2;
+      return usage(`--key: ${(err as Error).message}`);
     }
   } else if (opts.requireCheckpoint) {
-    io.err('portcullis audit verify: --require-checkpoint needs --key\n');
-    return 2;
+    return usage('--require-checkpoint needs --key');
   }
-  const list = files.length > 0 ? files : chainFiles(auditPath(opts));
-  if (list.length === 0) {
-    io.err('portcullis audit verify: no audit files given or found\n');
-    return 2;
+  const config = opts.config !== undefined ? loadConfigFile(opts.config) : undefined;
+  // The cadence: --max-unsigned-gap, else the configured interval (plus the grace), else what each checkpoint signed.
+  let maxUnsignedGapMs: number | undefined;
+  if (opts.maxUnsignedGap !== undefined) {
+    const seconds = Number(opts.maxUnsignedGap);
+    if (!Number.isFinite(seconds) || seconds <= 0) return usage(`--max-unsigned-gap must be a number of seconds above 0, got ${opts.maxUnsignedGap}`);
+    if (key === undefined) return usage('--max-unsigned-gap needs --key');
+    maxUnsignedGapMs = seconds * 1000;
+  } else if (config !== undefined && key !== undefined) {
+    maxUnsignedGapMs = unsignedGapLimitMs(config.audit.checkpoint.intervalSeconds);
   }
-  const report = await verifyAuditFiles(list, { ...(key ? { key } : {}), ...(opts.requireCheckpoint ? { requireCheckpoint: true } : {}) });
+  let anchors: AnchorEntry[] | undefined;
+  if (opts.anchors !== undefined && opts.anchors.length > 0) {
+    let read: { anchors: AnchorEntry[]; bad: number };
+    try {
+      read = readAnchorFiles(opts.anchors);
+    } catch (err) {
+      return usage(`--anchors: ${(err as Error).message}`);
+    }
+    if (read.bad > 0) io.err(`portcullis audit verify: ${read.bad} line(s) of the anchor file(s) mention an anchor but hold no valid one; they are ignored\n`);
+    const names = anchorNames(read.anchors);
+    const name = opts.anchorName ?? config?.audit.anchor.name ?? (names.size === 1 ? ([...names.keys()][0] as string) : undefined);
+    if (names.size === 0) return usage(`no audit anchors found in ${opts.anchors.join(', ')}`);
+    if (name === undefined) return usage(`the anchor file(s) hold anchors of several logs; choose one with --anchor-name: ${[...names.keys()].map((n) => JSON.stringify(n)).join(', ')}`);
+    if (!names.has(name)) return usage(`no anchors named ${JSON.stringify(name)}; the file(s) hold ${[...names.keys()].map((n) => JSON.stringify(n)).join(', ')}`);
+    anchors = read.anchors.filter((a) => a.name === name);
+  }
+  const list = files.length > 0 ? files : chainFiles(config !== undefined ? config.audit.path : DEFAULT_PATH);
+  if (list.length === 0) return usage('no audit files given or found');
+  const report = await verifyAuditFiles(list, {
+    ...(key ? { key } : {}),
+    ...(opts.requireCheckpoint ? { requireCheckpoint: true } : {}),
+    ...(maxUnsignedGapMs !== undefined ? { maxUnsignedGapMs } : {}),
+    ...(anchors !== undefined ? { anchors } : {}),
+  });
   if (opts.json) io.out(JSON.stringify(report) + '\n');
   if (!report.ok) {
     if (!opts.json) io.err(`FAILED: ${report.problem?.message}\n  ${report.records} records verified before the problem\n`);
     return 1;
   }
-  if (!opts.json) {
-    const lines = [`OK: ${report.records} records in ${report.files} file(s), seq ${report.last ? `..${report.last.seq}` : '-'}, chain intact`];
-    if (report.startsAfter) lines.push(`  the chain continues from seq ${report.startsAfter.seq} (hash ${report.startsAfter.hash.slice(0, 16)}…), which was not among the files given`);
-    if (report.checkpoints.verified > 0) lines.push(`  ${report.checkpoints.verified} signed checkpoint(s) verified; records up to seq ${report.lastSignedSeq} are covered by a signature`);
-    if (report.checkpoints.unverified > 0) lines.push(`  ${report.checkpoints.unverified} checkpoint(s) not checked: pass --key to verify signatures`);
-    if (report.last?.time) lines.push(`  last record: seq ${report.last.seq} at ${report.last.time}`);
-    io.out(lines.join('\n') + '\n');
-  }
+  if (!opts.json) io.out(describeReport(report, key !== undefined).join('\n') + '\n');
   return 0;
+}
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+function ago(ms: number): string {
+  if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)} min`;
+  if (ms < 172_800_000) return `${(ms / 3_600_000).toFixed(1)} h`;
+  return `${(ms / 86_400_000).toFixed(1)} days`;
+}
+
+/** What an intact report proves, and what it does not, in a few lines. */
+function describeReport(report: VerifyReport, keyed: boolean): string[] {
+  const lines = [`OK: ${report.records} records in ${report.files} file(s), seq ${report.last ? `..${report.last.seq}` : '-'}, chain intact`];
+  if (report.startsAfter) lines.push(`  the chain continues from seq ${report.startsAfter.seq} (hash ${report.startsAfter.hash.slice(0, 16)}…), which was not among the files given`);
+  if (keyed) {
+    if (report.checkpoints.verified > 0) lines.push(`  ${report.checkpoints.verified} signed checkpoint(s) verified; seq ${report.lastSignedSeq} and every record before it are covered by a signature`);
+    else lines.push('  no signed checkpoint: no record is covered by a signature');
+    for (const r of report.restarts ?? []) {
+      lines.push(`  records ${r.fromSeq}..${r.toSeq} (${r.records}) were written before a restart without a last checkpoint (a crash?) and signed only after it, ${secs(r.downtimeMs)} later: compare them with a copy shipped off the host`);
+    }
+    const tail = report.tail;
+    if (tail !== undefined) {
+      lines.push(
+        `  unsigned tail: ${tail.records} record(s) after the last signed checkpoint (seq ${tail.fromSeq}..${tail.toSeq}), spanning ${secs(tail.spanMs)}, the first written ${ago(tail.ageMs)} ago; within the cadence (${secs(tail.limitMs)}), but no signature covers them: only anchors or a shipped copy vouch for them`,
+      );
+    }
+  } else {
+    if (report.checkpoints.unverified > 0) lines.push(`  ${report.checkpoints.unverified} checkpoint(s) not checked: pass --key to verify signatures`);
+    lines.push('  without --key the hash chain only shows the file is consistent: whoever can write it can recompute every hash');
+  }
+  const a = report.anchors;
+  if (a !== undefined) {
+    lines.push(`  anchors: ${a.matched} of ${a.total} matched${a.lastMatchedSeq !== undefined ? `; seq ${a.lastMatchedSeq} and every record before it are as they were when its digest was sent out` : ''}`);
+    if (a.before > 0) lines.push(`  ${a.before} anchor(s) are for records before the first one given (rotated away or not among the files)`);
+    if (a.unanchoredCheckpoints > 0) lines.push(`  ${a.unanchoredCheckpoints} checkpoint(s) after the first anchored one have no anchor (a delivery failed, or anchoring was off): see audit/anchor-failed records`);
+  }
+  if (report.last?.time) lines.push(`  last record: seq ${report.last.seq} at ${report.last.time}`);
+  return lines;
 }
 
 function format(rec: AuditRecord, line: string, asText: boolean): string {
@@ -202,7 +277,7 @@ export function statsCommand(files: string[], opts: { config?: string; file?: st
     `top denied clients: ${r.topDeniedClients.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
     `top denied users: ${r.topDeniedUsers.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
     `top denied topics: ${r.topDeniedTopics.map(([k, v]) => `${escapeUnsafe(JSON.stringify(k))}=${v}`).join(' ') || '-'}`,
-    `dropped records: ${r.dropped}   sink failures recovered: ${r.sinkFailures}   checkpoints: ${r.checkpoints}   rotations: ${r.rotations}`,
+    `denials counted in summaries: ${r.summarized}   dropped records: ${r.dropped}   sink failures recovered: ${r.sinkFailures}   checkpoints: ${r.checkpoints}   rotations: ${r.rotations}`,
   ];
   io.out(lines.join('\n') + '\n');
   return 0;
@@ -244,11 +319,14 @@ export function registerAuditCommand(program: Command): void {
     .command('verify')
     .description('check the hash chain (and checkpoint signatures with --key) of audit files given in chain order; exits 1 at the first broken or missing record')
     .argument('[files...]', 'audit files, oldest first (default: the configured log and its rotated files)')
-    .option('-k, --key <file>', 'Ed25519 public key (PEM) to verify checkpoint signatures')
+    .option('-k, --key <file>', 'Ed25519 public key (PEM): every checkpoint must carry a valid signature over the records before it, at the configured cadence')
     .option('--require-checkpoint', 'fail unless at least one checkpoint signature verifies')
-    .option('-c, --config <file>', 'take audit.path from this configuration')
+    .option('--max-unsigned-gap <seconds>', 'with --key: the longest a record may go without a signature (default: audit.checkpoint.intervalSeconds from --config, else the interval each checkpoint signed, plus a quarter of it, at least 1 s)')
+    .option('--anchors <file...>', 'files holding checkpoint anchors (the operational log, a syslog file, what an HTTP endpoint received): records must match them, and none may be missing')
+    .option('--anchor-name <name>', 'which log the anchors are for, when the files hold several (default: audit.anchor.name from --config)')
+    .option('-c, --config <file>', 'take audit.path, the checkpoint interval and the anchor name from this configuration')
     .option('--json', 'print the report as JSON')
-    .action((files: string[], opts: { key?: string; requireCheckpoint?: boolean; config?: string; json?: boolean }) => run(verifyCommand(files, opts)));
+    .action((files: string[], opts: VerifyCommandOptions) => run(verifyCommand(files, opts)));
   audit
     .command('tail')
     .description('print the last records of the live audit file, optionally filtered; --follow keeps printing')
@@ -265,7 +343,7 @@ export function registerAuditCommand(program: Command): void {
     .action((opts: TailOptions) => run(tailCommand(opts)));
   audit
     .command('stats')
-    .description('summarise audit files: decisions per event, denial reasons, top denied clients, users and topics, dropped records')
+    .description('summarise audit files: decisions per event (a summary record counts for the denials it summarises), denial reasons, top denied clients, users and topics, dropped records')
     .argument('[files...]', 'audit files (default: the configured log and its rotated files)')
     .option('--json', 'print JSON')
     .option('--top <n>', 'how many top entries', '5')

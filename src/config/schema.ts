@@ -162,6 +162,40 @@ const limits = z
   })
   .prefault({});
 
+/** Syslog facilities by name, as `audit.anchor.syslog.facility` takes them. */
+const syslogFacilities = { kern: 0, user: 1, daemon: 3, auth: 4, syslog: 5, authpriv: 10, local0: 16, local1: 17, local2: 18, local3: 19, local4: 20, local5: 21, local6: 22, local7: 23 } as const;
+
+/** The outside witness of the audit log: where each signed checkpoint's digest also goes (see docs/audit.md). Off by default. */
+const auditAnchor = z
+  .strictObject({
+    /** Names the log in each anchor; default: the host name and `audit.path`. */
+    name: z.string().min(1).optional(),
+    /** One line per checkpoint in the operational log (at info, whatever `log.level` is). */
+    log: z.boolean().default(false),
+    syslog: z
+      .strictObject({
+        host: z.string().min(1),
+        port: port.default(514),
+        transport: z.enum(['udp', 'tcp']).default('tcp'),
+        facility: z.enum(Object.keys(syslogFacilities) as [keyof typeof syslogFacilities, ...(keyof typeof syslogFacilities)[]]).default('local0').transform((f) => syslogFacilities[f]),
+        appName: z.string().regex(/^[!-~]{1,48}$/, 'printable ASCII without spaces, at most 48 characters').default('portcullis'),
+      })
+      .optional(),
+    http: z
+      .strictObject({
+        url: z.string().refine((u) => /^https?:\/\//.test(u) && URL.canParse(u), 'must be an http:// or https:// URL'),
+        /** Extra request headers, for example an Authorization header. */
+        headers: z.record(z.string(), z.string()).default({}),
+      })
+      .optional(),
+    /** Deadline of one delivery attempt (syslog over TCP, HTTP). */
+    timeoutMs: positiveInt.default(2000),
+    /** Attempts per anchor before it is given up (logged and audited). */
+    attempts: z.number().int().min(1).max(10).default(3),
+    retryDelayMs: z.number().int().min(0).default(1000),
+  })
+  .prefault({});
+
 export const configSchema = z.strictObject({
   listeners: z
     .array(z.discriminatedUnion('type', [tcpListener, wsListener, tlsListener, wssListener]))
@@ -195,6 +229,8 @@ export const configSchema = z.strictObject({
           maxFiles: z.number().int().min(0).default(30),
           /** 0 keeps rotated files whatever their age. */
           maxAgeDays: z.number().int().min(0).default(0),
+          /** Retention deleting a rotated file last written less than this long ago raises an alarm (log and audit); 0 never. */
+          alarmMinAgeHours: z.number().int().min(0).default(24),
         })
         .prefault({}),
       checkpoint: z
@@ -203,6 +239,22 @@ export const configSchema = z.strictObject({
           keyFile: z.string().min(1).optional(),
           keyId: z.string().min(1).optional(),
           intervalSeconds: positiveInt.default(60),
+        })
+        .prefault({}),
+      anchor: auditAnchor,
+      /** Topics and filters longer than this are cut in records, which then give their length and SHA-256. */
+      maxTopicLength: z.number().int().min(16).max(65535).default(512),
+      /** Repeated access denials: summarised per connection, and a limit that disconnects (see docs/audit.md). */
+      denials: z
+        .strictObject({
+          summarize: z.boolean().default(true),
+          /** The summary window, per connection and kind of denial. */
+          intervalSeconds: positiveInt.default(10),
+          /** Denials per connection and kind written in full per window before the rest are counted. */
+          fullRecords: positiveInt.default(3),
+          /** Disconnect a client after this many denials of its own requests within disconnectWindowSeconds; 0 never. */
+          disconnectAfter: z.number().int().min(0).default(1000),
+          disconnectWindowSeconds: positiveInt.default(10),
         })
         .prefault({}),
       /** Allowed decisions to record per action; denials are always recorded. */
