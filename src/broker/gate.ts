@@ -10,6 +10,7 @@
  *   the authorizer says;
  * - credentials that expire end the connection.
  */
+import { DenialLimiter } from '../audit/denial-limit.ts';
 import type { AuditEvent, AuditHealth, AuditSink, AuditWho } from '../audit/types.ts';
 import { AuthenticatorChain, type ChainResult } from '../auth/chain.ts';
 import type { ConnectRequest } from '../auth/types.ts';
@@ -50,6 +51,8 @@ export class SecurityGate implements GateApi {
   /** fail-open: the log did not catch up in time; nobody is held until it does. */
   private auditHoldBypassed = false;
   private readonly scratchContext: AccessContext = { qos: 0, retain: false, listener: '', will: false };
+  /** audit.denials.disconnectAfter: a client whose own requests keep being denied is disconnected. */
+  private readonly denialLimiter: DenialLimiter | null;
 
   constructor(parts: GateParts) {
     this.config = parts.config;
@@ -60,6 +63,7 @@ export class SecurityGate implements GateApi {
     this.authorizers = parts.authorizers;
     this.auditAllowed = { ...parts.config.audit.allowed, will: true };
     this.auditFailClosed = parts.config.audit.failMode === 'fail-closed' && typeof parts.audit.health === 'function';
+    this.denialLimiter = DenialLimiter.create(parts.config.audit.denials);
   }
 
   // ── authentication ─────────────────────────────────────────────────────────
@@ -116,11 +120,25 @@ export class SecurityGate implements GateApi {
     if (result instanceof Promise) {
       return result.then((r) => {
         this.recordAccess(conn, action, topic, qos, retain, will, r);
+        if (r.kind !== 'allow' && action !== 'deliver' && !will) this.noteDenial(conn);
         return r;
       });
     }
     this.recordAccess(conn, action, topic, qos, retain, will, result);
+    if (result.kind !== 'allow' && action !== 'deliver' && !will) this.noteDenial(conn);
     return result;
+  }
+
+  /**
+   * Counts a denial of the client's own request (not a withheld delivery, not a will, not an
+   * audit outage); past audit.denials.disconnectAfter in its window the client is disconnected
+   * (0x97) at once: the handler finds the connection closed and answers nothing more, and the
+   * packets it had sent after this one are not handled.
+   */
+  private noteDenial(conn: Client): void {
+    const limiter = this.denialLimiter;
+    if (limiter === null || !limiter.deny(conn)) return;
+    this.disconnectForSecurity(conn, ReasonCode.QuotaExceeded, 'denial-limit', limiter.reason(), false);
   }
 
   /**
@@ -131,6 +149,7 @@ export class SecurityGate implements GateApi {
     if (topic === '$SYS' || topic.startsWith('$SYS/')) {
       // $SYS is the broker's own namespace: clients cannot publish there, whatever the authorizer says.
       this.recordAccess(conn, 'publish', topic, qos, retain, will, SYS_RESERVED);
+      if (!will) this.noteDenial(conn);
       return SYS_RESERVED;
     }
     return this.authorize(conn, 'publish', topic, qos, retain, will);
