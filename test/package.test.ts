@@ -33,14 +33,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { loadConfigFile } from '../src/config/load.ts';
+import { DEFAULT_PORTS, defaultPortsFree, lockDefaultPorts } from './default-ports.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tsc = path.join(root, 'node_modules', '.bin', 'tsc');
 const SUB = '/usr/bin/mosquitto_sub';
 const PUB = '/usr/bin/mosquitto_pub';
-const DEFAULT_PORTS = [1883, 8883, 8884];
-/** Taken by any test that starts a broker on the built-in defaults, whatever its file. */
-const DEFAULT_PORTS_LOCK = path.join(os.tmpdir(), 'portcullis-default-ports.lock');
 
 /**
  * The child processes run on a plain node (no NODE_OPTIONS) and without the variables `npm test`
@@ -346,55 +344,6 @@ test.serial('module plug-ins load from the installed package: .js on plain node;
     fs.unlinkSync(tsxLink);
   }
 });
-
-/** Takes the default-ports lock: an exclusive file holding our pid. A lock whose process is gone is stale. */
-async function lockDefaultPorts(ms: number): Promise<() => void> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      fs.writeFileSync(DEFAULT_PORTS_LOCK, String(process.pid), { flag: 'wx' });
-      return () => fs.rmSync(DEFAULT_PORTS_LOCK, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    let holder = 0;
-    try {
-      holder = Number(fs.readFileSync(DEFAULT_PORTS_LOCK, 'utf8'));
-    } catch {
-      continue; // released in between
-    }
-    if (!(holder > 0) || !alive(holder)) fs.rmSync(DEFAULT_PORTS_LOCK, { force: true });
-    else if (Date.now() > end) throw new Error(`${DEFAULT_PORTS_LOCK} is held by process ${holder}`);
-    else await delay(200);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-async function defaultPortsFree(ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const free = await Promise.all(DEFAULT_PORTS.map(portFree));
-    if (free.every(Boolean)) return true;
-    if (Date.now() > end) return false;
-    await delay(250);
-  }
-}
 
 test.serial('npx portcullis start on the built-in defaults: mosquitto_pub and mosquitto_sub round-trip a message on 127.0.0.1:1883', async (t) => {
   const { app } = installed(t);

@@ -10,6 +10,7 @@ import test from 'ava';
 import { createBroker, ConfigError } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import { type Fleet, connectTls, makeFleet, run } from './tls-fixtures.ts';
+import { DEFAULT_PORTS, defaultPortsFree, lockDefaultPorts } from './default-ports.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const bin = path.join(root, 'bin', 'portcullis.js');
@@ -111,7 +112,13 @@ test.serial('portcullis pki: init, client, list, revoke, crl as a user runs them
 });
 
 test.serial('npm start on a fresh machine: the built-in defaults create a development CA and serve TLS on 8883 and mTLS on 8884', async (t) => {
+  t.timeout(120_000);
+  const unlock = await lockDefaultPorts(60_000);
+  t.teardown(unlock);
+  t.true(await defaultPortsFree(45_000), `127.0.0.1:${DEFAULT_PORTS.join(', ')} stay busy: another broker runs on the defaults`);
   const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-fresh-'));
+  // It holds the development CA's private key.
+  t.teardown(() => fs.rmSync(cwd, { recursive: true, force: true }));
   const child = spawn(process.execPath, [bin, 'start'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
