@@ -28,6 +28,7 @@ import { SecurityGate } from './gate.ts';
 import type { BrokerApi } from './handler-api.ts';
 import type { Message } from './message.ts';
 import type { Client, ConnectionHost } from './ports.ts';
+import { IdentityQuotas } from './quotas.ts';
 import { PublishRateLimiter } from './rate-limit.ts';
 import { recheckAfterReload, type PolicyReport, type RecheckSummary } from './recheck.ts';
 import { Router } from './router.ts';
@@ -81,17 +82,18 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     this.listeners = parts.listeners;
     this.readerLimits = { maxPacketSize: config.limits.maxPacketSize, maxConnectSize: config.limits.maxConnectSize };
     const router = new Router();
+    const quotas = new IdentityQuotas(config.limits.quotas);
     this.gate = new SecurityGate({ config, log: this.log, stats: this.stats, audit: parts.audit, chains: parts.chains, authorizers: parts.authorizers });
     // Sessions and delivery call each other only through the hooks wired here.
     let delivery: Delivery | undefined;
-    this.wills = new WillScheduler(this.gate, (message) => this.publishInternal(message), this.log, this.clock);
+    this.wills = new WillScheduler(this.gate, (message) => this.publishInternal(message), this.log, this.clock, (message, key) => this.delivery.retainFits(message, key));
     this.sessions = new SessionRegistry(this.log, parts.store, router, {
       cancelWill: (clientId, sessionEnds) => this.wills.cancel(clientId, sessionEnds),
       fireWill: (clientId) => this.wills.fire(clientId),
       wentOffline: (session) => delivery?.wentOffline(session),
       sessionEnded: (session) => delivery?.sessionEnded(session),
-    });
-    delivery = this.delivery = new Delivery({ config, log: this.log, stats: this.stats, clock: this.clock, router, gate: this.gate, store: this.sessions });
+    }, quotas);
+    delivery = this.delivery = new Delivery({ config, log: this.log, stats: this.stats, clock: this.clock, router, gate: this.gate, store: this.sessions, quotas });
     this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log, {
       stats: this.stats,
       clock: this.clock,

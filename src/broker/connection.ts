@@ -376,6 +376,8 @@ function onStreamDrain(this: ConnectionStream): void {
 }
 function onStreamError(this: ConnectionStream, err: Error): void {
   this[CONNECTION]?.close({ code: ReasonCode.UnspecifiedError, detail: `socket error: ${err.message}` });
+  // A stream that failed is not used again: destroyed at once, so its descriptor and admission slot go with it.
+  this.destroy();
 }
 function onStreamClose(this: ConnectionStream): void {
   this[CONNECTION]?.close({ code: ReasonCode.UnspecifiedError, detail: 'connection lost' });

@@ -11,8 +11,9 @@ import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { StoredSubscription } from '../store/types.ts';
 import { encodePublish, withPacketId } from './encode.ts';
 import type { DeliveryApi, GateApi } from './handler-api.ts';
-import type { Message } from './message.ts';
+import { messageSize, type Message } from './message.ts';
 import type { Client } from './ports.ts';
+import type { IdentityQuotas } from './quotas.ts';
 import { RetainedMessages } from './retained.ts';
 import type { Router } from './router.ts';
 import { queuedSize, type Inflight, type QueuedDelivery, type Session, type SharedTarget } from './session.ts';
@@ -35,6 +36,7 @@ export interface DeliveryParts {
   router: Router;
   gate: Pick<GateApi, 'authorize' | 'audit' | 'disconnectForSecurity'>;
   store: DeliveryStore;
+  quotas: IdentityQuotas;
 }
 
 export class Delivery implements DeliveryApi {
@@ -46,6 +48,7 @@ export class Delivery implements DeliveryApi {
   private readonly router: Router;
   private readonly gate: DeliveryParts['gate'];
   private readonly store: DeliveryStore;
+  private readonly quotas: IdentityQuotas;
   /** Sessions with QoS 1/2 queue refusals not yet in the audit log; the sweep records them. */
   private readonly refusalsPending = new Set<Session>();
   /** Connected subscribers over their high-water mark that hold publishers (flow control). */
@@ -66,6 +69,7 @@ export class Delivery implements DeliveryApi {
     this.router = parts.router;
     this.gate = parts.gate;
     this.store = parts.store;
+    this.quotas = parts.quotas;
     const limits = parts.config.limits;
     this.flowOn = limits.flowControl.enabled && limits.maxQueuedMessages > 1;
     this.stallMs = limits.flowControl.stallMs;
@@ -79,10 +83,7 @@ export class Delivery implements DeliveryApi {
 
   /** `from`: the publishing client, which flow control may hold; null for the broker's own messages. */
   route(message: Message, from: Client | null = null): number {
-    if (message.retain) {
-      this.retained.set(message);
-      this.store.retained(message);
-    }
+    if (message.retain) this.retain(message);
     const router = this.router;
     router.match(message.topic, message.origin);
     const matched = router.matched;
@@ -129,6 +130,30 @@ export class Delivery implements DeliveryApi {
     const tried = new Set<Session>([session]);
     const next = share.pickExcept(tried);
     if (next !== undefined) this.deliverShared(share, next.session, next.sub, delivery.message, null, tried);
+  }
+
+  /**
+   * Whether a retained message may be kept: within the publishing identity's quota
+   * (limits.quotas.retainedMessages / retainedBytes, a message it replaces of its own freed) and
+   * the broker's limits (maxRetainedMessages / maxRetainedBytes). Clearing a topic always fits.
+   */
+  retainFits(message: Message, quotaKey: string): boolean {
+    if (message.payload.length === 0) return true;
+    const size = messageSize(message);
+    const previous = this.retained.get(message.topic);
+    const own = previous !== undefined && previous.quotaKey === quotaKey ? { bytes: messageSize(previous) } : null;
+    const limits = this.config.limits;
+    if (previous === undefined && this.retained.size >= limits.maxRetainedMessages) return false;
+    if (this.retained.bytes + size - (previous === undefined ? 0 : messageSize(previous)) > limits.maxRetainedBytes) return false;
+    return this.quotas.retainFits(quotaKey, size, own);
+  }
+
+  /** Keeps (or clears) a retained message, moving its quota from the identity whose message it replaces. */
+  private retain(message: Message): void {
+    const previous = this.retained.set(message);
+    if (previous?.quotaKey !== undefined) this.quotas.retained(previous.quotaKey, -1, -messageSize(previous));
+    if (message.payload.length > 0 && message.quotaKey !== undefined) this.quotas.retained(message.quotaKey, 1, messageSize(message));
+    this.store.retained(message);
   }
 
   /** Sends the retained messages matching a new subscription, each with the retain flag set [MQTT-3.3.1-9]. */
@@ -213,6 +238,11 @@ export class Delivery implements DeliveryApi {
     const size = queuedSize(delivery.message);
     const maxBytes = limits.maxQueuedBytes;
     const max = limits.maxQueuedMessages;
+    // The identity's queued bytes across all its sessions (limits.quotas.queuedBytes): treated as a full queue.
+    if (!this.quotas.queuedFits(session.quotaKey, size)) {
+      this.queueLoss(session, delivery, delivery.qos > 0);
+      return false;
+    }
     if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
       if (delivery.qos === 0) {
         this.queueLoss(session, delivery, false);
@@ -222,7 +252,9 @@ export class Delivery implements DeliveryApi {
       while (session.queuedQos0 > 0 && (queue.length >= max || session.queuedBytes + size > maxBytes)) {
         while ((queue[i] as QueuedDelivery).qos !== 0) i++;
         const [evicted] = queue.splice(i, 1) as [QueuedDelivery];
-        session.queuedBytes -= queuedSize(evicted.message);
+        const freed = queuedSize(evicted.message);
+        session.queuedBytes -= freed;
+        this.quotas.queued(session.quotaKey, -freed);
         session.queuedQos0--;
         this.queueLoss(session, evicted, false);
       }
@@ -233,6 +265,7 @@ export class Delivery implements DeliveryApi {
     }
     queue.push(delivery);
     session.queuedBytes += size;
+    this.quotas.queued(session.quotaKey, size);
     if (delivery.qos === 0) session.queuedQos0++;
     this.store.queued(session, delivery);
     return true;
@@ -336,10 +369,12 @@ export class Delivery implements DeliveryApi {
     session.droppedMessages += dropped;
     this.stats.queueDroppedQos0 += dropped;
     this.stats.messagesDropped += dropped;
+    const before = session.queuedBytes;
     session.queue = kept;
     session.queuedBytes = 0;
     session.queuedQos0 = 0;
     for (const q of kept) session.queuedBytes += queuedSize(q.message);
+    this.quotas.queued(session.quotaKey, session.queuedBytes - before);
   }
 
   /** A client whose queue stayed full with no delivery for limits.slowConsumerTimeoutMs: DISCONNECT 0x97. */
@@ -393,6 +428,7 @@ export class Delivery implements DeliveryApi {
     if (sent > 0) {
       session.queue.splice(0, sent);
       session.queuedBytes -= bytes;
+      this.quotas.queued(session.quotaKey, -bytes);
       session.queuedQos0 -= qos0;
       session.queueFullSince = 0;
       session.lastProgressAt = this.clock.now;

@@ -34,8 +34,10 @@ export interface GateApi {
 
 /** Session state and the store (src/broker/sessions.ts). */
 export interface SessionsApi {
-  /** Takes over a live session, discards it on clean start, or resumes it. */
-  attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean };
+  /** Takes over a live session, discards it on clean start, or resumes it; null: over the identity's persistent-session quota. */
+  attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number, quotaKey: string): { session: Session; present: boolean } | null;
+  /** Whether the session's identity may hold one more subscription (limits.quotas.subscriptions). */
+  subscriptionFits(session: Session): boolean;
   addSubscription(session: Session, sub: StoredSubscription): void;
   removeSubscription(session: Session, filter: string): boolean;
   /** An inbound QoS 2 packet id is held until PUBREL [MQTT-4.3.3-10]. */
@@ -55,6 +57,8 @@ export interface DeliveryApi {
   completeInflight(session: Session, packetId: number): void;
   /** PUBREC: the QoS 2 delivery now waits for PUBCOMP. */
   awaitComplete(session: Session, inflight: Inflight): void;
+  /** Whether a retained message may be kept: the publisher's quota and the broker's retained limits (v5 0x97 when not). */
+  retainFits(message: Message, quotaKey: string): boolean;
   /** Sends the retained messages matching a new subscription. */
   sendRetained(session: Session, sub: StoredSubscription): void;
   /** After CONNACK: re-sends what was in flight, then the queue. */

@@ -7,6 +7,43 @@ import type { StoredMessage } from '../store/types.ts';
  */
 export interface Message extends StoredMessage {
   encoded?: (Buffer | undefined)[];
+  /** Bytes it counts for in queues and quotas (see messageSize); computed once. */
+  size?: number;
+  /** Whose quota a retained copy of it counts against (see quotas.ts); not stored. */
+  quotaKey?: string;
+}
+
+/**
+ * What a message costs to keep: topic, payload and v5 properties as encoded (the PUBLISH's
+ * fixed fields aside). Queue limits and quotas count this, so user properties cannot be used to
+ * hold far more memory than the limits say.
+ */
+export function messageSize(message: Message): number {
+  if (message.size !== undefined) return message.size;
+  let n = Buffer.byteLength(message.topic) + message.payload.length;
+  const p = message.properties;
+  if (p !== undefined) {
+    for (const key in p) {
+      const v = (p as Record<string, unknown>)[key];
+      if (v === undefined) continue;
+      if (key === 'userProperties') {
+        for (const [k, vs] of Object.entries(v as Record<string, string | string[]>)) {
+          for (const x of Array.isArray(vs) ? vs : [vs]) n += 5 + Buffer.byteLength(k) + Buffer.byteLength(String(x));
+        }
+      } else if (typeof v === 'string') n += 3 + Buffer.byteLength(v);
+      else if (Buffer.isBuffer(v)) n += 3 + v.length;
+      else n += 5;
+    }
+  }
+  message.size = n;
+  return n;
+}
+
+/** The message without what only this process uses (encodings, size, quota owner): what the store keeps. */
+export function forStore(message: Message): StoredMessage {
+  if (message.encoded === undefined && message.size === undefined && message.quotaKey === undefined) return message;
+  const { encoded: _e, size: _s, quotaKey: _q, ...rest } = message;
+  return rest;
 }
 
 /** Index into {@link Message.encoded}: v3.1/3.1.1 share one encoding, v5 has its own. */

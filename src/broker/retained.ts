@@ -1,5 +1,5 @@
 /** Retained messages, in a topic trie so a subscribe visits only the branches its filter can reach. */
-import type { Message } from './message.ts';
+import { messageSize, type Message } from './message.ts';
 
 class Node {
   children: Map<string, Node> | null = null;
@@ -9,13 +9,32 @@ class Node {
 export class RetainedMessages {
   private readonly root = new Node();
   private count = 0;
+  private totalBytes = 0;
 
   get size(): number {
     return this.count;
   }
 
-  /** Sets, replaces, or (with an empty payload) clears the retained message of a topic [MQTT-3.3.1-5..7]. */
-  set(message: Message): void {
+  /** What the retained messages count for (topic, payload, properties; see messageSize). */
+  get bytes(): number {
+    return this.totalBytes;
+  }
+
+  /** The retained message of a topic, if any. */
+  get(topic: string): Message | undefined {
+    let node: Node | undefined = this.root;
+    for (const level of topic.split('/')) {
+      node = node.children?.get(level);
+      if (node === undefined) return undefined;
+    }
+    return node.message ?? undefined;
+  }
+
+  /**
+   * Sets, replaces, or (with an empty payload) clears the retained message of a topic
+   * [MQTT-3.3.1-5..7]. Returns the message it replaced or cleared.
+   */
+  set(message: Message): Message | undefined {
     const levels = message.topic.split('/');
     if (message.payload.length === 0) return this.clear(levels);
     let node = this.root;
@@ -28,20 +47,28 @@ export class RetainedMessages {
       }
       node = child;
     }
-    if (node.message === null) this.count++;
+    const previous = node.message;
+    if (previous === null) this.count++;
+    else this.totalBytes -= messageSize(previous);
+    this.totalBytes += messageSize(message);
     node.message = message;
+    return previous ?? undefined;
   }
 
-  private clear(levels: string[]): void {
+  private clear(levels: string[]): Message | undefined {
     const path: [Node, string][] = [];
     let node: Node = this.root;
     for (const level of levels) {
       const child = node.children?.get(level);
-      if (child === undefined) return;
+      if (child === undefined) return undefined;
       path.push([node, level]);
       node = child;
     }
-    if (node.message !== null) this.count--;
+    const previous = node.message;
+    if (previous !== null) {
+      this.count--;
+      this.totalBytes -= messageSize(previous);
+    }
     node.message = null;
     for (let i = path.length - 1; i >= 0; i--) {
       const [parent, level] = path[i] as [Node, string];
@@ -49,6 +76,7 @@ export class RetainedMessages {
       if (child.message !== null || (child.children !== null && child.children.size > 0)) break;
       parent.children?.delete(level);
     }
+    return previous ?? undefined;
   }
 
   /** Calls `visit` for every retained message whose topic matches `filter`. */

@@ -2,7 +2,7 @@ import type { Principal } from '../auth/types.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { sessionKey, type StoredSession, type StoredSubscription } from '../store/types.ts';
 import type { Client } from './ports.ts';
-import type { Message } from './message.ts';
+import { forStore, messageSize, type Message } from './message.ts';
 
 /** A `$share` group a delivery came through: another member may take it (router.ts SharedGroup). */
 export interface SharedTarget {
@@ -119,6 +119,10 @@ export class Session {
 
   /** The session's name: its owner and client id (see sessionKey). */
   readonly key: string;
+  /** Whose quotas it counts against (quotas.ts): its owner, or for anonymous clients the owner at an address. */
+  quotaKey: string;
+  /** Counted as one of its identity's persistent sessions. */
+  quotaCounted = false;
 
   constructor(
     readonly clientId: string,
@@ -128,6 +132,7 @@ export class Session {
     public expiryInterval: number,
   ) {
     this.key = sessionKey(owner, clientId);
+    this.quotaKey = owner;
   }
 
   get persistent(): boolean {
@@ -154,11 +159,11 @@ export class Session {
       inflight: [...this.inflight.values()].map((f) => ({
         packetId: f.packetId,
         state: f.state,
-        message: { ...stripEncoding(f.message), qos: f.qos, retain: f.retain },
+        message: { ...forStore(f.message), qos: f.qos, retain: f.retain },
         ...(f.subscriptionIds ? { subscriptionIds: f.subscriptionIds } : {}),
       })),
       // QoS 0 is at most once: it is never written to the store (see Delivery.enqueue).
-      queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...stripEncoding(q.message), qos: q.qos, retain: q.retain })),
+      queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...forStore(q.message), qos: q.qos, retain: q.retain })),
       awaitingRelease: [...this.awaitingRelease],
     };
     if (this.expiresAt !== undefined) stored.expiresAt = this.expiresAt;
@@ -190,12 +195,9 @@ export class Session {
   }
 }
 
-function stripEncoding(message: Message): Message {
-  const { encoded: _encoded, ...rest } = message;
-  return rest;
-}
 
-/** What a queued message counts against limits.maxQueuedBytes: its payload and topic. */
-export function queuedSize(message: { payload: Buffer; topic: string }): number {
-  return message.payload.length + message.topic.length;
+
+/** What a queued message counts against limits.maxQueuedBytes and the identity's queued-bytes quota. */
+export function queuedSize(message: Message): number {
+  return messageSize(message);
 }

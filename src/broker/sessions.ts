@@ -9,8 +9,9 @@ import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
 import { sessionKey, type Store, type StoredSubscription } from '../store/types.ts';
 import type { SessionsApi } from './handler-api.ts';
-import type { Message } from './message.ts';
+import { forStore, type Message } from './message.ts';
 import type { Client } from './ports.ts';
+import type { IdentityQuotas } from './quotas.ts';
 import type { Router } from './router.ts';
 import { Session, type Inflight, type QueuedDelivery } from './session.ts';
 
@@ -37,6 +38,7 @@ export class SessionRegistry implements SessionsApi {
     private readonly store: Store,
     private readonly router: Router,
     private readonly hooks: SessionHooks,
+    private readonly quotas: IdentityQuotas,
   ) {}
 
   get size(): number {
@@ -63,6 +65,12 @@ export class SessionRegistry implements SessionsApi {
       }
       this.sessions.set(session.key, session);
       for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, true);
+      this.quotas.subscriptions(session.quotaKey, session.subscriptions.size);
+      this.quotas.queued(session.quotaKey, session.queuedBytes);
+      if (session.persistent) {
+        session.quotaCounted = true;
+        this.quotas.sessions(session.quotaKey, 1);
+      }
       this.armExpiry(session);
     }
     return this.store.loadRetained();
@@ -78,9 +86,16 @@ export class SessionRegistry implements SessionsApi {
 
   // ── attach and detach ──────────────────────────────────────────────────────
 
-  attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number): { session: Session; present: boolean } {
+  /**
+   * Takes over a live session, discards it on clean start, or resumes it. Null when the session
+   * would be one persistent session too many for its identity (limits.quotas.persistentSessions).
+   */
+  attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number, quotaKey: string): { session: Session; present: boolean } | null {
     const key = sessionKey(owner, clientId);
     let session = this.sessions.get(key);
+    // Resuming a session already counted adds none; a clean start frees the one it replaces.
+    const counted = session !== undefined && session.quotaCounted;
+    if (expiryInterval > 0 && !(counted && !cleanStart) && !this.quotas.sessionFits(quotaKey, counted ? 1 : 0)) return null;
     if (session !== undefined) {
       const old = session.connection;
       if (old !== null && old !== conn) {
@@ -101,6 +116,7 @@ export class SessionRegistry implements SessionsApi {
     const present = session !== undefined;
     if (session === undefined) {
       session = new Session(clientId, owner, conn.version, expiryInterval);
+      session.quotaKey = quotaKey;
       this.sessions.set(key, session);
     } else {
       session.expiryInterval = expiryInterval;
@@ -109,6 +125,11 @@ export class SessionRegistry implements SessionsApi {
     session.expiresAt = undefined;
     this.syncStored(session);
     return { session, present };
+  }
+
+  /** Whether the session's identity may hold one more subscription (limits.quotas.subscriptions). */
+  subscriptionFits(session: Session): boolean {
+    return this.quotas.subscriptionFits(session.quotaKey);
   }
 
   /** The session's connection closed: it ends, or (persistent) waits offline until it expires. */
@@ -142,6 +163,12 @@ export class SessionRegistry implements SessionsApi {
 
   private destroy(session: Session): void {
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
+    this.quotas.subscriptions(session.quotaKey, -session.subscriptions.size);
+    this.quotas.queued(session.quotaKey, -session.queuedBytes);
+    if (session.quotaCounted) {
+      session.quotaCounted = false;
+      this.quotas.sessions(session.quotaKey, -1);
+    }
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
     if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     if (session.stored) {
@@ -156,6 +183,7 @@ export class SessionRegistry implements SessionsApi {
   addSubscription(session: Session, sub: StoredSubscription): void {
     const previous = session.subscriptions.get(sub.filter);
     if (previous !== undefined) this.routeSubscription(session, previous, false);
+    else this.quotas.subscriptions(session.quotaKey, 1);
     session.subscriptionsForWrite().set(sub.filter, sub);
     this.routeSubscription(session, sub, true);
     if (session.persistent) this.persist((s) => s.putSubscription(session.key, sub));
@@ -165,6 +193,7 @@ export class SessionRegistry implements SessionsApi {
     const sub = session.subscriptions.get(filter);
     if (sub === undefined) return false;
     session.subscriptions.delete(filter);
+    this.quotas.subscriptions(session.quotaKey, -1);
     this.routeSubscription(session, sub, false);
     if (session.persistent) this.persist((s) => s.deleteSubscription(session.key, filter));
     return true;
@@ -194,11 +223,11 @@ export class SessionRegistry implements SessionsApi {
   // ── the store: what delivery keeps ─────────────────────────────────────────
 
   retained(message: Message): void {
-    this.persist((s) => s.putRetained(stripForStore(message)));
+    this.persist((s) => s.putRetained(forStore(message)));
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.key, { ...stripForStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
   }
 
   dequeued(session: Session, count: number): void {
@@ -211,7 +240,7 @@ export class SessionRegistry implements SessionsApi {
       s.putInflight(session.key, {
         packetId: inflight.packetId,
         state: inflight.state,
-        message: { ...stripForStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
+        message: { ...forStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
         ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
       }),
     );
@@ -224,6 +253,10 @@ export class SessionRegistry implements SessionsApi {
   /** Writes the session to the store when it is persistent, or removes it when it no longer is. */
   private syncStored(session: Session): void {
     const key = session.key;
+    if (session.persistent !== session.quotaCounted) {
+      session.quotaCounted = session.persistent;
+      this.quotas.sessions(session.quotaKey, session.persistent ? 1 : -1);
+    }
     if (session.persistent) {
       if (session.stored) {
         this.persist((s) => s.setSessionExpiry(key, session.expiresAt, session.expiryInterval));
@@ -244,8 +277,4 @@ export class SessionRegistry implements SessionsApi {
   }
 }
 
-function stripForStore(message: Message): Message {
-  if (message.encoded === undefined) return message;
-  const { encoded: _e, ...rest } = message;
-  return rest;
-}
+

@@ -11,7 +11,7 @@ import type { CoarseClock } from './stats.ts';
 
 export class WillScheduler {
   /** Delayed wills by session key. */
-  private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will }>();
+  private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will; quotaKey: string }>();
 
   constructor(
     private readonly gate: Pick<GateApi, 'authorizePublish'>,
@@ -19,29 +19,31 @@ export class WillScheduler {
     private readonly log: Logger,
     /** The clock every message's expiry is read from; a will's must be set from the same one. */
     private readonly clock: CoarseClock,
+    /** A retained will counts against its identity's retained quota, as a PUBLISH does. */
+    private readonly retainFits: (message: Message, quotaKey: string) => boolean,
   ) {}
 
   /** A connection ended: its will goes now, after its delay, or not at all. */
-  connectionEnded(conn: Client, session: { readonly key: string; readonly expiryInterval: number } | null): void {
+  connectionEnded(conn: Client, session: { readonly key: string; readonly expiryInterval: number; readonly quotaKey: string } | null): void {
     const will = conn.will;
     if (will === null || conn.discardWill || session === null) return;
     if (conn.takenOver) {
-      if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(session.key, conn, will);
+      if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(session.key, session.quotaKey, conn, will);
       return;
     }
     const delay = conn.v5 ? Math.min(will.delaySeconds, session.expiryInterval) : 0;
-    this.schedule(session.key, conn, will, delay);
+    this.schedule(session.key, session.quotaKey, conn, will, delay);
   }
 
-  private schedule(key: string, conn: Client, will: Will, delaySeconds: number): void {
-    if (delaySeconds <= 0) return this.publish(key, conn, will);
+  private schedule(key: string, quotaKey: string, conn: Client, will: Will, delaySeconds: number): void {
+    if (delaySeconds <= 0) return this.publish(key, quotaKey, conn, will);
     this.cancel(key, false);
     const timer = setTimeout(() => {
       this.pending.delete(key);
-      this.publish(key, conn, will);
+      this.publish(key, quotaKey, conn, will);
     }, delaySeconds * 1000);
     timer.unref();
-    this.pending.set(key, { timer, conn, will });
+    this.pending.set(key, { timer, conn, will, quotaKey });
   }
 
   /** A new connection for the session: drop the pending will, or send it now if the session ends. */
@@ -50,7 +52,7 @@ export class WillScheduler {
     if (entry === undefined) return;
     clearTimeout(entry.timer);
     this.pending.delete(key);
-    if (sessionEnds) this.publish(key, entry.conn, entry.will);
+    if (sessionEnds) this.publish(key, entry.quotaKey, entry.conn, entry.will);
   }
 
   /** The session ended (expired): a pending will is published now. */
@@ -59,14 +61,14 @@ export class WillScheduler {
   }
 
   /** `origin`: the session key of the client whose will it is (for no-local). */
-  private publish(origin: string, conn: Client, will: Will): void {
+  private publish(origin: string, quotaKey: string, conn: Client, will: Will): void {
     const decide = this.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
         this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');
         return;
       }
-      const message: Message = { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, origin };
+      const message: Message = { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, origin, quotaKey };
       if (will.properties !== undefined) {
         const { messageExpiryInterval, ...properties } = will.properties;
         if (messageExpiryInterval !== undefined) {
@@ -74,6 +76,10 @@ export class WillScheduler {
           (properties as Record<string, unknown>).messageExpiryInterval = messageExpiryInterval;
         }
         if (Object.keys(properties).length > 0) message.properties = properties;
+      }
+      if (message.retain && !this.retainFits(message, quotaKey)) {
+        this.log.warn({ clientId: conn.clientId, topic: will.topic }, 'will not published: retained messages over quota (limits.quotas)');
+        return;
       }
       this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will published');
       this.publishInternal(message);

@@ -136,6 +136,8 @@ const limits = z
     maxClientIdLength: z.number().int().min(23).max(65535).default(256),
     maxTopicLength: z.number().int().min(1).max(65535).default(4096),
     maxTopicLevels: z.number().int().min(1).max(1024).default(64),
+    /** Longest share name in `$share/{name}/{filter}`, in bytes (the whole filter also counts against maxTopicLength). */
+    maxShareNameLength: z.number().int().min(1).max(65535).default(128),
     maxUserProperties: z.number().int().min(0).max(65535).default(32),
     receiveMaximum: z.number().int().min(1).max(65535).default(64),
     maxInflight: z.number().int().min(1).max(65535).default(64),
@@ -157,6 +159,22 @@ const limits = z
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),
     maxSessionExpiry: z.number().int().min(0).max(0xffffffff).default(7 * 24 * 3600),
+    /** Retained messages the whole broker keeps, by count and by bytes (topic, payload, properties). */
+    maxRetainedMessages: positiveInt.default(1_000_000),
+    maxRetainedBytes: positiveInt.default(1024 * 1024 * 1024),
+    /**
+     * Per identity, across all its sessions (anonymous clients: per source address): what one
+     * identity may hold. Over a quota: v5 0x97 Quota exceeded, audited (see docs/configuration.md).
+     */
+    quotas: z
+      .strictObject({
+        retainedMessages: positiveInt.default(10_000),
+        retainedBytes: positiveInt.default(64 * 1024 * 1024),
+        persistentSessions: positiveInt.default(100),
+        subscriptions: positiveInt.default(10_000),
+        queuedBytes: positiveInt.default(128 * 1024 * 1024),
+      })
+      .prefault({}),
     /** Connection caps and the connect rate per source address, enforced at accept time. */
     ...connectionLimits,
   })

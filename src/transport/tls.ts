@@ -121,7 +121,9 @@ export class TlsListener implements Listener {
       // session cache that Node does not keep (no 'newSession' listener), so nothing resumes; and
       // it skips the stateless tickets' cost, which re-encodes and re-parses the session with the
       // client certificate twice per handshake (about a fifth of an mTLS handshake's CPU).
-      ...(this.options.sessionTickets === true ? {} : { secureOptions: crypto.constants.SSL_OP_NO_TICKET }),
+      // Client-initiated renegotiation (TLS 1.2) is refused outright: each one is a full handshake
+      // the client can ask for at will, many per second on one socket.
+      secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION | (this.options.sessionTickets === true ? 0 : crypto.constants.SSL_OP_NO_TICKET),
     };
   }
 

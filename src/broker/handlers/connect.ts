@@ -19,6 +19,7 @@ import { checkTopicName } from '../../protocol/topic.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
 import { ownerOf } from '../../auth/owner.ts';
+import { quotaKeyOf } from '../quotas.ts';
 import type { Will } from '../ports.ts';
 import type { Session } from '../session.ts';
 import { rememberAuthMethod } from './reauth.ts';
@@ -300,9 +301,15 @@ function willDecided(ctx: ConnectContext, decision: AuthzResult): Refusal | unde
 function attachSession(ctx: ConnectContext): Refusal | undefined {
   const { conn, packet } = ctx;
   const clean = packet.clean !== false;
-  const { session, present } = ctx.broker.sessions.attach(conn, ctx.clientId, ownerOf(ctx.principal as Principal), clean, ctx.sessionExpiry);
-  ctx.session = session;
-  ctx.sessionPresent = present;
+  const principal = ctx.principal as Principal;
+  const owner = ownerOf(principal);
+  const attached = ctx.broker.sessions.attach(conn, ctx.clientId, owner, clean, ctx.sessionExpiry, quotaKeyOf(owner, principal, conn.peer.remoteAddress));
+  if (attached === null) {
+    const max = ctx.broker.config.limits.quotas.persistentSessions;
+    return { reason: ReasonCode.QuotaExceeded, detail: `this identity already has ${max} persistent sessions (limits.quotas.persistentSessions); connect with clean start or session expiry 0, or end one` };
+  }
+  ctx.session = attached.session;
+  ctx.sessionPresent = attached.present;
   return undefined;
 }
 

@@ -57,7 +57,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
   if (limiter !== null && !limiter.admit(conn, qos, packetId, packet.payload.length + topic.length, Date.now())) return;
 
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
-  const message: Message = { topic, payload, qos, retain: packet.retain, origin: session.key };
+  const message: Message = { topic, payload, qos, retain: packet.retain, origin: session.key, quotaKey: session.quotaKey };
   if (conn.v5 && properties !== undefined) {
     const { topicAlias: _a, subscriptionIdentifier: _s, messageExpiryInterval, ...pass } = properties;
     if (messageExpiryInterval !== undefined) {
@@ -77,7 +77,11 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
   let reason: number = ReasonCode.Success;
-  if (decision.kind === 'allow') {
+  if (decision.kind === 'allow' && message.retain && !broker.delivery.retainFits(message, session.quotaKey)) {
+    // Over the identity's retained quota or the broker's retained limits: not published at all.
+    broker.gate.audit(conn, { event: 'publish', action: 'quota', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'retained messages over quota (limits.quotas.retainedMessages / retainedBytes, limits.maxRetainedMessages / maxRetainedBytes)', topic: message.topic, qos: message.qos, retain: true });
+    reason = conn.v5 ? ReasonCode.QuotaExceeded : ReasonCode.Success;
+  } else if (decision.kind === 'allow') {
     const matched = broker.delivery.route(message, conn);
     if (matched === 0 && conn.v5) reason = ReasonCode.NoMatchingSubscribers;
   } else {

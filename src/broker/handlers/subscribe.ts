@@ -6,7 +6,7 @@
 import type { SubscribePacket } from '../../protocol/codec.ts';
 import { countUserProperties } from '../../protocol/codec.ts';
 import { ReasonCode, toV3SubackCode } from '../../protocol/reason-codes.ts';
-import { checkTopicFilter, parseShared } from '../../protocol/topic.ts';
+import { checkTopicFilter, parseShared, type TopicCheck } from '../../protocol/topic.ts';
 import type { StoredSubscription } from '../../store/types.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
@@ -43,7 +43,8 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
       continue;
     }
     const inner = shared === null ? filter : shared.filter;
-    const check = checkTopicFilter(inner, limits);
+    // The whole filter counts, a share's `$share/{group}/` included, and the group has its own small limit.
+    const check = shared === null ? checkTopicFilter(inner, limits) : checkSharedFilter(filter, shared.group, inner, limits);
     if (!check.ok) {
       gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
@@ -51,7 +52,12 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     }
     const existed = session.subscriptions.has(filter);
     if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
-      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions', topic: filter, qos: request.qos });
+      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions (limits.maxSubscriptionsPerClient)', topic: filter, qos: request.qos });
+      codes.push(ReasonCode.QuotaExceeded);
+      continue;
+    }
+    if (!existed && !broker.sessions.subscriptionFits(session)) {
+      gate.audit(conn, { event: 'subscribe', decision: 'deny', action: 'quota', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions for this identity (limits.quotas.subscriptions)', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
       continue;
     }
@@ -84,4 +90,10 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     if (shared || sub.retainHandling === 2 || (sub.retainHandling === 1 && existed)) continue;
     broker.delivery.sendRetained(session, sub);
   }
+}
+
+function checkSharedFilter(whole: string, group: string, inner: string, limits: { maxTopicLength: number; maxTopicLevels: number; maxShareNameLength: number }): TopicCheck {
+  if (Buffer.byteLength(whole) > limits.maxTopicLength) return { ok: false, detail: `shared subscription longer than limits.maxTopicLength (${limits.maxTopicLength} bytes)` };
+  if (Buffer.byteLength(group) > limits.maxShareNameLength) return { ok: false, detail: `share name longer than limits.maxShareNameLength (${limits.maxShareNameLength} bytes)` };
+  return checkTopicFilter(inner, limits);
 }
