@@ -140,7 +140,8 @@ for (const tryPrivate of [true, false]) {
   test(`a Mosquitto bridge with try_private ${tryPrivate} (${tryPrivate ? 'protocol level 0x84, the bridge bit' : 'an ordinary MQTT 3.1.1 client'}) carries messages both ways over mTLS under its certificate's principal, and the policy stops what it denies`, async (t) => {
     if (skip || central === undefined) {
       t.log('install mosquitto and mosquitto-clients to run the bridge tests');
-      return t.pass();
+      t.pass();
+      return;
     }
     const b = central;
     const edgeDir = fs.mkdtempSync(path.join(dir, `${cn}-`));
