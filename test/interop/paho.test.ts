@@ -4,7 +4,7 @@
  * test/interop/paho/ use paho's defaults and set only host, port, credentials and TLS files; each
  * prints what it saw as JSON, which the tests check.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { delay, havePaho, jsonLines, paho, type Running } from './clients.ts';
 import { type Matrix, pahoArgs, requireTool, startMatrix, type Transport } from './matrix.ts';
 
@@ -27,7 +27,7 @@ async function script(name: string, args: string[], timeoutMs = 20_000): Promise
   return lines[lines.length - 1] as Record<string, unknown>;
 }
 
-function ready(t: Parameters<Parameters<typeof test>[1]>[0]): Matrix | undefined {
+function ready(t: ExecutionContext): Matrix | undefined {
   if (!requireTool(t, havePaho, 'python3-paho-mqtt')) return undefined;
   return m;
 }
