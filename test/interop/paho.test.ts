@@ -222,6 +222,20 @@ test('paho 5: message expiry (an expired queued message is not delivered; the ot
   t.is(r.short_after_expiry, false, 'a session with a 1 s expiry is gone 2 s after its disconnect');
 });
 
+for (const version of ['3.1', ...versions]) {
+  test(`paho ${version}: keep-alive 0 (off) is accepted and the connection stays up`, async (t) => {
+    const mx = ready(t);
+    if (mx === undefined) return;
+    const h = paho('hold.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('ka0'), '--client-id', `ka0-${version}`, '--keepalive', '0']);
+    t.teardown(() => h.child.kill('SIGKILL'));
+    t.true(await h.waitFor(/"connected": 0/), h.stdout() + h.stderr());
+    await delay(1000);
+    t.is(h.child.exitCode, null, 'still connected a second later');
+    t.truthy(mx.broker.logs().find((l) => l.msg === 'client connected' && l.clientId === `ka0-${version}`));
+    t.falsy(mx.broker.logs().find((l) => l.msg === 'client disconnected' && l.clientId === `ka0-${version}`));
+  });
+}
+
 test('paho 5: CONNACK carries the broker\'s properties; a keep-alive above limits.maxKeepAlive is answered with Server Keep Alive', async (t) => {
   const mx = ready(t);
   if (mx === undefined) return;
@@ -233,5 +247,4 @@ test('paho 5: CONNACK carries the broker\'s properties; a keep-alive above limit
     connected: 0,
     properties: { ServerKeepAlive: 3600, ReceiveMaximum: 64, TopicAliasMaximum: 32, MaximumPacketSize: 1024 * 1024, RetainAvailable: 1, SharedSubscriptionAvailable: 1, WildcardSubscriptionAvailable: 1, SubscriptionIdentifierAvailable: 1 },
   });
-  await delay(0);
 });
