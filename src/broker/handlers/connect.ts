@@ -153,8 +153,8 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
 /** limits.maxUserProperties bounds the CONNECT and the will, each on its own (CONNACK 0x83). */
 function checkUserProperties(ctx: ConnectContext): Refusal | undefined {
   const max = ctx.broker.config.limits.maxUserProperties;
-  if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties` };
-  if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties in the will` };
+  if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than limits.maxUserProperties (${max}) user properties; raise it to admit more` };
+  if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than limits.maxUserProperties (${max}) user properties in the will; raise it to admit more` };
   return undefined;
 }
 
@@ -170,8 +170,9 @@ function checkClientId(ctx: ConnectContext): Refusal | undefined {
     ctx.clientId = `auto-${randomUUID()}`;
     if (conn.v5) ctx.assignedClientId = ctx.clientId; // [MQTT-3.2.2-16]
   }
-  if (Buffer.byteLength(ctx.clientId) > limits.maxClientIdLength) {
-    return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id longer than ${limits.maxClientIdLength} bytes` };
+  const idBytes = Buffer.byteLength(ctx.clientId);
+  if (idBytes > limits.maxClientIdLength) {
+    return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id of ${idBytes} bytes is longer than limits.maxClientIdLength (${limits.maxClientIdLength}); raise it to admit longer ids` };
   }
   conn.clientId = ctx.clientId;
   if (conn.v5) {
@@ -233,7 +234,7 @@ function checkWill(ctx: ConnectContext): Refusal | undefined {
 function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
   if (ctx.broker.gate.auditAvailable()) return undefined;
   ctx.decidedBy = 'audit';
-  return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable' };
+  return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable: with audit.failMode fail-closed no client is admitted until audit.path can be written again' };
 }
 
 function authenticate(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
