@@ -15,6 +15,7 @@ import path from 'node:path';
 import test from 'ava';
 import { freePort } from '../helpers.ts';
 import { type BrokerProcess, root, startBrokerProcess, tempDir } from './broker-process.ts';
+import { requireTool } from './matrix.ts';
 import { delay, haveMosquittoBroker, haveMosquittoClients, type InteropPki, killClients, launch, makePki, MOSQUITTO, MOSQUITTO_PUB, MOSQUITTO_SUB, run, type Running } from './clients.ts';
 
 const CENTRAL = { username: 'central', password: 'central-pw-1' };
@@ -138,11 +139,7 @@ async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
 for (const tryPrivate of [true, false]) {
   const cn = tryPrivate ? 'bridge-edge-1' : 'bridge-edge-2';
   test(`a Mosquitto bridge with try_private ${tryPrivate} (${tryPrivate ? 'protocol level 0x84, the bridge bit' : 'an ordinary MQTT 3.1.1 client'}) carries messages both ways over mTLS under its certificate's principal, and the policy stops what it denies`, async (t) => {
-    if (skip || central === undefined) {
-      t.log('install mosquitto and mosquitto-clients to run the bridge tests');
-      t.pass();
-      return;
-    }
+    if (!requireTool(t, !skip, 'mosquitto and mosquitto-clients') || central === undefined) return;
     const b = central;
     const edgeDir = fs.mkdtempSync(path.join(dir, `${cn}-`));
     const edgePort = await freePort();
