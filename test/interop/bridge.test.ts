@@ -7,7 +7,8 @@
  * try_private true sends protocol level 0x84 (the bridge bit): Portcullis then reads the
  * bridge's subscriptions as no-local and retain-as-published, as Mosquitto does, so a message
  * on a topic bridged both ways is not echoed back to the edge, and a retained message reaches
- * the edge retained. try_private false: an ordinary client, with neither.
+ * the edge retained. try_private false: an ordinary client, with neither. An MQTT 5 bridge asks
+ * for both with its subscription options, and behaves as the bridge-bit bridge.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -24,6 +25,7 @@ const CENTRAL = { username: 'central', password: 'central-pw-1' };
 const POLICY = `
 g, user:bridge-edge-1, role:edge-bridge
 g, user:bridge-edge-2, role:edge-bridge
+g, user:bridge-edge-3, role:edge-bridge
 # up: the edge publishes; down: the edge reads; sync: both ways; status: the bridge's notification
 p, role:edge-bridge, edges/%u/up/#, publish, allow
 p, role:edge-bridge, edges/%u/status, publish, allow
@@ -44,7 +46,7 @@ const skip = !haveMosquittoBroker || !haveMosquittoClients;
 test.before(async () => {
   if (skip) return;
   dir = tempDir();
-  pki = await makePki(dir, ['bridge-edge-1', 'bridge-edge-2']);
+  pki = await makePki(dir, ['bridge-edge-1', 'bridge-edge-2', 'bridge-edge-3']);
   fs.writeFileSync(path.join(dir, 'policy.csv'), POLICY);
   central = await startBrokerProcess({
     cwd: dir,
@@ -76,7 +78,7 @@ test.after.always(async () => {
 });
 
 /** The edge Mosquitto's configuration: docs/bridge.md's recipe with this test's ports and files. */
-function edgeConfig(port: number, cn: string, tryPrivate: boolean): string {
+function edgeConfig(port: number, cn: string, tryPrivate: boolean, version: string): string {
   const cert = pki.client(cn);
   return [
     // Mosquitto started as root drops to the user 'mosquitto', which cannot read the test's files.
@@ -96,6 +98,7 @@ function edgeConfig(port: number, cn: string, tryPrivate: boolean): string {
     `bridge_keyfile ${cert.key}`,
     `remote_clientid ${cn}`,
     `try_private ${tryPrivate}`,
+    `bridge_protocol_version ${version}`,
     'cleansession false',
     `notification_topic edges/${cn}/status`,
     'restart_timeout 1 5',
@@ -136,14 +139,21 @@ async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
   return true;
 }
 
-for (const tryPrivate of [true, false]) {
-  const cn = tryPrivate ? 'bridge-edge-1' : 'bridge-edge-2';
-  test(`a Mosquitto bridge with try_private ${tryPrivate} (${tryPrivate ? 'protocol level 0x84, the bridge bit' : 'an ordinary MQTT 3.1.1 client'}) carries messages both ways over mTLS under its certificate's principal, and the policy stops what it denies`, async (t) => {
+const bridges = [
+  { cn: 'bridge-edge-1', tryPrivate: true, version: 'mqttv311', what: 'protocol level 0x84, the bridge bit' },
+  { cn: 'bridge-edge-2', tryPrivate: false, version: 'mqttv311', what: 'an ordinary MQTT 3.1.1 client' },
+  { cn: 'bridge-edge-3', tryPrivate: true, version: 'mqttv50', what: 'MQTT 5: No Local and Retain As Published per subscription' },
+] as const;
+
+for (const { cn, tryPrivate, version, what } of bridges) {
+  // An MQTT 5 bridge asks for both options itself, so it behaves as a bridge-bit bridge.
+  const asBridge = tryPrivate;
+  test(`a Mosquitto ${version} bridge with try_private ${tryPrivate} (${what}) carries messages both ways over mTLS under its certificate's principal, and the policy stops what it denies`, async (t) => {
     if (!requireTool(t, !skip, 'mosquitto and mosquitto-clients') || central === undefined) return;
     const b = central;
     const edgeDir = fs.mkdtempSync(path.join(dir, `${cn}-`));
     const edgePort = await freePort();
-    fs.writeFileSync(path.join(edgeDir, 'mosquitto.conf'), edgeConfig(edgePort, cn, tryPrivate));
+    fs.writeFileSync(path.join(edgeDir, 'mosquitto.conf'), edgeConfig(edgePort, cn, tryPrivate, version));
     const edge = launch(MOSQUITTO, ['-c', path.join(edgeDir, 'mosquitto.conf')], 50_000);
     t.teardown(() => {
       if (edge.child.exitCode === null) edge.child.kill('SIGTERM');
@@ -185,14 +195,14 @@ for (const tryPrivate of [true, false]) {
     // A message on a topic bridged both ways, published at the edge, comes back from Portcullis
     // only when the bridge's subscription is not no-local: once with the bridge bit, twice without.
     const echoes = received(atEdge).filter((l) => l === 'sync/from-edge e').length;
-    t.is(echoes, tryPrivate ? 1 : 2, tryPrivate ? 'no-local: the edge\'s own message is not echoed back' : 'an ordinary client gets its own message back');
+    t.is(echoes, asBridge ? 1 : 2, asBridge ? 'no-local: the edge\'s own message is not echoed back' : 'an ordinary client gets its own message back');
 
     // A retained message published centrally while the bridge is subscribed reaches the edge with
     // RETAIN set only with retain-as-published (the bridge bit), so only then does the edge keep it.
     await publish(b.port('apps'), `edges/${cn}/down/config`, 'v2', [...credentials, '-r']);
     t.true(await until(() => received(atEdge).includes('down/config v2')), 'the live message reaches the edge');
     const late = await run(MOSQUITTO_SUB, ['-h', '127.0.0.1', '-p', String(edgePort), '-t', 'down/config', '-C', '1', '-W', '2', '-v']);
-    t.is(late.stdout.trim(), tryPrivate ? 'down/config v2' : '', tryPrivate ? 'the edge kept it as retained' : 'the edge did not see it as retained');
+    t.is(late.stdout.trim(), asBridge ? 'down/config v2' : '', asBridge ? 'the edge kept it as retained' : 'the edge did not see it as retained');
 
     edge.child.kill('SIGTERM');
     await edge.exit;
