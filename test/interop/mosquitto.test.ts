@@ -232,3 +232,11 @@ test('mosquitto 5: a keep-alive above limits.maxKeepAlive is accepted (the broke
   const big = await run(MOSQUITTO_PUB, [...mosquittoArgs(mx, 'tcp'), ...V5, '-k', '7200', '-t', 'interop/x', '-q', '1', '-m', 'x']);
   t.is(big.code, 0, big.stderr);
 });
+
+test('mosquitto 5: a QoS 1 publish that no subscription matches gets PUBACK 0x10 (No matching subscribers)', async (t) => {
+  const mx = ready(t);
+  if (mx === undefined) return;
+  const r = await run(MOSQUITTO_PUB, [...mosquittoArgs(mx, 'tcp'), ...V5, '-t', `${prefix('nobody')}/x`, '-q', '1', '-m', 'x', '-d']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /received PUBACK \(Mid: 1, RC:16\)/);
+});

@@ -68,7 +68,7 @@ for (const version of versions) {
     t.deepEqual(r, { live: [['on', false]], late: [['on', true, 1]], after_clear: [] });
   });
 
-  test(`paho ${version}: a persistent session keeps its subscriptions and queues QoS 1 and 2 messages while offline (not QoS 0)`, async (t) => {
+  test(`paho ${version}: a persistent session keeps its subscriptions and queues QoS 1 and 2 messages while offline (not QoS 0); a clean ${version === '5' ? 'start' : 'session'} discards it`, async (t) => {
     const mx = ready(t);
     if (mx === undefined) return;
     const r = await script('session.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('session')]);
@@ -76,6 +76,7 @@ for (const version of versions) {
       first: false,
       resumed: true,
       queued: [['q1', 'q1 #0', 1], ['q1', 'q1 #1', 1], ['q1', 'q1 #2', 1], ['q2', 'q2', 2]],
+      after_clean: false,
     });
   });
 
@@ -182,14 +183,14 @@ test('paho 5: a will with a Will Delay Interval is published after the delay; DI
 
 // ── MQTT 5 ───────────────────────────────────────────────────────────────────
 
-test('paho 5: request / response with Response Topic and Correlation Data', async (t) => {
+test('paho 5: request / response with Response Topic and Correlation Data (Content Type and User Properties pass through)', async (t) => {
   const mx = ready(t);
   if (mx === undefined) return;
   const p = prefix('rr');
   const r = await script('request_response.py', [...pahoArgs(mx, 'tcp'), '--version', '5', '--prefix', p]);
   const replyTo = `${p}/replies/${p.replace(/\//g, '-')}`;
   t.like(r, {
-    request: { payload: 'what time is it?', properties: { ResponseTopic: replyTo, CorrelationData: Buffer.from('req-42').toString('hex'), ContentType: 'text/plain' } },
+    request: { payload: 'what time is it?', properties: { ResponseTopic: replyTo, CorrelationData: Buffer.from('req-42').toString('hex'), ContentType: 'text/plain', UserProperty: [['tenant', 'acme']] } },
     response: { topic: replyTo, payload: 'noon', properties: { CorrelationData: Buffer.from('req-42').toString('hex') } },
   });
 });
@@ -247,4 +248,114 @@ test('paho 5: CONNACK carries the broker\'s properties; a keep-alive above limit
     connected: 0,
     properties: { ServerKeepAlive: 3600, ReceiveMaximum: 64, TopicAliasMaximum: 32, MaximumPacketSize: 1024 * 1024, RetainAvailable: 1, SharedSubscriptionAvailable: 1, WildcardSubscriptionAvailable: 1, SubscriptionIdentifierAvailable: 1 },
   });
+});
+
+// ── subscriptions, CONNACK, takeover, delivery ───────────────────────────────
+
+for (const version of versions) {
+  test(`paho ${version}: overlapping subscriptions deliver once at the highest QoS${version === '5' ? ' with every Subscription Identifier' : ''}; '#' matches the parent; re-subscribing replaces the QoS${version === '5' ? '; Retain Handling 0/1/2; No Local; UNSUBACK 0x00 and 0x11' : ''}`, async (t) => {
+    const mx = ready(t);
+    if (mx === undefined) return;
+    const r = await script('subscriptions.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('subs')]);
+    if (version === '5') {
+      t.deepEqual(r.overlap, [['overlap', 2, [1, 2]]]);
+      t.deepEqual(r.resubscribed, [['resubscribed', 0, [3]]]);
+      t.deepEqual(r.retain_handling, { 0: [['kept'], ['kept']], 1: [['kept'], []], 2: [[], []] });
+      t.deepEqual(r.no_local, ['other']);
+      t.deepEqual(r.unsuback, [0x00, 0x11]);
+    } else {
+      t.deepEqual(r.overlap, [['overlap', 2, []]]);
+      t.deepEqual(r.resubscribed, [['resubscribed', 0, null]]);
+    }
+    t.deepEqual(r.parent, ['parent']);
+  });
+
+  test(`paho ${version}: a message bigger than the subscriber's Maximum Packet Size is not sent to it (MQTT 5); a new shared subscription gets no retained message`, async (t) => {
+    const mx = ready(t);
+    if (mx === undefined) return;
+    const r = await script('delivery.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('delivery')]);
+    t.deepEqual(r.sized, version === '5' ? [[4, [['origin', 'paho'], ['unit', 'celsius']]]] : [[500, null], [4, null]]);
+    t.deepEqual(r.shared_retained, []);
+  });
+}
+
+/** Runs connack.py and returns its lines: { connack } and, with --hold, { ended }. */
+async function connack(mx: Matrix, transport: Transport, version: string, args: string[]): Promise<Record<string, any>[]> {
+  const r = await paho('connack.py', [...pahoArgs(mx, transport), '--version', version, '--prefix', prefix('connack'), ...args]).exit;
+  const lines = jsonLines(r.stdout);
+  if (lines.length === 0) throw new Error(`connack.py failed: ${r.stdout}${r.stderr}`);
+  return lines;
+}
+
+test('paho 5: an empty client id gets an Assigned Client Identifier; a Session Expiry Interval above limits.maxSessionExpiry is capped and the CONNACK says so', async (t) => {
+  const mx = ready(t);
+  if (mx === undefined) return;
+  const [assigned] = await connack(mx, 'tcp', '5', []);
+  t.regex(assigned?.connack.properties.AssignedClientIdentifier ?? '', /^auto-[0-9a-f-]{36}$/);
+  const [capped] = await connack(mx, 'tcp', '5', ['--client-id', 'capped', '--session-expiry', '4294967295']);
+  t.is(capped?.connack.properties.SessionExpiryInterval, 7 * 24 * 3600);
+});
+
+test('paho 5: a refused CONNACK carries a reason string, unless the client asked for no problem information', async (t) => {
+  const mx = ready(t);
+  if (mx === undefined) return;
+  const wrong = (args: string[]) => [...args.map((a, i) => (args[i - 1] === '--password' ? 'not-the-password' : a))];
+  const tls = wrong(pahoArgs(mx, 'tls'));
+  const run1 = await paho('connack.py', [...tls, '--bind', '127.0.0.35', '--version', '5', '--prefix', prefix('pi'), '--client-id', 'pi-1']).exit;
+  const run2 = await paho('connack.py', [...tls, '--bind', '127.0.0.35', '--version', '5', '--prefix', prefix('pi'), '--client-id', 'pi-2', '--no-problem-information']).exit;
+  const [withInfo] = jsonLines(run1.stdout) as Record<string, any>[];
+  const [without] = jsonLines(run2.stdout) as Record<string, any>[];
+  t.is(withInfo?.connack.rc, 0x86);
+  t.is(typeof withInfo?.connack.properties.ReasonString, 'string');
+  t.is(without?.connack.rc, 0x86);
+  t.is(without?.connack.properties.ReasonString, undefined);
+});
+
+for (const [version, notAuthorized] of [['3.1.1', 5], ['5', 0x87]] as const) {
+  test(`paho ${version}: a will the policy denies is refused at CONNECT (${version === '5' ? '0x87' : 'return code 5'}); a client id held by another identity is refused the same way`, async (t) => {
+    const mx = ready(t);
+    if (mx === undefined) return;
+    const [will] = await connack(mx, 'tcp', version, ['--client-id', `will-denied-${version}`, '--will-topic', 'interop/denied/will']);
+    t.is(will?.connack.rc, notAuthorized);
+    // An anonymous client holds the id; the TLS listener's user may not take it over.
+    const id = `owned-${version}`;
+    const holder = paho('connack.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('owned'), '--client-id', id, '--clean', 'no', '--session-expiry', '60', '--hold', '10']);
+    t.true(await holder.waitFor(/"connack"/), holder.stderr());
+    const [other] = await connack(mx, 'tls', version, ['--client-id', id]);
+    t.is(other?.connack.rc, notAuthorized);
+    holder.child.kill('SIGKILL');
+  });
+
+  test(`paho ${version}: a second connection with the same client id and identity takes the session over; the first ${version === '5' ? 'gets DISCONNECT 0x8E' : 'is closed'}`, async (t) => {
+    const mx = ready(t);
+    if (mx === undefined) return;
+    const id = `takeover-${version}`;
+    const first = paho('connack.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('takeover'), '--client-id', id, '--clean', 'no', '--session-expiry', '60', '--hold', '8']);
+    t.true(await first.waitFor(/"connack"/), first.stderr());
+    const [second] = await connack(mx, 'tcp', version, ['--client-id', id, '--clean', 'no', '--session-expiry', '60']);
+    t.like(second, { connack: { rc: 0, session_present: true } });
+    const ended = jsonLines((await first.exit).stdout).find((l) => 'ended' in l) as { ended: { rc: number } | null } | undefined;
+    t.truthy(ended?.ended, 'the first connection was ended by the broker');
+    if (version === '5') t.is(ended?.ended?.rc, 0x8e);
+  });
+}
+
+test('paho 5: a reconnect within the Will Delay Interval cancels the will; a retained will is kept as a retained message', async (t) => {
+  const mx = ready(t);
+  if (mx === undefined) return;
+  const p = prefix('will-cancel');
+  const watcher = await willWatcher(mx, '5', `${p}/will`, 4);
+  const h = await holder(mx, '5', p, 'will-cancelled', ['--will-delay', '2', '--session-expiry', '30']);
+  h.child.kill('SIGKILL');
+  // Clean start 0: the session goes on. (A clean start would end it, and the will would go out at once.)
+  const back = await holder(mx, '5', p, 'will-cancelled', ['--session-expiry', '30', '--resume']);
+  t.teardown(() => back.child.kill('SIGKILL'));
+  t.deepEqual(willsOf(await watcher.exit), [], 'no will: the client came back within the delay');
+
+  const p2 = prefix('will-retained');
+  const dying = await holder(mx, '5', p2, 'will-retained', ['--will-retain']);
+  dying.child.kill('SIGKILL');
+  await mx.broker.waitForLog((l) => l.msg === 'will published' && l.clientId === 'will-retained');
+  const late = await willWatcher(mx, '5', `${p2}/will`);
+  t.like(willsOf(await late.exit)[0], { payload: 'will-retained is gone', retain: true });
 });

@@ -15,9 +15,10 @@ p.add_argument("--will-retain", action="store_true")
 p.add_argument("--will-delay", type=int, help="MQTT 5 Will Delay Interval")
 p.add_argument("--session-expiry", type=int, help="MQTT 5 Session Expiry Interval")
 p.add_argument("--silent", action="store_true")
+p.add_argument("--resume", action="store_true", help="clean session / clean start 0")
 p.add_argument("--then", choices=["stay", "disconnect", "disconnect-with-will"], default="stay")
 args = p.parse_args()
-c = Probe(args, client_id=args.client_id)
+c = Probe(args, client_id=args.client_id, clean=not args.resume)
 will = {"topic": f"{args.prefix}/will", "payload": f"{args.client_id} is gone", "qos": args.will_qos, "retain": args.will_retain}
 connect_props = None
 if c.v5:

@@ -14,6 +14,7 @@ reply_to = f"{args.prefix}/replies/{name}"
 requester.subscribe(reply_to, 1)
 
 request = props(PacketTypes.PUBLISH, ResponseTopic=reply_to, CorrelationData=b"req-42", ContentType="text/plain")
+request.UserProperty = [("tenant", "acme")]
 requester.publish(f"{args.prefix}/requests", "what time is it?", qos=1, properties=request)
 asked = responder.receive(1)
 result = {"request": asked[0] if asked else None}

@@ -27,8 +27,11 @@ result["resumed"] = again.connect(properties=expiry)["session_present"]
 got = again.receive(4) + again.receive(1, timeout=0.3)
 result["queued"] = [(m["topic"].rsplit("/", 1)[1], m["payload"], m["qos"]) for m in got]
 again.disconnect()
-# Ending with a clean session removes it.
+# A clean session (clean start) discards it: the next connect finds none.
 done = Probe(args, client_id=name, clean=True)
 done.connect()
 done.disconnect()
+after = Probe(args, client_id=name, clean=False)
+result["after_clean"] = after.connect(properties=expiry)["session_present"]
+after.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0) if after.v5 else None)
 emit(**result)
