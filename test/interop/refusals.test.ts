@@ -256,3 +256,15 @@ test('a TLS 1.1 client is refused by a TLS listener (minVersion TLSv1.2 by defau
   t.regex(r.stderr, /alert protocol version/);
   t.regex(text(await b.waitForLog((l) => l.msg.startsWith('TLS connection refused') && l.refusal === 'protocol-version')), /minVersion, TLSv1\.2 by default/);
 });
+
+test('a TLS client that sends no CONNECT is closed after limits.connectTimeoutMs (10 s), and the log says so', async (t) => {
+  const b = mosquitto(t);
+  if (b === undefined) return;
+  const start = Date.now();
+  // -quiet implies -ign_eof: s_client completes the handshake, sends nothing and waits for the server.
+  const r = await run('/usr/bin/openssl', ['s_client', '-connect', `127.0.0.1:${b.port('tls')}`, '-quiet'], 20_000);
+  const waited = Date.now() - start;
+  t.true(waited >= 9_500 && waited < 15_000, `closed after ${waited} ms`);
+  t.is(r.signal, null, 'closed by the broker, not by the test timeout');
+  t.truthy(await b.waitForLog((l) => l.msg.startsWith('no CONNECT within the deadline') && l.listener === 'tls'));
+});
