@@ -130,7 +130,7 @@ async function publish(port: number, topic: string, message: string, extra: stri
   if (r.code !== 0) throw new Error(`mosquitto_pub ${topic} failed: ${r.stderr}`);
 }
 
-async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
+async function until(predicate: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > end) return false;

@@ -115,7 +115,7 @@ export async function startBrokerProcess(options: StartOptions): Promise<BrokerP
   let gone = false;
   void exited.then(() => (gone = true));
 
-  const waitForLog = (match: (l: LogLine) => boolean, ms = 5000): Promise<LogLine | undefined> => {
+  const waitForLog = (match: (l: LogLine) => boolean, ms = 10_000): Promise<LogLine | undefined> => {
     const found = lines.find(match);
     if (found !== undefined) return Promise.resolve(found);
     return new Promise((resolve) => {
@@ -175,7 +175,7 @@ export async function startBrokerProcess(options: StartOptions): Promise<BrokerP
     logs: () => lines,
     waitForLog,
     audit,
-    async waitForAudit(match, ms = 5000) {
+    async waitForAudit(match, ms = 10_000) {
       const end = Date.now() + ms;
       for (;;) {
         const found = audit().find(match);

@@ -80,7 +80,7 @@ export function launch(cmd: string, args: string[], timeoutMs = 15_000): Running
     stdout: () => stdout,
     stderr: () => stderr,
     exit,
-    waitFor(pattern, ms = 5000) {
+    waitFor(pattern, ms = 15_000) {
       return new Promise((resolve) => {
         const check = () => {
           if (pattern.test(stdout) || pattern.test(stderr)) return done(true);

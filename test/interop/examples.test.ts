@@ -82,7 +82,7 @@ async function subscriber(args: string[]): Promise<Running> {
 }
 const printed = (s: Running) => s.stdout().split('\n').filter((l) => l !== '' && !l.startsWith('Client ') && !l.startsWith('Subscribed '));
 
-async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
+async function until(predicate: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > end) return false;

@@ -41,7 +41,7 @@ async function pub(mx: Matrix, transport: Transport, args: string[]): Promise<vo
   if (r.code !== 0) throw new Error(`mosquitto_pub ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
 }
 
-async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
+async function until(predicate: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > end) return false;
@@ -58,7 +58,7 @@ for (const transport of ['tcp', 'tls', 'psk', 'mtls'] as const) {
       const mx = ready(t);
       if (mx === undefined) return;
       const p = prefix(`${transport}-${version}`);
-      const s = await sub(mx, transport, ['-V', version, '-i', `${idOf(p)}-sub`, '-t', `${p}/#`, '-q', '2', '-C', '3', '-W', '10']);
+      const s = await sub(mx, transport, ['-V', version, '-i', `${idOf(p)}-sub`, '-t', `${p}/#`, '-q', '2', '-C', '3', '-W', '15']);
       for (const qos of [0, 1, 2]) await pub(mx, transport, ['-V', version, '-i', `${idOf(p)}-pub`, '-t', `${p}/q${qos}`, '-q', String(qos), '-m', `at qos ${qos}`]);
       const out = await s.exit;
       t.is(out.code, 0, out.stderr);
@@ -72,10 +72,10 @@ for (const version of versions) {
     const mx = ready(t);
     if (mx === undefined) return;
     const p = prefix('retained');
-    const live = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/state`, '-q', '1', '-C', '1', '-W', '5']);
+    const live = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/state`, '-q', '1', '-C', '1', '-W', '15']);
     await pub(mx, 'tcp', ['-V', version, '-t', `${p}/state`, '-q', '1', '-r', '-m', 'on']);
     t.deepEqual(lines((await live.exit).stdout), [`${p}/state|1|0|on`], 'live: RETAIN 0');
-    const late = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-t', `${p}/state`, '-q', '1', '-C', '1', '-W', '5', '-F', '%t|%q|%r|%p']);
+    const late = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-t', `${p}/state`, '-q', '1', '-C', '1', '-W', '15', '-F', '%t|%q|%r|%p']);
     t.is(late.stdout.trim(), `${p}/state|1|1|on`, 'a later subscriber: RETAIN 1');
     await pub(mx, 'tcp', ['-V', version, '-t', `${p}/state`, '-r', '-n']);
     const cleared = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-t', `${p}/state`, '-W', '1']);
@@ -86,7 +86,7 @@ for (const version of versions) {
     const mx = ready(t);
     if (mx === undefined) return;
     const p = prefix('will');
-    const watcher = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/will`, '-q', '1', '-C', '1', '-W', '8']);
+    const watcher = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/will`, '-q', '1', '-C', '1', '-W', '15']);
     const dying = await sub(mx, 'tcp', ['-V', version, '-i', `${idOf(p)}-dying`, '-t', `${p}/ignored`, '--will-topic', `${p}/will`, '--will-payload', 'gone', '--will-qos', '1']);
     dying.child.kill('SIGKILL');
     t.deepEqual(lines((await watcher.exit).stdout), [`${p}/will|1|0|gone`]);
@@ -102,7 +102,7 @@ for (const version of versions) {
     t.is(first.code, 0, first.stderr);
     for (let i = 0; i < 3; i++) await pub(mx, 'tcp', ['-V', version, '-t', `${p}/q1`, '-q', '1', '-m', `queued ${i}`]);
     await pub(mx, 'tcp', ['-V', version, '-t', `${p}/q0`, '-q', '0', '-m', 'qos 0 is not queued']);
-    const again = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-c', '-i', id, '-t', `${p}/#`, '-q', '1', '-C', '3', '-W', '5', '-F', '%t|%q|%p']);
+    const again = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-c', '-i', id, '-t', `${p}/#`, '-q', '1', '-C', '3', '-W', '15', '-F', '%t|%q|%p']);
     t.deepEqual(lines(again.stdout), [0, 1, 2].map((i) => `${p}/q1|1|queued ${i}`));
   });
 
@@ -164,8 +164,8 @@ test('mosquitto 5: mosquitto_rr request / response (Response Topic and Correlati
   const mx = ready(t);
   if (mx === undefined) return;
   const p = prefix('rr');
-  const responder = await sub(mx, 'tcp', [...V5, '-t', `${p}/requests`, '-C', '1', '-W', '8'], '%R|%D|%p');
-  const requester = launch(MOSQUITTO_RR, [...mosquittoArgs(mx, 'tcp'), '-t', `${p}/requests`, '-e', `${p}/replies`, '-m', 'ping', '-D', 'publish', 'correlation-data', 'corr-7', '-W', '8']);
+  const responder = await sub(mx, 'tcp', [...V5, '-t', `${p}/requests`, '-C', '1', '-W', '15'], '%R|%D|%p');
+  const requester = launch(MOSQUITTO_RR, [...mosquittoArgs(mx, 'tcp'), '-t', `${p}/requests`, '-e', `${p}/replies`, '-m', 'ping', '-D', 'publish', 'correlation-data', 'corr-7', '-W', '15']);
   const asked = lines((await responder.exit).stdout)[0] ?? '';
   t.is(asked, `${p}/replies|corr-7|ping`, 'the request carries the response topic and correlation data');
   const [replyTo, correlation] = asked.split('|');
@@ -179,7 +179,7 @@ test('mosquitto 5: mosquitto_pub -l with a topic alias sends the topic once, the
   const mx = ready(t);
   if (mx === undefined) return;
   const p = prefix('alias');
-  const s = await sub(mx, 'tcp', [...V5, '-t', `${p}/t`, '-q', '1', '-C', '3', '-W', '8'], '%t|%p');
+  const s = await sub(mx, 'tcp', [...V5, '-t', `${p}/t`, '-q', '1', '-C', '3', '-W', '15'], '%t|%p');
   // mosquitto_pub -l reads lines from standard input: a shell pipe gives it three.
   const r = await run('/bin/sh', ['-c', `printf 'a\\nb\\nc\\n' | ${MOSQUITTO_PUB} ${mosquittoArgs(mx, 'tcp').join(' ')} -V mqttv5 -t ${p}/t -q 1 -D publish topic-alias 1 -l -d`]);
   t.is(r.code, 0, r.stderr);

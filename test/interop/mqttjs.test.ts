@@ -75,7 +75,7 @@ function collect(c: MqttClient): Got[] {
   return got;
 }
 
-async function until(predicate: () => boolean, ms = 5000): Promise<boolean> {
+async function until(predicate: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > end) return false;
