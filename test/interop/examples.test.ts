@@ -16,13 +16,16 @@ import mqtt from 'mqtt';
 import { pki } from '../tls-fixtures.ts';
 import { type BrokerProcess, root, startBrokerProcess, tempDir } from './broker-process.ts';
 import { delay, haveMosquittoClients, killClients, launch, MOSQUITTO_PUB, MOSQUITTO_SUB, run, type Running } from './clients.ts';
-import { requireTool } from './matrix.ts';
+import { requireTool, slots } from './matrix.ts';
 
 const examples = path.join(root, 'docs', 'examples');
 const main = path.join(root, 'src', 'cli', 'main.ts');
 const tsx = import.meta.resolve('tsx');
 
 test.after.always(() => killClients());
+
+/** Three examples at once: each starts a broker, and some run `portcullis passwd` (argon2) too. */
+const slot = slots(3);
 
 /** A working directory as the docs lay it out: policies/ copied from the repository. */
 function workdir(t: ExecutionContext): string {
@@ -93,6 +96,7 @@ async function until(predicate: () => boolean, ms = 10_000): Promise<boolean> {
 
 test('docs/examples/dev-anonymous.yaml: the quick start commands (mosquitto_sub / mosquitto_pub 3.1.1 and 5, MQTT.js over WebSocket)', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   const b = await start(t, dir, asWritten('dev-anonymous.yaml'));
   const h = ['-h', '127.0.0.1', '-p', String(b.port('local-tcp'))];
@@ -111,6 +115,7 @@ test('docs/examples/dev-anonymous.yaml: the quick start commands (mosquitto_sub 
 
 test('docs/examples/dev-static-users.yaml: alice and bob from the file; a wrong password gets return code 4', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   const b = await start(t, dir, asWritten('dev-static-users.yaml'));
   const h = ['-h', '127.0.0.1', '-p', String(b.port('local-tcp'))];
@@ -122,6 +127,7 @@ test('docs/examples/dev-static-users.yaml: alice and bob from the file; a wrong 
 
 test('docs/examples/passwords.yaml: pki init + pki server --cn localhost, passwd add, then mosquitto_pub over TLS with a password (fleet policy: a device publishes its telemetry, a reader reads it)', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   await pki(path.join(dir, 'pki'), 'init');
   await pki(path.join(dir, 'pki'), 'server', '--cn', 'localhost');
@@ -145,6 +151,7 @@ test('docs/examples/passwords.yaml: pki init + pki server --cn localhost, passwd
 
 test('docs/examples/jwt-backend.yaml: a token from the JWKS URL, and one signed with the static key (client id = cid claim)', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   await pki(path.join(dir, 'pki'), 'init');
   await pki(path.join(dir, 'pki'), 'server', '--dns', 'localhost', '--ip', '127.0.0.1');
@@ -173,6 +180,7 @@ test('docs/examples/jwt-backend.yaml: a token from the JWKS URL, and one signed 
 
 test('docs/examples/mixed-chain.yaml: a client certificate, a JWT and a password on one listener', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   await pki(path.join(dir, 'pki'), 'init');
   await pki(path.join(dir, 'pki'), 'server', '--dns', 'localhost', '--ip', '127.0.0.1');
@@ -193,6 +201,7 @@ test('docs/examples/mixed-chain.yaml: a client certificate, a JWT and a password
 
 test('docs/examples/mtls-fleet.yaml: pki init --intermediate, pki server, pki client, pki crl; a device publishes over mTLS, local tooling reads over TCP', async (t) => {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return;
+  await slot(t);
   const dir = workdir(t);
   const p = path.join(dir, 'pki');
   await pki(p, 'init', '--intermediate');

@@ -75,3 +75,26 @@ export function pahoArgs(m: Matrix, transport: Transport): string[] {
       throw new Error(`paho has no ${transport} transport here`);
   }
 }
+
+/**
+ * At most `n` tests of a file at once. Each test that takes a slot releases it at teardown, so a
+ * test never waits for processes of another test: no deadlock, only a lower peak of client
+ * processes (the machine running npm test has few cores, and other test files time things).
+ */
+export function slots(n: number): (t: ExecutionContext) => Promise<void> {
+  let free = n;
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    const next = waiting.shift();
+    if (next !== undefined) next();
+    else free++;
+  };
+  return async (t) => {
+    if (free > 0) free--;
+    else await new Promise<void>((resolve) => waiting.push(resolve));
+    let released = false;
+    t.teardown(() => {
+      if (!released) (released = true), release();
+    });
+  };
+}

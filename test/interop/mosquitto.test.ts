@@ -7,7 +7,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { delay, haveMosquittoClients, launch, MOSQUITTO_PUB, MOSQUITTO_RR, MOSQUITTO_SUB, run, type Running } from './clients.ts';
-import { type Matrix, mosquittoArgs, requireTool, startMatrix, type Transport } from './matrix.ts';
+import { type Matrix, mosquittoArgs, requireTool, slots, startMatrix, type Transport } from './matrix.ts';
 
 let m: (Matrix & { stop(): Promise<void> }) | undefined;
 test.before(async () => {
@@ -17,8 +17,12 @@ test.after.always(async () => {
   await m?.stop();
 });
 
-function ready(t: ExecutionContext): Matrix | undefined {
+const slot = slots(6);
+
+/** The file's broker once the clients are there and one of the file's slots is free. */
+async function ready(t: ExecutionContext): Promise<Matrix | undefined> {
   if (!requireTool(t, haveMosquittoClients, 'mosquitto-clients')) return undefined;
+  await slot(t);
   return m;
 }
 
@@ -55,7 +59,7 @@ const versions = ['mqttv311', 'mqttv5'] as const;
 for (const transport of ['tcp', 'tls', 'psk', 'mtls'] as const) {
   for (const version of transport === 'tcp' ? (['mqttv31', ...versions] as const) : versions) {
     test(`mosquitto ${version} over ${transport}: mosquitto_sub gets one message at each QoS 0, 1 and 2 from mosquitto_pub`, async (t) => {
-      const mx = ready(t);
+      const mx = await ready(t);
       if (mx === undefined) return;
       const p = prefix(`${transport}-${version}`);
       const s = await sub(mx, transport, ['-V', version, '-i', `${idOf(p)}-sub`, '-t', `${p}/#`, '-q', '2', '-C', '3', '-W', '15']);
@@ -69,7 +73,7 @@ for (const transport of ['tcp', 'tls', 'psk', 'mtls'] as const) {
 
 for (const version of versions) {
   test(`mosquitto ${version}: a retained message reaches later subscribers with RETAIN set, live ones without, and mosquitto_pub -r -n clears it`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('retained');
     const live = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/state`, '-q', '1', '-C', '1', '-W', '15']);
@@ -83,7 +87,7 @@ for (const version of versions) {
   });
 
   test(`mosquitto ${version}: the will of a mosquitto_sub that is killed is published`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('will');
     const watcher = await sub(mx, 'tcp', ['-V', version, '-t', `${p}/will`, '-q', '1', '-C', '1', '-W', '15']);
@@ -93,7 +97,7 @@ for (const version of versions) {
   });
 
   test(`mosquitto ${version}: a persistent session (-c) keeps its subscription and gets the QoS 1 messages sent while it was offline`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('session');
     const id = `${idOf(p)}-persistent`;
@@ -107,7 +111,7 @@ for (const version of versions) {
   });
 
   test(`mosquitto ${version}: 100 mosquitto_pub runs with one client id in a row are all accepted (no flapping ban by default)`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('reconnect');
     // Its own source address: the loop does not draw on the connect-rate budget of the other tests.
@@ -121,7 +125,7 @@ for (const version of versions) {
   });
 
   test(`mosquitto ${version}: what the policy denies gets the spec's answer (SUBACK ${version === 'mqttv5' ? '0x87, PUBACK 0x87, PUBREC 0x87' : '0x80'})`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const subscribe = await run(MOSQUITTO_SUB, [...mosquittoArgs(mx, 'tcp'), '-V', version, '-t', 'interop/denied/x', '-d', '-W', '2']);
     t.regex(subscribe.stdout, version === 'mqttv5' ? /Subscribed \(mid: 1\): 135/ : /Subscribed \(mid: 1\): 128/);
@@ -136,7 +140,7 @@ for (const version of versions) {
   });
 
   test(`mosquitto ${version}: a wrong password is refused with ${version === 'mqttv5' ? 'CONNACK 0x86' : 'return code 4'} (mosquitto_pub exits with it)`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const args = mosquittoArgs(mx, 'tls').map((a, i, all) => (all[i - 1] === '-P' ? 'not-the-password' : a));
     // From its own address: failed logins count per address (authGuard), and 127.0.0.1 serves the other tests.
@@ -146,7 +150,7 @@ for (const version of versions) {
 }
 
 test('mosquitto: a TLS client without a certificate is refused by the mTLS listener at the handshake, and one with an unknown PSK identity by the TLS listener', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const noCert = await run(MOSQUITTO_PUB, ['-h', '127.0.0.1', '-p', String(mx.broker.port('mtls')), '--cafile', mx.pki.ca, '-t', 'interop/x', '-m', 'x']);
   t.not(noCert.code, 0);
@@ -161,7 +165,7 @@ test('mosquitto: a TLS client without a certificate is refused by the mTLS liste
 const V5 = ['-V', 'mqttv5'];
 
 test('mosquitto 5: mosquitto_rr request / response (Response Topic and Correlation Data) with a mosquitto_sub + mosquitto_pub responder', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('rr');
   const responder = await sub(mx, 'tcp', [...V5, '-t', `${p}/requests`, '-C', '1', '-W', '15'], '%R|%D|%p');
@@ -176,7 +180,7 @@ test('mosquitto 5: mosquitto_rr request / response (Response Topic and Correlati
 });
 
 test('mosquitto 5: mosquitto_pub -l with a topic alias sends the topic once, then the alias alone; subscribers get the full topic', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('alias');
   const s = await sub(mx, 'tcp', [...V5, '-t', `${p}/t`, '-q', '1', '-C', '3', '-W', '15'], '%t|%p');
@@ -188,7 +192,7 @@ test('mosquitto 5: mosquitto_pub -l with a topic alias sends the topic once, the
 });
 
 test('mosquitto 5: two mosquitto_sub in one $share group split the messages, each message to one of them', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('shared');
   const members = [await sub(mx, 'tcp', [...V5, '-t', `$share/g/${p}/#`, '-q', '1', '-W', '10'], '%p'), await sub(mx, 'tcp', [...V5, '-t', `$share/g/${p}/#`, '-q', '1', '-W', '10'], '%p')];
@@ -203,7 +207,7 @@ test('mosquitto 5: two mosquitto_sub in one $share group split the messages, eac
 });
 
 test('mosquitto 5: message expiry (a queued message past its interval is dropped, the other keeps its remaining interval) and session expiry (-x)', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('expiry');
   const id = `${idOf(p)}-sub`;
@@ -227,14 +231,14 @@ test('mosquitto 5: message expiry (a queued message past its interval is dropped
 });
 
 test('mosquitto 5: a keep-alive above limits.maxKeepAlive is accepted (the broker answers with Server Keep Alive instead of refusing)', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const big = await run(MOSQUITTO_PUB, [...mosquittoArgs(mx, 'tcp'), ...V5, '-k', '7200', '-t', 'interop/x', '-q', '1', '-m', 'x']);
   t.is(big.code, 0, big.stderr);
 });
 
 test('mosquitto 5: a QoS 1 publish that no subscription matches gets PUBACK 0x10 (No matching subscribers)', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const r = await run(MOSQUITTO_PUB, [...mosquittoArgs(mx, 'tcp'), ...V5, '-t', `${prefix('nobody')}/x`, '-q', '1', '-m', 'x', '-d']);
   t.is(r.code, 0, r.stderr);

@@ -6,7 +6,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { delay, havePaho, jsonLines, paho, type Running } from './clients.ts';
-import { type Matrix, pahoArgs, requireTool, startMatrix, type Transport } from './matrix.ts';
+import { type Matrix, pahoArgs, requireTool, slots, startMatrix, type Transport } from './matrix.ts';
 
 let m: (Matrix & { stop(): Promise<void> }) | undefined;
 test.before(async () => {
@@ -27,8 +27,12 @@ async function script(name: string, args: string[], timeoutMs = 20_000): Promise
   return lines[lines.length - 1] as Record<string, unknown>;
 }
 
-function ready(t: ExecutionContext): Matrix | undefined {
+const slot = slots(4);
+
+/** The file's broker once paho is there and one of the file's slots is free. */
+async function ready(t: ExecutionContext): Promise<Matrix | undefined> {
   if (!requireTool(t, havePaho, 'python3-paho-mqtt')) return undefined;
+  await slot(t);
   return m;
 }
 
@@ -38,7 +42,7 @@ const transports: Transport[] = ['tcp', 'tls', 'mtls', 'ws', 'wss'];
 for (const transport of transports) {
   for (const version of versions) {
     test(`paho ${version} over ${transport}: connect, subscribe and publish at QoS 0, 1 and 2, each message once at its QoS, disconnect`, async (t) => {
-      const mx = ready(t);
+      const mx = await ready(t);
       if (mx === undefined) return;
       const p = prefix(`${transport}-${version}`);
       const r = await script('pubsub.py', [...pahoArgs(mx, transport), '--version', version, '--prefix', p]);
@@ -53,7 +57,7 @@ for (const transport of transports) {
 }
 
 test('paho 3.1 (MQIsdp, level 3) over tcp: connect, QoS 0, 1 and 2, disconnect', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('v31');
   const r = await script('pubsub.py', [...pahoArgs(mx, 'tcp'), '--version', '3.1', '--prefix', p]);
@@ -62,14 +66,14 @@ test('paho 3.1 (MQIsdp, level 3) over tcp: connect, QoS 0, 1 and 2, disconnect',
 
 for (const version of versions) {
   test(`paho ${version}: a retained message reaches a later subscriber with RETAIN set, live subscribers without it, and an empty retained message clears it`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('retained.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('retained')]);
     t.deepEqual(r, { live: [['on', false]], late: [['on', true, 1]], after_clear: [] });
   });
 
   test(`paho ${version}: a persistent session keeps its subscriptions and queues QoS 1 and 2 messages while offline (not QoS 0); a clean ${version === '5' ? 'start' : 'session'} discards it`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('session.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('session')]);
     t.deepEqual(r, {
@@ -81,7 +85,7 @@ for (const version of versions) {
   });
 
   test(`paho ${version}: 100 connects of one client id in a row are all accepted (no flapping ban by default)`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     // Its own source address: the loop does not draw on the connect-rate budget of the other tests.
     const bind = version === '5' ? '127.0.0.22' : '127.0.0.21';
@@ -91,7 +95,7 @@ for (const version of versions) {
   });
 
   test(`paho ${version}: shared subscriptions split messages between members, each message to one member`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('shared.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('shared')]);
     t.deepEqual(r.suback, [1, 1]);
@@ -101,7 +105,7 @@ for (const version of versions) {
   });
 
   test(`paho ${version}: what the policy denies is refused with the spec's code (SUBACK ${version === '5' ? '0x87, UNSUBACK 0x87' : '0x80'}) and the connection stays usable`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('denied.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('denied')]);
     t.deepEqual(r, { connack: 0, suback: [1, version === '5' ? 0x87 : 0x80], ...(version === '5' ? { unsuback: [0x87] } : {}), after: ['still here'] });
@@ -127,7 +131,7 @@ const willsOf = (r: { stdout: string }) => jsonLines(r.stdout).flatMap((l) => (l
 
 for (const version of versions) {
   test(`paho ${version}: the will is published when the client process dies without DISCONNECT`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('will');
     const watcher = await willWatcher(mx, version, `${p}/will`);
@@ -139,7 +143,7 @@ for (const version of versions) {
   });
 
   test(`paho ${version}: a client that stops sending PINGREQ is ended after 1.5 x its keep-alive and its will is published`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const p = prefix('keepalive');
     const watcher = await willWatcher(mx, version, `${p}/will`);
@@ -154,7 +158,7 @@ for (const version of versions) {
 }
 
 test('paho 5: a will with a Will Delay Interval is published after the delay; DISCONNECT 0x04 publishes the will; DISCONNECT 0x00 does not', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('will-v5');
   // Will delay: 2 s after the connection is lost (the session lives 10 s).
@@ -184,7 +188,7 @@ test('paho 5: a will with a Will Delay Interval is published after the delay; DI
 // ── MQTT 5 ───────────────────────────────────────────────────────────────────
 
 test('paho 5: request / response with Response Topic and Correlation Data (Content Type and User Properties pass through)', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('rr');
   const r = await script('request_response.py', [...pahoArgs(mx, 'tcp'), '--version', '5', '--prefix', p]);
@@ -196,7 +200,7 @@ test('paho 5: request / response with Response Topic and Correlation Data (Conte
 });
 
 test('paho 5: topic aliases both ways (the broker resolves the aliases paho sends, and sends its own when paho allows them)', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('alias');
   const r = await script('topic_alias.py', [...pahoArgs(mx, 'tcp'), '--version', '5', '--prefix', p]);
@@ -211,7 +215,7 @@ test('paho 5: topic aliases both ways (the broker resolves the aliases paho send
 });
 
 test('paho 5: message expiry (an expired queued message is not delivered; the other carries its remaining interval) and session expiry', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const r = await script('expiry.py', [...pahoArgs(mx, 'tcp'), '--version', '5', '--prefix', prefix('expiry')]);
   t.is(r.message_session_present, true);
@@ -225,7 +229,7 @@ test('paho 5: message expiry (an expired queued message is not delivered; the ot
 
 for (const version of ['3.1', ...versions]) {
   test(`paho ${version}: keep-alive 0 (off) is accepted and the connection stays up`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const h = paho('hold.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('ka0'), '--client-id', `ka0-${version}`, '--keepalive', '0']);
     t.teardown(() => h.child.kill('SIGKILL'));
@@ -238,7 +242,7 @@ for (const version of ['3.1', ...versions]) {
 }
 
 test('paho 5: CONNACK carries the broker\'s properties; a keep-alive above limits.maxKeepAlive is answered with Server Keep Alive', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const h = paho('hold.py', [...pahoArgs(mx, 'tcp'), '--version', '5', '--prefix', prefix('ska'), '--client-id', 'ska', '--keepalive', '7200']);
   t.true(await h.waitFor(/"connected"/), h.stderr());
@@ -254,7 +258,7 @@ test('paho 5: CONNACK carries the broker\'s properties; a keep-alive above limit
 
 for (const version of versions) {
   test(`paho ${version}: overlapping subscriptions deliver once at the highest QoS${version === '5' ? ' with every Subscription Identifier' : ''}; '#' matches the parent; re-subscribing replaces the QoS${version === '5' ? '; Retain Handling 0/1/2; No Local; UNSUBACK 0x00 and 0x11' : ''}`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('subscriptions.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('subs')]);
     if (version === '5') {
@@ -271,7 +275,7 @@ for (const version of versions) {
   });
 
   test(`paho ${version}: a message bigger than the subscriber's Maximum Packet Size is not sent to it (MQTT 5); a new shared subscription gets no retained message`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const r = await script('delivery.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('delivery')]);
     t.deepEqual(r.sized, version === '5' ? [[4, [['origin', 'paho'], ['unit', 'celsius']]]] : [[500, null], [4, null]]);
@@ -288,7 +292,7 @@ async function connack(mx: Matrix, transport: Transport, version: string, args: 
 }
 
 test('paho 5: an empty client id gets an Assigned Client Identifier; a Session Expiry Interval above limits.maxSessionExpiry is capped and the CONNACK says so', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const [assigned] = await connack(mx, 'tcp', '5', []);
   t.regex(assigned?.connack.properties.AssignedClientIdentifier ?? '', /^auto-[0-9a-f-]{36}$/);
@@ -297,7 +301,7 @@ test('paho 5: an empty client id gets an Assigned Client Identifier; a Session E
 });
 
 test('paho 5: a refused CONNACK carries a reason string, unless the client asked for no problem information', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const wrong = (args: string[]) => [...args.map((a, i) => (args[i - 1] === '--password' ? 'not-the-password' : a))];
   const tls = wrong(pahoArgs(mx, 'tls'));
@@ -313,7 +317,7 @@ test('paho 5: a refused CONNACK carries a reason string, unless the client asked
 
 for (const [version, notAuthorized] of [['3.1.1', 5], ['5', 0x87]] as const) {
   test(`paho ${version}: a will the policy denies is refused at CONNECT (${version === '5' ? '0x87' : 'return code 5'}); a client id held by another identity is refused the same way`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const [will] = await connack(mx, 'tcp', version, ['--client-id', `will-denied-${version}`, '--will-topic', 'interop/denied/will']);
     t.is(will?.connack.rc, notAuthorized);
@@ -327,7 +331,7 @@ for (const [version, notAuthorized] of [['3.1.1', 5], ['5', 0x87]] as const) {
   });
 
   test(`paho ${version}: a second connection with the same client id and identity takes the session over; the first ${version === '5' ? 'gets DISCONNECT 0x8E' : 'is closed'}`, async (t) => {
-    const mx = ready(t);
+    const mx = await ready(t);
     if (mx === undefined) return;
     const id = `takeover-${version}`;
     const first = paho('connack.py', [...pahoArgs(mx, 'tcp'), '--version', version, '--prefix', prefix('takeover'), '--client-id', id, '--clean', 'no', '--session-expiry', '60', '--hold', '8']);
@@ -341,7 +345,7 @@ for (const [version, notAuthorized] of [['3.1.1', 5], ['5', 0x87]] as const) {
 }
 
 test('paho 5: a reconnect within the Will Delay Interval cancels the will; a retained will is kept as a retained message', async (t) => {
-  const mx = ready(t);
+  const mx = await ready(t);
   if (mx === undefined) return;
   const p = prefix('will-cancel');
   const watcher = await willWatcher(mx, '5', `${p}/will`, 4);
