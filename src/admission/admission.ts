@@ -22,7 +22,7 @@ import { RangeList, normalizeAddress, peerAddress } from '../util/address.ts';
 import { type BanEntry, BanFileError, readBanFile } from './ban-file.ts';
 import { BanList, type BanChange, describeBan } from './bans.ts';
 import { EXPIRED_NOW, FlappingDetector } from './flapping.ts';
-import { type Admitted, ConnectionLimiter, type ListenerPolicy, limitRefusalText } from './limiter.ts';
+import { type Admitted, ConnectionLimiter, type ListenerPolicy, limitRefusalSetting, limitRefusalText } from './limiter.ts';
 import { RefusalAuditor } from './refusal-audit.ts';
 import type { AdmissionConfig } from '../config/admission-schema.ts';
 
@@ -133,7 +133,7 @@ export class Admission {
       const limit =
         result === 'total-cap' ? this.totalCap : result === 'listener-cap' ? policy.maxConnections : result === 'ip-cap' ? policy.maxConnectionsPerIp : undefined;
       const rate = result === 'rate' ? ` (${policy.connectRate.perSecond}/s, burst ${policy.connectRate.burst})` : '';
-      this.refuse(socket, policy, text, result, `${limitRefusalText[result]}${limit !== undefined ? ` (${limit})` : ''}${rate}`);
+      this.refuse(socket, policy, text, result, `${limitRefusalText[result]}${limit !== undefined ? ` (${limit})` : ''}${rate}: ${limitRefusalSetting[result]}`);
       return false;
     }
     // One shared listener, not a closure per socket: the count goes back when the socket closes.

@@ -20,6 +20,15 @@ export const limitRefusalText: Record<LimitRefusal, string> = {
   'tracking-full': 'too many source addresses tracked',
 };
 
+/** The setting behind each refusal, named in the log and the audit record so an operator knows what to change. */
+export const limitRefusalSetting: Record<LimitRefusal, string> = {
+  'total-cap': 'limits.maxConnections',
+  'listener-cap': "the listener's limits.maxConnections",
+  'ip-cap': "limits.maxConnectionsPerIp or the listener's own",
+  rate: "limits.connectRate or the listener's own",
+  'tracking-full': 'admission.maxTrackedAddresses',
+};
+
 interface AddressState {
   live: number;
   tokens: number;

@@ -8,6 +8,7 @@
  */
 import type { AuditEvent } from '../audit/types.ts';
 import type { Logger } from '../log.ts';
+import { limitRefusalSetting } from './limiter.ts';
 
 export interface Refusal {
   /** Stable name: total-cap, listener-cap, ip-cap, rate, tracking-full, banned. */
@@ -26,6 +27,9 @@ interface Window {
   suppressed: number;
   byRefusal: Map<string, number>;
 }
+
+/** The setting behind each refusal at accept time, named in the log line. */
+const SETTING: Record<string, string> = { ...limitRefusalSetting, banned: 'the ban file, admission.bans.file' };
 
 export class RefusalAuditor {
   private readonly windows = new Map<string, Window>();
@@ -100,7 +104,8 @@ export class RefusalAuditor {
       this.overflow = { count: 0, byRefusal: new Map() };
     }
     if (this.logged > 0) {
-      this.log.warn({ refused: this.logged, ...Object.fromEntries(this.sinceLog) }, 'connections refused at accept time');
+      const why = [...this.sinceLog.keys()].map((refusal) => `${refusal}: ${SETTING[refusal] ?? refusal}`).join('; ');
+      this.log.warn({ refused: this.logged, ...Object.fromEntries(this.sinceLog) }, `connections refused at accept time (${why}); raise the setting, or list trusted sources in admission.exempt`);
       this.logged = 0;
       this.sinceLog = new Map();
     }

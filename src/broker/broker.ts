@@ -27,7 +27,7 @@ import { dispatch } from './dispatch.ts';
 import { SecurityGate } from './gate.ts';
 import type { BrokerApi } from './handler-api.ts';
 import type { Message } from './message.ts';
-import type { Client, ConnectionHost } from './ports.ts';
+import type { Client, ConnectionHost, ConnectionState } from './ports.ts';
 import { IdentityQuotas } from './quotas.ts';
 import { PublishRateLimiter } from './rate-limit.ts';
 import { recheckAfterReload, type PolicyReport, type RecheckSummary } from './recheck.ts';
@@ -192,7 +192,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
         if (conn.readPausedUntil !== 0 && now >= conn.readPausedUntil) conn.resumeReading();
         if (conn.session !== null) this.delivery.checkSlowConsumer(conn, conn.session, now);
       } else if (conn.state !== 'closed' && now - conn.openedAt > connectDeadline) {
-        this.log.info({ remote: conn.peer.remoteAddress, listener: conn.peer.listener }, 'no CONNECT within the deadline: closing');
+        this.log.info({ remote: conn.peer.remoteAddress, listener: conn.peer.listener }, `no CONNECT within limits.connectTimeoutMs (${connectDeadline} ms): closing`);
         conn.close({ code: ReasonCode.MaximumConnectTime, detail: 'no CONNECT within the deadline' });
         conn.stream.destroy();
       }
@@ -228,17 +228,26 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     // Checked first: the fields object would be made for nothing at a quieter level (per connect).
     if (this.log.isLevelEnabled('info')) {
       this.log.info(
-        { clientId: conn.clientId, listener: conn.peer.listener, remote: conn.peer.remoteAddress, username: principal.username, method: principal.method, protocol: conn.version },
+        { clientId: conn.clientId, listener: conn.peer.listener, remote: conn.peer.remoteAddress, username: principal.username, method: principal.method, protocol: conn.version, ...(conn.bridge ? { bridge: true } : {}) },
         'client connected',
       );
     }
     this.gate.armCredentialExpiry(conn);
   }
 
-  connectionClosed(conn: Connection, wasConnected: boolean): void {
+  connectionClosed(conn: Connection, before: ConnectionState): void {
     this.connections.delete(conn);
     if (conn.expiryTimer !== null) clearTimeout(conn.expiryTimer);
-    if (!wasConnected) return;
+    if (before === 'new') {
+      // Refused before its CONNECT was handled (too large, malformed): the connect steps logged
+      // nothing, so say why here. A socket that just went away is not worth a line.
+      const r = conn.closeReason;
+      if (r !== null && r.code !== ReasonCode.UnspecifiedError && r.code !== ReasonCode.MaximumConnectTime) {
+        this.log.info({ listener: conn.peer.listener, remote: conn.peer.remoteAddress, cause: conn.describeClose() }, 'connection refused before CONNECT');
+      }
+      return;
+    }
+    if (before !== 'connected') return;
     this.connected--;
     this.rateLimiter?.release(conn);
     if (this.log.isLevelEnabled('info')) this.log.info({ clientId: conn.clientId, listener: conn.peer.listener, cause: conn.describeClose() }, 'client disconnected');

@@ -17,6 +17,7 @@ export class Connection implements Client, ConnectionHandle {
   state: ConnectionState = 'new';
   version: ProtocolVersion = 4;
   clientId = '';
+  bridge = false;
   session: Session | null = null;
   principal: Principal | null = null;
   keepAlive = 0;
@@ -288,11 +289,11 @@ export class Connection implements Client, ConnectionHandle {
   /** Marks the connection closed once, whatever closed it, and lets the broker clean up. */
   close(reason: { code: number; detail: string }): void {
     if (this.state === 'closed') return;
-    const wasConnected = this.state === 'connected';
+    const before = this.state;
     this.state = 'closed';
     this.closeReason ??= reason;
     this.flushWrites();
-    this.host.connectionClosed(this, wasConnected);
+    this.host.connectionClosed(this, before);
     if (this.stream.readableEnded || this.stream.destroyed) this.stream.destroy();
   }
 

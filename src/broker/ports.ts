@@ -35,6 +35,8 @@ export interface Client {
   state: ConnectionState;
   version: ProtocolVersion;
   clientId: string;
+  /** A bridge's CONNECT (protocol level with 0x80, Mosquitto's try_private): shown in the log and the audit. */
+  bridge: boolean;
   principal: Principal | null;
   keepAlive: number;
   lastSeen: number;
@@ -98,5 +100,6 @@ export interface ConnectionHost<C> {
   securityClose(conn: C, action: string, reason: string): void;
   /** The socket drained: queued deliveries may go out. */
   drained(conn: C): void;
-  connectionClosed(conn: C, wasConnected: boolean): void;
+  /** The connection closed; `before`: the state it was in (a CONNECT refused or never read, or a connected client). */
+  connectionClosed(conn: C, before: ConnectionState): void;
 }

@@ -205,7 +205,8 @@ export class PacketReader {
       const total = i - off + length;
       const limit = this.connected ? this.limits.maxPacketSize : this.limits.maxConnectSize;
       if (total > limit) {
-        return this.fail(ReasonCode.PacketTooLarge, `packet of ${total} bytes exceeds the maximum of ${limit}`);
+        const setting = this.connected ? 'limits.maxPacketSize' : 'limits.maxConnectSize';
+        return this.fail(ReasonCode.PacketTooLarge, `packet of ${total} bytes exceeds ${setting} (${limit} bytes); raise it to admit larger packets`);
       }
       if (end - off < total) {
         if (total - (end - off) > COLLECT_THRESHOLD) {

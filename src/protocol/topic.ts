@@ -11,7 +11,7 @@ const OK: TopicCheck = { ok: true };
 /** Validates a PUBLISH topic name: non-empty, no wildcards, no U+0000, within the limits [MQTT-3.3.2-1..2]. */
 export function checkTopicName(topic: string, limits: TopicLimits): TopicCheck {
   if (topic.length === 0) return { ok: false, detail: 'empty topic name' };
-  if (Buffer.byteLength(topic) > limits.maxTopicLength) return { ok: false, detail: 'topic name too long' };
+  if (Buffer.byteLength(topic) > limits.maxTopicLength) return { ok: false, detail: `topic name longer than limits.maxTopicLength (${limits.maxTopicLength} bytes)` };
   let levels = 1;
   for (let i = 0; i < topic.length; i++) {
     const c = topic.charCodeAt(i);
@@ -19,16 +19,16 @@ export function checkTopicName(topic: string, limits: TopicLimits): TopicCheck {
     if (c === 0) return { ok: false, detail: 'U+0000 in topic name' };
     if (c === 0x2f) levels++;
   }
-  if (levels > limits.maxTopicLevels) return { ok: false, detail: 'too many topic levels' };
+  if (levels > limits.maxTopicLevels) return { ok: false, detail: `more than limits.maxTopicLevels (${limits.maxTopicLevels}) topic levels` };
   return OK;
 }
 
 /** Validates a topic filter: `#` last and alone in its level, `+` alone in its level [MQTT-4.7.1-1..3]. */
 export function checkTopicFilter(filter: string, limits: TopicLimits): TopicCheck {
   if (filter.length === 0) return { ok: false, detail: 'empty topic filter' };
-  if (Buffer.byteLength(filter) > limits.maxTopicLength) return { ok: false, detail: 'topic filter too long' };
+  if (Buffer.byteLength(filter) > limits.maxTopicLength) return { ok: false, detail: `topic filter longer than limits.maxTopicLength (${limits.maxTopicLength} bytes)` };
   const parts = filter.split('/');
-  if (parts.length > limits.maxTopicLevels) return { ok: false, detail: 'too many topic levels' };
+  if (parts.length > limits.maxTopicLevels) return { ok: false, detail: `more than limits.maxTopicLevels (${limits.maxTopicLevels}) topic levels` };
   for (let i = 0; i < parts.length; i++) {
     const part = parts[i] as string;
     if (part.includes('\u0000')) return { ok: false, detail: 'U+0000 in topic filter' };

@@ -71,7 +71,7 @@ const refusalText: Record<TlsRefusal, string> = {
   'psk-unknown-identity': 'unknown PSK identity',
   'psk-failed': 'PSK handshake failed',
   'psk-not-used': 'PSK not used by the session',
-  'protocol-version': 'TLS protocol version refused',
+  'protocol-version': "TLS protocol version refused (below the listener's minVersion, TLSv1.2 by default)",
   'handshake-failed': 'TLS handshake failed',
 };
 

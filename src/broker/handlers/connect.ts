@@ -79,6 +79,7 @@ export function handleConnect(broker: BrokerApi, conn: Connection, packet: Conne
     audited: false,
   };
   conn.clientId = packet.clientId;
+  conn.bridge = (packet as { bridgeMode?: boolean }).bridgeMode === true;
   if (v5) {
     conn.problemInformation = packet.properties?.requestProblemInformation !== false;
     // Every packet from here on fits it, a refusing CONNACK included [MQTT-3.1.2-24].
@@ -159,8 +160,8 @@ function checkProtocol(ctx: ConnectContext): Refusal | undefined {
 /** limits.maxUserProperties bounds the CONNECT and the will, each on its own (CONNACK 0x83). */
 function checkUserProperties(ctx: ConnectContext): Refusal | undefined {
   const max = ctx.broker.config.limits.maxUserProperties;
-  if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties` };
-  if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than ${max} user properties in the will` };
+  if (countUserProperties(ctx.packet.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than limits.maxUserProperties (${max}) user properties; raise it to admit more` };
+  if (countUserProperties(ctx.packet.will?.properties) > max) return { reason: ReasonCode.ImplementationSpecificError, detail: `more than limits.maxUserProperties (${max}) user properties in the will; raise it to admit more` };
   return undefined;
 }
 
@@ -176,8 +177,9 @@ function checkClientId(ctx: ConnectContext): Refusal | undefined {
     ctx.clientId = `auto-${randomUUID()}`;
     if (conn.v5) ctx.assignedClientId = ctx.clientId; // [MQTT-3.2.2-16]
   }
-  if (Buffer.byteLength(ctx.clientId) > limits.maxClientIdLength) {
-    return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id longer than ${limits.maxClientIdLength} bytes` };
+  const idBytes = Buffer.byteLength(ctx.clientId);
+  if (idBytes > limits.maxClientIdLength) {
+    return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id of ${idBytes} bytes is longer than limits.maxClientIdLength (${limits.maxClientIdLength}); raise it to admit longer ids` };
   }
   conn.clientId = ctx.clientId;
   if (conn.v5) {
@@ -239,7 +241,7 @@ function checkWill(ctx: ConnectContext): Refusal | undefined {
 function checkAuditLog(ctx: ConnectContext): Refusal | undefined {
   if (ctx.broker.gate.auditAvailable()) return undefined;
   ctx.decidedBy = 'audit';
-  return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable' };
+  return { reason: ReasonCode.ServerUnavailable, detail: 'audit log unavailable: with audit.failMode fail-closed no client is admitted until audit.path can be written again' };
 }
 
 function authenticate(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
@@ -358,6 +360,7 @@ function connack(ctx: ConnectContext): undefined {
     const event: AuditEvent = { event: 'connect', decision: 'allow', reasonCode: ReasonCode.Success, reason: ctx.sessionPresent ? 'session resumed' : 'new session' };
     if (ctx.decidedBy) event.decidedBy = ctx.decidedBy;
     if (ctx.verdicts) event.verdicts = ctx.verdicts;
+    if (conn.bridge) event.detail = { bridge: true };
     broker.gate.audit(conn, event);
   }
   broker.connectionOpened(conn, principal);

@@ -23,7 +23,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
     const alias = properties.topicAlias;
     if (alias !== undefined) {
       if (alias === 0 || alias > limits.topicAliasMaximum) {
-        return conn.disconnect(ReasonCode.TopicAliasInvalid, `topic alias ${alias} is outside 1..${limits.topicAliasMaximum}`); // [MQTT-3.3.2-8..9]
+        return conn.disconnect(ReasonCode.TopicAliasInvalid, `topic alias ${alias} is outside 1..limits.topicAliasMaximum (${limits.topicAliasMaximum}), the maximum CONNACK announced`); // [MQTT-3.3.2-8..9]
       }
       conn.inboundAliases ??= new Map();
       if (topic.length > 0) conn.inboundAliases.set(alias, topic);
@@ -34,7 +34,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
       }
     }
     if (countUserProperties(properties) > limits.maxUserProperties) {
-      return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
+      return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than limits.maxUserProperties (${limits.maxUserProperties}) user properties; raise it to admit more`);
     }
   }
   if (topic.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'PUBLISH with an empty topic and no topic alias');
@@ -50,7 +50,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
       return;
     }
     if (session.awaitingRelease.size >= limits.receiveMaximum) {
-      return conn.disconnect(ReasonCode.ReceiveMaximumExceeded, `more than ${limits.receiveMaximum} QoS 2 messages unacknowledged`); // [MQTT-3.3.4-9]
+      return conn.disconnect(ReasonCode.ReceiveMaximumExceeded, `more than limits.receiveMaximum (${limits.receiveMaximum}) QoS 2 messages unacknowledged, the Receive Maximum CONNACK announced`); // [MQTT-3.3.4-9]
     }
   }
   const limiter = broker.rateLimiter;

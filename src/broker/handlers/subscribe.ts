@@ -22,7 +22,7 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
   const subscriptionId = packet.properties?.subscriptionIdentifier;
   if (subscriptionId === 0) return conn.disconnect(ReasonCode.ProtocolError, 'subscription identifier 0');
   if (countUserProperties(packet.properties) > limits.maxUserProperties) {
-    return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${limits.maxUserProperties} user properties`);
+    return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than limits.maxUserProperties (${limits.maxUserProperties}) user properties; raise it to admit more`);
   }
 
   // A protocol error anywhere refuses the whole packet before any filter is applied.
@@ -33,6 +33,8 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     }
   }
   const codes: number[] = [];
+  /** Refusals a setting caused (quota, topic limits): logged once per SUBSCRIBE, naming the setting. */
+  const bySetting = new Set<string>();
   const granted: { sub: StoredSubscription; existed: boolean; shared: boolean }[] = [];
   for (const request of packet.subscriptions) {
     const filter = request.topic;
@@ -48,17 +50,20 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     if (!check.ok) {
       gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
+      if (check.detail.includes('limits.')) bySetting.add(`0x8F: ${check.detail}`);
       continue;
     }
     const existed = session.subscriptions.has(filter);
     if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
       gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions (limits.maxSubscriptionsPerClient)', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
+      bySetting.add(`0x97: the session holds limits.maxSubscriptionsPerClient (${limits.maxSubscriptionsPerClient}) subscriptions`);
       continue;
     }
     if (!existed && !broker.sessions.subscriptionFits(session)) {
       gate.audit(conn, { event: 'subscribe', decision: 'deny', action: 'quota', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions for this identity (limits.quotas.subscriptions)', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
+      bySetting.add(`0x97: the identity holds limits.quotas.subscriptions (${limits.quotas.subscriptions}) subscriptions across its sessions`);
       continue;
     }
     const decision = await gate.authorize(conn, 'subscribe', filter, request.qos, false);
@@ -80,6 +85,10 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     codes.push(request.qos);
   }
   if (conn.state !== 'connected') return;
+  if (bySetting.size > 0) {
+    // One line per SUBSCRIBE, not per filter: each refused filter already has its audit record.
+    broker.log.info({ clientId: conn.clientId, listener: conn.peer.listener }, `subscription refused by a limit (raise it to admit more): ${[...bySetting].join('; ')}`);
+  }
   conn.send({
     cmd: 'suback',
     messageId: packet.messageId ?? 0,

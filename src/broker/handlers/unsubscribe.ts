@@ -9,7 +9,7 @@ export async function handleUnsubscribe(broker: BrokerApi, conn: Connection, pac
   if (session === null) return;
   if (packet.unsubscriptions.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'UNSUBSCRIBE with no topic filters');
   const max = broker.config.limits.maxUserProperties;
-  if (countUserProperties(packet.properties) > max) return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than ${max} user properties`);
+  if (countUserProperties(packet.properties) > max) return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than limits.maxUserProperties (${max}) user properties; raise it to admit more`);
   const codes: number[] = [];
   for (const filter of packet.unsubscriptions) {
     const decision = await broker.gate.authorize(conn, 'unsubscribe', filter, 0, false);
