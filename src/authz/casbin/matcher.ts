@@ -69,10 +69,11 @@ export function filterCovers(policy: string, filter: string): boolean {
     if (i === f.length) return false;
     const fl = f[i] as string;
     if (fl === '#') {
-      // The request's `#` at level i matches every deeper topic, and (below the first level) the
-      // parent: only a `#` here covers that. At the first level there is no parent, every topic
-      // has a first level, so `+/#` covers `#` as well.
-      return i === 0 && pl === '+' && p.length === 2 && p[1] === '#';
+      // The request's `#` at level i matches every deeper topic, and its parent (i levels): only
+      // a `#` here covers the parent. Where the parent is no topic name (at the first level, or
+      // the empty topic under a leading empty level, [MQTT-4.7.3-1]), `+/#` covers it as well.
+      const noParent = i === 0 || (i === 1 && f[0] === '');
+      return noParent && pl === '+' && p.length === i + 2 && p[i + 1] === '#';
     }
     if (pl === '+') continue;
     if (fl === '+' || pl !== fl) return false;
