@@ -72,8 +72,8 @@ test('policy diff shows the decisions a change flips, and fails when one breaks 
 test('policy check prints each rule with its line and refuses a deny rule hidden behind a lone CR, naming the line', (t) => {
   const good = policy('check', 'policies');
   t.regex(good.out, /ok policies\/fleet\.csv: 10 rules, 5 role links/);
-  t.regex(good.out, /^ {2}line 31: p, \*, devices\/\+\/secret\/#, \*, deny, \*, \*$/m);
-  t.regex(good.out, /^ {2}line 34: g, user:alice, role:device$/m);
+  t.regex(good.out, /^ {2}line 32: p, \*, devices\/\+\/secret\/#, \*, deny, \*, \*$/m);
+  t.regex(good.out, /^ {2}line 35: g, user:alice, role:device$/m);
   const dir = writePolicyDir('p, *, devices/#, *, allow\n# secrets are off limits\rp, *, devices/+/secret/#, *, deny\n');
   t.teardown(dir.cleanup);
   const bad = policy('check', dir.dir);
@@ -111,7 +111,7 @@ test('policy explain names the near miss: the rule whose QoS or retain condition
   const r = policy('explain', '--user', 'alice', '--qos', '2', 'publish', 'devices/alice/telemetry/t');
   t.is(r.code, 0, r.err);
   t.regex(r.out, /^DENY: publish devices\/alice\/telemetry\/t$/m);
-  t.regex(r.out, /^near miss: policies\/fleet\.csv:9 \(p, role:device, devices\/%u\/telemetry\/#, publish, allow, 0-1, false\) would allow it, but its QoS condition 0-1 excludes QoS 2$/m);
+  t.regex(r.out, /^near miss: policies\/fleet\.csv:10 \(p, role:device, devices\/%u\/telemetry\/#, publish, allow, 0-1, false\) would allow it, but its QoS condition 0-1 excludes QoS 2$/m);
   const g = policy('explain', '--user', 'worker', '--share-group', 'ingest', 'deliver', 'devices/a/telemetry/t');
   t.regex(g.out, /^ALLOW/m);
   t.regex(policy('explain', '--user', 'worker', 'deliver', 'devices/a/telemetry/t').out, /^DENY/m);
