@@ -25,20 +25,40 @@ export function refMatches(filter: string, topic: string): boolean {
   return walk(0);
 }
 
-/** Every topic name that could tell the two filters apart: levels from both, a fresh one, an empty one, a fresh $ one. */
+/**
+ * Every topic name that could tell the two filters apart. Matching compares level i of a topic
+ * only with level i of a filter, so each level needs only the literals at that level in either
+ * filter, a fresh one, an empty one, and at the first level a fresh `$` one; and one level more
+ * than the longer filter.
+ */
 function universe(a: string, b: string): string[] {
-  const levels = new Set<string>(['', 'zq', '$zq']);
-  for (const l of [...a.split('/'), ...b.split('/')]) if (l !== '+' && l !== '#') levels.add(l);
-  const depth = Math.max(a.split('/').length, b.split('/').length) + 1;
-  const out: string[] = [];
-  const all = [...levels];
-  const grow = (prefix: string[], n: number): void => {
-    if (prefix.length > 0) out.push(prefix.join('/'));
-    if (n === 0) return;
-    for (const l of all) grow([...prefix, l], n - 1);
+  const x = a.split('/');
+  const y = b.split('/');
+  const depth = Math.max(x.length, y.length) + 1;
+  const options = (i: number): string[] => {
+    const set = new Set<string>(['', 'zq', ...(i === 0 ? ['$zq'] : [])]);
+    for (const l of [x[i], y[i]]) if (l !== undefined && l !== '+' && l !== '#') set.add(l);
+    return [...set];
   };
-  grow([], depth);
+  const out: string[] = [];
+  const grow = (prefix: string[]): void => {
+    if (prefix.length > 0) out.push(prefix.join('/'));
+    if (prefix.length === depth) return;
+    for (const l of options(prefix.length)) grow([...prefix, l]);
+  };
+  grow([]);
   return out.filter((t) => t !== '');
+}
+
+/** MQTT 5.0 4.7.1, 4.8.2: a valid topic filter (shared or not). The broker refuses others before it asks. */
+export function refValidFilter(f: string): boolean {
+  if (f.startsWith('$share/')) {
+    const m = /^\$share\/([^/]+)\/(.+)$/.exec(f);
+    return m !== null && !/[+#]/.test(m[1] as string) && refValidFilter(m[2] as string);
+  }
+  if (f === '') return false;
+  const levels = f.split('/');
+  return levels.every((l, i) => (!l.includes('#') || (l === '#' && i === levels.length - 1)) && (!l.includes('+') || l === '+'));
 }
 
 const coverMemo = new Map<string, boolean>();
@@ -156,6 +176,8 @@ function filterApplies(concrete: string, eft: 'allow' | 'deny', r: RefRequest): 
     return r.action === 'deliver' && r.shareGroup !== undefined && (ruleShared.group === '+' || ruleShared.group === r.shareGroup) && refMatches(ruleShared.filter, r.topic);
   }
   const reqShared = splitShared(r.topic);
+  // [MQTT-4.8.2-2] a share name holds no wildcard: such a request is no subscription, no rule speaks about it.
+  if (r.topic.startsWith('$share/') && (reqShared === null || /[+#]/.test(reqShared.group))) return false;
   if (ruleShared !== null && (reqShared === null || (ruleShared.group !== '+' && ruleShared.group !== reqShared.group))) return false;
   const ruleFilter = ruleShared?.filter ?? concrete;
   const reqFilter = reqShared?.filter ?? r.topic;
