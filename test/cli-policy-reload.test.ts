@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
+import { childrenOf } from '../src/cli/policy-config.ts';
 import { delay, freePort } from './helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -94,4 +95,51 @@ test('policy reload --pid refuses a process that is not portcullis start, and do
   await delay(100);
   t.is(sleeper.exitCode, null);
   t.is(sleeper.signalCode, null, 'still running: no SIGHUP was sent');
+});
+
+test('policy reload --pid given the tsx wrapper of npm start signals the broker under it, which reloads; the wrapper lives on', async (t) => {
+  t.timeout(60_000);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-reload-tsx-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.copyFileSync(path.join(root, 'policies', 'model.conf'), path.join(dir, 'model.conf'));
+  fs.writeFileSync(path.join(dir, 'p.csv'), 'p, *, a/#, read, allow\n');
+  const auditFile = path.join(dir, 'audit.jsonl');
+  const config = path.join(dir, 'broker.yaml');
+  fs.writeFileSync(config, [
+    'listeners: [{ name: plain, type: tcp, host: 127.0.0.1, port: 0, auth: [anonymous] }]',
+    `authorizers: [{ type: casbin, model: ${JSON.stringify(path.join(dir, 'model.conf'))}, policy: ${JSON.stringify(path.join(dir, 'p.csv'))}, watch: false }]`,
+    `audit: { sink: file, path: ${JSON.stringify(auditFile)}, fsyncIntervalMs: 0 }`,
+    'sys: { intervalSeconds: 0 }',
+    '',
+  ].join('\n'));
+  // What `npm start -- --config FILE` runs: tsx's wrapper, with the broker as its child.
+  const wrapper = spawn(process.execPath, [path.join(root, 'node_modules', '.bin', 'tsx'), path.join('src', 'cli', 'main.ts'), 'start', '--config', config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  wrapper.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  wrapper.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  t.teardown(() => {
+    if (wrapper.exitCode === null && wrapper.signalCode === null) wrapper.kill('SIGTERM');
+  });
+  await until(() => out.includes('listening on tcp://') || wrapper.exitCode !== null, 30_000, 'the broker to listen');
+  // Should the wrapper die, its broker would live on: stop it too.
+  const brokers = childrenOf(wrapper.pid as number);
+  t.teardown(() => {
+    for (const pid of brokers) {
+      try {
+        // Only if that pid is still this test's broker (a pid may be reused once it exits).
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(config)) process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join('src', 'cli', 'main.ts'), '--audit-spool', path.join(dir, 'spool'), 'policy', 'reload', '--pid', String(wrapper.pid)], { cwd: root, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`process ${wrapper.pid} is tsx's wrapper: signalling the broker process \\d+ instead`));
+  const reloaded = () => fs.existsSync(auditFile) && fs.readFileSync(auditFile, 'utf8').includes('"event":"reload"');
+  await until(reloaded, 15_000, 'the reload record');
+  await delay(200);
+  t.is(wrapper.exitCode, null, 'the wrapper was not killed by SIGHUP');
+  wrapper.kill('SIGTERM');
+  await until(() => wrapper.exitCode !== null || wrapper.signalCode !== null, 15_000, 'the broker to exit');
 });

@@ -65,6 +65,25 @@ export function inspectProcess(pid: number): BrokerProcess {
   return out;
 }
 
+/**
+ * True when the arguments are those of tsx's own command-line wrapper (`tsx src/cli/main.ts
+ * start`, as `npm start` runs it). It passes SIGINT and SIGTERM on to the broker, its child,
+ * but not SIGHUP, which would end it instead.
+ */
+export function isTsxWrapper(args: readonly string[]): boolean {
+  const start = args.indexOf('start');
+  return start > 0 && args.slice(0, start).some((a) => /(^|[/\\])(tsx|tsx[/\\]dist[/\\]cli\.m?js)$/.test(a));
+}
+
+/** The children of a process, from /proc (empty when unreadable). */
+export function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** True when the arguments are those of `portcullis start` (the bin script or src/cli/main.ts). */
 export function isBrokerStart(args: readonly string[]): boolean {
   const start = args.indexOf('start');

@@ -17,7 +17,7 @@ import { clientIdLines, loadPolicySet, PolicyError, type PolicySet } from '../au
 import type { Action } from '../authz/types.ts';
 import { loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { casbinAuthorizers, configArgument, inspectProcess, isBrokerStart, type ConfiguredCasbin } from './policy-config.ts';
+import { casbinAuthorizers, childrenOf, configArgument, inspectProcess, isBrokerStart, isTsxWrapper, type ConfiguredCasbin } from './policy-config.ts';
 
 const ACTIONS: readonly Action[] = ['publish', 'subscribe', 'unsubscribe', 'deliver'];
 
@@ -330,9 +330,20 @@ export function registerPolicyCommand(program: Command): void {
     .description("check the policy files the running broker uses, as it reads them, then ask it to reload them (SIGHUP)")
     .action((opts: { pid: string; config?: string }) =>
       run(async () => {
-        const pid = Number(opts.pid);
+        let pid = Number(opts.pid);
         if (!Number.isInteger(pid) || pid <= 0) throw new Error('--pid must be a process id');
-        const proc = inspectProcess(pid);
+        let proc = inspectProcess(pid);
+        if (proc.args !== undefined && isTsxWrapper(proc.args)) {
+          // `npm start` runs the broker under tsx's wrapper, which would die of SIGHUP: signal the broker itself.
+          const broker = childrenOf(pid).filter((c) => {
+            const args = inspectProcess(c).args;
+            return args !== undefined && isBrokerStart(args) && !isTsxWrapper(args);
+          });
+          if (broker.length !== 1) throw new Error(`process ${pid} is tsx's wrapper around the broker, which does not pass SIGHUP on: give the pid of the broker process itself`);
+          process.stdout.write(`process ${pid} is tsx's wrapper: signalling the broker process ${broker[0]} instead\n`);
+          pid = broker[0] as number;
+          proc = inspectProcess(pid);
+        }
         const { configFile, baseDir } = brokerConfig(pid, proc, opts.config);
         const d = deployment(configFile, baseDir);
         if (d.casbin.length === 0) throw new Error(`${configFile}: the broker's configuration has no casbin authorizer: there is no policy to reload`);
