@@ -96,3 +96,12 @@ test('explain names the rules a QoS or retain condition excluded (near misses)',
   t.deepEqual(a.explain(alice, 'publish', 's/x', 0, false).nearMisses?.map((m) => m.why), ['its retain condition true excludes a message that is not retained']);
   t.is(a.explain(alice, 'publish', 't/x', 1, false).nearMisses, undefined);
 });
+
+test('a $share filter in a JWT topic claim grants the deliveries of its own group only', async (t) => {
+  const { a } = await authorizer(t, 'p, *, other/#, read, allow\n', { jwtTopics: { mode: 'union' } });
+  const svc: Principal = { clientId: 's1', username: 'svc', method: 'jwt', provider: 'jwt', roles: [], attributes: { jwt: { topics: { subscribe: ['$share/g/t/#'] } } } };
+  t.is(a.authorize(svc, 'subscribe', '$share/g/t/#', ctx()).kind, 'allow');
+  t.is(a.authorize(svc, 'deliver', 't/x', ctx({ shareGroup: 'g' })).kind, 'allow');
+  t.is(a.authorize(svc, 'deliver', 't/x', ctx({ shareGroup: 'h' })).kind, 'deny');
+  t.is(a.authorize(svc, 'deliver', 't/x', ctx()).kind, 'deny');
+});

@@ -218,7 +218,7 @@ export class CasbinAuthorizer implements Authorizer {
       const why = overflow !== undefined ? `: its placeholders expand to ${overflow.count} filters, over the limit of ${MAX_EXPANSIONS}, so the deny rule applies to every topic (fail closed)` : '';
       return { decision: 'deny', rule, detail: `denied by ${describe(rule)}${why}` };
     }
-    const e = this.allowOrNot(result, who, action, topic);
+    const e = this.allowOrNot(result, who, action, topic, shareGroup);
     if (e.decision === 'allow' || result.overflows.length === 0) return e;
     // An allow rule that could not be expanded did not allow: say so, with the count.
     const skipped = result.overflows.filter((o) => o.rule.eft === 'allow');
@@ -230,12 +230,12 @@ export class CasbinAuthorizer implements Authorizer {
   }
 
   /** After no deny rule matched: the policy's allow, the JWT claim, or the default deny. */
-  private allowOrNot(result: Evaluation, who: RequestIdentity, action: Action, topic: string): Explanation {
+  private allowOrNot(result: Evaluation, who: RequestIdentity, action: Action, topic: string, shareGroup: string | undefined): Explanation {
     // Unsubscribing only ever removes access: allowed unless a deny rule speaks about it.
     if (action === 'unsubscribe') return { decision: 'allow', detail: 'unsubscribe is allowed unless a deny rule matches' };
     const claim = this.mode === 'ignore' ? undefined : jwtTopicClaim(who.attributes, this.claim);
     if (claim !== undefined) {
-      const claimAllows = claimGrants(claim, action, topic);
+      const claimAllows = claimGrants(claim, action, topic, shareGroup);
       if (this.mode === 'intersection') {
         if (result.effect !== 'allow') return { decision: 'deny', detail: 'no policy rule allows it' };
         if (!claimAllows) return { decision: 'deny', rule: result.rule as PolicyRule, detail: `the JWT claim '${this.claim}' does not allow it (policy allowed by ${describe(result.rule as PolicyRule)})` };
@@ -350,7 +350,7 @@ function jwtTopicClaim(attributes: Record<string, unknown>, claim: string): Topi
   return { publish: [], subscribe: [] }; // a claim of the wrong shape grants nothing
 }
 
-function claimGrants(claim: TopicClaim, action: Action, topic: string): boolean {
+function claimGrants(claim: TopicClaim, action: Action, topic: string, shareGroup: string | undefined): boolean {
   const list = action === 'publish' ? claim.publish : claim.subscribe;
-  return list.some((filter) => policyApplies(filter, action, topic, 'allow'));
+  return list.some((filter) => policyApplies(filter, action, topic, 'allow', shareGroup));
 }
