@@ -36,7 +36,7 @@ test('a client: subject, a g, client: line or %c on a listener that does not bin
   ] as const) {
     const dir = writePolicyDir(policy);
     t.teardown(dir.cleanup);
-    const err = t.throws(() => createBroker({ listeners: OPEN, authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger() }), { instanceOf: ConfigError });
+    const err = t.throws(() => createBroker({ listeners: OPEN, authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger(), audit: new MemoryAuditSink() }), { instanceOf: ConfigError });
     t.is(err?.issues[0]?.key, 'authorizers[0].policy');
     t.true(err?.message.includes(`${dir.policy}:${line}: ${what} depends on the client id, but listener 'office' does not bind client ids to the identity (identity.clientIdBinding: none)`), err?.message);
   }

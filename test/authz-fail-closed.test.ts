@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import test from 'ava';
-import { ConfigError, createBroker } from '../src/index.ts';
+import { ConfigError, createBroker, MemoryAuditSink } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import { connect, messagesWithin, nextMessages, startBroker, writePolicyDir } from './helpers.ts';
 import { casbinBroker, connectCode, fakeProvider, pubackCode, subscribeCodes } from './authz-support.ts';
@@ -90,7 +90,7 @@ test('a deny rule hidden behind a lone CR, U+2028, U+2029 or NEL is refused at s
     t.is(await pubackCode(alice, 'devices/x/secret/key'), 0x87, `the deny rule is still in force after ${name}`);
     const dir = writePolicyDir(hidden(join));
     t.teardown(dir.cleanup);
-    const err = t.throws(() => createBroker({ authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger() }), { instanceOf: ConfigError });
+    const err = t.throws(() => createBroker({ authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger(), audit: new MemoryAuditSink() }), { instanceOf: ConfigError });
     t.is(err?.issues[0]?.key, 'authorizers[0].policy');
     t.true(err?.message.includes(`${dir.policy}:2: ${name}`), err?.message);
   }
@@ -124,7 +124,7 @@ test('a model that Casbin reads as m = true, or with || for &&, stops the start 
     const dir = writePolicyDir('p, *, #, *, deny\n');
     t.teardown(dir.cleanup);
     fs.writeFileSync(dir.model, model);
-    const err = t.throws(() => createBroker({ authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger() }), { instanceOf: ConfigError });
+    const err = t.throws(() => createBroker({ authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy }] }, { logger: silentLogger(), audit: new MemoryAuditSink() }), { instanceOf: ConfigError });
     t.is(err?.issues[0]?.key, 'authorizers[0].model');
     t.true(err?.message.includes(`${dir.model}:${line}:`), err?.message);
     t.regex(err?.message ?? '', problem);
