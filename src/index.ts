@@ -34,6 +34,7 @@ import { AllowAllAuthorizer } from './authz/allow-all.ts';
 import { AuthorizerChain } from './authz/chain.ts';
 import type { Authorizer, ReloadReport } from './authz/types.ts';
 import { CasbinAuthorizer } from './authz/casbin/authorizer.ts';
+import { listenerBindings, type ListenerBinding } from './authz/casbin/client-id.ts';
 import { PolicyError } from './authz/casbin/policy-file.ts';
 import { ModuleAuthorizer } from './authz/module.ts';
 import type { AuthorizerConfig } from './config/schema.ts';
@@ -121,7 +122,10 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
     chains.set(l.name as string, new AdmittingAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission));
   });
-  const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i));
+  // The Casbin authorizer learns which listeners bind client ids to the identity, so that policy
+  // lines keyed on the client id are refused (or limited to those listeners) at load.
+  const bindings = listenerBindings(config, options.authenticators);
+  const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i, bindings));
   const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
   let audit: AuditSink;
   try {
@@ -275,13 +279,14 @@ function makeListener(l: ListenerConfig, config: Config, index: number, log: Log
   }
 }
 
-function makeAuthorizer(a: AuthorizerConfig, i: number): Authorizer {
+function makeAuthorizer(a: AuthorizerConfig, i: number, listeners: readonly ListenerBinding[]): Authorizer {
   switch (a.type) {
     case 'allow-all':
       return new AllowAllAuthorizer();
     case 'casbin':
       try {
-        return new CasbinAuthorizer({ model: a.model, policy: a.policy, watch: a.watch, cacheSize: a.cacheSize, jwtTopics: a.jwtTopics }, a.id);
+        const { model, policy, watch, cacheSize, jwtTopics, subscribeDenyOverlap, clientIdRules } = a;
+        return new CasbinAuthorizer({ model, policy, watch, cacheSize, jwtTopics, subscribeDenyOverlap, clientIdRules, listeners }, a.id);
       } catch (err) {
         if (!(err instanceof PolicyError)) throw err;
         const key = `authorizers[${i}].${err.file === a.model ? 'model' : 'policy'}`;

@@ -51,7 +51,7 @@ test('a denied v5 QoS 1 publish gets PUBACK 0x87 and QoS 2 gets PUBREC 0x87; an 
   const denied = b.audit.records.filter((r) => r.event === 'publish' && r.decision === 'deny');
   t.is(denied.length, 2);
   t.regex(denied[0]?.reason ?? '', /no policy rule allows it/);
-  t.is(denied[0]?.decidedBy, undefined);
+  t.is(denied[0]?.decidedBy, 'casbin');
   alice.end(true);
   bob.end(true);
 });

@@ -6,7 +6,10 @@ const who = (over: Partial<RequestIdentity> = {}): RequestIdentity => ({
   username: 'alice',
   clientId: 'c1',
   roles: ['device', 'reader'],
+  allRoles: ['device', 'reader'],
   subjects: new Set(['user:alice', 'client:c1', 'role:device', 'role:reader']),
+  denyOnly: new Set(),
+  clientIdBound: true,
   attributes: { cert: { cn: 'dev-7', san: { uri: ['urn:a', 'spiffe://x/y'] } }, jwt: { tenant: 'acme', bad: 'a/b', num: 5 } },
   ...over,
 });
@@ -37,7 +40,7 @@ test('subscribe allow: the policy filter must cover the whole requested filter',
   for (const [policy, requested, expected] of cases) t.is(filterCovers(policy, requested), expected, `${policy} covers ${requested}`);
 });
 
-test('subscribe deny: the rule applies when the filters overlap at all', (t) => {
+test('filtersOverlap: two filters overlap when one topic matches both', (t) => {
   const cases: [string, string, boolean][] = [
     ['devices/+/secret', 'devices/#', true],
     ['devices/+/secret', 'devices/alice/+', true],
@@ -52,8 +55,20 @@ test('subscribe deny: the rule applies when the filters overlap at all', (t) => 
     t.is(filtersOverlap(a, b), expected, `${a} overlaps ${b}`);
     t.is(filtersOverlap(b, a), expected, `${b} overlaps ${a}`);
   }
-  t.true(policyApplies('devices/+/secret', 'subscribe', 'devices/#', 'deny'));
   t.false(policyApplies('devices/+/secret', 'subscribe', 'devices/#', 'allow'));
+});
+
+test('subscribe deny: refuses a filter it covers; one it only overlaps is refused only in the strict mode', (t) => {
+  t.true(policyApplies('devices/+/secret', 'subscribe', 'devices/a/secret', 'deny'));
+  t.true(policyApplies('devices/+/secret/#', 'subscribe', 'devices/+/secret/+', 'deny'));
+  t.false(policyApplies('devices/+/secret', 'subscribe', 'devices/#', 'deny'));
+  t.false(policyApplies('test/nosubscribe', 'subscribe', '#', 'deny'));
+  t.false(policyApplies('test/nosubscribe', 'subscribe', '+/+', 'deny'));
+  t.true(policyApplies('devices/+/secret', 'subscribe', 'devices/#', 'deny', undefined, true));
+  t.true(policyApplies('test/nosubscribe', 'subscribe', '#', 'deny', undefined, true));
+  t.true(policyApplies('test/nosubscribe', 'subscribe', '+/+', 'deny', undefined, true));
+  // Unsubscribe deny rules keep the overlap test in both modes.
+  t.true(policyApplies('devices/+/secret', 'unsubscribe', 'devices/#', 'deny'));
 });
 
 test('a leading + or # in a policy never grants a $ topic', (t) => {
@@ -73,8 +88,18 @@ test('$share/group/filter is decided on the filter; a $share policy restricts th
   t.false(policyApplies('$share/ingest/devices/#', 'subscribe', '$share/other/devices/+/t', 'allow'));
   t.false(policyApplies('$share/ingest/devices/#', 'subscribe', 'devices/+/t', 'allow'));
   t.true(policyApplies('$share/+/devices/#', 'subscribe', '$share/x/devices/a', 'allow'));
-  t.true(policyApplies('$share/+/devices/#', 'subscribe', '$share/x/#', 'deny'));
-  t.true(policyApplies('$share/ingest/devices/#', 'deliver', 'devices/a/t', 'allow'));
+  t.false(policyApplies('$share/+/devices/#', 'subscribe', '$share/x/#', 'deny'));
+  t.true(policyApplies('$share/+/devices/#', 'subscribe', '$share/x/#', 'deny', undefined, true));
+  t.true(policyApplies('$share/+/devices/#', 'subscribe', '$share/x/devices/+/a', 'deny'));
+  // Deliveries: a $share rule speaks only about its own group's shared subscriptions.
+  t.true(policyApplies('$share/ingest/devices/#', 'deliver', 'devices/a/t', 'allow', 'ingest'));
+  t.false(policyApplies('$share/ingest/devices/#', 'deliver', 'devices/a/t', 'allow', 'other'));
+  t.false(policyApplies('$share/ingest/devices/#', 'deliver', 'devices/a/t', 'allow'));
+  t.false(policyApplies('$share/g1/shared/#', 'deliver', 'shared/x', 'deny'), 'a g1 deny rule does not touch a plain subscriber');
+  t.false(policyApplies('$share/g1/shared/#', 'deliver', 'shared/x', 'deny', 'g2'), 'nor another group');
+  t.true(policyApplies('$share/g1/shared/#', 'deliver', 'shared/x', 'deny', 'g1'));
+  t.true(policyApplies('$share/+/shared/#', 'deliver', 'shared/x', 'deny', 'g2'));
+  t.true(policyApplies('shared/#', 'deliver', 'shared/x', 'deny', 'g2'), 'a plain rule covers every group');
   t.false(policyApplies('$share/ingest/devices/#', 'publish', 'devices/a/t', 'allow'));
 });
 

@@ -63,8 +63,8 @@ test('every bad model line is refused with the file and line', (t) => {
     [mutate('p = sub, obj, act, eft, qos, retain', 'p = sub, obj, act'), /\[policy_definition\] must be/],
     [mutate('[matchers]', '[matcher]'), /unknown section \[matcher\]/],
     [mutate('m = subjectMatch', 'x = subjectMatch'), /unknown key 'x'/],
-    [mutate('mqttMatch(r.sub', 'keyMatch(r.sub'), /unknown function 'keyMatch'/],
-    [mutate('p.retain)', 'p.color)'), /'p.color', which is not a policy field/],
+    [mutate('mqttMatch(r.sub', 'keyMatch(r.sub'), /the matcher must be exactly/],
+    [mutate('p.retain)', 'p.color)'), /the matcher must be exactly/],
     [mutate('r = sub, obj, act, qos, retain', 'r sub obj'), /expected 'key = value'/],
     [mutate(/\[role_definition\]\ng = _, _\n/, ''), /missing \[role_definition\]/],
   ];

@@ -68,3 +68,51 @@ test('policy diff shows the decisions a change flips, and fails when one breaks 
   t.is(same.code, 0);
   t.regex(same.out, /no decision flips across 3 cases/);
 });
+
+test('policy check prints each rule with its line and refuses a deny rule hidden behind a lone CR, naming the line', (t) => {
+  const good = policy('check', 'policies');
+  t.regex(good.out, /ok policies\/fleet\.csv: 10 rules, 5 role links/);
+  t.regex(good.out, /^ {2}line 32: p, \*, devices\/\+\/secret\/#, \*, deny, \*, \*$/m);
+  t.regex(good.out, /^ {2}line 35: g, user:alice, role:device$/m);
+  const dir = writePolicyDir('p, *, devices/#, *, allow\n# secrets are off limits\rp, *, devices/+/secret/#, *, deny\n');
+  t.teardown(dir.cleanup);
+  const bad = policy('check', dir.dir);
+  t.is(bad.code, 1);
+  t.true(bad.err.includes(`${dir.policy}:2: U+000D CARRIAGE RETURN at column 25`), bad.err);
+});
+
+test('policy check refuses client-id lines unless the configuration binds client ids on every listener, and checks the configured files', (t) => {
+  const dir = writePolicyDir('p, *, plant/status, read, allow\np, client:plc-controller, plant/valves/#, *, allow\n');
+  t.teardown(dir.cleanup);
+  const config = (identity: string) => {
+    const file = path.join(dir.dir, `broker-${identity}.yaml`);
+    fs.writeFileSync(file, [
+      'listeners:',
+      `  - { name: plant, type: tcp, port: 0, auth: [anonymous], identity: { clientIdBinding: ${identity} } }`,
+      `authorizers: [{ type: casbin, model: ${JSON.stringify(dir.model)}, policy: ${JSON.stringify(dir.policy)} }]`,
+      '',
+    ].join('\n'));
+    return file;
+  };
+  const none = policy('check', dir.dir);
+  t.is(none.code, 1);
+  t.true(none.err.includes(`${dir.policy}:2: the subject 'client:plc-controller' depends on the client id, but no listener is known to bind client ids`), none.err);
+  t.regex(none.err, /Give --config FILE/);
+  const unbound = policy('check', '--config', config('none'));
+  t.is(unbound.code, 1);
+  t.true(unbound.err.includes(`${dir.policy}:2: the subject 'client:plc-controller' depends on the client id, but listener 'plant' does not bind client ids`), unbound.err);
+  const bound = policy('check', '--config', config('equals'));
+  t.is(bound.code, 0, bound.err);
+  t.regex(bound.out, /^ok authorizers\[0\] .*policy\.csv: 2 rules/m);
+  t.regex(bound.out, /client-id lines \(every listener binds client ids\): line 2 \(the subject 'client:plc-controller'\)/);
+});
+
+test('policy explain names the near miss: the rule whose QoS or retain condition excluded the request', (t) => {
+  const r = policy('explain', '--user', 'alice', '--qos', '2', 'publish', 'devices/alice/telemetry/t');
+  t.is(r.code, 0, r.err);
+  t.regex(r.out, /^DENY: publish devices\/alice\/telemetry\/t$/m);
+  t.regex(r.out, /^near miss: policies\/fleet\.csv:10 \(p, role:device, devices\/%u\/telemetry\/#, publish, allow, 0-1, false\) would allow it, but its QoS condition 0-1 excludes QoS 2$/m);
+  const g = policy('explain', '--user', 'worker', '--share-group', 'ingest', 'deliver', 'devices/a/telemetry/t');
+  t.regex(g.out, /^ALLOW/m);
+  t.regex(policy('explain', '--user', 'worker', 'deliver', 'devices/a/telemetry/t').out, /^DENY/m);
+});

@@ -1,5 +1,6 @@
 import type { Principal } from '../auth/types.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
+import { reservedRoot } from '../protocol/topic.ts';
 import type { AccessContext, Action, AuthzResult, Authorizer } from './types.ts';
 
 const NO_AUTHORIZER: AuthzResult = {
@@ -9,14 +10,36 @@ const NO_AUTHORIZER: AuthzResult = {
 };
 const ALL_ABSTAINED: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'no authorizer allowed it' };
 
+/** The id that names the reserved-topic check in audit records. */
+export const RESERVED_TOPIC_CHECK = 'reserved-topic';
+
+const RESERVED: Record<string, AuthzResult> = {};
+
+/**
+ * A client's publish into a tree that belongs to the broker, denied whatever the authorizers
+ * say; undefined for any other topic. Every way a client's message enters the broker asks the
+ * chain with `publish` (PUBLISH, the will at CONNECT and again when it is published, and so
+ * every retained message), so this is the one place the check lives [MQTT-4.7.2-1].
+ */
+export function reservedPublish(topic: string): AuthzResult | undefined {
+  const root = reservedRoot(topic);
+  if (root === undefined) return undefined;
+  return (RESERVED[root] ??= { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: `${root} topics are reserved for the broker`, decidedBy: RESERVED_TOPIC_CHECK });
+}
+
 /**
  * Asks authorizers in order; the first answer that is not abstain wins, all abstain means deny,
- * and an authorizer that throws denies. Synchronous authorizers get a synchronous answer.
+ * and an authorizer that throws denies. Synchronous authorizers get a synchronous answer. A
+ * publish into a broker-reserved tree ($SYS, $portcullis) is denied before any authorizer is asked.
  */
 export class AuthorizerChain {
   constructor(readonly authorizers: readonly Authorizer[]) {}
 
   authorize(who: Principal, action: Action, topic: string, ctx: AccessContext): AuthzResult | Promise<AuthzResult> {
+    if (action === 'publish' && topic.charCodeAt(0) === 0x24) {
+      const reserved = reservedPublish(topic);
+      if (reserved !== undefined) return reserved;
+    }
     return this.from(0, who, action, topic, ctx);
   }
 

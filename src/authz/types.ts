@@ -10,6 +10,12 @@ export interface AccessContext {
   listener: string;
   /** True when the publish is the client's will message. */
   will?: boolean;
+  /**
+   * For `deliver`: the group of the shared subscription (`$share/GROUP/...`) the message goes
+   * out on; undefined for a plain subscription. A `$share/GROUP/...` policy rule speaks only
+   * about deliveries whose group it names.
+   */
+  shareGroup?: string;
 }
 
 /**

@@ -104,6 +104,17 @@ const casbinAuthorizer = z.strictObject({
   jwtTopics: z
     .strictObject({ claim: z.string().min(1).default('topics'), mode: z.enum(['intersection', 'union', 'ignore']).default('intersection') })
     .prefault({}),
+  /**
+   * A subscribe deny rule that overlaps a filter without covering it: `withhold` grants the
+   * subscription and withholds every delivery the rule covers; `refuse` refuses the filter.
+   */
+  subscribeDenyOverlap: z.enum(['withhold', 'refuse']).default('withhold'),
+  /**
+   * Policy lines keyed on the client id (`client:` subjects, `g, client:...`, `%c`): refused
+   * unless every listener binds client ids (`require-binding`), or allowed only on the
+   * listeners that bind them (`bound-listeners`).
+   */
+  clientIdRules: z.enum(['require-binding', 'bound-listeners']).default('require-binding'),
 });
 
 const moduleAuthorizer = z.strictObject({

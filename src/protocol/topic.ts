@@ -97,3 +97,29 @@ export function topicMatches(filter: string, topic: string): boolean {
   }
   return ti >= tl;
 }
+
+// ── reserved trees ───────────────────────────────────────────────────────────
+
+/**
+ * First levels that belong to the broker: `$SYS` (its statistics) and `$portcullis` (its notices,
+ * such as `$portcullis/subscription-revoked`). A topic name whose first level starts with `$` is
+ * reserved for server use [MQTT-4.7.2-1]; clients must not publish into these, whatever an
+ * authorizer says, by any path: PUBLISH, a will, or a retained message.
+ */
+export const BROKER_RESERVED_ROOTS: readonly string[] = ['$SYS', '$portcullis'];
+
+/**
+ * The reserved root a topic name falls under (`$SYS` for `$SYS` and `$SYS/...`), or undefined.
+ * One check for every path by which a client's message enters the broker.
+ *
+ * @example
+ * reservedRoot('$SYS/broker/alert'); // '$SYS'
+ * reservedRoot('$SYSTEM/x');         // undefined: another first level
+ */
+export function reservedRoot(topic: string): string | undefined {
+  if (topic.charCodeAt(0) !== 0x24 /* $ */) return undefined;
+  for (const root of BROKER_RESERVED_ROOTS) {
+    if (topic.startsWith(root) && (topic.length === root.length || topic.charCodeAt(root.length) === 0x2f)) return root;
+  }
+  return undefined;
+}

@@ -6,13 +6,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Decision, Principal } from '../../auth/types.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
-import type { AccessContext, Action, Authorizer, ReloadReport } from '../types.ts';
-import { CasbinEngine, type Evaluation } from './engine.ts';
+import type { AccessContext, Action, Authorizer, AuthzResult, ReloadReport } from '../types.ts';
+import { CasbinEngine, type Evaluation, type NearMiss } from './engine.ts';
 import { checkTopicFilter } from '../../protocol/topic.ts';
-import { policyApplies, type RequestIdentity } from './matcher.ts';
+import { MAX_EXPANSIONS, policyApplies, type RequestIdentity } from './matcher.ts';
+import { checkClientIdBinding, type ClientIdRules, type ListenerBinding } from './client-id.ts';
 import { loadPolicySet, type PolicyRule, type PolicySet } from './policy-file.ts';
 
 export type JwtTopicMode = 'intersection' | 'union' | 'ignore';
+export type { ClientIdRules, ListenerBinding } from './client-id.ts';
+
+/** How a subscribe deny rule treats a filter it only overlaps: withhold the deliveries it covers, or refuse the filter. */
+export type SubscribeDenyMode = 'withhold' | 'refuse';
 
 export interface CasbinAuthorizerOptions {
   model: string;
@@ -23,6 +28,23 @@ export interface CasbinAuthorizerOptions {
   cacheSize?: number;
   /** How a JWT topic claim (`principal.attributes.jwt[claim]`) combines with the file policy. */
   jwtTopics?: { claim?: string; mode?: JwtTopicMode };
+  /**
+   * A subscribe deny rule that overlaps a filter without covering all of it: `withhold` (the
+   * default) grants the subscription and withholds every delivery the rule covers; `refuse`
+   * refuses the filter (the strict mode).
+   */
+  subscribeDenyOverlap?: SubscribeDenyMode;
+  /**
+   * The broker's listeners and whether each binds client ids to the identity. Without it, no
+   * listener is known to bind them. Filled from the configuration by createBroker.
+   */
+  listeners?: readonly ListenerBinding[];
+  /**
+   * Policy lines keyed on the client id (`client:` subjects and members, `%c`): `require-binding`
+   * (the default) refuses them at load unless every listener binds client ids; `bound-listeners`
+   * accepts them and lets them allow only on listeners that bind (they still deny everywhere).
+   */
+  clientIdRules?: ClientIdRules;
 }
 
 /** What a reload did, for the broker's audit record. */
@@ -38,15 +60,23 @@ export interface Explanation {
   /** The policy line that decided, when one did. */
   rule?: PolicyRule;
   detail: string;
+  /** Rules that would have applied but for their QoS or retain condition (explain only). */
+  nearMisses?: NearMiss[];
+}
+
+/** Optional parts of a request, for {@link CasbinAuthorizer.explain}. */
+export interface ExplainOptions {
+  listener?: string;
+  shareGroup?: string;
 }
 
 const NOT_READY: Decision = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'casbin authorizer: policy not loaded yet' };
 
 /** A Map used as an LRU: a hit moves the entry to the end; the first entry is the oldest. */
 class DecisionCache {
-  private map = new Map<string, Decision>();
+  private map = new Map<string, AuthzResult>();
   constructor(private readonly max: number) {}
-  get(key: string): Decision | undefined {
+  get(key: string): AuthzResult | undefined {
     const hit = this.map.get(key);
     if (hit !== undefined) {
       this.map.delete(key);
@@ -54,7 +84,7 @@ class DecisionCache {
     }
     return hit;
   }
-  set(key: string, value: Decision): void {
+  set(key: string, value: AuthzResult): void {
     if (this.max === 0) return;
     if (this.map.size >= this.max) this.map.delete(this.map.keys().next().value as string);
     this.map.set(key, value);
@@ -72,8 +102,12 @@ export class CasbinAuthorizer implements Authorizer {
   private set: PolicySet;
   private engine: CasbinEngine | null = null;
   private readonly cache: DecisionCache;
-  /** Each principal gets a number: the cache key is JSON of (number, action, topic, qos, retain), so keys cannot collide. */
-  private readonly principals = new WeakMap<Principal, { n: number; generation: number; who: RequestIdentity }>();
+  /**
+   * Each principal gets a number, and a new one when the client-id binding of its listener
+   * differs: the cache key is JSON of (number, action, topic, qos, retain[, share group]), so
+   * keys cannot collide.
+   */
+  private readonly principals = new WeakMap<Principal, { n: number; generation: number; bound: boolean; who: RequestIdentity }>();
   private nextPrincipal = 1;
   private generation = 0;
   private readonly listeners: ((report: PolicyReloadReport) => void)[] = [];
@@ -82,6 +116,9 @@ export class CasbinAuthorizer implements Authorizer {
   private reloading: Promise<PolicyReloadReport> = Promise.resolve({ ok: true, authorizer: '', trigger: '', warnings: [] });
   private readonly claim: string;
   private readonly mode: JwtTopicMode;
+  private readonly overlapRefuses: boolean;
+  /** Listeners that bind client ids to the identity; any other listener does not. */
+  private readonly boundListeners: ReadonlySet<string>;
 
   /** Reads and validates the files now; throws PolicyError naming the file and line. Call {@link init} before use. */
   constructor(
@@ -89,16 +126,25 @@ export class CasbinAuthorizer implements Authorizer {
     id = 'casbin',
   ) {
     this.id = id;
-    this.set = loadPolicySet(options.model, options.policy);
+    this.boundListeners = new Set((options.listeners ?? []).filter((l) => l.clientIdBound).map((l) => l.name));
+    this.set = this.load();
     this.cache = new DecisionCache(options.cacheSize ?? 100_000);
     this.claim = options.jwtTopics?.claim ?? 'topics';
     this.mode = options.jwtTopics?.mode ?? 'intersection';
+    this.overlapRefuses = options.subscribeDenyOverlap === 'refuse';
+  }
+
+  /** Reads and validates both files, and the policy's client-id lines against the listeners. */
+  private load(): PolicySet {
+    const set = loadPolicySet(this.options.model, this.options.policy);
+    checkClientIdBinding(set, this.options.listeners, this.options.clientIdRules ?? 'require-binding');
+    return set;
   }
 
   /** Builds the enforcers and starts watching the files. Until it resolves, every request is denied. */
   async init(): Promise<void> {
     if (this.engine !== null) return;
-    this.engine = await CasbinEngine.build(this.set);
+    this.engine = await CasbinEngine.build(this.set, { overlapRefuses: this.overlapRefuses }, this.options.model);
     if (this.options.watch === true) this.watch();
   }
 
@@ -120,37 +166,76 @@ export class CasbinAuthorizer implements Authorizer {
     this.listeners.push(listener);
   }
 
-  authorize(who: Principal, action: Action, topic: string, ctx: AccessContext): Decision {
+  /** True when the listener binds client ids to the identity (the configuration says so). */
+  clientIdBound(listener: string): boolean {
+    return this.boundListeners.has(listener);
+  }
+
+  /**
+   * Decides, from the cache when it can. Every decision, allow or deny, names this authorizer
+   * (`decidedBy`), the deciding policy line (`rule`, `file:line`) when one decided, and the
+   * policy version, for the audit record.
+   */
+  authorize(who: Principal, action: Action, topic: string, ctx: AccessContext): AuthzResult {
     const engine = this.engine;
     if (engine === null) return NOT_READY;
+    const bound = this.boundListeners.has(ctx.listener);
     let entry = this.principals.get(who);
-    if (entry === undefined || entry.generation !== this.generation) {
-      entry = { n: entry?.n ?? this.nextPrincipal++, generation: this.generation, who: engine.identify(who) };
+    if (entry === undefined || entry.generation !== this.generation || entry.bound !== bound) {
+      const n = entry !== undefined && entry.bound === bound ? entry.n : this.nextPrincipal++;
+      entry = { n, generation: this.generation, bound, who: engine.identify(who, bound) };
       this.principals.set(who, entry);
     }
-    const key = JSON.stringify([entry.n, action, topic, ctx.qos, ctx.retain]);
+    // Only a delivery on a shared subscription names a group; the longer array keeps keys apart.
+    const group = action === 'deliver' ? ctx.shareGroup : undefined;
+    const key = group === undefined ? JSON.stringify([entry.n, action, topic, ctx.qos, ctx.retain]) : JSON.stringify([entry.n, action, topic, ctx.qos, ctx.retain, group]);
     const cached = this.cache.get(key);
     if (cached !== undefined) return cached;
-    const decision = toDecision(this.decide(engine, entry.who, action, topic, ctx.qos, ctx.retain));
+    const decision = this.toDecision(this.decide(engine, entry.who, action, topic, ctx.qos, ctx.retain, group));
     this.cache.set(key, decision);
     return decision;
   }
 
-  /** The decision and the rule behind it, without the cache. */
-  explain(who: Principal, action: Action, topic: string, qos: 0 | 1 | 2 = 0, retain = false): Explanation {
+  /** The decision and the rule behind it, without the cache; a denial names the rules its QoS or retain condition excluded. */
+  explain(who: Principal, action: Action, topic: string, qos: 0 | 1 | 2 = 0, retain = false, options: ExplainOptions = {}): Explanation {
     const engine = this.engine;
     if (engine === null) return { decision: 'deny', detail: NOT_READY.kind === 'deny' ? NOT_READY.detail : '' };
-    return this.decide(engine, engine.identify(who), action, topic, qos, retain);
+    // Without a listener, explain answers for a listener that binds client ids when one does.
+    const bound = options.listener !== undefined ? this.clientIdBound(options.listener) : this.boundListeners.size > 0;
+    const identity = engine.identify(who, bound);
+    const group = action === 'deliver' ? options.shareGroup : undefined;
+    const e = this.decide(engine, identity, action, topic, qos, retain, group);
+    if (e.decision === 'allow') return e;
+    const nearMisses = engine.nearMisses(identity, action, topic, qos, retain, group).filter((m) => m.rule.eft === 'allow');
+    return nearMisses.length === 0 ? e : { ...e, nearMisses };
   }
 
-  private decide(engine: CasbinEngine, who: RequestIdentity, action: Action, topic: string, qos: number, retain: boolean): Explanation {
-    const result: Evaluation = engine.evaluate(who, action, topic, qos, retain);
-    if (result.effect === 'deny') return { decision: 'deny', rule: result.rule as PolicyRule, detail: `denied by ${describe(result.rule as PolicyRule)}` };
+  private decide(engine: CasbinEngine, who: RequestIdentity, action: Action, topic: string, qos: number, retain: boolean, shareGroup?: string): Explanation {
+    const result: Evaluation = engine.evaluate(who, action, topic, qos, retain, shareGroup);
+    if (result.effect === 'deny') {
+      const rule = result.rule as PolicyRule;
+      const overflow = result.overflows.find((o) => o.rule === rule);
+      const why = overflow !== undefined ? `: its placeholders expand to ${overflow.count} filters, over the limit of ${MAX_EXPANSIONS}, so the deny rule applies to every topic (fail closed)` : '';
+      return { decision: 'deny', rule, detail: `denied by ${describe(rule)}${why}` };
+    }
+    const e = this.allowOrNot(result, who, action, topic, shareGroup);
+    if (e.decision === 'allow' || result.overflows.length === 0) return e;
+    // An allow rule that could not be expanded did not allow: say so, with the count.
+    const skipped = result.overflows.filter((o) => o.rule.eft === 'allow');
+    const first = skipped[0];
+    if (first === undefined) return e;
+    const notes = skipped.map((o) => `${o.rule.source} was not applied: its placeholders expand to ${o.count} filters, over the limit of ${MAX_EXPANSIONS}`);
+    // The audit record names the rule that could not be applied (and the count is in the detail).
+    return { ...e, rule: e.rule ?? first.rule, detail: `${e.detail} (${notes.join('; ')})` };
+  }
+
+  /** After no deny rule matched: the policy's allow, the JWT claim, or the default deny. */
+  private allowOrNot(result: Evaluation, who: RequestIdentity, action: Action, topic: string, shareGroup: string | undefined): Explanation {
     // Unsubscribing only ever removes access: allowed unless a deny rule speaks about it.
     if (action === 'unsubscribe') return { decision: 'allow', detail: 'unsubscribe is allowed unless a deny rule matches' };
     const claim = this.mode === 'ignore' ? undefined : jwtTopicClaim(who.attributes, this.claim);
     if (claim !== undefined) {
-      const claimAllows = claimGrants(claim, action, topic);
+      const claimAllows = claimGrants(claim, action, topic, shareGroup);
       if (this.mode === 'intersection') {
         if (result.effect !== 'allow') return { decision: 'deny', detail: 'no policy rule allows it' };
         if (!claimAllows) return { decision: 'deny', rule: result.rule as PolicyRule, detail: `the JWT claim '${this.claim}' does not allow it (policy allowed by ${describe(result.rule as PolicyRule)})` };
@@ -160,6 +245,11 @@ export class CasbinAuthorizer implements Authorizer {
     }
     if (result.effect === 'allow') return { decision: 'allow', rule: result.rule as PolicyRule, detail: `allowed by ${describe(result.rule as PolicyRule)}` };
     return { decision: 'deny', detail: this.set.rules.length === 0 ? 'the policy is empty: everything is denied' : 'no policy rule allows it' };
+  }
+
+  private toDecision(e: Explanation): AuthzResult {
+    const by = { decidedBy: this.id, ...(e.rule !== undefined ? { rule: e.rule.source } : {}), policyVersion: this.set.version };
+    return e.decision === 'allow' ? { kind: 'allow', value: undefined, ...by } : { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: e.detail, ...by };
   }
 
   /**
@@ -174,8 +264,8 @@ export class CasbinAuthorizer implements Authorizer {
   private async reloadNow(trigger: string): Promise<PolicyReloadReport> {
     let report: PolicyReloadReport;
     try {
-      const set = loadPolicySet(this.options.model, this.options.policy);
-      const engine = await CasbinEngine.build(set);
+      const set = this.load();
+      const engine = await CasbinEngine.build(set, { overlapRefuses: this.overlapRefuses }, this.options.model);
       this.set = set;
       this.engine = engine;
       this.generation++;
@@ -235,9 +325,6 @@ export class CasbinAuthorizer implements Authorizer {
   }
 }
 
-function toDecision(e: Explanation): Decision {
-  return e.decision === 'allow' ? { kind: 'allow', value: undefined } : { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: e.detail };
-}
 
 /** `file:line (p, sub, obj, act, eft, qos, retain)`: how a rule is named in audit records and explain. */
 export function describe(rule: PolicyRule): string {
@@ -263,7 +350,7 @@ function jwtTopicClaim(attributes: Record<string, unknown>, claim: string): Topi
   return { publish: [], subscribe: [] }; // a claim of the wrong shape grants nothing
 }
 
-function claimGrants(claim: TopicClaim, action: Action, topic: string): boolean {
+function claimGrants(claim: TopicClaim, action: Action, topic: string, shareGroup: string | undefined): boolean {
   const list = action === 'publish' ? claim.publish : claim.subscribe;
-  return list.some((filter) => policyApplies(filter, action, topic, 'allow'));
+  return list.some((filter) => policyApplies(filter, action, topic, 'allow', shareGroup));
 }

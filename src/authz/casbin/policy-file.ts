@@ -6,7 +6,13 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { checkTopicFilter } from '../../protocol/topic.ts';
-import { POLICY_ACTIONS, parsePolicyShared, unknownPlaceholders, type Effect } from './matcher.ts';
+import { POLICY_ACTIONS, parsePolicyShared, placeholderInDollarRoot, unknownPlaceholders, usesClientId, type Effect } from './matcher.ts';
+import { validateModel } from './model-file.ts';
+import { PolicyError } from './policy-error.ts';
+import { readableText } from './readable.ts';
+
+export { PolicyError } from './policy-error.ts';
+export { validateModel } from './model-file.ts';
 
 /** A validated `p` line. */
 export interface PolicyRule {
@@ -36,90 +42,6 @@ export interface PolicySet {
   warnings: string[];
 }
 
-/** A model or policy file that cannot be used. `code` is stable; `file` and `line` say where. */
-export class PolicyError extends Error {
-  readonly code = 'ERR_PORTCULLIS_POLICY';
-  constructor(
-    readonly file: string,
-    readonly line: number | undefined,
-    readonly problem: string,
-  ) {
-    super(line === undefined ? `${file}: ${problem}` : `${file}:${line}: ${problem}`);
-  }
-}
-
-// ── model ────────────────────────────────────────────────────────────────────
-
-const MODEL_SECTIONS: Record<string, { key: string; expect?: string }> = {
-  request_definition: { key: 'r', expect: 'sub, obj, act, qos, retain' },
-  policy_definition: { key: 'p', expect: 'sub, obj, act, eft, qos, retain' },
-  role_definition: { key: 'g', expect: '_, _' },
-  policy_effect: { key: 'e', expect: 'some(where (p.eft == allow)) && !some(where (p.eft == deny))' },
-  matchers: { key: 'm' },
-};
-const REQUEST_FIELDS = ['sub', 'obj', 'act', 'qos', 'retain'];
-const POLICY_FIELDS = ['sub', 'obj', 'act', 'eft', 'qos', 'retain'];
-/** The functions the matcher may call: registered by the engine. */
-export const MATCHER_FUNCTIONS = ['subjectMatch', 'mqttMatch', 'conditionMatch'];
-
-const normalize = (s: string): string => s.replace(/\s+/g, ' ').replace(/\s*,\s*/g, ', ').trim();
-
-/** Validates the model text. Throws {@link PolicyError} naming the line. */
-export function validateModel(text: string, file: string): void {
-  const seen = new Map<string, number>();
-  let section: string | null = null;
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const n = i + 1;
-    let line = (lines[i] as string).trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[([^\]]*)\]$/.exec(line);
-    if (header !== null) {
-      section = header[1] as string;
-      if (!(section in MODEL_SECTIONS)) throw new PolicyError(file, n, `unknown section [${section}] (expected one of ${Object.keys(MODEL_SECTIONS).map((s) => `[${s}]`).join(', ')})`);
-      if (seen.has(section)) throw new PolicyError(file, n, `section [${section}] appears twice`);
-      seen.set(section, n);
-      continue;
-    }
-    if (section === null) throw new PolicyError(file, n, 'a definition outside of any [section]');
-    while (line.endsWith('\\') && i + 1 < lines.length) line = line.slice(0, -1) + ' ' + (lines[++i] as string).trim();
-    const eq = line.indexOf('=');
-    if (eq <= 0) throw new PolicyError(file, n, `expected 'key = value', got '${line}'`);
-    const key = line.slice(0, eq).trim();
-    const value = line.slice(eq + 1).trim();
-    const spec = MODEL_SECTIONS[section] as { key: string; expect?: string };
-    if (key !== spec.key) throw new PolicyError(file, n, `unknown key '${key}' in [${section}] (expected '${spec.key}')`);
-    if (spec.expect !== undefined && normalize(value) !== normalize(spec.expect)) {
-      throw new PolicyError(file, n, `[${section}] must be '${spec.key} = ${spec.expect}', got '${value}'`);
-    }
-    if (section === 'matchers') validateMatcher(value, file, n);
-    if (seen.has(`${section}.${key}`)) throw new PolicyError(file, n, `'${key}' is defined twice`);
-    seen.set(`${section}.${key}`, n);
-  }
-  for (const [s, spec] of Object.entries(MODEL_SECTIONS)) {
-    if (!seen.has(`${s}.${spec.key}`)) throw new PolicyError(file, undefined, `missing [${s}] with '${spec.key} = ...'`);
-  }
-}
-
-function validateMatcher(expr: string, file: string, line: number): void {
-  const withoutStrings = expr.replace(/"[^"]*"|'[^']*'/g, '""');
-  for (const m of withoutStrings.matchAll(/\b([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\s*(\()?/g)) {
-    const [, head, field, call] = m;
-    if (field !== undefined) {
-      const fields = head === 'r' ? REQUEST_FIELDS : head === 'p' ? POLICY_FIELDS : null;
-      if (fields === null) throw new PolicyError(file, line, `matcher uses unknown value '${head}.${field}'`);
-      if (!fields.includes(field)) throw new PolicyError(file, line, `matcher uses '${head}.${field}', which is not a ${head === 'r' ? 'request' : 'policy'} field`);
-    } else if (call !== undefined) {
-      if (!MATCHER_FUNCTIONS.includes(head as string) && head !== 'g') throw new PolicyError(file, line, `matcher calls unknown function '${head}'`);
-    } else if (!['true', 'false'].includes(head as string)) {
-      throw new PolicyError(file, line, `matcher uses unknown name '${head}'`);
-    }
-  }
-  for (const required of ['subjectMatch', 'mqttMatch']) {
-    if (!new RegExp(`\\b${required}\\s*\\(`).test(withoutStrings)) throw new PolicyError(file, line, `matcher must call ${required}(...)`);
-  }
-}
-
 // ── policy ───────────────────────────────────────────────────────────────────
 
 const SUBJECT = /^(\*|(user|client|role):[^\s,"]+)$/;
@@ -131,6 +53,7 @@ const POLICY_LIMITS = { maxTopicLength: 65535, maxTopicLevels: 1024 };
 function checkPolicyFilter(obj: string, file: string, n: number): void {
   const bad = unknownPlaceholders(obj);
   if (bad.length > 0) throw new PolicyError(file, n, `unknown placeholder ${bad[0]} in '${obj}' (known: %u %c %r %{cert.cn} %{cert.san.uri} %{jwt.<claim>})`);
+  if (placeholderInDollarRoot(obj)) throw new PolicyError(file, n, `a placeholder in the first level of '${obj}': its value would choose a reserved tree ($SYS, $share, ...); write the first level out`);
   const plain = obj.replace(/%(?:[ucr]|\{[^}]*\})/g, 'x');
   const shared = parsePolicyShared(plain);
   if (shared !== null && 'error' in shared) throw new PolicyError(file, n, `invalid shared filter '${obj}': ${shared.error}`);
@@ -138,11 +61,22 @@ function checkPolicyFilter(obj: string, file: string, n: number): void {
   if (!check.ok) throw new PolicyError(file, n, `invalid topic filter '${obj}': ${check.detail}`);
 }
 
+/** A warning for a subject holding characters outside ASCII: a lookalike (Cyrillic `а` for `a`) names someone else. */
+function lookalikeWarning(subject: string, source: string): string | undefined {
+  for (const ch of subject) {
+    const cp = ch.codePointAt(0) as number;
+    if (cp > 0x7e) return `${source}: subject '${subject}' holds '${ch}' (U+${cp.toString(16).toUpperCase().padStart(4, '0')}), which is not ASCII: check that it names who you mean (a lookalike names someone else)`;
+  }
+  return undefined;
+}
+
 /** Validates policy text. Throws {@link PolicyError} at the first bad line. */
-export function parsePolicy(text: string, file: string): { rules: PolicyRule[]; links: RoleLink[] } {
+export function parsePolicy(text: string, file: string): { rules: PolicyRule[]; links: RoleLink[]; warnings: string[] } {
   const rules: PolicyRule[] = [];
   const links: RoleLink[] = [];
-  const lines = text.split(/\r?\n/);
+  const warnings: string[] = [];
+  // Only LF and CRLF end a line: anything else an editor would show as a break is refused here.
+  const lines = readableText(text, file).split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
     const n = i + 1;
     const line = (lines[i] as string).trim();
@@ -164,12 +98,18 @@ export function parsePolicy(text: string, file: string): { rules: PolicyRule[]; 
       if (eft !== 'allow' && eft !== 'deny') throw new PolicyError(file, n, `unknown effect '${eft}' (expected allow or deny)`);
       if (!QOS_CONDITIONS.has(qos)) throw new PolicyError(file, n, `invalid QoS condition '${qos}' (expected *, 0, 1, 2, 0-1, 0-2 or 1-2)`);
       if (!RETAIN_CONDITIONS.has(retain)) throw new PolicyError(file, n, `invalid retain condition '${retain}' (expected *, true or false)`);
+      const warning = lookalikeWarning(sub, source);
+      if (warning !== undefined) warnings.push(warning);
       rules.push({ sub, obj, act, eft, qos, retain, source });
     } else if (kind === 'g') {
       if (fields.length !== 3) throw new PolicyError(file, n, `${fields.length < 3 ? 'missing field' : 'too many fields'}: expected 'g, member, role:NAME'`);
       const [, member, role] = fields as [string, string, string];
       if (!SUBJECT.test(member) || member === '*') throw new PolicyError(file, n, `unknown member '${member}' (expected user:NAME, client:ID or role:NAME)`);
       if (!role.startsWith('role:') || !SUBJECT.test(role)) throw new PolicyError(file, n, `'${role}' is not a role (expected role:NAME)`);
+      for (const s of [member, role]) {
+        const warning = lookalikeWarning(s, source);
+        if (warning !== undefined) warnings.push(warning);
+      }
       links.push({ member, role, source });
     } else if (/^[pg]\s/.test(kind as string)) {
       throw new PolicyError(file, n, 'syntax error: fields must be separated by commas');
@@ -177,7 +117,26 @@ export function parsePolicy(text: string, file: string): { rules: PolicyRule[]; 
       throw new PolicyError(file, n, `unknown line type '${kind}' (expected p or g)`);
     }
   }
-  return { rules, links };
+  return { rules, links, warnings };
+}
+
+/** A policy line whose meaning depends on the client id: only as trustworthy as the listener's binding of client ids. */
+export interface ClientIdLine {
+  source: string;
+  /** What in the line names the client id. */
+  what: string;
+}
+
+/** Every `client:` subject, `g, client:...` line and `%c` placeholder, in file order. */
+export function clientIdLines(set: Pick<PolicySet, 'rules' | 'links'>): ClientIdLine[] {
+  const out: { source: string; what: string; order: number }[] = [];
+  const order = (source: string): number => Number(source.slice(source.lastIndexOf(':') + 1));
+  for (const r of set.rules) {
+    if (r.sub.startsWith('client:')) out.push({ source: r.source, what: `the subject '${r.sub}'`, order: order(r.source) });
+    else if (usesClientId(r.obj)) out.push({ source: r.source, what: `%c in '${r.obj}'`, order: order(r.source) });
+  }
+  for (const l of set.links) if (l.member.startsWith('client:')) out.push({ source: l.source, what: `the member '${l.member}'`, order: order(l.source) });
+  return out.sort((a, b) => a.order - b.order).map(({ source, what }) => ({ source, what }));
 }
 
 /**
@@ -196,8 +155,9 @@ export function loadPolicySet(modelFile: string, policyFile: string, options: { 
     if (options.requirePolicy === true || code !== 'ENOENT') throw new PolicyError(policyFile, undefined, `cannot read the policy file (${code})`);
     warnings.push(`${policyFile}: no policy file: every action is denied`);
   }
-  const { rules, links } = parsePolicy(policyText, policyFile);
-  if (rules.length === 0 && warnings.length === 0) warnings.push(`${policyFile}: the policy has no 'p' lines: every action is denied`);
+  const { rules, links, warnings: lineWarnings } = parsePolicy(policyText, policyFile);
+  warnings.push(...lineWarnings);
+  if (rules.length === 0 && !warnings.some((w) => w.endsWith('every action is denied'))) warnings.push(`${policyFile}: the policy has no 'p' lines: every action is denied`);
   const version = createHash('sha256').update(modelText).update('\0').update(policyText).digest('hex').slice(0, 16);
   return { modelText, rules, links, version, warnings };
 }
