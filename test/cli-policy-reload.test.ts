@@ -75,6 +75,11 @@ test('policy reload --pid checks the policy file of the running broker, refuses 
   t.true(good.out.includes(`configuration ${path.join(dir, 'broker.yaml')}`), good.out);
   await until(() => reloads().some((l) => l.includes('SIGHUP') && l.includes('"decision":"allow"')), 15_000, 'the SIGHUP reload record');
 
+  // Without --audit-spool, the action's admin record goes beside that broker's audit file, and the broker records it.
+  const spoolFree = spawnSync(process.execPath, ['--import', 'tsx', path.join('src', 'cli', 'main.ts'), 'policy', 'reload', '--pid', String(broker.pid)], { cwd: root, encoding: 'utf8' });
+  t.is(spoolFree.status, 0, spoolFree.stderr);
+  await until(() => fs.readFileSync(auditFile, 'utf8').split('\n').some((l) => l.includes('"event":"admin"') && l.includes('policy reload')), 15_000, "the reload's admin record in the broker's audit log");
+
   // A --config that is not the broker's is refused.
   const other = path.join(dir, 'other.yaml');
   fs.copyFileSync(path.join(dir, 'broker.yaml'), other);

@@ -74,6 +74,8 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   private readonly wills: WillScheduler;
   private readonly sys: SysTopics;
   private timers: NodeJS.Timeout[] = [];
+  /** When the policy reloads started failing (0: the last one was good). */
+  private policyFailedSince = 0;
   private running = false;
 
   constructor(config: Config, parts: BrokerParts) {
@@ -259,8 +261,14 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   // ── reloads and messages from the broker itself ────────────────────────────
 
   /** Re-checks every session's subscriptions after a policy reload, and audits it (see recheck.ts). */
-  policyReloaded(report: PolicyReport): Promise<RecheckSummary> {
-    return recheckAfterReload({ log: this.log, gate: this.gate, authorizers: this.gate.authorizers, sessions: this.sessions }, report);
+  async policyReloaded(report: PolicyReport): Promise<RecheckSummary> {
+    const summary = await recheckAfterReload({ log: this.log, gate: this.gate, authorizers: this.gate.authorizers, sessions: this.sessions }, report);
+    // After a failed reload the log's last word on the policy was "FAILED": say when that is over.
+    if (report.ok && this.policyFailedSince !== 0) {
+      this.log.info({ version: report.version, failedForMs: Date.now() - this.policyFailedSince }, 'policy reload succeeded after a failure: the new policy is in force');
+    }
+    this.policyFailedSince = report.ok ? 0 : this.policyFailedSince || Date.now();
+    return summary;
   }
 
   /** Publishes a message originating in the broker itself ($SYS, wills). */

@@ -180,7 +180,7 @@ export class Delivery implements DeliveryApi {
     const conn = session.connection;
     // A socket over limits.maxSocketBufferBytes is not written to: its deliveries queue (backpressure).
     if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 ? session.queuedQos0 === 0 : session.queue.length === 0 && session.inflight.size < conn.sendWindow)) {
-      const allowed = this.gate.authorize(conn, 'deliver', message.topic, qos, retain);
+      const allowed = this.gate.authorize(conn, 'deliver', message.topic, qos, retain, false, share?.name);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share));
         return true;
@@ -418,7 +418,7 @@ export class Delivery implements DeliveryApi {
         this.stats.messagesExpired++;
         continue;
       }
-      const allowed = this.gate.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain);
+      const allowed = this.gate.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain, false, next.share?.name);
       if (allowed instanceof Promise) {
         allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share));
       } else if (allowed.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) {
@@ -491,7 +491,7 @@ export class Delivery implements DeliveryApi {
       conn.send({ cmd: 'pubrel', messageId: inflight.packetId });
       return;
     }
-    const allowed = this.gate.authorize(conn, 'deliver', inflight.message.topic, inflight.qos, inflight.retain);
+    const allowed = this.gate.authorize(conn, 'deliver', inflight.message.topic, inflight.qos, inflight.retain, false, inflight.share?.name);
     if (allowed instanceof Promise) {
       allowed.then((d) => {
         if (this.resendDecided(session, conn, inflight, d.kind === 'allow')) this.pump(session);

@@ -6,8 +6,9 @@
  * - a connection with no principal is denied everything;
  * - with `audit.failMode: fail-closed`, no access that cannot be audited (giving up a
  *   subscription excepted);
- * - `$SYS` is the broker's own tree: no client publishes there, by PUBLISH or by will, whatever
- *   the authorizer says;
+ * - the broker's reserved trees (`$SYS`, `$portcullis`) are never a client's to publish to, by
+ *   PUBLISH or by will: the authorizer chain refuses them before any authorizer is asked
+ *   (src/authz/chain.ts);
  * - credentials that expire end the connection.
  */
 import { DenialLimiter } from '../audit/denial-limit.ts';
@@ -50,7 +51,7 @@ export class SecurityGate implements GateApi {
   private readonly auditHeld = new Set<Client>();
   /** fail-open: the log did not catch up in time; nobody is held until it does. */
   private auditHoldBypassed = false;
-  private readonly scratchContext: AccessContext = { qos: 0, retain: false, listener: '', will: false };
+  private readonly scratchContext: AccessContext = { qos: 0, retain: false, listener: '', will: false, shareGroup: undefined };
   /** audit.denials.disconnectAfter: a client whose own requests keep being denied is disconnected. */
   private readonly denialLimiter: DenialLimiter | null;
 
@@ -99,7 +100,7 @@ export class SecurityGate implements GateApi {
    * The context object is reused between calls, so the delivery path allocates nothing per
    * subscriber; an authorizer must copy it if it needs it after returning.
    */
-  authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will = false): AuthzResult | Promise<AuthzResult> {
+  authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will = false, shareGroup?: string): AuthzResult | Promise<AuthzResult> {
     const principal = conn.principal;
     if (principal === null) {
       const denied: AuthzResult = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'not authenticated' };
@@ -116,6 +117,8 @@ export class SecurityGate implements GateApi {
     ctx.retain = retain;
     ctx.listener = conn.peer.listener;
     ctx.will = will;
+    // A `$share/{group}/...` rule speaks about deliveries through that group only.
+    ctx.shareGroup = shareGroup;
     const result = this.authorizers.authorize(principal, action, topic, ctx);
     if (result instanceof Promise) {
       return result.then((r) => {
@@ -139,20 +142,6 @@ export class SecurityGate implements GateApi {
     const limiter = this.denialLimiter;
     if (limiter === null || !limiter.deny(conn)) return;
     this.disconnectForSecurity(conn, ReasonCode.QuotaExceeded, 'denial-limit', limiter.reason(), false);
-  }
-
-  /**
-   * A client's PUBLISH or will: the broker's reserved tree first, then the authorizers. The one
-   * check for every path by which a client's message enters the broker.
-   */
-  authorizePublish(conn: Client, topic: string, qos: QoS, retain: boolean, will: boolean): AuthzResult | Promise<AuthzResult> {
-    if (topic === '$SYS' || topic.startsWith('$SYS/')) {
-      // $SYS is the broker's own namespace: clients cannot publish there, whatever the authorizer says.
-      this.recordAccess(conn, 'publish', topic, qos, retain, will, SYS_RESERVED);
-      if (!will) this.noteDenial(conn);
-      return SYS_RESERVED;
-    }
-    return this.authorize(conn, 'publish', topic, qos, retain, will);
   }
 
   private recordAccess(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will: boolean, result: AuthzResult): void {
@@ -323,7 +312,6 @@ export class SecurityGate implements GateApi {
 }
 
 const AUDIT_UNAVAILABLE: AuthzResult = Object.freeze({ kind: 'deny', reason: ReasonCode.UnspecifiedError, detail: 'audit log unavailable', decidedBy: 'audit' }) as AuthzResult;
-const SYS_RESERVED: AuthzResult = Object.freeze({ kind: 'deny', reason: ReasonCode.NotAuthorized, detail: '$SYS topics are reserved for the broker' }) as AuthzResult;
 
 /** `{ CN: 'dev-1', O: ['a', 'b'] }` → `CN=dev-1, O=a, O=b`. */
 function formatSubject(subject: Record<string, string | string[]>): string {

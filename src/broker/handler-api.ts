@@ -21,9 +21,12 @@ import type { BrokerStats, CoarseClock } from './stats.ts';
 export interface GateApi {
   supportsAuthMethod(listener: string, method: string): boolean;
   decideAuthentication(listener: string, req: ConnectRequest): ChainResult | Promise<ChainResult>;
-  authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will?: boolean): AuthzResult | Promise<AuthzResult>;
-  /** A client's PUBLISH or will: the reserved `$SYS` tree first, then the authorizers. */
-  authorizePublish(conn: Client, topic: string, qos: QoS, retain: boolean, will: boolean): AuthzResult | Promise<AuthzResult>;
+  /**
+   * Asks the authorizer chain, which refuses a publish to a broker-reserved tree ($SYS) first,
+   * and audits the decision. `will`: the publish is a will; `shareGroup`: a delivery through a
+   * `$share` group.
+   */
+  authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will?: boolean, shareGroup?: string): AuthzResult | Promise<AuthzResult>;
   audit(conn: Client | null, event: AuditEvent): void;
   auditsConnects(): boolean;
   auditAvailable(): boolean;

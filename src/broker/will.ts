@@ -14,7 +14,7 @@ export class WillScheduler {
   private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will; quotaKey: string }>();
 
   constructor(
-    private readonly gate: Pick<GateApi, 'authorizePublish'>,
+    private readonly gate: Pick<GateApi, 'authorize'>,
     private readonly publishInternal: (message: Message) => number,
     private readonly log: Logger,
     /** The clock every message's expiry is read from; a will's must be set from the same one. */
@@ -62,7 +62,7 @@ export class WillScheduler {
 
   /** `origin`: the session key of the client whose will it is (for no-local). */
   private publish(origin: string, quotaKey: string, conn: Client, will: Will): void {
-    const decide = this.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
+    const decide = this.gate.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
         this.log.info({ clientId: conn.clientId, topic: will.topic }, 'will not published: not authorized');

@@ -145,7 +145,7 @@ function format(rec: AuditRecord, line: string, asText: boolean): string {
   // Values go through JSON.stringify so control characters can never reach the terminal raw.
   const v = (x: unknown) => (x === undefined ? '-' : typeof x === 'string' ? escapeUnsafe(JSON.stringify(x)) : String(x));
   const code = rec.reasonCode === undefined ? '-' : `0x${rec.reasonCode.toString(16).padStart(2, '0')}`;
-  return `${rec.time} #${rec.seq} ${rec.decision.toUpperCase()} ${rec.event}${rec.action ? `/${rec.action}` : ''} ${code} client=${v(rec.clientId)} user=${v(rec.username)} topic=${v(rec.topic)} by=${v(rec.decidedBy)} reason=${v(rec.reason)}`;
+  return `${rec.time} #${rec.seq} ${rec.decision.toUpperCase()} ${rec.event}${rec.action ? `/${rec.action}` : ''} ${code} client=${v(rec.clientId)} user=${v(rec.username)} topic=${v(rec.topic)} by=${v(rec.decidedBy)}${rec.rule ? ` rule=${rec.rule}` : ''}${rec.policyVersion ? ` version=${rec.policyVersion}` : ''} reason=${v(rec.reason)}`;
 }
 
 export interface TailOptions extends RecordFilter {

@@ -10,6 +10,7 @@ import { registerAuditCommand } from './audit.ts';
 import { registerPolicyCommand } from './policy.ts';
 import { registerPasswdCommand } from './passwd.ts';
 import { registerBanCommand } from './ban.ts';
+import { spoolTarget } from './spool-target.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -27,7 +28,8 @@ program.hook('postAction', (_root, action) => {
   }
   const command = names.join(' ');
   if (!STATE_CHANGING.has(command) || (process.exitCode !== undefined && process.exitCode !== 0)) return;
-  const dir = (program.opts() as { auditSpool: string }).auditSpool;
+  const given = program.getOptionValueSource('auditSpool') === 'cli';
+  const dir = (!given ? spoolTarget() : undefined) ?? (program.opts() as { auditSpool: string }).auditSpool;
   try {
     spoolAdminAction(dir, { command, args: [...action.args, ...args] });
   } catch (err) {

@@ -17,7 +17,9 @@ import { clientIdLines, loadPolicySet, PolicyError, type PolicySet } from '../au
 import type { Action } from '../authz/types.ts';
 import { loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
+import { spoolDirFor } from '../audit/admin-spool.ts';
 import { casbinAuthorizers, childrenOf, configArgument, inspectProcess, isBrokerStart, isTsxWrapper, type ConfiguredCasbin } from './policy-config.ts';
+import { setSpoolTarget } from './spool-target.ts';
 
 const ACTIONS: readonly Action[] = ['publish', 'subscribe', 'unsubscribe', 'deliver'];
 
@@ -346,6 +348,8 @@ export function registerPolicyCommand(program: Command): void {
         }
         const { configFile, baseDir } = brokerConfig(pid, proc, opts.config);
         const d = deployment(configFile, baseDir);
+        // This action's admin record goes beside that broker's audit file, where it will read it.
+        if (d.config !== undefined && d.config.audit.sink !== 'none') setSpoolTarget(spoolDirFor(path.resolve(baseDir, d.config.audit.path)));
         if (d.casbin.length === 0) throw new Error(`${configFile}: the broker's configuration has no casbin authorizer: there is no policy to reload`);
         for (const c of d.casbin) {
           const a = await build(c.options, '');

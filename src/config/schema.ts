@@ -229,7 +229,7 @@ export const configSchema = z.strictObject({
   listeners: z
     .array(z.discriminatedUnion('type', [tcpListener, wsListener, tlsListener, wssListener]))
     .min(1, 'needs at least one listener')
-    .default([{ type: 'tcp', host: '127.0.0.1', port: 1883, auth: [] }] as never),
+    .prefault([{ type: 'tcp', host: '127.0.0.1', port: 1883, auth: [] }]),
   /** The authorizer chain. Empty means every publish and subscribe is denied. */
   authorizers: z.array(authorizerSpec).default([]),
   limits,

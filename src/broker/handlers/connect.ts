@@ -290,7 +290,7 @@ function authorizeWill(ctx: ConnectContext): Refusal | undefined | Promise<Refus
   const will = ctx.will;
   if (will === null) return undefined;
   const { conn } = ctx;
-  const decision = ctx.broker.gate.authorizePublish(conn, will.topic, will.qos, will.retain, true);
+  const decision = ctx.broker.gate.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
   return decision instanceof Promise ? decision.then((d) => willDecided(ctx, d)) : willDecided(ctx, decision);
 }
 

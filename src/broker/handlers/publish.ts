@@ -67,7 +67,7 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
     if (Object.keys(pass).length > 0) message.properties = pass;
   }
 
-  const decision = broker.gate.authorizePublish(conn, topic, qos, packet.retain, false);
+  const decision = broker.gate.authorize(conn, 'publish', topic, qos, packet.retain);
   if (decision instanceof Promise) return decision.then((d) => finish(broker, conn, message, packetId, d));
   finish(broker, conn, message, packetId, decision);
 }
