@@ -92,17 +92,29 @@ export function u64Value(n: number): Buffer {
   return buf;
 }
 
-/** A key for messages and reports: text keys as text, others as hex. */
-export function describeKey(key: Buffer): string {
-  if (key.length > 0 && key[0] === SHORT_TEXT) return JSON.stringify(key.subarray(1).toString('utf8'));
+function text(key: Buffer): string {
   if (key.length === 33 && key[0] === HASHED_TEXT) return `sha256:${key.subarray(1).toString('hex')}`;
-  if (key.length >= 8) {
-    const sid = sidOf(key);
-    const rest = key.subarray(8);
-    if (rest.length === 2) return `session #${sid}, packet id ${rest.readUInt16BE(0)}`;
-    if (rest.length === 8) return `session #${sid}, #${readU64(rest, 0)}`;
-    if (rest.length > 0) return `session #${sid}, ${describeKey(rest)}`;
-    return `session #${sid}`;
+  if (key.length > 0 && key[0] === SHORT_TEXT) return JSON.stringify(key.subarray(1).toString('utf8'));
+  return `0x${key.toString('hex')}`;
+}
+
+/** A key of `table` for messages and reports: client ids and topics as text, session-owned keys by session number. */
+export function describeKey(table: string, key: Buffer): string {
+  switch (table) {
+    case 'meta':
+      return JSON.stringify(key.toString('latin1'));
+    case 'sessions':
+    case 'retained':
+      return text(key);
+    case 'subscriptions':
+      return key.length > 8 ? `session #${sidOf(key)} filter ${text(key.subarray(8))}` : `0x${key.toString('hex')}`;
+    case 'inflight':
+    case 'queue':
+      return key.length === 16 ? `session #${sidOf(key)} #${readU64(key, 8)}` : `0x${key.toString('hex')}`;
+    case 'inflightIndex':
+    case 'awaiting':
+      return key.length === 10 ? `session #${sidOf(key)} packet id ${key.readUInt16BE(8)}` : `0x${key.toString('hex')}`;
+    default:
+      return `0x${key.toString('hex')}`;
   }
-  return key.toString('hex');
 }

@@ -88,14 +88,14 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
         } catch (err) {
           if (!(err instanceof RecordError)) throw err;
           if (err.problem === 'key' && options.skipUnreadable === true) continue;
-          r.problems.push({ table, key: describeKey(k), problem: err.message });
+          r.problems.push({ table, key: describeKey(table, k), problem: err.message });
           continue;
         }
         try {
           visit(k, body);
         } catch (err) {
           if (!(err instanceof RecordError)) throw err;
-          r.problems.push({ table, key: describeKey(k), problem: err.message });
+          r.problems.push({ table, key: describeKey(table, k), problem: err.message });
         }
       }
     } catch (err) {

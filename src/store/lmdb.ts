@@ -628,7 +628,16 @@ export class LmdbStore implements Store {
     });
   }
 
-  /** The open environment and tables, for the maintenance tools (store-tools.ts). */
+  /** Closes the store but keeps the folder locked, for a tool that replaces the data file (compact). */
+  async closeKeepingLock(): Promise<StoreLock> {
+    const lock = this.lock;
+    if (lock === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
+    this.lock = null;
+    await this.closeEnv();
+    return lock;
+  }
+
+  /** The open environment and tables, for the maintenance tools (lmdb-tools.ts). */
   internals(): { env: RootDatabase<Buffer, Buffer>; db: Tables; keyring: Keyring | null } {
     if (this.env === null || this.db === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
     return { env: this.env, db: this.db, keyring: this.keyring };
@@ -647,7 +656,7 @@ function fileSize(file: string): number | undefined {
 function recordFailure(err: unknown, file: string, table: TableName, key: Buffer): Error {
   if (err instanceof RecordError) {
     const code = err.problem === 'key' ? 'ERR_STORE_KEY' : 'ERR_STORE_CORRUPT';
-    return new StoreError(code, `${file}: ${table} record ${describeKey(key)} cannot be read: ${err.message}. Run 'portcullis store check' (docs/persistence.md, "Recovery")`, file, { cause: err });
+    return new StoreError(code, `${file}: ${table} record ${describeKey(table, key)} cannot be read: ${err.message}. Run 'portcullis store check' (docs/persistence.md, "Recovery")`, file, { cause: err });
   }
   return err as Error;
 }
