@@ -109,6 +109,8 @@ export interface RunningBroker {
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
   const config = parseConfig(input);
+  // First, before anything that holds timers or files: a bad key file fails the build cleanly.
+  const store = options.store ?? makeStore(config);
   const log = options.logger ?? createLogger(config.log.level);
   // TLS listeners record gate refusals through the broker, which is built below.
   const tlsAudit = (event: AuditEvent) => broker.gate.audit(null, event);
@@ -134,7 +136,6 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     if (!(err instanceof AuditSetupError)) throw err;
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
-  const store = options.store ?? makeStore(config);
   const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers });
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
