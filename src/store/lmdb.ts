@@ -93,6 +93,9 @@ export class LmdbStore implements Store {
   /** Retained topics (by key, hex) with a message expiry: the purge's candidates. */
   private readonly retainedExpiry = new Map<string, number>();
   private nextSid = 1;
+  /** The last write issued: writes commit in order, so awaiting it awaits them all. */
+  private lastWrite: Promise<unknown> = Promise.resolve();
+  private closing = false;
 
   constructor(options: LmdbStoreOptions) {
     this.path = options.path;
@@ -313,18 +316,22 @@ export class LmdbStore implements Store {
     }
   }
 
+  /** Lets every write issued before it finish (the broker does not await all of them), then closes. */
   private async closeEnv(): Promise<void> {
     const env = this.env;
-    this.env = null;
-    this.db = null;
-    this.preloaded = null;
-    this.retainedExpiry.clear();
     if (env === null) return;
+    this.closing = true;
     try {
+      await this.lastWrite;
       await env.flushed;
     } catch {
       // A failed last commit was already reported to its writers.
     }
+    this.env = null;
+    this.db = null;
+    this.preloaded = null;
+    this.retainedExpiry.clear();
+    this.closing = false;
     await env.close();
   }
 
@@ -406,12 +413,14 @@ export class LmdbStore implements Store {
    */
   private write<T>(fn: () => T): Promise<T> {
     const env = this.env;
-    if (env === null) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
+    if (env === null || this.closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
     this.preloaded = null;
-    return env.transaction(fn).then(
+    const done = env.transaction(fn).then(
       (result) => result,
       (err: unknown) => this.writeFailure(err),
     );
+    this.lastWrite = done.catch(() => undefined);
+    return done;
   }
 
   private async writeFailure(err: unknown): Promise<never> {
@@ -427,9 +436,17 @@ export class LmdbStore implements Store {
       }
     }
     const message = cause instanceof Error ? cause.message : String(cause);
-    const errno = /MDB_MAP_FULL/.test(message) ? 'MDB_MAP_FULL' : /No space left/i.test(message) ? 'ENOSPC' : /File too large/i.test(message) ? 'EFBIG' : /Input\/output/i.test(message) ? 'EIO' : ((cause as { code?: string }).code ?? undefined);
-    const diskFull = errno === 'MDB_MAP_FULL' || errno === 'ENOSPC' || errno === 'EFBIG' || errno === 'EDQUOT';
-    throw new StoreWriteError(`cannot write to ${this.dataFile}: ${diskFull ? 'no space left' : 'write failed'} (${message}); nothing of this batch was kept`, this.dataFile, diskFull, errno, { cause });
+    const errno = /MDB_MAP_FULL/.test(message) ? 'MDB_MAP_FULL' : /No space left/i.test(message) ? 'ENOSPC' : /File too large/i.test(message) ? 'EFBIG' : /Input\/output/i.test(message) ? 'EIO' : (cause as { code?: string }).code;
+    // LMDB reports a short write as EIO, which is what a full disk usually gives: look at the free space.
+    const free = freeBytes(this.path);
+    const diskFull = errno === 'MDB_MAP_FULL' || errno === 'ENOSPC' || errno === 'EFBIG' || errno === 'EDQUOT' || (errno === 'EIO' && free !== undefined && free < LOW_SPACE_BYTES);
+    throw new StoreWriteError(
+      `cannot write to ${this.dataFile}: ${diskFull ? `no space left${free !== undefined ? ` (${free} bytes free)` : ''}` : 'write failed'} (${message}); nothing of this batch was kept`,
+      this.dataFile,
+      diskFull,
+      errno,
+      { cause },
+    );
   }
 
   private put(table: TableName, key: Buffer, body: Buffer): void {
@@ -641,6 +658,18 @@ export class LmdbStore implements Store {
   internals(): { env: RootDatabase<Buffer, Buffer>; db: Tables; keyring: Keyring | null } {
     if (this.env === null || this.db === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
     return { env: this.env, db: this.db, keyring: this.keyring };
+  }
+}
+
+/** Below this much free space a failed write is taken for a full disk. */
+const LOW_SPACE_BYTES = 1024 * 1024;
+
+function freeBytes(dir: string): number | undefined {
+  try {
+    const st = fs.statfsSync(dir);
+    return st.bavail * st.bsize;
+  } catch {
+    return undefined;
   }
 }
 
