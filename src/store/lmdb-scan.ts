@@ -205,5 +205,35 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
   return r;
 }
 
-/** All tables, for tools that walk them. */
-export { TABLES };
+/** What is expired at `now`, taken out of the scan (so it is not loaded) and listed for deletion. */
+export function takeExpired(scan: ScanResult, now: number): {
+  purged: { expiredSessions: number; expiredMessages: number; expiredRetained: number; orphans: number };
+  sessions: { key: Buffer; sid: number }[];
+  queue: Buffer[];
+  retained: Buffer[];
+} {
+  const out = { purged: { expiredSessions: 0, expiredMessages: 0, expiredRetained: 0, orphans: scan.orphans.length }, sessions: [] as { key: Buffer; sid: number }[], queue: [] as Buffer[], retained: [] as Buffer[] };
+  for (const [sid, s] of scan.sessions) {
+    if (s.header.expiresAt !== undefined && s.header.expiresAt <= now) {
+      out.sessions.push({ key: s.key, sid });
+      scan.sessions.delete(sid);
+      out.purged.expiredSessions++;
+      continue;
+    }
+    const keep: StoredMessage[] = [];
+    s.session.queue.forEach((m, i) => {
+      if (m.expiresAt !== undefined && m.expiresAt <= now) {
+        out.queue.push(s.queueKeys[i] as Buffer);
+        out.purged.expiredMessages++;
+      } else keep.push(m);
+    });
+    s.session.queue = keep;
+  }
+  scan.retained = scan.retained.filter((r) => {
+    if (r.message.expiresAt === undefined || r.message.expiresAt > now) return true;
+    out.retained.push(r.key);
+    out.purged.expiredRetained++;
+    return false;
+  });
+  return out;
+}
