@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { LmdbStore } from '../src/store/lmdb.ts';
 import { MemoryStore } from '../src/store/memory.ts';
@@ -186,14 +187,21 @@ const tmpRoot = fs.mkdtempSync(path.join(values.dir, 'portcullis-bench-store-'))
 let dirs = 0;
 const freshDir = () => path.join(tmpRoot, `d${++dirs}`);
 
-/** Messages per second through the four writes, with `flows` sessions writing at once. */
-async function throughput(p: Pattern, flows: number): Promise<number> {
+/**
+ * Messages per second through the four writes, with `flows` sessions writing at once, and how
+ * busy the event loop was meanwhile (a broker serves its clients from that loop: a store that
+ * syncs on it stalls every connection for the length of each fsync).
+ */
+async function throughput(p: Pattern, flows: number): Promise<{ rate: number; elu: number; maxStallMs: number }> {
   const dir = freshDir();
   await p.open(dir);
   for (let f = 0; f < flows; f++) await p.session(`c${f}`);
   let done = 0;
   let stop = false;
   const end = Date.now() + durationMs;
+  const stalls = monitorEventLoopDelay({ resolution: 10 });
+  stalls.enable();
+  const elu0 = performance.eventLoopUtilization();
   const started = process.hrtime.bigint();
   await Promise.all(
     Array.from({ length: flows }, async (_, f) => {
@@ -207,9 +215,11 @@ async function throughput(p: Pattern, flows: number): Promise<number> {
     }),
   );
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const elu = performance.eventLoopUtilization(elu0).utilization;
+  stalls.disable();
   await p.close();
   fs.rmSync(dir, { recursive: true, force: true });
-  return done / seconds;
+  return { rate: done / seconds, elu, maxStallMs: stalls.max / 1e6 };
 }
 
 /** Bytes on disk per queued 64 B message: `sizeMessages` queued over 1,000 sessions. */
@@ -233,15 +243,19 @@ const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
 
 console.log(`store bench: ${rounds} rounds × ${durationMs / 1000} s, flows ${flowCounts.join(',')}, stores ${patterns.map((p) => p.name).join(', ')}; in ${tmpRoot}`);
 const results = new Map<string, number[]>();
+const busy = new Map<string, number[]>();
+const stallMax = new Map<string, number[]>();
 for (let round = 0; round < rounds; round++) {
   // Rotate the order each round so no store always runs first or last.
   const order = patterns.map((_, i) => patterns[(i + round) % patterns.length] as Pattern);
   for (const flows of flowCounts) {
     for (const p of order) {
-      const rate = await throughput(p, flows);
+      const { rate, elu, maxStallMs } = await throughput(p, flows);
       const k = `${p.name}|${flows}`;
       results.set(k, [...(results.get(k) ?? []), rate]);
-      console.log(`round ${round + 1}: ${p.name.padEnd(20)} flows ${String(flows).padStart(3)}: ${fmt(rate)} msg/s (${fmt(rate * 4)} writes/s)`);
+      busy.set(k, [...(busy.get(k) ?? []), elu]);
+      stallMax.set(k, [...(stallMax.get(k) ?? []), maxStallMs]);
+      console.log(`round ${round + 1}: ${p.name.padEnd(20)} flows ${String(flows).padStart(3)}: ${fmt(rate)} msg/s (${fmt(rate * 4)} writes/s), event loop busy ${(elu * 100).toFixed(0)} %, longest stall ${maxStallMs.toFixed(1)} ms`);
     }
   }
 }
@@ -264,6 +278,13 @@ for (const p of patterns) {
     const r = results.get(`${p.name}|${f}`) ?? [];
     return `${fmt(median(r))} (${fmt(Math.min(...r))}–${fmt(Math.max(...r))})`;
   });
+  lines.push(`| ${p.name} | ${cells.join(' | ')} |`);
+}
+lines.push('', 'Event loop busy during those runs (median utilization, median of the longest stall per run): what is left for serving clients.', '');
+lines.push(`| store | ${flowCounts.map((f) => `${f} flow${f === 1 ? '' : 's'}`).join(' | ')} |`);
+lines.push(`|---|${flowCounts.map(() => '---:').join('|')}|`);
+for (const p of patterns) {
+  const cells = flowCounts.map((f) => `${(median(busy.get(`${p.name}|${f}`) ?? [0]) * 100).toFixed(0)} %, ${median(stallMax.get(`${p.name}|${f}`) ?? [0]).toFixed(1)} ms`);
   lines.push(`| ${p.name} | ${cells.join(' | ')} |`);
 }
 lines.push('', `Bytes on disk per queued 64 B message (${fmt(sizeMessages)} messages over 1,000 sessions):`, '');

@@ -42,7 +42,7 @@ async function waitFor(predicate: () => boolean, ms = 5000): Promise<void> {
 }
 
 test('without a store key the configuration uses the durable store under data/store', (t) => {
-  t.deepEqual(parseConfig({}).store, { type: 'lmdb', path: 'data/store', durability: 'sync', commitDelayMs: 0 });
+  t.deepEqual(parseConfig({}).store, { type: 'lmdb', path: 'data/store', durability: 'sync', commitDelayMs: 0, flushIntervalMs: 1000 });
   t.deepEqual(parseConfig({ store: { type: 'memory' } }).store, { type: 'memory' });
 });
 

@@ -12,11 +12,14 @@ const lmdbStore = z.strictObject({
   path: z.string().min(1).default('data/store'),
   /**
    * When a write counts as done (and the broker may acknowledge what it promises):
-   * 'sync': committed and flushed to the disk (survives a power cut);
-   * 'commit': committed to the operating system, flushed right after (survives a crash of the
-   * broker process; a power cut or kernel crash can lose the last moments of writes).
+   * 'sync': committed and flushed to the disk, one flush per batch (survives a power cut);
+   * 'commit': committed to the operating system, flushed every flushIntervalMs (survives a crash
+   * of the broker process; a power cut or kernel crash can lose up to flushIntervalMs of writes
+   * and can damage the store, which then refuses to start until recovered).
    */
   durability: z.enum(['sync', 'commit']).default('sync'),
+  /** 'commit' only: how often committed writes are flushed to the disk. */
+  flushIntervalMs: z.number().int().min(10).max(60_000).default(1000),
   /** Extra milliseconds to gather writes into one commit: fewer syncs, more latency. 0: commit at the end of each event-loop turn. */
   commitDelayMs: z.number().int().min(0).max(1000).default(0),
   /** Encryption of message contents and session owners at rest (AES-256-GCM). */

@@ -19,6 +19,7 @@ export function createStore(config: StoreConfig): Store {
         path: config.path,
         durability: config.durability,
         commitDelayMs: config.commitDelayMs,
+        flushIntervalMs: config.flushIntervalMs,
         ...(config.encryption !== undefined ? { keys: loadKeyFile(config.encryption.keyFile) } : {}),
       });
   }

@@ -26,6 +26,8 @@ export interface LmdbStoreOptions {
   durability?: Durability;
   /** Extra time to gather writes into one commit (ms); 0 commits at the end of the event turn. */
   commitDelayMs?: number;
+  /** 'commit' only: how often committed writes are flushed to the disk (ms); default 1000. */
+  flushIntervalMs?: number;
   /** Encryption at rest: the first key encrypts, all decrypt (see keyring.ts). */
   keys?: StoreKey[];
   /** The clock expiry is compared with (tests). */
@@ -42,6 +44,10 @@ export abstract class LmdbBase {
   readonly path: string;
   readonly durability: Durability;
   private readonly commitDelayMs: number;
+  private readonly flushIntervalMs: number;
+  private flushTimer: NodeJS.Timeout | null = null;
+  /** 'commit': the last periodic flush failed; writes are refused until one succeeds. */
+  private flushFailure: Error | null = null;
   protected readonly keyring: Keyring | null;
   protected readonly now: () => number;
   protected env: RootDatabase<Buffer, Buffer> | null = null;
@@ -60,6 +66,7 @@ export abstract class LmdbBase {
     this.path = options.path;
     this.durability = options.durability ?? 'sync';
     this.commitDelayMs = options.commitDelayMs ?? 0;
+    this.flushIntervalMs = options.flushIntervalMs ?? 1000;
     this.keyring = options.keys !== undefined && options.keys.length > 0 ? new Keyring(options.keys) : null;
     this.now = options.now ?? Date.now;
   }
@@ -78,6 +85,10 @@ export abstract class LmdbBase {
     try {
       const report = await this.openLocked(lock, warnings, started);
       this.lock = lock;
+      if (this.durability === 'commit') {
+        this.flushTimer = setInterval(() => void this.flush(), this.flushIntervalMs);
+        this.flushTimer.unref();
+      }
       return report;
     } catch (err) {
       await this.closeEnv();
@@ -144,9 +155,12 @@ export abstract class LmdbBase {
       env = openLmdb<Buffer, Buffer>({
         path: this.path,
         maxDbs: 16,
-        // 'sync': LMDB syncs inside the commit, so the commit's promise means durable and a sync
-        // failure fails the commit. 'commit': the sync overlaps the next transaction.
-        overlappingSync: this.durability === 'commit',
+        // 'sync': LMDB flushes inside each commit, so a commit's promise means durable and a flush
+        // failure fails the commit. 'commit': no flush in the commit; a timer flushes (below).
+        // (lmdb-js's overlappingSync is not used: it also resolves only after the flush, and its
+        // flush errors reach no promise.)
+        overlappingSync: false,
+        noSync: this.durability === 'commit',
         commitDelay: this.commitDelayMs,
         // Never writemap: with it a full disk is a SIGBUS instead of an error.
         useWritemap: false,
@@ -250,13 +264,24 @@ export abstract class LmdbBase {
   }
 
   /** Lets every write issued before it finish (the broker does not await all of them), then closes. */
+  /** 'commit': writes what was committed since the last flush to the disk (fdatasync). */
+  private async flush(): Promise<void> {
+    const env = this.env as unknown as { sync(callback: (err?: Error) => void): void } | null;
+    if (env === null) return;
+    const err = await new Promise<Error | undefined>((resolve) => env.sync((e) => resolve(e ?? undefined)));
+    this.flushFailure = err ?? null;
+  }
+
   private async closeEnv(): Promise<void> {
     const env = this.env;
     if (env === null) return;
     this.closing = true;
+    if (this.flushTimer !== null) clearInterval(this.flushTimer);
+    this.flushTimer = null;
     try {
       await this.lastWrite;
       await env.flushed;
+      if (this.durability === 'commit') await this.flush();
     } catch {
       // A failed last commit was already reported to its writers.
     }
@@ -301,6 +326,8 @@ export abstract class LmdbBase {
   protected write<T>(fn: () => T): Promise<T> {
     const env = this.env;
     if (env === null || this.closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
+    // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
+    if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
     const done = env.transaction(fn).then(
       (result) => result,

@@ -6,8 +6,9 @@
  * fsync, not one each (group commit). Callbacks run in the order they were called, so writes
  * the broker does not await still apply in order. A write's promise resolves when its batch is:
  * - `sync` (default): committed and flushed to the disk (fdatasync): survives a power cut;
- * - `commit`: committed to the OS, flushed in the background right after: survives a crash of
- *   the broker process, may lose the last moments of writes to a power cut or kernel crash.
+ * - `commit`: committed to the OS (its page cache), flushed by a timer every flushIntervalMs:
+ *   survives a crash of the broker process; a power cut or kernel crash can lose up to that
+ *   interval of writes, and can damage the store (found at the next open, never served).
  * A failed commit (disk full, I/O error) rejects every write of the batch with StoreWriteError,
  * and LMDB keeps none of them.
  *
