@@ -222,20 +222,25 @@ async function throughput(p: Pattern, flows: number): Promise<{ rate: number; el
   return { rate: done / seconds, elu, maxStallMs: stalls.max / 1e6 };
 }
 
-/** Bytes on disk per queued 64 B message: `sizeMessages` queued over 1,000 sessions. */
+/**
+ * Bytes on disk per queued 64 B message: the store holding `sizeMessages` messages over 1,000
+ * sessions, minus the same store with the sessions only, both measured after close.
+ */
 async function sizePerMessage(p: Pattern): Promise<number> {
-  const dir = freshDir();
-  await p.open(dir);
   const sessions = 1000;
-  for (let s = 0; s < sessions; s++) await p.session(`c${s}`);
-  const before = p.bytes(dir);
-  for (let i = 0; i < sizeMessages; i += 1000) {
-    await Promise.all(Array.from({ length: 1000 }, (_, j) => p.enqueue(`c${(i + j) % sessions}`, message(i + j))));
-  }
-  await p.close();
-  const after = p.bytes(dir);
-  fs.rmSync(dir, { recursive: true, force: true });
-  return (after - before) / sizeMessages;
+  const fill = async (dir: string, messages: number): Promise<number> => {
+    await p.open(dir);
+    for (let s = 0; s < sessions; s++) await p.session(`c${s}`);
+    for (let i = 0; i < messages; i += 1000) {
+      await Promise.all(Array.from({ length: Math.min(1000, messages - i) }, (_, j) => p.enqueue(`c${(i + j) % sessions}`, message(i + j))));
+    }
+    await p.close();
+    const bytes = p.bytes(dir);
+    fs.rmSync(dir, { recursive: true, force: true });
+    return bytes;
+  };
+  const base = await fill(freshDir(), 0);
+  return ((await fill(freshDir(), sizeMessages)) - base) / sizeMessages;
 }
 
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;

@@ -61,6 +61,8 @@ export abstract class LmdbBase {
   /** The last write issued: writes commit in order, so awaiting it awaits them all. */
   private lastWrite: Promise<unknown> = Promise.resolve();
   private closing = false;
+  private readonly nextQueueSeq = new Map<number, number>();
+  private readonly nextInflightOrder = new Map<number, number>();
 
   constructor(options: LmdbStoreOptions) {
     this.path = options.path;
@@ -289,6 +291,8 @@ export abstract class LmdbBase {
     this.db = null;
     this.preloaded = null;
     this.retainedExpiry.clear();
+    this.nextQueueSeq.clear();
+    this.nextInflightOrder.clear();
     this.closing = false;
     await env.close();
   }
@@ -354,11 +358,25 @@ export abstract class LmdbBase {
       for (const k of keys) db[table].removeSync(k);
     }
     db.sessions.removeSync(headerKey);
+    this.nextQueueSeq.delete(sid);
+    this.nextInflightOrder.delete(sid);
   }
 
-  protected lastSeq(table: 'queue' | 'inflight', sid: number): number {
-    for (const key of (this.db as Tables)[table].getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) return readU64(key as Buffer, 8);
-    return -1;
+  /**
+   * The next queue sequence or in-flight order number of session `sid`. Read from the last key
+   * once, then counted in memory: sids are never reused while this process holds the store and
+   * only it writes, so the count cannot fall behind; a failed batch only leaves a gap, and gaps
+   * keep the order.
+   */
+  protected nextNumber(table: 'queue' | 'inflight', sid: number): number {
+    const counters = table === 'queue' ? this.nextQueueSeq : this.nextInflightOrder;
+    let next = counters.get(sid);
+    if (next === undefined) {
+      next = 0;
+      for (const key of (this.db as Tables)[table].getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+    }
+    counters.set(sid, next + 1);
+    return next;
   }
 
   async closeKeepingLock(): Promise<StoreLock> {

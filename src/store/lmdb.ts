@@ -158,7 +158,7 @@ export class LmdbStore extends LmdbBase implements Store {
       const indexKey = sidU16Key(sid, packetId);
       const raw = (this.db as Tables).inflightIndex.get(indexKey);
       // Replacing by packet id keeps the entry's place; a new one goes last (resend order, MQTT-4.6.0-1).
-      const order = raw !== undefined ? this.read('inflightIndex', indexKey, raw, decodeNumber) : this.lastSeq('inflight', sid) + 1;
+      const order = raw !== undefined ? this.read('inflightIndex', indexKey, raw, decodeNumber) : this.nextNumber('inflight', sid);
       this.put('inflight', sidU64Key(sid, order), body);
       if (raw === undefined) this.put('inflightIndex', indexKey, encodeNumber(order));
     });
@@ -182,7 +182,7 @@ export class LmdbStore extends LmdbBase implements Store {
     const body = encodeMessage(message);
     await this.write(() => {
       const s = this.header(clientId);
-      if (s !== undefined) this.put('queue', sidU64Key(s.h.sid, this.lastSeq('queue', s.h.sid) + 1), body);
+      if (s !== undefined) this.put('queue', sidU64Key(s.h.sid, this.nextNumber('queue', s.h.sid)), body);
     });
   }
 
