@@ -64,7 +64,7 @@ export async function checkCommand(opts: TargetOptions, io: Out = stdio): Promis
     const c = r.inspection?.counts;
     const lines = [
       r.ok ? `OK: ${dir}` : `DAMAGED: ${dir}`,
-      ...(c !== undefined ? [`  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained`] : []),
+      ...(c !== undefined ? [`  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained, ${n(c.wills)} wills`] : []),
       ...r.problems.map((p) => `  - ${p.where}: ${p.problem}`),
       ...r.notes.map((note) => `  note: ${note}`),
       ...(r.ok ? [] : ['  Recovery steps: docs/persistence.md, "Recovery". Do not start the broker on this store until it is restored or salvaged.']),
@@ -89,7 +89,7 @@ export async function statsCommand(opts: TargetOptions, io: Out = stdio): Promis
     io.out(
       [
         `store ${dir}${s.inUseBy !== undefined ? ` (in use by ${s.inUseBy})` : ''}`,
-        `  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained`,
+        `  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained, ${n(c.wills)} wills`,
         `  on disk ${mb(s.fileBytes)}, in use ${mb(s.usedBytes)}, reclaimable by compact about ${mb(s.reclaimableBytes)}`,
         `  records: ${ids.length > 0 ? ids.join(', ') : 'none'}`,
         ...(s.unverified > 0 ? [`  ${n(s.unverified)} encrypted records are not in the counts above: give the key file (--key-file)`] : []),

@@ -139,6 +139,7 @@ export abstract class LmdbBase {
         queued: sessions.reduce((n, s) => n + s.queue.length, 0),
         awaitingRelease: sessions.reduce((n, s) => n + s.awaitingRelease.length, 0),
         retained: retained.length,
+        wills: sessions.filter((s) => s.will !== undefined).length,
       },
       purged,
       recovery: { uncleanShutdown: lock.replaced !== undefined },
@@ -353,7 +354,7 @@ export abstract class LmdbBase {
   protected deleteSid(sid: number, headerKey: Buffer): void {
     const db = this.db as Tables;
     const range = sidRange(sid);
-    for (const table of ['subscriptions', 'inflight', 'inflightIndex', 'queue', 'awaiting'] as const) {
+    for (const table of ['subscriptions', 'inflight', 'inflightIndex', 'queue', 'awaiting', 'wills'] as const) {
       const keys = [...db[table].getKeys(range)].map((k) => Buffer.from(k as Buffer));
       for (const k of keys) db[table].removeSync(k);
     }

@@ -45,7 +45,7 @@ export async function inspect(dir: string, keys: StoreKey[] | undefined, now = D
   const header = checkDataFile(dir);
   const empty: InspectResult = {
     problems: [],
-    counts: { sessions: 0, subscriptions: 0, inflight: 0, queued: 0, awaitingRelease: 0, retained: 0 },
+    counts: { sessions: 0, subscriptions: 0, inflight: 0, queued: 0, awaitingRelease: 0, retained: 0, wills: 0 },
     keyIds: {},
     unverified: 0,
     orphans: 0,

@@ -111,6 +111,8 @@ export function describeKey(table: string, key: Buffer): string {
     case 'inflight':
     case 'queue':
       return key.length === 16 ? `session #${sidOf(key)} #${readU64(key, 8)}` : `0x${key.toString('hex')}`;
+    case 'wills':
+      return key.length === 8 ? `session #${sidOf(key)}` : `0x${key.toString('hex')}`;
     case 'inflightIndex':
     case 'awaiting':
       return key.length === 10 ? `session #${sidOf(key)} packet id ${key.readUInt16BE(8)}` : `0x${key.toString('hex')}`;

@@ -18,6 +18,7 @@ import {
   decodeMessage,
   decodeNumber,
   decodeSubscription,
+  decodeWill,
   sealedKeyId,
   unwrap,
   type SessionHeader,
@@ -67,7 +68,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     retained: [],
     epochs: new Map(),
     meta: new Map(),
-    counts: { sessions: 0, subscriptions: 0, inflight: 0, queued: 0, awaitingRelease: 0, retained: 0 },
+    counts: { sessions: 0, subscriptions: 0, inflight: 0, queued: 0, awaitingRelease: 0, retained: 0, wills: 0 },
     orphans: [],
     problems: [],
     keyIds: new Map(),
@@ -195,6 +196,15 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     if (key.length !== 10) throw new RecordError('format', 'awaiting-release key has the wrong length');
     s.session.awaitingRelease.push(key.readUInt16BE(8));
     r.counts.awaitingRelease++;
+  });
+
+  each('wills', (key, body) => {
+    const will = decodeWill(body);
+    const s = owner('wills', key);
+    if (s === undefined) return;
+    if (key.length !== 8) throw new RecordError('format', 'will key has the wrong length');
+    s.session.will = will;
+    r.counts.wills++;
   });
 
   each('retained', (key, body) => {

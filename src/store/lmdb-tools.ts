@@ -130,7 +130,12 @@ function importMessage(v: unknown, where: string): StoredMessage {
 }
 
 function exportSession(s: StoredSession): Record<string, unknown> {
-  return { ...s, inflight: s.inflight.map((f) => ({ ...f, message: exportMessage(f.message) })), queue: s.queue.map(exportMessage) };
+  return {
+    ...s,
+    inflight: s.inflight.map((f) => ({ ...f, message: exportMessage(f.message) })),
+    queue: s.queue.map(exportMessage),
+    ...(s.will !== undefined ? { will: { ...s.will, message: exportMessage(s.will.message) } } : {}),
+  };
 }
 
 function importSession(v: Record<string, unknown>, where: string): StoredSession {
@@ -142,6 +147,7 @@ function importSession(v: Record<string, unknown>, where: string): StoredSession
     ...s,
     inflight: s.inflight.map((f, i) => ({ ...f, message: importMessage(f.message, `${where} inflight[${i}]`) })),
     queue: s.queue.map((m, i) => importMessage(m, `${where} queue[${i}]`)),
+    ...(s.will !== undefined ? { will: { ...s.will, message: importMessage(s.will.message, `${where} will`) } } : {}),
   };
 }
 

@@ -17,7 +17,7 @@
  */
 import { LmdbBase, META_NEXT_SID } from './lmdb-base.ts';
 import { throwIfDamaged } from './lmdb-failures.ts';
-import { sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
+import { sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
 import { scanStore, type Tables } from './lmdb-scan.ts';
 import {
   decodeHeader,
@@ -31,10 +31,12 @@ import {
   encodeMessage,
   encodeNumber,
   encodeSubscription,
+  encodeWill,
+  decodeWill,
   headerOf,
   type SessionHeader,
 } from './records.ts';
-import type { PurgeOptions, PurgeReport, Store, StoredInflight, StoredMessage, StoredSession, StoredSubscription } from './types.ts';
+import type { PurgeOptions, PurgeReport, Store, StoredInflight, StoredMessage, StoredSession, StoredSubscription, StoredWill } from './types.ts';
 
 export type { Durability, LmdbStoreOptions } from './lmdb-base.ts';
 
@@ -73,6 +75,9 @@ export class LmdbStore extends LmdbBase implements Store {
     for (const { key, value } of db.inflight.getRange(range)) s.inflight.push(this.read('inflight', Buffer.from(key), value, decodeInflight));
     for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, decodeMessage));
     for (const key of db.awaiting.getKeys(range)) s.awaitingRelease.push((key as Buffer).readUInt16BE(8));
+    const willKey = sidKey(h.sid);
+    const will = db.wills.get(willKey);
+    if (will !== undefined) s.will = this.read('wills', willKey, will, decodeWill);
     return s;
   }
 
@@ -94,6 +99,7 @@ export class LmdbStore extends LmdbBase implements Store {
     const inflight = session.inflight.map((f) => ({ packetId: f.packetId, body: encodeInflight(f) }));
     const queue = session.queue.map(encodeMessage);
     const awaiting = [...new Set(session.awaitingRelease)];
+    const will = session.will !== undefined ? encodeWill(session.will) : undefined;
     const snapshot = { ...session };
     await this.write(() => {
       const old = this.header(snapshot.clientId);
@@ -111,6 +117,7 @@ export class LmdbStore extends LmdbBase implements Store {
       }
       queue.forEach((body, i) => this.put('queue', sidU64Key(sid, i), body));
       for (const id of awaiting) this.put('awaiting', sidU16Key(sid, id), EMPTY);
+      if (will !== undefined) this.put('wills', sidKey(sid), will);
     });
   }
 
@@ -208,6 +215,21 @@ export class LmdbStore extends LmdbBase implements Store {
     await this.write(() => {
       const s = this.header(clientId);
       if (s !== undefined) (this.db as Tables).awaiting.removeSync(sidU16Key(s.h.sid, packetId));
+    });
+  }
+
+  async putWill(clientId: string, will: StoredWill): Promise<void> {
+    const body = encodeWill(will);
+    await this.write(() => {
+      const s = this.header(clientId);
+      if (s !== undefined) this.put('wills', sidKey(s.h.sid), body);
+    });
+  }
+
+  async deleteWill(clientId: string): Promise<void> {
+    await this.write(() => {
+      const s = this.header(clientId);
+      if (s !== undefined) (this.db as Tables).wills.removeSync(sidKey(s.h.sid));
     });
   }
 

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { PurgeOptions, PurgeReport, Store, StoreOpenReport, StoredInflight, StoredMessage, StoredSession, StoredSubscription } from './types.ts';
+import type { PurgeOptions, PurgeReport, Store, StoreOpenReport, StoredInflight, StoredMessage, StoredSession, StoredSubscription, StoredWill } from './types.ts';
 
 /** Deep copy that keeps Buffers as Buffers (structuredClone would turn them into Uint8Arrays). */
 function clone<T>(value: T): T {
@@ -57,6 +57,7 @@ export class MemoryStore implements Store {
         queued: all.reduce((n, s) => n + s.queue.length, 0),
         awaitingRelease: all.reduce((n, s) => n + s.awaitingRelease.length, 0),
         retained: this.retained.size,
+        wills: all.filter((s) => s.will !== undefined).length,
       },
       purged,
       recovery: { uncleanShutdown: false },
@@ -152,6 +153,16 @@ export class MemoryStore implements Store {
   async deleteAwaitingRelease(clientId: string, packetId: number): Promise<void> {
     const s = this.sessions.get(clientId);
     if (s !== undefined) s.awaitingRelease = s.awaitingRelease.filter((x) => x !== packetId);
+  }
+
+  async putWill(clientId: string, will: StoredWill): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined) s.will = clone(will);
+  }
+
+  async deleteWill(clientId: string): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s !== undefined) delete s.will;
   }
 
   async loadRetained(): Promise<StoredMessage[]> {

@@ -13,7 +13,7 @@
  */
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
 import type { Keyring } from './keyring.ts';
-import type { StoredInflight, StoredMessage, StoredSession, StoredSubscription } from './types.ts';
+import type { StoredInflight, StoredMessage, StoredSession, StoredSubscription, StoredWill } from './types.ts';
 
 /** Table numbers, part of every checksum and of the encryption's additional data. */
 export const Table = {
@@ -25,12 +25,13 @@ export const Table = {
   queue: 6,
   awaiting: 7,
   retained: 8,
+  wills: 9,
 } as const;
 export type TableName = keyof typeof Table;
 export const TABLES = Object.keys(Table) as TableName[];
 
 /** Tables whose values carry client data and are encrypted when a key file is configured. */
-export const SEALED_TABLES: ReadonlySet<TableName> = new Set(['sessions', 'inflight', 'queue', 'retained']);
+export const SEALED_TABLES: ReadonlySet<TableName> = new Set(['sessions', 'inflight', 'queue', 'retained', 'wills']);
 
 const PLAIN = 0x01;
 const SEALED = 0x02;
@@ -263,6 +264,17 @@ export function decodeInflight(body: Buffer): StoredInflight {
     f.subscriptionIds = (head['i'] as unknown[]).map((x) => num(x, 'subscription id'));
   }
   return f;
+}
+
+/** A session's will: its delay around the message. */
+export function encodeWill(w: StoredWill): Buffer {
+  const { head, parts } = messageHead(w.message);
+  return pack({ d: w.delayInterval, m: head }, parts);
+}
+
+export function decodeWill(body: Buffer): StoredWill {
+  const { head, parts } = unpack(body);
+  return { delayInterval: num(head['d'], 'will delay'), message: messageFrom(head['m'], parts, 0) };
 }
 
 // ── sessions and subscriptions ─────────────────────────────────────────────

@@ -33,6 +33,17 @@ export interface StoredInflight {
   subscriptionIds?: number[];
 }
 
+/**
+ * A will kept with a persistent session, so that a broker that stopped (or crashed) while the
+ * client was connected can still publish it after a restart, after its delay.
+ */
+export interface StoredWill {
+  /** The will message: topic, payload, QoS, retain flag and v5 will properties. */
+  message: StoredMessage;
+  /** v5 Will Delay Interval in seconds; 0 (and v3) publishes at once. */
+  delayInterval: number;
+}
+
 export interface StoredSession {
   clientId: string;
   /** The identity that owns the session; a different identity cannot resume or take it over. */
@@ -47,6 +58,8 @@ export interface StoredSession {
   queue: StoredMessage[];
   /** Inbound QoS 2 packet ids waiting for PUBREL. */
   awaitingRelease: number[];
+  /** The will of the session's last connection, when it had one that is still pending. */
+  will?: StoredWill;
 }
 
 /**
@@ -93,6 +106,11 @@ export interface Store {
   putAwaitingRelease(clientId: string, packetId: number): Promise<void>;
   deleteAwaitingRelease(clientId: string, packetId: number): Promise<void>;
 
+  /** Sets (replaces) the session's will. Ignored for an unknown client id, like every session write. */
+  putWill(clientId: string, will: StoredWill): Promise<void>;
+  /** Removes the session's will (published, or discarded by a normal DISCONNECT or a reconnect). */
+  deleteWill(clientId: string): Promise<void>;
+
   loadRetained(): Promise<StoredMessage[]>;
   /** Stores a retained message; an empty payload clears the topic instead. */
   putRetained(message: StoredMessage): Promise<void>;
@@ -107,6 +125,7 @@ export interface StoreCounts {
   queued: number;
   awaitingRelease: number;
   retained: number;
+  wills: number;
 }
 
 /** What open() dropped, and why. */
