@@ -11,7 +11,6 @@ import type { Keyring } from './keyring.ts';
 import { describeKey, readU64, sidOf } from './lmdb-keys.ts';
 import {
   RecordError,
-  TABLES,
   decodeBytes,
   decodeHeader,
   decodeInflight,
