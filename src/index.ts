@@ -42,7 +42,8 @@ import { Broker, type BrokerStats, type ListenerAddress } from './broker/broker.
 import { VERSION } from './broker/sys.ts';
 import { type Config, type ConfigInput, type ListenerConfig, type ProviderConfig, ConfigError, parseConfig } from './config/schema.ts';
 import { createLogger, type Logger } from './log.ts';
-import { MemoryStore } from './store/memory.ts';
+import { StoreError } from './store/errors.ts';
+import { createStore } from './store/factory.ts';
 import type { Store } from './store/types.ts';
 import { TcpListener } from './transport/tcp.ts';
 import type { Listener } from './transport/types.ts';
@@ -53,6 +54,8 @@ import { TlsFileError } from './transport/tls-material.ts';
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
 export { MemoryStore } from './store/memory.ts';
+export { LmdbStore, type LmdbStoreOptions, type Durability } from './store/lmdb.ts';
+export { StoreError, StoreWriteError, type StoreErrorCode } from './store/errors.ts';
 export { MemoryAuditSink, createAuditSink } from './audit/sinks.ts';
 export { ChainedAuditSink } from './audit/chained-sink.ts';
 export { FileAuditOutput, type AuditFileIO } from './audit/file-output.ts';
@@ -65,12 +68,12 @@ export { CasbinAuthorizer, type CasbinAuthorizerOptions, type Explanation } from
 export { PolicyError } from './authz/casbin/policy-file.ts';
 export type { AuthorizerFactory } from './authz/module.ts';
 export type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
-export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight } from './store/types.ts';
+export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight, StoreOpenReport, PurgeOptions, PurgeReport } from './store/types.ts';
 export type { PeerInfo, Listener } from './transport/types.ts';
 export { VERSION };
 
 export interface BrokerOptions {
-  /** Where sessions and retained messages persist. Default: a new MemoryStore. */
+  /** Where sessions and retained messages persist. Default: the configured `store` (durable, LMDB under data/store, unless `store.type: memory`). */
   store?: Store;
   /** Replaces the configured audit sink (for example a MemoryAuditSink in tests). */
   audit?: AuditSink;
@@ -106,6 +109,8 @@ export interface RunningBroker {
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
   const config = parseConfig(input);
+  // First, before anything that holds timers or files: a bad key file fails the build cleanly.
+  const store = options.store ?? makeStore(config);
   const log = options.logger ?? createLogger(config.log.level);
   // TLS listeners record gate refusals through the broker, which is built below.
   const tlsAudit = (event: AuditEvent) => broker.gate.audit(null, event);
@@ -134,7 +139,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     if (!(err instanceof AuditSetupError)) throw err;
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
-  const broker = new Broker(config, { log, store: options.store ?? new MemoryStore(), audit, listeners, chains, authorizers });
+  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers });
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none'
@@ -316,6 +321,16 @@ function makeProvider(p: ProviderConfig, config: Config, key: string): Authentic
       return new CertificateAuthenticator(p);
     case 'psk':
       return new PskAuthenticator(p);
+  }
+}
+
+function makeStore(config: Config): Store {
+  try {
+    return createStore(config.store);
+  } catch (err) {
+    if (!(err instanceof StoreError)) throw err;
+    const key = 'store.encryption.keyFile';
+    throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
   }
 }
 

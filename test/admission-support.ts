@@ -29,6 +29,7 @@ export async function startAdmissionBroker(config: Partial<ConfigInput> = {}): P
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
       authGuard: { enabled: false },
+      store: { type: 'memory' },
       ...config,
     },
     { logger: silentLogger(), audit },

@@ -62,6 +62,7 @@ function auditedBroker(dir: string) {
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
       audit: { sink: 'file', path: auditFile, fsyncIntervalMs: 0 },
+      store: { type: 'memory' },
     },
     { logger: silentLogger() },
   );

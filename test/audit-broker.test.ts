@@ -56,6 +56,7 @@ async function start(t: ExecutionContext, config: Partial<ConfigInput> = {}, opt
       listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: PASSWORD }] }] }],
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
+      store: { type: 'memory' },
       ...config,
     },
     { logger: log, audit: sink, ...opts.options },

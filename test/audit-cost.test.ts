@@ -33,6 +33,7 @@ test('with the default audit settings an allowed publish and its delivery write 
       listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
+      store: { type: 'memory' },
     },
     { logger: silentLogger(), audit: sink },
   );

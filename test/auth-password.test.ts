@@ -110,7 +110,7 @@ test('a malformed password file stops the start naming the file and line; blank 
 });
 
 function passwordConfig(file: string) {
-  return createBroker({ listeners: [{ type: 'tcp', port: 0, auth: [{ provider: 'password', file }] }] }, { audit: new MemoryAuditSink() });
+  return createBroker({ listeners: [{ type: 'tcp', port: 0, auth: [{ provider: 'password', file }] }], store: { type: 'memory' } }, { audit: new MemoryAuditSink() });
 }
 
 test('hot reload: a changed file applies without restart; a malformed one keeps the last good file and is audited', async (t) => {

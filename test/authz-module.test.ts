@@ -41,7 +41,7 @@ test('a module that cannot be loaded or exports no factory stops the start with 
     ['package.json', /cannot load authorizer module|must export a factory/],
   ] as const) {
     const broker = createBroker(
-      { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], authorizers: [{ type: 'module', path }], sys: { intervalSeconds: 0 }, audit: { sink: 'none' } },
+      { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], authorizers: [{ type: 'module', path }], sys: { intervalSeconds: 0 }, audit: { sink: 'none' }, store: { type: 'memory' } },
       { logger: silentLogger() },
     );
     const err = await t.throwsAsync(broker.start());

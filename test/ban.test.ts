@@ -338,6 +338,7 @@ test.serial('portcullis start: SIGHUP reloads the ban file (watch off), audited 
       audit: { path: path.join(dir, 'audit.jsonl'), fsyncIntervalMs: 0 },
       admission: { bans: { file: bans, watch: false } },
       sys: { intervalSeconds: 0 },
+      store: { path: path.join(dir, 'store') },
     }),
   );
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'cli', 'main.ts'), 'start', '--config', config], {

@@ -78,6 +78,9 @@ function runningConfig(port: number): string {
     '  sink: none',
     'sys:',
     '  intervalSeconds: 0',
+    // The tests run from the checkout: the default store would be its data/store.
+    'store:',
+    '  type: memory',
     'log:',
     '  level: info',
     '',

@@ -13,7 +13,7 @@ import mqtt from 'mqtt';
 import { hashPassword } from '../src/auth/password/hash.ts';
 import { ARGON2_FLOOR } from '../src/config/auth-schema.ts';
 import { loadConfigFile } from '../src/config/load.ts';
-import { createBroker, MemoryAuditSink } from '../src/index.ts';
+import { createBroker, MemoryAuditSink, MemoryStore } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import { connect, nextMessages } from './helpers.ts';
 import { pki } from './tls-fixtures.ts';
@@ -34,7 +34,7 @@ test('docs/examples/dev-anonymous.yaml serves anonymous clients over TCP and Web
     l.port = 0; // the shipped ports may be in use on a test machine
   }
   const audit = new MemoryAuditSink();
-  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const broker = createBroker(config, { logger: silentLogger(), audit, store: new MemoryStore() });
   const { listeners } = await broker.start();
   t.teardown(() => broker.stop());
   const tcp = listeners.find((l) => l.type === 'tcp');
@@ -129,7 +129,7 @@ test('docs/examples/passwords.yaml: a TLS listener with argon2id passwords, clie
   const p = await examplePki(t, { alice: 'alice-pw-1', bob: 'bob-pw-1' });
   const config = adapt('passwords.yaml', p);
   const audit = new MemoryAuditSink();
-  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const broker = createBroker(config, { logger: silentLogger(), audit, store: new MemoryStore() });
   const { listeners } = await broker.start();
   t.teardown(() => broker.stop());
   const port = listeners[0]?.port ?? 0;
@@ -158,7 +158,7 @@ test('docs/examples/mixed-chain.yaml: certificate, then JWT, then password on on
   const jwt = config.listeners[0]?.auth.find((a) => a.provider === 'jwt');
   if (jwt?.provider !== 'jwt') return t.fail('the example has a jwt provider');
   const audit = new MemoryAuditSink();
-  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const broker = createBroker(config, { logger: silentLogger(), audit, store: new MemoryStore() });
   const { listeners } = await broker.start();
   t.teardown(() => broker.stop());
   const port = listeners[0]?.port ?? 0;
@@ -219,7 +219,7 @@ test('docs/examples/jwt-backend.yaml: JWTs from a JWKS URL on one listener and a
   if (staticJwt?.provider !== 'jwt') return t.fail('the second listener has a jwt provider');
   staticJwt.keyFiles = [pem];
   const audit = new MemoryAuditSink();
-  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const broker = createBroker(config, { logger: silentLogger(), audit, store: new MemoryStore() });
   const { listeners } = await broker.start();
   t.teardown(() => broker.stop());
   const port = (name: string) => listeners.find((l) => l.name === name)?.port ?? 0;
@@ -276,7 +276,7 @@ test('docs/examples/mtls-fleet.yaml: devices with certificates from portcullis p
   }
   config.audit.sink = 'none';
   const audit = new MemoryAuditSink();
-  const broker = createBroker(config, { logger: silentLogger(), audit });
+  const broker = createBroker(config, { logger: silentLogger(), audit, store: new MemoryStore() });
   const { listeners } = await broker.start();
   t.teardown(() => broker.stop());
   const port = listeners.find((l) => l.name === 'fleet')?.port ?? 0;

@@ -67,6 +67,8 @@ test('SIGHUP reloads the policy and the password file of a running broker, audit
       `  path: ${JSON.stringify(auditFile)}`,
       '  fsyncIntervalMs: 0',
       'sys: { intervalSeconds: 0 }',
+      // The durable store, in the test's folder: never the checkout's data/.
+      `store: { path: ${JSON.stringify(path.join(dir, 'store'))} }`,
       'log: { level: info }',
       '',
     ].join('\n'),

@@ -140,9 +140,15 @@ test.serial('npm start on a fresh machine: the built-in defaults create a develo
     const tlsCert = await connectTls(8883, devFleet, { device, clientId: 'dev-device' });
     t.true(tlsCert.connected);
     tlsCert.end();
+    // The built-in defaults keep sessions durably under data/store: a folder and files only the broker's user can use.
+    const store = path.join(cwd, 'data', 'store');
+    t.is(fs.statSync(store).mode & 0o777, 0o700);
+    for (const f of ['data.mdb', 'lock.mdb', 'portcullis-store.json', 'portcullis.lock']) t.is(fs.statSync(path.join(store, f)).mode & 0o777, 0o600, f);
   } finally {
     child.kill('SIGTERM');
     t.is(await exited, 0);
+    t.false(fs.existsSync(path.join(cwd, 'data', 'store', 'portcullis.lock')), 'a clean stop releases the store lock');
+    fs.rmSync(cwd, { recursive: true, force: true });
   }
 });
 

@@ -11,13 +11,17 @@ import { registerPolicyCommand } from './policy.ts';
 import { registerPasswdCommand } from './passwd.ts';
 import { registerBanCommand } from './ban.ts';
 import { spoolTarget } from './spool-target.ts';
+import { registerStoreCommand } from './store.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
 program.option('--audit-spool <dir>', 'where CLI actions that change state are spooled for the broker\'s audit log (audit-spool/ beside audit.path)', process.env.PORTCULLIS_AUDIT_SPOOL ?? 'data/audit-spool');
 
-/** Commands that change state: each successful run becomes an `admin` audit record. */
-const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove']);
+/**
+ * Commands that change state (and `store export`, which copies every stored message out in the
+ * clear): each successful run becomes an `admin` audit record.
+ */
+const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove', 'store compact', 'store import', 'store export', 'store keygen']);
 
 program.hook('postAction', (_root, action) => {
   const names: string[] = [];
@@ -53,5 +57,6 @@ registerAuditCommand(program);
 registerPolicyCommand(program);
 registerPasswdCommand(program);
 registerBanCommand(program);
+registerStoreCommand(program);
 
 await program.parseAsync(process.argv);

@@ -11,6 +11,10 @@ import type { ConfigInput } from './schema.ts';
  *   (`certificate`); otherwise a TLS-PSK identity from pki/private/psk.txt (`psk`). Clients
  *   with neither are refused.
  * - 8884, mTLS: a client certificate is required; its CN is the username.
+ *
+ * Sessions, queued messages and retained messages are kept durably under data/store (LMDB,
+ * flushed before a write counts as done; docs/persistence.md), as with any configuration
+ * without a `store` key.
  */
 /** Where the built-in defaults read TLS files from, relative to the working directory. */
 export const DEFAULT_PKI_DIR = 'pki';
@@ -42,4 +46,5 @@ export const builtInDefaults: ConfigInput = {
     },
   ],
   authorizers: ['allow-all'],
+  store: { type: 'lmdb', path: 'data/store' },
 };

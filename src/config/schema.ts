@@ -7,6 +7,7 @@ import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from 
 import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
 import { admission, connectionLimits, listenerLimits } from './admission-schema.ts';
 import { rateLimits } from './rate-limit-schema.ts';
+import { storeConfig } from './store-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().positive();
@@ -298,7 +299,8 @@ export const configSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
-  store: z.strictObject({ type: z.literal('memory').default('memory') }).prefault({}),
+  /** Where sessions and retained messages persist: durable (LMDB under data/store) unless `type: memory`. */
+  store: storeConfig,
   sys: z.strictObject({ intervalSeconds: z.number().int().min(0).default(10) }).prefault({}),
   shutdown: z.strictObject({ graceMs: positiveInt.default(5000) }).prefault({}),
   authDeadlineMs: positiveInt.default(5000),

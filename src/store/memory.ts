@@ -1,4 +1,5 @@
-import { sessionKey, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription } from './types.ts';
+import { performance } from 'node:perf_hooks';
+import { sessionKey, type PurgeOptions, type PurgeReport, type Store, type StoreOpenReport, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
 
 /** Deep copy that keeps Buffers as Buffers (structuredClone would turn them into Uint8Arrays). */
 function clone<T>(value: T): T {
@@ -21,8 +22,69 @@ export class MemoryStore implements Store {
   private readonly sessions = new Map<string, StoredSession>();
   private readonly retained = new Map<string, StoredMessage>();
 
-  async open(): Promise<void> {}
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** Drops what expired since the last open, like the durable store, and reports what it holds. */
+  async open(): Promise<StoreOpenReport> {
+    const started = performance.now();
+    const now = this.now();
+    const purged = { expiredSessions: 0, expiredMessages: 0, expiredRetained: 0, orphans: 0 };
+    for (const [id, s] of this.sessions) {
+      if (s.expiresAt !== undefined && s.expiresAt <= now) {
+        this.sessions.delete(id);
+        purged.expiredSessions++;
+        continue;
+      }
+      const before = s.queue.length;
+      s.queue = s.queue.filter((m) => m.expiresAt === undefined || m.expiresAt > now);
+      purged.expiredMessages += before - s.queue.length;
+    }
+    for (const [topic, m] of this.retained) {
+      if (m.expiresAt !== undefined && m.expiresAt <= now) {
+        this.retained.delete(topic);
+        purged.expiredRetained++;
+      }
+    }
+    const all = [...this.sessions.values()];
+    return {
+      type: 'memory',
+      durable: false,
+      created: all.length === 0 && this.retained.size === 0,
+      loaded: {
+        sessions: all.length,
+        subscriptions: all.reduce((n, s) => n + s.subscriptions.length, 0),
+        inflight: all.reduce((n, s) => n + s.inflight.length, 0),
+        queued: all.reduce((n, s) => n + s.queue.length, 0),
+        awaitingRelease: all.reduce((n, s) => n + s.awaitingRelease.length, 0),
+        retained: this.retained.size,
+        wills: all.filter((s) => s.will !== undefined).length,
+      },
+      purged,
+      recovery: { uncleanShutdown: false },
+      warnings: [],
+      durationMs: Math.round(performance.now() - started),
+    };
+  }
+
   async close(): Promise<void> {}
+
+  async purgeExpired(options: PurgeOptions = {}): Promise<PurgeReport> {
+    const now = options.now ?? this.now();
+    const report: PurgeReport = { expiredSessions: 0, expiredRetained: 0 };
+    for (const [id, s] of this.sessions) {
+      if (s.expiresAt !== undefined && s.expiresAt <= now && options.keep?.(id) !== true) {
+        this.sessions.delete(id);
+        report.expiredSessions++;
+      }
+    }
+    for (const [topic, m] of this.retained) {
+      if (m.expiresAt !== undefined && m.expiresAt <= now) {
+        this.retained.delete(topic);
+        report.expiredRetained++;
+      }
+    }
+    return report;
+  }
 
   async loadSessions(): Promise<StoredSession[]> {
     return [...this.sessions.values()].map(clone);
@@ -91,6 +153,16 @@ export class MemoryStore implements Store {
   async deleteAwaitingRelease(key: string, packetId: number): Promise<void> {
     const s = this.sessions.get(key);
     if (s !== undefined) s.awaitingRelease = s.awaitingRelease.filter((x) => x !== packetId);
+  }
+
+  async putWill(key: string, will: StoredWill): Promise<void> {
+    const s = this.sessions.get(key);
+    if (s !== undefined) s.will = clone(will);
+  }
+
+  async deleteWill(key: string): Promise<void> {
+    const s = this.sessions.get(key);
+    if (s !== undefined) delete s.will;
   }
 
   async loadRetained(): Promise<StoredMessage[]> {

@@ -52,6 +52,17 @@ export function splitSessionKey(key: string): { owner: string; clientId: string 
   return at < 0 ? { owner: '', clientId: key } : { owner: key.slice(0, at), clientId: key.slice(at + 1) };
 }
 
+/**
+ * A will kept with a persistent session, so that a broker that stopped (or crashed) while the
+ * client was connected can still publish it after a restart, after its delay.
+ */
+export interface StoredWill {
+  /** The will message: topic, payload, QoS, retain flag and v5 will properties. */
+  message: StoredMessage;
+  /** v5 Will Delay Interval in seconds; 0 (and v3) publishes at once. */
+  delayInterval: number;
+}
+
 export interface StoredSession {
   clientId: string;
   /** The identity that owns the session; with the client id, it names the session ({@link sessionKey}). */
@@ -66,6 +77,8 @@ export interface StoredSession {
   queue: StoredMessage[];
   /** Inbound QoS 2 packet ids waiting for PUBREL. */
   awaitingRelease: number[];
+  /** The will of the session's last connection, when it had one that is still pending. */
+  will?: StoredWill;
 }
 
 /**
@@ -76,8 +89,21 @@ export interface StoredSession {
  * implementation must pass the shared conformance suite in test/store-conformance.ts.
  */
 export interface Store {
-  open(): Promise<void>;
+  /**
+   * Opens the store: checks it, brings back what it holds, drops what expired while the broker
+   * was down, and reports all of it (the broker audits the report). Rejects with a StoreError
+   * (src/store/errors.ts) when the store is locked, damaged or not safe to use; it never opens
+   * with silent loss.
+   */
+  open(): Promise<StoreOpenReport>;
   close(): Promise<void>;
+  /**
+   * Deletes sessions that expired while disconnected and retained messages whose message expiry
+   * passed. `keep(key)` is asked, inside the write, for each expired session (by its session key): the broker
+   * answers true for one it has just resumed. Queued messages of live sessions are left to the
+   * broker (it drops expired ones as it delivers, and dequeues them).
+   */
+  purgeExpired(options?: PurgeOptions): Promise<PurgeReport>;
 
   loadSessions(): Promise<StoredSession[]>;
   getSession(key: string): Promise<StoredSession | undefined>;
@@ -100,8 +126,78 @@ export interface Store {
   putAwaitingRelease(key: string, packetId: number): Promise<void>;
   deleteAwaitingRelease(key: string, packetId: number): Promise<void>;
 
+  /** Sets (replaces) the session's will. Ignored for an unknown session, like every session write. */
+  putWill(key: string, will: StoredWill): Promise<void>;
+  /** Removes the session's will (published, or discarded by a normal DISCONNECT or a reconnect). */
+  deleteWill(key: string): Promise<void>;
+
   loadRetained(): Promise<StoredMessage[]>;
   /** Stores a retained message; an empty payload clears the topic instead. */
   putRetained(message: StoredMessage): Promise<void>;
   deleteRetained(topic: string): Promise<void>;
+}
+
+/** What a store holds, by kind. */
+export interface StoreCounts {
+  sessions: number;
+  subscriptions: number;
+  inflight: number;
+  queued: number;
+  awaitingRelease: number;
+  retained: number;
+  wills: number;
+}
+
+/** What open() dropped, and why. */
+export interface StorePurgeCounts {
+  /** Disconnected sessions whose expiry passed while the broker was down (with everything in them). */
+  expiredSessions: number;
+  /** Queued messages whose v5 message expiry passed. */
+  expiredMessages: number;
+  /** Retained messages whose v5 message expiry passed. */
+  expiredRetained: number;
+  /** Records that belonged to no session (none are expected; counted so nothing goes silently). */
+  orphans: number;
+}
+
+/** The result of {@link Store.open}: what to log and audit about the store at start. */
+export interface StoreOpenReport {
+  /** 'memory' or 'lmdb'. */
+  type: string;
+  /** True when what the store holds survives a process crash. */
+  durable: boolean;
+  /** The store folder, for a store on disk. */
+  path?: string;
+  /** 'sync' or 'commit' for the lmdb store (docs/persistence.md). */
+  durability?: string;
+  /** Key id that encrypts new records, when encryption at rest is on. */
+  encryptionKeyId?: string;
+  /** True when this open made a new, empty store. */
+  created: boolean;
+  /** What was loaded (after the purge). */
+  loaded: StoreCounts;
+  purged: StorePurgeCounts;
+  recovery: {
+    /** The last broker on this store did not close it (crash, kill -9, power cut). */
+    uncleanShutdown: boolean;
+    /** The holder of the stale lock that was taken over, if any. */
+    staleLock?: { pid: number; host: string; since: string };
+  };
+  /** Allowed but looser than the defaults (for example a folder other users can list). */
+  warnings: string[];
+  /** Size of the store on disk, in bytes. */
+  bytes?: number;
+  durationMs: number;
+}
+
+export interface PurgeOptions {
+  /** Epoch ms to compare expiry times with; default now. */
+  now?: number;
+  /** Return true to keep an expired session, given its session key (the broker has resumed it). */
+  keep?: (key: string) => boolean;
+}
+
+export interface PurgeReport {
+  expiredSessions: number;
+  expiredRetained: number;
 }

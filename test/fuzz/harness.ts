@@ -66,6 +66,7 @@ export async function startFuzzBroker(): Promise<FuzzBroker> {
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
       audit: { sink: 'none' },
+      store: { type: 'memory' },
       limits: { ...FUZZ_LIMITS },
       // Every case comes from 127.0.0.1; the per-address connect rate is not what is fuzzed here.
       admission: { exempt: ['127.0.0.1/32'] },

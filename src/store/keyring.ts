@@ -1,0 +1,158 @@
+/**
+ * Encryption at rest: the key file and AES-256-GCM sealing of record values.
+ *
+ * The key file holds one key per line, `<key id> <base64 of 32 bytes>`; `#` starts a comment.
+ * The FIRST key encrypts every new record; every key listed decrypts. Rotation is therefore: put
+ * a new key on the first line, keep the old ones below, restart; `portcullis store compact`
+ * re-encrypts every record with the new key, after which the old lines can go (docs/persistence.md).
+ *
+ * Nonces: AES-GCM must never see the same (key, nonce) twice. A random 96-bit nonce per record
+ * would reach the 2^32-messages-per-key bound in hours on a busy broker, and one key file may be
+ * shared by several stores. So each open of a store draws a random 32-byte salt (an "epoch", kept
+ * in the store), derives a fresh AES key from the master key and that salt with HKDF-SHA256, and
+ * numbers records with a counter within the epoch: (derived key, counter) is unique.
+ */
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import { StoreError } from './errors.ts';
+
+export interface StoreKey {
+  id: string;
+  key: Buffer;
+}
+
+const KEY_ID = /^[A-Za-z0-9._-]{1,64}$/;
+const HKDF_INFO = Buffer.from('portcullis store record key v1');
+export const SALT_BYTES = 32;
+const TAG_BYTES = 16;
+
+/** Reads and checks a key file. Throws StoreError ERR_STORE_KEY naming the file and line. */
+export function loadKeyFile(file: string): StoreKey[] {
+  let stat: fs.Stats;
+  let text: string;
+  try {
+    stat = fs.statSync(file);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new StoreError('ERR_STORE_KEY', `cannot read the store key file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, file, { cause: err });
+  }
+  // Like ssh with a private key: a key others can read is no longer a secret.
+  if (process.platform !== 'win32' && (stat.mode & 0o077) !== 0) {
+    throw new StoreError('ERR_STORE_KEY', `the store key file ${file} can be read or written by other users (mode ${(stat.mode & 0o777).toString(8)}); chmod 600 it`, file);
+  }
+  const keys: StoreKey[] = [];
+  const seen = new Set<string>();
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.replace(/#.*/, '').trim();
+    if (line === '') return;
+    const where = `${file}:${i + 1}`;
+    const parts = line.split(/\s+/);
+    if (parts.length !== 2) throw new StoreError('ERR_STORE_KEY', `${where}: expected '<key id> <base64 key>'`, file);
+    const [id, b64] = parts as [string, string];
+    if (!KEY_ID.test(id)) throw new StoreError('ERR_STORE_KEY', `${where}: a key id is 1 to 64 of A-Z a-z 0-9 . _ -`, file);
+    if (seen.has(id)) throw new StoreError('ERR_STORE_KEY', `${where}: key id '${id}' appears twice`, file);
+    const key = Buffer.from(b64, 'base64');
+    if (key.length !== 32 || key.toString('base64').replace(/=+$/, '') !== b64.replace(/=+$/, '')) {
+      throw new StoreError('ERR_STORE_KEY', `${where}: the key must be 32 random bytes in base64 (openssl rand -base64 32)`, file);
+    }
+    seen.add(id);
+    keys.push({ id, key });
+  });
+  if (keys.length === 0) throw new StoreError('ERR_STORE_KEY', `the store key file ${file} holds no key`, file);
+  return keys;
+}
+
+/** A new key line for a key file: `<id> <base64>`. */
+export function newKeyLine(id: string): string {
+  if (!KEY_ID.test(id)) throw new StoreError('ERR_STORE_KEY', 'a key id is 1 to 64 of A-Z a-z 0-9 . _ -');
+  return `${id} ${randomBytes(32).toString('base64')}`;
+}
+
+/** The header of a sealed value: key id, epoch, counter; then the GCM tag and the ciphertext. */
+export interface SealedParts {
+  keyId: string;
+  epoch: number;
+  counter: number;
+  tag: Buffer;
+  ciphertext: Buffer;
+}
+
+/**
+ * Seals and opens record bodies. Decryption needs the epoch salts the store keeps (see
+ * {@link addEpoch}); encryption needs the current epoch ({@link startEpoch}).
+ */
+export class Keyring {
+  private readonly byId = new Map<string, Buffer>();
+  private readonly salts = new Map<number, Buffer>();
+  private readonly derived = new Map<string, Buffer>();
+  private epoch = -1;
+  private counter = 0;
+
+  constructor(readonly keys: StoreKey[]) {
+    for (const k of keys) this.byId.set(k.id, k.key);
+  }
+
+  /** The key id that encrypts new records. */
+  get activeId(): string {
+    return (this.keys[0] as StoreKey).id;
+  }
+
+  hasKey(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  addEpoch(epoch: number, salt: Buffer): void {
+    this.salts.set(epoch, Buffer.from(salt));
+  }
+
+  /** Makes `epoch` (whose salt was just stored) the one new records are sealed under. */
+  startEpoch(epoch: number, salt: Buffer): void {
+    this.addEpoch(epoch, salt);
+    this.epoch = epoch;
+    this.counter = 0;
+  }
+
+  static newSalt(): Buffer {
+    return randomBytes(SALT_BYTES);
+  }
+
+  private derive(keyId: string, epoch: number): Buffer {
+    const id = `${epoch}/${keyId}`;
+    let k = this.derived.get(id);
+    if (k === undefined) {
+      const master = this.byId.get(keyId);
+      const salt = this.salts.get(epoch);
+      if (master === undefined) throw new StoreError('ERR_STORE_KEY', `a record is encrypted with key id '${keyId}', which is not in the key file`);
+      if (salt === undefined) throw new StoreError('ERR_STORE_CORRUPT', `a record is encrypted under epoch ${epoch}, whose salt is missing from the store`);
+      k = Buffer.from(hkdfSync('sha256', master, salt, HKDF_INFO, 32));
+      this.derived.set(id, k);
+    }
+    return k;
+  }
+
+  seal(aad: Buffer, body: Buffer): SealedParts {
+    if (this.epoch < 0) throw new Error('Keyring.seal before startEpoch');
+    const keyId = this.activeId;
+    const counter = this.counter++;
+    const cipher = createCipheriv('aes-256-gcm', this.derive(keyId, this.epoch), nonce(this.epoch, counter));
+    cipher.setAAD(aad);
+    const ciphertext = Buffer.concat([cipher.update(body), cipher.final()]);
+    return { keyId, epoch: this.epoch, counter, tag: cipher.getAuthTag(), ciphertext };
+  }
+
+  /** Throws StoreError ERR_STORE_KEY for an unknown key id, or a plain Error when authentication fails. */
+  open(aad: Buffer, parts: SealedParts): Buffer {
+    const decipher = createDecipheriv('aes-256-gcm', this.derive(parts.keyId, parts.epoch), nonce(parts.epoch, parts.counter), { authTagLength: TAG_BYTES });
+    decipher.setAAD(aad);
+    decipher.setAuthTag(parts.tag);
+    return Buffer.concat([decipher.update(parts.ciphertext), decipher.final()]);
+  }
+}
+
+function nonce(epoch: number, counter: number): Buffer {
+  const iv = Buffer.allocUnsafe(12);
+  iv.writeUInt32BE(epoch >>> 0, 0);
+  iv.writeUInt32BE(Math.floor(counter / 2 ** 32), 4);
+  iv.writeUInt32BE(counter >>> 0, 8);
+  return iv;
+}

@@ -1,0 +1,418 @@
+/**
+ * The LMDB store's life cycle and write primitives: open (folder and file checks, lock, format,
+ * scan, purge of expired data), close, and the one way to write (a batched transaction callback,
+ * see {@link LmdbBase.write}). The Store operations are in lmdb.ts.
+ */
+import { performance } from 'node:perf_hooks';
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
+import { StoreError } from './errors.ts';
+import { Keyring, type StoreKey } from './keyring.ts';
+import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
+import { sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
+import { StoreLock } from './lmdb-lock.ts';
+import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
+import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { sessionKey, type StoreOpenReport, type StoredMessage, type StoredSession } from './types.ts';
+
+export type Durability = 'sync' | 'commit';
+
+export interface LmdbStoreOptions {
+  /** The store folder (created 0700 when missing). */
+  path: string;
+  /** When a write's promise resolves; default 'sync'. */
+  durability?: Durability;
+  /** Extra time to gather writes into one commit (ms); 0 commits at the end of the event turn. */
+  commitDelayMs?: number;
+  /** 'commit' only: how often committed writes are flushed to the disk (ms); default 1000. */
+  flushIntervalMs?: number;
+  /** Encryption at rest: the first key encrypts, all decrypt (see keyring.ts). */
+  keys?: StoreKey[];
+  /** The clock expiry is compared with (tests). */
+  now?: () => number;
+}
+
+const META_FORMAT = 'format';
+export const META_NEXT_SID = 'nextSid';
+const META_NEXT_EPOCH = 'nextEpoch';
+
+type Db = Database<Buffer, Buffer>;
+
+export abstract class LmdbBase {
+  readonly path: string;
+  readonly durability: Durability;
+  private readonly commitDelayMs: number;
+  private readonly flushIntervalMs: number;
+  private flushTimer: NodeJS.Timeout | null = null;
+  /** 'commit': the last periodic flush failed; writes are refused until one succeeds. */
+  private flushFailure: Error | null = null;
+  protected readonly keyring: Keyring | null;
+  protected readonly now: () => number;
+  protected env: RootDatabase<Buffer, Buffer> | null = null;
+  protected db: Tables | null = null;
+  protected lock: StoreLock | null = null;
+  /** What open() decoded, handed out once by loadSessions/loadRetained unless a write came first. */
+  protected preloaded: { sessions: StoredSession[] | null; retained: StoredMessage[] | null } | null = null;
+  /** Retained topics (by key, hex) with a message expiry: the purge's candidates. */
+  protected readonly retainedExpiry = new Map<string, number>();
+  protected nextSid = 1;
+  /** The last write issued: writes commit in order, so awaiting it awaits them all. */
+  private lastWrite: Promise<unknown> = Promise.resolve();
+  private closing = false;
+  private readonly nextQueueSeq = new Map<number, number>();
+  private readonly nextInflightOrder = new Map<number, number>();
+
+  constructor(options: LmdbStoreOptions) {
+    this.path = options.path;
+    this.durability = options.durability ?? 'sync';
+    this.commitDelayMs = options.commitDelayMs ?? 0;
+    this.flushIntervalMs = options.flushIntervalMs ?? 1000;
+    this.keyring = options.keys !== undefined && options.keys.length > 0 ? new Keyring(options.keys) : null;
+    this.now = options.now ?? Date.now;
+  }
+
+  get dataFile(): string {
+    return path.join(this.path, DATA_FILE);
+  }
+
+  // ── open and close ─────────────────────────────────────────────────────────
+
+  async open(): Promise<StoreOpenReport> {
+    if (this.env !== null) throw new StoreError('ERR_STORE_LOCKED', `the store ${this.path} is already open`, this.path);
+    const started = performance.now();
+    const warnings = guardFolder(this.path, true);
+    const lock = StoreLock.acquire(this.path);
+    try {
+      const report = await this.openLocked(lock, warnings, started);
+      this.lock = lock;
+      if (this.durability === 'commit') {
+        this.flushTimer = setInterval(() => void this.flush(), this.flushIntervalMs);
+        this.flushTimer.unref();
+      }
+      return report;
+    } catch (err) {
+      await this.closeEnv();
+      lock.release();
+      throw err;
+    }
+  }
+
+  private async openLocked(lock: StoreLock, warnings: string[], started: number): Promise<StoreOpenReport> {
+    const manifest = readManifest(this.path);
+    const header = checkDataFile(this.path);
+    if (manifest !== undefined && header === undefined) {
+      throw new StoreError(
+        'ERR_STORE_CORRUPT',
+        `${this.dataFile} is missing or empty, but ${path.join(this.path, MANIFEST_FILE)} says a store was created here on ${manifest.created}: the data was lost outside the broker. Restore the folder from a backup, or move it aside to start with an empty store (docs/persistence.md, "Recovery")`,
+        this.dataFile,
+      );
+    }
+    guardFiles(this.path, true);
+    const { env, db } = this.openEnv();
+    this.env = env;
+    this.db = db;
+
+    const created = await this.checkFormat(manifest, header !== undefined, warnings);
+    const scan = scanStore(db, this.keyring);
+    throwIfDamaged(scan, this.dataFile);
+    this.nextSid = Math.max(scan.maxSid + 1, this.metaNumber(scan, META_NEXT_SID) ?? 1);
+    if (this.keyring !== null) await this.startEpoch(scan);
+
+    const purged = await this.purgeAtOpen(scan);
+    this.sessionIndex.clear();
+    this.sessionOfSid.clear();
+    for (const [sid, s] of scan.sessions) this.indexSession(sessionKey(s.session.owner, s.session.clientId), sid, s.key);
+    const sessions = [...scan.sessions.values()].map((s) => s.session);
+    const retained = scan.retained.map((r) => r.message);
+    for (const r of scan.retained) if (r.message.expiresAt !== undefined) this.retainedExpiry.set(r.key.toString('hex'), r.message.expiresAt);
+    this.preloaded = { sessions, retained };
+
+    const report: StoreOpenReport = {
+      type: 'lmdb',
+      durable: true,
+      path: this.path,
+      durability: this.durability,
+      created,
+      loaded: {
+        sessions: sessions.length,
+        subscriptions: sessions.reduce((n, s) => n + s.subscriptions.length, 0),
+        inflight: sessions.reduce((n, s) => n + s.inflight.length, 0),
+        queued: sessions.reduce((n, s) => n + s.queue.length, 0),
+        awaitingRelease: sessions.reduce((n, s) => n + s.awaitingRelease.length, 0),
+        retained: retained.length,
+        wills: sessions.filter((s) => s.will !== undefined).length,
+      },
+      purged,
+      recovery: { uncleanShutdown: lock.replaced !== undefined },
+      warnings,
+      bytes: fileSize(this.dataFile),
+      durationMs: Math.round(performance.now() - started),
+    };
+    if (lock.replaced !== undefined) report.recovery.staleLock = { pid: lock.replaced.pid, host: lock.replaced.host, since: lock.replaced.since };
+    if (this.keyring !== null) report.encryptionKeyId = this.keyring.activeId;
+    return report;
+  }
+
+  private openEnv(): { env: RootDatabase<Buffer, Buffer>; db: Tables } {
+    let env: RootDatabase<Buffer, Buffer>;
+    try {
+      env = openLmdb<Buffer, Buffer>({
+        path: this.path,
+        maxDbs: 16,
+        // 'sync': LMDB flushes inside each commit, so a commit's promise means durable and a flush
+        // failure fails the commit. 'commit': no flush in the commit; a timer flushes (below).
+        // (lmdb-js's overlappingSync is not used: it also resolves only after the flush, and its
+        // flush errors reach no promise.)
+        overlappingSync: false,
+        noSync: this.durability === 'commit',
+        commitDelay: this.commitDelayMs,
+        // Never writemap: with it a full disk is a SIGBUS instead of an error.
+        useWritemap: false,
+        keyEncoding: 'binary',
+        encoding: 'binary',
+      });
+    } catch (err) {
+      throw new StoreError('ERR_STORE_CORRUPT', `cannot open ${this.dataFile}: ${(err as Error).message}`, this.dataFile, { cause: err });
+    }
+    try {
+      const db = {} as Tables;
+      for (const name of TABLES) db[name] = env.openDB<Buffer, Buffer>({ name, keyEncoding: 'binary', encoding: 'binary' }) as Db;
+      return { env, db };
+    } catch (err) {
+      void env.close();
+      throw new StoreError('ERR_STORE_CORRUPT', `cannot read the tables of ${this.dataFile}: ${(err as Error).message}`, this.dataFile, { cause: err });
+    }
+  }
+
+  /** Makes sure data.mdb is this folder's Portcullis store; initialises a new one. Returns true when created. */
+  private async checkFormat(manifest: Manifest | undefined, hadData: boolean, warnings: string[]): Promise<boolean> {
+    const db = this.db as Tables;
+    const raw = db.meta.get(Buffer.from(META_FORMAT));
+    if (raw === undefined) {
+      if (hadData && TABLES.some((t) => db[t].getKeysCount({ limit: 1 }) > 0)) {
+        throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile} is an LMDB file but not a Portcullis store (it has no format record)`, this.dataFile);
+      }
+      const fresh: Manifest = { format: MANIFEST_FORMAT, version: FORMAT_VERSION, storeId: randomUUID(), created: new Date().toISOString() };
+      await this.write(() => this.putMeta(META_FORMAT, encodeJson({ ...fresh })));
+      writeManifest(this.path, fresh);
+      return true;
+    }
+    let format: Record<string, unknown>;
+    try {
+      format = decodeJson(unwrap('meta', Buffer.from(META_FORMAT), raw, null));
+    } catch (err) {
+      throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile}: the format record is damaged (${(err as Error).message})`, this.dataFile, { cause: err });
+    }
+    if (format['format'] !== MANIFEST_FORMAT || typeof format['storeId'] !== 'string') {
+      throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile} is not a Portcullis store`, this.dataFile);
+    }
+    if (typeof format['version'] !== 'number' || format['version'] > FORMAT_VERSION) {
+      throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile}: format version ${String(format['version'])} is newer than this broker reads (${FORMAT_VERSION})`, this.dataFile);
+    }
+    if (manifest === undefined) {
+      // Created by a broker that stopped between the two steps, or the manifest was removed: restore it.
+      writeManifest(this.path, { format: MANIFEST_FORMAT, version: format['version'], storeId: format['storeId'], created: String(format['created'] ?? new Date().toISOString()) });
+      warnings.push(`${path.join(this.path, MANIFEST_FILE)} was missing and has been written again from ${this.dataFile}`);
+    } else if (manifest.storeId !== format['storeId']) {
+      throw new StoreError(
+        'ERR_STORE_CORRUPT',
+        `${this.dataFile} belongs to another store (id ${format['storeId']}) than ${path.join(this.path, MANIFEST_FILE)} (id ${manifest.storeId}): a data file was copied in from elsewhere. Put back the right data.mdb, or remove the manifest to adopt this one`,
+        this.dataFile,
+      );
+    }
+    return false;
+  }
+
+  private metaNumber(scan: ScanResult, name: string): number | undefined {
+    const body = scan.meta.get(name);
+    if (body === undefined) return undefined;
+    const v = decodeJson(body)['n'];
+    return typeof v === 'number' ? v : undefined;
+  }
+
+  /** A new encryption epoch (salt) for this open, stored durably before any record uses it. */
+  private async startEpoch(scan: ScanResult): Promise<void> {
+    const keyring = this.keyring as Keyring;
+    const epoch = Math.max(this.metaNumber(scan, META_NEXT_EPOCH) ?? 1, ...[...scan.epochs.keys()].map((e) => e + 1));
+    const salt = Keyring.newSalt();
+    await this.write(() => {
+      this.putMeta(`epoch:${epoch}`, encodeBytes(salt));
+      this.putMeta(META_NEXT_EPOCH, encodeJson({ n: epoch + 1 }));
+    });
+    keyring.startEpoch(epoch, salt);
+  }
+
+  /** Drops expired sessions and messages, and orphan records, in one durable write. */
+  private async purgeAtOpen(scan: ScanResult): Promise<StoreOpenReport['purged']> {
+    const gone = takeExpired(scan, this.now());
+    if (gone.sessions.length + gone.queue.length + gone.retained.length + scan.orphans.length > 0) {
+      const db = this.db as Tables;
+      await this.write(() => {
+        for (const s of gone.sessions) this.deleteSid(s.sid, s.key);
+        for (const k of gone.queue) db.queue.removeSync(k);
+        for (const k of gone.retained) db.retained.removeSync(k);
+        for (const o of scan.orphans) db[o.table].removeSync(o.key);
+      });
+    }
+    return gone.purged;
+  }
+
+  async close(): Promise<void> {
+    const lock = this.lock;
+    this.lock = null;
+    try {
+      await this.closeEnv();
+    } finally {
+      lock?.release();
+    }
+  }
+
+  /** Lets every write issued before it finish (the broker does not await all of them), then closes. */
+  /** 'commit': writes what was committed since the last flush to the disk (fdatasync). */
+  private async flush(): Promise<void> {
+    const env = this.env as unknown as { sync(callback: (err?: Error) => void): void } | null;
+    if (env === null) return;
+    const err = await new Promise<Error | undefined>((resolve) => env.sync((e) => resolve(e ?? undefined)));
+    this.flushFailure = err ?? null;
+  }
+
+  private async closeEnv(): Promise<void> {
+    const env = this.env;
+    if (env === null) return;
+    this.closing = true;
+    if (this.flushTimer !== null) clearInterval(this.flushTimer);
+    this.flushTimer = null;
+    try {
+      await this.lastWrite;
+      await env.flushed;
+      if (this.durability === 'commit') await this.flush();
+    } catch {
+      // A failed last commit was already reported to its writers.
+    }
+    this.env = null;
+    this.db = null;
+    this.preloaded = null;
+    this.retainedExpiry.clear();
+    this.nextQueueSeq.clear();
+    this.nextInflightOrder.clear();
+    this.closing = false;
+    await env.close();
+  }
+
+
+  // ── primitives for the operations (lmdb.ts) ─────────────────────────────────
+
+  protected tables(): Tables {
+    if (this.db === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
+    return this.db;
+  }
+
+  protected read<T>(table: TableName, key: Buffer, value: Buffer, decode: (body: Buffer) => T): T {
+    try {
+      return decode(unwrap(table, key, value, this.keyring));
+    } catch (err) {
+      throw recordFailure(err, this.dataFile, table, key);
+    }
+  }
+
+  /**
+   * The header of the session with this session key (sessionKey(owner, clientId)). Session
+   * headers are keyed on disk by their session number, not by owner and client id, so that an
+   * encrypted store does not show who its sessions belong to in its keys; this index, built from
+   * the headers when the store opens, finds them.
+   */
+  protected header(sessionId: string): { key: Buffer; h: SessionHeader } | undefined {
+    const key = this.sessionIndex.get(sessionId);
+    if (key === undefined) return undefined;
+    const raw = this.tables().sessions.get(key);
+    if (raw === undefined) return undefined;
+    return { key, h: this.read('sessions', key, raw, decodeHeader) };
+  }
+
+  /** Session key → the key of its header record (see header()), and session number → session key. */
+  protected readonly sessionIndex = new Map<string, Buffer>();
+  protected readonly sessionOfSid = new Map<number, string>();
+
+  protected indexSession(id: string, sid: number, headerKey: Buffer): void {
+    this.sessionIndex.set(id, headerKey);
+    this.sessionOfSid.set(sid, id);
+  }
+
+  // ── writes ─────────────────────────────────────────────────────────────────
+
+  /**
+   * Runs `fn` inside the next batched transaction; resolves when the batch is durable per the
+   * durability setting. `fn` must read before it writes: a throw after a write would leave that
+   * write in the batch.
+   */
+  protected write<T>(fn: () => T): Promise<T> {
+    const env = this.env;
+    if (env === null || this.closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
+    // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
+    if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
+    this.preloaded = null;
+    const done = env.transaction(fn).then(
+      (result) => result,
+      (err: unknown) => commitFailure(err, this.dataFile, this.path),
+    );
+    this.lastWrite = done.catch(() => undefined);
+    return done;
+  }
+
+  protected put(table: TableName, key: Buffer, body: Buffer): void {
+    (this.db as Tables)[table].putSync(key, wrap(table, key, body, this.keyring));
+  }
+
+  protected putMeta(name: string, body: Buffer): void {
+    this.put('meta', Buffer.from(name, 'latin1'), body);
+  }
+
+  /** Removes every record session `sid` owns, and its header. */
+  protected deleteSid(sid: number, headerKey: Buffer): void {
+    const db = this.db as Tables;
+    const range = sidRange(sid);
+    for (const table of ['subscriptions', 'inflight', 'inflightIndex', 'queue', 'awaiting', 'wills'] as const) {
+      const keys = [...db[table].getKeys(range)].map((k) => Buffer.from(k as Buffer));
+      for (const k of keys) db[table].removeSync(k);
+    }
+    db.sessions.removeSync(headerKey);
+    const id = this.sessionOfSid.get(sid);
+    if (id !== undefined && this.sessionIndex.get(id)?.equals(headerKey) === true) this.sessionIndex.delete(id);
+    this.sessionOfSid.delete(sid);
+    this.nextQueueSeq.delete(sid);
+    this.nextInflightOrder.delete(sid);
+  }
+
+  /**
+   * The next queue sequence or in-flight order number of session `sid`. Read from the last key
+   * once, then counted in memory: sids are never reused while this process holds the store and
+   * only it writes, so the count cannot fall behind; a failed batch only leaves a gap, and gaps
+   * keep the order.
+   */
+  protected nextNumber(table: 'queue' | 'inflight', sid: number): number {
+    const counters = table === 'queue' ? this.nextQueueSeq : this.nextInflightOrder;
+    let next = counters.get(sid);
+    if (next === undefined) {
+      next = 0;
+      for (const key of (this.db as Tables)[table].getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+    }
+    counters.set(sid, next + 1);
+    return next;
+  }
+
+  async closeKeepingLock(): Promise<StoreLock> {
+    const lock = this.lock;
+    if (lock === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
+    this.lock = null;
+    await this.closeEnv();
+    return lock;
+  }
+
+  /** The open environment and tables, for the maintenance tools (lmdb-tools.ts). */
+  internals(): { env: RootDatabase<Buffer, Buffer>; db: Tables; keyring: Keyring | null } {
+    if (this.env === null || this.db === null) throw new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path);
+    return { env: this.env, db: this.db, keyring: this.keyring };
+  }
+}

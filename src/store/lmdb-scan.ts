@@ -1,0 +1,248 @@
+/**
+ * One pass over every record of an LMDB store: decodes and verifies each value (checksum or
+ * authentication tag), puts sessions back together, and notes what is expired, orphaned or
+ * damaged. open() uses it to load and to refuse a damaged store; `portcullis store check`,
+ * `stats` and `export` use it to report.
+ *
+ * The pass is synchronous, so it reads one consistent snapshot even while a broker writes.
+ */
+import type { Database } from 'lmdb';
+import type { Keyring } from './keyring.ts';
+import { describeKey, readU64, sidOf } from './lmdb-keys.ts';
+import {
+  RecordError,
+  decodeBytes,
+  decodeHeader,
+  decodeInflight,
+  decodeMessage,
+  decodeNumber,
+  decodeSubscription,
+  decodeWill,
+  sealedKeyId,
+  unwrap,
+  type SessionHeader,
+  type TableName,
+} from './records.ts';
+import type { StoreCounts, StoredInflight, StoredMessage, StoredSession } from './types.ts';
+
+export type Tables = Record<TableName, Database<Buffer, Buffer>>;
+
+export interface Problem {
+  table: TableName;
+  key: string;
+  problem: string;
+}
+
+export interface LoadedSession {
+  header: SessionHeader;
+  key: Buffer;
+  session: StoredSession;
+  /** Queue entries in order, with their keys (for purging expired ones). */
+  queueKeys: Buffer[];
+}
+
+export interface ScanResult {
+  sessions: Map<number, LoadedSession>;
+  retained: { key: Buffer; message: StoredMessage }[];
+  /** Epoch salts for the keyring, by epoch number. */
+  epochs: Map<number, Buffer>;
+  meta: Map<string, Buffer>;
+  counts: StoreCounts;
+  /** Records whose session does not exist, by table. */
+  orphans: { table: TableName; key: Buffer }[];
+  problems: Problem[];
+  /** Records sealed with each key id, and records in the clear (''). */
+  keyIds: Map<string, number>;
+  maxSid: number;
+}
+
+function copy(b: Buffer): Buffer {
+  return Buffer.from(b);
+}
+
+/** Reads every record. Damage is collected in `problems`, never thrown (except an unreadable LMDB tree, recorded too). */
+export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUnreadable?: boolean } = {}): ScanResult {
+  const r: ScanResult = {
+    sessions: new Map(),
+    retained: [],
+    epochs: new Map(),
+    meta: new Map(),
+    counts: { sessions: 0, subscriptions: 0, inflight: 0, queued: 0, awaitingRelease: 0, retained: 0, wills: 0 },
+    orphans: [],
+    problems: [],
+    keyIds: new Map(),
+    maxSid: 0,
+  };
+  const bySid = r.sessions;
+  const inflightOrder = new Map<number, { order: number; packetId: number }[]>();
+
+  function each(table: TableName, visit: (key: Buffer, body: Buffer) => void): void {
+    try {
+      for (const { key, value } of db[table].getRange({})) {
+        const k = copy(key);
+        const id = sealedKeyId(value) ?? '';
+        r.keyIds.set(id, (r.keyIds.get(id) ?? 0) + 1);
+        let body: Buffer;
+        try {
+          body = unwrap(table, k, value, keyring);
+        } catch (err) {
+          if (!(err instanceof RecordError)) throw err;
+          if (err.problem === 'key' && options.skipUnreadable === true) continue;
+          r.problems.push({ table, key: describeKey(table, k), problem: err.message });
+          continue;
+        }
+        try {
+          visit(k, body);
+        } catch (err) {
+          if (!(err instanceof RecordError)) throw err;
+          r.problems.push({ table, key: describeKey(table, k), problem: err.message });
+        }
+      }
+    } catch (err) {
+      // LMDB found its own structure damaged (MDB_CORRUPTED, MDB_PAGE_NOTFOUND...).
+      r.problems.push({ table, key: '(table structure)', problem: (err as Error).message });
+    }
+  }
+
+  each('meta', (key, body) => {
+    const name = key.toString('latin1');
+    r.meta.set(name, body);
+    if (name.startsWith('epoch:')) r.epochs.set(Number(name.slice(6)), decodeBytes(body));
+  });
+  if (keyring !== null) for (const [epoch, salt] of r.epochs) keyring.addEpoch(epoch, salt);
+
+  each('sessions', (key, body) => {
+    const header = decodeHeader(body);
+    const session: StoredSession = {
+      clientId: header.clientId,
+      owner: header.owner,
+      protocolVersion: header.protocolVersion,
+      expiryInterval: header.expiryInterval,
+      subscriptions: [],
+      inflight: [],
+      queue: [],
+      awaitingRelease: [],
+    };
+    if (header.expiresAt !== undefined) session.expiresAt = header.expiresAt;
+    if (bySid.has(header.sid)) throw new RecordError('format', `session number ${header.sid} is used twice`);
+    bySid.set(header.sid, { header, key, session, queueKeys: [] });
+    r.maxSid = Math.max(r.maxSid, header.sid);
+    r.counts.sessions++;
+  });
+
+  /** The session a sid-prefixed key belongs to, or records it as an orphan. */
+  const owner = (table: TableName, key: Buffer): LoadedSession | undefined => {
+    const s = key.length >= 8 ? bySid.get(sidOf(key)) : undefined;
+    if (s === undefined) r.orphans.push({ table, key });
+    return s;
+  };
+
+  each('subscriptions', (key, body) => {
+    const sub = decodeSubscription(body);
+    const s = owner('subscriptions', key);
+    if (s === undefined) return;
+    s.session.subscriptions.push(sub);
+    r.counts.subscriptions++;
+  });
+
+  const inflightByKey = new Map<string, StoredInflight>();
+  each('inflight', (key, body) => {
+    const f = decodeInflight(body);
+    const s = owner('inflight', key);
+    if (s === undefined) return;
+    if (key.length !== 16) throw new RecordError('format', 'in-flight key has the wrong length');
+    s.session.inflight.push(f);
+    inflightByKey.set(key.toString('hex'), f);
+    let list = inflightOrder.get(s.header.sid);
+    if (list === undefined) inflightOrder.set(s.header.sid, (list = []));
+    list.push({ order: readU64(key, 8), packetId: f.packetId });
+    r.counts.inflight++;
+  });
+
+  each('inflightIndex', (key, body) => {
+    const order = decodeNumber(body);
+    const s = owner('inflightIndex', key);
+    if (s === undefined) return;
+    if (key.length !== 10) throw new RecordError('format', 'in-flight index key has the wrong length');
+    const packetId = key.readUInt16BE(8);
+    const target = Buffer.concat([key.subarray(0, 8), Buffer.alloc(8)]);
+    target.writeUInt32BE(Math.floor(order / 2 ** 32), 8);
+    target.writeUInt32BE(order >>> 0, 12);
+    const f = inflightByKey.get(target.toString('hex'));
+    if (f === undefined || f.packetId !== packetId) throw new RecordError('format', `in-flight index for packet id ${packetId} points at a missing entry`);
+  });
+  for (const [sid, list] of inflightOrder) {
+    const ids = new Set<number>();
+    for (const e of list) {
+      if (ids.has(e.packetId)) r.problems.push({ table: 'inflight', key: `session #${sid}`, problem: `packet id ${e.packetId} is in flight twice` });
+      ids.add(e.packetId);
+    }
+  }
+
+  each('queue', (key, body) => {
+    const m = decodeMessage(body);
+    const s = owner('queue', key);
+    if (s === undefined) return;
+    if (key.length !== 16) throw new RecordError('format', 'queue key has the wrong length');
+    s.session.queue.push(m);
+    s.queueKeys.push(key);
+    r.counts.queued++;
+  });
+
+  each('awaiting', (key) => {
+    const s = owner('awaiting', key);
+    if (s === undefined) return;
+    if (key.length !== 10) throw new RecordError('format', 'awaiting-release key has the wrong length');
+    s.session.awaitingRelease.push(key.readUInt16BE(8));
+    r.counts.awaitingRelease++;
+  });
+
+  each('wills', (key, body) => {
+    const will = decodeWill(body);
+    const s = owner('wills', key);
+    if (s === undefined) return;
+    if (key.length !== 8) throw new RecordError('format', 'will key has the wrong length');
+    s.session.will = will;
+    r.counts.wills++;
+  });
+
+  each('retained', (key, body) => {
+    r.retained.push({ key, message: decodeMessage(body) });
+    r.counts.retained++;
+  });
+
+  return r;
+}
+
+/** What is expired at `now`, taken out of the scan (so it is not loaded) and listed for deletion. */
+export function takeExpired(scan: ScanResult, now: number): {
+  purged: { expiredSessions: number; expiredMessages: number; expiredRetained: number; orphans: number };
+  sessions: { key: Buffer; sid: number }[];
+  queue: Buffer[];
+  retained: Buffer[];
+} {
+  const out = { purged: { expiredSessions: 0, expiredMessages: 0, expiredRetained: 0, orphans: scan.orphans.length }, sessions: [] as { key: Buffer; sid: number }[], queue: [] as Buffer[], retained: [] as Buffer[] };
+  for (const [sid, s] of scan.sessions) {
+    if (s.header.expiresAt !== undefined && s.header.expiresAt <= now) {
+      out.sessions.push({ key: s.key, sid });
+      scan.sessions.delete(sid);
+      out.purged.expiredSessions++;
+      continue;
+    }
+    const keep: StoredMessage[] = [];
+    s.session.queue.forEach((m, i) => {
+      if (m.expiresAt !== undefined && m.expiresAt <= now) {
+        out.queue.push(s.queueKeys[i] as Buffer);
+        out.purged.expiredMessages++;
+      } else keep.push(m);
+    });
+    s.session.queue = keep;
+  }
+  scan.retained = scan.retained.filter((r) => {
+    if (r.message.expiresAt === undefined || r.message.expiresAt > now) return true;
+    out.retained.push(r.key);
+    out.purged.expiredRetained++;
+    return false;
+  });
+  return out;
+}
