@@ -8,7 +8,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import type { StoredSubscription } from '../store/types.ts';
+import { splitSessionKey, type StoredSubscription } from '../store/types.ts';
 import { encodePublish, withPacketId } from './encode.ts';
 import type { DeliveryApi, GateApi } from './handler-api.ts';
 import { messageSize, type Message } from './message.ts';
@@ -146,6 +146,15 @@ export class Delivery implements DeliveryApi {
     if (previous === undefined && this.retained.size >= limits.maxRetainedMessages) return false;
     if (this.retained.bytes + size - (previous === undefined ? 0 : messageSize(previous)) > limits.maxRetainedBytes) return false;
     return this.quotas.retainFits(quotaKey, size, own);
+  }
+
+  /** The retained messages brought back from the store, each counted against its publisher's identity. */
+  restoreRetained(messages: Message[]): void {
+    for (const m of messages) {
+      if (m.origin !== undefined) m.quotaKey = splitSessionKey(m.origin).owner;
+      this.retained.set(m);
+      if (m.quotaKey !== undefined) this.quotas.retained(m.quotaKey, 1, messageSize(m));
+    }
   }
 
   /** Keeps (or clears) a retained message, moving its quota from the identity whose message it replaces. */

@@ -13,7 +13,7 @@
  */
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
 import type { Keyring } from './keyring.ts';
-import type { StoredInflight, StoredMessage, StoredSession, StoredSubscription, StoredWill } from './types.ts';
+import type { StoredInflight, StoredMessage, StoredPrincipal, StoredSession, StoredSubscription, StoredWill } from './types.ts';
 
 /** Table numbers, part of every checksum and of the encryption's additional data. */
 export const Table = {
@@ -269,12 +269,19 @@ export function decodeInflight(body: Buffer): StoredInflight {
 /** A session's will: its delay around the message. */
 export function encodeWill(w: StoredWill): Buffer {
   const { head, parts } = messageHead(w.message);
-  return pack({ d: w.delayInterval, m: head }, parts);
+  return pack({ d: w.delayInterval, m: head, ...(w.principal !== undefined ? { p: w.principal } : {}) }, parts);
 }
 
 export function decodeWill(body: Buffer): StoredWill {
   const { head, parts } = unpack(body);
-  return { delayInterval: num(head['d'], 'will delay'), message: messageFrom(head['m'], parts, 0) };
+  const will: StoredWill = { delayInterval: num(head['d'], 'will delay'), message: messageFrom(head['m'], parts, 0) };
+  const p = head['p'];
+  if (p !== undefined && p !== null && typeof p === 'object') {
+    const q = p as Record<string, unknown>;
+    if (typeof q['method'] !== 'string' || typeof q['provider'] !== 'string' || !Array.isArray(q['roles']) || typeof q['listener'] !== 'string') throw new RecordError('format', 'will principal is malformed');
+    will.principal = q as unknown as StoredPrincipal;
+  }
+  return will;
 }
 
 // ── sessions and subscriptions ─────────────────────────────────────────────
