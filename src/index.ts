@@ -113,14 +113,16 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const admission = makeAdmission(config, (event) => broker.audit(null, event), log);
   const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit, admission.admitter(l.name as string)));
   const chains = new Map<string, AuthenticatorChain>();
-  // Failed-login protection is shared by every listener: a banned address is banned everywhere.
-  const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.audit(null, event)) : undefined;
+  // Failed-login protection is shared by every listener, and so is its cap on credential checks
+  // (the thread pool is the process's): built even with authGuard.enabled false, which turns off
+  // only the throttles and bans.
+  const guard = new AuthGuard(config.authGuard, (event) => broker.audit(null, event), log);
   const authProviders: Authenticator[] = [];
   config.listeners.forEach((l, li) => {
     const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
     authProviders.push(...own);
     const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
-    chains.set(l.name as string, new AdmittingAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission));
+    chains.set(l.name as string, new AdmittingAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission, config.admission.ipv6Prefix));
   });
   const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i));
   const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
@@ -212,7 +214,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       await adminSpool?.close();
       admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
-      guard?.close();
+      guard.close();
       for (const p of authProviders) await p.close?.();
     },
     async reloadCredentials(trigger = 'api') {

@@ -3,14 +3,25 @@
  * and flapping bans are refused (0x8A; v3.1.1 return code 5) before failed-login protection or
  * any provider runs, and an allowed connect is counted for flapping detection.
  *
- *   admission.checkConnect → ListenerAuthenticator (guard → providers → identity) → admission.connected
+ *   admission.checkConnect → ListenerAuthenticator (providers, the guard before guessable ones → identity) → admission.connected
+ *
+ * The failed-login guard keys a source address as admission control does: an IPv6 address by
+ * its prefix (`admission.ipv6Prefix`), since one host usually holds a whole /64.
  */
 import type { ChainResult } from '../auth/chain.ts';
 import type { AuthGuard } from '../auth/guard.ts';
 import { ListenerAuthenticator } from '../auth/listener-auth.ts';
 import type { Authenticator, ConnectRequest } from '../auth/types.ts';
 import type { IdentityRules } from '../config/auth-schema.ts';
+import { formatAddress, masked, peerAddress } from './address.ts';
 import type { Admission } from './admission.ts';
+
+/** The guard's key for a source address: IPv4 as is, IPv6 by its first `prefix` bits. */
+export function guardAddressKey(remoteAddress: string, ipv6Prefix: number): string {
+  const { addr, text } = peerAddress(remoteAddress);
+  if (addr === undefined || addr.family !== 6 || ipv6Prefix >= 128) return text;
+  return `${formatAddress(masked({ ...addr, prefix: ipv6Prefix }))}/${ipv6Prefix}`;
+}
 
 export class AdmittingAuthenticator extends ListenerAuthenticator {
   constructor(
@@ -20,8 +31,9 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
     rules: IdentityRules,
     guard: AuthGuard | undefined,
     private readonly admission: Admission,
+    ipv6Prefix = 64,
   ) {
-    super(providers, deadlineMs, listenerName, rules, guard);
+    super(providers, deadlineMs, listenerName, rules, guard, (req) => guardAddressKey(req.peer.remoteAddress, ipv6Prefix));
   }
 
   override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
