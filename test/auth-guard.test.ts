@@ -67,7 +67,6 @@ serial('wrong passwords for one user from one address: the pair is throttled, re
   t.is(bob.code, 0);
   t.true(bob.ms < 1000);
   t.is((await attempt(tb.port, '127.0.0.3', 'alice', 'alice-secret')).code, 0);
-  t.is((await attempt(tb.port, '127.0.0.2', 'alice', 'guess', 'v3-client', 4)).code, 3, 'v3.1.1: return code 3 (server unavailable) while throttled');
 });
 
 serial('an attempt the guard refuses is not a failure: retrying during the backoff does not lengthen it', async (t) => {
@@ -75,7 +74,8 @@ serial('an attempt the guard refuses is not a failure: retrying during the backo
   t.is((await attempt(tb.port, '127.0.0.2', 'alice', 'x1')).code, 0x86);
   t.is((await attempt(tb.port, '127.0.0.2', 'alice', 'x2')).code, 0x86);
   const failedAt = Date.now();
-  for (let i = 0; i < 6; i++) t.is((await attempt(tb.port, '127.0.0.2', 'alice', `x${i + 3}`)).code, 0x9f, 'a retry loop during the backoff is refused');
+  for (let i = 0; i < 5; i++) t.is((await attempt(tb.port, '127.0.0.2', 'alice', `x${i + 3}`)).code, 0x9f, 'a retry loop during the backoff is refused');
+  t.is((await attempt(tb.port, '127.0.0.2', 'alice', 'x9', 'v3-client', 4)).code, 3, 'v3.1.1: return code 3 (server unavailable)');
   // The old guard counted each of those six and doubled the wait six times; the turn comes 1.5 s after the last real failure.
   await delay(Math.max(0, failedAt + 1500 - Date.now() + 50));
   t.is((await attempt(tb.port, '127.0.0.2', 'alice', 'alice-secret')).code, 0, 'the right password gets in once the backoff has passed');
@@ -254,4 +254,27 @@ serial('a provider module named in the configuration loads and decides over a re
   t.is((await refusalCode(tb.port, { protocolVersion: 5, clientId: 'm4', username: 'u', password: 'bad' })).code, 0x9f);
   const c = await connectFrom(tb.port, '127.0.0.2', { protocolVersion: 5, clientId: 'm5', username: 'u', password: 'ok-pw' });
   c.end(true);
+});
+
+serial('tokens: a valid JWT is never held back, while a client looping with a bad token gets its refusals held once its pair is throttled', async (t) => {
+  const { exportSPKI, generateKeyPair, SignJWT } = await import('jose');
+  const es = await generateKeyPair('ES256');
+  const pem = path.join(tempDir(t), 'idp.pem');
+  fs.writeFileSync(pem, await exportSPKI(es.publicKey));
+  const sign = (exp: string) => new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setSubject('svc-1').setIssuer('https://idp.test/').setAudience('mqtt').setExpirationTime(exp).sign(es.privateKey);
+  const tb = await startBroker({
+    listeners: [{ name: 'jwt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['ES256'], issuer: 'https://idp.test/', audience: 'mqtt', keyFiles: [pem] }] }],
+    authGuard: { pair: { backoffAfter: 3, baseDelayMs: 400, maxDelayMs: 400 }, tarpit: { maxHoldMs: 400 } },
+  });
+  t.teardown(() => tb.stop());
+  const expired = await sign('-1m');
+  const valid = await sign('10m');
+  const bad = [];
+  for (let i = 0; i < 6; i++) bad.push(await attempt(tb.port, '127.0.0.2', 'svc-1', expired, 'svc-1'));
+  t.true(bad.every((r) => r.code === 0x86), 'a bad token is refused for what it is (0x86), never 0x9F');
+  t.true(bad.slice(0, 3).every((r) => r.ms < 300), `the free failures are answered at once: ${bad.map((r) => r.ms).join(',')}`);
+  t.true(bad.slice(4).every((r) => r.ms >= 300), `then the refusals are held: ${bad.map((r) => r.ms).join(',')}`);
+  const good = await attempt(tb.port, '127.0.0.2', 'svc-1', valid, 'svc-1');
+  t.is(good.code, 0);
+  t.true(good.ms < 300, `the valid token is answered at once (${good.ms} ms)`);
 });

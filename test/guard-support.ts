@@ -11,6 +11,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import mqttPacket from 'mqtt-packet';
+import WebSocket from 'ws';
 import { delay } from './helpers.ts';
 
 export const root = fileURLToPath(new URL('..', import.meta.url));
@@ -30,7 +31,9 @@ export interface BrokerProcess {
 export async function startBrokerProcess(dir: string, config: Record<string, unknown>, ports: number[], env: NodeJS.ProcessEnv = {}): Promise<BrokerProcess> {
   const file = path.join(dir, 'config.json');
   const auditFile = path.join(dir, 'audit.jsonl');
-  fs.writeFileSync(file, JSON.stringify({ sys: { intervalSeconds: 0 }, log: { level: 'info' }, audit: { sink: 'file', path: auditFile, fsyncIntervalMs: 0 }, ...config }));
+  // The audit file and the log level are the test's, whatever the configuration says.
+  const audit = { ...(config.audit as Record<string, unknown> | undefined), sink: 'file', path: auditFile, fsyncIntervalMs: 0 };
+  fs.writeFileSync(file, JSON.stringify({ sys: { intervalSeconds: 0 }, ...config, log: { level: 'info' }, audit }));
   const child = spawn(process.execPath, ['--import', 'tsx', path.join('src', 'cli', 'main.ts'), 'start', '--config', file], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
@@ -120,6 +123,8 @@ export interface ConnectOptions {
   username?: string;
   password?: string;
   version?: 4 | 5;
+  /** MQTT over WebSocket at this path (plain ws://). */
+  ws?: string;
   /** TLS: the CA to verify the server, and a client certificate or a PSK. */
   tls?: { ca: Buffer; cert?: Buffer; key?: Buffer; psk?: { identity: string; key: Buffer } };
   timeoutMs?: number;
@@ -146,6 +151,7 @@ export function mqttConnect(o: ConnectOptions): Promise<{ code: number; ms: numb
     { protocolVersion: version },
   );
   const t0 = Date.now();
+  if (o.ws !== undefined) return wsConnect(o, packet, t0);
   return new Promise((resolve) => {
     const socket: net.Socket = o.tls ? tls.connect(tlsOptions(o, o.tls)) : net.connect({ host: '127.0.0.1', port: o.port, localAddress: o.from });
     let buf = Buffer.alloc(0);
@@ -162,22 +168,52 @@ export function mqttConnect(o: ConnectOptions): Promise<{ code: number; ms: numb
     socket.once(o.tls ? 'secureConnect' : 'connect', () => socket.write(packet));
     socket.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
-      if (buf.length < 2 || buf[0] !== 0x20) return buf.length >= 1 && buf[0] !== 0x20 ? finish(-1) : undefined;
-      // Remaining length (variable byte integer), then acknowledge flags and the code.
-      let i = 1;
-      let len = 0;
-      let mult = 1;
-      for (; i < buf.length && i < 5; i++) {
-        const b = buf[i] as number;
-        len += (b & 0x7f) * mult;
-        mult *= 128;
-        if ((b & 0x80) === 0) break;
-      }
-      if (buf.length < i + 1 + len || len < 2) return;
-      finish(buf[i + 2] as number);
+      const code = connackCode(buf);
+      if (code !== undefined) finish(code);
     });
     socket.on('error', () => finish(-1));
     socket.on('close', () => finish(-1));
+  });
+}
+
+/** The CONNACK's code in `buf` (0x20, remaining length, flags, code), undefined while incomplete, -1 for anything else. */
+function connackCode(buf: Buffer): number | undefined {
+  if (buf.length === 0) return undefined;
+  if (buf[0] !== 0x20) return -1;
+  let i = 1;
+  let len = 0;
+  let mult = 1;
+  for (; i < buf.length && i < 5; i++) {
+    const b = buf[i] as number;
+    len += (b & 0x7f) * mult;
+    mult *= 128;
+    if ((b & 0x80) === 0) break;
+  }
+  if (i >= buf.length || buf.length < i + 1 + len || len < 2) return undefined;
+  return buf[i + 2] as number;
+}
+
+function wsConnect(o: ConnectOptions, packet: Buffer, t0: number): Promise<{ code: number; ms: number }> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${o.port}${o.ws}`, ['mqtt'], { localAddress: o.from });
+    let buf = Buffer.alloc(0);
+    let done = false;
+    const finish = (code: number) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      ws.terminate();
+      resolve({ code, ms: Date.now() - t0 });
+    };
+    const timer = setTimeout(() => finish(-1), o.timeoutMs ?? 10_000);
+    ws.on('open', () => ws.send(packet));
+    ws.on('message', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      const code = connackCode(buf);
+      if (code !== undefined) finish(code);
+    });
+    ws.on('error', () => finish(-1));
+    ws.on('close', () => finish(-1));
   });
 }
 

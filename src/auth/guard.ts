@@ -204,6 +204,28 @@ export class AuthGuard {
     this.usernameBans?.failed(a.username, now, a.listener);
   }
 
+  /**
+   * A credential that cannot be guessed (a token, a certificate identity) was checked and found
+   * wrong: a failed login like any other for the pair and the user name. Its answer is not held
+   * back by the guard before the check (a valid one never is), but once the pair is throttled the
+   * refusal is held for the pair's delay, at most `maxHoldMs`, so a client retrying in a loop
+   * cannot spin. Returns how long to hold the answer.
+   */
+  failedUnguarded(a: LoginAttempt, maxHoldMs = this.config.tarpit.maxHoldMs): number {
+    if (!this.config.enabled) return 0;
+    const now = this.now();
+    const pair = this.pairs.fail(a.address + SEP + a.username, now);
+    if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
+    if (this.config.username.enabled) {
+      const user = this.users.fail(a.username, now);
+      if (user.failures === this.users.settings.backoffAfter) this.engaged(this.users, a, user);
+    }
+    this.addressBans?.failed(a.address, now, a.listener);
+    this.usernameBans?.failed(a.username, now, a.listener);
+    if (pair.failures <= this.pairs.settings.backoffAfter || this.holding >= this.config.tarpit.maxHeld) return 0;
+    return Math.max(0, Math.min(maxHoldMs, pair.next - now));
+  }
+
   /** Stops the sweep and the unban timers (their records are not written after stop). */
   close(): void {
     clearInterval(this.sweeper);

@@ -42,8 +42,8 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     return result instanceof Promise ? result.then((r) => this.finish(r, req)) : this.finish(result, req);
   }
 
-  /** Identity checks on an allowed Principal, and the guard's bookkeeping. */
-  private finish(chained: ChainResult, req: ConnectRequest): ChainResult {
+  /** Identity checks on an allowed Principal, and the guard's bookkeeping (which may hold a refusal). */
+  private finish(chained: ChainResult, req: ConnectRequest): ChainResult | Promise<ChainResult> {
     let result = chained;
     let identityRefused = false;
     const d = result.decision;
@@ -55,13 +55,9 @@ export class ListenerAuthenticator extends AuthenticatorChain {
         identityRefused = true;
       }
     }
-    if (this.gate !== undefined) result = this.gate.settle(req, result, identityRefused);
-    const r = result.decision;
-    if (r.kind === 'deny' && result.decidedBy === 'password' && r.reason === ReasonCode.BadUserNameOrPassword) {
-      // The client is told nothing that tells a wrong password from an unknown user; the verdict keeps the cause.
-      return { ...result, decision: { kind: 'deny', reason: r.reason, detail: GENERIC_PASSWORD_DENIAL } };
-    }
-    return result;
+    if (this.gate === undefined) return generic(result);
+    const settled = this.gate.settle(req, result, identityRefused);
+    return settled instanceof Promise ? settled.then(generic) : generic(settled);
   }
 
   private checkIdentity(p: Principal, req: ConnectRequest): { reason: ReasonCode; detail: string } | undefined {
@@ -80,6 +76,15 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     }
     return undefined;
   }
+}
+
+/** The client is told nothing that tells a wrong password from an unknown user; the verdict keeps the cause. */
+function generic(result: ChainResult): ChainResult {
+  const d = result.decision;
+  if (d.kind === 'deny' && result.decidedBy === 'password' && d.reason === ReasonCode.BadUserNameOrPassword) {
+    return { ...result, decision: { kind: 'deny', reason: d.reason, detail: GENERIC_PASSWORD_DENIAL } };
+  }
+  return result;
 }
 
 function certCn(p: Principal): string | undefined {

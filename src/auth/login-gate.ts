@@ -106,9 +106,9 @@ export class LoginGate {
    * where it refused or delayed the attempt. `identityRefused`: a provider allowed but the
    * identity rules refused, which is neither a success nor a failed guess.
    */
-  settle(req: ConnectRequest, result: ChainResult, identityRefused: boolean): ChainResult {
+  settle(req: ConnectRequest, result: ChainResult, identityRefused: boolean): ChainResult | Promise<ChainResult> {
     const s = this.states.get(req);
-    if (s === undefined) return result;
+    if (s === undefined) return this.unguarded(req, result, identityRefused);
     this.states.delete(req);
     const d = result.decision;
     if (s.ticket !== undefined) {
@@ -130,6 +130,17 @@ export class LoginGate {
       return { ...result, decidedBy: 'guard' };
     }
     return result;
+  }
+
+  /**
+   * A request no guessable check was made for. A credential it carried (a token) that a provider
+   * found wrong still counts as a failed login, and once its pair is throttled the refusal is held.
+   */
+  private unguarded(req: ConnectRequest, result: ChainResult, identityRefused: boolean): ChainResult | Promise<ChainResult> {
+    if (identityRefused || !carriesSecret(req) || outcomeOf(result.decision) !== 'failure') return result;
+    const holdMs = this.guard.failedUnguarded({ address: this.addressOf(req), username: req.username ?? '', clientId: req.clientId, listener: this.listener }, this.maxHoldMs);
+    if (holdMs <= 0) return result;
+    return this.sleep(holdMs, undefined).then(() => result);
   }
 
   private sleep(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
