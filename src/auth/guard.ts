@@ -61,6 +61,8 @@ export class GuardTicket {
   settled = false;
   constructor(
     readonly attempt: LoginAttempt,
+    /** The (address, user name) key, made once per attempt. */
+    readonly pairKey: string,
     readonly knownGood: boolean,
     readonly reserved: readonly [FailureThrottle, ThrottleEntry][],
     readonly addressToken: boolean,
@@ -126,16 +128,17 @@ export class AuthGuard {
    * than the configured one (the listener's provider deadline). Synchronous.
    */
   admit(a: LoginAttempt, maxHoldMs = this.config.tarpit.maxHoldMs): GuardAdmission {
-    if (!this.config.enabled) return { kind: 'check', ticket: new GuardTicket(a, false, [], false, 0, undefined) };
+    if (!this.config.enabled) return { kind: 'check', ticket: new GuardTicket(a, '', false, [], false, 0, undefined) };
     const now = this.now();
-    const clientKey = a.address + SEP + a.username + SEP + a.clientId;
-    const known = this.knownGood.has(clientKey, now);
     const pairKey = a.address + SEP + a.username;
+    const known = this.knownGood.has(pairKey, a.clientId, now);
     let start = now;
     let by: Binding | undefined;
     let client: ThrottleEntry | undefined;
     let pair: ThrottleEntry | undefined;
     let user: ThrottleEntry | undefined;
+    // Only a known-good client has an entry of its own (its failures); the key is made only then.
+    const clientKey = known ? pairKey + SEP + a.clientId : '';
     if (known) {
       client = this.clients.get(clientKey, now);
       const t = this.clients.earliest(client, now);
@@ -170,7 +173,7 @@ export class AuthGuard {
       if (this.rate.enabled) this.rate.take(a.address, start);
     }
     const delayedBy = wait > 0 && by !== undefined ? this.describe(by, a, wait) : undefined;
-    return { kind: 'check', ticket: new GuardTicket(a, known, reserved, !known && this.rate.enabled, wait, delayedBy) };
+    return { kind: 'check', ticket: new GuardTicket(a, pairKey, known, reserved, !known && this.rate.enabled, wait, delayedBy) };
   }
 
   /** The outcome of an admitted check; a ticket settles once. */
@@ -187,13 +190,13 @@ export class AuthGuard {
     const a = t.attempt;
     if (t.addressToken && !failed) this.rate.refund(a.address);
     if (outcome === 'success') {
-      this.knownGood.add(a.address + SEP + a.username + SEP + a.clientId, now);
+      this.knownGood.add(t.pairKey, a.clientId, now);
       return;
     }
     if (!failed) return;
     if (t.knownGood) {
       // A known-good client's failure still counts against its pair and its user name.
-      const pair = this.pairs.fail(a.address + SEP + a.username, now);
+      const pair = this.pairs.fail(t.pairKey, now);
       if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
       if (this.config.username.enabled) {
         const user = this.users.fail(a.username, now);

@@ -37,8 +37,14 @@ export function carriesSecret(req: ConnectRequest): boolean {
   return req.password !== undefined || req.authenticationData !== undefined;
 }
 
+/**
+ * The gate's state rides on the request object itself: a connect makes one request, and a
+ * WeakMap entry per connect would cost more (and load the garbage collector with ephemerons).
+ */
+const STATE = Symbol('login-gate');
+type Gated = ConnectRequest & { [STATE]?: GateState | undefined };
+
 export class LoginGate {
-  private readonly states = new WeakMap<ConnectRequest, GateState>();
   private readonly maxHoldMs: number;
 
   constructor(
@@ -57,14 +63,14 @@ export class LoginGate {
    * 'go' to check now.
    */
   enter(req: ConnectRequest, provider: string): Decision<Principal> | 'wait' | 'go' {
-    let s = this.states.get(req);
+    let s = (req as Gated)[STATE];
     if (s === undefined) {
       const a = this.guard.admit(
         { address: this.addressOf(req), username: req.username ?? '', clientId: req.clientId, listener: this.listener },
         this.maxHoldMs,
       );
       s = a.kind === 'check' ? { ticket: a.ticket, holdMs: a.ticket.waitMs, provider } : { refusal: a.refusal, holdMs: a.holdMs, provider };
-      this.states.set(req, s);
+      (req as Gated)[STATE] = s;
     }
     if (s.holdMs > 0) return 'wait';
     if (s.refusal !== undefined) return refusalDecision(s.refusal);
@@ -73,7 +79,7 @@ export class LoginGate {
 
   /** Holds the attempt for its turn; the guard's refusal after the hold, or undefined to go on. */
   async hold(req: ConnectRequest, signal: AbortSignal | undefined): Promise<Decision<Principal> | undefined> {
-    const s = this.states.get(req);
+    const s = (req as Gated)[STATE];
     if (s === undefined) return undefined;
     if (s.holdMs > 0) {
       const ms = s.holdMs;
@@ -107,9 +113,9 @@ export class LoginGate {
    * identity rules refused, which is neither a success nor a failed guess.
    */
   settle(req: ConnectRequest, result: ChainResult, identityRefused: boolean): ChainResult | Promise<ChainResult> {
-    const s = this.states.get(req);
+    const s = (req as Gated)[STATE];
     if (s === undefined) return this.unguarded(req, result, identityRefused);
-    this.states.delete(req);
+    (req as Gated)[STATE] = undefined;
     const d = result.decision;
     if (s.ticket !== undefined) {
       this.guard.settle(s.ticket, identityRefused ? 'neutral' : outcomeOf(d));

@@ -10,9 +10,54 @@
  *   that succeeds gives its token back, so it caps failed checks and checks in flight.
  * - {@link KnownGood}: when a (source address, user name, client id) last logged in.
  *
- * Every map is bounded; the entries touched least recently are dropped first. Memory per entry
- * is measured in docs/performance.md.
+ * Every map is bounded ({@link Generations}): the entries touched least recently are dropped
+ * first. Memory per entry is measured in docs/performance.md.
  */
+
+/**
+ * A map bounded by two generations. New and touched keys go to the young one; when it holds half
+ * the bound, the old one is dropped whole and the young one becomes the old. Every operation is
+ * O(1) and nothing iterates: evicting from the front of one Map and asking for its first key again
+ * scans the holes left by earlier deletes, which makes a churning map quadratic. What is dropped
+ * is, roughly, what was touched least recently.
+ */
+export class Generations<V> {
+  private young = new Map<string, V>();
+  private old = new Map<string, V>();
+  private readonly half: number;
+
+  constructor(max: number) {
+    this.half = Math.max(1, Math.floor(max / 2));
+  }
+
+  get(key: string): V | undefined {
+    const v = this.young.get(key);
+    return v !== undefined ? v : this.old.get(key);
+  }
+
+  /** Sets the key in the young generation (taking it out of the old one). */
+  set(key: string, value: V): void {
+    if (this.old.size > 0) this.old.delete(key);
+    this.young.set(key, value);
+    if (this.young.size >= this.half) {
+      this.old = this.young;
+      this.young = new Map();
+    }
+  }
+
+  delete(key: string): void {
+    if (!this.young.delete(key)) this.old.delete(key);
+  }
+
+  get size(): number {
+    return this.young.size + this.old.size;
+  }
+
+  /** Deletes the entries `drop` picks (the guard's sweep). */
+  deleteWhere(drop: (value: V, key: string) => boolean): void {
+    for (const m of [this.old, this.young]) for (const [k, v] of m) if (drop(v, k)) m.delete(k);
+  }
+}
 
 export interface ThrottleSettings {
   backoffAfter: number;
@@ -21,6 +66,7 @@ export interface ThrottleSettings {
 }
 
 export class ThrottleEntry {
+  constructor(readonly key: string) {}
   failures = 0;
   /** Checks admitted on this key whose outcome is not known yet. */
   pending = 0;
@@ -30,13 +76,15 @@ export class ThrottleEntry {
 }
 
 export class FailureThrottle {
-  private readonly entries = new Map<string, ThrottleEntry>();
+  private readonly entries: Generations<ThrottleEntry>;
 
   constructor(
     readonly settings: ThrottleSettings,
     private readonly forgetAfterMs: number,
-    private readonly maxEntries: number,
-  ) {}
+    maxEntries: number,
+  ) {
+    this.entries = new Generations(maxEntries);
+  }
 
   /** The key's entry, with failures forgotten after a quiet `forgetAfterMs`. */
   get(key: string, now: number): ThrottleEntry | undefined {
@@ -69,14 +117,13 @@ export class FailureThrottle {
     return entry;
   }
 
-  /** A check on a reserved entry ended; `failed` counts it. An entry with nothing to remember is dropped. */
+  /**
+   * A check on a reserved entry ended; `failed` counts it. An entry without failures stays for
+   * the next connect of the same key (most logins repeat one) until the sweep drops it.
+   */
   settle(e: ThrottleEntry, failed: boolean, now: number): void {
     if (e.pending > 0) e.pending--;
-    if (failed) return this.count(e, now);
-    if (e.failures === 0 && e.pending === 0) {
-      const key = keyOf.get(e);
-      if (key !== undefined && this.entries.get(key) === e) this.entries.delete(key);
-    }
+    if (failed) this.count(e, now);
   }
 
   /** Counts a failure on a key that no check was reserved on (a known-good client's failure on its pair). */
@@ -90,44 +137,25 @@ export class FailureThrottle {
     return this.entries.size;
   }
 
-  /** Drops entries with nothing left to remember (called from the guard's sweep). */
+  /** Drops entries with nothing left to remember. */
   sweep(now: number): void {
-    // The map is in the order of the last failure: stop at the first one still remembered.
-    for (const [key, e] of this.entries) {
-      if (e.pending > 0) continue;
-      if (now - e.lastFailure <= this.forgetAfterMs) break;
-      this.entries.delete(key);
-    }
+    this.entries.deleteWhere((e) => e.pending === 0 && now - e.lastFailure > this.forgetAfterMs);
   }
 
   private count(e: ThrottleEntry, now: number): void {
     e.failures++;
     e.lastFailure = now;
     e.next = Math.max(e.next, now + this.delay(e.failures));
-    this.touch(e);
+    // A key that keeps failing stays young (and is kept); one evicted meanwhile stays out.
+    if (this.entries.get(e.key) === e) this.entries.set(e.key, e);
   }
 
   private create(key: string): ThrottleEntry {
-    const e = new ThrottleEntry();
+    const e = new ThrottleEntry(key);
     this.entries.set(key, e);
-    keyOf.set(e, key);
-    while (this.entries.size > this.maxEntries) {
-      const oldest = this.entries.keys().next().value as string;
-      this.entries.delete(oldest);
-    }
     return e;
   }
-
-  /** Moves the entry to the back of the eviction order (the map keeps insertion order). */
-  private touch(e: ThrottleEntry): void {
-    const key = keyOf.get(e);
-    if (key === undefined || this.entries.get(key) !== e) return; // evicted meanwhile
-    this.entries.delete(key);
-    this.entries.set(key, e);
-  }
 }
-
-const keyOf = new WeakMap<ThrottleEntry, string>();
 
 /**
  * Credential checks per second per address, as a token bucket in its GCRA form: one number per
@@ -135,17 +163,19 @@ const keyOf = new WeakMap<ThrottleEntry, string>();
  * attempt.
  */
 export class CheckRate {
-  private readonly tat = new Map<string, number>();
+  /** Per address, its theoretical arrival time, in a box so a refund needs no second map write. */
+  private readonly tat: Generations<{ t: number }>;
   private readonly interval: number;
   private readonly tolerance: number;
 
   constructor(
     readonly perSecond: number,
     readonly burst: number,
-    private readonly maxEntries: number,
+    maxEntries: number,
   ) {
     this.interval = perSecond > 0 ? 1000 / perSecond : 0;
     this.tolerance = (burst - 1) * this.interval;
+    this.tat = new Generations(maxEntries);
   }
 
   get enabled(): boolean {
@@ -154,26 +184,23 @@ export class CheckRate {
 
   /** The earliest time a check from this address may start. */
   earliest(key: string, now: number): number {
-    const tat = this.tat.get(key);
-    if (tat === undefined) return now;
-    return Math.max(now, tat - this.tolerance);
+    const b = this.tat.get(key);
+    if (b === undefined) return now;
+    return Math.max(now, b.t - this.tolerance);
   }
 
   /** Takes a token for a check starting at `start` (not before `earliest`). */
   take(key: string, start: number): void {
-    const tat = this.tat.get(key);
-    if (tat === undefined) {
-      this.tat.set(key, start + this.interval);
-      while (this.tat.size > this.maxEntries) this.tat.delete(this.tat.keys().next().value as string);
-      return;
-    }
-    this.tat.set(key, Math.max(tat, start) + this.interval);
+    const b = this.tat.get(key);
+    if (b === undefined) return this.tat.set(key, { t: start + this.interval });
+    b.t = Math.max(b.t, start) + this.interval;
+    this.tat.set(key, b); // an address in use stays young
   }
 
   /** Gives a token back (the check succeeded, or never ran). */
   refund(key: string): void {
-    const tat = this.tat.get(key);
-    if (tat !== undefined) this.tat.set(key, tat - this.interval);
+    const b = this.tat.get(key);
+    if (b !== undefined) b.t -= this.interval;
   }
 
   get size(): number {
@@ -182,39 +209,49 @@ export class CheckRate {
 
   /** Drops addresses whose bucket is full again. */
   sweep(now: number): void {
-    for (const [key, tat] of this.tat) if (tat <= now) this.tat.delete(key);
+    this.tat.deleteWhere((b) => b.t <= now);
   }
 }
 
-/** Clients (address, user name, client id) that logged in, and when; least recently successful dropped first. */
+/**
+ * Clients that logged in, and when: by (address, user name) pair, then by client id, at most
+ * `perPair` client ids per pair (the most recent). Keyed in two steps so a connect adds no key
+ * string of its own: the pair key is the one the throttle uses, the client id the one it sent.
+ */
 export class KnownGood {
-  private readonly last = new Map<string, number>();
+  private readonly pairs: Generations<Map<string, number>>;
 
   constructor(
     private readonly windowMs: number,
-    private readonly maxEntries: number,
-  ) {}
+    maxPairs: number,
+    private readonly perPair = 16,
+  ) {
+    this.pairs = new Generations(maxPairs);
+  }
 
-  has(key: string, now: number): boolean {
-    const t = this.last.get(key);
+  has(pairKey: string, clientId: string, now: number): boolean {
+    const t = this.pairs.get(pairKey)?.get(clientId);
     return t !== undefined && now - t <= this.windowMs;
   }
 
-  add(key: string, now: number): void {
-    // Re-inserted so the map's order is the order of last success.
-    this.last.delete(key);
-    this.last.set(key, now);
-    if (this.last.size > this.maxEntries) this.last.delete(this.last.keys().next().value as string);
+  add(pairKey: string, clientId: string, now: number): void {
+    let ids = this.pairs.get(pairKey);
+    if (ids === undefined) ids = new Map();
+    ids.delete(clientId); // re-inserted: the map's order is the order of last success
+    ids.set(clientId, now);
+    if (ids.size > this.perPair) ids.delete(ids.keys().next().value as string);
+    this.pairs.set(pairKey, ids); // a pair in use stays young
   }
 
+  /** Pairs remembered. */
   get size(): number {
-    return this.last.size;
+    return this.pairs.size;
   }
 
   sweep(now: number): void {
-    for (const [key, t] of this.last) {
-      if (now - t <= this.windowMs) break;
-      this.last.delete(key);
-    }
+    this.pairs.deleteWhere((ids) => {
+      for (const [id, t] of ids) if (now - t > this.windowMs) ids.delete(id);
+      return ids.size === 0;
+    });
   }
 }
