@@ -115,6 +115,8 @@ test('policy reload --pid given the tsx wrapper of npm start signals the broker 
     `authorizers: [{ type: casbin, model: ${JSON.stringify(path.join(dir, 'model.conf'))}, policy: ${JSON.stringify(path.join(dir, 'p.csv'))}, watch: false }]`,
     `audit: { sink: file, path: ${JSON.stringify(auditFile)}, fsyncIntervalMs: 0 }`,
     'sys: { intervalSeconds: 0 }',
+    // It runs from the checkout: a durable store there would be the checkout's data/store.
+    'store: { type: memory }',
     '',
   ].join('\n'));
   // What `npm start -- --config FILE` runs: tsx's wrapper, with the broker as its child.

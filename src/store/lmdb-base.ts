@@ -10,12 +10,12 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
 import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
 import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
-import { sessionKey, type StoreOpenReport, type StoredMessage, type StoredSession } from './types.ts';
+import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 
 export type Durability = 'sync' | 'commit';
 
@@ -121,9 +121,6 @@ export abstract class LmdbBase {
     if (this.keyring !== null) await this.startEpoch(scan);
 
     const purged = await this.purgeAtOpen(scan);
-    this.sessionIndex.clear();
-    this.sessionOfSid.clear();
-    for (const [sid, s] of scan.sessions) this.indexSession(sessionKey(s.session.owner, s.session.clientId), sid, s.key);
     const sessions = [...scan.sessions.values()].map((s) => s.session);
     const retained = scan.retained.map((r) => r.message);
     for (const r of scan.retained) if (r.message.expiresAt !== undefined) this.retainedExpiry.set(r.key.toString('hex'), r.message.expiresAt);
@@ -318,26 +315,16 @@ export abstract class LmdbBase {
   }
 
   /**
-   * The header of the session with this session key (sessionKey(owner, clientId)). Session
-   * headers are keyed on disk by their session number, not by owner and client id, so that an
-   * encrypted store does not show who its sessions belong to in its keys; this index, built from
-   * the headers when the store opens, finds them.
+   * The header of the session with this session key (sessionKey(owner, clientId)), stored under
+   * a digest of it (sessionHeaderKey): who a session belongs to is only inside the record, which
+   * an encrypted store seals. The key is a pure function of the session key, so it holds inside
+   * a batch that lmdb runs again, and after a crash.
    */
   protected header(sessionId: string): { key: Buffer; h: SessionHeader } | undefined {
-    const key = this.sessionIndex.get(sessionId);
-    if (key === undefined) return undefined;
+    const key = sessionHeaderKey(sessionId);
     const raw = this.tables().sessions.get(key);
     if (raw === undefined) return undefined;
     return { key, h: this.read('sessions', key, raw, decodeHeader) };
-  }
-
-  /** Session key → the key of its header record (see header()), and session number → session key. */
-  protected readonly sessionIndex = new Map<string, Buffer>();
-  protected readonly sessionOfSid = new Map<number, string>();
-
-  protected indexSession(id: string, sid: number, headerKey: Buffer): void {
-    this.sessionIndex.set(id, headerKey);
-    this.sessionOfSid.set(sid, id);
   }
 
   // ── writes ─────────────────────────────────────────────────────────────────
@@ -378,9 +365,6 @@ export abstract class LmdbBase {
       for (const k of keys) db[table].removeSync(k);
     }
     db.sessions.removeSync(headerKey);
-    const id = this.sessionOfSid.get(sid);
-    if (id !== undefined && this.sessionIndex.get(id)?.equals(headerKey) === true) this.sessionIndex.delete(id);
-    this.sessionOfSid.delete(sid);
     this.nextQueueSeq.delete(sid);
     this.nextInflightOrder.delete(sid);
   }

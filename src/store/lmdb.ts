@@ -17,7 +17,7 @@
  */
 import { LmdbBase, META_NEXT_SID } from './lmdb-base.ts';
 import { throwIfDamaged } from './lmdb-failures.ts';
-import { sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
 import { scanStore, type Tables } from './lmdb-scan.ts';
 import {
   decodeHeader,
@@ -106,9 +106,7 @@ export class LmdbStore extends LmdbBase implements Store {
       const sid = this.nextSid++;
       if (old !== undefined) this.deleteSid(old.h.sid, old.key);
       this.putMeta(META_NEXT_SID, encodeJson({ n: this.nextSid }));
-      const headerKey = sidKey(sid);
-      this.put('sessions', headerKey, encodeHeader(headerOf(snapshot, sid)));
-      this.indexSession(sessionKey(snapshot.owner, snapshot.clientId), sid, headerKey);
+      this.put('sessions', sessionHeaderKey(sessionKey(snapshot.owner, snapshot.clientId)), encodeHeader(headerOf(snapshot, sid)));
       for (const s of subs) this.put('subscriptions', sidTextKey(sid, s.filter), s.body);
       const orders = new Map<number, number>();
       for (const f of inflight) {
