@@ -143,6 +143,7 @@ async function run(treeName: string, tree: string, mode: 'defaults' | 'off'): Pr
       { name: 'probe', type: 'tcp', host: '127.0.0.1', port: probe, auth: ['anonymous'] },
     ],
     authorizers: ['allow-all'],
+    store: { type: 'memory' },
     log: { level: 'silent' },
     sys: { intervalSeconds: 0 },
     audit: { sink: 'file', path: auditFile },

@@ -123,6 +123,9 @@ export function portcullisConfig(security: Security, files: BenchFiles): Record<
     ],
     authorizers: on ? [{ type: 'casbin', model: path.join(projectRoot, 'policies', 'model.conf'), policy: files.casbinPolicyFile, watch: false }] : ['allow-all'],
     log: { level: 'silent' },
+    // The message scenarios compare brokers without persistence (Mosquitto's default); the
+    // persistent-session scenarios (bench/persistence.ts) set the durable store themselves.
+    store: { type: 'memory' },
     audit: on ? { sink: 'file', path: path.join(files.dir, `audit-${instance}.jsonl`) } : { sink: 'none' },
     ...(on ? { credentialCache: { enabled: true } } : {}),
   };
