@@ -17,8 +17,9 @@ import { isStoreError } from '../store/errors.ts';
 import type { Store } from '../store/types.ts';
 import type { Session } from './session.ts';
 
-/** What became of a write: committed, refused because the disk is full, or failed otherwise. */
-export type WriteStatus = 'ok' | 'full' | 'failed';
+import type { WriteStatus } from './ports.ts';
+
+export type { WriteStatus } from './ports.ts';
 
 const OK: Promise<WriteStatus> = Promise.resolve('ok');
 

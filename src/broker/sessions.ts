@@ -294,9 +294,10 @@ export class SessionRegistry implements SessionsApi {
     if (session.persistent && count > 0) this.persist(session, (s) => s.dequeue(session.key, count));
   }
 
-  inflight(session: Session, inflight: Inflight): void {
-    if (!session.persistent) return;
-    this.persist(session, (s) =>
+  /** Records an in-flight delivery; resolves when it is committed (null: nothing to wait for, a memory store or a session that ends with its connection). */
+  inflight(session: Session, inflight: Inflight): Promise<WriteStatus> | null {
+    if (!session.persistent) return null;
+    const written = this.persistence.write(session, (s) =>
       s.putInflight(session.key, {
         packetId: inflight.packetId,
         state: inflight.state,
@@ -304,6 +305,7 @@ export class SessionRegistry implements SessionsApi {
         ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
       }),
     );
+    return this.persistence.durable ? written : null;
   }
 
   inflightDone(session: Session, packetId: number): void {

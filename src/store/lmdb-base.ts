@@ -40,6 +40,27 @@ const META_NEXT_EPOCH = 'nextEpoch';
 
 type Db = Database<Buffer, Buffer>;
 
+/**
+ * When a commit fails (a full or failing disk), lmdb-js rejects the batch's promise, which every
+ * writer of the batch hears about through its own write, and also leaves an internal promise of
+ * the batch with no handler: Node would end the process for it. This swallows exactly those
+ * (lmdb's "Commit failed" with its commitError); any other unhandled rejection keeps Node's
+ * default (the process ends), unless the application has a handler of its own.
+ */
+function onUnhandledRejection(reason: unknown): void {
+  if (reason instanceof Error && 'commitError' in reason && reason.message.startsWith('Commit failed')) {
+    (reason as { commitError?: Promise<unknown> }).commitError?.catch(() => undefined);
+    return;
+  }
+  if (process.listenerCount('unhandledRejection') === 1) throw reason;
+}
+let rejectionGuard = false;
+function guardCommitRejections(): void {
+  if (rejectionGuard) return;
+  rejectionGuard = true;
+  process.on('unhandledRejection', onUnhandledRejection);
+}
+
 export abstract class LmdbBase {
   readonly path: string;
   readonly durability: Durability;
@@ -109,6 +130,7 @@ export abstract class LmdbBase {
         this.dataFile,
       );
     }
+    guardCommitRejections();
     guardFiles(this.path, true);
     const { env, db } = this.openEnv();
     this.env = env;
