@@ -26,6 +26,8 @@ import { Delivery } from './delivery.ts';
 import { dispatch } from './dispatch.ts';
 import { SecurityGate } from './gate.ts';
 import type { BrokerApi } from './handler-api.ts';
+import type { ClusterRuntime } from './cluster-port.ts';
+import { Migration } from './migration.ts';
 import type { Message } from './message.ts';
 import type { Client, ConnectionHost, ConnectionState } from './ports.ts';
 import { IdentityQuotas } from './quotas.ts';
@@ -48,6 +50,8 @@ export interface BrokerParts {
   listeners: Listener[];
   chains: Map<string, AuthenticatorChain>;
   authorizers: AuthorizerChain;
+  /** A cluster node (src/cluster/); absent on a single node. */
+  cluster?: ClusterRuntime;
 }
 
 /** How often the store is asked to drop what expired (sessions it holds that the broker does not, retained messages). */
@@ -76,6 +80,9 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   readonly readerLimits: { maxPacketSize: number; maxConnectSize: number };
   private readonly listeners: Listener[];
   private readonly wills: WillScheduler;
+  private readonly cluster: ClusterRuntime | null;
+  /** In a cluster: what the other nodes may ask of this one. */
+  readonly migration: Migration | null = null;
   private readonly sys: SysTopics;
   private timers: NodeJS.Timeout[] = [];
   /** When the policy reloads started failing (0: the last one was good). */
@@ -107,6 +114,12 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
       sessionEnded: (session) => delivery?.sessionEnded(session),
     }, quotas, (event) => this.gate.audit(null, event));
     delivery = this.delivery = new Delivery({ config, log: this.log, stats: this.stats, clock: this.clock, router, gate: this.gate, store: this.sessions, quotas });
+    this.cluster = parts.cluster ?? null;
+    if (this.cluster !== null) {
+      this.sessions.attachCluster(this.cluster);
+      this.delivery.attachCluster(this.cluster);
+      this.migration = new Migration({ log: this.log, sessions: this.sessions, delivery: this.delivery, wills: this.wills });
+    }
     this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log, {
       stats: this.stats,
       clock: this.clock,
@@ -133,10 +146,19 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   // ── lifecycle ──────────────────────────────────────────────────────────────
 
   async start(): Promise<ListenerAddress[]> {
+    await this.cluster?.prepare();
     const { report, retained, wills } = await this.sessions.open();
     this.storeOpened(report);
     this.delivery.restoreRetained(retained);
     for (const w of wills) this.wills.restore(w);
+    if (this.cluster !== null) {
+      try {
+        await this.cluster.start(this.migration as Migration, this.sessions.store, report);
+      } catch (err) {
+        await this.sessions.close().catch(() => undefined);
+        throw err;
+      }
+    }
     const tick = Math.max(20, Math.min(100, Math.floor(this.config.limits.connectTimeoutMs / 4)));
     this.timers.push(setInterval(() => this.sweep(), tick).unref());
     this.timers.push(setInterval(() => this.sessions.purgeExpired(), STORE_PURGE_MS).unref());
@@ -171,6 +193,8 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     await this.waitForConnections(this.config.shutdown.graceMs);
     for (const conn of this.connections) conn.stream.destroy();
     await closing;
+    // After the connections: their sessions are offline and written, and go with the partition.
+    await this.cluster?.stop();
     await this.gate.flushAudit();
     await this.gate.authorizers.close();
     await this.sessions.close();

@@ -10,6 +10,7 @@ import type { QoS } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { splitSessionKey, type StoredSubscription } from '../store/types.ts';
 import { encodePublish, withPacketId } from './encode.ts';
+import type { ClusterLink, LocalShare } from './cluster-port.ts';
 import type { DeliveryApi, GateApi } from './handler-api.ts';
 import { messageSize, type Message } from './message.ts';
 import type { WriteStatus } from './persistence.ts';
@@ -22,7 +23,10 @@ import type { BrokerStats, CoarseClock } from './stats.ts';
 
 /** What delivery keeps in the store (SessionRegistry writes it). */
 export interface DeliveryStore {
-  retained(message: Message): void;
+  /** Resolves once committed. */
+  retained(message: Message): Promise<WriteStatus>;
+  /** Adds a wait to the writes an acknowledgement is collecting (a bus write in a cluster). */
+  track(wait: Promise<WriteStatus>): void;
   queued(session: Session, delivery: QueuedDelivery): void;
   dequeued(session: Session, count: number): void;
   /** Resolves once the in-flight record is committed; null when there is nothing to wait for. */
@@ -40,6 +44,9 @@ export interface DeliveryParts {
   store: DeliveryStore;
   quotas: IdentityQuotas;
 }
+
+const NO_SHARES: readonly LocalShare[] = [];
+const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: SharedTarget }[] = [];
 
 export class Delivery implements DeliveryApi {
   readonly retained = new RetainedMessages();
@@ -62,6 +69,8 @@ export class Delivery implements DeliveryApi {
   private readonly lowWater: number;
   private readonly lowWaterBytes: number;
   private dropWarnedAt = 0;
+  /** In a cluster: where messages routed here go on to the other nodes. */
+  private cluster: ClusterLink | null = null;
 
   constructor(parts: DeliveryParts) {
     this.config = parts.config;
@@ -83,16 +92,31 @@ export class Delivery implements DeliveryApi {
 
   // ── routing ────────────────────────────────────────────────────────────────
 
+  /** Joins a cluster: every message routed here also goes to the other nodes whose subscribers it matches. */
+  attachCluster(link: ClusterLink): void {
+    this.cluster = link;
+  }
+
   /** `from`: the publishing client, which flow control may hold; null for the broker's own messages. */
   route(message: Message, from: Client | null = null): number {
+    const cluster = this.cluster;
+    if (cluster !== null) cluster.stamp(message);
     if (message.retain) this.retain(message);
     const router = this.router;
     router.match(message.topic, message.origin);
     const matched = router.matched;
     const shared = router.sharedMatched;
     const n = matched.length;
-    const total = n + shared.length;
-    if (total === 0) return 0;
+    let total = n + shared.length;
+    let remoteGroups: ReadonlySet<string> | null = null;
+    if (cluster !== null) {
+      // Forwarded before local delivery (which may route again: wills), while the router's arrays hold this match.
+      const forwarded = cluster.forward(message, shared.length === 0 ? NO_SHARES : shared.map((p) => p.group));
+      if (forwarded.written !== null) this.store.track(forwarded.written);
+      remoteGroups = forwarded.remoteGroups;
+      total += forwarded.partitions;
+    }
+    if (n + shared.length === 0) return total;
     // The router's arrays are reused by the next match; delivery can route (wills), so copy when needed.
     const sessions = n > 0 ? matched.slice() : matched;
     const picks = shared.length > 0 ? shared.slice() : shared;
@@ -101,8 +125,42 @@ export class Delivery implements DeliveryApi {
       const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
       this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, from);
     }
-    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, from, null);
+    for (const { session, sub, group } of picks) {
+      if (remoteGroups !== null && remoteGroups.has(group.key)) continue; // a member on another node takes it
+      this.deliverShared(group, session, sub, message, from, null);
+    }
     return total;
+  }
+
+  /**
+   * A message from another node of the cluster, routed there and sent here because subscribers
+   * here match it: delivered to them (`plain`) and to the `$share` groups the sender chose this
+   * node for. It is not retained again and not forwarded again.
+   */
+  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null): void {
+    const router = this.router;
+    router.match(message.topic, message.origin);
+    const matched = router.matched;
+    const shared = router.sharedMatched;
+    const n = plain ? matched.length : 0;
+    if (n + shared.length === 0) return;
+    const sessions = n > 0 ? matched.slice() : matched;
+    const picks = shared.length > 0 && groups !== null ? shared.filter((p) => groups.includes(p.group.key)) : NO_PICKS;
+    for (let i = 0; i < n; i++) {
+      const session = sessions[i] as Session;
+      const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
+      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, null);
+    }
+    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, null, null);
+  }
+
+  /** A retained message set or cleared on another node; `persist`: this node's own store keeps retained messages too. */
+  applyRetained(message: Message, persist: boolean): void {
+    if (message.origin !== undefined) message.quotaKey = splitSessionKey(message.origin).owner;
+    const previous = this.retained.set(message);
+    if (previous?.quotaKey !== undefined) this.quotas.retained(previous.quotaKey, -1, -messageSize(previous));
+    if (message.payload.length > 0 && message.quotaKey !== undefined) this.quotas.retained(message.quotaKey, 1, messageSize(message));
+    if (persist) void this.store.retained(message);
   }
 
   /**
@@ -164,7 +222,12 @@ export class Delivery implements DeliveryApi {
     const previous = this.retained.set(message);
     if (previous?.quotaKey !== undefined) this.quotas.retained(previous.quotaKey, -1, -messageSize(previous));
     if (message.payload.length > 0 && message.quotaKey !== undefined) this.quotas.retained(message.quotaKey, 1, messageSize(message));
-    this.store.retained(message);
+    const written = this.store.retained(message);
+    if (this.cluster !== null) {
+      // Every node keeps the retained messages: they learn this one after it is in the store.
+      const known = this.cluster.retained(message, written);
+      if (known !== null) this.store.track(known);
+    }
   }
 
   /** Sends the retained messages matching a new subscription, each with the retain flag set [MQTT-3.3.1-9]. */
@@ -198,7 +261,8 @@ export class Delivery implements DeliveryApi {
       }
       return allowed.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share);
     }
-    if (conn === null) {
+    // An arriving session (moving here from another node, cluster-port.ts) keeps everything until its client is attached.
+    if (conn === null && !session.arriving) {
       if (!session.persistent) return true;
       if (qos === 0 && !this.config.limits.queueQos0) return true; // QoS 0 is not kept for offline sessions unless configured
     }
@@ -390,6 +454,21 @@ export class Delivery implements DeliveryApi {
       ...(qos !== undefined ? { qos } : {}),
       detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
     });
+  }
+
+  /**
+   * A delivery an arriving copy of a session collected while the session moved here: queued in
+   * the session that arrived, after what it brought (and stored with it when it is persistent).
+   */
+  enqueueMoved(session: Session, delivery: QueuedDelivery): void {
+    const { share: _share, ...rest } = delivery;
+    this.enqueue(session, rest);
+  }
+
+  /** The session moved to another node: publishers it held are read again; nothing it held is passed on (it goes with it). */
+  sessionMoved(session: Session): void {
+    this.releasePublishers(session);
+    this.refusalsPending.delete(session);
   }
 
   /** A persistent session going offline keeps only QoS 1/2 (and QoS 0 when limits.queueQos0). */

@@ -11,6 +11,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
 import type { StoredSubscription, StoredWill } from '../store/types.ts';
+import type { ClaimResult } from './cluster-port.ts';
 import type { Message } from './message.ts';
 import type { WriteStatus } from './persistence.ts';
 import type { Client } from './ports.ts';
@@ -38,6 +39,13 @@ export interface GateApi {
 
 /** Session state and the store (src/broker/sessions.ts). */
 export interface SessionsApi {
+  /**
+   * In a cluster: makes the session (identity and client id) this node's before it is attached,
+   * taking it over from another node. Null when there is nothing to wait for (a single node).
+   */
+  claim(owner: string, clientId: string, cleanStart: boolean): Promise<ClaimResult> | null;
+  /** A claim that resolved was not followed by an attach: the client went away meanwhile. */
+  unclaimed(owner: string, clientId: string): void;
   /** Takes over a live session, discards it on clean start, or resumes it; null: over the identity's persistent-session quota. */
   attach(conn: Client, clientId: string, owner: string, cleanStart: boolean, expiryInterval: number, quotaKey: string): { session: Session; present: boolean } | null;
   /** Whether the session's identity may hold one more subscription (limits.quotas.subscriptions). */

@@ -11,6 +11,16 @@ export interface Message extends StoredMessage {
   size?: number;
   /** Whose quota a retained copy of it counts against (see quotas.ts); not stored. */
   quotaKey?: string;
+  /** In a cluster: the node that routed it first and its sequence there (see cluster-port.ts); not stored. */
+  stamp?: Stamp;
+  /** In a cluster: the message as the bus encodes it, made once for every inbox it goes to; not stored. */
+  wire?: Buffer;
+}
+
+/** Where a message entered the cluster: a node (its id and run) and that node's count of routed messages. */
+export interface Stamp {
+  readonly node: string;
+  readonly seq: number;
 }
 
 /**
@@ -41,8 +51,8 @@ export function messageSize(message: Message): number {
 
 /** The message without what only this process uses (encodings, size, quota owner): what the store keeps. */
 export function forStore(message: Message): StoredMessage {
-  if (message.encoded === undefined && message.size === undefined && message.quotaKey === undefined) return message;
-  const { encoded: _e, size: _s, quotaKey: _q, ...rest } = message;
+  if (message.encoded === undefined && message.size === undefined && message.quotaKey === undefined && message.stamp === undefined && message.wire === undefined) return message;
+  const { encoded: _e, size: _s, quotaKey: _q, stamp: _t, wire: _w, ...rest } = message;
   return rest;
 }
 

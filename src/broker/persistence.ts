@@ -64,7 +64,18 @@ export class Persistence {
       p = Promise.resolve(this.failed(err, session));
     }
     if (this.batch !== null && this.durable) this.batch.push(p);
+    // Writes are committed in order, so a session's last write settles all of them (a move waits for it).
+    if (session !== null) session.lastWrite = p;
     return p;
+  }
+
+  /**
+   * Adds something else an acknowledgement must wait for to the writes being collected, whatever
+   * the store: a bus write in a cluster (the message is durable in another node's inbox) or the
+   * other nodes confirming a subscription.
+   */
+  track(wait: Promise<WriteStatus>): void {
+    if (this.batch !== null) this.batch.push(wait);
   }
 
   private succeeded(): WriteStatus {

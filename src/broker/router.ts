@@ -26,7 +26,14 @@ export class SharedGroup implements SharedTarget {
   private order: Session[] = [];
   private next = 0;
 
-  constructor(readonly name: string) {}
+  /**
+   * @param name the share name;
+   * @param key `$share/{name}/{filter}`, which names the group on every node of a cluster.
+   */
+  constructor(
+    readonly name: string,
+    readonly key: string,
+  ) {}
 
   add(session: Session, sub: StoredSubscription): void {
     if (!this.members.has(session)) this.order.push(session);
@@ -104,7 +111,7 @@ export class Router {
       node.shared ??= new Map();
       let g = node.shared.get(group);
       if (g === undefined) {
-        g = new SharedGroup(group);
+        g = new SharedGroup(group, `$share/${group}/${filter}`);
         node.shared.set(group, g);
       }
       g.add(session, sub);

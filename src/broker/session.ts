@@ -7,6 +7,8 @@ import { forStore, messageSize, type Message } from './message.ts';
 /** A `$share` group a delivery came through: another member may take it (router.ts SharedGroup). */
 export interface SharedTarget {
   readonly name: string;
+  /** `$share/{name}/{filter}`. */
+  readonly key: string;
   pickExcept(exclude: ReadonlySet<Session>): { session: Session; sub: StoredSubscription } | undefined;
 }
 
@@ -127,6 +129,13 @@ export class Session {
   restored = false;
   /** Its connection's will is kept in the store. */
   willStored = false;
+  /** The last store write made for it: when that settles, all its writes have (a move waits for it). */
+  lastWrite: Promise<unknown> | null = null;
+  /**
+   * In a cluster, a session moving here from another node: messages for it are queued in memory
+   * and not stored until its state has come (cluster-port.ts).
+   */
+  arriving = false;
 
   constructor(
     readonly clientId: string,

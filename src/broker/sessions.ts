@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
 import { sessionKey, type Store, type StoreOpenReport, type StoredPrincipal, type StoredSubscription, type StoredWill } from '../store/types.ts';
+import type { ClaimResult, ClusterLink } from './cluster-port.ts';
 import type { SessionsApi } from './handler-api.ts';
 import { forStore, type Message } from './message.ts';
 import type { Client } from './ports.ts';
@@ -44,6 +45,11 @@ export interface RestoredWill {
 export class SessionRegistry implements SessionsApi {
   private readonly sessions = new Map<string, Session>();
   private readonly persistence: Persistence;
+  /** In a cluster: the bus, and how many subscriptions here use each filter (this node's interest). */
+  private link: ClusterLink | null = null;
+  private readonly interest = new Map<string, number>();
+  /** Set when this node lost its partition to another node: nothing more is written for its sessions. */
+  private fenced = false;
 
   constructor(
     private readonly log: Logger,
@@ -56,8 +62,22 @@ export class SessionRegistry implements SessionsApi {
     this.persistence = new Persistence(store, log, audit);
   }
 
-  private get store(): Store {
+  get store(): Store {
     return this.persistence.store;
+  }
+
+  /** Joins a cluster: sessions are claimed across nodes, and the filters subscribed here are this node's interest. */
+  attachCluster(link: ClusterLink): void {
+    this.link = link;
+  }
+
+  get clustered(): boolean {
+    return this.link !== null;
+  }
+
+  /** Adds a wait (a bus write, the other nodes' confirmation) to the writes being collected. */
+  track(wait: Promise<WriteStatus>): void {
+    this.persistence.track(wait);
   }
 
   /** Collects the store writes of the synchronous code that follows, until {@link writesDone}. */
@@ -97,7 +117,8 @@ export class SessionRegistry implements SessionsApi {
     const report = await this.store.open();
     this.persistence.durable = report.durable;
     const wills: RestoredWill[] = [];
-    for (const stored of await this.store.loadSessions()) {
+    // In a cluster, the sessions in the store belong to partitions: the cluster loads the ones it hosts.
+    for (const stored of this.link !== null ? [] : await this.store.loadSessions()) {
       const session = Session.fromStored(stored);
       if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
         await this.store.deleteSession(session.key);
@@ -187,6 +208,23 @@ export class SessionRegistry implements SessionsApi {
     return { session, present };
   }
 
+  /**
+   * In a cluster, makes the session this node's before it is attached (taking it over from the
+   * node that holds it). Null: nothing to wait for (a single node, or it is held here already).
+   */
+  claim(owner: string, clientId: string, cleanStart: boolean): Promise<ClaimResult> | null {
+    if (this.link === null) return null;
+    const key = sessionKey(owner, clientId);
+    const held = this.sessions.get(key);
+    return this.link.claim(key, cleanStart, held !== undefined && !held.arriving);
+  }
+
+  /** A claim was not followed by an attach (the client went away while it was claimed). */
+  unclaimed(owner: string, clientId: string): void {
+    const key = sessionKey(owner, clientId);
+    if (this.link !== null && !this.sessions.has(key)) this.link.unclaimed(key);
+  }
+
   /** Whether the session's identity may hold one more subscription (limits.quotas.subscriptions). */
   subscriptionFits(session: Session): boolean {
     return this.quotas.subscriptionFits(session.quotaKey);
@@ -221,7 +259,7 @@ export class SessionRegistry implements SessionsApi {
     session.expiryTimer.unref();
   }
 
-  private destroy(session: Session): void {
+  private destroy(session: Session, notifyCluster = true): void {
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
     this.quotas.subscriptions(session.quotaKey, -session.subscriptions.size);
     this.quotas.queued(session.quotaKey, -session.queuedBytes);
@@ -236,6 +274,83 @@ export class SessionRegistry implements SessionsApi {
       this.persist(session, (s) => s.deleteSession(session.key));
     }
     this.hooks.sessionEnded(session);
+    if (notifyCluster && !session.arriving) this.link?.ended(session.key);
+  }
+
+  // ── moves between nodes (a cluster; see migration.ts) ──────────────────────
+
+  /** The session by its key. */
+  byKey(key: string): Session | undefined {
+    return this.sessions.get(key);
+  }
+
+  /** A takeover from another node with clean start: the session ends here, and its key moves on. */
+  endForMove(session: Session): void {
+    this.destroy(session, false);
+  }
+
+  /**
+   * The session moves to another node, which keeps it from now on: it leaves this node's memory
+   * and routes, its quotas are given back, and nothing is deleted from the store. Its will was
+   * settled when the move began.
+   */
+  leave(session: Session): void {
+    for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
+    this.quotas.queued(session.quotaKey, -session.queuedBytes);
+    if (!session.arriving) {
+      this.quotas.subscriptions(session.quotaKey, -session.subscriptions.size);
+      if (session.quotaCounted) {
+        session.quotaCounted = false;
+        this.quotas.sessions(session.quotaKey, -1);
+      }
+    }
+    if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
+    if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
+    session.expiryTimer = null;
+  }
+
+  /**
+   * A session that moved here, or the arriving copy of one: routed and counted (an arriving copy
+   * counts against no quota: the session it stands for still does, on the node it comes from).
+   */
+  install(session: Session): void {
+    this.sessions.set(session.key, session);
+    for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, true);
+    this.quotas.queued(session.quotaKey, session.queuedBytes);
+    if (session.arriving) return;
+    this.quotas.subscriptions(session.quotaKey, session.subscriptions.size);
+    if (session.persistent && !session.quotaCounted) {
+      session.quotaCounted = true;
+      this.quotas.sessions(session.quotaKey, 1);
+    }
+    this.armExpiry(session);
+  }
+
+  /**
+   * This node's partition was taken over by another node while this one was cut off from the
+   * cluster: its sessions are that node's now. Nothing more is written for them, and they are
+   * forgotten here (their connections are ended by the caller).
+   */
+  fence(): { key: string; connection: Client | null }[] {
+    this.fenced = true;
+    const gone: { key: string; connection: Client | null }[] = [];
+    for (const session of [...this.sessions.values()]) {
+      gone.push({ key: session.key, connection: session.connection });
+      session.connection = null; // its connection's close then writes nothing
+      session.stored = false;
+      session.willStored = false;
+      this.leave(session);
+    }
+    this.fenced = false;
+    return gone;
+  }
+
+  /** A session that moved here from a node with its own store: written here whole. */
+  saveWhole(session: Session): void {
+    if (!session.persistent || session.stored) return;
+    session.stored = true;
+    const snapshot = session.toStored();
+    this.persist(session, (s) => s.saveSession(snapshot));
   }
 
   // ── subscriptions ──────────────────────────────────────────────────────────
@@ -265,6 +380,32 @@ export class SessionRegistry implements SessionsApi {
     const filter = group === null ? sub.filter : group.filter;
     if (add) this.router.add(session, filter, sub, group?.group);
     else this.router.remove(session, filter, group?.group);
+    if (this.link !== null) this.countInterest(sub.filter, add);
+  }
+
+  /**
+   * This node's interest: the filters its sessions subscribe to, each counted. The other nodes
+   * learn a filter when its count leaves 0 (a SUBACK waits until they have) and forget it when it
+   * returns to 0.
+   */
+  private countInterest(filter: string, add: boolean): void {
+    const link = this.link as ClusterLink;
+    const n = (this.interest.get(filter) ?? 0) + (add ? 1 : -1);
+    if (n > 0) {
+      this.interest.set(filter, n);
+      if (n === 1 && add) {
+        const known = link.interest(filter, true);
+        if (known !== null) this.persistence.track(known);
+      }
+      return;
+    }
+    this.interest.delete(filter);
+    link.interest(filter, false);
+  }
+
+  /** The filters this node has interest in (the cluster announces them when it joins or recovers). */
+  interestSnapshot(): string[] {
+    return [...this.interest.keys()];
   }
 
   // ── inbound QoS 2 ──────────────────────────────────────────────────────────
@@ -282,21 +423,22 @@ export class SessionRegistry implements SessionsApi {
 
   // ── the store: what delivery keeps ─────────────────────────────────────────
 
-  retained(message: Message): void {
-    this.persist(null, (s) => s.putRetained(forStore(message)));
+  /** Keeps (or clears) a retained message; resolves once committed. */
+  retained(message: Message): Promise<WriteStatus> {
+    return this.persistence.write(null, (s) => s.putRetained(forStore(message)));
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
   }
 
   dequeued(session: Session, count: number): void {
-    if (session.persistent && count > 0) this.persist(session, (s) => s.dequeue(session.key, count));
+    if (session.persistent && count > 0 && !session.arriving) this.persist(session, (s) => s.dequeue(session.key, count));
   }
 
   /** Records an in-flight delivery; resolves when it is committed (null: nothing to wait for, a memory store or a session that ends with its connection). */
   inflight(session: Session, inflight: Inflight): Promise<WriteStatus> | null {
-    if (!session.persistent) return null;
+    if (!session.persistent || this.fenced) return null;
     const written = this.persistence.write(session, (s) =>
       s.putInflight(session.key, {
         packetId: inflight.packetId,
@@ -335,6 +477,7 @@ export class SessionRegistry implements SessionsApi {
 
   /** Writes through to the store without blocking the caller (see persistence.ts). */
   private persist(session: Session | null, write: (store: Store) => Promise<void>): void {
+    if (this.fenced) return;
     void this.persistence.write(session, write);
   }
 

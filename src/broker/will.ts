@@ -9,6 +9,7 @@ import type { Message } from './message.ts';
 import type { Principal } from '../auth/types.ts';
 import type { Client, Will } from './ports.ts';
 import type { RestoredWill } from './sessions.ts';
+import type { DetachedWill } from './cluster-port.ts';
 import type { CoarseClock } from './stats.ts';
 
 export class WillScheduler {
@@ -61,6 +62,14 @@ export class WillScheduler {
     else this.settled(key);
   }
 
+  /** The session is no longer this node's (its partition went to another node): a pending will is that node's to publish. */
+  forget(key: string): void {
+    const entry = this.pending.get(key);
+    if (entry === undefined) return;
+    clearTimeout(entry.timer);
+    this.pending.delete(key);
+  }
+
   /** The session ended (expired): a pending will is published now. */
   fire(key: string): void {
     this.cancel(key, true);
@@ -78,6 +87,17 @@ export class WillScheduler {
     const delay = Math.min(will.delayInterval, session.expiryInterval);
     this.log.info({ clientId: session.clientId, topic: will.message.topic, delaySeconds: delay }, 'will restored from the store: the client was connected when the broker stopped');
     this.schedule(session.key, session.quotaKey, conn, conn.will, delay);
+  }
+
+  /**
+   * A will of a session the cluster held offline (adopted from a node that died), due now:
+   * authorized and published as the identity it was stored with.
+   */
+  publishDetached(w: DetachedWill): void {
+    const conn = detachedClient(w.clientId, w.principal, w.listener);
+    const m = w.will.message;
+    const will: Will = { topic: m.topic, payload: m.payload, qos: m.qos, retain: m.retain, ...(m.properties !== undefined ? { properties: m.properties } : {}), delaySeconds: 0 };
+    this.publish(w.key, w.quotaKey, conn, will);
   }
 
   /** `origin`: the session key of the client whose will it is (for no-local). */

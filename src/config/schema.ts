@@ -8,6 +8,7 @@ import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider,
 import { admission, connectionLimits, listenerLimits } from './admission-schema.ts';
 import { rateLimits } from './rate-limit-schema.ts';
 import { storeConfig } from './store-schema.ts';
+import { clusterConfig, workerCount, workersConfig } from './cluster-schema.ts';
 
 const port = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().positive();
@@ -312,6 +313,10 @@ export const configSchema = z.strictObject({
   admission,
   /** PUBLISH rate limits per connection and per identity; off by default (see docs/configuration.md). */
   rateLimits,
+  /** Several nodes that behave as one broker, over Redis; off by default (see docs/cluster.md). */
+  cluster: clusterConfig,
+  /** Processes on this machine sharing the listeners (each a cluster node); more than 1 needs `cluster`. */
+  workers: workersConfig,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;
@@ -356,5 +361,9 @@ export function parseConfig(input: unknown, source = 'configuration'): Config {
     }
     names.add(listener.name);
   });
+  if (workerCount(config.workers) > 1 && config.cluster === undefined) {
+    const message = `${config.workers === 'auto' ? `'auto' (${workerCount(config.workers)} on this machine)` : config.workers} workers need \`cluster\` (cluster.redis and cluster.keyFile): every worker is a node of one cluster; set workers: 1 or configure the cluster`;
+    throw new ConfigError(`invalid ${source}:\n  - workers: ${message}`, [{ key: 'workers', message }]);
+  }
   return config;
 }

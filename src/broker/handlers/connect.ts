@@ -3,10 +3,11 @@
  * ends the connect with its reason code:
  *
  *   checkProtocol → checkUserProperties → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate
- *   → authorizeWill → attachSession → recheckRestored → connack → resumeDelivery
+ *   → authorizeWill → claimSession → attachSession → recheckRestored → connack → resumeDelivery
  *
  * A session belongs to the identity that authenticated (owner.ts): the same client id under
- * another identity is another session, so no step refuses a client id for being in use.
+ * another identity is another session, so no step refuses a client id for being in use. In a
+ * cluster, claimSession first makes the session this node's, wherever it was (docs/cluster.md).
  */
 import { randomUUID } from 'node:crypto';
 import type { AuditEvent } from '../../audit/types.ts';
@@ -58,6 +59,7 @@ const steps: Step[] = [
   checkAuditLog,
   authenticate,
   authorizeWill,
+  claimSession,
   attachSession,
   recheckRestored,
   connack,
@@ -301,6 +303,24 @@ function willDecided(ctx: ConnectContext, decision: AuthzResult): Refusal | unde
   return { reason: ReasonCode.NotAuthorized, detail: 'will topic not authorized' };
 }
 
+/**
+ * In a cluster, the session (this identity and client id) may be held by another node: it is
+ * taken over from there first (that node ends its connection with 0x8E, as a takeover here
+ * would) and its state moves here. On a single node there is nothing to wait for.
+ */
+function claimSession(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
+  const owner = ownerOf(ctx.principal as Principal);
+  const claimed = ctx.broker.sessions.claim(owner, ctx.clientId, ctx.packet.clean !== false);
+  if (claimed === null) return undefined;
+  return claimed.then((r) => {
+    if ((ctx.conn.state as string) === 'closed') {
+      ctx.broker.sessions.unclaimed(owner, ctx.clientId);
+      return undefined;
+    }
+    return r.ok ? undefined : { reason: r.reason, detail: r.detail };
+  });
+}
+
 function attachSession(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
   const { conn, packet } = ctx;
   const sessions = ctx.broker.sessions;
@@ -316,6 +336,7 @@ function attachSession(ctx: ConnectContext): Refusal | undefined | Promise<Refus
   }
   const written = sessions.writesDone();
   if (attached === null) {
+    sessions.unclaimed(owner, ctx.clientId);
     const max = ctx.broker.config.limits.quotas.persistentSessions;
     return { reason: ReasonCode.QuotaExceeded, detail: `this identity already has ${max} persistent sessions (limits.quotas.persistentSessions); connect with clean start or session expiry 0, or end one` };
   }
