@@ -50,6 +50,8 @@ import type { Listener } from './transport/types.ts';
 import { WebSocketListener } from './transport/websocket.ts';
 import { TlsListener } from './transport/tls.ts';
 import { TlsFileError } from './transport/tls-material.ts';
+import { ClusterError } from './cluster/errors.ts';
+import { ClusterNode, type ClusterStatus } from './cluster/node.ts';
 
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
@@ -83,6 +85,11 @@ export interface BrokerOptions {
   authorizers?: Authorizer[];
   /** Extra authentication providers per listener name, asked after the configured ones. */
   authenticators?: Record<string, Authenticator[]>;
+  /**
+   * In a cluster: the given `store` is one every node shares (as a Redis store is), so a session
+   * moves between nodes through it. Default: only a Redis store counts as shared.
+   */
+  sharedStore?: boolean;
 }
 
 export interface RunningBroker {
@@ -105,6 +112,8 @@ export interface RunningBroker {
   admissionStats(): AdmissionStats;
   /** Records a reload (policy, certificates, CRL, password file) in the audit log. */
   recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void;
+  /** In a cluster: this node's view (Redis up or down, its lease, its partitions); null on a single node. Readiness reads it. */
+  clusterStatus(): ClusterStatus | null;
 }
 
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
@@ -142,7 +151,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     if (!(err instanceof AuditSetupError)) throw err;
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
-  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers });
+  const cluster = config.cluster === undefined ? undefined : makeClusterNode(config, log, (event) => broker.gate.audit(null, event), options.sharedStore);
+  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster } : {}) });
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none'
@@ -242,7 +252,18 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     reloadBans: (trigger = 'api') => admission.reloadBans(trigger),
     admissionStats: () => admission.stats(),
     recordReload: (what, report) => broker.gate.recordReload(what, report),
+    clusterStatus: () => cluster?.status() ?? null,
   };
+}
+
+function makeClusterNode(config: Config, log: Logger, audit: (event: AuditEvent) => void, sharedStore: boolean | undefined): ClusterNode {
+  try {
+    return new ClusterNode({ cluster: config.cluster as NonNullable<Config['cluster']>, limits: () => config.limits, log, audit, ...(sharedStore !== undefined ? { sharedStore } : {}) });
+  } catch (err) {
+    if (!(err instanceof ClusterError)) throw err;
+    const key = err.code === 'ERR_CLUSTER_KEY' ? 'cluster.keyFile' : 'cluster.redis';
+    throw new ConfigError(`invalid configuration:\n  - ${key}: ${err.message}`, [{ key, message: err.message }]);
+  }
 }
 
 export function isLoopback(host: string): boolean {

@@ -24,7 +24,9 @@ export type AuditEventName =
   /** A signed checkpoint over the chain so far. */
   | 'checkpoint'
   /** The session store: opened (with what it recovered and purged), writes failing and recovering. */
-  | 'store';
+  | 'store'
+  /** A cluster node: Redis down and up, a bus message refused, a partition adopted or lost, a reload across nodes. */
+  | 'cluster';
 
 /**
  * One access decision. Secrets (passwords, tokens, keys) and payloads are never part of it.

@@ -96,8 +96,11 @@ export interface ClusterHost {
   depart(key: string, cleanStart: boolean): Departing;
   /** The move is committed: the session leaves this node; resolves once its store writes are done, with its state. */
   release(key: string): Promise<StoredSession | null>;
-  /** A session is moving here: route to it (queued, not stored) until {@link arrive}. */
-  prepareArrival(session: ArrivingSession): void;
+  /**
+   * A session is moving here: route to it (queued, not stored) until {@link arrive}. Resolves once
+   * the other nodes know the interest it adds here (null: it adds none).
+   */
+  prepareArrival(session: ArrivingSession): Promise<WriteStatus> | null;
   /**
    * Its state has come: installs it (from `stored`, else loaded from the store) and adds what the
    * arriving copy collected that the old owner had not (`keep`). Resolves once that is written.

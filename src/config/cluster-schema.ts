@@ -81,11 +81,16 @@ export const clusterConfig = z
     moveTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
     /** Bytes of bus messages waiting for Redis before new ones are refused (QoS 1/2 not acknowledged, QoS 0 dropped). */
     maxPendingBytes: z.number().int().min(64 * 1024).default(64 * 1024 * 1024),
-    /** Bus messages older than this (by their signed timestamp) are refused: the window a replay could use. */
-    maxMessageAgeMs: z.number().int().min(1000).default(300_000),
+    /**
+     * How far a bus message's signed timestamp may be from the time Redis stored it (clocks out of
+     * step, a slow write). A copy written into Redis later is refused by this check: it bounds
+     * the window a replay could use. Must exceed redis.commandTimeoutMs.
+     */
+    maxClockSkewMs: z.number().int().min(1000).max(3_600_000).default(30_000),
     /** How often nodes exchange rate-limit use and statistics. */
     syncIntervalMs: z.number().int().min(20).max(60_000).default(250),
   })
+  .refine((c) => c.maxClockSkewMs > c.redis.commandTimeoutMs, { message: 'maxClockSkewMs must be longer than redis.commandTimeoutMs (a write may take that long)', path: ['maxClockSkewMs'] })
   .optional();
 
 /** `workers`: processes on this machine that share the listeners; "auto" is one per core. */

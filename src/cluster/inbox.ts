@@ -1,0 +1,210 @@
+/**
+ * Reading the bus: one blocking XREAD on a connection of its own, over the broadcast stream and
+ * the inbox of every partition this node hosts. Entries are verified (frame.ts) and handed to the
+ * node in stream order. A partition's inbox is trimmed up to an entry once everything that entry
+ * led to is committed (the store writes of the deliveries it made, a session released): what is
+ * left in an inbox is exactly what its partition has not applied yet, so a node that adopts a
+ * dead node's partition carries on from there.
+ */
+import type { Logger } from '../log.ts';
+import { decodeFrame, nextEntryId, ReplayGuard, type Frame, type FrameProblem } from './frame.ts';
+import type { RedisClient } from './redis.ts';
+
+/** What the node does with one verified frame from a stream; a promise holds the trim until it settles. */
+export type FrameHandler = (frame: Frame, entryId: string) => void | Promise<unknown>;
+
+interface Source {
+  /** The stream key. */
+  stream: string;
+  lastId: string;
+  handler: FrameHandler;
+  /** Trim applied entries (partition inboxes, not the broadcast stream). */
+  trim: boolean;
+  /** The trims of this source, in order. */
+  trimming: Promise<unknown>;
+}
+
+export interface InboxEvents {
+  /** A frame that failed verification: logged, audited (rate-limited by the node). */
+  refused(stream: string, problem: FrameProblem | 'replay' | 'clock' | 'malformed-body', sender: string | undefined, entryId: string): void;
+  /** Reading failed (Redis unreachable); `ok` when reading works again. */
+  health(ok: boolean, err?: Error): void;
+}
+
+/** Most batches applied but not yet trimmed before reading waits (bounds memory when the store is slow). */
+const MAX_UNTRIMMED = 8;
+const BLOCK_MS = 1000;
+
+export class Inbox {
+  private readonly sources = new Map<string, Source>();
+  private running = false;
+  private loop: Promise<void> | null = null;
+  private readerId: number | null = null;
+  private blocked = false;
+  private healthy = true;
+  private readonly untrimmed: Promise<unknown>[] = [];
+  readonly replay: ReplayGuard;
+  /** Where the broadcast stream has been read to (the node's barriers wait for it). */
+  controlPosition = '0-0';
+  private readonly positionWaiters: { id: string; resolve: () => void }[] = [];
+
+  constructor(
+    private readonly reader: RedisClient,
+    private readonly commands: RedisClient,
+    private readonly keys: () => ReadonlyMap<string, Buffer>,
+    private readonly events: InboxEvents,
+    private readonly log: Logger,
+    private readonly controlStream: string,
+    maxClockSkewMs: number,
+  ) {
+    this.replay = new ReplayGuard(maxClockSkewMs);
+  }
+
+  /** Reads `stream` from after `fromId`. */
+  add(stream: string, fromId: string, handler: FrameHandler, trim: boolean): void {
+    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve() });
+    if (stream === this.controlStream) this.controlPosition = fromId;
+    this.wake();
+  }
+
+  remove(stream: string): Promise<unknown> {
+    const s = this.sources.get(stream);
+    this.sources.delete(stream);
+    this.wake();
+    return s?.trimming ?? Promise.resolve();
+  }
+
+  has(stream: string): boolean {
+    return this.sources.has(stream);
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wake();
+    await this.loop;
+    await Promise.all([...this.sources.values()].map((s) => s.trimming));
+  }
+
+  /** Resolves once the broadcast stream has been read (and applied) past `id`. */
+  controlReached(id: string): Promise<void> {
+    if (compareIds(this.controlPosition, id) >= 0) return Promise.resolve();
+    return new Promise((resolve) => this.positionWaiters.push({ id, resolve }));
+  }
+
+  /** A blocked read returns at once, so a new or removed stream is read from now on. */
+  private wake(): void {
+    if (!this.blocked || this.readerId === null) return;
+    this.commands.call('CLIENT', 'UNBLOCK', String(this.readerId)).catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      if (this.untrimmed.length >= MAX_UNTRIMMED) await this.untrimmed.shift();
+      const sources = [...this.sources.values()];
+      if (sources.length === 0) {
+        await delay(50);
+        continue;
+      }
+      let reply: [Buffer, [Buffer, Buffer[]][]][] | null;
+      try {
+        this.readerId ??= Number(await this.reader.call('CLIENT', 'ID'));
+        this.blocked = true;
+        reply = (await this.reader.xreadBuffer('COUNT', 1000, 'BLOCK', BLOCK_MS, 'STREAMS', ...sources.map((s) => s.stream), ...sources.map((s) => s.lastId))) as typeof reply;
+        this.blocked = false;
+        if (!this.healthy) {
+          this.healthy = true;
+          this.events.health(true);
+        }
+      } catch (err) {
+        this.blocked = false;
+        this.readerId = null;
+        if (this.running && this.healthy) {
+          this.healthy = false;
+          this.events.health(false, err as Error);
+        }
+        await delay(200);
+        continue;
+      }
+      if (reply === null) continue;
+      // The broadcast stream first: interest and membership changes before the messages that follow them.
+      reply.sort((a, b) => (a[0].toString() === this.controlStream ? -1 : b[0].toString() === this.controlStream ? 1 : 0));
+      for (const [name, entries] of reply) {
+        const source = this.sources.get(name.toString());
+        if (source === undefined || entries.length === 0) continue;
+        this.apply(source, entries);
+      }
+    }
+  }
+
+  private apply(source: Source, entries: [Buffer, Buffer[]][]): void {
+    const waits: Promise<unknown>[] = [];
+    const keys = this.keys();
+    const now = Date.now();
+    let last = source.lastId;
+    for (const [rawId, fields] of entries) {
+      const id = rawId.toString();
+      last = id;
+      const value = fieldValue(fields, 'f');
+      if (value === undefined) continue; // the entry that created the stream
+      const frame = decodeFrame(value, keys, source.stream);
+      if ('problem' in frame) {
+        this.events.refused(source.stream, frame.problem, undefined, id);
+        continue;
+      }
+      const replay = this.replay.check(frame, id, now);
+      if (replay !== null) {
+        this.events.refused(source.stream, replay, frame.sender, id);
+        continue;
+      }
+      try {
+        const r = source.handler(frame, id);
+        if (r instanceof Promise) waits.push(r.catch((err: unknown) => this.log.error({ err: (err as Error).message, stream: source.stream }, 'cluster: applying a bus message failed')));
+      } catch (err) {
+        this.log.error({ err: (err as Error).message, stream: source.stream, sender: frame.sender }, 'cluster: a bus message could not be applied');
+        this.events.refused(source.stream, 'malformed-body', frame.sender, id);
+      }
+    }
+    source.lastId = last;
+    if (source.stream === this.controlStream) this.controlAdvanced(last);
+    if (!source.trim) return;
+    const done = Promise.all(waits);
+    const upTo = nextEntryId(last);
+    source.trimming = source.trimming.then(() => done).then(() =>
+      this.commands.xtrim(source.stream, 'MINID', upTo).catch((err: Error) => this.log.warn({ err: err.message, stream: source.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)')),
+    );
+    this.untrimmed.push(source.trimming);
+  }
+
+  private controlAdvanced(id: string): void {
+    this.controlPosition = id;
+    for (let i = this.positionWaiters.length - 1; i >= 0; i--) {
+      const w = this.positionWaiters[i] as (typeof this.positionWaiters)[number];
+      if (compareIds(id, w.id) >= 0) {
+        this.positionWaiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+}
+
+function fieldValue(fields: Buffer[], name: string): Buffer | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if ((fields[i] as Buffer).toString() === name) return fields[i + 1];
+  return undefined;
+}
+
+/** Orders stream entry ids (`<ms>-<n>`). */
+export function compareIds(a: string, b: string): number {
+  const [am, an] = a.split('-').map(Number) as [number, number];
+  const [bm, bn] = b.split('-').map(Number) as [number, number];
+  return am !== bm ? am - bm : (an ?? 0) - (bn ?? 0);
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

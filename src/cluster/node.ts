@@ -1,0 +1,795 @@
+/**
+ * A cluster node: this process as one node of a cluster over Redis (docs/cluster.md). It
+ * implements the broker's {@link ClusterRuntime} and ties the rooms of src/cluster together:
+ *
+ * - leases: the node renews `lease:<node id>`; a node whose lease lapsed is dead;
+ * - partitions: this node's own (its sessions, in the broker) and those it adopted from dead
+ *   nodes (offline sessions, offline.ts), each with an inbox stream it reads (inbox.ts);
+ * - interest: what every other partition subscribes to (interest.ts), from their snapshots and
+ *   the broadcast stream; a publish goes only to partitions it matches (outbox.ts);
+ * - moves: the takeover protocol (moves.ts);
+ * - barriers: a SUBACK, a retained PUBACK or a move waits until every live node has applied
+ *   the broadcast entry it depends on (or `ackTimeoutMs`).
+ */
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import type { AuditEvent } from '../audit/types.ts';
+import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare } from '../broker/cluster-port.ts';
+import type { Message } from '../broker/message.ts';
+import type { WriteStatus } from '../broker/ports.ts';
+import type { ClusterConfig } from '../config/cluster-schema.ts';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import type { Store, StoreOpenReport, StoredSession } from '../store/types.ts';
+import { sessionKey } from '../store/types.ts';
+import { ClusterError } from './errors.ts';
+import type { Frame, FrameProblem } from './frame.ts';
+import { compareIds, Inbox } from './inbox.ts';
+import { InterestTable } from './interest.ts';
+import { loadClusterKeys, type ClusterKey } from './keys.ts';
+import { Moves } from './moves.ts';
+import { keyDigest, Names, nodeOfRun } from './names.ts';
+import { OfflinePartitions } from './offline.ts';
+import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
+import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
+import { defineScripts, runScript } from './scripts.ts';
+import { BodyKind, decodeBody, encodeControl, encodePublish, fromJson, toJson, type Control } from './wire.ts';
+
+export interface ClusterNodeOptions {
+  cluster: ClusterConfig;
+  limits: () => Config['limits'];
+  log: Logger;
+  /** Records cluster events (a refused frame, an adoption, a lost partition) in the audit log. */
+  audit: (event: AuditEvent) => void;
+  /** Forces the store to be treated as shared by all nodes (embedding; a Redis store is recognised by itself). */
+  sharedStore?: boolean;
+}
+
+/** What other parts of the broker (reloads, bans, failed logins, rate limits, $SYS) exchange over the bus (sync.ts). */
+export interface ClusterExtension {
+  onControl(c: Control, sender: string): void | Promise<unknown>;
+  onReply(c: Control, sender: string): void;
+}
+
+/** What the node reports for readiness and $SYS. */
+export interface ClusterStatus {
+  nodeId: string;
+  run: string;
+  /** Redis answers: cross-node delivery works. */
+  redis: 'up' | 'down';
+  /** Since when Redis has been in this state (epoch ms). */
+  since: number;
+  /** The node's lease is current (it renewed it within leaseMs). */
+  leaseCurrent: boolean;
+  /** Partitions hosted here (its own first). */
+  partitions: string[];
+  liveNodes: number;
+  offlineSessions: number;
+  pendingBytes: number;
+  bus: { frames: number; bodies: number; refused: number; failed: number; received: number; refusedFrames: number };
+}
+
+interface PartitionInfo {
+  host: string;
+  origin: string;
+  alive: boolean;
+}
+
+interface Barrier {
+  expect: Set<string>;
+  resolve: () => void;
+}
+
+const OK: Promise<WriteStatus> = Promise.resolve('ok');
+const NOTHING: Forwarded = { written: null, remoteGroups: null, partitions: 0 };
+
+export class ClusterNode implements ClusterRuntime {
+  readonly nodeId: string;
+  readonly run: string;
+  readonly names: Names;
+  private readonly config: ClusterConfig;
+  private readonly log: Logger;
+  private keys: ClusterKey[];
+  private keyMap: Map<string, Buffer>;
+  readonly cmd: RedisClient;
+  private readonly reader: RedisClient;
+  readonly outbox: Outbox;
+  private readonly inbox: Inbox;
+  readonly table = new InterestTable();
+  readonly offline: OfflinePartitions;
+  private readonly moves: Moves;
+  private homeId: string;
+  private homeGeneration = 0;
+  private hostRef: ClusterHost | null = null;
+  private storeRef: Store | null = null;
+  private shared = false;
+  private seq = 0;
+  private controlStart = '0-0';
+  /** Per hosted partition: the last stamp applied, per node run. */
+  private readonly applied = new Map<string, Map<string, number>>();
+  private readonly partitionsKnown = new Map<string, PartitionInfo>();
+  private readonly liveRuns = new Set<string>();
+  private readonly barriers = new Map<string, Barrier>();
+  private readonly adopting = new Map<string, Promise<boolean>>();
+  private readonly shareTurns = new Map<string, number>();
+  /** Sessions of this node's earlier runs, from its own store (a store per node), waiting for their partitions. */
+  private localSessions: Map<string, StoredSession> | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private running = false;
+  private stopping = false;
+  private redisUp = true;
+  private redisSince = Date.now();
+  private leaseRenewedAt = 0;
+  /** Interest that could not be announced (Redis down): announced whole when it is back. */
+  private interestDirty = false;
+  private fencing = false;
+  private received = 0;
+  private refusedFrames = 0;
+  private refusedLoggedAt = 0;
+  extension: ClusterExtension | null = null;
+
+  constructor(private readonly options: ClusterNodeOptions) {
+    const config = (this.config = options.cluster);
+    this.log = options.log.child({ node: config.nodeId });
+    this.nodeId = config.nodeId;
+    this.run = `${config.nodeId}~${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+    this.homeId = this.run;
+    this.names = new Names(config.name);
+    this.keys = loadClusterKeys(config.keyFile);
+    this.keyMap = new Map(this.keys.map((k) => [k.id, k.key]));
+    this.cmd = createRedisClient(config.redis, `portcullis:${this.run}`);
+    this.reader = createRedisClient(config.redis, `portcullis:${this.run}:reader`, true);
+    defineScripts(this.cmd);
+    this.outbox = new Outbox(this.cmd, () => this.keys[0] as ClusterKey, this.run, this.names, () => this.homeId, config.maxPendingBytes, this.log);
+    this.outbox.interestBody = (add, del) => (add.length + del.length === 0 ? null : encodeControl({ t: 'interest', p: this.homeId, add: [...add], del: [...del], ...(add.length > 0 ? { ackTo: this.homeId } : {}) }));
+    this.inbox = new Inbox(this.reader, this.cmd, () => this.keyMap, { refused: (s, p, sender, id) => this.frameRefused(s, p, sender, id), health: (ok, err) => this.readerHealth(ok, err) }, this.log, this.names.control, config.maxClockSkewMs);
+    const node = this;
+    this.offline = new OfflinePartitions({
+      log: this.log,
+      limits: options.limits,
+      store: () => this.store,
+      host: () => this.host,
+      interestGone: (p, filters) => void this.offlineInterestGone(p, filters),
+      ended: (p, key) => void runScript(this.cmd, 'free', [this.names.owner(keyDigest(key)), this.names.owned(p)], [keyDigest(key), p]).catch(() => undefined),
+      empty: (p) => void this.dropPartition(p),
+    });
+    this.moves = new Moves({
+      log: this.log,
+      config,
+      names: this.names,
+      cmd: this.cmd,
+      outbox: this.outbox,
+      offline: this.offline,
+      nodeId: this.nodeId,
+      home: () => this.homeId,
+      shared: () => this.shared,
+      store: () => this.store,
+      host: () => this.host,
+      vector: (p) => this.vector(p),
+      hostedHere: (p) => node.hostedHere(p),
+      adopt: (p) => this.adopt(p),
+    });
+  }
+
+  private get host(): ClusterHost {
+    if (this.hostRef === null) throw new Error('internal error: the cluster node has not started');
+    return this.hostRef;
+  }
+
+  private get store(): Store {
+    if (this.storeRef === null) throw new Error('internal error: the cluster node has not started');
+    return this.storeRef;
+  }
+
+  /** This node's own partition. */
+  get home(): string {
+    return this.homeId;
+  }
+
+  /** Re-reads the key file (a reload): a bad file keeps the keys in use. */
+  reloadKeys(): { ok: boolean; detail: string } {
+    try {
+      this.keys = loadClusterKeys(this.config.keyFile);
+      this.keyMap = new Map(this.keys.map((k) => [k.id, k.key]));
+      return { ok: true, detail: `${this.keys.length} key(s), signing with '${this.keys[0]?.id}'` };
+    } catch (err) {
+      return { ok: false, detail: (err as Error).message };
+    }
+  }
+
+  private hostedHere(p: string): boolean {
+    return p === this.homeId || this.offline.hosts(p);
+  }
+
+  // ── lifecycle ──────────────────────────────────────────────────────────────
+
+  async prepare(): Promise<void> {
+    try {
+      await Promise.all([this.cmd.connect(), this.reader.connect()]);
+    } catch (err) {
+      this.cmd.disconnect();
+      this.reader.disconnect();
+      throw new ClusterError('ERR_CLUSTER_REDIS', `cannot reach Redis (cluster.redis): ${(err as Error).message}`, { cause: err });
+    }
+    this.cmd.on('ready', () => this.commandsReady());
+    this.cmd.on('end', () => undefined);
+    this.cmd.on('error', () => undefined); // reported through health and failed writes, not per reconnect attempt
+    this.reader.on('error', () => undefined);
+    // The broadcast stream is read from here on: retained messages set after this point are
+    // applied on top of what the store holds now (the store is read after this).
+    const last = (await this.cmd.xrevrange(this.names.control, '+', '-', 'COUNT', 1)) as [string, string[]][];
+    this.controlStart = last[0]?.[0] ?? '0-0';
+  }
+
+  async start(host: ClusterHost, store: Store, report: StoreOpenReport): Promise<void> {
+    this.hostRef = host;
+    this.storeRef = store;
+    this.shared = this.options.sharedStore === true || report.type === 'redis';
+    await this.register();
+    await runScript(this.cmd, 'createPartition', [this.names.partition(this.homeId), this.names.partitions, this.names.hosted(this.run), this.names.inbox(this.homeId), this.names.interest(this.homeId)], [this.homeId, this.run, this.nodeId]);
+    this.applied.set(this.homeId, new Map());
+    void this.outbox.broadcast(encodeControl({ t: 'node', run: this.run, event: 'up' }));
+    void this.outbox.broadcast(encodeControl({ t: 'partition', p: this.homeId, event: 'created', host: this.run }));
+    await this.scanPartitions();
+    for (const [p] of this.partitionsKnown) {
+      if (p === this.homeId) continue;
+      const filters = (await this.cmd.hkeys(this.names.interest(p))) as string[];
+      this.table.replacePartition(p, filters);
+    }
+    this.inbox.add(this.names.control, this.controlStart, (f, id) => this.onControlFrame(f, id), false);
+    this.inbox.add(this.names.inbox(this.homeId), '0-0', (f, id) => this.onPartitionFrame(this.homeId, f, id), true);
+    this.inbox.start();
+    this.running = true;
+    if (!this.shared) {
+      // A store of this node's own: the sessions in it belong to this node's earlier runs.
+      this.localSessions = new Map((await store.loadSessions()).map((s) => [sessionKey(s.owner, s.clientId), s]));
+    }
+    await this.watch();
+    if (this.localSessions !== null && this.localSessions.size > 0) {
+      const left = this.localSessions.size;
+      // Copies that another node holds now (moved while this one was down are not possible with its own store, but a crash mid-move is).
+      for (const key of this.localSessions.keys()) void store.deleteSession(key).catch(() => undefined);
+      this.log.warn({ sessions: left }, 'cluster: sessions in this node\'s store that no partition of it holds were deleted (they moved to another node)');
+      this.localSessions.clear();
+    }
+    const lease = this.config.leaseMs;
+    this.timers.push(setInterval(() => void this.renew(), Math.max(50, Math.floor(lease / 3))).unref());
+    this.timers.push(setInterval(() => void this.watch(), Math.max(100, Math.floor(lease / 2))).unref());
+    this.timers.push(setInterval(() => this.sweep(), 5000).unref());
+    this.log.info({ run: this.run, partitions: this.partitionsKnown.size, sharedStore: this.shared }, 'cluster: joined');
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) {
+      this.cmd.disconnect();
+      this.reader.disconnect();
+      return;
+    }
+    this.running = false;
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    for (const b of this.barriers.values()) b.resolve();
+    this.barriers.clear();
+    // What this node wrote is sent; then its partitions go to the others, which adopt them at once.
+    this.outbox.flush();
+    await this.inbox.stop();
+    const mine = [this.homeId, ...this.offline.ids];
+    this.offline.close();
+    try {
+      for (const p of mine) {
+        await runScript(this.cmd, 'freePartition', [this.names.partition(p), this.names.hosted(this.run)], [p, this.run]);
+        await this.broadcastNow(encodeControl({ t: 'partition', p, event: 'freed' }));
+      }
+      await this.broadcastNow(encodeControl({ t: 'node', run: this.run, event: 'down' }));
+      await this.cmd.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1", 1, this.names.lease(this.nodeId), this.run);
+      await this.cmd.hdel(this.names.nodes, this.nodeId);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cluster: could not hand the partitions over at stop (Redis unreachable): they are adopted when the lease runs out');
+    }
+    this.cmd.disconnect();
+    this.reader.disconnect();
+  }
+
+  private async broadcastNow(body: Buffer): Promise<void> {
+    const id = this.outbox.broadcast(body);
+    this.outbox.flush();
+    await id;
+  }
+
+  private async register(): Promise<void> {
+    const info = JSON.stringify({ run: this.run, pid: process.pid, host: os.hostname(), started: new Date().toISOString() });
+    const deadline = Date.now() + this.config.leaseMs + 3000;
+    for (;;) {
+      const r = (await runScript(this.cmd, 'register', [this.names.lease(this.nodeId), this.names.nodes], [this.run, this.config.leaseMs, this.nodeId, info])) as string[];
+      if (r[0] === 'ok') break;
+      if (Date.now() > deadline) {
+        throw new ClusterError('ERR_CLUSTER_NODE', `cluster.nodeId '${this.nodeId}' is in use by a live node (${r[1]}): every node needs its own id`);
+      }
+      // The previous process of this node (killed) holds the lease until it runs out.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    this.leaseRenewedAt = Date.now();
+    this.liveRuns.add(this.run);
+  }
+
+  // ── leases, partitions, adoption ───────────────────────────────────────────
+
+  private async renew(): Promise<void> {
+    if (!this.running) return;
+    let r: string[];
+    try {
+      r = (await runScript(this.cmd, 'renew', [this.names.lease(this.nodeId), this.names.hosted(this.run)], [this.run, this.config.leaseMs, this.names.prefix])) as string[];
+    } catch {
+      return; // Redis unreachable: the node goes on serving local traffic; the outage is reported by health
+    }
+    this.leaseRenewedAt = Date.now();
+    if (r[0] === 'ok') return;
+    if (r[0] === 'taken') {
+      this.log.error({ holder: r[1] }, `cluster: another process runs as node '${this.nodeId}': this one gives up its sessions`);
+      this.lost([this.homeId, ...this.offline.ids], 'another process took over this node id');
+      return;
+    }
+    const lost = r.slice(1);
+    if (lost.length > 0) this.lost(lost, 'this node was cut off from Redis for longer than cluster.leaseMs and another node took over its sessions');
+  }
+
+  /** Partitions another node adopted while this one was cut off: their sessions are that node's now. */
+  private lost(partitions: string[], reason: string): void {
+    this.options.audit({ event: 'cluster', action: 'partition-lost', decision: 'deny', reason: `${reason}: partitions ${partitions.join(', ')}`, detail: { partitions: partitions.join(',') } });
+    this.log.error({ partitions }, `cluster: ${reason}`);
+    for (const p of partitions) {
+      void this.inbox.remove(this.names.inbox(p));
+      this.applied.delete(p);
+      if (p === this.homeId) {
+        this.fencing = true;
+        this.host.dropAll(reason);
+        this.fencing = false;
+        // A fresh partition for the clients that connect from now on.
+        this.homeId = `${this.run}.${++this.homeGeneration}`;
+        this.applied.set(this.homeId, new Map());
+        void runScript(this.cmd, 'createPartition', [this.names.partition(this.homeId), this.names.partitions, this.names.hosted(this.run), this.names.inbox(this.homeId), this.names.interest(this.homeId)], [this.homeId, this.run, this.nodeId]).then(() => {
+          this.inbox.add(this.names.inbox(this.homeId), '0-0', (f, id) => this.onPartitionFrame(this.homeId, f, id), true);
+          void this.outbox.broadcast(encodeControl({ t: 'partition', p: this.homeId, event: 'created', host: this.run }));
+        });
+      } else this.offline.drop(p);
+    }
+  }
+
+  /** Reads every partition's host and whether it is alive; adopts those whose node is gone. */
+  private async watch(): Promise<void> {
+    if (!this.running && this.hostRef === null) return;
+    try {
+      await this.scanPartitions();
+    } catch {
+      return;
+    }
+    for (const [p, info] of this.partitionsKnown) {
+      if (info.alive || this.hostedHere(p)) continue;
+      if (!this.shared && info.origin !== this.nodeId) continue;
+      // Just back from an outage: the others renew their leases now; do not take theirs meanwhile.
+      if (this.redisUp && Date.now() - this.redisSince < this.config.leaseMs && info.origin !== this.nodeId) continue;
+      void this.adopt(p);
+    }
+  }
+
+  private async scanPartitions(): Promise<void> {
+    const flat = (await runScript(this.cmd, 'partitions', [this.names.partitions], [this.names.prefix])) as string[];
+    const seen = new Set<string>();
+    const live = new Set<string>([this.run]);
+    for (let i = 0; i + 3 < flat.length; i += 4) {
+      const p = flat[i] as string;
+      const info = { host: flat[i + 1] as string, origin: flat[i + 2] as string, alive: flat[i + 3] === '1' };
+      seen.add(p);
+      this.partitionsKnown.set(p, info);
+      if (info.alive) live.add(info.host);
+    }
+    for (const p of [...this.partitionsKnown.keys()]) {
+      if (!seen.has(p)) {
+        this.partitionsKnown.delete(p);
+        if (!this.hostedHere(p)) this.table.dropPartition(p);
+      }
+    }
+    for (const r of [...this.liveRuns]) if (!live.has(r)) this.runGone(r);
+    for (const r of live) this.liveRuns.add(r);
+  }
+
+  /**
+   * Makes this node the host of partition `p`, whose node is gone. True when a live node hosts it
+   * now (this one or another that got there first), or it no longer exists.
+   */
+  adopt(p: string): Promise<boolean> {
+    const running = this.adopting.get(p);
+    if (running !== undefined) return running;
+    const work = this.adoptNow(p).finally(() => this.adopting.delete(p));
+    this.adopting.set(p, work);
+    return work;
+  }
+
+  private async adoptNow(p: string): Promise<boolean> {
+    if (this.hostedHere(p)) return true;
+    const r = (await runScript(this.cmd, 'adopt', [this.names.partition(p), this.names.hosted(this.run)], [p, this.run, this.names.prefix, this.shared ? '' : this.nodeId])) as string[];
+    if (r[0] === 'alive' || r[0] === 'gone') return true;
+    if (r[0] === 'foreign') return false;
+    const owned = (await this.cmd.hgetall(this.names.owned(p))) as Record<string, string>;
+    const stored: StoredSession[] = [];
+    for (const key of Object.values(owned)) {
+      let s: StoredSession | undefined;
+      if (this.localSessions !== null) {
+        s = this.localSessions.get(key);
+        this.localSessions.delete(key);
+      } else s = await this.store.getSession(key);
+      if (s !== undefined) stored.push(s);
+    }
+    this.applied.set(p, new Map());
+    this.offline.adopt(p, stored);
+    this.inbox.add(this.names.inbox(p), '0-0', (f, id) => this.onPartitionFrame(p, f, id), true);
+    this.partitionsKnown.set(p, { host: this.run, origin: this.partitionsKnown.get(p)?.origin ?? '', alive: true });
+    void this.outbox.broadcast(encodeControl({ t: 'partition', p, event: 'adopted', host: this.run }));
+    this.options.audit({ event: 'cluster', action: 'adopt', decision: 'allow', reason: `adopted partition ${p} of a node that is gone (${r[1] ?? 'unknown'}): ${stored.length} sessions`, detail: { partition: p, previousHost: r[1] ?? '', sessions: stored.length } });
+    return true;
+  }
+
+  /** An adopted partition has no session left: it ends. */
+  private async dropPartition(p: string): Promise<void> {
+    if (!this.offline.hosts(p) || this.stopping) return;
+    const r = await runScript(this.cmd, 'dropPartition', [this.names.partition(p), this.names.partitions, this.names.hosted(this.run), this.names.inbox(p), this.names.interest(p), this.names.owned(p)], [p, this.run]).catch(() => 'error');
+    if (r !== 'ok') return;
+    await this.inbox.remove(this.names.inbox(p));
+    this.offline.drop(p);
+    this.applied.delete(p);
+    this.table.dropPartition(p);
+    this.partitionsKnown.delete(p);
+    void this.outbox.broadcast(encodeControl({ t: 'partition', p, event: 'gone' }));
+    this.log.info({ partition: p }, 'cluster: an adopted partition has no session left: it ends');
+  }
+
+  private async offlineInterestGone(p: string, filters: string[]): Promise<void> {
+    try {
+      await this.cmd.hdel(this.names.interest(p), ...filters);
+    } catch {
+      return;
+    }
+    void this.outbox.broadcast(encodeControl({ t: 'interest', p, add: [], del: filters }));
+  }
+
+  private runGone(run: string): void {
+    this.liveRuns.delete(run);
+    for (const [id, b] of this.barriers) {
+      b.expect.delete(run);
+      if (b.expect.size === 0) {
+        this.barriers.delete(id);
+        b.resolve();
+      }
+    }
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    this.moves.sweep(now);
+    this.inbox.replay.sweep(now, this.config.maxClockSkewMs * 2);
+  }
+
+  // ── Redis health ───────────────────────────────────────────────────────────
+
+  private readerHealth(ok: boolean, err?: Error): void {
+    if (ok === this.redisUp) return;
+    this.redisUp = ok;
+    this.redisSince = Date.now();
+    if (ok) {
+      this.log.warn('cluster: Redis answers again: cross-node delivery resumes');
+      this.options.audit({ event: 'cluster', action: 'redis-up', decision: 'allow', reason: 'Redis answers again: cross-node delivery resumes' });
+    } else {
+      this.log.error({ err: err?.message }, 'cluster: Redis does not answer: local traffic goes on; QoS 1/2 messages for other nodes are refused, QoS 0 dropped, until it is back');
+      this.options.audit({ event: 'cluster', action: 'redis-down', decision: 'deny', reason: `Redis does not answer (${err?.message ?? 'unknown'}): cross-node delivery stopped` });
+    }
+  }
+
+  private commandsReady(): void {
+    if (!this.running) return;
+    void this.renew();
+    if (this.interestDirty) void this.announceInterest();
+  }
+
+  /** Announces this node's whole interest (after an outage lost some of its changes). */
+  private async announceInterest(): Promise<void> {
+    this.interestDirty = false;
+    const filters = this.host.interestSnapshot();
+    const frame = this.outbox.frame(this.names.control, [encodeControl({ t: 'interest', p: this.homeId, add: filters, del: [], full: true } as Control)]);
+    try {
+      await this.cmd.eval(
+        "redis.call('DEL', KEYS[1]) for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], '1') end return redis.call('XADD', KEYS[2], 'MAXLEN', '~', '" + CONTROL_MAXLEN + "', '*', 'f', ARGV[1])",
+        2,
+        this.names.interest(this.homeId),
+        this.names.control,
+        frame,
+        ...filters,
+      );
+    } catch {
+      this.interestDirty = true;
+    }
+  }
+
+  /** Readiness and $SYS. */
+  status(): ClusterStatus {
+    return {
+      nodeId: this.nodeId,
+      run: this.run,
+      redis: this.redisUp && redisReady(this.cmd) ? 'up' : 'down',
+      since: this.redisSince,
+      leaseCurrent: Date.now() - this.leaseRenewedAt < this.config.leaseMs,
+      partitions: [this.homeId, ...this.offline.ids],
+      liveNodes: this.liveRuns.size,
+      offlineSessions: this.offline.sessionCount(),
+      pendingBytes: this.outbox.pending,
+      bus: { ...this.outbox.stats, received: this.received, refusedFrames: this.refusedFrames },
+    };
+  }
+
+  private frameRefused(stream: string, problem: FrameProblem | 'replay' | 'clock' | 'malformed-body', sender: string | undefined, entryId: string): void {
+    this.refusedFrames++;
+    const now = Date.now();
+    if (now - this.refusedLoggedAt < 5000) return;
+    this.refusedLoggedAt = now;
+    const reason = `cluster: a bus message was refused (${problem}) in ${stream}: ${problem === 'bad-signature' || problem === 'unknown-key' ? 'not signed with the cluster key: someone with write access to Redis, or a node with another key file' : problem === 'replay' ? 'a copy of a message already applied' : problem === 'clock' ? 'its timestamp is far from when Redis stored it (a copy written later, or clocks out of step by more than cluster.maxClockSkewMs)' : 'it could not be read'}`;
+    this.log.error({ stream, problem, sender, entryId, refused: this.refusedFrames }, reason);
+    this.options.audit({ event: 'cluster', action: 'frame-refused', decision: 'deny', reason, detail: { stream, problem, sender: sender ?? '', entryId, refusedSoFar: this.refusedFrames } });
+  }
+
+  // ── what arrives ───────────────────────────────────────────────────────────
+
+  private onControlFrame(frame: Frame, entryId: string): void | Promise<unknown> {
+    const waits: Promise<unknown>[] = [];
+    for (const raw of frame.bodies) {
+      const body = decodeBody(raw);
+      if (body.kind !== BodyKind.Control) continue;
+      const c = body.control;
+      switch (c.t) {
+        case 'interest':
+          if (c.p !== this.homeId) {
+            if ((c as { full?: boolean }).full === true) this.table.replacePartition(c.p, c.add);
+            else {
+              for (const f of c.add) this.table.add(c.p, f);
+              for (const f of c.del) this.table.remove(c.p, f);
+            }
+          }
+          if (c.ackTo !== undefined && frame.sender !== this.run) this.ack(c.ackTo, entryId);
+          break;
+        case 'retain':
+          if (frame.sender !== this.run) this.host.applyRetained(fromJson(c.m) as Message, !this.shared);
+          if (c.ackTo !== undefined && frame.sender !== this.run) this.ack(c.ackTo, entryId);
+          break;
+        case 'partition':
+          if (c.event === 'gone') {
+            if (!this.hostedHere(c.p)) this.table.dropPartition(c.p);
+            this.partitionsKnown.delete(c.p);
+          } else if (c.event === 'freed' && !this.stopping) setTimeout(() => void this.watch(), Math.floor(Math.random() * 50)).unref();
+          else if (c.host !== undefined) {
+            this.partitionsKnown.set(c.p, { host: c.host, origin: this.partitionsKnown.get(c.p)?.origin ?? nodeOfRun(c.p), alive: true });
+            if (c.event === 'created' && c.p !== this.homeId && !this.hostedHere(c.p)) this.table.replacePartition(c.p, this.table.filters(c.p));
+          }
+          break;
+        case 'node':
+          if (c.event === 'up') this.liveRuns.add(c.run);
+          else this.runGone(c.run);
+          break;
+        default: {
+          const r = this.extension?.onControl(c, frame.sender);
+          if (r instanceof Promise) waits.push(r);
+        }
+      }
+    }
+    return waits.length > 0 ? Promise.all(waits) : undefined;
+  }
+
+  private onPartitionFrame(p: string, frame: Frame, entryId: string): void | Promise<unknown> {
+    void entryId;
+    const waits: Promise<unknown>[] = [];
+    const vector = this.applied.get(p);
+    for (const raw of frame.bodies) {
+      const body = decodeBody(raw);
+      if (body.kind === BodyKind.Publish) {
+        this.received++;
+        const m = body.message;
+        if (m.stamp !== undefined && vector !== undefined && m.stamp.seq > (vector.get(m.stamp.node) ?? 0)) vector.set(m.stamp.node, m.stamp.seq);
+        const w = p === this.homeId ? this.host.deliverRemote(m, body.plain, body.groups) : this.offline.apply(p, m, body.plain, body.groups);
+        if (w !== null) waits.push(w);
+        continue;
+      }
+      const c = body.control;
+      const r = this.onPartitionControl(p, c, frame.sender);
+      if (r instanceof Promise) waits.push(r);
+    }
+    return waits.length > 0 ? Promise.all(waits) : undefined;
+  }
+
+  private onPartitionControl(p: string, c: Control, sender: string): void | Promise<unknown> {
+    const home = p === this.homeId;
+    switch (c.t) {
+      case 'takeover':
+        return this.moves.onTakeover(p, c);
+      case 'commit':
+        return this.moves.onCommit(p, c);
+      case 'subs':
+        if (home) this.moves.onSubs(c);
+        return;
+      case 'released':
+        if (home) return this.moves.onReleased(c);
+        // A move the dead node of this partition had asked for: the session joins the partition here.
+        if (c.present) {
+          const s = c.snapshot === null ? this.store.getSession(c.key) : Promise.resolve(fromJson(c.snapshot) as StoredSession);
+          return s.then((stored) => stored !== undefined && this.offline.arrived(p, stored));
+        }
+        return;
+      case 'redirect':
+        if (home) this.moves.onRedirect(c);
+        return;
+      case 'ack':
+        if (home) for (const id of c.ids) this.acked(id, sender);
+        return;
+      default:
+        if (home) this.extension?.onReply(c, sender);
+    }
+  }
+
+  // ── barriers ───────────────────────────────────────────────────────────────
+
+  private ack(to: string, entryId: string): void {
+    this.outbox.send(to, encodeControl({ t: 'ack', ids: [entryId] }), false);
+  }
+
+  private acked(id: string, run: string): void {
+    const b = this.barriers.get(id);
+    if (b === undefined) return;
+    b.expect.delete(run);
+    if (b.expect.size === 0) {
+      this.barriers.delete(id);
+      b.resolve();
+    }
+  }
+
+  /**
+   * Resolves once every live node has applied broadcast entry `id` (they acknowledge it), or
+   * after `ackTimeoutMs` (a node that does not answer is late or dying; its lease decides).
+   */
+  private barrier(id: string): Promise<void> {
+    return new Promise<void>((resolve) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        const b = this.barriers.get(id);
+        this.barriers.delete(id);
+        this.log.warn({ waitingFor: b === undefined ? [] : [...b.expect], ackTimeoutMs: this.config.ackTimeoutMs }, 'cluster: nodes did not confirm a subscription or retained message within cluster.ackTimeoutMs: going on');
+        resolve();
+      }, this.config.ackTimeoutMs);
+      timer.unref();
+      const done = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve();
+      };
+      // Every node that joined before this entry is known once the stream has been read up to it.
+      void this.inbox.controlReached(id).then(() => {
+        if (settled) return;
+        const expect = new Set([...this.liveRuns].filter((r) => r !== this.run));
+        if (expect.size === 0) return done();
+        this.barriers.set(id, { expect, resolve: done });
+      });
+    });
+  }
+
+  private vector(p: string): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [node, seq] of this.applied.get(p) ?? []) out[node] = seq;
+    if (p === this.homeId) out[this.run] = this.seq;
+    return out;
+  }
+
+  // ── ClusterLink ────────────────────────────────────────────────────────────
+
+  stamp(message: Message): void {
+    if (message.stamp === undefined) message.stamp = { node: this.run, seq: ++this.seq };
+  }
+
+  forward(message: Message, shares: readonly LocalShare[]): Forwarded {
+    const match = this.table.match(message.topic);
+    if (match.plain.size === 0 && match.groups.size === 0) return NOTHING;
+    const home = this.homeId;
+    const targets = new Map<string, { plain: boolean; groups: string[] | null }>();
+    for (const p of match.plain) if (p !== home) targets.set(p, { plain: true, groups: null });
+    let remoteGroups: Set<string> | null = null;
+    for (const [key, members] of match.groups) {
+      const local = shares.some((s) => s.key === key);
+      const pick = this.pickShare(key, members, local);
+      if (pick === home) continue;
+      let t = targets.get(pick);
+      if (t === undefined) targets.set(pick, (t = { plain: false, groups: null }));
+      (t.groups ??= []).push(key);
+      if (local) (remoteGroups ??= new Set()).add(key);
+    }
+    if (targets.size === 0) return { written: null, remoteGroups, partitions: 0 };
+    const wait = message.qos > 0;
+    let written: Promise<WriteStatus> | null = null;
+    let all: Promise<WriteStatus>[] | null = null;
+    for (const [p, t] of targets) {
+      const w = this.outbox.send(p, encodePublish(message, t.plain, t.groups), wait);
+      if (w === null) continue;
+      if (written === null) written = w;
+      else (all ??= [written]).push(w);
+    }
+    if (all !== null) written = Promise.all(all).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
+    return { written, remoteGroups, partitions: targets.size };
+  }
+
+  /**
+   * A `$share` group with members in several partitions: the partitions take turns (this node's
+   * own members count as one partition, among which its router takes turns). Partitions whose
+   * members are all offline (adopted) get a turn only when no other has members.
+   */
+  private pickShare(key: string, members: ReadonlySet<string>, local: boolean): string {
+    const candidates: string[] = [];
+    for (const p of members) if (p !== this.homeId) candidates.push(p);
+    const live = candidates.filter((p) => !this.adoptedPartition(p));
+    const pool = (live.length > 0 || local ? live : candidates).sort();
+    if (local) pool.push(this.homeId);
+    if (pool.length === 0) return this.homeId;
+    const turn = this.shareTurns.get(key) ?? 0;
+    if (this.shareTurns.size > 100_000) this.shareTurns.clear();
+    this.shareTurns.set(key, turn + 1);
+    return pool[turn % pool.length] as string;
+  }
+
+  /** A partition held by a node other than the one that made it: its sessions are offline. */
+  private adoptedPartition(p: string): boolean {
+    const info = this.partitionsKnown.get(p);
+    // A partition is named after the run that made it (`<run>` or `<run>.<n>`): another host adopted it.
+    return info !== undefined && info.host !== p.replace(/\.\d+$/, '');
+  }
+
+  retained(message: Message, written: Promise<WriteStatus> | null): Promise<WriteStatus> | null {
+    const wait = message.qos > 0;
+    const send = (): Promise<WriteStatus> => {
+      const body = encodeControl({ t: 'retain', m: toJson({ topic: message.topic, payload: message.payload, qos: message.qos, retain: true, properties: message.properties, expiresAt: message.expiresAt, origin: message.origin }), ...(wait ? { ackTo: this.homeId } : {}) });
+      return this.outbox.broadcast(body).then((id) => {
+        if (id === null) return 'failed' as WriteStatus;
+        return wait ? this.barrier(id).then(() => 'ok' as WriteStatus) : OK;
+      });
+    };
+    // The other nodes learn it once the store has it: one that joins and reads the store misses nothing.
+    const done = written === null ? send() : written.then((s) => (s === 'ok' ? send() : s));
+    return wait ? done : (void done, null);
+  }
+
+  interest(filter: string, present: boolean): Promise<WriteStatus> | null {
+    if (this.fencing || this.stopping) return null;
+    const id = this.outbox.interest(filter, present);
+    if (!present) {
+      void id.then((x) => x === null && (this.interestDirty = true));
+      return null;
+    }
+    return id.then((x) => {
+      if (x === null) {
+        // Redis is down: the subscription works here; the others learn it when Redis is back.
+        this.interestDirty = true;
+        return 'ok' as WriteStatus;
+      }
+      return this.barrier(x).then(() => 'ok' as WriteStatus);
+    });
+  }
+
+  claim(key: string, cleanStart: boolean, heldHere: boolean): Promise<ClaimResult> | null {
+    return this.moves.claim(key, cleanStart, heldHere);
+  }
+
+  ended(key: string): void {
+    if (this.fencing || !this.running) return;
+    const d = keyDigest(key);
+    void runScript(this.cmd, 'free', [this.names.owner(d), this.names.owned(this.homeId)], [d, this.homeId]).catch(() => undefined);
+  }
+
+  unclaimed(key: string): void {
+    this.ended(key);
+  }
+}

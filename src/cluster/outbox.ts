@@ -1,0 +1,260 @@
+/**
+ * Writing to the bus. Everything a node sends in one turn of the event loop goes out together:
+ * one frame (one XADD) per inbox it writes to, and one frame on the broadcast stream (through the
+ * interest script, which updates this node's interest snapshot in the same step). So the number
+ * of Redis commands per publish is O(1) and falls as the load rises.
+ *
+ * Bounded: bytes waiting for Redis are capped (`cluster.maxPendingBytes`). Over the cap, or while
+ * Redis is unreachable, a send fails at once: a QoS 1/2 publish that needed it is not
+ * acknowledged (PUBACK 0x80), a QoS 0 one is dropped and counted. Nothing piles up in memory.
+ *
+ * Frames to one stream carry increasing sequence numbers (replay protection, frame.ts): a number
+ * is taken when the command is issued, and commands go out on one connection in that order.
+ */
+import type { WriteStatus } from '../broker/ports.ts';
+import type { Logger } from '../log.ts';
+import { encodeFrame } from './frame.ts';
+import type { ClusterKey } from './keys.ts';
+import type { Names } from './names.ts';
+import { redisReady, type RedisClient } from './redis.ts';
+import { runScript } from './scripts.ts';
+
+/** Broadcast entries kept in the stream (live nodes read within milliseconds; a node further behind reloads the snapshots). */
+export const CONTROL_MAXLEN = 100_000;
+/** Above this a frame is split (Redis takes far larger values; smaller frames keep replies and memory even). */
+const MAX_FRAME_BYTES = 4 * 1024 * 1024;
+
+type Waiter = (status: WriteStatus) => void;
+
+interface Batch {
+  bodies: Buffer[];
+  bytes: number;
+  waiters: Waiter[];
+}
+
+interface ControlBatch extends Batch {
+  adds: string[];
+  removes: string[];
+  idWaiters: ((id: string | null) => void)[];
+}
+
+export interface OutboxStats {
+  /** Frames written (XADDs, broadcast included). */
+  frames: number;
+  /** Bodies (messages) written. */
+  bodies: number;
+  /** Sends refused: Redis unreachable, or over maxPendingBytes. */
+  refused: number;
+  /** Writes that failed (timeout, error). */
+  failed: number;
+}
+
+export class Outbox {
+  readonly stats: OutboxStats = { frames: 0, bodies: 0, refused: 0, failed: 0 };
+  private readonly batches = new Map<string, Batch>();
+  private control: ControlBatch | null = null;
+  private scheduled = false;
+  private pendingBytes = 0;
+  private readonly seqs = new Map<string, number>();
+  private failingSince = 0;
+  private readonly flushNow = () => this.flush();
+
+  constructor(
+    private readonly client: RedisClient,
+    private readonly key: () => ClusterKey,
+    private readonly run: string,
+    private readonly names: Names,
+    /** This node's partition (whose interest snapshot the broadcast updates). */
+    private readonly home: () => string,
+    private readonly maxPendingBytes: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Bytes sent and not yet answered by Redis, or waiting to be sent. */
+  get pending(): number {
+    return this.pendingBytes;
+  }
+
+  /** The next sequence number for frames to `target` (taken when the command is issued). */
+  nextSeq(target: string): number {
+    const n = (this.seqs.get(target) ?? 0) + 1;
+    this.seqs.set(target, n);
+    return n;
+  }
+
+  /** A signed frame for `target` with `bodies`, numbered now: issue its command right away. */
+  frame(target: string, bodies: readonly Buffer[]): Buffer {
+    return encodeFrame(this.key(), { sender: this.run, target, ts: Date.now(), seq: this.nextSeq(target) }, bodies);
+  }
+
+  /** Whether a send of `bytes` more may go now. */
+  private admits(bytes: number): boolean {
+    if (!redisReady(this.client) || this.pendingBytes + bytes > this.maxPendingBytes) {
+      this.stats.refused++;
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Sends a body to a partition's inbox in this turn's frame. With `wait`, resolves once Redis
+   * holds it ('ok') or it could not be written ('failed'); without, null.
+   */
+  send(partition: string, body: Buffer, wait: boolean): Promise<WriteStatus> | null {
+    if (!this.admits(body.length)) return wait ? FAILED : null;
+    const stream = this.names.inbox(partition);
+    let batch = this.batches.get(stream);
+    if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [] }));
+    batch.bodies.push(body);
+    batch.bytes += body.length;
+    this.pendingBytes += body.length;
+    this.schedule();
+    if (!wait) return null;
+    return new Promise((resolve) => (batch as Batch).waiters.push(resolve));
+  }
+
+  /** Broadcasts a body to every node; resolves with its entry id once written (null: it was not). */
+  broadcast(body: Buffer): Promise<string | null> {
+    if (!this.admits(body.length)) return Promise.resolve(null);
+    const batch = this.controlBatch();
+    batch.bodies.push(body);
+    batch.bytes += body.length;
+    this.pendingBytes += body.length;
+    this.schedule();
+    return new Promise((resolve) => batch.idWaiters.push(resolve));
+  }
+
+  /** This node's interest changes: written to its snapshot and broadcast in this turn's broadcast frame. */
+  interest(filter: string, present: boolean): Promise<string | null> {
+    const batch = this.controlBatch();
+    // Cancel out an add and a remove of one filter in the same turn.
+    const other = present ? batch.removes : batch.adds;
+    const at = other.indexOf(filter);
+    if (at >= 0) other.splice(at, 1);
+    else (present ? batch.adds : batch.removes).push(filter);
+    this.schedule();
+    return new Promise((resolve) => batch.idWaiters.push(resolve));
+  }
+
+  private controlBatch(): ControlBatch {
+    return (this.control ??= { bodies: [], bytes: 0, waiters: [], adds: [], removes: [], idWaiters: [] });
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(this.flushNow);
+  }
+
+  /** Set by the node: the broadcast body announcing this turn's interest changes (null: none). */
+  interestBody: ((adds: readonly string[], removes: readonly string[]) => Buffer | null) | null = null;
+
+  /** Writes everything collected in this turn. */
+  flush(): void {
+    this.scheduled = false;
+    const batches = [...this.batches];
+    this.batches.clear();
+    const control = this.control;
+    this.control = null;
+    if (batches.length === 0 && control === null) return;
+    if (!redisReady(this.client)) {
+      for (const [, b] of batches) this.settle(b, 'failed');
+      if (control !== null) this.settleControl(control, null);
+      return;
+    }
+    const pipeline = this.client.pipeline();
+    const replies: ((err: Error | null, reply: unknown) => void)[] = [];
+    for (const [stream, batch] of batches) {
+      for (const part of split(batch)) {
+        this.stats.frames++;
+        this.stats.bodies += part.bodies.length;
+        pipeline.xadd(stream, 'NOMKSTREAM', '*', 'f', this.frame(stream, part.bodies));
+        replies.push((err) => this.settle(part, err === null ? 'ok' : 'failed', err));
+      }
+    }
+    if (control !== null) {
+      const body = this.interestBody?.(control.adds, control.removes) ?? null;
+      const bodies = body === null ? control.bodies : [body, ...control.bodies];
+      if (bodies.length > 0 || control.adds.length + control.removes.length > 0) {
+        const frame = this.frame(this.names.control, bodies);
+        this.stats.frames++;
+        this.stats.bodies += bodies.length;
+        const home = this.home();
+        const args = [frame, String(CONTROL_MAXLEN), String(control.adds.length), ...control.adds, ...control.removes];
+        (pipeline as unknown as Record<string, (...a: unknown[]) => unknown>)['interest']?.(this.names.interest(home), this.names.control, ...args);
+        replies.push((err, reply) => this.settleControl(control, err === null ? String(reply) : null, err));
+      } else this.settleControl(control, null);
+    }
+    pipeline.exec().then(
+      (results) => {
+        if (results === null) return replies.forEach((r) => r(new Error('pipeline discarded'), null));
+        results.forEach(([err, reply], i) => replies[i]?.(err, reply));
+      },
+      (err: Error) => replies.forEach((r) => r(err, null)),
+    );
+  }
+
+  private settle(batch: Batch, status: WriteStatus, err?: Error | null): void {
+    this.pendingBytes -= batch.bytes;
+    if (status !== 'ok') this.failed(batch.bodies.length, err);
+    else if (this.failingSince !== 0) this.recovered();
+    for (const w of batch.waiters) w(status);
+  }
+
+  private settleControl(batch: ControlBatch, id: string | null, err?: Error | null): void {
+    this.pendingBytes -= batch.bytes;
+    if (id === null && (batch.bodies.length > 0 || batch.adds.length + batch.removes.length > 0)) this.failed(batch.bodies.length, err);
+    for (const w of batch.idWaiters) w(id);
+  }
+
+  private failed(bodies: number, err?: Error | null): void {
+    this.stats.failed += bodies;
+    if (this.failingSince === 0) {
+      this.failingSince = Date.now();
+      this.log.error({ err: err?.message }, 'cluster bus: a write to Redis failed: QoS 1/2 messages that needed it are refused (PUBACK 0x80), QoS 0 dropped, until writes succeed again');
+    }
+  }
+
+  private recovered(): void {
+    this.log.warn({ failedForMs: Date.now() - this.failingSince }, 'cluster bus: writes to Redis succeed again');
+    this.failingSince = 0;
+  }
+
+  /** Runs a script with a frame for `target` numbered now (release, for example). */
+  script(name: 'release', keys: string[], args: (string | Buffer)[]): Promise<unknown> {
+    return runScript(this.client, name, keys, args);
+  }
+}
+
+const FAILED: Promise<WriteStatus> = Promise.resolve('failed');
+
+/** A batch cut into frames of at most MAX_FRAME_BYTES (a single larger body goes alone). */
+function split(batch: Batch): Batch[] {
+  if (batch.bytes <= MAX_FRAME_BYTES) return [batch];
+  const parts: Batch[] = [];
+  let cur: Batch = { bodies: [], bytes: 0, waiters: batch.waiters };
+  for (const b of batch.bodies) {
+    if (cur.bodies.length > 0 && cur.bytes + b.length > MAX_FRAME_BYTES) {
+      parts.push(cur);
+      cur = { bodies: [], bytes: 0, waiters: [] };
+    }
+    cur.bodies.push(b);
+    cur.bytes += b.length;
+  }
+  parts.push(cur);
+  // Every part must be written before the batch's waiters hear 'ok': the waiters go with a combined promise.
+  if (parts.length > 1) {
+    const waiters = batch.waiters;
+    let left = parts.length;
+    let worst: WriteStatus = 'ok';
+    for (const p of parts) {
+      p.waiters = [
+        (s) => {
+          if (s !== 'ok') worst = s;
+          if (--left === 0) for (const w of waiters) w(worst);
+        },
+      ];
+    }
+  }
+  return parts;
+}

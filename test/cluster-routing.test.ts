@@ -1,0 +1,138 @@
+/**
+ * Three nodes on one Redis behave as one broker for publish/subscribe (docs/cluster.md): a
+ * message published on one node reaches matching subscribers on every node, in order per
+ * publisher and topic; it goes only to nodes with a matching subscriber; a `$share` group gets
+ * each message once, wherever its members are; no-local holds across nodes.
+ */
+import test from 'ava';
+import type { MqttClient } from 'mqtt';
+import { startRedis, type RedisServer } from './redis-server.ts';
+import { connect, delay, eventually, nodeConfig, startNode, tempDir, writeKeyFile, type InProcessNode } from './cluster-support.ts';
+import fs from 'node:fs';
+
+interface Cluster {
+  redis: RedisServer;
+  nodes: InProcessNode[];
+  clients: MqttClient[];
+}
+
+async function cluster(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<Cluster> {
+  const redis = await startRedis();
+  const dir = tempDir();
+  const keyFile = writeKeyFile(dir);
+  const c: Cluster = { redis, nodes: [], clients: [] };
+  t.teardown(async () => {
+    for (const cl of c.clients) cl.end(true);
+    for (const n of c.nodes) await n.broker.stop();
+    await redis.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  for (const id of ['a', 'b', 'c']) c.nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
+  return c;
+}
+
+async function client(c: Cluster, node: number, options: Parameters<typeof connect>[1] = {}, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
+  const cl = await connect((c.nodes[node] as InProcessNode).port, options, onMessage);
+  c.clients.push(cl);
+  return cl;
+}
+
+test('a message published on one node reaches matching subscribers on every node, at QoS 0, 1 and 2', async (t) => {
+  const c = await cluster(t, 'fanout');
+  const got: string[][] = [[], [], []];
+  for (let i = 0; i < 3; i++) {
+    const s = await client(c, i, { clientId: `sub-${i}` }, (topic, p) => got[i]?.push(`${topic} ${p}`));
+    await s.subscribeAsync('fan/#', { qos: 2 });
+  }
+  const pub = await client(c, 0, { clientId: 'pub' });
+  for (const qos of [0, 1, 2] as const) await pub.publishAsync(`fan/q${qos}`, `m${qos}`, { qos });
+  t.true(await eventually(() => got.every((g) => g.length === 3)), JSON.stringify(got));
+  for (const g of got) t.deepEqual(g.sort(), ['fan/q0 m0', 'fan/q1 m1', 'fan/q2 m2']);
+});
+
+test('messages from one publisher on one topic arrive in order on every node (QoS 1, 500 messages)', async (t) => {
+  const c = await cluster(t, 'order');
+  const got: number[][] = [[], [], []];
+  for (let i = 0; i < 3; i++) {
+    const s = await client(c, i, { clientId: `o-sub-${i}` }, (_t, p) => got[i]?.push(Number(p)));
+    await s.subscribeAsync('order/x', { qos: 1 });
+  }
+  const pub = await client(c, 1, { clientId: 'o-pub' });
+  const sends: Promise<unknown>[] = [];
+  for (let n = 0; n < 500; n++) sends.push(pub.publishAsync('order/x', String(n), { qos: 1 }));
+  await Promise.all(sends);
+  t.true(await eventually(() => got.every((g) => g.length >= 500), 10_000), `${got.map((g) => g.length)}`);
+  const expected = Array.from({ length: 500 }, (_, i) => i);
+  for (const g of got) t.deepEqual(g, expected);
+});
+
+test('a publish goes only to nodes with a matching subscriber: the others get nothing on the bus', async (t) => {
+  const c = await cluster(t, 'interest');
+  const s = await client(c, 1, { clientId: 'only-b' });
+  await s.subscribeAsync('only/b', { qos: 1 });
+  const pub = await client(c, 0, { clientId: 'p' });
+  const before = c.nodes.map((n) => n.broker.clusterStatus()?.bus.received ?? 0);
+  for (let i = 0; i < 20; i++) await pub.publishAsync('only/b', 'x', { qos: 1 });
+  for (let i = 0; i < 20; i++) await pub.publishAsync('nobody/here', 'x', { qos: 1 });
+  await delay(200);
+  const after = c.nodes.map((n) => n.broker.clusterStatus()?.bus.received ?? 0);
+  t.is((after[1] as number) - (before[1] as number), 20, 'node b received the 20 messages it has a subscriber for');
+  t.is((after[2] as number) - (before[2] as number), 0, 'node c, with no subscriber, received nothing');
+  t.is((after[0] as number) - (before[0] as number), 0, 'the publishing node received nothing back');
+  // And only b's inbox was ever written to: c's stream is empty.
+  const xlen = await c.redis.command('XLEN', `{pc:interest}:in:${c.nodes[2]?.broker.clusterStatus()?.partitions[0]}`);
+  t.is(xlen, '0');
+});
+
+test('a SUBACK on one node means publishes on every other node reach the new subscription at once', async (t) => {
+  const c = await cluster(t, 'suback');
+  const pub = await client(c, 0, { clientId: 'sb-pub' });
+  for (let round = 0; round < 10; round++) {
+    const got: string[] = [];
+    const s = await client(c, 1 + (round % 2), { clientId: `sb-sub-${round}` }, (_t, p) => got.push(p.toString()));
+    await s.subscribeAsync(`fresh/${round}`, { qos: 1 });
+    // Published right after the SUBACK, on another node: must be delivered.
+    await pub.publishAsync(`fresh/${round}`, `r${round}`, { qos: 1 });
+    t.true(await eventually(() => got.length === 1, 3000), `round ${round}`);
+    s.end(true);
+  }
+});
+
+test('a $share group with members on several nodes gets each message once, spread over the nodes', async (t) => {
+  const c = await cluster(t, 'share');
+  const counts = [0, 0, 0, 0];
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 4; i++) {
+    const s = await client(c, i % 3, { clientId: `member-${i}` }, (_t, p) => {
+      counts[i]!++;
+      seen.set(p.toString(), (seen.get(p.toString()) ?? 0) + 1);
+    });
+    await s.subscribeAsync('$share/g/jobs/+', { qos: 1 });
+  }
+  const plain: string[] = [];
+  const other = await client(c, 2, { clientId: 'plain' }, (_t, p) => plain.push(p.toString()));
+  await other.subscribeAsync('jobs/#', { qos: 1 });
+  const pub = await client(c, 0, { clientId: 'job-pub' });
+  for (let n = 0; n < 60; n++) await pub.publishAsync(`jobs/${n % 5}`, `job-${n}`, { qos: 1 });
+  t.true(await eventually(() => seen.size === 60 && plain.length === 60, 5000), `${seen.size} ${plain.length}`);
+  await delay(200);
+  t.true([...seen.values()].every((n) => n === 1), 'each message went to exactly one member');
+  t.is(counts.reduce((a, b) => a + b, 0), 60);
+  // Every node's members took a share (members on a, b and c).
+  t.true((counts[0] as number) + (counts[3] as number) > 0 && (counts[1] as number) > 0 && (counts[2] as number) > 0, JSON.stringify(counts));
+});
+
+test('no-local holds across nodes: a client does not get its own message back, whatever node routes it', async (t) => {
+  const c = await cluster(t, 'nolocal');
+  const own: string[] = [];
+  const me = await client(c, 0, { clientId: 'me' }, (_t, p) => own.push(p.toString()));
+  await me.subscribeAsync('chat/#', { qos: 1, nl: true });
+  const others: string[] = [];
+  const o = await client(c, 1, { clientId: 'other' }, (_t, p) => others.push(p.toString()));
+  await o.subscribeAsync('chat/#', { qos: 1 });
+  await me.publishAsync('chat/1', 'from-me', { qos: 1 });
+  await o.publishAsync('chat/1', 'from-other', { qos: 1 });
+  t.true(await eventually(() => others.length === 2 && own.length === 1));
+  await delay(200);
+  t.deepEqual(own, ['from-other']);
+});
