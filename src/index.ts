@@ -52,6 +52,7 @@ import { TlsListener } from './transport/tls.ts';
 import { TlsFileError } from './transport/tls-material.ts';
 import { ClusterError } from './cluster/errors.ts';
 import { ClusterNode, type ClusterStatus } from './cluster/node.ts';
+import { ClusterSync, RELOAD_ALL, type ClusterReloadReport, type NodeReloadReport } from './cluster/sync.ts';
 
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
@@ -114,7 +115,16 @@ export interface RunningBroker {
   recordReload(what: string, report: { ok: boolean; version?: string; detail?: string; file?: string }): void;
   /** In a cluster: this node's view (Redis up or down, its lease, its partitions); null on a single node. Readiness reads it. */
   clusterStatus(): ClusterStatus | null;
+  /**
+   * Reloads the policy, password files, ban file, TLS certificates, CA bundles and CRLs (and in a
+   * cluster the cluster key) here and, in a cluster, on every node; resolves with each node's
+   * report. `what` limits what this node reloads (SIGHUP leaves TLS to the listeners' own handler).
+   */
+  reloadEverywhere(trigger?: string, what?: string[]): Promise<ClusterReloadReport>;
 }
+
+export type { ClusterReloadReport, NodeReloadReport } from './cluster/sync.ts';
+export type { ClusterStatus } from './cluster/node.ts';
 
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
@@ -152,7 +162,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const cluster = config.cluster === undefined ? undefined : makeClusterNode(config, log, (event) => broker.gate.audit(null, event), options.sharedStore);
-  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster } : {}) });
+  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster, sys: cluster } : {}) });
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none'
@@ -193,6 +203,60 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       });
     }
   }
+  /** Reloads on this node what `what` names; each outcome is one line of the report. */
+  const reloadHere = async (what: string[], trigger: string): Promise<NodeReloadReport> => {
+    const items: NodeReloadReport['items'] = [];
+    if (what.includes('policy')) {
+      for (const a of configured) {
+        if (a.reload === undefined) continue;
+        const r = await (a instanceof CasbinAuthorizer ? a.reload(trigger) : a.reload());
+        items.push({ what: a instanceof CasbinAuthorizer ? `policy (${a.id})` : 'authorizer module', ok: r.ok, detail: r.ok ? `version ${r.version ?? '?'}` : (r.detail ?? 'failed') });
+      }
+      await policyHandling;
+    }
+    if (what.includes('passwords')) {
+      for (const p of authProviders) if (p instanceof PasswordAuthenticator) {
+        const r = await p.reload(trigger);
+        items.push({ what: `password file ${r.file}`, ok: r.ok, detail: r.detail });
+      }
+    }
+    if (what.includes('bans') && config.admission.bans.file !== undefined) {
+      const r = admission.reloadBans(trigger);
+      items.push({ what: `ban file ${r.file}`, ok: r.ok, detail: r.detail });
+    }
+    if (what.includes('tls')) {
+      for (const l of listeners) if (l instanceof TlsListener) items.push({ what: `tls ${l.name}`, ok: await l.reload(trigger), detail: 'certificate, key, CA bundle, CRLs' });
+    }
+    if (what.includes('cluster-key') && cluster !== undefined) {
+      const r = cluster.reloadKeys();
+      items.push({ what: 'cluster key', ok: r.ok, detail: r.detail });
+    }
+    return { node: config.cluster?.nodeId ?? 'local', ok: items.every((i) => i.ok), items };
+  };
+  const sync =
+    cluster === undefined
+      ? undefined
+      : new ClusterSync({
+          node: cluster,
+          log,
+          audit: (event) => broker.gate.audit(null, event),
+          reload: reloadHere,
+          applyBans: (bans, trigger) => admission.applyBans(bans, trigger),
+          banList: () => admission.banList(),
+          remoteFailure: (a) => guard.remoteFailure(a),
+          drainUsage: () => broker.rateLimiter?.drainUsage() ?? null,
+          debit: (identity, messages, bytes) => broker.rateLimiter?.debit(identity, messages, bytes),
+        });
+  if (cluster !== undefined && sync !== undefined) {
+    cluster.extension = sync;
+    guard.onFailure((a) => sync.failed(a));
+    // A ban list reloaded here goes to every node (not one applied from another node).
+    admission.onBansReloaded((bans, trigger) => {
+      if (!trigger.startsWith('cluster:')) sync.bansReloaded(bans, trigger);
+    });
+    const perIdentity = config.rateLimits.perIdentity;
+    if (perIdentity.messagesPerSecond > 0 || perIdentity.bytesPerSecond > 0) broker.rateLimiter?.shareUsage();
+  }
   return {
     config,
     async start() {
@@ -206,6 +270,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
         throw err;
       });
       adminSpool?.start();
+      sync?.start();
       for (const l of config.listeners) {
         const addr = bound.find((b) => b.name === l.name);
         const names = l.auth.map((p) => p.provider);
@@ -225,6 +290,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       return { listeners: bound };
     },
     async stop() {
+      sync?.stop();
       await adminSpool?.close();
       admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
@@ -253,6 +319,11 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     admissionStats: () => admission.stats(),
     recordReload: (what, report) => broker.gate.recordReload(what, report),
     clusterStatus: () => cluster?.status() ?? null,
+    async reloadEverywhere(trigger = 'api', what = RELOAD_ALL) {
+      if (sync !== undefined) return sync.reloadEverywhere(trigger, what);
+      const report = await reloadHere(what, trigger);
+      return { ok: report.ok, nodes: [report], silent: [] };
+    },
   };
 }
 

@@ -77,6 +77,7 @@ export class Admission {
   private readonly policies = new Map<string, ListenerPolicy>();
   private readonly counted = new WeakSet<object>();
   private readonly banListeners: ((added: BanEntry[]) => void)[] = [];
+  private readonly reloadListeners: ((bans: BanEntry[], trigger: string) => void)[] = [];
   private timer: NodeJS.Timeout | undefined;
   private watcher: fs.FSWatcher | undefined;
   private debounce: NodeJS.Timeout | undefined;
@@ -225,6 +226,34 @@ export class Admission {
     this.banListeners.push(fn);
   }
 
+  /** Calls `fn` with the whole list after each good reload of the ban file here (a cluster sends it to every node). */
+  onBansReloaded(fn: (bans: BanEntry[], trigger: string) => void): void {
+    this.reloadListeners.push(fn);
+  }
+
+  /** The bans in force. */
+  banList(): BanEntry[] {
+    return this.bans.active();
+  }
+
+  /**
+   * A ban list another node of the cluster loaded: it replaces this node's, with the same audit
+   * records and the same effect on live connections as a reload of the file here. This node's
+   * own file is not rewritten.
+   */
+  applyBans(bans: BanEntry[], trigger: string): BanReloadReport {
+    for (const b of this.bans.expired()) this.auditChange({ change: 'expired', ban: b }, 'expiry');
+    const changes = this.bans.replace(bans);
+    const report: BanReloadReport = { ok: true, file: '', detail: `${this.bans.active().length} bans in force (${summarize(changes)})`, trigger, changes };
+    if (changes.length === 0) return report;
+    this.log.info({ trigger }, `ban list from the cluster: ${report.detail}`);
+    this.audit({ event: 'reload', action: 'ban-list', decision: 'allow', reason: `${trigger}: ${report.detail}` });
+    changes.slice(0, MAX_CHANGE_RECORDS).forEach((c) => this.auditChange(c, trigger));
+    const added = changes.filter((c) => c.change === 'added' || c.change === 'updated').map((c) => c.ban);
+    if (added.length > 0 && this.settings.bans.disconnectLive) for (const fn of this.banListeners) fn(added);
+    return report;
+  }
+
   /** A matcher for live connections: which of `bans` covers one, if any. */
   coverer(bans: readonly BanEntry[]): (who: LiveIdentity) => BanEntry | undefined {
     const list = new BanList(this.now);
@@ -256,6 +285,7 @@ export class Admission {
     report.changes.slice(0, MAX_CHANGE_RECORDS).forEach((c) => this.auditChange(c, trigger));
     const added = report.changes.filter((c) => c.change === 'added' || c.change === 'updated').map((c) => c.ban);
     if (added.length > 0 && this.settings.bans.disconnectLive) for (const fn of this.banListeners) fn(added);
+    if (report.ok) for (const fn of this.reloadListeners) fn(this.bans.active(), trigger);
     return report;
   }
 

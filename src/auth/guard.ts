@@ -94,6 +94,7 @@ export class AuthGuard {
   private readonly addressBans: AutoBan | undefined;
   private readonly usernameBans: AutoBan | undefined;
   private readonly sweeper: NodeJS.Timeout;
+  private readonly failureListeners: ((a: LoginAttempt) => void)[] = [];
 
   constructor(
     private readonly config: AuthGuardConfig,
@@ -205,6 +206,7 @@ export class AuthGuard {
     }
     this.addressBans?.failed(a.address, now, a.listener);
     this.usernameBans?.failed(a.username, now, a.listener);
+    for (const fn of this.failureListeners) fn(a);
   }
 
   /**
@@ -225,8 +227,31 @@ export class AuthGuard {
     }
     this.addressBans?.failed(a.address, now, a.listener);
     this.usernameBans?.failed(a.username, now, a.listener);
+    for (const fn of this.failureListeners) fn(a);
     if (pair.failures <= this.pairs.settings.backoffAfter || this.holding >= this.config.tarpit.maxHeld) return 0;
     return Math.max(0, Math.min(maxHoldMs, pair.next - now));
+  }
+
+  /** Calls `fn` for each failed login counted here (a cluster shares them with every node). */
+  onFailure(fn: (a: LoginAttempt) => void): void {
+    this.failureListeners.push(fn);
+  }
+
+  /**
+   * A failed login counted on another node of the cluster: it counts here too, against the pair,
+   * the user name and the automatic bans, as if it had been made here.
+   */
+  remoteFailure(a: LoginAttempt): void {
+    if (!this.config.enabled) return;
+    const now = this.now();
+    const pair = this.pairs.fail(a.address + SEP + a.username, now);
+    if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
+    if (this.config.username.enabled) {
+      const user = this.users.fail(a.username, now);
+      if (user.failures === this.users.settings.backoffAfter) this.engaged(this.users, a, user);
+    }
+    this.addressBans?.failed(a.address, now, a.listener);
+    this.usernameBans?.failed(a.username, now, a.listener);
   }
 
   /** Stops the sweep and the unban timers (their records are not written after stop). */

@@ -37,7 +37,7 @@ import { Router } from './router.ts';
 import { SessionRegistry } from './sessions.ts';
 import type { Session } from './session.ts';
 import { CoarseClock, newBrokerStats, type BrokerStats } from './stats.ts';
-import { SysTopics } from './sys.ts';
+import { SysTopics, type SysCluster } from './sys.ts';
 import { WillScheduler } from './will.ts';
 
 export type { BrokerStats } from './stats.ts';
@@ -52,6 +52,8 @@ export interface BrokerParts {
   authorizers: AuthorizerChain;
   /** A cluster node (src/cluster/); absent on a single node. */
   cluster?: ClusterRuntime;
+  /** In a cluster: how $SYS reports per node and in total. */
+  sys?: SysCluster;
 }
 
 /** How often the store is asked to drop what expired (sessions it holds that the broker does not, retained messages). */
@@ -136,6 +138,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
       sessionCount: () => this.sessions.size,
       retainedCount: () => this.delivery.retained.size,
       publishInternal: (message) => this.publishInternal(message),
+      cluster: parts.sys,
     });
   }
 

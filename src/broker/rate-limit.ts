@@ -51,6 +51,38 @@ export class PublishRateLimiter {
     return on(config.perClient) || on(config.perIdentity) ? new PublishRateLimiter(config, log, hooks) : null;
   }
 
+  /** In a cluster: what each identity used here since the last report, to be debited on the other nodes. */
+  private usage: Map<string, [number, number]> | null = null;
+
+  /** Starts counting each identity's use for the other nodes of a cluster ({@link drainUsage}). */
+  shareUsage(): void {
+    this.usage ??= new Map();
+  }
+
+  /** What each identity used here since the last call: [identity, messages, bytes]. */
+  drainUsage(): [string, number, number][] {
+    const u = this.usage;
+    if (u === null || u.size === 0) return [];
+    const out = [...u].map(([k, [m, b]]) => [k, m, b] as [string, number, number]);
+    u.clear();
+    return out;
+  }
+
+  private used(conn: Client, size: number): void {
+    if (conn.identityKey === null || this.usage === null) return;
+    const u = this.usage.get(conn.identityKey);
+    if (u === undefined) this.usage.set(conn.identityKey, [1, size]);
+    else {
+      u[0]++;
+      u[1] += size;
+    }
+  }
+
+  /** An identity's use on another node: taken from its bucket here, so its limit holds across the cluster (approximately: one sync interval late). */
+  debit(identity: string, messages: number, bytes: number): void {
+    this.identities.get(identity)?.debit(messages, bytes, Date.now());
+  }
+
   /** Number of live identity buckets (bounded by `maxIdentities`). */
   get identityCount(): number {
     return this.identities.size;
@@ -103,6 +135,7 @@ export class PublishRateLimiter {
   admit(conn: Client, qos: number, packetId: number, size: number, now: number): boolean {
     const own = conn.clientBucket;
     const shared = conn.identityBucket;
+
     let wait = own === null ? 0 : own.waitMs(size, now);
     if (shared !== null) {
       const w = shared.waitMs(size, now);
@@ -114,6 +147,7 @@ export class PublishRateLimiter {
       // the buckets could take another message.
       own?.take(size);
       shared?.take(size);
+      if (this.usage !== null) this.used(conn, size);
       const ownNext = own === null ? 0 : own.waitMs(1, now);
       const sharedNext = shared === null ? 0 : shared.waitMs(1, now);
       const next = ownNext > sharedNext ? ownNext : sharedNext;
@@ -124,6 +158,7 @@ export class PublishRateLimiter {
     if (wait === 0) {
       own?.take(size);
       shared?.take(size);
+      if (this.usage !== null) this.used(conn, size);
       conn.rateLimitedSince = 0;
       return true;
     }

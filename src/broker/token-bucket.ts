@@ -51,6 +51,13 @@ export class TokenBucket {
     return (this.messagesPerSecond === 0 || this.messages >= this.burstMessages) && (this.bytesPerSecond === 0 || this.bytes >= this.burstBytes);
   }
 
+  /** Takes what was used elsewhere (another node of a cluster): `messages` messages of `bytes` bytes in all, possibly into debt. */
+  debit(messages: number, bytes: number, now: number): void {
+    this.refill(now);
+    if (this.messagesPerSecond > 0) this.messages = Math.max(this.messages - messages, -this.burstMessages);
+    if (this.bytesPerSecond > 0) this.bytes = Math.max(this.bytes - bytes, -this.burstBytes);
+  }
+
   /** Takes one message of `size` bytes, possibly into debt. */
   take(size: number): void {
     if (this.messagesPerSecond > 0) this.messages -= 1;

@@ -68,6 +68,13 @@ export async function startCommand(configFile: string | undefined): Promise<numb
     // SIGHUP reloads the policy files; the outcome goes to the log and the audit trail.
     process.on('SIGHUP', () => {
       if (stopping) return;
+      if (broker.config.cluster !== undefined) {
+        // In a cluster every node reloads, and this one reports each node's outcome (log and audit).
+        // Its own TLS listeners reload on SIGHUP by themselves.
+        log.info('SIGHUP: reloading the policy, password files, ban file and cluster key here, and everything on every other node');
+        broker.reloadEverywhere('SIGHUP', ['policy', 'passwords', 'bans', 'cluster-key']).catch((err: unknown) => log.error({ err: (err as Error).message }, 'cluster reload failed'));
+        return;
+      }
       log.info('SIGHUP: reloading the policy');
       broker.reloadPolicy('SIGHUP').catch((err: unknown) => log.error({ err: (err as Error).message }, 'policy reload failed'));
       // ...and the password files (each outcome is logged and audited by the provider's reload hook).

@@ -687,6 +687,63 @@ export class ClusterNode implements ClusterRuntime {
     return out;
   }
 
+  // ── for the extension (sync.ts) ────────────────────────────────────────────
+
+  /** Broadcasts a control message to every node; resolves with its entry id (null: not written). */
+  broadcastControl(c: Control): Promise<string | null> {
+    return this.outbox.broadcast(encodeControl(c));
+  }
+
+  /** Sends a control message to a partition's inbox, or a command-line client's reply stream (`cli:<id>`). */
+  sendControl(to: string, c: Control): void {
+    this.outbox.send(to, encodeControl(c), false);
+  }
+
+  /** The runs of the nodes alive now, this one included. */
+  liveNodes(): string[] {
+    return [...this.liveRuns];
+  }
+
+  get ackTimeoutMs(): number {
+    return this.config.ackTimeoutMs;
+  }
+
+  get syncIntervalMs(): number {
+    return this.config.syncIntervalMs;
+  }
+
+  /** Writes this node's statistics for the others and reads every node's (for the cluster totals in $SYS). */
+  async exchangeStats(values: Record<string, number>): Promise<{ node: string; values: Record<string, number> }[] | null> {
+    try {
+      const now = Date.now();
+      await this.cmd.hset(this.names.stats, this.nodeId, JSON.stringify({ at: now, run: this.run, values }));
+      const all = (await this.cmd.hgetall(this.names.stats)) as Record<string, string>;
+      const out: { node: string; values: Record<string, number> }[] = [];
+      for (const [node, raw] of Object.entries(all)) {
+        try {
+          const v = JSON.parse(raw) as { at: number; run: string; values: Record<string, number> };
+          if (this.liveRuns.has(v.run)) out.push({ node, values: v.values });
+          else if (now - v.at > 10 * this.config.leaseMs) void this.cmd.hdel(this.names.stats, node);
+        } catch {
+          // a value another version wrote: skipped
+        }
+      }
+      return out;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The node that publishes the cluster totals: the live node with the smallest id. */
+  isLeader(): boolean {
+    let least = this.nodeId;
+    for (const r of this.liveRuns) {
+      const n = nodeOfRun(r);
+      if (n < least) least = n;
+    }
+    return least === this.nodeId;
+  }
+
   // ── ClusterLink ────────────────────────────────────────────────────────────
 
   stamp(message: Message): void {

@@ -102,7 +102,8 @@ export class Outbox {
    */
   send(partition: string, body: Buffer, wait: boolean): Promise<WriteStatus> | null {
     if (!this.admits(body.length)) return wait ? FAILED : null;
-    const stream = this.names.inbox(partition);
+    // `cli:<id>`: the reply stream of a command-line client (admin.ts).
+    const stream = partition.startsWith('cli:') ? this.names.replies(partition.slice(4)) : this.names.inbox(partition);
     let batch = this.batches.get(stream);
     if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [] }));
     batch.bodies.push(body);

@@ -45,6 +45,7 @@ export type Control =
   | { t: 'reloaded'; id: string; node: string; reports: JsonValue }
   | { t: 'auth-failures'; list: [string, string, string][] }
   | { t: 'bans'; entries: JsonValue; trigger: string }
+  | { t: 'bans-wanted'; replyTo: string }
   | { t: 'rate'; usage: [string, number, number][] };
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [k: string]: JsonValue };
