@@ -86,6 +86,8 @@ export interface BrokerOptions {
   authorizers?: Authorizer[];
   /** Extra authentication providers per listener name, asked after the configured ones. */
   authenticators?: Record<string, Authenticator[]>;
+  /** Writes what the command line spools (admin actions) into this broker's audit log; default true. With workers, one does. */
+  adminSpool?: boolean;
   /**
    * In a cluster: the given `store` is one every node shares (as a Redis store is), so a session
    * moves between nodes through it. Default: only a Redis store counts as shared.
@@ -165,7 +167,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster, sys: cluster } : {}) });
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
-    options.audit === undefined && config.audit.sink !== 'none'
+    options.audit === undefined && config.audit.sink !== 'none' && options.adminSpool !== false
       ? new AdminSpool(spoolDirFor(config.audit.path), (event) => broker.gate.audit(null, event), (message) => log.warn(message), {
           healthy: () => broker.gate.auditHealth().ok,
           flush: () => audit.flush(),

@@ -9,12 +9,14 @@ import type { Command } from 'commander';
 import { anchorNames, readAnchorFiles, type AnchorEntry } from '../audit/anchor-file.ts';
 import { AuditKeyError, loadVerifyKey } from '../audit/checkpoint.ts';
 import { chainFiles } from '../audit/file-output.ts';
+import { workerCount } from '../config/cluster-schema.ts';
+import { perWorker } from '../cluster/workers.ts';
 import { matchesFilter, StatsCollector, type RecordFilter } from '../audit/query.ts';
 import { escapeUnsafe, parseRecord, type AuditRecord } from '../audit/record.ts';
 import { verifyAuditFiles, type VerifyReport } from '../audit/verify.ts';
 import { unsignedGapLimitMs } from '../audit/verify-signatures.ts';
 import { loadConfigFile } from '../config/load.ts';
-import { ConfigError } from '../config/schema.ts';
+import { ConfigError, type Config } from '../config/schema.ts';
 import { ensureDir } from '../util/fs.ts';
 
 const DEFAULT_PATH = 'data/audit.jsonl';
@@ -85,8 +87,30 @@ export async function verifyCommand(files: string[], opts: VerifyCommandOptions,
     if (!names.has(name)) return usage(`no anchors named ${JSON.stringify(name)}; the file(s) hold ${[...names.keys()].map((n) => JSON.stringify(n)).join(', ')}`);
     anchors = read.anchors.filter((a) => a.name === name);
   }
-  const list = files.length > 0 ? files : chainFiles(config !== undefined ? config.audit.path : DEFAULT_PATH);
+  const list = files.length > 0 ? files : defaultVerifyFiles(config);
   if (list.length === 0) return usage('no audit files given or found');
+  const chains = splitChains(list);
+  if (chains.length > 1) {
+    // Several chains (one per worker or node, `audit-w<n>.jsonl`): each is verified on its own.
+    if (anchors !== undefined) return usage('--anchors checks one chain: give the files of one chain at a time');
+    let failed = 0;
+    const out: { chain: string; report: VerifyReport }[] = [];
+    for (const chain of chains) {
+      const report = await verifyAuditFiles(chain.files, {
+        ...(key ? { key } : {}),
+        ...(opts.requireCheckpoint ? { requireCheckpoint: true } : {}),
+        ...(maxUnsignedGapMs !== undefined ? { maxUnsignedGapMs } : {}),
+      });
+      out.push({ chain: chain.name, report });
+      if (!report.ok) failed++;
+      if (opts.json) continue;
+      if (report.ok) io.out(`${chain.name}: ${describeReport(report, key !== undefined).join('\n  ')}\n`);
+      else io.err(`${chain.name}: FAILED: ${report.problem?.message}\n  ${report.records} records verified before the problem\n`);
+    }
+    if (opts.json) io.out(JSON.stringify({ ok: failed === 0, chains: out }) + '\n');
+    else io.out(`${chains.length - failed} of ${chains.length} chains intact\n`);
+    return failed === 0 ? 0 : 1;
+  }
   const report = await verifyAuditFiles(list, {
     ...(key ? { key } : {}),
     ...(opts.requireCheckpoint ? { requireCheckpoint: true } : {}),
@@ -357,4 +381,35 @@ export function registerAuditCommand(program: Command): void {
     .option('--name <name>', 'file name stem', 'audit-signing')
     .option('--force', 'replace existing files')
     .action((opts: { out: string; name?: string; force?: boolean }) => run(keygenCommand(opts)));
+}
+
+/**
+ * The files `audit verify` reads without file arguments: the configured log and its rotated
+ * files, and with `workers` each worker's (`audit-w<n>.jsonl`), one chain each.
+ */
+function defaultVerifyFiles(config: Config | undefined): string[] {
+  const file = config !== undefined ? config.audit.path : DEFAULT_PATH;
+  const out = chainFiles(file);
+  const workers = config === undefined ? 1 : workerCount(config.workers);
+  for (let i = 1; i <= workers && workers > 1; i++) out.push(...chainFiles(perWorker(file, i)));
+  return out;
+}
+
+/**
+ * Groups audit files into chains, in the order given: a rotated file (`audit.<UTC time>.jsonl`)
+ * belongs to the chain of `audit.jsonl`; `audit-w2.jsonl` is a chain of its own.
+ */
+export function splitChains(files: string[]): { name: string; files: string[] }[] {
+  const chains = new Map<string, string[]>();
+  for (const f of files) {
+    const dir = path.dirname(f);
+    const base = path.basename(f);
+    const ext = path.extname(base);
+    const stem = (ext === '' ? base : base.slice(0, -ext.length)).replace(/\.\d{8}T\d{9}Z(-\d+)?$/, '');
+    const name = path.join(dir, `${stem}${ext}`);
+    const list = chains.get(name) ?? [];
+    list.push(f);
+    chains.set(name, list);
+  }
+  return [...chains].map(([name, list]) => ({ name, files: list }));
 }

@@ -20,6 +20,7 @@ import type { Config } from '../config/schema.ts';
 import { spoolDirFor } from '../audit/admin-spool.ts';
 import { casbinAuthorizers, childrenOf, configArgument, inspectProcess, isBrokerStart, isTsxWrapper, type ConfiguredCasbin } from './policy-config.ts';
 import { setSpoolTarget } from './spool-target.ts';
+import { clusterReload, formatReloadReport } from '../cluster/admin.ts';
 
 const ACTIONS: readonly Action[] = ['publish', 'subscribe', 'unsubscribe', 'deliver'];
 
@@ -327,11 +328,25 @@ export function registerPolicyCommand(program: Command): void {
 
   policy
     .command('reload')
-    .requiredOption('--pid <pid>', 'process id of the running broker (`portcullis start`)')
+    .option('--pid <pid>', 'process id of the running broker (`portcullis start`); not needed for a cluster')
     .option('--config <file>', "the broker's configuration (default: the --config of the broker's command line)")
-    .description("check the policy files the running broker uses, as it reads them, then ask it to reload them (SIGHUP)")
-    .action((opts: { pid: string; config?: string }) =>
+    .description("check the policy files the running broker uses, as it reads them, then ask it to reload them (SIGHUP); in a cluster, ask every node and report each")
+    .action((opts: { pid?: string; config?: string }) =>
       run(async () => {
+        if (opts.pid === undefined) {
+          // A cluster: every node is asked through Redis, and answers with its report.
+          if (opts.config === undefined) throw new Error('give --pid (a broker) or --config (a cluster configuration)');
+          const d = deployment(opts.config);
+          if (d.config?.cluster === undefined) throw new Error(`${opts.config} has no \`cluster\`: give --pid with the broker's process id`);
+          if (d.config.audit.sink !== 'none') setSpoolTarget(spoolDirFor(path.resolve(d.config.audit.path)));
+          for (const c of d.casbin) {
+            const a = await build(c.options, '');
+            process.stdout.write(`policy ${c.options.policy} (${c.key}, model ${c.options.model}) is valid here: version ${a.version}\n`);
+          }
+          const report = await clusterReload(d.config.cluster, 'portcullis policy reload');
+          process.stdout.write(`cluster '${d.config.cluster.name}': ${report.nodes.length} node(s) reported\n` + formatReloadReport(report));
+          return report.ok ? 0 : 1;
+        }
         let pid = Number(opts.pid);
         if (!Number.isInteger(pid) || pid <= 0) throw new Error('--pid must be a process id');
         let proc = inspectProcess(pid);
@@ -354,6 +369,12 @@ export function registerPolicyCommand(program: Command): void {
         for (const c of d.casbin) {
           const a = await build(c.options, '');
           process.stdout.write(`policy ${c.options.policy} (${c.key}, model ${c.options.model}) is valid: version ${a.version}\n`);
+        }
+        if (d.config?.cluster !== undefined) {
+          // A node of a cluster: every node is asked, and each reports.
+          const report = await clusterReload(d.config.cluster, 'portcullis policy reload');
+          process.stdout.write(`cluster '${d.config.cluster.name}': ${report.nodes.length} node(s) reported\n` + formatReloadReport(report));
+          return report.ok ? 0 : 1;
         }
         try {
           process.kill(pid, 'SIGHUP');

@@ -3,7 +3,10 @@ import { DEFAULT_PKI_DIR, builtInDefaults } from '../config/defaults.ts';
 import { ensureDevelopmentPki } from '../pki/bootstrap.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError, parseConfig, type Config } from '../config/schema.ts';
+import cluster from 'node:cluster';
 import { createLogger } from '../log.ts';
+import { workerCount } from '../config/cluster-schema.ts';
+import { runPrimary, workerConfig, workerIndex } from '../cluster/workers.ts';
 
 /** `portcullis start`: runs until SIGTERM/SIGINT, then shuts down gracefully and exits 0. */
 export async function startCommand(configFile: string | undefined): Promise<number> {
@@ -17,12 +20,20 @@ export async function startCommand(configFile: string | undefined): Promise<numb
     }
     throw err;
   }
-  const log = createLogger(config.log.level);
+  const workers = workerCount(config.workers);
+  if (workers > 1 && cluster.isPrimary) {
+    // `workers: N`: this process only starts and watches the workers (src/cluster/workers.ts).
+    return runPrimary(config, workers, createLogger(config.log.level).child({ role: 'primary' }));
+  }
+  const index = workerIndex();
+  if (index !== null) config = workerConfig(config, index);
+  const log = index === null ? createLogger(config.log.level) : createLogger(config.log.level).child({ worker: index });
   let broker;
   try {
     // The built-in TLS listeners need a server certificate: make a development one on first start.
     if (configFile === undefined) ensureDevelopmentPki(DEFAULT_PKI_DIR, log);
-    broker = createBroker(config, { logger: log });
+    // With workers, one of them writes what the command line spools for the audit log.
+    broker = createBroker(config, { logger: log, adminSpool: index === null || index === 1 });
   } catch (err) {
     process.stderr.write(`portcullis: ${(err as Error).message}\n`);
     return 2;
