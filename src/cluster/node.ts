@@ -364,13 +364,15 @@ export class ClusterNode implements ClusterRuntime {
     } catch {
       return;
     }
+    const adoptions: Promise<boolean>[] = [];
     for (const [p, info] of this.partitionsKnown) {
       if (info.alive || this.hostedHere(p)) continue;
       if (!this.shared && info.origin !== this.nodeId) continue;
       // Just back from an outage: the others renew their leases now; do not take theirs meanwhile.
       if (this.redisUp && Date.now() - this.redisSince < this.config.leaseMs && info.origin !== this.nodeId) continue;
-      void this.adopt(p);
+      adoptions.push(this.adopt(p).catch((err: unknown) => (this.log.warn({ partition: p, err: (err as Error).message }, 'cluster: adopting a partition failed (tried again)'), false)));
     }
+    await Promise.all(adoptions);
   }
 
   private async scanPartitions(): Promise<void> {
