@@ -149,7 +149,8 @@ export class SessionRegistry implements SessionsApi {
   /** Asks the store to drop what expired (sessions the broker does not hold, retained messages past their expiry). */
   purgeExpired(): void {
     void this.store
-      .purgeExpired({ keep: (key) => this.sessions.has(key) })
+      // In a cluster a session expires where it is held (another node may hold it): only retained messages are purged here.
+      .purgeExpired({ keep: (key) => this.link !== null || this.sessions.has(key) })
       .then((r) => {
         if (r.expiredSessions + r.expiredRetained > 0) this.log.info(r, 'store: expired sessions and retained messages purged');
       })

@@ -319,7 +319,7 @@ export class ClusterNode implements ClusterRuntime {
     if (!this.running) return;
     let r: string[];
     try {
-      r = (await runScript(this.cmd, 'renew', [this.names.lease(this.nodeId), this.names.hosted(this.run)], [this.run, this.config.leaseMs, this.names.prefix])) as string[];
+      r = (await runScript(this.cmd, 'renew', [this.names.lease(this.nodeId), this.names.hosted(this.run)], [this.run, this.config.leaseMs, this.names.prefix, this.homeId, ...this.offline.ids])) as string[];
     } catch {
       return; // Redis unreachable: the node goes on serving local traffic; the outage is reported by health
     }

@@ -29,9 +29,9 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return {'ok'}`,
   },
   /**
-   * KEYS lease, hosted(run); ARGV run, leaseMs, prefix → {'ok'} | {'taken', run} | {'lapsed', lost...}
-   * A lease that lapsed (the node was cut off) is taken again; the partitions another node
-   * adopted meanwhile are reported lost.
+   * KEYS lease, hosted(run); ARGV run, leaseMs, prefix, the partitions the node hosts... →
+   * {'ok'} | {'taken', run} | {'lapsed', lost...}. A lease that lapsed (the node was cut off) is
+   * taken again; the partitions another node adopted meanwhile are reported lost.
    */
   renew: {
     keys: 2,
@@ -40,7 +40,8 @@ local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {'ok'} end
 if cur then return {'taken', cur} end
 local out = {'lapsed'}
-for _, p in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+for i = 4, #ARGV do
+  local p = ARGV[i]
   if redis.call('HGET', ARGV[3] .. 'part:' .. p, 'host') ~= ARGV[1] then
     table.insert(out, p)
     redis.call('SREM', KEYS[2], p)
