@@ -116,6 +116,8 @@ export interface ClusterHost {
   dropAll(reason: string): void;
   /** The filters (and `$share/g/f`) this node's sessions subscribe to. */
   interestSnapshot(): string[];
+  /** The keys of the sessions held here (not arriving copies). */
+  sessionKeys(): string[];
 }
 
 /** The cluster's lifecycle, driven by the broker's start and stop. */

@@ -162,4 +162,10 @@ export class Migration implements ClusterHost {
   interestSnapshot(): string[] {
     return this.sessions.interestSnapshot();
   }
+
+  sessionKeys(): string[] {
+    const keys: string[] = [];
+    for (const s of this.sessions.values()) if (!s.arriving) keys.push(s.key);
+    return keys;
+  }
 }

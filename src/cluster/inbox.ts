@@ -22,6 +22,8 @@ interface Source {
   trim: boolean;
   /** The trims of this source, in order. */
   trimming: Promise<unknown>;
+  /** Batches applied and not yet trimmed. */
+  untrimmed: number;
 }
 
 export interface InboxEvents {
@@ -42,7 +44,6 @@ export class Inbox {
   private readerId: number | null = null;
   private blocked = false;
   private healthy = true;
-  private readonly untrimmed: Promise<unknown>[] = [];
   readonly replay: ReplayGuard;
   /** Where the broadcast stream has been read to (the node's barriers wait for it). */
   controlPosition = '0-0';
@@ -62,7 +63,7 @@ export class Inbox {
 
   /** Reads `stream` from after `fromId`. */
   add(stream: string, fromId: string, handler: FrameHandler, trim: boolean): void {
-    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve() });
+    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve(), untrimmed: 0 });
     if (stream === this.controlStream) this.controlPosition = fromId;
     this.wake();
   }
@@ -105,7 +106,8 @@ export class Inbox {
 
   private async run(): Promise<void> {
     while (this.running) {
-      if (this.untrimmed.length >= MAX_UNTRIMMED) await this.untrimmed.shift();
+      // A partition whose store writes fall behind holds the reading (bounded memory).
+      for (const s of this.sources.values()) if (s.untrimmed >= MAX_UNTRIMMED) await s.trimming;
       const sources = [...this.sources.values()];
       if (sources.length === 0) {
         await delay(50);
@@ -175,10 +177,17 @@ export class Inbox {
     if (!source.trim) return;
     const done = Promise.all(waits);
     const upTo = nextEntryId(last);
-    source.trimming = source.trimming.then(() => done).then(() =>
-      this.commands.xtrim(source.stream, 'MINID', upTo).catch((err: Error) => this.log.warn({ err: err.message, stream: source.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)')),
-    );
-    this.untrimmed.push(source.trimming);
+    source.untrimmed++;
+    source.trimming = source.trimming
+      .then(() => done)
+      .then(() => this.commands.xtrim(source.stream, 'MINID', upTo))
+      .catch((err: Error) => this.log.warn({ err: err.message, stream: source.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)'))
+      .finally(() => source.untrimmed--);
+  }
+
+  /** Where a stream has been read to. */
+  position(stream: string): string | undefined {
+    return this.sources.get(stream)?.lastId;
   }
 
   private controlAdvanced(id: string): void {

@@ -61,6 +61,7 @@ interface Move {
   settle: (o: Outcome) => void;
   done: Promise<Outcome>;
   prepared: boolean;
+  at: number;
 }
 
 interface Departure {
@@ -149,7 +150,7 @@ export class Moves {
     const id = randomUUID();
     let settle!: (o: Outcome) => void;
     const done = new Promise<Outcome>((resolve) => (settle = resolve));
-    const move: Move = { id, key, from, clean, settle, done, prepared: false };
+    const move: Move = { id, key, from, clean, settle, done, prepared: false, at: Date.now() };
     this.moves.set(id, move);
     this.send(from, { t: 'takeover', id, key, clean, replyTo: this.ctx.home() });
     let timer: NodeJS.Timeout | undefined;
@@ -260,6 +261,13 @@ export class Moves {
   sweep(now: number): void {
     const limit = this.ctx.config.moveTimeoutMs * 2;
     for (const [slot, dep] of this.departing) if (now - dep.at > limit) this.departing.delete(slot);
+    // Moves whose other side never answered (it died before SUBS): forgotten; an arriving copy goes.
+    for (const [id, move] of this.moves) {
+      if (now - move.at <= limit * 5) continue;
+      this.moves.delete(id);
+      if (move.prepared) this.ctx.host().abandonArrival(move.key);
+      move.settle('gone');
+    }
   }
 
   private send(partition: string, c: Control): void {

@@ -330,8 +330,48 @@ export class ClusterNode implements ClusterRuntime {
       this.lost([this.homeId, ...this.offline.ids], 'another process took over this node id');
       return;
     }
-    const lost = r.slice(1);
+    const lost = r.slice(1).filter((x) => x.startsWith('lost:')).map((x) => x.slice(5));
+    const remade = r.slice(1).filter((x) => x.startsWith('new:')).map((x) => x.slice(4));
     if (lost.length > 0) this.lost(lost, 'this node was cut off from Redis for longer than cluster.leaseMs and another node took over its sessions');
+    if (remade.length > 0) await this.remade(remade);
+  }
+
+  /**
+   * Redis lost the records of partitions this node hosts (it restarted without its data): they
+   * were made again; their sessions are claimed back and this node's interest announced whole.
+   */
+  private async remade(partitions: string[]): Promise<void> {
+    this.log.error({ partitions }, 'cluster: Redis lost the records of this node\'s partitions (restarted without its data?): making them again; messages that were waiting in their inboxes are lost');
+    this.options.audit({ event: 'cluster', action: 'partition-remade', decision: 'deny', reason: `Redis lost the records of partitions ${partitions.join(', ')}: made again`, detail: { partitions: partitions.join(',') } });
+    for (const p of partitions) {
+      const keys = p === this.homeId ? this.host.sessionKeys() : this.offline.keys(p);
+      let taken = 0;
+      for (let i = 0; i < keys.length; i += 500) {
+        const args: string[] = [this.names.prefix, p];
+        for (const k of keys.slice(i, i + 500)) args.push(keyDigest(k), k);
+        taken += Number(await runScript(this.cmd, 'reown', [this.names.owned(p)], args).catch(() => 0));
+      }
+      if (taken > 0) this.log.warn({ partition: p, sessions: taken }, 'cluster: sessions claimed by another node while Redis had lost them: that node holds another copy');
+      if (p !== this.homeId) {
+        await this.cmd.hset(this.names.interest(p), ...this.offline.filters(p).flatMap((f) => [f, '1'])).catch(() => undefined);
+      }
+    }
+    if (partitions.includes(this.homeId)) await this.announceInterest();
+    await this.resync();
+  }
+
+  /** Reads every partition's interest again (after the broadcast stream lost entries this node had not read). */
+  private async resync(): Promise<void> {
+    try {
+      await this.scanPartitions();
+      for (const [p] of this.partitionsKnown) {
+        if (p === this.homeId) continue;
+        this.table.replacePartition(p, (await this.cmd.hkeys(this.names.interest(p))) as string[]);
+      }
+      this.log.warn('cluster: the interest of every partition was read again');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cluster: reading the interest again failed (tried at the next recovery)');
+    }
   }
 
   /** Partitions another node adopted while this one was cut off: their sessions are that node's now. */
@@ -479,11 +519,26 @@ export class ClusterNode implements ClusterRuntime {
     this.redisUp = ok;
     this.redisSince = Date.now();
     if (ok) {
+      void this.checkControlGap();
       this.log.warn('cluster: Redis answers again: cross-node delivery resumes');
       this.options.audit({ event: 'cluster', action: 'redis-up', decision: 'allow', reason: 'Redis answers again: cross-node delivery resumes' });
     } else {
       this.log.error({ err: err?.message }, 'cluster: Redis does not answer: local traffic goes on; QoS 1/2 messages for other nodes are refused, QoS 0 dropped, until it is back');
       this.options.audit({ event: 'cluster', action: 'redis-down', decision: 'deny', reason: `Redis does not answer (${err?.message ?? 'unknown'}): cross-node delivery stopped` });
+    }
+  }
+
+  /** After an outage: if the broadcast stream was trimmed past what this node read (or lost), read the snapshots again. */
+  private async checkControlGap(): Promise<void> {
+    const at = this.inbox.position(this.names.control) ?? '0-0';
+    try {
+      const first = (await this.cmd.xrange(this.names.control, '-', '+', 'COUNT', 1)) as [string, string[]][];
+      const firstId = first[0]?.[0];
+      const lastGenerated = ((await this.cmd.xrevrange(this.names.control, '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+      const lost = (firstId !== undefined && compareIds(firstId, at) > 0 && at !== '0-0') || (lastGenerated !== undefined && compareIds(lastGenerated, at) < 0) || (lastGenerated === undefined && at !== '0-0');
+      if (lost) await this.resync();
+    } catch {
+      // checked again at the next recovery
     }
   }
 

@@ -338,6 +338,11 @@ export class OfflinePartitions {
     this.arm(partition, this.add(partition, stored));
   }
 
+  /** The keys of a partition's sessions. */
+  keys(p: string): string[] {
+    return [...(this.partitions.get(p)?.sessions.keys() ?? [])];
+  }
+
   /** The interest of a partition (its filters). */
   filters(p: string): string[] {
     return [...(this.partitions.get(p)?.byFilter.keys() ?? [])];

@@ -40,10 +40,19 @@ local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {'ok'} end
 if cur then return {'taken', cur} end
 local out = {'lapsed'}
+local node = string.match(ARGV[1], '^(.*)~[^~]*$')
 for i = 4, #ARGV do
   local p = ARGV[i]
-  if redis.call('HGET', ARGV[3] .. 'part:' .. p, 'host') ~= ARGV[1] then
-    table.insert(out, p)
+  local host = redis.call('HGET', ARGV[3] .. 'part:' .. p, 'host')
+  if not host then
+    -- Redis lost it (restarted without its data): this node still hosts it, so it is made again.
+    redis.call('HSET', ARGV[3] .. 'part:' .. p, 'host', ARGV[1], 'origin', node)
+    redis.call('SADD', ARGV[3] .. 'parts', p)
+    redis.call('SADD', KEYS[2], p)
+    if redis.call('EXISTS', ARGV[3] .. 'in:' .. p) == 0 then redis.call('XADD', ARGV[3] .. 'in:' .. p, 'MAXLEN', '0', '*', 'i', '') end
+    table.insert(out, 'new:' .. p)
+  elseif host ~= ARGV[1] then
+    table.insert(out, 'lost:' .. p)
     redis.call('SREM', KEYS[2], p)
   end
 end
@@ -128,6 +137,26 @@ if owner == ARGV[3] or not owner then
 end
 redis.call('XADD', KEYS[4], 'NOMKSTREAM', '*', 'f', ARGV[5])
 return owner or false`,
+  },
+  /**
+   * KEYS owned(p); ARGV prefix, p, digest1, key1, digest2, key2...: a partition made again after
+   * Redis lost its data claims its sessions back (those nobody claimed meanwhile) → how many were taken by others.
+   */
+  reown: {
+    keys: 1,
+    lua: `
+local taken = 0
+for i = 3, #ARGV, 2 do
+  local own = ARGV[1] .. 'own:' .. ARGV[i]
+  local cur = redis.call('GET', own)
+  if not cur or cur == ARGV[2] then
+    redis.call('SET', own, ARGV[2])
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  else
+    taken = taken + 1
+  end
+end
+return taken`,
   },
   /** KEYS owner(digest), owned(p); ARGV digest, p: the session ended, its key is free. */
   free: {
