@@ -136,3 +136,61 @@ test('no-local holds across nodes: a client does not get its own message back, w
   await delay(200);
   t.deepEqual(own, ['from-other']);
 });
+
+test('a retained message set on one node is there for a subscription made on any other node right after its PUBACK; a clear on a third node clears it everywhere', async (t) => {
+  const c = await cluster(t, 'retained');
+  const pub = await client(c, 0, { clientId: 'r-pub' });
+  for (let round = 0; round < 5; round++) {
+    await pub.publishAsync(`status/dev-${round}`, `online-${round}`, { qos: 1, retain: true });
+    const got: string[] = [];
+    const s = await client(c, 1 + (round % 2), { clientId: `r-sub-${round}` }, (topic, p) => got.push(`${topic}=${p}`));
+    await s.subscribeAsync(`status/dev-${round}`, { qos: 1 });
+    t.true(await eventually(() => got.length === 1, 2000), `round ${round}`);
+    t.deepEqual(got, [`status/dev-${round}=online-${round}`]);
+  }
+  const clearer = await client(c, 2, { clientId: 'r-clear' });
+  await clearer.publishAsync('status/dev-0', '', { qos: 1, retain: true });
+  for (const node of [0, 1, 2]) {
+    const got: string[] = [];
+    const s = await client(c, node, { clientId: `r-after-${node}` }, (topic) => got.push(topic));
+    await s.subscribeAsync('status/#', { qos: 1 });
+    await delay(200);
+    t.deepEqual(got.sort(), ['status/dev-1', 'status/dev-2', 'status/dev-3', 'status/dev-4'], `node ${node}`);
+  }
+});
+
+test('retained messages set on one topic from several nodes at once end the same on every node (the last in the broadcast order)', async (t) => {
+  const c = await cluster(t, 'retained-race');
+  const pubs = await Promise.all([0, 1, 2].map((n) => client(c, n, { clientId: `rr-${n}` })));
+  await Promise.all(pubs.map(async (p, n) => {
+    for (let i = 0; i < 30; i++) await p.publishAsync('race/topic', `${n}-${i}`, { qos: 1, retain: true });
+  }));
+  await delay(300);
+  const seen: string[] = [];
+  for (const node of [0, 1, 2]) {
+    const got: string[] = [];
+    const s = await client(c, node, { clientId: `rr-sub-${node}` }, (_t, p) => got.push(p.toString()));
+    await s.subscribeAsync('race/topic', { qos: 1 });
+    t.true(await eventually(() => got.length === 1));
+    seen.push(got[0] as string);
+  }
+  t.is(new Set(seen).size, 1, `every node has the same retained message: ${seen.join(', ')}`);
+});
+
+test('a SUBACK waits until every node knows the new subscription: a node whose bus reader was cut off gets it before the SUBACK, so its publish right after is delivered', async (t) => {
+  const c = await cluster(t, 'barrier');
+  const got: string[] = [];
+  const pub = await client(c, 2, { clientId: 'bar-pub' });
+  for (let round = 0; round < 3; round++) {
+    // Node c stops hearing the broadcast for a while: its reader connection is killed (it reconnects).
+    const run = c.nodes[2]?.broker.clusterStatus()?.run as string;
+    const list = await c.redis.command('CLIENT', 'LIST');
+    const id = /id=(\d+) [^\n]*name=portcullis:[^ ]*:reader/.exec(list.split('\n').filter((l) => l.includes(`portcullis:${run}:reader`)).join('\n'))?.[1];
+    t.truthy(id);
+    await c.redis.command('CLIENT', 'KILL', 'ID', id as string);
+    const s = await client(c, 0, { clientId: `bar-sub-${round}` }, (_t, p) => got.push(p.toString()));
+    await s.subscribeAsync(`bar/${round}`, { qos: 1 });
+    await pub.publishAsync(`bar/${round}`, `r${round}`, { qos: 1 });
+    t.true(await eventually(() => got.includes(`r${round}`), 3000), `round ${round}`);
+  }
+});
