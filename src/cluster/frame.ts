@@ -33,13 +33,23 @@ export interface Frame extends FrameHeader {
   bodies: Buffer[];
 }
 
+/** A body: one buffer, or parts written one after the other (a publish's header and its shared encoding). */
+export type Body = Buffer | readonly Buffer[];
+
+function bodyLength(b: Body): number {
+  if (Buffer.isBuffer(b)) return b.length;
+  let n = 0;
+  for (const part of b as readonly Buffer[]) n += part.length;
+  return n;
+}
+
 /** Builds and signs a frame holding `bodies`. */
-export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>, bodies: readonly Buffer[]): Buffer {
+export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>, bodies: readonly Body[]): Buffer {
   const keyId = Buffer.from(key.id);
   const sender = Buffer.from(header.sender);
   const target = Buffer.from(header.target);
   let size = 4 + 1 + keyId.length + 1 + sender.length + 2 + target.length + 8 + 8 + 4 + MAC_BYTES;
-  for (const b of bodies) size += 4 + b.length;
+  for (const b of bodies) size += 4 + bodyLength(b);
   const out = Buffer.allocUnsafe(size);
   let o = MAGIC.copy(out, 0);
   o = out.writeUInt8(keyId.length, o);
@@ -52,8 +62,9 @@ export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>,
   o = out.writeDoubleBE(header.seq, o);
   o = out.writeUInt32BE(bodies.length, o);
   for (const b of bodies) {
-    o = out.writeUInt32BE(b.length, o);
-    o += b.copy(out, o);
+    o = out.writeUInt32BE(bodyLength(b), o);
+    if (Buffer.isBuffer(b)) o += b.copy(out, o);
+    else for (const part of b as readonly Buffer[]) o += part.copy(out, o);
   }
   createHmac('sha256', key.key).update(out.subarray(0, o)).digest().copy(out, o);
   return out;

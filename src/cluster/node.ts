@@ -33,7 +33,7 @@ import { OfflinePartitions } from './offline.ts';
 import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
-import { BodyKind, decodeBody, encodeControl, encodePublish, fromJson, toJson, type Control } from './wire.ts';
+import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control } from './wire.ts';
 
 export interface ClusterNodeOptions {
   cluster: ClusterConfig;
@@ -598,7 +598,7 @@ export class ClusterNode implements ClusterRuntime {
   private onControlFrame(frame: Frame, entryId: string): void | Promise<unknown> {
     const waits: Promise<unknown>[] = [];
     for (const raw of frame.bodies) {
-      const body = decodeBody(raw);
+      const body = decodeBody(raw, frame.sender);
       if (body.kind !== BodyKind.Control) continue;
       const c = body.control;
       switch (c.t) {
@@ -644,7 +644,7 @@ export class ClusterNode implements ClusterRuntime {
     const waits: Promise<unknown>[] = [];
     const vector = this.applied.get(p);
     for (const raw of frame.bodies) {
-      const body = decodeBody(raw);
+      const body = decodeBody(raw, frame.sender);
       if (body.kind === BodyKind.Publish) {
         this.received++;
         const m = body.message;
@@ -827,8 +827,9 @@ export class ClusterNode implements ClusterRuntime {
     const wait = message.qos > 0;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
+    const wire = messageWire(message, this.run);
     for (const [p, t] of targets) {
-      const w = this.outbox.send(p, encodePublish(message, t.plain, t.groups), wait);
+      const w = this.outbox.send(p, [publishHeader(t.plain, t.groups), wire], wait);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);

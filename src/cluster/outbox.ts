@@ -13,7 +13,7 @@
  */
 import type { WriteStatus } from '../broker/ports.ts';
 import type { Logger } from '../log.ts';
-import { encodeFrame } from './frame.ts';
+import { encodeFrame, type Body } from './frame.ts';
 import type { ClusterKey } from './keys.ts';
 import type { Names } from './names.ts';
 import { redisReady, type RedisClient } from './redis.ts';
@@ -27,7 +27,7 @@ const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 type Waiter = (status: WriteStatus) => void;
 
 interface Batch {
-  bodies: Buffer[];
+  bodies: Body[];
   bytes: number;
   waiters: Waiter[];
 }
@@ -83,7 +83,7 @@ export class Outbox {
   }
 
   /** A signed frame for `target` with `bodies`, numbered now: issue its command right away. */
-  frame(target: string, bodies: readonly Buffer[]): Buffer {
+  frame(target: string, bodies: readonly Body[]): Buffer {
     return encodeFrame(this.key(), { sender: this.run, target, ts: Date.now(), seq: this.nextSeq(target) }, bodies);
   }
 
@@ -100,15 +100,16 @@ export class Outbox {
    * Sends a body to a partition's inbox in this turn's frame. With `wait`, resolves once Redis
    * holds it ('ok') or it could not be written ('failed'); without, null.
    */
-  send(partition: string, body: Buffer, wait: boolean): Promise<WriteStatus> | null {
-    if (!this.admits(body.length)) return wait ? FAILED : null;
+  send(partition: string, body: Body, wait: boolean): Promise<WriteStatus> | null {
+    const length = Buffer.isBuffer(body) ? body.length : (body as readonly Buffer[]).reduce((n, b) => n + b.length, 0);
+    if (!this.admits(length)) return wait ? FAILED : null;
     // `cli:<id>`: the reply stream of a command-line client (admin.ts).
     const stream = partition.startsWith('cli:') ? this.names.replies(partition.slice(4)) : this.names.inbox(partition);
     let batch = this.batches.get(stream);
     if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [] }));
     batch.bodies.push(body);
-    batch.bytes += body.length;
-    this.pendingBytes += body.length;
+    batch.bytes += length;
+    this.pendingBytes += length;
     this.schedule();
     if (!wait) return null;
     return new Promise((resolve) => (batch as Batch).waiters.push(resolve));
@@ -235,12 +236,13 @@ function split(batch: Batch): Batch[] {
   const parts: Batch[] = [];
   let cur: Batch = { bodies: [], bytes: 0, waiters: batch.waiters };
   for (const b of batch.bodies) {
-    if (cur.bodies.length > 0 && cur.bytes + b.length > MAX_FRAME_BYTES) {
+    const n = Buffer.isBuffer(b) ? b.length : (b as readonly Buffer[]).reduce((x, y) => x + y.length, 0);
+    if (cur.bodies.length > 0 && cur.bytes + n > MAX_FRAME_BYTES) {
       parts.push(cur);
       cur = { bodies: [], bytes: 0, waiters: [] };
     }
     cur.bodies.push(b);
-    cur.bytes += b.length;
+    cur.bytes += n;
   }
   parts.push(cur);
   // Every part must be written before the batch's waiters hear 'ok': the waiters go with a combined promise.

@@ -1,9 +1,9 @@
 /**
  * The bodies inside a frame (frame.ts): one byte of kind, then the kind's content.
  *
- * - A publish (`PUB`) is binary around JSON: flags (plain subscribers), the `$share` groups the
- *   receiving partition takes it for, then the message encoded once for every partition it goes
- *   to (meta JSON, then the payload bytes as they are).
+ * - A publish is binary: whether plain subscribers take it, the `$share` groups the receiving
+ *   partition takes it for (JSON, rare), then the message encoded once for every partition it
+ *   goes to ({@link messageWire}).
  * - Everything else (takeovers, acknowledgements, interest, reloads...) is JSON.
  *
  * Buffers inside JSON (correlation data, payloads of a session snapshot) travel as
@@ -80,57 +80,140 @@ export function fromJson(value: JsonValue): unknown {
 
 // ── messages ────────────────────────────────────────────────────────────────
 
-interface Meta {
-  t: string;
-  q: QoS;
-  r: boolean;
-  p?: JsonValue;
-  e?: number;
-  o?: string;
-  s?: [string, number];
-}
+const F_RETAIN = 0x04;
+const F_EXPIRES = 0x08;
+const F_ORIGIN = 0x10;
+const F_STAMP = 0x20;
+const F_PROPS = 0x40;
+/** The stamp's node is the frame's sender (the usual case: only its sequence number travels). */
+const F_STAMP_SENDER = 0x80;
 
-/** The message as every partition receives it: made once per message (cached on it). */
-export function messageWire(m: Message): Buffer {
+/**
+ * The message as every partition receives it, made once per message (cached on it): binary, so
+ * that a message costs no JSON on the way out or in. flags (QoS in the low two bits) | u16 topic
+ * | [f64 expiry] | [u16 origin] | [u8 stamp node] f64 stamp sequence | [u32 properties JSON] |
+ * payload (the rest). `sender`: the run that writes the frame.
+ */
+export function messageWire(m: Message, sender: string): Buffer {
   if (m.wire !== undefined) return m.wire;
-  const meta: Meta = { t: m.topic, q: m.qos, r: m.retain };
-  if (m.properties !== undefined) meta.p = toJson(m.properties);
-  if (m.expiresAt !== undefined) meta.e = m.expiresAt;
-  if (m.origin !== undefined) meta.o = m.origin;
-  if (m.stamp !== undefined) meta.s = [m.stamp.node, m.stamp.seq];
-  const json = Buffer.from(JSON.stringify(meta));
-  const out = Buffer.allocUnsafe(4 + json.length + m.payload.length);
-  out.writeUInt32BE(json.length, 0);
-  json.copy(out, 4);
-  m.payload.copy(out, 4 + json.length);
+  let flags: number = m.qos;
+  if (m.retain) flags |= F_RETAIN;
+  const topicLen = Buffer.byteLength(m.topic);
+  let size = 1 + 2 + topicLen + m.payload.length;
+  if (m.expiresAt !== undefined) {
+    flags |= F_EXPIRES;
+    size += 8;
+  }
+  let originLen = 0;
+  if (m.origin !== undefined) {
+    flags |= F_ORIGIN;
+    originLen = Buffer.byteLength(m.origin);
+    size += 2 + originLen;
+  }
+  let stampNodeLen = 0;
+  if (m.stamp !== undefined) {
+    flags |= F_STAMP;
+    if (m.stamp.node === sender) flags |= F_STAMP_SENDER;
+    else {
+      stampNodeLen = Buffer.byteLength(m.stamp.node);
+      size += 1 + stampNodeLen;
+    }
+    size += 8;
+  }
+  let props: Buffer | null = null;
+  if (m.properties !== undefined) {
+    flags |= F_PROPS;
+    props = Buffer.from(JSON.stringify(toJson(m.properties)));
+    size += 4 + props.length;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let o = out.writeUInt8(flags, 0);
+  o = out.writeUInt16BE(topicLen, o);
+  o += out.write(m.topic, o, 'utf8');
+  if (m.expiresAt !== undefined) o = out.writeDoubleBE(m.expiresAt, o);
+  if (m.origin !== undefined) {
+    o = out.writeUInt16BE(originLen, o);
+    o += out.write(m.origin, o, 'utf8');
+  }
+  if (m.stamp !== undefined) {
+    if ((flags & F_STAMP_SENDER) === 0) {
+      o = out.writeUInt8(stampNodeLen, o);
+      o += out.write(m.stamp.node, o, 'utf8');
+    }
+    o = out.writeDoubleBE(m.stamp.seq, o);
+  }
+  if (props !== null) {
+    o = out.writeUInt32BE(props.length, o);
+    o += props.copy(out, o);
+  }
+  m.payload.copy(out, o);
   m.wire = out;
   return out;
 }
 
-export function decodeMessageWire(buf: Buffer): Message {
-  const n = buf.readUInt32BE(0);
-  const meta = JSON.parse(buf.toString('utf8', 4, 4 + n)) as Meta;
-  if (typeof meta.t !== 'string' || (meta.q !== 0 && meta.q !== 1 && meta.q !== 2) || typeof meta.r !== 'boolean') throw new Error('bad message');
+export function decodeMessageWire(buf: Buffer, start: number, sender: string): Message {
+  let o = start;
+  const flags = buf.readUInt8(o++);
+  const qos = (flags & 0x03) as QoS;
+  if (qos > 2) throw new Error('bad message');
+  const topicLen = buf.readUInt16BE(o);
+  o += 2;
+  const topic = buf.toString('utf8', o, (o += topicLen));
+  let expiresAt: number | undefined;
+  let origin: string | undefined;
+  let stamp: Stamp | undefined;
+  let properties: Message['properties'];
+  if ((flags & F_EXPIRES) !== 0) {
+    expiresAt = buf.readDoubleBE(o);
+    o += 8;
+  }
+  if ((flags & F_ORIGIN) !== 0) {
+    const n = buf.readUInt16BE(o);
+    o += 2;
+    origin = buf.toString('utf8', o, (o += n));
+  }
+  if ((flags & F_STAMP) !== 0) {
+    let node = sender;
+    if ((flags & F_STAMP_SENDER) === 0) {
+      const n = buf.readUInt8(o++);
+      node = buf.toString('utf8', o, (o += n));
+    }
+    stamp = { node, seq: buf.readDoubleBE(o) };
+    o += 8;
+  }
+  if ((flags & F_PROPS) !== 0) {
+    const n = buf.readUInt32BE(o);
+    o += 4;
+    properties = fromJson(JSON.parse(buf.toString('utf8', o, (o += n))) as JsonValue) as Message['properties'];
+  }
+  if (o > buf.length) throw new Error('bad message');
   // A copy: the payload must not pin the whole frame (and the stream reply) while it waits in a queue.
-  const message: Message = { topic: meta.t, payload: Buffer.from(buf.subarray(4 + n)), qos: meta.q, retain: meta.r };
-  if (meta.p !== undefined) message.properties = fromJson(meta.p) as Message['properties'];
-  if (typeof meta.e === 'number') message.expiresAt = meta.e;
-  if (typeof meta.o === 'string') message.origin = meta.o;
-  if (Array.isArray(meta.s)) message.stamp = { node: String(meta.s[0]), seq: Number(meta.s[1]) } satisfies Stamp;
+  const message: Message = { topic, payload: Buffer.from(buf.subarray(o)), qos, retain: (flags & F_RETAIN) !== 0 };
+  if (expiresAt !== undefined) message.expiresAt = expiresAt;
+  if (origin !== undefined) message.origin = origin;
+  if (stamp !== undefined) message.stamp = stamp;
+  if (properties !== undefined) message.properties = properties;
   return message;
 }
 
-/** A publish body for one partition: who there takes it, and the message. */
-export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null): Buffer {
-  const wire = messageWire(m);
-  const g = groups === null || groups.length === 0 ? null : Buffer.from(JSON.stringify(groups));
-  const out = Buffer.allocUnsafe(1 + 1 + 4 + (g?.length ?? 0) + wire.length);
-  let o = out.writeUInt8(BodyKind.Publish, 0);
-  o = out.writeUInt8(plain ? 1 : 0, o);
-  o = out.writeUInt32BE(g?.length ?? 0, o);
-  if (g !== null) o += g.copy(out, o);
-  wire.copy(out, o);
+/** The few bytes before the message in a publish body: kind, plain subscribers, the `$share` groups. */
+export function publishHeader(plain: boolean, groups: readonly string[] | null): Buffer {
+  if (groups === null || groups.length === 0) return plain ? PLAIN_HEADER : NO_PLAIN_HEADER;
+  const g = Buffer.from(JSON.stringify(groups));
+  const out = Buffer.allocUnsafe(6 + g.length);
+  out.writeUInt8(BodyKind.Publish, 0);
+  out.writeUInt8(plain ? 1 : 0, 1);
+  out.writeUInt32BE(g.length, 2);
+  g.copy(out, 6);
   return out;
+}
+
+const PLAIN_HEADER = Buffer.from([BodyKind.Publish, 1, 0, 0, 0, 0]);
+const NO_PLAIN_HEADER = Buffer.from([BodyKind.Publish, 0, 0, 0, 0, 0]);
+
+/** A publish body for one partition (one buffer: tests and tools; the outbox sends header and message without joining them). */
+export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null, sender = ''): Buffer {
+  return Buffer.concat([publishHeader(plain, groups), messageWire(m, sender)]);
 }
 
 export function encodeControl(c: Control): Buffer {
@@ -141,14 +224,17 @@ export function encodeControl(c: Control): Buffer {
   return out;
 }
 
-/** Parses a body; throws on a malformed one (the frame was signed by a node, so that is a bug, logged). */
-export function decodeBody(buf: Buffer): PublishBody | ControlBody {
+/**
+ * Parses a body; throws on a malformed one (the frame was signed by a node, so that is a bug,
+ * logged). `sender`: the run that wrote the frame.
+ */
+export function decodeBody(buf: Buffer, sender = ''): PublishBody | ControlBody {
   const kind = buf.readUInt8(0);
   if (kind === BodyKind.Publish) {
     const plain = buf.readUInt8(1) === 1;
     const gl = buf.readUInt32BE(2);
     const groups = gl === 0 ? null : (JSON.parse(buf.toString('utf8', 6, 6 + gl)) as string[]);
-    return { kind: BodyKind.Publish, plain, groups, message: decodeMessageWire(buf.subarray(6 + gl)) };
+    return { kind: BodyKind.Publish, plain, groups, message: decodeMessageWire(buf, 6 + gl, sender) };
   }
   if (kind === BodyKind.Control) {
     const control = JSON.parse(buf.toString('utf8', 1)) as Control;
