@@ -47,8 +47,9 @@ export function workerConfig(config: Config, index: number): Config {
  * Resolves with the exit code.
  */
 export function runPrimary(config: Config, count: number, log: Logger): Promise<number> {
-  // The node id the workers share: the configured one, else this (primary) process's.
-  const base = config.cluster?.nodeId ?? `${os.hostname()}-${process.pid}`;
+  // The node id the workers share (the configured one, by default the host name): the same at
+  // every start, so each worker takes back its own store's sessions.
+  const base = config.cluster?.nodeId ?? os.hostname();
   const env = (index: number) => ({ [WORKER_ENV]: String(index), [BASE_ENV]: base });
   const workers = new Map<number, import('node:cluster').Worker>();
   let stopping = false;

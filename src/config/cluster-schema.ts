@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import { z } from 'zod';
+import { isLoopbackHost } from './auth-schema.ts';
 
 const positiveInt = z.number().int().positive();
 
@@ -51,20 +52,43 @@ const redis = z
     /** Deadline of a connection attempt and of each command (a Redis that hangs is a Redis that is down). */
     connectTimeoutMs: positiveInt.default(5000),
     commandTimeoutMs: positiveInt.default(5000),
+    /**
+     * Plain text (no TLS) to a Redis that is not on loopback: every message, session and the
+     * Redis password cross the network readable. Refused unless set (a test bench, a private link).
+     */
+    allowPlainText: z.boolean().default(false),
   })
-  .refine((r) => [r.url, r.sentinel, r.nodes].filter((x) => x !== undefined).length === 1, 'give exactly one of url, sentinel or nodes');
+  .refine((r) => [r.url, r.sentinel, r.nodes].filter((x) => x !== undefined).length === 1, 'give exactly one of url, sentinel or nodes')
+  .refine((r) => r.allowPlainText || r.tls !== false || plainTextHosts(r).every(isLoopbackHost), {
+    message: 'a Redis that is not on loopback needs TLS (rediss:// or tls), or allowPlainText: true to send everything in clear',
+  });
+
+/** The hosts a configuration without TLS would reach in plain text (a rediss:// URL is TLS). */
+function plainTextHosts(r: { url?: string | undefined; sentinel?: { sentinels: string[] } | undefined; nodes?: string[] | undefined }): string[] {
+  if (r.url !== undefined) {
+    if (r.url.startsWith('rediss://') || !URL.canParse(r.url)) return [];
+    return [new URL(r.url).hostname.replace(/^\[|\]$/g, '')];
+  }
+  const list = r.sentinel?.sentinels ?? r.nodes ?? [];
+  return list.map((hp) => hp.slice(0, hp.lastIndexOf(':')).replace(/^\[|\]$/g, ''));
+}
 
 export const clusterConfig = z
   .strictObject({
     redis,
     /**
      * This node's name, unique in the cluster: letters, digits, '.', '_' and '-'. Default: the
-     * host name and the process id. With `workers`, each worker appends `-w<n>`.
+     * host name. With `workers`, each worker appends `-w<n>`.
+     *
+     * It must stay the same across restarts: a node with its own store takes back the sessions
+     * of its earlier runs only under the same id (a process id in the default would make every
+     * restart a new node, and the old one's sessions would wait for it forever). Two nodes on
+     * one host need ids of their own; the second to start with a live node's id is refused.
      */
     nodeId: z
       .string()
       .regex(/^[A-Za-z0-9._-]{1,64}$/, "1 to 64 letters, digits, '.', '_' or '-'")
-      .default(() => `${os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 48)}-${process.pid}`),
+      .default(() => os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 60) || 'node'),
     /** Names this cluster's keys in Redis, so several clusters can share one Redis. */
     name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "1 to 64 letters, digits, '.', '_' or '-'").default('portcullis'),
     /**
