@@ -9,6 +9,7 @@ import type { MqttClient } from 'mqtt';
 import { startRedis, type RedisServer } from './redis-server.ts';
 import { connect, delay, eventually, nodeConfig, startNode, tempDir, writeKeyFile, type InProcessNode } from './cluster-support.ts';
 import fs from 'node:fs';
+import { MemoryStore } from '../src/index.ts';
 
 interface Cluster {
   redis: RedisServer;
@@ -193,4 +194,53 @@ test('a SUBACK waits until every node knows the new subscription: a node whose b
     await pub.publishAsync(`bar/${round}`, `r${round}`, { qos: 1 });
     t.true(await eventually(() => got.includes(`r${round}`), 3000), `round ${round}`);
   }
+});
+
+test('a node that joins with a store of its own takes the retained messages from the others: all of them when new, and on coming back what was set, changed and cleared while it was away', async (t) => {
+  const redis = await startRedis();
+  const dir = tempDir();
+  const keyFile = writeKeyFile(dir);
+  const nodes: InProcessNode[] = [];
+  const clients: MqttClient[] = [];
+  t.teardown(async () => {
+    for (const cl of clients) cl.end(true);
+    for (const n of nodes) await n.broker.stop().catch(() => undefined);
+    await redis.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = (id: string) => nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name: 'retained-join' });
+  const a = await startNode(cfg('a'));
+  const b = await startNode(cfg('b'));
+  nodes.push(a, b);
+  const retainedOn = async (port: number, id: string): Promise<string[]> => {
+    const got: string[] = [];
+    const s = await connect(port, { clientId: id }, (topic, p) => got.push(`${topic}=${p}`));
+    clients.push(s);
+    await s.subscribeAsync('rj/#', { qos: 1 });
+    await eventually(() => got.length >= 3, 3000);
+    await delay(200); // nothing more comes
+    return got.sort();
+  };
+  const pubA = await connect(a.port, { clientId: 'rj-pub-a' });
+  clients.push(pubA);
+  for (const [topic, value] of [['rj/1', 'one'], ['rj/2', 'two'], ['rj/3', 'three']]) await pubA.publishAsync(topic as string, value as string, { qos: 1, retain: true });
+
+  // A node that joins later, its store empty.
+  const storeD = new MemoryStore();
+  let d = await startNode(cfg('d'), { store: storeD });
+  nodes.push(d);
+  t.deepEqual(await retainedOn(d.port, 'rj-sub-1'), ['rj/1=one', 'rj/2=two', 'rj/3=three']);
+
+  // It stops; meanwhile one retained message is cleared, one replaced and one added elsewhere.
+  await d.broker.stop();
+  nodes.pop();
+  const pubB = await connect(b.port, { clientId: 'rj-pub-b' });
+  clients.push(pubB);
+  await pubB.publishAsync('rj/1', '', { qos: 1, retain: true });
+  await pubB.publishAsync('rj/2', 'two-b', { qos: 1, retain: true });
+  await pubB.publishAsync('rj/4', 'four', { qos: 1, retain: true });
+  // Back, on the store it kept (which still holds the old three).
+  d = await startNode(cfg('d'), { store: storeD });
+  nodes.push(d);
+  t.deepEqual(await retainedOn(d.port, 'rj-sub-2'), ['rj/2=two-b', 'rj/3=three', 'rj/4=four']);
 });

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { Redis } from 'ioredis';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { upsertBan } from '../src/admission/ban-file.ts';
 import { startRedis, type RedisServer } from './redis-server.ts';
@@ -121,7 +122,25 @@ test('failed logins on one node count on every node: the backoff engaged there h
   const wrong = { clientId: 'guesser', username: 'victim', password: 'guess' };
   t.is(await connackCode((c.nodes[0] as InProcessNode).port, wrong), 0x86);
   t.is(await connackCode((c.nodes[0] as InProcessNode).port, wrong), 0x86);
-  await delay(300); // one sync interval
+  // Node c has the failures once it has read the broadcast stream past them: wait until they are
+  // in the stream, then for a retained QoS 1 PUBACK written after them (it waits until every node
+  // applied that entry), and see the retained message on c.
+  const reader = new Redis(c.redis.url, { lazyConnect: true });
+  t.teardown(() => reader.disconnect());
+  await reader.connect();
+  const inStream = async () => ((await reader.xrangeBuffer('{pc:guard}:ctl', '-', '+')) as [Buffer, Buffer[]][]).some(([, fields]) => fields.some((f) => f.includes('auth-failures')));
+  t.true(await eventually(inStream, 5000), 'the failures reach the broadcast stream');
+  const marker = await connect((c.nodes[0] as InProcessNode).port, { clientId: 'marker', username: 'writer', password: 'writer-pw' });
+  c.clients.push(marker);
+  await marker.publishAsync('guard/marker', 'after the failures', { qos: 1, retain: true });
+  t.true(await eventually(async () => {
+    let got = false;
+    const probe = await connect((c.nodes[2] as InProcessNode).port, { clientId: 'probe', username: 'writer', password: 'writer-pw' }, () => (got = true));
+    await probe.subscribeAsync('guard/marker', { qos: 1 });
+    await delay(50);
+    probe.end(true);
+    return got;
+  }, 5000), 'node c read the broadcast stream past the failures');
   // On node c, which saw no failure itself, the pair is throttled now: the attempt is refused without a check.
   t.is(await connackCode((c.nodes[2] as InProcessNode).port, wrong), 0x9f);
   const throttled = (c.nodes[2] as InProcessNode).audit.records.find((r) => r.event === 'connect' && r.reasonCode === 0x9f);

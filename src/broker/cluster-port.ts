@@ -118,6 +118,8 @@ export interface ClusterHost {
   interestSnapshot(): string[];
   /** The keys of the sessions held here (not arriving copies). */
   sessionKeys(): string[];
+  /** Every retained message held here (for a node that joins with a store of its own). */
+  retainedSnapshot(): Message[];
 }
 
 /** The cluster's lifecycle, driven by the broker's start and stop. */

@@ -48,6 +48,10 @@ export class Migration implements ClusterHost {
     this.delivery.applyRetained(message, persist);
   }
 
+  retainedSnapshot(): Message[] {
+    return this.delivery.retained.all();
+  }
+
   holds(key: string): boolean {
     const session = this.sessions.byKey(key);
     return session !== undefined && !session.arriving;

@@ -9,7 +9,8 @@
  *   the broadcast stream; a publish goes only to partitions it matches (outbox.ts);
  * - moves: the takeover protocol (moves.ts);
  * - barriers: a SUBACK, a retained PUBACK or a move waits until every live node has applied
- *   the broadcast entry it depends on (or `ackTimeoutMs`).
+ *   the broadcast entry it depends on (or `ackTimeoutMs`);
+ * - retained messages: a node with a store of its own that starts takes them from a live node.
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
@@ -33,7 +34,7 @@ import { OfflinePartitions } from './offline.ts';
 import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
-import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control } from './wire.ts';
+import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control, type JsonValue } from './wire.ts';
 
 export interface ClusterNodeOptions {
   cluster: ClusterConfig;
@@ -127,6 +128,12 @@ export class ClusterNode implements ClusterRuntime {
   private refusedFrames = 0;
   private refusedLoggedAt = 0;
   extension: ClusterExtension | null = null;
+  /**
+   * While this node (with a store of its own) takes the retained messages from a live node: the
+   * topics set or cleared since it started reading the broadcast stream (newer than the
+   * snapshot's), and the topics the snapshot held.
+   */
+  private retainedSync: { from: string; touched: Set<string>; seen: Set<string>; done: (complete: boolean) => void } | null = null;
 
   constructor(private readonly options: ClusterNodeOptions) {
     const config = (this.config = options.cluster);
@@ -252,6 +259,9 @@ export class ClusterNode implements ClusterRuntime {
       this.log.warn({ sessions: left }, 'cluster: sessions in this node\'s store that no partition of it holds were deleted (they moved to another node)');
       this.localSessions.clear();
     }
+    // With a store of its own, retained messages set or cleared while this node was away (or
+    // before it first joined) are not in it: it takes them from a live node before it listens.
+    if (!this.shared) await this.syncRetained();
     const lease = this.config.leaseMs;
     this.timers.push(setInterval(() => void this.renew(), Math.max(50, Math.floor(lease / 3))).unref());
     this.timers.push(setInterval(() => void this.watch(), Math.max(100, Math.floor(lease / 2))).unref());
@@ -613,6 +623,7 @@ export class ClusterNode implements ClusterRuntime {
           if (c.ackTo !== undefined && frame.sender !== this.run) this.ack(c.ackTo, entryId);
           break;
         case 'retain':
+          if (this.retainedSync !== null) this.retainedSync.touched.add((fromJson(c.m) as Message).topic);
           if (frame.sender !== this.run) this.host.applyRetained(fromJson(c.m) as Message, !this.shared);
           if (c.ackTo !== undefined && frame.sender !== this.run) this.ack(c.ackTo, entryId);
           break;
@@ -628,7 +639,14 @@ export class ClusterNode implements ClusterRuntime {
           break;
         case 'node':
           if (c.event === 'up') this.liveRuns.add(c.run);
-          else this.runGone(c.run);
+          else {
+            this.runGone(c.run);
+            if (this.retainedSync?.from === c.run) this.retainedSync.done(false);
+          }
+          break;
+        case 'retained-wanted':
+          // Not awaited: the snapshot goes out paced by Redis while this stream is read on.
+          if (c.ask === this.run) void this.sendRetained(c.replyTo);
           break;
         default: {
           const r = this.extension?.onControl(c, frame.sender);
@@ -684,9 +702,79 @@ export class ClusterNode implements ClusterRuntime {
       case 'ack':
         if (home) for (const id of c.ids) this.acked(id, sender);
         return;
+      case 'retained-snapshot':
+        if (home) this.retainedChunk(c.m, c.last, sender);
+        return;
       default:
         if (home) this.extension?.onReply(c, sender);
     }
+  }
+
+  // ── retained messages for a node that joins ────────────────────────────────
+
+  /**
+   * Asks one live node for every retained message it holds and waits (up to a deadline) until
+   * they are applied here: what the snapshot holds replaces what this node's store had, except
+   * for topics set or cleared on the broadcast stream since this node started reading it (those
+   * are newer); what this node had that the snapshot lacks was cleared meanwhile and goes.
+   */
+  private async syncRetained(): Promise<void> {
+    const from = [...this.liveRuns].filter((r) => r !== this.run).sort()[0];
+    if (from === undefined) return;
+    let finish!: (complete: boolean) => void;
+    const finished = new Promise<boolean>((resolve) => (finish = resolve));
+    const sync = { from, touched: new Set<string>(), seen: new Set<string>(), done: (complete: boolean) => finish(complete) };
+    this.retainedSync = sync;
+    const wait = Math.max(5000, this.config.ackTimeoutMs * 3);
+    const timer = setTimeout(() => finish(false), wait);
+    timer.unref();
+    const sent = await this.outbox.broadcast(encodeControl({ t: 'retained-wanted', replyTo: this.homeId, ask: from }));
+    if (sent === null) finish(false);
+    const complete = await finished;
+    clearTimeout(timer);
+    this.retainedSync = null;
+    if (complete) this.log.info({ from: nodeOfRun(from), retained: sync.seen.size }, 'cluster: retained messages taken from a live node');
+    else this.log.warn({ from: nodeOfRun(from), waitedMs: wait, received: sync.seen.size }, "cluster: the retained messages of the other nodes did not all arrive: this node has its store's and what is set from now on");
+  }
+
+  /** Sends every retained message held here to a node that joins, in chunks, each written before the next is made. */
+  private async sendRetained(to: string): Promise<void> {
+    const all = this.host.retainedSnapshot();
+    const CHUNK_BYTES = 256 * 1024;
+    let chunk: JsonValue[] = [];
+    let bytes = 0;
+    for (let i = 0; i <= all.length; i++) {
+      const m = all[i];
+      if (m !== undefined) {
+        chunk.push(toJson({ topic: m.topic, payload: m.payload, qos: m.qos, retain: true, properties: m.properties, expiresAt: m.expiresAt, origin: m.origin }));
+        bytes += 64 + m.topic.length + m.payload.length;
+      }
+      const last = i === all.length;
+      if (!last && bytes < CHUNK_BYTES) continue;
+      const status = (await this.outbox.send(to, encodeControl({ t: 'retained-snapshot', m: chunk, last }), true)) ?? 'failed';
+      if (status !== 'ok') {
+        this.log.warn({ to }, 'cluster: could not send the retained messages to a node that joins (it goes on with its own)');
+        return;
+      }
+      chunk = [];
+      bytes = 0;
+    }
+  }
+
+  private retainedChunk(messages: JsonValue[], last: boolean, sender: string): void {
+    const sync = this.retainedSync;
+    if (sync === null || sender !== sync.from) return;
+    for (const raw of messages) {
+      const m = fromJson(raw) as Message;
+      sync.seen.add(m.topic);
+      if (!sync.touched.has(m.topic)) this.host.applyRetained(m, true);
+    }
+    if (!last) return;
+    for (const held of this.host.retainedSnapshot()) {
+      if (sync.seen.has(held.topic) || sync.touched.has(held.topic)) continue;
+      this.host.applyRetained({ topic: held.topic, payload: Buffer.alloc(0), qos: 0, retain: true }, true);
+    }
+    sync.done(true);
   }
 
   // ── barriers ───────────────────────────────────────────────────────────────
@@ -864,6 +952,7 @@ export class ClusterNode implements ClusterRuntime {
   }
 
   retained(message: Message, written: Promise<WriteStatus> | null): Promise<WriteStatus> | null {
+    this.retainedSync?.touched.add(message.topic);
     const wait = message.qos > 0;
     const send = (): Promise<WriteStatus> => {
       const body = encodeControl({ t: 'retain', m: toJson({ topic: message.topic, payload: message.payload, qos: message.qos, retain: true, properties: message.properties, expiresAt: message.expiresAt, origin: message.origin }), ...(wait ? { ackTo: this.homeId } : {}) });

@@ -46,6 +46,9 @@ export type Control =
   | { t: 'auth-failures'; list: [string, string, string][] }
   | { t: 'bans'; entries: JsonValue; trigger: string }
   | { t: 'bans-wanted'; replyTo: string }
+  // a node that joins with a store of its own asks one live node for the retained messages (node.ts)
+  | { t: 'retained-wanted'; replyTo: string; ask: string }
+  | { t: 'retained-snapshot'; m: JsonValue[]; last: boolean }
   | { t: 'rate'; usage: [string, number, number][] };
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [k: string]: JsonValue };
