@@ -2,16 +2,19 @@
  * `workers: 2` (docs/multicore.md): one command, one port, two worker processes that are two
  * nodes of a cluster on one Redis. Clients land on both; they see one broker; each worker audits
  * to its own chained file and `portcullis audit verify` checks both; a worker killed with kill -9
- * is started again. And `portcullis policy reload` reports every node of a cluster.
+ * is started again. And the cluster commands: `portcullis policy reload` reports every node,
+ * `cluster status` lists them, `cluster keygen` writes the key file.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { root, startBrokerProcess, type BrokerProcess } from './interop/broker-process.ts';
 import { startRedis } from './redis-server.ts';
 import { eventually, tempDir, writeKeyFile } from './cluster-support.ts';
+import { loadClusterKeys } from '../src/cluster/keys.ts';
 
 function client(port: number, options: IClientOptions, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
@@ -157,6 +160,12 @@ test('portcullis policy reload, for a cluster: every node reloads and the comman
   }
   fs.writeFileSync(path.join(dir, 'cli.yaml'), JSON.stringify(config('cli')));
   fs.writeFileSync(path.join(dir, 'policy.csv'), 'p, *, #, *, allow\np, *, secret/#, *, deny\n');
+  // cluster status: every node alive, each hosting its own partition.
+  const status = await cli(dir, 'cluster', 'status', '--config', 'cli.yaml', '--json');
+  t.is(status.code, 0, status.out);
+  const view = JSON.parse(status.out) as { nodes: { node: string; alive: boolean }[]; partitions: { hostNode: string; alive: boolean }[] };
+  t.deepEqual(view.nodes.map((n) => [n.node, n.alive]), [['n1', true], ['n2', true], ['n3', true]]);
+  t.deepEqual(view.partitions.filter((p) => p.alive).map((p) => p.hostNode).sort(), ['n1', 'n2', 'n3']);
   const r = await cli(dir, 'policy', 'reload', '--config', 'cli.yaml');
   t.is(r.code, 0, r.out);
   t.regex(r.out, /3 node\(s\) reported/);
@@ -167,4 +176,21 @@ test('portcullis policy reload, for a cluster: every node reloads and the comman
   fs.writeFileSync(path.join(dir, 'policy.csv'), 'p, *, #, *, allow\np, oops\n');
   const bad = await cli(dir, 'policy', 'reload', '--config', 'cli.yaml');
   t.not(bad.code, 0);
+});
+
+test('portcullis cluster keygen writes a 0600 key file that loads as a node loads it, puts a new key first and keeps the old ones, and refuses a key id already there', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-keygen-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = writeKeyFile(dir, 'k1'); // a key in use: 0600, one line
+  fs.chmodSync(file, 0o600);
+  const added = await cli(dir, 'cluster', 'keygen', '--key-file', file, '--id', 'k2');
+  t.is(added.code, 0, added.out);
+  t.is(fs.statSync(file).mode & 0o777, 0o600);
+  const keys = loadClusterKeys(file);
+  t.deepEqual(keys.map((k) => k.id), ['k2', 'k1'], 'the new key signs, the old one still verifies');
+  t.true(keys.every((k) => k.key.length === 32));
+  const again = await cli(dir, 'cluster', 'keygen', '--key-file', file, '--id', 'k1');
+  t.is(again.code, 2, again.out);
+  t.regex(again.out, /already in/);
+  t.deepEqual(loadClusterKeys(file).map((k) => k.id), ['k2', 'k1'], 'the file is unchanged');
 });
