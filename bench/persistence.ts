@@ -39,12 +39,14 @@ const { values } = parseArgs({
     restarts: { type: 'string', default: '3' },
     'skip-throughput': { type: 'boolean', default: false },
     'skip-restart': { type: 'boolean', default: false },
+    /** Keep the filled stores (their folders are printed), to look at or to start a broker on. */
+    keep: { type: 'boolean', default: false },
     out: { type: 'string', default: path.join(import.meta.dirname, 'results', 'persistence.md') },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench:persistence -- [--rounds 5] [--duration 5] [--sessions 10000] [--queued 100] [--retained 100000] [--restarts 3] [--skip-throughput] [--skip-restart] [--out FILE]');
+  console.log('Usage: npm run bench:persistence -- [--rounds 5] [--duration 5] [--sessions 10000] [--queued 100] [--retained 100000] [--restarts 3] [--skip-throughput] [--skip-restart] [--keep] [--out FILE]');
   process.exit(0);
 }
 const rounds = Number(values.rounds);
@@ -283,7 +285,8 @@ if (!values['skip-restart']) {
     rows.push(
       `| ${which === 'portcullis' ? 'Portcullis (durable store)' : 'Mosquitto (persistence true)'} | ${median(clean).toFixed(0)} ms | ${crash.length > 0 ? `${median(crash).toFixed(0)} ms` : '— (loses what came after its last snapshot)'} | ${(size / 2 ** 20).toFixed(0)} MiB | ${perMessage.toFixed(0)} B | ${got} of ${QUEUED} |`,
     );
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (values.keep) console.log(`  kept: ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
   out.push(`## Restart with ${RETAINED.toLocaleString('en')} retained messages and ${SESSIONS.toLocaleString('en')} sessions × ${QUEUED} queued (64-byte payloads; medians of ${RESTARTS})`, '');
   out.push('| Broker | Start to first CONNACK, after a clean stop | after kill -9 | Store on disk | per stored message (queued + retained) | One session\'s queue after the restarts |');
