@@ -136,8 +136,8 @@ export class PublishRateLimiter {
       return false;
     }
     // reject: the publisher learns it from the acknowledgement; QoS 0 has none [MQTT-3.3.4]
-    if (qos === 1) conn.send({ cmd: 'puback', messageId: packetId, reasonCode: ReasonCode.MessageRateTooHigh });
-    else if (qos === 2) conn.send({ cmd: 'pubrec', messageId: packetId, reasonCode: ReasonCode.MessageRateTooHigh });
+    if (qos === 1) conn.send({ cmd: 'puback', messageId: packetId, reasonCode: ReasonCode.QuotaExceeded });
+    else if (qos === 2) conn.send({ cmd: 'pubrec', messageId: packetId, reasonCode: ReasonCode.QuotaExceeded });
     return false;
   }
 
