@@ -17,7 +17,7 @@ export async function startCommand(configFile: string | undefined): Promise<numb
     }
     throw err;
   }
-  const log = createLogger(config.log.level);
+  const log = createLogger(config.log.level, undefined, config.log.format);
   let broker;
   try {
     // The built-in TLS listeners need a server certificate: make a development one on first start.
