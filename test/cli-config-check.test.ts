@@ -145,7 +145,11 @@ test('TLS material: a missing certificate or key, a key that does not match, a C
 });
 
 test('CRLs: a missing CRL file, a CRL from another CA', async (t) => {
-  t.deepEqual(keys(await check(spoil((c) => (c.listeners[1].crl.files = [p('nope.pem')])))), ['listeners[1].crl.files']);
+  t.deepEqual(keys(await check(spoil((c) => (c.listeners[1].crl.files = [p('pki', 'crl.pem'), p('nope.pem')])))), ['listeners[1].crl.files[1]']);
+  t.deepEqual(keys(await check(spoil((c) => {
+    c.listeners[1].cert = p('nope.crt');
+    c.listeners[1].crl.files = [p('nope.pem')];
+  }))), ['listeners[1].cert', 'listeners[1].crl.files[0]'], 'every file that cannot be read, not only the first');
   const foreign = await check(spoil((c) => (c.listeners[1].crl.files = [p('other', 'crl.pem')])));
   t.deepEqual(keys(foreign), ['listeners[1].crl.files']);
 });

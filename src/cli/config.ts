@@ -120,15 +120,24 @@ function checkListener(l: ListenerConfig, i: number, report: ConfigReport): void
   if (l.type === 'tls' || l.type === 'wss') {
     const base = l.ciphers ?? DEFAULT_CIPHERS;
     const ciphers = l.psk !== undefined && l.ciphers === undefined ? `${base}:${DEFAULT_PSK_CIPHERS}` : base;
-    try {
-      const material = loadMaterial({ cert: l.cert, key: l.key, ca: l.ca }, { minVersion: l.minVersion, ciphers });
-      report.checked.push(`${at} ${l.cert}, ${l.key}${l.ca !== undefined ? `, ${l.ca} (${material.caCerts.length} CA certificates)` : ''}`);
-      if (l.crl !== undefined) {
-        const crls = loadCrls(l.crl.files, material.caCerts);
-        report.checked.push(`${at} ${l.crl.files.join(', ')} (${crls.size} CRLs)`);
+    // Every file that cannot be read at all, each with its key; then what the readable ones hold.
+    const files: [string, string][] = [['cert', l.cert], ['key', l.key], ...(l.ca !== undefined ? [['ca', l.ca] as [string, string]] : []), ...(l.crl?.files ?? []).map((f, k): [string, string] => [`crl.files[${k}]`, f])];
+    const unreadable = files.filter(([option, file]) => {
+      const problem = readable(file);
+      if (problem !== undefined) report.problems.push({ key: `${at}.${option}`, message: problem });
+      return problem !== undefined;
+    });
+    if (unreadable.length === 0) {
+      try {
+        const material = loadMaterial({ cert: l.cert, key: l.key, ca: l.ca }, { minVersion: l.minVersion, ciphers });
+        report.checked.push(`${at} ${l.cert}, ${l.key}${l.ca !== undefined ? `, ${l.ca} (${material.caCerts.length} CA certificates)` : ''}`);
+        if (l.crl !== undefined) {
+          const crls = loadCrls(l.crl.files, material.caCerts);
+          report.checked.push(`${at} ${l.crl.files.join(', ')} (${crls.size} CRLs)`);
+        }
+      } catch (err) {
+        report.problems.push(err instanceof TlsFileError ? { key: `${at}.${err.option}`, message: err.message } : { key: at, message: message(err) });
       }
-    } catch (err) {
-      report.problems.push(err instanceof TlsFileError ? { key: `${at}.${err.option}`, message: err.message } : { key: at, message: message(err) });
     }
     if (l.psk !== undefined) {
       try {
