@@ -8,6 +8,7 @@
  *   ```sh test may-fail           run it without `set -e`; its output block says what happened
  *   ```sh test exit=2             it must exit with this code
  *   ```sh test retry=5            run it again until it succeeds, for up to 5 s (the text says to wait)
+ *   ```sh test stop=broker        first stop that background block (the text says to stop it: Ctrl-C)
  *   ```sh test background name=broker ready="listening on"
  *                                 start it and leave it running (a broker, a subscriber "in another
  *                                 terminal"): ready waits until its output matches; after="broker:client
@@ -299,6 +300,15 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
         // A subscriber's SUBSCRIBE follows its CONNECT at once; let it land before the next command.
         if (waitOn !== undefined) await delay(150);
         continue;
+      }
+      const stopFirst = b.attrs.get('stop');
+      if (typeof stopFirst === 'string') {
+        const bg = backgrounds.get(stopFirst);
+        if (bg === undefined) {
+          fail(b, `stop=${stopFirst}: no background block of that name is running`);
+          break;
+        }
+        await stop(bg);
       }
       const mayFail = b.attrs.has('may-fail');
       const exit = b.attrs.get('exit');
