@@ -161,6 +161,7 @@ interface Background {
   pidFile: string;
   output: () => string;
   exited: Promise<number | null>;
+  how: () => string;
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -184,8 +185,10 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
   fs.mkdirSync(work, { recursive: true });
   const state = path.join(work, 'state.sh');
   const backgrounds = new Map<string, Background>();
+  /** What happened to the processes of the page, for the report of a failure. */
+  const notes: string[] = [];
   const fail = (b: DocBlock, message: string) => {
-    report.failure = { file: b.file, line: b.line, message };
+    report.failure = { file: b.file, line: b.line, message: notes.length > 0 ? `${message}\n(${notes.join('; ')})` : message };
   };
   let last: { output: string } | undefined;
   let n = 0;
@@ -221,10 +224,12 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
         }
       }
     };
+    const since = Date.now();
     signal('SIGTERM');
     const done = await Promise.race([bg.exited.then(() => true), delay(10_000).then(() => false)]);
     if (!done) signal('SIGKILL');
     await bg.exited;
+    notes.push(`'${bg.name}' (pid ${pid}) stopped in ${Date.now() - since} ms${done ? '' : ' (SIGKILL after 10 s)'}: ${bg.how()}`);
   };
 
   try {
@@ -258,6 +263,15 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
         fs.writeFileSync(path.join(root, file), b.text.endsWith('\n') ? b.text : `${b.text}\n`);
         continue;
       }
+      const stopFirst = b.attrs.get('stop');
+      if (typeof stopFirst === 'string') {
+        const bg = backgrounds.get(stopFirst);
+        if (bg === undefined) {
+          fail(b, `stop=${stopFirst}: no background block of that name is running`);
+          break;
+        }
+        await stop(bg);
+      }
       if (b.attrs.has('background')) {
         const name = String(b.attrs.get('name') ?? `background-${n}`);
         const previous = backgrounds.get(name);
@@ -282,8 +296,14 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
         let out = '';
         child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-        const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-        const bg: Background = { name, child, pidFile, output: () => out, exited };
+        let how = '';
+        const exited = new Promise<number | null>((resolve) =>
+          child.once('close', (code, sig) => {
+            how = sig !== null ? `killed by ${sig}` : `exit ${code}`;
+            resolve(code);
+          }),
+        );
+        const bg: Background = { name, child, pidFile, output: () => out, exited, how: () => how };
         backgrounds.set(name, bg);
         const ready = b.attrs.get('ready');
         const end = Date.now() + 30_000;
@@ -294,21 +314,12 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
           (waitOn === undefined || (plainLines(waitOn.bg.output()).join('\n').match(waitOn.re) ?? []).length > waitOn.count);
         while (!isReady() && !gone && Date.now() < end) await delay(50);
         if (!isReady()) {
-          fail(b, `${gone ? 'it exited' : 'it was not ready within 30 s'}${typeof ready === 'string' ? ` (waiting for /${ready}/)` : ''}${waitOn ? ` (waiting for a new /${waitOn.re.source}/ from '${waitOn.bg.name}')` : ''}; its output:\n${plainLines(out).join('\n')}`);
+          fail(b, `${gone ? `it ended (${how})` : 'it was not ready within 30 s'}${typeof ready === 'string' ? ` (waiting for /${ready}/)` : ''}${waitOn ? ` (waiting for a new /${waitOn.re.source}/ from '${waitOn.bg.name}')` : ''}; its output:\n${plainLines(out).join('\n')}`);
           break;
         }
         // A subscriber's SUBSCRIBE follows its CONNECT at once; let it land before the next command.
         if (waitOn !== undefined) await delay(150);
         continue;
-      }
-      const stopFirst = b.attrs.get('stop');
-      if (typeof stopFirst === 'string') {
-        const bg = backgrounds.get(stopFirst);
-        if (bg === undefined) {
-          fail(b, `stop=${stopFirst}: no background block of that name is running`);
-          break;
-        }
-        await stop(bg);
       }
       const mayFail = b.attrs.has('may-fail');
       const exit = b.attrs.get('exit');

@@ -91,7 +91,11 @@ test('every example binds loopback, unless its first comment says it is about re
 /** The files of the project as a fresh clone has them, plus the built dist/ and a link to node_modules. */
 function freshCopy(t: ExecutionContext): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-docs-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // PORTCULLIS_DOCS_KEEP=1 keeps the copy of a page that failed, to look at what its commands left.
+  t.teardown(() => {
+    if (process.env.PORTCULLIS_DOCS_KEEP === '1' && !t.passed) t.log(`kept ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
+  });
   const listed = spawnSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: root, encoding: 'utf8' });
   if (listed.status !== 0) throw new Error(`git ls-files failed: ${listed.stderr}`);
   for (const f of listed.stdout.split('\0')) {
@@ -105,10 +109,10 @@ function freshCopy(t: ExecutionContext): string {
   return dir;
 }
 
-function runInCopy(copy: string, file: string, unit: number): Promise<{ report?: UnitReport; output: string }> {
-  const env = {
+/** npx and npm, offline and quiet, with a cache of their own in the copy. */
+function npmEnv(copy: string): NodeJS.ProcessEnv {
+  return {
     ...process.env,
-    // npx and npm, offline and quiet, with a cache of their own.
     npm_config_cache: path.join(copy, '.npm-cache'),
     npm_config_offline: 'true',
     npm_config_update_notifier: 'false',
@@ -116,9 +120,25 @@ function runInCopy(copy: string, file: string, unit: number): Promise<{ report?:
     npm_config_audit: 'false',
     NODE_OPTIONS: '',
   };
+}
+
+/**
+ * The first `npx portcullis` in a clone links the package into npx's cache and runs its `prepare`
+ * script, which rebuilds dist/ (already built, as after `npm install`). Done here once, without
+ * that redundant build: a page's first npx would otherwise rewrite dist/ under a running broker.
+ */
+function warmNpx(copy: string): void {
+  const r = spawnSync('npx', ['portcullis', '--version'], { cwd: copy, env: { ...npmEnv(copy), npm_config_ignore_scripts: 'true' }, encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`npx portcullis --version failed in the copy: ${r.stdout}${r.stderr}`);
+}
+
+function runInCopy(copy: string, file: string, unit: number): Promise<{ report?: UnitReport; output: string }> {
+  const env = npmEnv(copy);
   const node = [process.execPath, '--import', tsx, runner, copy, file, String(unit)].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
   const child = netns
-    ? spawn('unshare', ['-rnpf', '--mount-proc', '--kill-child', 'bash', '-c', `ip link set lo up && ${node}`], { cwd: copy, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    ? // bash stays process 1 of the namespace (`; exit` keeps it from exec'ing node), so it reaps
+      // the processes a page orphans: a zombie would pass for a live broker holding the store lock.
+      spawn('unshare', ['-rnpf', '--mount-proc', '--kill-child', 'bash', '-c', `ip link set lo up && ${node}; exit $?`], { cwd: copy, env, stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn('bash', ['-c', node], { cwd: copy, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (d: Buffer) => (output += d.toString()));
@@ -131,8 +151,8 @@ function runInCopy(copy: string, file: string, unit: number): Promise<{ report?:
   });
 }
 
-/** Three pages at a time: each starts brokers and CLI processes, and the machine has few cores. */
-let free = netns ? 3 : 1;
+/** Four pages at a time: each starts brokers and CLI processes, and spends much of its time waiting for them. */
+let free = netns ? 4 : 1;
 const waiting: (() => void)[] = [];
 async function slot(t: ExecutionContext): Promise<void> {
   if (free > 0) free--;
@@ -153,6 +173,7 @@ for (const [page, blocks] of blocksOf) {
       await slot(t);
       if (!netns) t.teardown(await lockDefaultPorts(120_000));
       const copy = freshCopy(t);
+      warmNpx(copy);
       const { report, output } = await runInCopy(copy, page, unit);
       if (report === undefined) return t.fail(`the runner printed no report:\n${output}`);
       t.log(`${report.ran} blocks in ${report.seconds} s${netns ? '' : ' (no network namespace: run on this machine)'}`);
