@@ -200,6 +200,8 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
       file,
       [
         pidFile !== undefined ? `echo $$ > '${pidFile}'` : '',
+        // One stream, so that what a command prints and what the next echoes keep their order.
+        'exec 2>&1',
         `[ -f '${state}' ] && . '${state}'`,
         vars.length > 0 ? `trap '__s=$?; declare -p ${vars.join(' ')} >> '"'"'${state}'"'"' 2>/dev/null; exit $__s' EXIT` : '',
         errexit ? 'set -eo pipefail' : '',
