@@ -32,6 +32,10 @@ const SHELL = new Set(['sh', 'bash', 'shell', 'console']);
 const pages = ['README.md', ...fs.readdirSync(path.join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
 const blocksOf = new Map<string, DocBlock[]>(pages.map((p) => [p, parseBlocks(fs.readFileSync(path.join(root, p), 'utf8'), p)]));
 
+/** The clients the pages use: a page never passes without running its commands. */
+const TOOLS = { '/usr/bin/mosquitto_pub': 'mosquitto-clients', '/usr/bin/mosquitto_sub': 'mosquitto-clients', '/usr/bin/openssl': 'openssl', '/usr/bin/script': 'bsdutils (util-linux)' };
+const missingTools = [...new Set(Object.entries(TOOLS).filter(([file]) => !fs.existsSync(file)).map(([, pkg]) => pkg))];
+
 const netns = (() => {
   if (process.platform !== 'linux' || !fs.existsSync('/usr/sbin/ip') && !fs.existsSync('/sbin/ip')) return false;
   return spawnSync('unshare', ['-rnpf', '--mount-proc', '--kill-child', 'sh', '-c', 'ip link set lo up'], { stdio: 'ignore' }).status === 0;
@@ -170,6 +174,7 @@ for (const [page, blocks] of blocksOf) {
     const first = blocks.find((b) => b.unit === unit && b.role === 'run') as DocBlock;
     test(`${page}${units.length > 1 ? ` (from line ${first.line})` : ''}: every marked command runs as written and prints what the page shows`, async (t) => {
       t.timeout(180_000);
+      if (missingTools.length > 0) return t.fail(`the docs' commands need the Debian packages ${missingTools.join(', ')}`);
       await slot(t);
       if (!netns) t.teardown(await lockDefaultPorts(120_000));
       const copy = freshCopy(t);
