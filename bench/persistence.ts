@@ -78,6 +78,9 @@ const files = await makeBenchFiles();
 if (!values['skip-throughput']) {
   const rates = new Map<string, number[]>();
   const cpu = new Map<string, number[]>();
+  /** Per round, for ratios taken within a round (both sides under the same machine load). */
+  const byRound = new Map<string, Map<number, { rate: number; cpu: number | null }>>();
+  const failures = new Map<string, string[]>();
   for (let r = 0; r < rounds; r++) {
     const order = [...SIDES];
     for (let i = 0; i < r % order.length; i++) order.push(order.shift() as Side);
@@ -88,8 +91,11 @@ if (!values['skip-throughput']) {
           broker = await startBroker(side.broker, 'off', files, pin, side.persistence);
           const res = await runThroughput(broker, endpointFor(broker, 'tcp', files), sc.spec);
           const key = `${sc.name}|${side.name}`;
-          if (!res.ok) console.log(`round ${r + 1} ${sc.name}, ${side.name}: FAILED ${res.failure}`);
-          else {
+          if (!res.ok) {
+            console.log(`round ${r + 1} ${sc.name}, ${side.name}: FAILED ${res.failure}`);
+            (failures.get(key) ?? failures.set(key, []).get(key)!).push(res.failure ?? 'failed');
+          } else {
+            (byRound.get(key) ?? byRound.set(key, new Map()).get(key)!).set(r, { rate: res.deliveriesPerS, cpu: res.brokerCpu === null ? null : (res.brokerCpu * 1000) / res.deliveriesPerS });
             (rates.get(key) ?? rates.set(key, []).get(key)!).push(res.deliveriesPerS);
             if (res.brokerCpu !== null) (cpu.get(key) ?? cpu.set(key, []).get(key)!).push((res.brokerCpu * 1000) / res.deliveriesPerS);
             console.log(`round ${r + 1} ${sc.name}, ${side.name}: ${res.deliveriesPerS.toFixed(0)} msgs/s, broker CPU ${res.brokerCpu === null ? '?' : (res.brokerCpu * 100).toFixed(0)} %`);
@@ -103,15 +109,39 @@ if (!values['skip-throughput']) {
       }
     }
   }
+  /** Median over the rounds of a (side a ÷ side b) ratio of some figure, taken within each round. */
+  const roundRatio = (sc: string, a: Side, b: Side, figure: (x: { rate: number; cpu: number | null }) => number | null): string => {
+    const ra = byRound.get(`${sc}|${a.name}`);
+    const rb = byRound.get(`${sc}|${b.name}`);
+    const ratios: number[] = [];
+    for (const [round, x] of ra ?? []) {
+      const y = rb?.get(round);
+      const fx = figure(x);
+      const fy = y === undefined ? null : figure(y);
+      if (fx !== null && fy !== null && fy > 0) ratios.push(fx / fy);
+    }
+    return ratios.length === 0 ? '—' : `${median(ratios).toFixed(2)} (${ratios.map((x) => x.toFixed(2)).join(' ')})`;
+  };
+  const [durable, memory, mosquitto] = SIDES as [Side, Side, Side];
   out.push(`## Throughput into a persistent session (${rounds} rounds of ${durationMs / 1000} s, medians; security off; 64-byte payloads)`, '');
-  out.push('| Scenario | ' + SIDES.map((s) => s.name).join(' | ') + ' | durable ÷ Mosquitto | durable ÷ memory |');
-  out.push('|---|' + SIDES.map(() => '---|').join('') + '---|---|');
+  out.push('| Scenario | ' + SIDES.map((s) => s.name).join(' | ') + ' |');
+  out.push('|---|' + SIDES.map(() => '---|').join(''));
   for (const sc of SCENARIOS) {
-    const m = SIDES.map((s) => rates.get(`${sc.name}|${s.name}`));
-    const med = m.map((x) => (x && x.length > 0 ? median(x) : NaN));
-    const c = SIDES.map((s) => cpu.get(`${sc.name}|${s.name}`));
-    const cells = med.map((x, i) => `${Number.isNaN(x) ? '—' : x.toFixed(0)} msgs/s${c[i] && c[i]!.length > 0 ? ` (${median(c[i]!).toFixed(3)} ms CPU/msg)` : ''}`);
-    out.push(`| ${sc.name} | ${cells.join(' | ')} | ${((med[0] as number) / (med[2] as number)).toFixed(2)} | ${((med[0] as number) / (med[1] as number)).toFixed(2)} |`);
+    const cells = SIDES.map((side) => {
+      const key = `${sc.name}|${side.name}`;
+      const r = rates.get(key);
+      const c = cpu.get(key);
+      const failed = failures.get(key)?.length ?? 0;
+      const figure = r && r.length > 0 ? `${median(r).toFixed(0)} msgs/s${c && c.length > 0 ? ` (${median(c).toFixed(4)} ms CPU/msg)` : ''}` : '—';
+      return failed > 0 ? `${figure}; **failed ${failed} of ${rounds} rounds**: ${failures.get(key)?.[0]}` : figure;
+    });
+    out.push(`| ${sc.name} | ${cells.join(' | ')} |`);
+  }
+  out.push('', 'Ratios taken within each round (median, then every round):', '');
+  out.push('| Scenario | durable ÷ Mosquitto, msgs/s | durable ÷ memory, msgs/s | memory ÷ durable, broker CPU per message |');
+  out.push('|---|---|---|---|');
+  for (const sc of SCENARIOS) {
+    out.push(`| ${sc.name} | ${roundRatio(sc.name, durable, mosquitto, (x) => x.rate)} | ${roundRatio(sc.name, durable, memory, (x) => x.rate)} | ${roundRatio(sc.name, memory, durable, (x) => x.cpu)} |`);
   }
   out.push('');
 }

@@ -226,11 +226,29 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
         }
       }
     };
+    // The block's shell may end before what it started: npm exits on SIGTERM while the broker
+    // under it is still closing its store. Stopped means no process of its groups is left.
+    const alive = () =>
+      [pid, bg.child.pid ?? 0].some((g) => {
+        if (g <= 0) return false;
+        try {
+          process.kill(-g, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      });
     const since = Date.now();
     signal('SIGTERM');
-    const done = await Promise.race([bg.exited.then(() => true), delay(10_000).then(() => false)]);
+    const gone = async () => {
+      await bg.exited;
+      while (alive()) await delay(50);
+      return true;
+    };
+    const done = await Promise.race([gone(), delay(10_000).then(() => false)]);
     if (!done) signal('SIGKILL');
     await bg.exited;
+    for (let i = 0; i < 40 && alive(); i++) await delay(50);
     notes.push(`'${bg.name}' (pid ${pid}) stopped in ${Date.now() - since} ms${done ? '' : ' (SIGKILL after 10 s)'}: ${bg.how()}`);
   };
 
