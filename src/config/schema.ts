@@ -301,6 +301,11 @@ export const configSchema = z.strictObject({
           subscribe: z.boolean().default(true),
           unsubscribe: z.boolean().default(true),
           deliver: z.boolean().default(false),
+          /**
+           * Allowed decisions per connection and kind written in full per audit.denials window
+           * before the rest are counted into one summary record (with audit.denials.summarize).
+           */
+          fullRecords: positiveInt.default(100),
         })
         .prefault({}),
     })
