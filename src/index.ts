@@ -159,6 +159,14 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       if (ban !== undefined) broker.gate.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'banned', `banned: ${describeBan(ban)}`);
     }
   });
+  // A will that waited is not published for an identity banned or revoked in the meantime.
+  broker.addWillCheck((conn) => admission.checkConnect(conn.clientId, conn.principal?.username, conn.peer.remoteAddress)?.detail);
+  broker.addWillCheck((conn) => {
+    const tlsInfo = conn.peer.tls;
+    if (tlsInfo === undefined) return undefined;
+    const listener = listeners.find((l) => l.name === conn.peer.listener);
+    return listener instanceof TlsListener && listener.revokedNow(tlsInfo) ? 'its client certificate has been revoked (CRL)' : undefined;
+  });
   // Policy reloads (file change, SIGHUP, CLI): re-check live subscriptions and audit, one at a time.
   let policyHandling: Promise<unknown> = Promise.resolve();
   for (const a of configured) {
