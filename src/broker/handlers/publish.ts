@@ -36,6 +36,11 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
     if (countUserProperties(properties) > limits.maxUserProperties) {
       return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than limits.maxUserProperties (${limits.maxUserProperties}) user properties; raise it to admit more`);
     }
+    const responseTopic = properties.responseTopic;
+    if (responseTopic !== undefined) {
+      const rt = checkTopicName(responseTopic, limits);
+      if (!rt.ok) return conn.disconnect(ReasonCode.ProtocolError, `Response Topic: ${rt.detail}`); // [MQTT-3.3.2-14]
+    }
   }
   if (topic.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'PUBLISH with an empty topic and no topic alias');
   const check = checkTopicName(topic, limits);
