@@ -65,7 +65,16 @@ export const redisStore = z
     waitReplicas: z.number().int().min(0).max(16).default(0),
     waitTimeoutMs: z.number().int().min(1).max(60_000).default(1000),
     /** Encryption of message contents and session owners (AES-256-GCM), as for the lmdb store. */
-    encryption: z.strictObject({ keyFile: z.string().min(1) }).optional(),
+    encryption: z
+      .strictObject({
+        keyFile: z.string().min(1),
+        /**
+         * Also read records in the clear, as a store written before encryption was turned on has.
+         * Off: a record in the clear is refused, since anyone who can write to Redis can make one.
+         */
+        acceptPlaintext: z.boolean().default(false),
+      })
+      .optional(),
   })
   .superRefine((s, ctx) => {
     const modes = [s.url !== undefined && 'url', s.sentinels !== undefined && 'sentinels', s.nodes !== undefined && 'nodes'].filter((m): m is string => m !== false);

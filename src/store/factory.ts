@@ -35,7 +35,7 @@ export function createStore(config: StoreConfig): Store {
         prefix: config.prefix,
         instance: config.instance,
         warnings,
-        ...(config.encryption !== undefined ? { keys: loadKeyFile(config.encryption.keyFile) } : {}),
+        ...(config.encryption !== undefined ? { keys: loadKeyFile(config.encryption.keyFile), acceptPlaintext: config.encryption.acceptPlaintext } : {}),
       });
     }
   }

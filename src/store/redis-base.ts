@@ -10,7 +10,7 @@ import { Keyring, type StoreKey } from './keyring.ts';
 import { RedisLink, type RedisConnection, type Reply } from './redis-client.ts';
 import { InstanceLease } from './redis-instance.ts';
 import { RedisKeys, bindMeta } from './redis-keys.ts';
-import type { Problem } from './redis-records.ts';
+import type { Problem, Sealing } from './redis-records.ts';
 import { Epochs, keyOf, scanRedis, sessionsOf, type RedisScan } from './redis-scan.ts';
 import { DELETE_IF_EXPIRY, DELETE_ORPHAN, DELETE_RETAINED_IF, UNINDEX_IF_SCORE } from './redis-scripts.ts';
 import { decodeJson, encodeBytes, encodeJson, unwrap, wrap } from './records.ts';
@@ -24,6 +24,8 @@ export interface RedisStoreOptions {
   instance?: string;
   /** Encryption of records (the first key seals, all open; see keyring.ts). */
   keys?: StoreKey[];
+  /** With keys: also read records in the clear (a store used without encryption before); see redis-records.ts. */
+  acceptPlaintext?: boolean;
   /** Found while reading the configuration (a password in the URL...), repeated in every open report. */
   warnings?: string[];
   /** The clock expiry is compared with (tests). */
@@ -53,6 +55,7 @@ export class RedisBase {
   protected link: RedisLink | null = null;
   protected readonly redisKeys: RedisKeys;
   protected readonly keyring: Keyring | null;
+  protected readonly sealing: Sealing;
   protected epochs: Epochs | null = null;
   protected readonly now: () => number;
   private lease: InstanceLease | null = null;
@@ -64,6 +67,7 @@ export class RedisBase {
     this.redisKeys = new RedisKeys(options.prefix ?? 'portcullis:');
     this.instance = options.instance ?? 'default';
     this.keyring = options.keys !== undefined && options.keys.length > 0 ? new Keyring(options.keys) : null;
+    this.sealing = { keyring: this.keyring, acceptPlaintext: options.acceptPlaintext === true };
     this.now = options.now ?? Date.now;
   }
 
@@ -90,7 +94,7 @@ export class RedisBase {
       lease = await InstanceLease.acquire(link, this.redisKeys, this.instance);
       const epochs = new Epochs(link, this.redisKeys, this.keyring);
       if (this.keyring !== null) await this.startEpoch(link, epochs);
-      const scan = await scanRedis(link, this.redisKeys, epochs, this.keyring);
+      const scan = await scanRedis(link, this.redisKeys, epochs, this.sealing);
       throwIfProblems(scan.problems, this.target);
       const purged = await this.purgeAtOpen(link, scan);
       const sessions = sessionsOf(scan);
@@ -239,7 +243,7 @@ export class RedisBase {
 
   /** Every session, read and verified now (loadSessions after the first, and the purge). */
   protected async scanNow(): Promise<{ scan: RedisScan; sessions: StoredSession[] }> {
-    const scan = await scanRedis(this.conn(), this.redisKeys, this.epochs as Epochs, this.keyring);
+    const scan = await scanRedis(this.conn(), this.redisKeys, this.epochs as Epochs, this.sealing);
     throwIfProblems(scan.problems, this.target);
     return { scan, sessions: sessionsOf(scan) };
   }

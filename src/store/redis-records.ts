@@ -11,6 +11,7 @@ import type { Keyring } from './keyring.ts';
 import { F, bindRetained, bindSession, packetIdOf, sessionDigest, u16 } from './redis-keys.ts';
 import {
   RecordError,
+  SEALED_TABLES,
   decodeInflight,
   decodeJson,
   decodeMessage,
@@ -23,6 +24,7 @@ import {
   encodeWill,
   unwrap,
   wrap,
+  type TableName,
 } from './records.ts';
 import type { Reply } from './redis-client.ts';
 import { sessionKey, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
@@ -160,8 +162,22 @@ export function epochOfRecord(value: Buffer): number | undefined {
   return sealedEpoch(value);
 }
 
-function open<T>(table: Parameters<typeof unwrap>[0], key: Buffer, value: Buffer, keyring: Keyring | null, decode: (body: Buffer) => T): T {
-  return decode(unwrap(table, key, value, keyring));
+/** How records are read back: the keys that open sealed ones, and whether records in the clear are accepted. */
+export interface Sealing {
+  keyring: Keyring | null;
+  /**
+   * With a keyring: accept records in the clear in the tables that are sealed (a store that was
+   * used without encryption before). Off by default: anyone who can write to Redis can write a
+   * record in the clear with a valid checksum, but not a sealed one.
+   */
+  acceptPlaintext: boolean;
+}
+
+function open<T>(table: TableName, key: Buffer, value: Buffer, sealing: Sealing, decode: (body: Buffer) => T): T {
+  if (sealing.keyring !== null && !sealing.acceptPlaintext && value[0] === 0x01 && SEALED_TABLES.has(table)) {
+    throw new RecordError('format', 'a record in the clear in an encrypted store: forged, or written before encryption was on (store.encryption.acceptPlaintext)');
+  }
+  return decode(unwrap(table, key, value, sealing.keyring));
 }
 
 export interface DecodedSession {
@@ -178,7 +194,7 @@ export interface DecodedSession {
  * Verifies and decodes a session. `keys` are its Redis keys, for problems. With `expect` (a
  * session key), a session that is not that one is a problem too.
  */
-export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { hash: string; queue: string }, expect?: string): DecodedSession {
+export function decodeSession(raw: RawSession, sealing: Sealing, keys: { hash: string; queue: string }, expect?: string): DecodedSession {
   const problems: Problem[] = [];
   const where = keys.hash;
   const d = raw.digest;
@@ -198,7 +214,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
     return { problems, orphan: raw.exists };
   }
   const identity = attempt(F.identity, () => {
-    const h = open('sessions', bindSession('identity', d), raw.identity as Buffer, keyring, decodeJson);
+    const h = open('sessions', bindSession('identity', d), raw.identity as Buffer, sealing, decodeJson);
     const v = h['v'];
     if (typeof h['c'] !== 'string' || typeof h['o'] !== 'string' || (v !== 3 && v !== 4 && v !== 5)) throw new RecordError('format', 'bad session record');
     const id = { clientId: h['c'], owner: h['o'], protocolVersion: v as 3 | 4 | 5 };
@@ -207,7 +223,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
   });
   const expiry = attempt(F.expiry, () => {
     if (raw.expiry === undefined) throw new RecordError('format', 'missing expiry record');
-    const e = open('sessions', bindSession('expiry', d), raw.expiry, keyring, decodeJson);
+    const e = open('sessions', bindSession('expiry', d), raw.expiry, sealing, decodeJson);
     if (typeof e['x'] !== 'number' || (e['e'] !== undefined && typeof e['e'] !== 'number')) throw new RecordError('format', 'bad expiry record');
     return { expiryInterval: e['x'], expiresAt: e['e'] as number | undefined };
   });
@@ -220,7 +236,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
   if (expiry.expiresAt !== undefined) session.expiresAt = expiry.expiresAt;
 
   for (const { filter, value } of raw.subscriptions) {
-    const sub = attempt(`s:${JSON.stringify(filter)}`, () => open('subscriptions', bindSession('subscription', d, Buffer.from(filter, 'utf8')), value, keyring, decodeSubscription));
+    const sub = attempt(`s:${JSON.stringify(filter)}`, () => open('subscriptions', bindSession('subscription', d, Buffer.from(filter, 'utf8')), value, sealing, decodeSubscription));
     if (sub === undefined) continue;
     if (sub.filter !== filter) problems.push({ where: at(`s:${JSON.stringify(filter)}`), problem: 'holds the subscription of another filter' });
     else session.subscriptions.push(sub);
@@ -233,7 +249,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
       continue;
     }
     const packetId = e.packetId;
-    const f = attempt(e.field, () => open('inflight', bindSession('inflight', d, u16(packetId)), e.value, keyring, decodeInflight));
+    const f = attempt(e.field, () => open('inflight', bindSession('inflight', d, u16(packetId)), e.value, sealing, decodeInflight));
     if (f === undefined) continue;
     if (f.packetId !== packetId) problems.push({ where: at(e.field), problem: `holds packet id ${f.packetId}` });
     else inflight.push({ order: e.order, f });
@@ -248,7 +264,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
   }
 
   if (raw.will !== undefined) {
-    const will = attempt(F.will, () => open('wills', bindSession('will', d), raw.will as Buffer, keyring, decodeWill));
+    const will = attempt(F.will, () => open('wills', bindSession('will', d), raw.will as Buffer, sealing, decodeWill));
     if (will !== undefined) session.will = will;
   }
 
@@ -258,7 +274,7 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
     const hex = id.toString('hex');
     const m = attemptAt(`${keys.queue} element ${i}`, () => {
       if (element.length <= QUEUE_ID_BYTES) throw new RecordError('format', 'queue element too short');
-      return open('queue', bindSession('queue', d, id), element.subarray(QUEUE_ID_BYTES), keyring, decodeMessage);
+      return open('queue', bindSession('queue', d, id), element.subarray(QUEUE_ID_BYTES), sealing, decodeMessage);
     });
     if (m === undefined) return;
     if (seen.has(hex)) problems.push({ where: `${keys.queue} element ${i}`, problem: 'the same queued message appears twice' });
@@ -270,9 +286,9 @@ export function decodeSession(raw: RawSession, keyring: Keyring | null, keys: { 
 }
 
 /** Verifies and decodes a retained message stored under `topic`. Throws RecordError. */
-export function decodeRetained(topic: Buffer, value: Buffer, keyring: Keyring | null): StoredMessage {
+export function decodeRetained(topic: Buffer, value: Buffer, sealing: Sealing): StoredMessage {
   const text = topic.toString('utf8');
-  const m = open('retained', bindRetained(text), value, keyring, decodeMessage);
+  const m = open('retained', bindRetained(text), value, sealing, decodeMessage);
   if (m.topic !== text) throw new RecordError('format', 'holds the retained message of another topic');
   return m;
 }

@@ -10,7 +10,7 @@
 import type { Keyring } from './keyring.ts';
 import type { Reply, RedisLink } from './redis-client.ts';
 import { bindMeta, isDigest, type RedisKeys } from './redis-keys.ts';
-import { decodeRetained, decodeSession, epochOfRecord, epochsOf, rawSession, type DecodedSession, type Problem } from './redis-records.ts';
+import { decodeRetained, decodeSession, epochOfRecord, epochsOf, rawSession, type DecodedSession, type Problem, type Sealing } from './redis-records.ts';
 import { LOAD } from './redis-scripts.ts';
 import { RecordError, decodeBytes, unwrap } from './records.ts';
 import { sessionKey, type StoreCounts, type StoredMessage, type StoredSession } from './types.ts';
@@ -72,11 +72,11 @@ export class Epochs {
 }
 
 /** Reads one session by digest: one LOAD script. */
-export async function readSession(link: RedisLink, keys: RedisKeys, epochs: Epochs, keyring: Keyring | null, digest: string, expect?: string): Promise<DecodedSession> {
+export async function readSession(link: RedisLink, keys: RedisKeys, epochs: Epochs, sealing: Sealing, digest: string, expect?: string): Promise<DecodedSession> {
   const k = keys.session(digest);
   const raw = rawSession(digest, await link.readScript('read a session', LOAD, [k.hash, k.queue]));
   await epochs.ensure(epochsOf(raw));
-  return decodeSession(raw, keyring, k, expect);
+  return decodeSession(raw, sealing, k, expect);
 }
 
 function pairs(reply: Reply): { cursor: string; items: Buffer[] } {
@@ -92,7 +92,7 @@ function countKeyId(map: Map<string, number>, value: Buffer): void {
 }
 
 /** Reads every session of the index and every retained message. */
-export async function scanRedis(link: RedisLink, keys: RedisKeys, epochs: Epochs, keyring: Keyring | null, options: { skipUnreadable?: boolean; pageSize?: number } = {}): Promise<RedisScan> {
+export async function scanRedis(link: RedisLink, keys: RedisKeys, epochs: Epochs, sealing: Sealing, options: { skipUnreadable?: boolean; pageSize?: number } = {}): Promise<RedisScan> {
   const page = options.pageSize ?? PAGE;
   const scan: RedisScan = {
     sessions: [],
@@ -140,7 +140,7 @@ export async function scanRedis(link: RedisLink, keys: RedisKeys, epochs: Epochs
         countKeyId(scan.keyIds, v);
         scan.bytes += v.length;
       }
-      const decoded = decodeSession(raw, keyring, keys.session(digest));
+      const decoded = decodeSession(raw, sealing, keys.session(digest));
       const problems = decoded.problems.filter((p) => !unreadable(p));
       scan.problems.push(...problems);
       if (decoded.session === undefined) {
@@ -178,7 +178,7 @@ export async function scanRedis(link: RedisLink, keys: RedisKeys, epochs: Epochs
       countKeyId(scan.keyIds, value);
       scan.bytes += value.length;
       try {
-        scan.retained.push({ topic, value, message: decodeRetained(topic, value, keyring) });
+        scan.retained.push({ topic, value, message: decodeRetained(topic, value, sealing) });
         scan.counts.retained++;
       } catch (err) {
         if (!(err instanceof RecordError)) throw err;

@@ -24,6 +24,11 @@ export type { RedisStoreOptions } from './redis-base.ts';
 const PURGE_PAGE = 200;
 
 export class RedisStore extends RedisBase implements Store {
+  /** Bytes of commands sent to Redis and not answered yet (bounded by store.maxPendingBytes). */
+  get pendingBytes(): number {
+    return this.link?.pending ?? 0;
+  }
+
   private keysOf(key: string): { digest: string; hash: string; queue: string } {
     const digest = sessionDigest(key);
     return { digest, ...this.redisKeys.session(digest) };
@@ -44,7 +49,7 @@ export class RedisStore extends RedisBase implements Store {
   async getSession(key: string): Promise<StoredSession | undefined> {
     const link = this.conn();
     const { digest } = this.keysOf(key);
-    const decoded = await readSession(link, this.redisKeys, this.epochs as Epochs, this.keyring, digest, key);
+    const decoded = await readSession(link, this.redisKeys, this.epochs as Epochs, this.sealing, digest, key);
     throwIfProblems(
       decoded.orphan ? [] : decoded.problems,
       this.target,
@@ -182,7 +187,7 @@ export class RedisStore extends RedisBase implements Store {
       for (let i = 0; i + 1 < items.length; i += 2) {
         const digest = (items[i] as Buffer).toString('latin1');
         const score = (items[i + 1] as Buffer).toString('latin1');
-        const decoded = await readSession(link, this.redisKeys, this.epochs as Epochs, this.keyring, digest).catch(() => undefined);
+        const decoded = await readSession(link, this.redisKeys, this.epochs as Epochs, this.sealing, digest).catch(() => undefined);
         const s = decoded?.session;
         if (decoded === undefined || decoded.orphan || (s === undefined && decoded.problems.length > 0)) continue; // damage is for open and check to report
         if (s === undefined) {
@@ -211,7 +216,7 @@ export class RedisStore extends RedisBase implements Store {
       try {
         const epoch = epochOfRecord(value);
         if (epoch !== undefined) await (this.epochs as Epochs).ensure([epoch]);
-        expiresAt = decodeRetained(topic, value, this.keyring).expiresAt;
+        expiresAt = decodeRetained(topic, value, this.sealing).expiresAt;
       } catch {
         continue; // reported by open and check
       }

@@ -1,0 +1,132 @@
+/**
+ * The Redis store when Redis fails, against a real redis-server: stopped and started again,
+ * frozen (SIGSTOP: connected but silent), paused (CLIENT PAUSE), killed with SIGKILL and
+ * restarted from its append-only file. Writes fail fast with a StoreError the broker
+ * understands, memory stays bounded, and the store recovers by itself.
+ */
+import test from 'ava';
+import { isStoreError, StoreWriteError } from '../src/store/errors.ts';
+import { sessionKey, type StoredMessage, type StoredSession } from '../src/store/types.ts';
+import { startRedis } from './redis-server.ts';
+import { redisConfig, redisStore } from './store-redis-support.ts';
+
+const session = (id: string): StoredSession => ({ clientId: id, owner: `user:${id}`, protocolVersion: 5, expiryInterval: 3600, subscriptions: [], inflight: [], queue: [], awaitingRelease: [] });
+const msg = (topic: string, size = 16): StoredMessage => ({ topic, payload: Buffer.alloc(size, 0x5a), qos: 1, retain: false });
+const key = (id: string) => sessionKey(`user:${id}`, id);
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function eventually(check: () => Promise<boolean>, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check().catch(() => false)) return true;
+    await delay(50);
+  }
+  return false;
+}
+
+test('Redis stopped: writes and reads fail at once with a StoreError; when it is back the store reconnects by itself and writes succeed', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const store = redisStore(server, { commandTimeoutMs: 1000 });
+  await store.open();
+  t.teardown(() => store.close());
+  await store.saveSession(session('a'));
+  await store.enqueue(key('a'), msg('before'));
+
+  await server.stop();
+  const started = Date.now();
+  const err = await t.throwsAsync(store.enqueue(key('a'), msg('during')));
+  t.true(Date.now() - started < 500, `refused at once (${Date.now() - started} ms), not after a timeout`);
+  t.true(err instanceof StoreWriteError && err.code === 'ERR_STORE_WRITE', `a StoreWriteError the broker refuses acknowledgements on: ${String(err)}`);
+  t.false((err as StoreWriteError).diskFull, 'not taken for a full store (0x80, not 0x97)');
+  await t.throwsAsync(store.getSession(key('a')), { code: 'ERR_STORE_UNAVAILABLE' });
+  // Many writes while it is down: each refused at once, nothing kept for later.
+  const refused = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => store.enqueue(key('a'), msg(`down/${i}`))));
+  t.true(refused.every((r) => r.status === 'rejected' && isStoreError(r.reason, 'ERR_STORE_WRITE')));
+  t.is(store.pendingBytes, 0, 'nothing waits in the process');
+
+  await server.restart();
+  t.true(await eventually(async () => (await store.enqueue(key('a'), msg('after')).then(() => true)), 5000), 'writes succeed again without reopening the store');
+  const got = await store.getSession(key('a'));
+  t.deepEqual(
+    got?.queue.map((m) => m.topic),
+    ['before', 'after'],
+    'what was refused was never written later; the scripts were loaded again on the new connection',
+  );
+});
+
+test('Redis frozen (SIGSTOP): a write fails within commandTimeoutMs, later ones at once; pending bytes stay under maxPendingBytes; it recovers after SIGCONT', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const store = redisStore(server, { commandTimeoutMs: 400, maxPendingBytes: 256 * 1024 });
+  await store.open();
+  t.teardown(() => store.close());
+  await store.saveSession(session('f'));
+
+  server.freeze();
+  const started = Date.now();
+  const first = store.enqueue(key('f'), msg('frozen/0', 1024));
+  // 64 MiB offered while Redis is silent: only up to the budget may wait in the process.
+  const flood: Promise<void>[] = [];
+  let maxPending = 0;
+  for (let i = 0; i < 1024; i++) {
+    flood.push(store.enqueue(key('f'), msg(`frozen/${i + 1}`, 64 * 1024)));
+    maxPending = Math.max(maxPending, store.pendingBytes);
+  }
+  const err = await t.throwsAsync(first);
+  const took = Date.now() - started;
+  t.true(took >= 350 && took < 1500, `the first write fails at its deadline (${took} ms for a 400 ms timeout)`);
+  t.is((err as StoreWriteError).errno, 'ETIMEDOUT');
+  const results = await Promise.allSettled(flood);
+  t.true(results.every((r) => r.status === 'rejected'), 'nothing is acknowledged while Redis is frozen');
+  t.true(maxPending <= 256 * 1024 + 70 * 1024, `pending bytes stayed bounded (max ${maxPending})`);
+  t.true(results.filter((r) => r.status === 'rejected' && /not answering|not connected/.test(String((r.reason as Error).message))).length > 900, 'most were refused at once, without being sent');
+  const quick = Date.now();
+  await t.throwsAsync(store.enqueue(key('f'), msg('frozen/late')));
+  t.true(Date.now() - quick < 600, 'a write after the deadline fails fast too');
+
+  server.thaw();
+  t.true(await eventually(async () => (await store.enqueue(key('f'), msg('thawed')).then(() => true)), 6000), 'writes succeed again after SIGCONT');
+  t.is(store.pendingBytes, 0);
+});
+
+test('CLIENT PAUSE: writes time out cleanly within commandTimeoutMs and succeed again when the pause ends', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const store = redisStore(server, { commandTimeoutMs: 300 });
+  await store.open();
+  t.teardown(() => store.close());
+  await store.saveSession(session('p'));
+  await server.command('CLIENT', 'PAUSE', '1500', 'WRITE');
+  const started = Date.now();
+  await t.throwsAsync(store.enqueue(key('p'), msg('paused')), { code: 'ERR_STORE_WRITE' });
+  t.true(Date.now() - started < 1000, 'failed at its deadline, not at the end of the pause');
+  t.true(await eventually(async () => (await store.enqueue(key('p'), msg('resumed')).then(() => true)), 6000));
+});
+
+test('Redis killed (SIGKILL) and restarted from its append-only file: every acknowledged write is there', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const config = redisConfig(server);
+  const store = redisStore(server, { prefix: config.prefix });
+  await store.open();
+  for (let i = 0; i < 20; i++) await store.saveSession(session(`s${i}`));
+  const acked: string[] = [];
+  await Promise.all(Array.from({ length: 400 }, (_, i) => store.enqueue(key(`s${i % 20}`), msg(`m/${i}`)).then(() => acked.push(`m/${i}`))));
+  await store.putRetained({ ...msg('r/1'), retain: true });
+  await server.stop(true);
+  await store.close(); // Redis is gone: the store cannot mark a clean close
+  await server.restart();
+  const again = redisStore(server, { prefix: config.prefix });
+  const report = await again.open();
+  t.teardown(() => again.close());
+  t.is(report.loaded.sessions, 20);
+  t.is(report.loaded.queued, acked.length);
+  t.is(report.loaded.retained, 1);
+  t.true(report.recovery.uncleanShutdown, 'the first store could not close cleanly (Redis went away): the next open says so');
+  const topics = new Set((await again.loadSessions()).flatMap((s) => s.queue.map((m) => m.topic)));
+  t.deepEqual(
+    acked.filter((m) => !topics.has(m)),
+    [],
+  );
+});
