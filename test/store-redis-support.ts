@@ -25,14 +25,54 @@ export function redisStore(server: RedisServer, store: Record<string, unknown> =
   return new RedisStore({ connection, prefix: config.prefix, instance: config.instance, warnings, ...extra });
 }
 
-/** Every key of the server under `prefix` (SCAN, for the tests' eyes). */
+/** Every key of the server under `prefix` (SCAN, for the tests' eyes; test/redis-server.ts's reader does not parse nested replies). */
 export async function keysUnder(server: RedisServer, prefix: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor = '0';
-  do {
-    const reply = (await server.command('SCAN', cursor, 'MATCH', `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`, 'COUNT', '1000')).split('\n');
-    cursor = reply[0] ?? '0';
-    out.push(...reply.slice(1).filter((k) => k !== ''));
-  } while (cursor !== '0');
-  return out;
+  const { Redis } = await import('ioredis');
+  const client = new Redis({ host: server.host, port: server.port, lazyConnect: true });
+  await client.connect();
+  try {
+    const out: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`, 'COUNT', 1000);
+      cursor = next;
+      out.push(...keys);
+    } while (cursor !== '0');
+    return out;
+  } finally {
+    client.disconnect();
+  }
+}
+
+/**
+ * Watches what clients send to the server (MONITOR), leaving out what scripts run inside it:
+ * the commands that crossed the network, by name.
+ */
+export async function monitor(server: RedisServer): Promise<{ commands(): string[]; stop(): void }> {
+  const net = await import('node:net');
+  const sock = net.connect({ host: server.host, port: server.port });
+  const seen: string[] = [];
+  let buf = '';
+  let started = false;
+  await new Promise<void>((resolve, reject) => {
+    sock.once('error', reject);
+    sock.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      let at: number;
+      while ((at = buf.indexOf('\r\n')) >= 0) {
+        const line = buf.slice(0, at);
+        buf = buf.slice(at + 2);
+        if (!started) {
+          started = line === '+OK';
+          if (started) resolve();
+          continue;
+        }
+        // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" "..." — script calls show [0 lua].
+        const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"/.exec(line);
+        if (m !== null && m[1] !== 'lua') seen.push((m[2] as string).toLowerCase());
+      }
+    });
+    sock.write('*1\r\n$7\r\nMONITOR\r\n');
+  });
+  return { commands: () => [...seen], stop: () => sock.destroy() };
 }

@@ -210,9 +210,11 @@ export class RedisBase {
     for (const s of scan.sessions) {
       const k = this.redisKeys.session(s.digest);
       const session = s.decoded.session;
-      if (session === undefined) {
+      if (s.decoded.orphan) {
         if ((await link.writeScript('delete orphan records', DELETE_ORPHAN, [k.hash, k.queue], [])) !== 0) purged.orphans++;
         await this.unindex(link, s.digest, s.score);
+      } else if (session === undefined) {
+        kept.push(s); // unreadable: open has refused already; never deleted here
       } else if (session.expiresAt !== undefined && session.expiresAt <= now && s.decoded.expiryValue !== undefined) {
         if ((await link.writeScript('delete an expired session', DELETE_IF_EXPIRY, [k.hash, k.queue], [s.decoded.expiryValue])) === 1) {
           purged.expiredSessions++;

@@ -141,14 +141,11 @@ export async function scanRedis(link: RedisLink, keys: RedisKeys, epochs: Epochs
         scan.bytes += v.length;
       }
       const decoded = decodeSession(raw, sealing, keys.session(digest));
-      const problems = decoded.problems.filter((p) => !unreadable(p));
-      scan.problems.push(...problems);
-      if (decoded.session === undefined) {
-        if (decoded.orphan) scan.sessions.push({ digest, score, decoded });
-        return;
-      }
+      scan.problems.push(...decoded.problems.filter((p) => !unreadable(p)));
+      // Listed even when it cannot be read (no key file): `store check` must know it is indexed.
       scan.sessions.push({ digest, score, decoded });
       const s = decoded.session;
+      if (s === undefined) return;
       scan.counts.sessions++;
       scan.counts.subscriptions += s.subscriptions.length;
       scan.counts.inflight += s.inflight.length;
