@@ -162,8 +162,12 @@ export class RedisLink {
   /** Connects (or fails within connectTimeoutMs) and loads the scripts. */
   async connect(): Promise<void> {
     const client = makeClient(this.connection);
-    // Errors reach the callers of the commands; the event must have a listener or Node would end the process.
-    client.on('error', () => undefined);
+    // Errors reach the callers of the commands; the event must have a listener or Node would end the
+    // process. The last one says why a connection failed (a refused password, a certificate).
+    let lastError: Error | undefined;
+    client.on('error', (err: Error) => {
+      lastError = err;
+    });
     if (client instanceof Cluster) {
       client.on('+node', (node: Redis) => node.on('ready', () => void loadScripts(node)));
     } else {
@@ -185,7 +189,8 @@ export class RedisLink {
       this.closed = true;
       this.client = null;
       client.disconnect();
-      throw new StoreError('ERR_STORE_UNAVAILABLE', `cannot connect to Redis at ${this.target}: ${(err as Error).message}`, this.target, { cause: err });
+      const why = lastError !== undefined && lastError.message !== (err as Error).message ? `${(err as Error).message} (${lastError.message})` : (err as Error).message;
+      throw new StoreError('ERR_STORE_UNAVAILABLE', `cannot connect to Redis at ${this.target}: ${why}`, this.target, { cause: err });
     } finally {
       clearTimeout(timer);
     }
