@@ -159,8 +159,9 @@ export class RedisBase {
     let raw = await link.read('read the format record', 'hget', this.redisKeys.meta, field);
     let created = false;
     if (raw === null) {
-      const used = await link.read('look for store keys', 'exists', this.redisKeys.index, this.redisKeys.retained);
-      if (typeof used === 'number' && used > 0) {
+      // One key per EXISTS: in a Redis Cluster the two live in different slots.
+      const used = await Promise.all([this.redisKeys.index, this.redisKeys.retained].map((k) => link.read('look for store keys', 'exists', k)));
+      if (used.some((n) => typeof n === 'number' && n > 0)) {
         throw new StoreError('ERR_STORE_CORRUPT', `${this.target}: keys under the prefix ${this.redisKeys.prefix} hold sessions or retained messages, but the store's format record (${this.redisKeys.meta} field format) is missing: it was deleted or the keys were written by something else`, this.target);
       }
       const record = wrap('meta', bindMeta(field), encodeJson({ format: FORMAT, version: FORMAT_VERSION, storeId: randomUUID(), created: new Date().toISOString() }), null);
