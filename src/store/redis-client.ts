@@ -74,6 +74,9 @@ function commonOptions(c: RedisConnection): RedisOptions {
     socketTimeout: c.commandTimeoutMs,
     connectTimeout: c.connectTimeoutMs,
     retryStrategy: (times: number) => Math.min(50 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
+    // A master that became a replica (a failover) refuses writes with READONLY: reconnect, so
+    // Sentinel names the new master. The failed write is not re-sent (1, not 2).
+    reconnectOnError: (err: Error) => (err.message.startsWith('READONLY') ? 1 : false),
     protocol: 2,
     maintNotifications: 'disabled',
     connectionName: 'portcullis-store',
@@ -95,6 +98,8 @@ function makeClient(c: RedisConnection): Client {
         name: c.name ?? '',
         ...(c.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: c.tls } : {}),
         sentinelCommandTimeout: c.commandTimeoutMs,
+        // Listens for +switch-master, so a failover moves the connection without waiting for an error.
+        failoverDetector: true,
         sentinelRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), MAX_RECONNECT_DELAY_MS),
       });
     case 'cluster': {
