@@ -209,10 +209,8 @@ export function decodeSession(raw: RawSession, sealing: Sealing, keys: { hash: s
     }
   };
   const attempt = <T>(field: string, fn: () => T): T | undefined => attemptAt(at(field), fn);
-  if (raw.identity === undefined) {
-    if (raw.exists) problems.push({ where, problem: 'records without the session record (orphans)' });
-    return { problems, orphan: raw.exists };
-  }
+  // Records without their session record (orphans) are not damage: open drops them and counts them, as the LMDB store does.
+  if (raw.identity === undefined) return { problems, orphan: raw.exists };
   const identity = attempt(F.identity, () => {
     const h = open('sessions', bindSession('identity', d), raw.identity as Buffer, sealing, decodeJson);
     const v = h['v'];

@@ -73,18 +73,22 @@ export class RedisStore extends RedisBase implements Store {
     this.preloaded = null;
     const k = this.keysOf(sessionKey(session.owner, session.clientId));
     const args = saveArgs(k.digest, session, this.keyring);
-    // Listed first, then written: a crash in between leaves an index entry without a session
-    // (skipped and cleaned up), never a session that loadSessions cannot find.
-    await link.write('index a session', 80, 'zadd', this.redisKeys.index, indexScore(session.expiresAt), k.digest);
-    await link.writeScript('save a session', SAVE, [k.hash, k.queue], args);
+    // Both sent now, in this order, before anything written after this call (the broker does not
+    // await every write, and Redis applies one connection's commands in the order sent). Indexed
+    // first: a crash in between leaves an index entry without a session (skipped, cleaned up at
+    // the next open), never a session that loadSessions cannot find. (In a Redis Cluster the two
+    // are on different nodes, so that order is not guaranteed: `store check` finds such a session.)
+    await Promise.all([
+      link.write('index a session', 80, 'zadd', this.redisKeys.index, indexScore(session.expiresAt), k.digest),
+      link.writeScript('save a session', SAVE, [k.hash, k.queue], args),
+    ]);
   }
 
   async deleteSession(key: string): Promise<void> {
     const link = this.conn();
     this.preloaded = null;
     const k = this.keysOf(key);
-    await link.write('delete a session', 64, 'del', k.hash, k.queue);
-    await link.write('remove a session from the index', 64, 'zrem', this.redisKeys.index, k.digest);
+    await Promise.all([link.write('delete a session', 64, 'del', k.hash, k.queue), link.write('remove a session from the index', 64, 'zrem', this.redisKeys.index, k.digest)]);
   }
 
   async setSessionExpiry(key: string, expiresAt: number | undefined, expiryInterval: number): Promise<void> {
