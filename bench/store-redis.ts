@@ -10,8 +10,12 @@
  *    messages in flight; messages per second delivered and the median PUBACK latency.
  * 4. Redis memory per queued 64 B message (used_memory before and after 100,000 messages over
  *    1,000 sessions).
+ * 5. Opening a Redis store of 100,000 sessions (each with a subscription and a queued message):
+ *    the full, verified read open() makes, and getSession of one of them.
  *
- * Rounds interleave the stores; the report gives medians and ranges. Writes bench/results/store-redis.md.
+ * Rounds interleave the stores, and each round runs both back to back: the report gives medians
+ * and ranges, and the median of the per-round ratio redis / lmdb (an A/B within one round, which
+ * the load of this shared machine affects least). Writes bench/results/store-redis.md.
  *
  *   npm run bench:store-redis
  *   npm run bench:store-redis -- --rounds 3 --duration 2 --flows 1,64
@@ -38,6 +42,7 @@ const { values } = parseArgs({
     duration: { type: 'string', default: '2' },
     flows: { type: 'string', default: '1,64' },
     'size-messages': { type: 'string', default: '100000' },
+    'load-sessions': { type: 'string', default: '100000' },
     out: { type: 'string', default: path.join(import.meta.dirname, 'results', 'store-redis.md') },
     help: { type: 'boolean', default: false },
   },
@@ -50,6 +55,7 @@ const rounds = Number(values.rounds);
 const durationMs = Number(values.duration) * 1000;
 const flowCounts = values.flows.split(',').map(Number);
 const sizeMessages = Number(values['size-messages']);
+const loadSessions = Number(values['load-sessions']);
 
 const redis = await startRedis();
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-store-redis-'));
@@ -211,12 +217,47 @@ async function memoryPerMessage(encrypted: boolean): Promise<{ perMessage: numbe
   return { perMessage: (after - withSessions) / sizeMessages, perSession: (withSessions - before) / sessions };
 }
 
+/** Time to open (read and verify everything) a store of `count` sessions, and to read one session. */
+async function openLarge(count: number): Promise<{ fillS: number; openS: number; getMs: number; sessionsPerS: number }> {
+  await redis.command('FLUSHALL');
+  const c = redisStoreConfig();
+  const writer = new RedisStore({ connection: redisConnection(c).connection, prefix: c.prefix });
+  await writer.open();
+  const t0 = Date.now();
+  for (let i = 0; i < count; i += 500) {
+    await Promise.all(
+      Array.from({ length: Math.min(500, count - i) }, async (_, j) => {
+        await writer.saveSession(session(`L${i + j}`));
+        await writer.enqueue(sessionKey(`user:L${i + j}`, `L${i + j}`), msg(i + j));
+      }),
+    );
+  }
+  const fillS = (Date.now() - t0) / 1000;
+  await writer.close();
+  const reader = new RedisStore({ connection: redisConnection(c).connection, prefix: c.prefix });
+  const t1 = process.hrtime.bigint();
+  const report = await reader.open();
+  const openS = Number(process.hrtime.bigint() - t1) / 1e9;
+  if (report.loaded.sessions !== count) throw new Error(`loaded ${report.loaded.sessions} of ${count} sessions`);
+  const gets: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const t2 = process.hrtime.bigint();
+    await reader.getSession(sessionKey(`user:L${(i * 7919) % count}`, `L${(i * 7919) % count}`));
+    gets.push(Number(process.hrtime.bigint() - t2) / 1e6);
+  }
+  await reader.close();
+  await redis.command('FLUSHALL');
+  return { fillS, openS, getMs: median(gets), sessionsPerS: count / openS };
+}
+
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;
 const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
 const range = (a: number[]) => `${fmt(median(a))} (${fmt(Math.min(...a))}–${fmt(Math.max(...a))})`;
 
 console.log(`store-redis bench: ${rounds} rounds × ${durationMs / 1000} s per measurement, flows ${flowCounts.join(',')}; redis-server ${redis.url} (appendonly yes, appendfsync always)`);
 const ops = new Map<string, number[]>();
+/** Per round: redis / lmdb-sync for the same measurement (an A/B within one round). */
+const ratios = new Map<string, number[]>();
 const brokerRates = new Map<string, number[]>();
 const brokerAcks = new Map<string, number[]>();
 for (let round = 0; round < rounds; round++) {
@@ -232,12 +273,18 @@ for (let round = 0; round < rounds; round++) {
     brokerAcks.set(kind.name, [...(brokerAcks.get(kind.name) ?? []), b.ackMs]);
     console.log(`round ${round + 1}: ${kind.name.padEnd(10)} broker QoS 1 1→1 persistent: ${fmt(b.rate)} msg/s, PUBACK median ${b.ackMs.toFixed(2)} ms`);
   }
+  const last = (m: Map<string, number[]>, k: string) => (m.get(k) ?? []).at(-1) as number;
+  const pair = (name: string, a: number, b: number) => ratios.set(name, [...(ratios.get(name) ?? []), a / b]);
+  for (const flows of flowCounts) for (const op of OPS) pair(`${op}, ${flows} flow${flows === 1 ? '' : 's'}`, last(ops, `redis|${flows}|${op}`), last(ops, `lmdb-sync|${flows}|${op}`));
+  pair('broker QoS 1 1→1 msg/s', last(brokerRates, 'redis'), last(brokerRates, 'lmdb-sync'));
 }
 const perOp = await commandsPerOp();
 console.log('commands per operation:', perOp);
 const mem = await memoryPerMessage(false);
 const memEnc = await memoryPerMessage(true);
 console.log(`Redis memory: ${mem.perMessage.toFixed(0)} B per queued 64 B message (${memEnc.perMessage.toFixed(0)} B encrypted), ${mem.perSession.toFixed(0)} B per session with one subscription`);
+const large = loadSessions > 0 ? await openLarge(loadSessions) : undefined;
+if (large !== undefined) console.log(`open of ${fmt(loadSessions)} sessions: ${large.openS.toFixed(1)} s (${fmt(large.sessionsPerS)} sessions/s; written in ${large.fillS.toFixed(1)} s); getSession median ${large.getMs.toFixed(2)} ms`);
 const aof = fs.readdirSync(path.join(redis.dir, 'appendonlydir')).reduce((s, f) => s + fs.statSync(path.join(redis.dir, 'appendonlydir', f)).size, 0);
 await redis.dispose();
 fs.rmSync(tmpRoot, { recursive: true, force: true });
@@ -257,6 +304,10 @@ for (const kind of KINDS) {
   const acks = brokerAcks.get(kind.name) ?? [0];
   lines.push(`| ${kind.name} | ${range(brokerRates.get(kind.name) ?? [0])} | ${median(acks).toFixed(2)} (${Math.min(...acks).toFixed(2)}–${Math.max(...acks).toFixed(2)}) |`);
 }
+lines.push('', 'Redis / LMDB, the median of the per-round ratios (each round ran both back to back; above 1: Redis faster):', '');
+lines.push('| measurement | redis / lmdb-sync |', '|---|---:|');
+for (const [name, r] of ratios) lines.push(`| ${name} | ${median(r).toFixed(2)} (${Math.min(...r).toFixed(2)}–${Math.max(...r).toFixed(2)}) |`);
+if (large !== undefined) lines.push('', `Opening a Redis store of ${fmt(loadSessions)} sessions (each with a subscription and a queued message; read and verified whole, as open() does): ${large.openS.toFixed(1)} s, ${fmt(large.sessionsPerS)} sessions/s. getSession of one of them: median ${large.getMs.toFixed(2)} ms.`);
 lines.push('', `Redis memory (used_memory): ${mem.perMessage.toFixed(0)} B per queued 64 B message (${memEnc.perMessage.toFixed(0)} B with encryption), ${mem.perSession.toFixed(0)} B per session with one subscription; append-only file at the end of the run: ${fmt(aof / 1024 / 1024)} MB.`);
 const report = `${lines.join('\n')}\n`;
 fs.mkdirSync(path.dirname(values.out), { recursive: true });

@@ -13,7 +13,7 @@ import { freshPrefix } from './store-redis-support.ts';
 const config = (redis: RedisServer, prefix: string) => ({
   listeners: [{ name: 'tcp', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
   authorizers: ['allow-all'],
-  store: { type: 'redis', url: redis.url, prefix, commandTimeoutMs: 1000 },
+  store: { type: 'redis', url: redis.url, prefix, commandTimeoutMs: 10_000 },
   audit: { sink: 'file', path: 'audit.jsonl', fsyncIntervalMs: 0 },
   sys: { intervalSeconds: 0 },
 });

@@ -112,7 +112,7 @@ test('an ACL user from usernameFile and passwordFile; a user that may not run CO
   t.false(err?.message.includes('not-the-secret-2'));
 });
 
-test('a Redis without appendonly: the open report warns that acknowledged writes would not survive its restart', async (t) => {
+test('a Redis without appendonly, with appendfsync no, or with an eviction policy: the open report warns that acknowledged writes could be lost', async (t) => {
   const server = await startRedis({ appendOnly: false });
   t.teardown(() => server.dispose());
   const store = redisStore(server);
@@ -126,6 +126,11 @@ test('a Redis without appendonly: the open report warns that acknowledged writes
   const second = await again.open();
   await again.close();
   t.true(second.warnings.some((w) => /appendfsync no/.test(w)));
+  await server.command('CONFIG', 'SET', 'maxmemory-policy', 'allkeys-lru');
+  const third = redisStore(server);
+  const evicting = await third.open();
+  await third.close();
+  t.true(evicting.warnings.some((w) => /maxmemory-policy allkeys-lru/.test(w) && /noeviction/.test(w)), 'an eviction policy would delete stored sessions');
 });
 
 function freePort(): Promise<number> {

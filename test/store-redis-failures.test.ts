@@ -7,13 +7,24 @@
 import test from 'ava';
 import { isStoreError, StoreWriteError } from '../src/store/errors.ts';
 import { sessionKey, type StoredMessage, type StoredSession } from '../src/store/types.ts';
-import { startRedis } from './redis-server.ts';
-import { redisConfig, redisStore } from './store-redis-support.ts';
+import { startRedis, type RedisServer } from './redis-server.ts';
+import { freshPrefix, redisConfig, redisStore } from './store-redis-support.ts';
 
 const session = (id: string): StoredSession => ({ clientId: id, owner: `user:${id}`, protocolVersion: 5, expiryInterval: 3600, subscriptions: [], inflight: [], queue: [], awaitingRelease: [] });
 const msg = (topic: string, size = 16): StoredMessage => ({ topic, payload: Buffer.alloc(size, 0x5a), qos: 1, retain: false });
 const key = (id: string) => sessionKey(`user:${id}`, id);
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Writes the sessions a test starts from through a store with a generous deadline (this machine's
+ * disk is shared and Redis fsyncs every write), so only the store under test has a short one.
+ */
+async function seed(server: RedisServer, prefix: string, ids: string[]): Promise<void> {
+  const setup = redisStore(server, { prefix, instance: 'setup', commandTimeoutMs: 20_000 });
+  await setup.open();
+  for (const id of ids) await setup.saveSession(session(id));
+  await setup.close();
+}
 
 async function eventually(check: () => Promise<boolean>, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -27,7 +38,7 @@ async function eventually(check: () => Promise<boolean>, ms: number): Promise<bo
 test('Redis stopped: writes and reads fail at once with a StoreError; when it is back the store reconnects by itself and writes succeed', async (t) => {
   const server = await startRedis();
   t.teardown(() => server.dispose());
-  const store = redisStore(server, { commandTimeoutMs: 1000 });
+  const store = redisStore(server, { commandTimeoutMs: 10_000 });
   await store.open();
   t.teardown(() => store.close());
   await store.saveSession(session('a'));
@@ -55,13 +66,17 @@ test('Redis stopped: writes and reads fail at once with a StoreError; when it is
   );
 });
 
+/** For the tests that time deadlines: no fsync per write, so a busy disk does not make Redis itself slow. */
+const NO_FSYNC_WAIT = { args: ['--appendfsync', 'everysec'] };
+
 test('Redis frozen (SIGSTOP): a write fails within commandTimeoutMs, later ones at once; pending bytes stay under maxPendingBytes; it recovers after SIGCONT', async (t) => {
-  const server = await startRedis();
+  const server = await startRedis(NO_FSYNC_WAIT);
   t.teardown(() => server.dispose());
-  const store = redisStore(server, { commandTimeoutMs: 400, maxPendingBytes: 256 * 1024 });
+  const prefix = freshPrefix();
+  await seed(server, prefix, ['f']);
+  const store = redisStore(server, { prefix, commandTimeoutMs: 400, maxPendingBytes: 256 * 1024 });
   await store.open();
   t.teardown(() => store.close());
-  await store.saveSession(session('f'));
 
   server.freeze();
   const started = Date.now();
@@ -91,12 +106,13 @@ test('Redis frozen (SIGSTOP): a write fails within commandTimeoutMs, later ones 
 });
 
 test('CLIENT PAUSE: writes time out cleanly within commandTimeoutMs and succeed again when the pause ends', async (t) => {
-  const server = await startRedis();
+  const server = await startRedis(NO_FSYNC_WAIT);
   t.teardown(() => server.dispose());
-  const store = redisStore(server, { commandTimeoutMs: 300 });
+  const prefix = freshPrefix();
+  await seed(server, prefix, ['p']);
+  const store = redisStore(server, { prefix, commandTimeoutMs: 300 });
   await store.open();
   t.teardown(() => store.close());
-  await store.saveSession(session('p'));
   await server.command('CLIENT', 'PAUSE', '1500', 'WRITE');
   const started = Date.now();
   await t.throwsAsync(store.enqueue(key('p'), msg('paused')), { code: 'ERR_STORE_WRITE' });

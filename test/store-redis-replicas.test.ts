@@ -75,7 +75,7 @@ test('Sentinel: the store finds the master through the sentinel, and after a fai
     if ((await redisCommand('127.0.0.1', port, ['SENTINEL', 'get-master-addr-by-name', 'mymaster'], 500).catch(() => '')).includes(String(master.port))) break;
     await delay(50);
   }
-  const store = redisStore(master, { url: undefined, sentinels: [{ host: '127.0.0.1', port }], name: 'mymaster', waitReplicas: 1, commandTimeoutMs: 1000 });
+  const store = redisStore(master, { url: undefined, sentinels: [{ host: '127.0.0.1', port }], name: 'mymaster', waitReplicas: 1, commandTimeoutMs: 3000 });
   const report = await store.open();
   t.teardown(() => store.close());
   t.regex(report.path ?? '', /sentinel master mymaster/);

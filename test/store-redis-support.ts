@@ -15,8 +15,12 @@ export function freshPrefix(base = 'test'): string {
   return `${base}${process.pid}-${++n}:`;
 }
 
+/**
+ * A store configuration for `server`. The deadline is long unless a test sets its own: the test
+ * servers fsync every write on a disk shared with everything else the suite runs.
+ */
 export function redisConfig(server: RedisServer, store: Record<string, unknown> = {}): RedisStoreConfig {
-  return parseConfig({ store: { type: 'redis', url: server.url, prefix: freshPrefix(), ...store } }).store as RedisStoreConfig;
+  return parseConfig({ store: { type: 'redis', url: server.url, prefix: freshPrefix(), commandTimeoutMs: 10_000, ...store } }).store as RedisStoreConfig;
 }
 
 export function redisStore(server: RedisServer, store: Record<string, unknown> = {}, extra: Partial<RedisStoreOptions> = {}): RedisStore {

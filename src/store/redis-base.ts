@@ -147,7 +147,7 @@ export class RedisBase {
       // Writes already sent are answered first: Redis answers one connection in order.
       await lease?.release(true);
     } catch {
-      // Redis is away: the next open finds the marker and reports an unclean stop, which is the safe side.
+      // Redis is away: the next open finds the marker and reports an unclean stop (wills still pending are then published, as after a crash).
     } finally {
       await link.close();
     }
@@ -279,6 +279,13 @@ async function persistenceSettings(link: RedisLink, warnings: string[]): Promise
       warnings.push(`Redis ${r.node} runs with appendfsync no: writes reach its disk when the operating system flushes them (about every 30 s), so a power cut can lose acknowledged messages. Set appendfsync always (docs/persistence.md)`);
       seen.add('appendfsync no');
     } else seen.add(`appendfsync ${fsync ?? 'unset'}`);
+  }
+  // An eviction policy lets Redis delete keys when it is full: stored sessions and messages would vanish without an error.
+  for (const r of await link.onEachMaster<Reply>('CONFIG GET', 'config', 'GET', 'maxmemory-policy')) {
+    const policy = Array.isArray(r.reply) && r.reply[1] !== undefined ? String(r.reply[1]) : undefined;
+    if (policy !== undefined && policy !== 'noeviction') {
+      warnings.push(`Redis ${r.node} runs with maxmemory-policy ${policy}: when it is full it deletes keys, and stored sessions and messages with them. Set maxmemory-policy noeviction: writes are then refused (PUBACK 0x97) instead`);
+    }
   }
   return [...seen].join(', ');
 }

@@ -127,6 +127,10 @@ async function persistenceNotes(link: RedisLink): Promise<{ problems: RedisCheck
     else if (cfg.get('appendfsync') === 'no') problems.push({ where: `Redis ${r.node}`, problem: 'appendfsync no: a power cut can lose acknowledged writes' });
     else notes.push(`Redis ${r.node}: appendonly yes, appendfsync ${cfg.get('appendfsync') ?? 'unset'}`);
   }
+  for (const r of await link.onEachMaster<Reply>('CONFIG GET', 'config', 'GET', 'maxmemory-policy')) {
+    const policy = Array.isArray(r.reply) && r.reply[1] !== undefined ? String(r.reply[1]) : undefined;
+    if (policy !== undefined && policy !== 'noeviction') problems.push({ where: `Redis ${r.node}`, problem: `maxmemory-policy ${policy}: a full Redis deletes stored sessions and messages` });
+  }
   return { problems, notes };
 }
 

@@ -29,6 +29,12 @@ export class RedisStore extends RedisBase implements Store {
     return this.link?.pending ?? 0;
   }
 
+  /** The connection, for a write: what open() read is stale from now on. */
+  private writer() {
+    this.preloaded = null;
+    return this.conn();
+  }
+
   private keysOf(key: string): { digest: string; hash: string; queue: string } {
     const digest = sessionDigest(key);
     return { digest, ...this.redisKeys.session(digest) };
@@ -69,8 +75,7 @@ export class RedisStore extends RedisBase implements Store {
   // ── sessions ───────────────────────────────────────────────────────────────
 
   async saveSession(session: StoredSession): Promise<void> {
-    const link = this.conn();
-    this.preloaded = null;
+    const link = this.writer();
     const k = this.keysOf(sessionKey(session.owner, session.clientId));
     const args = saveArgs(k.digest, session, this.keyring);
     // Both sent now, in this order, before anything written after this call (the broker does not
@@ -85,15 +90,13 @@ export class RedisStore extends RedisBase implements Store {
   }
 
   async deleteSession(key: string): Promise<void> {
-    const link = this.conn();
-    this.preloaded = null;
+    const link = this.writer();
     const k = this.keysOf(key);
     await Promise.all([link.write('delete a session', 64, 'del', k.hash, k.queue), link.write('remove a session from the index', 64, 'zrem', this.redisKeys.index, k.digest)]);
   }
 
   async setSessionExpiry(key: string, expiresAt: number | undefined, expiryInterval: number): Promise<void> {
-    const link = this.conn();
-    this.preloaded = null;
+    const link = this.writer();
     const k = this.keysOf(key);
     const record = expiryRecord(k.digest, expiryInterval, expiresAt, this.keyring);
     // The index score only tells the purge where to look (XX: never adds a session that is not there).
@@ -107,68 +110,66 @@ export class RedisStore extends RedisBase implements Store {
 
   async putSubscription(key: string, subscription: StoredSubscription): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().writeScript('put a subscription', SET_FIELD, [k.hash], [F.sub(subscription.filter), subscriptionRecord(k.digest, subscription, this.keyring)]);
+    await this.writer().writeScript('put a subscription', SET_FIELD, [k.hash], [F.sub(subscription.filter), subscriptionRecord(k.digest, subscription, this.keyring)]);
   }
 
   async deleteSubscription(key: string, filter: string): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().write('delete a subscription', 64 + filter.length, 'hdel', k.hash, F.sub(filter));
+    await this.writer().write('delete a subscription', 64 + filter.length, 'hdel', k.hash, F.sub(filter));
   }
 
   async putInflight(key: string, inflight: StoredInflight): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().writeScript('put an in-flight message', PUT_INFLIGHT, [k.hash], [F.inflight(inflight.packetId), inflightRecord(k.digest, inflight, this.keyring)]);
+    await this.writer().writeScript('put an in-flight message', PUT_INFLIGHT, [k.hash], [F.inflight(inflight.packetId), inflightRecord(k.digest, inflight, this.keyring)]);
   }
 
   async deleteInflight(key: string, packetId: number): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().write('delete an in-flight message', 64, 'hdel', k.hash, F.inflight(packetId));
+    await this.writer().write('delete an in-flight message', 64, 'hdel', k.hash, F.inflight(packetId));
   }
 
   async enqueue(key: string, message: StoredMessage): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().writeScript('queue a message', ENQUEUE, [k.hash, k.queue], [queueElement(k.digest, message, this.keyring)]);
+    await this.writer().writeScript('queue a message', ENQUEUE, [k.hash, k.queue], [queueElement(k.digest, message, this.keyring)]);
   }
 
   async dequeue(key: string, count: number): Promise<void> {
     if (count <= 0) return;
     const k = this.keysOf(key);
-    await this.conn().write('dequeue messages', 64, 'ltrim', k.queue, count, -1);
+    await this.writer().write('dequeue messages', 64, 'ltrim', k.queue, count, -1);
   }
 
   async putAwaitingRelease(key: string, packetId: number): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().writeScript('put a packet id awaiting release', SET_FIELD, [k.hash], [F.awaiting(packetId), '']);
+    await this.writer().writeScript('put a packet id awaiting release', SET_FIELD, [k.hash], [F.awaiting(packetId), '']);
   }
 
   async deleteAwaitingRelease(key: string, packetId: number): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().write('delete a packet id awaiting release', 64, 'hdel', k.hash, F.awaiting(packetId));
+    await this.writer().write('delete a packet id awaiting release', 64, 'hdel', k.hash, F.awaiting(packetId));
   }
 
   async putWill(key: string, will: StoredWill): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().writeScript('put a will', SET_FIELD, [k.hash], [F.will, willRecord(k.digest, will, this.keyring)]);
+    await this.writer().writeScript('put a will', SET_FIELD, [k.hash], [F.will, willRecord(k.digest, will, this.keyring)]);
   }
 
   async deleteWill(key: string): Promise<void> {
     const k = this.keysOf(key);
-    await this.conn().write('delete a will', 64, 'hdel', k.hash, F.will);
+    await this.writer().write('delete a will', 64, 'hdel', k.hash, F.will);
   }
 
   // ── retained ───────────────────────────────────────────────────────────────
 
   async putRetained(message: StoredMessage): Promise<void> {
     if (message.payload.length === 0) return this.deleteRetained(message.topic);
-    const link = this.conn();
-    this.preloaded = null;
+    const link = this.writer();
     const record = retainedRecord(message, this.keyring);
     await link.writeScript('put a retained message', PUT_RETAINED, [this.redisKeys.retained, this.redisKeys.retainedExpiry], [Buffer.from(message.topic, 'utf8'), record, message.expiresAt !== undefined ? String(message.expiresAt) : '']);
   }
 
   async deleteRetained(topic: string): Promise<void> {
-    const link = this.conn();
-    this.preloaded = null;
+    const link = this.writer();
     await link.writeScript('delete a retained message', DELETE_RETAINED, [this.redisKeys.retained, this.redisKeys.retainedExpiry], [Buffer.from(topic, 'utf8')]);
   }
 
