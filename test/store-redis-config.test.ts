@@ -31,6 +31,7 @@ const refusals: [string, Record<string, unknown>, string, RegExp][] = [
   ['sentinels without a master name', { sentinels: [{ host: '127.0.0.1', port: 26379 }] }, 'store.name', /master group name/],
   ['a master name without sentinels', { name: 'mymaster' }, 'store.name', /only with sentinels/],
   ['waitReplicas with a cluster', { nodes: [{ host: '127.0.0.1', port: 7000 }], waitReplicas: 1 }, 'store.waitReplicas', /not supported with a Redis Cluster/],
+  ['a WAIT timeout not below the command timeout', { waitReplicas: 1, waitTimeoutMs: 3000, commandTimeoutMs: 3000 }, 'store.waitTimeoutMs', /below commandTimeoutMs/],
   ['usernameFile without passwordFile', { usernameFile: '/etc/u' }, 'store.passwordFile', /required with usernameFile/],
   ['a client certificate without its key', { url: 'rediss://127.0.0.1', tls: { cert: '/etc/c.pem' } }, 'store.tls.key', /together/],
   ['TLS settings with a plain redis:// url', { url: 'redis://127.0.0.1', tls: { ca: '/etc/ca.pem' } }, 'store.tls', /use rediss:\/\//],

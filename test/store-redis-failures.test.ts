@@ -146,3 +146,22 @@ test('Redis killed (SIGKILL) and restarted from its append-only file: every ackn
     [],
   );
 });
+
+test('Redis full (maxmemory, noeviction): writes are refused as from a full store (diskFull, OOM: PUBACK 0x97), and succeed again once there is room', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const store = redisStore(server);
+  await store.open();
+  t.teardown(() => store.close());
+  await store.saveSession(session('full'));
+  const used = Number(/used_memory:(\d+)/.exec(await server.command('INFO', 'memory'))?.[1]);
+  await server.command('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+  await server.command('CONFIG', 'SET', 'maxmemory', String(used + 2 * 1024 * 1024));
+  let err: unknown;
+  for (let i = 0; i < 200 && err === undefined; i++) await store.enqueue(key('full'), msg(`big/${i}`, 64 * 1024)).catch((e: unknown) => (err = e));
+  t.true(err instanceof StoreWriteError, String(err));
+  t.is((err as StoreWriteError).errno, 'OOM');
+  t.true((err as StoreWriteError).diskFull, 'taken for a full store');
+  await server.command('CONFIG', 'SET', 'maxmemory', '0');
+  await t.notThrowsAsync(store.enqueue(key('full'), msg('after')));
+});

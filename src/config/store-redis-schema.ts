@@ -82,6 +82,8 @@ export const redisStore = z
     if (s.sentinels !== undefined && s.name === undefined) ctx.addIssue({ code: 'custom', path: ['name'], message: 'required with sentinels: the master group name' });
     if (s.name !== undefined && s.sentinels === undefined) ctx.addIssue({ code: 'custom', path: ['name'], message: 'only with sentinels' });
     if (s.nodes !== undefined && s.waitReplicas > 0) ctx.addIssue({ code: 'custom', path: ['waitReplicas'], message: 'not supported with a Redis Cluster (nodes): WAIT would reach a random node, not the one holding the write' });
+    // WAIT holds the connection until it returns: past commandTimeoutMs the connection would be dropped as dead.
+    if (s.waitReplicas > 0 && s.waitTimeoutMs >= s.commandTimeoutMs) ctx.addIssue({ code: 'custom', path: ['waitTimeoutMs'], message: `must be below commandTimeoutMs (${s.commandTimeoutMs}): WAIT holds the connection while it waits` });
     if (s.usernameFile !== undefined && s.passwordFile === undefined) ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'required with usernameFile: an ACL user logs in with a password' });
     if ((s.tls?.cert === undefined) !== (s.tls?.key === undefined)) ctx.addIssue({ code: 'custom', path: ['tls', s.tls?.cert === undefined ? 'cert' : 'key'], message: 'give the client certificate and its key together' });
     let tls = s.tls !== undefined;
