@@ -113,6 +113,35 @@ test('an ACL user from usernameFile and passwordFile; a user that may not run CO
   t.false(err?.message.includes('not-the-secret-2'));
 });
 
+test('the ACL user SECURITY.md recommends is enough for the store and its tools, and keeps KEYS and FLUSHALL refused', async (t) => {
+  const server = await startRedis();
+  t.teardown(() => server.dispose());
+  const security = fs.readFileSync(new URL('../SECURITY.md', import.meta.url), 'utf8');
+  const line = /^ACL SETUSER portcullis .*$/m.exec(security)?.[0];
+  if (line === undefined) return t.fail('SECURITY.md has no ACL SETUSER line');
+  await server.command(...line.replace('>PASSWORD', '>acl-secret-3').split(' '));
+  const files = { usernameFile: secretFile('rec-user', 'portcullis\n'), passwordFile: secretFile('rec-pass', 'acl-secret-3\n') };
+  const store = redisStore(server, { ...files, prefix: 'portcullis:' });
+  const report = await store.open();
+  t.deepEqual(report.warnings, [], 'CONFIG GET is allowed: the persistence settings are read');
+  await store.saveSession({ clientId: 'c', owner: 'user:c', protocolVersion: 5, expiryInterval: 60, subscriptions: [], inflight: [], queue: [], awaitingRelease: [] });
+  await store.putRetained({ topic: 'r', payload: Buffer.from('x'), qos: 0, retain: true });
+  await store.close();
+  const { checkRedisStore, redisStoreStats } = await import('../src/store/redis-tools.ts');
+  const { redisConnection } = await import('../src/store/redis-config.ts');
+  const { redisConfig } = await import('./store-redis-support.ts');
+  const target = { connection: redisConnection(redisConfig(server, { ...files, prefix: 'portcullis:' })).connection, prefix: 'portcullis:' };
+  t.true((await checkRedisStore(target)).ok);
+  t.is((await redisStoreStats(target)).counts.sessions, 1);
+  const { Redis } = await import('ioredis');
+  const user = new Redis({ host: server.host, port: server.port, username: 'portcullis', password: 'acl-secret-3', lazyConnect: true });
+  await user.connect();
+  t.teardown(() => user.disconnect());
+  await t.throwsAsync(user.keys('*'), { message: /NOPERM/ });
+  await t.throwsAsync(user.flushall(), { message: /NOPERM/ });
+  await t.throwsAsync(user.set('other-app:key', 'x'), { message: /NOPERM/ }, 'keys outside the prefix are out of reach');
+});
+
 test('a Redis without appendonly, with appendfsync no, or with an eviction policy: the open report warns that acknowledged writes could be lost', async (t) => {
   const server = await startRedis({ appendOnly: false });
   t.teardown(() => server.dispose());
@@ -143,7 +172,7 @@ function freePort(): Promise<number> {
   });
 }
 
-test('rediss://: the server certificate is verified against store.tls.ca; an unknown CA or a wrong name is refused', async (t) => {
+test('rediss://: the server certificate is verified against store.tls.ca; an unknown CA or a wrong name is refused; a client certificate when Redis asks for one', async (t) => {
   const pkiDir = path.join(dir, 'pki');
   await pki(pkiDir, 'init', '--cn', 'Redis Test CA');
   await pki(pkiDir, 'server', '--dns', 'localhost', '--ip', '127.0.0.1');
@@ -163,6 +192,15 @@ test('rediss://: the server certificate is verified against store.tls.ca; an unk
   await t.throwsAsync(unknownCa.open(), { code: 'ERR_STORE_UNAVAILABLE', message: /certificate/i });
   const wrongName = redisStore(server, { url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca, servername: 'redis.example.org' }, connectTimeoutMs: 2000 });
   await t.throwsAsync(wrongName.open(), { code: 'ERR_STORE_UNAVAILABLE', message: /redis\.example\.org|altnames|hostname/i });
+  // A Redis that asks for client certificates: the broker's from tls.cert and tls.key.
+  await pki(pkiDir, 'client', '--cn', 'portcullis-broker');
+  await server.command('CONFIG', 'SET', 'tls-auth-clients', 'yes');
+  const noCert = redisStore(server, { url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca }, connectTimeoutMs: 2000 });
+  await t.throwsAsync(noCert.open(), { code: 'ERR_STORE_UNAVAILABLE' });
+  const withCert = redisStore(server, { url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca, cert: path.join(pkiDir, 'clients', 'portcullis-broker.crt'), key: path.join(pkiDir, 'clients', 'portcullis-broker.key') } });
+  await withCert.open();
+  await withCert.close();
+  await server.command('CONFIG', 'SET', 'tls-auth-clients', 'no');
   const unchecked = redisStore(server, { url: `rediss://127.0.0.1:${tlsPort}`, tls: { verifyServer: false }, prefix: freshPrefix() });
   const loose = await unchecked.open();
   await unchecked.close();

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import YAML from 'yaml';
-import { checkCommand } from '../src/cli/store.ts';
+import { checkCommand, statsCommand } from '../src/cli/store.ts';
 import { bindSession, sessionDigest } from '../src/store/redis-keys.ts';
 import { checkRedisStore } from '../src/store/redis-tools.ts';
 import { redisConnection } from '../src/store/redis-config.ts';
@@ -138,7 +138,7 @@ test('encrypted records opened with another key file: ERR_STORE_KEY, and check w
   t.true(report.notes.some((n) => /not verified/.test(n)));
 });
 
-test('portcullis store check on a Redis store from the configuration: exit 1 and the damaged key on a forged index entry and stray session keys; exit 0 when healthy', async (t) => {
+test('portcullis store check and stats on a Redis store from the configuration: check exits 1 naming a forged index entry and stray session keys, 0 when healthy; stats counts', async (t) => {
   const s = await ready;
   const prefix = await populated();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-redis-check-'));
@@ -152,6 +152,10 @@ test('portcullis store check on a Redis store from the configuration: exit 1 and
   };
   const healthy = await run();
   t.is(healthy.code, 0, healthy.out);
+  let stats = '';
+  t.is(await statsCommand({ config: file }, { out: (x) => (stats += x), err: (x) => (stats += x) }), 0, stats);
+  t.regex(stats, /2 sessions, 2 subscriptions, 0 in flight, 2 queued, 0 awaiting release, 0 retained, 2 wills/);
+  t.regex(stats, /Redis memory in use: 127\.0\.0\.1:\d+ [\d.]+ MB/);
   t.regex(healthy.out, /OK: redis:\/\/127\.0\.0\.1:\d+ \(prefix /);
   t.regex(healthy.out, /2 sessions/);
   const stray = `${prefix}{${'0'.repeat(64)}}:q`;

@@ -80,6 +80,8 @@ function commonOptions(c: RedisConnection): RedisOptions {
     protocol: 2,
     maintNotifications: 'disabled',
     connectionName: 'portcullis-store',
+    // CLIENT SETINFO is Redis 7.2+, and one command more for an ACL user to be allowed.
+    disableClientInfo: true,
     ...(c.username !== undefined ? { username: c.username } : {}),
     ...(c.password !== undefined ? { password: c.password } : {}),
     ...(c.tls !== undefined ? { tls: c.tls } : {}),
