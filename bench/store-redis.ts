@@ -33,7 +33,7 @@ import { redisConnection } from '../src/store/redis-config.ts';
 import { parseConfig } from '../src/config/schema.ts';
 import type { RedisStoreConfig } from '../src/config/store-redis-schema.ts';
 import { sessionKey, type Store, type StoredMessage } from '../src/store/types.ts';
-import { startRedis, type RedisServer } from '../test/redis-server.ts';
+import { startRedis } from '../test/redis-server.ts';
 import { monitor } from '../test/store-redis-support.ts';
 
 const { values } = parseArgs({
