@@ -90,7 +90,7 @@ test('Redis frozen (SIGSTOP): a write fails within commandTimeoutMs, later ones 
   }
   const err = await t.throwsAsync(first);
   const took = Date.now() - started;
-  t.true(took >= 350 && took < 1500, `the first write fails at its deadline (${took} ms for a 400 ms timeout)`);
+  t.true(took >= 350 && took < 2500, `the first write fails at its deadline (${took} ms for a 400 ms timeout; the slack is for a busy machine)`);
   t.is((err as StoreWriteError).errno, 'ETIMEDOUT');
   const results = await Promise.allSettled(flood);
   t.true(results.every((r) => r.status === 'rejected'), 'nothing is acknowledged while Redis is frozen');
@@ -113,11 +113,13 @@ test('CLIENT PAUSE: writes time out cleanly within commandTimeoutMs and succeed 
   const store = redisStore(server, { prefix, commandTimeoutMs: 300 });
   await store.open();
   t.teardown(() => store.close());
-  await server.command('CLIENT', 'PAUSE', '1500', 'WRITE');
+  await server.command('CLIENT', 'PAUSE', '4000', 'WRITE');
   const started = Date.now();
   await t.throwsAsync(store.enqueue(key('p'), msg('paused')), { code: 'ERR_STORE_WRITE' });
-  t.true(Date.now() - started < 1000, 'failed at its deadline, not at the end of the pause');
-  t.true(await eventually(async () => (await store.enqueue(key('p'), msg('resumed')).then(() => true)), 6000));
+  const took = Date.now() - started;
+  // The slack is for a machine busy with the rest of the suite; the pause lasts 4 s.
+  t.true(took >= 250 && took < 2500, `failed at its deadline (${took} ms for 300 ms), not at the end of the pause`);
+  t.true(await eventually(async () => (await store.enqueue(key('p'), msg('resumed')).then(() => true)), 10_000));
 });
 
 test('Redis killed (SIGKILL) and restarted from its append-only file: every acknowledged write is there', async (t) => {
