@@ -50,6 +50,7 @@ test('Redis stopped: writes and reads fail at once with a StoreError; when it is
   t.true(Date.now() - started < 500, `refused at once (${Date.now() - started} ms), not after a timeout`);
   t.true(err instanceof StoreWriteError && err.code === 'ERR_STORE_WRITE', `a StoreWriteError the broker refuses acknowledgements on: ${String(err)}`);
   t.false((err as StoreWriteError).diskFull, 'not taken for a full store (0x80, not 0x97)');
+  t.true(['ENOTCONN', 'ECONNRESET'].includes(String((err as StoreWriteError).errno)), String((err as StoreWriteError).errno));
   await t.throwsAsync(store.getSession(key('a')), { code: 'ERR_STORE_UNAVAILABLE' });
   // Many writes while it is down: each refused at once, nothing kept for later.
   const refused = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => store.enqueue(key('a'), msg(`down/${i}`))));

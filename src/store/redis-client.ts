@@ -130,7 +130,8 @@ export function storeFailure(err: unknown, write: boolean, target: string, what:
   const message = err instanceof Error ? err.message : String(err);
   const word = /^[A-Z]+/.exec(message)?.[0];
   let errno: string;
-  if (err instanceof DeadlineError) errno = 'ETIMEDOUT';
+  if (err instanceof LocalRefusal) errno = err.errno;
+  else if (err instanceof DeadlineError) errno = 'ETIMEDOUT';
   else if (word !== undefined && word.length > 2 && word !== 'ERR' && message.startsWith(`${word} `)) errno = word;
   else if (word === 'ERR') errno = 'ERR';
   else errno = 'ECONNRESET';
@@ -142,6 +143,16 @@ export function storeFailure(err: unknown, write: boolean, target: string, what:
 }
 
 class DeadlineError extends Error {}
+
+/** A command refused here, before it was sent: not connected (ENOTCONN), or too much already waiting (EBACKLOG). */
+class LocalRefusal extends Error {
+  constructor(
+    message: string,
+    readonly errno: 'ENOTCONN' | 'EBACKLOG',
+  ) {
+    super(message);
+  }
+}
 
 /** One connection (or cluster client) to Redis, opened by the store and closed with it. */
 export class RedisLink {
@@ -155,10 +166,6 @@ export class RedisLink {
 
   get target(): string {
     return this.connection.target;
-  }
-
-  get cluster(): boolean {
-    return this.connection.mode === 'cluster';
   }
 
   /** Bytes of commands sent and not answered yet (what a silent Redis holds in this process). */
@@ -216,10 +223,6 @@ export class RedisLink {
     client.disconnect();
   }
 
-  get ready(): boolean {
-    return this.client !== null && this.client.status === 'ready';
-  }
-
   // ── running commands ──────────────────────────────────────────────────────
 
   /**
@@ -232,10 +235,10 @@ export class RedisLink {
       return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store on ${this.target} is not open`, this.target));
     }
     if (client.status !== 'ready') {
-      return Promise.reject(storeFailure(new Error(`not connected (${client.status})`), write, this.target, what));
+      return Promise.reject(storeFailure(new LocalRefusal(`not connected (${client.status})`, 'ENOTCONN'), write, this.target, what));
     }
     if (write && this.pendingBytes > 0 && this.pendingBytes + bytes > this.connection.maxPendingBytes) {
-      return Promise.reject(storeFailure(new Error(`Redis is not answering: ${this.pendingBytes} bytes of commands are still waiting (store.maxPendingBytes)`), true, this.target, what));
+      return Promise.reject(storeFailure(new LocalRefusal(`Redis is not answering: ${this.pendingBytes} bytes of commands are still waiting (store.maxPendingBytes)`, 'EBACKLOG'), true, this.target, what));
     }
     this.pendingBytes += bytes;
     let done: Promise<T>;
