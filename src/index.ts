@@ -112,7 +112,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const config = parseConfig(input);
   // First, before anything that holds timers or files: a bad key file fails the build cleanly.
   const store = options.store ?? makeStore(config);
-  const log = options.logger ?? createLogger(config.log.level);
+  const log = options.logger ?? createLogger(config.log.level, undefined, config.log.format);
   // TLS listeners record gate refusals through the broker, which is built below.
   const tlsAudit = (event: AuditEvent) => broker.gate.audit(null, event);
   // Admission control: caps, connect rate and IP bans at accept time; id bans and flapping at CONNECT.

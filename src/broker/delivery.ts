@@ -388,7 +388,14 @@ export class Delivery implements DeliveryApi {
       clientId: session.clientId,
       ...(topic !== undefined ? { topic } : {}),
       ...(qos !== undefined ? { qos } : {}),
-      detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
+      detail: {
+        refusedSinceLastRecord: refusals,
+        droppedBySession: session.droppedMessages,
+        queued: session.queue.length,
+        queuedBytes: session.queuedBytes,
+        // Across all the identity's sessions (limits.quotas.queuedBytes), which can fill before this session's own queue does.
+        identityQueuedBytes: this.quotas.of(session.quotaKey).queuedBytes,
+      },
     });
   }
 

@@ -12,6 +12,7 @@ import { registerPasswdCommand } from './passwd.ts';
 import { registerBanCommand } from './ban.ts';
 import { spoolTarget } from './spool-target.ts';
 import { registerStoreCommand } from './store.ts';
+import { registerConfigCommand } from './config.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -58,5 +59,6 @@ registerPolicyCommand(program);
 registerPasswdCommand(program);
 registerBanCommand(program);
 registerStoreCommand(program);
+registerConfigCommand(program);
 
 await program.parseAsync(process.argv);
