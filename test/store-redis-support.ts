@@ -50,14 +50,17 @@ export async function keysUnder(server: RedisServer, prefix: string): Promise<st
 
 /**
  * Watches what clients send to the server (MONITOR), leaving out what scripts run inside it:
- * the commands that crossed the network, by name.
+ * the commands that crossed the network, by name. `settled()` sends a marker command from another
+ * connection and resolves, once MONITOR has shown it, with every command seen before it (MONITOR
+ * shows commands in the order the server ran them, so nothing sent earlier can still be on its way).
  */
-export async function monitor(server: RedisServer): Promise<{ commands(): string[]; stop(): void }> {
+export async function monitor(server: RedisServer): Promise<{ commands(): string[]; settled(): Promise<string[]>; stop(): void }> {
   const net = await import('node:net');
   const sock = net.connect({ host: server.host, port: server.port });
   const seen: string[] = [];
   let buf = '';
   let started = false;
+  const marks = new Map<string, () => void>();
   await new Promise<void>((resolve, reject) => {
     sock.once('error', reject);
     sock.on('data', (d: Buffer) => {
@@ -72,11 +75,21 @@ export async function monitor(server: RedisServer): Promise<{ commands(): string
           continue;
         }
         // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" "..." — script calls show [0 lua].
-        const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"/.exec(line);
-        if (m !== null && m[1] !== 'lua') seen.push((m[2] as string).toLowerCase());
+        const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]*)")?/.exec(line);
+        if (m === null || m[1] === 'lua') continue;
+        const mark = (m[2] as string).toLowerCase() === 'echo' ? marks.get(m[3] ?? '') : undefined;
+        if (mark !== undefined) mark();
+        else seen.push((m[2] as string).toLowerCase());
       }
     });
     sock.write('*1\r\n$7\r\nMONITOR\r\n');
   });
-  return { commands: () => [...seen], stop: () => sock.destroy() };
+  let n = 0;
+  const settled = async (): Promise<string[]> => {
+    const token = `portcullis-test-mark-${++n}`;
+    const seenMark = new Promise<string[]>((resolve) => marks.set(token, () => resolve([...seen])));
+    await server.command('ECHO', token);
+    return seenMark;
+  };
+  return { commands: () => [...seen], settled, stop: () => sock.destroy() };
 }
