@@ -9,7 +9,9 @@
  *   not re-sent either.
  * - **A deadline on every command** (`commandTimeoutMs`): the caller gets ERR_STORE_UNAVAILABLE
  *   (reads) or StoreWriteError (writes) when it passes, and the socket is dropped and reconnected
- *   when the server stays silent that long (a frozen or paused Redis).
+ *   when the server stays silent that long (a frozen or paused Redis). From a missed deadline until
+ *   Redis answers again or a new connection is ready, commands are refused at once rather than sent
+ *   to wait out a deadline of their own (one server or Sentinel; a Cluster has a socket per node).
  * - **Bounded memory.** The bytes of commands sent and not yet answered are counted until the
  *   command really leaves the client (an answer, or the connection dropped), and a write past
  *   `maxPendingBytes` is refused at once instead of piling up behind a Redis that does not answer.
@@ -18,7 +20,7 @@
  * - **WAIT** (`waitReplicas` > 0): the writes sent in one event-loop turn are followed by one
  *   `WAIT n timeout`; each resolves only when n replicas have them too.
  */
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, ReplyError, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { ConnectionOptions } from 'node:tls';
 import { StoreError, StoreWriteError } from './errors.ts';
 import { SCRIPTS, type Script } from './redis-scripts.ts';
@@ -148,7 +150,7 @@ class DeadlineError extends Error {}
 class LocalRefusal extends Error {
   constructor(
     message: string,
-    readonly errno: 'ENOTCONN' | 'EBACKLOG',
+    readonly errno: 'ENOTCONN' | 'EBACKLOG' | 'ETIMEDOUT',
   ) {
     super(message);
   }
@@ -161,6 +163,12 @@ export class RedisLink {
   /** Writes sent this turn that wait for one WAIT (waitReplicas > 0). */
   private waitBatch: Promise<void> | null = null;
   private closed = true;
+  /**
+   * A command missed its deadline on this connection (one server or Sentinel): Redis is frozen,
+   * paused or cut off, and the socket is about to be dropped. Until Redis answers again or a new
+   * connection is ready, nothing more is sent on it.
+   */
+  private silent = false;
 
   constructor(readonly connection: RedisConnection) {}
 
@@ -185,10 +193,14 @@ export class RedisLink {
     if (client instanceof Cluster) {
       client.on('+node', (node: Redis) => node.on('ready', () => void loadScripts(node)));
     } else {
-      client.on('ready', () => void loadScripts(client));
+      client.on('ready', () => {
+        this.silent = false;
+        void loadScripts(client);
+      });
     }
     this.client = client;
     this.closed = false;
+    this.silent = false;
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -237,6 +249,10 @@ export class RedisLink {
     if (client.status !== 'ready') {
       return Promise.reject(storeFailure(new LocalRefusal(`not connected (${client.status})`, 'ENOTCONN'), write, this.target, what));
     }
+    const ms = this.connection.commandTimeoutMs;
+    if (this.silent) {
+      return Promise.reject(storeFailure(new LocalRefusal(`Redis is not answering: a command got no answer within ${ms} ms (store.commandTimeoutMs); reconnecting`, 'ETIMEDOUT'), write, this.target, what));
+    }
     if (write && this.pendingBytes > 0 && this.pendingBytes + bytes > this.connection.maxPendingBytes) {
       return Promise.reject(storeFailure(new LocalRefusal(`Redis is not answering: ${this.pendingBytes} bytes of commands are still waiting (store.maxPendingBytes)`, 'EBACKLOG'), true, this.target, what));
     }
@@ -252,16 +268,23 @@ export class RedisLink {
       this.pendingBytes -= bytes;
     };
     done.then(release, release);
-    const ms = this.connection.commandTimeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(storeFailure(new DeadlineError(`no answer within ${ms} ms (store.commandTimeoutMs)`), write, this.target, what)), ms);
+      const timer = setTimeout(() => {
+        // The socket timeout (the same length, armed when the command left) drops the connection;
+        // until then, a command sent on it would only wait out its own deadline.
+        if (!(client instanceof Cluster) && client === this.client) this.silent = true;
+        reject(storeFailure(new DeadlineError(`no answer within ${ms} ms (store.commandTimeoutMs)`), write, this.target, what));
+      }, ms);
       done.then(
         (v) => {
           clearTimeout(timer);
+          if (client === this.client) this.silent = false; // Redis answers
           resolve(v);
         },
         (err: unknown) => {
           clearTimeout(timer);
+          // An error reply is an answer too; a dropped connection is not (the next one clears it when ready).
+          if (client === this.client && err instanceof ReplyError) this.silent = false;
           if (err instanceof Error && err.message.startsWith('NOSCRIPT')) this.reloadScripts();
           reject(storeFailure(err, write, this.target, what));
         },
