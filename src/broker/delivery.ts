@@ -57,6 +57,7 @@ export class Delivery implements DeliveryApi {
   private readonly holding = new Set<Session>();
   private readonly flowOn: boolean;
   private readonly stallMs: number;
+  private readonly maxHoldMs: number;
   private readonly highWater: number;
   private readonly highWaterBytes: number;
   private readonly lowWater: number;
@@ -75,6 +76,7 @@ export class Delivery implements DeliveryApi {
     const limits = parts.config.limits;
     this.flowOn = limits.flowControl.enabled && limits.maxQueuedMessages > 1;
     this.stallMs = limits.flowControl.stallMs;
+    this.maxHoldMs = limits.flowControl.maxHoldMs;
     this.highWater = Math.ceil(limits.maxQueuedMessages / 2);
     this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
     this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
@@ -312,7 +314,9 @@ export class Delivery implements DeliveryApi {
    * read again until the subscriber is down to the low-water mark (a quarter). So a burst is
    * slowed down by TCP instead of overflowing the queue after the publisher was told "accepted".
    * Never for a subscriber's own messages (it must stay readable to send its acks), and never
-   * for a subscriber that has stalled (flowControl.stallMs with no progress).
+   * for a subscriber that has stalled (flowControl.stallMs with no progress, or one hold longer
+   * than flowControl.maxHoldMs: a subscriber that acks just often enough must not freeze its
+   * publishers, and everything else they send, at its pace).
    */
   private holdPublisher(session: Session, from: Client): void {
     const conn = session.connection;
@@ -321,7 +325,7 @@ export class Delivery implements DeliveryApi {
     let waiters = session.flowWaiters;
     if (waiters === null) {
       waiters = session.flowWaiters = new Set();
-      session.lastProgressAt = this.clock.now;
+      session.lastProgressAt = session.flowHeldSince = this.clock.now;
       this.holding.add(session);
     } else if (waiters.has(from)) return;
     waiters.add(from);
@@ -337,12 +341,19 @@ export class Delivery implements DeliveryApi {
     for (const c of waiters) c.releaseFlow();
   }
 
-  /** Called by the broker's sweep: a subscriber that made no progress for stallMs while holding publishers lets them go. */
+  /**
+   * Called by the broker's sweep: a subscriber that made no progress for stallMs, or has held
+   * its publishers for maxHoldMs without draining to its low-water mark, lets them go.
+   */
   sweepFlow(now: number): void {
     for (const session of this.holding) {
-      if (now - session.lastProgressAt <= this.stallMs) continue;
+      const stalled = now - session.lastProgressAt > this.stallMs;
+      if (!stalled && now - session.flowHeldSince <= this.maxHoldMs) continue;
       session.flowStalled = true;
-      this.log.warn({ clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, stallMs: this.stallMs }, 'subscriber stalled: publishers it held are read again; its queue limits apply');
+      this.log.warn(
+        { clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, ...(stalled ? { stallMs: this.stallMs } : { maxHoldMs: this.maxHoldMs }) },
+        stalled ? 'subscriber stalled: publishers it held are read again; its queue limits apply' : 'subscriber too slow: it held its publishers for limits.flowControl.maxHoldMs; they are read again and its queue limits apply',
+      );
       this.releasePublishers(session);
     }
   }

@@ -166,7 +166,14 @@ const limits = z
      * a quarter. A subscriber that acknowledges nothing for `stallMs` while it holds publishers
      * is stalled: it holds nobody until it has caught up (its queue limits apply as before).
      */
-    flowControl: z.strictObject({ enabled: z.boolean().default(true), stallMs: z.number().int().min(100).max(600_000).default(5000) }).prefault({}),
+    flowControl: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        stallMs: z.number().int().min(100).max(600_000).default(5000),
+        /** The longest one subscriber holds its publishers at a time, however it acks. */
+        maxHoldMs: z.number().int().min(100).max(3_600_000).default(10_000),
+      })
+      .prefault({}),
     queueQos0: z.boolean().default(false),
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),
