@@ -379,6 +379,7 @@ test("clientIdBinding prefix needs its separator: user dev gets in as dev and de
   t.is(await code(b.port, 'device-2'), 0x85, 'v5: client identifier not valid');
   t.is(await code(b.port, 'device-2', 4), 2, 'v3.1.1: identifier rejected');
   t.is(await code(b.port, 'dev2'), 0x85);
+  t.is(await code(b.port, 'dev-'), 0x85, 'the separator needs something after it');
   const dotted = await startBroker(listener({ clientIdBinding: 'prefix', clientIdSeparator: '.' }));
   t.teardown(() => dotted.stop());
   t.is(await code(dotted.port, 'dev.sensor-7'), 0);
