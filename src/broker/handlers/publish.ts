@@ -11,6 +11,7 @@ import type { AuthzResult } from '../../authz/types.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
 import type { Message } from '../message.ts';
+import { countReceived } from '../stats.ts';
 
 export function handlePublish(broker: BrokerApi, conn: Connection, packet: PublishPacket): void | Promise<void> {
   const limits = broker.config.limits;
@@ -76,6 +77,7 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   const session = conn.session;
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
+  countReceived(broker.stats, message);
   let reason: number = ReasonCode.Success;
   if (decision.kind === 'allow' && message.retain && !broker.delivery.retainFits(message, session.quotaKey)) {
     // Over the identity's retained quota or the broker's retained limits: not published at all.
