@@ -75,24 +75,17 @@ export function countSent(stats: BrokerStats, message: { payload: Buffer }, qos:
 
 /**
  * Publish-to-deliver latency: one message in `every` is timed from the end of its PUBLISH handler
- * to each write to a subscriber (a queued delivery counts the time it waited). Kept as fixed
- * buckets (upper bounds in seconds, cumulative counts made when read), so the hot path allocates
- * nothing and a message nobody times costs one WeakMap lookup per delivery.
+ * to each write to a subscriber (a queued delivery counts the time it waited), and the seconds go
+ * to `histogram`. A message nobody times costs one WeakMap lookup per delivery; nothing allocates.
  */
 export class DeliveryLatency {
   private readonly started = new WeakMap<object, number>();
   private seen = 0;
-  /** Per bucket (not cumulative); the last one is +Inf. */
-  readonly counts: number[];
-  sum = 0;
-  count = 0;
 
   constructor(
     readonly every: number,
-    readonly bounds: readonly number[],
-  ) {
-    this.counts = new Array<number>(bounds.length + 1).fill(0);
-  }
+    private readonly histogram: { observe(seconds: number): void },
+  ) {}
 
   start(message: object): void {
     if (++this.seen < this.every) return;
@@ -102,13 +95,7 @@ export class DeliveryLatency {
 
   end(message: object): void {
     const t = this.started.get(message);
-    if (t === undefined) return;
-    const s = (performance.now() - t) / 1000;
-    let i = 0;
-    while (i < this.bounds.length && s > (this.bounds[i] as number)) i++;
-    this.counts[i]!++;
-    this.sum += s;
-    this.count++;
+    if (t !== undefined) this.histogram.observe((performance.now() - t) / 1000);
   }
 }
 
