@@ -127,6 +127,7 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
   });
 
   app.addHook('onSend', async (req, reply, payload) => {
+    reply.header('X-Request-Id', String(req.id));
     reply.header('X-Content-Type-Options', 'nosniff');
     reply.header('Referrer-Policy', 'no-referrer');
     reply.header('X-Frame-Options', 'DENY');
