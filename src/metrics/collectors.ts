@@ -55,14 +55,13 @@ function histogram(b: Buckets, labels: Record<string, string> = {}): HistogramSa
  * runs clustered over Redis (issue 20), and a dashboard may query them before then.
  */
 export function families(src: MetricsSource): Family[] {
-  // One walk over connections and sessions per scrape, shared by the gauges that need it.
+  // One walk over connections and sessions per scrape, shared by the gauges that need it: the
+  // registry asks every family in the same turn, and the walk is forgotten at the next one.
   let counts: ReturnType<BrokerInspector['counts']> | undefined;
-  let countsAt = -1;
   const current = () => {
-    const now = Date.now();
-    if (counts === undefined || now - countsAt > 250) {
+    if (counts === undefined) {
       counts = src.inspector.counts();
-      countsAt = now;
+      setImmediate(() => (counts = undefined));
     }
     return counts;
   };
