@@ -13,6 +13,7 @@ export const CONSOLE_HTML = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Portcullis ops console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/console/style.css">
 <script src="/console/app.js" defer></script>
 </head>
