@@ -7,6 +7,7 @@
  */
 import test from 'ava';
 import { createBroker, MemoryAuditSink, MemoryStore, VERSION, type AuditHealth, type AuditSink } from '../src/index.ts';
+import mqtt from 'mqtt';
 import { LabeledCounts, OVERFLOW_LABEL } from '../src/metrics/counts.ts';
 import { silentLogger } from '../src/log.ts';
 import { connect, delay, nextMessages, writePolicyDir } from './helpers.ts';
@@ -95,6 +96,31 @@ test('what clients do shows up by result, reason code, provider, action and QoS'
   } finally {
     await b.stop();
     policy.cleanup();
+  }
+});
+
+test('publish-to-deliver latency counts the time a delivery waited in an offline session queue', async (t) => {
+  const b = await startOpsBroker({}, { http: { metrics: { latencySampleEvery: 1, public: true } } as never });
+  try {
+    const sub = await connect(b.mqttPort, { clientId: 'sleeper', clean: false, protocolVersion: 5, properties: { sessionExpiryInterval: 60 } });
+    await sub.subscribeAsync('q/#', { qos: 1 });
+    await sub.endAsync();
+    const pub = await connect(b.mqttPort, { clientId: 'waker' });
+    for (let i = 0; i < 3; i++) await pub.publishAsync('q/m', `m${i}`, { qos: 1 });
+    const before = parseMetrics((await request(b.base, '/metrics')).text).samples;
+    t.is(metric(before, 'portcullis_publish_to_deliver_seconds_count'), 0, 'nothing delivered yet');
+    await delay(400);
+    // Listening before CONNACK: the queue is sent right behind it.
+    const back = mqtt.connect({ host: '127.0.0.1', port: b.mqttPort, clientId: 'sleeper', clean: false, protocolVersion: 5, properties: { sessionExpiryInterval: 60 }, reconnectPeriod: 0 });
+    await nextMessages(back, 3);
+    const after = parseMetrics((await request(b.base, '/metrics')).text).samples;
+    t.is(metric(after, 'portcullis_publish_to_deliver_seconds_count'), 3);
+    t.true((metric(after, 'portcullis_publish_to_deliver_seconds_sum') ?? 0) >= 3 * 0.4, 'each waited at least the 400 ms the subscriber was away');
+    t.is(metric(after, 'portcullis_publish_to_deliver_seconds_bucket', { le: '0.25' }), 0);
+    await back.endAsync();
+    await pub.endAsync();
+  } finally {
+    await b.stop();
   }
 });
 

@@ -75,27 +75,45 @@ export function countSent(stats: BrokerStats, message: { payload: Buffer }, qos:
 
 /**
  * Publish-to-deliver latency: one message in `every` is timed from the end of its PUBLISH handler
- * to each write to a subscriber (a queued delivery counts the time it waited), and the seconds go
- * to `histogram`. A message nobody times costs one WeakMap lookup per delivery; nothing allocates.
+ * to each write to a subscriber, and the seconds go to `histogram`. The hot path allocates
+ * nothing and, for the deliveries made while the PUBLISH is handled (the common case), costs a
+ * pointer comparison. A delivery made later (a queue, a full in-flight window) is looked up in a
+ * WeakMap in one of `every` such deliveries, and a hit counts `every` times, so queued deliveries
+ * keep their true weight in the histogram.
  */
 export class DeliveryLatency {
   private readonly started = new WeakMap<object, number>();
   private seen = 0;
+  private later = 0;
+  /** The message whose PUBLISH was handled last, and when it was timed (-1: not timed). */
+  private current: object | null = null;
+  private currentAt = -1;
 
   constructor(
     readonly every: number,
-    private readonly histogram: { observe(seconds: number): void },
+    private readonly histogram: { observe(seconds: number, weight: number): void },
   ) {}
 
   start(message: object): void {
-    if (++this.seen < this.every) return;
+    this.current = message;
+    if (++this.seen < this.every) {
+      this.currentAt = -1;
+      return;
+    }
     this.seen = 0;
-    this.started.set(message, performance.now());
+    this.currentAt = performance.now();
+    this.started.set(message, this.currentAt);
   }
 
   end(message: object): void {
+    if (message === this.current) {
+      if (this.currentAt >= 0) this.histogram.observe((performance.now() - this.currentAt) / 1000, 1);
+      return;
+    }
+    if (++this.later < this.every) return;
+    this.later = 0;
     const t = this.started.get(message);
-    if (t !== undefined) this.histogram.observe((performance.now() - t) / 1000);
+    if (t !== undefined) this.histogram.observe((performance.now() - t) / 1000, this.every);
   }
 }
 

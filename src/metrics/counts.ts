@@ -75,12 +75,13 @@ export class Buckets {
     this.counts = new Array<number>(bounds.length + 1).fill(0);
   }
 
-  observe(seconds: number): void {
+  /** Counts one observation, or `weight` when it stands for that many (a sample of one in `weight`). */
+  observe(seconds: number, weight = 1): void {
     let i = 0;
     while (i < this.bounds.length && seconds > (this.bounds[i] as number)) i++;
-    this.counts[i]!++;
-    this.sum += seconds;
-    this.count++;
+    this.counts[i]! += weight;
+    this.sum += seconds * weight;
+    this.count += weight;
   }
 }
 
