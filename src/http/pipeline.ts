@@ -145,6 +145,11 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     // Every admin API call and every refusal anywhere; a successful probe, scrape or page load is not.
     if (status < 400 && cfg.kind !== 'api') return;
     const state: FastifyRequest['ops'] | null = req.ops ?? null;
+    let unaudited: number | undefined;
+    if (state?.error?.code === 'ERR_TOO_MANY_FAILURES') {
+      unaudited = throttle.refusalToAudit(req.socket.remoteAddress ?? 'unknown');
+      if (unaudited === undefined) return;
+    }
     const who = state?.principal ?? null;
     const path = (req.url.split('?')[0] ?? '').slice(0, 256);
     ctx.audit({
@@ -169,6 +174,7 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
         requestId: String(req.id),
         ...(state?.error !== null && state?.error !== undefined ? { code: state.error.code } : {}),
         ...(who?.tokenId !== undefined ? { tokenId: who.tokenId } : {}),
+        ...(unaudited !== undefined && unaudited > 0 ? { throttledUnaudited: unaudited } : {}),
         ...(state?.target ?? {}),
       },
     });

@@ -61,8 +61,3 @@ export const shortText = (max = 1024): JsonSchema => ({ type: 'string', minLengt
 
 export const limitParam: JsonSchema = { type: 'integer', minimum: 1, maximum: 1000, default: 100 };
 export const offsetParam: JsonSchema = { type: 'integer', minimum: 0, maximum: 10_000_000, default: 0 };
-
-/** The page [offset, offset + limit) of a list, with the total. */
-export function page<T>(items: T[], offset: number, limit: number): { total: number; offset: number; items: T[] } {
-  return { total: items.length, offset, items: items.slice(offset, offset + limit) };
-}

@@ -6,8 +6,12 @@
  */
 const MAX_ADDRESSES = 10_000;
 
+/** A throttled address's 429s are audited one per this window, with the count of those left out. */
+const REFUSAL_AUDIT_MS = 10_000;
+
 export class FailureThrottle {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly refusals = new Map<string, { at: number; unaudited: number }>();
 
   constructor(
     private readonly burst: number,
@@ -33,6 +37,23 @@ export class FailureThrottle {
     const b = this.level(address);
     if (b === undefined || b.tokens >= 1) return 0;
     return Math.ceil(((1 - b.tokens) * 60) / this.perMinute);
+  }
+
+  /**
+   * For a 429 to this address: undefined when it is left out of the audit log (one is written
+   * per address per 10 s), else how many were left out before it. A flood of requests from a
+   * throttled address cannot flood the audit log.
+   */
+  refusalToAudit(address: string): number | undefined {
+    const now = this.now();
+    const r = this.refusals.get(address);
+    if (r !== undefined && now - r.at < REFUSAL_AUDIT_MS) {
+      r.unaudited++;
+      return undefined;
+    }
+    if (r === undefined && this.refusals.size >= MAX_ADDRESSES) this.refusals.delete(this.refusals.keys().next().value as string);
+    this.refusals.set(address, { at: now, unaudited: 0 });
+    return r?.unaudited ?? 0;
   }
 
   failed(address: string): void {

@@ -171,21 +171,25 @@ export class BrokerInspector {
     return { connections, byListener: [...by.values()], sessions: this.source.sessions.size, sessionsConnected, subscriptions, queued, inflight, retained: this.source.retainedCount() };
   }
 
-  connections(filter: ConnectionFilter = {}): ConnectionInfo[] {
-    const out: ConnectionInfo[] = [];
+  /**
+   * Connected clients matching the filter, in the order they connected: the page [offset,
+   * offset + limit) described, the rest only counted (a large broker's list is not built whole).
+   */
+  connections(filter: ConnectionFilter = {}, offset = 0, limit = Number.POSITIVE_INFINITY): { total: number; items: ConnectionInfo[] } {
+    const items: ConnectionInfo[] = [];
     const now = Date.now();
+    let total = 0;
     for (const c of this.live()) {
+      // Numbered in connection order, so ids grow down the list.
+      this.idOf(c);
       if (filter.clientId !== undefined && c.clientId !== filter.clientId) continue;
       if (filter.username !== undefined && c.principal?.username !== filter.username) continue;
       if (filter.listener !== undefined && c.peer.listener !== filter.listener) continue;
-      const info = this.describe(c);
-      if (filter.expiringWithinMs !== undefined) {
-        const at = Math.min(info.tls?.certNotAfter ? Date.parse(info.tls.certNotAfter) : Infinity, info.credentialsExpireAt ? Date.parse(info.credentialsExpireAt) : Infinity);
-        if (!(at - now <= filter.expiringWithinMs)) continue;
-      }
-      out.push(info);
+      if (filter.expiringWithinMs !== undefined && !(expiryOf(c) - now <= filter.expiringWithinMs)) continue;
+      if (total >= offset && items.length < limit) items.push(this.describe(c));
+      total++;
     }
-    return out.sort((a, b) => a.id - b.id);
+    return { total, items };
   }
 
   connection(id: number): ConnectionInfo | undefined {
@@ -207,15 +211,18 @@ export class BrokerInspector {
     return c.session === null ? [] : subscriptionList(c.session);
   }
 
-  sessions(filter: { clientId?: string; owner?: string; connected?: boolean } = {}): SessionInfo[] {
-    const out: SessionInfo[] = [];
+  /** Sessions matching the filter, in the order they were made: the page described, the rest counted. */
+  sessions(filter: { clientId?: string; owner?: string; connected?: boolean } = {}, offset = 0, limit = Number.POSITIVE_INFINITY): { total: number; items: SessionInfo[] } {
+    const items: SessionInfo[] = [];
+    let total = 0;
     for (const s of this.source.sessions.values()) {
       if (filter.clientId !== undefined && s.clientId !== filter.clientId) continue;
       if (filter.owner !== undefined && s.owner !== filter.owner) continue;
       if (filter.connected !== undefined && (s.connection !== null) !== filter.connected) continue;
-      out.push(this.describeSession(s));
+      if (total >= offset && items.length < limit) items.push(this.describeSession(s));
+      total++;
     }
-    return out.sort((a, b) => (a.owner === b.owner ? (a.clientId < b.clientId ? -1 : 1) : a.owner < b.owner ? -1 : 1));
+    return { total, items };
   }
 
   session(owner: string, clientId: string): (SessionInfo & { subscriptionList: SubscriptionInfo[] }) | undefined {
@@ -278,6 +285,13 @@ export class BrokerInspector {
       inflight: session?.inflight.size ?? 0,
     };
   }
+}
+
+/** When the connection's certificate or credentials run out (epoch ms; Infinity: never). */
+function expiryOf(c: ConnectionLike): number {
+  const validTo = c.peer.tls?.validTo;
+  const cert = validTo !== undefined ? Date.parse(validTo) : Number.NaN;
+  return Math.min(Number.isNaN(cert) ? Infinity : cert, c.principal?.expiresAt ?? Infinity);
 }
 
 function subscriptionList(s: SessionLike): SubscriptionInfo[] {

@@ -2,7 +2,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { OpsContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { limitParam, offsetParam, page, shortText, type JsonSchema, type RouteSpec } from '../route.ts';
+import { limitParam, offsetParam, shortText, type JsonSchema, type RouteSpec } from '../route.ts';
 
 const connection: JsonSchema = {
   type: 'object',
@@ -96,12 +96,16 @@ export function clientRoutes(ctx: OpsContext): RouteSpec[] {
       response: pageOf(connection),
       handler: async (req: FastifyRequest) => {
         const q = req.query as ListQuery;
-        const list = inspector.connections({
-          ...(q.clientId !== undefined ? { clientId: q.clientId } : {}),
-          ...(q.username !== undefined ? { username: q.username } : {}),
-          ...(q.listener !== undefined ? { listener: q.listener } : {}),
-        });
-        return page(list, q.offset, q.limit);
+        const { total, items } = inspector.connections(
+          {
+            ...(q.clientId !== undefined ? { clientId: q.clientId } : {}),
+            ...(q.username !== undefined ? { username: q.username } : {}),
+            ...(q.listener !== undefined ? { listener: q.listener } : {}),
+          },
+          q.offset,
+          q.limit,
+        );
+        return { total, offset: q.offset, items };
       },
     },
     {
@@ -167,12 +171,16 @@ export function clientRoutes(ctx: OpsContext): RouteSpec[] {
       response: pageOf(session),
       handler: async (req: FastifyRequest) => {
         const q = req.query as ListQuery;
-        const list = inspector.sessions({
-          ...(q.clientId !== undefined ? { clientId: q.clientId } : {}),
-          ...(q.owner !== undefined ? { owner: q.owner } : {}),
-          ...(q.connected !== undefined ? { connected: q.connected } : {}),
-        });
-        return page(list, q.offset, q.limit);
+        const { total, items } = inspector.sessions(
+          {
+            ...(q.clientId !== undefined ? { clientId: q.clientId } : {}),
+            ...(q.owner !== undefined ? { owner: q.owner } : {}),
+            ...(q.connected !== undefined ? { connected: q.connected } : {}),
+          },
+          q.offset,
+          q.limit,
+        );
+        return { total, offset: q.offset, items };
       },
     },
     {

@@ -83,7 +83,7 @@ export function opsRoutes(ctx: OpsContext, openapi: () => unknown): RouteSpec[] 
           nearExpiry: d.expiresAt !== null && d.expiresAt - now <= within * DAY,
           ...(d.error !== undefined ? { error: d.error } : {}),
         }));
-        const clients = ctx.inspector.connections({ expiringWithinMs: within * DAY }).map((c) => {
+        const clients = ctx.inspector.connections({ expiringWithinMs: within * DAY }, 0, 1000).items.map((c) => {
           const certAt = c.tls?.certNotAfter ? Date.parse(c.tls.certNotAfter) : null;
           const credAt = c.credentialsExpireAt ? Date.parse(c.credentialsExpireAt) : null;
           const at = Math.min(certAt ?? Infinity, credAt ?? Infinity);
