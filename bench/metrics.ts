@@ -11,6 +11,8 @@
  * Prints per scenario the medians of each side (deliveries/s, broker CPU per 1,000 deliveries)
  * and the median of the per-cycle ratios (metrics on ÷ off), and writes a markdown report to
  * bench/results/metrics.md. The target (issue 21): at most 3 % fewer deliveries per second.
+ * `--control` runs the same with metrics off on both sides (an A/A run): the spread the harness
+ * shows between two identical brokers.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,11 +32,13 @@ const { values } = parseArgs({
     cycles: { type: 'string', default: '11' },
     slice: { type: 'string', default: '2' },
     out: { type: 'string', default: path.join(projectRoot, 'bench', 'results', 'metrics.md') },
+    /** A/A control: the second broker without metrics too (and not scraped), to see the harness's own spread. */
+    control: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench:metrics -- [--scenarios fanin,fanout] [--security off,on] [--cycles 11] [--slice 2] [--out FILE]');
+  console.log('Usage: npm run bench:metrics -- [--scenarios fanin,fanout] [--security off,on] [--cycles 11] [--slice 2] [--out FILE] [--control]');
   process.exit(0);
 }
 const scenarios = (values.scenarios as string).split(',') as ScenarioName[];
@@ -110,6 +114,8 @@ async function startPortcullis(config: Record<string, unknown>, security: Securi
 /** GETs /metrics every second while started; counts scrapes and keeps the last body's size. */
 class Scraper {
   private timer: NodeJS.Timeout | null = null;
+  // One kept-alive connection, as Prometheus scrapes.
+  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   scrapes = 0;
   failures = 0;
   lastBytes = 0;
@@ -117,7 +123,7 @@ class Scraper {
   constructor(private readonly port: number) {}
   private once(): void {
     http
-      .get({ host: '127.0.0.1', port: this.port, path: '/metrics', agent: false }, (res) => {
+      .get({ host: '127.0.0.1', port: this.port, path: '/metrics', agent: this.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
@@ -141,6 +147,10 @@ class Scraper {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+  }
+  close(): void {
+    this.stop();
+    this.agent.destroy();
   }
 }
 
@@ -168,12 +178,14 @@ try {
     const base = { ...portcullisConfig(security, files), store: { type: 'memory' } };
     const httpPort = await freePort();
     const off = await startPortcullis(base, security, files, pin, 'off');
-    const on = await startPortcullis({ ...base, http: { host: '127.0.0.1', port: httpPort, metrics: { public: true } } }, security, files, pin, 'on');
+    const control = values.control === true;
+    const on = await startPortcullis(control ? base : { ...base, http: { host: '127.0.0.1', port: httpPort, metrics: { public: true } } }, security, files, pin, 'on');
     const scraper = new Scraper(httpPort);
     try {
       for (const scenario of scenarios) {
         const spec = throughputSpec(scenario, sliceMs, DEFAULT_WINDOWS[scenario] ?? 200);
-        const slice = async (b: RunningBrokerProcess, scraped: boolean): Promise<[number, number]> => {
+        const slice = async (b: RunningBrokerProcess, scrape: boolean): Promise<[number, number]> => {
+          const scraped = scrape && !control;
           if (scraped) scraper.start();
           try {
             const x = await runThroughput(b, endpointFor(b, 'tcp', files), spec);
@@ -206,7 +218,7 @@ try {
         row.scrapes = scraper.scrapes - before;
         row.scrapeFailures = scraper.failures;
         row.metricsBytes = scraper.lastBytes;
-        if (scraper.lastReceived === 0) throw new Error('the scraped broker reports no received messages: /metrics did not see the load');
+        if (!control && scraper.lastReceived === 0) throw new Error('the scraped broker reports no received messages: /metrics did not see the load');
         rows.push(row);
         console.log(
           `\n${scenario}, security ${security}: deliveries/s off ${median(row.off.rate).toFixed(0)}, on ${median(row.on.rate).toFixed(0)}; on ÷ off, median of ${cycles} cycles: ` +
@@ -214,7 +226,7 @@ try {
         );
       }
     } finally {
-      scraper.stop();
+      scraper.close();
       await off.stop();
       await on.stop();
     }
@@ -227,6 +239,7 @@ const pct = (r: number) => `${r >= 1 ? '+' : ''}${((r - 1) * 100).toFixed(1)} %`
 const lines = [
   '# Metrics on against off (bench/metrics.ts)',
   '',
+  ...(values.control === true ? ['**Control run (A/A): metrics off on both sides.**', ''] : []),
   `Run ${started.toISOString()}: ${cycles} cycles of ${sliceMs / 1000} s slices per scenario, order alternating; ${pin.note}.`,
   'Metrics on: the operations listener on 127.0.0.1 with /metrics scraped every second while that broker is measured.',
   '',

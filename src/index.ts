@@ -166,7 +166,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const broker = new Broker(config, { log, store, audit: meters !== undefined ? teeAuditSink(audit, meters.audit) : audit, listeners, chains, authorizers });
-  if (meters !== undefined) broker.stats.latency = new DeliveryLatency(config.http?.metrics.latencySampleEvery ?? 16, meters.deliveryLatency);
+  if (meters !== undefined) broker.stats.latency = new DeliveryLatency(config.http?.metrics.latencySampleEvery ?? 64, meters.deliveryLatency);
   const inspector = new BrokerInspector({ connections: broker.connections, sessions: broker.sessions, retainedCount: () => broker.delivery.retained.size });
   const opsSetup = config.http !== undefined ? prepareOps(config.http, (event) => broker.gate.audit(null, event), log) : undefined;
   let opsServer: OpsServer | undefined;

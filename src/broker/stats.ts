@@ -75,19 +75,19 @@ export function countSent(stats: BrokerStats, message: { payload: Buffer }, qos:
 
 /**
  * Publish-to-deliver latency: one message in `every` is timed from the end of its PUBLISH handler
- * to each write to a subscriber, and the seconds go to `histogram`. The hot path allocates
- * nothing and, for the deliveries made while the PUBLISH is handled (the common case), costs a
- * pointer comparison. A delivery made later (a queue, a full in-flight window) is looked up in a
- * WeakMap in one of `every` such deliveries, and a hit counts `every` times, so queued deliveries
- * keep their true weight in the histogram.
+ * to each write to a subscriber, and the seconds go to `histogram`. A message that is not timed
+ * costs a counter; the deliveries of the last timed message are recognised by identity. Any
+ * other delivery (a queued one, whose message was timed earlier) is looked up in a WeakMap in
+ * one of `every` cases, and a hit counts `every` times, so deliveries made later keep their
+ * true weight in the histogram. Nothing allocates on the hot path.
  */
 export class DeliveryLatency {
   private readonly started = new WeakMap<object, number>();
   private seen = 0;
   private later = 0;
-  /** The message whose PUBLISH was handled last, and when it was timed (-1: not timed). */
+  /** The last message timed, and when. */
   private current: object | null = null;
-  private currentAt = -1;
+  private currentAt = 0;
 
   constructor(
     readonly every: number,
@@ -95,19 +95,16 @@ export class DeliveryLatency {
   ) {}
 
   start(message: object): void {
-    this.current = message;
-    if (++this.seen < this.every) {
-      this.currentAt = -1;
-      return;
-    }
+    if (++this.seen < this.every) return;
     this.seen = 0;
+    this.current = message;
     this.currentAt = performance.now();
     this.started.set(message, this.currentAt);
   }
 
   end(message: object): void {
     if (message === this.current) {
-      if (this.currentAt >= 0) this.histogram.observe((performance.now() - this.currentAt) / 1000, 1);
+      this.histogram.observe((performance.now() - this.currentAt) / 1000, 1);
       return;
     }
     if (++this.later < this.every) return;

@@ -351,7 +351,7 @@ export const configSchema = z.strictObject({
           /** Serve /metrics without authentication even when authentication is configured. */
           public: z.boolean().default(false),
           /** Time one received message in this many for portcullis_publish_to_deliver_seconds. */
-          latencySampleEvery: z.number().int().min(1).max(1_000_000).default(16),
+          latencySampleEvery: z.number().int().min(1).max(1_000_000).default(64),
         })
         .prefault({}),
       /** The admin API (/api/v1) and the ops console (/console/). */
