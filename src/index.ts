@@ -29,7 +29,7 @@ import { ReasonCode } from './protocol/reason-codes.ts';
 import { JwtAuthenticator } from './auth/jwt/provider.ts';
 import { PasswordAuthenticator } from './auth/password/provider.ts';
 import { makeOwnProvider, ProviderSetupError } from './auth/providers.ts';
-import type { Authenticator, Principal } from './auth/types.ts';
+import type { Authenticator } from './auth/types.ts';
 import { AllowAllAuthorizer } from './authz/allow-all.ts';
 import { AuthorizerChain } from './authz/chain.ts';
 import type { Authorizer, ReloadReport } from './authz/types.ts';
@@ -50,11 +50,11 @@ import type { Listener } from './transport/types.ts';
 import { WebSocketListener } from './transport/websocket.ts';
 import { TlsListener } from './transport/tls.ts';
 import { TlsFileError } from './transport/tls-material.ts';
-import { describe as describeRule } from './authz/casbin/authorizer.ts';
 import { DeliveryLatency } from './broker/stats.ts';
-import type { ExplainAnswer, ExplainRequest, OpsContext, ReadyCheck } from './http/context.ts';
+import type { OpsContext, ReadyCheck } from './http/context.ts';
+import { explainPolicy } from './http/explain.ts';
 import type { OpsServer } from './http/server.ts';
-import { prepareOps, type OpsSetup } from './http/setup.ts';
+import { prepareOps } from './http/setup.ts';
 import { teeAuditSink } from './metrics/audit-tee.ts';
 import { MeteredAuthenticator } from './metrics/auth-meter.ts';
 import { BrokerInspector, type ConnectionInfo } from './metrics/inspect.ts';
@@ -369,26 +369,6 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       { name: 'redis', ok: true, detail: 'not clustered' },
     ];
   }
-}
-
-/** Every Casbin authorizer's answer for an explain request, with the rule behind it. */
-function explainPolicy(authorizers: readonly Authorizer[], req: ExplainRequest): ExplainAnswer[] {
-  const who: Principal = { clientId: req.client ?? req.user ?? '', method: 'policy-explain', provider: 'policy-explain', roles: req.roles, attributes: {} };
-  if (req.user !== undefined) who.username = req.user;
-  const answers: ExplainAnswer[] = [];
-  for (const a of authorizers) {
-    if (!(a instanceof CasbinAuthorizer)) continue;
-    const e = a.explain(who, req.action, req.topic, req.qos, req.retain, { ...(req.listener !== undefined ? { listener: req.listener } : {}), ...(req.shareGroup !== undefined ? { shareGroup: req.shareGroup } : {}) });
-    answers.push({
-      authorizer: a.id,
-      decision: e.decision,
-      rule: e.rule !== undefined ? describeRule(e.rule) : null,
-      detail: e.detail,
-      nearMisses: (e.nearMisses ?? []).map((n) => ({ rule: describeRule(n.rule), why: n.why })),
-      policyVersion: a.version,
-    });
-  }
-  return answers;
 }
 
 export function isLoopback(host: string): boolean {

@@ -8,8 +8,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { ConfigError, parseConfig } from '../src/index.ts';
-import { adminRecords, request, startOpsBroker, type OpsBroker, type Reply } from './ops-support.ts';
+import { ConfigError, createBroker, MemoryAuditSink, MemoryStore, parseConfig } from '../src/index.ts';
+import { silentLogger } from '../src/log.ts';
+import { adminRecords, request, root, startOpsBroker, type OpsBroker, type Reply } from './ops-support.ts';
 
 let b: OpsBroker;
 
@@ -157,6 +158,31 @@ test('the operations listener refuses a non-loopback address without authenticat
   t.notThrows(() => parseConfig({ http: { host: '0.0.0.0', auth: { tokens: 'data/admin-tokens.jsonl' } } }));
   t.notThrows(() => parseConfig({ http: { host: '::', tls: { cert: 'c', key: 'k', ca: 'ca' } } }));
   t.notThrows(() => parseConfig({ http: { host: '127.0.0.1' } }));
+});
+
+test('a malformed token file, admin policy or TLS file stops createBroker naming its key; a port in use fails start', async (t) => {
+  const dir = fs.mkdtempSync(path.join(b.dir, 'bad-'));
+  const make = (http: Record<string, unknown>) => () => createBroker({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], http }, { logger: silentLogger(), store: new MemoryStore(), audit: new MemoryAuditSink() });
+  const tokens = path.join(dir, 'tokens.jsonl');
+  fs.writeFileSync(tokens, '{"id":"0123456789abcdef","name":"x","roles":["admin"],"hash":"plain-text-password","created":"2026-01-01T00:00:00Z"}\n');
+  const e1 = t.throws(make({ auth: { tokens } }), { instanceOf: ConfigError });
+  t.deepEqual(e1?.issues.map((i) => i.key), ['http.auth.tokens']);
+  t.regex(e1?.message ?? '', /tokens\.jsonl:1: "hash" must be an argon2id/);
+  const policy = path.join(dir, 'admin.csv');
+  fs.writeFileSync(policy, 'p, role:admin, admin/#, read, allow\np, role:admin, admin/#\n');
+  const e2 = t.throws(make({ auth: { policy, model: path.join(root, 'policies', 'model.conf') } }), { instanceOf: ConfigError });
+  t.deepEqual(e2?.issues.map((i) => i.key), ['http.auth.policy']);
+  t.regex(e2?.message ?? '', /admin\.csv:2/);
+  const e3 = t.throws(make({ tls: { cert: path.join(dir, 'missing.crt'), key: path.join(dir, 'missing.key') }, auth: { policy: path.join(root, 'policies', 'admin.csv'), model: path.join(root, 'policies', 'model.conf') } }), { instanceOf: ConfigError });
+  t.deepEqual(e3?.issues.map((i) => i.key), ['http.tls.cert']);
+  // The operations port taken by another broker: start fails (and stops what it had started).
+  const clash = createBroker(
+    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], http: { port: b.httpPort, auth: { policy: path.join(root, 'policies', 'admin.csv'), model: path.join(root, 'policies', 'model.conf') } } },
+    { logger: silentLogger(), store: new MemoryStore(), audit: new MemoryAuditSink() },
+  );
+  await t.throwsAsync(clash.start(), { message: /EADDRINUSE/ });
+  await clash.stop();
+  t.is((await request(b.base, '/healthz')).status, 200, 'the broker that holds the port is unharmed');
 });
 
 test('no secret is ever returned: no token, hash or key in any answer', async (t) => {

@@ -49,7 +49,6 @@ function secureOptions(files: TlsFiles, minVersion: 'TLSv1.2' | 'TLSv1.3'): tls.
 
 export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<OpsServer> {
   const h = ctx.http;
-  await setup.authz.init();
   setup.authz.onReload((r) => {
     (r.ok ? ctx.log.info.bind(ctx.log) : ctx.log.error.bind(ctx.log))({ file: h.auth.policy }, `admin policy reload: ${r.detail ?? (r.ok ? 'ok' : 'failed')}`);
     ctx.audit({ event: 'reload', action: 'admin-policy', decision: r.ok ? 'allow' : 'deny', reason: r.detail ?? (r.ok ? 'reloaded' : 'reload failed'), ...(r.version !== undefined ? { policyVersion: r.version } : {}), detail: { file: h.auth.policy } });
@@ -99,7 +98,14 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
     });
   }
 
-  await app.listen({ host: h.host, port: h.port });
+  try {
+    await setup.authz.init();
+    await app.listen({ host: h.host, port: h.port });
+  } catch (err) {
+    await app.close();
+    await setup.authz.close();
+    throw err;
+  }
   const bound = app.server.address();
   const port = bound !== null && typeof bound === 'object' ? bound.port : h.port;
   const server = app.server as Server | HttpsServer;
