@@ -68,7 +68,9 @@ let processRegistry: client.Registry | undefined;
 function processMetrics(): client.Registry {
   if (processRegistry === undefined) {
     processRegistry = new client.Registry();
-    client.collectDefaultMetrics({ register: processRegistry, eventLoopMonitoringPrecision: 10 });
+    // The event-loop delay is sampled every 50 ms (20 samples a second): at prom-client's 10 ms
+    // the sampling timer alone cost an idle broker about 5 ms of CPU a second.
+    client.collectDefaultMetrics({ register: processRegistry, eventLoopMonitoringPrecision: 50 });
   }
   return processRegistry;
 }
