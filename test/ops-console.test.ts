@@ -126,7 +126,7 @@ test.serial('logged in with a read-only token, the console shows live connection
   await page.waitForSelector('body[data-loaded="true"]');
   // A second poll, so that rates have a previous sample to be computed from.
   await clients[1]!.subscribeAsync('secret/other').catch(() => undefined);
-  await page.waitForFunction(() => (globalThis as any).document.querySelector('#rates tr[data-decision="subscribe"] td:nth-child(2)')?.textContent !== '–', undefined, { timeout: 8000 });
+  await page.waitForFunction(() => (globalThis as any).document.querySelector('#rates tr[data-decision="subscribe"] td:nth-child(2)')?.textContent !== '–', undefined, { timeout: 12_000 });
 
   t.is(await page.textContent('#who'), 'ops-reader (read-only, token)');
   t.is(await page.textContent('#connections'), '2');

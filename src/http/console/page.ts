@@ -43,7 +43,7 @@ export const CONSOLE_HTML = `<!doctype html>
       <div class="tile"><span class="label">Audit</span><span class="value" id="audit-state" data-testid="audit-state">–</span></div>
     </section>
     <section>
-      <h2>Decision rates <small>per second, over the last poll</small></h2>
+      <h2>Decision rates <small>per second, between the last two polls</small></h2>
       <table id="rates" data-testid="rates"><thead><tr><th>Decision</th><th>Allowed/s</th><th>Denied/s</th><th>Denied in total</th><th></th></tr></thead><tbody></tbody></table>
     </section>
     <section>
@@ -114,7 +114,7 @@ pre { background: var(--bg); padding: .6rem; white-space: pre-wrap; }
 export const CONSOLE_JS = `'use strict';
 (function () {
   var KEY = 'portcullis.token';
-  var POLL_MS = 2000;
+  var POLL_MS = 5000;
   var timer = null;
   var previous = null;
   var $ = function (id) { return document.getElementById(id); };

@@ -94,7 +94,7 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
       summary: 'The last `limit` matching records of the live file; with `afterSeq`, only newer ones, waiting up to `waitMs` for some (to follow the log, pass the last seq seen).',
       schema: { querystring: { type: 'object', additionalProperties: false, properties: { ...filters, waitMs: { type: 'integer', minimum: 0, maximum: 30_000, default: 0 } } } },
       response: records,
-      handler: async (req: FastifyRequest) => {
+      handler: async (req: FastifyRequest, reply) => {
         const q = req.query as FilterQuery & { waitMs: number };
         const f = files();
         const query = toQuery(q);
@@ -102,7 +102,8 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
         const deadline = Date.now() + q.waitMs;
         let size = f.liveSize();
         let gone = false;
-        req.raw.once('close', () => (gone = true));
+        // The response's 'close': the client went away (or the answer was sent). Stop waiting for it.
+        reply.raw.once('close', () => (gone = true));
         while (found.length === 0 && Date.now() < deadline && !gone) {
           await new Promise((r) => setTimeout(r, 200));
           const now = f.liveSize();
