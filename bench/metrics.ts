@@ -71,7 +71,9 @@ function freePort(): Promise<number> {
 async function startPortcullis(config: Record<string, unknown>, security: Security, files: BenchFiles, pin: Pinning, tag: string): Promise<RunningBrokerProcess> {
   const file = path.join(files.dir, `metrics-${tag}-${security}.json`);
   fs.writeFileSync(file, JSON.stringify(config));
-  const args = ['--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts'), '--config', file];
+  // BENCH_BROKER_NODE_ARGS: extra Node flags for both brokers, e.g. "--cpu-prof --cpu-prof-dir prof" (as npm run bench takes them).
+  const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const args = [...extra, '--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts'), '--config', file];
   const [cmd, argv] = pin.brokerCpu === null ? [process.execPath, args] : ['taskset', ['-c', pin.brokerCpu, process.execPath, ...args]];
   const child = spawn(cmd, argv, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
