@@ -173,11 +173,11 @@ test('a malformed token file, admin policy or TLS file stops createBroker naming
   const e2 = t.throws(make({ auth: { policy, model: path.join(root, 'policies', 'model.conf') } }), { instanceOf: ConfigError });
   t.deepEqual(e2?.issues.map((i) => i.key), ['http.auth.policy']);
   t.regex(e2?.message ?? '', /admin\.csv:2/);
-  const e3 = t.throws(make({ tls: { cert: path.join(dir, 'missing.crt'), key: path.join(dir, 'missing.key') }, auth: { policy: path.join(root, 'policies', 'admin.csv'), model: path.join(root, 'policies', 'model.conf') } }), { instanceOf: ConfigError });
+  const e3 = t.throws(make({ tls: { cert: path.join(dir, 'missing.crt'), key: path.join(dir, 'missing.key') }, auth: { policy: path.join(root, 'policies', 'admin', 'policy.csv'), model: path.join(root, 'policies', 'model.conf') } }), { instanceOf: ConfigError });
   t.deepEqual(e3?.issues.map((i) => i.key), ['http.tls.cert']);
   // The operations port taken by another broker: start fails (and stops what it had started).
   const clash = createBroker(
-    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], http: { port: b.httpPort, auth: { policy: path.join(root, 'policies', 'admin.csv'), model: path.join(root, 'policies', 'model.conf') } } },
+    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], http: { port: b.httpPort, auth: { policy: path.join(root, 'policies', 'admin', 'policy.csv'), model: path.join(root, 'policies', 'model.conf') } } },
     { logger: silentLogger(), store: new MemoryStore(), audit: new MemoryAuditSink() },
   );
   await t.throwsAsync(clash.start(), { message: /EADDRINUSE/ });

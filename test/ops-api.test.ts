@@ -210,7 +210,7 @@ test.serial('every admin API call is audited with its caller, also when it succe
   const rec = await waitForRecordIn(b, (x) => x.event === 'admin' && x.detail?.requestId === id);
   t.is(rec.action, 'api.overview');
   t.like(rec, { decision: 'allow', username: 'ops-reader', authMethod: 'token', listener: 'http', decidedBy: 'admin-policy' });
-  t.regex(rec.rule ?? '', /admin\.csv:\d+/);
+  t.regex(rec.rule ?? '', /admin\/policy\.csv:\d+/);
   t.like(rec.detail, { method: 'GET', route: '/api/v1/overview', status: 200 });
 });
 

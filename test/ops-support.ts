@@ -64,7 +64,7 @@ export async function startOpsBroker(
         host: '127.0.0.1',
         port: 0,
         ...httpExtra,
-        auth: { tokens: t.file, model: path.join(root, 'policies', 'model.conf'), policy: path.join(root, 'policies', 'admin.csv'), ...httpExtra?.auth },
+        auth: { tokens: t.file, model: path.join(root, 'policies', 'model.conf'), policy: path.join(root, 'policies', 'admin', 'policy.csv'), ...httpExtra?.auth },
       },
     },
     // configuredAudit: the configuration's own sink (a file), not the in-memory one.

@@ -2,7 +2,7 @@
  * `portcullis token add|list|remove`: maintains the admin API token file (http.auth.tokens).
  * `add` makes a random token, prints it once on stdout and keeps only its argon2id hash; the
  * running broker picks the change up on its next request. Roles name subjects of the admin
- * policy (policies/admin.csv: `admin` may change state, `read-only` may only read).
+ * policy (policies/admin/policy.csv: `admin` may change state, `read-only` may only read).
  */
 import type { Command } from 'commander';
 import { hashPassword } from '../auth/password/hash.ts';

@@ -338,7 +338,7 @@ export const configSchema = z.strictObject({
           tokens: z.string().min(1).optional(),
           /** The Casbin model and the admin policy (roles against `admin/...` objects). */
           model: z.string().min(1).default('policies/model.conf'),
-          policy: z.string().min(1).default('policies/admin.csv'),
+          policy: z.string().min(1).default('policies/admin/policy.csv'),
           /** How long a verified token is remembered in memory (keyed by an HMAC of it); 0: argon2 on every request. */
           tokenCacheSeconds: z.number().int().min(0).max(3600).default(300),
           /** Failed authentications per source address: a burst, then this many per minute; over it, 429. */

@@ -1,6 +1,6 @@
 /**
  * Who may call what on the admin API: the same Casbin engine, model and policy validation as
- * MQTT access, over a policy of its own (http.auth.policy, default policies/admin.csv). Each
+ * MQTT access, over a policy of its own (http.auth.policy, default policies/admin/policy.csv). Each
  * operation is an object under `admin/` (`admin/clients`, `admin/clients/kick`, `admin/bans`,
  * ...); reading it is the `read` action (subscribe), changing state is `publish`. So
  *
