@@ -126,10 +126,11 @@ export function teeAuditSink(sink: AuditSink, counters: AuditCounters): AuditSin
       access.call(sink, who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain);
     };
   }
-  if (sink.health !== undefined) tee.health = sink.health.bind(sink);
-  if (sink.healthy !== undefined) tee.healthy = sink.healthy.bind(sink);
-  if (sink.backlogged !== undefined) tee.backlogged = sink.backlogged.bind(sink);
-  if (sink.whenDrained !== undefined) tee.whenDrained = sink.whenDrained.bind(sink);
+  // Plain closures, not bound functions: the broker asks healthy() on every access decision.
+  if (sink.health !== undefined) tee.health = () => (sink.health as () => ReturnType<NonNullable<AuditSink['health']>>).call(sink);
+  if (sink.healthy !== undefined) tee.healthy = () => (sink.healthy as () => boolean).call(sink);
+  if (sink.backlogged !== undefined) tee.backlogged = () => (sink.backlogged as () => boolean).call(sink);
+  if (sink.whenDrained !== undefined) tee.whenDrained = (fn) => (sink.whenDrained as (f: () => void) => void).call(sink, fn);
   return tee;
 }
 
