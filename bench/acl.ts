@@ -49,6 +49,7 @@ async function throughput(acl: boolean): Promise<number> {
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users }] }],
       authorizers: acl ? [{ type: 'casbin', model, policy, watch: false }] : ['allow-all'],
+      store: { type: 'memory' },
       sys: { intervalSeconds: 0 },
       limits: { maxQueuedMessages: 1_000_000 },
       // 100 clients connect at once from one loopback address: exempt it from the per-address connect rate.

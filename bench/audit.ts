@@ -103,6 +103,7 @@ if (args[0] === '--server') {
     createBroker({
       listeners: [{ name: 'bench', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
       authorizers: ['allow-all'],
+      store: { type: 'memory' },
       log: { level: 'silent' },
       sys: { intervalSeconds: 0 },
       audit: { ...MODES[mode].audit, path: path.join(dir, `audit-${i}.jsonl`) },

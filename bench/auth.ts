@@ -24,7 +24,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-auth-'));
 
 async function connectsPerSecond(auth: unknown[], creds: { username?: string; password?: string | Buffer }, extra: Record<string, unknown> = {}): Promise<number> {
   const broker = createBroker(
-    { listeners: [{ name: 'b', type: 'tcp', host: '127.0.0.1', port: 0, auth: auth as never }], authorizers: ['allow-all'], sys: { intervalSeconds: 0 }, authGuard: { enabled: false }, admission: { exempt: ['127.0.0.1/32'] }, ...extra },
+    { listeners: [{ name: 'b', type: 'tcp', host: '127.0.0.1', port: 0, auth: auth as never }], authorizers: ['allow-all'], sys: { intervalSeconds: 0 }, store: { type: 'memory' }, authGuard: { enabled: false }, admission: { exempt: ['127.0.0.1/32'] }, ...extra },
     { logger: silentLogger(), audit: new MemoryAuditSink() },
   );
   const { listeners } = await broker.start();

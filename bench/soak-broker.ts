@@ -27,6 +27,7 @@ const broker = createBroker(
   {
     listeners: [{ name: 'soak', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
     authorizers: ['allow-all'],
+    store: { type: 'memory' },
     sys: { intervalSeconds: 0 },
     audit: { sink: 'none' },
     ...config,

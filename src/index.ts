@@ -64,7 +64,8 @@ import { meterStore } from './metrics/store-meter.ts';
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
 export { MemoryStore } from './store/memory.ts';
-export { LmdbStore, type LmdbStoreOptions, type Durability } from './store/lmdb.ts';
+// The LMDB store is chosen by configuration (store.type: lmdb, the default); its class is not part of
+// the public API, so the published declarations do not depend on lmdb's own.
 export { StoreError, StoreWriteError, type StoreErrorCode } from './store/errors.ts';
 export { MemoryAuditSink, createAuditSink } from './audit/sinks.ts';
 export { ChainedAuditSink } from './audit/chained-sink.ts';
@@ -132,7 +133,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const config = parseConfig(input);
   // First, before anything that holds timers or files: a bad key file fails the build cleanly.
   const rawStore = options.store ?? makeStore(config);
-  const log = options.logger ?? createLogger(config.log.level);
+  const log = options.logger ?? createLogger(config.log.level, undefined, config.log.format);
   // With the operations listener, the audit sink, the authentication chains and the store are
   // measured from outside (src/metrics): tees and meters, no hook in the broker.
   const meters = config.http !== undefined ? new OpsMeters(config) : undefined;
@@ -143,14 +144,16 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   const admission = makeAdmission(config, (event) => broker.gate.audit(null, event), log);
   const listeners: Listener[] = config.listeners.map((l, i) => makeListener(l, config, i, log, tlsAudit, admission.admitter(l.name as string)));
   const chains = new Map<string, AuthenticatorChain>();
-  // Failed-login protection is shared by every listener: a banned address is banned everywhere.
-  const guard = config.authGuard.enabled ? new AuthGuard(config.authGuard, (event) => broker.gate.audit(null, event)) : undefined;
+  // Failed-login protection is shared by every listener, and so is its cap on credential checks
+  // (the thread pool is the process's): built even with authGuard.enabled false, which turns off
+  // only the throttles and bans.
+  const guard = new AuthGuard(config.authGuard, (event) => broker.gate.audit(null, event), log);
   const authProviders: Authenticator[] = [];
   config.listeners.forEach((l, li) => {
     const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
     authProviders.push(...own);
     const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
-    const args = [providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission] as const;
+    const args = [providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission, config.admission.ipv6Prefix] as const;
     chains.set(l.name as string, meters !== undefined ? new MeteredAuthenticator(meters.auth, ...args) : new AdmittingAuthenticator(...args));
   });
   // The Casbin authorizer learns which listeners bind client ids to the identity, so that policy
@@ -238,7 +241,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
         }
       }
       if (config.authorizers.length === 0 && (options.authorizers ?? []).length === 0) {
-        log.warn('no authorizer configured: every publish and subscribe is denied');
+        log.warn('authorizers is empty: every publish and subscribe is denied; add `authorizers: [allow-all]` or a casbin policy');
       }
       serving = true;
       if (opsSetup === undefined || meters === undefined || config.http === undefined) return { listeners: bound };
@@ -260,7 +263,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       await adminSpool?.close();
       admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
-      guard?.close();
+      guard.close();
       for (const p of authProviders) await p.close?.();
     },
     async reloadCredentials(trigger = 'api') {

@@ -36,6 +36,7 @@ test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small 
       listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
       authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
       sys: { intervalSeconds: 0 },
+      store: { type: 'memory' },
       audit: {
         path: file,
         // Small files, few kept: without summaries the flood rotates the earlier record away.

@@ -19,7 +19,7 @@ const login = (user: string, clientId: string) => ({ username: user, password: `
 function brokerWith(policy: string, listeners: ConfigInput['listeners'], casbin: Record<string, unknown> = {}) {
   const dir = writePolicyDir(policy);
   try {
-    return { dir, broker: createBroker({ listeners, authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy, watch: false, ...casbin } as never], sys: { intervalSeconds: 0 } }, { logger: silentLogger(), audit: new MemoryAuditSink() }) };
+    return { dir, broker: createBroker({ listeners, authorizers: [{ type: 'casbin', model: dir.model, policy: dir.policy, watch: false, ...casbin } as never], sys: { intervalSeconds: 0 }, store: { type: 'memory' } }, { logger: silentLogger(), audit: new MemoryAuditSink() }) };
   } catch (err) {
     dir.cleanup();
     throw err;

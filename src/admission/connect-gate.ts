@@ -1,9 +1,13 @@
 /**
  * One listener's authentication with admission control in front: client id and user name bans
- * and flapping bans are refused (0x8A; v3.1.1 return code 5) before failed-login protection or
- * any provider runs, and an allowed connect is counted for flapping detection.
+ * are refused (0x8A; v3.1.1 return code 5) before failed-login protection or any provider runs.
+ * Flapping is per identity and client id, so it is decided once the identity is known, and an
+ * allowed connect is counted for it.
  *
- *   admission.checkConnect → ListenerAuthenticator (guard → providers → identity) → admission.connected
+ *   admission.checkConnect → ListenerAuthenticator (providers, the guard before guessable ones → identity) → admission.checkFlapping → admission.connected
+ *
+ * The failed-login guard keys a source address as admission control does: an IPv6 address by
+ * its prefix (`admission.ipv6Prefix`), since one host usually holds a whole /64.
  */
 import type { ChainResult } from '../auth/chain.ts';
 import type { AuthGuard } from '../auth/guard.ts';
@@ -11,7 +15,15 @@ import { ListenerAuthenticator } from '../auth/listener-auth.ts';
 import { ownerOf } from '../auth/owner.ts';
 import type { Authenticator, ConnectRequest } from '../auth/types.ts';
 import type { IdentityRules } from '../config/auth-schema.ts';
+import { formatAddress, masked, peerAddress } from '../util/address.ts';
 import type { Admission } from './admission.ts';
+
+/** The guard's key for a source address: IPv4 as is, IPv6 by its first `prefix` bits. */
+export function guardAddressKey(remoteAddress: string, ipv6Prefix: number): string {
+  const { addr, text } = peerAddress(remoteAddress);
+  if (addr === undefined || addr.family !== 6 || ipv6Prefix >= 128) return text;
+  return `${formatAddress(masked({ ...addr, prefix: ipv6Prefix }))}/${ipv6Prefix}`;
+}
 
 export class AdmittingAuthenticator extends ListenerAuthenticator {
   constructor(
@@ -21,8 +33,9 @@ export class AdmittingAuthenticator extends ListenerAuthenticator {
     rules: IdentityRules,
     guard: AuthGuard | undefined,
     private readonly admission: Admission,
+    ipv6Prefix = 64,
   ) {
-    super(providers, deadlineMs, listenerName, rules, guard);
+    super(providers, deadlineMs, listenerName, rules, guard, (req) => guardAddressKey(req.peer.remoteAddress, ipv6Prefix));
   }
 
   override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {

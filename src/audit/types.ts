@@ -22,7 +22,9 @@ export type AuditEventName =
   /** Written by the audit sink itself: start, recovery after a failure, dropped-record counts. */
   | 'audit'
   /** A signed checkpoint over the chain so far. */
-  | 'checkpoint';
+  | 'checkpoint'
+  /** The session store: opened (with what it recovered and purged), writes failing and recovering. */
+  | 'store';
 
 /**
  * One access decision. Secrets (passwords, tokens, keys) and payloads are never part of it.

@@ -7,6 +7,11 @@ import type { Authenticator, ConnectRequest, Decision, Principal } from './types
 export class AnonymousAuthenticator implements Authenticator {
   readonly id = 'anonymous';
 
+  /** Nothing is checked. */
+  checksGuessableSecret(): boolean {
+    return false;
+  }
+
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
     return this.decideNow(req);
   }

@@ -92,6 +92,11 @@ export function mapIdentity(attrs: CertificateAttributes, source: IdentitySource
 export class CertificateAuthenticator implements Authenticator {
   readonly id = 'certificate';
 
+  /** The TLS gate verified the certificate: nothing here can be guessed. */
+  checksGuessableSecret(): boolean {
+    return false;
+  }
+
   constructor(private readonly config: CertificateProviderConfig) {}
 
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {

@@ -34,7 +34,7 @@ export class AuthenticatorChain {
   decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
     const verdicts: ProviderVerdict[] = [];
     if (this.providers.length === 0) {
-      const detail = 'no authentication provider is configured on this listener: every client is refused';
+      const detail = "no authentication provider is configured on this listener: every client is refused (add providers under the listener's auth)";
       return { decision: { kind: 'deny', reason: ReasonCode.NotAuthorized, detail }, verdicts };
     }
     for (let i = 0; i < this.providers.length; i++) {

@@ -1,76 +1,69 @@
 /**
- * One listener's authentication: failed-login protection around the provider chain, then the
- * listener's identity rules on the Principal that was allowed.
+ * One listener's authentication: the provider chain, with the failed-login guard in front of
+ * every provider that checks a guessable secret (see login-gate.ts), then the listener's
+ * identity rules on the Principal that was allowed.
  *
- *   guard.check (banned / backing off: refused before any provider runs)
- *   → provider chain → identity checks (wildcards, client id binding) → guard.failure / success
+ *   providers in order (guessable ones: guard → hold → check queue → check)
+ *   → identity checks (wildcards, client id binding) → the guard settles (success / failure / neither)
  */
 import type { IdentityRules } from '../config/auth-schema.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { AuthenticatorChain, type ChainResult } from './chain.ts';
 import type { AuthGuard } from './guard.ts';
+import { GuardedAuthenticator, LoginGate } from './login-gate.ts';
 import { GENERIC_PASSWORD_DENIAL } from './password/provider.ts';
 import type { Authenticator, ConnectRequest, Principal } from './types.ts';
 
 /** + and # widen %u / %c placeholders into wildcards; U+0000 truncates strings in C-based tools. */
 const WILDCARD_OR_NUL = /[+#\u0000]/;
 
-/** Failures that count towards backoff: bad credentials, not outages. */
-const COUNTED = new Set<number>([ReasonCode.BadUserNameOrPassword, ReasonCode.NotAuthorized]);
-
 export class ListenerAuthenticator extends AuthenticatorChain {
+  private readonly gate: LoginGate | undefined;
+
+  /**
+   * `addressOf` gives the source address as the guard keys it (admission control passes one that
+   * counts an IPv6 address by its prefix); by default the remote address as the socket reports it.
+   */
   constructor(
     providers: readonly Authenticator[],
     deadlineMs: number,
-    private readonly listener: string,
+    listener: string,
     private readonly rules: IdentityRules,
-    private readonly guard: AuthGuard | undefined,
+    guard: AuthGuard | undefined,
+    addressOf: (req: ConnectRequest) => string = (req) => req.peer.remoteAddress,
   ) {
-    super(providers, deadlineMs);
+    const gate = guard !== undefined ? new LoginGate(guard, listener, deadlineMs, addressOf) : undefined;
+    super(gate !== undefined ? providers.map((p) => new GuardedAuthenticator(p, gate)) : providers, deadlineMs);
+    this.gate = gate;
   }
 
   override decide(req: ConnectRequest): ChainResult | Promise<ChainResult> {
-    const ip = req.peer.remoteAddress;
-    const refused = this.guard?.check(ip, req.username);
-    if (refused !== undefined) {
-      // Hammering during a backoff counts towards the ban; attempts while banned do not extend it.
-      if (refused.reason === ReasonCode.ConnectionRateExceeded) this.guard?.failure(ip, req.username, this.listener);
-      return {
-        decision: { kind: 'deny', reason: refused.reason, detail: refused.detail },
-        decidedBy: 'guard',
-        verdicts: [{ provider: 'guard', kind: 'deny', reason: refused.reason, detail: refused.detail }],
-      };
-    }
     const result = super.decide(req);
-    return result instanceof Promise ? result.then((r) => this.finish(r, req, ip)) : this.finish(result, req, ip);
+    return result instanceof Promise ? result.then((r) => this.finish(r, req)) : this.finish(result, req);
   }
 
-  /** Identity checks on an allowed Principal, and the failed-login protection's bookkeeping. */
-  private finish(result: ChainResult, req: ConnectRequest, ip: string): ChainResult {
+  /** Identity checks on an allowed Principal, and the guard's bookkeeping (which may hold a refusal). */
+  private finish(chained: ChainResult, req: ConnectRequest): ChainResult | Promise<ChainResult> {
+    let result = chained;
+    let identityRefused = false;
     const d = result.decision;
     if (d.kind === 'allow') {
       const problem = this.checkIdentity(d.value, req);
       if (problem !== undefined) {
         result.verdicts.push({ provider: 'identity', kind: 'deny', reason: problem.reason, detail: problem.detail });
-        return { decision: { kind: 'deny', ...problem }, decidedBy: 'identity', verdicts: result.verdicts };
-      }
-      this.guard?.success(d.value.username);
-      return result;
-    }
-    if (d.kind === 'deny') {
-      if (COUNTED.has(d.reason)) this.guard?.failure(ip, req.username, this.listener);
-      if (result.decidedBy === 'password' && d.reason === ReasonCode.BadUserNameOrPassword) {
-        // The client is told nothing that tells a wrong password from an unknown user; the verdict keeps the cause.
-        return { ...result, decision: { kind: 'deny', reason: d.reason, detail: GENERIC_PASSWORD_DENIAL } };
+        result = { decision: { kind: 'deny', ...problem }, decidedBy: 'identity', verdicts: result.verdicts };
+        identityRefused = true;
       }
     }
-    return result;
+    if (this.gate === undefined) return generic(result);
+    const settled = this.gate.settle(req, result, identityRefused);
+    return settled instanceof Promise ? settled.then(generic) : generic(settled);
   }
 
   private checkIdentity(p: Principal, req: ConnectRequest): { reason: ReasonCode; detail: string } | undefined {
     if (this.rules.refuseWildcards) {
-      if (p.username !== undefined && WILDCARD_OR_NUL.test(p.username)) return { reason: ReasonCode.BadUserNameOrPassword, detail: 'user name contains + # or U+0000' };
-      if (WILDCARD_OR_NUL.test(req.clientId)) return { reason: ReasonCode.ClientIdentifierNotValid, detail: 'client id contains + # or U+0000' };
+      if (p.username !== undefined && WILDCARD_OR_NUL.test(p.username)) return { reason: ReasonCode.BadUserNameOrPassword, detail: 'user name contains + # or U+0000 (identity.refuseWildcards)' };
+      if (WILDCARD_OR_NUL.test(req.clientId)) return { reason: ReasonCode.ClientIdentifierNotValid, detail: 'client id contains + # or U+0000 (identity.refuseWildcards)' };
     }
     if (this.rules.clientIdBinding === 'none') return undefined;
     const identity = this.rules.bindTo === 'username' ? p.username : certCn(p);
@@ -86,6 +79,15 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     }
     return undefined;
   }
+}
+
+/** The client is told nothing that tells a wrong password from an unknown user; the verdict keeps the cause. */
+function generic(result: ChainResult): ChainResult {
+  const d = result.decision;
+  if (d.kind === 'deny' && result.decidedBy === 'password' && d.reason === ReasonCode.BadUserNameOrPassword) {
+    return { ...result, decision: { kind: 'deny', reason: d.reason, detail: GENERIC_PASSWORD_DENIAL } };
+  }
+  return result;
 }
 
 function certCn(p: Principal): string | undefined {

@@ -19,6 +19,7 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ReasonCode } from '../protocol/reason-codes.ts';
+import { carriesSecret } from './login-gate.ts';
 import type { Authenticator, ConnectRequest, Decision, Principal } from './types.ts';
 
 export { ReasonCode } from '../protocol/reason-codes.ts';
@@ -70,6 +71,12 @@ export class ModuleAuthenticator implements Authenticator {
 
   get methods(): readonly string[] | undefined {
     return this.inner?.methods;
+  }
+
+  /** What the module says it checks; by default, any password or authentication data (see login-gate.ts). */
+  checksGuessableSecret(req: ConnectRequest): boolean {
+    const inner = this.inner;
+    return inner?.checksGuessableSecret !== undefined ? inner.checksGuessableSecret(req) : carriesSecret(req);
   }
 
   /** Imports the module and builds the provider. Throws {@link AuthenticatorModuleError} naming the module. */

@@ -10,6 +10,11 @@ import type { Authenticator, ConnectRequest, Decision, Principal } from './types
 export class PskAuthenticator implements Authenticator {
   readonly id = 'psk';
 
+  /** The TLS handshake proved the key: nothing here can be guessed. */
+  checksGuessableSecret(): boolean {
+    return false;
+  }
+
   constructor(private readonly config: PskProviderConfig) {}
 
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {

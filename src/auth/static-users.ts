@@ -23,6 +23,10 @@ export class StaticUsersAuthenticator implements Authenticator {
     for (const user of users) this.users.set(user.username, { digest: digest(user.password), roles: user.roles ?? [] });
   }
 
+  checksGuessableSecret(req: ConnectRequest): boolean {
+    return req.username !== undefined;
+  }
+
   async authenticate(req: ConnectRequest): Promise<Decision<Principal>> {
     if (req.username === undefined) return { kind: 'abstain' };
     const user = this.users.get(req.username);

@@ -64,6 +64,13 @@ export interface Authenticator {
    * Built-in providers use it for anonymous, certificate and cached password logins.
    */
   decideNow?(req: ConnectRequest): Decision<Principal> | undefined;
+  /**
+   * Optional: true when answering this request means checking a secret that can be guessed (a
+   * password). Those checks go through the failed-login guard (throttling, the check queue);
+   * others never meet it. Without this method, a request that carries a password or
+   * authentication data counts as such a check.
+   */
+  checksGuessableSecret?(req: ConnectRequest): boolean;
   /** MQTT 5 authentication methods this provider handles (CONNECT and AUTH re-authentication), e.g. ['JWT']. */
   readonly methods?: readonly string[];
   /** Called once before the listeners start: load keys, warm caches. Throwing stops the start. */

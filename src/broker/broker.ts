@@ -19,7 +19,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { Packet } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import type { Store } from '../store/types.ts';
+import type { Store, StoreOpenReport } from '../store/types.ts';
 import type { ConnectionHandle, Listener, PeerInfo } from '../transport/types.ts';
 import { Connection } from './connection.ts';
 import { Delivery } from './delivery.ts';
@@ -30,9 +30,10 @@ import type { Message } from './message.ts';
 import type { Client, ConnectionHost, ConnectionState } from './ports.ts';
 import { IdentityQuotas } from './quotas.ts';
 import { PublishRateLimiter } from './rate-limit.ts';
-import { recheckAfterReload, type PolicyReport, type RecheckSummary } from './recheck.ts';
+import { recheckAfterReload, recheckSession, type PolicyReport, type RecheckSummary } from './recheck.ts';
 import { Router } from './router.ts';
 import { SessionRegistry } from './sessions.ts';
+import type { Session } from './session.ts';
 import { CoarseClock, newBrokerStats, type BrokerStats } from './stats.ts';
 import { SysTopics } from './sys.ts';
 import { WillScheduler } from './will.ts';
@@ -48,6 +49,9 @@ export interface BrokerParts {
   chains: Map<string, AuthenticatorChain>;
   authorizers: AuthorizerChain;
 }
+
+/** How often the store is asked to drop what expired (sessions it holds that the broker does not, retained messages). */
+const STORE_PURGE_MS = 60_000;
 
 export interface ListenerAddress {
   name: string;
@@ -88,13 +92,20 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     this.gate = new SecurityGate({ config, log: this.log, stats: this.stats, audit: parts.audit, chains: parts.chains, authorizers: parts.authorizers });
     // Sessions and delivery call each other only through the hooks wired here.
     let delivery: Delivery | undefined;
-    this.wills = new WillScheduler(this.gate, (message) => this.publishInternal(message), this.log, this.clock, (message, key) => this.delivery.retainFits(message, key));
+    this.wills = new WillScheduler(
+      this.gate,
+      (message) => this.publishInternal(message),
+      this.log,
+      this.clock,
+      (message, key) => this.delivery.retainFits(message, key),
+      (key) => this.sessions.dropWillOf(key),
+    );
     this.sessions = new SessionRegistry(this.log, parts.store, router, {
       cancelWill: (clientId, sessionEnds) => this.wills.cancel(clientId, sessionEnds),
       fireWill: (clientId) => this.wills.fire(clientId),
       wentOffline: (session) => delivery?.wentOffline(session),
       sessionEnded: (session) => delivery?.sessionEnded(session),
-    }, quotas);
+    }, quotas, (event) => this.gate.audit(null, event));
     delivery = this.delivery = new Delivery({ config, log: this.log, stats: this.stats, clock: this.clock, router, gate: this.gate, store: this.sessions, quotas });
     this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log, {
       stats: this.stats,
@@ -122,9 +133,13 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   // ── lifecycle ──────────────────────────────────────────────────────────────
 
   async start(): Promise<ListenerAddress[]> {
-    for (const message of await this.sessions.open()) this.delivery.retained.set(message);
+    const { report, retained, wills } = await this.sessions.open();
+    this.storeOpened(report);
+    this.delivery.restoreRetained(retained);
+    for (const w of wills) this.wills.restore(w);
     const tick = Math.max(20, Math.min(100, Math.floor(this.config.limits.connectTimeoutMs / 4)));
     this.timers.push(setInterval(() => this.sweep(), tick).unref());
+    this.timers.push(setInterval(() => this.sessions.purgeExpired(), STORE_PURGE_MS).unref());
     this.running = true;
     const addresses: ListenerAddress[] = [];
     try {
@@ -159,6 +174,36 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     await this.gate.flushAudit();
     await this.gate.authorizers.close();
     await this.sessions.close();
+  }
+
+  /** The store's open report goes to the log and the audit: what was recovered, purged and warned about. */
+  private storeOpened(report: StoreOpenReport): void {
+    const { loaded, purged, recovery } = report;
+    const reason = `${report.type} store opened${report.created ? ' (new)' : ''}: ${loaded.sessions} sessions, ${loaded.queued} queued, ${loaded.inflight} in flight, ${loaded.retained} retained; purged ${purged.expiredSessions} expired sessions, ${purged.expiredMessages} expired messages, ${purged.expiredRetained} expired retained${purged.orphans > 0 ? `, ${purged.orphans} orphan records` : ''}${recovery.uncleanShutdown ? '; the last broker did not stop cleanly' : ''}`;
+    (recovery.uncleanShutdown || report.warnings.length > 0 ? this.log.warn.bind(this.log) : this.log.info.bind(this.log))(
+      { path: report.path, durability: report.durability, durationMs: report.durationMs, warnings: report.warnings, staleLock: recovery.staleLock },
+      reason,
+    );
+    this.gate.audit(null, {
+      event: 'store',
+      action: 'open',
+      decision: 'allow',
+      reason,
+      detail: {
+        type: report.type,
+        durable: report.durable,
+        sessions: loaded.sessions,
+        queued: loaded.queued,
+        inflight: loaded.inflight,
+        retained: loaded.retained,
+        wills: loaded.wills,
+        purgedSessions: purged.expiredSessions,
+        purgedMessages: purged.expiredMessages,
+        purgedRetained: purged.expiredRetained,
+        orphans: purged.orphans,
+        uncleanShutdown: recovery.uncleanShutdown,
+      },
+    });
   }
 
   private async waitForConnections(ms: number): Promise<void> {
@@ -269,6 +314,12 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     }
     this.policyFailedSince = report.ok ? 0 : this.policyFailedSince || Date.now();
     return summary;
+  }
+
+  recheckRestored(session: Session, conn: Client): Promise<number> {
+    const principal = conn.principal;
+    if (principal === null) return Promise.resolve(0);
+    return recheckSession({ log: this.log, gate: this.gate, authorizers: this.gate.authorizers, sessions: this.sessions }, session, principal, conn, 'after a restart, before the session resumed');
   }
 
   /** Publishes a message originating in the broker itself ($SYS, wills). */

@@ -9,7 +9,7 @@ import type { Principal } from '../auth/types.ts';
 import { CodecError, PacketReader, encode, type Packet, type ProtocolVersion } from '../protocol/codec.ts';
 import { ReasonCode, reasonName } from '../protocol/reason-codes.ts';
 import type { ConnectionHandle, PeerInfo } from '../transport/types.ts';
-import type { Client, ConnectionHost, ConnectionState, Will } from './ports.ts';
+import type { Client, ConnectionHost, ConnectionState, Will, WriteStatus } from './ports.ts';
 import type { Session } from './session.ts';
 import type { TokenBucket } from './token-bucket.ts';
 
@@ -54,6 +54,8 @@ export class Connection implements Client, ConnectionHandle {
   private auditHeld = false;
   /** Subscribers of this client's messages that are behind and hold its reading (flow control). */
   flowHolds = 0;
+  /** Acknowledgements waiting for their store writes, in the order they must go out (see sendWhenWritten). */
+  private acksWaiting: { wait: Promise<WriteStatus> | null; make: (status: WriteStatus) => Packet | Buffer | null }[] | null = null;
   /** When this client first went over its rate limit since its last accepted publish; 0: it has not. */
   rateLimitedSince = 0;
   clientBucket: TokenBucket | null = null;
@@ -204,6 +206,41 @@ export class Connection implements Client, ConnectionHandle {
     this.readPausedUntil = 0;
     this.lastSeen = Date.now(); // the keep-alive clock restarts when we read again
     if (!this.busy) this.drainInbox();
+  }
+
+  /**
+   * Sends an acknowledgement once the store writes it promises are committed (`wait`; null: none
+   * to wait for), keeping the order of every acknowledgement made this way [MQTT-4.6.0-2]: a
+   * later one whose writes are done still waits for the earlier ones. `make` builds the packet
+   * from what the writes came to (a refusal when they failed), or returns null to send nothing.
+   */
+  sendWhenWritten(wait: Promise<WriteStatus> | null, make: (status: WriteStatus) => Packet | Buffer | null): void {
+    if (wait === null && this.acksWaiting === null) {
+      const p = make('ok');
+      if (p !== null) this.sendOut(p);
+      return;
+    }
+    const queue = (this.acksWaiting ??= []);
+    queue.push({ wait, make });
+    if (queue.length === 1) void this.sendAcks(queue);
+  }
+
+  private sendOut(p: Packet | Buffer): void {
+    if (Buffer.isBuffer(p)) this.write(p);
+    else this.send(p);
+  }
+
+  private async sendAcks(queue: { wait: Promise<WriteStatus> | null; make: (status: WriteStatus) => Packet | Buffer | null }[]): Promise<void> {
+    while (queue.length > 0) {
+      const head = queue[0] as (typeof queue)[number];
+      const status = head.wait === null ? 'ok' : await head.wait;
+      queue.shift();
+      if (this.state !== 'closed') {
+        const p = head.make(status);
+        if (p !== null) this.sendOut(p);
+      }
+    }
+    if (this.acksWaiting === queue) this.acksWaiting = null;
   }
 
   /** The listener learned that this connection must end (a revoked certificate): a security disconnect. */

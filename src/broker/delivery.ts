@@ -8,10 +8,11 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
-import type { StoredSubscription } from '../store/types.ts';
+import { splitSessionKey, type StoredSubscription } from '../store/types.ts';
 import { encodePublish, withPacketId } from './encode.ts';
 import type { DeliveryApi, GateApi } from './handler-api.ts';
 import { messageSize, type Message } from './message.ts';
+import type { WriteStatus } from './persistence.ts';
 import type { Client } from './ports.ts';
 import type { IdentityQuotas } from './quotas.ts';
 import { RetainedMessages } from './retained.ts';
@@ -24,7 +25,8 @@ export interface DeliveryStore {
   retained(message: Message): void;
   queued(session: Session, delivery: QueuedDelivery): void;
   dequeued(session: Session, count: number): void;
-  inflight(session: Session, inflight: Inflight): void;
+  /** Resolves once the in-flight record is committed; null when there is nothing to wait for. */
+  inflight(session: Session, inflight: Inflight): Promise<WriteStatus> | null;
   inflightDone(session: Session, packetId: number): void;
 }
 
@@ -148,6 +150,15 @@ export class Delivery implements DeliveryApi {
     return this.quotas.retainFits(quotaKey, size, own);
   }
 
+  /** The retained messages brought back from the store, each counted against its publisher's identity. */
+  restoreRetained(messages: Message[]): void {
+    for (const m of messages) {
+      if (m.origin !== undefined) m.quotaKey = splitSessionKey(m.origin).owner;
+      this.retained.set(m);
+      if (m.quotaKey !== undefined) this.quotas.retained(m.quotaKey, 1, messageSize(m));
+    }
+  }
+
   /** Keeps (or clears) a retained message, moving its quota from the identity whose message it replaces. */
   private retain(message: Message): void {
     const previous = this.retained.set(message);
@@ -203,10 +214,32 @@ export class Delivery implements DeliveryApi {
     if (qos === 0) return this.transmit(conn, message, 0, retain, subscriptionIds, 0, false);
     const inflight: Inflight = { message, qos, retain, subscriptionIds, packetId: session.allocatePacketId(), state: 'publish' };
     if (share !== undefined) inflight.share = share;
+    if (qos === 2 && session.persistent) {
+      // A QoS 2 PUBLISH goes out only once the store knows its packet id: a client holds that id
+      // until PUBREL and drops another message that reuses it [MQTT-4.3.3-9], so a broker that
+      // restarted must never hand the id to a new message while the client may still hold it.
+      const buf = this.encodeFor(conn, message, qos, retain, subscriptionIds);
+      if (buf === null) return false;
+      session.inflightForWrite().set(inflight.packetId, inflight);
+      const written = this.store.inflight(session, inflight);
+      conn.sendWhenWritten(written, () => {
+        this.stats.messagesSent++;
+        return withPacketId(buf, inflight.packetId, false);
+      });
+      return true;
+    }
     if (!this.transmit(conn, message, qos, retain, subscriptionIds, inflight.packetId, false)) return false;
     session.inflightForWrite().set(inflight.packetId, inflight);
     this.store.inflight(session, inflight);
     return true;
+  }
+
+  /** The encoded PUBLISH for this client, or null (counted as a drop) when its Maximum Packet Size forbids it. */
+  private encodeFor(conn: Client, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined): Buffer | null {
+    const template = encodePublish(conn, message, qos, retain, subscriptionIds, this.clock.now);
+    if (template.length <= conn.clientMaxPacketSize) return template;
+    this.drop('larger than the client maximum packet size');
+    return null;
   }
 
   /** Encodes and writes a PUBLISH. Returns false when the client's maximum packet size forbids it [MQTT-3.1.2-24]. */
@@ -357,7 +390,14 @@ export class Delivery implements DeliveryApi {
       clientId: session.clientId,
       ...(topic !== undefined ? { topic } : {}),
       ...(qos !== undefined ? { qos } : {}),
-      detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
+      detail: {
+        refusedSinceLastRecord: refusals,
+        droppedBySession: session.droppedMessages,
+        queued: session.queue.length,
+        queuedBytes: session.queuedBytes,
+        // Across all the identity's sessions (limits.quotas.queuedBytes), which can fill before this session's own queue does.
+        identityQueuedBytes: this.quotas.of(session.quotaKey).queuedBytes,
+      },
     });
   }
 

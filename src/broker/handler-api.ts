@@ -10,8 +10,9 @@ import type { Action, AuthzResult } from '../authz/types.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
-import type { StoredSubscription } from '../store/types.ts';
+import type { StoredSubscription, StoredWill } from '../store/types.ts';
 import type { Message } from './message.ts';
+import type { WriteStatus } from './persistence.ts';
 import type { Client } from './ports.ts';
 import type { PublishRateLimiter } from './rate-limit.ts';
 import type { Inflight, Session } from './session.ts';
@@ -47,6 +48,15 @@ export interface SessionsApi {
   holdForRelease(session: Session, packetId: number): void;
   /** PUBREL: the packet id is free again. False when it was not held. */
   release(session: Session, packetId: number): boolean;
+  /**
+   * Collects the store writes of the synchronous code that follows; {@link writesDone} then gives
+   * what they came to once committed (null: nothing to wait for, as with a memory store). An
+   * acknowledgement that promises those writes is sent only after them (durability contract).
+   */
+  trackWrites(): void;
+  writesDone(): Promise<WriteStatus> | null;
+  /** Keeps a persistent session's will in the store, with the identity it is published as. */
+  storeWill(session: Session, will: StoredWill, principal: Principal, listener: string): void;
 }
 
 /** Routing and delivery (src/broker/delivery.ts). */
@@ -80,4 +90,6 @@ export interface BrokerApi {
   readonly delivery: DeliveryApi;
   /** CONNACK was sent: the connection counts as connected. */
   connectionOpened(conn: Client, principal: Principal): void;
+  /** A session restored from the store resumes: its subscriptions are checked against the policy as this connection's identity. */
+  recheckRestored(session: Session, conn: Client): Promise<unknown>;
 }

@@ -23,6 +23,9 @@ export interface Will {
 
 export type ConnectionState = 'new' | 'connecting' | 'connected' | 'closed';
 
+/** What became of a store write: committed, refused because the disk is full, or failed otherwise (persistence.ts). */
+export type WriteStatus = 'ok' | 'full' | 'failed';
+
 /**
  * A client connection, as the security gate, sessions and delivery see it: its identity, what
  * it negotiated, and the ways to write to it or end it. The Connection class implements it.
@@ -74,6 +77,8 @@ export interface Client {
   disconnect(code: number, detail: string): void;
   /** Marks the connection closed, whatever closed it. */
   close(reason: { code: number; detail: string }): void;
+  /** Sends a packet once the store writes it depends on are committed, in order with the others sent this way. */
+  sendWhenWritten(wait: Promise<WriteStatus> | null, make: (status: WriteStatus) => Packet | Buffer | null): void;
   /** Ends a rate-limit throttle. */
   resumeReading(): void;
   /** Subscribers behind on this client's messages that hold its reading (flow control); 0: none. */

@@ -12,10 +12,41 @@ import type { AccessContext } from '../authz/types.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { GateApi } from './handler-api.ts';
+import type { Principal } from '../auth/types.ts';
+import type { Client } from './ports.ts';
 import type { Session } from './session.ts';
 
 /** Where a v5 client is told that a policy reload removed one of its subscriptions. */
 export const REVOKED_TOPIC = '$portcullis/subscription-revoked';
+
+/**
+ * Asks the authorizers again about one session's subscriptions, as `principal`, and removes those
+ * that lost access, each audited (`why`: after a policy reload, after a restart). A live v5
+ * client is told on {@link REVOKED_TOPIC}. Returns how many were removed.
+ */
+export async function recheckSession(parts: RecheckParts, session: Session, principal: Principal, conn: Client | null, why: string): Promise<number> {
+  const { gate, authorizers, sessions } = parts;
+  let lost = 0;
+  for (const sub of [...session.subscriptions.values()]) {
+    const ctx: AccessContext = { qos: sub.qos, retain: false, listener: conn !== null ? conn.peer.listener : session.listener, will: false };
+    const d = await authorizers.authorize(principal, 'subscribe', sub.filter, ctx);
+    if (d.kind === 'allow' || !sessions.removeSubscription(session, sub.filter)) continue;
+    lost++;
+    const reason = d.kind === 'deny' ? d.detail : 'no authorizer allowed it';
+    const record: AuditEvent = { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `subscription removed ${why}${conn === null ? ' (session offline)' : ''}: ${reason}`, topic: sub.filter, qos: sub.qos };
+    if (conn === null) {
+      record.clientId = session.clientId;
+      record.listener = session.listener;
+      if (principal.username !== undefined) record.username = principal.username;
+      record.authMethod = principal.method;
+    }
+    gate.audit(conn, record);
+    if (conn !== null && conn.v5 && conn.state === 'connected') {
+      conn.send({ cmd: 'publish', topic: REVOKED_TOPIC, payload: Buffer.from(sub.filter), qos: 0, retain: false, dup: false, properties: { userProperties: { filter: sub.filter, reason: 'not authorized' } } });
+    }
+  }
+  return lost;
+}
 
 /** What a policy reload did to the live sessions. */
 export interface RecheckSummary {
@@ -40,37 +71,20 @@ export interface RecheckParts {
 }
 
 export async function recheckAfterReload(parts: RecheckParts, report: PolicyReport): Promise<RecheckSummary> {
-  const { log, gate, authorizers, sessions } = parts;
+  const { log, gate } = parts;
   const summary: RecheckSummary = { sessionsChecked: 0, sessionsAffected: 0, subscriptionsRemoved: 0 };
   if (report.ok) {
-    for (const session of [...sessions.values()]) {
+    for (const session of [...parts.sessions.values()]) {
       // Live sessions are checked as their connection's principal; offline persistent sessions
       // as the principal they last connected with. A session restored from the store without
-      // one is left to the deliver check, which runs again on every message it is sent.
+      // one is checked when it resumes (recheckSession from the connect steps), and every
+      // delivery is authorized again when it is sent.
       const live = session.connection;
       const conn = live !== null && live.state === 'connected' ? live : null;
       const principal = conn?.principal ?? session.principal;
       if (principal === null) continue;
       summary.sessionsChecked++;
-      let lost = 0;
-      for (const sub of [...session.subscriptions.values()]) {
-        const ctx: AccessContext = { qos: sub.qos, retain: false, listener: conn !== null ? conn.peer.listener : session.listener, will: false };
-        const d = await authorizers.authorize(principal, 'subscribe', sub.filter, ctx);
-        if (d.kind === 'allow' || !sessions.removeSubscription(session, sub.filter)) continue;
-        lost++;
-        const why = d.kind === 'deny' ? d.detail : 'no authorizer allowed it';
-        const record: AuditEvent = { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `subscription removed after a policy reload${conn === null ? ' (session offline)' : ''}: ${why}`, topic: sub.filter, qos: sub.qos };
-        if (conn === null) {
-          record.clientId = session.clientId;
-          record.listener = session.listener;
-          if (principal.username !== undefined) record.username = principal.username;
-          record.authMethod = principal.method;
-        }
-        gate.audit(conn, record);
-        if (conn !== null && conn.v5 && conn.state === 'connected') {
-          conn.send({ cmd: 'publish', topic: REVOKED_TOPIC, payload: Buffer.from(sub.filter), qos: 0, retain: false, dup: false, properties: { userProperties: { filter: sub.filter, reason: 'not authorized' } } });
-        }
-      }
+      const lost = await recheckSession(parts, session, principal, conn, 'after a policy reload');
       if (lost > 0) {
         summary.sessionsAffected++;
         summary.subscriptionsRemoved += lost;

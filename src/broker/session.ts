@@ -123,6 +123,10 @@ export class Session {
   quotaKey: string;
   /** Counted as one of its identity's persistent sessions. */
   quotaCounted = false;
+  /** Brought back from the store at start: its subscriptions are checked against the policy when it resumes. */
+  restored = false;
+  /** Its connection's will is kept in the store. */
+  willStored = false;
 
   constructor(
     readonly clientId: string,

@@ -1,16 +1,19 @@
 /**
- * Sessions: attach, takeover, expiry and subscriptions, and the only caller of the Store.
- * Everything the broker must keep across a restart is written through here: sessions and their
- * subscriptions, queued and in-flight deliveries, inbound QoS 2 packet ids and retained
- * messages. Writes do not block the caller; a failed write is logged.
+ * Sessions: attach, takeover, expiry and subscriptions, and the only caller of the Store
+ * (through persistence.ts, which keeps the durability contract). Everything the broker must keep
+ * across a restart is written through here: sessions and their subscriptions, queued and
+ * in-flight deliveries, inbound QoS 2 packet ids, wills and retained messages.
  */
+import type { AuditEvent } from '../audit/types.ts';
+import type { Principal } from '../auth/types.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
-import { sessionKey, type Store, type StoredSubscription } from '../store/types.ts';
+import { sessionKey, type Store, type StoreOpenReport, type StoredPrincipal, type StoredSubscription, type StoredWill } from '../store/types.ts';
 import type { SessionsApi } from './handler-api.ts';
 import { forStore, type Message } from './message.ts';
 import type { Client } from './ports.ts';
+import { Persistence, type WriteStatus, type WriteTag } from './persistence.ts';
 import type { IdentityQuotas } from './quotas.ts';
 import type { Router } from './router.ts';
 import { Session, type Inflight, type QueuedDelivery } from './session.ts';
@@ -30,16 +33,47 @@ export interface SessionHooks {
   sessionEnded(session: Session): void;
 }
 
+/** A will that a broker which did not stop cleanly still owes: restored with its session. */
+export interface RestoredWill {
+  session: Session;
+  will: StoredWill;
+  principal: Principal;
+  listener: string;
+}
+
 export class SessionRegistry implements SessionsApi {
   private readonly sessions = new Map<string, Session>();
+  private readonly persistence: Persistence;
 
   constructor(
     private readonly log: Logger,
-    private readonly store: Store,
+    store: Store,
     private readonly router: Router,
     private readonly hooks: SessionHooks,
     private readonly quotas: IdentityQuotas,
-  ) {}
+    audit: (event: AuditEvent) => void,
+  ) {
+    this.persistence = new Persistence(store, log, audit);
+  }
+
+  private get store(): Store {
+    return this.persistence.store;
+  }
+
+  /** Collects the store writes of the synchronous code that follows, until {@link writesDone}. */
+  trackWrites(): void {
+    this.persistence.collect();
+  }
+
+  /** Once committed, what the writes since {@link trackWrites} came to; null when nothing needs waiting for. */
+  writesDone(): Promise<WriteStatus> | null {
+    return this.persistence.collected();
+  }
+
+  /** True while store writes fail (disk full, unwritable store). */
+  get storeFailing(): boolean {
+    return this.persistence.failing;
+  }
 
   get size(): number {
     return this.sessions.size;
@@ -54,15 +88,22 @@ export class SessionRegistry implements SessionsApi {
     return this.sessions.values();
   }
 
-  /** Opens the store and brings back its sessions (expired ones are deleted); resolves with the retained messages. */
-  async open(): Promise<Message[]> {
-    await this.store.open();
+  /**
+   * Opens the store and brings back its sessions (expired ones are deleted). Resolves with the
+   * open report, the retained messages, and the wills still owed when the last broker did not
+   * stop cleanly (a crash while their clients were connected).
+   */
+  async open(): Promise<{ report: StoreOpenReport; retained: Message[]; wills: RestoredWill[] }> {
+    const report = await this.store.open();
+    this.persistence.durable = report.durable;
+    const wills: RestoredWill[] = [];
     for (const stored of await this.store.loadSessions()) {
       const session = Session.fromStored(stored);
       if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
         await this.store.deleteSession(session.key);
         continue;
       }
+      session.restored = true;
       this.sessions.set(session.key, session);
       for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, true);
       this.quotas.subscriptions(session.quotaKey, session.subscriptions.size);
@@ -71,9 +112,27 @@ export class SessionRegistry implements SessionsApi {
         session.quotaCounted = true;
         this.quotas.sessions(session.quotaKey, 1);
       }
+      const will = stored.will;
+      if (will !== undefined && report.recovery.uncleanShutdown && will.principal !== undefined) {
+        wills.push({ session, will, principal: principalFrom(will.principal, session.clientId), listener: will.principal.listener });
+        session.willStored = true;
+      } else if (will !== undefined) {
+        // A clean stop discards wills, as it does for connected clients; a will without its principal cannot be authorized.
+        void this.persistence.write(session, (s) => s.deleteWill(session.key));
+      }
       this.armExpiry(session);
     }
-    return this.store.loadRetained();
+    return { report, retained: await this.store.loadRetained(), wills };
+  }
+
+  /** Asks the store to drop what expired (sessions the broker does not hold, retained messages past their expiry). */
+  purgeExpired(): void {
+    void this.store
+      .purgeExpired({ keep: (key) => this.sessions.has(key) })
+      .then((r) => {
+        if (r.expiredSessions + r.expiredRetained > 0) this.log.info(r, 'store: expired sessions and retained messages purged');
+      })
+      .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'store purge failed'));
   }
 
   /** Stops the expiry timers and closes the store. */
@@ -81,6 +140,7 @@ export class SessionRegistry implements SessionsApi {
     for (const session of this.sessions.values()) {
       if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     }
+    await this.persistence.drained();
     await this.store.close();
   }
 
@@ -106,6 +166,7 @@ export class SessionRegistry implements SessionsApi {
         old.disconnect(ReasonCode.SessionTakenOver, 'session taken over'); // [MQTT-3.1.4-3]
       }
       this.hooks.cancelWill(key, cleanStart); // a new connection before the delay cancels the will [MQTT-3.1.3-9]
+      this.dropWill(session); // the new connection stores its own
       if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
       session.expiryTimer = null;
       if (cleanStart) {
@@ -173,7 +234,7 @@ export class SessionRegistry implements SessionsApi {
     if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     if (session.stored) {
       session.stored = false;
-      this.persist((s) => s.deleteSession(session.key));
+      this.persist(session, (s) => s.deleteSession(session.key), { kind: 'whole' });
     }
     this.hooks.sessionEnded(session);
   }
@@ -186,7 +247,7 @@ export class SessionRegistry implements SessionsApi {
     else this.quotas.subscriptions(session.quotaKey, 1);
     session.subscriptionsForWrite().set(sub.filter, sub);
     this.routeSubscription(session, sub, true);
-    if (session.persistent) this.persist((s) => s.putSubscription(session.key, sub));
+    if (session.persistent) this.persist(session, (s) => s.putSubscription(session.key, sub));
   }
 
   removeSubscription(session: Session, filter: string): boolean {
@@ -195,7 +256,7 @@ export class SessionRegistry implements SessionsApi {
     session.subscriptions.delete(filter);
     this.quotas.subscriptions(session.quotaKey, -1);
     this.routeSubscription(session, sub, false);
-    if (session.persistent) this.persist((s) => s.deleteSubscription(session.key, filter));
+    if (session.persistent) this.persist(session, (s) => s.deleteSubscription(session.key, filter));
     return true;
   }
 
@@ -211,43 +272,51 @@ export class SessionRegistry implements SessionsApi {
 
   holdForRelease(session: Session, packetId: number): void {
     session.awaitingReleaseForWrite().add(packetId);
-    if (session.persistent) this.persist((s) => s.putAwaitingRelease(session.key, packetId));
+    if (session.persistent) this.persist(session, (s) => s.putAwaitingRelease(session.key, packetId));
   }
 
   release(session: Session, packetId: number): boolean {
     if (!session.awaitingRelease.delete(packetId)) return false;
-    if (session.persistent) this.persist((s) => s.deleteAwaitingRelease(session.key, packetId));
+    if (session.persistent) this.persist(session, (s) => s.deleteAwaitingRelease(session.key, packetId));
     return true;
   }
 
   // ── the store: what delivery keeps ─────────────────────────────────────────
 
   retained(message: Message): void {
-    this.persist((s) => s.putRetained(forStore(message)));
+    this.persist(null, (s) => s.putRetained(forStore(message)));
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0) this.persist((s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    if (session.persistent && delivery.qos > 0) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }), { kind: 'enqueue' });
   }
 
   dequeued(session: Session, count: number): void {
-    if (session.persistent && count > 0) this.persist((s) => s.dequeue(session.key, count));
+    if (session.persistent && count > 0) {
+      const key = session.key;
+      const make = (n: number) => (s: Store) => s.dequeue(key, n);
+      // Called after the entries left the memory queue: what is left there that the store holds.
+      this.persist(session, make(count), { kind: 'dequeue', count, storedAfter: session.queue.length - session.queuedQos0, make });
+    }
   }
 
-  inflight(session: Session, inflight: Inflight): void {
-    if (!session.persistent) return;
-    this.persist((s) =>
+  /** Records an in-flight delivery; resolves when it is committed (null: nothing to wait for, a memory store or a session that ends with its connection). */
+  inflight(session: Session, inflight: Inflight): Promise<WriteStatus> | null {
+    if (!session.persistent) return null;
+    const written = this.persistence.write(session, (s) =>
       s.putInflight(session.key, {
         packetId: inflight.packetId,
         state: inflight.state,
         message: { ...forStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
         ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
       }),
+      { kind: 'put', packetId: inflight.packetId, first: inflight.state === 'publish' },
     );
+    return this.persistence.durable ? written : null;
   }
 
   inflightDone(session: Session, packetId: number): void {
-    if (session.persistent) this.persist((s) => s.deleteInflight(session.key, packetId));
+    if (session.persistent) this.persist(session, (s) => s.deleteInflight(session.key, packetId), { kind: 'delete', packetId });
   }
 
   /** Writes the session to the store when it is persistent, or removes it when it no longer is. */
@@ -259,22 +328,65 @@ export class SessionRegistry implements SessionsApi {
     }
     if (session.persistent) {
       if (session.stored) {
-        this.persist((s) => s.setSessionExpiry(key, session.expiresAt, session.expiryInterval));
+        this.persist(session, (s) => s.setSessionExpiry(key, session.expiresAt, session.expiryInterval));
       } else {
         session.stored = true;
         const snapshot = session.toStored();
-        this.persist((s) => s.saveSession(snapshot));
+        this.persist(session, (s) => s.saveSession(snapshot), { kind: 'whole' });
       }
     } else if (session.stored) {
       session.stored = false;
-      this.persist((s) => s.deleteSession(key));
+      this.persist(session, (s) => s.deleteSession(key), { kind: 'whole' });
     }
   }
 
-  /** Writes through to the store without blocking the caller; failures are logged. */
-  private persist(write: (store: Store) => Promise<void>): void {
-    write(this.store).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'store write failed'));
+  /** Writes through to the store without blocking the caller (see persistence.ts). */
+  private persist(session: Session | null, write: (store: Store) => Promise<void>, tag?: WriteTag): void {
+    void this.persistence.write(session, write, tag);
+  }
+
+  // ── wills ──────────────────────────────────────────────────────────────────
+
+  /**
+   * A persistent session's connection has a will: kept with the session, with the identity it
+   * is authorized as, so that a broker that crashes while the client is connected still
+   * publishes it after a restart.
+   */
+  storeWill(session: Session, will: StoredWill, principal: Principal, listener: string): void {
+    if (!session.persistent) return;
+    session.willStored = true;
+    const stored: StoredWill = { ...will, principal: principalSnapshot(principal, listener) };
+    this.persist(session, (s) => s.putWill(session.key, stored));
+  }
+
+  /** The will of the session with this key was published, discarded or cancelled. */
+  dropWillOf(key: string): void {
+    const session = this.sessions.get(key);
+    if (session !== undefined) this.dropWill(session);
+  }
+
+  /** The will was published, discarded or replaced by a new connection. */
+  dropWill(session: Session): void {
+    if (!session.willStored) return;
+    session.willStored = false;
+    this.persist(session, (s) => s.deleteWill(session.key));
   }
 }
 
 
+
+/** What a will keeps of the identity it is published as: no secret (no password, no token). */
+function principalSnapshot(p: Principal, listener: string): StoredPrincipal {
+  return {
+    ...(p.username !== undefined ? { username: p.username } : {}),
+    method: p.method,
+    provider: p.provider,
+    roles: [...p.roles],
+    attributes: JSON.parse(JSON.stringify(p.attributes)) as Record<string, unknown>,
+    listener,
+  };
+}
+
+function principalFrom(p: StoredPrincipal, clientId: string): Principal {
+  return { clientId, ...(p.username !== undefined ? { username: p.username } : {}), method: p.method, provider: p.provider, roles: [...p.roles], attributes: p.attributes };
+}

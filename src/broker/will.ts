@@ -6,7 +6,9 @@
 import type { Logger } from '../log.ts';
 import type { GateApi } from './handler-api.ts';
 import type { Message } from './message.ts';
+import type { Principal } from '../auth/types.ts';
 import type { Client, Will } from './ports.ts';
+import type { RestoredWill } from './sessions.ts';
 import type { CoarseClock } from './stats.ts';
 
 export class WillScheduler {
@@ -21,12 +23,15 @@ export class WillScheduler {
     private readonly clock: CoarseClock,
     /** A retained will counts against its identity's retained quota, as a PUBLISH does. */
     private readonly retainFits: (message: Message, quotaKey: string) => boolean,
+    /** The will of this session is settled (published, discarded or cancelled): the store need not keep it. */
+    private readonly settled: (key: string) => void,
   ) {}
 
   /** A connection ended: its will goes now, after its delay, or not at all. */
   connectionEnded(conn: Client, session: { readonly key: string; readonly expiryInterval: number; readonly quotaKey: string } | null): void {
     const will = conn.will;
-    if (will === null || conn.discardWill || session === null) return;
+    if (will === null || session === null) return;
+    if (conn.discardWill) return this.settled(session.key);
     if (conn.takenOver) {
       if (will.delaySeconds === 0 || conn.sessionEnding) this.publish(session.key, session.quotaKey, conn, will);
       return;
@@ -53,6 +58,7 @@ export class WillScheduler {
     clearTimeout(entry.timer);
     this.pending.delete(key);
     if (sessionEnds) this.publish(key, entry.quotaKey, entry.conn, entry.will);
+    else this.settled(key);
   }
 
   /** The session ended (expired): a pending will is published now. */
@@ -60,8 +66,23 @@ export class WillScheduler {
     this.cancel(key, true);
   }
 
+  /**
+   * A will the store kept for a client that was connected when the last broker stopped without
+   * closing (a crash): its connection ended then, so it is published after its delay from now,
+   * authorized as the identity it was stored with, unless the client reconnects first.
+   */
+  restore(w: RestoredWill): void {
+    const { session, will, principal, listener } = w;
+    const conn = detachedClient(session.clientId, principal, listener);
+    conn.will = { topic: will.message.topic, payload: will.message.payload, qos: will.message.qos, retain: will.message.retain, ...(will.message.properties !== undefined ? { properties: will.message.properties } : {}), delaySeconds: will.delayInterval };
+    const delay = Math.min(will.delayInterval, session.expiryInterval);
+    this.log.info({ clientId: session.clientId, topic: will.message.topic, delaySeconds: delay }, 'will restored from the store: the client was connected when the broker stopped');
+    this.schedule(session.key, session.quotaKey, conn, conn.will, delay);
+  }
+
   /** `origin`: the session key of the client whose will it is (for no-local). */
   private publish(origin: string, quotaKey: string, conn: Client, will: Will): void {
+    this.settled(origin);
     const decide = this.gate.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {
@@ -92,4 +113,31 @@ export class WillScheduler {
     for (const entry of this.pending.values()) clearTimeout(entry.timer);
     this.pending.clear();
   }
+}
+
+/**
+ * A stand-in for the connection a restored will belonged to: what authorizing and auditing it
+ * reads (identity, listener). It never writes: there is no socket.
+ */
+function detachedClient(clientId: string, principal: Principal, listener: string): Client {
+  const none = (): never => {
+    throw new Error('internal error: a restored will has no connection');
+  };
+  return {
+    peer: { listener, transport: 'tcp', remoteAddress: '', remotePort: 0 },
+    clientId,
+    principal,
+    state: 'closed',
+    version: 5,
+    v5: true,
+    bridge: false,
+    will: null,
+    discardWill: false,
+    takenOver: false,
+    sessionEnding: false,
+    auditWho: null,
+    auditWhoPrincipal: null,
+    write: none,
+    send: none,
+  } as unknown as Client;
 }

@@ -13,6 +13,7 @@ import { registerBanCommand } from './ban.ts';
 import { spoolTarget } from './spool-target.ts';
 import { registerStoreCommand } from './store.ts';
 import { registerTokenCommand } from './token.ts';
+import { registerConfigCommand } from './config.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -60,5 +61,6 @@ registerPasswdCommand(program);
 registerBanCommand(program);
 registerStoreCommand(program);
 registerTokenCommand(program);
+registerConfigCommand(program);
 
 await program.parseAsync(process.argv);

@@ -17,7 +17,7 @@ export async function startCommand(configFile: string | undefined): Promise<numb
     }
     throw err;
   }
-  const log = createLogger(config.log.level);
+  const log = createLogger(config.log.level, undefined, config.log.format);
   let broker;
   try {
     // The built-in TLS listeners need a server certificate: make a development one on first start.
@@ -63,8 +63,11 @@ export async function startCommand(configFile: string | undefined): Promise<numb
         },
       );
     };
-    process.once('SIGTERM', () => shutdown('SIGTERM'));
-    process.once('SIGINT', () => shutdown('SIGINT'));
+    // Not `once`: a second signal must not kill the broker in the middle of its graceful stop
+    // (leaving the store locked and the audit log unsigned). One Ctrl-C at a terminal, or one
+    // SIGTERM to a process group, reaches it twice under npx / npm start, which pass it on too.
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => shutdown('SIGINT'));
     // SIGHUP reloads the policy files; the outcome goes to the log and the audit trail.
     process.on('SIGHUP', () => {
       if (stopping) return;

@@ -131,26 +131,124 @@ export const identityRules = z
   .prefault({});
 export type IdentityRules = z.output<typeof identityRules>;
 
-/** Failed-login backoff and bans, by source IP and by username. */
-export const authGuard = z
+/** One throttle: free failures, then an exponential delay between credential checks. */
+const throttle = (backoffAfter: number) =>
+  z
+    .strictObject({
+      /** Failed logins before credential checks on this key are spaced out. */
+      backoffAfter: z.number().int().min(1).default(backoffAfter),
+      /** The space after the first failure over `backoffAfter`; it doubles with each further failure ... */
+      baseDelayMs: z.number().int().min(1).default(1000),
+      /** ... up to this. */
+      maxDelayMs: z.number().int().min(1).default(60_000),
+    })
+    .prefault({});
+
+/** An automatic ban, off by default: it cannot tell a guesser from the clients that share its key. */
+const autoBan = z
   .strictObject({
-    enabled: z.boolean().default(true),
-    byIp: z.boolean().default(true),
-    byUsername: z.boolean().default(true),
-    /** Failures before attempts are delayed. */
-    backoffAfter: z.number().int().min(1).default(5),
-    baseDelayMs: z.number().int().min(1).default(500),
-    maxDelayMs: z.number().int().min(1).default(30_000),
-    /** Failures before a temporary ban. */
-    banAfter: z.number().int().min(1).default(20),
+    enabled: z.boolean().default(false),
+    /** Failed logins (within `forgetAfterMs` of each other) before a ban. */
+    after: z.number().int().min(1).default(100),
     banMs: z.number().int().min(100).default(5 * 60_000),
     /** Each repeated ban doubles, up to this cap. */
     maxBanMs: z.number().int().min(100).default(60 * 60_000),
-    /** Failures are forgotten after this long without one. */
-    forgetAfterMs: z.number().int().min(1000).default(15 * 60_000),
-    /** Most tracked IPs and user names; the oldest are dropped beyond it. */
-    maxEntries: z.number().int().min(100).default(100_000),
   })
+  .prefault({});
+
+/** Keys of the flat authGuard of earlier versions, and what replaced them. */
+const REPLACED_GUARD_KEYS: Record<string, string> = {
+  byIp: 'failures are no longer counted by address alone: see authGuard.address (checks per second) and authGuard.bans.address (off by default)',
+  byUsername: 'authGuard.username.enabled',
+  backoffAfter: 'authGuard.pair.backoffAfter and authGuard.username.backoffAfter',
+  baseDelayMs: 'authGuard.pair.baseDelayMs and authGuard.username.baseDelayMs',
+  maxDelayMs: 'authGuard.pair.maxDelayMs and authGuard.username.maxDelayMs',
+  banAfter: 'authGuard.bans.address.after and authGuard.bans.username.after (bans are off by default)',
+  banMs: 'authGuard.bans.address.banMs and authGuard.bans.username.banMs',
+  maxBanMs: 'authGuard.bans.address.maxBanMs and authGuard.bans.username.maxBanMs',
+};
+
+/**
+ * Failed-login protection (docs/authentication.md#protection-against-abuse). It throttles what is
+ * guessed: the (source address, user name) pair and the user name across addresses. The source
+ * address alone only caps credential checks per second. A failure is a credential that a
+ * provider checked and found wrong; an attempt the guard delays or refuses is not one.
+ */
+export const authGuard = z
+  .preprocess(
+    (v, ctx) => {
+      if (v === null || typeof v !== 'object') return v;
+      for (const [key, instead] of Object.entries(REPLACED_GUARD_KEYS)) {
+        if (Object.hasOwn(v, key)) ctx.addIssue({ code: 'custom', path: [key], message: `replaced: use ${instead} (docs/authentication.md#protection-against-abuse)`, input: v });
+      }
+      return v;
+    },
+    z.strictObject({
+      /** false turns throttling and bans off. The check queue (a resource cap) stays. */
+      enabled: z.boolean().default(true),
+      /** The (source address, user name) pair. */
+      pair: throttle(5),
+      /** The user name across all addresses: slows distributed guessing of one user. */
+      username: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          backoffAfter: z.number().int().min(1).default(20),
+          baseDelayMs: z.number().int().min(1).default(1000),
+          maxDelayMs: z.number().int().min(1).default(60_000),
+        })
+        .prefault({}),
+      /**
+       * Credential checks (of a guessable secret) per second from one source address. A check that
+       * succeeds gives its token back, so this caps failed checks (and checks in flight), not
+       * logins. Known-good clients are not counted. 0 turns it off.
+       */
+      address: z
+        .strictObject({
+          checksPerSecond: z.number().min(0).max(100_000).default(5),
+          burst: z.number().int().min(1).max(100_000).default(20),
+        })
+        .prefault({}),
+      /**
+       * A client (source address, user name, client id) whose login succeeded within `windowMs`
+       * is known good: failures that others cause on its user name or address do not hold it back.
+       */
+      knownGood: z
+        .strictObject({
+          windowMs: z.number().int().min(1000).max(30 * 24 * 3600_000).default(24 * 3600_000),
+          /** Most known-good clients remembered; the least recently successful are forgotten first. */
+          maxEntries: z.number().int().min(100).max(10_000_000).default(100_000),
+        })
+        .prefault({}),
+      /**
+       * A throttled attempt waits (its CONNACK is delayed) for its turn when that comes within
+       * `maxHoldMs`; otherwise it is refused after `maxHoldMs`, so a retry loop cannot spin.
+       */
+      tarpit: z
+        .strictObject({
+          maxHoldMs: z.number().int().min(0).max(60_000).default(3000),
+          /** Most attempts held at once (all addresses); beyond it, throttled attempts are refused at once. */
+          maxHeld: z.number().int().min(0).max(1_000_000).default(1000),
+        })
+        .prefault({}),
+      /** Automatic bans: both off by default. An operator's bans (`portcullis ban`) are separate. */
+      bans: z.strictObject({ address: autoBan, username: autoBan }).prefault({}),
+      /**
+       * Credential checks running at once (argon2 on libuv's thread pool) and waiting. Beyond
+       * `maxWaiting` a connect is refused with 0x88. Applies even with `enabled: false`.
+       */
+      checkQueue: z
+        .strictObject({
+          /** Default: the thread pool size (UV_THREADPOOL_SIZE, 4) minus one, at most the CPU count; one thread stays free for the audit log. */
+          maxRunning: z.number().int().min(1).max(1024).optional(),
+          maxWaiting: z.number().int().min(0).max(1_000_000).default(100),
+        })
+        .prefault({}),
+      /** Failures are forgotten after this long without one. */
+      forgetAfterMs: z.number().int().min(1000).default(15 * 60_000),
+      /** Most tracked keys of each kind (pairs, user names, addresses); the least recently failed are dropped first. */
+      maxEntries: z.number().int().min(100).default(100_000),
+    }),
+  )
   .prefault({});
 export type AuthGuardConfig = z.output<typeof authGuard>;
 

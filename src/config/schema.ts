@@ -234,7 +234,13 @@ export const configSchema = z.strictObject({
   /** The authorizer chain. Empty means every publish and subscribe is denied. */
   authorizers: z.array(authorizerSpec).default([]),
   limits,
-  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** `pretty` (readable lines) or `json` (JSON lines); unset: pretty when standard error is a terminal, JSON otherwise. */
+      format: z.enum(['pretty', 'json']).optional(),
+    })
+    .prefault({}),
   audit: z
     .strictObject({
       sink: z.enum(['file', 'stdout', 'none']).default('file'),

@@ -10,12 +10,12 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
 import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
 import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
-import { sessionKey, type StoreOpenReport, type StoredMessage, type StoredSession } from './types.ts';
+import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 
 export type Durability = 'sync' | 'commit';
 
@@ -39,6 +39,27 @@ export const META_NEXT_SID = 'nextSid';
 const META_NEXT_EPOCH = 'nextEpoch';
 
 type Db = Database<Buffer, Buffer>;
+
+/**
+ * When a commit fails (a full or failing disk), lmdb-js rejects the batch's promise, which every
+ * writer of the batch hears about through its own write, and also leaves an internal promise of
+ * the batch with no handler: Node would end the process for it. This swallows exactly those
+ * (lmdb's "Commit failed" with its commitError); any other unhandled rejection keeps Node's
+ * default (the process ends), unless the application has a handler of its own.
+ */
+function onUnhandledRejection(reason: unknown): void {
+  if (reason instanceof Error && 'commitError' in reason && reason.message.startsWith('Commit failed')) {
+    (reason as { commitError?: Promise<unknown> }).commitError?.catch(() => undefined);
+    return;
+  }
+  if (process.listenerCount('unhandledRejection') === 1) throw reason;
+}
+let rejectionGuard = false;
+function guardCommitRejections(): void {
+  if (rejectionGuard) return;
+  rejectionGuard = true;
+  process.on('unhandledRejection', onUnhandledRejection);
+}
 
 export abstract class LmdbBase {
   readonly path: string;
@@ -109,6 +130,7 @@ export abstract class LmdbBase {
         this.dataFile,
       );
     }
+    guardCommitRejections();
     guardFiles(this.path, true);
     const { env, db } = this.openEnv();
     this.env = env;
@@ -121,9 +143,6 @@ export abstract class LmdbBase {
     if (this.keyring !== null) await this.startEpoch(scan);
 
     const purged = await this.purgeAtOpen(scan);
-    this.sessionIndex.clear();
-    this.sessionOfSid.clear();
-    for (const [sid, s] of scan.sessions) this.indexSession(sessionKey(s.session.owner, s.session.clientId), sid, s.key);
     const sessions = [...scan.sessions.values()].map((s) => s.session);
     const retained = scan.retained.map((r) => r.message);
     for (const r of scan.retained) if (r.message.expiresAt !== undefined) this.retainedExpiry.set(r.key.toString('hex'), r.message.expiresAt);
@@ -297,6 +316,8 @@ export abstract class LmdbBase {
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
     this.nextInflightOrder.clear();
+    this.sids.clear();
+    this.sidTokens.clear();
     this.closing = false;
     await env.close();
   }
@@ -318,26 +339,72 @@ export abstract class LmdbBase {
   }
 
   /**
-   * The header of the session with this session key (sessionKey(owner, clientId)). Session
-   * headers are keyed on disk by their session number, not by owner and client id, so that an
-   * encrypted store does not show who its sessions belong to in its keys; this index, built from
-   * the headers when the store opens, finds them.
+   * The header of the session with this session key (sessionKey(owner, clientId)), stored under
+   * a digest of it (sessionHeaderKey): who a session belongs to is only inside the record, which
+   * an encrypted store seals. The key is a pure function of the session key, so it holds inside
+   * a batch that lmdb runs again, and after a crash.
    */
   protected header(sessionId: string): { key: Buffer; h: SessionHeader } | undefined {
-    const key = this.sessionIndex.get(sessionId);
-    if (key === undefined) return undefined;
+    const key = this.headerKeyOf(sessionId);
     const raw = this.tables().sessions.get(key);
     if (raw === undefined) return undefined;
     return { key, h: this.read('sessions', key, raw, decodeHeader) };
   }
 
-  /** Session key → the key of its header record (see header()), and session number → session key. */
-  protected readonly sessionIndex = new Map<string, Buffer>();
-  protected readonly sessionOfSid = new Map<number, string>();
+  // ── the session-number cache ────────────────────────────────────────────────
+  //
+  // Every per-session write first finds the session's number (sid) from its header: a SHA-256
+  // of the session key and a checked read. The number never changes while the session exists,
+  // so it is cached, but only as committed: a write that creates or removes a header forgets
+  // the entry at once (in its batch callback, which lmdb may run more than once) and the new
+  // number is learned only when that batch commits, and only if no later batch touched the same
+  // header meanwhile (a token per change). A batch that fails leaves nothing behind.
 
-  protected indexSession(id: string, sid: number, headerKey: Buffer): void {
-    this.sessionIndex.set(id, headerKey);
-    this.sessionOfSid.set(sid, id);
+  private readonly headerKeys = new Map<string, Buffer>();
+  private readonly sids = new Map<string, number>();
+  private readonly sidTokens = new Map<string, number>();
+  private sidToken = 0;
+  /** The header changes the running batch callback made: [header id, token, new sid]. */
+  private sidChanges: [string, number, number | undefined][] | null = null;
+
+  private headerKeyOf(sessionId: string): Buffer {
+    let key = this.headerKeys.get(sessionId);
+    if (key === undefined) {
+      if (this.headerKeys.size >= 100_000) this.headerKeys.clear();
+      key = sessionHeaderKey(sessionId);
+      this.headerKeys.set(sessionId, key);
+    }
+    return key;
+  }
+
+  /** The number and header key of the session with this session key, or undefined; inside a write callback. */
+  protected sidOf(sessionId: string): { key: Buffer; sid: number } | undefined {
+    const key = this.headerKeyOf(sessionId);
+    const id = key.toString('latin1');
+    const cached = this.sids.get(id);
+    if (cached !== undefined) return { key, sid: cached };
+    const found = this.header(sessionId);
+    if (found === undefined) return undefined;
+    // Committed state only: no change to this header is waiting for its batch to commit.
+    if (!this.sidTokens.has(id)) this.sids.set(id, found.h.sid);
+    return { key, sid: found.h.sid };
+  }
+
+  /** In a write callback: the header under `key` is removed, or (with `sid`) written with that number. */
+  protected headerChanged(key: Buffer, sid?: number): void {
+    const id = key.toString('latin1');
+    this.sids.delete(id);
+    const token = ++this.sidToken;
+    this.sidTokens.set(id, token);
+    this.sidChanges?.push([id, token, sid]);
+  }
+
+  private settleSidChanges(changes: [string, number, number | undefined][], committed: boolean): void {
+    for (const [id, token, sid] of changes) {
+      if (this.sidTokens.get(id) !== token) continue; // a later change is pending or done
+      this.sidTokens.delete(id);
+      if (committed && sid !== undefined) this.sids.set(id, sid);
+    }
   }
 
   // ── writes ─────────────────────────────────────────────────────────────────
@@ -353,9 +420,24 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const done = env.transaction(fn).then(
-      (result) => result,
-      (err: unknown) => commitFailure(err, this.dataFile, this.path),
+    const changes: [string, number, number | undefined][] = [];
+    const run = (): T => {
+      this.sidChanges = changes;
+      try {
+        return fn();
+      } finally {
+        this.sidChanges = null;
+      }
+    };
+    const done = env.transaction(run).then(
+      (result) => {
+        if (changes.length > 0) this.settleSidChanges(changes, true);
+        return result;
+      },
+      (err: unknown) => {
+        if (changes.length > 0) this.settleSidChanges(changes, false);
+        return commitFailure(err, this.dataFile, this.path);
+      },
     );
     this.lastWrite = done.catch(() => undefined);
     return done;
@@ -378,9 +460,7 @@ export abstract class LmdbBase {
       for (const k of keys) db[table].removeSync(k);
     }
     db.sessions.removeSync(headerKey);
-    const id = this.sessionOfSid.get(sid);
-    if (id !== undefined && this.sessionIndex.get(id)?.equals(headerKey) === true) this.sessionIndex.delete(id);
-    this.sessionOfSid.delete(sid);
+    this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
     this.nextInflightOrder.delete(sid);
   }

@@ -3,8 +3,9 @@
  * encoding, so their order and uniqueness do not depend on how a library escapes strings (a
  * client id may hold U+0000).
  *
- * - Session headers are keyed by their session number (sid): who owns a session (owner and client
- *   id) is only in the record, so an encrypted store does not show it; LmdbBase indexes them at open.
+ * - A session header is keyed by 0x02 + SHA-256 of its session key (owner and client id): who owns
+ *   a session is only inside the record, which an encrypted store seals. (A digest, not a secret:
+ *   someone holding the file can test whether a given owner and client id have a session.)
  * - A text key (topic, filter) is 0x00 + its UTF-8 bytes, or, when longer than LMDB
  *   allows, 0x01 + SHA-256 of them (the full text is always kept in the value as well).
  * - Everything a session owns is keyed by the session's number (sid, 8 bytes big-endian) first,
@@ -21,6 +22,13 @@ const HASHED_TEXT = 0x01;
 /** LMDB's key limit is 511 bytes in portable builds; stay well below it with the sid in front. */
 const MAX_TEXT_BYTES = 400;
 const TWO_32 = 2 ** 32;
+
+const SESSION_DIGEST = 0x02;
+
+/** The key of a session's header record: a digest of its session key (see the layout above). */
+export function sessionHeaderKey(sessionId: string): Buffer {
+  return Buffer.concat([Buffer.of(SESSION_DIGEST), createHash('sha256').update(sessionId, 'utf8').digest()]);
+}
 
 export function textKey(text: string): Buffer {
   const bytes = Buffer.from(text, 'utf8');

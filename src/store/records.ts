@@ -13,7 +13,7 @@
  */
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
 import type { Keyring } from './keyring.ts';
-import type { StoredInflight, StoredMessage, StoredSession, StoredSubscription, StoredWill } from './types.ts';
+import type { StoredInflight, StoredMessage, StoredPrincipal, StoredSession, StoredSubscription, StoredWill } from './types.ts';
 
 /** Table numbers, part of every checksum and of the encryption's additional data. */
 export const Table = {
@@ -108,13 +108,17 @@ export function sealedKeyId(value: Buffer): string | undefined {
   return value.subarray(2, 2 + (value[1] as number)).toString('latin1');
 }
 
-/** Returns the body (a copy, safe to keep). Throws RecordError when the value is damaged or cannot be decrypted. */
+/**
+ * Returns the body. In the clear it is a view of `value` (no copy): decode it at once, as every
+ * caller does; the decoders copy what they keep (binary parts), so nothing refers to a buffer
+ * LMDB may reuse. Throws RecordError when the value is damaged or cannot be decrypted.
+ */
 export function unwrap(table: TableName, key: Buffer, value: Buffer, keyring: Keyring | null): Buffer {
   const t = Table[table];
   if (value.length >= 5 && value[0] === PLAIN) {
     const want = value.readUInt32BE(1);
     if (recordCrc(t, key, value, 5) !== want) throw new RecordError('checksum', 'checksum mismatch');
-    return Buffer.from(value.subarray(5));
+    return value.subarray(5);
   }
   if (value.length >= 2 && value[0] === SEALED) {
     const idLen = value[1] as number;
@@ -269,12 +273,19 @@ export function decodeInflight(body: Buffer): StoredInflight {
 /** A session's will: its delay around the message. */
 export function encodeWill(w: StoredWill): Buffer {
   const { head, parts } = messageHead(w.message);
-  return pack({ d: w.delayInterval, m: head }, parts);
+  return pack({ d: w.delayInterval, m: head, ...(w.principal !== undefined ? { p: w.principal } : {}) }, parts);
 }
 
 export function decodeWill(body: Buffer): StoredWill {
   const { head, parts } = unpack(body);
-  return { delayInterval: num(head['d'], 'will delay'), message: messageFrom(head['m'], parts, 0) };
+  const will: StoredWill = { delayInterval: num(head['d'], 'will delay'), message: messageFrom(head['m'], parts, 0) };
+  const p = head['p'];
+  if (p !== undefined && p !== null && typeof p === 'object') {
+    const q = p as Record<string, unknown>;
+    if (typeof q['method'] !== 'string' || typeof q['provider'] !== 'string' || !Array.isArray(q['roles']) || typeof q['listener'] !== 'string') throw new RecordError('format', 'will principal is malformed');
+    will.principal = q as unknown as StoredPrincipal;
+  }
+  return will;
 }
 
 // ── sessions and subscriptions ─────────────────────────────────────────────

@@ -61,6 +61,20 @@ export interface StoredWill {
   message: StoredMessage;
   /** v5 Will Delay Interval in seconds; 0 (and v3) publishes at once. */
   delayInterval: number;
+  /** The identity the will is authorized and published as, after a restart (no secrets). */
+  principal?: StoredPrincipal;
+}
+
+/** An authenticated identity as a stored will keeps it: what authorization reads, never a password or token. */
+export interface StoredPrincipal {
+  username?: string;
+  method: string;
+  provider: string;
+  roles: string[];
+  /** JSON-safe attributes (certificate fields, verified JWT claims, PSK identity). */
+  attributes: Record<string, unknown>;
+  /** The listener the client was connected to. */
+  listener: string;
 }
 
 export interface StoredSession {

@@ -38,6 +38,11 @@ export class JwtAuthenticator implements Authenticator {
     this.keys = new JwtKeyStore(config);
   }
 
+  /** A signature cannot be guessed: verified tokens are never held back by password failures. */
+  checksGuessableSecret(): boolean {
+    return false;
+  }
+
   /** Loads the static keys (throws KeyFileError naming the file) and fetches the JWKS once. */
   init(): Promise<void> {
     return this.keys.init();

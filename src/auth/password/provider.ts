@@ -111,6 +111,11 @@ export class PasswordAuthenticator implements Authenticator {
     this.watcher = undefined;
   }
 
+  /** A password is checked whenever a user name is given (an unknown user's against the dummy hash). */
+  checksGuessableSecret(req: ConnectRequest): boolean {
+    return req.username !== undefined;
+  }
+
   /**
    * Answers at once when no hash has to be checked: no user name (abstain), a refused length, an
    * empty password, or a credential-cache hit. Everything else waits for argon2 in authenticate().

@@ -28,8 +28,10 @@ export function handlePubrec(broker: BrokerApi, conn: Connection, packet: Pubrec
     broker.delivery.completeInflight(session, id);
     return;
   }
+  // PUBREL only once the store knows the message was received: after a restart it is not sent again.
+  broker.sessions.trackWrites();
   broker.delivery.awaitComplete(session, inflight);
-  conn.send({ cmd: 'pubrel', messageId: id });
+  conn.sendWhenWritten(broker.sessions.writesDone(), () => ({ cmd: 'pubrel', messageId: id }));
 }
 
 export function handlePubcomp(broker: BrokerApi, conn: Connection, packet: PubcompPacket): void {
@@ -44,9 +46,14 @@ export function handlePubrel(broker: BrokerApi, conn: Connection, packet: Pubrel
   const session = conn.session;
   if (session === null) return;
   const id = packet.messageId ?? 0;
-  if (!broker.sessions.release(session, id)) {
-    conn.send(conn.v5 ? { cmd: 'pubcomp', messageId: id, reasonCode: ReasonCode.PacketIdentifierNotFound } : { cmd: 'pubcomp', messageId: id });
+  broker.sessions.trackWrites();
+  const released = broker.sessions.release(session, id);
+  const written = broker.sessions.writesDone();
+  if (!released) {
+    conn.sendWhenWritten(null, () => (conn.v5 ? { cmd: 'pubcomp', messageId: id, reasonCode: ReasonCode.PacketIdentifierNotFound } : { cmd: 'pubcomp', messageId: id }));
     return;
   }
-  conn.send({ cmd: 'pubcomp', messageId: id });
+  // PUBCOMP once the id is free in the store too: a restart must not take a new message with the
+  // same id for a duplicate [MQTT-4.3.3-10].
+  conn.sendWhenWritten(written, () => ({ cmd: 'pubcomp', messageId: id }));
 }

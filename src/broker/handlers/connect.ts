@@ -3,7 +3,7 @@
  * ends the connect with its reason code:
  *
  *   checkProtocol → checkUserProperties → checkClientId → checkKeepAlive → checkWill → checkAuditLog → authenticate
- *   → authorizeWill → attachSession → connack → resumeDelivery
+ *   → authorizeWill → attachSession → recheckRestored → connack → resumeDelivery
  *
  * A session belongs to the identity that authenticated (owner.ts): the same client id under
  * another identity is another session, so no step refuses a client id for being in use.
@@ -59,6 +59,7 @@ const steps: Step[] = [
   authenticate,
   authorizeWill,
   attachSession,
+  recheckRestored,
   connack,
   resumeDelivery,
 ];
@@ -300,19 +301,42 @@ function willDecided(ctx: ConnectContext, decision: AuthzResult): Refusal | unde
   return { reason: ReasonCode.NotAuthorized, detail: 'will topic not authorized' };
 }
 
-function attachSession(ctx: ConnectContext): Refusal | undefined {
+function attachSession(ctx: ConnectContext): Refusal | undefined | Promise<Refusal | undefined> {
   const { conn, packet } = ctx;
+  const sessions = ctx.broker.sessions;
   const clean = packet.clean !== false;
   const principal = ctx.principal as Principal;
   const owner = ownerOf(principal);
-  const attached = ctx.broker.sessions.attach(conn, ctx.clientId, owner, clean, ctx.sessionExpiry, quotaKeyOf(owner, principal, conn.peer.remoteAddress));
+  // A persistent session (and its will) is committed to the store before the CONNACK says so.
+  sessions.trackWrites();
+  const attached = sessions.attach(conn, ctx.clientId, owner, clean, ctx.sessionExpiry, quotaKeyOf(owner, principal, conn.peer.remoteAddress));
+  if (attached !== null && ctx.will !== null) {
+    const w = ctx.will;
+    sessions.storeWill(attached.session, { message: { topic: w.topic, payload: w.payload, qos: w.qos, retain: w.retain, ...(w.properties !== undefined ? { properties: w.properties } : {}) }, delayInterval: w.delaySeconds }, principal, conn.peer.listener);
+  }
+  const written = sessions.writesDone();
   if (attached === null) {
     const max = ctx.broker.config.limits.quotas.persistentSessions;
     return { reason: ReasonCode.QuotaExceeded, detail: `this identity already has ${max} persistent sessions (limits.quotas.persistentSessions); connect with clean start or session expiry 0, or end one` };
   }
   ctx.session = attached.session;
   ctx.sessionPresent = attached.present;
-  return undefined;
+  if (written === null) return undefined;
+  return written.then((status) =>
+    status === 'ok' ? undefined : { reason: status === 'full' ? ReasonCode.QuotaExceeded : ReasonCode.ServerUnavailable, detail: 'the session could not be stored (store write failed)' },
+  );
+}
+
+/**
+ * A session brought back from the store after a restart resumes: its subscriptions are asked
+ * about again as the identity resuming it, before anything is delivered, as a policy reload
+ * does (the policy may have changed while the broker was down).
+ */
+function recheckRestored(ctx: ConnectContext): undefined | Promise<undefined> {
+  const session = ctx.session as Session;
+  if (!session.restored) return undefined;
+  session.restored = false;
+  return ctx.broker.recheckRestored(session, ctx.conn).then(() => undefined);
 }
 
 function connack(ctx: ConnectContext): undefined {

@@ -78,6 +78,9 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
   countReceived(broker.stats, message);
+  // What routing writes to the store (queues of persistent sessions, in-flight, retained, the
+  // QoS 2 packet id) is committed before the PUBACK / PUBREC that promises it is sent.
+  if (message.qos > 0) broker.sessions.trackWrites();
   let reason: number = ReasonCode.Success;
   if (decision.kind === 'allow' && message.retain && !broker.delivery.retainFits(message, session.quotaKey)) {
     // Over the identity's retained quota or the broker's retained limits: not published at all.
@@ -90,10 +93,21 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
     // v5 learns why; a v3.1.1 publisher is acknowledged as usual and the message dropped.
     reason = conn.v5 ? (decision.kind === 'deny' ? decision.reason : ReasonCode.NotAuthorized) : ReasonCode.Success;
   }
-  if (message.qos === 1) {
-    conn.send(reason === ReasonCode.Success ? { cmd: 'puback', messageId: packetId } : { cmd: 'puback', messageId: packetId, reasonCode: reason });
-  } else if (message.qos === 2) {
-    if (reason < 0x80) broker.sessions.holdForRelease(session, packetId);
-    conn.send(reason === ReasonCode.Success ? { cmd: 'pubrec', messageId: packetId } : { cmd: 'pubrec', messageId: packetId, reasonCode: reason });
-  }
+  if (message.qos === 0) return;
+  if (message.qos === 2 && reason < 0x80) broker.sessions.holdForRelease(session, packetId);
+  const written = broker.sessions.writesDone();
+  const cmd = message.qos === 1 ? 'puback' : 'pubrec';
+  conn.sendWhenWritten(written, (status) => {
+    if (status !== 'ok') {
+      // Not durable, so not acknowledged: v5 is told why; v3 has no way to say it, so the
+      // connection is closed and the client sends the message again.
+      if (message.qos === 2) broker.sessions.release(session, packetId);
+      if (!conn.v5) {
+        conn.disconnect(ReasonCode.UnspecifiedError, 'the message could not be stored');
+        return null;
+      }
+      return { cmd, messageId: packetId, reasonCode: status === 'full' ? ReasonCode.QuotaExceeded : ReasonCode.UnspecifiedError };
+    }
+    return reason === ReasonCode.Success ? { cmd, messageId: packetId } : { cmd, messageId: packetId, reasonCode: reason };
+  });
 }

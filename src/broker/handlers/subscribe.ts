@@ -10,6 +10,7 @@ import { checkTopicFilter, parseShared, type TopicCheck } from '../../protocol/t
 import type { StoredSubscription } from '../../store/types.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
+import type { WriteStatus } from '../persistence.ts';
 
 export async function handleSubscribe(broker: BrokerApi, conn: Connection, packet: SubscribePacket): Promise<void> {
   const gate = broker.gate;
@@ -35,7 +36,7 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
   const codes: number[] = [];
   /** Refusals a setting caused (quota, topic limits): logged once per SUBSCRIBE, naming the setting. */
   const bySetting = new Set<string>();
-  const granted: { sub: StoredSubscription; existed: boolean; shared: boolean }[] = [];
+  const granted: { sub: StoredSubscription; existed: boolean; shared: boolean; index: number; written: Promise<WriteStatus> | null; refused?: boolean }[] = [];
   for (const request of packet.subscriptions) {
     const filter = request.topic;
     const shared = parseShared(filter);
@@ -80,9 +81,19 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
       retainHandling: (request.rh ?? 0) as 0 | 1 | 2,
       ...(subscriptionId !== undefined ? { subscriptionId } : {}),
     };
+    broker.sessions.trackWrites();
     broker.sessions.addSubscription(session, sub);
-    granted.push({ sub, existed, shared: shared !== null });
+    granted.push({ sub, existed, shared: shared !== null, index: codes.length, written: broker.sessions.writesDone() });
     codes.push(request.qos);
+  }
+  // SUBACK only once the subscriptions it grants are in the store; one that could not be stored
+  // is taken back and refused (v5 0x97 when the disk is full, else 0x80).
+  for (const g of granted) {
+    const status = g.written === null ? 'ok' : await g.written;
+    if (status === 'ok') continue;
+    if (!g.existed) broker.sessions.removeSubscription(session, g.sub.filter);
+    codes[g.index] = status === 'full' ? ReasonCode.QuotaExceeded : ReasonCode.UnspecifiedError;
+    g.refused = true;
   }
   if (conn.state !== 'connected') return;
   if (bySetting.size > 0) {
@@ -94,9 +105,9 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     messageId: packet.messageId ?? 0,
     granted: conn.v5 ? codes : codes.map(toV3SubackCode),
   });
-  for (const { sub, existed, shared } of granted) {
+  for (const { sub, existed, shared, refused } of granted) {
     // Retained messages are not sent for shared subscriptions; rh=1 only for a new one; rh=2 never.
-    if (shared || sub.retainHandling === 2 || (sub.retainHandling === 1 && existed)) continue;
+    if (refused === true || shared || sub.retainHandling === 2 || (sub.retainHandling === 1 && existed)) continue;
     broker.delivery.sendRetained(session, sub);
   }
 }
