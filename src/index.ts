@@ -350,6 +350,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       explain: (req) => explainPolicy(configured, req),
       audit: (event) => broker.gate.audit(null, event),
       auditHealth: () => broker.gate.auditHealth(),
+      flushAudit: () => flushWithin(audit, AUDIT_QUERY_FLUSH_MS),
       admissionStats: () => admission.stats(),
       ready: () => readiness(m),
     };
@@ -371,6 +372,20 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       // Clustering over Redis is issue 20: a single node has no Redis to wait for.
       { name: 'redis', ok: true, detail: 'not clustered' },
     ];
+  }
+}
+
+/** How long an audit query waits for records already decided to reach the file before reading it. */
+const AUDIT_QUERY_FLUSH_MS = 2000;
+
+/** The sink's flush, or the deadline: a failing or busy sink never holds an admin call open. */
+async function flushWithin(sink: AuditSink, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([sink.flush().catch(() => undefined), deadline]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

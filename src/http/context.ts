@@ -70,6 +70,8 @@ export interface OpsContext {
   /** Writes one audit record (the admin API's own). */
   audit(event: AuditEvent): void;
   auditHealth(): AuditHealth;
+  /** Writes out the audit records already decided, so that a query sees them; bounded by a deadline. */
+  flushAudit(): Promise<void>;
   admissionStats(): AdmissionStats;
   ready(): ReadyCheck[];
 }

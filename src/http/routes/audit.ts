@@ -77,6 +77,9 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
       handler: async (req: FastifyRequest) => {
         const q = req.query as FilterQuery & { file?: string };
         const f = files();
+        // The records of decisions already made are written before the file is read: a denial
+        // the caller just saw answered is in the answer.
+        await ctx.flushAudit();
         // Checked first, so a bad name is refused whatever else the query says.
         const file = f.resolve(q.file);
         const result = await f.query(file, toQuery(q));
@@ -98,6 +101,7 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
         const q = req.query as FilterQuery & { waitMs: number };
         const f = files();
         const query = toQuery(q);
+        await ctx.flushAudit();
         let found = f.tail(query);
         const deadline = Date.now() + q.waitMs;
         let size = f.liveSize();
