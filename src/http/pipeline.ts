@@ -75,8 +75,10 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     const cfg = req.routeOptions.config;
     const who = req.ops.principal;
     // Public routes have no caller; an unknown route needs one but no permission (404 follows).
-    if (who === null || req.is404 || cfg.resource === undefined) return;
-    const decision = authz.decide(who, cfg.resource, cfg.access ?? 'read');
+    if (who === null || req.is404) return;
+    // Fail closed: a route that needs a caller but names no policy object is refused, not let through.
+    if (cfg.resource === undefined || cfg.access === undefined) throw new ApiError(403, 'ERR_FORBIDDEN', `no admin policy object is declared for ${req.method} ${req.routeOptions.url ?? ''}: refused`);
+    const decision = authz.decide(who, cfg.resource, cfg.access);
     req.ops.decidedBy = decision.decidedBy;
     req.ops.rule = decision.rule;
     req.ops.policyVersion = decision.policyVersion;

@@ -89,6 +89,8 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
     document = openApiDocument(routes, ctx.version, { tokens: setup.tokens !== undefined, mtls: h.tls?.ca !== undefined });
   }
   for (const r of routes) {
+    // A route that needs a caller must say what the admin policy decides on; the pipeline refuses it otherwise.
+    if (r.kind !== 'public' && (r.resource === undefined || r.access === undefined)) throw new Error(`operations route ${r.method} ${r.url} needs a caller but declares no admin policy object`);
     app.route({
       method: r.method,
       url: r.url,
