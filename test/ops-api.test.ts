@@ -182,6 +182,10 @@ test.serial('audit: query filters records, tail follows new ones (waiting for th
     t.is(followed.json.records[0].topic, 'secret/other');
     const denials = await get('/api/v1/audit/denials?limit=5', b.tokens.reader);
     t.true(denials.json.items.some((d: { topic?: string; clientId?: string }) => d.topic === 'secret/other' && d.clientId === 'snoop'));
+    // Every kind of record can be asked for, the store's own included (its open report).
+    const store = await get('/api/v1/audit/records?event=store&limit=1', b.tokens.reader);
+    t.is(store.status, 200, store.text);
+    t.is(store.json.records[0]?.event, 'store');
     const files = await get('/api/v1/audit/files', b.tokens.reader);
     t.deepEqual(files.json.items.map((f: { name: string; live: boolean }) => [f.name, f.live]), [['audit.jsonl', true]]);
   } finally {
