@@ -16,6 +16,7 @@ import YAML from 'yaml';
 import { hashPassword } from '../src/auth/password/hash.ts';
 import { checkConfigFile, type ConfigReport } from '../src/cli/config.ts';
 import { ARGON2_FLOOR } from '../src/config/auth-schema.ts';
+import { writeTokenFile } from '../src/http/token-file.ts';
 import { pki } from './tls-fixtures.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -222,4 +223,33 @@ test('warnings do not fail the check: a listener without providers, no authorize
   t.true(r.warnings.some((w) => /anonymous access on 0\.0\.0\.0/.test(w)));
   t.true(r.warnings.some((w) => /no authentication provider: every client will be refused/.test(w)));
   t.true(r.warnings.some((w) => /authorizers: none/.test(w)));
+});
+
+test('the operations listener: its token file, admin policy and TLS files are read; a bad one, or its port on an MQTT listener, is a problem naming the key', async (t) => {
+  fs.mkdirSync(p('admin'), { recursive: true });
+  fs.copyFileSync(path.join(root, 'policies', 'admin', 'policy.csv'), p('admin', 'policy.csv'));
+  writeTokenFile(p('tokens.jsonl'), [{ id: 'a1b2c3d4e5f60718', name: 'alice', roles: ['admin'], hash: await hashPassword('not-a-real-token', ARGON2_FLOOR), created: Date.now(), line: 1 }]);
+  const http = () => ({ host: '127.0.0.1', port: 9234, tls: { cert: p('pki', 'server.crt'), key: p('pki', 'private', 'server.key'), ca: p('pki', 'ca-chain.crt'), crl: p('pki', 'crl.pem') }, auth: { tokens: p('tokens.jsonl'), model: p('model.conf'), policy: p('admin', 'policy.csv') } });
+  const withHttp = (change: (h: Record<string, any>) => void = () => {}) =>
+    spoil((c) => {
+      const h = http() as Record<string, any>;
+      change(h);
+      c.http = h;
+    });
+  const ok = await check(withHttp());
+  t.deepEqual(ok.problems, []);
+  const read = ok.checked.join('\n');
+  for (const f of ['tokens.jsonl (1 tokens)', 'policy.csv (version', 'server.crt', 'crl.pem (1 CRLs)']) t.true(read.includes(f), `${f} in\n${read}`);
+  fs.writeFileSync(p('bad-tokens.jsonl'), 'not json\n');
+  t.deepEqual(keys(await check(withHttp((h) => (h.auth.tokens = p('bad-tokens.jsonl'))))), ['http.auth.tokens']);
+  fs.writeFileSync(p('admin', 'bad.csv'), 'p, role:admin, admin/#, read\n');
+  const bad = await check(withHttp((h) => (h.auth.policy = p('admin', 'bad.csv'))));
+  t.deepEqual(keys(bad), ['http.auth.policy']);
+  t.regex(bad.problems[0]?.message ?? '', /bad\.csv:1/);
+  t.deepEqual(keys(await check(withHttp((h) => (h.tls.cert = p('nope.crt'))))), ['http.tls.cert']);
+  t.deepEqual(keys(await check(withHttp((h) => (h.tls.key = p('idp-private.pem'))))), ['http.tls.key']);
+  t.deepEqual(keys(await check(withHttp((h) => (h.tls.crl = p('other', 'crl.pem'))))), ['http.tls.crl']);
+  const clash = await check(withHttp((h) => (h.port = 1883)));
+  t.deepEqual(keys(clash), ['http.port']);
+  t.regex(clash.problems[0]?.message ?? '', /clashes with listeners\[0\] \('local'/);
 });

@@ -26,14 +26,14 @@ const tsx = import.meta.resolve('tsx');
 const runner = path.join(root, 'test', 'doc-run.ts');
 
 /** The pages whose commands a new user follows: each must have runnable blocks, and mark every command block. */
-const MUST_RUN = ['README.md', 'docs/quickstart.md', 'docs/tls.md', 'docs/pki.md', 'docs/authentication.md', 'docs/policies.md', 'docs/configuration.md', 'docs/audit.md'];
+const MUST_RUN = ['README.md', 'docs/quickstart.md', 'docs/tls.md', 'docs/pki.md', 'docs/authentication.md', 'docs/policies.md', 'docs/configuration.md', 'docs/audit.md', 'docs/operations.md'];
 const SHELL = new Set(['sh', 'bash', 'shell', 'console']);
 
 const pages = ['README.md', ...fs.readdirSync(path.join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
 const blocksOf = new Map<string, DocBlock[]>(pages.map((p) => [p, parseBlocks(fs.readFileSync(path.join(root, p), 'utf8'), p)]));
 
 /** The clients the pages use: a page never passes without running its commands. */
-const TOOLS = { '/usr/bin/mosquitto_pub': 'mosquitto-clients', '/usr/bin/mosquitto_sub': 'mosquitto-clients', '/usr/bin/openssl': 'openssl', '/usr/bin/script': 'bsdutils (util-linux)' };
+const TOOLS = { '/usr/bin/mosquitto_pub': 'mosquitto-clients', '/usr/bin/mosquitto_sub': 'mosquitto-clients', '/usr/bin/openssl': 'openssl', '/usr/bin/script': 'bsdutils (util-linux)', '/usr/bin/curl': 'curl' };
 const missingTools = [...new Set(Object.entries(TOOLS).filter(([file]) => !fs.existsSync(file)).map(([, pkg]) => pkg))];
 
 const netns = (() => {

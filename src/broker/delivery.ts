@@ -18,7 +18,7 @@ import type { IdentityQuotas } from './quotas.ts';
 import { RetainedMessages } from './retained.ts';
 import type { Router } from './router.ts';
 import { queuedSize, type Inflight, type QueuedDelivery, type Session, type SharedTarget } from './session.ts';
-import type { BrokerStats, CoarseClock } from './stats.ts';
+import { countSent, type BrokerStats, type CoarseClock } from './stats.ts';
 
 /** What delivery keeps in the store (SessionRegistry writes it). */
 export interface DeliveryStore {
@@ -248,11 +248,13 @@ export class Delivery implements DeliveryApi {
   private transmit(conn: Client, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, packetId: number, dup: boolean): boolean {
     const template = encodePublish(conn, message, qos, retain, subscriptionIds, this.clock.now);
     if (template.length > conn.clientMaxPacketSize) {
+      this.stats.droppedTooLarge++;
       this.drop('larger than the client maximum packet size');
       return false;
     }
     conn.write(qos === 0 ? template : withPacketId(template, packetId, dup));
     this.stats.messagesSent++;
+    countSent(this.stats, message, qos, retain, dup);
     // Only block when the stream will emit 'drain', which unblocks it and pumps the queue.
     if (conn.stream.writableLength > this.config.limits.maxSocketBufferBytes && conn.stream.writableNeedDrain) conn.writeBlocked = true;
     return true;

@@ -1,7 +1,8 @@
 /**
  * `portcullis config check FILE`: validates a configuration without starting anything. It reads
  * every file the broker would read at start (TLS material, CRLs, PSK, password and key files,
- * policies, the audit signing key, the store key, the ban file) the way the broker reads it, and
+ * policies, the audit signing key, the store key, the ban file, the operations listener's token
+ * file, admin policy and TLS files) the way the broker reads it, and
  * it finds what would only fail at bind time: two listeners on one address. Nothing is bound,
  * written, fetched or loaded as code. Exit codes as `policy check`: 0 ok, 1 problems, 2 usage.
  */
@@ -20,6 +21,8 @@ import { isLoopbackHost } from '../config/auth-schema.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { type Config, ConfigError, type ListenerConfig } from '../config/schema.ts';
 import { DEFAULT_CIPHERS, DEFAULT_PSK_CIPHERS } from '../config/tls-schema.ts';
+import { prepareOps } from '../http/setup.ts';
+import type { Logger } from '../log.ts';
 import { guardFolder } from '../store/lmdb-files.ts';
 import { loadKeyFile } from '../store/keyring.ts';
 import { loadCrls, loadMaterial, loadPskFile, TlsFileError } from '../transport/tls-material.ts';
@@ -58,6 +61,7 @@ export async function checkConfigFile(file: string): Promise<ConfigReport> {
   await checkAuthorizers(config, report);
   checkAudit(config, report);
   checkStore(config, report);
+  await checkHttp(config, report);
   if (config.admission.bans.file !== undefined) {
     try {
       const bans = readBanFile(config.admission.bans.file, true);
@@ -260,6 +264,41 @@ function checkStore(config: Config, report: ConfigReport): void {
   }
 }
 
+// ── the operations listener ───────────────────────────────────────────────────
+
+/** The operations listener's address, its token file, admin policy and TLS files, read as the broker reads them. */
+async function checkHttp(config: Config, report: ConfigReport): Promise<void> {
+  const h = config.http;
+  if (h === undefined) return;
+  const at = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`;
+  const i = h.port === 0 ? -1 : config.listeners.findIndex((l) => l.port === h.port && bindsOver(l.host, h.host));
+  if (i >= 0) {
+    const other = config.listeners[i] as ListenerConfig;
+    report.problems.push({ key: 'http.port', message: `${at} clashes with listeners[${i}] ('${other.name}', ${address(other)}): two listeners cannot bind one address (the start would fail with EADDRINUSE)` });
+  }
+  // What prepareOps says at start (an empty token file) is a warning here; nothing else is logged.
+  const log = { warn: (_: unknown, msg: string) => report.warnings.push(`http.auth.tokens: ${msg}`), info: () => {}, error: () => {} } as unknown as Logger;
+  try {
+    const setup = prepareOps(h, () => {}, log);
+    await setup.authz.close();
+    if (setup.tokens !== undefined) report.checked.push(`http.auth.tokens ${h.auth.tokens} (${setup.tokens.size} tokens)`);
+    report.checked.push(`http.auth.policy ${h.auth.policy} (version ${setup.authz.version})`);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    report.problems.push(...(err.issues.length > 0 ? err.issues : [{ key: 'http', message: err.message }]));
+    return;
+  }
+  if (h.tls !== undefined) {
+    try {
+      const material = loadMaterial({ cert: h.tls.cert, key: h.tls.key, ca: h.tls.ca }, { minVersion: h.tls.minVersion, ciphers: DEFAULT_CIPHERS });
+      report.checked.push(`http.tls ${h.tls.cert}, ${h.tls.key}${h.tls.ca !== undefined ? `, ${h.tls.ca} (${material.caCerts.length} CA certificates)` : ''}`);
+      if (h.tls.crl !== undefined) report.checked.push(`http.tls.crl ${h.tls.crl} (${loadCrls([h.tls.crl], material.caCerts).size} CRLs)`);
+    } catch (err) {
+      report.problems.push(err instanceof TlsFileError ? { key: `http.tls.${err.option.startsWith('crl') ? 'crl' : err.option}`, message: err.message } : { key: 'http.tls', message: message(err) });
+    }
+  }
+}
+
 // ── the command ───────────────────────────────────────────────────────────────
 
 function summary(config: Config): string[] {
@@ -277,7 +316,7 @@ export function registerConfigCommand(program: Command): void {
   config
     .command('check')
     .argument('<file>', 'the configuration file (YAML or JSON), with paths relative to the working directory as the broker reads them')
-    .description('validate a configuration without starting anything: keys, clashing listener addresses, and every file it names (TLS, CRL, PSK, passwords, JWT keys, policies, audit and store keys, ban file); exit 0 ok, 1 problems, 2 usage')
+    .description('validate a configuration without starting anything: keys, clashing listener addresses, and every file it names (TLS, CRL, PSK, passwords, JWT keys, policies, audit and store keys, ban file, the operations listener tokens, admin policy and TLS files); exit 0 ok, 1 problems, 2 usage')
     .action(async (file: string) => {
       const report = await checkConfigFile(file);
       for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);

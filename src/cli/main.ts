@@ -12,6 +12,7 @@ import { registerPasswdCommand } from './passwd.ts';
 import { registerBanCommand } from './ban.ts';
 import { spoolTarget } from './spool-target.ts';
 import { registerStoreCommand } from './store.ts';
+import { registerTokenCommand } from './token.ts';
 import { registerConfigCommand } from './config.ts';
 
 const program = new Command();
@@ -22,7 +23,7 @@ program.option('--audit-spool <dir>', 'where CLI actions that change state are s
  * Commands that change state (and `store export`, which copies every stored message out in the
  * clear): each successful run becomes an `admin` audit record.
  */
-const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove', 'store compact', 'store import', 'store export', 'store keygen']);
+const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove', 'store compact', 'store import', 'store export', 'store keygen', 'token add', 'token remove']);
 
 program.hook('postAction', (_root, action) => {
   const names: string[] = [];
@@ -59,6 +60,7 @@ registerPolicyCommand(program);
 registerPasswdCommand(program);
 registerBanCommand(program);
 registerStoreCommand(program);
+registerTokenCommand(program);
 registerConfigCommand(program);
 
 await program.parseAsync(process.argv);

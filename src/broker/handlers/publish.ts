@@ -11,6 +11,7 @@ import type { AuthzResult } from '../../authz/types.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
 import type { Message } from '../message.ts';
+import { countReceived } from '../stats.ts';
 
 export function handlePublish(broker: BrokerApi, conn: Connection, packet: PublishPacket): void | Promise<void> {
   const limits = broker.config.limits;
@@ -81,6 +82,7 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   const session = conn.session;
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
+  countReceived(broker.stats, message);
   // What routing writes to the store (queues of persistent sessions, in-flight, retained, the
   // QoS 2 packet id) is committed before the PUBACK / PUBREC that promises it is sent.
   if (message.qos > 0) broker.sessions.trackWrites();
