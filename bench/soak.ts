@@ -1,7 +1,7 @@
 /**
  * Soak test: a broker in its own process under hours (or minutes) of mixed traffic.
  *
- *   npm run soak -- --minutes 2 [--rate 150] [--max-rss-mb 512]
+ *   npm run soak -- --minutes 2 [--rate 150] [--max-rss-mb 512] [--crash-kills 100]
  *
  * - Publishers (mqtt.js, v5 and v3.1.1) send QoS 0, 1 and 2 at a steady rate.
  * - Subscribers to `soak/#`: two that stay connected, four with persistent sessions that keep
@@ -15,8 +15,12 @@
  * once, QoS 1 more than once only with DUP after a reconnect, and QoS 0 never twice. The
  * broker's RSS (after a GC) is sampled; the run fails on loss, duplicates, an error logged by
  * the broker, or memory that keeps growing over the second half.
+ *
+ * Then the crash soak: the durable store's kill -9 test (test/durability.test.ts) with
+ * --crash-kills kills (100 by default; 20 in npm test): every message a publisher saw
+ * acknowledged reaches every persistent subscriber, QoS 2 exactly once.
  */
-import { fork } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +39,16 @@ function arg(name: string, fallback: number): number {
 const MINUTES = arg('minutes', 2);
 const RATE = arg('rate', 150); // messages per second, all publishers together
 const MAX_RSS_MB = arg('max-rss-mb', 512);
+/** After the traffic soak: the durable store's kill -9 test (test/durability.test.ts) with this many kills; 0 skips it. */
+const CRASH_KILLS = (() => {
+  const i = process.argv.indexOf('--crash-kills');
+  const v = i >= 0 ? Number(process.argv[i + 1]) : 100;
+  if (!Number.isInteger(v) || v < 0) {
+    console.error('--crash-kills must be a whole number (0 skips the crash soak)');
+    process.exit(2);
+  }
+  return v;
+})();
 const DURATION_MS = MINUTES * 60_000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const rand = (min: number, max: number) => min + Math.random() * (max - min);
@@ -551,6 +565,16 @@ if (diedEarly) failures.push('the broker process exited early');
 if (final.connected !== 0) failures.push(`${final.connected} clients still counted as connected after all left`);
 const held = Object.entries(misbehaviour).filter(([, m]) => m.notClosed > 0);
 if (held.length > 0) failures.push(`misbehaving clients not closed: ${held.map(([n, m]) => `${n} (${m.notClosed})`).join(', ')}`);
+if (CRASH_KILLS > 0) {
+  // Every message a publisher saw acknowledged survives CRASH_KILLS kill -9s of a durable broker.
+  console.log(`\n  crash soak: kill -9 of a broker on the durable store, ${CRASH_KILLS} times (test/durability.test.ts)`);
+  const crash = spawnSync('npx', ['ava', 'test/durability.test.ts', '--match', 'kill -9 during*', '--verbose'], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    env: { ...process.env, PORTCULLIS_CRASH_KILLS: String(CRASH_KILLS) },
+    stdio: 'inherit',
+  });
+  if (crash.status !== 0) failures.push(`the crash soak failed (${CRASH_KILLS} kills; exit ${crash.status ?? crash.signal})`);
+}
 console.log(failures.length === 0 ? '\nPASS' : `\nFAIL: ${failures.join('; ')}`);
 await sleep(500);
 process.exit(failures.length === 0 ? 0 : 1);

@@ -53,6 +53,16 @@ import { TlsFileError } from './transport/tls-material.ts';
 import { ClusterError } from './cluster/errors.ts';
 import { ClusterNode, type ClusterStatus } from './cluster/node.ts';
 import { ClusterSync, RELOAD_ALL, type ClusterReloadReport, type NodeReloadReport } from './cluster/sync.ts';
+import { DeliveryLatency } from './broker/stats.ts';
+import type { OpsContext, ReadyCheck } from './http/context.ts';
+import { explainPolicy } from './http/explain.ts';
+import type { OpsServer } from './http/server.ts';
+import { prepareOps } from './http/setup.ts';
+import { teeAuditSink } from './metrics/audit-tee.ts';
+import { MeteredAuthenticator } from './metrics/auth-meter.ts';
+import { BrokerInspector, type ConnectionInfo } from './metrics/inspect.ts';
+import { OpsMeters } from './metrics/meters.ts';
+import { meterStore } from './metrics/store-meter.ts';
 
 export { ReasonCode, reasonName } from './protocol/reason-codes.ts';
 export { ConfigError, parseConfig } from './config/schema.ts';
@@ -74,6 +84,7 @@ export type { AuthorizerFactory } from './authz/module.ts';
 export type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
 export type { Store, StoredMessage, StoredSession, StoredSubscription, StoredInflight, StoreOpenReport, PurgeOptions, PurgeReport } from './store/types.ts';
 export type { PeerInfo, Listener } from './transport/types.ts';
+export type { BrokerInspector, BrokerCounts, ConnectionInfo, SessionInfo, SubscriptionInfo } from './metrics/inspect.ts';
 export { VERSION };
 
 export interface BrokerOptions {
@@ -97,8 +108,8 @@ export interface BrokerOptions {
 
 export interface RunningBroker {
   readonly config: Config;
-  /** Starts every listener; resolves with the bound addresses. */
-  start(): Promise<{ listeners: ListenerAddress[] }>;
+  /** Starts every listener (and the operations HTTP listener when `http` is set); resolves with the bound addresses. */
+  start(): Promise<{ listeners: ListenerAddress[]; http?: { host: string; port: number; protocol: 'http' | 'https' } }>;
   /** Graceful stop: v5 clients get DISCONNECT 0x8B, the audit log is flushed. */
   stop(): Promise<void>;
   readonly stats: BrokerStats;
@@ -123,6 +134,16 @@ export interface RunningBroker {
    * report. `what` limits what this node reloads (SIGHUP leaves TLS to the listeners' own handler).
    */
   reloadEverywhere(trigger?: string, what?: string[]): Promise<ClusterReloadReport>;
+  /** A read-only view of connections, sessions, subscriptions and counts (plain snapshots, no secrets). */
+  inspect(): BrokerInspector;
+  /**
+   * Disconnects the client with this connection id (from inspect()) as an administrative action:
+   * v5 DISCONNECT 0x98, its will discarded, a `disconnect` audit record with the reason. Returns
+   * what it was, or undefined when no such client is connected.
+   */
+  kick(connectionId: number, reason: string): ConnectionInfo | undefined;
+  /** Reloads the certificates, keys, CAs, CRLs and PSK files of every TLS listener (and the operations listener's); each outcome is audited. */
+  reloadCertificates(trigger?: string): Promise<{ listener: string; ok: boolean }[]>;
 }
 
 export type { ClusterReloadReport, NodeReloadReport } from './cluster/sync.ts';
@@ -132,8 +153,12 @@ export type { ClusterStatus } from './cluster/node.ts';
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {
   const config = parseConfig(input);
   // First, before anything that holds timers or files: a bad key file fails the build cleanly.
-  const store = options.store ?? makeStore(config);
-  const log = options.logger ?? createLogger(config.log.level);
+  const rawStore = options.store ?? makeStore(config);
+  const log = options.logger ?? createLogger(config.log.level, undefined, config.log.format);
+  // With the operations listener, the audit sink, the authentication chains and the store are
+  // measured from outside (src/metrics): tees and meters, no hook in the broker.
+  const meters = config.http !== undefined ? new OpsMeters(config) : undefined;
+  const store = meters !== undefined ? meterStore(rawStore, meters.store) : rawStore;
   // TLS listeners record gate refusals through the broker, which is built below.
   const tlsAudit = (event: AuditEvent) => broker.gate.audit(null, event);
   // Admission control: caps, connect rate and IP bans at accept time; id bans and flapping at CONNECT.
@@ -149,7 +174,8 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     const own = l.auth.map((p, pi) => makeProvider(p, config, `listeners[${li}].auth[${pi}]`));
     authProviders.push(...own);
     const providers = [...own, ...(options.authenticators?.[l.name as string] ?? [])];
-    chains.set(l.name as string, new AdmittingAuthenticator(providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission, config.admission.ipv6Prefix));
+    const args = [providers, config.authDeadlineMs, l.name as string, l.identity, guard, admission, config.admission.ipv6Prefix] as const;
+    chains.set(l.name as string, meters !== undefined ? new MeteredAuthenticator(meters.auth, ...args) : new AdmittingAuthenticator(...args));
   });
   // The Casbin authorizer learns which listeners bind client ids to the identity, so that policy
   // lines keyed on the client id are refused (or limited to those listeners) at load.
@@ -164,7 +190,12 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     throw new ConfigError(`invalid configuration:\n  - ${err.key}: ${err.message}`, [{ key: err.key, message: err.message }]);
   }
   const cluster = config.cluster === undefined ? undefined : makeClusterNode(config, log, (event) => broker.gate.audit(null, event), options.sharedStore);
-  const broker = new Broker(config, { log, store, audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster, sys: cluster } : {}) });
+  const broker = new Broker(config, { log, store, audit: meters !== undefined ? teeAuditSink(audit, meters.audit) : audit, listeners, chains, authorizers, ...(cluster !== undefined ? { cluster, sys: cluster } : {}) });
+  if (meters !== undefined) broker.stats.latency = new DeliveryLatency(config.http?.metrics.latencySampleEvery ?? 64, meters.deliveryLatency);
+  const inspector = new BrokerInspector({ connections: broker.connections, sessions: broker.sessions, retainedCount: () => broker.delivery.retained.size });
+  const opsSetup = config.http !== undefined ? prepareOps(config.http, (event) => broker.gate.audit(null, event), log) : undefined;
+  let opsServer: OpsServer | undefined;
+  let serving = false;
   // CLI actions that change state arrive as spool files beside the audit file (see admin-spool.ts).
   const adminSpool =
     options.audit === undefined && config.audit.sink !== 'none' && options.adminSpool !== false
@@ -180,6 +211,14 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       const ban = covers({ clientId: conn.clientId, username: conn.principal?.username, remoteAddress: conn.peer.remoteAddress });
       if (ban !== undefined) broker.gate.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'banned', `banned: ${describeBan(ban)}`);
     }
+  });
+  // A will that waited is not published for an identity banned or revoked in the meantime.
+  broker.addWillCheck((conn) => admission.checkConnect(conn.clientId, conn.principal?.username, conn.peer.remoteAddress)?.detail);
+  broker.addWillCheck((conn) => {
+    const tlsInfo = conn.peer.tls;
+    if (tlsInfo === undefined) return undefined;
+    const listener = listeners.find((l) => l.name === conn.peer.listener);
+    return listener instanceof TlsListener && listener.revokedNow(tlsInfo) ? 'its client certificate has been revoked (CRL)' : undefined;
   });
   // Policy reloads (file change, SIGHUP, CLI): re-check live subscriptions and audit, one at a time.
   let policyHandling: Promise<unknown> = Promise.resolve();
@@ -259,7 +298,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
     const perIdentity = config.rateLimits.perIdentity;
     if (perIdentity.messagesPerSecond > 0 || perIdentity.bytesPerSecond > 0) broker.rateLimiter?.shareUsage();
   }
-  return {
+  const api: RunningBroker = {
     config,
     async start() {
       for (const a of configured) {
@@ -289,10 +328,24 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       if (config.authorizers.length === 0 && (options.authorizers ?? []).length === 0) {
         log.warn('authorizers is empty: every publish and subscribe is denied; add `authorizers: [allow-all]` or a casbin policy');
       }
-      return { listeners: bound };
+      serving = true;
+      if (opsSetup === undefined || meters === undefined || config.http === undefined) return { listeners: bound };
+      try {
+        const { startOpsServer } = await import('./http/server.ts');
+        opsServer = await startOpsServer(opsContext(config.http, meters), opsSetup);
+      } catch (err) {
+        await api.stop();
+        throw err;
+      }
+      const a = opsServer.address;
+      log.info({ host: a.host, port: a.port, protocol: a.protocol }, `operations listener: ${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} (/metrics, /healthz, /readyz${config.http.api.enabled ? ', /api/v1, /console/' : ''})`);
+      return { listeners: bound, http: a };
     },
     async stop() {
       sync?.stop();
+      serving = false;
+      await opsServer?.close();
+      opsServer = undefined;
       await adminSpool?.close();
       admission.close(); // first: its last refusal summaries go to the audit log before it is flushed
       await broker.stop();
@@ -326,7 +379,115 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
       const report = await reloadHere(what, trigger);
       return { ok: report.ok, nodes: [report], silent: [] };
     },
+    inspect: () => inspector,
+    kick,
+    reloadCertificates,
   };
+  return api;
+
+  function kick(connectionId: number, reason: string): ConnectionInfo | undefined {
+    for (const conn of broker.connections) {
+      if (conn.state !== 'connected' || inspector.idOf(conn) !== connectionId) continue;
+      const info = inspector.connection(connectionId);
+      broker.gate.disconnectForSecurity(conn, ReasonCode.AdministrativeAction, 'kicked', reason);
+      return info;
+    }
+    return undefined;
+  }
+
+  async function reloadCertificates(trigger = 'api'): Promise<{ listener: string; ok: boolean }[]> {
+    const results: { listener: string; ok: boolean }[] = [];
+    for (const l of listeners) if (l instanceof TlsListener) results.push({ listener: l.name, ok: await l.reload(trigger) });
+    if (opsServer !== undefined && config.http?.tls !== undefined) {
+      const r = opsServer.reloadTls();
+      broker.gate.recordReload('http-tls', { ok: r.ok, detail: `${trigger}: ${r.detail}`, file: config.http.tls.cert });
+      results.push({ listener: 'http', ok: r.ok });
+    }
+    return results;
+  }
+
+  /** What the operations listener reads and does, over this broker's parts. */
+  function opsContext(http: NonNullable<Config['http']>, m: OpsMeters): OpsContext {
+    return {
+      config,
+      http,
+      log,
+      version: VERSION,
+      metrics: http.metrics.enabled
+        ? {
+            version: VERSION,
+            stats: broker.stats,
+            inspector,
+            audit: m.audit,
+            auditHealth: () => broker.gate.auditHealth(),
+            admission: () => admission.stats(),
+            auth: m.auth,
+            store: m.store,
+            tls: m.tls,
+            deliveryLatency: m.deliveryLatency,
+            http: m.http,
+            cluster: () => cluster?.status() ?? null,
+          }
+        : undefined,
+      httpMeter: m.http,
+      auditCounters: m.audit,
+      inspector,
+      tlsDates: m.tls,
+      kick,
+      reloadPolicy: (trigger) => api.reloadPolicy(trigger),
+      reloadPasswords: (trigger) => api.reloadCredentials(trigger),
+      reloadCertificates,
+      reloadBans: (trigger) => admission.reloadBans(trigger),
+      banFile: config.admission.bans.file,
+      activeBans: () => admission.bans.active(),
+      explain: (req) => explainPolicy(configured, req),
+      audit: (event) => broker.gate.audit(null, event),
+      auditHealth: () => broker.gate.auditHealth(),
+      flushAudit: () => flushWithin(audit, AUDIT_QUERY_FLUSH_MS),
+      admissionStats: () => admission.stats(),
+      ready: () => readiness(m),
+    };
+  }
+
+  /** In a cluster: Redis answers and this node's lease is current (cross-node delivery works); a single node has no Redis to wait for. */
+  function redisReadiness(): ReadyCheck {
+    const st = cluster?.status();
+    if (st === undefined) return { name: 'redis', ok: true, detail: 'not clustered' };
+    const ok = st.redis === 'up' && st.leaseCurrent;
+    const since = new Date(st.since).toISOString();
+    return { name: 'redis', ok, detail: ok ? `cluster node ${st.nodeId}: Redis up since ${since}, ${st.liveNodes} live node(s)` : st.redis === 'down' ? `cluster node ${st.nodeId}: Redis does not answer since ${since}: cross-node delivery stopped` : `cluster node ${st.nodeId}: lease not renewed within cluster.leaseMs` };
+  }
+
+  function readiness(m: OpsMeters): ReadyCheck[] {
+    const health = broker.gate.auditHealth();
+    const storeReport = m.store.openReport;
+    const storeError = m.store.lastError;
+    return [
+      { name: 'listeners', ok: serving, detail: serving ? `${listeners.length} MQTT listener(s) accepting` : 'not started or stopping' },
+      {
+        name: 'store',
+        ok: m.store.healthy(),
+        detail:
+          storeReport === undefined ? 'not open' : m.store.healthy() ? `${storeReport.type} store open` : `${storeReport.type} store: ${m.store.closed ? 'closed' : `last ${storeError?.operation ?? 'operation'} failed: ${storeError?.message ?? ''}`}`,
+      },
+      { name: 'audit', ok: health.ok, detail: health.ok ? `sink healthy (${health.pending} pending)` : `sink failing: ${health.error ?? 'queue full'}` },
+      redisReadiness(),
+    ];
+  }
+}
+
+/** How long an audit query waits for records already decided to reach the file before reading it. */
+const AUDIT_QUERY_FLUSH_MS = 2000;
+
+/** The sink's flush, or the deadline: a failing or busy sink never holds an admin call open. */
+async function flushWithin(sink: AuditSink, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([sink.flush().catch(() => undefined), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function makeClusterNode(config: Config, log: Logger, audit: (event: AuditEvent) => void, sharedStore: boolean | undefined): ClusterNode {

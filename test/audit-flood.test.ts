@@ -116,3 +116,66 @@ test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small 
   t.true(report.ok, report.problem?.message);
   t.is(report.startsAfter, undefined, 'the chain is whole, from its first record');
 });
+
+test('an allowed flood (re-subscribes the policy allows, in a loop) is summarised past audit.allowed.fullRecords: the history before it survives and every decision is accounted for', async (t) => {
+  const dir = tempAuditDir(t);
+  const policy = writePolicyDir('p, user:alice, plant/#, *, allow\n');
+  t.teardown(() => policy.cleanup());
+  const file = path.join(dir, 'audit.jsonl');
+  const broker = createBroker(
+    {
+      listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
+      authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
+      sys: { intervalSeconds: 0 },
+      store: { type: 'memory' },
+      // Small files, few kept: written in full, this flood rotates the earlier record away.
+      audit: { path: file, rotate: { maxBytes: 1_000_000, intervalSeconds: 0 }, retention: { maxFiles: 2 } },
+    },
+    { logger: createLogger('error', new Writable({ write: (_c, _e, cb) => cb() })) },
+  );
+  const { listeners } = await broker.start();
+  const port = listeners[0]?.port ?? 0;
+  let stopped = false;
+  t.teardown(async () => {
+    if (!stopped) await broker.stop();
+  });
+  const witness = await connect(port, { protocolVersion: 5, clientId: 'witness', username: 'alice', password: 'alice-pw' });
+  await witness.subscribeAsync('plant/before-the-flood', { qos: 1 });
+  await witness.endAsync();
+
+  const raw = await rawConnect(port);
+  t.teardown(() => raw.socket.destroy());
+  raw.write(encodeConnect({ clientId: 'flooder', version: 5, username: 'alice', password: 'alice-pw' }));
+  await waitForType(raw, PacketType.CONNACK);
+  const pad = 'x'.repeat(200);
+  // The same 50 filters again and again: each SUBSCRIBE replaces the subscriptions, and is allowed.
+  const filters = Array.from({ length: FILTERS_PER_SUBSCRIBE }, (_, k) => ({ topic: `plant/${k}/${pad}`, qos: 1 as const }));
+  let packets = 0;
+  const end = Date.now() + 3000;
+  for (let id = 1; Date.now() < end; id = (id % 65535) + 1) {
+    packets++;
+    if (!raw.socket.write(encodeSubscribe({ packetId: id, filters, version: 5 }))) await new Promise((r) => raw.socket.once('drain', r));
+  }
+  for (let i = 0; i < 500 && parsePackets(raw.received()).filter((p) => p.type === PacketType.SUBACK).length < packets; i++) await new Promise((r) => setTimeout(r, 20));
+  const subacks = parsePackets(raw.received()).filter((p) => p.type === PacketType.SUBACK);
+  t.is(subacks.length, packets, 'every subscribe answered');
+  const granted = subacks.reduce((n, p) => n + [...p.body.subarray(3)].filter((c) => c === 0x01).length, 0);
+  t.is(granted, packets * FILTERS_PER_SUBSCRIBE, 'every filter granted');
+  t.true(granted > 10_000, `a flood: ${granted} allowed subscribes`);
+  raw.socket.destroy();
+  await broker.stop();
+  stopped = true;
+
+  const files = chainFiles(file);
+  const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
+  t.true(bytes < 1_000_000, `the audit log stays small: ${bytes} bytes for ${granted} allowed subscribes`);
+  const recs = files.flatMap((f) => readAuditLines(f).map((l) => parseRecord(l) as AuditRecord));
+  t.true(recs.some((r) => r.clientId === 'witness' && r.topic === 'plant/before-the-flood' && r.decision === 'allow'), 'the record from before the flood survives');
+  t.false(recs.some((r) => r.action === 'retention' || r.action === 'retention-alarm'), 'retention deleted nothing');
+  const flood = recs.filter((r) => r.clientId === 'flooder' && r.event === 'subscribe');
+  const full = flood.filter((r) => r.action === undefined);
+  const summaries = flood.filter((r) => r.action === 'summary');
+  t.true(full.length >= 100, `the first 100 of a window in full (${full.length})`);
+  t.true(summaries.length >= 1 && summaries.every((s) => s.decision === 'allow'), 'summaries of allowed decisions say allow');
+  t.is(full.length + summaries.reduce((n, r) => n + Number(r.detail?.count), 0), granted, 'every allowed subscribe is written in full or counted in a summary');
+});

@@ -126,12 +126,39 @@ test('a window ends: its summary is written while the broker runs, and the next 
   );
 });
 
+test('allowed decisions are summarised only past their own budget (fullAllowed), in summaries that say allow; denials keep theirs', async (t) => {
+  const out = memoryAuditOutput();
+  const sink = new ChainedAuditSink(out, { maxQueue: 10_000, log: silentLogger(), fsyncIntervalMs: 0, chainInWorker: false, denialSummary: { intervalMs: 60_000, fullRecords: 2, fullAllowed: 5 } });
+  const a = who('a');
+  for (let i = 0; i < 20; i++) {
+    sink.recordAccess(a, 'subscribe', 'allow', 1, undefined, 'casbin', undefined, 'v1', `ok/${i}`, 1, false);
+    deny(sink, a, `x/${i}`);
+  }
+  await sink.close();
+  const recs = out.lines().map((l) => parseRecord(l) as AuditRecord).filter((r) => r.clientId === 'a');
+  const allowed = recs.filter((r) => r.decision === 'allow');
+  t.deepEqual(allowed.map((r) => [r.action, r.topic, r.detail?.count]), [
+    [undefined, 'ok/0', undefined],
+    [undefined, 'ok/1', undefined],
+    [undefined, 'ok/2', undefined],
+    [undefined, 'ok/3', undefined],
+    [undefined, 'ok/4', undefined],
+    ['summary', 'ok/5', 15],
+  ]);
+  t.like(allowed[5]?.detail, { lastTopic: 'ok/19' });
+  t.deepEqual(recs.filter((r) => r.decision === 'deny').map((r) => [r.action, r.detail?.count]), [
+    [undefined, undefined],
+    [undefined, undefined],
+    ['summary', 18],
+  ]);
+});
+
 test('the summariser remembers a bounded number of kinds per connection; past it, denials are written in full', (t) => {
   const emitted: AuditEvent[] = [];
   const s = new DenialSummarizer({ intervalMs: 60_000, fullRecords: 1, maxTopicLength: 512 }, (e) => emitted.push(e));
   const w = who('w');
   let full = 0;
-  for (let k = 0; k < 40; k++) for (let i = 0; i < 3; i++) if (s.admit(w, 'publish', 0x87, `reason ${k}`, 'casbin', undefined, undefined, 't', 1000)) full++;
+  for (let k = 0; k < 40; k++) for (let i = 0; i < 3; i++) if (s.admit(w, 'publish', 'deny', 0x87, `reason ${k}`, 'casbin', undefined, undefined, 't', 1000)) full++;
   t.is(full, 32 * 1 + 8 * 3, '32 kinds summarised (1 in full each), the other 8 written in full');
   s.sweep(1000 + 60_000);
   t.is(emitted.length, 32);
@@ -213,6 +240,7 @@ test('retention deleting a file younger than audit.retention.alarmMinAgeHours ra
 test('the configuration summarises by default (3 in full per 10 s), caps topics at 512 and disconnects after 1000 denials in 10 s', async (t) => {
   const audit = configSchema.parse({ audit: { path: path.join(tempAuditDir(t), 'audit.jsonl'), fsyncIntervalMs: 0 } }).audit;
   t.like(audit.denials, { summarize: true, intervalSeconds: 10, fullRecords: 3, disconnectAfter: 1000, disconnectWindowSeconds: 10 });
+  t.is(audit.allowed.fullRecords, 100, 'allowed decisions: 100 in full per connection, kind and window');
   t.is(audit.maxTopicLength, 512);
   t.is(audit.retention.alarmMinAgeHours, 24);
   t.like(audit.anchor, { log: false, timeoutMs: 2000, attempts: 3 });

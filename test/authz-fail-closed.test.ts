@@ -162,6 +162,28 @@ test('a deny rule whose placeholders expand past the limit denies (70 SAN URIs, 
   t.true(ALLOWED.includes(await pubackCode(few, 't/urn:dev:3/x')), 'allowed');
 });
 
+test('a deny rule fails closed on a value it cannot use (a number, a/b, $SYS): the level becomes +, so the rule still denies; an allow rule with such a value allows nothing', async (t) => {
+  const policy = 'p, *, t/#, publish, allow\np, *, t/%{jwt.tags}/#, publish, deny\np, *, own/%{jwt.tags}/#, publish, allow\n';
+  const jwtProvider = (user: string, tags: unknown) => fakeProvider(user, () => ({ username: user, roles: [], attributes: { jwt: { tags } } }));
+  const b = await casbinBroker(t, policy, { authenticators: [jwtProvider('num', 12345), jwtProvider('slash', 'a/b'), jwtProvider('sys', '$SYS'), jwtProvider('plain', 'x1'), jwtProvider('none', undefined)] });
+  const cases: [string, string, number[]][] = [
+    ['num', 't/12345/a', [0x87]],
+    ['num', 't/other/a', [0x87]],
+    ['slash', 't/a/b/c', [0x87]],
+    ['sys', 't/$SYS/a', [0x87]],
+    ['plain', 't/x1/a', [0x87]],
+    ['plain', 't/x2/a', ALLOWED],
+    ['none', 't/anything/a', ALLOWED],
+    ['num', 'own/12345/a', [0x87]],
+    ['slash', 'own/a/b/c', [0x87]],
+  ];
+  for (const [user, topic, codes] of cases) {
+    const c = await connect(b.port, { username: user, clientId: `${user}-${topic.length}`, protocolVersion: 5 });
+    t.true(codes.includes(await pubackCode(c, topic)), `${user} publishing to ${topic}`);
+    c.end(true);
+  }
+});
+
 test('an allow rule whose placeholders expand past the limit allows nothing, and the denial names it with the count', async (t) => {
   const b = await casbinBroker(t, 'p, *, own/%{cert.san.uri}/#, publish, allow\n', { authenticators: [certProvider('many', URIS(70)), certProvider('few', URIS(2))] });
   const many = await connect(b.port, { username: 'many', clientId: 'many-1', protocolVersion: 5 });

@@ -117,6 +117,9 @@ export interface RefRequest {
 }
 
 /** docs/policies.md: a value is substituted only if it is a non-empty string without + # / U+0000 that does not start with $. */
+/** An unusable value in a deny rule: its whole level becomes `+`. */
+const ANY = '\u0000';
+
 function safe(v: unknown): v is string {
   return typeof v === 'string' && v !== '' && !v.startsWith('$') && !/[+#/\u0000]/.test(v);
 }
@@ -154,14 +157,16 @@ function expand(rule: RefRule, p: RefPrincipal, trustedRoles: string[], allRoles
       const v = p.jwt[part.slice(6, -1)];
       vals = Array.isArray(v) ? v : [v];
     }
-    const ok = vals.filter(safe);
+    const ok: string[] = vals.filter(safe);
+    // A deny rule fails closed: a present value it cannot use stands for any value of its level.
+    if (rule.eft === 'deny' && vals.some((v) => v !== undefined && v !== null && !safe(v))) ok.push(ANY);
     if (ok.length === 0) return [];
     count *= ok.length;
     choices.push(ok);
   }
   if (count > LIMIT) return 'overflow';
   for (const c of choices) results = results.flatMap((r) => c.map((v) => r + v));
-  return results;
+  return results.map((r) => (r.includes(ANY) ? r.split('/').map((l) => (l.includes(ANY) ? '+' : l)).join('/') : r));
 }
 
 function splitShared(f: string): { group: string; filter: string } | null {

@@ -465,6 +465,15 @@ test('a PUBLISH with a topic alias above the maximum gets DISCONNECT 0x94', asyn
   await assertServing(t, env);
 });
 
+test('a PUBLISH whose Response Topic holds a wildcard gets DISCONNECT 0x82 and is not delivered', async (t) => {
+  const env = await startTestEnv(t);
+  const watch = await hashWatcher(t, env);
+  // [MQTT-3.3.2-14]: the Response Topic is a topic name, without wildcards
+  await expectV5Disconnect(t, env, publish({ topic: 'rr/request', version: 5, properties: props(Buffer.from([0x08]), str('rr/#')) }), [0x82], 'Response Topic rr/#');
+  await watch.check();
+  await assertServing(t, env);
+});
+
 // ── packets only a server sends ──────────────────────────────────────────────
 
 test('a CONNACK sent by a client gets DISCONNECT 0x82 (v5) and closes a v3.1.1 connection', async (t) => {

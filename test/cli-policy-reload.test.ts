@@ -102,7 +102,7 @@ test('policy reload --pid refuses a process that is not portcullis start, and do
   t.is(sleeper.signalCode, null, 'still running: no SIGHUP was sent');
 });
 
-test('policy reload --pid given the tsx wrapper of npm start signals the broker under it, which reloads; the wrapper lives on', async (t) => {
+const launchedBy = test.macro(async (t, launcher: 'tsx' | 'npm') => {
   t.timeout(60_000);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-reload-tsx-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -119,8 +119,12 @@ test('policy reload --pid given the tsx wrapper of npm start signals the broker 
     'store: { type: memory }',
     '',
   ].join('\n'));
-  // What `npm start -- --config FILE` runs: tsx's wrapper, with the broker as its child.
-  const wrapper = spawn(process.execPath, [path.join(root, 'node_modules', '.bin', 'tsx'), path.join('src', 'cli', 'main.ts'), 'start', '--config', config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  // tsx's wrapper with the broker as its child (`tsx src/cli/main.ts start`), or `npm start`
+  // (npm, a shell, then the broker).
+  const wrapper =
+    launcher === 'tsx'
+      ? spawn(process.execPath, [path.join(root, 'node_modules', '.bin', 'tsx'), path.join('src', 'cli', 'main.ts'), 'start', '--config', config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('npm', ['start', '--silent', '--', '--config', config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   wrapper.stdout.on('data', (d: Buffer) => (out += d.toString()));
   wrapper.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -129,7 +133,7 @@ test('policy reload --pid given the tsx wrapper of npm start signals the broker 
   });
   await until(() => out.includes('listening on tcp://') || wrapper.exitCode !== null, 30_000, 'the broker to listen');
   // Should the wrapper die, its broker would live on: stop it too.
-  const brokers = childrenOf(wrapper.pid as number);
+  const brokers = [...childrenOf(wrapper.pid as number), ...childrenOf(wrapper.pid as number).flatMap((c) => childrenOf(c))];
   t.teardown(() => {
     for (const pid of brokers) {
       try {
@@ -142,7 +146,7 @@ test('policy reload --pid given the tsx wrapper of npm start signals the broker 
   });
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.join('src', 'cli', 'main.ts'), '--audit-spool', path.join(dir, 'spool'), 'policy', 'reload', '--pid', String(wrapper.pid)], { cwd: root, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
-  t.regex(r.stdout, new RegExp(`process ${wrapper.pid} is tsx's wrapper: signalling the broker process \\d+ instead`));
+  t.regex(r.stdout, new RegExp(`process ${wrapper.pid} is a launcher \\(.*\\): signalling the broker process \\d+ instead`));
   const reloaded = () => fs.existsSync(auditFile) && fs.readFileSync(auditFile, 'utf8').includes('"event":"reload"');
   await until(reloaded, 15_000, 'the reload record');
   await delay(200);
@@ -150,3 +154,6 @@ test('policy reload --pid given the tsx wrapper of npm start signals the broker 
   wrapper.kill('SIGTERM');
   await until(() => wrapper.exitCode !== null || wrapper.signalCode !== null, 15_000, 'the broker to exit');
 });
+
+test('policy reload --pid given the tsx wrapper of npm start signals the broker under it, which reloads; the wrapper lives on', launchedBy, 'tsx');
+test('policy reload --pid given the npm process of npm start signals the broker two levels under it, which reloads; npm lives on', launchedBy, 'npm');

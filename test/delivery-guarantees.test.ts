@@ -11,7 +11,7 @@ import test from 'ava';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { ReasonCode, type Authorizer } from '../src/index.ts';
 import { connect, delay, rawConnect, startBroker } from './helpers.ts';
-import { PacketType, encodeConnect, frame, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
+import { PacketType, decodePublish, encodeConnect, encodePuback, frame, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 /** Debian's python3, where python3-paho-mqtt installs. */
@@ -104,7 +104,8 @@ for (const version of ['3', '5'] as const) {
 }
 
 test('a stuck subscriber (never acks) beside a healthy one: the healthy one gets everything, the stuck one holds the publisher only until it stalls, its drops are counted and memory stays bounded', async (t) => {
-  const b = await startBroker({ limits: { flowControl: { stallMs: 500 }, maxQueuedMessages: 200 } });
+  // stallMs leaves room for a busy machine: the healthy subscriber must never be taken for stalled.
+  const b = await startBroker({ limits: { flowControl: { stallMs: 2000 }, maxQueuedMessages: 200 } });
   t.teardown(() => b.stop());
   const stuck = await rawConnect(b.port);
   stuck.write(encodeConnect({ clientId: 'stuck', version: 4 }));
@@ -127,6 +128,41 @@ test('a stuck subscriber (never acks) beside a healthy one: the healthy one gets
   stuck.socket.destroy();
   healthy.client.end(true);
   pub.end(true);
+});
+
+test('a subscriber that acks just often enough (never stalled) holds its publisher at most limits.flowControl.maxHoldMs: the publisher\'s other topics and the other subscribers go on', async (t) => {
+  const b = await startBroker({ limits: { flowControl: { stallMs: 5000, maxHoldMs: 1500 }, maxQueuedMessages: 100 } });
+  t.teardown(() => b.stop());
+  // The slow one reads everything and acknowledges one QoS 1 message every 300 ms: always progress.
+  const slow = await rawConnect(b.port);
+  t.teardown(() => slow.socket.destroy());
+  slow.write(encodeConnect({ clientId: 'slow-acker', version: 4 }));
+  await waitForType(slow, PacketType.CONNACK);
+  slow.write(frame(PacketType.SUBSCRIBE, 0x02, Buffer.from([0, 1, 0, 4, ...Buffer.from('fc/#'), 1])));
+  await waitForType(slow, PacketType.SUBACK);
+  let acked = 0;
+  const ticker = setInterval(() => {
+    const publishes = ofType(packetsOf(slow), PacketType.PUBLISH);
+    const next = publishes[acked];
+    if (next === undefined) return;
+    slow.write(encodePuback(decodePublish(next).packetId as number));
+    acked++;
+  }, 300);
+  t.teardown(() => clearInterval(ticker));
+  const healthy = await collector(b.port, { clientId: 'fc-healthy' });
+  await healthy.client.subscribeAsync('fc/#', { qos: 1 });
+  const other = await collector(b.port, { clientId: 'fc-other' });
+  await other.client.subscribeAsync('fc-other/#', { qos: 1 });
+  const pub = await connect(b.port, { clientId: 'fc-pub' });
+  const N = 1000;
+  const started = Date.now();
+  for (let i = 0; i < N; i++) void pub.publishAsync('fc/x', `m${i}`, { qos: 1 }).catch(() => {});
+  for (let i = 0; i < 10; i++) void pub.publishAsync('fc-other/x', `o${i}`, { qos: 1 }).catch(() => {});
+  t.true(await until(() => other.got.length >= 10 && healthy.got.length >= N, 10_000), `after ${Date.now() - started} ms: other topic ${other.got.length} of 10, healthy ${healthy.got.length} of ${N}`);
+  t.true(acked < 40, `the slow subscriber was still acking (${acked} acks): it was never stalled, only too slow`);
+  pub.end(true);
+  healthy.client.end(true);
+  other.client.end(true);
 });
 
 // ── shared subscriptions ─────────────────────────────────────────────────────

@@ -44,6 +44,8 @@ class KeptStore extends mqtt.Store {
 /** A persistent v5 subscriber whose QoS 2 state (mqtt.js's incoming store) outlives its connections, as a real client's must. */
 class Subscriber {
   readonly got = new Map<string, number>();
+  /** Reconnects answered with Session Present = 0 (there must be none). */
+  resumedWithoutSession = 0;
   private readonly incoming = new KeptStore();
   private c: MqttClient | null = null;
   constructor(
@@ -57,6 +59,7 @@ class Subscriber {
       this.got.set(payload.toString(), (this.got.get(payload.toString()) ?? 0) + 1),
     );
     if (first) await this.c.subscribeAsync(this.filter, { qos: this.qos });
+    else if ((this.c as unknown as { connackPacket?: { sessionPresent?: boolean } }).connackPacket?.sessionPresent !== true) this.resumedWithoutSession++;
   }
 
   drop(): void {
@@ -85,15 +88,20 @@ function kill(b: BrokerProcess): Promise<void> {
   });
 }
 
-test('kill -9 during QoS 1/2 traffic, 20 times: every message a publisher saw acknowledged reaches every persistent subscriber, QoS 2 exactly once; sessions resume with session present', async (t) => {
-  t.timeout(240_000);
+/** `npm run soak -- --crash-kills N` runs this test with more kills (PORTCULLIS_CRASH_KILLS). */
+const KILLS = Math.max(1, Number(process.env['PORTCULLIS_CRASH_KILLS'] ?? 20) || 20);
+
+test(`kill -9 during QoS 1/2 traffic, ${KILLS} times: every message a publisher saw acknowledged reaches every persistent subscriber, QoS 2 exactly once; sessions resume with session present; retained messages are kept`, async (t) => {
+  t.timeout(Math.max(240_000, KILLS * 12_000));
   const dir = tempDir('portcullis-durability-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const online = [new Subscriber('sub-online-q1', 'crash/#', 1), new Subscriber('sub-online-q2', 'crash/#', 2)];
   const offline = new Subscriber('sub-offline-q2', 'crash/#', 2);
   const acked = { q1: new Set<string>(), q2: new Set<string>() };
+  const retainedAcked = new Set<string>();
+  let retainedAtEnd: string[] = [];
   let seq = 0;
-  for (let cycle = 0; cycle < 21; cycle++) {
+  for (let cycle = 0; cycle <= KILLS; cycle++) {
     const b = await startBrokerProcess({ config: config({ limits: { maxQueuedMessages: 100_000, maxQueuedBytes: 64 * 1024 * 1024 } }), cwd: dir });
     const port = b.port('tcp');
     for (const s of online) await s.connect(port, cycle === 0);
@@ -101,15 +109,22 @@ test('kill -9 during QoS 1/2 traffic, 20 times: every message a publisher saw ac
       await offline.connect(port, true);
       offline.drop();
     }
-    if (cycle === 20) {
+    if (cycle === KILLS) {
       // The last run: no crash; everyone drains what is owed to it.
       await offline.connect(port, false);
+      const late = await client(port, { clientId: 'late', protocolVersion: 5 }, (_t, p) => retainedAtEnd.push(p.toString()));
+      await late.subscribeAsync('crash/retained/#', { qos: 1 });
       await delay(3000);
+      late.end(true);
       for (const s of [...online, offline]) s.drop();
       await b.stop();
       break;
     }
     const pub = await client(port, { clientId: `pub-${cycle}`, protocolVersion: 5 });
+    pub
+      .publishAsync(`crash/retained/${cycle}`, `r-${cycle}`, { qos: 1, retain: true })
+      .then(() => retainedAcked.add(`r-${cycle}`))
+      .catch(() => {});
     let stop = false;
     const sending = (async () => {
       while (!stop) {
@@ -137,12 +152,15 @@ test('kill -9 during QoS 1/2 traffic, 20 times: every message a publisher saw ac
   for (const s of [...online, offline]) {
     const missing = [...acked.q1, ...acked.q2].filter((id) => !s.got.has(id));
     t.deepEqual(missing.slice(0, 10), [], `${s.id}: ${missing.length} acknowledged messages missing (of ${s.got.size} received)`);
+    t.is(s.resumedWithoutSession, 0, `${s.id}: every reconnect found its session (Session Present = 1)`);
     if (s.qos === 2) {
       const twice = [...acked.q2].filter((id) => (s.got.get(id) ?? 0) > 1);
       t.deepEqual(twice.slice(0, 10), [], `${s.id}: QoS 2 messages delivered more than once`);
     }
   }
-  t.log(`${total} acknowledged messages (${acked.q1.size} QoS 1, ${acked.q2.size} QoS 2), 20 kills`);
+  t.deepEqual([...retainedAcked].filter((r) => !retainedAtEnd.includes(r)), [], 'every acknowledged retained message is there after the crashes');
+  t.true(retainedAcked.size >= Math.floor(KILLS * 0.75), `retained messages were acknowledged (${retainedAcked.size})`);
+  t.log(`${total} acknowledged messages (${acked.q1.size} QoS 1, ${acked.q2.size} QoS 2), ${KILLS} kills`);
 });
 
 test('a persistent session and its subscription survive kill -9: session present 1, and the queue it was owed', async (t) => {

@@ -247,6 +247,87 @@ test('a plain lost connection still publishes the will (the control for the thre
   watcher.end(true);
 });
 
+// ── a will that waited: the identity must still stand when it is published ────
+
+/** A v5 client with a delayed will that drops its connection at once: the will waits `delay` seconds. */
+async function leaveDelayedWill(port: number, topic: string, payload: string, delay: number, options: IClientOptions): Promise<void> {
+  const c = await connect(port, { protocolVersion: 5, properties: { sessionExpiryInterval: 60 }, will: { topic, payload: Buffer.from(payload), qos: 1, retain: false, properties: { willDelayInterval: delay } }, ...options });
+  c.stream.destroy();
+}
+
+test('a delayed will of a connection already gone is not published once its client id is banned; an unbanned one is (audited willDiscarded)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-identity-ban-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const banFile = path.join(dir, 'bans.jsonl');
+  fs.writeFileSync(banFile, '');
+  const b = await startBroker({ admission: { bans: { file: banFile, watch: false } } });
+  t.teardown(() => b.stop());
+  const watcher = await watch(b.port, 'wills/late');
+  const got = messagesWithin(watcher, 4000);
+  await leaveDelayedWill(b.port, 'wills/late', 'banned-late', 2, { clientId: 'late-ban' });
+  await leaveDelayedWill(b.port, 'wills/late', 'still-fine', 2, { clientId: 'late-ok' });
+  await delay(300);
+  fs.writeFileSync(banFile, `${JSON.stringify({ kind: 'client-id', value: 'late-ban', reason: 'test' })}\n`);
+  b.broker.reloadBans('test');
+  t.deepEqual((await got).map((m) => m.payload), ['still-fine'], 'only the will of the identity that still stands');
+  const rec = await waitForAudit(b.audit, (r) => r.event === 'publish' && r.action === 'will' && r.clientId === 'late-ban');
+  t.is(rec.decision, 'deny');
+  t.is(rec.detail?.willDiscarded, true);
+  t.regex(rec.reason ?? '', /client id banned/);
+  watcher.end(true);
+});
+
+test('a delayed will of a connection already gone is not published once its certificate is revoked by a reloaded CRL; another device\'s is', async (t) => {
+  const crl = path.join(path.dirname(fleet.dir), 'identity-late-crl.pem');
+  fs.copyFileSync(fleet.crl, crl);
+  const b = await startTlsBroker([
+    { name: 'mtls', type: 'tls', host: '127.0.0.1', port: 0, cert: fleet.serverCert, key: fleet.serverKey, ca: fleet.chain, requireClientCert: true, crl: { files: [crl] }, reload: { intervalMs: 100 }, auth: ['certificate'] },
+  ]);
+  t.teardown(() => b.stop());
+  const port = b.ports.mtls as number;
+  await pki(fleet.dir, 'client', '--cn', 'late-victim');
+  await pki(fleet.dir, 'client', '--cn', 'late-fine');
+  const watcher = await connectTls(port, fleet, { device: 'device-1' });
+  await watcher.subscribeAsync('wills/late-cert', { qos: 1 });
+  const got = messagesWithin(watcher, 5000);
+  for (const device of ['late-victim', 'late-fine']) {
+    const c = await connectTls(port, fleet, { device, protocolVersion: 5, properties: { sessionExpiryInterval: 60 }, will: { topic: 'wills/late-cert', payload: Buffer.from(device), qos: 1, retain: false, properties: { willDelayInterval: 3 } } });
+    c.stream.destroy();
+  }
+  await pki(fleet.dir, 'revoke', fleet.client('late-victim').cert);
+  await pki(fleet.dir, 'crl', '--out', crl);
+  t.deepEqual((await got).map((m) => m.payload), ['late-fine']);
+  const rec = await waitForAudit(b.audit, (r) => r.event === 'publish' && r.action === 'will');
+  t.is(rec.clientId, 'late-victim');
+  t.regex(rec.reason ?? '', /revoked/);
+  watcher.end(true);
+});
+
+test('a delayed will is not published after the JWT of the connection that left it has expired', async (t) => {
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-identity-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const keyFile = path.join(dir, 'jwt.pem');
+  fs.writeFileSync(keyFile, publicKey.export({ type: 'spki', format: 'pem' }));
+  const b = await startBroker({
+    listeners: [{ name: 'jwt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['ES256'], issuer: 'https://idp.test', audience: 'mqtt', keyFiles: [keyFile], clockSkewSeconds: 1 }] }],
+    authGuard: { enabled: false },
+  });
+  t.teardown(() => b.stop());
+  const mint = (sub: string, exp: number) => new SignJWT({ sub }).setProtectedHeader({ alg: 'ES256' }).setIssuer('https://idp.test').setAudience('mqtt').setIssuedAt().setExpirationTime(exp).sign(privateKey);
+  const long = Math.floor(Date.now() / 1000) + 600;
+  const watcher = await watch(b.port, 'wills/jwt-late', { username: 'watcher', password: await mint('watcher', long) });
+  const got = messagesWithin(watcher, 5000);
+  // Both leave a will delayed 3 s; one token expires (with the skew) before then, the other not.
+  await leaveDelayedWill(b.port, 'wills/jwt-late', 'expired-by-then', 3, { clientId: 'svc-short', username: 'svc-short', password: await mint('svc-short', Math.floor(Date.now() / 1000) + 1) });
+  await leaveDelayedWill(b.port, 'wills/jwt-late', 'valid', 3, { clientId: 'svc-long', username: 'svc-long', password: await mint('svc-long', long) });
+  t.deepEqual((await got).map((m) => m.payload), ['valid']);
+  const rec = await waitForAudit(b.audit, (r) => r.event === 'publish' && r.action === 'will');
+  t.is(rec.clientId, 'svc-short');
+  t.regex(rec.reason ?? '', /expired/);
+  watcher.end(true);
+});
+
 // ── re-check on resume ───────────────────────────────────────────────────────
 
 test('a message in flight when a policy reload removes read access is not re-sent on resume: withdrawn, and the denial audited', async (t) => {
@@ -298,6 +379,7 @@ test("clientIdBinding prefix needs its separator: user dev gets in as dev and de
   t.is(await code(b.port, 'device-2'), 0x85, 'v5: client identifier not valid');
   t.is(await code(b.port, 'device-2', 4), 2, 'v3.1.1: identifier rejected');
   t.is(await code(b.port, 'dev2'), 0x85);
+  t.is(await code(b.port, 'dev-'), 0x85, 'the separator needs something after it');
   const dotted = await startBroker(listener({ clientIdBinding: 'prefix', clientIdSeparator: '.' }));
   t.teardown(() => dotted.stop());
   t.is(await code(dotted.port, 'dev.sensor-7'), 0);

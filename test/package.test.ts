@@ -215,7 +215,7 @@ test.serial('the tarball holds the compiled package and no test, bench, fixture,
 test.serial("the README's Embed example runs on plain node: the broker starts and mqtt.js round-trips a message", async (t) => {
   const { app } = installed(t);
   const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const example = /## Embed\s+```js\n([\s\S]*?)```/.exec(readme)?.[1];
+  const example = /## Embed\s+```js[^\n]*\n([\s\S]*?)```/.exec(readme)?.[1];
   if (example === undefined) {
     t.fail('README.md has no ```js block under "## Embed"');
     return;

@@ -1,6 +1,6 @@
 /**
- * PUBLISH rate limits (rateLimits) over real loopback sockets: v5 PUBACK/PUBREC 0x96 and
- * DISCONNECT 0x96, v3.1.1 throttling by backpressure (nothing lost) and disconnect, buckets
+ * PUBLISH rate limits (rateLimits) over real loopback sockets: v5 PUBACK/PUBREC 0x97 (Quota
+ * exceeded: MQTT 5 allows 0x96 only in DISCONNECT) and DISCONNECT 0x96, v3.1.1 throttling by backpressure (nothing lost) and disconnect, buckets
  * shared by every connection of one user and kept after the last one until it has refilled, and the bound on the
  * number of identity buckets.
  */
@@ -35,7 +35,7 @@ async function publishBurst(r: RawClient, version: Version, topic: string, n: nu
 /** Accepted: 0x00, or 0x10 No matching subscribers; refusals are 0x80 and above. */
 const accepted = (codes: number[]) => codes.filter((c) => c < 0x80).length;
 
-test.serial('v5 reject: 30 QoS 1 at 1/s with a burst of 10: 10 get PUBACK 0 and are delivered, the rest PUBACK 0x96; QoS 0 over the limit is dropped; audited once', async (t) => {
+test.serial('v5 reject: 30 QoS 1 at 1/s with a burst of 10: 10 get PUBACK 0 and are delivered, the rest PUBACK 0x97; QoS 0 over the limit is dropped; audited once', async (t) => {
   const b = await broker(t, { perClient: { messagesPerSecond: 1, burstMessages: 10 } });
   const sub = await openClient(t, b.port, { clientId: 'rl-sub', protocolVersion: 5 });
   await sub.client.subscribeAsync('rl/#', { qos: 1 });
@@ -43,14 +43,14 @@ test.serial('v5 reject: 30 QoS 1 at 1/s with a burst of 10: 10 get PUBACK 0 and 
   const codes = await publishBurst(r, 5, 'rl/q1', 30);
   const ok = accepted(codes);
   t.true(ok >= 10 && ok <= 11, `accepted ${ok}`);
-  t.true(codes.every((c) => c === 0 || c === 0x96), JSON.stringify(codes));
-  t.is(codes.filter((c) => c === 0x96).length, 30 - ok);
+  t.true(codes.every((c) => c === 0 || c === 0x97), JSON.stringify(codes));
+  t.is(codes.filter((c) => c === 0x97).length, 30 - ok);
   t.true(await until(() => sub.messages.length >= ok));
 
-  // QoS 2 over the limit: PUBREC 0x96, and the id is not held awaiting PUBREL.
+  // QoS 2 over the limit: PUBREC 0x97, and the id is not held awaiting PUBREL.
   r.write(encodePublish({ topic: 'rl/q2', payload: 'q2', qos: 2, packetId: 500, version: 5 }));
   const [rec] = await waitForType(r, PacketType.PUBREC, 1, 6000);
-  t.is(rec === undefined ? -1 : decodeAck(rec).reasonCode, 0x96);
+  t.is(rec === undefined ? -1 : decodeAck(rec).reasonCode, 0x97);
   r.write(encodePubrel(500));
   const [comp] = await waitForType(r, PacketType.PUBCOMP, 1, 6000);
   t.is(comp === undefined ? -1 : decodeAck(comp).reasonCode, 0x92, 'PUBREL for a refused QoS 2 id: Packet Identifier not found');
@@ -63,7 +63,7 @@ test.serial('v5 reject: 30 QoS 1 at 1/s with a burst of 10: 10 get PUBACK 0 and 
   t.true(b.broker.stats.publishesRateLimited >= 30 - ok + 1 + 5);
   const records = b.audit.records.filter((x) => x.event === 'publish' && x.action === 'rate-limit');
   t.is(records.length, 1, 'one audit record per episode, not one per message');
-  t.is(records[0]?.reasonCode, 0x96);
+  t.is(records[0]?.reasonCode, 0x96, 'the record names the cause: message rate too high');
   t.is(records[0]?.clientId, 'rl-pub');
 
   // The bucket refills: after a second, publishes are accepted again.
@@ -72,13 +72,13 @@ test.serial('v5 reject: 30 QoS 1 at 1/s with a burst of 10: 10 get PUBACK 0 and 
   t.deepEqual(later, [0]);
 });
 
-test.serial('v5 reject by bytes: 4,096 bytes/s lets four 1,004-byte messages through, the rest get PUBACK 0x96', async (t) => {
+test.serial('v5 reject by bytes: 4,096 bytes/s lets four 1,004-byte messages through, the rest get PUBACK 0x97', async (t) => {
   const b = await broker(t, { perClient: { bytesPerSecond: 4096 } });
   const { r } = await rawSession(t, b.port, { clientId: 'rl-bytes', version: 5 });
   const codes = await publishBurst(r, 5, 'rb/t', 10, 1, 'p'.repeat(1000));
   const ok = accepted(codes);
   t.true(ok >= 4 && ok <= 5, `accepted ${ok}`);
-  t.is(codes.filter((c) => c === 0x96).length, 10 - ok);
+  t.is(codes.filter((c) => c === 0x97).length, 10 - ok);
 });
 
 test.serial('v5 disconnect: over the limit the client gets DISCONNECT 0x96; only the burst is delivered; the disconnect is audited', async (t) => {

@@ -220,6 +220,45 @@ test('queued bytes count v5 properties: 600 messages with 64 KiB of user propert
   pub.end(true);
 });
 
+test('queued bytes per identity across its sessions: past limits.quotas.queuedBytes its offline sessions stop queueing (audited, 0x97 in the record); another identity gets every message', async (t) => {
+  const b = await startBroker({
+    listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: users(['hoard', 'fine', 'pub']) }] }],
+    limits: { quotas: { queuedBytes: 1024 * 1024 }, flowControl: { enabled: false } },
+  });
+  t.teardown(() => b.stop());
+  const persistent = (user: string, id: string) => as(user, { clientId: id, clean: false, properties: { sessionExpiryInterval: 3600 } });
+  const offline = [persistent('hoard', 'hoard-1'), persistent('hoard', 'hoard-2'), persistent('hoard', 'hoard-3'), persistent('fine', 'fine-1')];
+  for (const o of offline) {
+    const c = await connect(b.port, o);
+    await c.subscribeAsync('q/#', { qos: 1 });
+    await c.endAsync();
+  }
+  const pub = await connect(b.port, as('pub'));
+  const payload = Buffer.alloc(16 * 1024, 1);
+  for (let i = 0; i < 30; i++) t.is(await pubackCode(pub, `q/${i}`, payload), 0, 'the publisher is not refused: the subscriber side is full');
+  pub.end(true);
+  const counts: Record<string, number> = {};
+  for (const o of offline) {
+    const c = mqtt.connect({ host: '127.0.0.1', port: b.port, ...o, reconnectPeriod: 0 });
+    let n = 0;
+    c.on('message', () => n++);
+    await new Promise((r) => c.once('connect', r));
+    await delay(500);
+    counts[o.clientId as string] = n;
+    c.end(true);
+  }
+  const hoarded = (counts['hoard-1'] ?? 0) + (counts['hoard-2'] ?? 0) + (counts['hoard-3'] ?? 0);
+  // 30 messages of 16 KiB are 480 KiB: one session (or the other identity) holds them all, but
+  // three sessions of one identity would hold 1.4 MiB: 1 MiB across them is 63 messages.
+  t.true(hoarded >= 60 && hoarded <= 64, `the identity's three sessions got ${hoarded} messages in all (${JSON.stringify(counts)})`);
+  t.is(counts['fine-1'], 30, 'another identity is served in full');
+  await delay(1100); // refusals are recorded at most once a second per session
+  const records = b.audit.records.filter((r) => r.event === 'deliver' && r.action === 'queue-full' && r.username === 'hoard');
+  t.true(records.length > 0, 'the refusals are audited');
+  t.is(records[0]?.reasonCode, 0x97);
+  t.true(records.every((r) => ((r.detail as { identityQueuedBytes?: number })?.identityQueuedBytes ?? 0) <= 1024 * 1024));
+});
+
 test('subscriptions per identity across sessions: past limits.quotas.subscriptions SUBACK 0x97 (audited); another identity subscribes', async (t) => {
   const b = await startBroker({
     listeners: [{ name: 'test', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: users(['many', 'fine']) }] }],

@@ -89,17 +89,27 @@ export function mosquittoVersion(): string | null {
 
 let instance = 0;
 
-export async function startBroker(name: BrokerName, security: Security, files: BenchFiles, pin: Pinning): Promise<RunningBrokerProcess> {
+/**
+ * How a broker keeps sessions: 'none' (the message scenarios: Mosquitto's default, Portcullis on
+ * its memory store) or 'durable' (Portcullis on its default LMDB store, flushed before each
+ * acknowledgement; Mosquitto with `persistence true` and its default autosave).
+ */
+export type Persistence = 'none' | 'durable';
+
+export async function startBroker(name: BrokerName, security: Security, files: BenchFiles, pin: Pinning, persistence: Persistence = 'none'): Promise<RunningBrokerProcess> {
   const config = path.join(files.dir, `${name}-${security}-${++instance}.json`);
   switch (name) {
-    case 'portcullis':
-      writeFileSync(config, JSON.stringify(portcullisConfig(security, files)));
+    case 'portcullis': {
+      const c = portcullisConfig(security, files);
+      if (persistence === 'durable') c.store = { type: 'lmdb', path: mkdtempSync(path.join(files.dir, 'store-')) };
+      writeFileSync(config, JSON.stringify(c));
       return startNodeServer(name, security, config, pin);
+    }
     case 'aedes':
       writeFileSync(config, JSON.stringify({ security, host: HOST, ca: files.ca, cert: files.serverCert, key: files.serverKey, securityFile: files.aedesSecurityFile }));
       return startNodeServer(name, security, config, pin);
     case 'mosquitto':
-      return startMosquitto(security, files, pin);
+      return startMosquitto(security, files, pin, persistence);
   }
 }
 
@@ -194,7 +204,7 @@ async function startNodeServer(name: NodeServerName, security: Security, config:
   return proc;
 }
 
-async function startMosquitto(security: Security, files: BenchFiles, pin: Pinning): Promise<RunningBrokerProcess> {
+async function startMosquitto(security: Security, files: BenchFiles, pin: Pinning, persistence: Persistence = 'none'): Promise<RunningBrokerProcess> {
   if (!existsSync(mosquittoPath)) throw new BrokerUnavailable(`${mosquittoPath} not found: Mosquitto skipped (install it, e.g. apt-get install mosquitto, or pass --mosquitto PATH)`);
   const on = security === 'on';
   if (on && files.mosquittoPasswordFile === null) throw new BrokerUnavailable('mosquitto_passwd not found: Mosquitto with security on skipped');
@@ -210,7 +220,7 @@ async function startMosquitto(security: Security, files: BenchFiles, pin: Pinnin
       ...(process.getuid?.() === 0 ? ['user root'] : []), // as root, mosquitto would drop to a user that cannot read the 0600 files
       `allow_anonymous ${on ? 'false' : 'true'}`,
       ...(on ? [`password_file ${files.mosquittoPasswordFile}`, `acl_file ${files.mosquittoAclFile}`] : []),
-      'persistence false',
+      ...(persistence === 'durable' ? ['persistence true', `persistence_location ${dir}/`] : ['persistence false']),
       'log_dest stderr',
       'log_type error',
       'log_type warning',

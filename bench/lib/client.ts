@@ -89,7 +89,8 @@ export class BenchClient {
     this.callbacks.onChunkDone?.();
   }
 
-  static async connect(endpoint: Endpoint, clientId: string, timeoutMs = 5000, keepAlive = 60): Promise<BenchClient> {
+  /** `callbacks` are in place before CONNECT is sent: what a resumed session is sent right after CONNACK is seen too. */
+  static async connect(endpoint: Endpoint, clientId: string, timeoutMs = 5000, keepAlive = 60, clean = true, callbacks?: ClientCallbacks): Promise<BenchClient> {
     const { host, port } = endpoint;
     let client: BenchClient | null = null;
     let socket: net.Socket | tls.TLSSocket;
@@ -113,6 +114,7 @@ export class BenchClient {
       });
     }
     client = new BenchClient(socket);
+    if (callbacks !== undefined) client.callbacks = callbacks;
     const c = client;
     try {
       await withTimeout(
@@ -123,7 +125,7 @@ export class BenchClient {
         timeoutMs,
         `${endpoint.tls ? 'TLS' : 'TCP'} connect to ${host}:${port}`,
       );
-      socket.write(encodeConnect(clientId, keepAlive, endpoint.credentials));
+      socket.write(encodeConnect(clientId, keepAlive, endpoint.credentials, clean));
       const connack = await withTimeout(c.expect(PacketType.CONNACK), timeoutMs, `CONNACK for ${clientId}`);
       if (connack.length < 2 || connack[1] !== 0) throw new Error(`CONNACK refused for ${clientId}: return code ${connack[1]}`);
     } catch (e) {

@@ -48,7 +48,8 @@ export interface Credentials {
 }
 
 /** CONNECT, protocol level 4 (3.1.1), clean session, no will; user name and password when given. */
-export function encodeConnect(clientId: string, keepAlive = 60, credentials?: Credentials): Buffer {
+/** CONNECT (MQTT 3.1.1); `clean: false` asks for a persistent session (kept across connections, queued for while offline). */
+export function encodeConnect(clientId: string, keepAlive = 60, credentials?: Credentials, clean = true): Buffer {
   const id = Buffer.from(clientId, 'utf8');
   const user = credentials ? Buffer.from(credentials.username, 'utf8') : null;
   const pass = credentials ? Buffer.from(credentials.password, 'utf8') : null;
@@ -58,7 +59,7 @@ export function encodeConnect(clientId: string, keepAlive = 60, credentials?: Cr
   let o = writeVarint(buf, 1, remaining);
   o = writeString(buf, o, Buffer.from('MQTT'));
   buf[o++] = 4; // protocol level
-  buf[o++] = 0x02 | (user ? 0x80 : 0) | (pass ? 0x40 : 0); // clean session, user name, password
+  buf[o++] = (clean ? 0x02 : 0) | (user ? 0x80 : 0) | (pass ? 0x40 : 0); // clean session, user name, password
   buf.writeUInt16BE(keepAlive, o);
   o += 2;
   o = writeString(buf, o, id);

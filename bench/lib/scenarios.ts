@@ -23,6 +23,8 @@ export interface ThroughputSpec {
   payloadSize: number;
   window: number;
   durationMs: number;
+  /** Subscribers connect with clean session false: deliveries go through a persistent session (and a durable store, when the broker has one). */
+  persistentSubscribers?: boolean;
 }
 
 export interface ThroughputResult {
@@ -111,16 +113,19 @@ interface Clients {
 
 let runCounter = 0;
 
-async function connectClients(endpoint: Endpoint, publishers: number, subscribers: number, filter: ThroughputSpec['filter'], qos: QoS, onFailure: (e: Error) => void, background: string[] = []): Promise<Clients> {
+async function connectClients(endpoint: Endpoint, publishers: number, subscribers: number, filter: ThroughputSpec['filter'], qos: QoS, onFailure: (e: Error) => void, background: string[] = [], persistent = false): Promise<Clients> {
   const tag = `bench-${process.pid}-${++runCounter}`;
   const all: BenchClient[] = [];
   const closeAll = async (): Promise<void> => {
     await Promise.all(all.map((c) => c.close()));
+    // Persistent sessions outlive their connections: end them (a clean connect), or the next
+    // run in the same broker would also feed queues nobody reads.
+    if (persistent) await Promise.all(Array.from({ length: subscribers }, async (_, i) => (await BenchClient.connect(endpoint, `${tag}-sub-${i}`)).close()));
   };
   try {
     const subs = await Promise.all(
       Array.from({ length: subscribers }, async (_, i) => {
-        const c = await BenchClient.connect(endpoint, `${tag}-sub-${i}`);
+        const c = await BenchClient.connect(endpoint, `${tag}-sub-${i}`, 5000, 60, !persistent);
         all.push(c);
         await c.subscribe(1, typeof filter === 'function' ? filter(i) : filter, qos);
         return c;
@@ -199,7 +204,7 @@ export async function runThroughput(broker: RunningBrokerProcess, endpoint: Endp
     failure ??= why;
     finish();
   };
-  const clients = await connectClients(endpoint, P, S, spec.filter, qos, (e) => fail(`client error: ${e.message}`), spec.background);
+  const clients = await connectClients(endpoint, P, S, spec.filter, qos, (e) => fail(`client error: ${e.message}`), spec.background, spec.persistentSubscribers === true);
   await settle();
 
   const templates = Array.from({ length: P }, (_, i) => {

@@ -54,7 +54,7 @@ export interface ChainedSinkOptions {
   /** Told about each signed checkpoint once it has been written (the outside witness, anchor.ts). */
   anchor?: CheckpointWitness;
   /** Summarise repeated access denials per connection (denial-summary.ts); every denial in full when absent. */
-  denialSummary?: { intervalMs: number; fullRecords: number };
+  denialSummary?: { intervalMs: number; fullRecords: number; fullAllowed?: number };
   /** Topics and filters longer than this are cut in records (topic-cap.ts). Default DEFAULT_MAX_TOPIC_LENGTH. */
   maxTopicLength?: number;
   /** Written as the first record, e.g. where the chain was resumed from. */
@@ -396,8 +396,8 @@ export class ChainedAuditSink implements AuditSink {
       this.drop();
       return;
     }
-    // A repeated denial is counted into its connection's summary, before it can take a place in the queue.
-    if (decision === 'deny' && this.summary !== null && !this.summary.admit(who, event, reasonCode, reason, decidedBy, rule, policyVersion, topic, Date.now())) return;
+    // A repeated decision is counted into its connection's summary, before it can take a place in the queue.
+    if (this.summary !== null && !this.summary.admit(who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, Date.now())) return;
     if (this.pendingCount >= this.options.maxQueue) {
       this.drop();
       return;

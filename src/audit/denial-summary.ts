@@ -1,5 +1,5 @@
 /**
- * Repeated access denials, summarised. A client whose every request is denied wrote 708,000
+ * Repeated access decisions, summarised (denials, and allowed decisions past a larger budget). A client whose every request is denied wrote 708,000
  * full records (3.2 GB) in 20 s, and retention then deleted the history before it: one login
  * could erase the evidence. Per connection and per kind of denial (action, reason code, reason,
  * deciding authorizer, rule), the first `fullRecords` denials of a window are written in full
@@ -17,6 +17,12 @@ export interface DenialSummarySettings {
   intervalMs: number;
   /** Denials of one kind written in full per window before the rest are counted. At least 1. */
   fullRecords: number;
+  /**
+   * Allowed decisions of one kind written in full per window before the rest are counted
+   * (absent: allowed decisions are always written in full). An allowed re-subscribe repeated
+   * in a loop wrote 43 MB of records a second and rotated the history away in about a minute.
+   */
+  fullAllowed?: number;
   /** Topics in summaries are cut to this length (see topic-cap.ts). */
   maxTopicLength: number;
 }
@@ -24,6 +30,7 @@ export interface DenialSummarySettings {
 /** One kind of denial of one connection, in its current window. */
 interface Kind {
   event: AuditEventName;
+  decision: 'allow' | 'deny';
   reasonCode: number;
   reason: string | undefined;
   decidedBy: string | undefined;
@@ -62,6 +69,7 @@ export class DenialSummarizer {
   admit(
     who: AuditWho,
     event: AuditEventName,
+    decision: 'allow' | 'deny',
     reasonCode: number,
     reason: string | undefined,
     decidedBy: string | undefined,
@@ -70,6 +78,8 @@ export class DenialSummarizer {
     topic: string,
     now: number,
   ): boolean {
+    const fullRecords = decision === 'deny' ? this.settings.fullRecords : this.settings.fullAllowed;
+    if (fullRecords === undefined) return true;
     let kinds = this.byWho.get(who);
     if (kinds === undefined) {
       if (this.byWho.size >= MAX_CONNECTIONS) return true;
@@ -78,14 +88,14 @@ export class DenialSummarizer {
     }
     let kind: Kind | undefined;
     for (const k of kinds) {
-      if (k.event === event && k.reasonCode === reasonCode && k.reason === reason && k.decidedBy === decidedBy && k.rule === rule && k.policyVersion === policyVersion) {
+      if (k.event === event && k.decision === decision && k.reasonCode === reasonCode && k.reason === reason && k.decidedBy === decidedBy && k.rule === rule && k.policyVersion === policyVersion) {
         kind = k;
         break;
       }
     }
     if (kind === undefined) {
       if (kinds.length >= MAX_KINDS_PER_CONNECTION) return true;
-      kind = { event, reasonCode, reason, decidedBy, rule, policyVersion, windowStart: now, full: 0, count: 0, firstTopic: '', lastTopic: '', firstAt: 0, lastAt: 0 };
+      kind = { event, decision, reasonCode, reason, decidedBy, rule, policyVersion, windowStart: now, full: 0, count: 0, firstTopic: '', lastTopic: '', firstAt: 0, lastAt: 0 };
       kinds.push(kind);
     } else if (now - kind.windowStart >= this.settings.intervalMs) {
       // The sweep has not come round yet: this window's summary goes first, then a new window.
@@ -93,7 +103,7 @@ export class DenialSummarizer {
       kind.windowStart = now;
       kind.full = 0;
     }
-    if (kind.full < this.settings.fullRecords) {
+    if (kind.full < fullRecords) {
       kind.full++;
       return true;
     }
@@ -136,7 +146,7 @@ export class DenialSummarizer {
   private summarize(who: AuditWho, kind: Kind): void {
     if (kind.count === 0) return;
     const max = this.settings.maxTopicLength;
-    const e: AuditEvent = { event: kind.event, action: 'summary', decision: 'deny', reasonCode: kind.reasonCode };
+    const e: AuditEvent = { event: kind.event, action: 'summary', decision: kind.decision, reasonCode: kind.reasonCode };
     if (kind.reason !== undefined) e.reason = kind.reason;
     if (who.listener !== undefined) e.listener = who.listener;
     if (who.remoteAddress !== undefined) e.remoteAddress = who.remoteAddress;

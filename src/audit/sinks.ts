@@ -51,6 +51,8 @@ export interface AuditSinkSettings {
   maxTopicLength?: number;
   /** Absent: every denial is written in full. (`disconnectAfter` is the broker's; see denial-limit.ts.) */
   denials?: { summarize: boolean; intervalSeconds: number; fullRecords: number };
+  /** `fullRecords`: allowed decisions per connection and kind written in full per denials window; absent: all. */
+  allowed?: { fullRecords?: number };
 }
 
 /** Thrown when the audit sink cannot be set up; `key` names the configuration key at fault. */
@@ -104,7 +106,7 @@ export function createAuditSink(settings: AuditSinkSettings, log: Logger, io?: A
     maxTopicLength: settings.maxTopicLength ?? DEFAULT_MAX_TOPIC_LENGTH,
     ...(checkpoint ? { checkpoint } : {}),
     ...(witness ? { anchor: witness } : {}),
-    ...(denials?.summarize === true ? { denialSummary: { intervalMs: denials.intervalSeconds * 1000, fullRecords: denials.fullRecords } } : {}),
+    ...(denials?.summarize === true ? { denialSummary: { intervalMs: denials.intervalSeconds * 1000, fullRecords: denials.fullRecords, ...(settings.allowed?.fullRecords !== undefined ? { fullAllowed: settings.allowed.fullRecords } : {}) } } : {}),
   };
   if (settings.sink === 'stdout') return (sink = new ChainedAuditSink(stdoutOutput(process.stdout), common));
 

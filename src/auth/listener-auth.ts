@@ -72,7 +72,7 @@ export class ListenerAuthenticator extends AuthenticatorChain {
     }
     // A prefix needs its separator: user `dev` must not pass as `device-2` and take its %c rules.
     const sep = this.rules.clientIdSeparator;
-    const ok = req.clientId === identity || (this.rules.clientIdBinding === 'prefix' && req.clientId.startsWith(identity + sep));
+    const ok = req.clientId === identity || (this.rules.clientIdBinding === 'prefix' && req.clientId.length > identity.length + sep.length && req.clientId.startsWith(identity + sep));
     if (!ok) {
       const must = this.rules.clientIdBinding === 'equals' ? 'equal' : `equal or start with '${identity}${sep}': the`;
       return { reason: ReasonCode.ClientIdentifierNotValid, detail: `client id must ${must} ${this.rules.bindTo} '${identity}' (identity.clientIdBinding)` };

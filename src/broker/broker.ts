@@ -85,6 +85,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
   private readonly cluster: ClusterRuntime | null;
   /** In a cluster: what the other nodes may ask of this one. */
   readonly migration: Migration | null = null;
+  private readonly willChecks: ((conn: Client) => string | undefined)[] = [];
   private readonly sys: SysTopics;
   private timers: NodeJS.Timeout[] = [];
   /** When the policy reloads started failing (0: the last one was good). */
@@ -108,6 +109,13 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
       this.clock,
       (message, key) => this.delivery.retainFits(message, key),
       (key) => this.sessions.dropWillOf(key),
+      (conn) => {
+        for (const check of this.willChecks) {
+          const why = check(conn);
+          if (why !== undefined) return why;
+        }
+        return undefined;
+      },
     );
     this.sessions = new SessionRegistry(this.log, parts.store, router, {
       cancelWill: (clientId, sessionEnds) => this.wills.cancel(clientId, sessionEnds),
@@ -347,6 +355,14 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     const principal = conn.principal;
     if (principal === null) return Promise.resolve(0);
     return recheckSession({ log: this.log, gate: this.gate, authorizers: this.gate.authorizers, sessions: this.sessions }, session, principal, conn, 'after a restart, before the session resumed');
+  }
+
+  /**
+   * Adds a check asked before a will that waited is published: it names why the identity that
+   * left the will no longer stands (banned, certificate revoked), or returns undefined.
+   */
+  addWillCheck(check: (conn: Client) => string | undefined): void {
+    this.willChecks.push(check);
   }
 
   /** Publishes a message originating in the broker itself ($SYS, wills). */

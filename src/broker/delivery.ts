@@ -19,7 +19,7 @@ import type { IdentityQuotas } from './quotas.ts';
 import { RetainedMessages } from './retained.ts';
 import type { Router } from './router.ts';
 import { queuedSize, type Inflight, type QueuedDelivery, type Session, type SharedTarget } from './session.ts';
-import type { BrokerStats, CoarseClock } from './stats.ts';
+import { countSent, type BrokerStats, type CoarseClock } from './stats.ts';
 
 /** What delivery keeps in the store (SessionRegistry writes it). */
 export interface DeliveryStore {
@@ -64,6 +64,7 @@ export class Delivery implements DeliveryApi {
   private readonly holding = new Set<Session>();
   private readonly flowOn: boolean;
   private readonly stallMs: number;
+  private readonly maxHoldMs: number;
   private readonly highWater: number;
   private readonly highWaterBytes: number;
   private readonly lowWater: number;
@@ -84,6 +85,7 @@ export class Delivery implements DeliveryApi {
     const limits = parts.config.limits;
     this.flowOn = limits.flowControl.enabled && limits.maxQueuedMessages > 1;
     this.stallMs = limits.flowControl.stallMs;
+    this.maxHoldMs = limits.flowControl.maxHoldMs;
     this.highWater = Math.ceil(limits.maxQueuedMessages / 2);
     this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
     this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
@@ -310,11 +312,13 @@ export class Delivery implements DeliveryApi {
   private transmit(conn: Client, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, packetId: number, dup: boolean): boolean {
     const template = encodePublish(conn, message, qos, retain, subscriptionIds, this.clock.now);
     if (template.length > conn.clientMaxPacketSize) {
+      this.stats.droppedTooLarge++;
       this.drop('larger than the client maximum packet size');
       return false;
     }
     conn.write(qos === 0 ? template : withPacketId(template, packetId, dup));
     this.stats.messagesSent++;
+    countSent(this.stats, message, qos, retain, dup);
     // Only block when the stream will emit 'drain', which unblocks it and pumps the queue.
     if (conn.stream.writableLength > this.config.limits.maxSocketBufferBytes && conn.stream.writableNeedDrain) conn.writeBlocked = true;
     return true;
@@ -376,7 +380,9 @@ export class Delivery implements DeliveryApi {
    * read again until the subscriber is down to the low-water mark (a quarter). So a burst is
    * slowed down by TCP instead of overflowing the queue after the publisher was told "accepted".
    * Never for a subscriber's own messages (it must stay readable to send its acks), and never
-   * for a subscriber that has stalled (flowControl.stallMs with no progress).
+   * for a subscriber that has stalled (flowControl.stallMs with no progress, or one hold longer
+   * than flowControl.maxHoldMs: a subscriber that acks just often enough must not freeze its
+   * publishers, and everything else they send, at its pace).
    */
   private holdPublisher(session: Session, from: Client): void {
     const conn = session.connection;
@@ -385,7 +391,7 @@ export class Delivery implements DeliveryApi {
     let waiters = session.flowWaiters;
     if (waiters === null) {
       waiters = session.flowWaiters = new Set();
-      session.lastProgressAt = this.clock.now;
+      session.lastProgressAt = session.flowHeldSince = this.clock.now;
       this.holding.add(session);
     } else if (waiters.has(from)) return;
     waiters.add(from);
@@ -401,12 +407,19 @@ export class Delivery implements DeliveryApi {
     for (const c of waiters) c.releaseFlow();
   }
 
-  /** Called by the broker's sweep: a subscriber that made no progress for stallMs while holding publishers lets them go. */
+  /**
+   * Called by the broker's sweep: a subscriber that made no progress for stallMs, or has held
+   * its publishers for maxHoldMs without draining to its low-water mark, lets them go.
+   */
   sweepFlow(now: number): void {
     for (const session of this.holding) {
-      if (now - session.lastProgressAt <= this.stallMs) continue;
+      const stalled = now - session.lastProgressAt > this.stallMs;
+      if (!stalled && now - session.flowHeldSince <= this.maxHoldMs) continue;
       session.flowStalled = true;
-      this.log.warn({ clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, stallMs: this.stallMs }, 'subscriber stalled: publishers it held are read again; its queue limits apply');
+      this.log.warn(
+        { clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, ...(stalled ? { stallMs: this.stallMs } : { maxHoldMs: this.maxHoldMs }) },
+        stalled ? 'subscriber stalled: publishers it held are read again; its queue limits apply' : 'subscriber too slow: it held its publishers for limits.flowControl.maxHoldMs; they are read again and its queue limits apply',
+      );
       this.releasePublishers(session);
     }
   }
@@ -452,7 +465,14 @@ export class Delivery implements DeliveryApi {
       clientId: session.clientId,
       ...(topic !== undefined ? { topic } : {}),
       ...(qos !== undefined ? { qos } : {}),
-      detail: { refusedSinceLastRecord: refusals, droppedBySession: session.droppedMessages, queued: session.queue.length, queuedBytes: session.queuedBytes },
+      detail: {
+        refusedSinceLastRecord: refusals,
+        droppedBySession: session.droppedMessages,
+        queued: session.queue.length,
+        queuedBytes: session.queuedBytes,
+        // Across all the identity's sessions (limits.quotas.queuedBytes), which can fill before this session's own queue does.
+        identityQueuedBytes: this.quotas.of(session.quotaKey).queuedBytes,
+      },
     });
   }
 

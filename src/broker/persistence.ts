@@ -10,6 +10,16 @@
  *   not waited for: its writes cannot fail and promise nothing across a restart.
  * - A write that fails (disk full, an unwritable store) is logged and audited once per episode;
  *   the session it belonged to is marked, and written again whole once writes succeed.
+ * - With a durable store, writes are held while the store is busy committing, and handed to it
+ *   together, in order, as the next batch. While they wait, writes that undo each other are
+ *   dropped (write elision): a message put in flight and acknowledged by its subscriber before
+ *   its record was written needs no record at all, and a message queued and taken from the queue
+ *   again needs no queue entry. What a dropped write promised is still kept: an acknowledged
+ *   delivery is done (the message reached its subscriber), and a queued message that moved on
+ *   resolves with the batch that holds where it went. The store sees an in-order sequence of
+ *   writes whose every prefix is a state the broker could have been in, so a crash at any point
+ *   still loses nothing that was acknowledged. Under load this removes most of the store's work
+ *   for subscribers that keep up; at low load nothing waits (an idle store gets writes at once).
  */
 import type { AuditEvent } from '../audit/types.ts';
 import type { Logger } from '../log.ts';
@@ -23,6 +33,32 @@ export type { WriteStatus } from './ports.ts';
 
 const OK: Promise<WriteStatus> = Promise.resolve('ok');
 
+/** What a held write is, for write elision (see the module comment). Writes without a tag are kept as they are. */
+export type WriteTag =
+  | { kind: 'enqueue' }
+  /** `count` stored entries taken from the front of the queue; `storedAfter`: stored entries left in memory after it; `make` writes a dequeue of n. */
+  | { kind: 'dequeue'; count: number; storedAfter: number; make: (count: number) => (store: Store) => Promise<void> }
+  /** A delivery put in flight; `first`: its first record (state 'publish'), which an acknowledgement may cancel. */
+  | { kind: 'put'; packetId: number; first: boolean }
+  | { kind: 'delete'; packetId: number }
+  /** A write of the whole session (or its removal): what was held before it can no longer be cancelled. */
+  | { kind: 'whole' };
+
+interface Held {
+  op: ((store: Store) => Promise<void>) | null;
+  session: Session | null;
+  resolve: (status: WriteStatus) => void;
+  cancelled: boolean;
+  /** Promises of cancelled queue entries that moved on: resolved with the batch this write is in. */
+  carried: ((status: WriteStatus) => void)[] | null;
+}
+
+/** Per session, the held writes that a later one may still cancel. */
+interface Ledger {
+  enqueues: Held[];
+  puts: Map<number, Held>;
+}
+
 export class Persistence {
   /** True when the store keeps what it commits across a crash (set when it opens). */
   durable = false;
@@ -31,6 +67,17 @@ export class Persistence {
   private failingSince = 0;
   private failures = 0;
   private readonly dirty = new Set<Session>();
+  /** Durable store: writes waiting for the next batch, in order. */
+  private held: Held[] = [];
+  private ledgers = new Map<Session, Ledger>();
+  /** Writes handed to the store and not settled yet. */
+  private outstanding = 0;
+  private flushScheduled = false;
+  private idleWaiters: (() => void)[] = [];
+  /** Settled once the batch the writes held now will go out in has settled (session moves wait for it). */
+  private nextBatch: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** Writes the store never saw because a later one undid them (for $SYS and the benchmarks). */
+  readonly elided = { inflight: 0, queued: 0 };
 
   constructor(
     readonly store: Store,
@@ -52,8 +99,154 @@ export class Persistence {
     return Promise.all(b).then(worst);
   }
 
-  /** Writes through to the store; `session`: whose state it is, rewritten whole if this write fails. */
-  write(session: Session | null, op: (store: Store) => Promise<void>): Promise<WriteStatus> {
+  /** Writes through to the store; `session`: whose state it is, rewritten whole if this write fails; `tag`: what it is, for write elision. */
+  write(session: Session | null, op: (store: Store) => Promise<void>, tag?: WriteTag): Promise<WriteStatus> {
+    if (!this.durable) {
+      const p = this.issue(session, op);
+      if (session !== null) session.lastWrite = p;
+      return p;
+    }
+    let resolve: (status: WriteStatus) => void = () => {};
+    const p = new Promise<WriteStatus>((r) => (resolve = r));
+    const held: Held = { op, session, resolve, cancelled: false, carried: null };
+    if (this.batch !== null) this.batch.push(p);
+    if (tag !== undefined && session !== null && !this.elide(session, held, tag)) return p;
+    // A session moving to another node waits until every write made for it has settled
+    // (migration.ts). Held writes go to the store batch after batch, so that is when the batch
+    // holding its latest write has settled (not the write's own promise: write elision may settle
+    // a held write at once while earlier ones still wait).
+    if (session !== null) session.lastWrite = this.heldBatch();
+    this.held.push(held);
+    this.schedule();
+    return p;
+  }
+
+  /**
+   * Applies write elision to a new held write; false when the write is not needed at all (it
+   * cancelled an earlier one and is settled already).
+   */
+  private elide(session: Session, held: Held, tag: WriteTag): boolean {
+    let ledger = this.ledgers.get(session);
+    switch (tag.kind) {
+      case 'enqueue':
+        if (ledger === undefined) this.ledgers.set(session, (ledger = { enqueues: [], puts: new Map() }));
+        ledger.enqueues.push(held);
+        return true;
+      case 'dequeue': {
+        // The cancellable enqueues are the newest stored entries: those ahead of them were
+        // written (or can no longer be cancelled), and a dequeue takes those first.
+        const pending = ledger?.enqueues ?? [];
+        const ahead = tag.storedAfter + tag.count - pending.length;
+        const written = Math.max(0, Math.min(tag.count, ahead));
+        const cancel = Math.min(tag.count - written, pending.length);
+        if (cancel > 0) {
+          held.carried = [];
+          for (const e of pending.splice(0, cancel)) {
+            e.cancelled = true;
+            held.carried.push(e.resolve);
+          }
+          this.elided.queued += cancel;
+        }
+        held.op = written + (tag.count - written - cancel) > 0 ? tag.make(written + (tag.count - written - cancel)) : null;
+        return true;
+      }
+      case 'put':
+        if (ledger === undefined) this.ledgers.set(session, (ledger = { enqueues: [], puts: new Map() }));
+        if (tag.first) ledger.puts.set(tag.packetId, held);
+        else ledger.puts.delete(tag.packetId); // a state change: the record must now be written, and deleted later
+        return true;
+      case 'delete': {
+        const put = ledger?.puts.get(tag.packetId);
+        if (put === undefined) return true;
+        // Acknowledged before its record was written: the delivery is done, and neither write is needed.
+        ledger?.puts.delete(tag.packetId);
+        put.cancelled = true;
+        put.resolve('ok');
+        held.resolve('ok');
+        this.elided.inflight++;
+        return false;
+      }
+      case 'whole':
+        this.ledgers.delete(session);
+        return true;
+    }
+  }
+
+  private schedule(): void {
+    if (this.flushScheduled || this.outstanding > 0) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /** Hands the held writes to the store as one batch (the store groups what it gets in one turn into one commit). */
+  /** Settles once the batch the writes held now go out in has settled. */
+  private heldBatch(): Promise<void> {
+    if (this.nextBatch === null) {
+      let resolve: () => void = () => {};
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.nextBatch = { promise, resolve };
+    }
+    return this.nextBatch.promise;
+  }
+
+  private flush(): void {
+    if (this.outstanding > 0) return;
+    if (this.held.length === 0) {
+      this.nextBatch?.resolve();
+      this.nextBatch = null;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+      return;
+    }
+    const batch = this.held;
+    this.held = [];
+    const settled = this.nextBatch;
+    this.nextBatch = null;
+    this.ledgers = new Map(); // what is handed over can no longer be cancelled
+    const issued: Promise<WriteStatus>[] = [];
+    const afterBatch: ((status: WriteStatus) => void)[] = [];
+    for (const h of batch) {
+      if (h.cancelled) continue;
+      if (h.carried !== null) afterBatch.push(...h.carried);
+      if (h.op === null) {
+        afterBatch.push(h.resolve);
+        continue;
+      }
+      const p = this.issue(h.session, h.op);
+      issued.push(p);
+      void p.then(h.resolve);
+    }
+    if (issued.length === 0) {
+      for (const r of afterBatch) r('ok');
+      settled?.resolve();
+      this.flush();
+      return;
+    }
+    this.outstanding = issued.length;
+    void Promise.all(issued).then((statuses) => {
+      const status = worst(statuses);
+      for (const r of afterBatch) r(status);
+      settled?.resolve();
+      this.outstanding = 0;
+      this.flush();
+    });
+  }
+
+  /** Resolves once every write made so far has been handed to the store and settled (before the store closes). */
+  drained(): Promise<void> {
+    if (!this.durable || (this.held.length === 0 && this.outstanding === 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.idleWaiters.push(resolve);
+      if (this.outstanding === 0 && !this.flushScheduled) this.flush();
+    });
+  }
+
+  /** One write handed to the store now; its status never rejects. */
+  private issue(session: Session | null, op: (store: Store) => Promise<void>): Promise<WriteStatus> {
     let p: Promise<WriteStatus>;
     try {
       p = op(this.store).then(
@@ -63,9 +256,6 @@ export class Persistence {
     } catch (err) {
       p = Promise.resolve(this.failed(err, session));
     }
-    if (this.batch !== null && this.durable) this.batch.push(p);
-    // Writes are committed in order, so a session's last write settles all of them (a move waits for it).
-    if (session !== null) session.lastWrite = p;
     return p;
   }
 
@@ -108,7 +298,7 @@ export class Persistence {
     for (const session of dirty) {
       if (!session.stored || !session.persistent) continue;
       const snapshot = session.toStored();
-      void this.write(session, (s) => s.saveSession(snapshot));
+      void this.write(session, (s) => s.saveSession(snapshot), { kind: 'whole' });
     }
   }
 

@@ -5,7 +5,8 @@
  * refilled ({@link Client.readPausedUntil}).
  *
  * Over the limit, by `rateLimits.v5Action` / `v3Action`:
- * - reject (v5 only): QoS 1/2 get PUBACK/PUBREC 0x96 Message rate too high, QoS 0 is dropped;
+ * - reject (v5 only): QoS 1/2 get PUBACK/PUBREC 0x97 Quota exceeded (MQTT 5 allows 0x96 Message
+ *   rate too high only in DISCONNECT, and clients end the connection on it), QoS 0 is dropped;
  * - throttle: the message is accepted and the socket is not read until the debt is paid back,
  *   so a client can never get ahead of its rate and nothing it sent is lost;
  * - disconnect: DISCONNECT 0x96 (v5) or the socket is closed (v3.1/3.1.1).
@@ -130,7 +131,7 @@ export class PublishRateLimiter {
 
   /**
    * Charges one PUBLISH of `size` bytes. Returns true when the caller goes on handling it; false
-   * when it was refused here (acknowledged with 0x96, dropped, or the client disconnected).
+   * when it was refused here (acknowledged with 0x97, dropped, or the client disconnected).
    */
   admit(conn: Client, qos: number, packetId: number, size: number, now: number): boolean {
     const own = conn.clientBucket;
@@ -171,8 +172,8 @@ export class PublishRateLimiter {
       return false;
     }
     // reject: the publisher learns it from the acknowledgement; QoS 0 has none [MQTT-3.3.4]
-    if (qos === 1) conn.send({ cmd: 'puback', messageId: packetId, reasonCode: ReasonCode.MessageRateTooHigh });
-    else if (qos === 2) conn.send({ cmd: 'pubrec', messageId: packetId, reasonCode: ReasonCode.MessageRateTooHigh });
+    if (qos === 1) conn.send({ cmd: 'puback', messageId: packetId, reasonCode: ReasonCode.QuotaExceeded });
+    else if (qos === 2) conn.send({ cmd: 'pubrec', messageId: packetId, reasonCode: ReasonCode.QuotaExceeded });
     return false;
   }
 

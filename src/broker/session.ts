@@ -103,6 +103,8 @@ export class Session {
   flowWaiters: Set<Client> | null = null;
   /** Last acknowledgement or send from the queue while holding publishers (ms, the broker's clock). */
   lastProgressAt = 0;
+  /** When this subscriber began holding its current publishers (ms, the broker's clock). */
+  flowHeldSince = 0;
   /** Held publishers for too long without progress: holds nobody until its queue is down to the low-water mark. */
   flowStalled = false;
   /** The listener of the last connection, for checks made while the session is offline. */

@@ -14,7 +14,7 @@ import type { ClaimResult, ClusterLink } from './cluster-port.ts';
 import type { SessionsApi } from './handler-api.ts';
 import { forStore, type Message } from './message.ts';
 import type { Client } from './ports.ts';
-import { Persistence, type WriteStatus } from './persistence.ts';
+import { Persistence, type WriteStatus, type WriteTag } from './persistence.ts';
 import type { IdentityQuotas } from './quotas.ts';
 import type { Router } from './router.ts';
 import { Session, type Inflight, type QueuedDelivery } from './session.ts';
@@ -162,6 +162,7 @@ export class SessionRegistry implements SessionsApi {
     for (const session of this.sessions.values()) {
       if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     }
+    await this.persistence.drained();
     await this.store.close();
   }
 
@@ -272,7 +273,7 @@ export class SessionRegistry implements SessionsApi {
     if (session.expiryTimer !== null) clearTimeout(session.expiryTimer);
     if (session.stored) {
       session.stored = false;
-      this.persist(session, (s) => s.deleteSession(session.key));
+      this.persist(session, (s) => s.deleteSession(session.key), { kind: 'whole' });
     }
     this.hooks.sessionEnded(session);
     if (notifyCluster && !session.arriving) this.link?.ended(session.key);
@@ -430,11 +431,16 @@ export class SessionRegistry implements SessionsApi {
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }));
+    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }), { kind: 'enqueue' });
   }
 
   dequeued(session: Session, count: number): void {
-    if (session.persistent && count > 0 && !session.arriving) this.persist(session, (s) => s.dequeue(session.key, count));
+    if (session.persistent && count > 0 && !session.arriving) {
+      const key = session.key;
+      const make = (n: number) => (s: Store) => s.dequeue(key, n);
+      // Called after the entries left the memory queue: what is left there that the store holds.
+      this.persist(session, make(count), { kind: 'dequeue', count, storedAfter: session.queue.length - session.queuedQos0, make });
+    }
   }
 
   /** Records an in-flight delivery; resolves when it is committed (null: nothing to wait for, a memory store or a session that ends with its connection). */
@@ -447,12 +453,13 @@ export class SessionRegistry implements SessionsApi {
         message: { ...forStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
         ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
       }),
+      { kind: 'put', packetId: inflight.packetId, first: inflight.state === 'publish' },
     );
     return this.persistence.durable ? written : null;
   }
 
   inflightDone(session: Session, packetId: number): void {
-    if (session.persistent) this.persist(session, (s) => s.deleteInflight(session.key, packetId));
+    if (session.persistent) this.persist(session, (s) => s.deleteInflight(session.key, packetId), { kind: 'delete', packetId });
   }
 
   /** Writes the session to the store when it is persistent, or removes it when it no longer is. */
@@ -468,18 +475,18 @@ export class SessionRegistry implements SessionsApi {
       } else {
         session.stored = true;
         const snapshot = session.toStored();
-        this.persist(session, (s) => s.saveSession(snapshot));
+        this.persist(session, (s) => s.saveSession(snapshot), { kind: 'whole' });
       }
     } else if (session.stored) {
       session.stored = false;
-      this.persist(session, (s) => s.deleteSession(key));
+      this.persist(session, (s) => s.deleteSession(key), { kind: 'whole' });
     }
   }
 
   /** Writes through to the store without blocking the caller (see persistence.ts). */
-  private persist(session: Session | null, write: (store: Store) => Promise<void>): void {
+  private persist(session: Session | null, write: (store: Store) => Promise<void>, tag?: WriteTag): void {
     if (this.fenced) return;
-    void this.persistence.write(session, write);
+    void this.persistence.write(session, write, tag);
   }
 
   // ── wills ──────────────────────────────────────────────────────────────────

@@ -2,8 +2,15 @@
  * Will messages: published when a connection ends without DISCONNECT 0x00, after the will delay
  * (v5, capped by the session expiry), unless the client reconnects first [MQTT-3.1.3-9]. The
  * will is authorized again when it is published, through the same check as a PUBLISH.
+ *
+ * A will that waited (a Will Delay Interval, or a will restored after a crash) is published only
+ * if the identity that left it still stands: its credentials have not expired, and no check the
+ * broker was given (a ban, a certificate revoked by a reloaded CRL) rejects it now. A live
+ * connection ended for those reasons has its will discarded at once (gate.ts); this covers the
+ * will of a connection that had already gone.
  */
 import type { Logger } from '../log.ts';
+import { ReasonCode } from '../protocol/reason-codes.ts';
 import type { GateApi } from './handler-api.ts';
 import type { Message } from './message.ts';
 import type { Principal } from '../auth/types.ts';
@@ -17,7 +24,7 @@ export class WillScheduler {
   private readonly pending = new Map<string, { timer: NodeJS.Timeout; conn: Client; will: Will; quotaKey: string }>();
 
   constructor(
-    private readonly gate: Pick<GateApi, 'authorize'>,
+    private readonly gate: Pick<GateApi, 'authorize' | 'audit'>,
     private readonly publishInternal: (message: Message) => number,
     private readonly log: Logger,
     /** The clock every message's expiry is read from; a will's must be set from the same one. */
@@ -26,6 +33,8 @@ export class WillScheduler {
     private readonly retainFits: (message: Message, quotaKey: string) => boolean,
     /** The will of this session is settled (published, discarded or cancelled): the store need not keep it. */
     private readonly settled: (key: string) => void,
+    /** Why the identity that left this will no longer stands (banned, certificate revoked), or undefined. */
+    private readonly rejected: (conn: Client) => string | undefined = () => undefined,
   ) {}
 
   /** A connection ended: its will goes now, after its delay, or not at all. */
@@ -103,6 +112,13 @@ export class WillScheduler {
   /** `origin`: the session key of the client whose will it is (for no-local). */
   private publish(origin: string, quotaKey: string, conn: Client, will: Will): void {
     this.settled(origin);
+    const expiresAt = conn.principal?.expiresAt;
+    const why = expiresAt !== undefined && expiresAt <= Date.now() ? 'the credentials that sent it have expired' : this.rejected(conn);
+    if (why !== undefined) {
+      this.log.info({ clientId: conn.clientId, topic: will.topic, why }, 'will not published: its identity no longer stands');
+      this.gate.audit(conn, { event: 'publish', action: 'will', decision: 'deny', reasonCode: ReasonCode.NotAuthorized, reason: `will not published: ${why}`, topic: will.topic, qos: will.qos, retain: will.retain, detail: { willDiscarded: true } });
+      return;
+    }
     const decide = this.gate.authorize(conn, 'publish', will.topic, will.qos, will.retain, true);
     const go = (allowed: boolean): void => {
       if (!allowed) {

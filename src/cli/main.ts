@@ -13,6 +13,8 @@ import { registerBanCommand } from './ban.ts';
 import { spoolTarget } from './spool-target.ts';
 import { registerStoreCommand } from './store.ts';
 import { registerClusterCommand } from './cluster.ts';
+import { registerTokenCommand } from './token.ts';
+import { registerConfigCommand } from './config.ts';
 
 const program = new Command();
 program.name('portcullis').description('A security-first MQTT broker').version(VERSION, '-v, --version');
@@ -22,7 +24,7 @@ program.option('--audit-spool <dir>', 'where CLI actions that change state are s
  * Commands that change state (and `store export`, which copies every stored message out in the
  * clear): each successful run becomes an `admin` audit record.
  */
-const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove', 'store compact', 'store import', 'store export', 'store keygen', 'cluster keygen']);
+const STATE_CHANGING = new Set(['pki init', 'pki server', 'pki client', 'pki revoke', 'pki crl', 'pki psk', 'passwd add', 'passwd remove', 'policy reload', 'ban add', 'ban remove', 'store compact', 'store import', 'store export', 'store keygen', 'token add', 'token remove', 'cluster keygen']);
 
 program.hook('postAction', (_root, action) => {
   const names: string[] = [];
@@ -60,5 +62,7 @@ registerPasswdCommand(program);
 registerBanCommand(program);
 registerStoreCommand(program);
 registerClusterCommand(program);
+registerTokenCommand(program);
+registerConfigCommand(program);
 
 await program.parseAsync(process.argv);

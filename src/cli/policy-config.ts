@@ -75,6 +75,42 @@ export function isTsxWrapper(args: readonly string[]): boolean {
   return start > 0 && args.slice(0, start).some((a) => /(^|[/\\])(tsx|tsx[/\\]dist[/\\]cli\.m?js)$/.test(a));
 }
 
+/**
+ * True for the processes that start a broker without being it: tsx's wrapper, npm and npx
+ * (`npm start`, `npx portcullis start`, whose process titles read `npm start`, `npm exec ...`)
+ * and the shell npm runs scripts with. None passes SIGHUP on; npm dies of it.
+ */
+export function isLauncher(args: readonly string[]): boolean {
+  if (isTsxWrapper(args)) return true;
+  const first = args[0] ?? '';
+  if (/^npm (exec|start|run|run-script|x)\b/.test(first) || /^npx\b/.test(first)) return true;
+  if (/(^|[/\\])(npm|npx)$/.test(first)) return true;
+  if (args.slice(1, 2).some((a) => /(^|[/\\])(npm|npx)(-cli)?(\.js)?$/.test(a))) return true;
+  return /(^|[/\\])(sh|bash|dash)$/.test(first) && args[1] === '-c';
+}
+
+/**
+ * The broker under a launcher (isLauncher): its only descendant, within a few levels, that is
+ * a `portcullis start` and not itself a launcher. Undefined when there is none or more than one.
+ */
+export function brokerUnder(pid: number, depth = 4): number | undefined {
+  const found: number[] = [];
+  let level = [pid];
+  for (let d = 0; d < depth && level.length > 0; d++) {
+    const next: number[] = [];
+    for (const p of level) {
+      for (const c of childrenOf(p)) {
+        const args = inspectProcess(c).args;
+        if (args === undefined) continue;
+        if (isBrokerStart(args) && !isLauncher(args)) found.push(c);
+        else next.push(c);
+      }
+    }
+    level = next;
+  }
+  return found.length === 1 ? found[0] : undefined;
+}
+
 /** The children of a process, from /proc (empty when unreadable). */
 export function childrenOf(pid: number): number[] {
   try {

@@ -18,7 +18,7 @@ import type { Action } from '../authz/types.ts';
 import { loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { spoolDirFor } from '../audit/admin-spool.ts';
-import { casbinAuthorizers, childrenOf, configArgument, inspectProcess, isBrokerStart, isTsxWrapper, type ConfiguredCasbin } from './policy-config.ts';
+import { brokerUnder, casbinAuthorizers, configArgument, inspectProcess, isBrokerStart, isLauncher, type ConfiguredCasbin } from './policy-config.ts';
 import { setSpoolTarget } from './spool-target.ts';
 import { clusterReload, formatReloadReport } from '../cluster/admin.ts';
 
@@ -350,15 +350,12 @@ export function registerPolicyCommand(program: Command): void {
         let pid = Number(opts.pid);
         if (!Number.isInteger(pid) || pid <= 0) throw new Error('--pid must be a process id');
         let proc = inspectProcess(pid);
-        if (proc.args !== undefined && isTsxWrapper(proc.args)) {
-          // `npm start` runs the broker under tsx's wrapper, which would die of SIGHUP: signal the broker itself.
-          const broker = childrenOf(pid).filter((c) => {
-            const args = inspectProcess(c).args;
-            return args !== undefined && isBrokerStart(args) && !isTsxWrapper(args);
-          });
-          if (broker.length !== 1) throw new Error(`process ${pid} is tsx's wrapper around the broker, which does not pass SIGHUP on: give the pid of the broker process itself`);
-          process.stdout.write(`process ${pid} is tsx's wrapper: signalling the broker process ${broker[0]} instead\n`);
-          pid = broker[0] as number;
+        if (proc.args !== undefined && isLauncher(proc.args)) {
+          // npm, npx, a shell or tsx's wrapper started the broker: none passes SIGHUP on (npm dies of it). Signal the broker itself.
+          const broker = brokerUnder(pid);
+          if (broker === undefined) throw new Error(`process ${pid} (${proc.args.join(' ').slice(0, 80)}) launched the broker but is not it, and does not pass SIGHUP on: give the pid of the broker process itself`);
+          process.stdout.write(`process ${pid} is a launcher (${proc.args[0]}): signalling the broker process ${broker} instead\n`);
+          pid = broker;
           proc = inspectProcess(pid);
         }
         const { configFile, baseDir } = brokerConfig(pid, proc, opts.config);

@@ -23,11 +23,12 @@ export async function startCommand(configFile: string | undefined): Promise<numb
   const workers = workerCount(config.workers);
   if (workers > 1 && cluster.isPrimary) {
     // `workers: N`: this process only starts and watches the workers (src/cluster/workers.ts).
-    return runPrimary(config, workers, createLogger(config.log.level).child({ role: 'primary' }));
+    return runPrimary(config, workers, createLogger(config.log.level, undefined, config.log.format).child({ role: 'primary' }));
   }
   const index = workerIndex();
   if (index !== null) config = workerConfig(config, index);
-  const log = index === null ? createLogger(config.log.level) : createLogger(config.log.level).child({ worker: index });
+  const base = createLogger(config.log.level, undefined, config.log.format);
+  const log = index === null ? base : base.child({ worker: index });
   let broker;
   try {
     // The built-in TLS listeners need a server certificate: make a development one on first start.
@@ -74,8 +75,11 @@ export async function startCommand(configFile: string | undefined): Promise<numb
         },
       );
     };
-    process.once('SIGTERM', () => shutdown('SIGTERM'));
-    process.once('SIGINT', () => shutdown('SIGINT'));
+    // Not `once`: a second signal must not kill the broker in the middle of its graceful stop
+    // (leaving the store locked and the audit log unsigned). One Ctrl-C at a terminal, or one
+    // SIGTERM to a process group, reaches it twice under npx / npm start, which pass it on too.
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => shutdown('SIGINT'));
     // SIGHUP reloads the policy files; the outcome goes to the log and the audit trail.
     process.on('SIGHUP', () => {
       if (stopping) return;

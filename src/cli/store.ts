@@ -6,6 +6,9 @@
  *
  * check, stats and export read a snapshot and work beside a running broker; compact and import
  * need it stopped (they take the store's lock).
+ *
+ * With `store.type: redis` in the configuration (and no --path), check and stats read the Redis
+ * store instead (redis-tools.ts); the other commands are for the LMDB store only.
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
@@ -15,6 +18,9 @@ import { ConfigError, parseConfig } from '../config/schema.ts';
 import { StoreError } from '../store/errors.ts';
 import { loadKeyFile, type StoreKey } from '../store/keyring.ts';
 import { addKey, checkStore, compactStore, exportStore, importStore, storeStats } from '../store/lmdb-tools.ts';
+import type { RedisStoreConfig } from '../config/store-redis-schema.ts';
+import { redisConnection } from '../store/redis-config.ts';
+import { checkRedisStore, redisStoreStats, type RedisTarget } from '../store/redis-tools.ts';
 
 class UsageError extends Error {}
 
@@ -31,10 +37,30 @@ interface Out {
 }
 const stdio: Out = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
-function target(opts: TargetOptions): { dir: string; keys: StoreKey[] | undefined } {
-  const store = opts.config !== undefined ? loadConfigFile(opts.config).store : parseConfig(builtInDefaults, 'built-in defaults').store;
+function configuredStore(opts: TargetOptions) {
+  return opts.config !== undefined ? loadConfigFile(opts.config).store : parseConfig(builtInDefaults, 'built-in defaults').store;
+}
+
+/** The Redis store the configuration names, when it names one and no --path is given. */
+function redisTarget(opts: TargetOptions): RedisTarget | undefined {
+  if (opts.path !== undefined) return undefined;
+  const store = configuredStore(opts);
+  if (store.type !== 'redis') return undefined;
+  const config: RedisStoreConfig = store;
+  const keyFile = opts.keyFile ?? config.encryption?.keyFile;
+  return {
+    connection: redisConnection(config).connection,
+    prefix: config.prefix,
+    ...(keyFile !== undefined ? { keys: loadKeyFile(keyFile) } : {}),
+    ...(config.encryption?.acceptPlaintext === true ? { acceptPlaintext: true } : {}),
+  };
+}
+
+function target(opts: TargetOptions, command = 'this command'): { dir: string; keys: StoreKey[] | undefined } {
+  const store = configuredStore(opts);
   let dir = opts.path;
   if (dir === undefined) {
+    if (store.type === 'redis') throw new UsageError(`${command} is a tool of the lmdb store; the configuration keeps the store in Redis (store.type: redis), which is backed up and restored with Redis's own means (docs/persistence.md, "Redis store")`);
     if (store.type !== 'lmdb') throw new UsageError(`the configuration keeps the store in memory (store.type: ${store.type}): there is nothing on disk; give --path`);
     dir = store.path;
   }
@@ -53,8 +79,49 @@ function fail(command: string, err: unknown, io: Out): number {
 const n = (x: number): string => x.toLocaleString('en-US');
 const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 
+async function checkRedis(t: RedisTarget, opts: TargetOptions, io: Out): Promise<number> {
+  const r = await checkRedisStore(t);
+  if (opts.json === true) {
+    io.out(`${JSON.stringify(r)}\n`);
+    return r.ok ? 0 : 1;
+  }
+  const c = r.counts;
+  const lines = [
+    r.ok ? `OK: ${r.target} (prefix ${r.prefix})` : `DAMAGED: ${r.target} (prefix ${r.prefix})`,
+    ...(c !== undefined ? [`  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained, ${n(c.wills)} wills`] : []),
+    ...r.problems.map((p) => `  - ${p.where}: ${p.problem}`),
+    ...r.notes.map((note) => `  note: ${note}`),
+    ...(r.ok ? [] : ['  Recovery steps: docs/persistence.md, "Redis store: recovery".']),
+  ];
+  (r.ok ? io.out : io.err)(`${lines.join('\n')}\n`);
+  return r.ok ? 0 : 1;
+}
+
+async function statsRedis(t: RedisTarget, opts: TargetOptions, io: Out): Promise<number> {
+  const s = await redisStoreStats(t);
+  if (opts.json === true) {
+    io.out(`${JSON.stringify(s)}\n`);
+    return 0;
+  }
+  const c = s.counts;
+  const ids = Object.entries(s.keyIds).map(([id, count]) => (id === '' ? `in the clear: ${n(count)}` : `key ${id}: ${n(count)}`));
+  io.out(
+    [
+      `store ${s.target} (prefix ${s.prefix})${s.instances.length > 0 ? `, instances marked open: ${s.instances.join(', ')}` : ''}`,
+      `  ${n(c.sessions)} sessions, ${n(c.subscriptions)} subscriptions, ${n(c.inflight)} in flight, ${n(c.queued)} queued, ${n(c.awaitingRelease)} awaiting release, ${n(c.retained)} retained, ${n(c.wills)} wills`,
+      `  records ${mb(s.recordBytes)}; Redis memory in use: ${Object.entries(s.usedMemory).map(([node, bytes]) => `${node} ${mb(bytes)}`).join(', ') || 'unknown'}`,
+      `  records: ${ids.length > 0 ? ids.join(', ') : 'none'}`,
+      ...(s.unverified > 0 ? [`  ${n(s.unverified)} encrypted records are not in the counts above: give the key file (--key-file)`] : []),
+      `  expired: ${n(s.expired.sessions)} sessions, ${n(s.expired.messages)} queued messages, ${n(s.expired.retained)} retained`,
+    ].join('\n') + '\n',
+  );
+  return 0;
+}
+
 export async function checkCommand(opts: TargetOptions, io: Out = stdio): Promise<number> {
   try {
+    const redis = redisTarget(opts);
+    if (redis !== undefined) return await checkRedis(redis, opts, io);
     const { dir, keys } = target(opts);
     const r = await checkStore(dir, keys);
     if (opts.json === true) {
@@ -78,6 +145,8 @@ export async function checkCommand(opts: TargetOptions, io: Out = stdio): Promis
 
 export async function statsCommand(opts: TargetOptions, io: Out = stdio): Promise<number> {
   try {
+    const redis = redisTarget(opts);
+    if (redis !== undefined) return await statsRedis(redis, opts, io);
     const { dir, keys } = target(opts);
     const s = await storeStats(dir, keys);
     if (opts.json === true) {
@@ -104,7 +173,7 @@ export async function statsCommand(opts: TargetOptions, io: Out = stdio): Promis
 
 export async function compactCommand(opts: TargetOptions, io: Out = stdio): Promise<number> {
   try {
-    const { dir, keys } = target(opts);
+    const { dir, keys } = target(opts, 'compact');
     const r = await compactStore(dir, keys);
     if (opts.json === true) io.out(`${JSON.stringify(r)}\n`);
     else {
@@ -127,7 +196,7 @@ export async function compactCommand(opts: TargetOptions, io: Out = stdio): Prom
 export async function exportCommand(opts: TargetOptions & { out?: string; skipDamaged?: boolean }, io: Out = stdio): Promise<number> {
   let fd: number | undefined;
   try {
-    const { dir, keys } = target(opts);
+    const { dir, keys } = target(opts, 'export');
     if (opts.out !== undefined) {
       // Decrypted payloads: the export is as sensitive as the store.
       fd = fs.openSync(opts.out, 'w', 0o600);
@@ -149,7 +218,7 @@ export async function exportCommand(opts: TargetOptions & { out?: string; skipDa
 
 export async function importCommand(file: string, opts: TargetOptions, io: Out = stdio): Promise<number> {
   try {
-    const { dir, keys } = target(opts);
+    const { dir, keys } = target(opts, 'import');
     const r = await importStore(dir, keys, file);
     io.out(`imported ${n(r.sessions)} sessions and ${n(r.retained)} retained messages into ${dir}\n`);
     return 0;

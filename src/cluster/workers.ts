@@ -9,7 +9,7 @@
  *
  * Each worker is node `<node id>-w<n>`, audits to its own chained file (`audit-w<n>.jsonl` beside
  * `audit.path`; `portcullis audit verify` takes them all), and with the embedded store keeps its
- * own store folder (`<store.path>-w<n>`).
+ * own store folder (`<store.path>-w<n>`); with a Redis store, its own `store.instance` (`<instance>-w<n>`).
  */
 import cluster from 'node:cluster';
 import os from 'node:os';
@@ -39,6 +39,9 @@ export function workerConfig(config: Config, index: number): Config {
   const out: Config = { ...config, audit: { ...config.audit, path: perWorker(config.audit.path, index) } };
   if (config.cluster !== undefined) out.cluster = { ...config.cluster, nodeId: `${base}-w${index}` };
   if (config.store.type === 'lmdb') out.store = { ...config.store, path: `${config.store.path}-w${index}` };
+  // A Redis store is shared by every worker (sessions move through it), but each broker on it
+  // needs an instance name of its own.
+  if (config.store.type === 'redis') out.store = { ...config.store, instance: `${config.store.instance}-w${index}` };
   return out;
 }
 

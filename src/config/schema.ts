@@ -167,7 +167,14 @@ const limits = z
      * a quarter. A subscriber that acknowledges nothing for `stallMs` while it holds publishers
      * is stalled: it holds nobody until it has caught up (its queue limits apply as before).
      */
-    flowControl: z.strictObject({ enabled: z.boolean().default(true), stallMs: z.number().int().min(100).max(600_000).default(5000) }).prefault({}),
+    flowControl: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        stallMs: z.number().int().min(100).max(600_000).default(5000),
+        /** The longest one subscriber holds its publishers at a time, however it acks. */
+        maxHoldMs: z.number().int().min(100).max(3_600_000).default(10_000),
+      })
+      .prefault({}),
     queueQos0: z.boolean().default(false),
     topicAliasMaximum: z.number().int().min(0).max(65535).default(32),
     maxSubscriptionsPerClient: positiveInt.default(1000),
@@ -235,7 +242,13 @@ export const configSchema = z.strictObject({
   /** The authorizer chain. Empty means every publish and subscribe is denied. */
   authorizers: z.array(authorizerSpec).default([]),
   limits,
-  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** `pretty` (readable lines) or `json` (JSON lines); unset: pretty when standard error is a terminal, JSON otherwise. */
+      format: z.enum(['pretty', 'json']).optional(),
+    })
+    .prefault({}),
   audit: z
     .strictObject({
       sink: z.enum(['file', 'stdout', 'none']).default('file'),
@@ -296,6 +309,11 @@ export const configSchema = z.strictObject({
           subscribe: z.boolean().default(true),
           unsubscribe: z.boolean().default(true),
           deliver: z.boolean().default(false),
+          /**
+           * Allowed decisions per connection and kind written in full per audit.denials window
+           * before the rest are counted into one summary record (with audit.denials.summarize).
+           */
+          fullRecords: positiveInt.default(100),
         })
         .prefault({}),
     })
@@ -317,6 +335,72 @@ export const configSchema = z.strictObject({
   cluster: clusterConfig,
   /** Processes on this machine sharing the listeners (each a cluster node); more than 1 needs `cluster`. */
   workers: workersConfig,
+  /**
+   * The operations HTTP listener: Prometheus metrics, health checks, the admin API and the ops
+   * console (docs/operations.md). Off unless set. On an address other than loopback it needs
+   * authentication: a token file or a client CA (mTLS).
+   */
+  http: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: port.default(9234),
+      /** HTTPS; with `ca`, client certificates from that CA authenticate (mTLS). */
+      tls: z
+        .strictObject({
+          cert: z.string().min(1),
+          key: z.string().min(1),
+          ca: z.string().min(1).optional(),
+          /** A PEM file of CRLs for the client certificates. */
+          crl: z.string().min(1).optional(),
+          minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+        })
+        .optional(),
+      auth: z
+        .strictObject({
+          /** Bearer tokens, argon2id-hashed, one JSON object per line (`portcullis token add`). */
+          tokens: z.string().min(1).optional(),
+          /** The Casbin model and the admin policy (roles against `admin/...` objects). */
+          model: z.string().min(1).default('policies/model.conf'),
+          policy: z.string().min(1).default('policies/admin/policy.csv'),
+          /** How long a verified token is remembered in memory (keyed by an HMAC of it); 0: argon2 on every request. */
+          tokenCacheSeconds: z.number().int().min(0).max(3600).default(300),
+          /** Failed authentications per source address: a burst, then this many per minute; over it, 429. */
+          failures: z.strictObject({ burst: positiveInt.default(20), perMinute: positiveInt.default(30) }).prefault({}),
+        })
+        .prefault({}),
+      metrics: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Serve /metrics without authentication even when authentication is configured. */
+          public: z.boolean().default(false),
+          /** Time one received message in this many for portcullis_publish_to_deliver_seconds. */
+          latencySampleEvery: z.number().int().min(1).max(1_000_000).default(64),
+        })
+        .prefault({}),
+      /** The admin API (/api/v1) and the ops console (/console/). */
+      api: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+      console: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Certificates (listeners, CAs, CRLs, connected clients) expiring within this many days are listed. */
+          expiryWarningDays: z.number().int().min(1).max(3650).default(30),
+        })
+        .prefault({}),
+      /** Largest request body, in bytes; larger: 413. */
+      bodyLimit: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+    })
+    .superRefine((h, ctx) => {
+      const loopback = h.host === 'localhost' || h.host === '::1' || h.host.startsWith('127.');
+      if (!loopback && h.auth.tokens === undefined && h.tls?.ca === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['auth'],
+          message: `the operations listener on ${h.host} (not loopback) needs authentication: set http.auth.tokens (see \`portcullis token add\`) or http.tls.ca for client certificates`,
+        });
+      }
+      if (h.tls?.crl !== undefined && h.tls.ca === undefined) ctx.addIssue({ code: 'custom', path: ['tls', 'crl'], message: 'a CRL needs http.tls.ca (the CA of the client certificates)' });
+    })
+    .optional(),
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

@@ -2,9 +2,11 @@
  * `store`: where sessions, subscriptions, queued and in-flight messages and retained messages are
  * kept. On by default: without a `store` key the broker keeps them durably in LMDB under
  * data/store, so a restart (an upgrade, a crash, a power cut) loses no acknowledged message.
- * `type: memory` keeps them in the process only (tests, embedding). See docs/persistence.md.
+ * `type: memory` keeps them in the process only (tests, embedding); `type: redis` in a Redis shared
+ * by one or more brokers (store-redis-schema.ts). See docs/persistence.md.
  */
 import { z } from 'zod';
+import { redisStore } from './store-redis-schema.ts';
 
 const lmdbStore = z.strictObject({
   type: z.literal('lmdb'),
@@ -37,7 +39,7 @@ export const storeConfig = z
   .preprocess(
     // `store: { path: ... }` without a type means the default, durable store.
     (v) => (v !== null && typeof v === 'object' && !Array.isArray(v) && !('type' in v) ? { type: 'lmdb', ...v } : v),
-    z.discriminatedUnion('type', [lmdbStore, memoryStore], { error: "unknown store type: expected 'lmdb' (the default, durable) or 'memory'" }),
+    z.discriminatedUnion('type', [lmdbStore, memoryStore, redisStore], { error: "unknown store type: expected 'lmdb' (the default, durable), 'redis' or 'memory'" }),
   )
   .prefault({});
 

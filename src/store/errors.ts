@@ -15,7 +15,9 @@ export type StoreErrorCode =
   /** A write could not be made durable (disk full, I/O error, file size limit). Nothing of that batch was kept. */
   | 'ERR_STORE_WRITE'
   /** The store is not open. */
-  | 'ERR_STORE_CLOSED';
+  | 'ERR_STORE_CLOSED'
+  /** The store's server (Redis) cannot be reached, refused the command, or did not answer in time. */
+  | 'ERR_STORE_UNAVAILABLE';
 
 export class StoreError extends Error {
   constructor(

@@ -316,6 +316,8 @@ export abstract class LmdbBase {
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
     this.nextInflightOrder.clear();
+    this.sids.clear();
+    this.sidTokens.clear();
     this.closing = false;
     await env.close();
   }
@@ -343,10 +345,66 @@ export abstract class LmdbBase {
    * a batch that lmdb runs again, and after a crash.
    */
   protected header(sessionId: string): { key: Buffer; h: SessionHeader } | undefined {
-    const key = sessionHeaderKey(sessionId);
+    const key = this.headerKeyOf(sessionId);
     const raw = this.tables().sessions.get(key);
     if (raw === undefined) return undefined;
     return { key, h: this.read('sessions', key, raw, decodeHeader) };
+  }
+
+  // ── the session-number cache ────────────────────────────────────────────────
+  //
+  // Every per-session write first finds the session's number (sid) from its header: a SHA-256
+  // of the session key and a checked read. The number never changes while the session exists,
+  // so it is cached, but only as committed: a write that creates or removes a header forgets
+  // the entry at once (in its batch callback, which lmdb may run more than once) and the new
+  // number is learned only when that batch commits, and only if no later batch touched the same
+  // header meanwhile (a token per change). A batch that fails leaves nothing behind.
+
+  private readonly headerKeys = new Map<string, Buffer>();
+  private readonly sids = new Map<string, number>();
+  private readonly sidTokens = new Map<string, number>();
+  private sidToken = 0;
+  /** The header changes the running batch callback made: [header id, token, new sid]. */
+  private sidChanges: [string, number, number | undefined][] | null = null;
+
+  private headerKeyOf(sessionId: string): Buffer {
+    let key = this.headerKeys.get(sessionId);
+    if (key === undefined) {
+      if (this.headerKeys.size >= 100_000) this.headerKeys.clear();
+      key = sessionHeaderKey(sessionId);
+      this.headerKeys.set(sessionId, key);
+    }
+    return key;
+  }
+
+  /** The number and header key of the session with this session key, or undefined; inside a write callback. */
+  protected sidOf(sessionId: string): { key: Buffer; sid: number } | undefined {
+    const key = this.headerKeyOf(sessionId);
+    const id = key.toString('latin1');
+    const cached = this.sids.get(id);
+    if (cached !== undefined) return { key, sid: cached };
+    const found = this.header(sessionId);
+    if (found === undefined) return undefined;
+    // Committed state only: no change to this header is waiting for its batch to commit.
+    if (!this.sidTokens.has(id)) this.sids.set(id, found.h.sid);
+    return { key, sid: found.h.sid };
+  }
+
+  /** In a write callback: the header under `key` is removed, or (with `sid`) written with that number. */
+  protected headerChanged(key: Buffer, sid?: number): void {
+    const id = key.toString('latin1');
+    this.sids.delete(id);
+    const token = ++this.sidToken;
+    this.sidTokens.set(id, token);
+    this.sidChanges?.push([id, token, sid]);
+  }
+
+  private settleSidChanges(changes: [string, number, number | undefined][], committed: boolean): void {
+    for (const [id, token, sid] of changes) {
+      if (this.sidTokens.get(id) !== token) continue; // a later change is pending or done
+      this.sidTokens.delete(id);
+      if (committed && sid !== undefined) this.sids.set(id, sid);
+    }
   }
 
   // ── writes ─────────────────────────────────────────────────────────────────
@@ -362,9 +420,24 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const done = env.transaction(fn).then(
-      (result) => result,
-      (err: unknown) => commitFailure(err, this.dataFile, this.path),
+    const changes: [string, number, number | undefined][] = [];
+    const run = (): T => {
+      this.sidChanges = changes;
+      try {
+        return fn();
+      } finally {
+        this.sidChanges = null;
+      }
+    };
+    const done = env.transaction(run).then(
+      (result) => {
+        if (changes.length > 0) this.settleSidChanges(changes, true);
+        return result;
+      },
+      (err: unknown) => {
+        if (changes.length > 0) this.settleSidChanges(changes, false);
+        return commitFailure(err, this.dataFile, this.path);
+      },
     );
     this.lastWrite = done.catch(() => undefined);
     return done;
@@ -387,6 +460,7 @@ export abstract class LmdbBase {
       for (const k of keys) db[table].removeSync(k);
     }
     db.sessions.removeSync(headerKey);
+    this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
     this.nextInflightOrder.delete(sid);
   }

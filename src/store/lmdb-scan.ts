@@ -56,9 +56,6 @@ export interface ScanResult {
   maxSid: number;
 }
 
-function copy(b: Buffer): Buffer {
-  return Buffer.from(b);
-}
 
 /** Reads every record. Damage is collected in `problems`, never thrown (except an unreadable LMDB tree, recorded too). */
 export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUnreadable?: boolean } = {}): ScanResult {
@@ -79,7 +76,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
   function each(table: TableName, visit: (key: Buffer, body: Buffer) => void): void {
     try {
       for (const { key, value } of db[table].getRange({})) {
-        const k = copy(key);
+        const k = key; // lmdb hands out keys as copies (Uint8Array slice): safe to keep
         const id = sealedKeyId(value) ?? '';
         r.keyIds.set(id, (r.keyIds.get(id) ?? 0) + 1);
         let body: Buffer;

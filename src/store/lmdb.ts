@@ -106,7 +106,9 @@ export class LmdbStore extends LmdbBase implements Store {
       const sid = this.nextSid++;
       if (old !== undefined) this.deleteSid(old.h.sid, old.key);
       this.putMeta(META_NEXT_SID, encodeJson({ n: this.nextSid }));
-      this.put('sessions', sessionHeaderKey(sessionKey(snapshot.owner, snapshot.clientId)), encodeHeader(headerOf(snapshot, sid)));
+      const headerKey = sessionHeaderKey(sessionKey(snapshot.owner, snapshot.clientId));
+      this.put('sessions', headerKey, encodeHeader(headerOf(snapshot, sid)));
+      this.headerChanged(headerKey, sid);
       for (const s of subs) this.put('subscriptions', sidTextKey(sid, s.filter), s.body);
       const orders = new Map<number, number>();
       for (const f of inflight) {
@@ -143,15 +145,15 @@ export class LmdbStore extends LmdbBase implements Store {
     const body = encodeSubscription(subscription);
     const filter = subscription.filter;
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) this.put('subscriptions', sidTextKey(s.h.sid, filter), body);
+      const s = this.sidOf(key);
+      if (s !== undefined) this.put('subscriptions', sidTextKey(s.sid, filter), body);
     });
   }
 
   async deleteSubscription(key: string, filter: string): Promise<void> {
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) (this.db as Tables).subscriptions.removeSync(sidTextKey(s.h.sid, filter));
+      const s = this.sidOf(key);
+      if (s !== undefined) (this.db as Tables).subscriptions.removeSync(sidTextKey(s.sid, filter));
     });
   }
 
@@ -159,9 +161,9 @@ export class LmdbStore extends LmdbBase implements Store {
     const body = encodeInflight(inflight);
     const packetId = inflight.packetId;
     await this.write(() => {
-      const s = this.header(key);
+      const s = this.sidOf(key);
       if (s === undefined) return;
-      const sid = s.h.sid;
+      const sid = s.sid;
       const indexKey = sidU16Key(sid, packetId);
       const raw = (this.db as Tables).inflightIndex.get(indexKey);
       // Replacing by packet id keeps the entry's place; a new one goes last (resend order, MQTT-4.6.0-1).
@@ -173,14 +175,14 @@ export class LmdbStore extends LmdbBase implements Store {
 
   async deleteInflight(key: string, packetId: number): Promise<void> {
     await this.write(() => {
-      const s = this.header(key);
+      const s = this.sidOf(key);
       if (s === undefined) return;
       const db = this.db as Tables;
-      const indexKey = sidU16Key(s.h.sid, packetId);
+      const indexKey = sidU16Key(s.sid, packetId);
       const raw = db.inflightIndex.get(indexKey);
       if (raw === undefined) return;
       const order = this.read('inflightIndex', indexKey, raw, decodeNumber);
-      db.inflight.removeSync(sidU64Key(s.h.sid, order));
+      db.inflight.removeSync(sidU64Key(s.sid, order));
       db.inflightIndex.removeSync(indexKey);
     });
   }
@@ -188,48 +190,48 @@ export class LmdbStore extends LmdbBase implements Store {
   async enqueue(key: string, message: StoredMessage): Promise<void> {
     const body = encodeMessage(message);
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) this.put('queue', sidU64Key(s.h.sid, this.nextNumber('queue', s.h.sid)), body);
+      const s = this.sidOf(key);
+      if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextNumber('queue', s.sid)), body);
     });
   }
 
   async dequeue(key: string, count: number): Promise<void> {
     if (count <= 0) return;
     await this.write(() => {
-      const s = this.header(key);
+      const s = this.sidOf(key);
       if (s === undefined) return;
       const db = this.db as Tables;
-      const keys = [...db.queue.getKeys({ ...sidRange(s.h.sid), limit: count })].map((k) => Buffer.from(k as Buffer));
+      const keys = [...db.queue.getKeys({ ...sidRange(s.sid), limit: count })].map((k) => Buffer.from(k as Buffer));
       for (const k of keys) db.queue.removeSync(k);
     });
   }
 
   async putAwaitingRelease(key: string, packetId: number): Promise<void> {
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) this.put('awaiting', sidU16Key(s.h.sid, packetId), EMPTY);
+      const s = this.sidOf(key);
+      if (s !== undefined) this.put('awaiting', sidU16Key(s.sid, packetId), EMPTY);
     });
   }
 
   async deleteAwaitingRelease(key: string, packetId: number): Promise<void> {
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) (this.db as Tables).awaiting.removeSync(sidU16Key(s.h.sid, packetId));
+      const s = this.sidOf(key);
+      if (s !== undefined) (this.db as Tables).awaiting.removeSync(sidU16Key(s.sid, packetId));
     });
   }
 
   async putWill(key: string, will: StoredWill): Promise<void> {
     const body = encodeWill(will);
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) this.put('wills', sidKey(s.h.sid), body);
+      const s = this.sidOf(key);
+      if (s !== undefined) this.put('wills', sidKey(s.sid), body);
     });
   }
 
   async deleteWill(key: string): Promise<void> {
     await this.write(() => {
-      const s = this.header(key);
-      if (s !== undefined) (this.db as Tables).wills.removeSync(sidKey(s.h.sid));
+      const s = this.sidOf(key);
+      if (s !== undefined) (this.db as Tables).wills.removeSync(sidKey(s.sid));
     });
   }
 

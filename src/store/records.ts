@@ -108,13 +108,17 @@ export function sealedKeyId(value: Buffer): string | undefined {
   return value.subarray(2, 2 + (value[1] as number)).toString('latin1');
 }
 
-/** Returns the body (a copy, safe to keep). Throws RecordError when the value is damaged or cannot be decrypted. */
+/**
+ * Returns the body. In the clear it is a view of `value` (no copy): decode it at once, as every
+ * caller does; the decoders copy what they keep (binary parts), so nothing refers to a buffer
+ * LMDB may reuse. Throws RecordError when the value is damaged or cannot be decrypted.
+ */
 export function unwrap(table: TableName, key: Buffer, value: Buffer, keyring: Keyring | null): Buffer {
   const t = Table[table];
   if (value.length >= 5 && value[0] === PLAIN) {
     const want = value.readUInt32BE(1);
     if (recordCrc(t, key, value, 5) !== want) throw new RecordError('checksum', 'checksum mismatch');
-    return Buffer.from(value.subarray(5));
+    return value.subarray(5);
   }
   if (value.length >= 2 && value[0] === SEALED) {
     const idLen = value[1] as number;

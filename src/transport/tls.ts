@@ -89,6 +89,8 @@ export class TlsListener implements Listener {
   private readonly files: TlsFiles;
   private readonly pskSeen = new WeakMap<tls.TLSSocket, { identity?: string; unknown?: string }>();
   private readonly accepted = new WeakMap<tls.TLSSocket, TlsPeerInfo>();
+  /** The chain's serials of each accepted connection, by its peer info, for {@link revokedNow}. */
+  private readonly chains = new WeakMap<TlsPeerInfo, { serial: string; issuer: string }[]>();
   private readonly live = new Set<LiveConnection>();
   private readonly watched: string[] = [];
   private reloadTimer: NodeJS.Timeout | null = null;
@@ -222,6 +224,7 @@ export class TlsListener implements Listener {
     }
     if (result.crlExpired !== undefined) this.warnCrlExpired(result.crlExpired);
     this.accepted.set(socket, result.info);
+    this.chains.set(result.info, result.serials);
     const live: LiveConnection = { socket, info: result.info, serials: result.serials };
     this.live.add(live);
     socket.once('close', () => this.live.delete(live));
@@ -347,6 +350,16 @@ export class TlsListener implements Listener {
       this.options.audit({ event: 'reload', action: 'tls', decision: 'allow', reason: `TLS material reloaded (${cause})`, listener: this.name });
     }
     return ok;
+  }
+
+  /**
+   * True when the current CRLs revoke a certificate of the chain this connection presented.
+   * Asked after the connection is gone, before its delayed will is published: a will must not
+   * outlive the revocation of the certificate that sent it.
+   */
+  revokedNow(info: TlsPeerInfo): boolean {
+    const serials = this.chains.get(info);
+    return this.crl !== undefined && serials !== undefined && isRevoked(serials, this.crl.index);
   }
 
   private disconnectRevoked(index: CrlState['index']): void {

@@ -110,6 +110,8 @@ export class CasbinAuthorizer implements Authorizer {
   private readonly principals = new WeakMap<Principal, { n: number; generation: number; bound: boolean; who: RequestIdentity }>();
   private nextPrincipal = 1;
   private generation = 0;
+  /** The last reload failed: a file change back to the last good content must still reload (and say so). */
+  private lastReloadFailed = false;
   private readonly listeners: ((report: PolicyReloadReport) => void)[] = [];
   private watchers: fs.FSWatcher[] = [];
   private debounce: NodeJS.Timeout | null = null;
@@ -274,6 +276,7 @@ export class CasbinAuthorizer implements Authorizer {
     } catch (err) {
       report = { ok: false, version: this.set.version, authorizer: this.id, trigger, warnings: [], detail: (err as Error).message };
     }
+    this.lastReloadFailed = !report.ok;
     for (const listener of this.listeners) {
       try {
         listener(report);
@@ -315,7 +318,7 @@ export class CasbinAuthorizer implements Authorizer {
     } catch {
       changed = true; // a bad file is reported by the reload itself
     }
-    if (changed) await this.reload('file change');
+    if (changed || this.lastReloadFailed) await this.reload('file change');
   }
 
   async close(): Promise<void> {

@@ -227,8 +227,9 @@ export const MAX_EXPANSIONS = 64;
 export type Expansion = string[] | { overflow: number };
 
 /**
- * Substitutes the placeholders of a policy filter. Each value is checked first: one that fails
- * {@link safePlaceholderValue} (or is missing) is dropped. Returns every concrete filter; an empty
+ * Substitutes the placeholders of a policy filter. Each value is checked first: one that is
+ * missing is dropped; one that fails {@link safePlaceholderValue} is dropped from an allow rule
+ * and, in a deny rule, turns its level into `+`. Returns every concrete filter; an empty
  * list means the rule does not apply (fail closed). When the values would multiply past
  * {@link MAX_EXPANSIONS}, nothing is expanded and the count is returned: the caller fails closed
  * (a deny rule applies, an allow rule does not).
@@ -242,7 +243,12 @@ export function expandPlaceholders(filter: string, who: RequestIdentity, ruleSub
   let count = 1;
   for (const m of filter.matchAll(PLACEHOLDER)) {
     literals.push(filter.slice(last, m.index));
-    const candidates = values(who, ruleSubject, effect, m[1], m[2]).filter(safePlaceholderValue);
+    const raw = values(who, ruleSubject, effect, m[1], m[2]);
+    const candidates: string[] = raw.filter(safePlaceholderValue);
+    // Fail closed: for a deny rule, a value that is present but unusable (a number, `a/b`,
+    // `$SYS`, `+`...) makes its whole level a `+`, so the rule still denies; skipping it denied
+    // nothing and let a crafted claim slip past the rule.
+    if (effect === 'deny' && candidates.length < raw.length && raw.some((v) => v !== undefined && v !== null && !safePlaceholderValue(v))) candidates.push(WILD_LEVEL);
     if (candidates.length === 0) return [];
     choices.push(candidates);
     count *= candidates.length;
@@ -257,7 +263,17 @@ export function expandPlaceholders(filter: string, who: RequestIdentity, ruleSub
     for (const prefix of results) for (const v of choices[i] as string[]) next.push(prefix + (literals[i] as string) + v);
     results = next;
   }
-  return results.map((r) => r + tail);
+  return results.map((r) => (r.includes(WILD_LEVEL) ? wildLevels(r + tail) : r + tail));
+}
+
+/** Stands for an unusable value in a deny rule (U+0000 never survives safePlaceholderValue). */
+const WILD_LEVEL = '\u0000';
+
+function wildLevels(filter: string): string {
+  return filter
+    .split('/')
+    .map((level) => (level.includes(WILD_LEVEL) ? '+' : level))
+    .join('/');
 }
 
 /** Policy action names: the broker's four, plus `read` (subscribe and deliver) and `*`. */

@@ -228,6 +228,11 @@ function checkWill(ctx: ConnectContext): Refusal | undefined {
   if (will === undefined || will === null) return undefined;
   const check = checkTopicName(will.topic, ctx.broker.config.limits);
   if (!check.ok) return { reason: ReasonCode.TopicNameInvalid, detail: `will topic: ${check.detail}` };
+  const responseTopic = will.properties?.responseTopic;
+  if (responseTopic !== undefined) {
+    const rt = checkTopicName(responseTopic, ctx.broker.config.limits);
+    if (!rt.ok) return { reason: ReasonCode.ProtocolError, detail: `will Response Topic: ${rt.detail}` }; // a will is a PUBLISH to be: [MQTT-3.3.2-14]
+  }
   const { willDelayInterval, ...properties } = will.properties ?? {};
   ctx.will = {
     topic: will.topic,

@@ -11,6 +11,7 @@ import type { AuthzResult } from '../../authz/types.ts';
 import type { Connection } from '../connection.ts';
 import type { BrokerApi } from '../handler-api.ts';
 import type { Message } from '../message.ts';
+import { countReceived } from '../stats.ts';
 
 export function handlePublish(broker: BrokerApi, conn: Connection, packet: PublishPacket): void | Promise<void> {
   const limits = broker.config.limits;
@@ -35,6 +36,11 @@ export function handlePublish(broker: BrokerApi, conn: Connection, packet: Publi
     }
     if (countUserProperties(properties) > limits.maxUserProperties) {
       return conn.disconnect(ReasonCode.ImplementationSpecificError, `more than limits.maxUserProperties (${limits.maxUserProperties}) user properties; raise it to admit more`);
+    }
+    const responseTopic = properties.responseTopic;
+    if (responseTopic !== undefined) {
+      const rt = checkTopicName(responseTopic, limits);
+      if (!rt.ok) return conn.disconnect(ReasonCode.ProtocolError, `Response Topic: ${rt.detail}`); // [MQTT-3.3.2-14]
     }
   }
   if (topic.length === 0) return conn.disconnect(ReasonCode.ProtocolError, 'PUBLISH with an empty topic and no topic alias');
@@ -76,6 +82,7 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   const session = conn.session;
   if (session === null || conn.state !== 'connected') return;
   broker.stats.messagesReceived++;
+  countReceived(broker.stats, message);
   // What routing writes to the store (queues of persistent sessions, in-flight, retained, the
   // QoS 2 packet id) is committed before the PUBACK / PUBREC that promises it is sent.
   if (message.qos > 0) broker.sessions.trackWrites();

@@ -1,0 +1,207 @@
+/**
+ * The request pipeline of the operations listener, as Fastify lifecycle hooks (registered before
+ * the listener starts, in this order):
+ *
+ *   onRequest   identify    throttled address → 429; client certificate (mTLS) or bearer token → 401
+ *               authorize   the admin policy: `read` or `publish` on `admin/<resource>` → 403
+ *   (Fastify)   parse JSON body (413, 400, 415), validate params, query and body (400)
+ *   handler
+ *   onSend      security headers
+ *   onResponse  one audit record per admin API call and per refusal anywhere; request counters
+ *
+ * A caller is identified before its body is read: an unauthenticated client never gets its
+ * body parsed. Unknown routes go through the same hooks, so they too need a caller (and the
+ * route map is not shown to strangers), get 404 and are audited.
+ */
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { AdminAuthorizer, AdminPrincipal } from './admin-authz.ts';
+import type { OpsContext } from './context.ts';
+import { ApiError, toApiError, type ErrorBody } from './errors.ts';
+import type { FailureThrottle } from './throttle.ts';
+import type { TokenAuthenticator } from './token-auth.ts';
+
+const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
+
+export interface PipelineParts {
+  ctx: OpsContext;
+  tokens: TokenAuthenticator | undefined;
+  authz: AdminAuthorizer;
+  throttle: FailureThrottle;
+  /** Client certificates are asked for (http.tls.ca). */
+  mtls: boolean;
+}
+
+/** What Node reports for a client certificate it could not verify, in words. */
+const CERT_ERRORS: Record<string, string> = {
+  CERT_HAS_EXPIRED: 'client certificate expired',
+  CERT_NOT_YET_VALID: 'client certificate not yet valid',
+  CERT_REVOKED: 'client certificate revoked',
+  UNABLE_TO_GET_CRL: 'no CRL for the client certificate issuer',
+  CRL_HAS_EXPIRED: 'the CRL for the client certificate expired',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'client certificate from an unknown CA',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'client certificate from an unknown CA',
+  SELF_SIGNED_CERT_IN_CHAIN: 'client certificate from an unknown CA',
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'self-signed client certificate',
+};
+
+const CONSOLE_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const API_CSP = "default-src 'none'; frame-ancestors 'none'";
+
+export function installPipeline(app: FastifyInstance, parts: PipelineParts): void {
+  const { ctx, tokens, authz, throttle, mtls } = parts;
+  const authConfigured = tokens !== undefined || mtls;
+  const metricsPublic = ctx.http.metrics.public || !authConfigured;
+
+  app.decorateRequest('ops', null as unknown as FastifyRequest['ops']);
+
+  // ── onRequest: who is calling, and may they ──────────────────────────────
+  app.addHook('onRequest', async (req) => {
+    req.ops = { startedAt: performance.now(), principal: null, error: null };
+    const cfg = req.routeOptions.config;
+    if (cfg.kind === 'public' || (cfg.kind === 'metrics' && metricsPublic)) return;
+    const address = req.socket.remoteAddress ?? 'unknown';
+    const wait = throttle.blockedFor(address);
+    if (wait > 0) throw Object.assign(new ApiError(429, 'ERR_TOO_MANY_FAILURES', `too many failed authentications from ${address}: try again in ${wait} s`), { retryAfter: wait });
+    try {
+      req.ops.principal = await identify(req);
+    } catch (err) {
+      if (err instanceof ApiError && err.statusCode === 401) throttle.failed(address);
+      throw err;
+    }
+  });
+
+  app.addHook('onRequest', async (req) => {
+    const cfg = req.routeOptions.config;
+    const who = req.ops.principal;
+    // Public routes have no caller; an unknown route needs one but no permission (404 follows).
+    if (who === null || req.is404) return;
+    // Fail closed: a route that needs a caller but names no policy object is refused, not let through.
+    if (cfg.resource === undefined || cfg.access === undefined) throw new ApiError(403, 'ERR_FORBIDDEN', `no admin policy object is declared for ${req.method} ${req.routeOptions.url ?? ''}: refused`);
+    const decision = authz.decide(who, cfg.resource, cfg.access);
+    req.ops.decidedBy = decision.decidedBy;
+    req.ops.rule = decision.rule;
+    req.ops.policyVersion = decision.policyVersion;
+    if (decision.kind !== 'allow') {
+      const verb = cfg.access === 'change' ? 'change' : 'read';
+      const roles = who.roles.length > 0 ? `roles ${who.roles.join(', ')}` : 'no roles';
+      throw new ApiError(403, 'ERR_FORBIDDEN', `'${who.name}' (${roles}) may not ${verb} admin/${cfg.resource} (${decision.kind === 'deny' ? decision.detail : 'no rule allows it'}; see http.auth.policy)`);
+    }
+  });
+
+  async function identify(req: FastifyRequest): Promise<AdminPrincipal> {
+    if (mtls) {
+      const fromCert = certificateCaller(req.raw.socket as TLSSocket);
+      if (fromCert !== undefined) return fromCert;
+    }
+    const header = req.headers.authorization;
+    if (!authConfigured) {
+      throw new ApiError(401, 'ERR_NO_AUTHENTICATION_CONFIGURED', 'no authentication is configured for the admin API: set http.auth.tokens (see `portcullis token add`) or http.tls.ca for client certificates');
+    }
+    if (header === undefined) throw new ApiError(401, 'ERR_UNAUTHENTICATED', `authentication required: ${tokens !== undefined ? 'send Authorization: Bearer <token>' : ''}${tokens !== undefined && mtls ? ' or ' : ''}${mtls ? 'present a client certificate' : ''}`);
+    const m = /^Bearer +(\S+)$/i.exec(header);
+    if (m === null) throw new ApiError(401, 'ERR_TOKEN_MALFORMED', 'the Authorization header must be "Bearer <token>"');
+    if (tokens === undefined) throw new ApiError(401, 'ERR_UNAUTHENTICATED', 'bearer tokens are not enabled (http.auth.tokens): present a client certificate');
+    const r = await tokens.check(m[1] as string);
+    if (!r.ok) {
+      if (r.code === 'ERR_BUSY') throw Object.assign(new ApiError(429, 'ERR_BUSY', r.message), { retryAfter: 1 });
+      throw new ApiError(401, r.code, r.message);
+    }
+    return { name: r.entry.name, method: 'token', roles: [...r.entry.roles], tokenId: r.entry.id };
+  }
+
+  // ── responses: errors, headers, audit ──────────────────────────────────────
+  app.setNotFoundHandler(async (req) => {
+    const path = (req.url.split('?')[0] ?? '').slice(0, 200);
+    throw new ApiError(404, 'ERR_NOT_FOUND', `no route ${req.method} ${path} (GET /api/v1/openapi.json lists them)`);
+  });
+
+  app.setErrorHandler(async (err, req, reply) => {
+    const api = toApiError(err);
+    if (req.ops === null || req.ops === undefined) req.ops = { startedAt: performance.now(), principal: null, error: null };
+    req.ops.error = api;
+    if (api.statusCode >= 500) ctx.log.error({ err: (err as Error).message, url: req.url.slice(0, 200) }, 'admin API request failed');
+    if (api.statusCode === 401) reply.header('WWW-Authenticate', 'Bearer realm="portcullis"');
+    const retry = (err as { retryAfter?: number }).retryAfter;
+    if (retry !== undefined) reply.header('Retry-After', String(retry));
+    const body: ErrorBody = { statusCode: api.statusCode, code: api.code, message: api.message, requestId: String(req.id) };
+    return reply.code(api.statusCode).type('application/json; charset=utf-8').send(body);
+  });
+
+  app.addHook('onSend', async (req, reply, payload) => {
+    reply.header('X-Request-Id', String(req.id));
+    reply.header('X-Content-Type-Options', 'nosniff');
+    reply.header('Referrer-Policy', 'no-referrer');
+    reply.header('X-Frame-Options', 'DENY');
+    reply.header('Cache-Control', 'no-store');
+    reply.header('Content-Security-Policy', req.routeOptions.config.op?.startsWith('console') === true ? CONSOLE_CSP : API_CSP);
+    if (ctx.http.tls !== undefined) reply.header('Strict-Transport-Security', 'max-age=31536000');
+    return payload;
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const cfg = req.routeOptions.config;
+    const status = reply.statusCode;
+    const route = req.is404 ? '(unmatched)' : (req.routeOptions.url ?? '(unmatched)');
+    ctx.httpMeter.requests.add([route, req.method, String(status)]);
+    // Every admin API call and every refusal anywhere; a successful probe, scrape or page load is not.
+    if (status < 400 && cfg.kind !== 'api') return;
+    const state: FastifyRequest['ops'] | null = req.ops ?? null;
+    let unaudited: number | undefined;
+    if (state?.error?.code === 'ERR_TOO_MANY_FAILURES') {
+      unaudited = throttle.refusalToAudit(req.socket.remoteAddress ?? 'unknown');
+      if (unaudited === undefined) return;
+    }
+    const who = state?.principal ?? null;
+    const path = (req.url.split('?')[0] ?? '').slice(0, 256);
+    ctx.audit({
+      event: 'admin',
+      action: `api.${req.is404 ? 'unknown-route' : (cfg.op ?? 'unknown-route')}`,
+      decision: status < 400 ? 'allow' : 'deny',
+      reason: state?.error?.message ?? `${req.method} ${path}`,
+      listener: 'http',
+      remoteAddress: req.socket.remoteAddress ?? '',
+      remotePort: req.socket.remotePort ?? 0,
+      ...(who !== null ? { username: who.name, authMethod: who.method } : {}),
+      ...(who?.certFingerprint !== undefined ? { certFingerprint: who.certFingerprint } : {}),
+      ...(who?.certSubject !== undefined ? { certSubject: who.certSubject } : {}),
+      ...(state?.decidedBy !== undefined ? { decidedBy: state.decidedBy } : {}),
+      ...(state?.rule !== undefined ? { rule: state.rule } : {}),
+      ...(state?.policyVersion !== undefined ? { policyVersion: state.policyVersion } : {}),
+      detail: {
+        method: req.method,
+        route,
+        path,
+        status,
+        requestId: String(req.id),
+        ...(state?.error !== null && state?.error !== undefined ? { code: state.error.code } : {}),
+        ...(who?.tokenId !== undefined ? { tokenId: who.tokenId } : {}),
+        ...(unaudited !== undefined && unaudited > 0 ? { throttledUnaudited: unaudited } : {}),
+        ...(state?.target ?? {}),
+      },
+    });
+  });
+}
+
+/** The caller a client certificate names; undefined when none was presented; a 401 when it is not good. */
+function certificateCaller(socket: TLSSocket): AdminPrincipal | undefined {
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  const cert = socket.getPeerCertificate(false);
+  if (cert === null || cert === undefined || Object.keys(cert).length === 0) return undefined;
+  if (!socket.authorized) {
+    const code = String(socket.authorizationError ?? 'UNKNOWN');
+    const text = CERT_ERRORS[code] ?? `client certificate not verified (${code})`;
+    throw new ApiError(401, code === 'CERT_HAS_EXPIRED' ? 'ERR_CERTIFICATE_EXPIRED' : 'ERR_CERTIFICATE_INVALID', text);
+  }
+  if (!(cert.ext_key_usage ?? []).includes(CLIENT_AUTH_OID)) throw new ApiError(401, 'ERR_CERTIFICATE_INVALID', 'client certificate without the clientAuth extended key usage');
+  const cn = cert.subject?.CN;
+  const name = Array.isArray(cn) ? cn[0] : cn;
+  if (typeof name !== 'string' || name === '' || /[\u0000-\u001f\u007f+#/]/.test(name)) throw new ApiError(401, 'ERR_CERTIFICATE_INVALID', 'client certificate without a usable common name');
+  const subject = Object.entries(cert.subject ?? {})
+    .flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => `${k}=${String(x)}`))
+    .join(', ');
+  return { name, method: 'certificate', roles: [], certSubject: subject, certFingerprint: cert.fingerprint256 };
+}
+
+/** Replies 200 with JSON (the handlers return objects; Fastify serializes them). */
+export type Handler = (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;

@@ -1,0 +1,131 @@
+/**
+ * The operations listener: Fastify 5 with the pipeline of pipeline.ts, the routes of routes/,
+ * and /metrics over the families of src/metrics. Loaded only when `http` is configured, so a
+ * broker without it never loads Fastify or prom-client.
+ */
+import crypto from 'node:crypto';
+import type { Server } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import tls from 'node:tls';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { families } from '../metrics/collectors.ts';
+import { MetricsRegistry } from '../metrics/prom.ts';
+import type { OpsContext } from './context.ts';
+import { openApiDocument } from './openapi.ts';
+import { installPipeline } from './pipeline.ts';
+import type { RouteSpec } from './route.ts';
+import { auditRoutes } from './routes/audit.ts';
+import { banRoutes } from './routes/bans.ts';
+import { clientRoutes } from './routes/clients.ts';
+import { consoleRoutes } from './routes/console.ts';
+import { healthRoutes } from './routes/health.ts';
+import { metricsRoutes } from './routes/metrics.ts';
+import { opsRoutes } from './routes/ops.ts';
+import { reloadRoutes } from './routes/reload.ts';
+import type { OpsSetup, TlsFiles } from './setup.ts';
+import { FailureThrottle } from './throttle.ts';
+
+export interface OpsServer {
+  readonly address: { host: string; port: number; protocol: 'http' | 'https' };
+  /** Reads the TLS files again and uses them for new connections; a bad file keeps the last good ones. */
+  reloadTls(): { ok: boolean; detail: string };
+  close(): Promise<void>;
+}
+
+/** Open connections the listener keeps at most: the operations port is for a few tools, not for crowds. */
+const MAX_CONNECTIONS = 256;
+
+function secureOptions(files: TlsFiles, minVersion: 'TLSv1.2' | 'TLSv1.3'): tls.SecureContextOptions & tls.TlsOptions {
+  return {
+    cert: files.cert,
+    key: files.key,
+    minVersion,
+    // No tickets: every connection is a full handshake, so the client certificate is checked on each.
+    secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION | crypto.constants.SSL_OP_NO_TICKET,
+    ...(files.ca !== undefined ? { ca: files.ca, requestCert: true, rejectUnauthorized: false } : {}),
+    ...(files.crl !== undefined ? { crl: files.crl } : {}),
+  };
+}
+
+export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<OpsServer> {
+  const h = ctx.http;
+  setup.authz.onReload((r) => {
+    (r.ok ? ctx.log.info.bind(ctx.log) : ctx.log.error.bind(ctx.log))({ file: h.auth.policy }, `admin policy reload: ${r.detail ?? (r.ok ? 'ok' : 'failed')}`);
+    ctx.audit({ event: 'reload', action: 'admin-policy', decision: r.ok ? 'allow' : 'deny', reason: r.detail ?? (r.ok ? 'reloaded' : 'reload failed'), ...(r.version !== undefined ? { policyVersion: r.version } : {}), detail: { file: h.auth.policy } });
+  });
+  const tlsFiles = setup.readTls();
+  const common = {
+    logger: false,
+    bodyLimit: h.bodyLimit,
+    trustProxy: false,
+    return503OnClosing: true,
+    forceCloseConnections: true,
+    // The audit tail waits up to 30 s; slow or idle clients are not kept longer.
+    requestTimeout: 45_000,
+    connectionTimeout: 60_000,
+    keepAliveTimeout: 5_000,
+    routerOptions: { maxParamLength: 1024 },
+    genReqId: () => crypto.randomUUID(),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array' as const, useDefaults: true, allErrors: false } },
+  };
+  // Fastify types the instance by its server (http or https); the routes need neither.
+  const app = (tlsFiles !== undefined ? Fastify({ ...common, https: secureOptions(tlsFiles, h.tls?.minVersion ?? 'TLSv1.2') }) : Fastify(common)) as unknown as FastifyInstance;
+  app.server.maxConnections = MAX_CONNECTIONS;
+  app.server.headersTimeout = 10_000;
+
+  installPipeline(app, { ctx, tokens: setup.tokens, authz: setup.authz, throttle: new FailureThrottle(h.auth.failures.burst, h.auth.failures.perMinute), mtls: h.tls?.ca !== undefined });
+
+  let registry: MetricsRegistry | undefined;
+  if (h.metrics.enabled && ctx.metrics !== undefined) {
+    registry = new MetricsRegistry();
+    for (const f of families(ctx.metrics)) registry.add(f);
+  }
+  const routes: RouteSpec[] = [...healthRoutes(ctx), ...metricsRoutes(registry)];
+  if (h.api.enabled) {
+    let document: unknown;
+    const api = [...clientRoutes(ctx), ...banRoutes(ctx), ...reloadRoutes(ctx), ...auditRoutes(ctx), ...opsRoutes(ctx, () => document)];
+    routes.push(...api);
+    if (h.console.enabled) routes.push(...consoleRoutes());
+    document = openApiDocument(routes, ctx.version, { tokens: setup.tokens !== undefined, mtls: h.tls?.ca !== undefined });
+  }
+  for (const r of routes) {
+    // A route that needs a caller must say what the admin policy decides on; the pipeline refuses it otherwise.
+    if (r.kind !== 'public' && (r.resource === undefined || r.access === undefined)) throw new Error(`operations route ${r.method} ${r.url} needs a caller but declares no admin policy object`);
+    app.route({
+      method: r.method,
+      url: r.url,
+      ...(r.schema !== undefined ? { schema: r.schema } : {}),
+      config: { op: r.op, kind: r.kind, ...(r.resource !== undefined ? { resource: r.resource } : {}), ...(r.access !== undefined ? { access: r.access } : {}) },
+      handler: r.handler,
+    });
+  }
+
+  try {
+    await setup.authz.init();
+    await app.listen({ host: h.host, port: h.port });
+  } catch (err) {
+    await app.close();
+    await setup.authz.close();
+    throw err;
+  }
+  const bound = app.server.address();
+  const port = bound !== null && typeof bound === 'object' ? bound.port : h.port;
+  const server = app.server as Server | HttpsServer;
+  return {
+    address: { host: h.host, port, protocol: tlsFiles !== undefined ? 'https' : 'http' },
+    reloadTls() {
+      if (tlsFiles === undefined) return { ok: true, detail: 'no TLS on the operations listener' };
+      try {
+        const files = setup.readTls() as TlsFiles;
+        (server as HttpsServer).setSecureContext(secureOptions(files, h.tls?.minVersion ?? 'TLSv1.2'));
+        return { ok: true, detail: 'reloaded' };
+      } catch (err) {
+        return { ok: false, detail: `${(err as Error).message}; keeping the last good files` };
+      }
+    },
+    async close() {
+      await app.close();
+      await setup.authz.close();
+    },
+  };
+}
