@@ -155,3 +155,38 @@ test('a delayed will of a session whose node was cut off is published by the nod
   t.true(await eventually(() => wills.length === 1, 10_000), 'the adopting node publishes the will after its delay');
   t.deepEqual(wills, ['lost']);
 });
+
+test('with the Redis store (store.type: redis) shared by the nodes, a stopped node\'s persistent session resumes on another node with the messages queued for it', async (t) => {
+  const redis = await startRedis();
+  const dir = tempDir();
+  const keyFile = writeKeyFile(dir);
+  const nodes: InProcessNode[] = [];
+  const clients: MqttClient[] = [];
+  t.teardown(async () => {
+    for (const cl of clients) cl.end(true);
+    for (const n of nodes) await n.broker.stop().catch(() => undefined);
+    await redis.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  // The store and the bus on one Redis; each node its own store instance.
+  const cfg = (id: string) => ({ ...nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name: 'redis-store', leaseMs: LEASE }), store: { type: 'redis', url: redis.url, instance: id } }) as Parameters<typeof startNode>[0];
+  const a = await startNode(cfg('a'));
+  const b = await startNode(cfg('b'));
+  nodes.push(a, b);
+  const device: IClientOptions = { clientId: 'rs-device', clean: false, properties: { sessionExpiryInterval: 600 } };
+  const first = await connect(a.port, device);
+  await first.subscribeAsync('rs/#', { qos: 1 });
+  first.end(true);
+  const pub = await connect(b.port, { clientId: 'rs-pub' });
+  clients.push(pub);
+  for (let i = 0; i < 5; i++) await pub.publishAsync('rs/x', `m${i}`, { qos: 1 });
+  await a.broker.stop();
+  nodes.shift();
+  const got: string[] = [];
+  const back = await connect(b.port, device, (_topic, p) => got.push(p.toString()));
+  clients.push(back);
+  t.true((back as unknown as { connackPacket: { sessionPresent: boolean } }).connackPacket.sessionPresent);
+  t.true(await eventually(() => got.length >= 5, 5000), JSON.stringify(got));
+  t.deepEqual(got, ['m0', 'm1', 'm2', 'm3', 'm4']);
+  t.truthy(b.audit.records.find((r) => r.event === 'cluster' && r.action === 'adopt'));
+});
