@@ -51,8 +51,9 @@ import { WebSocketListener } from './transport/websocket.ts';
 import { TlsListener } from './transport/tls.ts';
 import { TlsFileError } from './transport/tls-material.ts';
 import { ClusterError } from './cluster/errors.ts';
-import { ClusterNode, type ClusterStatus } from './cluster/node.ts';
-import { ClusterSync, RELOAD_ALL, type ClusterReloadReport, type NodeReloadReport } from './cluster/sync.ts';
+import { ClusterNode } from './cluster/node.ts';
+import type { ClusterReloadReport, ClusterStatus, NodeReloadReport } from './cluster/status.ts';
+import { ClusterSync, RELOAD_ALL } from './cluster/sync.ts';
 import { DeliveryLatency } from './broker/stats.ts';
 import type { OpsContext, ReadyCheck } from './http/context.ts';
 import { explainPolicy } from './http/explain.ts';
@@ -146,8 +147,7 @@ export interface RunningBroker {
   reloadCertificates(trigger?: string): Promise<{ listener: string; ok: boolean }[]>;
 }
 
-export type { ClusterReloadReport, NodeReloadReport } from './cluster/sync.ts';
-export type { ClusterStatus } from './cluster/node.ts';
+export type { ClusterReloadReport, ClusterStatus, NodeReloadReport } from './cluster/status.ts';
 
 /** Builds a broker from a configuration object. Throws ConfigError (code ERR_PORTCULLIS_CONFIG) on a bad one. */
 export function createBroker(input: ConfigInput | Config = {}, options: BrokerOptions = {}): RunningBroker {

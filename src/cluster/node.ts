@@ -34,6 +34,7 @@ import { OfflinePartitions } from './offline.ts';
 import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
+import type { ClusterStatus } from './status.ts';
 import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control, type JsonValue } from './wire.ts';
 
 export interface ClusterNodeOptions {
@@ -52,23 +53,7 @@ export interface ClusterExtension {
   onReply(c: Control, sender: string): void;
 }
 
-/** What the node reports for readiness and $SYS. */
-export interface ClusterStatus {
-  nodeId: string;
-  run: string;
-  /** Redis answers: cross-node delivery works. */
-  redis: 'up' | 'down';
-  /** Since when Redis has been in this state (epoch ms). */
-  since: number;
-  /** The node's lease is current (it renewed it within leaseMs). */
-  leaseCurrent: boolean;
-  /** Partitions hosted here (its own first). */
-  partitions: string[];
-  liveNodes: number;
-  offlineSessions: number;
-  pendingBytes: number;
-  bus: { frames: number; bodies: number; refused: number; failed: number; received: number; refusedFrames: number };
-}
+export type { ClusterStatus } from './status.ts';
 
 interface PartitionInfo {
   host: string;

@@ -21,20 +21,8 @@ import type { ClusterExtension, ClusterNode } from './node.ts';
 import { nodeOfRun } from './names.ts';
 import { fromJson, toJson, type Control, type JsonValue } from './wire.ts';
 
-/** One node's outcome of a reload. */
-export interface NodeReloadReport {
-  node: string;
-  ok: boolean;
-  /** One line per thing reloaded: `policy: ok (version ...)`, `tls tls-8883: FAILED ...`. */
-  items: { what: string; ok: boolean; detail: string }[];
-}
-
-export interface ClusterReloadReport {
-  ok: boolean;
-  nodes: NodeReloadReport[];
-  /** Live nodes that did not answer within the deadline. */
-  silent: string[];
-}
+import type { ClusterReloadReport, NodeReloadReport } from './status.ts';
+export type { ClusterReloadReport, NodeReloadReport } from './status.ts';
 
 export interface SyncParts {
   node: ClusterNode;

@@ -1,0 +1,37 @@
+/**
+ * What a cluster node reports to the rest of the program (readiness, $SYS, reloads): types only,
+ * with no import, so that the package's declarations (index.ts exports these) do not pull in the
+ * Redis client's.
+ */
+/** What the node reports for readiness and $SYS. */
+export interface ClusterStatus {
+  nodeId: string;
+  run: string;
+  /** Redis answers: cross-node delivery works. */
+  redis: 'up' | 'down';
+  /** Since when Redis has been in this state (epoch ms). */
+  since: number;
+  /** The node's lease is current (it renewed it within leaseMs). */
+  leaseCurrent: boolean;
+  /** Partitions hosted here (its own first). */
+  partitions: string[];
+  liveNodes: number;
+  offlineSessions: number;
+  pendingBytes: number;
+  bus: { frames: number; bodies: number; refused: number; failed: number; received: number; refusedFrames: number };
+}
+
+/** One node's outcome of a reload. */
+export interface NodeReloadReport {
+  node: string;
+  ok: boolean;
+  /** One line per thing reloaded: `policy: ok (version ...)`, `tls tls-8883: FAILED ...`. */
+  items: { what: string; ok: boolean; detail: string }[];
+}
+
+export interface ClusterReloadReport {
+  ok: boolean;
+  nodes: NodeReloadReport[];
+  /** Live nodes that did not answer within the deadline. */
+  silent: string[];
+}
