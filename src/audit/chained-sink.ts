@@ -802,9 +802,14 @@ export class ChainedAuditSink implements AuditSink {
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
+    // Waiters are woken only if this run tried to write. Woken by a run that found nothing to
+    // do, two flush() calls woke each other in microtasks for ever while a segment was still
+    // with the chaining thread, whose reply (a macrotask) then never came: the broker hung.
+    let tried = false;
     try {
       for (;;) {
         if (this.ready.length === 0) break;
+        tried = true;
         let take = 1;
         let bytes = (this.ready[0] as Batch).end - (this.ready[0] as Batch).start;
         // Several batches per write only where a failed write can be cut off before the retry
@@ -846,7 +851,7 @@ export class ChainedAuditSink implements AuditSink {
       }
     } finally {
       this.running = false;
-      this.wake();
+      if (tried) this.wake();
     }
   }
 
