@@ -179,3 +179,56 @@ test('an allowed flood (re-subscribes the policy allows, in a loop) is summarise
   t.true(summaries.length >= 1 && summaries.every((s) => s.decision === 'allow'), 'summaries of allowed decisions say allow');
   t.is(full.length + summaries.reduce((n, r) => n + Number(r.detail?.count), 0), granted, 'every allowed subscribe is written in full or counted in a summary');
 });
+
+test('a flood of subscribes refused by a limit before any authorizer (a filter over limits.maxTopicLevels, a bad $share name) is summarised: the log stays small and every refusal is accounted for', async (t) => {
+  const dir = tempAuditDir(t);
+  const policy = writePolicyDir('p, user:alice, plant/#, *, allow\n');
+  t.teardown(() => policy.cleanup());
+  const file = path.join(dir, 'audit.jsonl');
+  const broker = createBroker(
+    {
+      listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
+      authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
+      sys: { intervalSeconds: 0 },
+      store: { type: 'memory' },
+      audit: { path: file, rotate: { maxBytes: 1_000_000, intervalSeconds: 0 }, retention: { maxFiles: 2 } },
+    },
+    { logger: createLogger('error', new Writable({ write: (_c, _e, cb) => cb() })) },
+  );
+  const { listeners } = await broker.start();
+  const port = listeners[0]?.port ?? 0;
+  let stopped = false;
+  t.teardown(async () => {
+    if (!stopped) await broker.stop();
+  });
+  const raw = await rawConnect(port);
+  t.teardown(() => raw.socket.destroy());
+  raw.write(encodeConnect({ clientId: 'limit-flooder', version: 5, username: 'alice', password: 'alice-pw' }));
+  await waitForType(raw, PacketType.CONNACK);
+  const deep = `plant/${'a/'.repeat(70)}x`;
+  const filters = Array.from({ length: FILTERS_PER_SUBSCRIBE }, (_, k) => ({ topic: k % 2 === 0 ? deep : `$share/g+${k}/plant/x`, qos: 1 as const }));
+  const end = Date.now() + 3000;
+  let sent = 0;
+  for (let id = 1; Date.now() < end; id = (id % 65535) + 1) {
+    sent++;
+    if (!raw.socket.write(encodeSubscribe({ packetId: id, filters, version: 5 }))) await new Promise((r) => raw.socket.once('drain', r));
+  }
+  for (let i = 0; i < 500 && parsePackets(raw.received()).filter((p) => p.type === PacketType.SUBACK).length < sent; i++) await new Promise((r) => setTimeout(r, 20));
+  const packets = parsePackets(raw.received());
+  const subacks = packets.filter((p) => p.type === PacketType.SUBACK);
+  const refused = subacks.reduce((n, p) => n + [...p.body.subarray(3)].filter((c) => c === 0x8f).length, 0);
+  t.is(subacks.length, sent, 'every subscribe answered');
+  t.is(refused, sent * FILTERS_PER_SUBSCRIBE, 'every filter refused with 0x8F');
+  t.true(refused >= 10_000, `a flood: ${refused} refusals`);
+  raw.socket.destroy();
+  await broker.stop();
+  stopped = true;
+  const files = chainFiles(file);
+  const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
+  t.true(bytes < 100_000, `the audit log stays small: ${bytes} bytes for ${refused} refusals`);
+  const recs = files.flatMap((f) => readAuditLines(f).map((l) => parseRecord(l) as AuditRecord));
+  const flood = recs.filter((r) => r.clientId === 'limit-flooder' && r.event === 'subscribe');
+  const summaries = flood.filter((r) => r.action === 'summary');
+  t.true(summaries.length >= 1 && summaries.every((r) => r.reasonCode === 0x8f && r.decision === 'deny'), 'the refusals are summarised');
+  t.is(flood.filter((r) => r.action === undefined).length + summaries.reduce((n, r) => n + Number(r.detail?.count), 0), refused, 'every refusal is written in full or counted');
+});

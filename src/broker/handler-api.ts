@@ -30,6 +30,8 @@ export interface GateApi {
    */
   authorize(conn: Client, action: Action, topic: string, qos: QoS, retain: boolean, will?: boolean, shareGroup?: string): AuthzResult | Promise<AuthzResult>;
   audit(conn: Client | null, event: AuditEvent): void;
+  /** A request refused by a limit or a malformed filter: audited as a summarised denial. */
+  refuse(conn: Client, event: AuditEvent & { event: 'subscribe' | 'unsubscribe' | 'publish'; decision: 'deny' }): void;
   auditsConnects(): boolean;
   auditAvailable(): boolean;
   /** Ends a connection for a security reason, audited; `dropWill` (default true) discards its will. */

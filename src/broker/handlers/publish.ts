@@ -89,7 +89,7 @@ function finish(broker: BrokerApi, conn: Connection, message: Message, packetId:
   let reason: number = ReasonCode.Success;
   if (decision.kind === 'allow' && message.retain && !broker.delivery.retainFits(message, session.quotaKey)) {
     // Over the identity's retained quota or the broker's retained limits: not published at all.
-    broker.gate.audit(conn, { event: 'publish', action: 'quota', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'retained messages over quota (limits.quotas.retainedMessages / retainedBytes, limits.maxRetainedMessages / maxRetainedBytes)', topic: message.topic, qos: message.qos, retain: true });
+    broker.gate.refuse(conn, { event: 'publish', action: 'quota', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'retained messages over quota (limits.quotas.retainedMessages / retainedBytes, limits.maxRetainedMessages / maxRetainedBytes)', topic: message.topic, qos: message.qos, retain: true });
     reason = conn.v5 ? ReasonCode.QuotaExceeded : ReasonCode.Success;
   } else if (decision.kind === 'allow') {
     const matched = broker.delivery.route(message, conn);

@@ -41,7 +41,7 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     const filter = request.topic;
     const shared = parseShared(filter);
     if (shared !== null && 'error' in shared) {
-      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: shared.error, topic: filter, qos: request.qos });
+      gate.refuse(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: shared.error, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
     }
@@ -49,20 +49,20 @@ export async function handleSubscribe(broker: BrokerApi, conn: Connection, packe
     // The whole filter counts, a share's `$share/{group}/` included, and the group has its own small limit.
     const check = shared === null ? checkTopicFilter(inner, limits) : checkSharedFilter(filter, shared.group, inner, limits);
     if (!check.ok) {
-      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
+      gate.refuse(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.TopicFilterInvalid, reason: check.detail, topic: filter, qos: request.qos });
       codes.push(ReasonCode.TopicFilterInvalid);
       if (check.detail.includes('limits.')) bySetting.add(`0x8F: ${check.detail}`);
       continue;
     }
     const existed = session.subscriptions.has(filter);
     if (!existed && session.subscriptions.size >= limits.maxSubscriptionsPerClient) {
-      gate.audit(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions (limits.maxSubscriptionsPerClient)', topic: filter, qos: request.qos });
+      gate.refuse(conn, { event: 'subscribe', decision: 'deny', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions (limits.maxSubscriptionsPerClient)', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
       bySetting.add(`0x97: the session holds limits.maxSubscriptionsPerClient (${limits.maxSubscriptionsPerClient}) subscriptions`);
       continue;
     }
     if (!existed && !broker.sessions.subscriptionFits(session)) {
-      gate.audit(conn, { event: 'subscribe', decision: 'deny', action: 'quota', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions for this identity (limits.quotas.subscriptions)', topic: filter, qos: request.qos });
+      gate.refuse(conn, { event: 'subscribe', decision: 'deny', action: 'quota', reasonCode: ReasonCode.QuotaExceeded, reason: 'too many subscriptions for this identity (limits.quotas.subscriptions)', topic: filter, qos: request.qos });
       codes.push(ReasonCode.QuotaExceeded);
       bySetting.add(`0x97: the identity holds limits.quotas.subscriptions (${limits.quotas.subscriptions}) subscriptions across its sessions`);
       continue;
