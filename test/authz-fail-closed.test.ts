@@ -165,7 +165,7 @@ test('a deny rule whose placeholders expand past the limit denies (70 SAN URIs, 
 test('a deny rule fails closed on a value it cannot use (a number, a/b, $SYS): the level becomes +, so the rule still denies; an allow rule with such a value allows nothing', async (t) => {
   const policy = 'p, *, t/#, publish, allow\np, *, t/%{jwt.tags}/#, publish, deny\np, *, own/%{jwt.tags}/#, publish, allow\n';
   const jwtProvider = (user: string, tags: unknown) => fakeProvider(user, () => ({ username: user, roles: [], attributes: { jwt: { tags } } }));
-  const b = await casbinBroker(t, policy, { authenticators: [jwtProvider('num', 12345), jwtProvider('slash', 'a/b'), jwtProvider('sys', '$SYS'), jwtProvider('plain', 'x1'), jwtProvider('none', undefined)] });
+  const b = await casbinBroker(t, policy, { authenticators: [jwtProvider('num', 12345), jwtProvider('slash', 'a/b'), jwtProvider('sys', '$SYS'), jwtProvider('plain', 'x1'), jwtProvider('none', undefined), jwtProvider('nul', null), jwtProvider('nuls', [null])] });
   const cases: [string, string, number[]][] = [
     ['num', 't/12345/a', [0x87]],
     ['num', 't/other/a', [0x87]],
@@ -174,6 +174,8 @@ test('a deny rule fails closed on a value it cannot use (a number, a/b, $SYS): t
     ['plain', 't/x1/a', [0x87]],
     ['plain', 't/x2/a', ALLOWED],
     ['none', 't/anything/a', ALLOWED],
+    ['nul', 't/z/x', [0x87]],
+    ['nuls', 't/z/x', [0x87]],
     ['num', 'own/12345/a', [0x87]],
     ['slash', 'own/a/b/c', [0x87]],
   ];

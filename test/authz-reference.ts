@@ -159,7 +159,7 @@ function expand(rule: RefRule, p: RefPrincipal, trustedRoles: string[], allRoles
     }
     const ok: string[] = vals.filter(safe);
     // A deny rule fails closed: a present value it cannot use stands for any value of its level.
-    if (rule.eft === 'deny' && vals.some((v) => v !== undefined && v !== null && !safe(v))) ok.push(ANY);
+    if (rule.eft === 'deny' && vals.some((v) => v !== undefined && !safe(v))) ok.push(ANY);
     if (ok.length === 0) return [];
     count *= ok.length;
     choices.push(ok);

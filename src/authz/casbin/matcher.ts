@@ -248,7 +248,7 @@ export function expandPlaceholders(filter: string, who: RequestIdentity, ruleSub
     // Fail closed: for a deny rule, a value that is present but unusable (a number, `a/b`,
     // `$SYS`, `+`...) makes its whole level a `+`, so the rule still denies; skipping it denied
     // nothing and let a crafted claim slip past the rule.
-    if (effect === 'deny' && candidates.length < raw.length && raw.some((v) => v !== undefined && v !== null && !safePlaceholderValue(v))) candidates.push(WILD_LEVEL);
+    if (effect === 'deny' && candidates.length < raw.length && raw.some((v) => v !== undefined && !safePlaceholderValue(v))) candidates.push(WILD_LEVEL);
     if (candidates.length === 0) return [];
     choices.push(candidates);
     count *= candidates.length;
