@@ -131,7 +131,7 @@ test('a stuck subscriber (never acks) beside a healthy one: the healthy one gets
 });
 
 test('a subscriber that acks just often enough (never stalled) holds its publisher at most limits.flowControl.maxHoldMs: the publisher\'s other topics and the other subscribers go on', async (t) => {
-  const b = await startBroker({ limits: { flowControl: { stallMs: 5000, maxHoldMs: 1500 }, maxQueuedMessages: 100 } });
+  const b = await startBroker({ limits: { flowControl: { stallMs: 6000, maxHoldMs: 4000 }, maxQueuedMessages: 100 } });
   t.teardown(() => b.stop());
   // The slow one reads everything and acknowledges one QoS 1 message every 300 ms: always progress.
   const slow = await rawConnect(b.port);
@@ -160,6 +160,20 @@ test('a subscriber that acks just often enough (never stalled) holds its publish
   for (let i = 0; i < 10; i++) void pub.publishAsync('fc-other/x', `o${i}`, { qos: 1 }).catch(() => {});
   t.true(await until(() => other.got.length >= 10 && healthy.got.length >= N, 10_000), `after ${Date.now() - started} ms: other topic ${other.got.length} of 10, healthy ${healthy.got.length} of ${N}`);
   t.true(acked < 40, `the slow subscriber was still acking (${acked} acks): it was never stalled, only too slow`);
+
+  // It acknowledges everything at once, then goes back to its slow pace: it does not get to hold
+  // the publisher again at once (it would hold it most of the time, one maxHoldMs after another).
+  const drainUntil = Date.now() + 1500;
+  while (Date.now() < drainUntil) {
+    const received = ofType(packetsOf(slow), PacketType.PUBLISH);
+    for (; acked < received.length; acked++) slow.write(encodePuback(decodePublish(received[acked] as (typeof received)[number]).packetId as number));
+    await delay(50);
+  }
+  const second = Date.now();
+  for (let i = 0; i < 1000; i++) void pub.publishAsync('fc/x', `n${i}`, { qos: 1 }).catch(() => {});
+  for (let i = 0; i < 10; i++) void pub.publishAsync('fc-other/x', `p${i}`, { qos: 1 }).catch(() => {});
+  t.true(await until(() => other.got.length >= 20, 10_000), `other topic ${other.got.length} of 20`);
+  t.true(Date.now() - second < 3000, `the second burst was not held again (${Date.now() - second} ms)`);
   pub.end(true);
   healthy.client.end(true);
   other.client.end(true);

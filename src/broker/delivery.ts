@@ -48,6 +48,9 @@ export interface DeliveryParts {
 const NO_SHARES: readonly LocalShare[] = [];
 const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: SharedTarget }[] = [];
 
+/** A subscriber too slow once holds nobody for this many maxHoldMs periods afterwards. */
+const SLOW_COOLDOWN_HOLDS = 6;
+
 export class Delivery implements DeliveryApi {
   readonly retained = new RetainedMessages();
   private readonly config: Config;
@@ -387,6 +390,7 @@ export class Delivery implements DeliveryApi {
   private holdPublisher(session: Session, from: Client): void {
     const conn = session.connection;
     if (!this.flowOn || conn === null || conn === from || session.flowStalled || from.state !== 'connected') return;
+    if (session.flowSlowUntil > this.clock.now) return;
     if (session.queue.length < this.highWater && session.queuedBytes < this.highWaterBytes) return;
     let waiters = session.flowWaiters;
     if (waiters === null) {
@@ -416,6 +420,9 @@ export class Delivery implements DeliveryApi {
       const stalled = now - session.lastProgressAt > this.stallMs;
       if (!stalled && now - session.flowHeldSince <= this.maxHoldMs) continue;
       session.flowStalled = true;
+      // Too slow: no new hold for a while even once drained, so that draining in one go after
+      // each hold cannot keep its publishers held most of the time.
+      if (!stalled) session.flowSlowUntil = now + SLOW_COOLDOWN_HOLDS * this.maxHoldMs;
       this.log.warn(
         { clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, ...(stalled ? { stallMs: this.stallMs } : { maxHoldMs: this.maxHoldMs }) },
         stalled ? 'subscriber stalled: publishers it held are read again; its queue limits apply' : 'subscriber too slow: it held its publishers for limits.flowControl.maxHoldMs; they are read again and its queue limits apply',

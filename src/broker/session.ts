@@ -105,6 +105,8 @@ export class Session {
   lastProgressAt = 0;
   /** When this subscriber began holding its current publishers (ms, the broker's clock). */
   flowHeldSince = 0;
+  /** Too slow once (a hold past flowControl.maxHoldMs): holds nobody before this time, drained or not. */
+  flowSlowUntil = 0;
   /** Held publishers for too long without progress: holds nobody until its queue is down to the low-water mark. */
   flowStalled = false;
   /** The listener of the last connection, for checks made while the session is offline. */
