@@ -11,6 +11,7 @@
  * // ...
  * await broker.stop();
  */
+import { isLoopbackHost } from './config/auth-schema.ts';
 import { AdminSpool, spoolDirFor } from './audit/admin-spool.ts';
 import { AuditSetupError, createAuditSink } from './audit/sinks.ts';
 import type { AuditEvent, AuditHealth, AuditSink } from './audit/types.ts';
@@ -501,7 +502,7 @@ function makeClusterNode(config: Config, log: Logger, audit: (event: AuditEvent)
 }
 
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+  return isLoopbackHost(host);
 }
 
 function makeAdmission(config: Config, audit: (event: AuditEvent) => void, log: Logger): Admission {

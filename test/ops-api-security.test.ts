@@ -158,6 +158,8 @@ test('the operations listener refuses a non-loopback address without authenticat
   t.notThrows(() => parseConfig({ http: { host: '0.0.0.0', auth: { tokens: 'data/admin-tokens.jsonl' } } }));
   t.notThrows(() => parseConfig({ http: { host: '::', tls: { cert: 'c', key: 'k', ca: 'ca' } } }));
   t.notThrows(() => parseConfig({ http: { host: '127.0.0.1' } }));
+  // A host name that only starts like a loopback address is a name, resolved anywhere.
+  t.throws(() => parseConfig({ http: { host: '127.evil.example', port: 9234 } }), { instanceOf: ConfigError, message: /needs authentication/ });
 });
 
 test('a malformed token file, admin policy or TLS file stops createBroker naming its key; a port in use fails start', async (t) => {

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { certificateProvider, checkTlsListener, pskProvider, tlsSettings } from './tls-schema.ts';
-import { authGuard, credentialCache, identityRules, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
+import { authGuard, credentialCache, identityRules, isLoopbackHost, jwtProvider, moduleProvider, passwordProvider } from './auth-schema.ts';
 import { admission, connectionLimits, listenerLimits } from './admission-schema.ts';
 import { rateLimits } from './rate-limit-schema.ts';
 import { storeConfig } from './store-schema.ts';
@@ -390,7 +390,7 @@ export const configSchema = z.strictObject({
       bodyLimit: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
     })
     .superRefine((h, ctx) => {
-      const loopback = h.host === 'localhost' || h.host === '::1' || h.host.startsWith('127.');
+      const loopback = isLoopbackHost(h.host);
       if (!loopback && h.auth.tokens === undefined && h.tls?.ca === undefined) {
         ctx.addIssue({
           code: 'custom',
