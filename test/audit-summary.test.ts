@@ -9,7 +9,7 @@ import { Writable } from 'node:stream';
 import test from 'ava';
 import { ChainedAuditSink } from '../src/audit/chained-sink.ts';
 import { DenialLimiter } from '../src/audit/denial-limit.ts';
-import { DenialSummarizer } from '../src/audit/denial-summary.ts';
+import { DenialSummarizer, IDENTITY_FULL_RECORDS } from '../src/audit/denial-summary.ts';
 import { chainFiles } from '../src/audit/file-output.ts';
 import { StatsCollector } from '../src/audit/query.ts';
 import { parseRecord, sha256, type AuditRecord } from '../src/audit/record.ts';
@@ -151,6 +151,24 @@ test('allowed decisions are summarised only past their own budget (fullAllowed),
     [undefined, undefined],
     ['summary', 18],
   ]);
+});
+
+test('one identity over many connections gets at most IDENTITY_FULL_RECORDS full records per window; the rest are counted in each connection\'s summary; another identity keeps its own', async (t) => {
+  const out = memoryAuditOutput();
+  const sink = new ChainedAuditSink(out, { maxQueue: 100_000, log: silentLogger(), fsyncIntervalMs: 0, chainInWorker: false, denialSummary: { intervalMs: 60_000, fullRecords: 3, fullAllowed: 100 } });
+  const conns = Array.from({ length: 20 }, (_, i) => ({ ...who(`m-${i}`), remotePort: 40000 + i }));
+  for (const c of conns) for (let i = 0; i < 200; i++) sink.recordAccess(c, 'subscribe', 'allow', 1, undefined, 'casbin', undefined, 'v1', `ok/${i}`, 1, false);
+  const other = { ...who('o'), username: 'olivia' };
+  for (let i = 0; i < 150; i++) sink.recordAccess(other, 'subscribe', 'allow', 1, undefined, 'casbin', undefined, 'v1', `ok/${i}`, 1, false);
+  await sink.close();
+  const recs = out.lines().map((l) => parseRecord(l) as AuditRecord).filter((r) => r.event === 'subscribe');
+  const mine = recs.filter((r) => r.username === 'mallory');
+  const full = mine.filter((r) => r.action === undefined).length;
+  const counted = mine.filter((r) => r.action === 'summary').reduce((n, r) => n + Number(r.detail?.count), 0);
+  t.is(full, IDENTITY_FULL_RECORDS, 'the identity\'s full records across its 20 connections');
+  t.is(full + counted, 20 * 200, 'every decision written in full or counted');
+  const hers = recs.filter((r) => r.username === 'olivia');
+  t.is(hers.filter((r) => r.action === undefined).length, 100, 'another identity has its own budget');
 });
 
 test('the summariser remembers a bounded number of kinds per connection; past it, denials are written in full', (t) => {
