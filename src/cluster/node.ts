@@ -609,7 +609,10 @@ export class ClusterNode implements ClusterRuntime {
           break;
         case 'retain':
           if (this.retainedSync !== null) this.retainedSync.touched.add((fromJson(c.m) as Message).topic);
-          if (frame.sender !== this.run) this.host.applyRetained(fromJson(c.m) as Message, !this.shared);
+          // This node's own sets are applied again here, in the stream's order: set locally first,
+          // then overwritten by another node's set that the stream holds before it, the topic
+          // would otherwise keep the other one here while every other node keeps this one.
+          this.host.applyRetained(fromJson(c.m) as Message, !this.shared);
           if (c.ackTo !== undefined && frame.sender !== this.run) this.ack(c.ackTo, entryId);
           break;
         case 'partition':
