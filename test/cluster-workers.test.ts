@@ -106,10 +106,14 @@ test('workers: 2 share one port and behave as one broker: clients on both worker
     t.true((second as unknown as { connackPacket: { sessionPresent: boolean } }).connackPacket.sessionPresent);
     clients.push(first, second);
     await eventually(() => workerOf(dir, `twin-${i}`) !== undefined);
-    const text = [1, 2].map((w) => (fs.existsSync(path.join(dir, `audit-w${w}.jsonl`)) ? fs.readFileSync(path.join(dir, `audit-w${w}.jsonl`), 'utf8') : ''));
-    if (text.every((x) => x.includes(`"clientId":"twin-${i}"`))) crossed++;
   }
-  t.true(crossed > 0, 'some takeovers crossed workers');
+  // The audit files are written a little after the connects: count once they have caught up.
+  const countCrossed = () => {
+    const text = [1, 2].map((w) => (fs.existsSync(path.join(dir, `audit-w${w}.jsonl`)) ? fs.readFileSync(path.join(dir, `audit-w${w}.jsonl`), 'utf8') : ''));
+    crossed = Array.from({ length: 10 }, (_, i) => i).filter((i) => text.every((x) => x.includes(`"clientId":"twin-${i}"`))).length;
+    return crossed > 0;
+  };
+  t.true(await eventually(countCrossed, 5000), 'some takeovers crossed workers');
   // Each worker its own chain: both verify.
   for (const c of clients) c.end(true);
   clients.length = 0;
