@@ -189,7 +189,7 @@ test('a malformed token file, admin policy or TLS file stops createBroker naming
 
 test('no secret is ever returned: no token, hash or key in any answer', async (t) => {
   const paths = ['/api/v1/whoami', '/api/v1/overview', '/api/v1/clients', '/api/v1/sessions', '/api/v1/bans', '/api/v1/certificates', '/api/v1/audit/denials', '/api/v1/openapi.json', '/metrics', '/readyz', '/healthz'];
-  const secrets = [b.tokens.admin, b.tokens.reader, b.tokens.admin.split('_')[2] as string, ...fs.readFileSync(b.tokenFile, 'utf8').match(/\$argon2id\$[^"]+/g)!];
+  const secrets = [b.tokens.admin, b.tokens.reader, b.tokens.admin.split('_').slice(2).join('_'), ...fs.readFileSync(b.tokenFile, 'utf8').match(/\$argon2id\$[^"]+/g)!];
   for (const p of paths) {
     const r = await request(b.base, p, { token: b.tokens.admin });
     t.is(r.status, 200, p);
@@ -199,5 +199,5 @@ test('no secret is ever returned: no token, hash or key in any answer', async (t
   // Refusals do not echo the token either.
   const r = await request(b.base, '/api/v1/clients', { token: `${b.tokens.admin}x` });
   t.false(r.text.includes(b.tokens.admin));
-  t.false(JSON.stringify(b.audit.records).includes(b.tokens.admin.split('_')[2] as string), 'nor does the audit log');
+  t.false(JSON.stringify(b.audit.records).includes(b.tokens.admin.split('_').slice(2).join('_')), 'nor does the audit log');
 });

@@ -249,7 +249,7 @@ test.serial('portcullis token: add prints the token once and keeps only its hash
   const token = added.out.trim();
   t.regex(token, /^pct_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
   const text = fs.readFileSync(b.tokenFile, 'utf8');
-  t.false(text.includes(token.split('_')[2] as string), 'the file never holds the token');
+  t.false(text.includes(token.split('_').slice(2).join('_')), 'the file never holds the token');
   t.is(fs.statSync(b.tokenFile).mode & 0o777, 0o600);
   t.true(readTokenFile(b.tokenFile).some((e) => e.name === 'cli-user' && e.hash.startsWith('$argon2id$')));
   // The broker reads the changed file on its next request (at most a second later).
