@@ -10,7 +10,8 @@
  * What it sees is what the broker records: allowed publishes and deliveries only when
  * `audit.allowed` records them (denials always), allowed connects when `audit.allowed.connect`.
  */
-import type { AuditEvent, AuditEventName, AuditSink, AuditWho } from '../audit/types.ts';
+import type { AuditEvent, AuditEventName, AuditSink } from '../audit/types.ts';
+import { accessEvent } from '../audit/access-event.ts';
 import { LabeledCounts, reasonLabel } from './counts.ts';
 
 /** The access events, in the order of {@link AuditCounters.access}. */
@@ -132,31 +133,4 @@ export function teeAuditSink(sink: AuditSink, counters: AuditCounters): AuditSin
   if (sink.backlogged !== undefined) tee.backlogged = () => (sink.backlogged as () => boolean).call(sink);
   if (sink.whenDrained !== undefined) tee.whenDrained = (fn) => (sink.whenDrained as (f: () => void) => void).call(sink, fn);
   return tee;
-}
-
-/** The event a `recordAccess` call stands for (only built for denials the console keeps). */
-function accessEvent(
-  who: AuditWho,
-  event: AuditEventName,
-  decision: 'allow' | 'deny',
-  reasonCode: number,
-  reason: string | undefined,
-  decidedBy: string | undefined,
-  rule: string | undefined,
-  policyVersion: string | undefined,
-  topic: string,
-  qos: number,
-  retain: boolean,
-): AuditEvent {
-  const e: AuditEvent = { event, decision, reasonCode, topic, qos, retain };
-  if (reason !== undefined) e.reason = reason;
-  if (who.listener !== undefined) e.listener = who.listener;
-  if (who.remoteAddress !== undefined) e.remoteAddress = who.remoteAddress;
-  if (who.clientId !== undefined) e.clientId = who.clientId;
-  if (who.username !== undefined) e.username = who.username;
-  if (who.authMethod !== undefined) e.authMethod = who.authMethod;
-  if (decidedBy !== undefined) e.decidedBy = decidedBy;
-  if (rule !== undefined) e.rule = rule;
-  if (policyVersion !== undefined) e.policyVersion = policyVersion;
-  return e;
 }
