@@ -16,6 +16,7 @@ import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-sca
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
 import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
+import { storeCounts } from './counts.ts';
 
 export type Durability = 'sync' | 'commit';
 
@@ -154,15 +155,7 @@ export abstract class LmdbBase {
       path: this.path,
       durability: this.durability,
       created,
-      loaded: {
-        sessions: sessions.length,
-        subscriptions: sessions.reduce((n, s) => n + s.subscriptions.length, 0),
-        inflight: sessions.reduce((n, s) => n + s.inflight.length, 0),
-        queued: sessions.reduce((n, s) => n + s.queue.length, 0),
-        awaitingRelease: sessions.reduce((n, s) => n + s.awaitingRelease.length, 0),
-        retained: retained.length,
-        wills: sessions.filter((s) => s.will !== undefined).length,
-      },
+      loaded: storeCounts(sessions, retained.length),
       purged,
       recovery: { uncleanShutdown: lock.replaced !== undefined },
       warnings,

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { sessionKey, type PurgeOptions, type PurgeReport, type Store, type StoreOpenReport, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
+import { storeCounts } from './counts.ts';
 
 /** Deep copy that keeps Buffers as Buffers (structuredClone would turn them into Uint8Arrays). */
 function clone<T>(value: T): T {
@@ -50,15 +51,7 @@ export class MemoryStore implements Store {
       type: 'memory',
       durable: false,
       created: all.length === 0 && this.retained.size === 0,
-      loaded: {
-        sessions: all.length,
-        subscriptions: all.reduce((n, s) => n + s.subscriptions.length, 0),
-        inflight: all.reduce((n, s) => n + s.inflight.length, 0),
-        queued: all.reduce((n, s) => n + s.queue.length, 0),
-        awaitingRelease: all.reduce((n, s) => n + s.awaitingRelease.length, 0),
-        retained: this.retained.size,
-        wills: all.filter((s) => s.will !== undefined).length,
-      },
+      loaded: storeCounts(all, this.retained.size),
       purged,
       recovery: { uncleanShutdown: false },
       warnings: [],

@@ -15,6 +15,7 @@ import { Epochs, keyOf, scanRedis, sessionsOf, type RedisScan } from './redis-sc
 import { DELETE_IF_EXPIRY, DELETE_ORPHAN, DELETE_RETAINED_IF, UNINDEX_IF_SCORE } from './redis-scripts.ts';
 import { decodeJson, encodeBytes, encodeJson, unwrap, wrap } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
+import { storeCounts } from './counts.ts';
 
 export interface RedisStoreOptions {
   connection: RedisConnection;
@@ -109,15 +110,7 @@ export class RedisBase {
         path: `${this.target} (prefix ${this.redisKeys.prefix}, instance ${this.instance})`,
         durability,
         created,
-        loaded: {
-          sessions: sessions.length,
-          subscriptions: sessions.reduce((n, s) => n + s.subscriptions.length, 0),
-          inflight: sessions.reduce((n, s) => n + s.inflight.length, 0),
-          queued: sessions.reduce((n, s) => n + s.queue.length, 0),
-          awaitingRelease: sessions.reduce((n, s) => n + s.awaitingRelease.length, 0),
-          retained: retained.length,
-          wills: sessions.filter((s) => s.will !== undefined).length,
-        },
+        loaded: storeCounts(sessions, retained.length),
         purged,
         recovery: { uncleanShutdown: lease.unclean !== undefined },
         warnings,
