@@ -195,15 +195,24 @@ export class AuthGuard {
       return;
     }
     if (!failed) return;
-    if (t.knownGood) {
-      // A known-good client's failure still counts against its pair and its user name.
-      const pair = this.pairs.fail(t.pairKey, now);
-      if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
-      if (this.config.username.enabled) {
-        const user = this.users.fail(a.username, now);
-        if (user.failures === this.users.settings.backoffAfter) this.engaged(this.users, a, user);
-      }
+    // A known-good client's failure still counts against its pair and its user name.
+    if (t.knownGood) this.failPairAndUser(a, t.pairKey, now);
+    this.failedElsewhere(a, now);
+  }
+
+  /** Counts a failure against the pair and the user name, logging when either starts to throttle. */
+  private failPairAndUser(a: LoginAttempt, pairKey: string, now: number): ThrottleEntry {
+    const pair = this.pairs.fail(pairKey, now);
+    if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
+    if (this.config.username.enabled) {
+      const user = this.users.fail(a.username, now);
+      if (user.failures === this.users.settings.backoffAfter) this.engaged(this.users, a, user);
     }
+    return pair;
+  }
+
+  /** A failure's effect beyond the throttles: the opt-in bans and the listeners (other nodes). */
+  private failedElsewhere(a: LoginAttempt, now: number): void {
     this.addressBans?.failed(a.address, now, a.listener);
     this.usernameBans?.failed(a.username, now, a.listener);
     for (const fn of this.failureListeners) fn(a);
@@ -219,15 +228,8 @@ export class AuthGuard {
   failedUnguarded(a: LoginAttempt, maxHoldMs = this.config.tarpit.maxHoldMs): number {
     if (!this.config.enabled) return 0;
     const now = this.now();
-    const pair = this.pairs.fail(a.address + SEP + a.username, now);
-    if (pair.failures === this.pairs.settings.backoffAfter) this.engaged(this.pairs, a, pair);
-    if (this.config.username.enabled) {
-      const user = this.users.fail(a.username, now);
-      if (user.failures === this.users.settings.backoffAfter) this.engaged(this.users, a, user);
-    }
-    this.addressBans?.failed(a.address, now, a.listener);
-    this.usernameBans?.failed(a.username, now, a.listener);
-    for (const fn of this.failureListeners) fn(a);
+    const pair = this.failPairAndUser(a, a.address + SEP + a.username, now);
+    this.failedElsewhere(a, now);
     if (pair.failures <= this.pairs.settings.backoffAfter || this.holding >= this.config.tarpit.maxHeld) return 0;
     return Math.max(0, Math.min(maxHoldMs, pair.next - now));
   }
