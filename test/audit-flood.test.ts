@@ -10,7 +10,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { chainFiles } from '../src/audit/file-output.ts';
 import { parseRecord, type AuditRecord } from '../src/audit/record.ts';
 import { verifyAuditFiles } from '../src/audit/verify.ts';
@@ -22,39 +22,39 @@ import { encodeConnect, encodeSubscribe, PacketType, parsePackets, waitForType }
 const FLOOD_MS = 5000;
 const FILTERS_PER_SUBSCRIBE = 50;
 
-test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small log that keeps the history before it and verifies`, async (t) => {
-  const dir = tempAuditDir(t);
+/** A broker where alice may use plant/#, writing its audit to `file` in small files, few kept (so a flood written in full rotates earlier records away); stopped at teardown unless `stop()` came first. */
+async function floodBroker(t: ExecutionContext, file: string, audit: Record<string, unknown> = {}, logger = createLogger('error', new Writable({ write: (_c, _e, cb) => cb() }))) {
   const policy = writePolicyDir('p, user:alice, plant/#, *, allow\n');
   t.teardown(() => policy.cleanup());
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const keyFile = path.join(dir, 'signing.key');
-  fs.writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
-  const file = path.join(dir, 'audit.jsonl');
-  const ops: string[] = [];
   const broker = createBroker(
     {
       listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
       authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
       sys: { intervalSeconds: 0 },
       store: { type: 'memory' },
-      audit: {
-        path: file,
-        // Small files, few kept: without summaries the flood rotates the earlier record away.
-        rotate: { maxBytes: 1_000_000, intervalSeconds: 0 },
-        retention: { maxFiles: 2 },
-        checkpoint: { keyFile, intervalSeconds: 1 },
-        // The summaries alone are under test here, not the disconnect (the broker's business).
-        denials: { disconnectAfter: 0 },
-      },
+      audit: { path: file, rotate: { maxBytes: 1_000_000, intervalSeconds: 0 }, retention: { maxFiles: 2 }, ...audit },
     },
-    { logger: createLogger('warn', new Writable({ write: (c, _e, cb) => (ops.push(String(c)), cb()) })) },
+    { logger },
   );
   const { listeners } = await broker.start();
-  const port = listeners[0]?.port ?? 0;
   let stopped = false;
-  t.teardown(async () => {
-    if (!stopped) await broker.stop();
-  });
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await broker.stop();
+  };
+  t.teardown(stop);
+  return { port: listeners[0]?.port ?? 0, stop };
+}
+
+test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small log that keeps the history before it and verifies`, async (t) => {
+  const dir = tempAuditDir(t);
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const keyFile = path.join(dir, 'signing.key');
+  fs.writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  const file = path.join(dir, 'audit.jsonl');
+  // The summaries alone are under test here, not the disconnect (the broker's business).
+  const { port, stop } = await floodBroker(t, file, { checkpoint: { keyFile, intervalSeconds: 1 }, denials: { disconnectAfter: 0 } });
 
   // The history before the flood: a denial by another client.
   const witness = await connect(port, { protocolVersion: 5, clientId: 'witness', username: 'alice', password: 'alice-pw' });
@@ -88,8 +88,7 @@ test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small 
   t.true(denied > 20_000, `a flood: ${denied} denials`);
   t.log(`${denied} denials`);
   raw.socket.destroy();
-  await broker.stop();
-  stopped = true;
+  await stop();
 
   const files = chainFiles(file);
   const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
@@ -119,26 +118,8 @@ test(`a denial flood (${FLOOD_MS / 1000} s of denied subscribes) leaves a small 
 
 test('an allowed flood (re-subscribes the policy allows, in a loop) is summarised past audit.allowed.fullRecords: the history before it survives and every decision is accounted for', async (t) => {
   const dir = tempAuditDir(t);
-  const policy = writePolicyDir('p, user:alice, plant/#, *, allow\n');
-  t.teardown(() => policy.cleanup());
   const file = path.join(dir, 'audit.jsonl');
-  const broker = createBroker(
-    {
-      listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
-      authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
-      sys: { intervalSeconds: 0 },
-      store: { type: 'memory' },
-      // Small files, few kept: written in full, this flood rotates the earlier record away.
-      audit: { path: file, rotate: { maxBytes: 1_000_000, intervalSeconds: 0 }, retention: { maxFiles: 2 } },
-    },
-    { logger: createLogger('error', new Writable({ write: (_c, _e, cb) => cb() })) },
-  );
-  const { listeners } = await broker.start();
-  const port = listeners[0]?.port ?? 0;
-  let stopped = false;
-  t.teardown(async () => {
-    if (!stopped) await broker.stop();
-  });
+  const { port, stop } = await floodBroker(t, file);
   const witness = await connect(port, { protocolVersion: 5, clientId: 'witness', username: 'alice', password: 'alice-pw' });
   await witness.subscribeAsync('plant/before-the-flood', { qos: 1 });
   await witness.endAsync();
@@ -163,8 +144,7 @@ test('an allowed flood (re-subscribes the policy allows, in a loop) is summarise
   t.is(granted, packets * FILTERS_PER_SUBSCRIBE, 'every filter granted');
   t.true(granted > 10_000, `a flood: ${granted} allowed subscribes`);
   raw.socket.destroy();
-  await broker.stop();
-  stopped = true;
+  await stop();
 
   const files = chainFiles(file);
   const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
@@ -182,25 +162,8 @@ test('an allowed flood (re-subscribes the policy allows, in a loop) is summarise
 
 test('a flood of subscribes refused by a limit before any authorizer (a filter over limits.maxTopicLevels, a bad $share name) is summarised: the log stays small and every refusal is accounted for', async (t) => {
   const dir = tempAuditDir(t);
-  const policy = writePolicyDir('p, user:alice, plant/#, *, allow\n');
-  t.teardown(() => policy.cleanup());
   const file = path.join(dir, 'audit.jsonl');
-  const broker = createBroker(
-    {
-      listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users: [{ username: 'alice', password: 'alice-pw' }] }] }],
-      authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
-      sys: { intervalSeconds: 0 },
-      store: { type: 'memory' },
-      audit: { path: file, rotate: { maxBytes: 1_000_000, intervalSeconds: 0 }, retention: { maxFiles: 2 } },
-    },
-    { logger: createLogger('error', new Writable({ write: (_c, _e, cb) => cb() })) },
-  );
-  const { listeners } = await broker.start();
-  const port = listeners[0]?.port ?? 0;
-  let stopped = false;
-  t.teardown(async () => {
-    if (!stopped) await broker.stop();
-  });
+  const { port, stop } = await floodBroker(t, file);
   const raw = await rawConnect(port);
   t.teardown(() => raw.socket.destroy());
   raw.write(encodeConnect({ clientId: 'limit-flooder', version: 5, username: 'alice', password: 'alice-pw' }));
@@ -221,8 +184,7 @@ test('a flood of subscribes refused by a limit before any authorizer (a filter o
   t.is(refused, sent * FILTERS_PER_SUBSCRIBE, 'every filter refused with 0x8F');
   t.true(refused >= 10_000, `a flood: ${refused} refusals`);
   raw.socket.destroy();
-  await broker.stop();
-  stopped = true;
+  await stop();
   const files = chainFiles(file);
   const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
   t.true(bytes < 100_000, `the audit log stays small: ${bytes} bytes for ${refused} refusals`);
