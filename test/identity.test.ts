@@ -152,6 +152,22 @@ test('property: connects of 3 identities sharing 2 client ids, in any order, cle
 // ── security disconnects drop the will ───────────────────────────────────────
 
 /** A watcher subscribed to `topic`; resolves with what arrives on it within `ms`. */
+/** A broker whose one listener takes ES256 JWTs (issuer https://idp.test, audience mqtt) with this clock skew; `mint` signs one. */
+async function jwtBroker(t: ExecutionContext, clockSkewSeconds: number): Promise<{ b: TestBroker; mint: (sub: string, exp: number) => Promise<string> }> {
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-identity-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const keyFile = path.join(dir, 'jwt.pem');
+  fs.writeFileSync(keyFile, publicKey.export({ type: 'spki', format: 'pem' }));
+  const b = await startBroker({
+    listeners: [{ name: 'jwt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['ES256'], issuer: 'https://idp.test', audience: 'mqtt', keyFiles: [keyFile], clockSkewSeconds }] }],
+    authGuard: { enabled: false },
+  });
+  t.teardown(() => b.stop());
+  const mint = (sub: string, exp: number) => new SignJWT({ sub }).setProtectedHeader({ alg: 'ES256' }).setIssuer('https://idp.test').setAudience('mqtt').setIssuedAt().setExpirationTime(exp).sign(privateKey);
+  return { b, mint };
+}
+
 async function watch(port: number, topic: string, options: IClientOptions = {}): Promise<MqttClient> {
   const w = await connect(port, { clientId: `watch-${Math.random().toString(16).slice(2)}`, ...options });
   await w.subscribeAsync(topic, { qos: 1 });
@@ -159,17 +175,7 @@ async function watch(port: number, topic: string, options: IClientOptions = {}):
 }
 
 test('a JWT whose exp passes: DISCONNECT 0xA0, the will is not published, audited willDiscarded; the same token is refused at reconnect', async (t) => {
-  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-identity-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const keyFile = path.join(dir, 'jwt.pem');
-  fs.writeFileSync(keyFile, publicKey.export({ type: 'spki', format: 'pem' }));
-  const b = await startBroker({
-    listeners: [{ name: 'jwt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['ES256'], issuer: 'https://idp.test', audience: 'mqtt', keyFiles: [keyFile], clockSkewSeconds: 2 }] }],
-    authGuard: { enabled: false },
-  });
-  t.teardown(() => b.stop());
-  const mint = (sub: string, exp: number) => new SignJWT({ sub }).setProtectedHeader({ alg: 'ES256' }).setIssuer('https://idp.test').setAudience('mqtt').setIssuedAt().setExpirationTime(exp).sign(privateKey);
+  const { b, mint } = await jwtBroker(t, 2);
   const watcher = await watch(b.port, 'wills/jwt', { username: 'watcher', password: await mint('watcher', Math.floor(Date.now() / 1000) + 600) });
   const got = messagesWithin(watcher, 4000);
   const exp = Math.floor(Date.now() / 1000) + 1;
@@ -304,17 +310,7 @@ test('a delayed will of a connection already gone is not published once its cert
 });
 
 test('a delayed will is not published after the JWT of the connection that left it has expired', async (t) => {
-  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-identity-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const keyFile = path.join(dir, 'jwt.pem');
-  fs.writeFileSync(keyFile, publicKey.export({ type: 'spki', format: 'pem' }));
-  const b = await startBroker({
-    listeners: [{ name: 'jwt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'jwt', algorithms: ['ES256'], issuer: 'https://idp.test', audience: 'mqtt', keyFiles: [keyFile], clockSkewSeconds: 1 }] }],
-    authGuard: { enabled: false },
-  });
-  t.teardown(() => b.stop());
-  const mint = (sub: string, exp: number) => new SignJWT({ sub }).setProtectedHeader({ alg: 'ES256' }).setIssuer('https://idp.test').setAudience('mqtt').setIssuedAt().setExpirationTime(exp).sign(privateKey);
+  const { b, mint } = await jwtBroker(t, 1);
   const long = Math.floor(Date.now() / 1000) + 600;
   const watcher = await watch(b.port, 'wills/jwt-late', { username: 'watcher', password: await mint('watcher', long) });
   const got = messagesWithin(watcher, 5000);
