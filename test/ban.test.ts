@@ -10,13 +10,12 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import test from 'ava';
-import { Command } from 'commander';
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import type { IDisconnectPacket } from 'mqtt';
 import { formatAddress, parseAddress, parseCidr, inRange } from '../src/util/address.ts';
 import { parseBanText } from '../src/admission/ban-file.ts';
 import { registerBanCommand } from '../src/cli/ban.ts';
-import { connect, delay } from './helpers.ts';
+import { cliInProcess, connect, delay } from './helpers.ts';
 import { connectFrom, refusalCode, root } from './auth-support.ts';
 import { admissionRecords, rawOpen, startAdmissionBroker, tempDir, waitFor } from './admission-support.ts';
 
@@ -33,25 +32,7 @@ function banFile(dir: string, text: string): string {
  * the bad-input cases); output and exit code are captured and restored.
  */
 async function banInProcess(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const program = new Command();
-  program.exitOverride();
-  registerBanCommand(program);
-  let out = '';
-  let err = '';
-  const stdout = process.stdout.write.bind(process.stdout);
-  const stderr = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((chunk: string | Uint8Array) => ((out += String(chunk)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => ((err += String(chunk)), true)) as typeof process.stderr.write;
-  process.exitCode = undefined;
-  try {
-    await program.parseAsync(['node', 'portcullis', 'ban', ...args]);
-  } finally {
-    process.stdout.write = stdout;
-    process.stderr.write = stderr;
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = undefined;
-  return { code, out, err };
+  return cliInProcess(registerBanCommand, ['ban', ...args]);
 }
 
 /** Runs `portcullis ban ...` as a child process. */

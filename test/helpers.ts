@@ -2,6 +2,7 @@
  * Shared test helpers: a broker on an ephemeral loopback port with an in-memory audit sink,
  * mqtt.js clients, and a raw socket for sending hand-made bytes.
  */
+import { Command } from 'commander';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -340,4 +341,30 @@ export async function rawConnected(port: number, clientId: string): Promise<net.
     throw new Error(`CONNACK did not accept ${clientId}: ${ack.subarray(0, 4).toString('hex')}`);
   }
   return socket;
+}
+
+/**
+ * Runs one `portcullis` command in this process through its real definition (`register` adds it
+ * to a fresh program), capturing what it prints and its exit code, and restoring both after.
+ */
+export async function cliInProcess(register: (program: Command) => void, argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const program = new Command();
+  program.exitOverride();
+  register(program);
+  let out = '';
+  let err = '';
+  const stdout = process.stdout.write.bind(process.stdout);
+  const stderr = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((chunk: string | Uint8Array) => ((out += String(chunk)), true)) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => ((err += String(chunk)), true)) as typeof process.stderr.write;
+  process.exitCode = undefined;
+  try {
+    await program.parseAsync(['node', 'portcullis', ...argv]);
+  } finally {
+    process.stdout.write = stdout;
+    process.stderr.write = stderr;
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = undefined;
+  return { code, out, err };
 }

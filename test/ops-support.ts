@@ -8,11 +8,11 @@ import http from 'node:http';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
-import { Command } from 'commander';
 import { addToken } from '../src/cli/token.ts';
 import { registerTokenCommand } from '../src/cli/token.ts';
 import { createBroker, MemoryAuditSink, MemoryStore, type BrokerOptions, type ConfigInput, type RunningBroker } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
+import { cliInProcess } from './helpers.ts';
 
 export const root = path.resolve(import.meta.dirname, '..');
 
@@ -197,23 +197,5 @@ export function metric(samples: PromSample[], name: string, labels: Record<strin
 
 /** Runs `portcullis token ...` in this process through the real command definitions. */
 export async function tokenCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const program = new Command();
-  program.exitOverride();
-  registerTokenCommand(program);
-  let out = '';
-  let err = '';
-  const stdout = process.stdout.write.bind(process.stdout);
-  const stderr = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((chunk: string | Uint8Array) => ((out += String(chunk)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => ((err += String(chunk)), true)) as typeof process.stderr.write;
-  process.exitCode = undefined;
-  try {
-    await program.parseAsync(['node', 'portcullis', 'token', ...args]);
-  } finally {
-    process.stdout.write = stdout;
-    process.stderr.write = stderr;
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = undefined;
-  return { code, out, err };
+  return cliInProcess(registerTokenCommand, ['token', ...args]);
 }
