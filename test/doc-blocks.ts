@@ -199,7 +199,10 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
     fs.writeFileSync(
       file,
       [
-        pidFile !== undefined ? `echo $$ > '${pidFile}'` : '',
+        // The block's process group, which stop() signals. At a pseudo-terminal, script(1) runs
+        // the block under $SHELL -c: with a SHELL other than bash, bash is that shell's child and
+        // $$ names no group; the session's group is the one to stop.
+        pidFile !== undefined ? `{ read -r _ _ _ _ __pg _ < /proc/$$/stat; } 2>/dev/null || __pg=$$; echo "$__pg" > '${pidFile}'` : '',
         // One stream, so that what a command prints and what the next echoes keep their order.
         'exec 2>&1',
         `[ -f '${state}' ] && . '${state}'`,
@@ -249,7 +252,7 @@ export async function runUnit(blocks: DocBlock[], root: string, env: NodeJS.Proc
     if (!done) signal('SIGKILL');
     await bg.exited;
     for (let i = 0; i < 40 && alive(); i++) await delay(50);
-    notes.push(`'${bg.name}' (pid ${pid}) stopped in ${Date.now() - since} ms${done ? '' : ' (SIGKILL after 10 s)'}: ${bg.how()}`);
+    notes.push(`'${bg.name}' (group ${pid}) stopped in ${Date.now() - since} ms${done ? '' : ' (SIGKILL after 10 s)'}: ${bg.how()}`);
   };
 
   try {

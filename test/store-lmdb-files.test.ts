@@ -147,6 +147,35 @@ test('a lock held by a live process is respected; one left by a dead process is 
   await s.close();
 });
 
+test('a lock whose holder has ended but was not yet collected by its parent (a zombie) is stale, and taken over', async (t) => {
+  if (process.platform !== 'linux') {
+    t.pass('reads /proc');
+    return;
+  }
+  const store = path.join(tempDir(t), 'store');
+  await filledStore(store, 1);
+  // sh starts `true` in the background, then becomes sleep, which never collects it.
+  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => parent.kill('SIGKILL'));
+  const zombie = Number((await new Promise<Buffer>((r) => parent.stdout.once('data', r))).toString().trim());
+  let state = '';
+  for (let i = 0; i < 100 && state !== 'Z'; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    const stat = fs.readFileSync(`/proc/${zombie}/stat`, 'utf8');
+    state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? '';
+  }
+  t.is(state, 'Z', 'the holder is a zombie');
+  t.notThrows(() => process.kill(zombie, 0), 'kill(pid, 0) alone would call it alive');
+  const stat = fs.readFileSync(`/proc/${zombie}/stat`, 'utf8');
+  const procStart = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  fs.writeFileSync(path.join(store, 'portcullis.lock'), JSON.stringify({ pid: zombie, host: os.hostname(), since: '2020-01-01T00:00:00.000Z', procStart }), { mode: 0o600 });
+  const s = new LmdbStore({ path: store });
+  const report = await s.open();
+  t.is(report.recovery.staleLock?.pid, zombie);
+  t.is(report.loaded.sessions, 1);
+  await s.close();
+});
+
 // ── damaged files ───────────────────────────────────────────────────────────
 
 test('a truncated data file is refused with ERR_STORE_CORRUPT naming data.mdb, at every size, without crashing the process', async (t) => {

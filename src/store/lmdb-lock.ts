@@ -28,15 +28,19 @@ export interface LockHolder {
 /** In this process: folders whose lock we hold, so a second Store here is refused too. */
 const heldHere = new Set<string>();
 
-function procStart(pid: number): string | undefined {
+/** Linux: fields 3 onwards of /proc/<pid>/stat (state first), or undefined elsewhere. */
+function procStat(pid: number): string[] | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[19];
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
   }
+}
+
+function procStart(pid: number): string | undefined {
+  return procStat(pid)?.[19];
 }
 
 function alive(holder: LockHolder): boolean {
@@ -48,8 +52,12 @@ function alive(holder: LockHolder): boolean {
     // EPERM: the process exists but belongs to another user.
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  const stat = procStat(holder.pid);
+  // A zombie has ended: its parent has not collected it yet (a container's init that reaps no
+  // orphans), and kill(pid, 0) still succeeds on it.
+  if (stat?.[0] === 'Z' || stat?.[0] === 'X') return false;
   if (holder.procStart === undefined) return true;
-  const now = procStart(holder.pid);
+  const now = stat?.[19];
   return now === undefined || now === holder.procStart;
 }
 
