@@ -12,7 +12,7 @@
 import type { Principal } from '../auth/types.ts';
 import type { Store, StoreOpenReport, StoredSession, StoredSubscription, StoredWill } from '../store/types.ts';
 import type { Message } from './message.ts';
-import type { WriteStatus } from './ports.ts';
+import type { FlowSource, WriteStatus } from './ports.ts';
 
 /** A `$share` group matched on this node for a message: the cluster decides whether a member here or on another node takes it. */
 export interface LocalShare {
@@ -83,8 +83,22 @@ export interface DetachedWill {
 
 /** What the cluster may ask of the broker (src/broker/migration.ts implements it). */
 export interface ClusterHost {
-  /** Routes a message that arrived from another node to this node's sessions; resolves once what it wrote is committed. */
-  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null): Promise<WriteStatus> | null;
+  /**
+   * Routes a message that arrived from another node to this node's sessions; resolves once what it
+   * wrote is committed. `from`: its publisher on the other node, which flow control may hold
+   * (through the bus); null for a message no publisher can be held for (QoS 0, a will).
+   */
+  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null, from: FlowSource | null): Promise<WriteStatus> | null;
+  /**
+   * Cross-node flow control: a subscriber on node run `holder` holds this node's publisher (the
+   * client of session `key`), or lets it go. Ignored for a publisher not connected here. True
+   * when it held it.
+   */
+  flowHold(key: string, holder: string, hold: boolean): boolean;
+  /** Node run `holder` is gone: the holds it asked of this node's publishers end. */
+  flowHolderGone(holder: string): void;
+  /** Cross-node flow control on this node's publishers: holds applied, holds that ran out (maxHoldMs), held now. */
+  flowStatus(): { applied: number; expired: number; held: number };
   /** A retained message set or cleared on another node; `persist`: this node's store must keep it too. */
   applyRetained(message: Message, persist: boolean): void;
   /** The session (by key) is held here, connected or not. */

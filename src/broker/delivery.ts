@@ -14,7 +14,7 @@ import type { ClusterLink, LocalShare } from './cluster-port.ts';
 import type { DeliveryApi, GateApi } from './handler-api.ts';
 import { messageSize, type Message } from './message.ts';
 import type { WriteStatus } from './persistence.ts';
-import type { Client } from './ports.ts';
+import type { Client, FlowSource } from './ports.ts';
 import type { IdentityQuotas } from './quotas.ts';
 import { RetainedMessages } from './retained.ts';
 import type { Router } from './router.ts';
@@ -50,6 +50,18 @@ const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: Sha
 
 /** A subscriber too slow once holds nobody for this many maxHoldMs periods afterwards. */
 const SLOW_COOLDOWN_HOLDS = 6;
+/**
+ * What one queue entry costs beyond its message's bytes (the entry, its message object, the
+ * store's copy), charged against the in-transit allowance so that tiny messages cannot make it
+ * unbounded in entries.
+ */
+const TRANSIT_ENTRY_BYTES = 256;
+
+/** A hold a node asked of this node's publisher (cross-node flow control): whose, and since when. */
+interface RemoteHold {
+  conn: Client;
+  since: number;
+}
 
 export class Delivery implements DeliveryApi {
   readonly retained = new RetainedMessages();
@@ -75,6 +87,19 @@ export class Delivery implements DeliveryApi {
   private dropWarnedAt = 0;
   /** In a cluster: where messages routed here go on to the other nodes. */
   private cluster: ClusterLink | null = null;
+  /**
+   * In a cluster: bytes (TRANSIT_ENTRY_BYTES each, plus their size) queued beyond subscribers'
+   * limits because they were on the bus when their publisher's hold was sent; at most
+   * `transitMax` (cluster.maxPendingBytes) for the whole node.
+   */
+  private transitBytes = 0;
+  private readonly transitMax: number;
+  /** Holds other nodes asked of this node's publishers, by holder and publisher (`run\0session key`). */
+  private readonly remoteHolds = new Map<string, RemoteHold>();
+  /** A hold that ran out (maxHoldMs): the same holder cannot hold the same publisher again before this time. */
+  private readonly remoteCooldown = new Map<string, number>();
+  /** Cross-node flow control counters (the cluster's status reports them). */
+  readonly remoteFlow = { applied: 0, expired: 0 };
 
   constructor(parts: DeliveryParts) {
     this.config = parts.config;
@@ -93,6 +118,7 @@ export class Delivery implements DeliveryApi {
     this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
     this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
     this.lowWaterBytes = Math.floor(limits.maxQueuedBytes / 4);
+    this.transitMax = parts.config.cluster?.maxPendingBytes ?? 0;
   }
 
   // ── routing ────────────────────────────────────────────────────────────────
@@ -142,7 +168,7 @@ export class Delivery implements DeliveryApi {
    * here match it: delivered to them (`plain`) and to the `$share` groups the sender chose this
    * node for. It is not retained again and not forwarded again.
    */
-  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null): void {
+  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null, from: FlowSource | null): void {
     const router = this.router;
     router.match(message.topic, message.origin);
     const matched = router.matched;
@@ -154,9 +180,9 @@ export class Delivery implements DeliveryApi {
     for (let i = 0; i < n; i++) {
       const session = sessions[i] as Session;
       const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
-      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, null);
+      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, from);
     }
-    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, null, null);
+    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, from, null);
   }
 
   /** A retained message set or cleared on another node; `persist`: this node's own store keeps retained messages too. */
@@ -173,7 +199,7 @@ export class Delivery implements DeliveryApi {
    * authorized to read it, or it is larger than the member's Maximum Packet Size) passes it to
    * another member, until one takes it or every member has refused [MQTT 5.0 4.8.2].
    */
-  private deliverShared(group: SharedTarget, first: Session, sub: StoredSubscription, message: Message, from: Client | null, tried: Set<Session> | null): void {
+  private deliverShared(group: SharedTarget, first: Session, sub: StoredSubscription, message: Message, from: FlowSource | null, tried: Set<Session> | null): void {
     let session = first;
     let s = sub;
     for (;;) {
@@ -251,7 +277,7 @@ export class Delivery implements DeliveryApi {
    * denied it, or it is larger than the client's Maximum Packet Size. A shared group then tries
    * another member.
    */
-  deliver(session: Session, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, from: Client | null = null, share?: SharedTarget): boolean {
+  deliver(session: Session, message: Message, qos: QoS, retain: boolean, subscriptionIds: number[] | undefined, from: FlowSource | null = null, share?: SharedTarget): boolean {
     if (message.expiresAt !== undefined && message.expiresAt <= this.clock.now) {
       this.stats.messagesExpired++;
       return true;
@@ -273,7 +299,14 @@ export class Delivery implements DeliveryApi {
     }
     const delivery: QueuedDelivery = { message, qos, retain, subscriptionIds };
     if (share !== undefined) delivery.share = share;
-    if (this.enqueue(session, delivery) && from !== null && qos > 0) this.holdPublisher(session, from);
+    if (from === null || qos === 0) {
+      this.enqueue(session, delivery, false);
+      return true;
+    }
+    // A publisher on another node is held one bus round trip late: what it sent meanwhile is on the
+    // bus, acknowledged, and kept beyond the queue's limits (within the node's allowance) while
+    // this subscriber may hold it.
+    if (this.enqueue(session, delivery, from.remote === true && this.mayHold(session, from))) this.holdPublisher(session, from);
     return true;
   }
 
@@ -336,7 +369,7 @@ export class Delivery implements DeliveryApi {
    * publishers and are kept). Every loss is counted, and QoS 1/2 refusals are audited. The first
    * message always fits, so no size is undeliverable. Only QoS 1/2 entries are written to the store.
    */
-  private enqueue(session: Session, delivery: QueuedDelivery): boolean {
+  private enqueue(session: Session, delivery: QueuedDelivery, inTransit: boolean): boolean {
     const limits = this.config.limits;
     const queue = session.queue;
     const size = queuedSize(delivery.message);
@@ -363,8 +396,13 @@ export class Delivery implements DeliveryApi {
         this.queueLoss(session, evicted, false);
       }
       if (queue.length >= max || (queue.length > 0 && session.queuedBytes + size > maxBytes)) {
-        this.queueLoss(session, delivery, true);
-        return false;
+        const cost = size + TRANSIT_ENTRY_BYTES;
+        if (!inTransit || this.transitBytes + cost > this.transitMax) {
+          this.queueLoss(session, delivery, true);
+          return false;
+        }
+        this.transitBytes += cost;
+        session.transitCharged += cost;
       }
     }
     queue.push(delivery);
@@ -387,10 +425,8 @@ export class Delivery implements DeliveryApi {
    * than flowControl.maxHoldMs: a subscriber that acks just often enough must not freeze its
    * publishers, and everything else they send, at its pace).
    */
-  private holdPublisher(session: Session, from: Client): void {
-    const conn = session.connection;
-    if (!this.flowOn || conn === null || conn === from || session.flowStalled || from.state !== 'connected') return;
-    if (session.flowSlowUntil > this.clock.now) return;
+  private holdPublisher(session: Session, from: FlowSource): void {
+    if (!this.mayHold(session, from)) return;
     if (session.queue.length < this.highWater && session.queuedBytes < this.highWaterBytes) return;
     let waiters = session.flowWaiters;
     if (waiters === null) {
@@ -400,6 +436,12 @@ export class Delivery implements DeliveryApi {
     } else if (waiters.has(from)) return;
     waiters.add(from);
     from.holdForFlow();
+  }
+
+  /** Whether this subscriber may hold this publisher at all now (its queue aside). */
+  private mayHold(session: Session, from: FlowSource): boolean {
+    const conn = session.connection;
+    return this.flowOn && conn !== null && conn !== from && !session.flowStalled && from.state === 'connected' && session.flowSlowUntil <= this.clock.now;
   }
 
   /** The subscriber caught up, left, or stalled: every publisher it held is read again. */
@@ -429,6 +471,68 @@ export class Delivery implements DeliveryApi {
       );
       this.releasePublishers(session);
     }
+    for (const [key, hold] of this.remoteHolds) {
+      if (hold.conn.state === 'closed') this.remoteHolds.delete(key);
+      else if (now - hold.since > this.maxHoldMs) {
+        // The node that asked did not release it in time (it is slow, cut off or gone): the same
+        // rule as for a subscriber here, and the same cooldown before it may hold it again.
+        this.remoteHolds.delete(key);
+        this.remoteCooldown.set(key, now + SLOW_COOLDOWN_HOLDS * this.maxHoldMs);
+        this.remoteFlow.expired++;
+        this.log.warn({ clientId: hold.conn.clientId, holder: key.slice(0, key.indexOf('\u0000')), maxHoldMs: this.maxHoldMs }, 'a subscriber on another node held this publisher for limits.flowControl.maxHoldMs: it is read again');
+        hold.conn.releaseFlow();
+      }
+    }
+    for (const [key, until] of this.remoteCooldown) if (until <= now) this.remoteCooldown.delete(key);
+  }
+
+  /**
+   * Cross-node flow control: a subscriber on node `holder` is behind on the messages of this
+   * node's publisher (session `key`) and holds it (`hold`), or lets it go. The same rules as a
+   * subscriber here: at most maxHoldMs at a time, then a cooldown. A hold for a publisher that is
+   * not connected here is ignored. True when it held the publisher.
+   */
+  remoteHold(conn: Client | null, key: string, holder: string, hold: boolean): boolean {
+    const id = `${holder}\u0000${key}`;
+    let held = this.remoteHolds.get(id);
+    if (held !== undefined && held.conn.state === 'closed') {
+      this.remoteHolds.delete(id);
+      held = undefined;
+    }
+    if (!hold) {
+      if (held === undefined) return false;
+      this.remoteHolds.delete(id);
+      held.conn.releaseFlow();
+      return false;
+    }
+    if (held !== undefined || conn === null || conn.state !== 'connected' || !this.flowOn) return false;
+    const until = this.remoteCooldown.get(id);
+    if (until !== undefined && until > this.clock.now) return false;
+    this.remoteHolds.set(id, { conn, since: this.clock.now });
+    this.remoteFlow.applied++;
+    conn.holdForFlow();
+    return true;
+  }
+
+  /** A node is gone: every hold it asked of this node's publishers ends. */
+  remoteHolderGone(holder: string): void {
+    const prefix = `${holder}\u0000`;
+    for (const [key, hold] of this.remoteHolds) {
+      if (!key.startsWith(prefix)) continue;
+      this.remoteHolds.delete(key);
+      hold.conn.releaseFlow();
+    }
+  }
+
+  /** Publishers of this node held now by subscribers on other nodes. */
+  get remoteHeld(): number {
+    return this.remoteHolds.size;
+  }
+
+  /** The queue is back within its limits (or gone): the in-transit allowance it held is the node's again. */
+  private refundTransit(session: Session): void {
+    this.transitBytes -= session.transitCharged;
+    session.transitCharged = 0;
   }
 
   /** Counts a message a subscriber's full queue lost; logs (rate-limited) and audits QoS 1/2 refusals. */
@@ -489,12 +593,13 @@ export class Delivery implements DeliveryApi {
    */
   enqueueMoved(session: Session, delivery: QueuedDelivery): void {
     const { share: _share, ...rest } = delivery;
-    this.enqueue(session, rest);
+    this.enqueue(session, rest, false);
   }
 
   /** The session moved to another node: publishers it held are read again; nothing it held is passed on (it goes with it). */
   sessionMoved(session: Session): void {
     this.releasePublishers(session);
+    this.refundTransit(session);
     this.refusalsPending.delete(session);
   }
 
@@ -572,6 +677,7 @@ export class Delivery implements DeliveryApi {
       session.queueFullSince = 0;
       session.lastProgressAt = this.clock.now;
       this.store.dequeued(session, stored);
+      if (session.transitCharged > 0 && session.queue.length <= this.config.limits.maxQueuedMessages && session.queuedBytes <= this.config.limits.maxQueuedBytes) this.refundTransit(session);
       if (session.queue.length <= this.lowWater && session.queuedBytes <= this.lowWaterBytes) {
         session.flowStalled = false;
         this.releasePublishers(session);
@@ -655,6 +761,7 @@ export class Delivery implements DeliveryApi {
    */
   sessionEnded(session: Session): void {
     this.releasePublishers(session);
+    this.refundTransit(session);
     this.refusalsPending.delete(session);
     for (const inflight of session.inflight.values()) if (inflight.state === 'publish') this.passOn(session, inflight);
     for (const queued of session.queue) this.passOn(session, queued);

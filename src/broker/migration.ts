@@ -13,7 +13,7 @@ import { sessionKey, type StoredSession } from '../store/types.ts';
 import type { ArrivingSession, ClusterHost, Departing, DetachedWill } from './cluster-port.ts';
 import type { Delivery } from './delivery.ts';
 import type { Message } from './message.ts';
-import type { WriteStatus } from './ports.ts';
+import type { FlowSource, WriteStatus } from './ports.ts';
 import { Session } from './session.ts';
 import type { SessionRegistry } from './sessions.ts';
 import type { WillScheduler } from './will.ts';
@@ -38,10 +38,23 @@ export class Migration implements ClusterHost {
     this.wills = parts.wills;
   }
 
-  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null): Promise<WriteStatus> | null {
+  deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null, from: FlowSource | null): Promise<WriteStatus> | null {
     this.sessions.trackWrites();
-    this.delivery.deliverRemote(message, plain, groups);
+    this.delivery.deliverRemote(message, plain, groups, from);
     return this.sessions.writesDone();
+  }
+
+  flowHold(key: string, holder: string, hold: boolean): boolean {
+    const session = this.sessions.byKey(key);
+    return this.delivery.remoteHold(session === undefined || session.arriving ? null : session.connection, key, holder, hold);
+  }
+
+  flowHolderGone(holder: string): void {
+    this.delivery.remoteHolderGone(holder);
+  }
+
+  flowStatus(): { applied: number; expired: number; held: number } {
+    return { ...this.delivery.remoteFlow, held: this.delivery.remoteHeld };
   }
 
   applyRetained(message: Message, persist: boolean): void {

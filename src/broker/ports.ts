@@ -27,6 +27,18 @@ export type ConnectionState = 'new' | 'connecting' | 'connected' | 'closed';
 export type WriteStatus = 'ok' | 'full' | 'failed';
 
 /**
+ * A publisher as flow control sees it (delivery.ts): a client connection here, or in a cluster a
+ * publisher on another node, held and released through the bus (src/cluster/flow.ts).
+ */
+export interface FlowSource {
+  readonly state: ConnectionState;
+  /** On another node: what it sent before its hold got there is already on the way (see Delivery.deliver). */
+  readonly remote?: boolean;
+  holdForFlow(): void;
+  releaseFlow(): void;
+}
+
+/**
  * A client connection, as the security gate, sessions and delivery see it: its identity, what
  * it negotiated, and the ways to write to it or end it. The Connection class implements it.
  */

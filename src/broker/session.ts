@@ -1,7 +1,7 @@
 import type { Principal } from '../auth/types.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { sessionKey, type StoredSession, type StoredSubscription } from '../store/types.ts';
-import type { Client } from './ports.ts';
+import type { Client, FlowSource } from './ports.ts';
 import { forStore, messageSize, type Message } from './message.ts';
 
 /** A `$share` group a delivery came through: another member may take it (router.ts SharedGroup). */
@@ -100,7 +100,7 @@ export class Session {
   connection: Client | null = null;
   principal: Principal | null = null;
   /** Publishers held (flow control) because this subscriber's queue is over its high-water mark. */
-  flowWaiters: Set<Client> | null = null;
+  flowWaiters: Set<FlowSource> | null = null;
   /** Last acknowledgement or send from the queue while holding publishers (ms, the broker's clock). */
   lastProgressAt = 0;
   /** When this subscriber began holding its current publishers (ms, the broker's clock). */
@@ -109,6 +109,11 @@ export class Session {
   flowSlowUntil = 0;
   /** Held publishers for too long without progress: holds nobody until its queue is down to the low-water mark. */
   flowStalled = false;
+  /**
+   * In a cluster: bytes of the node's in-transit allowance this queue holds (messages from a
+   * publisher on another node, held, that arrived beyond the queue's limits; see Delivery.deliver).
+   */
+  transitCharged = 0;
   /** The listener of the last connection, for checks made while the session is offline. */
   listener = '';
   expiryTimer: NodeJS.Timeout | null = null;

@@ -17,7 +17,7 @@ import os from 'node:os';
 import type { AuditEvent } from '../audit/types.ts';
 import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare } from '../broker/cluster-port.ts';
 import type { Message } from '../broker/message.ts';
-import type { WriteStatus } from '../broker/ports.ts';
+import type { FlowSource, WriteStatus } from '../broker/ports.ts';
 import type { ClusterConfig } from '../config/cluster-schema.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -25,6 +25,7 @@ import type { Store, StoreOpenReport, StoredSession } from '../store/types.ts';
 import { sessionKey } from '../store/types.ts';
 import { ClusterError } from './errors.ts';
 import type { Frame, FrameProblem } from './frame.ts';
+import { RemotePublishers } from './flow.ts';
 import { compareIds, Inbox } from './inbox.ts';
 import { InterestTable } from './interest.ts';
 import { loadClusterKeys, type ClusterKey } from './keys.ts';
@@ -84,6 +85,8 @@ export class ClusterNode implements ClusterRuntime {
   readonly table = new InterestTable();
   readonly offline: OfflinePartitions;
   private readonly moves: Moves;
+  /** Publishers on other nodes that subscribers here hold (cross-node flow control). */
+  private readonly flow = new RemotePublishers((run, c) => this.outbox.send(this.homeOfRun(run), encodeControl(c), false));
   private homeId: string;
   private homeGeneration = 0;
   private hostRef: ClusterHost | null = null;
@@ -492,6 +495,8 @@ export class ClusterNode implements ClusterRuntime {
 
   private runGone(run: string): void {
     this.liveRuns.delete(run);
+    this.flow.gone(run);
+    this.hostRef?.flowHolderGone(run);
     for (const [id, b] of this.barriers) {
       b.expect.delete(run);
       if (b.expect.size === 0) {
@@ -504,6 +509,7 @@ export class ClusterNode implements ClusterRuntime {
   private sweep(): void {
     const now = Date.now();
     this.moves.sweep(now);
+    this.flow.sweep();
     this.inbox.replay.sweep(now, this.config.maxClockSkewMs * 2);
   }
 
@@ -575,7 +581,32 @@ export class ClusterNode implements ClusterRuntime {
       offlineSessions: this.offline.sessionCount(),
       pendingBytes: this.outbox.pending,
       bus: { ...this.outbox.stats, received: this.received, refusedFrames: this.refusedFrames },
+      flow: { ...this.flow.stats, ...this.flowApplied() },
     };
+  }
+
+  private flowApplied(): { holdsApplied: number; holdsExpired: number; held: number } {
+    const s = this.hostRef?.flowStatus() ?? { applied: 0, expired: 0, held: 0 };
+    return { holdsApplied: s.applied, holdsExpired: s.expired, held: s.held };
+  }
+
+  /**
+   * The partition a node run reads as its own (its inbox is where a message for the node itself
+   * goes): named after the run, `<run>` or, after it lost one, `<run>.<n>` with the highest n.
+   */
+  private homeOfRun(run: string): string {
+    if (run === this.run) return this.homeId;
+    let best = run;
+    let gen = 0;
+    for (const [p, info] of this.partitionsKnown) {
+      if (info.host !== run || !p.startsWith(`${run}.`)) continue;
+      const n = Number(p.slice(run.length + 1));
+      if (n > gen) {
+        gen = n;
+        best = p;
+      }
+    }
+    return best;
   }
 
   private frameRefused(stream: string, problem: FrameProblem | 'replay' | 'clock' | 'malformed-body', sender: string | undefined, entryId: string): void {
@@ -649,13 +680,21 @@ export class ClusterNode implements ClusterRuntime {
     void entryId;
     const waits: Promise<unknown>[] = [];
     const vector = this.applied.get(p);
+    const home = p === this.homeId;
+    let publishers: ReturnType<RemotePublishers['ofRun']> | null = null;
     for (const raw of frame.bodies) {
       const body = decodeBody(raw, frame.sender);
       if (body.kind === BodyKind.Publish) {
         this.received++;
         const m = body.message;
         if (m.stamp !== undefined && vector !== undefined && m.stamp.seq > (vector.get(m.stamp.node) ?? 0)) vector.set(m.stamp.node, m.stamp.seq);
-        const w = p === this.homeId ? this.host.deliverRemote(m, body.plain, body.groups) : this.offline.apply(p, m, body.plain, body.groups);
+        let w: Promise<WriteStatus> | null;
+        if (home) {
+          // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
+          let from: FlowSource | null = null;
+          if (m.qos > 0 && m.origin !== undefined) from = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
+          w = this.host.deliverRemote(m, body.plain, body.groups, from);
+        } else w = this.offline.apply(p, m, body.plain, body.groups);
         if (w !== null) waits.push(w);
         continue;
       }
@@ -686,6 +725,10 @@ export class ClusterNode implements ClusterRuntime {
         return;
       case 'redirect':
         if (home) this.moves.onRedirect(c);
+        return;
+      case 'flow':
+        // A hold from a node for a publisher of this node's own partition; nothing else can be held.
+        if (home && typeof c.key === 'string' && typeof c.hold === 'boolean') this.host.flowHold(c.key, sender, c.hold);
         return;
       case 'ack':
         if (home) for (const id of c.ids) this.acked(id, sender);

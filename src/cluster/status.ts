@@ -19,6 +19,12 @@ export interface ClusterStatus {
   offlineSessions: number;
   pendingBytes: number;
   bus: { frames: number; bodies: number; refused: number; failed: number; received: number; refusedFrames: number };
+  /**
+   * Cross-node flow control: holds and releases this node sent for publishers on other nodes;
+   * holds other nodes asked of this node's publishers that it applied, that ran out
+   * (limits.flowControl.maxHoldMs), and that are in force now.
+   */
+  flow: { holdsSent: number; releasesSent: number; holdsApplied: number; holdsExpired: number; held: number };
 }
 
 /** One node's outcome of a reload. */

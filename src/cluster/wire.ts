@@ -35,6 +35,8 @@ export type Control =
   | { t: 'commit'; id: string; key: string }
   | { t: 'released'; id: string; key: string; present: boolean; vector: Record<string, number>; snapshot: JsonValue | null }
   | { t: 'redirect'; id: string; key: string }
+  // cross-node flow control (flow.ts): a subscriber here holds, or lets go, a publisher of the node it goes to
+  | { t: 'flow'; key: string; hold: boolean }
   // broadcast (the ctl stream)
   | { t: 'interest'; p: string; add: string[]; del: string[]; ackTo?: string }
   | { t: 'retain'; m: JsonValue; ackTo?: string }
