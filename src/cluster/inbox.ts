@@ -20,10 +20,13 @@ interface Source {
   handler: FrameHandler;
   /** Trim applied entries (partition inboxes, not the broadcast stream). */
   trim: boolean;
-  /** The trims of this source, in order. */
+  /** Settles once every batch applied so far is trimmed (or its trim failed). */
   trimming: Promise<unknown>;
   /** Batches applied and not yet trimmed. */
   untrimmed: number;
+  /** Applied batches waiting for their trim: what they led to, and the id to trim up to. */
+  trimQueue: { done: Promise<unknown>; upTo: string }[];
+  trimRunning: boolean;
 }
 
 export interface InboxEvents {
@@ -63,7 +66,7 @@ export class Inbox {
 
   /** Reads `stream` from after `fromId`. */
   add(stream: string, fromId: string, handler: FrameHandler, trim: boolean): void {
-    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve(), untrimmed: 0 });
+    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve(), untrimmed: 0, trimQueue: [], trimRunning: false });
     if (stream === this.controlStream) this.controlPosition = fromId;
     this.wake();
   }
@@ -175,14 +178,32 @@ export class Inbox {
     source.lastId = last;
     if (source.stream === this.controlStream) this.controlAdvanced(last);
     if (!source.trim) return;
-    const done = Promise.all(waits);
-    const upTo = nextEntryId(last);
     source.untrimmed++;
-    source.trimming = source.trimming
-      .then(() => done)
-      .then(() => this.commands.xtrim(source.stream, 'MINID', upTo))
-      .catch((err: Error) => this.log.warn({ err: err.message, stream: source.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)'))
-      .finally(() => source.untrimmed--);
+    source.trimQueue.push({ done: waits.length === 0 ? DONE : Promise.all(waits), upTo: nextEntryId(last) });
+    if (!source.trimRunning) source.trimming = this.trimAll(source);
+  }
+
+  /**
+   * Trims a source's inbox behind what is applied. Batches applied while a trim is on its way go
+   * in one XTRIM after it (to the last of them, once all they led to is committed): under load a
+   * batch costs a share of a trim, not a command of its own.
+   */
+  private async trimAll(source: Source): Promise<void> {
+    source.trimRunning = true;
+    try {
+      while (source.trimQueue.length > 0) {
+        const batches = source.trimQueue.splice(0);
+        await Promise.all(batches.map((b) => b.done));
+        try {
+          await this.commands.xtrim(source.stream, 'MINID', (batches[batches.length - 1] as (typeof batches)[number]).upTo);
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message, stream: source.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)');
+        }
+        source.untrimmed -= batches.length;
+      }
+    } finally {
+      source.trimRunning = false;
+    }
   }
 
   /** Where a stream has been read to. */
@@ -201,6 +222,8 @@ export class Inbox {
     }
   }
 }
+
+const DONE: Promise<unknown> = Promise.resolve();
 
 function fieldValue(fields: Buffer[], name: string): Buffer | undefined {
   for (let i = 0; i + 1 < fields.length; i += 2) if ((fields[i] as Buffer).toString() === name) return fields[i + 1];

@@ -928,7 +928,7 @@ export class ClusterNode implements ClusterRuntime {
 
   forward(message: Message, shares: readonly LocalShare[]): Forwarded {
     const match = this.table.match(message.topic);
-    if (match.plain.size === 0 && match.groups.size === 0) return NOTHING;
+    if (match.groups.size === 0) return match.plain.size === 0 ? NOTHING : this.forwardPlain(message, match.plain);
     const home = this.homeId;
     const targets = new Map<string, { plain: boolean; groups: string[] | null }>();
     for (const p of match.plain) if (p !== home) targets.set(p, { plain: true, groups: null });
@@ -955,6 +955,27 @@ export class ClusterNode implements ClusterRuntime {
     }
     if (all !== null) written = Promise.all(all).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
     return { written, remoteGroups, partitions: targets.size };
+  }
+
+  /** The usual case: plain subscribers only, one body (header and message) shared by every partition. */
+  private forwardPlain(message: Message, partitions: ReadonlySet<string>): Forwarded {
+    const wait = message.qos > 0;
+    const wire = messageWire(message, this.run);
+    const body = [publishHeader(true, null), wire];
+    const length = body[0]!.length + wire.length;
+    let written: Promise<WriteStatus> | null = null;
+    let all: Promise<WriteStatus>[] | null = null;
+    let n = 0;
+    for (const p of partitions) {
+      if (p === this.homeId) continue;
+      n++;
+      const w = this.outbox.send(p, body, wait, length);
+      if (w === null) continue;
+      if (written === null) written = w;
+      else (all ??= [written]).push(w);
+    }
+    if (all !== null) written = Promise.all(all).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
+    return { written, remoteGroups: null, partitions: n };
   }
 
   /**

@@ -58,6 +58,8 @@ export class Outbox {
   private readonly seqs = new Map<string, number>();
   private failingSince = 0;
   private readonly flushNow = () => this.flush();
+  /** Partition → its inbox's stream name (made once, not per message). */
+  private readonly streams = new Map<string, string>();
 
   constructor(
     private readonly client: RedisClient,
@@ -100,11 +102,16 @@ export class Outbox {
    * Sends a body to a partition's inbox in this turn's frame. With `wait`, resolves once Redis
    * holds it ('ok') or it could not be written ('failed'); without, null.
    */
-  send(partition: string, body: Body, wait: boolean): Promise<WriteStatus> | null {
-    const length = Buffer.isBuffer(body) ? body.length : (body as readonly Buffer[]).reduce((n, b) => n + b.length, 0);
+  send(partition: string, body: Body, wait: boolean, bodyLength = -1): Promise<WriteStatus> | null {
+    const length = bodyLength >= 0 ? bodyLength : Buffer.isBuffer(body) ? body.length : (body as readonly Buffer[]).reduce((n, b) => n + b.length, 0);
     if (!this.admits(length)) return wait ? FAILED : null;
-    // `cli:<id>`: the reply stream of a command-line client (admin.ts).
-    const stream = partition.startsWith('cli:') ? this.names.replies(partition.slice(4)) : this.names.inbox(partition);
+    let stream = this.streams.get(partition);
+    if (stream === undefined) {
+      // `cli:<id>`: the reply stream of a command-line client (admin.ts).
+      stream = partition.startsWith('cli:') ? this.names.replies(partition.slice(4)) : this.names.inbox(partition);
+      if (this.streams.size >= 10_000) this.streams.clear();
+      this.streams.set(partition, stream);
+    }
     let batch = this.batches.get(stream);
     if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [] }));
     batch.bodies.push(body);
