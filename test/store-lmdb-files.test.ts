@@ -154,12 +154,13 @@ test('a lock whose holder has ended but was not yet collected by its parent (a z
   }
   const store = path.join(tempDir(t), 'store');
   await filledStore(store, 1);
-  // sh starts `true` in the background, then becomes sleep, which never collects it.
-  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // sh starts a short sleep in the background, then becomes a long sleep, which never collects
+  // it. (The short one ends after the exec: had it ended before, sh could have collected it.)
+  const parent = spawn('sh', ['-c', 'sleep 0.3 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => parent.kill('SIGKILL'));
   const zombie = Number((await new Promise<Buffer>((r) => parent.stdout.once('data', r))).toString().trim());
   let state = '';
-  for (let i = 0; i < 100 && state !== 'Z'; i++) {
+  for (let i = 0; i < 250 && state !== 'Z'; i++) {
     await new Promise((r) => setTimeout(r, 20));
     const stat = fs.readFileSync(`/proc/${zombie}/stat`, 'utf8');
     state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? '';
