@@ -47,7 +47,7 @@ test.before(async () => {
     other: read(other, 'ops-admin-cert'),
   };
   const policy = path.join(dir, 'admin.csv');
-  fs.writeFileSync(policy, `${fs.readFileSync(path.join(root, 'policies', 'admin', 'policy.csv'), 'utf8')}\ng, user:ops-admin-cert, role:admin\ng, user:ops-viewer, role:read-only\n`);
+  fs.writeFileSync(policy, `${fs.readFileSync(path.join(root, 'policies', 'admin', 'policy.csv'), 'utf8')}\ng, user:cert:ops-admin-cert, role:admin\ng, user:cert:ops-viewer, role:read-only\n`);
   audit = new MemoryAuditSink();
   const tlsFiles = { cert: files.serverCert, key: files.serverKey, ca: files.ca };
   broker = createBroker(
