@@ -3,11 +3,11 @@
  * the listener starts, in this order):
  *
  *   onRequest   host        a Host the listener is not configured for → 421 (DNS rebinding)
+ *               identify    client certificate (mTLS); or bearer token, throttled on its own
+ *                           failures when its id exists; else throttled by address → 429; → 401
  *               media type  a request other than GET/HEAD without `Content-Type: application/json`
  *                           → 415, body or not (a cross-site page cannot send that type without a
  *                           CORS preflight, which this listener never grants)
- *               identify    client certificate (mTLS); or bearer token, throttled on its own
- *                           failures when its id exists; else throttled by address → 429; → 401
  *               authorize   the admin policy: `read` or `publish` on `admin/<resource>` → 403
  *   (Fastify)   parse JSON body (413, 400, 415), validate params, query and body (400)
  *   handler
@@ -49,7 +49,6 @@ const SAFE_METHODS = new Set(['GET', 'HEAD']);
 const SUMMARISED: Partial<Record<string, RefusalKind>> = {
   ERR_TOO_MANY_FAILURES: 'throttled',
   ERR_HOST_NOT_ALLOWED: 'host',
-  ERR_UNSUPPORTED_MEDIA_TYPE: 'media-type',
 };
 
 /** What Node reports for a client certificate it could not verify, in words. */
@@ -75,13 +74,13 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
 
   app.decorateRequest('ops', null as unknown as FastifyRequest['ops']);
 
-  // Only JSON is parsed. An empty body with the JSON type is no body (a reload sends the type and
-  // nothing else); a route that needs a body then refuses it by its schema.
+  // Only JSON is parsed. An empty body with the JSON type is an empty object (a reload sends the
+  // type and nothing else); a route that needs fields refuses it by its schema.
   app.removeAllContentTypeParsers();
   const json = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (body === '') {
-      done(null, undefined);
+      done(null, {});
       return;
     }
     json(req, body as string, done);
@@ -95,15 +94,15 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     if (foreign !== undefined) {
       throw new ApiError(421, 'ERR_HOST_NOT_ALLOWED', `this listener does not serve the host '${foreign}': use localhost, its address (${ctx.http.host}) or a name in http.allowedHosts`);
     }
+    const cfg = req.routeOptions.config;
+    if (cfg.kind !== 'public' && !(cfg.kind === 'metrics' && metricsPublic)) req.ops.principal = await identify(req);
+    // After identification, so that the refusal names whose browser was made to send it.
     if (!SAFE_METHODS.has(req.method)) {
       const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
       if (type !== 'application/json') {
         throw new ApiError(415, 'ERR_UNSUPPORTED_MEDIA_TYPE', `a ${req.method} request must have Content-Type: application/json, with a JSON body or none (got ${type === '' || type === undefined ? 'none' : `'${type.slice(0, 100)}'`})`);
       }
     }
-    const cfg = req.routeOptions.config;
-    if (cfg.kind === 'public' || (cfg.kind === 'metrics' && metricsPublic)) return;
-    req.ops.principal = await identify(req);
   });
 
   app.addHook('onRequest', async (req) => {
@@ -148,7 +147,15 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     if (mtls) {
       // Identified by the TLS handshake: a good certificate is not throttled; a bad one fails its address.
       const socket = req.raw.socket as TLSSocket;
-      if (presentedCertificate(socket)) return judged(address, () => certificateCaller(socket) as AdminPrincipal);
+      if (presentedCertificate(socket)) {
+        let caller: AdminPrincipal;
+        try {
+          caller = certificateCaller(socket);
+        } catch (err) {
+          return judged(address, () => Promise.reject(err));
+        }
+        return caller;
+      }
     }
     const header = req.headers.authorization;
     const m = header === undefined ? null : /^Bearer +(\S+)$/i.exec(header);

@@ -1,7 +1,7 @@
 /**
  * Audit records for refusals that a stranger can repeat at will on the operations listener
- * (connections over the per-address cap, malformed requests, a foreign Host, a request that is
- * not JSON, a throttled address or token), summarised so that a flood cannot flood the audit
+ * (connections over the per-address cap, requests the HTTP parser refuses, a foreign Host, a
+ * throttled address or token), summarised so that a flood cannot flood the audit
  * log: the first refusal of a kind from an address is recorded in full at once; further ones
  * within the interval are counted and written as one summary record when it ends. Beyond
  * `maxKeys` (address, kind) pairs in one interval, refusals are summed into one record with
@@ -11,7 +11,7 @@
 import type { AuditEvent } from '../audit/types.ts';
 
 /** What a refusal is, for the summary key and the record's `detail.refusal`. */
-export type RefusalKind = 'connection-cap' | 'parser' | 'host' | 'media-type' | 'throttled';
+export type RefusalKind = 'connection-cap' | 'parser' | 'host' | 'throttled';
 
 interface Window {
   since: number;
