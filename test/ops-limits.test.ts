@@ -157,19 +157,33 @@ test.serial('audit tails and queries read in chunks: with many running, an MQTT 
     };
     const baseline: number[] = [];
     for (let i = 0; i < 10; i++) baseline.push(await roundTrip(i));
+    // The tokens are verified once (and remembered), so that no reader queues behind argon2.
+    t.is((await request(b.base, '/api/v1/whoami', { token: b.tokens.reader })).status, 200);
+    t.is((await request(b.base, '/api/v1/whoami', { token: b.tokens.admin })).status, 200);
 
-    // 12 readers at once, each repeating: tails that find few matches (so read back the whole
-    // 4 MiB), and queries that scan the whole file.
+    // 40 readers at once (more than the cap of 16: the rest get 503 and try again), each
+    // repeating: 32 tails that follow the live file waiting for a record that never comes (the
+    // first read goes back the whole 4 MiB), and 4 tails and 4 queries (the whole file) that find
+    // a few records. Meanwhile the file keeps growing: an
+    // admin call every 10 ms writes a record (a follower that re-read 4 MiB at each change, as
+    // the tail once did, held the event loop most of the time).
     let running = true;
     const answers: { kind: string; status: number; json: any }[] = [];
-    const reader = async (kind: 'tail' | 'query') => {
+    const reader = async (kind: 'wait' | 'tail' | 'query') => {
       while (running) {
-        const p = kind === 'tail' ? '/api/v1/audit/tail?clientId=needle&limit=100' : '/api/v1/audit/records?clientId=needle&limit=1000';
+        const p = kind === 'wait' ? '/api/v1/audit/tail?clientId=never&afterSeq=0&waitMs=2000' : kind === 'tail' ? '/api/v1/audit/tail?clientId=needle&limit=100' : '/api/v1/audit/records?clientId=needle&limit=1000';
         const r = await request(b.base, p, { token: b.tokens.reader });
         answers.push({ kind, status: r.status, json: r.json });
+        if (r.status === 503) await new Promise((res) => setTimeout(res, 300));
       }
     };
-    const readers = [...Array.from({ length: 8 }, () => reader('tail')), ...Array.from({ length: 4 }, () => reader('query'))];
+    const grow = async () => {
+      while (running) {
+        await request(b.base, '/api/v1/whoami', { token: b.tokens.admin });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    const readers = [...Array.from({ length: 4 }, () => reader('tail')), ...Array.from({ length: 4 }, () => reader('query')), ...Array.from({ length: 32 }, () => reader('wait')), grow()];
     await new Promise((r) => setTimeout(r, 300));
     const loaded: number[] = [];
     for (let i = 100; i < 130; i++) {
@@ -180,13 +194,23 @@ test.serial('audit tails and queries read in chunks: with many running, an MQTT 
     await Promise.all(readers);
 
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-    t.log(`QoS 1 round trip, median: ${median(baseline).toFixed(1)} ms idle, ${median(loaded).toFixed(1)} ms with 12 audit readers (${answers.length} answers)`);
+    t.log(`QoS 1 round trip, median: ${median(baseline).toFixed(1)} ms idle, ${median(loaded).toFixed(1)} ms with 40 audit readers (${answers.length} answers, ${answers.filter((a) => a.status === 200).length} served); loaded: ${loaded.map((x) => x.toFixed(0)).join(" ")}`);
+    const p90 = [...loaded].sort((a, b) => a - b)[Math.floor(loaded.length * 0.9)] as number;
+    // Generous bounds (chunked reads keep both near the idle figure; the synchronous tail this
+    // replaced gave a 90th percentile of about 0.6 s here).
     t.true(median(loaded) < 200, `median round trip ${median(loaded).toFixed(1)} ms with audit readers running`);
+    t.true(p90 < 250, `90th percentile round trip ${p90.toFixed(1)} ms with audit readers running`);
 
-    // The answers are right: the tails end with the last needles, the queries hold them all, in order.
+    // The answers are right: the tails end with the last needles, the queries hold them all, in
+    // order; one more of each, once the load is gone, is served.
+    for (const kind of ['tail', 'query'] as const) {
+      const r = await request(b.base, kind === 'tail' ? '/api/v1/audit/tail?clientId=needle&limit=100' : '/api/v1/audit/records?clientId=needle&limit=1000', { token: b.tokens.reader });
+      t.is(r.status, 200, r.text);
+      answers.push({ kind, status: r.status, json: r.json });
+    }
     const ok = answers.filter((a) => a.status === 200);
-    t.true(ok.some((a) => a.kind === 'tail') && ok.some((a) => a.kind === 'query'));
-    for (const a of ok) {
+    t.true(ok.filter((a) => a.kind === 'wait').every((a) => a.json.records.length === 0));
+    for (const a of ok.filter((x) => x.kind !== 'wait')) {
       const seqs = (a.json.records as { seq: number; clientId: string }[]).map((r) => r.seq);
       // A tail reaches the needles within the last 4 MiB: the newest ones, in order.
       if (a.kind === 'tail') t.true(seqs.length >= 5 && JSON.stringify(seqs) === JSON.stringify(needles.slice(-seqs.length)), JSON.stringify(seqs));
