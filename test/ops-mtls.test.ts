@@ -7,6 +7,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import test from 'ava';
 import { MemoryAuditSink } from '../src/index.ts';
@@ -140,6 +141,23 @@ test('a client certificate is judged after the handshake: junk from its address 
   t.is(me.status, 200, me.text);
   // A bad certificate from that address is one more failure of the address: 429.
   t.is((await as(files.client('expired-ops'), '/api/v1/whoami', 'GET', from)).status, 429);
+});
+
+test('over HTTPS the per-address cap closes extra sockets before the TLS handshake; other callers are served', async (t) => {
+  const port = Number(new URL(base).port);
+  let closed = 0;
+  const sockets = await Promise.all(
+    Array.from({ length: 40 }, () => new Promise<net.Socket>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.12' }, () => resolve(s));
+      s.on('close', () => closed++);
+      s.on('error', () => {});
+    })),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  t.is(closed, 40 - 32);
+  t.is((await as(files.client('ops-viewer'), '/api/v1/whoami', 'GET', { localAddress: '127.0.0.13' })).status, 200);
+  for (const s of sockets) s.destroy();
+  t.true(audit.records.some((r) => r.action === 'http.connection-refused' && r.remoteAddress === '127.0.0.12'));
 });
 
 test('an expired client certificate: 401 ERR_CERTIFICATE_EXPIRED, audited', async (t) => {

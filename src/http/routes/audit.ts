@@ -123,14 +123,14 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
         const q = req.query as FilterQuery & { waitMs: number };
         const f = files();
         const query = toQuery(q);
+        let gone = false;
+        // The response's 'close': the client went away (or the answer was sent). Stop waiting for it.
+        reply.raw.once('close', () => (gone = true));
         return reading(async () => {
           await ctx.flushAudit();
           let result = await f.tail(query);
           let position = result.position;
           const deadline = Date.now() + q.waitMs;
-          let gone = false;
-          // The response's 'close': the client went away (or the answer was sent). Stop waiting for it.
-          reply.raw.once('close', () => (gone = true));
           // Following reads only what was appended since the last look.
           while (result.records.length === 0 && Date.now() < deadline && !gone) {
             await new Promise((r) => setTimeout(r, 200));
