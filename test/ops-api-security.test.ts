@@ -2,13 +2,15 @@
  * The admin API's bad input and security cases, each over a real socket: a clear HTTP error
  * with a stable code, and an `admin` audit record of the refusal. No token, a wrong, malformed
  * or expired token; a read-only role calling a write endpoint; oversized, malformed and non-JSON
- * bodies; unknown routes; path traversal in the audit query; guessing throttled per address;
+ * bodies; unknown routes; path traversal in the audit query; guessing throttled per address
+ * and per token id (a valid token from a flooded address still served);
  * refusal to start without authentication on a non-loopback address; no secret ever returned.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { ConfigError, createBroker, MemoryAuditSink, MemoryStore, parseConfig } from '../src/index.ts';
+import { AuthThrottle } from '../src/http/throttle.ts';
 import { silentLogger } from '../src/log.ts';
 import { adminRecords, request, root, startOpsBroker, type OpsBroker, type Reply } from './ops-support.ts';
 
@@ -17,7 +19,7 @@ let b: OpsBroker;
 test.before(async () => {
   b = await startOpsBroker(
     { audit: { sink: 'none' } },
-    { http: { bodyLimit: 2048, auth: { failures: { burst: 1000, perMinute: 1000 } } as never } },
+    { http: { bodyLimit: 2048, allowedHosts: ['ops.example.com'], auth: { failures: { burst: 1000, perMinute: 1000 } } as never } },
   );
 });
 test.after.always(async () => {
@@ -133,22 +135,119 @@ test('path traversal in the audit query: 400 ERR_BAD_FILE, audited, nothing read
   }
 });
 
-test('failed authentications are throttled per source address: 429 with Retry-After, audited; other addresses unaffected', async (t) => {
+test('failed authentications are throttled by what was guessed: junk by address, a known token id by that token; a valid token from a flooded address gets 200', async (t) => {
   const small = await startOpsBroker({ audit: { sink: 'none' } }, { http: { auth: { failures: { burst: 3, perMinute: 1 } } as never } });
+  let stopped = false;
   try {
-    for (let i = 0; i < 3; i++) t.is((await request(small.base, '/api/v1/clients', { token: 'pct_bad', localAddress: '127.0.0.7' })).status, 401);
-    const r = await request(small.base, '/api/v1/clients', { token: small.tokens.admin, localAddress: '127.0.0.7' });
-    t.is(r.status, 429, 'even a good token waits: the address is throttled before any token is checked');
-    t.is(r.json.code, 'ERR_TOO_MANY_FAILURES');
-    t.truthy(Number(r.headers['retry-after']) > 0);
-    // More refused requests: one 429 record per address per 10 s, not one each.
-    for (let i = 0; i < 5; i++) t.is((await request(small.base, '/api/v1/clients', { localAddress: '127.0.0.7' })).status, 429);
+    const from = (localAddress: string, token?: string) => request(small.base, '/api/v1/clients', { localAddress, ...(token !== undefined ? { token } : {}) });
+    // The admin token is used from .7 before the flood: that pair is known good.
+    t.is((await from('127.0.0.7', small.tokens.admin)).status, 200);
+    for (let i = 0; i < 3; i++) t.is((await from('127.0.0.7', 'pct_bad')).status, 401);
+    const junk = await from('127.0.0.7');
+    t.is(junk.status, 429, 'requests without a known token id are judged on their address');
+    t.is(junk.json.code, 'ERR_TOO_MANY_FAILURES');
+    t.truthy(Number(junk.headers['retry-after']) > 0);
+    t.is((await from('127.0.0.7', `pct_${'0'.repeat(16)}_${'A'.repeat(43)}`)).status, 429, 'an unknown token id too');
+    // A valid token from the flooded address is judged on its own failures: none.
+    const good = await from('127.0.0.7', small.tokens.reader);
+    t.is(good.status, 200, good.text);
+
+    // Wrong secrets for the admin token's id count against that token, not against the address.
+    const [, id] = small.tokens.admin.split('_');
+    const wrong = `pct_${id}_${'A'.repeat(43)}`;
+    for (let i = 0; i < 3; i++) t.is((await from('127.0.0.9', wrong)).status, 401);
+    const guessed = await from('127.0.0.9', wrong);
+    t.is(guessed.status, 429);
+    t.regex(guessed.json.message, new RegExp(`with the token ${id}`));
+    t.is((await from('127.0.0.10', wrong)).status, 429, 'from every address: guessing one token is slowed wherever it comes from');
+    t.is((await from('127.0.0.9')).status, 401, 'the address itself is not throttled by them');
+    t.is((await from('127.0.0.9', small.tokens.reader)).status, 200, 'nor is another token');
+    // The token's holder, known good from .7, is judged on that pair's own failures only: not locked out.
+    t.is((await from('127.0.0.7', small.tokens.admin)).status, 200);
+
+    // More 429s from .7: one full record per address and kind, the rest summarised when the interval ends (here: at stop).
+    for (let i = 0; i < 5; i++) t.is((await from('127.0.0.7')).status, 429);
     await new Promise((res) => setTimeout(res, 20));
     t.is(adminRecords(small.audit).filter((x) => x.detail?.status === 429 && x.remoteAddress === '127.0.0.7').length, 1);
-    t.is((await request(small.base, '/api/v1/clients', { token: small.tokens.admin, localAddress: '127.0.0.8' })).status, 200);
-  } finally {
     await small.stop();
+    stopped = true;
+    const summary = adminRecords(small.audit).find((x) => x.action === 'http.refusals' && x.remoteAddress === '127.0.0.7');
+    t.like(summary, { decision: 'deny', detail: { refusal: 'throttled', count: 6, status429: 6 } });
+  } finally {
+    if (!stopped) await small.stop();
   }
+});
+
+test('the throttle keeps every map bounded: a flood of addresses and token ids holds at most 10,000 entries each', (t) => {
+  const th = new AuthThrottle(1, 1);
+  for (let i = 0; i < 25_000; i++) {
+    const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+    th.failed({ kind: 'address', address });
+    th.failed({ kind: 'token', id: i.toString(16).padStart(16, '0'), address });
+    th.succeeded(i.toString(16).padStart(16, '0'), address);
+    th.failed({ kind: 'token', id: i.toString(16).padStart(16, '0'), address });
+  }
+  const sizes = th.sizes;
+  t.true(sizes.addresses <= 10_000 && sizes.tokens <= 10_000 && sizes.pairs <= 10_000 && sizes.knownGood <= 10_000, JSON.stringify(sizes));
+  t.is(sizes.addresses, 10_000);
+});
+
+test('a request for a host the listener does not serve (DNS rebinding) gets 421 on every path, audited once per address and then summarised', async (t) => {
+  const port = b.httpPort;
+  for (const p of ['/healthz', '/metrics', '/api/v1/whoami', '/console/']) {
+    const r = await request(b.base, p, { token: b.tokens.admin, headers: { host: `rebind.evil.example:${port}` }, localAddress: '127.0.0.11' });
+    t.is(r.status, 421, p);
+    t.is(r.json?.code, 'ERR_HOST_NOT_ALLOWED');
+    t.regex(r.json?.message ?? '', /rebind\.evil\.example.*http\.allowedHosts/);
+  }
+  await new Promise((res) => setTimeout(res, 20));
+  const recs = adminRecords(b.audit).filter((x) => x.detail?.code === 'ERR_HOST_NOT_ALLOWED' && x.remoteAddress === '127.0.0.11');
+  t.is(recs.length, 1, 'the first in full; the others are counted into a summary');
+  t.like(recs[0], { decision: 'deny', detail: { status: 421 } });
+  for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'LOCALHOST', `ops.example.com:${port}`, 'OPS.example.com.', '10.1.2.3:9234']) {
+    const r = await request(b.base, '/api/v1/whoami', { token: b.tokens.admin, headers: { host } });
+    t.is(r.status, 200, `${host}: ${r.text}`);
+  }
+  for (const host of ['localhost.evil.example', 'ops.example.com.evil.example', `127.0.0.1.nip.io:${port}`, 'a:b:c']) {
+    t.is((await request(b.base, '/healthz', { headers: { host } })).status, 421, host);
+  }
+});
+
+test('every request that is not a GET must say JSON (415 otherwise, audited); with that type an empty body is no body', async (t) => {
+  const bare = await request(b.base, '/api/v1/reload/bans', { method: 'POST', token: b.tokens.admin, contentType: null });
+  await refused(t, bare, 415, 'ERR_UNSUPPORTED_MEDIA_TYPE', /must have Content-Type: application\/json.*got none/);
+  await refused(t, await request(b.base, '/api/v1/reload/bans', { method: 'POST', token: b.tokens.admin, contentType: 'text/plain', body: '' }), 415, 'ERR_UNSUPPORTED_MEDIA_TYPE', /got 'text\/plain'/);
+  await refused(t, await request(b.base, '/api/v1/bans/ip/10.0.0.1', { method: 'DELETE', token: b.tokens.admin, contentType: 'text/plain' }), 415, 'ERR_UNSUPPORTED_MEDIA_TYPE');
+  // No handler ran: a refused reload wrote no reload record.
+  t.false(b.audit.records.some((x) => x.event === 'reload' && x.action === 'ban-file'));
+  const reload = await request(b.base, '/api/v1/reload/bans', { method: 'POST', token: b.tokens.admin, contentType: 'application/json; charset=utf-8' });
+  t.not(reload.status, 415, reload.text);
+  t.not(reload.status, 400, reload.text);
+  const kick = await request(b.base, '/api/v1/clients/999999/kick', { method: 'POST', token: b.tokens.admin });
+  t.is(kick.status, 404, 'a kick without a body is still a kick (of nobody here)');
+  await refused(t, await request(b.base, '/api/v1/policy/explain', { method: 'POST', token: b.tokens.admin }), 400, 'ERR_BAD_REQUEST', /body/);
+});
+
+test('an admin policy that is missing, or names a bare user, stops createBroker naming the file (and line)', (t) => {
+  const dir = fs.mkdtempSync(path.join(b.dir, 'policy-'));
+  const model = path.join(root, 'policies', 'model.conf');
+  const make = (policy: string) => () => createBroker({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }], http: { auth: { policy, model } } }, { logger: silentLogger(), store: new MemoryStore(), audit: new MemoryAuditSink() });
+  const missing = path.join(dir, 'no-such-admin-policy.csv');
+  const e1 = t.throws(make(missing), { instanceOf: ConfigError });
+  t.deepEqual(e1?.issues.map((i) => i.key), ['http.auth.policy']);
+  t.regex(e1?.message ?? '', /no-such-admin-policy\.csv: cannot read the policy file \(ENOENT\)/);
+  const old = path.join(dir, 'old.csv');
+  fs.writeFileSync(old, 'p, role:admin, admin/#, read, allow\ng, user:ops-laptop, role:admin\n');
+  const e2 = t.throws(make(old), { instanceOf: ConfigError });
+  t.deepEqual(e2?.issues.map((i) => i.key), ['http.auth.policy']);
+  t.regex(e2?.message ?? '', /old\.csv:2: 'user:ops-laptop' names no kind of caller: write user:token:ops-laptop .* or user:cert:ops-laptop/);
+  fs.writeFileSync(old, 'p, user:alice, admin/#, read, allow\n');
+  t.throws(make(old), { instanceOf: ConfigError, message: /old\.csv:1: 'user:alice'/ });
+  // Namespaced subjects load; an empty file loads too (and denies every call, as documented).
+  fs.writeFileSync(old, 'p, user:token:alice, admin/#, read, allow\ng, user:cert:ops-laptop, role:admin\n');
+  t.notThrows(make(old));
+  fs.writeFileSync(old, '');
+  t.notThrows(make(old));
 });
 
 test('the operations listener refuses a non-loopback address without authentication (ConfigError naming http.auth)', (t) => {

@@ -7,11 +7,13 @@
  */
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import test from 'ava';
 import { MemoryAuditSink } from '../src/index.ts';
 import { createBroker, MemoryStore, type RunningBroker } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
+import { addToken } from '../src/cli/token.ts';
 import { connectTls, pki, type Fleet } from './tls-fixtures.ts';
 import { metric, parseMetrics, request, root, tempDir, type Reply } from './ops-support.ts';
 
@@ -22,6 +24,8 @@ let broker: RunningBroker;
 let audit: MemoryAuditSink;
 let base: string;
 let mqttPort: number;
+/** A token named exactly like the admin certificate's CN, read-only by its own role. */
+let namesake: string;
 
 test.before(async () => {
   dir = tempDir('portcullis-ops-mtls-');
@@ -47,7 +51,9 @@ test.before(async () => {
     other: read(other, 'ops-admin-cert'),
   };
   const policy = path.join(dir, 'admin.csv');
-  fs.writeFileSync(policy, `${fs.readFileSync(path.join(root, 'policies', 'admin', 'policy.csv'), 'utf8')}\ng, user:ops-admin-cert, role:admin\ng, user:ops-viewer, role:read-only\n`);
+  fs.writeFileSync(policy, `${fs.readFileSync(path.join(root, 'policies', 'admin', 'policy.csv'), 'utf8')}\ng, user:cert:ops-admin-cert, role:admin\ng, user:cert:ops-viewer, role:read-only\n`);
+  const tokens = path.join(dir, 'admin-tokens.jsonl');
+  namesake = (await addToken('ops-admin-cert', { roles: 'read-only', file: tokens })).token;
   audit = new MemoryAuditSink();
   const tlsFiles = { cert: files.serverCert, key: files.serverKey, ca: files.ca };
   broker = createBroker(
@@ -55,7 +61,7 @@ test.before(async () => {
       listeners: [{ name: 'mqtts', type: 'tls', host: '127.0.0.1', port: 0, ...tlsFiles, crl: { files: [files.crl] }, requireClientCert: true, auth: ['certificate'] }],
       authorizers: ['allow-all'],
       sys: { intervalSeconds: 0 },
-      http: { host: '127.0.0.1', port: 0, tls: { ...tlsFiles, crl: files.crl }, auth: { model: path.join(root, 'policies', 'model.conf'), policy }, metrics: { public: false } },
+      http: { host: '127.0.0.1', port: 0, tls: { ...tlsFiles, crl: files.crl }, auth: { tokens, model: path.join(root, 'policies', 'model.conf'), policy }, metrics: { public: false } },
     },
     { logger: silentLogger(), store: new MemoryStore(), audit },
   );
@@ -74,8 +80,8 @@ test.after.always(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const as = (who: { cert: Buffer; key: Buffer } | undefined, p: string, method = 'GET') =>
-  request(base, p, { method, tls: { ca: fs.readFileSync(files.ca), ...(who ?? {}) } });
+const as = (who: { cert: Buffer; key: Buffer } | undefined, p: string, method = 'GET', extra: Partial<Parameters<typeof request>[2]> = {}) =>
+  request(base, p, { method, tls: { ca: fs.readFileSync(files.ca), ...(who ?? {}) }, ...extra });
 
 async function audited(r: Reply): Promise<MemoryAuditSink['records'][number] | undefined> {
   await new Promise((res) => setTimeout(res, 20));
@@ -99,6 +105,59 @@ test('a client certificate from the CA is a caller named by its CN; the admin po
   const rec = await audited(viewer);
   t.like(rec, { username: 'ops-viewer', authMethod: 'certificate', decision: 'deny' });
   t.truthy(rec?.certFingerprint);
+});
+
+test('a token named like an admin certificate CN is not that certificate: token and cert callers are apart in the admin policy', async (t) => {
+  const me = await as(undefined, '/api/v1/whoami', 'GET', { token: namesake });
+  t.is(me.status, 200, me.text);
+  t.like(me.json, { name: 'ops-admin-cert', method: 'token', roles: ['read-only'] });
+  const r = await as(undefined, '/api/v1/reload/certificates', 'POST', { token: namesake });
+  t.is(r.status, 403, 'user:cert:ops-admin-cert is admin; the token is user:token:ops-admin-cert');
+  t.is(r.json.code, 'ERR_FORBIDDEN');
+  t.like(await audited(r), { username: 'ops-admin-cert', authMethod: 'token', decision: 'deny' });
+  t.is((await as(files.client('ops-admin-cert'), '/api/v1/reload/certificates', 'POST')).status, 200, 'the certificate still is');
+});
+
+test('a cross-site POST with the operator certificate and a text/plain body is refused (415) before the handler, audited; JSON is served', async (t) => {
+  for (const contentType of ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', null]) {
+    const r = await as(files.client('ops-admin-cert'), '/api/v1/reload/certificates', 'POST', { contentType, ...(contentType !== null ? { body: 'x=1' } : {}) });
+    t.is(r.status, 415, `${contentType}: ${r.text}`);
+    t.is(r.json.code, 'ERR_UNSUPPORTED_MEDIA_TYPE');
+    t.regex(r.json.message, /Content-Type: application\/json/);
+  }
+  const rec = audit.records.find((x) => x.event === 'admin' && x.detail?.code === 'ERR_UNSUPPORTED_MEDIA_TYPE');
+  t.like(rec, { decision: 'deny', action: 'api.reload.certificates', detail: { status: 415 } });
+  const ok = await as(files.client('ops-admin-cert'), '/api/v1/reload/certificates', 'POST', { contentType: 'application/json' });
+  t.is(ok.status, 200, 'the JSON type with no body is a reload');
+});
+
+test('a client certificate is judged after the handshake: junk from its address that exhausts the address throttle does not refuse it', async (t) => {
+  const from = { localAddress: '127.0.0.5' };
+  let last = 0;
+  for (let i = 0; i < 21; i++) last = (await as(undefined, '/api/v1/whoami', 'GET', { ...from, token: 'pct_junk' })).status;
+  t.is(last, 429, 'the address is throttled (burst 20)');
+  t.is((await as(undefined, '/api/v1/whoami', 'GET', from)).status, 429);
+  const me = await as(files.client('ops-viewer'), '/api/v1/whoami', 'GET', from);
+  t.is(me.status, 200, me.text);
+  // A bad certificate from that address is one more failure of the address: 429.
+  t.is((await as(files.client('expired-ops'), '/api/v1/whoami', 'GET', from)).status, 429);
+});
+
+test('over HTTPS the per-address cap closes extra sockets before the TLS handshake; other callers are served', async (t) => {
+  const port = Number(new URL(base).port);
+  let closed = 0;
+  const sockets = await Promise.all(
+    Array.from({ length: 40 }, () => new Promise<net.Socket>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.12' }, () => resolve(s));
+      s.on('close', () => closed++);
+      s.on('error', () => {});
+    })),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  t.is(closed, 40 - 32);
+  t.is((await as(files.client('ops-viewer'), '/api/v1/whoami', 'GET', { localAddress: '127.0.0.13' })).status, 200);
+  for (const s of sockets) s.destroy();
+  t.true(audit.records.some((r) => r.action === 'http.connection-refused' && r.remoteAddress === '127.0.0.12'));
 });
 
 test('an expired client certificate: 401 ERR_CERTIFICATE_EXPIRED, audited', async (t) => {

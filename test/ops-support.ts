@@ -100,6 +100,11 @@ export interface RequestOptions {
   token?: string;
   headers?: Record<string, string>;
   body?: string | Buffer | object;
+  /**
+   * The Content-Type to send: by default application/json for a body and for every method but
+   * GET (as the console and the docs send it); null: none.
+   */
+  contentType?: string | null;
   /** Source address to bind (127.0.0.x), to tell callers apart. */
   localAddress?: string;
   /** HTTPS: trust, and an optional client certificate. */
@@ -111,10 +116,10 @@ export function request(base: string, rawPath: string, o: RequestOptions = {}): 
   const url = new URL(base);
   const headers: Record<string, string> = { ...(o.token !== undefined ? { authorization: `Bearer ${o.token}` } : {}), ...o.headers };
   let body: Buffer | undefined;
-  if (o.body !== undefined) {
-    body = Buffer.isBuffer(o.body) ? o.body : Buffer.from(typeof o.body === 'string' ? o.body : JSON.stringify(o.body));
-    headers['content-type'] ??= 'application/json';
-  }
+  if (o.body !== undefined) body = Buffer.isBuffer(o.body) ? o.body : Buffer.from(typeof o.body === 'string' ? o.body : JSON.stringify(o.body));
+  if (o.contentType !== undefined) {
+    if (o.contentType !== null) headers['content-type'] = o.contentType;
+  } else if (o.body !== undefined || (o.method ?? 'GET') !== 'GET') headers['content-type'] ??= 'application/json';
   return new Promise((resolve, reject) => {
     const opts: https.RequestOptions = {
       host: url.hostname,

@@ -388,6 +388,25 @@ export const configSchema = z.strictObject({
         .prefault({}),
       /** Largest request body, in bytes; larger: 413. */
       bodyLimit: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+      /**
+       * Open connections one source address may hold (of the listener's 256); more are closed at
+       * accept. Not tiny: several operators and tools may share one address behind NAT.
+       */
+      maxConnectionsPerAddress: z.number().int().min(1).max(256).default(32),
+      /**
+       * Host names (the `Host` header, without the port) accepted besides `localhost`, the bind
+       * address and IP literals; any other gets 421 (DNS rebinding). Names only, no ports, no wildcards.
+       */
+      allowedHosts: z
+        .array(
+          z
+            .string()
+            .min(1)
+            .max(253)
+            .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'must be a host name (letters, digits, - and dots; no port, no wildcard)'),
+        )
+        .max(64)
+        .default([]),
     })
     .superRefine((h, ctx) => {
       const loopback = isLoopbackHost(h.host);

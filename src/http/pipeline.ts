@@ -2,7 +2,12 @@
  * The request pipeline of the operations listener, as Fastify lifecycle hooks (registered before
  * the listener starts, in this order):
  *
- *   onRequest   identify    throttled address → 429; client certificate (mTLS) or bearer token → 401
+ *   onRequest   host        a Host the listener is not configured for → 421 (DNS rebinding)
+ *               identify    client certificate (mTLS); or bearer token, throttled on its own
+ *                           failures when its id exists; else throttled by address → 429; → 401
+ *               media type  a request other than GET/HEAD without `Content-Type: application/json`
+ *                           → 415, body or not (a cross-site page cannot send that type without a
+ *                           CORS preflight, which this listener never grants)
  *               authorize   the admin policy: `read` or `publish` on `admin/<resource>` → 403
  *   (Fastify)   parse JSON body (413, 400, 415), validate params, query and body (400)
  *   handler
@@ -18,7 +23,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdminAuthorizer, AdminPrincipal } from './admin-authz.ts';
 import type { OpsContext } from './context.ts';
 import { ApiError, toApiError, type ErrorBody } from './errors.ts';
-import type { FailureThrottle } from './throttle.ts';
+import type { HostCheck } from './host-check.ts';
+import type { RefusalKind, RefusalSummary } from './refusal-summary.ts';
+import type { AuthThrottle, ThrottleSubject } from './throttle.ts';
 import type { TokenAuthenticator } from './token-auth.ts';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
@@ -27,10 +34,22 @@ export interface PipelineParts {
   ctx: OpsContext;
   tokens: TokenAuthenticator | undefined;
   authz: AdminAuthorizer;
-  throttle: FailureThrottle;
+  throttle: AuthThrottle;
+  hosts: HostCheck;
+  /** Refusals a stranger can repeat at will are audited through it, summarised. */
+  refusals: RefusalSummary;
   /** Client certificates are asked for (http.tls.ca). */
   mtls: boolean;
 }
+
+/** Methods that change nothing; every other one must say it sends JSON. */
+const SAFE_METHODS = new Set(['GET', 'HEAD']);
+
+/** The refusals audited through the summary, by error code. */
+const SUMMARISED: Partial<Record<string, RefusalKind>> = {
+  ERR_TOO_MANY_FAILURES: 'throttled',
+  ERR_HOST_NOT_ALLOWED: 'host',
+};
 
 /** What Node reports for a client certificate it could not verify, in words. */
 const CERT_ERRORS: Record<string, string> = {
@@ -49,25 +68,40 @@ const CONSOLE_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; co
 const API_CSP = "default-src 'none'; frame-ancestors 'none'";
 
 export function installPipeline(app: FastifyInstance, parts: PipelineParts): void {
-  const { ctx, tokens, authz, throttle, mtls } = parts;
+  const { ctx, tokens, authz, throttle, hosts, refusals, mtls } = parts;
   const authConfigured = tokens !== undefined || mtls;
   const metricsPublic = ctx.http.metrics.public || !authConfigured;
 
   app.decorateRequest('ops', null as unknown as FastifyRequest['ops']);
 
-  // ── onRequest: who is calling, and may they ──────────────────────────────
+  // Only JSON is parsed. An empty body with the JSON type is an empty object (a reload sends the
+  // type and nothing else); a route that needs fields refuses it by its schema.
+  app.removeAllContentTypeParsers();
+  const json = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (body === '') {
+      done(null, {});
+      return;
+    }
+    json(req, body as string, done);
+  });
+
+  // ── onRequest: where to, what, who is calling, and may they ───────────────
   app.addHook('onRequest', async (req) => {
     req.ops = { startedAt: performance.now(), principal: null, error: null };
+    // Every path, the probes included: a rebound name must not read /metrics or /readyz either.
+    const foreign = hosts.refused(req.headers.host);
+    if (foreign !== undefined) {
+      throw new ApiError(421, 'ERR_HOST_NOT_ALLOWED', `this listener does not serve the host '${foreign}': use localhost, its address (${ctx.http.host}) or a name in http.allowedHosts`);
+    }
     const cfg = req.routeOptions.config;
-    if (cfg.kind === 'public' || (cfg.kind === 'metrics' && metricsPublic)) return;
-    const address = req.socket.remoteAddress ?? 'unknown';
-    const wait = throttle.blockedFor(address);
-    if (wait > 0) throw Object.assign(new ApiError(429, 'ERR_TOO_MANY_FAILURES', `too many failed authentications from ${address}: try again in ${wait} s`), { retryAfter: wait });
-    try {
-      req.ops.principal = await identify(req);
-    } catch (err) {
-      if (err instanceof ApiError && err.statusCode === 401) throttle.failed(address);
-      throw err;
+    if (cfg.kind !== 'public' && !(cfg.kind === 'metrics' && metricsPublic)) req.ops.principal = await identify(req);
+    // After identification, so that the refusal names whose browser was made to send it.
+    if (!SAFE_METHODS.has(req.method)) {
+      const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+      if (type !== 'application/json') {
+        throw new ApiError(415, 'ERR_UNSUPPORTED_MEDIA_TYPE', `a ${req.method} request must have Content-Type: application/json, with a JSON body or none (got ${type === '' || type === undefined ? 'none' : `'${type.slice(0, 100)}'`})`);
+      }
     }
   });
 
@@ -89,20 +123,65 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     }
   });
 
+  /** Throws 429 while the subject's failures are over the limit. */
+  function admit(s: ThrottleSubject): void {
+    const wait = throttle.blockedFor(s);
+    if (wait === 0) return;
+    const whose = s.kind === 'token' ? `with the token ${s.id}` : `from ${s.address}`;
+    throw Object.assign(new ApiError(429, 'ERR_TOO_MANY_FAILURES', `too many failed authentications ${whose}: try again in ${wait} s`), { retryAfter: wait });
+  }
+
+  /** Runs a check judged on `s`: a 401 it throws counts as a failure of `s`. */
+  async function judged<T>(s: ThrottleSubject, check: () => T | Promise<T>): Promise<T> {
+    admit(s);
+    try {
+      return await check();
+    } catch (err) {
+      if (err instanceof ApiError && err.statusCode === 401) throttle.failed(s);
+      throw err;
+    }
+  }
+
   async function identify(req: FastifyRequest): Promise<AdminPrincipal> {
+    const address: ThrottleSubject = { kind: 'address', address: req.socket.remoteAddress ?? 'unknown' };
     if (mtls) {
-      const fromCert = certificateCaller(req.raw.socket as TLSSocket);
-      if (fromCert !== undefined) return fromCert;
+      // Identified by the TLS handshake: a good certificate is not throttled; a bad one fails its address.
+      const socket = req.raw.socket as TLSSocket;
+      if (presentedCertificate(socket)) {
+        let caller: AdminPrincipal;
+        try {
+          caller = certificateCaller(socket);
+        } catch (err) {
+          return judged(address, () => Promise.reject(err));
+        }
+        return caller;
+      }
     }
     const header = req.headers.authorization;
+    const m = header === undefined ? null : /^Bearer +(\S+)$/i.exec(header);
+    const id = m !== null && tokens !== undefined ? tokens.knownId(m[1] as string) : undefined;
+    if (id === undefined) return judged(address, () => anonymousRefusal(header, m));
+    // A token whose id exists is judged on that token's failures, never its address's.
+    const subject: ThrottleSubject = { kind: 'token', id, address: address.address };
+    const caller = await judged(subject, () => tokenCaller(m?.[1] as string));
+    throttle.succeeded(id, address.address);
+    return caller;
+  }
+
+  /** The 401 for a request with no usable credentials (no header, malformed, an unknown token id; one added meanwhile passes). */
+  async function anonymousRefusal(header: string | undefined, m: RegExpExecArray | null): Promise<AdminPrincipal> {
     if (!authConfigured) {
       throw new ApiError(401, 'ERR_NO_AUTHENTICATION_CONFIGURED', 'no authentication is configured for the admin API: set http.auth.tokens (see `portcullis token add`) or http.tls.ca for client certificates');
     }
     if (header === undefined) throw new ApiError(401, 'ERR_UNAUTHENTICATED', `authentication required: ${tokens !== undefined ? 'send Authorization: Bearer <token>' : ''}${tokens !== undefined && mtls ? ' or ' : ''}${mtls ? 'present a client certificate' : ''}`);
-    const m = /^Bearer +(\S+)$/i.exec(header);
     if (m === null) throw new ApiError(401, 'ERR_TOKEN_MALFORMED', 'the Authorization header must be "Bearer <token>"');
     if (tokens === undefined) throw new ApiError(401, 'ERR_UNAUTHENTICATED', 'bearer tokens are not enabled (http.auth.tokens): present a client certificate');
-    const r = await tokens.check(m[1] as string);
+    // A malformed token, or an unknown id: the same check (and time) as a wrong secret.
+    return tokenCaller(m[1] as string);
+  }
+
+  async function tokenCaller(token: string): Promise<AdminPrincipal> {
+    const r = await (tokens as TokenAuthenticator).check(token);
     if (!r.ok) {
       if (r.code === 'ERR_BUSY') throw Object.assign(new ApiError(429, 'ERR_BUSY', r.message), { retryAfter: 1 });
       throw new ApiError(401, r.code, r.message);
@@ -147,11 +226,9 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     // Every admin API call and every refusal anywhere; a successful probe, scrape or page load is not.
     if (status < 400 && cfg.kind !== 'api') return;
     const state: FastifyRequest['ops'] | null = req.ops ?? null;
-    let unaudited: number | undefined;
-    if (state?.error?.code === 'ERR_TOO_MANY_FAILURES') {
-      unaudited = throttle.refusalToAudit(req.socket.remoteAddress ?? 'unknown');
-      if (unaudited === undefined) return;
-    }
+    // A refusal anyone can repeat at will: the first of its kind from the address in full, the rest counted.
+    const kind = state?.error !== null && state?.error !== undefined ? SUMMARISED[state.error.code] : undefined;
+    if (kind !== undefined && !refusals.admit(req.socket.remoteAddress ?? 'unknown', kind, status)) return;
     const who = state?.principal ?? null;
     const path = (req.url.split('?')[0] ?? '').slice(0, 256);
     ctx.audit({
@@ -176,18 +253,22 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
         requestId: String(req.id),
         ...(state?.error !== null && state?.error !== undefined ? { code: state.error.code } : {}),
         ...(who?.tokenId !== undefined ? { tokenId: who.tokenId } : {}),
-        ...(unaudited !== undefined && unaudited > 0 ? { throttledUnaudited: unaudited } : {}),
         ...(state?.target ?? {}),
       },
     });
   });
 }
 
-/** The caller a client certificate names; undefined when none was presented; a 401 when it is not good. */
-function certificateCaller(socket: TLSSocket): AdminPrincipal | undefined {
-  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+/** True when the TLS handshake brought a client certificate (good or not). */
+function presentedCertificate(socket: TLSSocket): boolean {
+  if (typeof socket.getPeerCertificate !== 'function') return false;
   const cert = socket.getPeerCertificate(false);
-  if (cert === null || cert === undefined || Object.keys(cert).length === 0) return undefined;
+  return cert !== null && cert !== undefined && Object.keys(cert).length > 0;
+}
+
+/** The caller a presented client certificate names; a 401 when it is not good. */
+function certificateCaller(socket: TLSSocket): AdminPrincipal {
+  const cert = socket.getPeerCertificate(false);
   if (!socket.authorized) {
     const code = String(socket.authorizationError ?? 'UNKNOWN');
     const text = CERT_ERRORS[code] ?? `client certificate not verified (${code})`;

@@ -4,13 +4,17 @@
  * broker without it never loads Fastify or prom-client.
  */
 import crypto from 'node:crypto';
-import type { Server } from 'node:http';
+import { STATUS_CODES, type Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Server as HttpsServer } from 'node:https';
 import tls from 'node:tls';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { families } from '../metrics/collectors.ts';
 import { MetricsRegistry } from '../metrics/prom.ts';
+import { installConnectionGate } from './connection-gate.ts';
 import type { OpsContext } from './context.ts';
+import type { ApiErrorCode, ErrorBody } from './errors.ts';
+import { HostCheck } from './host-check.ts';
 import { openApiDocument } from './openapi.ts';
 import { installPipeline } from './pipeline.ts';
 import type { RouteSpec } from './route.ts';
@@ -23,7 +27,8 @@ import { metricsRoutes } from './routes/metrics.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { reloadRoutes } from './routes/reload.ts';
 import type { OpsSetup, TlsFiles } from './setup.ts';
-import { FailureThrottle } from './throttle.ts';
+import { RefusalSummary } from './refusal-summary.ts';
+import { AuthThrottle } from './throttle.ts';
 
 export interface OpsServer {
   readonly address: { host: string; port: number; protocol: 'http' | 'https' };
@@ -47,12 +52,26 @@ function secureOptions(files: TlsFiles, minVersion: 'TLSv1.2' | 'TLSv1.3'): tls.
   };
 }
 
+/** What the HTTP parser refused (Node's clientError), as the admin API's error shape. */
+function parserRefusal(err: Error & { code?: string }): { status: number; code: ApiErrorCode; message: string } {
+  if (err.code === 'HPE_HEADER_OVERFLOW') return { status: 431, code: 'ERR_HEADERS_TOO_LARGE', message: 'the request headers are larger than the listener accepts' };
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, code: 'ERR_REQUEST_TIMEOUT', message: 'the request did not arrive in time (10 s for the headers)' };
+  return { status: 400, code: 'ERR_BAD_REQUEST', message: `malformed HTTP request (${String(err.code ?? 'parse error').slice(0, 64)})` };
+}
+
 export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<OpsServer> {
   const h = ctx.http;
   setup.authz.onReload((r) => {
     (r.ok ? ctx.log.info.bind(ctx.log) : ctx.log.error.bind(ctx.log))({ file: h.auth.policy }, `admin policy reload: ${r.detail ?? (r.ok ? 'ok' : 'failed')}`);
     ctx.audit({ event: 'reload', action: 'admin-policy', decision: r.ok ? 'allow' : 'deny', reason: r.detail ?? (r.ok ? 'reloaded' : 'reload failed'), ...(r.version !== undefined ? { policyVersion: r.version } : {}), detail: { file: h.auth.policy } });
+    if (!r.ok) return;
+    // A bare user name was refused at start; brought in by an edit, its line matches no caller: say so.
+    for (const problem of setup.authz.bareSubjectLines()) {
+      ctx.log.error({ file: h.auth.policy }, `admin policy: ${problem}; the line matches no caller`);
+      ctx.audit({ event: 'reload', action: 'admin-policy', decision: 'deny', reason: `${problem}; the line matches no caller`, detail: { file: h.auth.policy } });
+    }
   });
+  const refusals = new RefusalSummary(ctx.audit);
   const tlsFiles = setup.readTls();
   const common = {
     logger: false,
@@ -66,14 +85,42 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
     keepAliveTimeout: 5_000,
     routerOptions: { maxParamLength: 1024 },
     genReqId: () => crypto.randomUUID(),
+    // A request the HTTP parser refuses (malformed, headers too large, too slow) never reaches the
+    // hooks: it is answered and audited here, summarised like the listener's other floods.
+    clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const r = parserRefusal(err);
+      const address = socket.remoteAddress ?? 'unknown';
+      if (refusals.admit(address, 'parser', r.status)) {
+        ctx.audit({ event: 'admin', action: 'http.bad-request', decision: 'deny', reason: r.message, listener: 'http', remoteAddress: address, remotePort: socket.remotePort ?? 0, detail: { refusal: 'parser', status: r.status, code: r.code } });
+      }
+      if (socket.writable) {
+        const body = JSON.stringify({ statusCode: r.status, code: r.code, message: r.message, requestId: crypto.randomUUID() } satisfies ErrorBody);
+        socket.write(`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`);
+      }
+      socket.destroy();
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array' as const, useDefaults: true, allErrors: false } },
   };
   // Fastify types the instance by its server (http or https); the routes need neither.
   const app = (tlsFiles !== undefined ? Fastify({ ...common, https: secureOptions(tlsFiles, h.tls?.minVersion ?? 'TLSv1.2') }) : Fastify(common)) as unknown as FastifyInstance;
   app.server.maxConnections = MAX_CONNECTIONS;
   app.server.headersTimeout = 10_000;
+  installConnectionGate(app.server, h.maxConnectionsPerAddress, refusals, ({ address, port, open }) => {
+    const reason = `${open} connections open from this address: http.maxConnectionsPerAddress (${h.maxConnectionsPerAddress}) reached`;
+    ctx.log.warn({ address }, `operations listener: connection refused, ${reason}`);
+    ctx.audit({ event: 'admin', action: 'http.connection-refused', decision: 'deny', reason, listener: 'http', remoteAddress: address, remotePort: port, detail: { refusal: 'connection-cap', limit: h.maxConnectionsPerAddress } });
+  });
 
-  installPipeline(app, { ctx, tokens: setup.tokens, authz: setup.authz, throttle: new FailureThrottle(h.auth.failures.burst, h.auth.failures.perMinute), mtls: h.tls?.ca !== undefined });
+  installPipeline(app, {
+    ctx,
+    tokens: setup.tokens,
+    authz: setup.authz,
+    throttle: new AuthThrottle(h.auth.failures.burst, h.auth.failures.perMinute),
+    hosts: new HostCheck(h.host, h.allowedHosts),
+    refusals,
+    mtls: h.tls?.ca !== undefined,
+  });
 
   let registry: MetricsRegistry | undefined;
   if (h.metrics.enabled && ctx.metrics !== undefined) {
@@ -106,6 +153,7 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
   } catch (err) {
     await app.close();
     await setup.authz.close();
+    refusals.close();
     throw err;
   }
   const bound = app.server.address();
@@ -126,6 +174,7 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
     async close() {
       await app.close();
       await setup.authz.close();
+      refusals.close();
     },
   };
 }

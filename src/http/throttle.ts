@@ -1,68 +1,132 @@
 /**
- * Failed authentications per source address: a bucket of `burst` failures that refills at
- * `perMinute`. While an address's bucket is empty its requests get 429 before any token is
- * checked, so guessing costs the guesser time and the broker no argon2 work. Addresses are
- * tracked in a bounded map (the oldest forgotten first).
+ * Failed authentications on the operations listener, throttled by what was guessed, so that
+ * guessing costs the guesser time and the broker no argon2 work, and nobody holding a valid
+ * credential is locked out by someone else's failures (many operators share one address behind
+ * NAT, and a hostile page in an operator's browser shares the operator's address):
+ *
+ * - a request naming a token id that exists (`pct_<id>_...`) is judged on that token's own
+ *   failures only: a bucket per token id. A (token id, address) pair that authenticated within
+ *   the last 24 h is known good: it is judged on the failures of that same pair only, so
+ *   someone who knows a token's id (ids are in audit records) cannot lock its holder out;
+ * - any other request that fails (no credentials, a malformed header, an unknown token id, a
+ *   bad client certificate) is judged on its source address;
+ * - a verified client certificate is not throttled (nothing is guessed, and it is identified
+ *   by the TLS handshake before any throttle is asked).
+ *
+ * Each bucket holds `burst` failures and refills at `perMinute`; while it is empty, requests
+ * judged on it get 429 before any token is checked. Every map is bounded (the oldest entry
+ * forgotten first), as the MQTT side's guard bounds its own.
  */
-const MAX_ADDRESSES = 10_000;
 
-/** A throttled address's 429s are audited one per this window, with the count of those left out. */
-const REFUSAL_AUDIT_MS = 10_000;
+/** Most entries of each map (addresses, token ids, pairs, known-good pairs). */
+const MAX_ENTRIES = 10_000;
+const KNOWN_GOOD_MS = 24 * 3600_000;
 
-export class FailureThrottle {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
-  private readonly refusals = new Map<string, { at: number; unaudited: number }>();
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+/** Buckets of failures by key, in a bounded map; a full bucket is forgotten. */
+class Buckets {
+  private readonly map = new Map<string, Bucket>();
 
   constructor(
     private readonly burst: number,
     private readonly perMinute: number,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number,
   ) {}
 
-  private level(address: string): { tokens: number; at: number } | undefined {
-    const b = this.buckets.get(address);
+  get size(): number {
+    return this.map.size;
+  }
+
+  private level(key: string): Bucket | undefined {
+    const b = this.map.get(key);
     if (b === undefined) return undefined;
     const now = this.now();
     b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 60_000) * this.perMinute);
     b.at = now;
     if (b.tokens >= this.burst) {
-      this.buckets.delete(address);
+      this.map.delete(key);
       return undefined;
     }
     return b;
   }
 
-  /** Seconds until the address may try again; 0 when it may now. */
-  blockedFor(address: string): number {
-    const b = this.level(address);
+  /** Seconds until the key may try again; 0 when it may now. */
+  blockedFor(key: string): number {
+    const b = this.level(key);
     if (b === undefined || b.tokens >= 1) return 0;
     return Math.ceil(((1 - b.tokens) * 60) / this.perMinute);
   }
 
-  /**
-   * For a 429 to this address: undefined when it is left out of the audit log (one is written
-   * per address per 10 s), else how many were left out before it. A flood of requests from a
-   * throttled address cannot flood the audit log.
-   */
-  refusalToAudit(address: string): number | undefined {
-    const now = this.now();
-    const r = this.refusals.get(address);
-    if (r !== undefined && now - r.at < REFUSAL_AUDIT_MS) {
-      r.unaudited++;
-      return undefined;
-    }
-    if (r === undefined && this.refusals.size >= MAX_ADDRESSES) this.refusals.delete(this.refusals.keys().next().value as string);
-    this.refusals.set(address, { at: now, unaudited: 0 });
-    return r?.unaudited ?? 0;
-  }
-
-  failed(address: string): void {
-    let b = this.level(address);
+  failed(key: string): void {
+    let b = this.level(key);
     if (b === undefined) {
-      if (this.buckets.size >= MAX_ADDRESSES) this.buckets.delete(this.buckets.keys().next().value as string);
+      if (this.map.size >= MAX_ENTRIES) this.map.delete(this.map.keys().next().value as string);
       b = { tokens: this.burst, at: this.now() };
-      this.buckets.set(address, b);
+      this.map.set(key, b);
     }
     b.tokens = Math.max(0, b.tokens - 1);
+  }
+}
+
+/** Who a throttle decision is about: a source address, or a token id used from an address. */
+export type ThrottleSubject = { kind: 'address'; address: string } | { kind: 'token'; id: string; address: string };
+
+export class AuthThrottle {
+  private readonly addresses: Buckets;
+  private readonly tokens: Buckets;
+  private readonly pairs: Buckets;
+  /** (token id, address) → when it last authenticated. */
+  private readonly knownGood = new Map<string, number>();
+
+  constructor(
+    burst: number,
+    perMinute: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.addresses = new Buckets(burst, perMinute, now);
+    this.tokens = new Buckets(burst, perMinute, now);
+    this.pairs = new Buckets(burst, perMinute, now);
+  }
+
+  /** Entries held, for tests of the bounds. */
+  get sizes(): { addresses: number; tokens: number; pairs: number; knownGood: number } {
+    return { addresses: this.addresses.size, tokens: this.tokens.size, pairs: this.pairs.size, knownGood: this.knownGood.size };
+  }
+
+  private pairKey(id: string, address: string): string {
+    return JSON.stringify([id, address]);
+  }
+
+  private isKnownGood(id: string, address: string): boolean {
+    const key = this.pairKey(id, address);
+    const at = this.knownGood.get(key);
+    if (at === undefined) return false;
+    if (this.now() - at < KNOWN_GOOD_MS) return true;
+    this.knownGood.delete(key);
+    return false;
+  }
+
+  /** Seconds until the subject may try again; 0 when it may now. */
+  blockedFor(s: ThrottleSubject): number {
+    if (s.kind === 'address') return this.addresses.blockedFor(s.address);
+    return this.isKnownGood(s.id, s.address) ? this.pairs.blockedFor(this.pairKey(s.id, s.address)) : this.tokens.blockedFor(s.id);
+  }
+
+  failed(s: ThrottleSubject): void {
+    if (s.kind === 'address') this.addresses.failed(s.address);
+    else if (this.isKnownGood(s.id, s.address)) this.pairs.failed(this.pairKey(s.id, s.address));
+    else this.tokens.failed(s.id);
+  }
+
+  /** A token authenticated from this address: the pair is known good for 24 h. */
+  succeeded(id: string, address: string): void {
+    const key = this.pairKey(id, address);
+    this.knownGood.delete(key);
+    if (this.knownGood.size >= MAX_ENTRIES) this.knownGood.delete(this.knownGood.keys().next().value as string);
+    this.knownGood.set(key, this.now());
   }
 }

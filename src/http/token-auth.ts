@@ -73,6 +73,16 @@ export class TokenAuthenticator {
     }
   }
 
+  /**
+   * The id a well-formed token names when that id is in the file (the throttle judges such a
+   * request on the token's own failures); undefined otherwise. A token id is not a secret.
+   */
+  knownId(token: string): string | undefined {
+    this.refresh();
+    const id = TOKEN_PATTERN.exec(token)?.[1];
+    return id !== undefined && this.byId.has(id) ? id : undefined;
+  }
+
   /** Checks `Authorization: Bearer <token>`'s token. */
   async check(token: string): Promise<TokenCheck> {
     this.refresh();

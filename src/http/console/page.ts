@@ -124,7 +124,8 @@ export const CONSOLE_JS = `'use strict';
   function api(path, options) {
     options = options || {};
     var headers = { Authorization: 'Bearer ' + token() };
-    if (options.body !== undefined) headers['Content-Type'] = 'application/json';
+    // Every request that is not a GET says it is JSON, body or not: the listener refuses others (415).
+    if (options.body !== undefined || (options.method || 'GET') !== 'GET') headers['Content-Type'] = 'application/json';
     return fetch(path, { method: options.method || 'GET', headers: headers, body: options.body, cache: 'no-store' }).then(function (res) {
       return res.json().catch(function () { return {}; }).then(function (data) {
         if (!res.ok) {

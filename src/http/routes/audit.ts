@@ -48,7 +48,23 @@ function toQuery(q: FilterQuery): AuditQuery {
   };
 }
 
+/**
+ * Audit reads (queries and tails, waiting ones included) running at once; more get 503 ERR_BUSY.
+ * Each reads in chunks and yields, but together they still share one event loop with MQTT.
+ */
+export const MAX_AUDIT_READERS = 16;
+
 export function auditRoutes(ctx: OpsContext): RouteSpec[] {
+  let readers = 0;
+  const reading = async <T>(run: () => Promise<T>): Promise<T> => {
+    if (readers >= MAX_AUDIT_READERS) throw Object.assign(new ApiError(503, 'ERR_BUSY', `${MAX_AUDIT_READERS} audit reads are running: try again shortly`), { retryAfter: 1 });
+    readers++;
+    try {
+      return await run();
+    } finally {
+      readers--;
+    }
+  };
   const files = (): AuditFiles => {
     if (ctx.config.audit.sink !== 'file') throw new ApiError(409, 'ERR_CONFLICT', `the audit log is not a file here (audit.sink: ${ctx.config.audit.sink}); GET /api/v1/audit/denials still lists the latest denials`);
     return new AuditFiles(ctx.config.audit.path);
@@ -80,13 +96,16 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
       handler: async (req: FastifyRequest) => {
         const q = req.query as FilterQuery & { file?: string };
         const f = files();
-        // The records of decisions already made are written before the file is read: a denial
-        // the caller just saw answered is in the answer.
-        await ctx.flushAudit();
         // Checked first, so a bad name is refused whatever else the query says.
-        const file = f.resolve(q.file);
-        const result = await f.query(file, toQuery(q));
-        return { file: file.slice(file.lastIndexOf('/') + 1), scanned: result.scanned, malformed: result.malformed, records: result.records };
+        f.resolve(q.file);
+        return reading(async () => {
+          // The records of decisions already made are written before the file is read: a denial
+          // the caller just saw answered is in the answer.
+          await ctx.flushAudit();
+          const file = f.resolve(q.file);
+          const result = await f.query(file, toQuery(q));
+          return { file: file.slice(file.lastIndexOf('/') + 1), scanned: result.scanned, malformed: result.malformed, ...(result.truncated ? { truncated: true } : {}), records: result.records };
+        });
       },
     },
     {
@@ -104,21 +123,23 @@ export function auditRoutes(ctx: OpsContext): RouteSpec[] {
         const q = req.query as FilterQuery & { waitMs: number };
         const f = files();
         const query = toQuery(q);
-        await ctx.flushAudit();
-        let found = f.tail(query);
-        const deadline = Date.now() + q.waitMs;
-        let size = f.liveSize();
         let gone = false;
         // The response's 'close': the client went away (or the answer was sent). Stop waiting for it.
         reply.raw.once('close', () => (gone = true));
-        while (found.length === 0 && Date.now() < deadline && !gone) {
-          await new Promise((r) => setTimeout(r, 200));
-          const now = f.liveSize();
-          if (now === size) continue;
-          size = now;
-          found = f.tail(query);
-        }
-        return { file: ctx.config.audit.path.slice(ctx.config.audit.path.lastIndexOf('/') + 1), records: found };
+        return reading(async () => {
+          await ctx.flushAudit();
+          let result = await f.tail(query);
+          let position = result.position;
+          const deadline = Date.now() + q.waitMs;
+          // Following reads only what was appended since the last look.
+          while (result.records.length === 0 && Date.now() < deadline && !gone) {
+            await new Promise((r) => setTimeout(r, 200));
+            result = await f.follow(position, query);
+            position = result.position;
+          }
+          const live = ctx.config.audit.path;
+          return { file: live.slice(live.lastIndexOf('/') + 1), ...(result.truncated ? { truncated: true } : {}), records: result.records };
+        });
       },
     },
     {
