@@ -103,7 +103,8 @@ test('policy reload --pid refuses a process that is not portcullis start, and do
 });
 
 const launchedBy = test.macro(async (t, launcher: 'tsx' | 'npm') => {
-  t.timeout(60_000);
+  // npm start compiles the project first (prestart): on a loaded machine that alone can take half a minute.
+  t.timeout(120_000);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-reload-tsx-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.copyFileSync(path.join(root, 'policies', 'model.conf'), path.join(dir, 'model.conf'));
@@ -131,7 +132,7 @@ const launchedBy = test.macro(async (t, launcher: 'tsx' | 'npm') => {
   t.teardown(() => {
     if (wrapper.exitCode === null && wrapper.signalCode === null) wrapper.kill('SIGTERM');
   });
-  await until(() => out.includes('listening on tcp://') || wrapper.exitCode !== null, 30_000, 'the broker to listen');
+  await until(() => out.includes('listening on tcp://') || wrapper.exitCode !== null, 90_000, 'the broker to listen');
   // Should the wrapper die, its broker would live on: stop it too.
   const brokers = [...childrenOf(wrapper.pid as number), ...childrenOf(wrapper.pid as number).flatMap((c) => childrenOf(c))];
   t.teardown(() => {
