@@ -10,9 +10,13 @@
  * acknowledged in the moments around the switch can be lost; the tests log how many were (none on
  * this loopback bench, as a rule) but do not promise it.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { MqttClient } from 'mqtt';
-import { delay, eventually } from './cluster-support.ts';
+import { createBroker, MemoryAuditSink } from '../src/index.ts';
+import { createLogger } from '../src/log.ts';
+import { delay, eventually, nodeConfig, tempDir, writeKeyFile } from './cluster-support.ts';
 import { haCluster, persistent, type HaCluster } from './redis-ha-support.ts';
 import { startSentinelGroup, type RedisServer, type SentinelGroup } from './redis-server.ts';
 
@@ -173,4 +177,33 @@ test('Sentinel, three sentinels: the master is killed; while there is none, QoS 
   const lost = [...before.acked, ...during.acked].filter((m) => !received.has(m.payload));
   t.deepEqual(lost, [], 'every acknowledged message is delivered');
   t.log(`delivery resumed ${(resumedAt ?? 0) - killedAt} ms after kill -9 of the master; ${before.acked.length + during.acked.length} acknowledged, ${during.refused.length} refused`);
+});
+
+test('Sentinel with passwords from files: the master password (passwordFile) and the sentinels\' own (sentinelPasswordFile); a wrong sentinel password stops the start without showing it', async (t) => {
+  const group = await startSentinelGroup({ replicas: 1, sentinels: 1, password: 'master-secret-4', sentinelPassword: 'sentinel-secret-5' });
+  t.teardown(() => group.dispose());
+  const dir = tempDir('portcullis-sentinel-auth-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const secret = (name: string, text: string) => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, `${text}\n`, { mode: 0o600 });
+    return file;
+  };
+  const sentinels = group.sentinels.map((s) => ({ host: s.host, port: s.port }));
+  const redis = { sentinels, name: group.name, passwordFile: secret('redis.password', 'master-secret-4'), sentinelPasswordFile: secret('sentinel.password', 'sentinel-secret-5') };
+  const c = await haCluster(t, redis, 'sn-auth');
+  const onB: string[] = [];
+  const subB = await c.client(1, { clientId: 'sub-b' }, (_topic, p) => onB.push(p.toString()));
+  await subB.subscribeAsync('auth/#', { qos: 1 });
+  const pubA = await c.client(0, { clientId: 'pub-a' });
+  await pubA.publishAsync('auth/x', 'through-sentinel', { qos: 1 });
+  t.true(await eventually(() => onB.length === 1, 5000));
+
+  const wrong = { ...redis, sentinelPasswordFile: secret('wrong.password', 'not-the-sentinel-secret-6'), connectTimeoutMs: 1500 };
+  const keyFile = writeKeyFile(dir, 'k2');
+  const broker = createBroker(nodeConfig({ redisUrl: 'unused', keyFile, nodeId: 'w', name: 'sn-auth', extra: { redis: wrong } }), { logger: createLogger('silent'), audit: new MemoryAuditSink() });
+  const err = await t.throwsAsync(broker.start());
+  await broker.stop().catch(() => undefined);
+  t.false(err?.message.includes('not-the-sentinel-secret-6'), err?.message);
+  t.regex(err?.message ?? '', /cannot reach Redis/);
 });

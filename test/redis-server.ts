@@ -15,6 +15,8 @@ export interface RedisServerOptions {
   appendOnly?: boolean;
   /** Extra `--name value` arguments. */
   args?: string[];
+  /** requirepass (and masterauth, for a replica); `command()` logs in with it. */
+  password?: string;
 }
 
 export interface RedisServer {
@@ -49,17 +51,28 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
 }
 
 /** Sends one RESP command and returns the reply as text. */
-export function redisCommand(host: string, port: number, args: string[], timeoutMs = 5000): Promise<string> {
+export function redisCommand(host: string, port: number, args: string[], timeoutMs = 5000, password?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
     let buf = '';
+    let authorised = password === undefined;
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new Error(`redis ${args[0]}: no reply in ${timeoutMs} ms`));
     }, timeoutMs);
-    sock.on('connect', () => sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`));
+    const encode = (a: string[]) => `*${a.length}\r\n${a.map((x) => `$${Buffer.byteLength(x)}\r\n${x}\r\n`).join('')}`;
+    sock.on('connect', () => sock.write((password !== undefined ? encode(['AUTH', password]) : '') + encode(args)));
     sock.on('data', (d) => {
       buf += d.toString('utf8');
+      if (!authorised) {
+        // The AUTH reply comes first: +OK, or an error that is the answer.
+        if (buf.startsWith('+OK\r\n')) {
+          authorised = true;
+          buf = buf.slice(5);
+        } else if (buf.includes('\r\n')) {
+          authorised = true;
+        } else return;
+      }
       const reply = parseReply(buf);
       if (reply === null) return;
       clearTimeout(timer);
@@ -113,6 +126,7 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     '--bind', host, '--port', String(port), '--dir', dir, '--save', '',
     '--appendonly', appendOnly ? 'yes' : 'no', '--appendfsync', 'always',
     '--protected-mode', 'yes', '--daemonize', 'no', '--logfile', path.join(dir, 'redis.log'),
+    ...(options.password !== undefined ? ['--requirepass', options.password, '--masterauth', options.password] : []),
     ...(options.args ?? []),
   ];
   let child: ChildProcess | null = null;
@@ -124,7 +138,7 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     for (;;) {
       if (c.exitCode !== null) throw new Error(`redis-server exited with ${c.exitCode} (log: ${dir}/redis.log)`);
       try {
-        if ((await redisCommand(host, port, ['PING'], 1000)) === 'PONG') return;
+        if ((await redisCommand(host, port, ['PING'], 1000, options.password)) === 'PONG') return;
       } catch {
         // not listening yet
       }
@@ -148,7 +162,7 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     url: `redis://${host}:${port}`,
     dir,
     pid: () => child?.pid,
-    command: (...a) => redisCommand(host, port, a),
+    command: (...a) => redisCommand(host, port, a, 5000, options.password),
     freeze: () => child?.kill('SIGSTOP'),
     thaw: () => child?.kill('SIGCONT'),
     stop,
@@ -194,7 +208,9 @@ export interface SentinelGroup {
  * Sentinel timings short enough for a test (down after 1 s, failover timeout 3 s). Every process is
  * stopped by its own PID in `dispose()`.
  */
-export async function startSentinelGroup(options: { replicas?: number; sentinels?: number; name?: string; args?: string[] } = {}): Promise<SentinelGroup> {
+export async function startSentinelGroup(options: { replicas?: number; sentinels?: number; name?: string; args?: string[]; password?: string; sentinelPassword?: string } = {}): Promise<SentinelGroup> {
+  const auth = options.password !== undefined ? { password: options.password } : {};
+  const sentinelAuth = options.sentinelPassword;
   const name = options.name ?? 'mymaster';
   const host = '127.0.0.1';
   const servers: RedisServer[] = [];
@@ -216,10 +232,10 @@ export async function startSentinelGroup(options: { replicas?: number; sentinels
     fs.rmSync(dir, { recursive: true, force: true });
   };
   try {
-    const master = await startRedis({ args: [...FAST_SYNC, ...(options.args ?? [])] });
+    const master = await startRedis({ ...auth, args: [...FAST_SYNC, ...(options.args ?? [])] });
     servers.push(master);
     for (let i = 0; i < (options.replicas ?? 1); i++) {
-      const replica = await startRedis({ args: ['--replicaof', host, String(master.port), ...FAST_SYNC, ...(options.args ?? [])] });
+      const replica = await startRedis({ ...auth, args: ['--replicaof', host, String(master.port), ...FAST_SYNC, ...(options.args ?? [])] });
       servers.push(replica);
       await until('the replica syncs', async () => /master_link_status:up/.test(await replica.command('INFO', 'replication')));
     }
@@ -240,19 +256,21 @@ export async function startSentinelGroup(options: { replicas?: number; sentinels
           `sentinel down-after-milliseconds ${name} 1000`,
           `sentinel failover-timeout ${name} 3000`,
           `sentinel parallel-syncs ${name} 1`,
+          ...(options.password !== undefined ? [`sentinel auth-pass ${name} ${options.password}`] : []),
+          ...(sentinelAuth !== undefined ? [`requirepass ${sentinelAuth}`] : []),
           '',
         ].join('\n'),
       );
       const child = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
       sentinelProcs.push(child);
       sentinels.push({ host, port, pid: child.pid });
-      await until('the sentinel names the master', async () => (await redisCommand(host, port, ['SENTINEL', 'get-master-addr-by-name', name], 500)).includes(String(master.port)));
+      await until('the sentinel names the master', async () => (await redisCommand(host, port, ['SENTINEL', 'get-master-addr-by-name', name], 500, sentinelAuth)).includes(String(master.port)));
     }
     if (count > 1) {
       // Sentinels find each other through the master (hello messages every 2 s): wait until each knows the others.
       await until('the sentinels know each other', async () => {
         for (const s of sentinels) {
-          const info = await redisCommand(host, s.port, ['INFO', 'sentinel'], 500);
+          const info = await redisCommand(host, s.port, ['INFO', 'sentinel'], 500, sentinelAuth);
           if (!new RegExp(`sentinels=${count}\\b`).test(info)) return false;
         }
         return true;
@@ -263,7 +281,7 @@ export async function startSentinelGroup(options: { replicas?: number; sentinels
     throw err;
   }
   const first = sentinels[0] as { port: number };
-  const sentinel = (...args: string[]) => redisCommand(host, first.port, args);
+  const sentinel = (...args: string[]) => redisCommand(host, first.port, args, 5000, sentinelAuth);
   const masterPort = async () => Number((await sentinel('SENTINEL', 'get-master-addr-by-name', name)).split('\n')[1]);
   return {
     name,

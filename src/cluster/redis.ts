@@ -47,11 +47,46 @@ function commonOptions(c: RedisTarget, name: string, blocking: boolean): RedisOp
 }
 
 /**
- * A client for `cluster.redis`, not yet connected (call `connect()`). The credential and TLS
- * files are read now: one that cannot be used throws a ConfigError naming its `cluster.redis.` key.
+ * Gives `connect()` a deadline of `ms`. Through Sentinel (all sentinels unreachable, or refusing the
+ * sentinel password) ioredis retries for ever and its `connect()` never settles, so a node would
+ * hang in its start; a Redis Cluster whose seeds are all down does the same. The rejection names
+ * the last error seen (never a secret: Redis's replies do not echo them).
+ */
+function connectWithin(client: RedisClient, ms: number): RedisClient {
+  let lastError: Error | undefined;
+  // The listener also keeps ioredis from printing each failed attempt as an unhandled error.
+  client.on('error', (err: Error) => {
+    lastError = err;
+  });
+  const connect = client.connect.bind(client);
+  client.connect = () =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no connection within ${ms} ms${lastError !== undefined ? ` (${lastError.message})` : ''}`)), ms);
+      connect().then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err as Error);
+        },
+      );
+    });
+  return client;
+}
+
+/**
+ * A client for `cluster.redis`, not yet connected (call `connect()`, which fails after
+ * connectTimeoutMs). The credential and TLS files are read now: one that cannot be used throws a
+ * ConfigError naming its `cluster.redis.` key.
  */
 export function createRedisClient(config: RedisConfig, name: string, blocking = false): RedisClient {
   const c = resolveRedisConnection(config, 'cluster.redis').target;
+  return connectWithin(makeClient(c, name, blocking), c.connectTimeoutMs);
+}
+
+function makeClient(c: RedisTarget, name: string, blocking: boolean): RedisClient {
   const options = commonOptions(c, name, blocking);
   switch (c.mode) {
     case 'cluster': {
