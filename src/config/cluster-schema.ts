@@ -5,73 +5,16 @@
  */
 import os from 'node:os';
 import { z } from 'zod';
-import { isLoopbackHost } from './auth-schema.ts';
+import { checkRedisConnection, normaliseRedisConnection, redisConnectionFields } from './redis-schema.ts';
 
-const positiveInt = z.number().int().positive();
-
-/** host:port, as Sentinel and Redis Cluster seed lists are written. */
-const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected host:port');
-
-const redisUrl = z
-  .string()
-  .refine((u) => /^rediss?:\/\//.test(u) && URL.canParse(u), 'must be a redis:// or rediss:// URL')
-  .refine((u) => new URL(u).password === '', 'must not hold a password: give it in passwordFile (a file only the broker can read)');
-
-const redisTls = z
-  .strictObject({
-    /** CA bundle that signs the Redis server certificate (default: the system's). */
-    caFile: z.string().min(1).optional(),
-    /** Client certificate and key, for a Redis that requires mutual TLS. */
-    certFile: z.string().min(1).optional(),
-    keyFile: z.string().min(1).optional(),
-    /** The name the server certificate must carry (default: the host connected to). */
-    servername: z.string().min(1).optional(),
-  })
-  .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), 'certFile and keyFile go together');
-
+/**
+ * How to reach Redis: the same keys as the Redis store's, checked by the same function
+ * (redis-schema.ts). Unlike the store, one way to reach Redis must be given.
+ */
 const redis = z
-  .strictObject({
-    /** One Redis (or a proxy in front of one): redis://host:6379/0, or rediss:// for TLS. */
-    url: redisUrl.optional(),
-    /** Redis Sentinel: the sentinels to ask and the name of the monitored master. */
-    sentinel: z
-      .strictObject({
-        sentinels: z.array(hostPort).min(1),
-        name: z.string().min(1),
-        /** A file with the password the sentinels themselves require, if any. */
-        passwordFile: z.string().min(1).optional(),
-      })
-      .optional(),
-    /** Redis Cluster: some of its nodes (host:port); the rest are discovered. */
-    nodes: z.array(hostPort).min(1).optional(),
-    /** ACL user name and password, each read from a file (never written in the configuration). */
-    usernameFile: z.string().min(1).optional(),
-    passwordFile: z.string().min(1).optional(),
-    /** TLS to Redis (implied by rediss://; needed for sentinel and cluster nodes). */
-    tls: z.union([z.boolean(), redisTls]).default(false),
-    /** Deadline of a connection attempt and of each command (a Redis that hangs is a Redis that is down). */
-    connectTimeoutMs: positiveInt.default(5000),
-    commandTimeoutMs: positiveInt.default(5000),
-    /**
-     * Plain text (no TLS) to a Redis that is not on loopback: every message, session and the
-     * Redis password cross the network readable. Refused unless set (a test bench, a private link).
-     */
-    allowPlainText: z.boolean().default(false),
-  })
-  .refine((r) => [r.url, r.sentinel, r.nodes].filter((x) => x !== undefined).length === 1, 'give exactly one of url, sentinel or nodes')
-  .refine((r) => r.allowPlainText || r.tls !== false || plainTextHosts(r).every(isLoopbackHost), {
-    message: 'a Redis that is not on loopback needs TLS (rediss:// or tls), or allowPlainText: true to send everything in clear',
-  });
-
-/** The hosts a configuration without TLS would reach in plain text (a rediss:// URL is TLS). */
-function plainTextHosts(r: { url?: string | undefined; sentinel?: { sentinels: string[] } | undefined; nodes?: string[] | undefined }): string[] {
-  if (r.url !== undefined) {
-    if (r.url.startsWith('rediss://') || !URL.canParse(r.url)) return [];
-    return [new URL(r.url).hostname.replace(/^\[|\]$/g, '')];
-  }
-  const list = r.sentinel?.sentinels ?? r.nodes ?? [];
-  return list.map((hp) => hp.slice(0, hp.lastIndexOf(':')).replace(/^\[|\]$/g, ''));
-}
+  .strictObject(redisConnectionFields({ commandTimeoutMs: 5000 }))
+  .superRefine((r, ctx) => checkRedisConnection(r, ctx, { required: true }))
+  .transform(normaliseRedisConnection);
 
 export const clusterConfig = z
   .strictObject({

@@ -21,35 +21,12 @@
  *   `WAIT n timeout`; each resolves only when n replicas have them too.
  */
 import { Cluster, Redis, ReplyError, type ClusterOptions, type RedisOptions } from 'ioredis';
-import type { ConnectionOptions } from 'node:tls';
+import type { RedisTarget } from '../config/redis-connection.ts';
 import { StoreError, StoreWriteError } from './errors.ts';
 import { SCRIPTS, type Script } from './redis-scripts.ts';
 
-export interface RedisEndpoint {
-  host: string;
-  port: number;
-}
-
-/** How to reach Redis, resolved from the configuration (files already read). */
-export interface RedisConnection {
-  mode: 'standalone' | 'sentinel' | 'cluster';
-  /** standalone */
-  host?: string;
-  port?: number;
-  db?: number;
-  /** sentinel: the sentinels and the master group name */
-  sentinels?: RedisEndpoint[];
-  name?: string;
-  /** cluster: seed nodes */
-  nodes?: RedisEndpoint[];
-  /** TLS to Redis (and to the sentinels); verification on unless rejectUnauthorized is false. */
-  tls?: ConnectionOptions;
-  username?: string;
-  password?: string;
-  /** Where the store is, for messages: never holds a password. */
-  target: string;
-  commandTimeoutMs: number;
-  connectTimeoutMs: number;
+/** How to reach Redis, resolved from the configuration (files already read), with the store's write settings. */
+export interface RedisConnection extends RedisTarget {
   maxPendingBytes: number;
   waitReplicas: number;
   waitTimeoutMs: number;
@@ -101,6 +78,8 @@ function makeClient(c: RedisConnection): Client {
         sentinels: c.sentinels ?? [],
         name: c.name ?? '',
         ...(c.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: c.tls } : {}),
+        ...(c.sentinelUsername !== undefined ? { sentinelUsername: c.sentinelUsername } : {}),
+        ...(c.sentinelPassword !== undefined ? { sentinelPassword: c.sentinelPassword } : {}),
         sentinelCommandTimeout: c.commandTimeoutMs,
         // Listens for +switch-master, so a failover moves the connection without waiting for an error.
         failoverDetector: true,
