@@ -21,7 +21,7 @@ test('Redis that is not on loopback needs TLS, or allowPlainText by name', (t) =
   }
   const accepted = [
     { url: 'rediss://redis.internal:6379' },
-    { url: 'redis://redis.internal:6379', tls: true },
+    { url: 'rediss://redis.internal:6379', tls: true },
     { url: 'redis://redis.internal:6379', allowPlainText: true },
     { url: 'redis://127.0.0.1:6379' },
     { url: 'redis://localhost:6379' },
