@@ -41,6 +41,18 @@ const META_NEXT_EPOCH = 'nextEpoch';
 
 type Db = Database<Buffer, Buffer>;
 
+/** A write waiting in the current group (see LmdbBase.write). */
+interface Pending {
+  fn: () => unknown;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+  /** The header changes this write made (the session-number cache). */
+  changes: [string, number, number | undefined][];
+  result: unknown;
+  error: unknown;
+  threw: boolean;
+}
+
 /**
  * When a commit fails (a full or failing disk), lmdb-js rejects the batch's promise, which every
  * writer of the batch hears about through its own write, and also leaves an internal promise of
@@ -406,6 +418,13 @@ export abstract class LmdbBase {
    * Runs `fn` inside the next batched transaction; resolves when the batch is durable per the
    * durability setting. `fn` must read before it writes: a throw after a write would leave that
    * write in the batch.
+   *
+   * The writes issued in one synchronous stretch (the broker hands a whole batch over in one
+   * loop) become ONE lmdb transaction callback that runs them in order, each in its own
+   * try/catch, instead of one lmdb callback (and its bookkeeping) per write: the same
+   * transaction, the same order and the same outcome per write as separate callbacks would have
+   * (lmdb also puts every callback of one event turn in one transaction, and lets the others
+   * commit when one throws), for a fraction of the work.
    */
   protected write<T>(fn: () => T): Promise<T> {
     const env = this.env;
@@ -413,27 +432,59 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const changes: [string, number, number | undefined][] = [];
-    const run = (): T => {
-      this.sidChanges = changes;
-      try {
-        return fn();
-      } finally {
-        this.sidChanges = null;
-      }
-    };
-    const done = env.transaction(run).then(
-      (result) => {
-        if (changes.length > 0) this.settleSidChanges(changes, true);
-        return result;
-      },
-      (err: unknown) => {
-        if (changes.length > 0) this.settleSidChanges(changes, false);
-        return commitFailure(err, this.dataFile, this.path);
-      },
-    );
+    let group = this.group;
+    if (group === null) {
+      group = this.group = [];
+      // Issued at the end of this synchronous stretch (before any await of a caller resumes, so
+      // before close() can run on): every write of the stretch goes in one callback.
+      queueMicrotask(() => this.issueGroup(env));
+    }
+    const done = new Promise<T>((resolve, reject) => {
+      (group as Pending[]).push({ fn, resolve: resolve as (v: unknown) => void, reject, changes: [], result: undefined, error: undefined, threw: false });
+    });
     this.lastWrite = done.catch(() => undefined);
     return done;
+  }
+
+  private group: Pending[] | null = null;
+
+  private issueGroup(env: RootDatabase<Buffer, Buffer>): void {
+    const items = this.group as Pending[];
+    this.group = null;
+    const run = (): void => {
+      // lmdb may run a batch's callback again (when it must grow the map): start afresh each time.
+      for (const item of items) {
+        item.changes.length = 0;
+        item.threw = false;
+        item.error = undefined;
+        this.sidChanges = item.changes;
+        try {
+          item.result = item.fn();
+        } catch (err) {
+          item.threw = true;
+          item.error = err;
+        } finally {
+          this.sidChanges = null;
+        }
+      }
+    };
+    env.transaction(run).then(
+      () => {
+        for (const item of items) {
+          if (item.changes.length > 0) this.settleSidChanges(item.changes, !item.threw);
+          if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
+          else item.resolve(item.result);
+        }
+      },
+      (err: unknown) => {
+        const failure = commitFailure(err, this.dataFile, this.path);
+        failure.catch(() => undefined);
+        for (const item of items) {
+          if (item.changes.length > 0) this.settleSidChanges(item.changes, false);
+          failure.catch(item.reject);
+        }
+      },
+    );
   }
 
   protected put(table: TableName, key: Buffer, body: Buffer): void {
