@@ -10,11 +10,11 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sessionHeaderKey, sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
 import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
-import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeInflightRecord, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 import { storeCounts } from './counts.ts';
 
@@ -96,7 +96,13 @@ export abstract class LmdbBase {
   private lastWrite: Promise<unknown> = Promise.resolve();
   private closing = false;
   private readonly nextQueueSeq = new Map<number, number>();
-  private readonly nextInflightOrder = new Map<number, number>();
+  /**
+   * The resend order of the next new in-flight entry, store-wide (orders only compare within a
+   * session, so one counter serves all): above every order in the store at open, then counted
+   * in memory. Only this process writes while it holds the lock; a failed or re-run batch only
+   * leaves a gap, and gaps keep the order.
+   */
+  protected nextInflightOrder = 0;
 
   constructor(options: LmdbStoreOptions) {
     this.path = options.path;
@@ -153,7 +159,9 @@ export abstract class LmdbBase {
     const scan = scanStore(db, this.keyring);
     throwIfDamaged(scan, this.dataFile);
     this.nextSid = Math.max(scan.maxSid + 1, this.metaNumber(scan, META_NEXT_SID) ?? 1);
+    this.nextInflightOrder = scan.maxInflightOrder + 1;
     if (this.keyring !== null) await this.startEpoch(scan);
+    await this.upgrade(scan, warnings);
 
     const purged = await this.purgeAtOpen(scan);
     const sessions = [...scan.sessions.values()].map((s) => s.session);
@@ -235,6 +243,7 @@ export abstract class LmdbBase {
     if (typeof format['version'] !== 'number' || format['version'] > FORMAT_VERSION) {
       throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile}: format version ${String(format['version'])} is newer than this broker reads (${FORMAT_VERSION})`, this.dataFile);
     }
+    this.format = format;
     if (manifest === undefined) {
       // Created by a broker that stopped between the two steps, or the manifest was removed: restore it.
       writeManifest(this.path, { format: MANIFEST_FORMAT, version: format['version'], storeId: format['storeId'], created: String(format['created'] ?? new Date().toISOString()) });
@@ -247,6 +256,44 @@ export abstract class LmdbBase {
       );
     }
     return false;
+  }
+
+  /** The format record open() read (undefined for a store this open created, which is current). */
+  private format: Record<string, unknown> | undefined;
+
+  /**
+   * Brings a store of an older format to this one, in one transaction (all or nothing: a crash
+   * in the middle leaves the old format, which the next open upgrades again), then the manifest.
+   * Format 1 → 2: in-flight entries move from [sid, order] keys with a packet-id index to
+   * [sid, packet id] keys with the order in the value (lmdb-keys.ts); nothing else changed.
+   */
+  private async upgrade(scan: ScanResult, warnings: string[]): Promise<void> {
+    const format = this.format;
+    this.format = undefined;
+    const from = typeof format?.['version'] === 'number' ? format['version'] : FORMAT_VERSION;
+    const legacy = scan.legacy;
+    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0) {
+      this.syncManifestVersion();
+      return;
+    }
+    const db = this.db as Tables;
+    const records = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), body: encodeInflightRecord(e.order, e.inflight) }));
+    await this.write(() => {
+      for (const r of records) db.inflight.removeSync(r.oldKey);
+      for (const k of legacy.index) db.inflightIndex.removeSync(k);
+      for (const r of records) this.put('inflight', r.key, r.body);
+      this.putMeta(META_FORMAT, encodeJson({ ...format, version: FORMAT_VERSION }));
+    });
+    legacy.inflight = [];
+    legacy.index = [];
+    this.syncManifestVersion();
+    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${records.length} in-flight records rewritten); a broker older than this one cannot open it any more`);
+  }
+
+  /** The manifest says the version the data file has (after an upgrade, or a crash right after one). */
+  private syncManifestVersion(): void {
+    const manifest = readManifest(this.path);
+    if (manifest !== undefined && manifest.version < FORMAT_VERSION) writeManifest(this.path, { ...manifest, version: FORMAT_VERSION });
   }
 
   private metaNumber(scan: ScanResult, name: string): number | undefined {
@@ -320,7 +367,7 @@ export abstract class LmdbBase {
     this.preloaded = null;
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
-    this.nextInflightOrder.clear();
+    this.nextInflightOrder = 0;
     this.sids.clear();
     this.sidTokens.clear();
     this.closing = false;
@@ -506,21 +553,19 @@ export abstract class LmdbBase {
     db.sessions.removeSync(headerKey);
     this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
-    this.nextInflightOrder.delete(sid);
   }
 
   /**
-   * The next queue sequence or in-flight order number of session `sid`. Read from the last key
-   * once, then counted in memory: sids are never reused while this process holds the store and
-   * only it writes, so the count cannot fall behind; a failed batch only leaves a gap, and gaps
-   * keep the order.
+   * The next queue sequence number of session `sid`. Read from the last key once, then counted
+   * in memory: sids are never reused while this process holds the store and only it writes, so
+   * the count cannot fall behind; a failed batch only leaves a gap, and gaps keep the order.
    */
-  protected nextNumber(table: 'queue' | 'inflight', sid: number): number {
-    const counters = table === 'queue' ? this.nextQueueSeq : this.nextInflightOrder;
+  protected nextQueueNumber(sid: number): number {
+    const counters = this.nextQueueSeq;
     let next = counters.get(sid);
     if (next === undefined) {
       next = 0;
-      for (const key of (this.db as Tables)[table].getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+      for (const key of (this.db as Tables).queue.getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
     }
     counters.set(sid, next + 1);
     return next;
