@@ -479,58 +479,114 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
+    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], result: undefined, error: undefined, threw: false };
+    const done = new Promise<T>((resolve, reject) => {
+      item.resolve = resolve as (v: unknown) => void;
+      item.reject = reject;
+    });
+    this.lastWrite = done.catch(() => undefined);
+    if (this.inline !== null) {
+      // Inside a late batch's prepare (below): the transaction is running, so this write joins it now.
+      this.inline.push(item);
+      this.runItem(item);
+      return done;
+    }
     let group = this.group;
     if (group === null) {
       group = this.group = [];
       // Issued at the end of this synchronous stretch (before any await of a caller resumes, so
       // before close() can run on): every write of the stretch goes in one callback.
-      queueMicrotask(() => this.issueGroup(env));
+      queueMicrotask(() => this.issueGroup(env, group as Pending[]));
     }
-    const done = new Promise<T>((resolve, reject) => {
-      (group as Pending[]).push({ fn, resolve: resolve as (v: unknown) => void, reject, changes: [], result: undefined, error: undefined, threw: false });
-    });
+    group.push(item);
+    return done;
+  }
+
+  /** While a late batch's prepare runs: the writes it makes, which join the running transaction. */
+  private inline: Pending[] | null = null;
+
+  /**
+   * A batch whose content is decided only when its transaction starts: `prepare` is called
+   * inside the lmdb transaction callback, and the writes it makes through the Store methods join
+   * that transaction at once. Until then the caller may still withdraw what it meant to write
+   * (the broker's write elision, src/broker/persistence.ts, cancels a delivery put in flight and
+   * acknowledged before its batch started). Resolves once the batch is committed (durable per
+   * the durability setting); each write's own promise says how it went. Rejects, without calling
+   * prepare, when the store is closed or refusing writes. (An own property bound to this store,
+   * so a wrapper that inherits from the store, like the metrics meter, calls it on the store.)
+   */
+  readonly lateBatch = (prepare: () => void): Promise<void> => this.runLateBatch(prepare);
+
+  private runLateBatch(prepare: () => void): Promise<void> {
+    const env = this.env;
+    if (env === null || this.closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
+    if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
+    let items: Pending[] | null = null;
+    const run = (): void => {
+      if (items !== null) {
+        // Run again by lmdb: the same writes, not a second prepare.
+        for (const item of items) this.runItem(item);
+        return;
+      }
+      items = [];
+      this.inline = items;
+      try {
+        prepare();
+      } finally {
+        this.inline = null;
+      }
+    };
+    const done = env.transaction(run).then(
+      () => {
+        this.settleItems(items ?? [], null);
+      },
+      (err: unknown) => {
+        const failure = commitFailure(err, this.dataFile, this.path);
+        this.settleItems(items ?? [], failure);
+        return failure;
+      },
+    );
     this.lastWrite = done.catch(() => undefined);
     return done;
   }
 
+  private runItem(item: Pending): void {
+    item.changes.length = 0;
+    item.threw = false;
+    item.error = undefined;
+    this.sidChanges = item.changes;
+    try {
+      item.result = item.fn();
+    } catch (err) {
+      item.threw = true;
+      item.error = err;
+    } finally {
+      this.sidChanges = null;
+    }
+  }
+
+  /** After the transaction: each write resolves, or rejects with its own error or the batch's failure. */
+  private settleItems(items: Pending[], failure: Promise<never> | null): void {
+    failure?.catch(() => undefined);
+    for (const item of items) {
+      if (item.changes.length > 0) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (failure !== null) failure.catch(item.reject);
+      else if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
+      else item.resolve(item.result);
+    }
+  }
+
   private group: Pending[] | null = null;
 
-  private issueGroup(env: RootDatabase<Buffer, Buffer>): void {
-    const items = this.group as Pending[];
-    this.group = null;
+  private issueGroup(env: RootDatabase<Buffer, Buffer>, items: Pending[]): void {
+    if (this.group === items) this.group = null;
+    // lmdb may run a batch's callback again: each run starts afresh (runItem resets what a write noted).
     const run = (): void => {
-      // lmdb may run a batch's callback again (when it must grow the map): start afresh each time.
-      for (const item of items) {
-        item.changes.length = 0;
-        item.threw = false;
-        item.error = undefined;
-        this.sidChanges = item.changes;
-        try {
-          item.result = item.fn();
-        } catch (err) {
-          item.threw = true;
-          item.error = err;
-        } finally {
-          this.sidChanges = null;
-        }
-      }
+      for (const item of items) this.runItem(item);
     };
     env.transaction(run).then(
-      () => {
-        for (const item of items) {
-          if (item.changes.length > 0) this.settleSidChanges(item.changes, !item.threw);
-          if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
-          else item.resolve(item.result);
-        }
-      },
-      (err: unknown) => {
-        const failure = commitFailure(err, this.dataFile, this.path);
-        failure.catch(() => undefined);
-        for (const item of items) {
-          if (item.changes.length > 0) this.settleSidChanges(item.changes, false);
-          failure.catch(item.reject);
-        }
-      },
+      () => this.settleItems(items, null),
+      (err: unknown) => this.settleItems(items, commitFailure(err, this.dataFile, this.path)),
     );
   }
 
