@@ -14,6 +14,7 @@
  *   npm run bench:persistence                     # 5 rounds of 5 s per throughput run, then the restart
  *   npm run bench:persistence -- --rounds 3 --skip-restart
  *   npm run bench:persistence -- --skip-throughput --sessions 10000 --queued 100 --retained 100000
+ *   npm run bench:persistence -- --sides durable,memory --scenarios 1to1 --skip-restart   # a quick A/B
  *
  * Per-identity quotas are lifted for Portcullis here (every benchmark client is one anonymous
  * address, which shares one quota), as are the per-address connection caps.
