@@ -14,6 +14,7 @@
  *   npm run bench:persistence                     # 5 rounds of 5 s per throughput run, then the restart
  *   npm run bench:persistence -- --rounds 3 --skip-restart
  *   npm run bench:persistence -- --skip-throughput --sessions 10000 --queued 100 --retained 100000
+ *   npm run bench:persistence -- --sides durable,memory --scenarios 1to1 --skip-restart   # a quick A/B
  *
  * Per-identity quotas are lifted for Portcullis here (every benchmark client is one anonymous
  * address, which shares one quota), as are the per-address connection caps.
@@ -39,6 +40,10 @@ const { values } = parseArgs({
     restarts: { type: 'string', default: '3' },
     'skip-throughput': { type: 'boolean', default: false },
     'skip-restart': { type: 'boolean', default: false },
+    /** Only these sides of the throughput runs (comma-separated: durable, memory, mosquitto). */
+    sides: { type: 'string', default: 'durable,memory,mosquitto' },
+    /** Only these throughput scenarios (comma-separated: 1to1, fanin). */
+    scenarios: { type: 'string', default: '1to1,fanin' },
     /** Keep the filled stores (their folders are printed), to look at or to start a broker on. */
     keep: { type: 'boolean', default: false },
     out: { type: 'string', default: path.join(import.meta.dirname, 'results', 'persistence.md') },
@@ -46,7 +51,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench:persistence -- [--rounds 5] [--duration 5] [--sessions 10000] [--queued 100] [--retained 100000] [--restarts 3] [--skip-throughput] [--skip-restart] [--keep] [--out FILE]');
+  console.log('Usage: npm run bench:persistence -- [--rounds 5] [--duration 5] [--sides durable,memory,mosquitto] [--scenarios 1to1,fanin] [--sessions 10000] [--queued 100] [--retained 100000] [--restarts 3] [--skip-throughput] [--skip-restart] [--keep] [--out FILE]');
   process.exit(0);
 }
 const rounds = Number(values.rounds);
@@ -60,16 +65,23 @@ const out: string[] = [`# Persistent sessions (${new Date().toISOString().slice(
 
 // ── 1. throughput into a persistent session ────────────────────────────────────
 
-type Side = { name: string; broker: 'portcullis' | 'mosquitto'; persistence: Persistence };
-const SIDES: Side[] = [
-  { name: 'Portcullis, durable store', broker: 'portcullis', persistence: 'durable' },
-  { name: 'Portcullis, memory store', broker: 'portcullis', persistence: 'none' },
-  { name: 'Mosquitto, persistence true', broker: 'mosquitto', persistence: 'durable' },
+type Side = { id: string; name: string; broker: 'portcullis' | 'mosquitto'; persistence: Persistence };
+const ALL_SIDES: Side[] = [
+  { id: 'durable', name: 'Portcullis, durable store', broker: 'portcullis', persistence: 'durable' },
+  { id: 'memory', name: 'Portcullis, memory store', broker: 'portcullis', persistence: 'none' },
+  { id: 'mosquitto', name: 'Mosquitto, persistence true', broker: 'mosquitto', persistence: 'durable' },
 ];
-const SCENARIOS: { name: string; spec: ThroughputSpec }[] = [
-  { name: 'QoS 1 1→1 into a persistent session', spec: { publishers: 1, subscribers: 1, qos: 1, topic: () => 'bench/p/qos1', filter: 'bench/p/qos1', payloadSize: 64, window: 200, durationMs, persistentSubscribers: true } },
-  { name: 'QoS 1 fan-in 10→1 into a persistent session', spec: { publishers: 10, subscribers: 1, qos: 1, topic: (i) => `bench/p/fanin/${i}`, filter: 'bench/p/fanin/+', payloadSize: 64, window: 200, durationMs, persistentSubscribers: true } },
+const ALL_SCENARIOS: { id: string; name: string; spec: ThroughputSpec }[] = [
+  { id: '1to1', name: 'QoS 1 1→1 into a persistent session', spec: { publishers: 1, subscribers: 1, qos: 1, topic: () => 'bench/p/qos1', filter: 'bench/p/qos1', payloadSize: 64, window: 200, durationMs, persistentSubscribers: true } },
+  { id: 'fanin', name: 'QoS 1 fan-in 10→1 into a persistent session', spec: { publishers: 10, subscribers: 1, qos: 1, topic: (i) => `bench/p/fanin/${i}`, filter: 'bench/p/fanin/+', payloadSize: 64, window: 200, durationMs, persistentSubscribers: true } },
 ];
+const pick = <T extends { id: string }>(all: T[], list: string, what: string): T[] => {
+  const ids = list.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  for (const id of ids) if (!all.some((x) => x.id === id)) throw new Error(`unknown ${what} '${id}' (one of ${all.map((x) => x.id).join(', ')})`);
+  return all.filter((x) => ids.includes(x.id));
+};
+const SIDES = pick(ALL_SIDES, values.sides, 'side');
+const SCENARIOS = pick(ALL_SCENARIOS, values.scenarios, 'scenario');
 
 const pin = setupPinning(true);
 console.log(pin.note);
@@ -122,7 +134,7 @@ if (!values['skip-throughput']) {
     }
     return ratios.length === 0 ? '—' : `${median(ratios).toFixed(2)} (${ratios.map((x) => x.toFixed(2)).join(' ')})`;
   };
-  const [durable, memory, mosquitto] = SIDES as [Side, Side, Side];
+  const [durable, memory, mosquitto] = ALL_SIDES as [Side, Side, Side];
   out.push(`## Throughput into a persistent session (${rounds} rounds of ${durationMs / 1000} s, medians; security off; 64-byte payloads)`, '');
   out.push('| Scenario | ' + SIDES.map((s) => s.name).join(' | ') + ' |');
   out.push('|---|' + SIDES.map(() => '---|').join(''));

@@ -163,6 +163,64 @@ test(`kill -9 during QoS 1/2 traffic, ${KILLS} times: every message a publisher 
   t.log(`${total} acknowledged messages (${acked.q1.size} QoS 1, ${acked.q2.size} QoS 2), ${KILLS} kills`);
 });
 
+test('kill -9 under pipelined QoS 1 load into one online persistent subscriber (the writes that cancel inside a pending batch): every message the publisher saw acknowledged arrives', async (t) => {
+  // A publisher with up to 200 messages unacknowledged keeps the store busy, so most deliveries
+  // are acknowledged by the subscriber while their batch waits for the disk: their put and delete
+  // cancel and nothing is written for them (src/broker/persistence.ts), while the others are
+  // written and deleted. Kills land anywhere in that.
+  t.timeout(120_000);
+  const dir = tempDir('portcullis-durability-load-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sub = new Subscriber('sub-load', 'load/#', 1);
+  const acked = new Set<string>();
+  const cycles = 5;
+  let seq = 0;
+  for (let cycle = 0; cycle <= cycles; cycle++) {
+    const b = await startBrokerProcess({ config: config({ limits: { maxQueuedMessages: 100_000, maxQueuedBytes: 64 * 1024 * 1024 } }), cwd: dir });
+    const port = b.port('tcp');
+    await sub.connect(port, cycle === 0);
+    if (cycle === cycles) {
+      await delay(2000);
+      sub.drop();
+      await b.stop();
+      break;
+    }
+    const pub = await client(port, { clientId: `load-pub-${cycle}`, protocolVersion: 5 });
+    let stop = false;
+    let outstanding = 0;
+    const sending = (async () => {
+      while (!stop) {
+        if (outstanding >= 200) {
+          await delay(1);
+          continue;
+        }
+        const id = `m-${seq++}`;
+        outstanding++;
+        pub
+          .publishAsync(`load/${cycle}`, id, { qos: 1 })
+          .then((p) => {
+            const code = (p as { reasonCode?: number } | undefined)?.reasonCode ?? 0;
+            if (code < 0x80) acked.add(id);
+          })
+          .catch(() => {})
+          .finally(() => outstanding--);
+        if (seq % 50 === 0) await delay(0);
+      }
+    })();
+    await delay(300 + ((cycle * 7919) % 700));
+    await kill(b);
+    stop = true;
+    await sending;
+    pub.end(true);
+    sub.drop();
+  }
+  t.true(acked.size > 1000, `messages were acknowledged under load (${acked.size})`);
+  const missing = [...acked].filter((id) => !sub.got.has(id));
+  t.deepEqual(missing.slice(0, 10), [], `${missing.length} of ${acked.size} acknowledged messages missing (${sub.got.size} received)`);
+  t.is(sub.resumedWithoutSession, 0, 'every reconnect found the session (Session Present = 1)');
+  t.log(`${acked.size} acknowledged messages, ${sub.got.size} received, ${cycles} kills`);
+});
+
 test('a persistent session and its subscription survive kill -9: session present 1, and the queue it was owed', async (t) => {
   const dir = tempDir('portcullis-durability-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -9,6 +9,8 @@ import test from 'ava';
 import { LmdbStore } from '../src/store/lmdb.ts';
 import { storeConformance } from './store-conformance.ts';
 import { sessionKey } from '../src/store/types.ts';
+import { decodeJson, encodeInflight, encodeJson, unwrap, wrap } from '../src/store/records.ts';
+import { sidU16Key, sidU64Key } from '../src/store/lmdb-keys.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-store-lmdb-'));
 test.after.always(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -45,4 +47,57 @@ test('close lets every write issued before it finish, awaited or not (the broker
   );
   t.is(got?.subscriptions[0]?.filter, 'x');
   await again.close();
+});
+
+test('a store in format 1 (in-flight entries keyed by order, with a packet-id index) is upgraded at open: same entries, same resend order, format 2 after', async (t) => {
+  for (const keys of [undefined, [key]]) {
+    const dir = folder();
+    const store = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
+    await store.open();
+    const owner = 'user:a';
+    const msg = (topic: string) => ({ topic, payload: Buffer.from(topic), qos: 2 as const, retain: false });
+    // Resend order differs from packet-id order on purpose.
+    const inflight = [
+      { packetId: 7, state: 'publish' as const, message: msg('m/7') },
+      { packetId: 3, state: 'pubrel' as const, message: msg('m/3') },
+      { packetId: 9, state: 'publish' as const, message: msg('m/9'), subscriptionIds: [4] },
+    ];
+    await store.saveSession({ clientId: 'a', owner, protocolVersion: 5, expiryInterval: 60, subscriptions: [], inflight, queue: [], awaitingRelease: [] });
+    // Rewrite it as format 1 wrote it: [sid, order] → entry, [sid, packet id] → {n: order}.
+    const { env, db, keyring } = store.internals();
+    const sid = Number(decodeJson(unwrap('meta', Buffer.from('nextSid'), db.meta.get(Buffer.from('nextSid')) as Buffer, null))['n']) - 1;
+    await env.transaction(() => {
+      for (const k of [...db.inflight.getKeys({})]) db.inflight.removeSync(Buffer.from(k as Buffer));
+      inflight.forEach((f, order) => {
+        const k = sidU64Key(sid, order);
+        db.inflight.putSync(k, wrap('inflight', k, encodeInflight(f), keyring));
+        const ik = sidU16Key(sid, f.packetId);
+        db.inflightIndex.putSync(ik, wrap('inflightIndex', ik, encodeJson({ n: order }), keyring));
+      });
+      const fk = Buffer.from('format');
+      const format = decodeJson(unwrap('meta', fk, db.meta.get(fk) as Buffer, keyring));
+      db.meta.putSync(fk, wrap('meta', fk, encodeJson({ ...format, version: 1 }), keyring));
+    });
+    await store.close();
+    const manifestFile = path.join(dir, 'portcullis-store.json');
+    fs.writeFileSync(manifestFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(manifestFile, 'utf8')), version: 1 }));
+
+    const again = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
+    const report = await again.open();
+    t.true(report.warnings.some((w) => /upgraded from format 1 to format 2 \(3 in-flight records/.test(w)), report.warnings.join('; '));
+    t.deepEqual((await again.getSession(sessionKey(owner, 'a')))?.inflight, inflight);
+    t.deepEqual((await again.loadSessions())[0]?.inflight, inflight);
+    // The index is gone and the entries are keyed by packet id: an acknowledgement deletes one without a read.
+    t.is(again.internals().db.inflightIndex.getKeysCount(), 0);
+    await again.deleteInflight(sessionKey(owner, 'a'), 3);
+    await again.putInflight(sessionKey(owner, 'a'), { packetId: 1, state: 'publish', message: msg('m/1') });
+    await again.close();
+    t.is(JSON.parse(fs.readFileSync(manifestFile, 'utf8')).version, 2);
+
+    const third = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
+    const r3 = await third.open();
+    t.false(r3.warnings.some((w) => /upgraded/.test(w)));
+    t.deepEqual((await third.loadSessions())[0]?.inflight.map((f) => f.packetId), [7, 9, 1]);
+    await third.close();
+  }
 });

@@ -24,7 +24,7 @@
 import type { AuditEvent } from '../audit/types.ts';
 import type { Logger } from '../log.ts';
 import { isStoreError } from '../store/errors.ts';
-import type { Store } from '../store/types.ts';
+import type { LateBatching, Store } from '../store/types.ts';
 import type { Session } from './session.ts';
 
 import type { WriteStatus } from './ports.ts';
@@ -51,6 +51,8 @@ interface Held {
   cancelled: boolean;
   /** Promises of cancelled queue entries that moved on: resolved with the batch this write is in. */
   carried: ((status: WriteStatus) => void)[] | null;
+  /** Its batch's transaction has started: it is being written, and can no longer be cancelled. */
+  frozen: boolean;
 }
 
 /** Per session, the held writes that a later one may still cancel. */
@@ -108,7 +110,7 @@ export class Persistence {
     }
     let resolve: (status: WriteStatus) => void = () => {};
     const p = new Promise<WriteStatus>((r) => (resolve = r));
-    const held: Held = { op, session, resolve, cancelled: false, carried: null };
+    const held: Held = { op, session, resolve, cancelled: false, carried: null, frozen: false };
     if (this.batch !== null) this.batch.push(p);
     if (tag !== undefined && session !== null && !this.elide(session, held, tag)) return p;
     // A session moving to another node waits until every write made for it has settled
@@ -136,6 +138,8 @@ export class Persistence {
         // The cancellable enqueues are the newest stored entries: those ahead of them were
         // written (or can no longer be cancelled), and a dequeue takes those first.
         const pending = ledger?.enqueues ?? [];
+        // Entries whose batch has started are written: they are the oldest of the list.
+        while (pending.length > 0 && (pending[0] as Held).frozen) pending.shift();
         const ahead = tag.storedAfter + tag.count - pending.length;
         const written = Math.max(0, Math.min(tag.count, ahead));
         const cancel = Math.min(tag.count - written, pending.length);
@@ -158,6 +162,11 @@ export class Persistence {
       case 'delete': {
         const put = ledger?.puts.get(tag.packetId);
         if (put === undefined) return true;
+        if (put.frozen) {
+          // Its batch's transaction has started: the record is (being) written, so it must be deleted.
+          ledger?.puts.delete(tag.packetId);
+          return true;
+        }
         // Acknowledged before its record was written: the delivery is done, and neither write is needed.
         ledger?.puts.delete(tag.packetId);
         put.cancelled = true;
@@ -206,27 +215,41 @@ export class Persistence {
     this.held = [];
     const settled = this.nextBatch;
     this.nextBatch = null;
+    const late = (this.store as Partial<LateBatching>).lateBatch;
+    if (late !== undefined) {
+      this.flushLate(batch, settled, late);
+      return;
+    }
     this.ledgers = new Map(); // what is handed over can no longer be cancelled
     const issued: Promise<WriteStatus>[] = [];
     const afterBatch: ((status: WriteStatus) => void)[] = [];
-    for (const h of batch) {
-      if (h.cancelled) continue;
-      if (h.carried !== null) afterBatch.push(...h.carried);
-      if (h.op === null) {
-        afterBatch.push(h.resolve);
-        continue;
-      }
-      const p = this.issue(h.session, h.op);
-      issued.push(p);
-      void p.then(h.resolve);
+    for (const h of batch) this.hand(h, issued, afterBatch);
+    this.settleBatch(issued, afterBatch, settled);
+  }
+
+  /** Hands one held write to the store (inside the batch's transaction for a late batch). */
+  private hand(h: Held, issued: Promise<WriteStatus>[], afterBatch: ((status: WriteStatus) => void)[]): void {
+    h.frozen = true;
+    if (h.cancelled) return;
+    if (h.carried !== null) afterBatch.push(...h.carried);
+    if (h.op === null) {
+      afterBatch.push(h.resolve);
+      return;
     }
+    const p = this.issue(h.session, h.op);
+    issued.push(p);
+    void p.then(h.resolve);
+  }
+
+  private settleBatch(issued: Promise<WriteStatus>[], afterBatch: ((status: WriteStatus) => void)[], settled: { resolve: () => void } | null): void {
     if (issued.length === 0) {
       for (const r of afterBatch) r('ok');
       settled?.resolve();
+      this.outstanding = 0;
       this.flush();
       return;
     }
-    this.outstanding = issued.length;
+    this.outstanding = Math.max(1, issued.length);
     void Promise.all(issued).then((statuses) => {
       const status = worst(statuses);
       for (const r of afterBatch) r(status);
@@ -234,6 +257,71 @@ export class Persistence {
       this.outstanding = 0;
       this.flush();
     });
+  }
+
+  /**
+   * A store with late batches (the LMDB store): the batch is handed over now, but what it writes
+   * is taken from it only when its transaction starts (inside the store's transaction callback).
+   * Until then its writes stay in the ledgers and can still be cancelled, exactly like held
+   * ones: a delivery put in flight and acknowledged by its subscriber while the previous batch
+   * was committing (the usual case under load: the acknowledgement arrives while this batch waits
+   * for the disk) costs no write at all, instead of a put in this batch and a delete in the next.
+   *
+   * Why this keeps the durability contract (every crash point):
+   * - The store sees, in order, the held writes minus pairs that undo each other, as before; a
+   *   write is only ever cancelled while it is not in any transaction (`frozen` is set for every
+   *   write of the batch, synchronously, as its transaction starts), so no transaction holds half
+   *   of a pair. Every committed prefix is a state the broker could have been in.
+   * - A QoS 1 delivery whose put is cancelled was acknowledged by its subscriber (PUBACK): the
+   *   subscriber owns the message, nothing is owed to it after a crash, so the publisher's PUBACK
+   *   (which waits for the put's promise) may go at once. Before that PUBACK nothing was promised:
+   *   a crash before it loses nothing acknowledged. If the subscriber's PUBACK comes after the
+   *   transaction started, the put is written and the delete goes in a later batch: a crash in
+   *   between redelivers the message (at least once).
+   * - QoS 2 outbound: a PUBLISH to a persistent session goes out only after its in-flight record
+   *   is committed (delivery.ts), so its put is frozen before PUBREC can come, and the 'pubrel'
+   *   state is a second put that is never cancelled: a subscriber holding the packet id gets its
+   *   PUBREL after a restart.
+   * - A batch that fails (disk full) fails every write in it, as before; one that cannot start
+   *   (the store closed or refusing writes) never calls prepare, and its writes fail here.
+   * - The publisher's PUBACK for a message that was put (not cancelled) still waits for the commit
+   *   of the batch holding the put.
+   */
+  private flushLate(batch: Held[], settled: { resolve: () => void } | null, late: LateBatching['lateBatch']): void {
+    const issued: Promise<WriteStatus>[] = [];
+    const afterBatch: ((status: WriteStatus) => void)[] = [];
+    let prepared = false;
+    this.outstanding = 1;
+    const prepare = (): void => {
+      prepared = true;
+      for (const h of batch) this.hand(h, issued, afterBatch);
+      // What is now being written leaves the ledgers (which then hold only writes still held).
+      for (const [session, ledger] of this.ledgers) {
+        for (const [id, h] of ledger.puts) if (h.frozen) ledger.puts.delete(id);
+        while (ledger.enqueues.length > 0 && (ledger.enqueues[0] as Held).frozen) ledger.enqueues.shift();
+        if (ledger.puts.size === 0 && ledger.enqueues.length === 0) this.ledgers.delete(session);
+      }
+    };
+    let started: Promise<void>;
+    try {
+      started = late(prepare);
+    } catch (err) {
+      started = Promise.reject(err);
+    }
+    void started.then(
+      () => undefined,
+      (err: unknown) => {
+        if (prepared) return; // each write heard of the failure through its own promise
+        // Never started: nothing of the batch was written.
+        for (const h of batch) {
+          h.frozen = true;
+          if (h.cancelled) continue;
+          const status = this.failed(err, h.session);
+          h.resolve(status);
+          if (h.carried !== null) for (const r of h.carried) r(status);
+        }
+      },
+    ).then(() => this.settleBatch(issued, afterBatch, settled));
   }
 
   /** Resolves once every write made so far has been handed to the store and settled (before the store closes). */

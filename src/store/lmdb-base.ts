@@ -10,11 +10,11 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sessionHeaderKey, sidRange, sidReverseRange, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
 import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
-import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeInflightRecord, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 import { storeCounts } from './counts.ts';
 
@@ -40,6 +40,18 @@ export const META_NEXT_SID = 'nextSid';
 const META_NEXT_EPOCH = 'nextEpoch';
 
 type Db = Database<Buffer, Buffer>;
+
+/** A write waiting in the current group (see LmdbBase.write). */
+interface Pending {
+  fn: () => unknown;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+  /** The header changes this write made (the session-number cache). */
+  changes: [string, number, number | undefined][];
+  result: unknown;
+  error: unknown;
+  threw: boolean;
+}
 
 /**
  * When a commit fails (a full or failing disk), lmdb-js rejects the batch's promise, which every
@@ -84,7 +96,13 @@ export abstract class LmdbBase {
   private lastWrite: Promise<unknown> = Promise.resolve();
   private closing = false;
   private readonly nextQueueSeq = new Map<number, number>();
-  private readonly nextInflightOrder = new Map<number, number>();
+  /**
+   * The resend order of the next new in-flight entry, store-wide (orders only compare within a
+   * session, so one counter serves all): above every order in the store at open, then counted
+   * in memory. Only this process writes while it holds the lock; a failed or re-run batch only
+   * leaves a gap, and gaps keep the order.
+   */
+  protected nextInflightOrder = 0;
 
   constructor(options: LmdbStoreOptions) {
     this.path = options.path;
@@ -141,7 +159,9 @@ export abstract class LmdbBase {
     const scan = scanStore(db, this.keyring);
     throwIfDamaged(scan, this.dataFile);
     this.nextSid = Math.max(scan.maxSid + 1, this.metaNumber(scan, META_NEXT_SID) ?? 1);
+    this.nextInflightOrder = scan.maxInflightOrder + 1;
     if (this.keyring !== null) await this.startEpoch(scan);
+    await this.upgrade(scan, warnings);
 
     const purged = await this.purgeAtOpen(scan);
     const sessions = [...scan.sessions.values()].map((s) => s.session);
@@ -223,6 +243,7 @@ export abstract class LmdbBase {
     if (typeof format['version'] !== 'number' || format['version'] > FORMAT_VERSION) {
       throw new StoreError('ERR_STORE_CORRUPT', `${this.dataFile}: format version ${String(format['version'])} is newer than this broker reads (${FORMAT_VERSION})`, this.dataFile);
     }
+    this.format = format;
     if (manifest === undefined) {
       // Created by a broker that stopped between the two steps, or the manifest was removed: restore it.
       writeManifest(this.path, { format: MANIFEST_FORMAT, version: format['version'], storeId: format['storeId'], created: String(format['created'] ?? new Date().toISOString()) });
@@ -235,6 +256,44 @@ export abstract class LmdbBase {
       );
     }
     return false;
+  }
+
+  /** The format record open() read (undefined for a store this open created, which is current). */
+  private format: Record<string, unknown> | undefined;
+
+  /**
+   * Brings a store of an older format to this one, in one transaction (all or nothing: a crash
+   * in the middle leaves the old format, which the next open upgrades again), then the manifest.
+   * Format 1 → 2: in-flight entries move from [sid, order] keys with a packet-id index to
+   * [sid, packet id] keys with the order in the value (lmdb-keys.ts); nothing else changed.
+   */
+  private async upgrade(scan: ScanResult, warnings: string[]): Promise<void> {
+    const format = this.format;
+    this.format = undefined;
+    const from = typeof format?.['version'] === 'number' ? format['version'] : FORMAT_VERSION;
+    const legacy = scan.legacy;
+    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0) {
+      this.syncManifestVersion();
+      return;
+    }
+    const db = this.db as Tables;
+    const records = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), body: encodeInflightRecord(e.order, e.inflight) }));
+    await this.write(() => {
+      for (const r of records) db.inflight.removeSync(r.oldKey);
+      for (const k of legacy.index) db.inflightIndex.removeSync(k);
+      for (const r of records) this.put('inflight', r.key, r.body);
+      this.putMeta(META_FORMAT, encodeJson({ ...format, version: FORMAT_VERSION }));
+    });
+    legacy.inflight = [];
+    legacy.index = [];
+    this.syncManifestVersion();
+    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${records.length} in-flight records rewritten); a broker older than this one cannot open it any more`);
+  }
+
+  /** The manifest says the version the data file has (after an upgrade, or a crash right after one). */
+  private syncManifestVersion(): void {
+    const manifest = readManifest(this.path);
+    if (manifest !== undefined && manifest.version < FORMAT_VERSION) writeManifest(this.path, { ...manifest, version: FORMAT_VERSION });
   }
 
   private metaNumber(scan: ScanResult, name: string): number | undefined {
@@ -308,7 +367,7 @@ export abstract class LmdbBase {
     this.preloaded = null;
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
-    this.nextInflightOrder.clear();
+    this.nextInflightOrder = 0;
     this.sids.clear();
     this.sidTokens.clear();
     this.closing = false;
@@ -406,6 +465,13 @@ export abstract class LmdbBase {
    * Runs `fn` inside the next batched transaction; resolves when the batch is durable per the
    * durability setting. `fn` must read before it writes: a throw after a write would leave that
    * write in the batch.
+   *
+   * The writes issued in one synchronous stretch (the broker hands a whole batch over in one
+   * loop) become ONE lmdb transaction callback that runs them in order, each in its own
+   * try/catch, instead of one lmdb callback (and its bookkeeping) per write: the same
+   * transaction, the same order and the same outcome per write as separate callbacks would have
+   * (lmdb also puts every callback of one event turn in one transaction, and lets the others
+   * commit when one throws), for a fraction of the work.
    */
   protected write<T>(fn: () => T): Promise<T> {
     const env = this.env;
@@ -413,27 +479,115 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const changes: [string, number, number | undefined][] = [];
-    const run = (): T => {
-      this.sidChanges = changes;
+    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], result: undefined, error: undefined, threw: false };
+    const done = new Promise<T>((resolve, reject) => {
+      item.resolve = resolve as (v: unknown) => void;
+      item.reject = reject;
+    });
+    this.lastWrite = done.catch(() => undefined);
+    if (this.inline !== null) {
+      // Inside a late batch's prepare (below): the transaction is running, so this write joins it now.
+      this.inline.push(item);
+      this.runItem(item);
+      return done;
+    }
+    let group = this.group;
+    if (group === null) {
+      group = this.group = [];
+      // Issued at the end of this synchronous stretch (before any await of a caller resumes, so
+      // before close() can run on): every write of the stretch goes in one callback.
+      queueMicrotask(() => this.issueGroup(env, group as Pending[]));
+    }
+    group.push(item);
+    return done;
+  }
+
+  /** While a late batch's prepare runs: the writes it makes, which join the running transaction. */
+  private inline: Pending[] | null = null;
+
+  /**
+   * A batch whose content is decided only when its transaction starts: `prepare` is called
+   * inside the lmdb transaction callback, and the writes it makes through the Store methods join
+   * that transaction at once. Until then the caller may still withdraw what it meant to write
+   * (the broker's write elision, src/broker/persistence.ts, cancels a delivery put in flight and
+   * acknowledged before its batch started). Resolves once the batch is committed (durable per
+   * the durability setting); each write's own promise says how it went. Rejects, without calling
+   * prepare, when the store is closed or refusing writes. (An own property bound to this store,
+   * so a wrapper that inherits from the store, like the metrics meter, calls it on the store.)
+   */
+  readonly lateBatch = (prepare: () => void): Promise<void> => this.runLateBatch(prepare);
+
+  private runLateBatch(prepare: () => void): Promise<void> {
+    const env = this.env;
+    if (env === null || this.closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `the store ${this.path} is not open`, this.path));
+    if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
+    let items: Pending[] | null = null;
+    const run = (): void => {
+      if (items !== null) {
+        // Run again by lmdb: the same writes, not a second prepare.
+        for (const item of items) this.runItem(item);
+        return;
+      }
+      items = [];
+      this.inline = items;
       try {
-        return fn();
+        prepare();
       } finally {
-        this.sidChanges = null;
+        this.inline = null;
       }
     };
     const done = env.transaction(run).then(
-      (result) => {
-        if (changes.length > 0) this.settleSidChanges(changes, true);
-        return result;
+      () => {
+        this.settleItems(items ?? [], null);
       },
       (err: unknown) => {
-        if (changes.length > 0) this.settleSidChanges(changes, false);
-        return commitFailure(err, this.dataFile, this.path);
+        const failure = commitFailure(err, this.dataFile, this.path);
+        this.settleItems(items ?? [], failure);
+        return failure;
       },
     );
     this.lastWrite = done.catch(() => undefined);
     return done;
+  }
+
+  private runItem(item: Pending): void {
+    item.changes.length = 0;
+    item.threw = false;
+    item.error = undefined;
+    this.sidChanges = item.changes;
+    try {
+      item.result = item.fn();
+    } catch (err) {
+      item.threw = true;
+      item.error = err;
+    } finally {
+      this.sidChanges = null;
+    }
+  }
+
+  /** After the transaction: each write resolves, or rejects with its own error or the batch's failure. */
+  private settleItems(items: Pending[], failure: Promise<never> | null): void {
+    failure?.catch(() => undefined);
+    for (const item of items) {
+      if (item.changes.length > 0) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (failure !== null) failure.catch(item.reject);
+      else if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
+      else item.resolve(item.result);
+    }
+  }
+
+  private group: Pending[] | null = null;
+
+  private issueGroup(env: RootDatabase<Buffer, Buffer>, items: Pending[]): void {
+    if (this.group === items) this.group = null;
+    // lmdb may run a batch's callback again: each run starts afresh (runItem resets what a write noted).
+    const run = (): void => {
+      for (const item of items) this.runItem(item);
+    };
+    env.transaction(run).then(
+      () => this.settleItems(items, null),
+      (err: unknown) => this.settleItems(items, commitFailure(err, this.dataFile, this.path)),
+    );
   }
 
   protected put(table: TableName, key: Buffer, body: Buffer): void {
@@ -455,21 +609,19 @@ export abstract class LmdbBase {
     db.sessions.removeSync(headerKey);
     this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
-    this.nextInflightOrder.delete(sid);
   }
 
   /**
-   * The next queue sequence or in-flight order number of session `sid`. Read from the last key
-   * once, then counted in memory: sids are never reused while this process holds the store and
-   * only it writes, so the count cannot fall behind; a failed batch only leaves a gap, and gaps
-   * keep the order.
+   * The next queue sequence number of session `sid`. Read from the last key once, then counted
+   * in memory: sids are never reused while this process holds the store and only it writes, so
+   * the count cannot fall behind; a failed batch only leaves a gap, and gaps keep the order.
    */
-  protected nextNumber(table: 'queue' | 'inflight', sid: number): number {
-    const counters = table === 'queue' ? this.nextQueueSeq : this.nextInflightOrder;
+  protected nextQueueNumber(sid: number): number {
+    const counters = this.nextQueueSeq;
     let next = counters.get(sid);
     if (next === undefined) {
       next = 0;
-      for (const key of (this.db as Tables)[table].getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+      for (const key of (this.db as Tables).queue.getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
     }
     counters.set(sid, next + 1);
     return next;

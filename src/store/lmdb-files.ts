@@ -21,7 +21,12 @@ export const LMDB_LOCK_FILE = 'lock.mdb';
 export const MANIFEST_FILE = 'portcullis-store.json';
 export const LOCK_FILE = 'portcullis.lock';
 export const MANIFEST_FORMAT = 'portcullis-store';
-export const FORMAT_VERSION = 1;
+/**
+ * The store's format, in the manifest and in the data file's format record. 1: the first
+ * format; 2: in-flight entries keyed by packet id (lmdb-keys.ts). An older store is upgraded at
+ * open (lmdb-base.ts); a newer one is refused.
+ */
+export const FORMAT_VERSION = 2;
 
 export interface Manifest {
   format: typeof MANIFEST_FORMAT;

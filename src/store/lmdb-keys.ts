@@ -11,9 +11,12 @@
  * - Everything a session owns is keyed by the session's number (sid, 8 bytes big-endian) first,
  *   so one range scan finds it, and a session saved again under the same client id gets a new
  *   sid: nothing of the old one can come back.
- * - Queue entries are [sid, seq] and in-flight entries [sid, order]: FIFO order is key order, and
- *   the next number is found from the last key of the session's range (no counter to rewrite on
- *   every enqueue).
+ * - Queue entries are [sid, seq]: FIFO order is key order, and the next number is found from the
+ *   last key of the session's range (no counter to rewrite on every enqueue).
+ * - In-flight entries are [sid, packet id] (format 2), with their resend order inside the value,
+ *   so an acknowledgement deletes one by its packet id without a read. (Format 1 keyed them
+ *   [sid, order] with an index [sid, packet id] → order beside them; a store in format 1 is
+ *   rewritten at open, lmdb-base.ts.)
  */
 import { createHash } from 'node:crypto';
 
@@ -119,6 +122,8 @@ export function describeKey(table: string, key: Buffer): string {
     case 'subscriptions':
       return key.length > 8 ? `session #${sidOf(key)} filter ${text(key.subarray(8))}` : `0x${key.toString('hex')}`;
     case 'inflight':
+      if (key.length === 10) return `session #${sidOf(key)} packet id ${key.readUInt16BE(8)}`;
+      return key.length === 16 ? `session #${sidOf(key)} #${readU64(key, 8)}` : `0x${key.toString('hex')}`;
     case 'queue':
       return key.length === 16 ? `session #${sidOf(key)} #${readU64(key, 8)}` : `0x${key.toString('hex')}`;
     case 'wills':

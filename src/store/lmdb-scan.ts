@@ -14,6 +14,7 @@ import {
   decodeBytes,
   decodeHeader,
   decodeInflight,
+  decodeInflightRecord,
   decodeMessage,
   decodeNumber,
   decodeSubscription,
@@ -54,6 +55,13 @@ export interface ScanResult {
   /** Records sealed with each key id, and records in the clear (''). */
   keyIds: Map<string, number>;
   maxSid: number;
+  /** The highest in-flight resend order in the store (-1: none); new entries are numbered above it. */
+  maxInflightOrder: number;
+  /**
+   * Format 1 in-flight records ([sid, order] keys) and index records, which open() rewrites in
+   * format 2 (lmdb-base.ts). Empty in a format 2 store.
+   */
+  legacy: { inflight: { sid: number; key: Buffer; order: number; inflight: StoredInflight }[]; index: Buffer[] };
 }
 
 
@@ -69,9 +77,11 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     problems: [],
     keyIds: new Map(),
     maxSid: 0,
+    maxInflightOrder: -1,
+    legacy: { inflight: [], index: [] },
   };
   const bySid = r.sessions;
-  const inflightOrder = new Map<number, { order: number; packetId: number }[]>();
+  const inflightOrder = new Map<number, { order: number; packetId: number; inflight: StoredInflight }[]>();
 
   function each(table: TableName, visit: (key: Buffer, body: Buffer) => void): void {
     try {
@@ -142,17 +152,30 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     r.counts.subscriptions++;
   });
 
+  // In-flight entries: format 2 keys them [sid, packet id] with the order in the value; format 1
+  // keyed them [sid, order], with an index [sid, packet id] → order (both read here, for the
+  // rewrite at open and for the tools on a store that has not been opened since).
   const inflightByKey = new Map<string, StoredInflight>();
   each('inflight', (key, body) => {
-    const f = decodeInflight(body);
+    let order: number;
+    let f: StoredInflight;
+    if (key.length === 10) {
+      ({ order, inflight: f } = decodeInflightRecord(body));
+      if (f.packetId !== key.readUInt16BE(8)) throw new RecordError('format', `in-flight record for packet id ${key.readUInt16BE(8)} holds packet id ${f.packetId}`);
+    } else if (key.length === 16) {
+      f = decodeInflight(body);
+      order = readU64(key, 8);
+    } else throw new RecordError('format', 'in-flight key has the wrong length');
     const s = owner('inflight', key);
     if (s === undefined) return;
-    if (key.length !== 16) throw new RecordError('format', 'in-flight key has the wrong length');
-    s.session.inflight.push(f);
-    inflightByKey.set(key.toString('hex'), f);
+    if (key.length === 16) {
+      inflightByKey.set(key.toString('hex'), f);
+      r.legacy.inflight.push({ sid: s.header.sid, key, order, inflight: f });
+    }
     let list = inflightOrder.get(s.header.sid);
     if (list === undefined) inflightOrder.set(s.header.sid, (list = []));
-    list.push({ order: readU64(key, 8), packetId: f.packetId });
+    list.push({ order, packetId: f.packetId, inflight: f });
+    r.maxInflightOrder = Math.max(r.maxInflightOrder, order);
     r.counts.inflight++;
   });
 
@@ -161,6 +184,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     const s = owner('inflightIndex', key);
     if (s === undefined) return;
     if (key.length !== 10) throw new RecordError('format', 'in-flight index key has the wrong length');
+    r.legacy.index.push(key);
     const packetId = key.readUInt16BE(8);
     const target = Buffer.concat([key.subarray(0, 8), Buffer.alloc(8)]);
     target.writeUInt32BE(Math.floor(order / 2 ** 32), 8);
@@ -169,11 +193,15 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     if (f === undefined || f.packetId !== packetId) throw new RecordError('format', `in-flight index for packet id ${packetId} points at a missing entry`);
   });
   for (const [sid, list] of inflightOrder) {
+    // Resend order (MQTT-4.6.0-1): by order number, whatever the key layout.
+    list.sort((a, b) => a.order - b.order);
     const ids = new Set<number>();
     for (const e of list) {
       if (ids.has(e.packetId)) r.problems.push({ table: 'inflight', key: `session #${sid}`, problem: `packet id ${e.packetId} is in flight twice` });
       ids.add(e.packetId);
     }
+    const s = bySid.get(sid);
+    if (s !== undefined) s.session.inflight = list.map((e) => e.inflight);
   }
 
   each('queue', (key, body) => {

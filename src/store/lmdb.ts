@@ -21,15 +21,15 @@ import { sessionHeaderKey, sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, t
 import { scanStore, type Tables } from './lmdb-scan.ts';
 import {
   decodeHeader,
-  decodeInflight,
+  decodeInflightRecord,
+  inflightRecordOrder,
+  setInflightRecordOrder,
   decodeMessage,
-  decodeNumber,
   decodeSubscription,
   encodeHeader,
-  encodeInflight,
+  encodeInflightRecord,
   encodeJson,
   encodeMessage,
-  encodeNumber,
   encodeSubscription,
   encodeWill,
   decodeWill,
@@ -72,7 +72,9 @@ export class LmdbStore extends LmdbBase implements Store {
     };
     if (h.expiresAt !== undefined) s.expiresAt = h.expiresAt;
     for (const { key, value } of db.subscriptions.getRange(range)) s.subscriptions.push(this.read('subscriptions', Buffer.from(key), value, decodeSubscription));
-    for (const { key, value } of db.inflight.getRange(range)) s.inflight.push(this.read('inflight', Buffer.from(key), value, decodeInflight));
+    const inflight: { order: number; inflight: StoredInflight }[] = [];
+    for (const { key, value } of db.inflight.getRange(range)) inflight.push(this.read('inflight', Buffer.from(key), value, decodeInflightRecord));
+    s.inflight = inflight.sort((a, b) => a.order - b.order).map((e) => e.inflight);
     for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, decodeMessage));
     for (const key of db.awaiting.getKeys(range)) s.awaitingRelease.push((key as Buffer).readUInt16BE(8));
     const willKey = sidKey(h.sid);
@@ -96,7 +98,7 @@ export class LmdbStore extends LmdbBase implements Store {
   async saveSession(session: StoredSession): Promise<void> {
     // Encoded now: the caller may change the object once this returns.
     const subs = session.subscriptions.map((s) => ({ filter: s.filter, body: encodeSubscription(s) }));
-    const inflight = session.inflight.map((f) => ({ packetId: f.packetId, body: encodeInflight(f) }));
+    const inflight = session.inflight.map((f) => ({ packetId: f.packetId, inflight: f }));
     const queue = session.queue.map(encodeMessage);
     const awaiting = [...new Set(session.awaitingRelease)];
     const will = session.will !== undefined ? encodeWill(session.will) : undefined;
@@ -110,12 +112,12 @@ export class LmdbStore extends LmdbBase implements Store {
       this.put('sessions', headerKey, encodeHeader(headerOf(snapshot, sid)));
       this.headerChanged(headerKey, sid);
       for (const s of subs) this.put('subscriptions', sidTextKey(sid, s.filter), s.body);
+      // In list order; a packet id listed twice keeps its first place and its last state.
       const orders = new Map<number, number>();
       for (const f of inflight) {
-        const order = orders.get(f.packetId) ?? orders.size;
-        orders.set(f.packetId, order);
-        this.put('inflight', sidU64Key(sid, order), f.body);
-        this.put('inflightIndex', sidU16Key(sid, f.packetId), encodeNumber(order));
+        let order = orders.get(f.packetId);
+        if (order === undefined) orders.set(f.packetId, (order = this.nextInflightOrder++));
+        this.put('inflight', sidU16Key(sid, f.packetId), encodeInflightRecord(order, f.inflight));
       }
       queue.forEach((body, i) => this.put('queue', sidU64Key(sid, i), body));
       for (const id of awaiting) this.put('awaiting', sidU16Key(sid, id), EMPTY);
@@ -158,32 +160,28 @@ export class LmdbStore extends LmdbBase implements Store {
   }
 
   async putInflight(key: string, inflight: StoredInflight): Promise<void> {
-    const body = encodeInflight(inflight);
+    // Encoded now (the caller may change the object once this returns); the order is set inside the write.
+    const record = encodeInflightRecord(0, inflight);
     const packetId = inflight.packetId;
     await this.write(() => {
       const s = this.sidOf(key);
       if (s === undefined) return;
-      const sid = s.sid;
-      const indexKey = sidU16Key(sid, packetId);
-      const raw = (this.db as Tables).inflightIndex.get(indexKey);
-      // Replacing by packet id keeps the entry's place; a new one goes last (resend order, MQTT-4.6.0-1).
-      const order = raw !== undefined ? this.read('inflightIndex', indexKey, raw, decodeNumber) : this.nextNumber('inflight', sid);
-      this.put('inflight', sidU64Key(sid, order), body);
-      if (raw === undefined) this.put('inflightIndex', indexKey, encodeNumber(order));
+      const recordKey = sidU16Key(s.sid, packetId);
+      // Replacing by packet id keeps the entry's place (a QoS 2 entry moving on to 'pubrel'); a
+      // new one goes last (resend order, MQTT-4.6.0-1). A new entry's lookup finds nothing: one
+      // B-tree probe, nothing decoded.
+      const raw = (this.db as Tables).inflight.get(recordKey);
+      const order = raw !== undefined ? this.read('inflight', recordKey, raw, inflightRecordOrder) : this.nextInflightOrder++;
+      setInflightRecordOrder(record, order);
+      this.put('inflight', recordKey, record);
     });
   }
 
   async deleteInflight(key: string, packetId: number): Promise<void> {
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s === undefined) return;
-      const db = this.db as Tables;
-      const indexKey = sidU16Key(s.sid, packetId);
-      const raw = db.inflightIndex.get(indexKey);
-      if (raw === undefined) return;
-      const order = this.read('inflightIndex', indexKey, raw, decodeNumber);
-      db.inflight.removeSync(sidU64Key(s.sid, order));
-      db.inflightIndex.removeSync(indexKey);
+      // Keyed by packet id: no read, one delete (a missing record is no error).
+      if (s !== undefined) (this.db as Tables).inflight.removeSync(sidU16Key(s.sid, packetId));
     });
   }
 
@@ -191,7 +189,7 @@ export class LmdbStore extends LmdbBase implements Store {
     const body = encodeMessage(message);
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextNumber('queue', s.sid)), body);
+      if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), body);
     });
   }
 

@@ -270,6 +270,37 @@ export function decodeInflight(body: Buffer): StoredInflight {
   return f;
 }
 
+/**
+ * An in-flight record as format 2 keeps it, under [sid, packet id] (lmdb-keys.ts): its resend
+ * order (u64, big-endian) first, then the entry as {@link encodeInflight} writes it. The order is
+ * in the value, not the key, so that an acknowledgement deletes the record by its packet id
+ * without reading anything first (format 1 keyed entries by order and kept a packet-id index
+ * beside them: two writes and a read for each put and each delete).
+ */
+export function encodeInflightRecord(order: number, f: StoredInflight): Buffer {
+  const body = encodeInflight(f);
+  const out = Buffer.allocUnsafe(8 + body.length);
+  out.writeUInt32BE(Math.floor(order / 2 ** 32), 0);
+  out.writeUInt32BE(order >>> 0, 4);
+  body.copy(out, 8);
+  return out;
+}
+
+/** Sets the order of a record {@link encodeInflightRecord} made (known only inside the write). */
+export function setInflightRecordOrder(record: Buffer, order: number): void {
+  record.writeUInt32BE(Math.floor(order / 2 ** 32), 0);
+  record.writeUInt32BE(order >>> 0, 4);
+}
+
+export function decodeInflightRecord(body: Buffer): { order: number; inflight: StoredInflight } {
+  return { order: inflightRecordOrder(body), inflight: decodeInflight(body.subarray(8)) };
+}
+
+export function inflightRecordOrder(body: Buffer): number {
+  if (body.length < 8) throw new RecordError('format', 'in-flight record too short');
+  return body.readUInt32BE(0) * 2 ** 32 + body.readUInt32BE(4);
+}
+
 /** A session's will: its delay around the message. */
 export function encodeWill(w: StoredWill): Buffer {
   const { head, parts } = messageHead(w.message);

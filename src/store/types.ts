@@ -151,6 +151,19 @@ export interface Store {
   deleteRetained(topic: string): Promise<void>;
 }
 
+/**
+ * What a store may offer beyond {@link Store} (the LMDB store does): a batch whose writes are
+ * decided only when its transaction starts. `prepare` is called inside the transaction, and the
+ * writes it makes through the Store methods join it at once; until then the caller can still
+ * drop writes that undo each other (src/broker/persistence.ts). Resolves once the batch is
+ * committed; each write's own promise says how it went. Rejects without calling `prepare` when
+ * nothing can be written. (A capability found on the store object, not a Store method: wrappers
+ * that inherit from the store, like the metrics meter, pass it through.)
+ */
+export interface LateBatching {
+  lateBatch(prepare: () => void): Promise<void>;
+}
+
 /** What a store holds, by kind. */
 export interface StoreCounts {
   sessions: number;
