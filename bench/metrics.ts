@@ -73,7 +73,10 @@ function freePort(): Promise<number> {
 /** A broker process from bench/servers/portcullis.ts with this configuration, pinned as the other benchmarks pin it. */
 async function startPortcullis(config: Record<string, unknown>, security: Security, files: BenchFiles, pin: Pinning, tag: string): Promise<RunningBrokerProcess> {
   const file = path.join(files.dir, `metrics-${tag}-${security}.json`);
-  fs.writeFileSync(file, JSON.stringify(config));
+  // Each broker its own audit file: two hash-chained sinks appending to one file would interleave their chains.
+  const audit = config.audit as { sink?: string; path?: string } | undefined;
+  const own = audit?.sink === 'file' ? { ...config, audit: { ...audit, path: path.join(files.dir, `metrics-audit-${tag}-${security}.jsonl`) } } : config;
+  fs.writeFileSync(file, JSON.stringify(own));
   // BENCH_BROKER_NODE_ARGS: extra Node flags for both brokers, e.g. "--cpu-prof --cpu-prof-dir prof" (as npm run bench takes them).
   const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
   const args = [...extra, '--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts'), '--config', file];
