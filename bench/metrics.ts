@@ -12,7 +12,8 @@
  * and the median of the per-cycle ratios (metrics on ÷ off), and writes a markdown report to
  * bench/results/metrics.md. The target (issue 21): at most 3 % fewer deliveries per second.
  * `--control` runs the same with metrics off on both sides (an A/A run): the spread the harness
- * shows between two identical brokers.
+ * shows between two identical brokers. `--no-scrape` keeps the operations listener on the second
+ * broker but never scrapes it: what the listener's mere presence costs, apart from the scrapes.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -34,11 +35,13 @@ const { values } = parseArgs({
     out: { type: 'string', default: path.join(projectRoot, 'bench', 'results', 'metrics.md') },
     /** A/A control: the second broker without metrics too (and not scraped), to see the harness's own spread. */
     control: { type: 'boolean', default: false },
+    /** The second broker with the operations listener, never scraped. */
+    'no-scrape': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench:metrics -- [--scenarios fanin,fanout] [--security off,on] [--cycles 11] [--slice 2] [--out FILE] [--control]');
+  console.log('Usage: npm run bench:metrics -- [--scenarios fanin,fanout] [--security off,on] [--cycles 11] [--slice 2] [--out FILE] [--control] [--no-scrape]');
   process.exit(0);
 }
 const scenarios = (values.scenarios as string).split(',') as ScenarioName[];
@@ -70,7 +73,10 @@ function freePort(): Promise<number> {
 /** A broker process from bench/servers/portcullis.ts with this configuration, pinned as the other benchmarks pin it. */
 async function startPortcullis(config: Record<string, unknown>, security: Security, files: BenchFiles, pin: Pinning, tag: string): Promise<RunningBrokerProcess> {
   const file = path.join(files.dir, `metrics-${tag}-${security}.json`);
-  fs.writeFileSync(file, JSON.stringify(config));
+  // Each broker its own audit file: two hash-chained sinks appending to one file would interleave their chains.
+  const audit = config.audit as { sink?: string; path?: string } | undefined;
+  const own = audit?.sink === 'file' ? { ...config, audit: { ...audit, path: path.join(files.dir, `metrics-audit-${tag}-${security}.jsonl`) } } : config;
+  fs.writeFileSync(file, JSON.stringify(own));
   // BENCH_BROKER_NODE_ARGS: extra Node flags for both brokers, e.g. "--cpu-prof --cpu-prof-dir prof" (as npm run bench takes them).
   const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
   const args = [...extra, '--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts'), '--config', file];
@@ -183,13 +189,14 @@ try {
     const httpPort = await freePort();
     const off = await startPortcullis(base, security, files, pin, 'off');
     const control = values.control === true;
+    const noScrape = values['no-scrape'] === true;
     const on = await startPortcullis(control ? base : { ...base, http: { host: '127.0.0.1', port: httpPort, metrics: { public: true } } }, security, files, pin, 'on');
     const scraper = new Scraper(httpPort);
     try {
       for (const scenario of scenarios) {
         const spec = throughputSpec(scenario, sliceMs, DEFAULT_WINDOWS[scenario] ?? 200);
         const slice = async (b: RunningBrokerProcess, scrape: boolean): Promise<[number, number]> => {
-          const scraped = scrape && !control;
+          const scraped = scrape && !control && !noScrape;
           if (scraped) scraper.start();
           try {
             const x = await runThroughput(b, endpointFor(b, 'tcp', files), spec);
@@ -222,7 +229,7 @@ try {
         row.scrapes = scraper.scrapes - before;
         row.scrapeFailures = scraper.failures;
         row.metricsBytes = scraper.lastBytes;
-        if (!control && scraper.lastReceived === 0) throw new Error('the scraped broker reports no received messages: /metrics did not see the load');
+        if (!control && !noScrape && scraper.lastReceived === 0) throw new Error('the scraped broker reports no received messages: /metrics did not see the load');
         rows.push(row);
         console.log(
           `\n${scenario}, security ${security}: deliveries/s off ${median(row.off.rate).toFixed(0)}, on ${median(row.on.rate).toFixed(0)}; on ÷ off, median of ${cycles} cycles: ` +
@@ -244,6 +251,7 @@ const lines = [
   '# Metrics on against off (bench/metrics.ts)',
   '',
   ...(values.control === true ? ['**Control run (A/A): metrics off on both sides.**', ''] : []),
+  ...(values['no-scrape'] === true ? ['**No-scrape run: the operations listener on, /metrics never scraped.**', ''] : []),
   `Run ${started.toISOString()}: ${cycles} cycles of ${sliceMs / 1000} s slices per scenario, order alternating; ${pin.note}.`,
   'Metrics on: the operations listener on 127.0.0.1 with /metrics scraped every second while that broker is measured.',
   '',

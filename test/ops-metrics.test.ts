@@ -5,6 +5,9 @@
  * label values never carry a client id, user or topic; who may scrape; /readyz naming what is
  * not ready.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import test from 'ava';
 import { createBroker, MemoryAuditSink, MemoryStore, VERSION, type AuditHealth, type AuditSink } from '../src/index.ts';
 import mqtt from 'mqtt';
@@ -96,6 +99,46 @@ test('what clients do shows up by result, reason code, provider, action and QoS'
   } finally {
     await b.stop();
     policy.cleanup();
+  }
+});
+
+test('with audit.allowed publish and deliver on, every allowed publish and delivery is counted exactly, past the full-record limit', async (t) => {
+  const policy = writePolicyDir('p, *, data/#, *, allow\np, *, forbidden/#, *, deny\n');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-metrics-allowed-'));
+  // The file sink: the tee's fast path (recordAccess) is the one the broker takes with it.
+  const b = await startOpsBroker(
+    {
+      listeners: [{ name: 'mqtt', type: 'tcp', host: '127.0.0.1', port: 0, auth: [{ provider: 'static-users', users }] }],
+      authorizers: [{ type: 'casbin', model: policy.model, policy: policy.policy, watch: false }],
+      audit: { sink: 'file', path: path.join(dir, 'audit.jsonl'), allowed: { publish: true, deliver: true, fullRecords: 10 } },
+    },
+    { http: { metrics: { public: true } } as never, configuredAudit: true },
+  );
+  try {
+    const sub = await connect(b.mqttPort, { clientId: 'sub', username: 'bob', password: 'bob-pw', protocolVersion: 5 });
+    const pub = await connect(b.mqttPort, { clientId: 'pub', username: 'alice', password: 'alice-pw', protocolVersion: 5 });
+    await sub.subscribeAsync('data/#', { qos: 0 });
+    const n = 150;
+    const got = nextMessages(sub, n);
+    for (let i = 0; i < n; i++) pub.publish('data/x', `m${i}`, { qos: 0 });
+    await got;
+    for (let i = 0; i < 4; i++) await pub.publishAsync('forbidden/x', 'no', { qos: 1 }).catch(() => undefined);
+    await delay(100);
+    const { samples } = await scrape(b);
+    t.is(metric(samples, 'portcullis_authorization_decisions_total', { action: 'publish', result: 'allow' }), n);
+    t.is(metric(samples, 'portcullis_authorization_decisions_total', { action: 'deliver', result: 'allow' }), n);
+    t.is(metric(samples, 'portcullis_authorization_decisions_total', { action: 'publish', result: 'deny' }), 4);
+    t.is(metric(samples, 'portcullis_authorization_decisions_total', { action: 'deliver', result: 'deny' }), 0);
+    t.is(metric(samples, 'portcullis_audit_records_total', { event: 'publish', decision: 'allow' }), n);
+    t.is(metric(samples, 'portcullis_audit_records_total', { event: 'publish', decision: 'deny' }), 4);
+    t.is(metric(samples, 'portcullis_messages_received_total', { qos: '0' }), n);
+    t.is(metric(samples, 'portcullis_messages_sent_total', { qos: '0' }), n);
+    await sub.endAsync();
+    await pub.endAsync();
+  } finally {
+    await b.stop();
+    policy.cleanup();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -75,12 +75,18 @@ export class AuditCounters {
     if (e.decision === 'deny' && KEPT_DENIALS.has(e.event)) this.keep(e);
   }
 
-  /** The access fast path: counts without building an event, unless it is a denial to keep. */
-  countAccess(event: AuditEventName, decision: 'allow' | 'deny', make: () => AuditEvent): void {
+  /**
+   * The access fast path: an allowed access decision is counted without building an event (with
+   * `audit.allowed.publish` / `deliver` on, this runs once per message and per delivery).
+   * Returns false for anything else (a denial, to be kept; not an access event): the caller then
+   * builds the event and passes it to {@link count}. No closure is made per call.
+   */
+  countAllowedAccess(event: AuditEventName, decision: 'allow' | 'deny'): boolean {
+    if (decision !== 'allow') return false;
     const i = ACCESS_INDEX[event];
-    if (i === undefined) return this.count(make());
-    this.access[i]![decision === 'deny' ? 1 : 0]++;
-    if (decision === 'deny') this.keep(make());
+    if (i === undefined) return false;
+    (this.access[i] as [number, number])[0]++;
+    return true;
   }
 
   /** Allowed and denied decisions of one access event. */
@@ -123,7 +129,7 @@ export function teeAuditSink(sink: AuditSink, counters: AuditCounters): AuditSin
   const access = sink.recordAccess;
   if (access !== undefined) {
     tee.recordAccess = (who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain) => {
-      counters.countAccess(event, decision, () => accessEvent(who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain));
+      if (!counters.countAllowedAccess(event, decision)) counters.count(accessEvent(who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain));
       access.call(sink, who, event, decision, reasonCode, reason, decidedBy, rule, policyVersion, topic, qos, retain);
     };
   }
