@@ -5,6 +5,7 @@
  * freshly started for each scenario; this process is the load generator (CPU 1), speaking
  * hand-encoded MQTT 3.1.1 over raw TCP or TLS sockets. See bench/README.md.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -39,6 +40,12 @@ function usage(): string {
   --wait-idle S          before each run, wait up to S seconds for other processes to go quiet (default 0: off)
   --no-pin               do not pin broker/generator to CPUs with taskset
   --out FILE             markdown report path (default bench/results/latest.md; with --quick bench/results/quick.md)
+  --persistence, --no-persistence
+                         run or skip the persistent-session part (default: run it when --scenarios is not
+                         given). It is bench/persistence.ts, run last: QoS 1 1→1 and
+                         fan-in 10→1 into persistent sessions on the durable store, the memory store and
+                         Mosquitto with persistence true; with --quick 1 round of 2 s, no restart scenario;
+                         its report goes to bench/results/persistence.md, or quick-persistence.md)
   --dry-run              print the plan and the estimated duration, run nothing
   -h, --help`;
 }
@@ -68,6 +75,8 @@ function parseOptions(): RunOptions {
       mosquitto: { type: 'string', default: DEFAULT_MOSQUITTO },
       'wait-idle': { type: 'string', default: '0' },
       'no-pin': { type: 'boolean', default: false },
+      persistence: { type: 'boolean' },
+      'no-persistence': { type: 'boolean', default: false },
       out: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -115,6 +124,7 @@ function parseOptions(): RunOptions {
     retained: Math.floor(num(values.retained ?? (q ? '1000' : '10000'), 'retained', 1)),
     concurrency: Math.floor(num(values.concurrency, 'concurrency', 1)),
     pin: !values['no-pin'],
+    persistence: values['no-persistence'] ? false : (values.persistence ?? values.scenarios === SCENARIOS.join(',')),
     out: path.resolve(values.out ?? path.join(projectRoot, 'bench', 'results', q ? 'quick.md' : 'latest.md')),
     dryRun: values['dry-run'],
   };
@@ -144,7 +154,9 @@ function estimateSeconds(o: RunOptions): number {
         break;
     }
   }
-  return perConfig * o.brokers.length * o.security.length + 10;
+  // The persistent-session part: 3 sides × 2 scenarios × rounds, plus the restart scenario's fill.
+  const persistence = !o.persistence ? 0 : o.quick ? 6 * (2 + 4) + 30 : 6 * 5 * (5 + 3) + 240;
+  return perConfig * o.brokers.length * o.security.length + 10 + persistence;
 }
 
 // ---------- running ----------
@@ -405,3 +417,18 @@ console.log(`\n${md}`);
 mkdirSync(path.dirname(opts.out), { recursive: true });
 writeFileSync(opts.out, md);
 console.log(`Report written to ${path.relative(process.cwd(), opts.out) || opts.out}`);
+
+// The persistent-session scenarios: their own script (a broker per store, restarts, Mosquitto
+// with persistence true), run after the rest so that neither part loads the other's brokers.
+if (opts.persistence) {
+  const args = opts.quick
+    ? ['--rounds', '1', '--duration', '2', '--skip-restart', '--out', path.join(projectRoot, 'bench', 'results', 'quick-persistence.md')]
+    : [];
+  console.log(`\nPersistent sessions: bench/persistence.ts ${args.join(' ')}`);
+  const build = spawnSync('npm', ['run', 'build', '--silent'], { cwd: projectRoot, stdio: 'inherit' });
+  const run = build.status === 0 ? spawnSync(process.execPath, ['--import', 'tsx', path.join(projectRoot, 'bench', 'persistence.ts'), ...args], { cwd: projectRoot, stdio: 'inherit' }) : build;
+  if (run.status !== 0) {
+    console.error('bench: the persistent-session part failed');
+    process.exitCode = 1;
+  }
+}

@@ -29,6 +29,8 @@ export interface RunOptions {
   retained: number;
   concurrency: number;
   pin: boolean;
+  /** Run bench/persistence.ts after the rest (`--no-persistence` skips it). */
+  persistence: boolean;
   out: string;
   dryRun: boolean;
 }
