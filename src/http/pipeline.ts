@@ -3,7 +3,8 @@
  * the listener starts, in this order):
  *
  *   onRequest   host        a Host the listener is not configured for → 421 (DNS rebinding)
- *               identify    client certificate (mTLS); or bearer token, throttled on its own
+ *               identify    client certificate (mTLS); or a bearer token verified moments ago (the
+ *                           cache: no argon2, no throttle); or a bearer token, throttled on its own
  *                           failures when its id exists; else throttled by address → 429; → 401
  *               media type  a request other than GET/HEAD without `Content-Type: application/json`
  *                           → 415, body or not (a cross-site page cannot send that type without a
@@ -27,6 +28,7 @@ import type { HostCheck } from './host-check.ts';
 import type { RefusalKind, RefusalSummary } from './refusal-summary.ts';
 import type { AuthThrottle, ThrottleSubject } from './throttle.ts';
 import type { TokenAuthenticator } from './token-auth.ts';
+import type { TokenEntry } from './token-file.ts';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 
@@ -45,10 +47,11 @@ export interface PipelineParts {
 /** Methods that change nothing; every other one must say it sends JSON. */
 const SAFE_METHODS = new Set(['GET', 'HEAD']);
 
-/** The refusals audited through the summary, by error code. */
+/** The refusals audited through the summary, by error code (and every 401, by status). */
 const SUMMARISED: Partial<Record<string, RefusalKind>> = {
   ERR_TOO_MANY_FAILURES: 'throttled',
   ERR_HOST_NOT_ALLOWED: 'host',
+  ERR_BUSY: 'busy',
 };
 
 /** What Node reports for a client certificate it could not verify, in words. */
@@ -123,21 +126,28 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     }
   });
 
-  /** Throws 429 while the subject's failures are over the limit. */
-  function admit(s: ThrottleSubject): void {
-    const wait = throttle.blockedFor(s);
-    if (wait === 0) return;
-    const whose = s.kind === 'token' ? `with the token ${s.id}` : `from ${s.address}`;
-    throw Object.assign(new ApiError(429, 'ERR_TOO_MANY_FAILURES', `too many failed authentications ${whose}: try again in ${wait} s`), { retryAfter: wait });
-  }
-
-  /** Runs a check judged on `s`: a 401 it throws counts as a failure of `s`. */
+  /**
+   * Runs a check judged on `s`. Its unit is taken from the subject's bucket before the check
+   * starts (429 when the bucket is empty), so that requests pipelined in one TCP chunk, all
+   * admitted before the first check ends, run at most `burst` checks between them; a success
+   * gives the unit back. A 401 keeps it (a failure). A 429 ERR_BUSY (the argon2 checks are
+   * full) keeps it when judged on an address (junk, or an unknown token id: part of the flood
+   * that fills them) and gives it back when judged on a token id that exists (its holder did
+   * nothing wrong; that token's concurrent checks are still bounded by its bucket).
+   */
   async function judged<T>(s: ThrottleSubject, check: () => T | Promise<T>): Promise<T> {
-    admit(s);
+    const attempt = throttle.attempt(s);
+    if (typeof attempt === 'number') {
+      const whose = s.kind === 'token' ? `with the token ${s.id}` : `from ${s.address}`;
+      throw Object.assign(new ApiError(429, 'ERR_TOO_MANY_FAILURES', `too many failed authentications ${whose}: try again in ${attempt} s`), { retryAfter: attempt });
+    }
     try {
-      return await check();
+      const result = await check();
+      attempt.giveBack();
+      return result;
     } catch (err) {
-      if (err instanceof ApiError && err.statusCode === 401) throttle.failed(s);
+      const failure = err instanceof ApiError && (err.statusCode === 401 || (err.code === 'ERR_BUSY' && s.kind === 'address'));
+      if (!failure) attempt.giveBack();
       throw err;
     }
   }
@@ -161,6 +171,14 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     const m = header === undefined ? null : /^Bearer +(\S+)$/i.exec(header);
     const id = m !== null && tokens !== undefined ? tokens.knownId(m[1] as string) : undefined;
     if (id === undefined) return judged(address, () => anonymousRefusal(header, m));
+    // These exact bytes were verified moments ago (the cache: no argon2 to spare): accepted
+    // without asking the throttle, so that failures others cause on this token's id (ids are
+    // not secret) or from this address do not lock its holder out.
+    const remembered = (tokens as TokenAuthenticator).remembered(m?.[1] as string);
+    if (remembered !== undefined) {
+      throttle.succeeded(id, address.address);
+      return tokenPrincipal(remembered);
+    }
     // A token whose id exists is judged on that token's failures, never its address's.
     const subject: ThrottleSubject = { kind: 'token', id, address: address.address };
     const caller = await judged(subject, () => tokenCaller(m?.[1] as string));
@@ -186,7 +204,7 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
       if (r.code === 'ERR_BUSY') throw Object.assign(new ApiError(429, 'ERR_BUSY', r.message), { retryAfter: 1 });
       throw new ApiError(401, r.code, r.message);
     }
-    return { name: r.entry.name, method: 'token', roles: [...r.entry.roles], tokenId: r.entry.id };
+    return tokenPrincipal(r.entry);
   }
 
   // ── responses: errors, headers, audit ──────────────────────────────────────
@@ -227,7 +245,8 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
     if (status < 400 && cfg.kind !== 'api') return;
     const state: FastifyRequest['ops'] | null = req.ops ?? null;
     // A refusal anyone can repeat at will: the first of its kind from the address in full, the rest counted.
-    const kind = state?.error !== null && state?.error !== undefined ? SUMMARISED[state.error.code] : undefined;
+    // Every 401 too: a few in full (a typo, an expired token), the rest of a flood counted.
+    const kind = state?.error !== null && state?.error !== undefined ? (SUMMARISED[state.error.code] ?? (status === 401 ? 'unauthenticated' : undefined)) : undefined;
     if (kind !== undefined && !refusals.admit(req.socket.remoteAddress ?? 'unknown', kind, status)) return;
     const who = state?.principal ?? null;
     const path = (req.url.split('?')[0] ?? '').slice(0, 256);
@@ -257,6 +276,10 @@ export function installPipeline(app: FastifyInstance, parts: PipelineParts): voi
       },
     });
   });
+}
+
+function tokenPrincipal(entry: TokenEntry): AdminPrincipal {
+  return { name: entry.name, method: 'token', roles: [...entry.roles], tokenId: entry.id };
 }
 
 /** True when the TLS handshake brought a client certificate (good or not). */

@@ -1,22 +1,33 @@
 /**
  * Audit records for refusals that a stranger can repeat at will on the operations listener
- * (connections over the per-address cap, requests the HTTP parser refuses, a foreign Host, a
- * throttled address or token), summarised so that a flood cannot flood the audit
- * log: the first refusal of a kind from an address is recorded in full at once; further ones
- * within the interval are counted and written as one summary record when it ends. Beyond
- * `maxKeys` (address, kind) pairs in one interval, refusals are summed into one record with
- * `remoteAddress: '*'`. So an address costs at most two records per kind per interval, and any
- * flood at most 2 × maxKeys + 1.
+ * (connections over the per-address cap or when the listener is full, requests the HTTP parser
+ * refuses, a foreign Host, a throttled address or token, a failed authentication, a token check
+ * refused because the checks are busy), summarised so that a flood cannot flood the audit log:
+ * the first refusals of a kind from an address (one, or `FULL_FIRST` of the kind) are recorded
+ * in full at once; further ones within the interval are counted and written as one summary
+ * record when it ends. Beyond `maxKeys` (address, kind) pairs in one interval, refusals are
+ * summed into one record with `remoteAddress: '*'`. So an address costs at most
+ * `FULL_FIRST[kind] + 1` records per kind per interval, and any flood at most
+ * (max FULL_FIRST + 1) × maxKeys + 1.
  */
 import type { AuditEvent } from '../audit/types.ts';
 
 /** What a refusal is, for the summary key and the record's `detail.refusal`. */
-export type RefusalKind = 'connection-cap' | 'parser' | 'host' | 'throttled';
+export type RefusalKind = 'connection-cap' | 'listener-full' | 'parser' | 'host' | 'throttled' | 'unauthenticated' | 'busy';
+
+/**
+ * Refusals of these kinds recorded in full per address and interval before the rest are counted
+ * (one for the others). A few failed authentications are an operator's typo or an expired
+ * token, worth a record each; hundreds are a flood.
+ */
+const FULL_FIRST: Partial<Record<RefusalKind, number>> = { unauthenticated: 10 };
 
 interface Window {
   since: number;
   address: string;
   kind: RefusalKind;
+  /** Recorded in full in this interval. */
+  full: number;
   count: number;
   byStatus: Map<number, number>;
 }
@@ -44,6 +55,10 @@ export class RefusalSummary {
     const key = JSON.stringify([address, kind]);
     const w = this.windows.get(key);
     if (w !== undefined) {
+      if (w.full < (FULL_FIRST[kind] ?? 1)) {
+        w.full++;
+        return true;
+      }
       w.count++;
       w.byStatus.set(status, (w.byStatus.get(status) ?? 0) + 1);
       return false;
@@ -53,7 +68,7 @@ export class RefusalSummary {
       this.overflow.byKind.set(kind, (this.overflow.byKind.get(kind) ?? 0) + 1);
       return false;
     }
-    this.windows.set(key, { since: this.now(), address, kind, count: 0, byStatus: new Map() });
+    this.windows.set(key, { since: this.now(), address, kind, full: 1, count: 0, byStatus: new Map() });
     return true;
   }
 

@@ -39,6 +39,14 @@ export interface OpsServer {
 
 /** Open connections the listener keeps at most: the operations port is for a few tools, not for crowds. */
 const MAX_CONNECTIONS = 256;
+/** The last slots of MAX_CONNECTIONS, kept for addresses holding fewer than RESERVE_BELOW connections (probes, scrapes). */
+const RESERVED_CONNECTIONS = 16;
+const RESERVE_BELOW = 2;
+/**
+ * How often Node looks for connections past headersTimeout or requestTimeout (its default, 30 s,
+ * let an idle socket hold its slot 30 s instead of the 10 s headersTimeout).
+ */
+const CONNECTIONS_CHECKING_MS = 1000;
 
 function secureOptions(files: TlsFiles, minVersion: 'TLSv1.2' | 'TLSv1.3'): tls.SecureContextOptions & tls.TlsOptions {
   return {
@@ -49,7 +57,9 @@ function secureOptions(files: TlsFiles, minVersion: 'TLSv1.2' | 'TLSv1.3'): tls.
     secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION | crypto.constants.SSL_OP_NO_TICKET,
     ...(files.ca !== undefined ? { ca: files.ca, requestCert: true, rejectUnauthorized: false } : {}),
     ...(files.crl !== undefined ? { crl: files.crl } : {}),
-  };
+    // https.createServer takes the http server options here (Fastify passes these through).
+    connectionsCheckingInterval: CONNECTIONS_CHECKING_MS,
+  } as tls.SecureContextOptions & tls.TlsOptions;
 }
 
 /** What the HTTP parser refused (Node's clientError), as the admin API's error shape. */
@@ -83,6 +93,7 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
     requestTimeout: 45_000,
     connectionTimeout: 60_000,
     keepAliveTimeout: 5_000,
+    http: { connectionsCheckingInterval: CONNECTIONS_CHECKING_MS },
     routerOptions: { maxParamLength: 1024 },
     genReqId: () => crypto.randomUUID(),
     // A request the HTTP parser refuses (malformed, headers too large, too slow) never reaches the
@@ -104,12 +115,17 @@ export async function startOpsServer(ctx: OpsContext, setup: OpsSetup): Promise<
   };
   // Fastify types the instance by its server (http or https); the routes need neither.
   const app = (tlsFiles !== undefined ? Fastify({ ...common, https: secureOptions(tlsFiles, h.tls?.minVersion ?? 'TLSv1.2') }) : Fastify(common)) as unknown as FastifyInstance;
-  app.server.maxConnections = MAX_CONNECTIONS;
   app.server.headersTimeout = 10_000;
-  installConnectionGate(app.server, h.maxConnectionsPerAddress, refusals, ({ address, port, open }) => {
-    const reason = `${open} connections open from this address: http.maxConnectionsPerAddress (${h.maxConnectionsPerAddress}) reached`;
+  const caps = { maxPerAddress: h.maxConnectionsPerAddress, maxTotal: MAX_CONNECTIONS, reserve: RESERVED_CONNECTIONS, reserveBelow: RESERVE_BELOW };
+  installConnectionGate(app.server, caps, refusals, ({ address, port, open, total, refusal }) => {
+    const reason =
+      refusal === 'connection-cap'
+        ? `${open} connections open from this address: http.maxConnectionsPerAddress (${h.maxConnectionsPerAddress}) reached`
+        : total >= MAX_CONNECTIONS
+          ? `the listener holds its ${MAX_CONNECTIONS} connections`
+          : `the listener holds ${total} of its ${MAX_CONNECTIONS} connections; the last ${RESERVED_CONNECTIONS} are kept for addresses holding fewer than ${RESERVE_BELOW} (this one holds ${open})`;
     ctx.log.warn({ address }, `operations listener: connection refused, ${reason}`);
-    ctx.audit({ event: 'admin', action: 'http.connection-refused', decision: 'deny', reason, listener: 'http', remoteAddress: address, remotePort: port, detail: { refusal: 'connection-cap', limit: h.maxConnectionsPerAddress } });
+    ctx.audit({ event: 'admin', action: 'http.connection-refused', decision: 'deny', reason, listener: 'http', remoteAddress: address, remotePort: port, detail: { refusal, open, total, limit: refusal === 'connection-cap' ? h.maxConnectionsPerAddress : MAX_CONNECTIONS } });
   });
 
   installPipeline(app, {

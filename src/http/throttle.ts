@@ -14,8 +14,11 @@
  *   by the TLS handshake before any throttle is asked).
  *
  * Each bucket holds `burst` failures and refills at `perMinute`; while it is empty, requests
- * judged on it get 429 before any token is checked. Every map is bounded (the oldest entry
- * forgotten first), as the MQTT side's guard bounds its own.
+ * judged on it get 429 before any token is checked. An attempt takes its unit from the bucket
+ * before the check runs (`attempt`), and a success gives it back: so requests pipelined in one
+ * TCP chunk, all admitted before the first check ends, cannot run more than `burst` checks per
+ * refill between them. Every map is bounded (the oldest entry forgotten first), as the MQTT
+ * side's guard bounds its own.
  */
 
 /** Most entries of each map (addresses, token ids, pairs, known-good pairs). */
@@ -61,6 +64,7 @@ class Buckets {
     return Math.ceil(((1 - b.tokens) * 60) / this.perMinute);
   }
 
+  /** Takes one unit (a failure, or an attempt whose outcome is pending). */
   failed(key: string): void {
     let b = this.level(key);
     if (b === undefined) {
@@ -70,6 +74,20 @@ class Buckets {
     }
     b.tokens = Math.max(0, b.tokens - 1);
   }
+
+  /** Gives back a unit an attempt took (it succeeded, or it was not the caller's doing). */
+  giveBack(key: string): void {
+    const b = this.level(key);
+    if (b === undefined) return;
+    b.tokens = Math.min(this.burst, b.tokens + 1);
+    if (b.tokens >= this.burst) this.map.delete(key);
+  }
+}
+
+/** An admitted attempt: its unit stays taken (a failure) unless it is given back. */
+export interface Attempt {
+  /** Gives the unit back: the attempt succeeded, or failed through no fault of the caller. */
+  giveBack(): void;
 }
 
 /** Who a throttle decision is about: a source address, or a token id used from an address. */
@@ -114,6 +132,32 @@ export class AuthThrottle {
   blockedFor(s: ThrottleSubject): number {
     if (s.kind === 'address') return this.addresses.blockedFor(s.address);
     return this.isKnownGood(s.id, s.address) ? this.pairs.blockedFor(this.pairKey(s.id, s.address)) : this.tokens.blockedFor(s.id);
+  }
+
+  /**
+   * Admits an attempt judged on `s` and takes its unit now, before the check runs: the number
+   * when the subject is blocked (seconds to wait), else the attempt, whose unit counts as a
+   * failure unless it is given back. The unit is taken from the bucket that judged it, so a
+   * pair that became known good meanwhile gives back to the right one.
+   */
+  attempt(s: ThrottleSubject): number | Attempt {
+    const wait = this.blockedFor(s);
+    if (wait > 0) return wait;
+    const [buckets, key] = this.bucketOf(s);
+    buckets.failed(key);
+    let open = true;
+    return {
+      giveBack: () => {
+        if (!open) return;
+        open = false;
+        buckets.giveBack(key);
+      },
+    };
+  }
+
+  private bucketOf(s: ThrottleSubject): [Buckets, string] {
+    if (s.kind === 'address') return [this.addresses, s.address];
+    return this.isKnownGood(s.id, s.address) ? [this.pairs, this.pairKey(s.id, s.address)] : [this.tokens, s.id];
   }
 
   failed(s: ThrottleSubject): void {

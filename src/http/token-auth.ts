@@ -83,6 +83,28 @@ export class TokenAuthenticator {
     return id !== undefined && this.byId.has(id) ? id : undefined;
   }
 
+  /**
+   * The entry of a token whose exact bytes were verified within `cacheMs` and whose line in the
+   * file is unchanged and unexpired; undefined otherwise (then `check` decides). Costs an HMAC,
+   * no argon2: the pipeline accepts such a token before asking the failure throttle.
+   */
+  remembered(token: string): TokenEntry | undefined {
+    this.refresh();
+    if (this.cacheMs <= 0) return undefined;
+    const id = TOKEN_PATTERN.exec(token)?.[1];
+    const entry = id === undefined ? undefined : this.byId.get(id);
+    if (entry === undefined) return undefined;
+    const cached = this.cache.get(this.cacheKeyOf(token));
+    const now = this.now();
+    if (cached === undefined || cached.id !== id || cached.hash !== entry.hash || cached.until <= now) return undefined;
+    if (entry.expires !== undefined && entry.expires <= now) return undefined;
+    return entry;
+  }
+
+  private cacheKeyOf(token: string): string {
+    return createHmac('sha256', this.cacheKey).update(token).digest('base64url');
+  }
+
   /** Checks `Authorization: Bearer <token>`'s token. */
   async check(token: string): Promise<TokenCheck> {
     this.refresh();
@@ -90,7 +112,7 @@ export class TokenAuthenticator {
     if (m === null) return { ok: false, code: 'ERR_TOKEN_MALFORMED', message: 'malformed bearer token: expected pct_<16 hex>_<43 base64url characters> (see `portcullis token add`)' };
     const id = m[1] as string;
     const entry = this.byId.get(id);
-    const key = createHmac('sha256', this.cacheKey).update(token).digest('base64url');
+    const key = this.cacheKeyOf(token);
     const cached = this.cache.get(key);
     let good = cached !== undefined && entry !== undefined && cached.id === id && cached.hash === entry.hash && cached.until > this.now();
     if (!good) {
