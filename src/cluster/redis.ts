@@ -9,7 +9,7 @@
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { RedisConfig } from '../config/cluster-schema.ts';
-import { resolveRedisConnection, type RedisTarget } from '../config/redis-connection.ts';
+import { resolveRedisConnection, sentinelOptions, type RedisTarget } from '../config/redis-connection.ts';
 
 export type RedisClient = Redis | Cluster;
 
@@ -104,18 +104,7 @@ function makeClient(c: RedisTarget, name: string, blocking: boolean): RedisClien
       return new Cluster(c.nodes ?? [], clusterOptions);
     }
     case 'sentinel':
-      return new Redis({
-        ...options,
-        sentinels: c.sentinels ?? [],
-        name: c.name ?? '',
-        ...(c.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: c.tls } : {}),
-        ...(c.sentinelUsername !== undefined ? { sentinelUsername: c.sentinelUsername } : {}),
-        ...(c.sentinelPassword !== undefined ? { sentinelPassword: c.sentinelPassword } : {}),
-        sentinelCommandTimeout: c.commandTimeoutMs,
-        // Listens for +switch-master, so a failover moves the connection without waiting for an error.
-        failoverDetector: true,
-        sentinelRetryStrategy: (times: number) => Math.min(100 * times, MAX_RECONNECT_DELAY_MS),
-      });
+      return new Redis({ ...options, ...sentinelOptions(c, (times) => Math.min(100 * times, MAX_RECONNECT_DELAY_MS)) });
     case 'standalone':
       return new Redis({ ...options, host: c.host ?? '127.0.0.1', port: c.port ?? 6379, db: c.db ?? 0 });
   }

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
+import type { SentinelConnectionOptions } from 'ioredis';
 import type { RedisConnectionConfig, RedisEndpoint } from './redis-schema.ts';
 import { ConfigError } from './schema.ts';
 
@@ -32,6 +33,24 @@ export interface RedisTarget {
   target: string;
   commandTimeoutMs: number;
   connectTimeoutMs: number;
+}
+
+/**
+ * The ioredis options that reach a master through Sentinel, for the store and the bus alike:
+ * TLS and credentials for the sentinels, a command deadline, and the failover detector (it
+ * listens for +switch-master, so a failover moves the connection without waiting for an error).
+ */
+export function sentinelOptions(c: RedisTarget, retry: (times: number) => number): SentinelConnectionOptions {
+  return {
+    sentinels: c.sentinels ?? [],
+    name: c.name ?? '',
+    ...(c.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: c.tls } : {}),
+    ...(c.sentinelUsername !== undefined ? { sentinelUsername: c.sentinelUsername } : {}),
+    ...(c.sentinelPassword !== undefined ? { sentinelPassword: c.sentinelPassword } : {}),
+    sentinelCommandTimeout: c.commandTimeoutMs,
+    failoverDetector: true,
+    sentinelRetryStrategy: retry,
+  };
 }
 
 /** A URL as it may be written in logs and reports: no user name or password. */

@@ -21,7 +21,7 @@
  *   `WAIT n timeout`; each resolves only when n replicas have them too.
  */
 import { Cluster, Redis, ReplyError, type ClusterOptions, type RedisOptions } from 'ioredis';
-import type { RedisTarget } from '../config/redis-connection.ts';
+import { sentinelOptions, type RedisTarget } from '../config/redis-connection.ts';
 import { StoreError, StoreWriteError } from './errors.ts';
 import { SCRIPTS, type Script } from './redis-scripts.ts';
 
@@ -73,18 +73,7 @@ function makeClient(c: RedisConnection): Client {
     case 'standalone':
       return new Redis({ ...common, host: c.host ?? '127.0.0.1', port: c.port ?? 6379, db: c.db ?? 0 });
     case 'sentinel':
-      return new Redis({
-        ...common,
-        sentinels: c.sentinels ?? [],
-        name: c.name ?? '',
-        ...(c.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: c.tls } : {}),
-        ...(c.sentinelUsername !== undefined ? { sentinelUsername: c.sentinelUsername } : {}),
-        ...(c.sentinelPassword !== undefined ? { sentinelPassword: c.sentinelPassword } : {}),
-        sentinelCommandTimeout: c.commandTimeoutMs,
-        // Listens for +switch-master, so a failover moves the connection without waiting for an error.
-        failoverDetector: true,
-        sentinelRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), MAX_RECONNECT_DELAY_MS),
-      });
+      return new Redis({ ...common, ...sentinelOptions(c, (times) => Math.min(100 * 2 ** Math.min(times, 5), MAX_RECONNECT_DELAY_MS)) });
     case 'cluster': {
       const { enableOfflineQueue: _q, enableAutoPipelining: _p, autoPipeliningIgnoredCommands: _i, lazyConnect: _l, retryStrategy: _r, ...node } = common;
       const options: ClusterOptions = {
