@@ -50,7 +50,7 @@ function collector(port: number, options: IClientOptions): Promise<{ client: Mqt
   });
 }
 
-const flow = (n: InProcessNode) => n.broker.clusterStatus()?.flow ?? { holdsSent: 0, releasesSent: 0, holdsApplied: 0, holdsExpired: 0, held: 0 };
+const flow = (n: InProcessNode) => n.broker.clusterStatus()?.flow ?? { holdsSent: 0, releasesSent: 0, holdsApplied: 0, holdsExpired: 0, holdsRefused: 0, held: 0, inTransitBytes: 0 };
 
 for (const version of [4, 5] as const) {
   test(`a burst of 10,000 QoS 1 messages published on node a reaches a healthy subscriber on node b complete and in order (MQTT.js ${version === 5 ? 'v5' : 'v3.1.1'})`, async (t) => {

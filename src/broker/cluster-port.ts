@@ -97,8 +97,12 @@ export interface ClusterHost {
   flowHold(key: string, holder: string, hold: boolean): boolean;
   /** Node run `holder` is gone: the holds it asked of this node's publishers end. */
   flowHolderGone(holder: string): void;
-  /** Cross-node flow control on this node's publishers: holds applied, holds that ran out (maxHoldMs), held now. */
-  flowStatus(): { applied: number; expired: number; held: number };
+  /**
+   * Cross-node flow control on this node's publishers: holds applied, holds that ran out
+   * (maxHoldMs, or the publisher's hold budget), holds refused (budget spent), held now; and the
+   * bytes queued here beyond subscribers' limits while their holds crossed the bus.
+   */
+  flowStatus(): { applied: number; expired: number; refused: number; held: number; transitBytes: number };
   /** A retained message set or cleared on another node; `persist`: this node's store must keep it too. */
   applyRetained(message: Message, persist: boolean): void;
   /** The session (by key) is held here, connected or not. */

@@ -51,6 +51,13 @@ const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: Sha
 /** A subscriber too slow once holds nobody for this many maxHoldMs periods afterwards. */
 const SLOW_COOLDOWN_HOLDS = 6;
 /**
+ * A publisher's hold budget: it is held (by anything: subscribers here and other nodes, counted
+ * once) at most maxHoldMs in total within any window of this many maxHoldMs.
+ */
+const HOLD_BUDGET_WINDOW = 6;
+/** Held spans closer than this part of the window are kept as one (the gap counts as held): bounded memory. */
+const HOLD_SPAN_GRAIN = 64;
+/**
  * What one queue entry costs beyond its message's bytes (the entry, its message object, the
  * store's copy), charged against the in-transit allowance so that tiny messages cannot make it
  * unbounded in entries.
@@ -60,6 +67,14 @@ const TRANSIT_ENTRY_BYTES = 256;
 /** A hold a node asked of this node's publisher (cross-node flow control): whose, and since when. */
 interface RemoteHold {
   conn: Client;
+  since: number;
+}
+
+/** When a publisher of this node was held, within the budget's window (HOLD_BUDGET_WINDOW). */
+interface HoldBudget {
+  /** Past held spans, `start, end` pairs, oldest first. */
+  spans: number[];
+  /** When the hold in force began; 0: not held now. */
   since: number;
 }
 
@@ -98,8 +113,11 @@ export class Delivery implements DeliveryApi {
   private readonly remoteHolds = new Map<string, RemoteHold>();
   /** A hold that ran out (maxHoldMs): the same holder cannot hold the same publisher again before this time. */
   private readonly remoteCooldown = new Map<string, number>();
-  /** Cross-node flow control counters (the cluster's status reports them). */
-  readonly remoteFlow = { applied: 0, expired: 0 };
+  /** Cross-node flow control counters (the cluster's status reports them); refused: asked while the publisher's hold budget was spent. */
+  readonly remoteFlow = { applied: 0, expired: 0, refused: 0 };
+  /** Hold budgets of this node's publishers that were held within the window. */
+  private readonly budgets = new Map<Client, HoldBudget>();
+  private readonly budgetWindowMs: number;
 
   constructor(parts: DeliveryParts) {
     this.config = parts.config;
@@ -114,6 +132,7 @@ export class Delivery implements DeliveryApi {
     this.flowOn = limits.flowControl.enabled && limits.maxQueuedMessages > 1;
     this.stallMs = limits.flowControl.stallMs;
     this.maxHoldMs = limits.flowControl.maxHoldMs;
+    this.budgetWindowMs = HOLD_BUDGET_WINDOW * this.maxHoldMs;
     this.highWater = Math.ceil(limits.maxQueuedMessages / 2);
     this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
     this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
@@ -429,13 +448,66 @@ export class Delivery implements DeliveryApi {
     if (!this.mayHold(session, from)) return;
     if (session.queue.length < this.highWater && session.queuedBytes < this.highWaterBytes) return;
     let waiters = session.flowWaiters;
+    if (waiters?.has(from) === true) return;
+    // A publisher of this node whose hold budget is spent is not held by anyone: its messages
+    // queue under the subscribers' limits. (One on another node: its own node keeps its budget.)
+    if (from.remote !== true && !this.budgetLeft(from as Client)) return;
     if (waiters === null) {
       waiters = session.flowWaiters = new Set();
       session.lastProgressAt = session.flowHeldSince = this.clock.now;
       this.holding.add(session);
-    } else if (waiters.has(from)) return;
+    }
     waiters.add(from);
+    this.hold(from);
+  }
+
+  /** Holds a publisher; one of this node starts a held span when nothing held it. */
+  private hold(from: FlowSource): void {
+    if (from.remote !== true) {
+      const conn = from as Client;
+      if (conn.flowHolds === 0) {
+        let budget = this.budgets.get(conn);
+        if (budget === undefined) this.budgets.set(conn, (budget = { spans: [], since: 0 }));
+        budget.since = this.clock.now;
+      }
+    }
     from.holdForFlow();
+  }
+
+  /** Releases a publisher; one of this node ends its held span when nothing holds it any more. */
+  private release(from: FlowSource): void {
+    from.releaseFlow();
+    if (from.remote === true) return;
+    const conn = from as Client;
+    const budget = this.budgets.get(conn);
+    if (conn.flowHolds !== 0 || budget === undefined || budget.since === 0) return;
+    const now = this.clock.now;
+    const spans = budget.spans;
+    const last = spans.length - 1;
+    // Spans close together are kept as one, and the oldest merged past a cap: the budget only
+    // ever counts more held time than there was, never less.
+    if (last > 0 && budget.since - (spans[last] as number) < this.budgetWindowMs / HOLD_SPAN_GRAIN) spans[last] = now;
+    else spans.push(budget.since, now);
+    budget.since = 0;
+    if (spans.length > 2 * HOLD_SPAN_GRAIN) spans.splice(1, 2);
+  }
+
+  /** Time this node's publisher was held within the budget's window, up to now. */
+  private heldWithin(budget: HoldBudget, now: number): number {
+    const from = now - this.budgetWindowMs;
+    const spans = budget.spans;
+    let held = budget.since === 0 ? 0 : now - Math.max(budget.since, from);
+    for (let i = 0; i < spans.length; i += 2) {
+      const end = spans[i + 1] as number;
+      if (end > from) held += end - Math.max(spans[i] as number, from);
+    }
+    return held;
+  }
+
+  /** Whether this node's publisher may be held now: held less than maxHoldMs within the window. */
+  private budgetLeft(conn: Client): boolean {
+    const budget = this.budgets.get(conn);
+    return budget === undefined || this.heldWithin(budget, this.clock.now) < this.maxHoldMs;
   }
 
   /** Whether this subscriber may hold this publisher at all now (its queue aside). */
@@ -450,7 +522,7 @@ export class Delivery implements DeliveryApi {
     if (waiters === null) return;
     session.flowWaiters = null;
     this.holding.delete(session);
-    for (const c of waiters) c.releaseFlow();
+    for (const c of waiters) this.release(c);
   }
 
   /**
@@ -462,9 +534,9 @@ export class Delivery implements DeliveryApi {
       const stalled = now - session.lastProgressAt > this.stallMs;
       if (!stalled && now - session.flowHeldSince <= this.maxHoldMs) continue;
       session.flowStalled = true;
-      // Too slow: no new hold for a while even once drained, so that draining in one go after
-      // each hold cannot keep its publishers held most of the time.
-      if (!stalled) session.flowSlowUntil = now + SLOW_COOLDOWN_HOLDS * this.maxHoldMs;
+      // Too slow or stalled: no new hold for a while even once drained, so that draining in one
+      // go after each hold (or each stall) cannot keep its publishers held most of the time.
+      session.flowSlowUntil = now + SLOW_COOLDOWN_HOLDS * this.maxHoldMs;
       this.log.warn(
         { clientId: session.clientId, queued: session.queue.length, held: session.flowWaiters?.size ?? 0, ...(stalled ? { stallMs: this.stallMs } : { maxHoldMs: this.maxHoldMs }) },
         stalled ? 'subscriber stalled: publishers it held are read again; its queue limits apply' : 'subscriber too slow: it held its publishers for limits.flowControl.maxHoldMs; they are read again and its queue limits apply',
@@ -480,10 +552,54 @@ export class Delivery implements DeliveryApi {
         this.remoteCooldown.set(key, now + SLOW_COOLDOWN_HOLDS * this.maxHoldMs);
         this.remoteFlow.expired++;
         this.log.warn({ clientId: hold.conn.clientId, holder: key.slice(0, key.indexOf('\u0000')), maxHoldMs: this.maxHoldMs }, 'a subscriber on another node held this publisher for limits.flowControl.maxHoldMs: it is read again');
-        hold.conn.releaseFlow();
+        this.release(hold.conn);
       }
     }
     for (const [key, until] of this.remoteCooldown) if (until <= now) this.remoteCooldown.delete(key);
+    this.sweepBudgets(now);
+  }
+
+  /**
+   * A publisher of this node held for maxHoldMs in total within the budget's window, by any
+   * number of subscribers here and on other nodes taking turns, is let go by all of them at
+   * once, and nobody holds it again until its held time within the window is under maxHoldMs.
+   */
+  private sweepBudgets(now: number): void {
+    for (const [conn, budget] of this.budgets) {
+      if (conn.state === 'closed') {
+        this.budgets.delete(conn);
+        continue;
+      }
+      if (budget.since === 0) {
+        const spans = budget.spans;
+        while (spans.length > 0 && (spans[1] as number) <= now - this.budgetWindowMs) spans.splice(0, 2);
+        if (spans.length === 0) this.budgets.delete(conn);
+        continue;
+      }
+      if (this.heldWithin(budget, now) < this.maxHoldMs) continue;
+      let holders = 0;
+      for (const session of this.holding) {
+        const waiters = session.flowWaiters;
+        if (waiters === null || !waiters.delete(conn)) continue;
+        holders++;
+        if (waiters.size === 0) {
+          session.flowWaiters = null;
+          this.holding.delete(session);
+        }
+        this.release(conn);
+      }
+      for (const [key, hold] of this.remoteHolds) {
+        if (hold.conn !== conn) continue;
+        holders++;
+        this.remoteHolds.delete(key);
+        this.remoteFlow.expired++;
+        this.release(conn);
+      }
+      this.log.warn(
+        { clientId: conn.clientId, holders, maxHoldMs: this.maxHoldMs, windowMs: this.budgetWindowMs },
+        'publisher held for limits.flowControl.maxHoldMs within its window (its hold budget): it is read again, and nobody holds it until the window has passed; subscribers\' queue limits apply',
+      );
+    }
   }
 
   /**
@@ -502,15 +618,21 @@ export class Delivery implements DeliveryApi {
     if (!hold) {
       if (held === undefined) return false;
       this.remoteHolds.delete(id);
-      held.conn.releaseFlow();
+      this.release(held.conn);
       return false;
     }
     if (held !== undefined || conn === null || conn.state !== 'connected' || !this.flowOn) return false;
     const until = this.remoteCooldown.get(id);
     if (until !== undefined && until > this.clock.now) return false;
+    // The publisher's hold budget counts every holder, here and on every node: a node cannot
+    // restart it by releasing and asking again.
+    if (!this.budgetLeft(conn)) {
+      this.remoteFlow.refused++;
+      return false;
+    }
     this.remoteHolds.set(id, { conn, since: this.clock.now });
     this.remoteFlow.applied++;
-    conn.holdForFlow();
+    this.hold(conn);
     return true;
   }
 
@@ -520,13 +642,18 @@ export class Delivery implements DeliveryApi {
     for (const [key, hold] of this.remoteHolds) {
       if (!key.startsWith(prefix)) continue;
       this.remoteHolds.delete(key);
-      hold.conn.releaseFlow();
+      this.release(hold.conn);
     }
   }
 
   /** Publishers of this node held now by subscribers on other nodes. */
   get remoteHeld(): number {
     return this.remoteHolds.size;
+  }
+
+  /** Bytes queued beyond subscribers' limits because they were on the bus when their publisher's hold was sent (at most cluster.maxPendingBytes). */
+  get inTransitBytes(): number {
+    return this.transitBytes;
   }
 
   /** The queue is back within its limits (or gone): the in-transit allowance it held is the node's again. */
@@ -606,6 +733,9 @@ export class Delivery implements DeliveryApi {
   /** A persistent session going offline keeps only QoS 1/2 (and QoS 0 when limits.queueQos0). */
   wentOffline(session: Session): void {
     this.releasePublishers(session);
+    // Its queue waits for the client, within the identity's quota; the node's in-transit
+    // allowance is for connected subscribers catching up, not for sessions that cannot drain.
+    this.refundTransit(session);
     if (session.queue.length === 0 || this.config.limits.queueQos0) return;
     const kept = session.queue.filter((q) => q.qos > 0);
     const dropped = session.queue.length - kept.length;

@@ -53,8 +53,8 @@ export class Migration implements ClusterHost {
     this.delivery.remoteHolderGone(holder);
   }
 
-  flowStatus(): { applied: number; expired: number; held: number } {
-    return { ...this.delivery.remoteFlow, held: this.delivery.remoteHeld };
+  flowStatus(): { applied: number; expired: number; refused: number; held: number; transitBytes: number } {
+    return { ...this.delivery.remoteFlow, held: this.delivery.remoteHeld, transitBytes: this.delivery.inTransitBytes };
   }
 
   applyRetained(message: Message, persist: boolean): void {

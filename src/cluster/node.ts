@@ -585,9 +585,9 @@ export class ClusterNode implements ClusterRuntime {
     };
   }
 
-  private flowApplied(): { holdsApplied: number; holdsExpired: number; held: number } {
-    const s = this.hostRef?.flowStatus() ?? { applied: 0, expired: 0, held: 0 };
-    return { holdsApplied: s.applied, holdsExpired: s.expired, held: s.held };
+  private flowApplied(): { holdsApplied: number; holdsExpired: number; holdsRefused: number; held: number; inTransitBytes: number } {
+    const s = this.hostRef?.flowStatus() ?? { applied: 0, expired: 0, refused: 0, held: 0, transitBytes: 0 };
+    return { holdsApplied: s.applied, holdsExpired: s.expired, holdsRefused: s.refused, held: s.held, inTransitBytes: s.transitBytes };
   }
 
   /**

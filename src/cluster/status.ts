@@ -22,9 +22,11 @@ export interface ClusterStatus {
   /**
    * Cross-node flow control: holds and releases this node sent for publishers on other nodes;
    * holds other nodes asked of this node's publishers that it applied, that ran out
-   * (limits.flowControl.maxHoldMs), and that are in force now.
+   * (limits.flowControl.maxHoldMs, or the publisher's hold budget), that it refused (the
+   * publisher's hold budget was spent), and that are in force now; bytes queued here beyond
+   * subscribers' limits while their holds crossed the bus (at most cluster.maxPendingBytes).
    */
-  flow: { holdsSent: number; releasesSent: number; holdsApplied: number; holdsExpired: number; held: number };
+  flow: { holdsSent: number; releasesSent: number; holdsApplied: number; holdsExpired: number; holdsRefused: number; held: number; inTransitBytes: number };
 }
 
 /** One node's outcome of a reload. */
