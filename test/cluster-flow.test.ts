@@ -81,10 +81,10 @@ for (const version of [4, 5] as const) {
 }
 
 /** A v3.1.1 subscriber on a raw socket that reads what it is sent and acknowledges nothing. */
-async function stuckSubscriber(t: { teardown(fn: () => void): void }, port: number, clientId: string, filter: string) {
+async function stuckSubscriber(t: { teardown(fn: () => void): void }, port: number, clientId: string, filter: string, clean = true) {
   const stuck = await rawConnect(port);
   t.teardown(() => stuck.socket.destroy());
-  stuck.write(encodeConnect({ clientId, version: 4 }));
+  stuck.write(encodeConnect({ clientId, version: 4, clean }));
   await waitForType(stuck, PacketType.CONNACK);
   stuck.write(frame(PacketType.SUBSCRIBE, 0x02, Buffer.from([0, 1, 0, filter.length, ...Buffer.from(filter), 1])));
   await waitForType(stuck, PacketType.SUBACK);
@@ -137,4 +137,17 @@ test("node a lets its publisher go after its own limits.flowControl.maxHoldMs, e
   t.true(took < 1000 + 3000, `acknowledged within node a's maxHoldMs and some slack (${took} ms)`);
   t.true(flow(c.a).holdsExpired > 0, 'node a ended the hold itself');
   t.is(flow(c.b).releasesSent, 0, 'node b never released it');
+});
+
+test('a persistent subscriber that goes offline gives back its share of the in-transit allowance (its over-limit entries stay, under its quota)', async (t) => {
+  // A long hold allowed, so that what is on the bus when the hold is sent lands in the allowance.
+  const limits = { flowControl: { maxHoldMs: 60_000, stallMs: 60_000 }, maxQueuedMessages: 50 };
+  const c = await pair(t, 'refund', [limits, limits]);
+  const stuck = await stuckSubscriber(t, c.b.port, 'z-stuck', 'zrefund', false);
+  const pub = await connect(c.a.port, { clientId: 'z-pub', protocolVersion: 4 });
+  c.clients.push(pub);
+  for (let i = 0; i < 2000; i++) void pub.publishAsync('zrefund', Buffer.alloc(64, 3), { qos: 1 }).catch(() => undefined);
+  t.true(await eventually(() => flow(c.b).inTransitBytes > 0, 10_000, 5), `node b kept messages in transit beyond the queue limit (${JSON.stringify(flow(c.b))})`);
+  stuck.socket.destroy();
+  t.true(await eventually(() => flow(c.b).inTransitBytes === 0, 5000), `the allowance is given back when the session goes offline (${JSON.stringify(flow(c.b))})`);
 });
