@@ -52,9 +52,12 @@ const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: Sha
 const SLOW_COOLDOWN_HOLDS = 6;
 /**
  * A publisher's hold budget: it is held (by anything: subscribers here and other nodes, counted
- * once) at most maxHoldMs in total within any window of this many maxHoldMs.
+ * once) at most HOLD_BUDGET maxHoldMs in total within any window of HOLD_BUDGET_WINDOW maxHoldMs
+ * (a sixth of the time). Two, not one: one slow subscriber's longest hold (maxHoldMs) must leave
+ * as much again for healthy subscribers beside it to absorb a burst.
  */
-const HOLD_BUDGET_WINDOW = 6;
+const HOLD_BUDGET = 2;
+const HOLD_BUDGET_WINDOW = 12;
 /** Held spans closer than this part of the window are kept as one (the gap counts as held): bounded memory. */
 const HOLD_SPAN_GRAIN = 64;
 /**
@@ -118,6 +121,7 @@ export class Delivery implements DeliveryApi {
   /** Hold budgets of this node's publishers that were held within the window. */
   private readonly budgets = new Map<Client, HoldBudget>();
   private readonly budgetWindowMs: number;
+  private readonly budgetMs: number;
 
   constructor(parts: DeliveryParts) {
     this.config = parts.config;
@@ -133,6 +137,7 @@ export class Delivery implements DeliveryApi {
     this.stallMs = limits.flowControl.stallMs;
     this.maxHoldMs = limits.flowControl.maxHoldMs;
     this.budgetWindowMs = HOLD_BUDGET_WINDOW * this.maxHoldMs;
+    this.budgetMs = HOLD_BUDGET * this.maxHoldMs;
     this.highWater = Math.ceil(limits.maxQueuedMessages / 2);
     this.highWaterBytes = Math.ceil(limits.maxQueuedBytes / 2);
     this.lowWater = Math.floor(limits.maxQueuedMessages / 4);
@@ -507,7 +512,7 @@ export class Delivery implements DeliveryApi {
   /** Whether this node's publisher may be held now: held less than maxHoldMs within the window. */
   private budgetLeft(conn: Client): boolean {
     const budget = this.budgets.get(conn);
-    return budget === undefined || this.heldWithin(budget, this.clock.now) < this.maxHoldMs;
+    return budget === undefined || this.heldWithin(budget, this.clock.now) < this.budgetMs;
   }
 
   /** Whether this subscriber may hold this publisher at all now (its queue aside). */
@@ -560,9 +565,10 @@ export class Delivery implements DeliveryApi {
   }
 
   /**
-   * A publisher of this node held for maxHoldMs in total within the budget's window, by any
-   * number of subscribers here and on other nodes taking turns, is let go by all of them at
-   * once, and nobody holds it again until its held time within the window is under maxHoldMs.
+   * A publisher of this node held for its budget (HOLD_BUDGET maxHoldMs) in total within the
+   * budget's window, by any number of subscribers here and on other nodes taking turns, is let go
+   * by all of them at once, and nobody holds it again until its held time within the window is
+   * under the budget.
    */
   private sweepBudgets(now: number): void {
     for (const [conn, budget] of this.budgets) {
@@ -576,7 +582,7 @@ export class Delivery implements DeliveryApi {
         if (spans.length === 0) this.budgets.delete(conn);
         continue;
       }
-      if (this.heldWithin(budget, now) < this.maxHoldMs) continue;
+      if (this.heldWithin(budget, now) < this.budgetMs) continue;
       let holders = 0;
       for (const session of this.holding) {
         const waiters = session.flowWaiters;
@@ -596,8 +602,8 @@ export class Delivery implements DeliveryApi {
         this.release(conn);
       }
       this.log.warn(
-        { clientId: conn.clientId, holders, maxHoldMs: this.maxHoldMs, windowMs: this.budgetWindowMs },
-        'publisher held for limits.flowControl.maxHoldMs within its window (its hold budget): it is read again, and nobody holds it until the window has passed; subscribers\' queue limits apply',
+        { clientId: conn.clientId, holders, budgetMs: this.budgetMs, windowMs: this.budgetWindowMs },
+        'publisher held for its hold budget (twice limits.flowControl.maxHoldMs within twelve): it is read again, and nobody holds it until the window has passed; subscribers\' queue limits apply',
       );
     }
   }
