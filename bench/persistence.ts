@@ -190,7 +190,9 @@ function portcullisStart(dir: string, port: number): ChildProcess {
   };
   fs.writeFileSync(path.join(dir, 'portcullis.json'), JSON.stringify(config));
   const main = fs.existsSync(DIST_MAIN) ? [DIST_MAIN] : ['--import', 'tsx', path.join(projectRoot, 'src', 'cli', 'main.ts')];
-  return spawn(process.execPath, [...main, 'start', '--config', path.join(dir, 'portcullis.json')], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  // BENCH_BROKER_NODE_ARGS: extra Node flags, as for the other Node brokers (e.g. "--cpu-prof --cpu-prof-dir prof").
+  const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  return spawn(process.execPath, [...extra, ...main, 'start', '--config', path.join(dir, 'portcullis.json')], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 function mosquittoStart(dir: string, port: number): ChildProcess {

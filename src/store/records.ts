@@ -11,6 +11,7 @@
  * A body is JSON followed by binary parts: [u32 JSON length][JSON]([u32 length][bytes])*. Payloads
  * and correlation data travel as bytes, never through strings.
  */
+import zlib from 'node:zlib';
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
 import type { Keyring } from './keyring.ts';
 import type { StoredInflight, StoredMessage, StoredPrincipal, StoredSession, StoredSubscription, StoredWill } from './types.ts';
@@ -48,6 +49,7 @@ export class RecordError extends Error {
 
 // ── CRC-32 (IEEE) ──────────────────────────────────────────────────────────
 
+/** CRC-32 in JavaScript, chained like zlib.crc32 (`prev` is a finished CRC), for Node before 20.15. */
 const CRC_TABLE = (() => {
   const t = new Int32Array(256);
   for (let n = 0; n < 256; n++) {
@@ -57,18 +59,22 @@ const CRC_TABLE = (() => {
   }
   return t;
 })();
-
-function crc32Update(crc: number, buf: Buffer, start = 0, end = buf.length): number {
-  let c = crc;
-  for (let i = start; i < end; i++) c = (CRC_TABLE[(c ^ (buf[i] as number)) & 0xff] as number) ^ (c >>> 8);
-  return c;
+function crc32Js(buf: Uint8Array, prev = 0): number {
+  let c = ~prev;
+  for (let i = 0; i < buf.length; i++) c = (CRC_TABLE[(c ^ (buf[i] as number)) & 0xff] as number) ^ (c >>> 8);
+  return ~c >>> 0;
 }
+const crc32: (buf: Uint8Array, prev?: number) => number = typeof zlib.crc32 === 'function' ? zlib.crc32 : crc32Js;
 
+/** The CRC-32 of each table's one-byte tag: where a record's checksum starts. */
+const TABLE_CRC = Array.from({ length: 256 }, (_, t) => crc32(Buffer.of(t)));
+
+/**
+ * CRC-32 (IEEE) of the table's tag, the key and the body from `bodyStart`: chained, the CRC of
+ * the three one after the other (zlib.crc32, native, where Node has it).
+ */
 function recordCrc(table: number, key: Buffer, body: Buffer, bodyStart = 0): number {
-  let c = crc32Update(-1, Buffer.of(table));
-  c = crc32Update(c, key);
-  c = crc32Update(c, body, bodyStart);
-  return (c ^ -1) >>> 0;
+  return crc32(bodyStart === 0 ? body : body.subarray(bodyStart), crc32(key, TABLE_CRC[table] as number));
 }
 
 function aad(table: number, key: Buffer): Buffer {
