@@ -113,7 +113,8 @@ test('a subscriber on node b that never acknowledges holds the publisher on node
   t.true(await eventually(() => healthy.got.length >= N, 20_000), `the healthy subscriber got ${healthy.got.length} of ${N}`);
   t.true(ofType(packetsOf(stuck), PacketType.PUBLISH).length > 0, 'the stuck subscriber was sent messages');
   t.true(c.b.broker.stats.queueRefusedQos12 > 0, "the stuck subscriber's overflow is refused and counted on its node");
-  t.is(flow(c.a).held, 0, 'no hold is left on node a');
+  // The release crosses the bus (a loaded machine may take a moment).
+  t.true(await eventually(() => flow(c.a).held === 0, 5000), `no hold is left on node a (${JSON.stringify(flow(c.a))})`);
   // Too slow once: it holds nobody for a while (the cooldown), so a second burst is not held.
   const second = Date.now();
   const more: Promise<unknown>[] = [];
