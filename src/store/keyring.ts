@@ -13,7 +13,7 @@
  * numbers records with a counter within the epoch: (derived key, counter) is unique.
  */
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
-import fs from 'node:fs';
+import { newKeyFileLine, readKeyFile } from '../util/key-file.ts';
 import { StoreError } from './errors.ts';
 
 export interface StoreKey {
@@ -21,51 +21,18 @@ export interface StoreKey {
   key: Buffer;
 }
 
-const KEY_ID = /^[A-Za-z0-9._-]{1,64}$/;
 const HKDF_INFO = Buffer.from('portcullis store record key v1');
 export const SALT_BYTES = 32;
 const TAG_BYTES = 16;
 
 /** Reads and checks a key file. Throws StoreError ERR_STORE_KEY naming the file and line. */
 export function loadKeyFile(file: string): StoreKey[] {
-  let stat: fs.Stats;
-  let text: string;
-  try {
-    stat = fs.statSync(file);
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new StoreError('ERR_STORE_KEY', `cannot read the store key file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, file, { cause: err });
-  }
-  // Like ssh with a private key: a key others can read is no longer a secret.
-  if (process.platform !== 'win32' && (stat.mode & 0o077) !== 0) {
-    throw new StoreError('ERR_STORE_KEY', `the store key file ${file} can be read or written by other users (mode ${(stat.mode & 0o777).toString(8)}); chmod 600 it`, file);
-  }
-  const keys: StoreKey[] = [];
-  const seen = new Set<string>();
-  text.split(/\r?\n/).forEach((raw, i) => {
-    const line = raw.replace(/#.*/, '').trim();
-    if (line === '') return;
-    const where = `${file}:${i + 1}`;
-    const parts = line.split(/\s+/);
-    if (parts.length !== 2) throw new StoreError('ERR_STORE_KEY', `${where}: expected '<key id> <base64 key>'`, file);
-    const [id, b64] = parts as [string, string];
-    if (!KEY_ID.test(id)) throw new StoreError('ERR_STORE_KEY', `${where}: a key id is 1 to 64 of A-Z a-z 0-9 . _ -`, file);
-    if (seen.has(id)) throw new StoreError('ERR_STORE_KEY', `${where}: key id '${id}' appears twice`, file);
-    const key = Buffer.from(b64, 'base64');
-    if (key.length !== 32 || key.toString('base64').replace(/=+$/, '') !== b64.replace(/=+$/, '')) {
-      throw new StoreError('ERR_STORE_KEY', `${where}: the key must be 32 random bytes in base64 (openssl rand -base64 32)`, file);
-    }
-    seen.add(id);
-    keys.push({ id, key });
-  });
-  if (keys.length === 0) throw new StoreError('ERR_STORE_KEY', `the store key file ${file} holds no key`, file);
-  return keys;
+  return readKeyFile(file, { what: 'store', exact32: true, fail: (message, cause) => new StoreError('ERR_STORE_KEY', message, file, cause === undefined ? undefined : { cause }) });
 }
 
 /** A new key line for a key file: `<id> <base64>`. */
 export function newKeyLine(id: string): string {
-  if (!KEY_ID.test(id)) throw new StoreError('ERR_STORE_KEY', 'a key id is 1 to 64 of A-Z a-z 0-9 . _ -');
-  return `${id} ${randomBytes(32).toString('base64')}`;
+  return newKeyFileLine(id, (message) => new StoreError('ERR_STORE_KEY', message));
 }
 
 /** The header of a sealed value: key id, epoch, counter; then the GCM tag and the ciphertext. */
