@@ -14,8 +14,8 @@ import path from 'node:path';
 import test from 'ava';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { MemoryStore } from '../src/index.ts';
-import { startRedis, type RedisServer } from './redis-server.ts';
-import { connect, delay, eventually, nodeConfig, startNode, tempDir, writeKeyFile, type InProcessNode } from './cluster-support.ts';
+import type { RedisServer } from './redis-server.ts';
+import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
 
 interface Cluster {
   redis: RedisServer;
@@ -26,17 +26,9 @@ interface Cluster {
 const LEASE = 1500;
 
 async function cluster(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<Cluster> {
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
+  const { redis, dir, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
   const store = new MemoryStore();
-  const c: Cluster = { redis, nodes: [], clients: [] };
-  t.teardown(async () => {
-    for (const cl of c.clients) cl.end(true);
-    for (const n of c.nodes) await n?.broker.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const c: Cluster = { redis, nodes, clients };
   for (const id of ['a', 'b', 'c']) {
     // Each node logs in as its own Redis user, so one can be cut off alone.
     await redis.command('ACL', 'SETUSER', `node-${id}`, 'on', `>${id}-secret`, '~*', '&*', '+@all');
@@ -157,17 +149,7 @@ test('a delayed will of a session whose node was cut off is published by the nod
 });
 
 test('with the Redis store (store.type: redis) shared by the nodes, a stopped node\'s persistent session resumes on another node with the messages queued for it', async (t) => {
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const nodes: InProcessNode[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const cl of clients) cl.end(true);
-    for (const n of nodes) await n.broker.stop().catch(() => undefined);
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
   // The store and the bus on one Redis; each node its own store instance.
   const cfg = (id: string) => ({ ...nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name: 'redis-store', leaseMs: LEASE }), store: { type: 'redis', url: redis.url, instance: id } }) as Parameters<typeof startNode>[0];
   const a = await startNode(cfg('a'));

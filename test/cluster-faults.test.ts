@@ -13,10 +13,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import { startBrokerProcess, type BrokerProcess } from './interop/broker-process.ts';
-import { startRedis } from './redis-server.ts';
-import { delay, eventually, tempDir, writeKeyFile } from './cluster-support.ts';
+import { clusterFixture, connect as client, delay, eventually } from './cluster-support.ts';
 
 function nodeYaml(redisUrl: string, keyFile: string, nodeId: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
@@ -29,19 +28,6 @@ function nodeYaml(redisUrl: string, keyFile: string, nodeId: string, extra: Reco
     cluster: { redis: { url: redisUrl, commandTimeoutMs: 1000, connectTimeoutMs: 1000 }, keyFile, nodeId, name: 'faults', leaseMs: 1500, ackTimeoutMs: 1000, moveTimeoutMs: 8000, maxPendingBytes: 4 * 1024 * 1024 },
     ...extra,
   };
-}
-
-function client(port: number, options: IClientOptions, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const c = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 8000, protocolVersion: 5, ...options });
-    if (onMessage !== undefined) c.on('message', onMessage);
-    c.once('connect', () => resolve(c));
-    c.once('error', (err) => {
-      c.end(true);
-      reject(err);
-    });
-    c.once('close', () => reject(new Error('closed before CONNACK')));
-  });
 }
 
 /** PUBACK's reason code of a QoS 1 publish (0 accepted; mqtt.js rejects on an error code). */
@@ -73,17 +59,7 @@ async function kill9(b: BrokerProcess): Promise<void> {
 
 test('Redis stops and comes back: local traffic goes on, QoS 1 for other nodes is refused (0x80) not acknowledged, the outage is audited, delivery resumes, nothing acknowledged is lost', async (t) => {
   t.timeout(120_000);
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const nodes: BrokerProcess[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.end(true);
-    for (const n of nodes) await n.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { redis, keyFile, nodes, clients } = await clusterFixture<BrokerProcess>(t, (n) => n.stop());
   for (const id of ['a', 'b', 'c']) nodes.push(await startBrokerProcess({ config: nodeYaml(redis.url, keyFile, id) }));
   const port = (i: number) => (nodes[i] as BrokerProcess).port('tcp');
   const remote = new Set<string>();
@@ -122,17 +98,7 @@ test('Redis stops and comes back: local traffic goes on, QoS 1 for other nodes i
 
 test('Redis hangs (CLIENT PAUSE): nodes time out cleanly, refuse what they cannot make durable, keep their memory bounded, and resume', async (t) => {
   t.timeout(120_000);
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const nodes: BrokerProcess[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.end(true);
-    for (const n of nodes) await n.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { redis, keyFile, nodes, clients } = await clusterFixture<BrokerProcess>(t, (n) => n.stop());
   for (const id of ['a', 'b', 'c']) nodes.push(await startBrokerProcess({ config: nodeYaml(redis.url, keyFile, id) }));
   const port = (i: number) => (nodes[i] as BrokerProcess).port('tcp');
   const got = new Set<string>();
@@ -167,21 +133,11 @@ test('Redis hangs (CLIENT PAUSE): nodes time out cleanly, refuse what they canno
 
 test('a node killed with kill -9: messages acknowledged for its sessions while it is down are kept, and its clients resume on any node once it is back', async (t) => {
   t.timeout(120_000);
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const nodes: (BrokerProcess | null)[] = [];
-  const clients: MqttClient[] = [];
+  const { redis, dir, keyFile, nodes, clients } = await clusterFixture<BrokerProcess>(t, (n) => n.stop());
   const dirs = ['a', 'b', 'c'].map((id) => {
     const d = path.join(dir, id);
     fs.mkdirSync(d);
     return d;
-  });
-  t.teardown(async () => {
-    for (const c of clients) c.end(true);
-    for (const n of nodes) await n?.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
   // Each node its own durable store (its folder survives the kill).
   const config = (id: string) => nodeYaml(redis.url, keyFile, id, { store: { type: 'lmdb', path: 'store', durability: 'sync' } });

@@ -4,13 +4,12 @@
  * to a healthy subscriber arrives complete; a subscriber that stops reading or acking holds the
  * publisher no longer than limits.flowControl.maxHoldMs, whichever node's clock runs out first.
  */
-import fs from 'node:fs';
 import test from 'ava';
 import type { IClientOptions, IPublishPacket, MqttClient } from 'mqtt';
 import mqtt from 'mqtt';
 import type { ConfigInput } from '../src/config/schema.ts';
-import { startRedis, type RedisServer } from './redis-server.ts';
-import { connect, eventually, nodeConfig, startNode, tempDir, writeKeyFile, type InProcessNode } from './cluster-support.ts';
+import type { RedisServer } from './redis-server.ts';
+import { clusterFixture, connect, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
 import { rawConnect } from './helpers.ts';
 import { PacketType, encodeConnect, frame, ofType, packetsOf, waitForType } from './raw-mqtt.ts';
 
@@ -23,17 +22,7 @@ interface Pair {
 
 /** Two nodes on one Redis; `limits` per node (a, then b). */
 async function pair(t: { teardown(fn: () => Promise<void> | void): void }, name: string, limits: [Record<string, unknown>, Record<string, unknown>] = [{}, {}]): Promise<Pair> {
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const clients: MqttClient[] = [];
-  const nodes: InProcessNode[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.end(true);
-    for (const n of nodes) await n.broker.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
   for (const [i, id] of ['a', 'b'].entries()) {
     nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name }, { limits: limits[i] } as Partial<ConfigInput>)));
   }

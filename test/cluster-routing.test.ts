@@ -6,9 +6,8 @@
  */
 import test from 'ava';
 import type { MqttClient } from 'mqtt';
-import { startRedis, type RedisServer } from './redis-server.ts';
-import { connect, delay, eventually, nodeConfig, startNode, tempDir, writeKeyFile, type InProcessNode } from './cluster-support.ts';
-import fs from 'node:fs';
+import type { RedisServer } from './redis-server.ts';
+import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
 import { MemoryStore } from '../src/index.ts';
 
 interface Cluster {
@@ -18,18 +17,9 @@ interface Cluster {
 }
 
 async function cluster(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<Cluster> {
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const c: Cluster = { redis, nodes: [], clients: [] };
-  t.teardown(async () => {
-    for (const cl of c.clients) cl.end(true);
-    for (const n of c.nodes) await n.broker.stop();
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  for (const id of ['a', 'b', 'c']) c.nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
-  return c;
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
+  for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
+  return { redis, nodes: nodes as InProcessNode[], clients };
 }
 
 async function client(c: Cluster, node: number, options: Parameters<typeof connect>[1] = {}, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
@@ -197,17 +187,7 @@ test('a SUBACK waits until every node knows the new subscription: a node whose b
 });
 
 test('a node that joins with a store of its own takes the retained messages from the others: all of them when new, and on coming back what was set, changed and cleared while it was away', async (t) => {
-  const redis = await startRedis();
-  const dir = tempDir();
-  const keyFile = writeKeyFile(dir);
-  const nodes: InProcessNode[] = [];
-  const clients: MqttClient[] = [];
-  t.teardown(async () => {
-    for (const cl of clients) cl.end(true);
-    for (const n of nodes) await n.broker.stop().catch(() => undefined);
-    await redis.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
   const cfg = (id: string) => nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name: 'retained-join' });
   const a = await startNode(cfg('a'));
   const b = await startNode(cfg('b'));

@@ -10,6 +10,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, MemoryAuditSink, MemoryStore, type RunningBroker } from '../src/index.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
 import { createLogger } from '../src/log.ts';
+import { startRedis, type RedisServer } from './redis-server.ts';
 
 export function tempDir(prefix = 'portcullis-cluster-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -20,6 +21,31 @@ export function writeKeyFile(dir: string, id = 'k1'): string {
   const file = path.join(dir, 'cluster.keys');
   fs.writeFileSync(file, `${id} ${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
   return file;
+}
+
+/** One test Redis and a folder holding a key file, for the nodes a test starts. */
+export interface ClusterFixture<N> {
+  redis: RedisServer;
+  dir: string;
+  keyFile: string;
+  /** The test's nodes (null: one it killed), stopped at teardown. */
+  nodes: (N | null)[];
+  /** The test's clients, ended at teardown before the nodes stop. */
+  clients: MqttClient[];
+}
+
+/** Starts the Redis and the folder; at teardown ends the clients, stops the nodes (with `stop`), then Redis, and removes the folder. */
+export async function clusterFixture<N>(t: { teardown(fn: () => Promise<void> | void): void }, stop: (node: N) => Promise<unknown>): Promise<ClusterFixture<N>> {
+  const redis = await startRedis();
+  const dir = tempDir();
+  const f: ClusterFixture<N> = { redis, dir, keyFile: writeKeyFile(dir), nodes: [], clients: [] };
+  t.teardown(async () => {
+    for (const c of f.clients) c.end(true);
+    for (const n of f.nodes) if (n !== null) await stop(n).catch(() => undefined);
+    await redis.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return f;
 }
 
 export interface ClusterOptions {
@@ -71,7 +97,7 @@ export async function startNode(config: ConfigInput, options: { store?: MemorySt
 /** Connects an mqtt.js client; `onMessage` is attached before CONNACK. */
 export function connect(port: number, options: IClientOptions = {}, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
-    const c = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 5, ...options });
+    const c = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 8000, protocolVersion: 5, ...options });
     if (onMessage !== undefined) c.on('message', onMessage);
     c.once('connect', () => resolve(c));
     c.once('error', (err) => {

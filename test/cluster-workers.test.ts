@@ -10,24 +10,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import { root, startBrokerProcess, type BrokerProcess } from './interop/broker-process.ts';
 import { startRedis } from './redis-server.ts';
-import { eventually, tempDir, writeKeyFile } from './cluster-support.ts';
+import { connect as client, eventually, tempDir, writeKeyFile } from './cluster-support.ts';
 import { loadClusterKeys } from '../src/cluster/keys.ts';
-
-function client(port: number, options: IClientOptions, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const c = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 8000, protocolVersion: 5, ...options });
-    if (onMessage !== undefined) c.on('message', onMessage);
-    c.once('connect', () => resolve(c));
-    c.once('error', (err) => {
-      c.end(true);
-      reject(err);
-    });
-    c.once('close', () => reject(new Error('closed before CONNACK')));
-  });
-}
 
 function cli(cwd: string, ...args: string[]): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
