@@ -27,7 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BenchClient } from './lib/client.ts';
-import { procCpuSeconds, projectRoot, sleep } from './lib/brokers.ts';
+import { freePort, procCpuSeconds, projectRoot, sleep } from './lib/brokers.ts';
 import { PublishTemplate } from './lib/mqtt.ts';
 import { startRedis, type RedisServer } from '../test/redis-server.ts';
 
@@ -55,16 +55,6 @@ interface Broker {
   stop(): Promise<void>;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, HOST, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startBroker(config: Record<string, unknown>, workers: number): Promise<Broker> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-cluster-'));

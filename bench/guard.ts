@@ -28,6 +28,7 @@ import { AuthGuard } from '../src/auth/guard.ts';
 import { hashPassword } from '../src/auth/password/hash.ts';
 import { ARGON2_FLOOR } from '../src/config/auth-schema.ts';
 import { parseConfig } from '../src/config/schema.ts';
+import { freePort } from './lib/brokers.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -43,14 +44,6 @@ const say = (line = '') => {
   out.push(line);
 };
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** One CONNECT from `from`; resolves with the CONNACK code, or -1. */
 function attempt(port: number, from: string, clientId: string, username: string, password: string): Promise<number> {

@@ -18,10 +18,9 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { portcullisConfig, procCpuSeconds, procRssKb, projectRoot, setupPinning, type Pinning, type RunningBrokerProcess, type Security } from './lib/brokers.ts';
+import { freePort, portcullisConfig, procCpuSeconds, procRssKb, projectRoot, setupPinning, type Pinning, type RunningBrokerProcess, type Security } from './lib/brokers.ts';
 import { DEFAULT_WINDOWS, throughputSpec, type ScenarioName } from './lib/plan.ts';
 import { runThroughput } from './lib/scenarios.ts';
 import { endpointFor, makeBenchFiles, type BenchFiles } from './lib/security.ts';
@@ -59,16 +58,6 @@ const median = (a: number[]): number => {
   return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 };
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** A broker process from bench/servers/portcullis.ts with this configuration, pinned as the other benchmarks pin it. */
 async function startPortcullis(config: Record<string, unknown>, security: Security, files: BenchFiles, pin: Pinning, tag: string): Promise<RunningBrokerProcess> {

@@ -371,7 +371,8 @@ export function procRssKb(pid: number | undefined): number | null {
   }
 }
 
-function freePort(): Promise<number> {
+/** A port free on HOST now (the OS's pick), for a broker or a listener started after. */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
