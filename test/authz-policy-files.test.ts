@@ -138,5 +138,6 @@ test('the decision cache answers repeated questions and keys cannot collide', as
   t.like(a.authorize(userAx, 'publish', 'y', ctx), { kind: 'allow' });
   t.is(a.cachedDecisions, 4);
   for (let i = 0; i < 50; i++) a.authorize(userA, 'publish', `t/${i}`, ctx);
-  t.is(a.cachedDecisions, 10); // bounded
+  // Bounded by two generations of 5: never more than 10, never fewer than the young half.
+  t.true(a.cachedDecisions <= 10 && a.cachedDecisions >= 5, `${a.cachedDecisions} cached`);
 });

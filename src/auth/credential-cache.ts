@@ -5,6 +5,7 @@
  */
 import { hash, randomBytes } from 'node:crypto';
 import type { CredentialCacheConfig } from '../config/auth-schema.ts';
+import { Generations } from '../util/generations.ts';
 
 const BLOCK = 64;
 
@@ -54,16 +55,19 @@ export class CredentialMac {
 
 export class CredentialCache<T> {
   private readonly mac = new CredentialMac();
-  private readonly entries = new Map<string, { value: T; expires: number }>();
+  /** Bounded by two generations: a flood of new credentials costs O(1) per insert. */
+  private readonly entries: Generations<{ value: T; expires: number }>;
   hits = 0;
   misses = 0;
 
-  constructor(private readonly config: Pick<CredentialCacheConfig, 'ttlMs' | 'maxEntries'>) {}
+  constructor(private readonly config: Pick<CredentialCacheConfig, 'ttlMs' | 'maxEntries'>) {
+    this.entries = new Generations(config.maxEntries);
+  }
 
   /** The cached value; a miss is counted unless `countMiss` is false (a look that will be repeated). */
   get(username: string, password: Buffer, countMiss = true): T | undefined {
     const k = this.mac.of(username, password);
-    const e = this.entries.get(k);
+    const e = this.entries.use(k);
     if (e === undefined || e.expires <= Date.now()) {
       if (e !== undefined) this.entries.delete(k);
       if (countMiss) this.misses++;
@@ -75,12 +79,7 @@ export class CredentialCache<T> {
 
   set(username: string, password: Buffer, value: T): void {
     const k = this.mac.of(username, password);
-    this.entries.delete(k);
     this.entries.set(k, { value, expires: Date.now() + this.config.ttlMs });
-    while (this.entries.size > this.config.maxEntries) {
-      const oldest = this.entries.keys().next().value as string;
-      this.entries.delete(oldest);
-    }
   }
 
   clear(): void {

@@ -13,51 +13,7 @@
  * Every map is bounded ({@link Generations}): the entries touched least recently are dropped
  * first. Memory per entry is measured in docs/performance.md.
  */
-
-/**
- * A map bounded by two generations. New and touched keys go to the young one; when it holds half
- * the bound, the old one is dropped whole and the young one becomes the old. Every operation is
- * O(1) and nothing iterates: evicting from the front of one Map and asking for its first key again
- * scans the holes left by earlier deletes, which makes a churning map quadratic. What is dropped
- * is, roughly, what was touched least recently.
- */
-export class Generations<V> {
-  private young = new Map<string, V>();
-  private old = new Map<string, V>();
-  private readonly half: number;
-
-  constructor(max: number) {
-    this.half = Math.max(1, Math.floor(max / 2));
-  }
-
-  get(key: string): V | undefined {
-    const v = this.young.get(key);
-    return v !== undefined ? v : this.old.get(key);
-  }
-
-  /** Sets the key in the young generation (taking it out of the old one). */
-  set(key: string, value: V): void {
-    if (this.old.size > 0) this.old.delete(key);
-    this.young.set(key, value);
-    if (this.young.size >= this.half) {
-      this.old = this.young;
-      this.young = new Map();
-    }
-  }
-
-  delete(key: string): void {
-    if (!this.young.delete(key)) this.old.delete(key);
-  }
-
-  get size(): number {
-    return this.young.size + this.old.size;
-  }
-
-  /** Deletes the entries `drop` picks (the guard's sweep). */
-  deleteWhere(drop: (value: V, key: string) => boolean): void {
-    for (const m of [this.old, this.young]) for (const [k, v] of m) if (drop(v, k)) m.delete(k);
-  }
-}
+import { Generations } from '../util/generations.ts';
 
 export interface ThrottleSettings {
   backoffAfter: number;

@@ -14,6 +14,7 @@ import type { JwtProviderConfig } from '../../config/auth-schema.ts';
 import { ReasonCode } from '../../protocol/reason-codes.ts';
 import type { Authenticator, ConnectRequest, Decision, Principal } from '../types.ts';
 import { JwtKeyStore, KeysUnavailableError } from './keys.ts';
+import { Generations } from '../../util/generations.ts';
 
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
@@ -29,13 +30,14 @@ export class JwtAuthenticator implements Authenticator {
   readonly id = 'jwt';
   readonly methods: readonly string[];
   readonly keys: JwtKeyStore;
-  /** Verified tokens by SHA-256, oldest first (insertion order); bounded by `cache.maxEntries`. */
-  private readonly verified = new Map<string, CachedToken>();
+  /** Verified tokens by SHA-256; bounded by `cache.maxEntries` (two generations: O(1) per insert under a flood). */
+  private readonly verified: Generations<CachedToken>;
   cacheHits = 0;
 
   constructor(private readonly config: JwtProviderConfig) {
     this.methods = [config.method];
     this.keys = new JwtKeyStore(config);
+    this.verified = new Generations(config.cache.maxEntries);
   }
 
   /** A signature cannot be guessed: verified tokens are never held back by password failures. */
@@ -65,7 +67,7 @@ export class JwtAuthenticator implements Authenticator {
     const cache = this.config.cache;
     const now = Date.now();
     const digest = cache.enabled ? createHash('sha256').update(text).digest('base64') : '';
-    const hit = cache.enabled ? this.verified.get(digest) : undefined;
+    const hit = cache.enabled ? this.verified.use(digest) : undefined;
     let payload: JWTPayload | undefined;
     if (hit !== undefined) {
       // Same bytes, verified before against the same key set: only the time claims can have changed.
@@ -106,10 +108,6 @@ export class JwtAuthenticator implements Authenticator {
     let until = now + cache.ttlSeconds * 1000;
     if (typeof payload.exp === 'number') until = Math.min(until, payload.exp * 1000);
     if (until <= now) return;
-    if (this.verified.size >= cache.maxEntries) {
-      const oldest = this.verified.keys().next().value;
-      if (oldest !== undefined) this.verified.delete(oldest);
-    }
     this.verified.set(digest, { payload, generation: this.keys.generation, until });
   }
 

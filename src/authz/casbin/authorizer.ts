@@ -12,6 +12,7 @@ import { checkTopicFilter } from '../../protocol/topic.ts';
 import { MAX_EXPANSIONS, policyApplies, type RequestIdentity } from './matcher.ts';
 import { checkClientIdBinding, type ClientIdRules, type ListenerBinding } from './client-id.ts';
 import { loadPolicySet, type PolicyRule, type PolicySet } from './policy-file.ts';
+import { Generations } from '../../util/generations.ts';
 
 export type JwtTopicMode = 'intersection' | 'union' | 'ignore';
 export type { ClientIdRules, ListenerBinding } from './client-id.ts';
@@ -72,28 +73,26 @@ export interface ExplainOptions {
 
 const NOT_READY: Decision = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'casbin authorizer: policy not loaded yet' };
 
-/** A Map used as an LRU: a hit moves the entry to the end; the first entry is the oldest. */
+/**
+ * The decision cache: bounded by two generations ({@link Generations}), so a client publishing to
+ * ever new topics costs O(1) per miss; a hit in the young generation is one Map lookup.
+ */
 class DecisionCache {
-  private map = new Map<string, AuthzResult>();
-  constructor(private readonly max: number) {}
+  private readonly map: Generations<AuthzResult> | null;
+  constructor(max: number) {
+    this.map = max === 0 ? null : new Generations(max);
+  }
   get(key: string): AuthzResult | undefined {
-    const hit = this.map.get(key);
-    if (hit !== undefined) {
-      this.map.delete(key);
-      this.map.set(key, hit);
-    }
-    return hit;
+    return this.map?.use(key);
   }
   set(key: string, value: AuthzResult): void {
-    if (this.max === 0) return;
-    if (this.map.size >= this.max) this.map.delete(this.map.keys().next().value as string);
-    this.map.set(key, value);
+    this.map?.set(key, value);
   }
   clear(): void {
-    this.map = new Map();
+    this.map?.clear();
   }
   get size(): number {
-    return this.map.size;
+    return this.map?.size ?? 0;
   }
 }
 
