@@ -36,7 +36,7 @@ import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
 import type { ClusterStatus } from './status.ts';
-import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control, type JsonValue } from './wire.ts';
+import { BodyKind, decodeBody, encodeControl, fromJson, publishHeader, PublishWire, toJson, type Control, type JsonValue } from './wire.ts';
 
 export interface ClusterNodeOptions {
   cluster: ClusterConfig;
@@ -952,9 +952,8 @@ export class ClusterNode implements ClusterRuntime {
     const wait = message.qos > 0;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
-    const wire = messageWire(message, this.run);
     for (const [p, t] of targets) {
-      const w = this.outbox.send(p, [publishHeader(t.plain, t.groups), wire], wait);
+      const w = this.outbox.send(p, new PublishWire(publishHeader(t.plain, t.groups), message, this.run), wait);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);
@@ -966,9 +965,8 @@ export class ClusterNode implements ClusterRuntime {
   /** The usual case: plain subscribers only, one body (header and message) shared by every partition. */
   private forwardPlain(message: Message, partitions: readonly RemotePartitionRef[]): Forwarded {
     const wait = message.qos > 0;
-    const wire = messageWire(message, this.run);
-    const body = [publishHeader(true, null), wire];
-    const length = body[0]!.length + wire.length;
+    const body = new PublishWire(publishHeader(true, null), message, this.run);
+    const length = body.length;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
     let n = 0;
