@@ -171,16 +171,16 @@ export class PublishWire implements BodyWriter {
     let o = at + this.header.copy(out, at);
     o = out.writeUInt8(flags, o);
     o = out.writeUInt16BE(this.topicLen, o);
-    o += out.write(this.topic, o, this.topicLen, 'utf8');
+    o += (out as RawBuffer).utf8Write(this.topic, o, this.topicLen);
     if ((flags & F_EXPIRES) !== 0) o = out.writeDoubleBE(this.expiresAt, o);
     if ((flags & F_ORIGIN) !== 0) {
       o = out.writeUInt16BE(this.originLen, o);
-      o += out.write(this.origin, o, this.originLen, 'utf8');
+      o += (out as RawBuffer).utf8Write(this.origin, o, this.originLen);
     }
     if ((flags & F_STAMP) !== 0) {
       if ((flags & F_STAMP_SENDER) === 0) {
         o = out.writeUInt8(this.stampNodeLen, o);
-        o += out.write(this.stampNode, o, this.stampNodeLen, 'utf8');
+        o += (out as RawBuffer).utf8Write(this.stampNode, o, this.stampNodeLen);
       }
       o = out.writeDoubleBE(this.stampSeq, o);
     }
@@ -202,6 +202,9 @@ export function messageWire(m: Message, sender: string): Buffer {
 
 const EMPTY = Buffer.alloc(0);
 
+/** Node's UTF-8 encoder and decoder without `write`'s and `toString`'s argument handling (bounds are checked here). */
+type RawBuffer = Buffer & { utf8Write(text: string, offset: number, length: number): number; utf8Slice(start: number, end: number): string };
+
 export function decodeMessageWire(buf: Buffer, start: number, sender: string): Message {
   let o = start;
   const flags = buf.readUInt8(o++);
@@ -209,7 +212,9 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   if (qos > 2) throw new Error('bad message');
   const topicLen = buf.readUInt16BE(o);
   o += 2;
-  const topic = buf.toString('utf8', o, (o += topicLen));
+  const raw = buf as RawBuffer;
+  if (o + topicLen > buf.length) throw new Error('bad message');
+  const topic = raw.utf8Slice(o, (o += topicLen));
   let expiresAt: number | undefined;
   let origin: string | undefined;
   let stamp: Stamp | undefined;
@@ -221,7 +226,8 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   if ((flags & F_ORIGIN) !== 0) {
     const n = buf.readUInt16BE(o);
     o += 2;
-    origin = buf.toString('utf8', o, (o += n));
+    if (o + n > buf.length) throw new Error('bad message');
+    origin = raw.utf8Slice(o, (o += n));
   }
   if ((flags & F_STAMP) !== 0) {
     let node = sender;
@@ -239,7 +245,9 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   }
   if (o > buf.length) throw new Error('bad message');
   // A copy: the payload must not pin the whole frame (and the stream reply) while it waits in a queue.
-  const message: Message = { topic, payload: Buffer.from(buf.subarray(o)), qos, retain: (flags & F_RETAIN) !== 0 };
+  const payload = Buffer.allocUnsafe(buf.length - o);
+  buf.copy(payload, 0, o);
+  const message: Message = { topic, payload, qos, retain: (flags & F_RETAIN) !== 0 };
   if (expiresAt !== undefined) message.expiresAt = expiresAt;
   if (origin !== undefined) message.origin = origin;
   if (stamp !== undefined) message.stamp = stamp;
