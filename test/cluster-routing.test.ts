@@ -224,3 +224,46 @@ test('a node that joins with a store of its own takes the retained messages from
   nodes.push(d);
   t.deepEqual(await retainedOn(d.port, 'rj-sub-2'), ['rj/2=two-b', 'rj/3=three', 'rj/4=four']);
 });
+
+/** Publishes at QoS 1 one at a time and tells each PUBACK's reason code: 0x10 (No matching subscribers) when no node, this one or another, has a match. */
+function pubacks(c: MqttClient): (topic: string) => Promise<number> {
+  let last = -1;
+  c.on('packetreceive', (p) => {
+    if (p.cmd === 'puback') last = (p as { reasonCode?: number }).reasonCode ?? 0;
+  });
+  return async (topic) => {
+    last = -1;
+    await c.publishAsync(topic, 'x', { qos: 1 });
+    return last;
+  };
+}
+
+test("another node's interest is matched exactly: not by a leading wildcard on a $ topic, and no more once unsubscribed or once that node has left", async (t) => {
+  const c = await cluster(t, 'exact');
+  const pubackCode = pubacks(await client(c, 0, { clientId: 'x-pub' }));
+  const received = () => c.nodes.map((n) => n.broker.clusterStatus()?.bus.received ?? 0);
+  const onB = await client(c, 1, { clientId: 'x-b' });
+  await onB.subscribeAsync(['#', '+/x'], { qos: 1 });
+  let before = received();
+  t.is(await pubackCode('$app/x'), 0x10, "node b's # and +/x do not match a $ topic [MQTT-4.7.2-1]");
+  t.is(await pubackCode('app/x'), 0);
+  await delay(100);
+  t.is((received()[1] as number) - (before[1] as number), 1, 'only app/x went to node b');
+  await onB.subscribeAsync('$app/#', { qos: 1 });
+  t.is(await pubackCode('$app/x'), 0);
+  await onB.unsubscribeAsync(['$app/#', '#', '+/x']);
+  await delay(200); // the unsubscribe reaches node a on the broadcast stream
+  before = received();
+  t.is(await pubackCode('$app/x'), 0x10);
+  t.is(await pubackCode('app/x'), 0x10);
+  // A node that leaves: its clients' interest (plain and $share) goes with them.
+  const onC = await client(c, 2, { clientId: 'x-c' });
+  await onC.subscribeAsync(['left/#', '$share/g/left/+'], { qos: 1 });
+  t.is(await pubackCode('left/1'), 0);
+  await (c.nodes[2] as InProcessNode).broker.stop();
+  t.true(await eventually(async () => (await pubackCode('left/1')) === 0x10, 5000), 'node a stops routing to the node that left');
+  await delay(200);
+  const after = received();
+  t.is((after[0] as number) - (before[0] as number), 0);
+  t.is((after[1] as number) - (before[1] as number), 0);
+});

@@ -128,7 +128,7 @@ export class Broker implements ConnectionHost<Connection>, BrokerApi {
     if (this.cluster !== null) {
       this.sessions.attachCluster(this.cluster);
       this.delivery.attachCluster(this.cluster);
-      this.migration = new Migration({ log: this.log, sessions: this.sessions, delivery: this.delivery, wills: this.wills });
+      this.migration = new Migration({ log: this.log, sessions: this.sessions, delivery: this.delivery, wills: this.wills, remoteInterest: router.remoteInterest });
     }
     this.rateLimiter = PublishRateLimiter.create(config.rateLimits, this.log, {
       stats: this.stats,

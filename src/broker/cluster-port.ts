@@ -20,6 +20,44 @@ export interface LocalShare {
   readonly key: string;
 }
 
+/**
+ * Another partition's interest, kept in the router's own trie (router.ts) beside this node's
+ * subscriptions: one walk per publish finds the local subscribers and the partitions elsewhere
+ * to send it to. The cluster keeps it up to date (snapshots, the broadcast stream, partitions
+ * that end); the router only matches it.
+ */
+export interface RemoteInterest {
+  /** Partition `partition` subscribes to `filter` (or `$share/{group}/{filter}`). */
+  add(partition: string, filter: string): void;
+  remove(partition: string, filter: string): void;
+  /** Forgets everything a partition subscribes to (it ended, or it is read again). */
+  dropPartition(partition: string): void;
+  /** Replaces what is known of a partition. */
+  replacePartition(partition: string, filters: Iterable<string>): void;
+  /** The filters a partition has, as this node knows them (a copy). */
+  filters(partition: string): string[];
+}
+
+/** A partition elsewhere, as a match names it. */
+export interface RemotePartitionRef {
+  readonly id: string;
+}
+
+/** A `$share` group with members in partitions elsewhere. */
+export interface RemoteGroupRef {
+  /** `$share/{group}/{filter}`. */
+  readonly key: string;
+  readonly partitions: ReadonlySet<RemotePartitionRef>;
+}
+
+/** What a publish matched elsewhere, from the router's walk; reused by the next match. */
+export interface RemoteMatch {
+  /** Partitions with a plain subscriber, each once. */
+  readonly remoteMatched: readonly RemotePartitionRef[];
+  /** Groups with members elsewhere, each once. */
+  readonly remoteGroups: readonly RemoteGroupRef[];
+}
+
 /** What forwarding a message came to. */
 export interface Forwarded {
   /** Resolves once every inbox it was written to holds it durably (QoS 1/2); null: nothing to wait for. */
@@ -37,8 +75,12 @@ export type ClaimResult = { ok: true } | { ok: false; reason: number; detail: st
 export interface ClusterLink {
   /** Sets the message's origin stamp (node and sequence), which orders it against session moves. */
   stamp(message: Message): void;
-  /** Sends a message routed here to the partitions elsewhere whose interest matches it. */
-  forward(message: Message, shares: readonly LocalShare[]): Forwarded;
+  /**
+   * Sends a message routed here to the partitions elsewhere whose interest matches it: `remote`,
+   * found by the same router walk that found the local subscribers (and `shares`, the groups
+   * with members here).
+   */
+  forward(message: Message, shares: readonly LocalShare[], remote: RemoteMatch): Forwarded;
   /**
    * A retained message was set or cleared here: every node learns it. `written` is the local
    * store write it must follow. Resolves (QoS 1/2) once the other nodes have applied it.
@@ -83,6 +125,8 @@ export interface DetachedWill {
 
 /** What the cluster may ask of the broker (src/broker/migration.ts implements it). */
 export interface ClusterHost {
+  /** Where the cluster keeps the other partitions' interest: the router's trie. */
+  readonly remoteInterest: RemoteInterest;
   /**
    * Routes a message that arrived from another node to this node's sessions; resolves once what it
    * wrote is committed. `from`: its publisher on the other node, which flow control may hold

@@ -158,7 +158,8 @@ export class Delivery implements DeliveryApi {
     if (cluster !== null) cluster.stamp(message);
     if (message.retain) this.retain(message);
     const router = this.router;
-    router.match(message.topic, message.origin);
+    // In a cluster the same walk finds the partitions elsewhere with matching subscribers.
+    router.match(message.topic, message.origin, cluster !== null);
     const matched = router.matched;
     const shared = router.sharedMatched;
     const n = matched.length;
@@ -166,7 +167,7 @@ export class Delivery implements DeliveryApi {
     let remoteGroups: ReadonlySet<string> | null = null;
     if (cluster !== null) {
       // Forwarded before local delivery (which may route again: wills), while the router's arrays hold this match.
-      const forwarded = cluster.forward(message, shared.length === 0 ? NO_SHARES : shared.map((p) => p.group));
+      const forwarded = cluster.forward(message, shared.length === 0 ? NO_SHARES : shared.map((p) => p.group), router);
       if (forwarded.written !== null) this.store.track(forwarded.written);
       remoteGroups = forwarded.remoteGroups;
       total += forwarded.partitions;

@@ -13,8 +13,6 @@ export interface Message extends StoredMessage {
   quotaKey?: string;
   /** In a cluster: the node that routed it first and its sequence there (see cluster-port.ts); not stored. */
   stamp?: Stamp;
-  /** In a cluster: the message as the bus encodes it, made once for every inbox it goes to; not stored. */
-  wire?: Buffer;
 }
 
 /** Where a message entered the cluster: a node (its id and run) and that node's count of routed messages. */
@@ -51,8 +49,8 @@ export function messageSize(message: Message): number {
 
 /** The message without what only this process uses (encodings, size, quota owner): what the store keeps. */
 export function forStore(message: Message): StoredMessage {
-  if (message.encoded === undefined && message.size === undefined && message.quotaKey === undefined && message.stamp === undefined && message.wire === undefined) return message;
-  const { encoded: _e, size: _s, quotaKey: _q, stamp: _t, wire: _w, ...rest } = message;
+  if (message.encoded === undefined && message.size === undefined && message.quotaKey === undefined && message.stamp === undefined) return message;
+  const { encoded: _e, size: _s, quotaKey: _q, stamp: _t, ...rest } = message;
   return rest;
 }
 

@@ -10,7 +10,7 @@
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { sessionKey, type StoredSession } from '../store/types.ts';
-import type { ArrivingSession, ClusterHost, Departing, DetachedWill } from './cluster-port.ts';
+import type { ArrivingSession, ClusterHost, Departing, DetachedWill, RemoteInterest } from './cluster-port.ts';
 import type { Delivery } from './delivery.ts';
 import type { Message } from './message.ts';
 import type { FlowSource, WriteStatus } from './ports.ts';
@@ -23,6 +23,8 @@ export interface MigrationParts {
   sessions: SessionRegistry;
   delivery: Delivery;
   wills: WillScheduler;
+  /** The router's index of the other partitions' interest. */
+  remoteInterest: RemoteInterest;
 }
 
 export class Migration implements ClusterHost {
@@ -30,8 +32,10 @@ export class Migration implements ClusterHost {
   private readonly sessions: SessionRegistry;
   private readonly delivery: Delivery;
   private readonly wills: WillScheduler;
+  readonly remoteInterest: RemoteInterest;
 
   constructor(parts: MigrationParts) {
+    this.remoteInterest = parts.remoteInterest;
     this.log = parts.log;
     this.sessions = parts.sessions;
     this.delivery = parts.delivery;

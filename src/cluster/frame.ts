@@ -33,11 +33,22 @@ export interface Frame extends FrameHeader {
   bodies: Buffer[];
 }
 
-/** A body: one buffer, or parts written one after the other (a publish's header and its shared encoding). */
-export type Body = Buffer | readonly Buffer[];
+/**
+ * A body written straight into the frame when the frame is made, without a buffer of its own (a
+ * publish: the message is copied once, into the frame).
+ */
+export interface BodyWriter {
+  readonly length: number;
+  /** Writes the body's `length` bytes at `at`. */
+  writeTo(out: Buffer, at: number): void;
+}
 
-function bodyLength(b: Body): number {
+/** A body: one buffer, parts written one after the other, or a writer. */
+export type Body = Buffer | readonly Buffer[] | BodyWriter;
+
+export function bodyLength(b: Body): number {
   if (Buffer.isBuffer(b)) return b.length;
+  if (!Array.isArray(b)) return (b as BodyWriter).length;
   let n = 0;
   for (const part of b as readonly Buffer[]) n += part.length;
   return n;
@@ -62,9 +73,14 @@ export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>,
   o = out.writeDoubleBE(header.seq, o);
   o = out.writeUInt32BE(bodies.length, o);
   for (const b of bodies) {
-    o = out.writeUInt32BE(bodyLength(b), o);
+    const n = bodyLength(b);
+    o = out.writeUInt32BE(n, o);
     if (Buffer.isBuffer(b)) o += b.copy(out, o);
-    else for (const part of b as readonly Buffer[]) o += part.copy(out, o);
+    else if (Array.isArray(b)) for (const part of b as readonly Buffer[]) o += part.copy(out, o);
+    else {
+      (b as BodyWriter).writeTo(out, o);
+      o += n;
+    }
   }
   createHmac('sha256', key.key).update(out.subarray(0, o)).digest().copy(out, o);
   return out;

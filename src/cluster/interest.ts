@@ -1,10 +1,10 @@
 /**
- * What every other partition subscribes to, as one trie: a publish is matched once, whatever the
- * number of nodes, and goes only to the partitions with a matching subscriber (never broadcast).
- * A node keeps the filters of every partition but its own (its own are in its router).
+ * Filters by owner, as one trie: a match gives every owner with a filter matching a topic. An
+ * adopted partition (offline.ts) keeps its sessions' filters here, each filter its own owner, to
+ * find which of them a message matches. (The other partitions' interest, which every publish
+ * is matched against, lives in the broker's router instead: one walk for local and remote.)
  *
- * `$share/{group}/{filter}` entries are kept under `filter` by the group's full name, so the
- * publishing node sees which partitions have members of each group and picks one of them.
+ * `$share/{group}/{filter}` entries are kept under `filter` by the group's full name.
  */
 import { parseShared } from '../protocol/topic.ts';
 

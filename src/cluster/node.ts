@@ -5,8 +5,9 @@
  * - leases: the node renews `lease:<node id>`; a node whose lease lapsed is dead;
  * - partitions: this node's own (its sessions, in the broker) and those it adopted from dead
  *   nodes (offline sessions, offline.ts), each with an inbox stream it reads (inbox.ts);
- * - interest: what every other partition subscribes to (interest.ts), from their snapshots and
- *   the broadcast stream; a publish goes only to partitions it matches (outbox.ts);
+ * - interest: what every other partition subscribes to, from their snapshots and the broadcast
+ *   stream, kept in the broker's router beside its own subscriptions (one walk per publish); a
+ *   publish goes only to partitions it matches (outbox.ts);
  * - moves: the takeover protocol (moves.ts);
  * - barriers: a SUBACK, a retained PUBACK or a move waits until every live node has applied
  *   the broadcast entry it depends on (or `ackTimeoutMs`);
@@ -15,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { AuditEvent } from '../audit/types.ts';
-import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare } from '../broker/cluster-port.ts';
+import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare, RemoteInterest, RemoteMatch, RemotePartitionRef } from '../broker/cluster-port.ts';
 import type { Message } from '../broker/message.ts';
 import type { FlowSource, WriteStatus } from '../broker/ports.ts';
 import type { ClusterConfig } from '../config/cluster-schema.ts';
@@ -27,7 +28,6 @@ import { ClusterError } from './errors.ts';
 import type { Frame, FrameProblem } from './frame.ts';
 import { RemotePublishers } from './flow.ts';
 import { compareIds, Inbox } from './inbox.ts';
-import { InterestTable } from './interest.ts';
 import { loadClusterKeys, type ClusterKey } from './keys.ts';
 import { Moves } from './moves.ts';
 import { keyDigest, Names, nodeOfRun } from './names.ts';
@@ -36,7 +36,7 @@ import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
 import type { ClusterStatus } from './status.ts';
-import { BodyKind, decodeBody, encodeControl, fromJson, messageWire, publishHeader, toJson, type Control, type JsonValue } from './wire.ts';
+import { BodyKind, decodeBody, encodeControl, fromJson, publishHeader, PublishWire, toJson, type Control, type JsonValue } from './wire.ts';
 
 export interface ClusterNodeOptions {
   cluster: ClusterConfig;
@@ -82,7 +82,6 @@ export class ClusterNode implements ClusterRuntime {
   private readonly reader: RedisClient;
   readonly outbox: Outbox;
   private readonly inbox: Inbox;
-  readonly table = new InterestTable();
   readonly offline: OfflinePartitions;
   private readonly moves: Moves;
   /** Publishers on other nodes that subscribers here hold (cross-node flow control). */
@@ -169,6 +168,14 @@ export class ClusterNode implements ClusterRuntime {
   private get host(): ClusterHost {
     if (this.hostRef === null) throw new Error('internal error: the cluster node has not started');
     return this.hostRef;
+  }
+
+  /**
+   * What every other partition subscribes to, kept in the broker's router (one walk per publish
+   * finds local subscribers and partitions elsewhere). This node's own interest is not in it.
+   */
+  private get table(): RemoteInterest {
+    return this.host.remoteInterest;
   }
 
   private get store(): Store {
@@ -653,7 +660,7 @@ export class ClusterNode implements ClusterRuntime {
           } else if (c.event === 'freed' && !this.stopping) setTimeout(() => void this.watch(), Math.floor(Math.random() * 50)).unref();
           else if (c.host !== undefined) {
             this.partitionsKnown.set(c.p, { host: c.host, origin: this.partitionsKnown.get(c.p)?.origin ?? nodeOfRun(c.p), alive: true });
-            if (c.event === 'created' && c.p !== this.homeId && !this.hostedHere(c.p)) this.table.replacePartition(c.p, this.table.filters(c.p));
+            if (c.event === 'created' && c.p !== this.homeId && !this.hostedHere(c.p)) this.table.dropPartition(c.p); // made just now: its interest follows in the stream
           }
           break;
         case 'node':
@@ -926,16 +933,15 @@ export class ClusterNode implements ClusterRuntime {
     if (message.stamp === undefined) message.stamp = { node: this.run, seq: ++this.seq };
   }
 
-  forward(message: Message, shares: readonly LocalShare[]): Forwarded {
-    const match = this.table.match(message.topic);
-    if (match.groups.size === 0) return match.plain.size === 0 ? NOTHING : this.forwardPlain(message, match.plain);
+  forward(message: Message, shares: readonly LocalShare[], match: RemoteMatch): Forwarded {
+    if (match.remoteGroups.length === 0) return match.remoteMatched.length === 0 ? NOTHING : this.forwardPlain(message, match.remoteMatched);
     const home = this.homeId;
     const targets = new Map<string, { plain: boolean; groups: string[] | null }>();
-    for (const p of match.plain) if (p !== home) targets.set(p, { plain: true, groups: null });
+    for (const p of match.remoteMatched) if (p.id !== home) targets.set(p.id, { plain: true, groups: null });
     let remoteGroups: Set<string> | null = null;
-    for (const [key, members] of match.groups) {
+    for (const { key, partitions } of match.remoteGroups) {
       const local = shares.some((s) => s.key === key);
-      const pick = this.pickShare(key, members, local);
+      const pick = this.pickShare(key, partitions, local);
       if (pick === home) continue;
       let t = targets.get(pick);
       if (t === undefined) targets.set(pick, (t = { plain: false, groups: null }));
@@ -946,9 +952,8 @@ export class ClusterNode implements ClusterRuntime {
     const wait = message.qos > 0;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
-    const wire = messageWire(message, this.run);
     for (const [p, t] of targets) {
-      const w = this.outbox.send(p, [publishHeader(t.plain, t.groups), wire], wait);
+      const w = this.outbox.send(p, new PublishWire(publishHeader(t.plain, t.groups), message, this.run), wait);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);
@@ -958,18 +963,17 @@ export class ClusterNode implements ClusterRuntime {
   }
 
   /** The usual case: plain subscribers only, one body (header and message) shared by every partition. */
-  private forwardPlain(message: Message, partitions: ReadonlySet<string>): Forwarded {
+  private forwardPlain(message: Message, partitions: readonly RemotePartitionRef[]): Forwarded {
     const wait = message.qos > 0;
-    const wire = messageWire(message, this.run);
-    const body = [publishHeader(true, null), wire];
-    const length = body[0]!.length + wire.length;
+    const body = new PublishWire(publishHeader(true, null), message, this.run);
+    const length = body.length;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
     let n = 0;
-    for (const p of partitions) {
-      if (p === this.homeId) continue;
+    for (const { id } of partitions) {
+      if (id === this.homeId) continue;
       n++;
-      const w = this.outbox.send(p, body, wait, length);
+      const w = this.outbox.send(id, body, wait, length);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);
@@ -983,9 +987,9 @@ export class ClusterNode implements ClusterRuntime {
    * own members count as one partition, among which its router takes turns). Partitions whose
    * members are all offline (adopted) get a turn only when no other has members.
    */
-  private pickShare(key: string, members: ReadonlySet<string>, local: boolean): string {
+  private pickShare(key: string, members: ReadonlySet<RemotePartitionRef>, local: boolean): string {
     const candidates: string[] = [];
-    for (const p of members) if (p !== this.homeId) candidates.push(p);
+    for (const { id } of members) if (id !== this.homeId) candidates.push(id);
     const live = candidates.filter((p) => !this.adoptedPartition(p));
     const pool = (live.length > 0 || local ? live : candidates).sort();
     if (local) pool.push(this.homeId);

@@ -13,7 +13,7 @@
  */
 import type { WriteStatus } from '../broker/ports.ts';
 import type { Logger } from '../log.ts';
-import { encodeFrame, type Body } from './frame.ts';
+import { bodyLength, encodeFrame, type Body } from './frame.ts';
 import type { ClusterKey } from './keys.ts';
 import type { Names } from './names.ts';
 import { redisReady, type RedisClient } from './redis.ts';
@@ -30,6 +30,8 @@ interface Batch {
   bodies: Body[];
   bytes: number;
   waiters: Waiter[];
+  /** What every send into this batch that waits gets: one promise per batch, not per message. */
+  written: Promise<WriteStatus> | null;
 }
 
 interface ControlBatch extends Batch {
@@ -102,8 +104,8 @@ export class Outbox {
    * Sends a body to a partition's inbox in this turn's frame. With `wait`, resolves once Redis
    * holds it ('ok') or it could not be written ('failed'); without, null.
    */
-  send(partition: string, body: Body, wait: boolean, bodyLength = -1): Promise<WriteStatus> | null {
-    const length = bodyLength >= 0 ? bodyLength : Buffer.isBuffer(body) ? body.length : (body as readonly Buffer[]).reduce((n, b) => n + b.length, 0);
+  send(partition: string, body: Body, wait: boolean, knownLength = -1): Promise<WriteStatus> | null {
+    const length = knownLength >= 0 ? knownLength : bodyLength(body);
     if (!this.admits(length)) return wait ? FAILED : null;
     let stream = this.streams.get(partition);
     if (stream === undefined) {
@@ -113,13 +115,15 @@ export class Outbox {
       this.streams.set(partition, stream);
     }
     let batch = this.batches.get(stream);
-    if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [] }));
+    if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [], written: null }));
     batch.bodies.push(body);
     batch.bytes += length;
     this.pendingBytes += length;
     this.schedule();
     if (!wait) return null;
-    return new Promise((resolve) => (batch as Batch).waiters.push(resolve));
+    // Every body of a batch is written by one XADD: they all hear the same outcome.
+    const b = batch;
+    return (b.written ??= new Promise((resolve) => b.waiters.push(resolve)));
   }
 
   /** Broadcasts a body to every node; resolves with its entry id once written (null: it was not). */
@@ -146,7 +150,7 @@ export class Outbox {
   }
 
   private controlBatch(): ControlBatch {
-    return (this.control ??= { bodies: [], bytes: 0, waiters: [], adds: [], removes: [], idWaiters: [] });
+    return (this.control ??= { bodies: [], bytes: 0, waiters: [], written: null, adds: [], removes: [], idWaiters: [] });
   }
 
   private schedule(): void {
@@ -241,12 +245,12 @@ const FAILED: Promise<WriteStatus> = Promise.resolve('failed');
 function split(batch: Batch): Batch[] {
   if (batch.bytes <= MAX_FRAME_BYTES) return [batch];
   const parts: Batch[] = [];
-  let cur: Batch = { bodies: [], bytes: 0, waiters: batch.waiters };
+  let cur: Batch = { bodies: [], bytes: 0, waiters: batch.waiters, written: null };
   for (const b of batch.bodies) {
-    const n = Buffer.isBuffer(b) ? b.length : (b as readonly Buffer[]).reduce((x, y) => x + y.length, 0);
+    const n = bodyLength(b);
     if (cur.bodies.length > 0 && cur.bytes + n > MAX_FRAME_BYTES) {
       parts.push(cur);
-      cur = { bodies: [], bytes: 0, waiters: [] };
+      cur = { bodies: [], bytes: 0, waiters: [], written: null };
     }
     cur.bodies.push(b);
     cur.bytes += n;

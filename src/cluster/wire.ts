@@ -3,7 +3,7 @@
  *
  * - A publish is binary: whether plain subscribers take it, the `$share` groups the receiving
  *   partition takes it for (JSON, rare), then the message encoded once for every partition it
- *   goes to ({@link messageWire}).
+ *   goes to ({@link PublishWire}).
  * - Everything else (takeovers, acknowledgements, interest, reloads...) is JSON.
  *
  * Buffers inside JSON (correlation data, payloads of a session snapshot) travel as
@@ -11,6 +11,7 @@
  */
 import type { Message, Stamp } from '../broker/message.ts';
 import type { QoS } from '../protocol/codec.ts';
+import type { BodyWriter } from './frame.ts';
 
 export const BodyKind = { Publish: 1, Control: 2 } as const;
 
@@ -94,67 +95,115 @@ const F_PROPS = 0x40;
 const F_STAMP_SENDER = 0x80;
 
 /**
- * The message as every partition receives it, made once per message (cached on it): binary, so
- * that a message costs no JSON on the way out or in. flags (QoS in the low two bits) | u16 topic
- * | [f64 expiry] | [u16 origin] | [u8 stamp node] f64 stamp sequence | [u32 properties JSON] |
- * payload (the rest). `sender`: the run that writes the frame.
+ * A publish body as every partition receives it: the header (see {@link publishHeader}), then
+ * the message, binary, so that a message costs no JSON on the way out or in. flags (QoS in the
+ * low two bits) | u16 topic | [f64 expiry] | [u16 origin] | [u8 stamp node] f64 stamp sequence |
+ * [u32 properties JSON] | payload (the rest). `sender`: the run that writes the frame.
+ *
+ * Measured once, written straight into each frame it goes in (frame.ts BodyWriter): the message
+ * is copied once, not into a buffer of its own and then again into the frame.
  */
+export class PublishWire implements BodyWriter {
+  readonly length: number;
+  private readonly flags: number;
+  private readonly topic: string;
+  private readonly topicLen: number;
+  private readonly payload: Buffer;
+  private readonly expiresAt: number;
+  private readonly origin: string;
+  private readonly originLen: number;
+  private readonly stampNode: string;
+  private readonly stampNodeLen: number;
+  private readonly stampSeq: number;
+  private readonly props: Buffer | null;
+
+  /** Takes what it writes from `m` now: the frame is made later in the turn. */
+  constructor(
+    private readonly header: Buffer,
+    m: Message,
+    sender: string,
+  ) {
+    let flags: number = m.qos;
+    if (m.retain) flags |= F_RETAIN;
+    this.topic = m.topic;
+    this.payload = m.payload;
+    const topicLen = (this.topicLen = Buffer.byteLength(m.topic));
+    let size = header.length + 1 + 2 + topicLen + m.payload.length;
+    this.expiresAt = m.expiresAt ?? 0;
+    if (m.expiresAt !== undefined) {
+      flags |= F_EXPIRES;
+      size += 8;
+    }
+    this.origin = m.origin ?? '';
+    this.originLen = 0;
+    if (m.origin !== undefined) {
+      flags |= F_ORIGIN;
+      this.originLen = Buffer.byteLength(m.origin);
+      size += 2 + this.originLen;
+    }
+    this.stampNode = '';
+    this.stampNodeLen = 0;
+    this.stampSeq = 0;
+    if (m.stamp !== undefined) {
+      flags |= F_STAMP;
+      this.stampSeq = m.stamp.seq;
+      if (m.stamp.node === sender) flags |= F_STAMP_SENDER;
+      else {
+        this.stampNode = m.stamp.node;
+        this.stampNodeLen = Buffer.byteLength(m.stamp.node);
+        size += 1 + this.stampNodeLen;
+      }
+      size += 8;
+    }
+    let props: Buffer | null = null;
+    if (m.properties !== undefined) {
+      flags |= F_PROPS;
+      props = Buffer.from(JSON.stringify(toJson(m.properties)));
+      size += 4 + props.length;
+    }
+    this.props = props;
+    this.flags = flags;
+    this.length = size;
+  }
+
+  writeTo(out: Buffer, at: number): void {
+    const flags = this.flags;
+    let o = at + this.header.copy(out, at);
+    o = out.writeUInt8(flags, o);
+    o = out.writeUInt16BE(this.topicLen, o);
+    o += (out as RawBuffer).utf8Write(this.topic, o, this.topicLen);
+    if ((flags & F_EXPIRES) !== 0) o = out.writeDoubleBE(this.expiresAt, o);
+    if ((flags & F_ORIGIN) !== 0) {
+      o = out.writeUInt16BE(this.originLen, o);
+      o += (out as RawBuffer).utf8Write(this.origin, o, this.originLen);
+    }
+    if ((flags & F_STAMP) !== 0) {
+      if ((flags & F_STAMP_SENDER) === 0) {
+        o = out.writeUInt8(this.stampNodeLen, o);
+        o += (out as RawBuffer).utf8Write(this.stampNode, o, this.stampNodeLen);
+      }
+      o = out.writeDoubleBE(this.stampSeq, o);
+    }
+    if (this.props !== null) {
+      o = out.writeUInt32BE(this.props.length, o);
+      o += this.props.copy(out, o);
+    }
+    this.payload.copy(out, o);
+  }
+}
+
+/** The message as {@link PublishWire} writes it, in a buffer of its own (tests, tools). */
 export function messageWire(m: Message, sender: string): Buffer {
-  if (m.wire !== undefined) return m.wire;
-  let flags: number = m.qos;
-  if (m.retain) flags |= F_RETAIN;
-  const topicLen = Buffer.byteLength(m.topic);
-  let size = 1 + 2 + topicLen + m.payload.length;
-  if (m.expiresAt !== undefined) {
-    flags |= F_EXPIRES;
-    size += 8;
-  }
-  let originLen = 0;
-  if (m.origin !== undefined) {
-    flags |= F_ORIGIN;
-    originLen = Buffer.byteLength(m.origin);
-    size += 2 + originLen;
-  }
-  let stampNodeLen = 0;
-  if (m.stamp !== undefined) {
-    flags |= F_STAMP;
-    if (m.stamp.node === sender) flags |= F_STAMP_SENDER;
-    else {
-      stampNodeLen = Buffer.byteLength(m.stamp.node);
-      size += 1 + stampNodeLen;
-    }
-    size += 8;
-  }
-  let props: Buffer | null = null;
-  if (m.properties !== undefined) {
-    flags |= F_PROPS;
-    props = Buffer.from(JSON.stringify(toJson(m.properties)));
-    size += 4 + props.length;
-  }
-  const out = Buffer.allocUnsafe(size);
-  let o = out.writeUInt8(flags, 0);
-  o = out.writeUInt16BE(topicLen, o);
-  o += out.write(m.topic, o, 'utf8');
-  if (m.expiresAt !== undefined) o = out.writeDoubleBE(m.expiresAt, o);
-  if (m.origin !== undefined) {
-    o = out.writeUInt16BE(originLen, o);
-    o += out.write(m.origin, o, 'utf8');
-  }
-  if (m.stamp !== undefined) {
-    if ((flags & F_STAMP_SENDER) === 0) {
-      o = out.writeUInt8(stampNodeLen, o);
-      o += out.write(m.stamp.node, o, 'utf8');
-    }
-    o = out.writeDoubleBE(m.stamp.seq, o);
-  }
-  if (props !== null) {
-    o = out.writeUInt32BE(props.length, o);
-    o += props.copy(out, o);
-  }
-  m.payload.copy(out, o);
-  m.wire = out;
+  const w = new PublishWire(EMPTY, m, sender);
+  const out = Buffer.allocUnsafe(w.length);
+  w.writeTo(out, 0);
   return out;
 }
+
+const EMPTY = Buffer.alloc(0);
+
+/** Node's UTF-8 encoder and decoder without `write`'s and `toString`'s argument handling (bounds are checked here). */
+type RawBuffer = Buffer & { utf8Write(text: string, offset: number, length: number): number; utf8Slice(start: number, end: number): string };
 
 export function decodeMessageWire(buf: Buffer, start: number, sender: string): Message {
   let o = start;
@@ -163,7 +212,9 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   if (qos > 2) throw new Error('bad message');
   const topicLen = buf.readUInt16BE(o);
   o += 2;
-  const topic = buf.toString('utf8', o, (o += topicLen));
+  const raw = buf as RawBuffer;
+  if (o + topicLen > buf.length) throw new Error('bad message');
+  const topic = raw.utf8Slice(o, (o += topicLen));
   let expiresAt: number | undefined;
   let origin: string | undefined;
   let stamp: Stamp | undefined;
@@ -175,7 +226,8 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   if ((flags & F_ORIGIN) !== 0) {
     const n = buf.readUInt16BE(o);
     o += 2;
-    origin = buf.toString('utf8', o, (o += n));
+    if (o + n > buf.length) throw new Error('bad message');
+    origin = raw.utf8Slice(o, (o += n));
   }
   if ((flags & F_STAMP) !== 0) {
     let node = sender;
@@ -193,7 +245,9 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   }
   if (o > buf.length) throw new Error('bad message');
   // A copy: the payload must not pin the whole frame (and the stream reply) while it waits in a queue.
-  const message: Message = { topic, payload: Buffer.from(buf.subarray(o)), qos, retain: (flags & F_RETAIN) !== 0 };
+  const payload = Buffer.allocUnsafe(buf.length - o);
+  buf.copy(payload, 0, o);
+  const message: Message = { topic, payload, qos, retain: (flags & F_RETAIN) !== 0 };
   if (expiresAt !== undefined) message.expiresAt = expiresAt;
   if (origin !== undefined) message.origin = origin;
   if (stamp !== undefined) message.stamp = stamp;
