@@ -49,7 +49,7 @@ test('close lets every write issued before it finish, awaited or not (the broker
   await again.close();
 });
 
-test('a store in format 1 (in-flight entries keyed by order, with a packet-id index) is upgraded at open: same entries, same resend order, format 2 after', async (t) => {
+test('a store in format 1 (in-flight entries keyed by order, with a packet-id index) is upgraded at open: same entries, same resend order, format 3 after', async (t) => {
   for (const keys of [undefined, [key]]) {
     const dir = folder();
     const store = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
@@ -84,7 +84,7 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
 
     const again = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
     const report = await again.open();
-    t.true(report.warnings.some((w) => /upgraded from format 1 to format 2 \(3 in-flight records/.test(w)), report.warnings.join('; '));
+    t.true(report.warnings.some((w) => /upgraded from format 1 to format 3 \(3 in-flight records/.test(w)), report.warnings.join('; '));
     t.deepEqual((await again.getSession(sessionKey(owner, 'a')))?.inflight, inflight);
     t.deepEqual((await again.loadSessions())[0]?.inflight, inflight);
     // The index is gone and the entries are keyed by packet id: an acknowledgement deletes one without a read.
@@ -92,7 +92,7 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
     await again.deleteInflight(sessionKey(owner, 'a'), 3);
     await again.putInflight(sessionKey(owner, 'a'), { packetId: 1, state: 'publish', message: msg('m/1') });
     await again.close();
-    t.is(JSON.parse(fs.readFileSync(manifestFile, 'utf8')).version, 2);
+    t.is(JSON.parse(fs.readFileSync(manifestFile, 'utf8')).version, 3);
 
     const third = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
     const r3 = await third.open();

@@ -12,9 +12,10 @@ import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
 import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
-import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
+import { rawView, scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
-import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeInflightRecord, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { encodeInflightRecord, encodeMessageBinary } from './lmdb-records.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 import { storeCounts } from './counts.ts';
 
@@ -211,6 +212,8 @@ export abstract class LmdbBase {
     try {
       const db = {} as Tables;
       for (const name of TABLES) db[name] = env.openDB<Buffer, Buffer>({ name, keyEncoding: 'binary', encoding: 'binary' }) as Db;
+      // The scan's in-place views, opened now, before any write is in flight.
+      for (const name of TABLES) rawView(db[name], name);
       return { env, db };
     } catch (err) {
       void env.close();
@@ -265,29 +268,35 @@ export abstract class LmdbBase {
    * Brings a store of an older format to this one, in one transaction (all or nothing: a crash
    * in the middle leaves the old format, which the next open upgrades again), then the manifest.
    * Format 1 → 2: in-flight entries move from [sid, order] keys with a packet-id index to
-   * [sid, packet id] keys with the order in the value (lmdb-keys.ts); nothing else changed.
+   * [sid, packet id] keys with the order in the value (lmdb-keys.ts). Format 2 → 3: queued,
+   * retained and in-flight messages are rewritten from the JSON layout to the binary one
+   * (lmdb-records.ts). Nothing else changed.
    */
   private async upgrade(scan: ScanResult, warnings: string[]): Promise<void> {
     const format = this.format;
     this.format = undefined;
     const from = typeof format?.['version'] === 'number' ? format['version'] : FORMAT_VERSION;
     const legacy = scan.legacy;
-    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0) {
+    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0 && legacy.messages.length === 0) {
       this.syncManifestVersion();
       return;
     }
     const db = this.db as Tables;
-    const records = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), body: encodeInflightRecord(e.order, e.inflight) }));
+    const inflight = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), order: e.order, inflight: e.inflight }));
+    const messages = legacy.messages;
     await this.write(() => {
-      for (const r of records) db.inflight.removeSync(r.oldKey);
+      for (const r of inflight) db.inflight.removeSync(r.oldKey);
       for (const k of legacy.index) db.inflightIndex.removeSync(k);
-      for (const r of records) this.put('inflight', r.key, r.body);
+      for (const r of inflight) this.put('inflight', r.key, encodeInflightRecord(r.order, r.inflight));
+      // Encoded here, one at a time (a large store holds a million of them).
+      for (const m of messages) this.put(m.table, m.key, encodeMessageBinary(m.message));
       this.putMeta(META_FORMAT, encodeJson({ ...format, version: FORMAT_VERSION }));
     });
     legacy.inflight = [];
     legacy.index = [];
+    legacy.messages = [];
     this.syncManifestVersion();
-    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${records.length} in-flight records rewritten); a broker older than this one cannot open it any more`);
+    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${inflight.length} in-flight records and ${messages.length} queued and retained messages rewritten); a broker older than this one cannot open it any more`);
   }
 
   /** The manifest says the version the data file has (after an upgrade, or a crash right after one). */

@@ -19,23 +19,8 @@ import { LmdbBase, META_NEXT_SID } from './lmdb-base.ts';
 import { throwIfDamaged } from './lmdb-failures.ts';
 import { sessionHeaderKey, sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
 import { scanStore, type Tables } from './lmdb-scan.ts';
-import {
-  decodeHeader,
-  decodeInflightRecord,
-  inflightRecordOrder,
-  setInflightRecordOrder,
-  decodeMessage,
-  decodeSubscription,
-  encodeHeader,
-  encodeInflightRecord,
-  encodeJson,
-  encodeMessage,
-  encodeSubscription,
-  encodeWill,
-  decodeWill,
-  headerOf,
-  type SessionHeader,
-} from './records.ts';
+import { decodeInflightRecord, decodeStoredMessage, encodeInflightRecord, encodeMessageBinary, inflightRecordOrder, setInflightRecordOrder } from './lmdb-records.ts';
+import { decodeHeader, decodeSubscription, decodeWill, encodeHeader, encodeJson, encodeSubscription, encodeWill, headerOf, type SessionHeader } from './records.ts';
 import { sessionKey, type PurgeOptions, type PurgeReport, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
 
 export type { Durability, LmdbStoreOptions } from './lmdb-base.ts';
@@ -73,9 +58,9 @@ export class LmdbStore extends LmdbBase implements Store {
     if (h.expiresAt !== undefined) s.expiresAt = h.expiresAt;
     for (const { key, value } of db.subscriptions.getRange(range)) s.subscriptions.push(this.read('subscriptions', Buffer.from(key), value, decodeSubscription));
     const inflight: { order: number; inflight: StoredInflight }[] = [];
-    for (const { key, value } of db.inflight.getRange(range)) inflight.push(this.read('inflight', Buffer.from(key), value, decodeInflightRecord));
+    for (const { key, value } of db.inflight.getRange(range)) inflight.push(this.read('inflight', Buffer.from(key), value, (b) => decodeInflightRecord(b)));
     s.inflight = inflight.sort((a, b) => a.order - b.order).map((e) => e.inflight);
-    for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, decodeMessage));
+    for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, (b) => decodeStoredMessage(b)));
     for (const key of db.awaiting.getKeys(range)) s.awaitingRelease.push((key as Buffer).readUInt16BE(8));
     const willKey = sidKey(h.sid);
     const will = db.wills.get(willKey);
@@ -91,7 +76,7 @@ export class LmdbStore extends LmdbBase implements Store {
     }
     const db = this.tables();
     const out: StoredMessage[] = [];
-    for (const { key, value } of db.retained.getRange({})) out.push(this.read('retained', Buffer.from(key), value, decodeMessage));
+    for (const { key, value } of db.retained.getRange({})) out.push(this.read('retained', Buffer.from(key), value, (b) => decodeStoredMessage(b)));
     return out;
   }
 
@@ -99,7 +84,7 @@ export class LmdbStore extends LmdbBase implements Store {
     // Encoded now: the caller may change the object once this returns.
     const subs = session.subscriptions.map((s) => ({ filter: s.filter, body: encodeSubscription(s) }));
     const inflight = session.inflight.map((f) => ({ packetId: f.packetId, inflight: f }));
-    const queue = session.queue.map(encodeMessage);
+    const queue = session.queue.map(encodeMessageBinary);
     const awaiting = [...new Set(session.awaitingRelease)];
     const will = session.will !== undefined ? encodeWill(session.will) : undefined;
     const snapshot = { ...session };
@@ -186,7 +171,7 @@ export class LmdbStore extends LmdbBase implements Store {
   }
 
   async enqueue(key: string, message: StoredMessage): Promise<void> {
-    const body = encodeMessage(message);
+    const body = encodeMessageBinary(message);
     await this.write(() => {
       const s = this.sidOf(key);
       if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), body);
@@ -236,7 +221,7 @@ export class LmdbStore extends LmdbBase implements Store {
   async putRetained(message: StoredMessage): Promise<void> {
     const key = textKey(message.topic);
     if (message.payload.length === 0) return this.deleteRetained(message.topic);
-    const body = encodeMessage(message);
+    const body = encodeMessageBinary(message);
     const expiresAt = message.expiresAt;
     await this.write(() => {
       this.put('retained', key, body);
@@ -272,7 +257,7 @@ export class LmdbStore extends LmdbBase implements Store {
         const raw = db.retained.get(key);
         this.retainedExpiry.delete(key.toString('hex'));
         if (raw === undefined) continue;
-        const m = this.read('retained', key, raw, decodeMessage);
+        const m = this.read('retained', key, raw, (b) => decodeStoredMessage(b));
         if (m.expiresAt !== undefined && m.expiresAt <= now) {
           db.retained.removeSync(key);
           report.expiredRetained++;
