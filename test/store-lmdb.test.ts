@@ -101,3 +101,48 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
     await third.close();
   }
 });
+
+/** Reaches the numbering of queue entries: a number taken and never written is the gap a failed batch leaves. */
+class GapStore extends LmdbStore {
+  gap(sessionKeyOf: string, n: number): Promise<void> {
+    return this.write(() => {
+      const s = this.sidOf(sessionKeyOf);
+      if (s !== undefined) for (let i = 0; i < n; i++) this.nextQueueNumber(s.sid);
+    });
+  }
+}
+
+test('dequeue removes the first entries by number, across gaps in the numbering (a failed batch leaves some), and never beyond the queue', async (t) => {
+  const dir = folder();
+  const store = new GapStore({ path: dir });
+  await store.open();
+  const owner = 'user:g';
+  const k = sessionKey(owner, 'g');
+  const m = (i: number) => ({ topic: `g/${i}`, payload: Buffer.from([i]), qos: 1 as const, retain: false });
+  await store.saveSession({ clientId: 'g', owner, protocolVersion: 5, expiryInterval: 60, subscriptions: [], inflight: [], queue: [m(0), m(1)], awaitingRelease: [] });
+  const topics = async (s: LmdbStore) => (await s.getSession(k))?.queue.map((x) => x.topic);
+  await store.dequeue(k, 1); // the first dequeue finds the front with a read
+  await store.enqueue(k, m(2));
+  await store.gap(k, 3);
+  await store.enqueue(k, m(3));
+  await store.gap(k, 2);
+  await store.enqueue(k, m(4));
+  t.deepEqual(await topics(store), ['g/1', 'g/2', 'g/3', 'g/4']);
+  // From the known front: 1 and 2, then over the gap to 3.
+  await store.dequeue(k, 3);
+  t.deepEqual(await topics(store), ['g/4']);
+  // Several in one commit, and more than the queue holds.
+  await Promise.all([store.enqueue(k, m(5)), store.dequeue(k, 1), store.enqueue(k, m(6)), store.dequeue(k, 1)]);
+  t.deepEqual(await topics(store), ['g/6']);
+  await store.dequeue(k, 10);
+  t.deepEqual(await topics(store), []);
+  await store.enqueue(k, m(7));
+  t.deepEqual(await topics(store), ['g/7']);
+  await store.close();
+  const again = new LmdbStore({ path: dir });
+  await again.open();
+  t.deepEqual((await again.loadSessions())[0]?.queue.map((x) => x.topic), ['g/7']);
+  await again.dequeue(k, 1);
+  t.deepEqual(await topics(again), []);
+  await again.close();
+});

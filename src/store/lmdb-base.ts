@@ -10,7 +10,7 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, sidU64Key, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
 import { rawView, scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
@@ -49,6 +49,8 @@ interface Pending {
   reject: (err: unknown) => void;
   /** The header changes this write made (the session-number cache). */
   changes: [string, number, number | undefined][];
+  /** The queue fronts this write moved ([sid, new front]), learned once its batch commits. */
+  fronts: [number, number][];
   result: unknown;
   error: unknown;
   threw: boolean;
@@ -376,6 +378,8 @@ export abstract class LmdbBase {
     this.preloaded = null;
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
+    this.queueFronts.clear();
+    this.txnFronts.clear();
     this.nextInflightOrder = 0;
     this.sids.clear();
     this.sidTokens.clear();
@@ -488,7 +492,7 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], result: undefined, error: undefined, threw: false };
+    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], fronts: [], result: undefined, error: undefined, threw: false };
     const done = new Promise<T>((resolve, reject) => {
       item.resolve = resolve as (v: unknown) => void;
       item.reject = reject;
@@ -532,6 +536,7 @@ export abstract class LmdbBase {
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     let items: Pending[] | null = null;
     const run = (): void => {
+      this.txnFronts.clear();
       if (items !== null) {
         // Run again by lmdb: the same writes, not a second prepare.
         for (const item of items) this.runItem(item);
@@ -561,9 +566,11 @@ export abstract class LmdbBase {
 
   private runItem(item: Pending): void {
     item.changes.length = 0;
+    item.fronts.length = 0;
     item.threw = false;
     item.error = undefined;
     this.sidChanges = item.changes;
+    this.frontChanges = item.fronts;
     try {
       item.result = item.fn();
     } catch (err) {
@@ -571,6 +578,7 @@ export abstract class LmdbBase {
       item.error = err;
     } finally {
       this.sidChanges = null;
+      this.frontChanges = null;
     }
   }
 
@@ -579,6 +587,7 @@ export abstract class LmdbBase {
     failure?.catch(() => undefined);
     for (const item of items) {
       if (item.changes.length > 0) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (failure === null && !item.threw) for (const [sid, front] of item.fronts) if ((this.queueFronts.get(sid) ?? -1) < front) this.queueFronts.set(sid, front);
       if (failure !== null) failure.catch(item.reject);
       else if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
       else item.resolve(item.result);
@@ -591,6 +600,7 @@ export abstract class LmdbBase {
     if (this.group === items) this.group = null;
     // lmdb may run a batch's callback again: each run starts afresh (runItem resets what a write noted).
     const run = (): void => {
+      this.txnFronts.clear();
       for (const item of items) this.runItem(item);
     };
     env.transaction(run).then(
@@ -618,6 +628,8 @@ export abstract class LmdbBase {
     db.sessions.removeSync(headerKey);
     this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
+    this.queueFronts.delete(sid);
+    this.txnFronts.delete(sid);
   }
 
   /**
@@ -626,14 +638,57 @@ export abstract class LmdbBase {
    * the count cannot fall behind; a failed batch only leaves a gap, and gaps keep the order.
    */
   protected nextQueueNumber(sid: number): number {
-    const counters = this.nextQueueSeq;
-    let next = counters.get(sid);
+    const next = this.queueEnd(sid);
+    this.nextQueueSeq.set(sid, next + 1);
+    return next;
+  }
+
+  /** One above the highest queue number session `sid` ever used (no entry of it is at or above it). */
+  private queueEnd(sid: number): number {
+    let next = this.nextQueueSeq.get(sid);
     if (next === undefined) {
       next = 0;
       for (const key of (this.db as Tables).queue.getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+      this.nextQueueSeq.set(sid, next);
     }
-    counters.set(sid, next + 1);
     return next;
+  }
+
+  // ── the queue's front ──────────────────────────────────────────────────────
+  //
+  // A dequeue removes the first entries of a session's queue. Finding them with a cursor read
+  // was most of a dequeue's cost; instead the store remembers where each queue starts: a lower
+  // bound of the numbers still in it, and removes from there by number. Numbers can be missing
+  // (a failed batch's enqueues, or lmdb running a batch again, leave gaps): a removal that finds
+  // nothing is skipped, and the walk stops at the queue's end. Starting too low costs a few
+  // lookups; starting too high would leave entries behind, so the bound only moves up once the
+  // batch that removed the entries below it has committed (`queueFronts`); inside a running
+  // transaction callback, `txnFronts` holds its own progress, cleared at each (re)run.
+
+  /** Per session: no queue entry below this number is in the committed store. */
+  private readonly queueFronts = new Map<number, number>();
+  /** The same, within the running transaction callback. */
+  private readonly txnFronts = new Map<number, number>();
+  /** The fronts the running write moved, settled with its batch. */
+  private frontChanges: [number, number][] | null = null;
+
+  /** Removes the first `count` entries of session `sid`'s queue (fewer if it holds fewer); inside a write callback. */
+  protected removeQueueFront(sid: number, count: number): void {
+    const db = this.db as Tables;
+    let seq = this.txnFronts.get(sid) ?? this.queueFronts.get(sid);
+    if (seq === undefined) {
+      // The first dequeue of this session since the store opened: find the front once.
+      const keys = [...db.queue.getKeys({ ...sidRange(sid), limit: count })].map((k) => Buffer.from(k as Buffer));
+      for (const k of keys) db.queue.removeSync(k);
+      const last = keys.at(-1);
+      if (last === undefined) return;
+      seq = readU64(last, 8) + 1;
+    } else {
+      const end = this.queueEnd(sid);
+      for (let removed = 0; removed < count && seq < end; seq++) if (db.queue.removeSync(sidU64Key(sid, seq))) removed++;
+    }
+    this.txnFronts.set(sid, seq);
+    this.frontChanges?.push([sid, seq]);
   }
 
   async closeKeepingLock(): Promise<StoreLock> {

@@ -182,10 +182,7 @@ export class LmdbStore extends LmdbBase implements Store {
     if (count <= 0) return;
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s === undefined) return;
-      const db = this.db as Tables;
-      const keys = [...db.queue.getKeys({ ...sidRange(s.sid), limit: count })].map((k) => Buffer.from(k as Buffer));
-      for (const k of keys) db.queue.removeSync(k);
+      if (s !== undefined) this.removeQueueFront(s.sid, count);
     });
   }
 
