@@ -675,6 +675,10 @@ export abstract class LmdbBase {
   /** Removes the first `count` entries of session `sid`'s queue (fewer if it holds fewer); inside a write callback. */
   protected removeQueueFront(sid: number, count: number): void {
     const db = this.db as Tables;
+    // Before anything is removed: the end, found from the last entry when not yet counted, must
+    // be noted now (an emptied queue has no last entry, and numbering it from 0 again would put
+    // new entries below the front).
+    const end = this.queueEnd(sid);
     let seq = this.txnFronts.get(sid) ?? this.queueFronts.get(sid);
     if (seq === undefined) {
       // The first dequeue of this session since the store opened: find the front once.
@@ -684,7 +688,6 @@ export abstract class LmdbBase {
       if (last === undefined) return;
       seq = readU64(last, 8) + 1;
     } else {
-      const end = this.queueEnd(sid);
       for (let removed = 0; removed < count && seq < end; seq++) if (db.queue.removeSync(sidU64Key(sid, seq))) removed++;
     }
     this.txnFronts.set(sid, seq);
