@@ -9,7 +9,9 @@
  * page or a value moved to another key is found at load, never served.
  *
  * A body is JSON followed by binary parts: [u32 JSON length][JSON]([u32 length][bytes])*. Payloads
- * and correlation data travel as bytes, never through strings.
+ * and correlation data travel as bytes, never through strings. The LMDB store (format 3) keeps
+ * queued, retained and in-flight messages in a binary layout instead (lmdb-records.ts); the
+ * encoders here still write every other LMDB record, and every record of the Redis store.
  */
 import zlib from 'node:zlib';
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
