@@ -71,6 +71,7 @@ function onUnhandledRejection(reason: unknown): void {
   if (process.listenerCount('unhandledRejection') === 1) throw reason;
 }
 let rejectionGuard = false;
+function noop(): void {}
 function guardCommitRejections(): void {
   if (rejectionGuard) return;
   rejectionGuard = true;
@@ -492,7 +493,8 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], fronts: [], result: undefined, error: undefined, threw: false };
+    // The resolvers are set by the executor below; a shared placeholder until then (no closure per write).
+    const item: Pending = { fn, resolve: noop, reject: noop, changes: [], fronts: [], result: undefined, error: undefined, threw: false };
     const done = new Promise<T>((resolve, reject) => {
       item.resolve = resolve as (v: unknown) => void;
       item.reject = reject;
