@@ -151,7 +151,9 @@ export class Persistence {
         const cancel = Math.min(tag.count - written, pending.length);
         if (cancel > 0) {
           held.carried = [];
-          for (const e of pending.splice(0, cancel)) {
+          // shift(), not splice(0, n): the list can be long, and n is usually 1.
+          for (let k = 0; k < cancel; k++) {
+            const e = pending.shift() as Held;
             e.cancelled = true;
             held.carried.push(e.resolve);
           }

@@ -426,27 +426,32 @@ export abstract class LmdbBase {
   // number is learned only when that batch commits, and only if no later batch touched the same
   // header meanwhile (a token per change). A batch that fails leaves nothing behind.
 
-  private readonly headerKeys = new Map<string, Buffer>();
+  /** Per session key: its header key, and that key as the text the maps below use. */
+  private readonly headerKeys = new Map<string, { key: Buffer; id: string }>();
   private readonly sids = new Map<string, number>();
   private readonly sidTokens = new Map<string, number>();
   private sidToken = 0;
   /** The header changes the running batch callback made: [header id, token, new sid]. */
   private sidChanges: [string, number, number | undefined][] | null = null;
 
-  private headerKeyOf(sessionId: string): Buffer {
-    let key = this.headerKeys.get(sessionId);
-    if (key === undefined) {
+  private headerKeyEntry(sessionId: string): { key: Buffer; id: string } {
+    let entry = this.headerKeys.get(sessionId);
+    if (entry === undefined) {
       if (this.headerKeys.size >= 100_000) this.headerKeys.clear();
-      key = sessionHeaderKey(sessionId);
-      this.headerKeys.set(sessionId, key);
+      const key = sessionHeaderKey(sessionId);
+      entry = { key, id: key.toString('latin1') };
+      this.headerKeys.set(sessionId, entry);
     }
-    return key;
+    return entry;
+  }
+
+  private headerKeyOf(sessionId: string): Buffer {
+    return this.headerKeyEntry(sessionId).key;
   }
 
   /** The number and header key of the session with this session key, or undefined; inside a write callback. */
   protected sidOf(sessionId: string): { key: Buffer; sid: number } | undefined {
-    const key = this.headerKeyOf(sessionId);
-    const id = key.toString('latin1');
+    const { key, id } = this.headerKeyEntry(sessionId);
     const cached = this.sids.get(id);
     if (cached !== undefined) return { key, sid: cached };
     const found = this.header(sessionId);
