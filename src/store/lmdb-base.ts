@@ -15,7 +15,7 @@ import { StoreLock } from './lmdb-lock.ts';
 import { rawView, scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
 import { encodeInflightRecord, encodeMessageBinary } from './lmdb-records.ts';
-import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, wrapWithHeadroom, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 import { storeCounts } from './counts.ts';
 
@@ -47,10 +47,10 @@ interface Pending {
   fn: () => unknown;
   resolve: (value: unknown) => void;
   reject: (err: unknown) => void;
-  /** The header changes this write made (the session-number cache). */
-  changes: [string, number, number | undefined][];
-  /** The queue fronts this write moved ([sid, new front]), learned once its batch commits. */
-  fronts: [number, number][];
+  /** The header changes this write made (the session-number cache); null: none (most writes). */
+  changes: [string, number, number | undefined][] | null;
+  /** The queue fronts this write moved ([sid, new front]), learned once its batch commits; null: none. */
+  fronts: [number, number][] | null;
   result: unknown;
   error: unknown;
   threw: boolean;
@@ -431,8 +431,8 @@ export abstract class LmdbBase {
   private readonly sids = new Map<string, number>();
   private readonly sidTokens = new Map<string, number>();
   private sidToken = 0;
-  /** The header changes the running batch callback made: [header id, token, new sid]. */
-  private sidChanges: [string, number, number | undefined][] | null = null;
+  /** The write whose callback is running (its header and queue-front changes are noted on it). */
+  private running: Pending | null = null;
 
   private headerKeyEntry(sessionId: string): { key: Buffer; id: string } {
     let entry = this.headerKeys.get(sessionId);
@@ -467,7 +467,7 @@ export abstract class LmdbBase {
     this.sids.delete(id);
     const token = ++this.sidToken;
     this.sidTokens.set(id, token);
-    this.sidChanges?.push([id, token, sid]);
+    if (this.running !== null) (this.running.changes ??= []).push([id, token, sid]);
   }
 
   private settleSidChanges(changes: [string, number, number | undefined][], committed: boolean): void {
@@ -499,7 +499,7 @@ export abstract class LmdbBase {
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
     // The resolvers are set by the executor below; a shared placeholder until then (no closure per write).
-    const item: Pending = { fn, resolve: noop, reject: noop, changes: [], fronts: [], result: undefined, error: undefined, threw: false };
+    const item: Pending = { fn, resolve: noop, reject: noop, changes: null, fronts: null, result: undefined, error: undefined, threw: false };
     const done = new Promise<T>((resolve, reject) => {
       item.resolve = resolve as (v: unknown) => void;
       item.reject = reject;
@@ -572,20 +572,18 @@ export abstract class LmdbBase {
   }
 
   private runItem(item: Pending): void {
-    item.changes.length = 0;
-    item.fronts.length = 0;
+    item.changes = null;
+    item.fronts = null;
     item.threw = false;
     item.error = undefined;
-    this.sidChanges = item.changes;
-    this.frontChanges = item.fronts;
+    this.running = item;
     try {
       item.result = item.fn();
     } catch (err) {
       item.threw = true;
       item.error = err;
     } finally {
-      this.sidChanges = null;
-      this.frontChanges = null;
+      this.running = null;
     }
   }
 
@@ -593,8 +591,8 @@ export abstract class LmdbBase {
   private settleItems(items: Pending[], failure: Promise<never> | null): void {
     failure?.catch(() => undefined);
     for (const item of items) {
-      if (item.changes.length > 0) this.settleSidChanges(item.changes, failure === null && !item.threw);
-      if (failure === null && !item.threw) for (const [sid, front] of item.fronts) if ((this.queueFronts.get(sid) ?? -1) < front) this.queueFronts.set(sid, front);
+      if (item.changes !== null) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (item.fronts !== null && failure === null && !item.threw) for (const [sid, front] of item.fronts) if ((this.queueFronts.get(sid) ?? -1) < front) this.queueFronts.set(sid, front);
       if (failure !== null) failure.catch(item.reject);
       else if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
       else item.resolve(item.result);
@@ -618,6 +616,11 @@ export abstract class LmdbBase {
 
   protected put(table: TableName, key: Buffer, body: Buffer): void {
     (this.db as Tables)[table].putSync(key, wrap(table, key, body, this.keyring));
+  }
+
+  /** {@link put} for a body encoded with records.ts's HEADROOM free bytes in front (no copy in the clear). */
+  protected putRecord(table: TableName, key: Buffer, record: Buffer): void {
+    (this.db as Tables)[table].putSync(key, wrapWithHeadroom(table, key, record, this.keyring));
   }
 
   protected putMeta(name: string, body: Buffer): void {
@@ -676,8 +679,6 @@ export abstract class LmdbBase {
   private readonly queueFronts = new Map<number, number>();
   /** The same, within the running transaction callback. */
   private readonly txnFronts = new Map<number, number>();
-  /** The fronts the running write moved, settled with its batch. */
-  private frontChanges: [number, number][] | null = null;
 
   /** Removes the first `count` entries of session `sid`'s queue (fewer if it holds fewer); inside a write callback. */
   protected removeQueueFront(sid: number, count: number): void {
@@ -698,7 +699,7 @@ export abstract class LmdbBase {
       for (let removed = 0; removed < count && seq < end; seq++) if (db.queue.removeSync(sidU64Key(sid, seq))) removed++;
     }
     this.txnFronts.set(sid, seq);
-    this.frontChanges?.push([sid, seq]);
+    if (this.running !== null) (this.running.fronts ??= []).push([sid, seq]);
   }
 
   async closeKeepingLock(): Promise<StoreLock> {

@@ -67,11 +67,15 @@ const OWN: Pick<Arena, 'copy'> = { copy: (src, start, end) => Buffer.from(src.su
 
 // ── messages ───────────────────────────────────────────────────────────────
 
-export function encodeMessageBinary(m: StoredMessage): Buffer {
-  const topic = Buffer.from(m.topic, 'utf8');
-  if (topic.length > 0xffff) fail('topic longer than 65535 bytes');
+/**
+ * The message in the binary layout, after `headroom` free bytes (where the store puts the
+ * record's envelope without copying the body again, records.ts wrapWithHeadroom).
+ */
+export function encodeMessageBinary(m: StoredMessage, headroom = 0): Buffer {
+  const topicLength = Buffer.byteLength(m.topic, 'utf8');
+  if (topicLength > 0xffff) fail('topic longer than 65535 bytes');
   let flags = m.qos | (m.retain ? RETAIN : 0);
-  let size = 4 + topic.length + m.payload.length;
+  let size = headroom + 4 + topicLength + m.payload.length;
   let origin: Buffer | undefined;
   let props: Buffer | undefined;
   let correlation: Buffer | undefined;
@@ -96,18 +100,23 @@ export function encodeMessageBinary(m: StoredMessage): Buffer {
     }
   }
   const out = Buffer.allocUnsafe(size);
-  out[0] = BINARY_TAG;
-  out[1] = flags;
-  out.writeUInt16BE(topic.length, 2);
-  let o = 4 + topic.copy(out, 4);
+  let o = headroom;
+  out[o] = BINARY_TAG;
+  out[o + 1] = flags;
+  out.writeUInt16BE(topicLength, o + 2);
+  o += 4;
+  o += out.write(m.topic, o, 'utf8');
   if (m.expiresAt !== undefined) o = out.writeDoubleBE(m.expiresAt, o);
-  for (const part of [origin, props, correlation]) {
-    if (part === undefined) continue;
-    o = out.writeUInt32BE(part.length, o);
-    o += part.copy(out, o);
-  }
+  if (origin !== undefined) o = putPart(out, o, origin);
+  if (props !== undefined) o = putPart(out, o, props);
+  if (correlation !== undefined) o = putPart(out, o, correlation);
   m.payload.copy(out, o);
   return out;
+}
+
+function putPart(out: Buffer, o: number, part: Buffer): number {
+  o = out.writeUInt32BE(part.length, o);
+  return o + part.copy(out, o);
 }
 
 /** A u32-length-prefixed part at `o`; returns its end (its start is o + 4). */
@@ -180,26 +189,26 @@ export function isLegacyMessage(body: Buffer): boolean {
  * order (u64, big-endian) first, then the entry. The order is in the value, not the key, so that
  * an acknowledgement deletes the record by its packet id without reading anything first.
  */
-export function encodeInflightRecord(order: number, f: StoredInflight): Buffer {
+export function encodeInflightRecord(order: number, f: StoredInflight, headroom = 0): Buffer {
   const ids = f.subscriptionIds ?? [];
   if (ids.length > 0xffff) fail('too many subscription ids');
-  const message = encodeMessageBinary(f.message);
-  const out = Buffer.allocUnsafe(8 + 6 + 4 * ids.length + message.length);
-  setInflightRecordOrder(out, order);
-  out[8] = BINARY_TAG;
-  out.writeUInt16BE(f.packetId, 9);
-  out[11] = f.state === 'pubrel' ? 1 : 0;
-  out.writeUInt16BE(ids.length, 12);
-  let o = 14;
+  // The message is encoded in place, after the entry's fields (and the caller's headroom).
+  const at = headroom + 14 + 4 * ids.length;
+  const out = encodeMessageBinary(f.message, at);
+  setInflightRecordOrder(out, order, headroom);
+  out[headroom + 8] = BINARY_TAG;
+  out.writeUInt16BE(f.packetId, headroom + 9);
+  out[headroom + 11] = f.state === 'pubrel' ? 1 : 0;
+  out.writeUInt16BE(ids.length, headroom + 12);
+  let o = headroom + 14;
   for (const id of ids) o = out.writeUInt32BE(id, o);
-  message.copy(out, o);
   return out;
 }
 
-/** Sets the order of a record {@link encodeInflightRecord} made (known only inside the write). */
-export function setInflightRecordOrder(record: Buffer, order: number): void {
-  record.writeUInt32BE(Math.floor(order / TWO_32), 0);
-  record.writeUInt32BE(order >>> 0, 4);
+/** Sets the order of a record {@link encodeInflightRecord} made (known only inside the write), `headroom` bytes in. */
+export function setInflightRecordOrder(record: Buffer, order: number, headroom = 0): void {
+  record.writeUInt32BE(Math.floor(order / TWO_32), headroom);
+  record.writeUInt32BE(order >>> 0, headroom + 4);
 }
 
 export function inflightRecordOrder(body: Buffer): number {

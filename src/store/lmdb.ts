@@ -20,7 +20,7 @@ import { throwIfDamaged } from './lmdb-failures.ts';
 import { sessionHeaderKey, sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
 import { scanStore, type Tables } from './lmdb-scan.ts';
 import { decodeInflightRecord, decodeStoredMessage, encodeInflightRecord, encodeMessageBinary, inflightRecordOrder, setInflightRecordOrder } from './lmdb-records.ts';
-import { decodeHeader, decodeSubscription, decodeWill, encodeHeader, encodeJson, encodeSubscription, encodeWill, headerOf, type SessionHeader } from './records.ts';
+import { HEADROOM, decodeHeader, decodeSubscription, decodeWill, encodeHeader, encodeJson, encodeSubscription, encodeWill, headerOf, type SessionHeader } from './records.ts';
 import { sessionKey, type PurgeOptions, type PurgeReport, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
 
 export type { Durability, LmdbStoreOptions } from './lmdb-base.ts';
@@ -84,7 +84,7 @@ export class LmdbStore extends LmdbBase implements Store {
     // Encoded now: the caller may change the object once this returns.
     const subs = session.subscriptions.map((s) => ({ filter: s.filter, body: encodeSubscription(s) }));
     const inflight = session.inflight.map((f) => ({ packetId: f.packetId, inflight: f }));
-    const queue = session.queue.map(encodeMessageBinary);
+    const queue = session.queue.map((m) => encodeMessageBinary(m, HEADROOM));
     const awaiting = [...new Set(session.awaitingRelease)];
     const will = session.will !== undefined ? encodeWill(session.will) : undefined;
     const snapshot = { ...session };
@@ -102,9 +102,9 @@ export class LmdbStore extends LmdbBase implements Store {
       for (const f of inflight) {
         let order = orders.get(f.packetId);
         if (order === undefined) orders.set(f.packetId, (order = this.nextInflightOrder++));
-        this.put('inflight', sidU16Key(sid, f.packetId), encodeInflightRecord(order, f.inflight));
+        this.putRecord('inflight', sidU16Key(sid, f.packetId), encodeInflightRecord(order, f.inflight, HEADROOM));
       }
-      queue.forEach((body, i) => this.put('queue', sidU64Key(sid, i), body));
+      queue.forEach((record, i) => this.putRecord('queue', sidU64Key(sid, i), record));
       for (const id of awaiting) this.put('awaiting', sidU16Key(sid, id), EMPTY);
       if (will !== undefined) this.put('wills', sidKey(sid), will);
     });
@@ -146,7 +146,7 @@ export class LmdbStore extends LmdbBase implements Store {
 
   async putInflight(key: string, inflight: StoredInflight): Promise<void> {
     // Encoded now (the caller may change the object once this returns); the order is set inside the write.
-    const record = encodeInflightRecord(0, inflight);
+    const record = encodeInflightRecord(0, inflight, HEADROOM);
     const packetId = inflight.packetId;
     await this.write(() => {
       const s = this.sidOf(key);
@@ -157,8 +157,8 @@ export class LmdbStore extends LmdbBase implements Store {
       // B-tree probe, nothing decoded.
       const raw = (this.db as Tables).inflight.get(recordKey);
       const order = raw !== undefined ? this.read('inflight', recordKey, raw, inflightRecordOrder) : this.nextInflightOrder++;
-      setInflightRecordOrder(record, order);
-      this.put('inflight', recordKey, record);
+      setInflightRecordOrder(record, order, HEADROOM);
+      this.putRecord('inflight', recordKey, record);
     });
   }
 
@@ -171,10 +171,10 @@ export class LmdbStore extends LmdbBase implements Store {
   }
 
   async enqueue(key: string, message: StoredMessage): Promise<void> {
-    const body = encodeMessageBinary(message);
+    const record = encodeMessageBinary(message, HEADROOM);
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), body);
+      if (s !== undefined) this.putRecord('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), record);
     });
   }
 
@@ -218,10 +218,10 @@ export class LmdbStore extends LmdbBase implements Store {
   async putRetained(message: StoredMessage): Promise<void> {
     const key = textKey(message.topic);
     if (message.payload.length === 0) return this.deleteRetained(message.topic);
-    const body = encodeMessageBinary(message);
+    const record = encodeMessageBinary(message, HEADROOM);
     const expiresAt = message.expiresAt;
     await this.write(() => {
-      this.put('retained', key, body);
+      this.putRecord('retained', key, record);
       if (expiresAt !== undefined) this.retainedExpiry.set(key.toString('hex'), expiresAt);
       else this.retainedExpiry.delete(key.toString('hex'));
     });

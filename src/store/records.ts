@@ -112,6 +112,22 @@ export function wrap(table: TableName, key: Buffer, body: Buffer, keyring: Keyri
   return out;
 }
 
+/** The bytes {@link wrapWithHeadroom} needs free in front of a body. */
+export const HEADROOM = 5;
+
+/**
+ * {@link wrap} for a body written {@link HEADROOM} bytes into `record` (the encoders leave that
+ * room): a plain envelope is filled in around it, in place, instead of copying the body into a
+ * new value; a sealed one is made as wrap makes it. Returns the value to store.
+ */
+export function wrapWithHeadroom(table: TableName, key: Buffer, record: Buffer, keyring: Keyring | null): Buffer {
+  const body = record.subarray(HEADROOM);
+  if (keyring !== null && SEALED_TABLES.has(table)) return wrap(table, key, body, keyring);
+  record[0] = PLAIN;
+  record.writeUInt32BE(recordCrc(Table[table], key, body), 1);
+  return record;
+}
+
 /** What a sealed value says about itself, without decrypting it (for stats and check). */
 export function sealedKeyId(value: Buffer): string | undefined {
   if (value[0] !== SEALED || value.length < 2) return undefined;
