@@ -49,7 +49,7 @@ test('close lets every write issued before it finish, awaited or not (the broker
   await again.close();
 });
 
-test('a store in format 1 (in-flight entries keyed by order, with a packet-id index) is upgraded at open: same entries, same resend order, format 2 after', async (t) => {
+test('a store in format 1 (in-flight entries keyed by order, with a packet-id index) is upgraded at open: same entries, same resend order, format 3 after', async (t) => {
   for (const keys of [undefined, [key]]) {
     const dir = folder();
     const store = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
@@ -84,7 +84,7 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
 
     const again = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
     const report = await again.open();
-    t.true(report.warnings.some((w) => /upgraded from format 1 to format 2 \(3 in-flight records/.test(w)), report.warnings.join('; '));
+    t.true(report.warnings.some((w) => /upgraded from format 1 to format 3 \(3 in-flight records/.test(w)), report.warnings.join('; '));
     t.deepEqual((await again.getSession(sessionKey(owner, 'a')))?.inflight, inflight);
     t.deepEqual((await again.loadSessions())[0]?.inflight, inflight);
     // The index is gone and the entries are keyed by packet id: an acknowledgement deletes one without a read.
@@ -92,7 +92,7 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
     await again.deleteInflight(sessionKey(owner, 'a'), 3);
     await again.putInflight(sessionKey(owner, 'a'), { packetId: 1, state: 'publish', message: msg('m/1') });
     await again.close();
-    t.is(JSON.parse(fs.readFileSync(manifestFile, 'utf8')).version, 2);
+    t.is(JSON.parse(fs.readFileSync(manifestFile, 'utf8')).version, 3);
 
     const third = new LmdbStore({ path: dir, ...(keys ? { keys } : {}) });
     const r3 = await third.open();
@@ -100,4 +100,57 @@ test('a store in format 1 (in-flight entries keyed by order, with a packet-id in
     t.deepEqual((await third.loadSessions())[0]?.inflight.map((f) => f.packetId), [7, 9, 1]);
     await third.close();
   }
+});
+
+/** Reaches the numbering of queue entries: a number taken and never written is the gap a failed batch leaves. */
+class GapStore extends LmdbStore {
+  gap(sessionKeyOf: string, n: number): Promise<void> {
+    return this.write(() => {
+      const s = this.sidOf(sessionKeyOf);
+      if (s !== undefined) for (let i = 0; i < n; i++) this.nextQueueNumber(s.sid);
+    });
+  }
+}
+
+test('dequeue removes the first entries by number, across gaps in the numbering (a failed batch leaves some), and never beyond the queue', async (t) => {
+  const dir = folder();
+  const store = new GapStore({ path: dir });
+  await store.open();
+  const owner = 'user:g';
+  const k = sessionKey(owner, 'g');
+  const m = (i: number) => ({ topic: `g/${i}`, payload: Buffer.from([i]), qos: 1 as const, retain: false });
+  await store.saveSession({ clientId: 'g', owner, protocolVersion: 5, expiryInterval: 60, subscriptions: [], inflight: [], queue: [m(0), m(1)], awaitingRelease: [] });
+  const topics = async (s: LmdbStore) => (await s.getSession(k))?.queue.map((x) => x.topic);
+  await store.dequeue(k, 1); // the first dequeue finds the front with a read
+  await store.enqueue(k, m(2));
+  await store.gap(k, 3);
+  await store.enqueue(k, m(3));
+  await store.gap(k, 2);
+  await store.enqueue(k, m(4));
+  t.deepEqual(await topics(store), ['g/1', 'g/2', 'g/3', 'g/4']);
+  // From the known front: 1 and 2, then over the gap to 3.
+  await store.dequeue(k, 3);
+  t.deepEqual(await topics(store), ['g/4']);
+  // Several in one commit, and more than the queue holds.
+  await Promise.all([store.enqueue(k, m(5)), store.dequeue(k, 1), store.enqueue(k, m(6)), store.dequeue(k, 1)]);
+  t.deepEqual(await topics(store), ['g/6']);
+  await store.dequeue(k, 10);
+  t.deepEqual(await topics(store), []);
+  await store.enqueue(k, m(7));
+  t.deepEqual(await topics(store), ['g/7']);
+  // A queue emptied by its first dequeue (nothing enqueued since the session was saved): what
+  // comes next is numbered above the front, and taken by the next dequeue.
+  const h = sessionKey(owner, 'h');
+  await store.saveSession({ clientId: 'h', owner, protocolVersion: 5, expiryInterval: 60, subscriptions: [], inflight: [], queue: [m(10), m(11)], awaitingRelease: [] });
+  await store.dequeue(h, 2);
+  await store.enqueue(h, m(12));
+  await store.dequeue(h, 1);
+  t.deepEqual((await store.getSession(h))?.queue, []);
+  await store.close();
+  const again = new LmdbStore({ path: dir });
+  await again.open();
+  t.deepEqual((await again.getSession(k))?.queue.map((x) => x.topic), ['g/7']);
+  await again.dequeue(k, 1);
+  t.deepEqual(await topics(again), []);
+  await again.close();
 });

@@ -807,7 +807,10 @@ export class Delivery implements DeliveryApi {
       }
     }
     if (sent > 0) {
-      session.queue.splice(0, sent);
+      // One at a time is the usual case (a PUBACK frees one slot): shift() takes it from the front
+      // without moving the rest of a long queue, which splice() does.
+      if (sent === 1) session.queue.shift();
+      else session.queue.splice(0, sent);
       session.queuedBytes -= bytes;
       this.quotas.queued(session.quotaKey, -bytes);
       session.queuedQos0 -= qos0;

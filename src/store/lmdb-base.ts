@@ -10,11 +10,12 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { StoreError } from './errors.ts';
 import { Keyring, type StoreKey } from './keyring.ts';
 import { DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, checkDataFile, guardFiles, guardFolder, readManifest, writeManifest, type Manifest } from './lmdb-files.ts';
-import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, readU64 } from './lmdb-keys.ts';
+import { sessionHeaderKey, sidRange, sidReverseRange, sidU16Key, sidU64Key, readU64 } from './lmdb-keys.ts';
 import { StoreLock } from './lmdb-lock.ts';
-import { scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
+import { rawView, scanStore, takeExpired, type ScanResult, type Tables } from './lmdb-scan.ts';
 import { commitFailure, fileSize, recordFailure, throwIfDamaged } from './lmdb-failures.ts';
-import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeInflightRecord, encodeJson, unwrap, wrap, type SessionHeader, type TableName } from './records.ts';
+import { encodeInflightRecord, encodeMessageBinary } from './lmdb-records.ts';
+import { TABLES, decodeHeader, decodeJson, encodeBytes, encodeJson, unwrap, wrap, wrapWithHeadroom, type SessionHeader, type TableName } from './records.ts';
 import type { StoreOpenReport, StoredMessage, StoredSession } from './types.ts';
 import { storeCounts } from './counts.ts';
 
@@ -46,8 +47,10 @@ interface Pending {
   fn: () => unknown;
   resolve: (value: unknown) => void;
   reject: (err: unknown) => void;
-  /** The header changes this write made (the session-number cache). */
-  changes: [string, number, number | undefined][];
+  /** The header changes this write made (the session-number cache); null: none (most writes). */
+  changes: [string, number, number | undefined][] | null;
+  /** The queue fronts this write moved ([sid, new front]), learned once its batch commits; null: none. */
+  fronts: [number, number][] | null;
   result: unknown;
   error: unknown;
   threw: boolean;
@@ -68,6 +71,7 @@ function onUnhandledRejection(reason: unknown): void {
   if (process.listenerCount('unhandledRejection') === 1) throw reason;
 }
 let rejectionGuard = false;
+function noop(): void {}
 function guardCommitRejections(): void {
   if (rejectionGuard) return;
   rejectionGuard = true;
@@ -211,6 +215,8 @@ export abstract class LmdbBase {
     try {
       const db = {} as Tables;
       for (const name of TABLES) db[name] = env.openDB<Buffer, Buffer>({ name, keyEncoding: 'binary', encoding: 'binary' }) as Db;
+      // The scan's in-place views, opened now, before any write is in flight.
+      for (const name of TABLES) rawView(db[name], name);
       return { env, db };
     } catch (err) {
       void env.close();
@@ -265,29 +271,35 @@ export abstract class LmdbBase {
    * Brings a store of an older format to this one, in one transaction (all or nothing: a crash
    * in the middle leaves the old format, which the next open upgrades again), then the manifest.
    * Format 1 → 2: in-flight entries move from [sid, order] keys with a packet-id index to
-   * [sid, packet id] keys with the order in the value (lmdb-keys.ts); nothing else changed.
+   * [sid, packet id] keys with the order in the value (lmdb-keys.ts). Format 2 → 3: queued,
+   * retained and in-flight messages are rewritten from the JSON layout to the binary one
+   * (lmdb-records.ts). Nothing else changed.
    */
   private async upgrade(scan: ScanResult, warnings: string[]): Promise<void> {
     const format = this.format;
     this.format = undefined;
     const from = typeof format?.['version'] === 'number' ? format['version'] : FORMAT_VERSION;
     const legacy = scan.legacy;
-    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0) {
+    if (from >= FORMAT_VERSION && legacy.inflight.length === 0 && legacy.index.length === 0 && legacy.messages.length === 0) {
       this.syncManifestVersion();
       return;
     }
     const db = this.db as Tables;
-    const records = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), body: encodeInflightRecord(e.order, e.inflight) }));
+    const inflight = legacy.inflight.map((e) => ({ oldKey: e.key, key: sidU16Key(e.sid, e.inflight.packetId), order: e.order, inflight: e.inflight }));
+    const messages = legacy.messages;
     await this.write(() => {
-      for (const r of records) db.inflight.removeSync(r.oldKey);
+      for (const r of inflight) db.inflight.removeSync(r.oldKey);
       for (const k of legacy.index) db.inflightIndex.removeSync(k);
-      for (const r of records) this.put('inflight', r.key, r.body);
+      for (const r of inflight) this.put('inflight', r.key, encodeInflightRecord(r.order, r.inflight));
+      // Encoded here, one at a time (a large store holds a million of them).
+      for (const m of messages) this.put(m.table, m.key, encodeMessageBinary(m.message));
       this.putMeta(META_FORMAT, encodeJson({ ...format, version: FORMAT_VERSION }));
     });
     legacy.inflight = [];
     legacy.index = [];
+    legacy.messages = [];
     this.syncManifestVersion();
-    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${records.length} in-flight records rewritten); a broker older than this one cannot open it any more`);
+    warnings.push(`the store was upgraded from format ${from} to format ${FORMAT_VERSION} (${inflight.length} in-flight records and ${messages.length} queued and retained messages rewritten); a broker older than this one cannot open it any more`);
   }
 
   /** The manifest says the version the data file has (after an upgrade, or a crash right after one). */
@@ -367,6 +379,8 @@ export abstract class LmdbBase {
     this.preloaded = null;
     this.retainedExpiry.clear();
     this.nextQueueSeq.clear();
+    this.queueFronts.clear();
+    this.txnFronts.clear();
     this.nextInflightOrder = 0;
     this.sids.clear();
     this.sidTokens.clear();
@@ -412,27 +426,32 @@ export abstract class LmdbBase {
   // number is learned only when that batch commits, and only if no later batch touched the same
   // header meanwhile (a token per change). A batch that fails leaves nothing behind.
 
-  private readonly headerKeys = new Map<string, Buffer>();
+  /** Per session key: its header key, and that key as the text the maps below use. */
+  private readonly headerKeys = new Map<string, { key: Buffer; id: string }>();
   private readonly sids = new Map<string, number>();
   private readonly sidTokens = new Map<string, number>();
   private sidToken = 0;
-  /** The header changes the running batch callback made: [header id, token, new sid]. */
-  private sidChanges: [string, number, number | undefined][] | null = null;
+  /** The write whose callback is running (its header and queue-front changes are noted on it). */
+  private running: Pending | null = null;
+
+  private headerKeyEntry(sessionId: string): { key: Buffer; id: string } {
+    let entry = this.headerKeys.get(sessionId);
+    if (entry === undefined) {
+      if (this.headerKeys.size >= 100_000) this.headerKeys.clear();
+      const key = sessionHeaderKey(sessionId);
+      entry = { key, id: key.toString('latin1') };
+      this.headerKeys.set(sessionId, entry);
+    }
+    return entry;
+  }
 
   private headerKeyOf(sessionId: string): Buffer {
-    let key = this.headerKeys.get(sessionId);
-    if (key === undefined) {
-      if (this.headerKeys.size >= 100_000) this.headerKeys.clear();
-      key = sessionHeaderKey(sessionId);
-      this.headerKeys.set(sessionId, key);
-    }
-    return key;
+    return this.headerKeyEntry(sessionId).key;
   }
 
   /** The number and header key of the session with this session key, or undefined; inside a write callback. */
   protected sidOf(sessionId: string): { key: Buffer; sid: number } | undefined {
-    const key = this.headerKeyOf(sessionId);
-    const id = key.toString('latin1');
+    const { key, id } = this.headerKeyEntry(sessionId);
     const cached = this.sids.get(id);
     if (cached !== undefined) return { key, sid: cached };
     const found = this.header(sessionId);
@@ -448,7 +467,7 @@ export abstract class LmdbBase {
     this.sids.delete(id);
     const token = ++this.sidToken;
     this.sidTokens.set(id, token);
-    this.sidChanges?.push([id, token, sid]);
+    if (this.running !== null) (this.running.changes ??= []).push([id, token, sid]);
   }
 
   private settleSidChanges(changes: [string, number, number | undefined][], committed: boolean): void {
@@ -479,7 +498,8 @@ export abstract class LmdbBase {
     // 'commit': what the last flush could not write may be lost; acknowledge nothing more until a flush works.
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     this.preloaded = null;
-    const item: Pending = { fn, resolve: () => {}, reject: () => {}, changes: [], result: undefined, error: undefined, threw: false };
+    // The resolvers are set by the executor below; a shared placeholder until then (no closure per write).
+    const item: Pending = { fn, resolve: noop, reject: noop, changes: null, fronts: null, result: undefined, error: undefined, threw: false };
     const done = new Promise<T>((resolve, reject) => {
       item.resolve = resolve as (v: unknown) => void;
       item.reject = reject;
@@ -523,6 +543,7 @@ export abstract class LmdbBase {
     if (this.flushFailure !== null) return commitFailure(this.flushFailure, this.dataFile, this.path);
     let items: Pending[] | null = null;
     const run = (): void => {
+      this.txnFronts.clear();
       if (items !== null) {
         // Run again by lmdb: the same writes, not a second prepare.
         for (const item of items) this.runItem(item);
@@ -551,17 +572,18 @@ export abstract class LmdbBase {
   }
 
   private runItem(item: Pending): void {
-    item.changes.length = 0;
+    item.changes = null;
+    item.fronts = null;
     item.threw = false;
     item.error = undefined;
-    this.sidChanges = item.changes;
+    this.running = item;
     try {
       item.result = item.fn();
     } catch (err) {
       item.threw = true;
       item.error = err;
     } finally {
-      this.sidChanges = null;
+      this.running = null;
     }
   }
 
@@ -569,7 +591,8 @@ export abstract class LmdbBase {
   private settleItems(items: Pending[], failure: Promise<never> | null): void {
     failure?.catch(() => undefined);
     for (const item of items) {
-      if (item.changes.length > 0) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (item.changes !== null) this.settleSidChanges(item.changes, failure === null && !item.threw);
+      if (item.fronts !== null && failure === null && !item.threw) for (const [sid, front] of item.fronts) if ((this.queueFronts.get(sid) ?? -1) < front) this.queueFronts.set(sid, front);
       if (failure !== null) failure.catch(item.reject);
       else if (item.threw) commitFailure(item.error, this.dataFile, this.path).catch(item.reject);
       else item.resolve(item.result);
@@ -582,6 +605,7 @@ export abstract class LmdbBase {
     if (this.group === items) this.group = null;
     // lmdb may run a batch's callback again: each run starts afresh (runItem resets what a write noted).
     const run = (): void => {
+      this.txnFronts.clear();
       for (const item of items) this.runItem(item);
     };
     env.transaction(run).then(
@@ -592,6 +616,11 @@ export abstract class LmdbBase {
 
   protected put(table: TableName, key: Buffer, body: Buffer): void {
     (this.db as Tables)[table].putSync(key, wrap(table, key, body, this.keyring));
+  }
+
+  /** {@link put} for a body encoded with records.ts's HEADROOM free bytes in front (no copy in the clear). */
+  protected putRecord(table: TableName, key: Buffer, record: Buffer): void {
+    (this.db as Tables)[table].putSync(key, wrapWithHeadroom(table, key, record, this.keyring));
   }
 
   protected putMeta(name: string, body: Buffer): void {
@@ -609,6 +638,8 @@ export abstract class LmdbBase {
     db.sessions.removeSync(headerKey);
     this.headerChanged(headerKey);
     this.nextQueueSeq.delete(sid);
+    this.queueFronts.delete(sid);
+    this.txnFronts.delete(sid);
   }
 
   /**
@@ -617,14 +648,58 @@ export abstract class LmdbBase {
    * the count cannot fall behind; a failed batch only leaves a gap, and gaps keep the order.
    */
   protected nextQueueNumber(sid: number): number {
-    const counters = this.nextQueueSeq;
-    let next = counters.get(sid);
+    const next = this.queueEnd(sid);
+    this.nextQueueSeq.set(sid, next + 1);
+    return next;
+  }
+
+  /** One above the highest queue number session `sid` ever used (no entry of it is at or above it). */
+  private queueEnd(sid: number): number {
+    let next = this.nextQueueSeq.get(sid);
     if (next === undefined) {
       next = 0;
       for (const key of (this.db as Tables).queue.getKeys({ ...sidReverseRange(sid), reverse: true, limit: 1 })) next = readU64(key as Buffer, 8) + 1;
+      this.nextQueueSeq.set(sid, next);
     }
-    counters.set(sid, next + 1);
     return next;
+  }
+
+  // ── the queue's front ──────────────────────────────────────────────────────
+  //
+  // A dequeue removes the first entries of a session's queue. Finding them with a cursor read
+  // was most of a dequeue's cost; instead the store remembers where each queue starts: a lower
+  // bound of the numbers still in it, and removes from there by number. Numbers can be missing
+  // (a failed batch's enqueues, or lmdb running a batch again, leave gaps): a removal that finds
+  // nothing is skipped, and the walk stops at the queue's end. Starting too low costs a few
+  // lookups; starting too high would leave entries behind, so the bound only moves up once the
+  // batch that removed the entries below it has committed (`queueFronts`); inside a running
+  // transaction callback, `txnFronts` holds its own progress, cleared at each (re)run.
+
+  /** Per session: no queue entry below this number is in the committed store. */
+  private readonly queueFronts = new Map<number, number>();
+  /** The same, within the running transaction callback. */
+  private readonly txnFronts = new Map<number, number>();
+
+  /** Removes the first `count` entries of session `sid`'s queue (fewer if it holds fewer); inside a write callback. */
+  protected removeQueueFront(sid: number, count: number): void {
+    const db = this.db as Tables;
+    // Before anything is removed: the end, found from the last entry when not yet counted, must
+    // be noted now (an emptied queue has no last entry, and numbering it from 0 again would put
+    // new entries below the front).
+    const end = this.queueEnd(sid);
+    let seq = this.txnFronts.get(sid) ?? this.queueFronts.get(sid);
+    if (seq === undefined) {
+      // The first dequeue of this session since the store opened: find the front once.
+      const keys = [...db.queue.getKeys({ ...sidRange(sid), limit: count })].map((k) => Buffer.from(k as Buffer));
+      for (const k of keys) db.queue.removeSync(k);
+      const last = keys.at(-1);
+      if (last === undefined) return;
+      seq = readU64(last, 8) + 1;
+    } else {
+      for (let removed = 0; removed < count && seq < end; seq++) if (db.queue.removeSync(sidU64Key(sid, seq))) removed++;
+    }
+    this.txnFronts.set(sid, seq);
+    if (this.running !== null) (this.running.fronts ??= []).push([sid, seq]);
   }
 
   async closeKeepingLock(): Promise<StoreLock> {

@@ -23,10 +23,11 @@ export const LOCK_FILE = 'portcullis.lock';
 export const MANIFEST_FORMAT = 'portcullis-store';
 /**
  * The store's format, in the manifest and in the data file's format record. 1: the first
- * format; 2: in-flight entries keyed by packet id (lmdb-keys.ts). An older store is upgraded at
- * open (lmdb-base.ts); a newer one is refused.
+ * format; 2: in-flight entries keyed by packet id (lmdb-keys.ts); 3: queued, retained and
+ * in-flight messages in a binary layout (lmdb-records.ts). An older store is upgraded at open
+ * (lmdb-base.ts); a newer one is refused.
  */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 
 export interface Manifest {
   format: typeof MANIFEST_FORMAT;

@@ -13,7 +13,7 @@
  *   sid: nothing of the old one can come back.
  * - Queue entries are [sid, seq]: FIFO order is key order, and the next number is found from the
  *   last key of the session's range (no counter to rewrite on every enqueue).
- * - In-flight entries are [sid, packet id] (format 2), with their resend order inside the value,
+ * - In-flight entries are [sid, packet id] (formats 2 and 3), with their resend order inside the value,
  *   so an acknowledgement deletes one by its packet id without a read. (Format 1 keyed them
  *   [sid, order] with an index [sid, packet id] → order beside them; a store in format 1 is
  *   rewritten at open, lmdb-base.ts.)

@@ -9,13 +9,12 @@
 import type { Database } from 'lmdb';
 import type { Keyring } from './keyring.ts';
 import { describeKey, readU64, sidOf } from './lmdb-keys.ts';
+import { Arena, decodeInflightRecord, decodeStoredMessage, isLegacyInflightRecord, isLegacyMessage } from './lmdb-records.ts';
 import {
   RecordError,
   decodeBytes,
   decodeHeader,
   decodeInflight,
-  decodeInflightRecord,
-  decodeMessage,
   decodeNumber,
   decodeSubscription,
   decodeWill,
@@ -38,8 +37,8 @@ export interface LoadedSession {
   header: SessionHeader;
   key: Buffer;
   session: StoredSession;
-  /** Queue entries in order, with their keys (for purging expired ones). */
-  queueKeys: Buffer[];
+  /** Queued messages with a message expiry: their place in the queue and their key (for purging them). */
+  expiring: { index: number; key: Buffer }[];
 }
 
 export interface ScanResult {
@@ -58,10 +57,52 @@ export interface ScanResult {
   /** The highest in-flight resend order in the store (-1: none); new entries are numbered above it. */
   maxInflightOrder: number;
   /**
-   * Format 1 in-flight records ([sid, order] keys) and index records, which open() rewrites in
-   * format 2 (lmdb-base.ts). Empty in a format 2 store.
+   * Records of an older format, which open() rewrites (lmdb-base.ts): format 1 in-flight records
+   * ([sid, order] keys) and index records; in-flight (format 2), queued and retained records
+   * whose message is in the JSON layout of formats 1 and 2. Empty in a format 3 store.
    */
-  legacy: { inflight: { sid: number; key: Buffer; order: number; inflight: StoredInflight }[]; index: Buffer[] };
+  legacy: {
+    inflight: { sid: number; key: Buffer; order: number; inflight: StoredInflight }[];
+    index: Buffer[];
+    messages: { table: 'queue' | 'retained'; key: Buffer; message: StoredMessage }[];
+  };
+}
+
+/**
+ * A second handle on a table whose values are handed to the scan in place, in the buffer lmdb-js
+ * reuses for every read, instead of as a copy each: a restart reads a million records, and a
+ * copy each (a Buffer with memory of its own) was a large part of its time, mostly in garbage
+ * collection. The decoder only notes the buffer and returns the value's size; the scan decodes
+ * each value before it asks for the next, and copies what it keeps.
+ */
+interface RawView {
+  db: Database<number, Buffer>;
+  holder: { bytes: Buffer };
+}
+/** lmdb-js opens a sibling table from any table's handle (its typings list openDB on the root only). */
+type Opener = { openDB(options: Record<string, unknown>): unknown };
+const rawViews = new WeakMap<Database<Buffer, Buffer>, RawView>();
+
+/**
+ * The in-place view of `db` (opened on first use; the store opens them with its tables, before
+ * any write, lmdb-base.ts).
+ */
+export function rawView(db: Database<Buffer, Buffer>, name: TableName): RawView {
+  let view = rawViews.get(db);
+  if (view === undefined) {
+    const holder: { bytes: Buffer } = { bytes: Buffer.alloc(0) };
+    const encoder = {
+      encode: (value: unknown): unknown => value,
+      decode: (bytes: Buffer, size: number): number => {
+        holder.bytes = bytes;
+        return size;
+      },
+    };
+    const raw = (db as unknown as Opener).openDB({ name, keyEncoding: 'binary', encoding: 'binary', encoder }) as Database<number, Buffer>;
+    view = { db: raw, holder };
+    rawViews.set(db, view);
+  }
+  return view;
 }
 
 
@@ -78,20 +119,25 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     keyIds: new Map(),
     maxSid: 0,
     maxInflightOrder: -1,
-    legacy: { inflight: [], index: [] },
+    legacy: { inflight: [], index: [], messages: [] },
   };
   const bySid = r.sessions;
   const inflightOrder = new Map<number, { order: number; packetId: number; inflight: StoredInflight }[]>();
 
-  function each(table: TableName, visit: (key: Buffer, body: Buffer) => void): void {
+  let plain = 0;
+  function each(table: TableName, visit: (key: Buffer, body: Buffer, arena: Arena) => void): void {
+    const view = rawView(db[table], table);
+    const arena = new Arena();
     try {
-      for (const { key, value } of db[table].getRange({})) {
+      for (const { key, value: size } of view.db.getRange({})) {
         const k = key; // lmdb hands out keys as copies (Uint8Array slice): safe to keep
-        const id = sealedKeyId(value) ?? '';
-        r.keyIds.set(id, (r.keyIds.get(id) ?? 0) + 1);
+        const value = view.holder.bytes; // valid until the next record: decoded at once
+        const id = sealedKeyId(value);
+        if (id === undefined) plain++;
+        else r.keyIds.set(id, (r.keyIds.get(id) ?? 0) + 1);
         let body: Buffer;
         try {
-          body = unwrap(table, k, value, keyring);
+          body = unwrap(table, k, value, keyring, size);
         } catch (err) {
           if (!(err instanceof RecordError)) throw err;
           if (err.problem === 'key' && options.skipUnreadable === true) continue;
@@ -99,7 +145,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
           continue;
         }
         try {
-          visit(k, body);
+          visit(k, body, arena);
         } catch (err) {
           if (!(err instanceof RecordError)) throw err;
           r.problems.push({ table, key: describeKey(table, k), problem: err.message });
@@ -113,7 +159,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
 
   each('meta', (key, body) => {
     const name = key.toString('latin1');
-    r.meta.set(name, body);
+    r.meta.set(name, Buffer.from(body)); // a copy: the body is a view of a buffer lmdb reuses
     if (name.startsWith('epoch:')) r.epochs.set(Number(name.slice(6)), decodeBytes(body));
   });
   if (keyring !== null) for (const [epoch, salt] of r.epochs) keyring.addEpoch(epoch, salt);
@@ -132,7 +178,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     };
     if (header.expiresAt !== undefined) session.expiresAt = header.expiresAt;
     if (bySid.has(header.sid)) throw new RecordError('format', `session number ${header.sid} is used twice`);
-    bySid.set(header.sid, { header, key, session, queueKeys: [] });
+    bySid.set(header.sid, { header, key, session, expiring: [] });
     r.maxSid = Math.max(r.maxSid, header.sid);
     r.counts.sessions++;
   });
@@ -156,11 +202,11 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
   // keyed them [sid, order], with an index [sid, packet id] → order (both read here, for the
   // rewrite at open and for the tools on a store that has not been opened since).
   const inflightByKey = new Map<string, StoredInflight>();
-  each('inflight', (key, body) => {
+  each('inflight', (key, body, arena) => {
     let order: number;
     let f: StoredInflight;
     if (key.length === 10) {
-      ({ order, inflight: f } = decodeInflightRecord(body));
+      ({ order, inflight: f } = decodeInflightRecord(body, arena));
       if (f.packetId !== key.readUInt16BE(8)) throw new RecordError('format', `in-flight record for packet id ${key.readUInt16BE(8)} holds packet id ${f.packetId}`);
     } else if (key.length === 16) {
       f = decodeInflight(body);
@@ -171,7 +217,7 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     if (key.length === 16) {
       inflightByKey.set(key.toString('hex'), f);
       r.legacy.inflight.push({ sid: s.header.sid, key, order, inflight: f });
-    }
+    } else if (isLegacyInflightRecord(body)) r.legacy.inflight.push({ sid: s.header.sid, key, order, inflight: f });
     let list = inflightOrder.get(s.header.sid);
     if (list === undefined) inflightOrder.set(s.header.sid, (list = []));
     list.push({ order, packetId: f.packetId, inflight: f });
@@ -204,13 +250,14 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     if (s !== undefined) s.session.inflight = list.map((e) => e.inflight);
   }
 
-  each('queue', (key, body) => {
-    const m = decodeMessage(body);
+  each('queue', (key, body, arena) => {
+    const m = decodeStoredMessage(body, arena);
     const s = owner('queue', key);
     if (s === undefined) return;
     if (key.length !== 16) throw new RecordError('format', 'queue key has the wrong length');
+    if (m.expiresAt !== undefined) s.expiring.push({ index: s.session.queue.length, key });
     s.session.queue.push(m);
-    s.queueKeys.push(key);
+    if (isLegacyMessage(body)) r.legacy.messages.push({ table: 'queue', key, message: m });
     r.counts.queued++;
   });
 
@@ -231,11 +278,14 @@ export function scanStore(db: Tables, keyring: Keyring | null, options: { skipUn
     r.counts.wills++;
   });
 
-  each('retained', (key, body) => {
-    r.retained.push({ key, message: decodeMessage(body) });
+  each('retained', (key, body, arena) => {
+    const message = decodeStoredMessage(body, arena);
+    r.retained.push({ key, message });
+    if (isLegacyMessage(body)) r.legacy.messages.push({ table: 'retained', key, message });
     r.counts.retained++;
   });
 
+  if (plain > 0) r.keyIds.set('', (r.keyIds.get('') ?? 0) + plain);
   return r;
 }
 
@@ -254,14 +304,18 @@ export function takeExpired(scan: ScanResult, now: number): {
       out.purged.expiredSessions++;
       continue;
     }
-    const keep: StoredMessage[] = [];
-    s.session.queue.forEach((m, i) => {
+    // Only queues holding messages with an expiry are looked at (most hold none).
+    const gone = new Set<number>();
+    for (const e of s.expiring) {
+      const m = s.session.queue[e.index] as StoredMessage;
       if (m.expiresAt !== undefined && m.expiresAt <= now) {
-        out.queue.push(s.queueKeys[i] as Buffer);
+        gone.add(e.index);
+        out.queue.push(e.key);
         out.purged.expiredMessages++;
-      } else keep.push(m);
-    });
-    s.session.queue = keep;
+      }
+    }
+    if (gone.size > 0) s.session.queue = s.session.queue.filter((_, i) => !gone.has(i));
+    s.expiring = [];
   }
   scan.retained = scan.retained.filter((r) => {
     if (r.message.expiresAt === undefined || r.message.expiresAt > now) return true;

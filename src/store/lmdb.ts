@@ -19,23 +19,8 @@ import { LmdbBase, META_NEXT_SID } from './lmdb-base.ts';
 import { throwIfDamaged } from './lmdb-failures.ts';
 import { sessionHeaderKey, sidKey, sidRange, sidTextKey, sidU16Key, sidU64Key, textKey } from './lmdb-keys.ts';
 import { scanStore, type Tables } from './lmdb-scan.ts';
-import {
-  decodeHeader,
-  decodeInflightRecord,
-  inflightRecordOrder,
-  setInflightRecordOrder,
-  decodeMessage,
-  decodeSubscription,
-  encodeHeader,
-  encodeInflightRecord,
-  encodeJson,
-  encodeMessage,
-  encodeSubscription,
-  encodeWill,
-  decodeWill,
-  headerOf,
-  type SessionHeader,
-} from './records.ts';
+import { decodeInflightRecord, decodeStoredMessage, encodeInflightRecord, encodeMessageBinary, inflightRecordOrder, setInflightRecordOrder } from './lmdb-records.ts';
+import { HEADROOM, decodeHeader, decodeSubscription, decodeWill, encodeHeader, encodeJson, encodeSubscription, encodeWill, headerOf, type SessionHeader } from './records.ts';
 import { sessionKey, type PurgeOptions, type PurgeReport, type Store, type StoredInflight, type StoredMessage, type StoredSession, type StoredSubscription, type StoredWill } from './types.ts';
 
 export type { Durability, LmdbStoreOptions } from './lmdb-base.ts';
@@ -73,9 +58,9 @@ export class LmdbStore extends LmdbBase implements Store {
     if (h.expiresAt !== undefined) s.expiresAt = h.expiresAt;
     for (const { key, value } of db.subscriptions.getRange(range)) s.subscriptions.push(this.read('subscriptions', Buffer.from(key), value, decodeSubscription));
     const inflight: { order: number; inflight: StoredInflight }[] = [];
-    for (const { key, value } of db.inflight.getRange(range)) inflight.push(this.read('inflight', Buffer.from(key), value, decodeInflightRecord));
+    for (const { key, value } of db.inflight.getRange(range)) inflight.push(this.read('inflight', Buffer.from(key), value, (b) => decodeInflightRecord(b)));
     s.inflight = inflight.sort((a, b) => a.order - b.order).map((e) => e.inflight);
-    for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, decodeMessage));
+    for (const { key, value } of db.queue.getRange(range)) s.queue.push(this.read('queue', Buffer.from(key), value, (b) => decodeStoredMessage(b)));
     for (const key of db.awaiting.getKeys(range)) s.awaitingRelease.push((key as Buffer).readUInt16BE(8));
     const willKey = sidKey(h.sid);
     const will = db.wills.get(willKey);
@@ -91,7 +76,7 @@ export class LmdbStore extends LmdbBase implements Store {
     }
     const db = this.tables();
     const out: StoredMessage[] = [];
-    for (const { key, value } of db.retained.getRange({})) out.push(this.read('retained', Buffer.from(key), value, decodeMessage));
+    for (const { key, value } of db.retained.getRange({})) out.push(this.read('retained', Buffer.from(key), value, (b) => decodeStoredMessage(b)));
     return out;
   }
 
@@ -99,7 +84,7 @@ export class LmdbStore extends LmdbBase implements Store {
     // Encoded now: the caller may change the object once this returns.
     const subs = session.subscriptions.map((s) => ({ filter: s.filter, body: encodeSubscription(s) }));
     const inflight = session.inflight.map((f) => ({ packetId: f.packetId, inflight: f }));
-    const queue = session.queue.map(encodeMessage);
+    const queue = session.queue.map((m) => encodeMessageBinary(m, HEADROOM));
     const awaiting = [...new Set(session.awaitingRelease)];
     const will = session.will !== undefined ? encodeWill(session.will) : undefined;
     const snapshot = { ...session };
@@ -117,9 +102,9 @@ export class LmdbStore extends LmdbBase implements Store {
       for (const f of inflight) {
         let order = orders.get(f.packetId);
         if (order === undefined) orders.set(f.packetId, (order = this.nextInflightOrder++));
-        this.put('inflight', sidU16Key(sid, f.packetId), encodeInflightRecord(order, f.inflight));
+        this.putRecord('inflight', sidU16Key(sid, f.packetId), encodeInflightRecord(order, f.inflight, HEADROOM));
       }
-      queue.forEach((body, i) => this.put('queue', sidU64Key(sid, i), body));
+      queue.forEach((record, i) => this.putRecord('queue', sidU64Key(sid, i), record));
       for (const id of awaiting) this.put('awaiting', sidU16Key(sid, id), EMPTY);
       if (will !== undefined) this.put('wills', sidKey(sid), will);
     });
@@ -161,7 +146,7 @@ export class LmdbStore extends LmdbBase implements Store {
 
   async putInflight(key: string, inflight: StoredInflight): Promise<void> {
     // Encoded now (the caller may change the object once this returns); the order is set inside the write.
-    const record = encodeInflightRecord(0, inflight);
+    const record = encodeInflightRecord(0, inflight, HEADROOM);
     const packetId = inflight.packetId;
     await this.write(() => {
       const s = this.sidOf(key);
@@ -172,8 +157,8 @@ export class LmdbStore extends LmdbBase implements Store {
       // B-tree probe, nothing decoded.
       const raw = (this.db as Tables).inflight.get(recordKey);
       const order = raw !== undefined ? this.read('inflight', recordKey, raw, inflightRecordOrder) : this.nextInflightOrder++;
-      setInflightRecordOrder(record, order);
-      this.put('inflight', recordKey, record);
+      setInflightRecordOrder(record, order, HEADROOM);
+      this.putRecord('inflight', recordKey, record);
     });
   }
 
@@ -186,10 +171,10 @@ export class LmdbStore extends LmdbBase implements Store {
   }
 
   async enqueue(key: string, message: StoredMessage): Promise<void> {
-    const body = encodeMessage(message);
+    const record = encodeMessageBinary(message, HEADROOM);
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s !== undefined) this.put('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), body);
+      if (s !== undefined) this.putRecord('queue', sidU64Key(s.sid, this.nextQueueNumber(s.sid)), record);
     });
   }
 
@@ -197,10 +182,7 @@ export class LmdbStore extends LmdbBase implements Store {
     if (count <= 0) return;
     await this.write(() => {
       const s = this.sidOf(key);
-      if (s === undefined) return;
-      const db = this.db as Tables;
-      const keys = [...db.queue.getKeys({ ...sidRange(s.sid), limit: count })].map((k) => Buffer.from(k as Buffer));
-      for (const k of keys) db.queue.removeSync(k);
+      if (s !== undefined) this.removeQueueFront(s.sid, count);
     });
   }
 
@@ -236,10 +218,10 @@ export class LmdbStore extends LmdbBase implements Store {
   async putRetained(message: StoredMessage): Promise<void> {
     const key = textKey(message.topic);
     if (message.payload.length === 0) return this.deleteRetained(message.topic);
-    const body = encodeMessage(message);
+    const record = encodeMessageBinary(message, HEADROOM);
     const expiresAt = message.expiresAt;
     await this.write(() => {
-      this.put('retained', key, body);
+      this.putRecord('retained', key, record);
       if (expiresAt !== undefined) this.retainedExpiry.set(key.toString('hex'), expiresAt);
       else this.retainedExpiry.delete(key.toString('hex'));
     });
@@ -272,7 +254,7 @@ export class LmdbStore extends LmdbBase implements Store {
         const raw = db.retained.get(key);
         this.retainedExpiry.delete(key.toString('hex'));
         if (raw === undefined) continue;
-        const m = this.read('retained', key, raw, decodeMessage);
+        const m = this.read('retained', key, raw, (b) => decodeStoredMessage(b));
         if (m.expiresAt !== undefined && m.expiresAt <= now) {
           db.retained.removeSync(key);
           report.expiredRetained++;

@@ -9,7 +9,9 @@
  * page or a value moved to another key is found at load, never served.
  *
  * A body is JSON followed by binary parts: [u32 JSON length][JSON]([u32 length][bytes])*. Payloads
- * and correlation data travel as bytes, never through strings.
+ * and correlation data travel as bytes, never through strings. The LMDB store (format 3) keeps
+ * queued, retained and in-flight messages in a binary layout instead (lmdb-records.ts); the
+ * encoders here still write every other LMDB record, and every record of the Redis store.
  */
 import zlib from 'node:zlib';
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
@@ -73,8 +75,10 @@ const TABLE_CRC = Array.from({ length: 256 }, (_, t) => crc32(Buffer.of(t)));
  * CRC-32 (IEEE) of the table's tag, the key and the body from `bodyStart`: chained, the CRC of
  * the three one after the other (zlib.crc32, native, where Node has it).
  */
-function recordCrc(table: number, key: Buffer, body: Buffer, bodyStart = 0): number {
-  return crc32(bodyStart === 0 ? body : body.subarray(bodyStart), crc32(key, TABLE_CRC[table] as number));
+function recordCrc(table: number, key: Buffer, body: Buffer): number {
+  // A key is short (8 to 40 bytes, mostly 10 or 16): the loop costs less than a native call.
+  const keyCrc = key.length <= 40 ? crc32Js(key, TABLE_CRC[table] as number) : crc32(key, TABLE_CRC[table] as number);
+  return crc32(body, keyCrc);
 }
 
 function aad(table: number, key: Buffer): Buffer {
@@ -104,8 +108,24 @@ export function wrap(table: TableName, key: Buffer, body: Buffer, keyring: Keyri
   const out = Buffer.allocUnsafe(5 + body.length);
   out[0] = PLAIN;
   body.copy(out, 5);
-  out.writeUInt32BE(recordCrc(t, key, out, 5), 1);
+  out.writeUInt32BE(recordCrc(t, key, body), 1);
   return out;
+}
+
+/** The bytes {@link wrapWithHeadroom} needs free in front of a body. */
+export const HEADROOM = 5;
+
+/**
+ * {@link wrap} for a body written {@link HEADROOM} bytes into `record` (the encoders leave that
+ * room): a plain envelope is filled in around it, in place, instead of copying the body into a
+ * new value; a sealed one is made as wrap makes it. Returns the value to store.
+ */
+export function wrapWithHeadroom(table: TableName, key: Buffer, record: Buffer, keyring: Keyring | null): Buffer {
+  const body = record.subarray(HEADROOM);
+  if (keyring !== null && SEALED_TABLES.has(table)) return wrap(table, key, body, keyring);
+  record[0] = PLAIN;
+  record.writeUInt32BE(recordCrc(Table[table], key, body), 1);
+  return record;
 }
 
 /** What a sealed value says about itself, without decrypting it (for stats and check). */
@@ -117,15 +137,19 @@ export function sealedKeyId(value: Buffer): string | undefined {
 /**
  * Returns the body. In the clear it is a view of `value` (no copy): decode it at once, as every
  * caller does; the decoders copy what they keep (binary parts), so nothing refers to a buffer
- * LMDB may reuse. Throws RecordError when the value is damaged or cannot be decrypted.
+ * LMDB may reuse. `size`: the value's length when `value` is a longer buffer that LMDB reuses
+ * (the scan reads values in place, lmdb-scan.ts). Throws RecordError when the value is damaged
+ * or cannot be decrypted.
  */
-export function unwrap(table: TableName, key: Buffer, value: Buffer, keyring: Keyring | null): Buffer {
+export function unwrap(table: TableName, key: Buffer, value: Buffer, keyring: Keyring | null, size = value.length): Buffer {
   const t = Table[table];
-  if (value.length >= 5 && value[0] === PLAIN) {
+  if (size >= 5 && value[0] === PLAIN) {
     const want = value.readUInt32BE(1);
-    if (recordCrc(t, key, value, 5) !== want) throw new RecordError('checksum', 'checksum mismatch');
-    return value.subarray(5);
+    const body = value.subarray(5, size);
+    if (recordCrc(t, key, body) !== want) throw new RecordError('checksum', 'checksum mismatch');
+    return body;
   }
+  if (size < value.length) value = value.subarray(0, size);
   if (value.length >= 2 && value[0] === SEALED) {
     const idLen = value[1] as number;
     const head = 2 + idLen;
@@ -274,37 +298,6 @@ export function decodeInflight(body: Buffer): StoredInflight {
     f.subscriptionIds = (head['i'] as unknown[]).map((x) => num(x, 'subscription id'));
   }
   return f;
-}
-
-/**
- * An in-flight record as format 2 keeps it, under [sid, packet id] (lmdb-keys.ts): its resend
- * order (u64, big-endian) first, then the entry as {@link encodeInflight} writes it. The order is
- * in the value, not the key, so that an acknowledgement deletes the record by its packet id
- * without reading anything first (format 1 keyed entries by order and kept a packet-id index
- * beside them: two writes and a read for each put and each delete).
- */
-export function encodeInflightRecord(order: number, f: StoredInflight): Buffer {
-  const body = encodeInflight(f);
-  const out = Buffer.allocUnsafe(8 + body.length);
-  out.writeUInt32BE(Math.floor(order / 2 ** 32), 0);
-  out.writeUInt32BE(order >>> 0, 4);
-  body.copy(out, 8);
-  return out;
-}
-
-/** Sets the order of a record {@link encodeInflightRecord} made (known only inside the write). */
-export function setInflightRecordOrder(record: Buffer, order: number): void {
-  record.writeUInt32BE(Math.floor(order / 2 ** 32), 0);
-  record.writeUInt32BE(order >>> 0, 4);
-}
-
-export function decodeInflightRecord(body: Buffer): { order: number; inflight: StoredInflight } {
-  return { order: inflightRecordOrder(body), inflight: decodeInflight(body.subarray(8)) };
-}
-
-export function inflightRecordOrder(body: Buffer): number {
-  if (body.length < 8) throw new RecordError('format', 'in-flight record too short');
-  return body.readUInt32BE(0) * 2 ** 32 + body.readUInt32BE(4);
 }
 
 /** A session's will: its delay around the message. */
