@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { BrokerUnavailable, DEFAULT_MOSQUITTO, HOST, mosquittoVersion, projectRoot, setupPinning, startBroker, type Persistence, type RunningBrokerProcess } from './lib/brokers.ts';
+import { BrokerUnavailable, buildDist, DEFAULT_MOSQUITTO, HOST, mosquittoVersion, projectRoot, setupPinning, startBroker, type Persistence, type RunningBrokerProcess } from './lib/brokers.ts';
 import { BenchClient } from './lib/client.ts';
 import { PublishTemplate } from './lib/mqtt.ts';
 import { runThroughput, type ThroughputSpec } from './lib/scenarios.ts';
@@ -189,7 +189,10 @@ function portcullisStart(dir: string, port: number): ChildProcess {
     },
   };
   fs.writeFileSync(path.join(dir, 'portcullis.json'), JSON.stringify(config));
-  const main = fs.existsSync(DIST_MAIN) ? [DIST_MAIN] : ['--import', 'tsx', path.join(projectRoot, 'src', 'cli', 'main.ts')];
+  // As `npm start` runs it: this tree's dist/, built once per benchmark (BENCH_PORTCULLIS_FROM=src: src/ through the TypeScript loader).
+  const fromSrc = process.env.BENCH_PORTCULLIS_FROM === 'src';
+  if (!fromSrc) buildDist();
+  const main = fromSrc ? ['--import', 'tsx', path.join(projectRoot, 'src', 'cli', 'main.ts')] : [DIST_MAIN];
   // BENCH_BROKER_NODE_ARGS: extra Node flags, as for the other Node brokers (e.g. "--cpu-prof --cpu-prof-dir prof").
   const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
   return spawn(process.execPath, [...extra, ...main, 'start', '--config', path.join(dir, 'portcullis.json')], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -290,7 +293,10 @@ async function owed(port: number, id: string): Promise<number> {
 }
 
 function storeUsedBytes(dir: string): number {
-  const main = fs.existsSync(DIST_MAIN) ? [DIST_MAIN] : ['--import', 'tsx', path.join(projectRoot, 'src', 'cli', 'main.ts')];
+  // As `npm start` runs it: this tree's dist/, built once per benchmark (BENCH_PORTCULLIS_FROM=src: src/ through the TypeScript loader).
+  const fromSrc = process.env.BENCH_PORTCULLIS_FROM === 'src';
+  if (!fromSrc) buildDist();
+  const main = fromSrc ? ['--import', 'tsx', path.join(projectRoot, 'src', 'cli', 'main.ts')] : [DIST_MAIN];
   const r = spawnSync(process.execPath, [...main, 'store', 'stats', '--path', path.join(dir, 'store'), '--json'], { encoding: 'utf8' });
   return (JSON.parse(r.stdout) as { usedBytes: number }).usedBytes;
 }

@@ -168,13 +168,29 @@ export async function startFloorServer(files: BenchFiles, pin: Pinning): Promise
   return startNodeServer('floor', 'off', config, pin);
 }
 
+let built = false;
+/** `npm run build` once per benchmark process (about 2 s): a stale dist/ would measure other code. */
+export function buildDist(): void {
+  if (built) return;
+  const r = spawnSync('npm', ['run', '--silent', 'build'], { cwd: projectRoot, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`npm run build failed before the benchmark:\n${r.stderr}`);
+  built = true;
+}
+
 async function startNodeServer(name: NodeServerName, security: Security, config: string, pin: Pinning): Promise<RunningBrokerProcess> {
-  const script = path.join(benchDir, 'servers', `${name}.ts`);
-  // `node --import tsx` (not `npx tsx`) so the broker is a single process whose CPU we can read.
+  // Portcullis runs as `npm start` runs it: dist/ on plain node, built once per benchmark process
+  // so that it is this tree's code (BENCH_PORTCULLIS_FROM=src: from src/ through the TypeScript
+  // loader, whose function-naming wrappers cost a few per cent of broker CPU). The other servers
+  // are TypeScript: `node --import tsx` (not `npx tsx`) so the broker is a single process whose
+  // CPU we can read.
+  const fromDist = name === 'portcullis' && process.env.BENCH_PORTCULLIS_FROM !== 'src';
+  if (fromDist) buildDist();
+  const script = path.join(benchDir, 'servers', fromDist ? 'portcullis-dist.mjs' : `${name}.ts`);
   // --expose-gc: the idle-memory scenario asks for a collection (SIGUSR2) before reading RSS.
   // BENCH_BROKER_NODE_ARGS: extra Node flags for the Node brokers, e.g. "--cpu-prof --cpu-prof-dir prof".
   const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-  const [cmd, args] = pinned(pin, process.execPath, ['--expose-gc', ...extra, '--import', 'tsx', script, '--config', config]);
+  const loader = fromDist ? [] : ['--import', 'tsx'];
+  const [cmd, args] = pinned(pin, process.execPath, ['--expose-gc', ...extra, ...loader, script, '--config', config]);
   const child = spawn(cmd, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   const proc = wrap(name, security, child, HOST);
   const ports = await new Promise<Record<Transport, number>>((resolve, reject) => {

@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { Aedes, type AedesOptions } from 'aedes';
-import { serve, serverConfig } from './args.ts';
+import { serve, serverConfig } from './args.mjs';
 
 interface AedesBenchConfig {
   security: 'off' | 'on';

@@ -5,7 +5,7 @@
  * Node's `net` module does per connect comes on top of this.
  */
 import net from 'node:net';
-import { serve, serverConfig } from './args.ts';
+import { serve, serverConfig } from './args.mjs';
 
 const config = serverConfig<{ host: string }>();
 const CONNACK = Buffer.from([0x20, 0x02, 0x00, 0x00]);

@@ -1,15 +1,10 @@
 /**
- * Portcullis for the benchmark, from the configuration bench/lib/brokers.ts wrote (plain TCP, TLS
- * and mTLS listeners; security off or on).
+ * Portcullis for the benchmark from src/ (through the TypeScript loader), from the configuration
+ * bench/lib/brokers.ts wrote (plain TCP, TLS and mTLS listeners; security off or on). The
+ * benchmarks run portcullis-dist.mjs (the compiled dist/, as `npm start` does) unless
+ * BENCH_PORTCULLIS_FROM=src.
  */
 import { createBroker } from '../../src/index.ts';
-import { serve, serverConfig } from './args.ts';
+import { serverConfig, servePortcullis } from './args.mjs';
 
-const broker = createBroker(serverConfig<Parameters<typeof createBroker>[0]>());
-const info = await broker.start();
-const port = (name: string): number => {
-  const l = info.listeners.find((x) => x.name === name);
-  if (l === undefined) throw new Error(`Portcullis started without the '${name}' listener`);
-  return l.port;
-};
-serve({ tcp: port('tcp'), tls: port('tls'), mtls: port('mtls') }, () => broker.stop());
+await servePortcullis(createBroker(serverConfig<Parameters<typeof createBroker>[0]>()));
