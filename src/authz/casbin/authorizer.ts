@@ -72,28 +72,52 @@ export interface ExplainOptions {
 
 const NOT_READY: Decision = { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: 'casbin authorizer: policy not loaded yet' };
 
-/** A Map used as an LRU: a hit moves the entry to the end; the first entry is the oldest. */
+/**
+ * The decision cache: two generations of plain Maps, each holding at most half of `max`. A hit in
+ * the young generation changes nothing; a hit in the old one moves the entry to the young one;
+ * when the young one is full it becomes the old one and the previous old one is dropped whole.
+ * What is dropped is, roughly, what was asked least recently (as the login guard's maps do,
+ * src/auth/throttle.ts).
+ *
+ * Not a Map reordered on every hit (delete + set), the textbook LRU: each delete leaves a hole in
+ * V8's hash table and each set appends, so every few dozen hits V8 copies the table into a new
+ * one, and V8 allocates the new table in the generation of the one it replaces. Once a garbage
+ * collection has moved the table to the old generation (a start-up burst or a full collection
+ * is enough, and then it stays there), every copy is old-generation garbage: with the hundred or
+ * so decisions a busy broker asks again and again, about 1 MB per young collection, a
+ * mark-compact every few seconds and 5-10 % of QoS 0 throughput with security on
+ * (docs/performance.md, "Metrics on against off"). Here a hit writes nothing.
+ */
 class DecisionCache {
-  private map = new Map<string, AuthzResult>();
-  constructor(private readonly max: number) {}
+  private young = new Map<string, AuthzResult>();
+  private old = new Map<string, AuthzResult>();
+  private readonly half: number;
+  constructor(private readonly max: number) {
+    this.half = Math.max(1, Math.floor(max / 2));
+  }
   get(key: string): AuthzResult | undefined {
-    const hit = this.map.get(key);
-    if (hit !== undefined) {
-      this.map.delete(key);
-      this.map.set(key, hit);
-    }
-    return hit;
+    const hit = this.young.get(key);
+    if (hit !== undefined) return hit;
+    const aged = this.old.get(key);
+    if (aged !== undefined) this.set(key, aged);
+    return aged;
   }
   set(key: string, value: AuthzResult): void {
     if (this.max === 0) return;
-    if (this.map.size >= this.max) this.map.delete(this.map.keys().next().value as string);
-    this.map.set(key, value);
+    if (this.old.size > 0) this.old.delete(key);
+    if (this.young.size >= this.half) {
+      // A cache of one keeps no old generation: the bound is `max`.
+      this.old = this.max > 1 ? this.young : new Map();
+      this.young = new Map();
+    }
+    this.young.set(key, value);
   }
   clear(): void {
-    this.map = new Map();
+    this.young = new Map();
+    this.old = new Map();
   }
   get size(): number {
-    return this.map.size;
+    return this.young.size + this.old.size;
   }
 }
 
