@@ -73,15 +73,24 @@ async function startPortcullis(config: Record<string, unknown>, security: Securi
   const child = spawn(cmd, argv, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  // BENCH_BROKER_LOG_DIR: keeps each broker's output (e.g. --trace-gc's lines) in DIR/metrics-<side>-<security>.log.
+  const logDir = process.env.BENCH_BROKER_LOG_DIR;
+  if (logDir !== undefined && logDir !== '') {
+    const log = fs.createWriteStream(path.join(logDir, `metrics-${tag}-${security}.log`));
+    child.stdout!.pipe(log);
+    child.stderr!.on('data', (d: Buffer) => log.write(d));
+  }
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const ports = await new Promise<RunningBrokerProcess['ports']>((resolve, reject) => {
-    let out = '';
+    let out: string | null = '';
     const timer = setTimeout(() => reject(new Error(`broker ${tag} not ready in 30 s\n${stderr}`)), 30_000);
     child.stdout!.on('data', (d: Buffer) => {
+      if (out === null) return; // ready: what follows (e.g. --trace-gc's lines) is not kept here
       out += d.toString();
       const m = /^READY (\{.*\})$/m.exec(out);
       if (m) {
         clearTimeout(timer);
+        out = null;
         resolve(JSON.parse(m[1] as string) as RunningBrokerProcess['ports']);
       }
     });

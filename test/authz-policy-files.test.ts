@@ -1,5 +1,7 @@
 /** Validation of model and policy files (file and line in every error), empty/missing policies, config errors, explain. */
 import fs from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import test from 'ava';
 import { CasbinAuthorizer } from '../src/authz/casbin/authorizer.ts';
 import { loadPolicySet, parsePolicy, PolicyError, validateModel } from '../src/authz/casbin/policy-file.ts';
@@ -138,6 +140,30 @@ test('the decision cache answers repeated questions and keys cannot collide', as
   t.like(a.authorize(userAx, 'publish', 'y', ctx), { kind: 'allow' });
   t.is(a.cachedDecisions, 4);
   for (let i = 0; i < 50; i++) a.authorize(userA, 'publish', `t/${i}`, ctx);
-  // Bounded by two generations of 5: never more than 10, never fewer than the young half.
+  // Bounded: two generations of at most 5; the latest generation is kept.
   t.true(a.cachedDecisions <= 10 && a.cachedDecisions >= 5, `${a.cachedDecisions} cached`);
+});
+
+test('a cache hit allocates nothing in the old generation, even once the cache lives there', async (t) => {
+  // A Map reordered on every hit (delete + set) makes V8 copy its table every few dozen hits, in
+  // the generation of the table it replaces: once promoted, a steady old-generation leak until the
+  // next mark-compact (docs/performance.md, "Metrics on against off").
+  const dir = writePolicyDir('p, user:a, t/#, publish, allow\n');
+  t.teardown(dir.cleanup);
+  const a = new CasbinAuthorizer({ model: dir.model, policy: dir.policy });
+  await a.init();
+  const ctx = { qos: 0 as const, retain: false, listener: 'l' };
+  const userA = { clientId: 'c', username: 'a', method: 'x', provider: 'x', roles: [], attributes: {} };
+  const topics = Array.from({ length: 100 }, (_, i) => `t/${i}`);
+  for (let round = 0; round < 3; round++) for (const topic of topics) a.authorize(userA, 'publish', topic, ctx);
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  // Full collections move what is alive, the cache's tables with it, to the old generation.
+  gc();
+  gc();
+  const oldSpace = (): number => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'old_space')?.space_used_size ?? 0;
+  const before = oldSpace();
+  for (let i = 0; i < 300_000; i++) a.authorize(userA, 'publish', topics[i % 100] as string, ctx);
+  const grown = oldSpace() - before;
+  t.true(grown < 2 * 1024 * 1024, `the old generation grew ${(grown / 1048576).toFixed(1)} MB during 300,000 cache hits`);
 });
