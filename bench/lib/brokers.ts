@@ -94,7 +94,12 @@ let instance = 0;
  * its memory store) or 'durable' (Portcullis on its default LMDB store, flushed before each
  * acknowledgement; Mosquitto with `persistence true` and its default autosave).
  */
-export type Persistence = 'none' | 'durable';
+/**
+ * `durable-unbounded`: Mosquitto with persistence and `max_queued_messages 0`. With its default
+ * (1000) Mosquitto acknowledges QoS 1 messages and then drops them when a subscriber's queue is
+ * full; the durable store never drops an acknowledged message, so this is the comparable setting.
+ */
+export type Persistence = 'none' | 'durable' | 'durable-unbounded';
 
 export async function startBroker(name: BrokerName, security: Security, files: BenchFiles, pin: Pinning, persistence: Persistence = 'none'): Promise<RunningBrokerProcess> {
   const config = path.join(files.dir, `${name}-${security}-${++instance}.json`);
@@ -236,7 +241,8 @@ async function startMosquitto(security: Security, files: BenchFiles, pin: Pinnin
       ...(process.getuid?.() === 0 ? ['user root'] : []), // as root, mosquitto would drop to a user that cannot read the 0600 files
       `allow_anonymous ${on ? 'false' : 'true'}`,
       ...(on ? [`password_file ${files.mosquittoPasswordFile}`, `acl_file ${files.mosquittoAclFile}`] : []),
-      ...(persistence === 'durable' ? ['persistence true', `persistence_location ${dir}/`] : ['persistence false']),
+      ...(persistence === 'none' ? ['persistence false'] : ['persistence true', `persistence_location ${dir}/`]),
+      ...(persistence === 'durable-unbounded' ? ['max_queued_messages 0'] : []),
       'log_dest stderr',
       'log_type error',
       'log_type warning',
