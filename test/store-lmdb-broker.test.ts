@@ -190,3 +190,44 @@ test.serial('a full filesystem (a 1 MB tmpfs, when this machine lets root mount 
   fs.chmodSync(copy, 0o700);
   await checkAfterDiskFull(t, copy, outcomes);
 });
+
+test('a message queued for an offline v5 session keeps its subscription identifiers across a restart [MQTT-3.3.4-3]', async (t) => {
+  const dir = tempDir(t);
+  const config: ConfigInput = {
+    listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
+    authorizers: ['allow-all'],
+    sys: { intervalSeconds: 0 },
+    audit: { sink: 'none' },
+    store: { path: path.join(dir, 'store') },
+  };
+  let broker = createBroker(config, { logger: silentLogger() });
+  let port = (await broker.start()).listeners[0]?.port ?? 0;
+  const device = { clientId: 'meter-8', clean: false, protocolVersion: 5 as const, properties: { sessionExpiryInterval: 3600 } };
+  const first = await connectWithConnack(port, device);
+  await first.client.subscribeAsync('cmd/#', { qos: 1, properties: { subscriptionIdentifier: 7 } });
+  await first.client.subscribeAsync('cmd/meter-8/+', { qos: 1, properties: { subscriptionIdentifier: 300_000 } });
+  await first.client.subscribeAsync('cmd/plain', { qos: 1 });
+  await first.client.endAsync();
+  const ops = (await connectWithConnack(port, { clientId: 'ops', protocolVersion: 5 })).client;
+  await ops.publishAsync('cmd/meter-8/reboot', 'now', { qos: 1 });
+  await ops.publishAsync('cmd/plain', 'no id', { qos: 1 });
+  await ops.endAsync();
+  await broker.stop();
+
+  broker = createBroker(config, { logger: silentLogger() });
+  port = (await broker.start()).listeners[0]?.port ?? 0;
+  t.teardown(() => broker.stop());
+  const ids = new Map<string, unknown>();
+  const again = await new Promise<MqttClient>((resolve, reject) => {
+    const client = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, ...device });
+    client.on('message', (topic, _payload, packet) => ids.set(topic, packet.properties?.subscriptionIdentifier));
+    client.once('connect', () => resolve(client));
+    client.once('error', reject);
+  });
+  t.teardown(() => again.end(true));
+  await waitFor(() => ids.size >= 2);
+  const got = ids.get('cmd/meter-8/reboot');
+  t.deepEqual(Array.isArray(got) ? [...got].sort((a, b) => a - b) : got, [7, 300_000], 'both matching subscriptions name their identifier');
+  // cmd/# (id 7) matches cmd/plain too; the subscription without an identifier adds none.
+  t.deepEqual(ids.get('cmd/plain'), 7);
+});

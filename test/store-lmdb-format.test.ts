@@ -218,3 +218,22 @@ test('the binary layout keeps what the JSON layout kept (round trip of every fie
   t.deepEqual(await again.loadRetained(), [rich]);
   await again.close();
 });
+
+test("a queued message's subscription identifiers round-trip in both layouts; an identifier out of range is a corrupt record", async (t) => {
+  const { decodeStoredMessage } = await import('../src/store/lmdb-records.ts');
+  const { decodeMessage, RecordError } = await import('../src/store/records.ts');
+  const m: StoredMessage = { topic: 'cmd/x', payload: Buffer.from('p'), qos: 1, retain: false, subscriptionIds: [1, 7, 268_435_455], properties: { correlationData: Buffer.from('c') } };
+  for (const decoded of [decodeStoredMessage(encodeMessageBinary(m)), decodeMessage(encodeMessage(m))]) {
+    t.deepEqual(decoded.subscriptionIds, [1, 7, 268_435_455]);
+    t.is(decoded.payload.toString(), 'p');
+    t.is(decoded.properties?.correlationData?.toString(), 'c');
+  }
+  t.is(decodeStoredMessage(encodeMessageBinary({ ...m, subscriptionIds: [] })).subscriptionIds, undefined, 'an empty list is not written');
+  const bad = encodeMessageBinary({ ...m, subscriptionIds: [5] });
+  // The id's u32 sits just before the one-byte payload.
+  bad.writeUInt32BE(0, bad.length - 5);
+  t.throws(() => decodeStoredMessage(bad), { instanceOf: RecordError, message: /subscription id out of range/ });
+  bad.writeUInt32BE(268_435_456, bad.length - 5);
+  t.throws(() => decodeStoredMessage(bad), { instanceOf: RecordError, message: /subscription id out of range/ });
+  t.throws(() => decodeMessage(encodeMessage({ ...m, subscriptionIds: [0] })), { instanceOf: RecordError });
+});

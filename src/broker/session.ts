@@ -207,7 +207,7 @@ export class Session {
         subscriptionIds: f.subscriptionIds,
       });
     }
-    session.queue = stored.queue.map((m) => ({ message: m, qos: m.qos, retain: m.retain, subscriptionIds: undefined }));
+    session.queue = stored.queue.map((m) => ({ message: m, qos: m.qos, retain: m.retain, subscriptionIds: m.subscriptionIds }));
     for (const m of stored.queue) {
       session.queuedBytes += queuedSize(m);
       if (m.qos === 0) session.queuedQos0++;

@@ -431,7 +431,7 @@ export class SessionRegistry implements SessionsApi {
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain }), { kind: 'enqueue' });
+    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain, ...(delivery.subscriptionIds !== undefined ? { subscriptionIds: delivery.subscriptionIds } : {}) }), { kind: 'enqueue' });
   }
 
   dequeued(session: Session, count: number): void {

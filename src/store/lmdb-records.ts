@@ -7,8 +7,9 @@
  * A message:
  *   [0xB3][flags][topic length u16][topic UTF-8]
  *   [expiresAt f64]?  [origin length u32][origin UTF-8]?  [properties length u32][properties JSON]?
- *   [correlation data length u32][bytes]?  [payload: the rest]
- *   flags: bits 0-1 QoS, 2 retain, 3 expiresAt, 4 origin, 5 properties, 6 correlation data.
+ *   [correlation data length u32][bytes]?  [n u16][n × subscription id u32]?  [payload: the rest]
+ *   flags: bits 0-1 QoS, 2 retain, 3 expiresAt, 4 origin, 5 properties, 6 correlation data,
+ *   7 subscription ids (a queued delivery's).
  * An in-flight record (keyed [sid, packet id], lmdb-keys.ts):
  *   [resend order u64][0xB3][packet id u16][state: 0 publish, 1 pubrel][n u16][n × subscription id u32][message]
  *
@@ -18,7 +19,7 @@
  * stores that were not opened since).
  */
 import type { PublishProperties, QoS } from '../protocol/codec.ts';
-import { RecordError, decodeInflight, decodeMessage } from './records.ts';
+import { RecordError, decodeInflight, decodeMessage, subscriptionId } from './records.ts';
 import type { StoredInflight, StoredMessage } from './types.ts';
 
 /** The first byte of a format 3 message body (and of an in-flight entry after its order). */
@@ -30,7 +31,8 @@ const EXPIRES = 0x08;
 const ORIGIN = 0x10;
 const PROPS = 0x20;
 const CORRELATION = 0x40;
-const KNOWN_FLAGS = 0x7f;
+const SUB_IDS = 0x80;
+const KNOWN_FLAGS = 0xff;
 
 function fail(what: string): never {
   throw new RecordError('format', what);
@@ -99,6 +101,12 @@ export function encodeMessageBinary(m: StoredMessage, headroom = 0): Buffer {
       size += 4 + correlation.length;
     }
   }
+  const ids = m.subscriptionIds;
+  if (ids !== undefined && ids.length > 0) {
+    if (ids.length > 0xffff) fail('too many subscription ids');
+    flags |= SUB_IDS;
+    size += 2 + 4 * ids.length;
+  }
   const out = Buffer.allocUnsafe(size);
   let o = headroom;
   out[o] = BINARY_TAG;
@@ -110,6 +118,10 @@ export function encodeMessageBinary(m: StoredMessage, headroom = 0): Buffer {
   if (origin !== undefined) o = putPart(out, o, origin);
   if (props !== undefined) o = putPart(out, o, props);
   if (correlation !== undefined) o = putPart(out, o, correlation);
+  if ((flags & SUB_IDS) !== 0) {
+    o = out.writeUInt16BE((ids as number[]).length, o);
+    for (const id of ids as number[]) o = out.writeUInt32BE(id, o);
+  }
   m.payload.copy(out, o);
   return out;
 }
@@ -162,6 +174,14 @@ function decodeBinaryMessage(b: Buffer, start: number, end: number, arena: Pick<
   if ((flags & CORRELATION) !== 0) {
     const e = partEnd(b, o, end, 'correlation data');
     (m.properties as PublishProperties).correlationData = arena.copy(b, o + 4, e);
+    o = e;
+  }
+  if ((flags & SUB_IDS) !== 0) {
+    if (o + 2 > end) fail('truncated subscription ids');
+    const e = o + 2 + 4 * b.readUInt16BE(o);
+    if (e > end) fail('subscription ids overrun the value');
+    m.subscriptionIds = [];
+    for (let i = o + 2; i < e; i += 4) m.subscriptionIds.push(subscriptionId(b.readUInt32BE(i)));
     o = e;
   }
   m.payload = arena.copy(b, o, end);

@@ -239,12 +239,15 @@ interface MessageHead {
   p?: PublishProperties;
   /** Correlation data is the second binary part. */
   c?: 1;
+  /** A queued delivery's subscription identifiers. */
+  i?: number[];
 }
 
 function messageHead(m: StoredMessage): { head: MessageHead; parts: Buffer[] } {
   const head: MessageHead = { t: m.topic, q: m.qos, r: m.retain };
   if (m.expiresAt !== undefined) head.e = m.expiresAt;
   if (m.origin !== undefined) head.o = m.origin;
+  if (m.subscriptionIds !== undefined && m.subscriptionIds.length > 0) head.i = m.subscriptionIds;
   const parts = [m.payload];
   if (m.properties !== undefined) {
     const { correlationData, ...rest } = m.properties;
@@ -257,6 +260,13 @@ function messageHead(m: StoredMessage): { head: MessageHead; parts: Buffer[] } {
   return { head, parts };
 }
 
+/** A subscription identifier as the protocol allows it: 1 to 268,435,455 (MQTT 5, 3.8.2.1.2). */
+export function subscriptionId(x: unknown): number {
+  const n = num(x, 'subscription id');
+  if (!Number.isInteger(n) || n < 1 || n > 268_435_455) fail('subscription id out of range');
+  return n;
+}
+
 function messageFrom(head: unknown, parts: Buffer[], offset: number): StoredMessage {
   if (head === null || typeof head !== 'object') fail('message');
   const h = head as Record<string, unknown>;
@@ -264,6 +274,10 @@ function messageFrom(head: unknown, parts: Buffer[], offset: number): StoredMess
   const m: StoredMessage = { topic: str(h['t'], 'topic'), payload, qos: qos(h['q']), retain: h['r'] === true };
   if (h['e'] !== undefined) m.expiresAt = num(h['e'], 'expiresAt');
   if (h['o'] !== undefined) m.origin = str(h['o'], 'origin');
+  if (h['i'] !== undefined) {
+    if (!Array.isArray(h['i'])) fail('subscription ids');
+    m.subscriptionIds = (h['i'] as unknown[]).map(subscriptionId);
+  }
   if (h['p'] !== undefined) {
     if (h['p'] === null || typeof h['p'] !== 'object') fail('properties');
     const props = h['p'] as PublishProperties;

@@ -12,6 +12,11 @@ export interface StoredMessage {
   expiresAt?: number;
   /** The session that published it (its {@link sessionKey}), for no-local. */
   origin?: string;
+  /**
+   * A queued delivery's subscription identifiers (v5), kept with the queued message so that it
+   * carries them after a restart as it would have before [MQTT-3.3.4-3]. Only on queue entries.
+   */
+  subscriptionIds?: number[];
 }
 
 export interface StoredSubscription {
