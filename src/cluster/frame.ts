@@ -30,7 +30,36 @@ export interface FrameHeader {
 }
 
 export interface Frame extends FrameHeader {
-  bodies: Buffer[];
+  /** The frame as read (bodies are read from it in place: it must not be changed afterwards). */
+  buf: Buffer;
+  /** Where each body is in `buf`: start and end, two numbers per body (no view per body on the receiving path). */
+  spans: number[];
+  /** Each body as a view of `buf` (made on first use; control paths and tools). */
+  readonly bodies: Buffer[];
+}
+
+/** A verified frame; `bodies` made only when asked for. */
+class DecodedFrame implements Frame {
+  private views: Buffer[] | null = null;
+
+  constructor(
+    readonly keyId: string,
+    readonly sender: string,
+    readonly target: string,
+    readonly ts: number,
+    readonly seq: number,
+    readonly buf: Buffer,
+    readonly spans: number[],
+  ) {}
+
+  get bodies(): Buffer[] {
+    if (this.views === null) {
+      const views: Buffer[] = [];
+      for (let i = 0; i < this.spans.length; i += 2) views.push(this.buf.subarray(this.spans[i], this.spans[i + 1]));
+      this.views = views;
+    }
+    return this.views;
+  }
 }
 
 /**
@@ -112,15 +141,15 @@ export function decodeFrame(buf: Buffer, keys: ReadonlyMap<string, Buffer>, targ
     o += 8;
     const count = buf.readUInt32BE(o);
     o += 4;
-    const bodies: Buffer[] = [];
+    const spans: number[] = [];
     for (let i = 0; i < count; i++) {
       const n = buf.readUInt32BE(o);
       o += 4;
       if (o + n > end) return { problem: 'malformed' };
-      bodies.push(buf.subarray(o, (o += n)));
+      spans.push(o, (o += n));
     }
     if (o !== end) return { problem: 'malformed' };
-    return { keyId, sender, target: frameTarget, ts, seq, bodies };
+    return new DecodedFrame(keyId, sender, frameTarget, ts, seq, buf, spans);
   } catch {
     return { problem: 'malformed' };
   }
