@@ -63,8 +63,8 @@ class DecodedFrame implements Frame {
 }
 
 /**
- * A body written straight into the frame when the frame is made, without a buffer of its own (a
- * publish: the message is copied once, into the frame).
+ * A body written straight into place, without a buffer of its own (a publish: into the outbox's
+ * packing buffer as it is sent, which is copied into the frame at the flush).
  */
 export interface BodyWriter {
   readonly length: number;

@@ -100,8 +100,8 @@ const F_STAMP_SENDER = 0x80;
  * low two bits) | u16 topic | [f64 expiry] | [u16 origin] | [u8 stamp node] f64 stamp sequence |
  * [u32 properties JSON] | payload (the rest). `sender`: the run that writes the frame.
  *
- * Measured once, written straight into each frame it goes in (frame.ts BodyWriter): the message
- * is copied once, not into a buffer of its own and then again into the frame.
+ * Measured once, written straight into the packing buffer of each inbox it goes to (frame.ts
+ * BodyWriter, outbox.ts), not into a buffer of its own first.
  */
 export class PublishWire implements BodyWriter {
   readonly length: number;
@@ -117,7 +117,7 @@ export class PublishWire implements BodyWriter {
   private readonly stampSeq: number;
   private readonly props: Buffer | null;
 
-  /** Takes what it writes from `m` now: the frame is made later in the turn. */
+  /** Takes what it writes from `m` now (it is written right after, by the outbox). */
   constructor(
     private readonly header: Buffer,
     m: Message,
