@@ -286,7 +286,7 @@ test('large messages cross nodes intact and in order: a turn over 4 MiB is cut i
   t.is(got.length, sizes.length);
   for (let i = 0; i < sizes.length; i++) {
     const p = got[i] as Buffer;
-    t.is(p.length, sizes[i]);
+    t.is(p.length, sizes[i] as number);
     t.true(p.equals(Buffer.alloc(sizes[i] as number, i + 1)), `message ${i} intact`);
   }
 });
