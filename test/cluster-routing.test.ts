@@ -267,3 +267,26 @@ test("another node's interest is matched exactly: not by a leading wildcard on a
   t.is((after[0] as number) - (before[0] as number), 0);
   t.is((after[1] as number) - (before[1] as number), 0);
 });
+
+test('large messages cross nodes intact and in order: a turn over 4 MiB is cut into several frames, and a message over 4 MiB goes in a frame alone', async (t) => {
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
+  const big = { limits: { maxPacketSize: 8 * 1024 * 1024 } };
+  for (const id of ['a', 'b']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name: 'large' }, big)));
+  const [a, b] = nodes as InProcessNode[];
+  // Sizes around the frame limit; each payload is filled with its index, so a byte out of place shows.
+  const sizes = [1500_000, 100, 1500_000, 1500_000, 5 * 1024 * 1024, 64, 2_000_000, 3_000_000, 10];
+  const got: Buffer[] = [];
+  const sub = await connect((b as InProcessNode).port, { clientId: 'large-sub' }, (_t, p) => got.push(p));
+  clients.push(sub);
+  await sub.subscribeAsync('large/x', { qos: 1 });
+  const pub = await connect((a as InProcessNode).port, { clientId: 'large-pub' });
+  clients.push(pub);
+  await Promise.all(sizes.map((n, i) => pub.publishAsync('large/x', Buffer.alloc(n, i + 1), { qos: 1 })));
+  t.true(await eventually(() => got.length >= sizes.length, 10_000), `${got.length} of ${sizes.length}`);
+  t.is(got.length, sizes.length);
+  for (let i = 0; i < sizes.length; i++) {
+    const p = got[i] as Buffer;
+    t.is(p.length, sizes[i] as number);
+    t.true(p.equals(Buffer.alloc(sizes[i] as number, i + 1)), `message ${i} intact`);
+  }
+});

@@ -78,7 +78,7 @@ export interface ClusterLink {
   /**
    * Sends a message routed here to the partitions elsewhere whose interest matches it: `remote`,
    * found by the same router walk that found the local subscribers (and `shares`, the groups
-   * with members here).
+   * with members here). The result is read at once: it may be reused by the next call.
    */
   forward(message: Message, shares: readonly LocalShare[], remote: RemoteMatch): Forwarded;
   /**

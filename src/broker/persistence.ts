@@ -70,6 +70,9 @@ interface Ledger {
 export class Persistence {
   /** True when the store keeps what it commits across a crash (set when it opens). */
   durable = false;
+  /** Between {@link collect} and {@link collected}: the writes collected (the first alone, the array only from the second: most actions collect none or one). */
+  private collecting = false;
+  private first: Promise<WriteStatus> | null = null;
   private batch: Promise<WriteStatus>[] | null = null;
   /** When writes started failing (0: they do not), and whether the disk is full. */
   private failingSince = 0;
@@ -95,16 +98,27 @@ export class Persistence {
 
   /** Starts collecting the writes made until {@link collected} (synchronous code only: the collection is global). */
   collect(): void {
-    this.batch = [];
+    this.collecting = true;
+    this.first = null;
+    this.batch = null;
   }
 
   /** What the writes since {@link collect} came to, once committed; null when nothing needs waiting for. */
   collected(): Promise<WriteStatus> | null {
+    const first = this.first;
     const b = this.batch;
+    this.collecting = false;
+    this.first = null;
     this.batch = null;
-    if (b === null || b.length === 0) return null;
-    if (b.length === 1) return b[0] as Promise<WriteStatus>;
-    return Promise.all(b).then(worst);
+    if (b !== null) return Promise.all(b).then(worst);
+    return first;
+  }
+
+  /** Adds a write to the collection, when one is being made. */
+  private collectOne(p: Promise<WriteStatus>): void {
+    if (!this.collecting) return;
+    if (this.first === null) this.first = p;
+    else (this.batch ??= [this.first]).push(p);
   }
 
   /** Writes through to the store; `session`: whose state it is, rewritten whole if this write fails; `tag`: what it is, for write elision. */
@@ -117,7 +131,7 @@ export class Persistence {
     let resolve: (status: WriteStatus) => void = noop;
     const p = new Promise<WriteStatus>((r) => (resolve = r));
     const held: Held = { op, session, resolve, cancelled: false, carried: null, frozen: false };
-    if (this.batch !== null) this.batch.push(p);
+    this.collectOne(p);
     if (tag !== undefined && session !== null && !this.elide(session, held, tag)) return p;
     // A session moving to another node waits until every write made for it has settled
     // (migration.ts). Held writes go to the store batch after batch, so that is when the batch
@@ -361,7 +375,7 @@ export class Persistence {
    * other nodes confirming a subscription.
    */
   track(wait: Promise<WriteStatus>): void {
-    if (this.batch !== null) this.batch.push(wait);
+    this.collectOne(wait);
   }
 
   private succeeded(): WriteStatus {

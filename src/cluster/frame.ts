@@ -30,12 +30,41 @@ export interface FrameHeader {
 }
 
 export interface Frame extends FrameHeader {
-  bodies: Buffer[];
+  /** The frame as read (bodies are read from it in place: it must not be changed afterwards). */
+  buf: Buffer;
+  /** Where each body is in `buf`: start and end, two numbers per body (no view per body on the receiving path). */
+  spans: number[];
+  /** Each body as a view of `buf` (made on first use; control paths and tools). */
+  readonly bodies: Buffer[];
+}
+
+/** A verified frame; `bodies` made only when asked for. */
+class DecodedFrame implements Frame {
+  private views: Buffer[] | null = null;
+
+  constructor(
+    readonly keyId: string,
+    readonly sender: string,
+    readonly target: string,
+    readonly ts: number,
+    readonly seq: number,
+    readonly buf: Buffer,
+    readonly spans: number[],
+  ) {}
+
+  get bodies(): Buffer[] {
+    if (this.views === null) {
+      const views: Buffer[] = [];
+      for (let i = 0; i < this.spans.length; i += 2) views.push(this.buf.subarray(this.spans[i], this.spans[i + 1]));
+      this.views = views;
+    }
+    return this.views;
+  }
 }
 
 /**
- * A body written straight into the frame when the frame is made, without a buffer of its own (a
- * publish: the message is copied once, into the frame).
+ * A body written straight into place, without a buffer of its own (a publish: into the outbox's
+ * packing buffer as it is sent, which is copied into the frame at the flush).
  */
 export interface BodyWriter {
   readonly length: number;
@@ -54,13 +83,44 @@ export function bodyLength(b: Body): number {
   return n;
 }
 
+/** Writes `b` (of `n` bytes) at `o` in `out`, after its u32 length; returns where it ends. */
+export function writeBody(out: Buffer, o: number, b: Body, n: number): number {
+  o = out.writeUInt32BE(n, o);
+  if (Buffer.isBuffer(b)) return o + b.copy(out, o);
+  if (Array.isArray(b)) {
+    for (const part of b as readonly Buffer[]) o += part.copy(out, o);
+    return o;
+  }
+  (b as BodyWriter).writeTo(out, o);
+  return o + n;
+}
+
 /** Builds and signs a frame holding `bodies`. */
 export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>, bodies: readonly Body[]): Buffer {
+  let bytes = 0;
+  for (const b of bodies) bytes += 4 + bodyLength(b);
+  const { out, at } = frameStart(key, header, bodies.length, bytes);
+  let o = at;
+  for (const b of bodies) o = writeBody(out, o, b, bodyLength(b));
+  return frameSign(key, out, o);
+}
+
+/**
+ * Builds and signs a frame from bodies already written one after the other (each after its u32
+ * length, {@link writeBody}): `packed` bytes 0 to `bytes`, `count` bodies. The same frame as
+ * {@link encodeFrame} with those bodies.
+ */
+export function encodePackedFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>, count: number, packed: Buffer, bytes: number): Buffer {
+  const { out, at } = frameStart(key, header, count, bytes);
+  return frameSign(key, out, at + packed.copy(out, at, 0, bytes));
+}
+
+/** A frame's buffer with its header written, room for `bytes` of bodies and the MAC; `at`: where the bodies go. */
+function frameStart(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>, count: number, bytes: number): { out: Buffer; at: number } {
   const keyId = Buffer.from(key.id);
   const sender = Buffer.from(header.sender);
   const target = Buffer.from(header.target);
-  let size = 4 + 1 + keyId.length + 1 + sender.length + 2 + target.length + 8 + 8 + 4 + MAC_BYTES;
-  for (const b of bodies) size += 4 + bodyLength(b);
+  const size = 4 + 1 + keyId.length + 1 + sender.length + 2 + target.length + 8 + 8 + 4 + bytes + MAC_BYTES;
   const out = Buffer.allocUnsafe(size);
   let o = MAGIC.copy(out, 0);
   o = out.writeUInt8(keyId.length, o);
@@ -71,17 +131,13 @@ export function encodeFrame(key: ClusterKey, header: Omit<FrameHeader, 'keyId'>,
   o += target.copy(out, o);
   o = out.writeDoubleBE(header.ts, o);
   o = out.writeDoubleBE(header.seq, o);
-  o = out.writeUInt32BE(bodies.length, o);
-  for (const b of bodies) {
-    const n = bodyLength(b);
-    o = out.writeUInt32BE(n, o);
-    if (Buffer.isBuffer(b)) o += b.copy(out, o);
-    else if (Array.isArray(b)) for (const part of b as readonly Buffer[]) o += part.copy(out, o);
-    else {
-      (b as BodyWriter).writeTo(out, o);
-      o += n;
-    }
-  }
+  o = out.writeUInt32BE(count, o);
+  return { out, at: o };
+}
+
+/** Signs the frame in `out` whose bodies end at `o` (the MAC fills the rest). */
+function frameSign(key: ClusterKey, out: Buffer, o: number): Buffer {
+  if (o + MAC_BYTES !== out.length) throw new Error('frame length mismatch');
   createHmac('sha256', key.key).update(out.subarray(0, o)).digest().copy(out, o);
   return out;
 }
@@ -112,15 +168,15 @@ export function decodeFrame(buf: Buffer, keys: ReadonlyMap<string, Buffer>, targ
     o += 8;
     const count = buf.readUInt32BE(o);
     o += 4;
-    const bodies: Buffer[] = [];
+    const spans: number[] = [];
     for (let i = 0; i < count; i++) {
       const n = buf.readUInt32BE(o);
       o += 4;
       if (o + n > end) return { problem: 'malformed' };
-      bodies.push(buf.subarray(o, (o += n)));
+      spans.push(o, (o += n));
     }
     if (o !== end) return { problem: 'malformed' };
-    return { keyId, sender, target: frameTarget, ts, seq, bodies };
+    return new DecodedFrame(keyId, sender, frameTarget, ts, seq, buf, spans);
   } catch {
     return { problem: 'malformed' };
   }

@@ -36,7 +36,7 @@ import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
 import type { ClusterStatus } from './status.ts';
-import { BodyKind, decodeBody, encodeControl, fromJson, publishHeader, PublishWire, toJson, type Control, type JsonValue } from './wire.ts';
+import { BodyReader, encodeControl, fromJson, publishHeader, PublishWire, toJson, type Control, type JsonValue } from './wire.ts';
 
 export interface ClusterNodeOptions {
   cluster: ClusterConfig;
@@ -112,6 +112,9 @@ export class ClusterNode implements ClusterRuntime {
   private interestDirty = false;
   private fencing = false;
   private received = 0;
+  /** Reads the bodies of received frames in place (one for the node: no object per body). */
+  private readonly bodyReader = new BodyReader();
+  private readonly plainForwarded: Forwarded & { remoteGroups: null } = { written: null, remoteGroups: null, partitions: 0 };
   private refusedFrames = 0;
   private refusedLoggedAt = 0;
   extension: ClusterExtension | null = null;
@@ -630,10 +633,11 @@ export class ClusterNode implements ClusterRuntime {
 
   private onControlFrame(frame: Frame, entryId: string): void | Promise<unknown> {
     const waits: Promise<unknown>[] = [];
-    for (const raw of frame.bodies) {
-      const body = decodeBody(raw, frame.sender);
-      if (body.kind !== BodyKind.Control) continue;
-      const c = body.control;
+    const reader = this.bodyReader;
+    const { buf, spans } = frame;
+    for (let i = 0; i < spans.length; i += 2) {
+      if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) continue;
+      const c = reader.control as Control;
       switch (c.t) {
         case 'interest':
           if (c.p !== this.homeId) {
@@ -689,23 +693,26 @@ export class ClusterNode implements ClusterRuntime {
     const vector = this.applied.get(p);
     const home = p === this.homeId;
     let publishers: ReturnType<RemotePublishers['ofRun']> | null = null;
-    for (const raw of frame.bodies) {
-      const body = decodeBody(raw, frame.sender);
-      if (body.kind === BodyKind.Publish) {
+    const reader = this.bodyReader;
+    const { buf, spans } = frame;
+    for (let i = 0; i < spans.length; i += 2) {
+      if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) {
         this.received++;
-        const m = body.message;
+        const m = reader.message as Message;
+        const plain = reader.plain;
+        const groups = reader.groups;
         if (m.stamp !== undefined && vector !== undefined && m.stamp.seq > (vector.get(m.stamp.node) ?? 0)) vector.set(m.stamp.node, m.stamp.seq);
         let w: Promise<WriteStatus> | null;
         if (home) {
           // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
           let from: FlowSource | null = null;
           if (m.qos > 0 && m.origin !== undefined) from = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
-          w = this.host.deliverRemote(m, body.plain, body.groups, from);
-        } else w = this.offline.apply(p, m, body.plain, body.groups);
+          w = this.host.deliverRemote(m, plain, groups, from);
+        } else w = this.offline.apply(p, m, plain, groups);
         if (w !== null) waits.push(w);
         continue;
       }
-      const c = body.control;
+      const c = reader.control as Control;
       const r = this.onPartitionControl(p, c, frame.sender);
       if (r instanceof Promise) waits.push(r);
     }
@@ -979,7 +986,11 @@ export class ClusterNode implements ClusterRuntime {
       else (all ??= [written]).push(w);
     }
     if (all !== null) written = Promise.all(all).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
-    return { written, remoteGroups: null, partitions: n };
+    // One result object for every plain forward (read by the caller at once: see ClusterLink.forward).
+    const out = this.plainForwarded;
+    out.written = written;
+    out.partitions = n;
+    return out;
   }
 
   /**

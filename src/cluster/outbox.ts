@@ -13,7 +13,7 @@
  */
 import type { WriteStatus } from '../broker/ports.ts';
 import type { Logger } from '../log.ts';
-import { bodyLength, encodeFrame, type Body } from './frame.ts';
+import { bodyLength, encodeFrame, encodePackedFrame, writeBody, type Body } from './frame.ts';
 import type { ClusterKey } from './keys.ts';
 import type { Names } from './names.ts';
 import { redisReady, type RedisClient } from './redis.ts';
@@ -24,17 +24,41 @@ export const CONTROL_MAXLEN = 100_000;
 /** Above this a frame is split (Redis takes far larger values; smaller frames keep replies and memory even). */
 const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 
+/** Packing buffers kept for the next turn's batches: at most this many, of at most this size. */
+const SPARE_BUFFERS = 4;
+const SPARE_MAX_BYTES = 1024 * 1024;
+const PACK_START_BYTES = 16 * 1024;
+
 type Waiter = (status: WriteStatus) => void;
 
+/**
+ * A turn's bodies for one inbox. Each body is written into a packing buffer as it is sent (its
+ * u32 length, then the body: the frame's layout), so a message is copied once, at once, and
+ * nothing of it (objects, views) is kept until the flush; the flush copies the packed bytes into
+ * the frame. Cut into parts of at most MAX_FRAME_BYTES (a single larger body goes alone).
+ */
 interface Batch {
-  bodies: Body[];
-  bytes: number;
+  parts: Part[];
   waiters: Waiter[];
   /** What every send into this batch that waits gets: one promise per batch, not per message. */
   written: Promise<WriteStatus> | null;
+  /** Parts not yet answered, and the worst outcome so far (every part must be written before the waiters hear 'ok'). */
+  left: number;
+  worst: WriteStatus;
 }
 
-interface ControlBatch extends Batch {
+interface Part {
+  packed: Buffer;
+  /** Bytes used in `packed` (bodies and their lengths). */
+  used: number;
+  /** Bodies in it, and their bytes (what `pendingBytes` counts). */
+  count: number;
+  bytes: number;
+}
+
+interface ControlBatch {
+  bodies: Body[];
+  bytes: number;
   adds: string[];
   removes: string[];
   idWaiters: ((id: string | null) => void)[];
@@ -62,6 +86,8 @@ export class Outbox {
   private readonly flushNow = () => this.flush();
   /** Partition → its inbox's stream name (made once, not per message). */
   private readonly streams = new Map<string, string>();
+  /** Packing buffers free for reuse (copied into their frames at the flush). */
+  private readonly spare: Buffer[] = [];
 
   constructor(
     private readonly client: RedisClient,
@@ -115,15 +141,32 @@ export class Outbox {
       this.streams.set(partition, stream);
     }
     let batch = this.batches.get(stream);
-    if (batch === undefined) this.batches.set(stream, (batch = { bodies: [], bytes: 0, waiters: [], written: null }));
-    batch.bodies.push(body);
-    batch.bytes += length;
+    if (batch === undefined) this.batches.set(stream, (batch = { parts: [], waiters: [], written: null, left: 0, worst: 'ok' }));
+    this.pack(batch, body, length);
     this.pendingBytes += length;
     this.schedule();
     if (!wait) return null;
     // Every body of a batch is written by one XADD: they all hear the same outcome.
     const b = batch;
     return (b.written ??= new Promise((resolve) => b.waiters.push(resolve)));
+  }
+
+  /** Writes `body` (`length` bytes) into the batch's last part, or a new one when it does not fit in MAX_FRAME_BYTES. */
+  private pack(batch: Batch, body: Body, length: number): void {
+    const need = 4 + length;
+    let part = batch.parts[batch.parts.length - 1];
+    if (part === undefined || (part.count > 0 && part.used + need > MAX_FRAME_BYTES)) {
+      let packed = this.spare.pop();
+      if (packed === undefined || packed.length < need) packed = Buffer.allocUnsafe(Math.max(PACK_START_BYTES, need));
+      batch.parts.push((part = { packed, used: 0, count: 0, bytes: 0 }));
+    } else if (part.used + need > part.packed.length) {
+      const grown = Buffer.allocUnsafe(Math.max(part.packed.length * 2, part.used + need));
+      part.packed.copy(grown, 0, 0, part.used);
+      part.packed = grown;
+    }
+    part.used = writeBody(part.packed, part.used, body, length);
+    part.count++;
+    part.bytes += length;
   }
 
   /** Broadcasts a body to every node; resolves with its entry id once written (null: it was not). */
@@ -150,7 +193,7 @@ export class Outbox {
   }
 
   private controlBatch(): ControlBatch {
-    return (this.control ??= { bodies: [], bytes: 0, waiters: [], written: null, adds: [], removes: [], idWaiters: [] });
+    return (this.control ??= { bodies: [], bytes: 0, adds: [], removes: [], idWaiters: [] });
   }
 
   private schedule(): void {
@@ -171,18 +214,24 @@ export class Outbox {
     this.control = null;
     if (batches.length === 0 && control === null) return;
     if (!redisReady(this.client)) {
-      for (const [, b] of batches) this.settle(b, 'failed');
+      for (const [, b] of batches) {
+        b.left = b.parts.length;
+        for (const part of b.parts) this.settle(b, part, 'failed');
+      }
       if (control !== null) this.settleControl(control, null);
       return;
     }
     const pipeline = this.client.pipeline();
     const replies: ((err: Error | null, reply: unknown) => void)[] = [];
     for (const [stream, batch] of batches) {
-      for (const part of split(batch)) {
+      batch.left = batch.parts.length;
+      for (const part of batch.parts) {
         this.stats.frames++;
-        this.stats.bodies += part.bodies.length;
-        pipeline.xadd(stream, 'NOMKSTREAM', '*', 'f', this.frame(stream, part.bodies));
-        replies.push((err) => this.settle(part, err === null ? 'ok' : 'failed', err));
+        this.stats.bodies += part.count;
+        const frame = encodePackedFrame(this.key(), { sender: this.run, target: stream, ts: Date.now(), seq: this.nextSeq(stream) }, part.count, part.packed, part.used);
+        if (this.spare.length < SPARE_BUFFERS && part.packed.length <= SPARE_MAX_BYTES) this.spare.push(part.packed);
+        pipeline.xadd(stream, 'NOMKSTREAM', '*', 'f', frame);
+        replies.push((err) => this.settle(batch, part, err === null ? 'ok' : 'failed', err));
       }
     }
     if (control !== null) {
@@ -207,11 +256,13 @@ export class Outbox {
     );
   }
 
-  private settle(batch: Batch, status: WriteStatus, err?: Error | null): void {
-    this.pendingBytes -= batch.bytes;
-    if (status !== 'ok') this.failed(batch.bodies.length, err);
-    else if (this.failingSince !== 0) this.recovered();
-    for (const w of batch.waiters) w(status);
+  private settle(batch: Batch, part: Part, status: WriteStatus, err?: Error | null): void {
+    this.pendingBytes -= part.bytes;
+    if (status !== 'ok') {
+      this.failed(part.count, err);
+      batch.worst = status;
+    } else if (this.failingSince !== 0) this.recovered();
+    if (--batch.left === 0) for (const w of batch.waiters) w(batch.worst);
   }
 
   private settleControl(batch: ControlBatch, id: string | null, err?: Error | null): void {
@@ -240,35 +291,3 @@ export class Outbox {
 }
 
 const FAILED: Promise<WriteStatus> = Promise.resolve('failed');
-
-/** A batch cut into frames of at most MAX_FRAME_BYTES (a single larger body goes alone). */
-function split(batch: Batch): Batch[] {
-  if (batch.bytes <= MAX_FRAME_BYTES) return [batch];
-  const parts: Batch[] = [];
-  let cur: Batch = { bodies: [], bytes: 0, waiters: batch.waiters, written: null };
-  for (const b of batch.bodies) {
-    const n = bodyLength(b);
-    if (cur.bodies.length > 0 && cur.bytes + n > MAX_FRAME_BYTES) {
-      parts.push(cur);
-      cur = { bodies: [], bytes: 0, waiters: [], written: null };
-    }
-    cur.bodies.push(b);
-    cur.bytes += n;
-  }
-  parts.push(cur);
-  // Every part must be written before the batch's waiters hear 'ok': the waiters go with a combined promise.
-  if (parts.length > 1) {
-    const waiters = batch.waiters;
-    let left = parts.length;
-    let worst: WriteStatus = 'ok';
-    for (const p of parts) {
-      p.waiters = [
-        (s) => {
-          if (s !== 'ok') worst = s;
-          if (--left === 0) for (const w of waiters) w(worst);
-        },
-      ];
-    }
-  }
-  return parts;
-}

@@ -100,8 +100,8 @@ const F_STAMP_SENDER = 0x80;
  * low two bits) | u16 topic | [f64 expiry] | [u16 origin] | [u8 stamp node] f64 stamp sequence |
  * [u32 properties JSON] | payload (the rest). `sender`: the run that writes the frame.
  *
- * Measured once, written straight into each frame it goes in (frame.ts BodyWriter): the message
- * is copied once, not into a buffer of its own and then again into the frame.
+ * Measured once, written straight into the packing buffer of each inbox it goes to (frame.ts
+ * BodyWriter, outbox.ts), not into a buffer of its own first.
  */
 export class PublishWire implements BodyWriter {
   readonly length: number;
@@ -117,7 +117,7 @@ export class PublishWire implements BodyWriter {
   private readonly stampSeq: number;
   private readonly props: Buffer | null;
 
-  /** Takes what it writes from `m` now: the frame is made later in the turn. */
+  /** Takes what it writes from `m` now (it is written right after, by the outbox). */
   constructor(
     private readonly header: Buffer,
     m: Message,
@@ -205,7 +205,8 @@ const EMPTY = Buffer.alloc(0);
 /** Node's UTF-8 encoder and decoder without `write`'s and `toString`'s argument handling (bounds are checked here). */
 type RawBuffer = Buffer & { utf8Write(text: string, offset: number, length: number): number; utf8Slice(start: number, end: number): string };
 
-export function decodeMessageWire(buf: Buffer, start: number, sender: string): Message {
+/** Reads the message in `buf` from `start` to `end` (a body inside a frame: read in place). */
+export function decodeMessageWire(buf: Buffer, start: number, sender: string, end = buf.length): Message {
   let o = start;
   const flags = buf.readUInt8(o++);
   const qos = (flags & 0x03) as QoS;
@@ -213,7 +214,7 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   const topicLen = buf.readUInt16BE(o);
   o += 2;
   const raw = buf as RawBuffer;
-  if (o + topicLen > buf.length) throw new Error('bad message');
+  if (o + topicLen > end) throw new Error('bad message');
   const topic = raw.utf8Slice(o, (o += topicLen));
   let expiresAt: number | undefined;
   let origin: string | undefined;
@@ -226,7 +227,7 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
   if ((flags & F_ORIGIN) !== 0) {
     const n = buf.readUInt16BE(o);
     o += 2;
-    if (o + n > buf.length) throw new Error('bad message');
+    if (o + n > end) throw new Error('bad message');
     origin = raw.utf8Slice(o, (o += n));
   }
   if ((flags & F_STAMP) !== 0) {
@@ -243,10 +244,10 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string): M
     o += 4;
     properties = fromJson(JSON.parse(buf.toString('utf8', o, (o += n))) as JsonValue) as Message['properties'];
   }
-  if (o > buf.length) throw new Error('bad message');
+  if (o > end) throw new Error('bad message');
   // A copy: the payload must not pin the whole frame (and the stream reply) while it waits in a queue.
-  const payload = Buffer.allocUnsafe(buf.length - o);
-  buf.copy(payload, 0, o);
+  const payload = Buffer.allocUnsafe(end - o);
+  buf.copy(payload, 0, o, end);
   const message: Message = { topic, payload, qos, retain: (flags & F_RETAIN) !== 0 };
   if (expiresAt !== undefined) message.expiresAt = expiresAt;
   if (origin !== undefined) message.origin = origin;
@@ -288,17 +289,44 @@ export function encodeControl(c: Control): Buffer {
  * logged). `sender`: the run that wrote the frame.
  */
 export function decodeBody(buf: Buffer, sender = ''): PublishBody | ControlBody {
-  const kind = buf.readUInt8(0);
-  if (kind === BodyKind.Publish) {
-    const plain = buf.readUInt8(1) === 1;
-    const gl = buf.readUInt32BE(2);
-    const groups = gl === 0 ? null : (JSON.parse(buf.toString('utf8', 6, 6 + gl)) as string[]);
-    return { kind: BodyKind.Publish, plain, groups, message: decodeMessageWire(buf, 6 + gl, sender) };
+  const r = new BodyReader();
+  if (r.read(buf, 0, buf.length, sender)) return { kind: BodyKind.Publish, plain: r.plain, groups: r.groups, message: r.message as Message };
+  return { kind: BodyKind.Control, control: r.control as Control };
+}
+
+/**
+ * Reads bodies in place, inside their frame, into its own fields: one reader per node, so a
+ * received message costs the message and what it holds, and no body object or view around it.
+ * What it reads is valid until the next {@link read}.
+ */
+export class BodyReader {
+  plain = false;
+  groups: string[] | null = null;
+  message: Message | null = null;
+  control: Control | null = null;
+
+  /** Reads the body in `buf` from `start` to `end`: true for a publish, false for a control message; throws on a malformed one. */
+  read(buf: Buffer, start: number, end: number, sender: string): boolean {
+    if (end <= start) throw new Error('empty body');
+    const kind = buf.readUInt8(start);
+    if (kind === BodyKind.Publish) {
+      if (start + 6 > end) throw new Error('bad publish body');
+      this.plain = buf.readUInt8(start + 1) === 1;
+      const gl = buf.readUInt32BE(start + 2);
+      if (start + 6 + gl > end) throw new Error('bad publish body');
+      this.groups = gl === 0 ? null : (JSON.parse(buf.toString('utf8', start + 6, start + 6 + gl)) as string[]);
+      this.message = decodeMessageWire(buf, start + 6 + gl, sender, end);
+      this.control = null;
+      return true;
+    }
+    if (kind === BodyKind.Control) {
+      const control = JSON.parse(buf.toString('utf8', start + 1, end)) as Control;
+      if (control === null || typeof control !== 'object' || typeof control.t !== 'string') throw new Error('bad control body');
+      this.control = control;
+      this.message = null;
+      this.groups = null;
+      return false;
+    }
+    throw new Error(`unknown body kind ${kind}`);
   }
-  if (kind === BodyKind.Control) {
-    const control = JSON.parse(buf.toString('utf8', 1)) as Control;
-    if (control === null || typeof control !== 'object' || typeof control.t !== 'string') throw new Error('bad control body');
-    return { kind: BodyKind.Control, control };
-  }
-  throw new Error(`unknown body kind ${kind}`);
 }
