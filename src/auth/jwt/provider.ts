@@ -81,13 +81,16 @@ export class JwtAuthenticator implements Authenticator {
       }
     }
     if (payload === undefined) {
+      // The key set as the check starts: a refresh while it runs (a key dropped) must not let the
+      // token be cached as verified against the new set.
+      const generation = this.keys.generation;
       try {
         payload = await this.verify(text);
       } catch (err) {
         if (signal?.aborted) return deny(ReasonCode.ServerUnavailable, 'deadline passed while verifying the token');
         return deny(...describe(err));
       }
-      if (cache.enabled) this.remember(digest, payload, now);
+      if (cache.enabled) this.remember(digest, payload, now, generation);
     }
     return this.principal(req, payload);
   }
@@ -103,12 +106,12 @@ export class JwtAuthenticator implements Authenticator {
     return payload;
   }
 
-  private remember(digest: string, payload: JWTPayload, now: number): void {
+  private remember(digest: string, payload: JWTPayload, now: number, generation: number): void {
     const cache = this.config.cache;
     let until = now + cache.ttlSeconds * 1000;
     if (typeof payload.exp === 'number') until = Math.min(until, payload.exp * 1000);
     if (until <= now) return;
-    this.verified.set(digest, { payload, generation: this.keys.generation, until });
+    this.verified.set(digest, { payload, generation, until });
   }
 
   /** Maps verified claims to the Principal; checks that depend on the request run on every connect. */

@@ -150,8 +150,13 @@ export class PasswordAuthenticator implements Authenticator {
       return this.config.unknownUser === 'abstain' ? { kind: 'abstain' } : deny('unknown user');
     }
     if (!ok) return deny('wrong password');
-    this.cache?.set(username, password, { username, roles: entry.roles });
-    return allow(req, username, entry.roles, false);
+    // A reload may have replaced the file while argon2 ran (and cleared the cache): the password
+    // checked must still be the user's, or a revoked password would pass now and, cached again
+    // into the emptied cache, for the cache's whole TTL.
+    const current = this.users.get(username);
+    if (current === undefined || current.hash !== entry.hash) return deny('the password file changed during the check');
+    this.cache?.set(username, password, { username, roles: current.roles });
+    return allow(req, username, current.roles, false);
   }
 
   /** The parameters most hashes in the file use, so the dummy hash costs what a real one does. */
