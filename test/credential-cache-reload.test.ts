@@ -1,9 +1,7 @@
 /**
- * Review finding: the verified-credential cache is cleared by a password-file reload, but a
- * verification that was already hashing when the reload came writes its result into the freshly
- * cleared cache afterwards (src/auth/password/provider.ts authenticate: the user entry is read
- * before the argon2 await, `cache.set` runs after it). The old password then keeps admitting new
- * connections, from the cache, for the cache's whole TTL after the reload that revoked it.
+ * A password-file reload during a running argon2 check: the cache is cleared by the reload, and
+ * the check that was already hashing must not write the old password back into it (nor pass
+ * with it): the old password is refused 0x86 after the reload, the new one connects.
  */
 import fs from 'node:fs';
 import path from 'node:path';

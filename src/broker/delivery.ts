@@ -4,6 +4,7 @@
  * arrive. Retained messages are kept here. This is the one place a message leaves for a
  * subscriber, so it is where a cross-node bus hooks in.
  */
+import type { AuthzResult } from '../authz/types.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
@@ -46,6 +47,8 @@ export interface DeliveryParts {
 }
 
 const NO_SHARES: readonly LocalShare[] = [];
+/** An asynchronous deliver decision that threw instead of answering: a denial (fail closed). */
+const DECISION_FAILED: AuthzResult = { kind: 'deny', reason: ReasonCode.UnspecifiedError, detail: 'the deliver decision failed' };
 const NO_PICKS: readonly { session: Session; sub: StoredSubscription; group: SharedTarget }[] = [];
 
 /** A subscriber too slow once holds nobody for this many maxHoldMs periods afterwards. */
@@ -311,11 +314,14 @@ export class Delivery implements DeliveryApi {
     // A socket over limits.maxSocketBufferBytes is not written to: its deliveries queue (backpressure).
     if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 ? session.queuedQos0 === 0 : session.queue.length === 0 && session.inflight.size < conn.sendWindow)) {
       const allowed = this.gate.authorize(conn, 'deliver', message.topic, qos, retain, false, share?.name);
-      if (allowed instanceof Promise) {
-        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share));
-        return true;
-      }
-      return allowed.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share);
+      if (!(allowed instanceof Promise)) return allowed.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share);
+      // An asynchronous decision: the delivery waits in the queue (and in the store) with it, and
+      // the pump sends it when it comes back, one at a time (pump).
+      const delivery: QueuedDelivery = { message, qos, retain, subscriptionIds, decision: allowed };
+      if (share !== undefined) delivery.share = share;
+      this.enqueue(session, delivery, false);
+      this.pump(session);
+      return true;
     }
     // An arriving session (moving here from another node, cluster-port.ts) keeps everything until its client is attached.
     if (conn === null && !session.arriving) {
@@ -788,24 +794,59 @@ export class Delivery implements DeliveryApi {
     let stored = 0;
     let bytes = 0;
     let qos0 = 0;
-    while (conn !== null && conn.state === 'connected' && !conn.writeBlocked && session.queue.length > sent) {
+    while (conn !== null && conn.state === 'connected' && !conn.writeBlocked && session.deciding === null && session.queue.length > sent) {
       const next = session.queue[sent] as QueuedDelivery;
       if (next.qos > 0 && session.inflight.size >= conn.sendWindow) break;
+      const expired = next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock.now;
+      // A decision asked before it was queued (deliver) is used, not asked again.
+      const allowed = expired ? null : (next.decision ?? this.gate.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain, false, next.share?.name));
+      if (allowed instanceof Promise) {
+        // An asynchronous decision: the delivery stays first in the queue and in the store until it
+        // comes back (decided), one at a time, so the in-flight window counts it and nothing is
+        // lost when the client leaves meanwhile.
+        this.takeFront(session, sent, bytes, stored, qos0);
+        delete next.decision;
+        session.deciding = next;
+        allowed.then(
+          (d) => this.decided(session, conn, next, d),
+          () => this.decided(session, conn, next, DECISION_FAILED),
+        );
+        return;
+      }
       sent++;
       bytes += queuedSize(next.message);
       if (next.qos > 0) stored++;
       else qos0++;
-      if (next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock.now) {
+      if (allowed === null) {
         this.stats.messagesExpired++;
         continue;
       }
-      const allowed = this.gate.authorize(conn, 'deliver', next.message.topic, next.qos, next.retain, false, next.share?.name);
-      if (allowed instanceof Promise) {
-        allowed.then((d) => d.kind === 'allow' && this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share));
-      } else if (allowed.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) {
-        this.passOn(session, next);
-      }
+      if (allowed.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) this.passOn(session, next);
     }
+    this.takeFront(session, sent, bytes, stored, qos0);
+  }
+
+  /**
+   * An asynchronous deliver decision came back for `next`, first in the queue. Allowed and the
+   * client still there: it is taken off the queue and sent. Denied: taken off (a shared group
+   * tries another member). The client left, or another connection took the session over: it stays
+   * first in the queue, and the next connection's pump decides again, for that connection.
+   */
+  private decided(session: Session, conn: Client, next: QueuedDelivery, d: AuthzResult): void {
+    if (session.deciding !== next) return;
+    session.deciding = null;
+    // Gone meanwhile (a clean start discarded the queue, the session ended): nothing to deliver.
+    if (session.queue[0] !== next) return;
+    const present = conn.state === 'connected' && session.connection === conn;
+    if (d.kind !== 'allow' || present) {
+      this.takeFront(session, 1, queuedSize(next.message), next.qos > 0 ? 1 : 0, next.qos > 0 ? 0 : 1);
+      if (d.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) this.passOn(session, next);
+    }
+    this.pump(session);
+  }
+
+  /** Takes the first `sent` deliveries off the queue (they were sent, dropped or passed on): bytes, quotas, the store, flow control. */
+  private takeFront(session: Session, sent: number, bytes: number, stored: number, qos0: number): void {
     if (sent > 0) {
       // One at a time is the usual case (a PUBACK frees one slot): shift() takes it from the front
       // without moving the rest of a long queue, which splice() does.

@@ -1,5 +1,6 @@
 import type { Principal } from '../auth/types.ts';
 import type { QoS } from '../protocol/codec.ts';
+import type { AuthzResult } from '../authz/types.ts';
 import { sessionKey, type StoredSession, type StoredSubscription } from '../store/types.ts';
 import type { Client, FlowSource } from './ports.ts';
 import { forStore, messageSize, type Message } from './message.ts';
@@ -20,6 +21,8 @@ export interface QueuedDelivery {
   subscriptionIds: number[] | undefined;
   /** Set when it came through a shared subscription: it goes to another member if this one cannot take it. */
   share?: SharedTarget;
+  /** An asynchronous deliver decision asked before it was queued (Delivery.deliver), used by the pump instead of asking again. */
+  decision?: Promise<AuthzResult>;
 }
 
 /** An outgoing QoS 1/2 delivery not yet fully acknowledged. */
@@ -94,6 +97,12 @@ export class Session {
   droppedMessages = 0;
   /** When the queue started losing messages while connected, with no delivery since; 0: it is not. */
   queueFullSince = 0;
+  /**
+   * The queued delivery whose asynchronous deliver decision is awaited (first in the queue, and
+   * still in the store), or null. One at a time, so the in-flight window counts it and a client
+   * that leaves meanwhile loses nothing (Delivery.pump).
+   */
+  deciding: QueuedDelivery | null = null;
   /** QoS 1/2 refusals not yet written to the audit log, and when the last such record was written. */
   refusalsUnaudited = 0;
   refusalsAuditedAt = 0;

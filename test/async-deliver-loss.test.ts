@@ -1,11 +1,8 @@
 /**
- * Review finding: with an authorizer that answers `deliver` asynchronously (a module authorizer
- * calling a policy service), the queue pump (src/broker/delivery.ts pump) takes a queued QoS 1
- * message out of the session's queue, and writes its dequeue to the store, before the decision
- * comes back; the message becomes in flight only when it does (sendNow). If the subscriber's
- * connection closes meanwhile, sendNow returns at once (`conn.state !== 'connected'`) and the
- * message is neither queued nor in flight: a QoS 1 message of a persistent session is lost,
- * durable store and all.
+ * An authorizer that answers `deliver` asynchronously (a module authorizer calling a policy
+ * service): a queued QoS 1 message of a persistent session stays first in the queue, and in the
+ * store, until its decision comes back, so a subscriber that disconnects meanwhile gets it on its
+ * next connection (it was once taken off the queue before the decision and lost).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,7 +26,7 @@ function connectCollecting(port: number, options: IClientOptions): Promise<{ cli
 }
 
 async function scenario(t: ExecutionContext, asyncDeliver: boolean): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-review3-'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-async-deliver-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   let slow = false;
   // Allows everything; `deliver` answers after 300 ms while `slow` is on (a remote policy service).

@@ -1,11 +1,7 @@
 /**
- * Review finding: with an authorizer that answers `deliver` asynchronously, the delivery paths
- * of src/broker/delivery.ts (the direct send to a connected subscriber with an empty queue, and
- * the queue pump) check the client's Receive Maximum against the in-flight count before any
- * pending decision has added to it, so every message passes the check while decisions are
- * pending, and each becomes in flight when its decision arrives: the broker sends
- * more unacknowledged QoS 1 PUBLISH packets than the client's Receive Maximum allows
- * [MQTT-3.3.4-9]. The client here never acknowledges, so at most 2 may arrive.
+ * With an authorizer that answers `deliver` asynchronously, the client's Receive Maximum still
+ * holds [MQTT-3.3.4-9]: a pending decision counts against the in-flight window (one decision at a
+ * time per session). The client here never acknowledges, so at most 2 may arrive.
  */
 import net from 'node:net';
 import test, { type ExecutionContext } from 'ava';
