@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { freePort, portcullisConfig, procCpuSeconds, procRssKb, projectRoot, setupPinning, type Pinning, type RunningBrokerProcess, type Security } from './lib/brokers.ts';
+import { buildDist, freePort, portcullisConfig, procCpuSeconds, procRssKb, projectRoot, setupPinning, type Pinning, type RunningBrokerProcess, type Security } from './lib/brokers.ts';
 import { DEFAULT_WINDOWS, throughputSpec, type ScenarioName } from './lib/plan.ts';
 import { runThroughput } from './lib/scenarios.ts';
 import { endpointFor, makeBenchFiles, type BenchFiles } from './lib/security.ts';
@@ -59,7 +59,7 @@ const median = (a: number[]): number => {
 };
 
 
-/** A broker process from bench/servers/portcullis.ts with this configuration, pinned as the other benchmarks pin it. */
+/** A broker process (bench/servers/portcullis-dist.mjs, or portcullis.ts from src/) with this configuration, pinned as the other benchmarks pin it. */
 async function startPortcullis(config: Record<string, unknown>, security: Security, files: BenchFiles, pin: Pinning, tag: string): Promise<RunningBrokerProcess> {
   const file = path.join(files.dir, `metrics-${tag}-${security}.json`);
   // Each broker its own audit file: two hash-chained sinks appending to one file would interleave their chains.
@@ -68,7 +68,11 @@ async function startPortcullis(config: Record<string, unknown>, security: Securi
   fs.writeFileSync(file, JSON.stringify(own));
   // BENCH_BROKER_NODE_ARGS: extra Node flags for both brokers, e.g. "--cpu-prof --cpu-prof-dir prof" (as npm run bench takes them).
   const extra = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-  const args = [...extra, '--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts'), '--config', file];
+  // As `npm start` runs it: dist/ on plain node, built once (BENCH_PORTCULLIS_FROM=src: src/ through tsx).
+  const fromSrc = process.env.BENCH_PORTCULLIS_FROM === 'src';
+  if (!fromSrc) buildDist();
+  const server = fromSrc ? ['--import', 'tsx', path.join(projectRoot, 'bench', 'servers', 'portcullis.ts')] : [path.join(projectRoot, 'bench', 'servers', 'portcullis-dist.mjs')];
+  const args = [...extra, ...server, '--config', file];
   const [cmd, argv] = pin.brokerCpu === null ? [process.execPath, args] : ['taskset', ['-c', pin.brokerCpu, process.execPath, ...args]];
   const child = spawn(cmd, argv, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
