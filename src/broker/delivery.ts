@@ -315,9 +315,12 @@ export class Delivery implements DeliveryApi {
     if (conn !== null && conn.state === 'connected' && !conn.writeBlocked && (qos === 0 ? session.queuedQos0 === 0 : session.queue.length === 0 && session.inflight.size < conn.sendWindow)) {
       const allowed = this.gate.authorize(conn, 'deliver', message.topic, qos, retain, false, share?.name);
       if (!(allowed instanceof Promise)) return allowed.kind === 'allow' && this.sendNow(session, conn, message, qos, retain, subscriptionIds, share);
-      // An asynchronous decision: the delivery waits in the queue (and in the store) with it, and
-      // the pump sends it when it comes back, one at a time (pump).
-      const delivery: QueuedDelivery = { message, qos, retain, subscriptionIds, decision: allowed };
+      // An asynchronous decision: the delivery waits in the queue (and in the store), and the pump
+      // sends it when the answer comes back, one at a time (pump). The answer is used only when the
+      // delivery is first in the queue at once, for this connection; behind others (a QoS 0 passes
+      // queued QoS 1/2 here) it is asked again when its turn comes.
+      const delivery: QueuedDelivery = { message, qos, retain, subscriptionIds };
+      if (session.queue.length === 0) delivery.decision = allowed;
       if (share !== undefined) delivery.share = share;
       this.enqueue(session, delivery, false);
       this.pump(session);
@@ -833,14 +836,22 @@ export class Delivery implements DeliveryApi {
    * first in the queue, and the next connection's pump decides again, for that connection.
    */
   private decided(session: Session, conn: Client, next: QueuedDelivery, d: AuthzResult): void {
+    // The session ended or left this node meanwhile (sessions.ts clears `deciding`): nothing to act on.
     if (session.deciding !== next) return;
     session.deciding = null;
-    // Gone meanwhile (a clean start discarded the queue, the session ended): nothing to deliver.
-    if (session.queue[0] !== next) return;
-    const present = conn.state === 'connected' && session.connection === conn;
-    if (d.kind !== 'allow' || present) {
-      this.takeFront(session, 1, queuedSize(next.message), next.qos > 0 ? 1 : 0, next.qos > 0 ? 0 : 1);
-      if (d.kind !== 'allow' || !this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share)) this.passOn(session, next);
+    // Still first in the queue (an overflow may have evicted a QoS 0 head, a client going offline
+    // drops QoS 0): then it is settled here; else the pump goes on with what is first now.
+    if (session.queue[0] === next) {
+      const present = conn.state === 'connected' && session.connection === conn;
+      const expired = next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock.now;
+      if (d.kind !== 'allow' || present || expired) {
+        this.takeFront(session, 1, queuedSize(next.message), next.qos > 0 ? 1 : 0, next.qos > 0 ? 0 : 1);
+        if (expired) this.stats.messagesExpired++;
+        // Too large for the client: counted as a drop where it was found (transmit, encodeFor).
+        else if (d.kind === 'allow') this.sendNow(session, conn, next.message, next.qos, next.retain, next.subscriptionIds, next.share);
+        // A denial is not passed on to another member of a shared group: with asynchronous answers
+        // two members that may not read it would hand it back and forth for ever.
+      }
     }
     this.pump(session);
   }

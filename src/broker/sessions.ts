@@ -262,6 +262,8 @@ export class SessionRegistry implements SessionsApi {
   }
 
   private destroy(session: Session, notifyCluster = true): void {
+    // An asynchronous deliver decision still out for it acts on nothing when it comes back (Delivery.decided).
+    session.deciding = null;
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
     this.quotas.subscriptions(session.quotaKey, -session.subscriptions.size);
     this.quotas.queued(session.quotaKey, -session.queuedBytes);
@@ -297,6 +299,7 @@ export class SessionRegistry implements SessionsApi {
    * settled when the move began.
    */
   leave(session: Session): void {
+    session.deciding = null;
     for (const sub of session.subscriptions.values()) this.routeSubscription(session, sub, false);
     this.quotas.queued(session.quotaKey, -session.queuedBytes);
     if (!session.arriving) {
