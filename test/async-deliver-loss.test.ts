@@ -8,22 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, type ConfigInput } from '../src/index.ts';
 import type { Authorizer } from '../src/authz/types.ts';
 import type { Decision } from '../src/auth/types.ts';
 import { silentLogger } from '../src/log.ts';
-import { delay } from './helpers.ts';
-
-function connectCollecting(port: number, options: IClientOptions): Promise<{ client: MqttClient; received: string[] }> {
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 5, ...options });
-    const received: string[] = [];
-    client.on('message', (_topic, payload) => received.push(payload.toString()));
-    client.once('connect', () => resolve({ client, received }));
-    client.once('error', reject);
-  });
-}
+import { connectCollecting, delay } from './helpers.ts';
 
 async function scenario(t: ExecutionContext, asyncDeliver: boolean): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portcullis-async-deliver-'));

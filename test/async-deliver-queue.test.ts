@@ -6,25 +6,14 @@
  * away while its answer is out does not make a message arrive twice at another member.
  */
 import test from 'ava';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, type ConfigInput } from '../src/index.ts';
 import type { Authorizer } from '../src/authz/types.ts';
 import type { Decision } from '../src/auth/types.ts';
 import { silentLogger } from '../src/log.ts';
-import { delay } from './helpers.ts';
+import { connectCollecting, delay } from './helpers.ts';
 
 const ALLOW: Decision = { kind: 'allow', value: undefined };
 const DENY: Decision = { kind: 'deny', reason: 0x87, detail: 'remote policy says no' };
-
-function connectCollecting(port: number, options: IClientOptions): Promise<{ client: MqttClient; received: string[] }> {
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 5, ...options });
-    const received: string[] = [];
-    client.on('message', (_topic, payload) => received.push(payload.toString()));
-    client.once('connect', () => resolve({ client, received }));
-    client.once('error', reject);
-  });
-}
 
 async function start(t: { teardown(fn: () => unknown): void }, remote: Authorizer, extra: Partial<ConfigInput> = {}): Promise<number> {
   const config: ConfigInput = {

@@ -67,6 +67,20 @@ export function connect(port: number, options: IClientOptions = {}): Promise<Mqt
   });
 }
 
+/**
+ * Connects (v5 unless `options` says otherwise) and collects every payload from the first packet
+ * on: messages queued for a session arrive right after CONNACK, before a listener added later.
+ */
+export function connectCollecting(port: number, options: IClientOptions = {}): Promise<{ client: MqttClient; received: string[] }> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect({ host: '127.0.0.1', port, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 5, ...options });
+    const received: string[] = [];
+    client.on('message', (_topic, payload) => received.push(payload.toString()));
+    client.once('connect', () => resolve({ client, received }));
+    client.once('error', reject);
+  });
+}
+
 /** Collects the next `count` messages a client receives (topic, payload, packet), or rejects after `ms`. */
 export function nextMessages(client: MqttClient, count: number, ms = 3000): Promise<{ topic: string; payload: string; packet: mqtt.IPublishPacket }[]> {
   return new Promise((resolve, reject) => {

@@ -37,6 +37,17 @@ function connectWithConnack(port: number, options: IClientOptions): Promise<{ cl
   });
 }
 
+/** One anonymous TCP listener on the durable store under `dir`: restart a broker on it to test what survives. */
+function durableConfig(dir: string): ConfigInput {
+  return {
+    listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
+    authorizers: ['allow-all'],
+    sys: { intervalSeconds: 0 },
+    audit: { sink: 'none' },
+    store: { path: path.join(dir, 'store') },
+  };
+}
+
 async function waitFor(predicate: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
   while (!predicate() && Date.now() < end) await delay(20);
@@ -49,13 +60,7 @@ test('without a store key the configuration uses the durable store under data/st
 
 test('the configured durable store keeps a persistent session, its queued message and retained messages across a broker restart', async (t) => {
   const dir = tempDir(t);
-  const config: ConfigInput = {
-    listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
-    authorizers: ['allow-all'],
-    sys: { intervalSeconds: 0 },
-    audit: { sink: 'none' },
-    store: { path: path.join(dir, 'store') },
-  };
+  const config = durableConfig(dir);
   let broker = createBroker(config, { logger: silentLogger() });
   let port = (await broker.start()).listeners[0]?.port ?? 0;
   const device = { clientId: 'meter-7', clean: false, protocolVersion: 5 as const, properties: { sessionExpiryInterval: 3600 } };
@@ -193,13 +198,7 @@ test.serial('a full filesystem (a 1 MB tmpfs, when this machine lets root mount 
 
 test('a message queued for an offline v5 session keeps its subscription identifiers across a restart [MQTT-3.3.4-3]', async (t) => {
   const dir = tempDir(t);
-  const config: ConfigInput = {
-    listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: ['anonymous'] }],
-    authorizers: ['allow-all'],
-    sys: { intervalSeconds: 0 },
-    audit: { sink: 'none' },
-    store: { path: path.join(dir, 'store') },
-  };
+  const config = durableConfig(dir);
   let broker = createBroker(config, { logger: silentLogger() });
   let port = (await broker.start()).listeners[0]?.port ?? 0;
   const device = { clientId: 'meter-8', clean: false, protocolVersion: 5 as const, properties: { sessionExpiryInterval: 3600 } };
