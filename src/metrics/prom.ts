@@ -4,6 +4,12 @@
  * as plain numbers), so nothing on the message path calls into prom-client. The Node.js process
  * series (event-loop lag, GC, memory, CPU) are prom-client's defaults, collected once per process
  * however many brokers it runs.
+ *
+ * The text is written here, in one synchronous pass, rather than by prom-client's registry: a
+ * scrape runs once a second or so, too rarely for V8 to optimise the registry's code, and the
+ * registry builds several objects per sample and keys a module-wide WeakMap with a fresh one each
+ * time, garbage that a broker under load pays for in its young collections (docs/performance.md,
+ * "Metrics"). The output is the same text format 0.0.4, byte for byte.
  */
 import client from 'prom-client';
 import type { Sample } from './counts.ts';
@@ -22,47 +28,78 @@ export type Family =
   | { name: string; help: string; type: 'counter' | 'gauge'; collect(): Sample[] }
   | { name: string; help: string; type: 'histogram'; collect(): HistogramSample[] };
 
+/** A sample as prom-client's own metrics give them (label values may be numbers, e.g. `le`). */
 interface PromValue {
   value: number;
-  labels: Record<string, string>;
+  labels?: Record<string, string | number>;
   metricName?: string;
 }
 
-/** A family whose samples come from a callback, in the shape prom-client's registry reads. */
-class CallbackMetric {
-  readonly aggregator = 'sum';
-  constructor(private readonly family: Family) {}
-  get name(): string {
-    return this.family.name;
-  }
-  get help(): string {
-    return this.family.help;
-  }
-  get type(): string {
-    return this.family.type;
-  }
-  async get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: PromValue[] }> {
-    const f = this.family;
-    const values: PromValue[] = [];
-    if (f.type === 'histogram') {
-      for (const h of f.collect()) {
-        let cumulative = 0;
-        h.bounds.forEach((le, i) => {
-          cumulative += h.counts[i] ?? 0;
-          values.push({ metricName: `${f.name}_bucket`, labels: { ...h.labels, le: String(le) }, value: cumulative });
-        });
-        values.push({ metricName: `${f.name}_bucket`, labels: { ...h.labels, le: '+Inf' }, value: h.count });
-        values.push({ metricName: `${f.name}_sum`, labels: h.labels, value: h.sum });
-        values.push({ metricName: `${f.name}_count`, labels: h.labels, value: h.count });
-      }
-    } else {
-      for (const s of f.collect()) values.push({ labels: s.labels, value: s.value });
+function escapeText(s: string): string {
+  return s.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
+}
+
+function escapeLabel(v: string | number): string {
+  return typeof v === 'string' ? escapeText(v).replace(/"/g, '\\"') : String(v);
+}
+
+function valueText(v: number): string {
+  if (Number.isNaN(v)) return 'Nan';
+  if (!Number.isFinite(v)) return v < 0 ? '-Inf' : '+Inf';
+  return `${v}`;
+}
+
+/** `{a="x",b="y"}`, `{...,le="0.5"}` with an extra label, or nothing when there is no label. */
+function labelText(labels: Record<string, string | number> | undefined, le?: string): string {
+  let out = '';
+  if (labels !== undefined) {
+    for (const name in labels) {
+      const v = labels[name];
+      if (v === undefined) continue;
+      out += `${out === '' ? '' : ','}${name}="${escapeLabel(v)}"`;
     }
-    return { name: f.name, help: f.help, type: f.type, aggregator: this.aggregator, values };
   }
+  if (le !== undefined) out += `${out === '' ? '' : ','}le="${le}"`;
+  return out === '' ? '' : `{${out}}`;
+}
+
+/** A family's header lines, then one line per sample; families are separated by a blank line. */
+function header(name: string, help: string, type: string): string {
+  const n = escapeText(name);
+  return `# HELP ${n} ${escapeText(help)}\n# TYPE ${n} ${type}`;
+}
+
+function familyText(f: Family, head: string): string {
+  let out = head;
+  if (f.type === 'histogram') {
+    for (const h of f.collect()) {
+      let cumulative = 0;
+      for (let i = 0; i < h.bounds.length; i++) {
+        cumulative += h.counts[i] ?? 0;
+        out += `\n${f.name}_bucket${labelText(h.labels, String(h.bounds[i]))} ${valueText(cumulative)}`;
+      }
+      const labels = labelText(h.labels);
+      out += `\n${f.name}_bucket${labelText(h.labels, '+Inf')} ${valueText(h.count)}`;
+      out += `\n${f.name}_sum${labels} ${valueText(h.sum)}`;
+      out += `\n${f.name}_count${labels} ${valueText(h.count)}`;
+    }
+  } else {
+    for (const s of f.collect()) out += `\n${f.name}${labelText(s.labels)} ${valueText(s.value)}`;
+  }
+  return out;
 }
 
 let processRegistry: client.Registry | undefined;
+
+/** prom-client defaults left out: their cost grows with the number of connections (see processMetrics). */
+export const O_N_PROCESS_FAMILIES: readonly string[] = [
+  'nodejs_active_handles',
+  'nodejs_active_handles_total',
+  'nodejs_active_requests',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources',
+  'nodejs_active_resources_total',
+];
 
 /** The process's own series (prom-client's defaults): made once, shared by every broker in the process. */
 function processMetrics(): client.Registry {
@@ -71,12 +108,28 @@ function processMetrics(): client.Registry {
     // The event-loop delay is sampled every 50 ms (20 samples a second): at prom-client's 10 ms
     // the sampling timer alone cost an idle broker about 5 ms of CPU a second.
     client.collectDefaultMetrics({ register: processRegistry, eventLoopMonitoringPrecision: 50 });
+    // These build an array of every handle, request or resource (every socket among them) on each
+    // scrape: with 3,000 connections they cost about 5 ms a scrape, and it grows with connections.
+    // portcullis_connections counts the clients.
+    for (const name of O_N_PROCESS_FAMILIES) processRegistry.removeSingleMetric(name);
   }
   return processRegistry;
 }
 
+/** prom-client's process series, collected by prom-client and written here. */
+async function processText(registry: client.Registry): Promise<string> {
+  const parts: string[] = [];
+  for (const metric of registry.getMetricsAsArray()) {
+    const m = (await (metric as unknown as { get(): Promise<unknown> }).get()) as { name: string; help: string; type: string; values?: PromValue[] };
+    let out = header(m.name, m.help, m.type);
+    for (const v of m.values ?? []) out += `\n${v.metricName ?? m.name}${labelText(v.labels)} ${valueText(v.value)}`;
+    parts.push(out);
+  }
+  return parts.join('\n\n');
+}
+
 export class MetricsRegistry {
-  private readonly registry = new client.Registry();
+  private readonly families: { family: Family; head: string }[] = [];
   private readonly names = new Set<string>();
 
   constructor(private readonly withProcess = true) {
@@ -86,8 +139,7 @@ export class MetricsRegistry {
   add(family: Family): void {
     if (this.names.has(family.name)) throw new Error(`metric ${family.name} registered twice`);
     this.names.add(family.name);
-    // The registry reads get(), name, help, type and aggregator: the shape CallbackMetric has.
-    this.registry.registerMetric(new CallbackMetric(family) as unknown as client.Metric);
+    this.families.push({ family, head: header(family.name, family.help, family.type) });
   }
 
   /** The families this registry serves (the broker's own, without the process defaults). */
@@ -98,8 +150,15 @@ export class MetricsRegistry {
   /** Prometheus text exposition format 0.0.4. */
   readonly contentType = client.Registry.PROMETHEUS_CONTENT_TYPE;
 
+  /** The broker's families, read in one synchronous pass, so that they describe one moment. */
+  ownText(): string {
+    let out = '';
+    for (const { family, head } of this.families) out += `${out === '' ? '' : '\n\n'}${familyText(family, head)}`;
+    return `${out}\n`;
+  }
+
   async text(): Promise<string> {
-    const own = await this.registry.metrics();
-    return this.withProcess ? `${own}\n${await processMetrics().metrics()}` : own;
+    const own = this.ownText();
+    return this.withProcess ? `${own}\n${await processText(processMetrics())}\n` : own;
   }
 }

@@ -1,0 +1,55 @@
+/**
+ * The Prometheus text the metrics registry writes itself (src/metrics/prom.ts): headers, label
+ * escaping, histogram buckets made cumulative, special values, families separated by a blank
+ * line; and the prom-client process defaults whose cost grows with connections are left out.
+ */
+import test from 'ava';
+import { MetricsRegistry, O_N_PROCESS_FAMILIES } from '../src/metrics/prom.ts';
+
+test('counters, gauges and histograms in text format 0.0.4, label values escaped', async (t) => {
+  const r = new MetricsRegistry(false);
+  r.add({ name: 'x_total', help: 'Help with a \\ and a\nnewline.', type: 'counter', collect: () => [{ labels: { reason: 'say "hi"\\\n' }, value: 3 }, { labels: {}, value: 0 }] });
+  r.add({ name: 'g', help: 'A gauge.', type: 'gauge', collect: () => [{ labels: { a: '1', b: '2' }, value: Number.NaN }, { labels: {}, value: Number.POSITIVE_INFINITY }] });
+  r.add({ name: 'h_seconds', help: 'A histogram.', type: 'histogram', collect: () => [{ labels: { kind: 'k' }, bounds: [0.1, 1], counts: [2, 3, 1], sum: 4.5, count: 6 }] });
+  r.add({ name: 'empty', help: 'No samples.', type: 'gauge', collect: () => [] });
+  t.is(
+    await r.text(),
+    [
+      '# HELP x_total Help with a \\\\ and a\\nnewline.',
+      '# TYPE x_total counter',
+      'x_total{reason="say \\"hi\\"\\\\\\n"} 3',
+      'x_total 0',
+      '',
+      '# HELP g A gauge.',
+      '# TYPE g gauge',
+      'g{a="1",b="2"} Nan',
+      'g +Inf',
+      '',
+      '# HELP h_seconds A histogram.',
+      '# TYPE h_seconds histogram',
+      'h_seconds_bucket{kind="k",le="0.1"} 2',
+      'h_seconds_bucket{kind="k",le="1"} 5',
+      'h_seconds_bucket{kind="k",le="+Inf"} 6',
+      'h_seconds_sum{kind="k"} 4.5',
+      'h_seconds_count{kind="k"} 6',
+      '',
+      '# HELP empty No samples.',
+      '# TYPE empty gauge',
+      '',
+    ].join('\n'),
+  );
+  t.throws(() => r.add({ name: 'g', help: '', type: 'gauge', collect: () => [] }), { message: /registered twice/ });
+});
+
+test('the process series follow the broker\'s, without the families whose cost grows with connections', async (t) => {
+  const r = new MetricsRegistry(true);
+  r.add({ name: 'portcullis_info', help: 'Info.', type: 'gauge', collect: () => [{ labels: { version: '1' }, value: 1 }] });
+  const text = await r.text();
+  t.true(text.startsWith('# HELP portcullis_info Info.\n# TYPE portcullis_info gauge\nportcullis_info{version="1"} 1\n\n# HELP process_cpu_user_seconds_total'));
+  t.true(text.endsWith('\n') && !text.endsWith('\n\n'));
+  for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_p99_seconds', 'nodejs_heap_size_used_bytes', 'nodejs_gc_duration_seconds']) {
+    t.regex(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
+  }
+  t.regex(text, /^nodejs_heap_space_size_used_bytes\{space="[a-z_]+"\} \d+$/m);
+  for (const name of O_N_PROCESS_FAMILIES) t.notRegex(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
+});
