@@ -4,12 +4,13 @@
  * line; and the prom-client process defaults whose cost grows with connections are left out.
  */
 import test from 'ava';
+import type { Sample } from '../src/metrics/counts.ts';
 import { MetricsRegistry, O_N_PROCESS_FAMILIES } from '../src/metrics/prom.ts';
 
 test('counters, gauges and histograms in text format 0.0.4, label values escaped', async (t) => {
   const r = new MetricsRegistry(false);
-  r.add({ name: 'x_total', help: 'Help with a \\ and a\nnewline.', type: 'counter', collect: () => [{ labels: { reason: 'say "hi"\\\n' }, value: 3 }, { labels: {}, value: 0 }] });
-  r.add({ name: 'g', help: 'A gauge.', type: 'gauge', collect: () => [{ labels: { a: '1', b: '2' }, value: Number.NaN }, { labels: {}, value: Number.POSITIVE_INFINITY }] });
+  r.add({ name: 'x_total', help: 'Help with a \\ and a\nnewline.', type: 'counter', collect: (): Sample[] => [{ labels: { reason: 'say "hi"\\\n' }, value: 3 }, { labels: {}, value: 0 }] });
+  r.add({ name: 'g', help: 'A gauge.', type: 'gauge', collect: (): Sample[] => [{ labels: { a: '1', b: '2' }, value: Number.NaN }, { labels: {}, value: Number.POSITIVE_INFINITY }] });
   r.add({ name: 'h_seconds', help: 'A histogram.', type: 'histogram', collect: () => [{ labels: { kind: 'k' }, bounds: [0.1, 1], counts: [2, 3, 1], sum: 4.5, count: 6 }] });
   r.add({ name: 'empty', help: 'No samples.', type: 'gauge', collect: () => [] });
   t.is(

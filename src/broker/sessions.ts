@@ -9,10 +9,10 @@ import type { Principal } from '../auth/types.ts';
 import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
-import { sessionKey, type Store, type StoreOpenReport, type StoredPrincipal, type StoredSubscription, type StoredWill } from '../store/types.ts';
+import { sessionKey, type Store, type StoreOpenReport, type StoredMessage, type StoredPrincipal, type StoredSubscription, type StoredWill } from '../store/types.ts';
 import type { ClaimResult, ClusterLink } from './cluster-port.ts';
 import type { SessionsApi } from './handler-api.ts';
-import { forStore, type Message } from './message.ts';
+import { forStore, storedAs, type Message } from './message.ts';
 import type { Client } from './ports.ts';
 import { Persistence, type WriteStatus, type WriteTag } from './persistence.ts';
 import type { IdentityQuotas } from './quotas.ts';
@@ -434,7 +434,7 @@ export class SessionRegistry implements SessionsApi {
   }
 
   queued(session: Session, delivery: QueuedDelivery): void {
-    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, { ...forStore(delivery.message), qos: delivery.qos, retain: delivery.retain, ...(delivery.subscriptionIds !== undefined ? { subscriptionIds: delivery.subscriptionIds } : {}) }), { kind: 'enqueue' });
+    if (session.persistent && delivery.qos > 0 && !session.arriving) this.persist(session, (s) => s.enqueue(session.key, queueRecord(delivery)), ENQUEUE_TAG);
   }
 
   dequeued(session: Session, count: number): void {
@@ -453,7 +453,7 @@ export class SessionRegistry implements SessionsApi {
       s.putInflight(session.key, {
         packetId: inflight.packetId,
         state: inflight.state,
-        message: { ...forStore(inflight.message), qos: inflight.qos, retain: inflight.retain },
+        message: storedAs(inflight.message, inflight.qos, inflight.retain),
         ...(inflight.subscriptionIds ? { subscriptionIds: inflight.subscriptionIds } : {}),
       }),
       { kind: 'put', packetId: inflight.packetId, first: inflight.state === 'publish' },
@@ -521,6 +521,16 @@ export class SessionRegistry implements SessionsApi {
 }
 
 
+
+/** Every enqueue's write-elision tag: one object, nothing to vary. */
+const ENQUEUE_TAG: WriteTag = { kind: 'enqueue' };
+
+/** A queue entry as the store keeps it: the message as delivered, with the delivery's subscription identifiers. */
+function queueRecord(delivery: QueuedDelivery): StoredMessage {
+  const record = storedAs(delivery.message, delivery.qos, delivery.retain);
+  if (delivery.subscriptionIds !== undefined) record.subscriptionIds = delivery.subscriptionIds;
+  return record;
+}
 
 /** What a will keeps of the identity it is published as: no secret (no password, no token). */
 function principalSnapshot(p: Principal, listener: string): StoredPrincipal {

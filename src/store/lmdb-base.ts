@@ -504,9 +504,9 @@ export abstract class LmdbBase {
       item.resolve = resolve as (v: unknown) => void;
       item.reject = reject;
     });
-    this.lastWrite = done.catch(() => undefined);
     if (this.inline !== null) {
-      // Inside a late batch's prepare (below): the transaction is running, so this write joins it now.
+      // Inside a late batch's prepare (below): the transaction is running, so this write joins it
+      // now, and settles with it (lastWrite is that batch, or a later one).
       this.inline.push(item);
       this.runItem(item);
       return done;
@@ -514,9 +514,13 @@ export abstract class LmdbBase {
     let group = this.group;
     if (group === null) {
       group = this.group = [];
+      // What close() waits for: one promise per group, which settles once every write in it has
+      // (not one per write: under load that was a promise and a closure per message).
+      let settled: () => void = noop;
+      this.lastWrite = new Promise<void>((resolve) => (settled = resolve));
       // Issued at the end of this synchronous stretch (before any await of a caller resumes, so
       // before close() can run on): every write of the stretch goes in one callback.
-      queueMicrotask(() => this.issueGroup(env, group as Pending[]));
+      queueMicrotask(() => this.issueGroup(env, group as Pending[], settled));
     }
     group.push(item);
     return done;
@@ -601,7 +605,7 @@ export abstract class LmdbBase {
 
   private group: Pending[] | null = null;
 
-  private issueGroup(env: RootDatabase<Buffer, Buffer>, items: Pending[]): void {
+  private issueGroup(env: RootDatabase<Buffer, Buffer>, items: Pending[], settled: () => void): void {
     if (this.group === items) this.group = null;
     // lmdb may run a batch's callback again: each run starts afresh (runItem resets what a write noted).
     const run = (): void => {
@@ -609,8 +613,14 @@ export abstract class LmdbBase {
       for (const item of items) this.runItem(item);
     };
     env.transaction(run).then(
-      () => this.settleItems(items, null),
-      (err: unknown) => this.settleItems(items, commitFailure(err, this.dataFile, this.path)),
+      () => {
+        this.settleItems(items, null);
+        settled();
+      },
+      (err: unknown) => {
+        this.settleItems(items, commitFailure(err, this.dataFile, this.path));
+        settled();
+      },
     );
   }
 

@@ -16,6 +16,27 @@ function clone<T>(value: T): T {
 }
 
 /**
+ * {@link clone} for a message, the one object copied per queued or in-flight delivery: its known
+ * fields copied directly (the generic walk was a fifth of the broker's CPU under QoS 1 load), the
+ * payload into its own memory (the caller's may be a view of a socket read), v5 properties and
+ * subscription identifiers deep-copied as before.
+ */
+function cloneMessage(m: StoredMessage): StoredMessage {
+  const out: StoredMessage = { topic: m.topic, payload: Buffer.from(m.payload), qos: m.qos, retain: m.retain };
+  if (m.properties !== undefined) out.properties = clone(m.properties);
+  if (m.expiresAt !== undefined) out.expiresAt = m.expiresAt;
+  if (m.origin !== undefined) out.origin = m.origin;
+  if (m.subscriptionIds !== undefined) out.subscriptionIds = [...m.subscriptionIds];
+  return out;
+}
+
+function cloneInflight(f: StoredInflight): StoredInflight {
+  const out: StoredInflight = { packetId: f.packetId, state: f.state, message: cloneMessage(f.message) };
+  if (f.subscriptionIds !== undefined) out.subscriptionIds = [...f.subscriptionIds];
+  return out;
+}
+
+/**
  * Keeps everything in process memory. It survives a broker restart only when the same instance
  * is passed to a new broker (embedding, tests); a process restart loses it.
  */
@@ -121,21 +142,29 @@ export class MemoryStore implements Store {
     const s = this.sessions.get(key);
     if (s === undefined) return;
     const i = s.inflight.findIndex((x) => x.packetId === inflight.packetId);
-    if (i >= 0) s.inflight[i] = clone(inflight);
-    else s.inflight.push(clone(inflight));
+    if (i >= 0) s.inflight[i] = cloneInflight(inflight);
+    else s.inflight.push(cloneInflight(inflight));
   }
 
   async deleteInflight(key: string, packetId: number): Promise<void> {
     const s = this.sessions.get(key);
-    if (s !== undefined) s.inflight = s.inflight.filter((x) => x.packetId !== packetId);
+    if (s === undefined) return;
+    // In place: acknowledgements come mostly in send order, so the entry is usually first.
+    const i = s.inflight.findIndex((x) => x.packetId === packetId);
+    if (i >= 0) s.inflight.splice(i, 1);
   }
 
   async enqueue(key: string, message: StoredMessage): Promise<void> {
-    this.sessions.get(key)?.queue.push(clone(message));
+    this.sessions.get(key)?.queue.push(cloneMessage(message));
   }
 
   async dequeue(key: string, count: number): Promise<void> {
-    this.sessions.get(key)?.queue.splice(0, count);
+    const queue = this.sessions.get(key)?.queue;
+    if (queue === undefined) return;
+    // shift() takes the front without moving the rest of a long queue (splice(0, n) moves it all);
+    // a delivery usually takes one entry at a time.
+    if (count < 8) for (let i = 0; i < count && queue.length > 0; i++) queue.shift();
+    else queue.splice(0, count);
   }
 
   async putAwaitingRelease(key: string, packetId: number): Promise<void> {
