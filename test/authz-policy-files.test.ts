@@ -144,6 +144,37 @@ test('the decision cache answers repeated questions and keys cannot collide', as
   t.true(a.cachedDecisions <= 10 && a.cachedDecisions >= 5, `${a.cachedDecisions} cached`);
 });
 
+test('the decision cache keeps apart QoS, retain, action, principal and share group on one topic', async (t) => {
+  const dir = writePolicyDir(
+    [
+      'p, user:a, t/x, publish, allow, 0-1, false',
+      'p, user:a, t/x, deliver, allow, 0, *',
+      'p, user:a, $share/g1/t/#, deliver, allow',
+      'p, user:b, t/x, publish, allow, 2, true',
+    ].join('\n') + '\n',
+  );
+  t.teardown(dir.cleanup);
+  const a = new CasbinAuthorizer({ model: dir.model, policy: dir.policy, cacheSize: 100 });
+  await a.init();
+  const user = (name: string) => ({ clientId: `c-${name}`, username: name, method: 'x', provider: 'x', roles: [], attributes: {} });
+  const [ua, ub] = [user('a'), user('b')];
+  const ctx = (qos: 0 | 1 | 2, retain: boolean, shareGroup?: string) => ({ qos, retain, listener: 'l', ...(shareGroup !== undefined ? { shareGroup } : {}) });
+  // Twice each: the second answer comes from the cache and must be the same.
+  for (let round = 0; round < 2; round++) {
+    t.like(a.authorize(ua, 'publish', 't/x', ctx(1, false)), { kind: 'allow' }, `round ${round}`);
+    t.like(a.authorize(ua, 'publish', 't/x', ctx(2, false)), { kind: 'deny' });
+    t.like(a.authorize(ua, 'publish', 't/x', ctx(1, true)), { kind: 'deny' });
+    t.like(a.authorize(ua, 'deliver', 't/x', ctx(0, false)), { kind: 'allow' });
+    t.like(a.authorize(ua, 'deliver', 't/x', ctx(1, false)), { kind: 'deny' });
+    t.like(a.authorize(ua, 'deliver', 't/x', ctx(1, false, 'g1')), { kind: 'allow' });
+    t.like(a.authorize(ua, 'deliver', 't/x', ctx(1, false, 'g2')), { kind: 'deny' });
+    t.like(a.authorize(ua, 'subscribe', 't/x', ctx(0, false)), { kind: 'deny' });
+    t.like(a.authorize(ub, 'publish', 't/x', ctx(2, true)), { kind: 'allow' });
+    t.like(a.authorize(ub, 'publish', 't/x', ctx(1, false)), { kind: 'deny' });
+  }
+  t.is(a.cachedDecisions, 10);
+});
+
 test('a cache hit allocates nothing in the old generation, even once the cache lives there', async (t) => {
   // A Map reordered on every hit (delete + set) makes V8 copy its table every few dozen hits, in
   // the generation of the table it replaces: once promoted, a steady old-generation leak until the
