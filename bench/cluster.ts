@@ -115,13 +115,26 @@ function cpu(pids: number[]): number {
   return pids.reduce((s, p) => s + (procCpuSeconds(p) ?? 0), 0);
 }
 
-async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number }> {
+async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number; byCommand: Map<string, number> }> {
   const stats = await r.command('INFO', 'stats');
   const cpuInfo = await r.command('INFO', 'cpu');
+  const commandStats = await r.command('INFO', 'commandstats');
   const calls = Number(/total_commands_processed:(\d+)/.exec(stats)?.[1] ?? 0);
   const user = Number(/used_cpu_user:([\d.]+)/.exec(cpuInfo)?.[1] ?? 0);
   const sys = Number(/used_cpu_sys:([\d.]+)/.exec(cpuInfo)?.[1] ?? 0);
-  return { calls, cpu: user + sys };
+  const byCommand = new Map<string, number>();
+  for (const m of commandStats.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) byCommand.set(m[1] as string, Number(m[2]));
+  return { calls, cpu: user + sys, byCommand };
+}
+
+/** Messages per call of each bus command (XADD: messages per frame written), for the log. */
+function perCommand(r0: Map<string, number>, r1: Map<string, number>, messages: number): string {
+  const out: string[] = [];
+  for (const name of ['xadd', 'evalsha', 'xread', 'xtrim']) {
+    const n = (r1.get(name) ?? 0) - (r0.get(name) ?? 0);
+    if (n > 0) out.push(`${name} ${fmt(messages / n, 0)}`);
+  }
+  return out.length === 0 ? '' : `, messages per ${out.join(', ')}`;
 }
 
 function keyFile(dir: string): string {
@@ -187,6 +200,8 @@ interface CpuRow {
   brokerUsPerMsg: number;
   redisCmdsPerMsg: number;
   redisUsPerMsg: number;
+  /** For the log: messages per call of each bus command. */
+  commands: string;
 }
 
 async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
@@ -218,8 +233,9 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
       qos,
       rate: received / secs,
       brokerUsPerMsg: ((cpu1 - cpu0) * 1e6) / received,
-      redisCmdsPerMsg: (r1.calls - r0.calls - 2) / received, // the two INFO commands
+      redisCmdsPerMsg: (r1.calls - r0.calls - 3) / received, // the three INFO commands of the first reading
       redisUsPerMsg: ((r1.cpu - r0.cpu) * 1e6) / received,
+      commands: perCommand(r0.byCommand, r1.byCommand, received),
     };
   } finally {
     await a.stop();
@@ -331,9 +347,9 @@ async function main(): Promise<void> {
         for (let i = 0; i < RUNS; i++) {
           const r = await cpuPerMessage(qos, cross);
           runs.push(r);
-          console.error(`cpu qos ${qos} ${cross ? 'cross' : 'local'} run ${i + 1}: ${fmt(r.brokerUsPerMsg, 1)} µs/msg, ${fmt(r.rate)} msg/s, ${fmt(r.redisCmdsPerMsg, 3)} redis cmds/msg, ${fmt(r.redisUsPerMsg, 2)} redis µs/msg`);
+          console.error(`cpu qos ${qos} ${cross ? 'cross' : 'local'} run ${i + 1}: ${fmt(r.brokerUsPerMsg, 1)} µs/msg, ${fmt(r.rate)} msg/s, ${fmt(r.redisCmdsPerMsg, 3)} redis cmds/msg, ${fmt(r.redisUsPerMsg, 2)} redis µs/msg${r.commands}`);
         }
-        rows.push({ scenario: runs[0]?.scenario as string, qos, rate: median(runs.map((r) => r.rate)), brokerUsPerMsg: median(runs.map((r) => r.brokerUsPerMsg)), redisCmdsPerMsg: median(runs.map((r) => r.redisCmdsPerMsg)), redisUsPerMsg: median(runs.map((r) => r.redisUsPerMsg)) });
+        rows.push({ scenario: runs[0]?.scenario as string, qos, rate: median(runs.map((r) => r.rate)), brokerUsPerMsg: median(runs.map((r) => r.brokerUsPerMsg)), redisCmdsPerMsg: median(runs.map((r) => r.redisCmdsPerMsg)), redisUsPerMsg: median(runs.map((r) => r.redisUsPerMsg)), commands: '' });
       }
     }
     lines.push('## Broker CPU per message: local and cross-node', '', `${fmt(MESSAGES)} messages of 64 bytes per run, one publisher, one subscriber.`, '');

@@ -114,6 +114,8 @@ export class ClusterNode implements ClusterRuntime {
   private received = 0;
   /** Reads the bodies of received frames in place (one for the node: no object per body). */
   private readonly bodyReader = new BodyReader();
+  /** Writes each forwarded publish into the outbox's batches (set per message: the outbox writes it at once). */
+  private readonly wire = new PublishWire();
   private readonly plainForwarded: Forwarded & { remoteGroups: null } = { written: null, remoteGroups: null, partitions: 0 };
   private refusedFrames = 0;
   private refusedLoggedAt = 0;
@@ -960,7 +962,8 @@ export class ClusterNode implements ClusterRuntime {
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
     for (const [p, t] of targets) {
-      const w = this.outbox.send(p, new PublishWire(publishHeader(t.plain, t.groups), message, this.run), wait);
+      // One writer for every send: the outbox writes the body into its batch at once.
+      const w = this.outbox.send(p, this.wire.set(publishHeader(t.plain, t.groups), message, this.run), wait);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);
@@ -972,7 +975,7 @@ export class ClusterNode implements ClusterRuntime {
   /** The usual case: plain subscribers only, one body (header and message) shared by every partition. */
   private forwardPlain(message: Message, partitions: readonly RemotePartitionRef[]): Forwarded {
     const wait = message.qos > 0;
-    const body = new PublishWire(publishHeader(true, null), message, this.run);
+    const body = this.wire.set(publishHeader(true, null), message, this.run);
     const length = body.length;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
