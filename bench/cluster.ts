@@ -115,6 +115,20 @@ function cpu(pids: number[]): number {
   return pids.reduce((s, p) => s + (procCpuSeconds(p) ?? 0), 0);
 }
 
+/** The system (kernel) part of {@link cpu}, for the log: sockets to Redis cost the kernel as much as the broker. */
+function systemCpu(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      ticks += Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]);
+    } catch {
+      // not on Linux, or gone
+    }
+  }
+  return ticks / 100; // USER_HZ
+}
+
 async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number; byCommand: Map<string, number> }> {
   const stats = await r.command('INFO', 'stats');
   const cpuInfo = await r.command('INFO', 'cpu');
@@ -222,9 +236,11 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
     await sleep(300);
     const pids = [...a.pids(), ...b.pids()];
     const cpu0 = cpu(pids);
+    const sys0 = systemCpu(pids);
     const r0 = await redisInfo(redis);
     const secs = await pump(pub, sub, 'bench/x', qos, MESSAGES, qos === 0 ? 1000 : 256, () => received);
     const cpu1 = cpu(pids);
+    const sys1 = systemCpu(pids);
     const r1 = await redisInfo(redis);
     pub.disconnect();
     sub.disconnect();
@@ -235,7 +251,7 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
       brokerUsPerMsg: ((cpu1 - cpu0) * 1e6) / received,
       redisCmdsPerMsg: (r1.calls - r0.calls - 3) / received, // the three INFO commands of the first reading
       redisUsPerMsg: ((r1.cpu - r0.cpu) * 1e6) / received,
-      commands: perCommand(r0.byCommand, r1.byCommand, received),
+      commands: `, system ${fmt(((sys1 - sys0) * 1e6) / received, 1)} µs/msg${perCommand(r0.byCommand, r1.byCommand, received)}`,
     };
   } finally {
     await a.stop();

@@ -697,26 +697,55 @@ export class ClusterNode implements ClusterRuntime {
     let publishers: ReturnType<RemotePublishers['ofRun']> | null = null;
     const reader = this.bodyReader;
     const { buf, spans } = frame;
-    for (let i = 0; i < spans.length; i += 2) {
-      if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) {
-        this.received++;
-        const m = reader.message as Message;
-        const plain = reader.plain;
-        const groups = reader.groups;
-        if (m.stamp !== undefined && vector !== undefined && m.stamp.seq > (vector.get(m.stamp.node) ?? 0)) vector.set(m.stamp.node, m.stamp.seq);
-        let w: Promise<WriteStatus> | null;
-        if (home) {
-          // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
-          let from: FlowSource | null = null;
-          if (m.qos > 0 && m.origin !== undefined) from = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
-          w = this.host.deliverRemote(m, plain, groups, from);
-        } else w = this.offline.apply(p, m, plain, groups);
-        if (w !== null) waits.push(w);
-        continue;
+    // The last stamp applied per node goes into the vector once per run of messages from one
+    // node (not per message), and always before a control body or the end of the frame: what
+    // reads the vector (a move, moves.ts) runs from a control body or later.
+    let stampNode: string | null = null;
+    let stampSeq = 0;
+    // The publisher of the previous message (its origin string is kept by the reader: the same string for a repeated origin).
+    let lastOrigin: string | undefined;
+    let lastFrom: FlowSource | null = null;
+    try {
+      for (let i = 0; i < spans.length; i += 2) {
+        if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) {
+          this.received++;
+          const m = reader.message as Message;
+          const plain = reader.plain;
+          const groups = reader.groups;
+          const stamp = m.stamp;
+          if (stamp !== undefined && vector !== undefined) {
+            if (stamp.node !== stampNode) {
+              if (stampNode !== null) applyStamp(vector, stampNode, stampSeq);
+              stampNode = stamp.node;
+              stampSeq = stamp.seq;
+            } else if (stamp.seq > stampSeq) stampSeq = stamp.seq;
+          }
+          let w: Promise<WriteStatus> | null;
+          if (home) {
+            // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
+            let from: FlowSource | null = null;
+            if (m.qos > 0 && m.origin !== undefined) {
+              if (m.origin !== lastOrigin) {
+                lastFrom = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
+                lastOrigin = m.origin;
+              }
+              from = lastFrom;
+            }
+            w = this.host.deliverRemote(m, plain, groups, from);
+          } else w = this.offline.apply(p, m, plain, groups);
+          if (w !== null) waits.push(w);
+          continue;
+        }
+        if (stampNode !== null && vector !== undefined) {
+          applyStamp(vector, stampNode, stampSeq);
+          stampNode = null;
+        }
+        const c = reader.control as Control;
+        const r = this.onPartitionControl(p, c, frame.sender);
+        if (r instanceof Promise) waits.push(r);
       }
-      const c = reader.control as Control;
-      const r = this.onPartitionControl(p, c, frame.sender);
-      if (r instanceof Promise) waits.push(r);
+    } finally {
+      if (stampNode !== null && vector !== undefined) applyStamp(vector, stampNode, stampSeq);
     }
     return waits.length > 0 ? Promise.all(waits) : undefined;
   }
@@ -1066,4 +1095,9 @@ export class ClusterNode implements ClusterRuntime {
   unclaimed(key: string): void {
     this.ended(key);
   }
+}
+
+/** Records `seq` as applied from node run `node`, unless a later one is. */
+function applyStamp(vector: Map<string, number>, node: string, seq: number): void {
+  if (seq > (vector.get(node) ?? 0)) vector.set(node, seq);
 }
