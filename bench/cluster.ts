@@ -129,6 +129,22 @@ function systemCpu(pids: number[]): number {
   return ticks / 100; // USER_HZ
 }
 
+/** Context switches of the processes (voluntary: waiting on a socket; involuntary: preempted), for the log. */
+function contextSwitches(pids: number[]): { voluntary: number; involuntary: number } {
+  let voluntary = 0;
+  let involuntary = 0;
+  for (const pid of pids) {
+    try {
+      const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      voluntary += Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+      involuntary += Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // not on Linux, or gone
+    }
+  }
+  return { voluntary, involuntary };
+}
+
 async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number; byCommand: Map<string, number> }> {
   const stats = await r.command('INFO', 'stats');
   const cpuInfo = await r.command('INFO', 'cpu');
@@ -237,10 +253,12 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
     const pids = [...a.pids(), ...b.pids()];
     const cpu0 = cpu(pids);
     const sys0 = systemCpu(pids);
+    const cs0 = contextSwitches(pids);
     const r0 = await redisInfo(redis);
     const secs = await pump(pub, sub, 'bench/x', qos, MESSAGES, qos === 0 ? 1000 : 256, () => received);
     const cpu1 = cpu(pids);
     const sys1 = systemCpu(pids);
+    const cs1 = contextSwitches(pids);
     const r1 = await redisInfo(redis);
     pub.disconnect();
     sub.disconnect();
@@ -251,7 +269,7 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
       brokerUsPerMsg: ((cpu1 - cpu0) * 1e6) / received,
       redisCmdsPerMsg: (r1.calls - r0.calls - 3) / received, // the three INFO commands of the first reading
       redisUsPerMsg: ((r1.cpu - r0.cpu) * 1e6) / received,
-      commands: `, system ${fmt(((sys1 - sys0) * 1e6) / received, 1)} µs/msg${perCommand(r0.byCommand, r1.byCommand, received)}`,
+      commands: `, system ${fmt(((sys1 - sys0) * 1e6) / received, 1)} µs/msg, context switches per 1,000 msgs ${fmt(((cs1.voluntary - cs0.voluntary) * 1000) / received, 1)} + ${fmt(((cs1.involuntary - cs0.involuntary) * 1000) / received, 1)} preempted${perCommand(r0.byCommand, r1.byCommand, received)}`,
     };
   } finally {
     await a.stop();

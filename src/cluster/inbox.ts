@@ -181,14 +181,23 @@ export class Inbox {
       s.trimWithRead = null;
     }
     (pipeline.xreadBuffer as (...a: (string | number)[]) => unknown).call(pipeline, ...args);
-    const results = await pipeline.exec();
-    if (results === null) throw new Error('pipeline discarded');
+    const retry = (i: number) => {
+      const s = trims[i] as Source;
+      if (this.sources.get(s.stream) === s) s.trimWithRead ??= upTo[i] as string;
+    };
+    let results: [Error | null, unknown][] | null;
+    try {
+      results = await pipeline.exec();
+      if (results === null) throw new Error('pipeline discarded');
+    } catch (err) {
+      for (let i = 0; i < trims.length; i++) retry(i);
+      throw err;
+    }
     for (let i = 0; i < trims.length; i++) {
       const err = (results[i] as [Error | null, unknown])[0];
       if (err === null) continue;
-      const s = trims[i] as Source;
-      this.log.warn({ err: err.message, stream: s.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next read)');
-      if (this.sources.get(s.stream) === s) s.trimWithRead ??= upTo[i] as string;
+      this.log.warn({ err: err.message, stream: (trims[i] as Source).stream }, 'cluster: trimming an inbox failed (it is trimmed with the next read)');
+      retry(i);
     }
     const [err, reply] = results[trims.length] as [Error | null, unknown];
     if (err !== null) throw err;
