@@ -9,7 +9,11 @@
  * 1. Broker CPU per message, local against cross-node: two broker processes (nodes a and b)
  *    on one Redis; a publisher on a; the subscriber on a (local) or on b (cross-node). QoS 0 and
  *    QoS 1. Broker CPU is both processes' user+system time (from /proc) over the messages
- *    delivered; Redis commands and Redis CPU per publish come from INFO before and after.
+ *    delivered; Redis commands and Redis CPU per publish come from INFO before and after. Each
+ *    run's log line also gives the brokers' system (kernel) CPU and context switches per message,
+ *    and the messages per XADD (per frame written), XREAD and XTRIM (INFO commandstats): what
+ *    the per-frame costs are shared among. BENCH_BROKER_NODE_ARGS passes Node options to the
+ *    brokers (for a profile: `--cpu-prof --cpu-prof-dir=<absolute folder>`, written when they stop).
  * 2. `workers: 2` against `workers: 1` (and a single node without a cluster): connects per second
  *    (CONNECT, CONNACK, DISCONNECT in parallel loops) and QoS 0 fan-in (8 publishers, 1
  *    subscriber) with the CPU of every broker process per message.
