@@ -9,7 +9,11 @@
  * 1. Broker CPU per message, local against cross-node: two broker processes (nodes a and b)
  *    on one Redis; a publisher on a; the subscriber on a (local) or on b (cross-node). QoS 0 and
  *    QoS 1. Broker CPU is both processes' user+system time (from /proc) over the messages
- *    delivered; Redis commands and Redis CPU per publish come from INFO before and after.
+ *    delivered; Redis commands and Redis CPU per publish come from INFO before and after. Each
+ *    run's log line also gives the brokers' system (kernel) CPU and context switches per message,
+ *    and the messages per XADD (per frame written), XREAD and XTRIM (INFO commandstats): what
+ *    the per-frame costs are shared among. BENCH_BROKER_NODE_ARGS passes Node options to the
+ *    brokers (for a profile: `--cpu-prof --cpu-prof-dir=<absolute folder>`, written when they stop).
  * 2. `workers: 2` against `workers: 1` (and a single node without a cluster): connects per second
  *    (CONNECT, CONNACK, DISCONNECT in parallel loops) and QoS 0 fan-in (8 publishers, 1
  *    subscriber) with the CPU of every broker process per message.
@@ -115,13 +119,56 @@ function cpu(pids: number[]): number {
   return pids.reduce((s, p) => s + (procCpuSeconds(p) ?? 0), 0);
 }
 
-async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number }> {
+/** The system (kernel) part of {@link cpu}, for the log: sockets to Redis cost the kernel as much as the broker. */
+function systemCpu(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      ticks += Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]);
+    } catch {
+      // not on Linux, or gone
+    }
+  }
+  return ticks / 100; // USER_HZ
+}
+
+/** Context switches of the processes (voluntary: waiting on a socket; involuntary: preempted), for the log. */
+function contextSwitches(pids: number[]): { voluntary: number; involuntary: number } {
+  let voluntary = 0;
+  let involuntary = 0;
+  for (const pid of pids) {
+    try {
+      const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      voluntary += Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+      involuntary += Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // not on Linux, or gone
+    }
+  }
+  return { voluntary, involuntary };
+}
+
+async function redisInfo(r: RedisServer): Promise<{ calls: number; cpu: number; byCommand: Map<string, number> }> {
   const stats = await r.command('INFO', 'stats');
   const cpuInfo = await r.command('INFO', 'cpu');
+  const commandStats = await r.command('INFO', 'commandstats');
   const calls = Number(/total_commands_processed:(\d+)/.exec(stats)?.[1] ?? 0);
   const user = Number(/used_cpu_user:([\d.]+)/.exec(cpuInfo)?.[1] ?? 0);
   const sys = Number(/used_cpu_sys:([\d.]+)/.exec(cpuInfo)?.[1] ?? 0);
-  return { calls, cpu: user + sys };
+  const byCommand = new Map<string, number>();
+  for (const m of commandStats.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) byCommand.set(m[1] as string, Number(m[2]));
+  return { calls, cpu: user + sys, byCommand };
+}
+
+/** Messages per call of each bus command (XADD: messages per frame written), for the log. */
+function perCommand(r0: Map<string, number>, r1: Map<string, number>, messages: number): string {
+  const out: string[] = [];
+  for (const name of ['xadd', 'evalsha', 'xread', 'xtrim']) {
+    const n = (r1.get(name) ?? 0) - (r0.get(name) ?? 0);
+    if (n > 0) out.push(`${name} ${fmt(messages / n, 0)}`);
+  }
+  return out.length === 0 ? '' : `, messages per ${out.join(', ')}`;
 }
 
 function keyFile(dir: string): string {
@@ -187,6 +234,8 @@ interface CpuRow {
   brokerUsPerMsg: number;
   redisCmdsPerMsg: number;
   redisUsPerMsg: number;
+  /** For the log: messages per call of each bus command. */
+  commands: string;
 }
 
 async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
@@ -207,9 +256,13 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
     await sleep(300);
     const pids = [...a.pids(), ...b.pids()];
     const cpu0 = cpu(pids);
+    const sys0 = systemCpu(pids);
+    const cs0 = contextSwitches(pids);
     const r0 = await redisInfo(redis);
     const secs = await pump(pub, sub, 'bench/x', qos, MESSAGES, qos === 0 ? 1000 : 256, () => received);
     const cpu1 = cpu(pids);
+    const sys1 = systemCpu(pids);
+    const cs1 = contextSwitches(pids);
     const r1 = await redisInfo(redis);
     pub.disconnect();
     sub.disconnect();
@@ -218,8 +271,9 @@ async function cpuPerMessage(qos: 0 | 1, cross: boolean): Promise<CpuRow> {
       qos,
       rate: received / secs,
       brokerUsPerMsg: ((cpu1 - cpu0) * 1e6) / received,
-      redisCmdsPerMsg: (r1.calls - r0.calls - 2) / received, // the two INFO commands
+      redisCmdsPerMsg: (r1.calls - r0.calls - 3) / received, // the three INFO commands of the first reading
       redisUsPerMsg: ((r1.cpu - r0.cpu) * 1e6) / received,
+      commands: `, system ${fmt(((sys1 - sys0) * 1e6) / received, 1)} µs/msg, context switches per 1,000 msgs ${fmt(((cs1.voluntary - cs0.voluntary) * 1000) / received, 1)} + ${fmt(((cs1.involuntary - cs0.involuntary) * 1000) / received, 1)} preempted${perCommand(r0.byCommand, r1.byCommand, received)}`,
     };
   } finally {
     await a.stop();
@@ -331,9 +385,9 @@ async function main(): Promise<void> {
         for (let i = 0; i < RUNS; i++) {
           const r = await cpuPerMessage(qos, cross);
           runs.push(r);
-          console.error(`cpu qos ${qos} ${cross ? 'cross' : 'local'} run ${i + 1}: ${fmt(r.brokerUsPerMsg, 1)} µs/msg, ${fmt(r.rate)} msg/s, ${fmt(r.redisCmdsPerMsg, 3)} redis cmds/msg, ${fmt(r.redisUsPerMsg, 2)} redis µs/msg`);
+          console.error(`cpu qos ${qos} ${cross ? 'cross' : 'local'} run ${i + 1}: ${fmt(r.brokerUsPerMsg, 1)} µs/msg, ${fmt(r.rate)} msg/s, ${fmt(r.redisCmdsPerMsg, 3)} redis cmds/msg, ${fmt(r.redisUsPerMsg, 2)} redis µs/msg${r.commands}`);
         }
-        rows.push({ scenario: runs[0]?.scenario as string, qos, rate: median(runs.map((r) => r.rate)), brokerUsPerMsg: median(runs.map((r) => r.brokerUsPerMsg)), redisCmdsPerMsg: median(runs.map((r) => r.redisCmdsPerMsg)), redisUsPerMsg: median(runs.map((r) => r.redisUsPerMsg)) });
+        rows.push({ scenario: runs[0]?.scenario as string, qos, rate: median(runs.map((r) => r.rate)), brokerUsPerMsg: median(runs.map((r) => r.brokerUsPerMsg)), redisCmdsPerMsg: median(runs.map((r) => r.redisCmdsPerMsg)), redisUsPerMsg: median(runs.map((r) => r.redisUsPerMsg)), commands: '' });
       }
     }
     lines.push('## Broker CPU per message: local and cross-node', '', `${fmt(MESSAGES)} messages of 64 bytes per run, one publisher, one subscriber.`, '');

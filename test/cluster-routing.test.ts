@@ -9,6 +9,7 @@ import type { MqttClient } from 'mqtt';
 import type { RedisServer } from './redis-server.ts';
 import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
 import { MemoryStore } from '../src/index.ts';
+import { Names } from '../src/cluster/names.ts';
 
 interface Cluster {
   redis: RedisServer;
@@ -289,4 +290,21 @@ test('large messages cross nodes intact and in order: a turn over 4 MiB is cut i
     t.is(p.length, sizes[i] as number);
     t.true(p.equals(Buffer.alloc(sizes[i] as number, i + 1)), `message ${i} intact`);
   }
+});
+
+test('what a node has applied leaves its inbox: after a burst of QoS 0 and QoS 1 messages from another node, the inbox is empty again', async (t) => {
+  const c = await cluster(t, 'trim');
+  let got = 0;
+  const s = await client(c, 1, { clientId: 't-sub' }, () => got++);
+  await s.subscribeAsync('trim/#', { qos: 1 });
+  const pub = await client(c, 0, { clientId: 't-pub' });
+  const sends: Promise<unknown>[] = [];
+  for (let n = 0; n < 400; n++) sends.push(pub.publishAsync(`trim/${n % 3}`, String(n), { qos: n % 2 === 0 ? 0 : 1 }));
+  await Promise.all(sends);
+  t.true(await eventually(() => got >= 400, 10_000), `received ${got}`);
+  const home = (c.nodes[1] as InProcessNode).broker.clusterStatus()?.partitions[0] as string;
+  const inbox = new Names('trim').inbox(home);
+  // The entries were there: the stream exists (a trim does not delete it).
+  t.is(await c.redis.command('EXISTS', inbox), '1');
+  t.true(await eventually(async () => (await c.redis.command('XLEN', inbox)) === '0', 5000), `left in the inbox: ${await c.redis.command('XLEN', inbox)}`);
 });

@@ -9,8 +9,8 @@
 import test from 'ava';
 import fc from 'fast-check';
 import type { Message } from '../src/broker/message.ts';
-import { decodeFrame, encodeFrame, type Body } from '../src/cluster/frame.ts';
-import { BodyKind, decodeBody, encodeControl, publishHeader, PublishWire } from '../src/cluster/wire.ts';
+import { decodeFrame, encodeFrame, encodePackedFrame, writeBody, type Body } from '../src/cluster/frame.ts';
+import { BodyKind, BodyReader, decodeBody, encodeControl, publishHeader, PublishWire } from '../src/cluster/wire.ts';
 
 const SEED = Number(process.env.WIRE_SEED ?? 20261207);
 const KEY = { id: 'k1', key: Buffer.alloc(32, 7) };
@@ -75,4 +75,51 @@ test('a frame is refused when a byte of a publish written into it changes', (t) 
   const at = frame.indexOf('a/b');
   frame[at] = 0x62;
   t.deepEqual(decodeFrame(frame, keys, 'in:x'), { problem: 'bad-signature' });
+});
+
+// The sending node sets one writer per message and the receiving node reads with one reader,
+// which keep the last topic and origin (as bytes, as strings): message after message, with
+// topics and origins repeated, changed to others of the same length, longer than what is kept,
+// and left out, what is read is what was sent.
+const topicPool = ['a/b', 'a/c', 'b/b', 'ä/b', 'a/bc', 'x'.repeat(200), `${'x'.repeat(199)}y`, 'bench/x'];
+const originPool = ['anonymous\u0000pub', 'anonymous\u0000puc', 'другой\u0000p', 'o'.repeat(300), `${'o'.repeat(299)}p`];
+const repeating: fc.Arbitrary<Message> = fc
+  .record({
+    topic: fc.constantFrom(...topicPool),
+    origin: fc.option(fc.constantFrom(...originPool), { nil: undefined }),
+    payload: fc.uint8Array({ maxLength: 70 }).map((a) => Buffer.from(a)),
+    qos: fc.constantFrom(0 as const, 1 as const),
+    seq: fc.nat(),
+  })
+  .map(({ topic, origin, payload, qos, seq }) => {
+    const m: Message = { topic, payload, qos, retain: false };
+    if (origin !== undefined) m.origin = origin;
+    m.stamp = { node: SENDER, seq };
+    return m;
+  });
+
+test('one writer and one reader, reused from message to message, carry each message as it was sent', (t) => {
+  const wire = new PublishWire();
+  const reader = new BodyReader();
+  fc.assert(
+    fc.property(fc.array(fc.array(repeating, { minLength: 1, maxLength: 20 }), { minLength: 1, maxLength: 4 }), (frames) => {
+      for (const messages of frames) {
+        // Written as the outbox does: each body packed at once, before the writer is set again.
+        const packed = Buffer.alloc(64 * 1024);
+        let used = 0;
+        for (const m of messages) {
+          const w = wire.set(publishHeader(true, null), m, SENDER);
+          used = writeBody(packed, used, w, w.length);
+        }
+        const frame = encodePackedFrame(KEY, { sender: SENDER, target: 'in:x', ts: 1, seq: 1 }, messages.length, packed, used);
+        const decoded = decodeFrame(frame, new Map([[KEY.id, KEY.key]]), 'in:x');
+        if ('problem' in decoded) return t.fail(decoded.problem);
+        for (let i = 0; i < messages.length; i++) {
+          t.true(reader.read(decoded.buf, decoded.spans[2 * i] as number, decoded.spans[2 * i + 1] as number, decoded.sender));
+          t.deepEqual(reader.message, messages[i]);
+        }
+      }
+    }),
+    { seed: SEED, numRuns: 200 },
+  );
 });

@@ -27,6 +27,12 @@ interface Source {
   /** Applied batches waiting for their trim: what they led to, and the id to trim up to. */
   trimQueue: { done: Promise<unknown>; upTo: string }[];
   trimRunning: boolean;
+  /**
+   * Where to trim to with the next read (the id after the last entry applied), when everything
+   * applied up to there was done at once (nothing to commit) and no earlier batch waits for its
+   * trim: sent in one write with the next XREAD, not as a command of its own.
+   */
+  trimWithRead: string | null;
 }
 
 export interface InboxEvents {
@@ -66,7 +72,7 @@ export class Inbox {
 
   /** Reads `stream` from after `fromId`. */
   add(stream: string, fromId: string, handler: FrameHandler, trim: boolean): void {
-    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve(), untrimmed: 0, trimQueue: [], trimRunning: false });
+    this.sources.set(stream, { stream, lastId: fromId, handler, trim, trimming: Promise.resolve(), untrimmed: 0, trimQueue: [], trimRunning: false, trimWithRead: null });
     if (stream === this.controlStream) this.controlPosition = fromId;
     this.wake();
   }
@@ -75,7 +81,17 @@ export class Inbox {
     const s = this.sources.get(stream);
     this.sources.delete(stream);
     this.wake();
-    return s?.trimming ?? Promise.resolve();
+    if (s === undefined) return Promise.resolve();
+    this.trimNow(s);
+    return s.trimming;
+  }
+
+  /** Sends a source's pending trim (that was to go with the next read) as a command of its own. */
+  private trimNow(s: Source): void {
+    const upTo = s.trimWithRead;
+    if (upTo === null) return;
+    s.trimWithRead = null;
+    s.trimming = s.trimming.then(() => this.commands.xtrim(s.stream, 'MINID', upTo).catch((err: Error) => this.log.warn({ err: err.message, stream: s.stream }, 'cluster: trimming an inbox failed (it is trimmed with the next batch)')));
   }
 
   has(stream: string): boolean {
@@ -92,6 +108,7 @@ export class Inbox {
     this.running = false;
     this.wake();
     await this.loop;
+    for (const s of this.sources.values()) this.trimNow(s);
     await Promise.all([...this.sources.values()].map((s) => s.trimming));
   }
 
@@ -120,7 +137,10 @@ export class Inbox {
       try {
         this.readerId ??= Number(await this.reader.call('CLIENT', 'ID'));
         this.blocked = true;
-        reply = (await this.reader.xreadBuffer('COUNT', 1000, 'BLOCK', BLOCK_MS, 'STREAMS', ...sources.map((s) => s.stream), ...sources.map((s) => s.lastId))) as typeof reply;
+        const args: (string | number)[] = ['COUNT', 1000, 'BLOCK', BLOCK_MS, 'STREAMS', ...sources.map((s) => s.stream), ...sources.map((s) => s.lastId)];
+        const trims = sources.filter((s) => s.trimWithRead !== null);
+        if (trims.length === 0) reply = (await (this.reader.xreadBuffer as (...a: (string | number)[]) => Promise<unknown>).call(this.reader, ...args)) as typeof reply;
+        else reply = await this.trimAndRead(trims, args);
         this.blocked = false;
         if (!this.healthy) {
           this.healthy = true;
@@ -145,6 +165,43 @@ export class Inbox {
         this.apply(source, entries);
       }
     }
+  }
+
+  /**
+   * The trims that go with this read, then the read, in one write on the reader's connection (the
+   * usual case under load: a batch applied, with nothing to commit, is trimmed as the next one is
+   * read). A trim that fails is tried again with the next read, unless a later one replaced it.
+   */
+  private async trimAndRead(trims: Source[], args: (string | number)[]): Promise<[Buffer, [Buffer, Buffer[]][]][] | null> {
+    const pipeline = this.reader.pipeline();
+    const upTo: string[] = [];
+    for (const s of trims) {
+      upTo.push(s.trimWithRead as string);
+      pipeline.xtrim(s.stream, 'MINID', s.trimWithRead as string);
+      s.trimWithRead = null;
+    }
+    (pipeline.xreadBuffer as (...a: (string | number)[]) => unknown).call(pipeline, ...args);
+    const retry = (i: number) => {
+      const s = trims[i] as Source;
+      if (this.sources.get(s.stream) === s) s.trimWithRead ??= upTo[i] as string;
+    };
+    let results: [Error | null, unknown][] | null;
+    try {
+      results = await pipeline.exec();
+      if (results === null) throw new Error('pipeline discarded');
+    } catch (err) {
+      for (let i = 0; i < trims.length; i++) retry(i);
+      throw err;
+    }
+    for (let i = 0; i < trims.length; i++) {
+      const err = (results[i] as [Error | null, unknown])[0];
+      if (err === null) continue;
+      this.log.warn({ err: err.message, stream: (trims[i] as Source).stream }, 'cluster: trimming an inbox failed (it is trimmed with the next read)');
+      retry(i);
+    }
+    const [err, reply] = results[trims.length] as [Error | null, unknown];
+    if (err !== null) throw err;
+    return reply as [Buffer, [Buffer, Buffer[]][]][] | null;
   }
 
   private apply(source: Source, entries: [Buffer, Buffer[]][]): void {
@@ -178,6 +235,11 @@ export class Inbox {
     source.lastId = last;
     if (source.stream === this.controlStream) this.controlAdvanced(last);
     if (!source.trim) return;
+    if (waits.length === 0 && source.trimQueue.length === 0 && !source.trimRunning) {
+      // Applied in full now, and nothing before it waits: trimmed with the next read.
+      source.trimWithRead = nextEntryId(last);
+      return;
+    }
     source.untrimmed++;
     source.trimQueue.push({ done: waits.length === 0 ? DONE : Promise.all(waits), upTo: nextEntryId(last) });
     if (!source.trimRunning) source.trimming = this.trimAll(source);

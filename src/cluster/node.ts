@@ -114,6 +114,8 @@ export class ClusterNode implements ClusterRuntime {
   private received = 0;
   /** Reads the bodies of received frames in place (one for the node: no object per body). */
   private readonly bodyReader = new BodyReader();
+  /** Writes each forwarded publish into the outbox's batches (set per message: the outbox writes it at once). */
+  private readonly wire = new PublishWire();
   private readonly plainForwarded: Forwarded & { remoteGroups: null } = { written: null, remoteGroups: null, partitions: 0 };
   private refusedFrames = 0;
   private refusedLoggedAt = 0;
@@ -695,26 +697,55 @@ export class ClusterNode implements ClusterRuntime {
     let publishers: ReturnType<RemotePublishers['ofRun']> | null = null;
     const reader = this.bodyReader;
     const { buf, spans } = frame;
-    for (let i = 0; i < spans.length; i += 2) {
-      if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) {
-        this.received++;
-        const m = reader.message as Message;
-        const plain = reader.plain;
-        const groups = reader.groups;
-        if (m.stamp !== undefined && vector !== undefined && m.stamp.seq > (vector.get(m.stamp.node) ?? 0)) vector.set(m.stamp.node, m.stamp.seq);
-        let w: Promise<WriteStatus> | null;
-        if (home) {
-          // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
-          let from: FlowSource | null = null;
-          if (m.qos > 0 && m.origin !== undefined) from = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
-          w = this.host.deliverRemote(m, plain, groups, from);
-        } else w = this.offline.apply(p, m, plain, groups);
-        if (w !== null) waits.push(w);
-        continue;
+    // The last stamp applied per node goes into the vector once per run of messages from one
+    // node (not per message), and always before a control body or the end of the frame: what
+    // reads the vector (a move, moves.ts) runs from a control body or later.
+    let stampNode: string | null = null;
+    let stampSeq = 0;
+    // The publisher of the previous message (its origin string is kept by the reader: the same string for a repeated origin).
+    let lastOrigin: string | undefined;
+    let lastFrom: FlowSource | null = null;
+    try {
+      for (let i = 0; i < spans.length; i += 2) {
+        if (reader.read(buf, spans[i] as number, spans[i + 1] as number, frame.sender)) {
+          this.received++;
+          const m = reader.message as Message;
+          const plain = reader.plain;
+          const groups = reader.groups;
+          const stamp = m.stamp;
+          if (stamp !== undefined && vector !== undefined) {
+            if (stamp.node !== stampNode) {
+              if (stampNode !== null) applyStamp(vector, stampNode, stampSeq);
+              stampNode = stamp.node;
+              stampSeq = stamp.seq;
+            } else if (stamp.seq > stampSeq) stampSeq = stamp.seq;
+          }
+          let w: Promise<WriteStatus> | null;
+          if (home) {
+            // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
+            let from: FlowSource | null = null;
+            if (m.qos > 0 && m.origin !== undefined) {
+              if (m.origin !== lastOrigin) {
+                lastFrom = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
+                lastOrigin = m.origin;
+              }
+              from = lastFrom;
+            }
+            w = this.host.deliverRemote(m, plain, groups, from);
+          } else w = this.offline.apply(p, m, plain, groups);
+          if (w !== null) waits.push(w);
+          continue;
+        }
+        if (stampNode !== null && vector !== undefined) {
+          applyStamp(vector, stampNode, stampSeq);
+          stampNode = null;
+        }
+        const c = reader.control as Control;
+        const r = this.onPartitionControl(p, c, frame.sender);
+        if (r instanceof Promise) waits.push(r);
       }
-      const c = reader.control as Control;
-      const r = this.onPartitionControl(p, c, frame.sender);
-      if (r instanceof Promise) waits.push(r);
+    } finally {
+      if (stampNode !== null && vector !== undefined) applyStamp(vector, stampNode, stampSeq);
     }
     return waits.length > 0 ? Promise.all(waits) : undefined;
   }
@@ -960,7 +991,8 @@ export class ClusterNode implements ClusterRuntime {
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
     for (const [p, t] of targets) {
-      const w = this.outbox.send(p, new PublishWire(publishHeader(t.plain, t.groups), message, this.run), wait);
+      // One writer for every send: the outbox writes the body into its batch at once.
+      const w = this.outbox.send(p, this.wire.set(publishHeader(t.plain, t.groups), message, this.run), wait);
       if (w === null) continue;
       if (written === null) written = w;
       else (all ??= [written]).push(w);
@@ -972,7 +1004,7 @@ export class ClusterNode implements ClusterRuntime {
   /** The usual case: plain subscribers only, one body (header and message) shared by every partition. */
   private forwardPlain(message: Message, partitions: readonly RemotePartitionRef[]): Forwarded {
     const wait = message.qos > 0;
-    const body = new PublishWire(publishHeader(true, null), message, this.run);
+    const body = this.wire.set(publishHeader(true, null), message, this.run);
     const length = body.length;
     let written: Promise<WriteStatus> | null = null;
     let all: Promise<WriteStatus>[] | null = null;
@@ -1063,4 +1095,9 @@ export class ClusterNode implements ClusterRuntime {
   unclaimed(key: string): void {
     this.ended(key);
   }
+}
+
+/** Records `seq` as applied from node run `node`, unless a later one is. */
+function applyStamp(vector: Map<string, number>, node: string, seq: number): void {
+  if (seq > (vector.get(node) ?? 0)) vector.set(node, seq);
 }

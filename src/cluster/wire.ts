@@ -101,57 +101,62 @@ const F_STAMP_SENDER = 0x80;
  * [u32 properties JSON] | payload (the rest). `sender`: the run that writes the frame.
  *
  * Measured once, written straight into the packing buffer of each inbox it goes to (frame.ts
- * BodyWriter, outbox.ts), not into a buffer of its own first.
+ * BodyWriter, outbox.ts), not into a buffer of its own first. The sending node keeps one and
+ * sets it for each message ({@link set}): the outbox writes it at once. Every part is written
+ * with `TypedArray#set` (Node's `utf8Write` and `copy` cost more per call than the copy of a
+ * small part): the topic's and the origin's UTF-8 bytes are kept from the previous message, which
+ * a publisher's next message usually shares.
  */
 export class PublishWire implements BodyWriter {
-  readonly length: number;
-  private readonly flags: number;
-  private readonly topic: string;
-  private readonly topicLen: number;
-  private readonly payload: Buffer;
-  private readonly expiresAt: number;
-  private readonly origin: string;
-  private readonly originLen: number;
-  private readonly stampNode: string;
-  private readonly stampNodeLen: number;
-  private readonly stampSeq: number;
-  private readonly props: Buffer | null;
+  length = 0;
+  private flags = 0;
+  private header: Buffer = EMPTY;
+  private topic: Buffer = EMPTY;
+  private payload: Buffer = EMPTY;
+  private expiresAt = 0;
+  private origin: Buffer = EMPTY;
+  private stampNode: Buffer = EMPTY;
+  private stampSeq = 0;
+  private props: Buffer | null = null;
+  private readonly topics = new Utf8Cache();
+  private readonly origins = new Utf8Cache();
 
   /** Takes what it writes from `m` now (it is written right after, by the outbox). */
-  constructor(
-    private readonly header: Buffer,
-    m: Message,
-    sender: string,
-  ) {
+  constructor(header?: Buffer, m?: Message, sender?: string) {
+    if (header !== undefined && m !== undefined) this.set(header, m, sender ?? '');
+  }
+
+  /** Takes what it writes from `m` now, for the next {@link writeTo}; returns itself. */
+  set(header: Buffer, m: Message, sender: string): this {
     let flags: number = m.qos;
     if (m.retain) flags |= F_RETAIN;
-    this.topic = m.topic;
+    this.header = header;
+    const topic = (this.topic = this.topics.bytes(m.topic));
+    if (topic.length > 0xffff) throw new Error('topic too long for the bus');
     this.payload = m.payload;
-    const topicLen = (this.topicLen = Buffer.byteLength(m.topic));
-    let size = header.length + 1 + 2 + topicLen + m.payload.length;
+    let size = header.length + 1 + 2 + topic.length + m.payload.length;
     this.expiresAt = m.expiresAt ?? 0;
     if (m.expiresAt !== undefined) {
       flags |= F_EXPIRES;
       size += 8;
     }
-    this.origin = m.origin ?? '';
-    this.originLen = 0;
+    this.origin = EMPTY;
     if (m.origin !== undefined) {
       flags |= F_ORIGIN;
-      this.originLen = Buffer.byteLength(m.origin);
-      size += 2 + this.originLen;
+      const origin = (this.origin = this.origins.bytes(m.origin));
+      if (origin.length > 0xffff) throw new Error('origin too long for the bus');
+      size += 2 + origin.length;
     }
-    this.stampNode = '';
-    this.stampNodeLen = 0;
+    this.stampNode = EMPTY;
     this.stampSeq = 0;
     if (m.stamp !== undefined) {
       flags |= F_STAMP;
       this.stampSeq = m.stamp.seq;
       if (m.stamp.node === sender) flags |= F_STAMP_SENDER;
       else {
-        this.stampNode = m.stamp.node;
-        this.stampNodeLen = Buffer.byteLength(m.stamp.node);
-        size += 1 + this.stampNodeLen;
+        this.stampNode = Buffer.from(m.stamp.node);
+        if (this.stampNode.length > 0xff) throw new Error('stamp node too long for the bus');
+        size += 1 + this.stampNode.length;
       }
       size += 8;
     }
@@ -164,33 +169,88 @@ export class PublishWire implements BodyWriter {
     this.props = props;
     this.flags = flags;
     this.length = size;
+    return this;
   }
 
   writeTo(out: Buffer, at: number): void {
     const flags = this.flags;
-    let o = at + this.header.copy(out, at);
-    o = out.writeUInt8(flags, o);
-    o = out.writeUInt16BE(this.topicLen, o);
-    o += (out as RawBuffer).utf8Write(this.topic, o, this.topicLen);
+    out.set(this.header, at);
+    let o = at + this.header.length;
+    out[o++] = flags;
+    const topic = this.topic;
+    out[o++] = topic.length >>> 8;
+    out[o++] = topic.length & 0xff;
+    out.set(topic, o);
+    o += topic.length;
     if ((flags & F_EXPIRES) !== 0) o = out.writeDoubleBE(this.expiresAt, o);
     if ((flags & F_ORIGIN) !== 0) {
-      o = out.writeUInt16BE(this.originLen, o);
-      o += (out as RawBuffer).utf8Write(this.origin, o, this.originLen);
+      const origin = this.origin;
+      out[o++] = origin.length >>> 8;
+      out[o++] = origin.length & 0xff;
+      out.set(origin, o);
+      o += origin.length;
     }
     if ((flags & F_STAMP) !== 0) {
       if ((flags & F_STAMP_SENDER) === 0) {
-        o = out.writeUInt8(this.stampNodeLen, o);
-        o += (out as RawBuffer).utf8Write(this.stampNode, o, this.stampNodeLen);
+        out[o++] = this.stampNode.length;
+        out.set(this.stampNode, o);
+        o += this.stampNode.length;
       }
       o = out.writeDoubleBE(this.stampSeq, o);
     }
     if (this.props !== null) {
       o = out.writeUInt32BE(this.props.length, o);
-      o += this.props.copy(out, o);
+      out.set(this.props, o);
+      o += this.props.length;
     }
-    this.payload.copy(out, o);
+    out.set(this.payload, o);
   }
 }
+
+/** The UTF-8 bytes of the last string asked for, kept for the next ask (a publisher's messages share a topic and an origin). */
+class Utf8Cache {
+  private text = '';
+  private encoded: Buffer = EMPTY;
+
+  bytes(text: string): Buffer {
+    if (text !== this.text) {
+      this.encoded = Buffer.from(text, 'utf8');
+      this.text = text;
+    }
+    return this.encoded;
+  }
+}
+
+/**
+ * The string of the last bytes decoded, kept for the next (a frame's messages mostly share a
+ * topic and an origin): a string is made only when the bytes differ. Bytes are compared one by
+ * one up to {@link INTERN_MAX} (above, a string is made every time).
+ */
+class StringIntern {
+  private text = '';
+  private readonly last = Buffer.allocUnsafe(INTERN_MAX);
+  private lastLength = -1;
+
+  decode(buf: Buffer, start: number, end: number): string {
+    const n = end - start;
+    if (n === this.lastLength) {
+      const last = this.last;
+      let i = 0;
+      while (i < n && buf[start + i] === last[i]) i++;
+      if (i === n) return this.text;
+    }
+    const text = (buf as RawBuffer).utf8Slice(start, end);
+    if (n <= INTERN_MAX) {
+      // Copied byte by byte: short, and no view made.
+      for (let i = 0; i < n; i++) this.last[i] = buf[start + i] as number;
+      this.lastLength = n;
+      this.text = text;
+    } else this.lastLength = -1;
+    return text;
+  }
+}
+
+const INTERN_MAX = 128;
 
 /** The message as {@link PublishWire} writes it, in a buffer of its own (tests, tools). */
 export function messageWire(m: Message, sender: string): Buffer {
@@ -206,16 +266,17 @@ const EMPTY = Buffer.alloc(0);
 type RawBuffer = Buffer & { utf8Write(text: string, offset: number, length: number): number; utf8Slice(start: number, end: number): string };
 
 /** Reads the message in `buf` from `start` to `end` (a body inside a frame: read in place). */
-export function decodeMessageWire(buf: Buffer, start: number, sender: string, end = buf.length): Message {
+export function decodeMessageWire(buf: Buffer, start: number, sender: string, end = buf.length, topics: StringIntern | null = null, origins: StringIntern | null = null): Message {
   let o = start;
-  const flags = buf.readUInt8(o++);
+  if (o + 3 > end) throw new Error('bad message');
+  const flags = buf[o++] as number;
   const qos = (flags & 0x03) as QoS;
   if (qos > 2) throw new Error('bad message');
-  const topicLen = buf.readUInt16BE(o);
+  const topicLen = ((buf[o] as number) << 8) | (buf[o + 1] as number);
   o += 2;
-  const raw = buf as RawBuffer;
   if (o + topicLen > end) throw new Error('bad message');
-  const topic = raw.utf8Slice(o, (o += topicLen));
+  const topic = topics === null ? (buf as RawBuffer).utf8Slice(o, o + topicLen) : topics.decode(buf, o, o + topicLen);
+  o += topicLen;
   let expiresAt: number | undefined;
   let origin: string | undefined;
   let stamp: Stamp | undefined;
@@ -228,7 +289,8 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string, en
     const n = buf.readUInt16BE(o);
     o += 2;
     if (o + n > end) throw new Error('bad message');
-    origin = raw.utf8Slice(o, (o += n));
+    origin = origins === null ? (buf as RawBuffer).utf8Slice(o, o + n) : origins.decode(buf, o, o + n);
+    o += n;
   }
   if ((flags & F_STAMP) !== 0) {
     let node = sender;
@@ -248,7 +310,10 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string, en
   // A copy: the payload must not pin the whole frame (and the stream reply) while it waits in a queue.
   const payload = Buffer.allocUnsafe(end - o);
   buf.copy(payload, 0, o, end);
-  const message: Message = { topic, payload, qos, retain: (flags & F_RETAIN) !== 0 };
+  const retain = (flags & F_RETAIN) !== 0;
+  // The usual message (origin and stamp, nothing else) made in one step, in the shape a local publish has.
+  if (origin !== undefined && stamp !== undefined && expiresAt === undefined && properties === undefined) return { topic, payload, qos, retain, origin, stamp };
+  const message: Message = { topic, payload, qos, retain };
   if (expiresAt !== undefined) message.expiresAt = expiresAt;
   if (origin !== undefined) message.origin = origin;
   if (stamp !== undefined) message.stamp = stamp;
@@ -304,6 +369,9 @@ export class BodyReader {
   groups: string[] | null = null;
   message: Message | null = null;
   control: Control | null = null;
+  /** The last topic and origin read, kept as strings for the next message that repeats them. */
+  private readonly topics = new StringIntern();
+  private readonly origins = new StringIntern();
 
   /** Reads the body in `buf` from `start` to `end`: true for a publish, false for a control message; throws on a malformed one. */
   read(buf: Buffer, start: number, end: number, sender: string): boolean {
@@ -315,7 +383,7 @@ export class BodyReader {
       const gl = buf.readUInt32BE(start + 2);
       if (start + 6 + gl > end) throw new Error('bad publish body');
       this.groups = gl === 0 ? null : (JSON.parse(buf.toString('utf8', start + 6, start + 6 + gl)) as string[]);
-      this.message = decodeMessageWire(buf, start + 6 + gl, sender, end);
+      this.message = decodeMessageWire(buf, start + 6 + gl, sender, end, this.topics, this.origins);
       this.control = null;
       return true;
     }
