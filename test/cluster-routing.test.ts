@@ -308,3 +308,42 @@ test('what a node has applied leaves its inbox: after a burst of QoS 0 and QoS 1
   t.is(await c.redis.command('EXISTS', inbox), '1');
   t.true(await eventually(async () => (await c.redis.command('XLEN', inbox)) === '0', 5000), `left in the inbox: ${await c.redis.command('XLEN', inbox)}`);
 });
+
+test('a stream from another node follows subscription changes at once: unsubscribe, a new subscriber, a new QoS', async (t) => {
+  // The receiving node keeps the last match of a remote message for the next one with the same
+  // topic and publisher; any subscription change must end that (a kept match would go on
+  // delivering to the unsubscribed client, miss the new one, and keep the old QoS).
+  const c = await cluster(t, 'memo');
+  const b = 1;
+  const s1got: number[] = [];
+  const s2qos: number[] = [];
+  const s3got: number[] = [];
+  const s1 = await client(c, b, { clientId: 'memo-1' }, (_t, p) => s1got.push(Number(p)));
+  const s2 = await client(c, b, { clientId: 'memo-2' });
+  s2.on('message', (_t, _p, packet) => s2qos.push(packet.qos));
+  await s1.subscribeAsync('memo/#', { qos: 0 });
+  await s2.subscribeAsync('memo/#', { qos: 0 });
+  const pub = await client(c, 0, { clientId: 'memo-pub' });
+  await delay(300); // node b's interest has reached node a
+  let n = 0;
+  const timer = setInterval(() => {
+    for (let k = 0; k < 5; k++) pub.publish('memo/x', String(n++), { qos: 1 });
+  }, 5);
+  t.teardown(() => clearInterval(timer));
+  t.true(await eventually(() => s1got.length > 50 && s2qos.length > 50), `${s1got.length} ${s2qos.length}`);
+
+  await s1.unsubscribeAsync('memo/#');
+  await delay(150); // what was already on its way
+  const kept = s1got.length;
+  const s3 = await client(c, b, { clientId: 'memo-3' }, (_t, p) => s3got.push(Number(p)));
+  await s3.subscribeAsync('memo/#', { qos: 0 });
+  await s2.subscribeAsync('memo/#', { qos: 1 });
+  const qosFrom = s2qos.length;
+  await delay(500);
+  clearInterval(timer);
+  t.is(s1got.length, kept, 'nothing after the unsubscribe');
+  t.true(s3got.length > 50, `the new subscriber gets the stream (${s3got.length})`);
+  await delay(200);
+  const after = s2qos.slice(qosFrom + 20); // past what was on its way at the old QoS
+  t.true(after.length > 30 && after.every((q) => q === 1), `the new QoS applies: ${after.slice(0, 40)}`);
+});

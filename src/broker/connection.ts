@@ -231,9 +231,14 @@ export class Connection implements Client, ConnectionHandle {
   }
 
   private async sendAcks(queue: { wait: Promise<WriteStatus> | null; make: (status: WriteStatus) => Packet | Buffer | null }[]): Promise<void> {
+    // The acknowledgements of one turn's publishes often wait on one shared write (a store batch,
+    // a cluster bus write): once it has settled, the rest go out in this loop, not one await each.
+    let settled: Promise<WriteStatus> | null = null;
+    let settledStatus: WriteStatus = 'ok';
     while (queue.length > 0) {
       const head = queue[0] as (typeof queue)[number];
-      const status = head.wait === null ? 'ok' : await head.wait;
+      const wait = head.wait;
+      const status = wait === null ? 'ok' : wait === settled ? settledStatus : (settledStatus = await (settled = wait));
       queue.shift();
       if (this.state !== 'closed') {
         const p = head.make(status);

@@ -84,8 +84,46 @@ interface HoldBudget {
   since: number;
 }
 
+/**
+ * The last match of a message from another node, kept while the router is unchanged (its
+ * version) for the next one with the same topic and publisher: a bus frame carries hundreds of
+ * messages, usually of a few topics. The match's per-session results are copied out (the router
+ * writes them on the sessions, and the next match overwrites them). Never kept when a shared group
+ * matched: its pick rotates on every match. Authorization is not kept: every delivery is still
+ * decided for its subscriber.
+ */
+class RemoteMemo {
+  private constructor(
+    readonly topic: string,
+    readonly origin: string | undefined,
+    readonly version: number,
+    readonly sessions: readonly Session[],
+    readonly qos: readonly number[],
+    readonly retainAsPublished: readonly boolean[],
+    readonly subscriptionIds: readonly (number[] | undefined)[],
+  ) {}
+
+  static of(topic: string, origin: string | undefined, version: number, matched: readonly Session[]): RemoteMemo {
+    const n = matched.length;
+    const sessions = new Array<Session>(n);
+    const qos = new Array<number>(n);
+    const rap = new Array<boolean>(n);
+    const ids = new Array<number[] | undefined>(n);
+    for (let i = 0; i < n; i++) {
+      const s = matched[i] as Session;
+      sessions[i] = s;
+      qos[i] = s.matchQos;
+      rap[i] = s.matchRetainAsPublished;
+      ids[i] = s.matchSubscriptionIds;
+    }
+    return new RemoteMemo(topic, origin, version, sessions, qos, rap, ids);
+  }
+}
+
 export class Delivery implements DeliveryApi {
   readonly retained = new RetainedMessages();
+  /** See {@link RemoteMemo}. */
+  private remoteMemo: RemoteMemo | null = null;
   private readonly config: Config;
   private readonly log: Logger;
   private readonly stats: BrokerStats;
@@ -198,19 +236,34 @@ export class Delivery implements DeliveryApi {
    */
   deliverRemote(message: Message, plain: boolean, groups: readonly string[] | null, from: FlowSource | null): void {
     const router = this.router;
-    router.match(message.topic, message.origin);
-    const matched = router.matched;
-    const shared = router.sharedMatched;
-    const n = plain ? matched.length : 0;
-    if (n + shared.length === 0) return;
-    const sessions = n > 0 ? matched.slice() : matched;
-    const picks = shared.length > 0 && groups !== null ? shared.filter((p) => groups.includes(p.group.key)) : NO_PICKS;
-    for (let i = 0; i < n; i++) {
-      const session = sessions[i] as Session;
-      const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
-      this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, from);
+    let memo = this.remoteMemo;
+    if (memo === null || message.topic !== memo.topic || message.origin !== memo.origin || router.version !== memo.version) {
+      router.match(message.topic, message.origin);
+      const matched = router.matched;
+      const shared = router.sharedMatched;
+      if (shared.length > 0) {
+        // A shared group's pick rotates on every match: nothing is kept.
+        this.remoteMemo = null;
+        const n = plain ? matched.length : 0;
+        const sessions = n > 0 ? matched.slice() : matched;
+        const picks = groups !== null ? shared.filter((p) => groups.includes(p.group.key)) : NO_PICKS;
+        for (let i = 0; i < n; i++) {
+          const session = sessions[i] as Session;
+          const qos = (session.matchQos < message.qos ? session.matchQos : message.qos) as QoS;
+          this.deliver(session, message, qos, session.matchRetainAsPublished ? message.retain : false, session.matchSubscriptionIds, from);
+        }
+        for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, from, null);
+        return;
+      }
+      this.remoteMemo = memo = RemoteMemo.of(message.topic, message.origin, router.version, matched);
     }
-    for (const { session, sub, group } of picks) this.deliverShared(group, session, sub, message, from, null);
+    if (!plain) return;
+    // The memo's own arrays: a delivery that changes the router (or a nested match) leaves them as they are.
+    const { sessions, qos, retainAsPublished, subscriptionIds } = memo;
+    for (let i = 0; i < sessions.length; i++) {
+      const q = qos[i] as number;
+      this.deliver(sessions[i] as Session, message, (q < message.qos ? q : message.qos) as QoS, retainAsPublished[i] === true ? message.retain : false, subscriptionIds[i], from);
+    }
   }
 
   /** A retained message set or cleared on another node; `persist`: this node's own store keeps retained messages too. */

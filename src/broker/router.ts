@@ -123,8 +123,11 @@ export class Router implements RemoteMatch {
   private gen = 0;
   private withRemote = false;
   private readonly partitions = new Map<string, RemotePartition>();
+  /** Changes whenever a subscription or another node's interest is added or removed: what a kept match result is checked against. */
+  version = 0;
 
   add(session: Session, filter: string, sub: StoredSubscription, group?: string): void {
+    this.version++;
     const node = this.nodeFor(filter);
     if (group === undefined) {
       node.subscribers ??= new Map();
@@ -141,6 +144,7 @@ export class Router implements RemoteMatch {
   }
 
   remove(session: Session, filter: string, group?: string): void {
+    this.version++;
     const path = this.pathTo(filter);
     if (path === null) return;
     const node = path.node;
@@ -157,6 +161,7 @@ export class Router implements RemoteMatch {
 
   /** Partition `id` subscribes to `filter` (`$share/g/f`: a member of group g on f). */
   addInterest(id: string, filter: string): void {
+    this.version++;
     let p = this.partitions.get(id);
     if (p === undefined) this.partitions.set(id, (p = new RemotePartition(id)));
     if (p.filters.has(filter)) return;
@@ -173,6 +178,7 @@ export class Router implements RemoteMatch {
   }
 
   removeInterest(id: string, filter: string): void {
+    this.version++;
     const p = this.partitions.get(id);
     if (p === undefined || !p.filters.delete(filter)) return;
     if (p.filters.size === 0) this.partitions.delete(id);
