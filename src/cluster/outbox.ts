@@ -1,8 +1,9 @@
 /**
  * Writing to the bus. Everything a node sends in one turn of the event loop goes out together:
  * one frame (one XADD) per inbox it writes to, and one frame on the broadcast stream (through the
- * interest script, which updates this node's interest snapshot in the same step). So the number
- * of Redis commands per publish is O(1) and falls as the load rises.
+ * interest script, which updates this node's interest snapshot in the same step). An inbox whose
+ * previous frame is not yet answered gets its next one when the answer comes (see inFlight). So
+ * the number of Redis commands per publish is O(1) and falls as the load rises.
  *
  * Bounded: bytes waiting for Redis are capped (`cluster.maxPendingBytes`). Over the cap, or while
  * Redis is unreachable, a send fails at once: a QoS 1/2 publish that needed it is not
@@ -45,6 +46,8 @@ interface Batch {
   /** Parts not yet answered, and the worst outcome so far (every part must be written before the waiters hear 'ok'). */
   left: number;
   worst: WriteStatus;
+  /** The stream it was written to (set when it is written; it is in Outbox.inFlight until every part is answered). */
+  stream: string | null;
 }
 
 interface Part {
@@ -88,6 +91,14 @@ export class Outbox {
   private readonly streams = new Map<string, string>();
   /** Packing buffers free for reuse (copied into their frames at the flush). */
   private readonly spare: Buffer[] = [];
+  /**
+   * Streams with a frame written and not yet answered. A stream's next batch waits for that
+   * answer (and grows meanwhile): under load a frame carries what came during a round trip
+   * instead of what came during one turn, so the per-frame costs (a write to Redis and the wake-up
+   * it makes, the reader's read and trim, the signature) are shared by more messages. Idle, nothing
+   * is in flight and a send goes out at the end of its turn, as before.
+   */
+  private readonly inFlight = new Set<string>();
 
   constructor(
     private readonly client: RedisClient,
@@ -141,7 +152,7 @@ export class Outbox {
       this.streams.set(partition, stream);
     }
     let batch = this.batches.get(stream);
-    if (batch === undefined) this.batches.set(stream, (batch = { parts: [], waiters: [], written: null, left: 0, worst: 'ok' }));
+    if (batch === undefined) this.batches.set(stream, (batch = { parts: [], waiters: [], written: null, left: 0, worst: 'ok', stream: null }));
     this.pack(batch, body, length);
     this.pendingBytes += length;
     this.schedule();
@@ -205,11 +216,12 @@ export class Outbox {
   /** Set by the node: the broadcast body announcing this turn's interest changes (null: none). */
   interestBody: ((adds: readonly string[], removes: readonly string[]) => Buffer | null) | null = null;
 
-  /** Writes everything collected in this turn. */
+  /** Writes everything collected in this turn (a stream's batch waits while its previous frame is unanswered: see inFlight). */
   flush(): void {
     this.scheduled = false;
-    const batches = [...this.batches];
-    this.batches.clear();
+    const batches: [string, Batch][] = [];
+    for (const entry of this.batches) if (!this.inFlight.has(entry[0])) batches.push(entry);
+    for (const [stream] of batches) this.batches.delete(stream);
     const control = this.control;
     this.control = null;
     if (batches.length === 0 && control === null) return;
@@ -228,6 +240,8 @@ export class Outbox {
       const [stream, batch] = batches[0] as [string, Batch];
       const part = batch.parts[0] as Part;
       batch.left = 1;
+      batch.stream = stream;
+      this.inFlight.add(stream);
       const frame = this.packedFrame(stream, part);
       this.client.xadd(stream, 'NOMKSTREAM', '*', 'f', frame).then(
         () => this.settle(batch, part, 'ok'),
@@ -239,6 +253,8 @@ export class Outbox {
     const replies: ((err: Error | null, reply: unknown) => void)[] = [];
     for (const [stream, batch] of batches) {
       batch.left = batch.parts.length;
+      batch.stream = stream;
+      this.inFlight.add(stream);
       for (const part of batch.parts) {
         const frame = this.packedFrame(stream, part);
         pipeline.xadd(stream, 'NOMKSTREAM', '*', 'f', frame);
@@ -282,7 +298,13 @@ export class Outbox {
       this.failed(part.count, err);
       batch.worst = status;
     } else if (this.failingSince !== 0) this.recovered();
-    if (--batch.left === 0) for (const w of batch.waiters) w(batch.worst);
+    if (--batch.left !== 0) return;
+    for (const w of batch.waiters) w(batch.worst);
+    // The stream's next batch, held while this one was unanswered, goes now.
+    if (batch.stream !== null) {
+      this.inFlight.delete(batch.stream);
+      if (this.batches.has(batch.stream)) this.schedule();
+    }
   }
 
   private settleControl(batch: ControlBatch, id: string | null, err?: Error | null): void {
