@@ -194,7 +194,9 @@ export class Session {
         ...(f.subscriptionIds ? { subscriptionIds: f.subscriptionIds } : {}),
       })),
       // QoS 0 is at most once: it is never written to the store (see Delivery.enqueue).
-      queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...forStore(q.message), qos: q.qos, retain: q.retain })),
+      // With each delivery's subscription identifiers, as the store's queue entries have them
+      // (a session moved to another node sent its queued messages without them [MQTT-3.3.4-3]).
+      queue: this.queue.filter((q) => q.qos > 0).map((q) => ({ ...forStore(q.message), qos: q.qos, retain: q.retain, ...(q.subscriptionIds !== undefined ? { subscriptionIds: q.subscriptionIds } : {}) })),
       awaitingRelease: [...this.awaitingRelease],
     };
     if (this.expiresAt !== undefined) stored.expiresAt = this.expiresAt;
