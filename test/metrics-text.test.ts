@@ -5,7 +5,9 @@
  */
 import test from 'ava';
 import type { Sample } from '../src/metrics/counts.ts';
-import { MetricsRegistry, O_N_PROCESS_FAMILIES } from '../src/metrics/prom.ts';
+import fs from 'node:fs';
+import net from 'node:net';
+import { MetricsRegistry, O_N_PROCESS_FAMILIES, openFds } from '../src/metrics/prom.ts';
 
 test('counters, gauges and histograms in text format 0.0.4, label values escaped', async (t) => {
   const r = new MetricsRegistry(false);
@@ -53,4 +55,26 @@ test('the process series follow the broker\'s, without the families whose cost g
   }
   t.regex(text, /^nodejs_heap_space_size_used_bytes\{space="[a-z_]+"\} \d+$/m);
   for (const name of O_N_PROCESS_FAMILIES) t.notRegex(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
+});
+
+test('process_open_fds counts the open descriptors at each scrape (200 more sockets show at once)', async (t) => {
+  const r = new MetricsRegistry(true);
+  const fds = async () => Number(/^process_open_fds (\d+)$/m.exec(await r.text())?.[1]);
+  const listed = fs.readdirSync('/proc/self/fd').length - 1;
+  t.true(Math.abs((openFds(Date.now()) ?? -1) - listed) <= 2, `${openFds(Date.now())} against ${listed} listed`);
+  if (fs.statSync('/proc/self/fd').size === 0) {
+    // A kernel before 6.2: the count comes from a listing made at most every 10 s, checked above.
+    t.log('this kernel does not report the descriptor count in /proc/self/fd: the listing is used');
+    return;
+  }
+  const before = await fds();
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const sockets = await Promise.all(Array.from({ length: 100 }, () => new Promise<net.Socket>((resolve) => { const s = net.connect(port, '127.0.0.1', () => resolve(s)); })));
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the server side accepted them too
+  const after = await fds();
+  for (const s of sockets) s.destroy();
+  server.close();
+  t.true(after - before >= 200, `${before} → ${after}`);
 });
