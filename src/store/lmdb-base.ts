@@ -146,6 +146,9 @@ export abstract class LmdbBase {
   private async openLocked(lock: StoreLock, warnings: string[], started: number): Promise<StoreOpenReport> {
     const manifest = readManifest(this.path);
     const header = checkDataFile(this.path);
+    if (header !== undefined && header.shortBy > 0) {
+      warnings.push(`${this.dataFile} ends ${header.shortBy} page(s) before the last page its header counts (pages LMDB allocated and freed again without writing them, as after a crash); every table was read through and a write tried before opening it`);
+    }
     if (manifest !== undefined && header === undefined) {
       throw new StoreError(
         'ERR_STORE_CORRUPT',

@@ -11,7 +11,10 @@
  * SIGBUS on the first page it reads, and an empty or missing one is silently made into a new,
  * empty store. The manifest says a store existed; the header check says the file is whole.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import { StoreError } from './errors.ts';
@@ -181,6 +184,30 @@ export interface DataFileInfo {
   /** Pages the newest meta says are in use (last page number + 1). */
   pages: number;
   txnId: number;
+  /** Pages the header counts beyond the end of the file, all of them free (0: none). */
+  shortBy: number;
+}
+
+/** Opens the store read-only in a child process and reads every record of every table; true when it exits cleanly. */
+function readsWhole(dir: string): boolean {
+  const lmdb = pathToFileURL(createRequire(import.meta.url).resolve('lmdb')).href;
+  // Names first, then each table (opening a table inside the root's iteration crashes lmdb-js).
+  // Then one key written and removed: a write reads LMDB's free-page list, the one tree the reads
+  // do not touch (the store's content is unchanged). No close: the process exits.
+  const script = `const { open } = await import(process.argv[1]);
+const env = open({ path: process.argv[2], maxDbs: 16, keyEncoding: 'binary', encoding: 'binary' });
+const names = Array.from(env.getKeys(), (k) => Buffer.from(k).toString());
+for (const name of names) {
+  let db;
+  try { db = env.openDB({ name, keyEncoding: 'binary', encoding: 'binary' }); } catch { continue; }
+  for (const e of db.getRange()) void e.value;
+}
+const probe = Buffer.from('\\u0000portcullis-check');
+env.putSync(probe, Buffer.alloc(1));
+env.removeSync(probe);
+process.exit(0);`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, lmdb, dir], { stdio: 'ignore', timeout: 120_000 });
+  return r.status === 0 && r.signal === null;
 }
 
 function readMetaAt(fd: number, offset: number, size: number): { psize: number; lastPg: number; txnId: number } | undefined {
@@ -234,10 +261,19 @@ export function checkDataFile(dir: string): DataFileInfo | undefined {
       lastPg = Math.max(lastPg, m.lastPg);
     }
     const pages = lastPg + 1;
+    let shortBy = 0;
     if (size < pages * psize) {
-      throw new StoreError('ERR_STORE_CORRUPT', `${file} is truncated: ${size} bytes, but its header uses ${pages} pages of ${psize} bytes (${pages * psize} bytes)`, file);
+      // LMDB does not write a page it allocated and freed again in the same transaction (a
+      // "loose" page), so after a crash the file may end before the last page its header counts,
+      // and that page is free. A page still in use that is missing would crash the process on
+      // its first read (SIGBUS on the mapped file): every table is read through in a child
+      // process first, and only a file that reads whole is opened.
+      shortBy = pages - Math.floor(size / psize);
+      if (size % psize !== 0 || !readsWhole(dir)) {
+        throw new StoreError('ERR_STORE_CORRUPT', `${file} is truncated: ${size} bytes, but its header uses ${pages} pages of ${psize} bytes (${pages * psize} bytes)`, file);
+      }
     }
-    return { file, size, pageSize: psize, pages, txnId: newest.txnId };
+    return { file, size, pageSize: psize, pages, txnId: newest.txnId, shortBy };
   } finally {
     fs.closeSync(fd);
   }
