@@ -6,22 +6,12 @@
  */
 import test from 'ava';
 import type { MqttClient } from 'mqtt';
-import type { RedisServer } from './redis-server.ts';
-import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
+import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
 import { MemoryStore } from '../src/index.ts';
 import { Names } from '../src/cluster/names.ts';
 
-interface Cluster {
-  redis: RedisServer;
-  nodes: InProcessNode[];
-  clients: MqttClient[];
-}
-
-async function cluster(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<Cluster> {
-  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
-  for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
-  return { redis, nodes: nodes as InProcessNode[], clients };
-}
+type Cluster = ThreeNodes;
+const cluster = threeNodes;
 
 async function client(c: Cluster, node: number, options: Parameters<typeof connect>[1] = {}, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
   const cl = await connect((c.nodes[node] as InProcessNode).port, options, onMessage);

@@ -6,20 +6,10 @@
  */
 import test from 'ava';
 import mqtt, { type MqttClient } from 'mqtt';
-import type { RedisServer } from './redis-server.ts';
-import { clusterFixture, type connect, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
+import { type connect, delay, eventually, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
 
-interface Cluster {
-  redis: RedisServer;
-  nodes: InProcessNode[];
-  clients: MqttClient[];
-}
-
-async function cluster(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<Cluster> {
-  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
-  for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
-  return { redis, nodes: nodes as InProcessNode[], clients };
-}
+type Cluster = ThreeNodes;
+const cluster = threeNodes;
 
 async function client(c: Cluster, node: number, options: Parameters<typeof connect>[1] = {}, into?: { got: Got[]; conn: number }): Promise<MqttClient> {
   // The recorder is attached before CONNACK: what a resumed session gets comes in the same read.

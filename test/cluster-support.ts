@@ -108,6 +108,19 @@ export function connect(port: number, options: IClientOptions = {}, onMessage?: 
   });
 }
 
+/** Three in-process nodes (a, b, c) of cluster `name` on one Redis, stopped by the test's teardown. */
+export interface ThreeNodes {
+  redis: RedisServer;
+  nodes: InProcessNode[];
+  clients: MqttClient[];
+}
+
+export async function threeNodes(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<ThreeNodes> {
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
+  for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
+  return { redis, nodes: nodes as InProcessNode[], clients };
+}
+
 export const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Polls until `check` is true or `ms` passed; returns the last result. */
