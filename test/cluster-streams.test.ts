@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import mqtt, { type MqttClient } from 'mqtt';
+import { pubackCode } from './authz-support.ts';
 import { type connect, delay, eventually, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
 
 type Cluster = ThreeNodes;
@@ -42,16 +43,6 @@ function record(cl: MqttClient, into: Got[], conn: number): void {
   });
 }
 
-/** Publishes QoS 1 with a callback: resolves with the PUBACK reason code (0x80 and up come as errors). */
-function publishCode(pub: MqttClient, topic: string, payload: string): Promise<number> {
-  return new Promise((resolve) => {
-    pub.publish(topic, payload, { qos: 1 }, (err, packet) => {
-      if (err === undefined || err === null) return resolve((packet as { reasonCode?: number } | undefined)?.reasonCode ?? 0);
-      resolve((err as { code?: number }).code ?? -1);
-    });
-  });
-}
-
 function problems(got: Got[], total: number, subId: number): string[] {
   const out: string[] = [];
   const seen = new Map<number, number>();
@@ -85,7 +76,7 @@ async function streamThroughTakeovers(t: { teardown(fn: () => Promise<void> | vo
   const codes: Promise<number>[] = [];
   let n = 0;
   const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(publishCode(pub, 'rv/move', String(n++)));
+    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/move', String(n++)));
     if (n >= TOTAL) clearInterval(timer);
   }, 2);
   t.teardown(() => clearInterval(timer));
@@ -128,7 +119,7 @@ test('Redis paused (CLIENT PAUSE WRITE) under a QoS 1 stream to another node: ev
   let n = 0;
   const TOTAL = 2500;
   const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(publishCode(pub, 'rv/pause', String(n++)));
+    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/pause', String(n++)));
     if (n >= TOTAL) clearInterval(timer);
   }, 2);
   t.teardown(() => clearInterval(timer));
@@ -171,7 +162,7 @@ test.failing('a remote stream to a topic with a plain subscriber and a $share gr
   const codes: Promise<number>[] = [];
   let n = 0;
   const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(publishCode(pub, 'rv/sh', String(n++)));
+    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/sh', String(n++)));
     if (n >= TOTAL) clearInterval(timer);
   }, 2);
   t.teardown(() => clearInterval(timer));
@@ -207,7 +198,7 @@ test('no-local across a session move: a client that publishes on one node, then 
   for (let i = 0; i < 200; i++) a.publish('rv/nl', String(i), { qos: 1 });
   const b = await client(c, 1, opts, { got: own, conn: 2 }); // the session (with its no-local subscription) moves to node 1
   const sends: Promise<number>[] = [];
-  for (let i = 200; i < 600; i++) sends.push(publishCode(b, 'rv/nl', String(i)));
+  for (let i = 200; i < 600; i++) sends.push(pubackCode(b, 'rv/nl', String(i)));
   await Promise.all(sends);
   await eventually(() => other.length >= 600, 10_000);
   await delay(300);
