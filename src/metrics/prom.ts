@@ -12,7 +12,9 @@
  * "Metrics"). The output is the same text format 0.0.4, byte for byte.
  */
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import client from 'prom-client';
+import { GcSampler } from './gc-sampler.ts';
 import type { Sample } from './counts.ts';
 
 export interface HistogramSample {
@@ -92,7 +94,7 @@ function familyText(f: Family, head: string): string {
 
 let processRegistry: client.Registry | undefined;
 
-/** prom-client defaults left out: their cost grows with the number of connections (see processMetrics). */
+/** prom-client defaults left out: each scrape builds an array of every handle, request or resource (every socket among them), about 5 ms a scrape at 3,000 connections; portcullis_connections counts the clients. */
 export const O_N_PROCESS_FAMILIES: readonly string[] = [
   'nodejs_active_handles',
   'nodejs_active_handles_total',
@@ -102,32 +104,38 @@ export const O_N_PROCESS_FAMILIES: readonly string[] = [
   'nodejs_active_resources_total',
 ];
 
-/** The process's own series (prom-client's defaults): made once, shared by every broker in the process. */
+/**
+ * prom-client's default process series, one module each, without those left out: the O(N) ones
+ * above, `process_open_fds` (counted below instead) and `gc` (GcSampler instead). prom-client's
+ * `collectDefaultMetrics` takes no list, and its GC observer, once connected, cannot be reached to
+ * disconnect it; so the modules are loaded one by one (prom-client 15 has no `exports` map).
+ */
+const PROCESS_MODULES: readonly string[] = ['processCpuTotal', 'processStartTime', 'osMemoryHeap', 'processMaxFileDescriptors', 'eventLoopLag', 'heapSizeAndUsed', 'heapSpacesSizeAndUsed', 'version'];
+
+let gcSampler: GcSampler | undefined;
+
+/** The process's own series (prom-client's defaults and the sampled GC histogram): made once, shared by every broker in the process. */
 function processMetrics(): client.Registry {
   if (processRegistry === undefined) {
     processRegistry = new client.Registry();
+    const load = createRequire(import.meta.url);
     // The event-loop delay is sampled every 50 ms (20 samples a second): at prom-client's 10 ms
     // the sampling timer alone cost an idle broker about 5 ms of CPU a second.
-    client.collectDefaultMetrics({ register: processRegistry, eventLoopMonitoringPrecision: 50 });
-    // These build an array of every handle, request or resource (every socket among them) on each
-    // scrape: with 3,000 connections they cost about 5 ms a scrape, and it grows with connections.
-    // portcullis_connections counts the clients.
-    for (const name of O_N_PROCESS_FAMILIES) processRegistry.removeSingleMetric(name);
+    const config = { register: processRegistry, eventLoopMonitoringPrecision: 50 };
+    for (const name of PROCESS_MODULES) (load(`prom-client/lib/metrics/${name}`) as (registry: client.Registry, config: object) => void)(processRegistry, config);
     // prom-client lists /proc/self/fd on every scrape (3.5 ms with 3,000 descriptors): counted
     // here from the directory's size instead (Linux 6.2 and later report the count there, O(1)),
     // or, on older kernels, listed at most once every OPEN_FDS_REFRESH_MS.
-    if (processRegistry.getSingleMetric('process_open_fds') !== undefined) {
-      processRegistry.removeSingleMetric('process_open_fds');
-      new client.Gauge({
-        name: 'process_open_fds',
-        help: 'Number of open file descriptors.',
-        registers: [processRegistry],
-        collect() {
-          const n = openFds(Date.now());
-          if (n !== null) this.set(n);
-        },
-      });
-    }
+    new client.Gauge({
+      name: 'process_open_fds',
+      help: 'Number of open file descriptors.',
+      registers: [processRegistry],
+      collect() {
+        const n = openFds(Date.now());
+        if (n !== null) this.set(n);
+      },
+    });
+    gcSampler = new GcSampler().start();
   }
   return processRegistry;
 }
@@ -159,6 +167,10 @@ async function processText(registry: client.Registry): Promise<string> {
     let out = header(m.name, m.help, m.type);
     for (const v of m.values ?? []) out += `\n${v.metricName ?? m.name}${labelText(v.labels)} ${valueText(v.value)}`;
     parts.push(out);
+  }
+  if (gcSampler !== undefined) {
+    const gc = gcSampler.family();
+    parts.push(familyText(gc, header(gc.name, gc.help, gc.type)));
   }
   return parts.join('\n\n');
 }
