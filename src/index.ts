@@ -182,7 +182,7 @@ export function createBroker(input: ConfigInput | Config = {}, options: BrokerOp
   // lines keyed on the client id are refused (or limited to those listeners) at load.
   const bindings = listenerBindings(config, options.authenticators);
   const configured = config.authorizers.map((a, i) => makeAuthorizer(a, i, bindings));
-  const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])]);
+  const authorizers = new AuthorizerChain([...configured, ...(options.authorizers ?? [])], config.authzDeadlineMs);
   let audit: AuditSink;
   try {
     audit = options.audit ?? makeAuditSink(config, log);

@@ -27,13 +27,22 @@ export function reservedPublish(topic: string): AuthzResult | undefined {
   return (RESERVED[root] ??= { kind: 'deny', reason: ReasonCode.NotAuthorized, detail: `${root} topics are reserved for the broker`, decidedBy: RESERVED_TOPIC_CHECK });
 }
 
+/** How long an authorizer's promise may stay unsettled by default (`authzDeadlineMs`). */
+export const DEFAULT_AUTHZ_DEADLINE_MS = 5000;
+
 /**
  * Asks authorizers in order; the first answer that is not abstain wins, all abstain means deny,
  * and an authorizer that throws denies. Synchronous authorizers get a synchronous answer. A
  * publish into a broker-reserved tree ($SYS, $portcullis) is denied before any authorizer is asked.
+ * An answer that is a promise must settle within `deadlineMs`, or the request is denied (fail
+ * closed): a remote policy service that hangs would otherwise hold a publisher's acknowledgement,
+ * a SUBACK, or a subscriber's queue (deliveries are decided one at a time per subscriber) forever.
  */
 export class AuthorizerChain {
-  constructor(readonly authorizers: readonly Authorizer[]) {}
+  constructor(
+    readonly authorizers: readonly Authorizer[],
+    readonly deadlineMs = DEFAULT_AUTHZ_DEADLINE_MS,
+  ) {}
 
   authorize(who: Principal, action: Action, topic: string, ctx: AccessContext): AuthzResult | Promise<AuthzResult> {
     if (action === 'publish' && topic.charCodeAt(0) === 0x24) {
@@ -56,10 +65,8 @@ export class AuthorizerChain {
       if (answer instanceof Promise) {
         // The broker reuses its context object between calls: keep a copy for the rest of the chain.
         const saved = { ...ctx };
-        return answer.then(
-          (d): AuthzResult | Promise<AuthzResult> =>
-            d.kind === 'abstain' ? this.from(i + 1, who, action, topic, saved) : { ...d, decidedBy: authorizer.id },
-          (err: unknown) => failed(authorizer, err),
+        return withDeadline(answer, authorizer, this.deadlineMs).then((d): AuthzResult | Promise<AuthzResult> =>
+          d.kind === 'abstain' ? this.from(i + 1, who, action, topic, saved) : { ...d, decidedBy: authorizer.id },
         );
       }
       if (answer.kind !== 'abstain') {
@@ -73,6 +80,29 @@ export class AuthorizerChain {
   async close(): Promise<void> {
     for (const a of this.authorizers) await a.close?.();
   }
+}
+
+/** The answer, or a denial when it rejects or has not settled within `ms` (what it says later is ignored). */
+function withDeadline(answer: Promise<AuthzResult>, authorizer: Authorizer, ms: number): Promise<AuthzResult> {
+  return new Promise<AuthzResult>((resolve) => {
+    const timer = setTimeout(() => resolve(late(authorizer, ms)), ms);
+    // A pending decision must not keep a stopping process alive.
+    timer.unref();
+    answer.then(
+      (d) => {
+        clearTimeout(timer);
+        resolve(d);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        resolve(failed(authorizer, err));
+      },
+    );
+  });
+}
+
+function late(authorizer: Authorizer, ms: number): AuthzResult {
+  return { kind: 'deny', reason: ReasonCode.UnspecifiedError, detail: `authorizer ${authorizer.id} did not answer within ${ms} ms`, decidedBy: authorizer.id };
 }
 
 function failed(authorizer: Authorizer, err: unknown): AuthzResult {

@@ -323,6 +323,7 @@ export const configSchema = z.strictObject({
   sys: z.strictObject({ intervalSeconds: z.number().int().min(0).default(10) }).prefault({}),
   shutdown: z.strictObject({ graceMs: positiveInt.default(5000) }).prefault({}),
   authDeadlineMs: positiveInt.default(5000),
+  authzDeadlineMs: positiveInt.default(5000),
   /** Failed-login backoff and bans (see docs/authentication.md). */
   authGuard,
   /** The verified-credential cache for the password provider; off by default. */
