@@ -348,8 +348,8 @@ const PLAIN_HEADER = Buffer.from([BodyKind.Publish, 1, 0, 0, 0, 0]);
 const NO_PLAIN_HEADER = Buffer.from([BodyKind.Publish, 0, 0, 0, 0, 0]);
 
 /** A publish body for one partition (one buffer: tests and tools; the outbox sends header and message without joining them). */
-export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null, sender = ''): Buffer {
-  return Buffer.concat([publishHeader(plain, groups), messageWire(m, sender)]);
+export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null, sender = '', passes = 0): Buffer {
+  return Buffer.concat([publishHeader(plain, groups, passes), messageWire(m, sender)]);
 }
 
 export function encodeControl(c: Control): Buffer {
