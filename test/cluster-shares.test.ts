@@ -12,14 +12,15 @@ import { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import { decodeFrame, encodeFrame } from '../src/cluster/frame.ts';
 import { decodeBody, encodePublish, type PublishBody } from '../src/cluster/wire.ts';
-import { connect, delay, eventually, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
+import { MemoryStore } from '../src/index.ts';
+import { clusterFixture, connect, delay, eventually, nodeConfig, startNode, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
 
 function inboxOf(c: ThreeNodes, name: string, node: number): string {
   return `{pc:${name}}:in:${c.nodes[node]?.broker.clusterStatus()?.partitions[0]}`;
 }
 
-function shares(c: ThreeNodes, node: number): { passed: number; dropped: number } {
-  return (c.nodes[node] as InProcessNode).broker.clusterStatus()?.shares ?? { passed: -1, dropped: -1 };
+function shares(c: { nodes: (InProcessNode | null)[] }, node: number): { passed: number; dropped: number } {
+  return c.nodes[node]?.broker.clusterStatus()?.shares ?? { passed: -1, dropped: -1 };
 }
 
 function refusals(n: InProcessNode): unknown[] {
@@ -79,4 +80,44 @@ test('a group copy for a group the node has no member of any more goes, signed b
   t.deepEqual(shares(c, 1), { passed: 1, dropped: 2 });
   t.deepEqual(shares(c, 2), { passed: 0, dropped: 0 }, 'node c, which has the member, passed nothing on');
   t.deepEqual(refusals(c.nodes[1] as InProcessNode), ['bad-signature']);
+});
+
+test('a group copy for a partition adopted from a node that stopped, whose member moved on (its client came back on another node), goes to a node with members', async (t) => {
+  t.timeout(30_000);
+  const name = 'sh-adopt';
+  const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
+  const store = new MemoryStore();
+  for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name }), { store, sharedStore: true }));
+  const node = (i: number) => nodes[i] as InProcessNode;
+  const persistent = (clientId: string) => ({ clientId, clean: false, properties: { sessionExpiryInterval: 600 } });
+  const got: string[] = [];
+  // Two offline sessions on node b: a member of the group, and one that keeps the partition alive.
+  for (const [id, filter] of [['sh-ad-member', '$share/g/ad/t'], ['sh-ad-keep', 'other/t']] as const) {
+    const cl = await connect(node(1).port, persistent(id));
+    await cl.subscribeAsync(filter, { qos: 1 });
+    await cl.endAsync();
+  }
+  const m = await connect(node(2).port, { clientId: 'sh-ad-c' }, (_t, p) => got.push(`c:${p.toString()}`));
+  clients.push(m);
+  await m.subscribeAsync('$share/g/ad/t', { qos: 1 });
+  const partition = node(1).broker.clusterStatus()?.partitions[0] as string;
+  await node(1).broker.stop(); // its partition is adopted at once by node a or c
+  nodes[1] = null;
+  const adopter = () => [0, 2].find((i) => node(i).broker.clusterStatus()?.partitions.includes(partition));
+  t.true(await eventually(() => adopter() !== undefined, 10_000), 'adopted');
+  const at = adopter() as number;
+  // The member comes back on node a: its session leaves the adopted partition.
+  const back = await connect(node(0).port, persistent('sh-ad-member'), (_t, p) => got.push(`a:${p.toString()}`));
+  clients.push(back);
+  const [keyId, keyB64] = fs.readFileSync(keyFile, 'utf8').trim().split(/\s+/) as [string, string];
+  const stream = `{pc:${name}}:in:${partition}`;
+  const writer = new Redis(redis.port, redis.host);
+  t.teardown(() => writer.disconnect());
+  // As a node that had not heard yet writes it: the group's copy for the adopted partition.
+  const body = encodePublish({ topic: 'ad/t', payload: Buffer.from('late'), qos: 1, retain: false }, false, ['$share/g/ad/t'], 'x~adopt');
+  await writer.xadd(stream, '*', 'f', encodeFrame({ id: keyId, key: Buffer.from(keyB64, 'base64') }, { sender: 'x~adopt', target: stream, ts: Date.now(), seq: 1 }, [body]));
+  t.true(await eventually(() => got.length === 1), 'a member on a live node got it');
+  await delay(300);
+  t.is(got.length, 1, `once: ${JSON.stringify(got)}`);
+  t.is(shares({ nodes }, at).passed, 1, 'passed on by the node that adopted the partition');
 });
