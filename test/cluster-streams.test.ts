@@ -43,6 +43,11 @@ function record(cl: MqttClient, into: Got[], conn: number): void {
   });
 }
 
+/** The group copies node `i` passed on to another node (its member had left). */
+function passed(c: Cluster, i: number): number {
+  return (c.nodes[i] as InProcessNode).broker.clusterStatus()?.shares.passed ?? 0;
+}
+
 function problems(got: Got[], total: number, subId: number): string[] {
   const out: string[] = [];
   const seen = new Map<number, number>();
@@ -140,11 +145,7 @@ test('Redis paused (CLIENT PAUSE WRITE) under a QoS 1 stream to another node: ev
   t.deepEqual(bad.slice(0, 20), [], `${bad.length} problems; acked ${ok.length}, refused ${results.length - ok.length}`);
 });
 
-// A KNOWN BUG, kept as a failing test until it is fixed (docs/cluster.md, "Known limits"): the
-// node a group message was sent to drops it when its member has just left, instead of passing it
-// to a node that still has members. `test.failing` passes while the bug is there and fails once
-// it is fixed: then make it a plain `test`.
-test.failing('a remote stream to a topic with a plain subscriber and a $share group across nodes: the group gets each message once, the plain subscriber all, and a member that leaves mid-stream loses nothing for the group', async (t) => {
+test('a remote stream to a topic with a plain subscriber and a $share group across nodes: the group gets each message once, the plain subscriber all, and a member that leaves mid-stream loses nothing for the group', async (t) => {
   t.timeout(60_000);
   const c = await cluster(t, 'rv-share');
   const plain: Got[] = [];
@@ -169,7 +170,7 @@ test.failing('a remote stream to a topic with a plain subscriber and a $share gr
   await eventually(() => n > 600);
   await m1.unsubscribeAsync('$share/g/rv/sh');
   await eventually(() => n >= TOTAL, 20_000);
-  await Promise.all(codes);
+  t.deepEqual((await Promise.all(codes)).filter((r) => r !== 0), [], 'every publish acknowledged');
   await eventually(() => plain.length >= TOTAL && new Set([...g1, ...g2].map((g) => g.n)).size >= TOTAL, 10_000);
   await delay(300);
   t.deepEqual(problems(plain, TOTAL, 3).slice(0, 20), []);
@@ -181,6 +182,48 @@ test.failing('a remote stream to a topic with a plain subscriber and a $share gr
   t.deepEqual(twice.slice(0, 20), [], `${twice.length} delivered twice to the group`);
   t.deepEqual(lost.slice(0, 20), [], `${lost.length} lost for the group`);
   t.true(group.every((g) => g.ids?.length === 1 && g.ids[0] === 4), 'group deliveries carry only the group subscription id');
+  t.log(`node b passed on ${passed(c, 1)} group copies that arrived after its member left`);
+});
+
+test('a $share member whose clean session ends (DISCONNECT) mid-stream, holding messages it has not acknowledged, on a node with no other member: those and what still arrives for it go to the member on another node, once each', async (t) => {
+  t.timeout(60_000);
+  const c = await cluster(t, 'rv-share-dc');
+  const g1: Got[] = [];
+  const g2: Got[] = [];
+  // m1 acknowledges until it stalls, shortly before it leaves: then it holds up to its receive
+  // maximum in flight on node b, and node b queues the rest for it.
+  let stalled = false;
+  const m1 = await client(c, 1, { clientId: 'rv-dc-m1', properties: { receiveMaximum: 5 }, customHandleAcks: (_topic, _payload, _packet, done) => (stalled ? undefined : done(0)) }, { got: g1, conn: 1 });
+  await m1.subscribeAsync('$share/g/rv/dc', { qos: 1, properties: { subscriptionIdentifier: 4 } });
+  const m2 = await client(c, 2, { clientId: 'rv-dc-m2' }, { got: g2, conn: 2 });
+  await m2.subscribeAsync('$share/g/rv/dc', { qos: 1, properties: { subscriptionIdentifier: 4 } });
+  const pub = await client(c, 0, { clientId: 'rv-dc-pub' });
+  await delay(300);
+  const TOTAL = 1500;
+  const codes: Promise<number>[] = [];
+  let n = 0;
+  const timer = setInterval(() => {
+    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/dc', String(n++)));
+    if (n >= TOTAL) clearInterval(timer);
+  }, 2);
+  t.teardown(() => clearInterval(timer));
+  await eventually(() => n > 500);
+  stalled = true;
+  await delay(100);
+  await m1.endAsync(); // DISCONNECT: the session (clean start, no expiry) ends on node b, its only member there
+  await eventually(() => n >= TOTAL, 20_000);
+  t.deepEqual((await Promise.all(codes)).filter((r) => r !== 0), [], 'every publish acknowledged');
+  await eventually(() => new Set([...g1, ...g2].map((g) => g.n)).size >= TOTAL, 10_000);
+  await delay(300);
+  const group = [...g1, ...g2];
+  const count = new Map<number, number>();
+  for (const g of group) count.set(g.n, (count.get(g.n) ?? 0) + 1);
+  const lost = Array.from({ length: TOTAL }, (_, i) => i).filter((i) => !count.has(i));
+  const twice = [...count].filter(([, k]) => k > 1).map(([x]) => x);
+  t.deepEqual(lost.slice(0, 20), [], `${lost.length} lost for the group`);
+  t.deepEqual(twice.slice(0, 20), [], `${twice.length} delivered twice to the group`);
+  t.true(group.every((g) => g.ids?.length === 1 && g.ids[0] === 4), 'group deliveries carry only the group subscription id');
+  t.log(`node b passed on ${passed(c, 1)} group copies`);
 });
 
 test('no-local across a session move: a client that publishes on one node, then moves its session to another, gets none of its own messages there', async (t) => {

@@ -113,12 +113,14 @@ export interface ThreeNodes {
   redis: RedisServer;
   nodes: InProcessNode[];
   clients: MqttClient[];
+  /** The cluster key file (a test signs frames of its own with it). */
+  keyFile: string;
 }
 
 export async function threeNodes(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<ThreeNodes> {
   const { redis, keyFile, nodes, clients } = await clusterFixture<InProcessNode>(t, (n) => n.broker.stop());
   for (const id of ['a', 'b', 'c']) nodes.push(await startNode(nodeConfig({ redisUrl: redis.url, keyFile, nodeId: id, name })));
-  return { redis, nodes: nodes as InProcessNode[], clients };
+  return { redis, nodes: nodes as InProcessNode[], clients, keyFile };
 }
 
 export const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -98,6 +98,12 @@ export interface ClusterLink {
   ended(key: string): void;
   /** A claim that resolved was not followed by an attach (the client went away). */
   unclaimed(key: string): void;
+  /**
+   * A message for `$share` group `group` (`$share/g/f`) that a member here took and did not
+   * finish before its session ended, and that no other member here can take: a node with members
+   * of the group gets it [MQTT 5.0 4.8.2]. Nothing happens when no node has members.
+   */
+  passShared(message: Message, group: string): void;
 }
 
 /** A session as a move describes it before its state follows: enough to route to it. */

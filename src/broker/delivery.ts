@@ -295,13 +295,19 @@ export class Delivery implements DeliveryApi {
     }
   }
 
-  /** A delivery that came through a shared group and that `session` could not take: another member gets it. */
-  private passOn(session: Session, delivery: QueuedDelivery): void {
+  /**
+   * A delivery that came through a shared group and that `session` could not take: another member
+   * gets it. `left`: the session ended with it; when no member here can take it, a member on
+   * another node gets it (cluster.passShared). A refusal stays on this node, as on one node: two
+   * nodes whose members both refuse a message must not hand it back and forth.
+   */
+  private passOn(session: Session, delivery: QueuedDelivery, left = false): void {
     const share = delivery.share;
     if (share === undefined) return;
     const tried = new Set<Session>([session]);
     const next = share.pickExcept(tried);
     if (next !== undefined) this.deliverShared(share, next.session, next.sub, delivery.message, null, tried);
+    else if (left && this.cluster !== null) this.cluster.passShared(delivery.message, share.key);
   }
 
   /**
@@ -1008,7 +1014,7 @@ export class Delivery implements DeliveryApi {
     this.releasePublishers(session);
     this.refundTransit(session);
     this.refusalsPending.delete(session);
-    for (const inflight of session.inflight.values()) if (inflight.state === 'publish') this.passOn(session, inflight);
-    for (const queued of session.queue) this.passOn(session, queued);
+    for (const inflight of session.inflight.values()) if (inflight.state === 'publish') this.passOn(session, inflight, true);
+    for (const queued of session.queue) this.passOn(session, queued, true);
   }
 }

@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { AuditEvent } from '../audit/types.ts';
-import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare, RemoteInterest, RemoteMatch, RemotePartitionRef } from '../broker/cluster-port.ts';
+import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare, RemoteMatch, RemotePartitionRef } from '../broker/cluster-port.ts';
 import type { Message } from '../broker/message.ts';
 import type { FlowSource, WriteStatus } from '../broker/ports.ts';
 import type { ClusterConfig } from '../config/cluster-schema.ts';
@@ -35,6 +35,7 @@ import { OfflinePartitions } from './offline.ts';
 import { CONTROL_MAXLEN, Outbox } from './outbox.ts';
 import { createRedisClient, redisReady, type RedisClient } from './redis.ts';
 import { defineScripts, runScript } from './scripts.ts';
+import { isShare, ShareIndex } from './shares.ts';
 import type { ClusterStatus } from './status.ts';
 import { BodyReader, encodeControl, fromJson, publishHeader, PublishWire, toJson, type Control, type JsonValue } from './wire.ts';
 
@@ -70,6 +71,15 @@ interface Barrier {
 const OK: Promise<WriteStatus> = Promise.resolve('ok');
 const NOTHING: Forwarded = { written: null, remoteGroups: null, partitions: 0 };
 
+/**
+ * How many partitions may pass one `$share` group copy on (see {@link ClusterNode.passShares}):
+ * the count travels in the signed frame and only grows, so a copy ends after this many passes
+ * even while the nodes' views of the interest disagree.
+ */
+const MAX_SHARE_PASSES = 3;
+/** The longest wait between two tries of a pass that Redis did not take (over maxPendingBytes, or unreachable). */
+const PASS_RETRY_MAX_MS = 500;
+
 export class ClusterNode implements ClusterRuntime {
   readonly nodeId: string;
   readonly run: string;
@@ -100,6 +110,12 @@ export class ClusterNode implements ClusterRuntime {
   private readonly barriers = new Map<string, Barrier>();
   private readonly adopting = new Map<string, Promise<boolean>>();
   private readonly shareTurns = new Map<string, number>();
+  /** The `$share` groups this node's sessions are members of (from {@link interest}: exactly the router's groups here). */
+  private readonly ownShares = new Set<string>();
+  /** The other partitions' interest as the router keeps it, and which of them have members of each group. */
+  private shareIndex: ShareIndex | null = null;
+  /** Group copies passed on to another partition, and those no partition with members could take. */
+  private readonly shareStats = { passed: 0, dropped: 0 };
   /** Sessions of this node's earlier runs, from its own store (a store per node), waiting for their partitions. */
   private localSessions: Map<string, StoredSession> | null = null;
   private timers: NodeJS.Timeout[] = [];
@@ -177,10 +193,11 @@ export class ClusterNode implements ClusterRuntime {
 
   /**
    * What every other partition subscribes to, kept in the broker's router (one walk per publish
-   * finds local subscribers and partitions elsewhere). This node's own interest is not in it.
+   * finds local subscribers and partitions elsewhere), through the index of `$share` group
+   * members (shares.ts). This node's own interest is not in it.
    */
-  private get table(): RemoteInterest {
-    return this.host.remoteInterest;
+  private get table(): ShareIndex {
+    return (this.shareIndex ??= new ShareIndex(this.host.remoteInterest));
   }
 
   private get store(): Store {
@@ -593,6 +610,7 @@ export class ClusterNode implements ClusterRuntime {
       offlineSessions: this.offline.sessionCount(),
       pendingBytes: this.outbox.pending,
       bus: { ...this.outbox.stats, received: this.received, refusedFrames: this.refusedFrames },
+      shares: { ...this.shareStats },
       flow: { ...this.flow.stats, ...this.flowApplied() },
     };
   }
@@ -711,7 +729,8 @@ export class ClusterNode implements ClusterRuntime {
           this.received++;
           const m = reader.message as Message;
           const plain = reader.plain;
-          const groups = reader.groups;
+          let groups = reader.groups;
+          const passes = reader.passes;
           const stamp = m.stamp;
           if (stamp !== undefined && vector !== undefined) {
             if (stamp.node !== stampNode) {
@@ -720,11 +739,22 @@ export class ClusterNode implements ClusterRuntime {
               stampSeq = stamp.seq;
             } else if (stamp.seq > stampSeq) stampSeq = stamp.seq;
           }
+          if (groups !== null) {
+            // Group copies for groups this partition has no member of any more: passed on.
+            const orphans = this.orphans(p, home, groups);
+            if (orphans !== null) {
+              const passed = this.passShares(p, m, orphans, passes, frame.sender);
+              if (passed !== null) waits.push(passed);
+              groups = orphans.length === groups.length ? null : groups.filter((g) => !orphans.includes(g));
+              if (groups === null && !plain) continue;
+            }
+          }
           let w: Promise<WriteStatus> | null;
           if (home) {
-            // The publisher is the client of session `origin` on the node that sent the frame (the node it published on).
+            // The publisher is the client of session `origin` on the node that sent the frame (the
+            // node it published on); a passed copy comes from another node, which cannot hold it.
             let from: FlowSource | null = null;
-            if (m.qos > 0 && m.origin !== undefined) {
+            if (m.qos > 0 && m.origin !== undefined && passes === 0) {
               if (m.origin !== lastOrigin) {
                 lastFrom = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
                 lastOrigin = m.origin;
@@ -1033,14 +1063,101 @@ export class ClusterNode implements ClusterRuntime {
   private pickShare(key: string, members: ReadonlySet<RemotePartitionRef>, local: boolean): string {
     const candidates: string[] = [];
     for (const { id } of members) if (id !== this.homeId) candidates.push(id);
+    return this.takeTurn(key, candidates, local) ?? this.homeId;
+  }
+
+  /** One of `candidates` (partitions elsewhere with members of group `key`) or, with `local`, this node's; null: none. */
+  private takeTurn(key: string, candidates: string[], local: boolean): string | null {
     const live = candidates.filter((p) => !this.adoptedPartition(p));
     const pool = (live.length > 0 || local ? live : candidates).sort();
     if (local) pool.push(this.homeId);
-    if (pool.length === 0) return this.homeId;
+    if (pool.length === 0) return null;
     const turn = this.shareTurns.get(key) ?? 0;
     if (this.shareTurns.size > 100_000) this.shareTurns.clear();
     this.shareTurns.set(key, turn + 1);
     return pool[turn % pool.length] as string;
+  }
+
+  // ── $share group copies whose member left ──────────────────────────────────
+
+  /**
+   * The groups of `groups` that partition `p` (hosted here) has no member of: the publishing node
+   * picked it from what it last heard, and its last member left since (unsubscribed, ended, moved
+   * on). Null: it has members of every one.
+   */
+  private orphans(p: string, home: boolean, groups: readonly string[]): string[] | null {
+    let out: string[] | null = null;
+    for (const g of groups) if (!(home ? this.ownShares.has(g) : this.offline.hasMember(p, g))) (out ??= []).push(g);
+    return out;
+  }
+
+  /**
+   * Group copies that reached partition `p` after its last member of the group left: each goes to
+   * one other partition that has members, as a new frame this node signs, where it is delivered
+   * (and authorized for the member) as any group copy. On one node a message for a group with no
+   * member is delivered to nobody; here it is dropped only when no partition has members, or after
+   * {@link MAX_SHARE_PASSES} passes. Resolves once the copies are in Redis (QoS 1/2): the inbox
+   * keeps the entry that carried them until then.
+   *
+   * `passes`: how often the copy was passed on before; `sender`: the run that wrote the frame.
+   */
+  private passShares(p: string, m: Message, groups: string[], passes: number, sender: string): Promise<WriteStatus> | null {
+    if (passes >= MAX_SHARE_PASSES) {
+      this.shareStats.dropped += groups.length;
+      return null;
+    }
+    // Not back to where it came from: that partition had no member either.
+    const exclude = passes > 0 ? [p, this.homeOfRun(sender)] : [p];
+    return this.sendPasses(m, groups, passes + 1, exclude, 0);
+  }
+
+  /**
+   * Writes `m` for `groups` to partitions with members (not those in `exclude`), counted as
+   * `passes`. A write Redis does not take (over maxPendingBytes, or unreachable) is tried again
+   * while the node runs (QoS 1/2: the message was acknowledged to its publisher).
+   *
+   * Each write carries a new stamp of this node's (moves.ts): in the partitions it goes to, it is
+   * ordered like this node's own messages, and the publisher's stamps there keep coming in order
+   * from the publisher's node alone.
+   */
+  private sendPasses(m: Message, groups: readonly string[], passes: number, exclude: readonly string[], attempt: number): Promise<WriteStatus> | null {
+    const byTarget = new Map<string, string[]>();
+    for (const g of groups) {
+      const candidates: string[] = [];
+      for (const id of this.table.members(g)) if (id !== this.homeId && !exclude.includes(id)) candidates.push(id);
+      const target = this.takeTurn(g, candidates, this.ownShares.has(g) && !exclude.includes(this.homeId));
+      if (target === null) {
+        this.shareStats.dropped++; // no member anywhere (as this node knows): delivered to nobody, as on one node
+        continue;
+      }
+      const list = byTarget.get(target);
+      if (list === undefined) byTarget.set(target, [g]);
+      else list.push(g);
+    }
+    if (byTarget.size === 0) return null;
+    const wait = m.qos > 0;
+    const copy: Message = { ...m, stamp: { node: this.run, seq: ++this.seq } };
+    const writes: Promise<WriteStatus>[] = [];
+    for (const [target, list] of byTarget) {
+      this.shareStats.passed += list.length;
+      const w = this.outbox.send(target, this.wire.set(publishHeader(false, list, passes), copy, this.run), wait);
+      if (w === null) continue;
+      writes.push(w.then((status) => (status === 'ok' ? status : this.passAgain(m, list, passes, exclude, attempt))));
+    }
+    if (writes.length === 0) return null;
+    return writes.length === 1 ? (writes[0] as Promise<WriteStatus>) : Promise.all(writes).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
+  }
+
+  /** A pass Redis did not take: tried again after a pause (to the partitions with members then), until the node stops. */
+  private async passAgain(m: Message, groups: string[], passes: number, exclude: readonly string[], attempt: number): Promise<WriteStatus> {
+    this.shareStats.passed -= groups.length;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(PASS_RETRY_MAX_MS, 25 << Math.min(attempt, 5))));
+    if (!this.running || this.fencing) {
+      this.shareStats.dropped += groups.length;
+      this.log.error({ topic: m.topic, groups }, 'cluster: a $share group message whose member left could not be passed on to another node before this node stopped (Redis did not take it): lost for the group');
+      return 'failed';
+    }
+    return this.sendPasses(m, groups, passes, exclude, attempt + 1) ?? 'ok';
   }
 
   /** A partition held by a node other than the one that made it: its sessions are offline. */
@@ -1066,6 +1183,10 @@ export class ClusterNode implements ClusterRuntime {
   }
 
   interest(filter: string, present: boolean): Promise<WriteStatus> | null {
+    if (isShare(filter)) {
+      if (present) this.ownShares.add(filter);
+      else this.ownShares.delete(filter);
+    }
     if (this.fencing || this.stopping) return null;
     const id = this.outbox.interest(filter, present);
     if (!present) {
@@ -1094,6 +1215,12 @@ export class ClusterNode implements ClusterRuntime {
 
   unclaimed(key: string): void {
     this.ended(key);
+  }
+
+  passShared(message: Message, group: string): void {
+    // Fenced: the session is another node's now, with what it held.
+    if (!this.running || this.fencing) return;
+    void this.sendPasses(message, [group], 1, [this.homeId], 0);
   }
 }
 

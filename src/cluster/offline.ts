@@ -235,6 +235,11 @@ export class OfflinePartitions {
 
   // ── messages ───────────────────────────────────────────────────────────────
 
+  /** Whether a session of partition `p` is a member of `$share` group `key` (`$share/g/f`). */
+  hasMember(p: string, key: string): boolean {
+    return (this.partitions.get(p)?.byFilter.get(key)?.size ?? 0) > 0;
+  }
+
   /** A message in the partition's inbox: queued for its matching sessions; resolves once stored. */
   apply(p: string, message: Message, plain: boolean, groups: readonly string[] | null): Promise<WriteStatus> | null {
     const partition = this.partitions.get(p);

@@ -20,6 +20,12 @@ export interface ClusterStatus {
   pendingBytes: number;
   bus: { frames: number; bodies: number; refused: number; failed: number; received: number; refusedFrames: number };
   /**
+   * `$share` group copies that reached this node after its last member of the group left (or
+   * that a member took and could not finish before its session ended): passed on to another node
+   * with members, and dropped because no node had members (or after the passes allowed).
+   */
+  shares: { passed: number; dropped: number };
+  /**
    * Cross-node flow control: holds and releases this node sent for publishers on other nodes;
    * holds other nodes asked of this node's publishers that it applied, that ran out
    * (limits.flowControl.maxHoldMs, or the publisher's hold budget), that it refused (the

@@ -1,9 +1,10 @@
 /**
  * The bodies inside a frame (frame.ts): one byte of kind, then the kind's content.
  *
- * - A publish is binary: whether plain subscribers take it, the `$share` groups the receiving
- *   partition takes it for (JSON, rare), then the message encoded once for every partition it
- *   goes to ({@link PublishWire}).
+ * - A publish is binary: whether plain subscribers take it, how many times its `$share` group
+ *   copies were passed on (node.ts), the `$share` groups the receiving partition takes it for
+ *   (JSON, rare), then the message encoded once for every partition it goes to
+ *   ({@link PublishWire}).
  * - Everything else (takeovers, acknowledgements, interest, reloads...) is JSON.
  *
  * Buffers inside JSON (correlation data, payloads of a session snapshot) travel as
@@ -21,6 +22,8 @@ export interface PublishBody {
   message: Message;
   plain: boolean;
   groups: string[] | null;
+  /** How many partitions passed these group copies on before (0: sent by the publishing node). */
+  passes: number;
 }
 
 export interface ControlBody {
@@ -321,24 +324,32 @@ export function decodeMessageWire(buf: Buffer, start: number, sender: string, en
   return message;
 }
 
-/** The few bytes before the message in a publish body: kind, plain subscribers, the `$share` groups. */
-export function publishHeader(plain: boolean, groups: readonly string[] | null): Buffer {
-  if (groups === null || groups.length === 0) return plain ? PLAIN_HEADER : NO_PLAIN_HEADER;
-  const g = Buffer.from(JSON.stringify(groups));
+/**
+ * The few bytes before the message in a publish body: kind, plain subscribers and passes (one
+ * byte: bit 0 plain, the bits above it how many partitions passed the group copies on), the
+ * `$share` groups. A node that predates passes reads a passed copy (never plain) as not plain.
+ */
+export function publishHeader(plain: boolean, groups: readonly string[] | null, passes = 0): Buffer {
+  if (passes < 0 || passes > MAX_PASSES_ON_WIRE) throw new Error('bad pass count');
+  if ((groups === null || groups.length === 0) && passes === 0) return plain ? PLAIN_HEADER : NO_PLAIN_HEADER;
+  const g = groups === null || groups.length === 0 ? EMPTY : Buffer.from(JSON.stringify(groups));
   const out = Buffer.allocUnsafe(6 + g.length);
   out.writeUInt8(BodyKind.Publish, 0);
-  out.writeUInt8(plain ? 1 : 0, 1);
+  out.writeUInt8((plain ? 1 : 0) | (passes << 1), 1);
   out.writeUInt32BE(g.length, 2);
   g.copy(out, 6);
   return out;
 }
 
+/** What the pass count's seven bits hold. */
+const MAX_PASSES_ON_WIRE = 0x7f;
+
 const PLAIN_HEADER = Buffer.from([BodyKind.Publish, 1, 0, 0, 0, 0]);
 const NO_PLAIN_HEADER = Buffer.from([BodyKind.Publish, 0, 0, 0, 0, 0]);
 
 /** A publish body for one partition (one buffer: tests and tools; the outbox sends header and message without joining them). */
-export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null, sender = ''): Buffer {
-  return Buffer.concat([publishHeader(plain, groups), messageWire(m, sender)]);
+export function encodePublish(m: Message, plain: boolean, groups: readonly string[] | null, sender = '', passes = 0): Buffer {
+  return Buffer.concat([publishHeader(plain, groups, passes), messageWire(m, sender)]);
 }
 
 export function encodeControl(c: Control): Buffer {
@@ -355,7 +366,7 @@ export function encodeControl(c: Control): Buffer {
  */
 export function decodeBody(buf: Buffer, sender = ''): PublishBody | ControlBody {
   const r = new BodyReader();
-  if (r.read(buf, 0, buf.length, sender)) return { kind: BodyKind.Publish, plain: r.plain, groups: r.groups, message: r.message as Message };
+  if (r.read(buf, 0, buf.length, sender)) return { kind: BodyKind.Publish, plain: r.plain, groups: r.groups, passes: r.passes, message: r.message as Message };
   return { kind: BodyKind.Control, control: r.control as Control };
 }
 
@@ -366,6 +377,8 @@ export function decodeBody(buf: Buffer, sender = ''): PublishBody | ControlBody 
  */
 export class BodyReader {
   plain = false;
+  /** See {@link PublishBody.passes}. */
+  passes = 0;
   groups: string[] | null = null;
   message: Message | null = null;
   control: Control | null = null;
@@ -379,7 +392,9 @@ export class BodyReader {
     const kind = buf.readUInt8(start);
     if (kind === BodyKind.Publish) {
       if (start + 6 > end) throw new Error('bad publish body');
-      this.plain = buf.readUInt8(start + 1) === 1;
+      const who = buf.readUInt8(start + 1);
+      this.plain = (who & 1) === 1;
+      this.passes = who >>> 1;
       const gl = buf.readUInt32BE(start + 2);
       if (start + 6 + gl > end) throw new Error('bad publish body');
       this.groups = gl === 0 ? null : (JSON.parse(buf.toString('utf8', start + 6, start + 6 + gl)) as string[]);
