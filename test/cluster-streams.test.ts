@@ -68,13 +68,13 @@ function problems(got: Got[], total: number, subId: number): string[] {
   return out;
 }
 
-/** A QoS 1 stream from node 0 to a persistent session (subscription id 7) taken over from node 1 to node 2 and back to node 1. */
-async function streamThroughTakeovers(t: { teardown(fn: () => Promise<void> | void): void }, name: string): Promise<{ got: Got[]; total: number; refused: number[][] }> {
+/** A QoS 1 stream from node 0 to a persistent session (subscription id 7 on `filter`, which matches rv/move) taken over from node 1 to node 2 and back to node 1. */
+async function streamThroughTakeovers(t: { teardown(fn: () => Promise<void> | void): void }, name: string, filter = 'rv/move'): Promise<{ got: Got[]; total: number; refused: number[][] }> {
   const c = await cluster(t, name);
   const got: Got[] = [];
   const opts = { clientId: `${name}-mover`, clean: false, properties: { sessionExpiryInterval: 600 } };
   const s1 = await client(c, 1, opts, { got: got, conn: 1 });
-  await s1.subscribeAsync('rv/move', { qos: 1, properties: { subscriptionIdentifier: 7 } });
+  await s1.subscribeAsync(filter, { qos: 1, properties: { subscriptionIdentifier: 7 } });
   const pub = await client(c, 0, { clientId: `${name}-pub` });
   await delay(300);
   const TOTAL = 3000;
@@ -102,6 +102,18 @@ test('a persistent session taken over between nodes under a QoS 1 stream loses n
   const { got, total, refused } = await streamThroughTakeovers(t, 'rv-loss');
   t.deepEqual(refused, [], 'every publish acknowledged');
   const bad = problems(got, total, 7).filter((p) => !p.includes('subscription id'));
+  t.deepEqual(bad.slice(0, 30), [], `${bad.length} problems; received ${got.length}`);
+});
+
+test('a persistent $share member taken over between nodes under a QoS 1 stream: the group loses none of the messages acknowledged to the publisher and doubles none without DUP', async (t) => {
+  t.timeout(60_000);
+  // While the member moves, the publishing node sends each group copy to the old node or the new
+  // one; copies the arriving session collected were sent to it alone and must not be filtered as
+  // already delivered by the old node (they were lost: 4 to 29 of 3,000 in two of three runs).
+  const { got, total, refused } = await streamThroughTakeovers(t, 'rv-share-move', '$share/g/rv/move');
+  t.deepEqual(refused, [], 'every publish acknowledged');
+  // Order within a group is not promised across a move (a copy passed on comes after later ones).
+  const bad = problems(got, total, 7).filter((p) => !/ after \d+ /.test(p));
   t.deepEqual(bad.slice(0, 30), [], `${bad.length} problems; received ${got.length}`);
 });
 

@@ -144,7 +144,10 @@ export class Migration implements ClusterHost {
       this.sessions.install(session);
       if (!fromStore) this.sessions.saveWhole(session);
       if (arrivingCopy !== null) {
-        for (const delivery of arrivingCopy.queue) if (keep(delivery.message)) this.delivery.enqueueMoved(session, delivery);
+        // A copy that came through a $share group was sent to this partition only (each group
+        // copy goes to one node), so the old node never had it: the delivered-up-to filter, right
+        // for plain copies that both nodes receive, would drop it.
+        for (const delivery of arrivingCopy.queue) if (delivery.share !== undefined || keep(delivery.message)) this.delivery.enqueueMoved(session, delivery);
       }
       written = this.sessions.writesDone();
     }
