@@ -33,6 +33,18 @@ async function broker(t: { teardown(fn: () => unknown): void }, hangs: string) {
   return b;
 }
 
+/** A subscriber to `filter` recording the topics it gets, and a publisher, both v5. */
+async function subAndPub(t: { teardown(fn: () => unknown): void }, port: number, filter: string) {
+  const sub = await connect(port, { protocolVersion: 5, clientId: 's' });
+  t.teardown(() => sub.end(true));
+  await sub.subscribeAsync(filter, { qos: 1 });
+  const got: string[] = [];
+  sub.on('message', (topic) => got.push(topic));
+  const pub = await connect(port, { protocolVersion: 5, clientId: 'p' });
+  t.teardown(() => pub.end(true));
+  return { got, pub };
+}
+
 test('a publish whose authorizer never answers is refused 0x80 after authzDeadlineMs, audited as a denial; the next publish goes through', async (t) => {
   const b = await broker(t, 'publish');
   const c = await connect(b.port, { protocolVersion: 5, clientId: 'p' });
@@ -48,14 +60,8 @@ test('a publish whose authorizer never answers is refused 0x80 after authzDeadli
 
 test('a late answer is ignored: an allow that comes after the deadline does not let the publish through', async (t) => {
   const b = await broker(t, 'publish');
-  const sub = await connect(b.port, { protocolVersion: 5, clientId: 's' });
-  t.teardown(() => sub.end(true));
-  await sub.subscribeAsync('slow/#', { qos: 1 });
-  const got: string[] = [];
-  sub.on('message', (topic) => got.push(topic));
-  const c = await connect(b.port, { protocolVersion: 5, clientId: 'p' });
-  t.teardown(() => c.end(true));
-  t.is(await pubackCode(c, 'slow/a'), ReasonCode.UnspecifiedError);
+  const { got, pub } = await subAndPub(t, b.port, 'slow/#');
+  t.is(await pubackCode(pub, 'slow/a'), ReasonCode.UnspecifiedError);
   await delay(600);
   t.deepEqual(got, []);
 });
@@ -71,15 +77,9 @@ test('a subscription whose authorizer never answers gets SUBACK 0x80 after the d
 
 test('a delivery whose authorizer never answers is withheld after the deadline, and the subscriber\'s queue goes on', async (t) => {
   const b = await broker(t, 'deliver');
-  const sub = await connect(b.port, { protocolVersion: 5, clientId: 's' });
-  t.teardown(() => sub.end(true));
-  await sub.subscribeAsync('#', { qos: 1 });
-  const got: string[] = [];
-  sub.on('message', (topic) => got.push(topic));
-  const c = await connect(b.port, { protocolVersion: 5, clientId: 'p' });
-  t.teardown(() => c.end(true));
-  t.is(await pubackCode(c, 'hang/a'), 0);
-  t.is(await pubackCode(c, 'ok/a'), 0); // queued behind the undecided one
+  const { got, pub } = await subAndPub(t, b.port, '#');
+  t.is(await pubackCode(pub, 'hang/a'), 0);
+  t.is(await pubackCode(pub, 'ok/a'), 0); // queued behind the undecided one
   await delay(150);
   t.deepEqual(got, [], 'deliveries are decided one at a time: ok/a waits');
   await delay(500);

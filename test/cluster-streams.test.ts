@@ -4,7 +4,7 @@
  * messages interleaved. They attack the receive-path match memo (delivery.ts RemoteMemo), the
  * outbox's frame deferral (outbox.ts inFlight) and the PUBACK loop (connection.ts sendAcks).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import mqtt, { type MqttClient } from 'mqtt';
 import { pubackCode } from './authz-support.ts';
 import { type connect, delay, eventually, threeNodes, type InProcessNode, type ThreeNodes } from './cluster-support.ts';
@@ -68,6 +68,29 @@ function problems(got: Got[], total: number, subId: number): string[] {
   return out;
 }
 
+/** QoS 1 publishes of "0", "1", ... to `topic` from `pub`, ten every 2 ms up to `total`: `sent()` counts them, `codes` holds their PUBACK reason codes. */
+function stream(t: { teardown(fn: () => void): void }, pub: MqttClient, topic: string, total: number): { sent(): number; codes: Promise<number>[] } {
+  const codes: Promise<number>[] = [];
+  let n = 0;
+  const timer = setInterval(() => {
+    for (let k = 0; k < 10 && n < total; k++) codes.push(pubackCode(pub, topic, String(n++)));
+    if (n >= total) clearInterval(timer);
+  }, 2);
+  t.teardown(() => clearInterval(timer));
+  return { sent: () => n, codes };
+}
+
+/** What a $share group (subscription id 4) got of messages 0 .. total-1: each once, none lost, only the group's subscription id. */
+function checkGroup(t: ExecutionContext, group: Got[], total: number): void {
+  const count = new Map<number, number>();
+  for (const g of group) count.set(g.n, (count.get(g.n) ?? 0) + 1);
+  const lost = Array.from({ length: total }, (_, i) => i).filter((i) => !count.has(i));
+  const twice = [...count].filter(([, k]) => k > 1).map(([x]) => x);
+  t.deepEqual(lost.slice(0, 20), [], `${lost.length} lost for the group`);
+  t.deepEqual(twice.slice(0, 20), [], `${twice.length} delivered twice to the group`);
+  t.true(group.every((g) => g.ids?.length === 1 && g.ids[0] === 4), 'group deliveries carry only the group subscription id');
+}
+
 /** A QoS 1 stream from node 0 to a persistent session (subscription id 7 on `filter`, which matches rv/move) taken over from node 1 to node 2 and back to node 1. */
 async function streamThroughTakeovers(t: { teardown(fn: () => Promise<void> | void): void }, name: string, filter = 'rv/move'): Promise<{ got: Got[]; total: number; refused: number[][] }> {
   const c = await cluster(t, name);
@@ -78,18 +101,12 @@ async function streamThroughTakeovers(t: { teardown(fn: () => Promise<void> | vo
   const pub = await client(c, 0, { clientId: `${name}-pub` });
   await delay(300);
   const TOTAL = 3000;
-  const codes: Promise<number>[] = [];
-  let n = 0;
-  const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/move', String(n++)));
-    if (n >= TOTAL) clearInterval(timer);
-  }, 2);
-  t.teardown(() => clearInterval(timer));
+  const { sent, codes } = stream(t, pub, 'rv/move', TOTAL);
   await eventually(() => got.length > 300);
   const s2 = await client(c, 2, opts, { got: got, conn: 2 });
-  await eventually(() => got.some((g) => g.conn === 2 && g.n > n - 100), 5000);
+  await eventually(() => got.some((g) => g.conn === 2 && g.n > sent() - 100), 5000);
   const s3 = await client(c, 1, opts, { got: got, conn: 3 });
-  await eventually(() => n >= TOTAL, 20_000);
+  await eventually(() => sent() >= TOTAL, 20_000);
   const results = await Promise.all(codes);
   const refused = results.map((r, i) => [i, r]).filter(([, r]) => r !== 0);
   await eventually(() => new Set(got.map((g) => g.n)).size >= TOTAL, 10_000);
@@ -132,17 +149,11 @@ test('Redis paused (CLIENT PAUSE WRITE) under a QoS 1 stream to another node: ev
   await sub.subscribeAsync('rv/pause', { qos: 1, properties: { subscriptionIdentifier: 9 } });
   const pub = await client(c, 0, { clientId: 'rv-pause-pub' });
   await delay(300);
-  const codes: Promise<number>[] = [];
-  let n = 0;
   const TOTAL = 2500;
-  const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/pause', String(n++)));
-    if (n >= TOTAL) clearInterval(timer);
-  }, 2);
-  t.teardown(() => clearInterval(timer));
-  await eventually(() => n > 500);
+  const { sent, codes } = stream(t, pub, 'rv/pause', TOTAL);
+  await eventually(() => sent() > 500);
   await c.redis.command('CLIENT', 'PAUSE', '1200', 'WRITE');
-  await eventually(() => n >= TOTAL, 30_000);
+  await eventually(() => sent() >= TOTAL, 30_000);
   const results = await Promise.race([Promise.all(codes), delay(15_000).then(() => null)]);
   t.not(results, null, 'every publish got its PUBACK');
   if (results === null) return;
@@ -172,28 +183,15 @@ test('a remote stream to a topic with a plain subscriber and a $share group acro
   const pub = await client(c, 0, { clientId: 'rv-share-pub' });
   await delay(300);
   const TOTAL = 1500;
-  const codes: Promise<number>[] = [];
-  let n = 0;
-  const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/sh', String(n++)));
-    if (n >= TOTAL) clearInterval(timer);
-  }, 2);
-  t.teardown(() => clearInterval(timer));
-  await eventually(() => n > 600);
+  const { sent, codes } = stream(t, pub, 'rv/sh', TOTAL);
+  await eventually(() => sent() > 600);
   await m1.unsubscribeAsync('$share/g/rv/sh');
-  await eventually(() => n >= TOTAL, 20_000);
+  await eventually(() => sent() >= TOTAL, 20_000);
   t.deepEqual((await Promise.all(codes)).filter((r) => r !== 0), [], 'every publish acknowledged');
   await eventually(() => plain.length >= TOTAL && new Set([...g1, ...g2].map((g) => g.n)).size >= TOTAL, 10_000);
   await delay(300);
   t.deepEqual(problems(plain, TOTAL, 3).slice(0, 20), []);
-  const group = [...g1, ...g2];
-  const count = new Map<number, number>();
-  for (const g of group) count.set(g.n, (count.get(g.n) ?? 0) + 1);
-  const twice = [...count].filter(([, k]) => k > 1).map(([x]) => x);
-  const lost = Array.from({ length: TOTAL }, (_, i) => i).filter((i) => !count.has(i));
-  t.deepEqual(twice.slice(0, 20), [], `${twice.length} delivered twice to the group`);
-  t.deepEqual(lost.slice(0, 20), [], `${lost.length} lost for the group`);
-  t.true(group.every((g) => g.ids?.length === 1 && g.ids[0] === 4), 'group deliveries carry only the group subscription id');
+  checkGroup(t, [...g1, ...g2], TOTAL);
   t.log(`node b passed on ${passed(c, 1)} group copies that arrived after its member left`);
 });
 
@@ -212,29 +210,16 @@ test('a $share member whose clean session ends (DISCONNECT) mid-stream, holding 
   const pub = await client(c, 0, { clientId: 'rv-dc-pub' });
   await delay(300);
   const TOTAL = 1500;
-  const codes: Promise<number>[] = [];
-  let n = 0;
-  const timer = setInterval(() => {
-    for (let k = 0; k < 10 && n < TOTAL; k++) codes.push(pubackCode(pub, 'rv/dc', String(n++)));
-    if (n >= TOTAL) clearInterval(timer);
-  }, 2);
-  t.teardown(() => clearInterval(timer));
-  await eventually(() => n > 500);
+  const { sent, codes } = stream(t, pub, 'rv/dc', TOTAL);
+  await eventually(() => sent() > 500);
   stalled = true;
   await delay(100);
   await m1.endAsync(); // DISCONNECT: the session (clean start, no expiry) ends on node b, its only member there
-  await eventually(() => n >= TOTAL, 20_000);
+  await eventually(() => sent() >= TOTAL, 20_000);
   t.deepEqual((await Promise.all(codes)).filter((r) => r !== 0), [], 'every publish acknowledged');
   await eventually(() => new Set([...g1, ...g2].map((g) => g.n)).size >= TOTAL, 10_000);
   await delay(300);
-  const group = [...g1, ...g2];
-  const count = new Map<number, number>();
-  for (const g of group) count.set(g.n, (count.get(g.n) ?? 0) + 1);
-  const lost = Array.from({ length: TOTAL }, (_, i) => i).filter((i) => !count.has(i));
-  const twice = [...count].filter(([, k]) => k > 1).map(([x]) => x);
-  t.deepEqual(lost.slice(0, 20), [], `${lost.length} lost for the group`);
-  t.deepEqual(twice.slice(0, 20), [], `${twice.length} delivered twice to the group`);
-  t.true(group.every((g) => g.ids?.length === 1 && g.ids[0] === 4), 'group deliveries carry only the group subscription id');
+  checkGroup(t, [...g1, ...g2], TOTAL);
   t.log(`node b passed on ${passed(c, 1)} group copies`);
 });
 
