@@ -17,9 +17,11 @@
  * judged on it get 429 before any token is checked. An attempt takes its unit from the bucket
  * before the check runs (`attempt`), and a success gives it back: so requests pipelined in one
  * TCP chunk, all admitted before the first check ends, cannot run more than `burst` checks per
- * refill between them. Every map is bounded (the oldest entry forgotten first), as the MQTT
- * side's guard bounds its own.
+ * refill between them. Every map is bounded by two generations (util/generations.ts: what was
+ * touched least recently is forgotten first, in O(1)), as the MQTT side's guard bounds its own.
  */
+
+import { Generations } from '../util/generations.ts';
 
 /** Most entries of each map (addresses, token ids, pairs, known-good pairs). */
 const MAX_ENTRIES = 10_000;
@@ -32,7 +34,7 @@ interface Bucket {
 
 /** Buckets of failures by key, in a bounded map; a full bucket is forgotten. */
 class Buckets {
-  private readonly map = new Map<string, Bucket>();
+  private readonly map = new Generations<Bucket>(MAX_ENTRIES);
 
   constructor(
     private readonly burst: number,
@@ -45,7 +47,7 @@ class Buckets {
   }
 
   private level(key: string): Bucket | undefined {
-    const b = this.map.get(key);
+    const b = this.map.use(key);
     if (b === undefined) return undefined;
     const now = this.now();
     b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 60_000) * this.perMinute);
@@ -68,7 +70,6 @@ class Buckets {
   failed(key: string): void {
     let b = this.level(key);
     if (b === undefined) {
-      if (this.map.size >= MAX_ENTRIES) this.map.delete(this.map.keys().next().value as string);
       b = { tokens: this.burst, at: this.now() };
       this.map.set(key, b);
     }
@@ -98,7 +99,7 @@ export class AuthThrottle {
   private readonly tokens: Buckets;
   private readonly pairs: Buckets;
   /** (token id, address) → when it last authenticated. */
-  private readonly knownGood = new Map<string, number>();
+  private readonly knownGood = new Generations<number>(MAX_ENTRIES);
 
   constructor(
     burst: number,
@@ -169,8 +170,6 @@ export class AuthThrottle {
   /** A token authenticated from this address: the pair is known good for 24 h. */
   succeeded(id: string, address: string): void {
     const key = this.pairKey(id, address);
-    this.knownGood.delete(key);
-    if (this.knownGood.size >= MAX_ENTRIES) this.knownGood.delete(this.knownGood.keys().next().value as string);
     this.knownGood.set(key, this.now());
   }
 }

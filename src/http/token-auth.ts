@@ -16,6 +16,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { dummyHash, verifyPassword } from '../auth/password/hash.ts';
 import { ARGON2_FLOOR } from '../config/auth-schema.ts';
+import { Generations } from '../util/generations.ts';
 import { readTokenFile, TOKEN_PATTERN, type TokenEntry, TokenFileError } from './token-file.ts';
 
 export type TokenCheck =
@@ -30,7 +31,7 @@ export class TokenAuthenticator {
   private byId = new Map<string, TokenEntry>();
   private stamp = '';
   private checkedAt = 0;
-  private readonly cache = new Map<string, { id: string; hash: string; until: number }>();
+  private readonly cache = new Generations<{ id: string; hash: string; until: number }>(MAX_CACHED);
   private readonly cacheKey = randomBytes(32);
   private dummy: Promise<string> | undefined;
   private checking = 0;
@@ -128,7 +129,6 @@ export class TokenAuthenticator {
         this.waiting.shift()?.();
       }
       if (good && entry !== undefined && this.cacheMs > 0) {
-        if (this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value as string);
         this.cache.set(key, { id, hash: entry.hash, until: this.now() + this.cacheMs });
       }
     }

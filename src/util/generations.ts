@@ -6,8 +6,9 @@
  * entries, about 25 µs per insert once full). What is dropped is, roughly, what was touched least
  * recently. The map never holds more than `max` entries.
  *
- * Used by the failed-login guard's tables, the authorizer's decision cache and the verified
- * credential and token caches: all of them see keys an attacker chooses.
+ * Used by the failed-login guard's tables, the authorizer's shared-group decisions, the verified
+ * credential and token caches, and the operations listener's login throttle and bearer-token
+ * cache: all of them see keys an attacker chooses.
  */
 export class Generations<V> {
   private young = new Map<string, V>();
