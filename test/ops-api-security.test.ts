@@ -192,6 +192,19 @@ test('the throttle keeps every map bounded: a flood of addresses and token ids h
   t.is(sizes.addresses, 10_000);
 });
 
+test('the throttle forgets the least recently touched entry first: an address that keeps trying stays blocked while 25,000 others fail once each', (t) => {
+  const th = new AuthThrottle(1, 1);
+  const attacker = { kind: 'address' as const, address: '10.255.255.255' };
+  th.failed(attacker);
+  t.true(th.blockedFor(attacker) > 0);
+  for (let i = 0; i < 25_000; i++) {
+    th.failed({ kind: 'address', address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` });
+    // Its attempts keep coming (and are refused): each one reads its bucket.
+    if (i % 1000 === 0) t.true(th.blockedFor(attacker) > 0, `still blocked after ${i} others`);
+  }
+  t.true(th.blockedFor(attacker) > 0);
+});
+
 test('a request for a host the listener does not serve (DNS rebinding) gets 421 on every path, audited once per address and then summarised', async (t) => {
   const port = b.httpPort;
   for (const p of ['/healthz', '/metrics', '/api/v1/whoami', '/console/']) {
