@@ -8,7 +8,7 @@ import vm from 'node:vm';
 import test from 'ava';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { ConfigInput } from '../src/config/schema.ts';
-import { clusterFixture, delay, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
+import { clusterFixture, delay, eventually, nodeConfig, startNode, type InProcessNode } from './cluster-support.ts';
 
 interface Nodes {
   nodes: (InProcessNode | null)[];
@@ -80,13 +80,18 @@ test('Redis down: a client that ends its own sessions holding full queues of gro
     member = next;
     await member.subscribeAsync('$share/g/as/he', { qos: 1 });
   }
-  await delay(1500); // a connection that was taken over is kept for 1 s (connection.ts), with the session it had
-  gc();
-  const grown = process.memoryUsage().arrayBuffers - base;
   const offered = acked * payload.length;
-  t.log(`${acked} acknowledged (${(offered / 1048576).toFixed(0)} MiB) while Redis was down; memory held after: +${(grown / 1048576).toFixed(1)} MiB; node b dropped ${shares(f.nodes[1]).dropped}`);
   // What may stay: the bound, the last member's queue (one cycle) and some slack.
   const allowed = MAX + 200 * payload.length + 4 * 1024 * 1024;
+  // A connection that was taken over is kept for 1 s (connection.ts) with the session it had, and
+  // a busy machine runs its timers late: the lowest of samples taken over a few seconds counts.
+  let grown = Infinity;
+  await eventually(() => {
+    gc();
+    grown = Math.min(grown, process.memoryUsage().arrayBuffers - base);
+    return grown < allowed;
+  }, 8000, 250);
+  t.log(`${acked} acknowledged (${(offered / 1048576).toFixed(0)} MiB) while Redis was down; memory held after: +${(grown / 1048576).toFixed(1)} MiB; node b dropped ${shares(f.nodes[1]).dropped}`);
   t.true(offered > 3 * allowed, 'the client offered far more than the bound');
   t.true(grown < allowed, `held for later: +${(grown / 1048576).toFixed(1)} MiB, at most ${(allowed / 1048576).toFixed(1)} MiB expected`);
   t.true(shares(f.nodes[1]).dropped > 0, 'what is over the bound is dropped and counted');
