@@ -770,7 +770,8 @@ export class ClusterNode implements ClusterRuntime {
           let w: Promise<WriteStatus> | null;
           if (home) {
             // The publisher is the client of session `origin` on the node that sent the frame (the
-            // node it published on); a passed copy comes from another node, which cannot hold it.
+            // node it published on); a passed copy comes from another node, which cannot hold it,
+            // and is kept within the in-transit allowance without a hold (PASSED_ON).
             let from: FlowSource | null = null;
             if (m.qos > 0 && passes > 0) from = PASSED_ON;
             else if (m.qos > 0 && m.origin !== undefined) {
