@@ -141,3 +141,32 @@ test.failing('a $share member that moved to another node and then ends (clean st
   const lost = missing(atM2, TOTAL);
   t.deepEqual(lost, [], `${lost.length} messages the moved member held went to no member`);
 });
+
+test('a CONNECT on the node a session is leaving, while it moves to another node: one of the two connections is left, and it is the one the session\'s messages reach (10 races)', async (t) => {
+  t.timeout(60_000);
+  const c = await threeNodes(t, 'as-race');
+  const persistent = (clientId: string) => ({ clientId, clean: false, properties: { sessionExpiryInterval: 600 } });
+  const open = (node: number, clientId: string) => client(c, node, persistent(clientId)).catch(() => null);
+  const pub = await client(c, 0, { clientId: 'as-race-pub' });
+  const outcomes: string[] = [];
+  for (let k = 0; k < 10; k++) {
+    const id = `as-race-${k}`;
+    const first = await client(c, 1, persistent(id));
+    await first.subscribeAsync(`as/race/${k}`, { qos: 1 });
+    // On node c (a takeover from node b), and at once on node b again: node b's own CONNECT comes
+    // while the session is on its way to node c.
+    const onC = open(2, id);
+    await delay(k % 5);
+    const onB = open(1, id);
+    const pair = await Promise.all([onC, onB]);
+    await delay(300);
+    const got: [number, number] = [0, 0];
+    pair.forEach((cl, i) => cl?.on('message', () => (got[i as 0 | 1] += 1)));
+    t.is(await pubackCode(pub, `as/race/${k}`, 'x'), 0);
+    await delay(200);
+    const live = pair.map((cl) => (cl !== null && cl.connected ? 1 : 0));
+    outcomes.push(`${k}: live c${live[0]} b${live[1]}, got c${got[0]} b${got[1]}`);
+  }
+  const bad = outcomes.filter((o) => !/live c1 b0, got c1 b0|live c0 b1, got c0 b1/.test(o));
+  t.deepEqual(bad, [], `one connection left per race, and it gets the message:\n${outcomes.join('\n')}`);
+});
