@@ -68,6 +68,11 @@ interface Departure {
   id: string;
   replyTo: string;
   at: number;
+  /** COMMIT came: the session is on its way out (released, its ownership record moving). */
+  committed: boolean;
+  /** Resolves once it has left (ownership moved) or the departure was given up. */
+  ended: Promise<void>;
+  end: () => void;
 }
 
 const MAX_ATTEMPTS = 5;
@@ -75,7 +80,11 @@ const MAX_ATTEMPTS = 5;
 export class Moves {
   /** Moves this node asked for, by id. */
   private readonly moves = new Map<string, Move>();
-  /** Sessions leaving a partition hosted here, by partition and key. */
+  /**
+   * Sessions leaving a partition hosted here, by partition and key: from TAKEOVER until the
+   * ownership record has moved (or the departure is given up). Meanwhile a CONNECT here for the
+   * session waits (claimLocked), then takes it over from where it went.
+   */
   private readonly departing = new Map<string, Departure>();
   /** Claims in progress here, by key: one at a time per key. */
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -117,7 +126,18 @@ export class Moves {
     const digest = keyDigest(key);
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const home = ctx.home();
-      if (ctx.host().holds(key) && !this.departing.has(`${home}\u0000${key}`)) return OK;
+      const leaving = this.departing.get(`${home}\u0000${key}`);
+      if (leaving !== undefined) {
+        // The session is moving to another node: the ownership record still names this partition
+        // until it has left, so the claim script would answer 'mine' and this CONNECT would attach
+        // here to a session that is about to go (both connections live, this one fed nothing).
+        // Once it has left, it is taken over from where it went, as a second CONNECT would.
+        if (!(await settledWithin(leaving.ended, ctx.config.moveTimeoutMs))) {
+          return { ok: false, reason: ReasonCode.ServerUnavailable, detail: `the session is still moving to another node (cluster.moveTimeoutMs ${ctx.config.moveTimeoutMs} ms); try again` };
+        }
+        continue;
+      }
+      if (ctx.host().holds(key)) return OK;
       const r = (await runScript(ctx.cmd, 'claim', [ctx.names.owner(digest), ctx.names.owned(home)], [digest, key, home, ctx.names.prefix])) as string[];
       const [verdict, owner, alive] = r;
       if (verdict === 'mine' || verdict === 'free' || owner === home) {
@@ -222,8 +242,12 @@ export class Moves {
     }
     const departed = home ? this.ctx.host().depart(c.key, c.clean) : this.ctx.offline.depart(p, c.key, c.clean);
     const next = (d: Departing): Promise<unknown> | void => {
-      if (!d.present) return this.release(p, c.key, c.id, c.replyTo, null);
-      this.departing.set(slot, { id: c.id, replyTo: c.replyTo, at: Date.now() });
+      let end!: () => void;
+      const ended = new Promise<void>((resolve) => (end = resolve));
+      const dep: Departure = { id: c.id, replyTo: c.replyTo, at: Date.now(), committed: !d.present, ended, end };
+      this.departing.set(slot, dep);
+      // Nothing moves (a clean start ended it, or there was none): the key is the requester's once its record has moved.
+      if (!d.present) return this.release(p, c.key, c.id, c.replyTo, null).finally(() => this.departed(slot, dep));
       this.send(c.replyTo, { t: 'subs', id: c.id, key: c.key, session: toJson(d.session) });
     };
     return departed instanceof Promise ? departed.then(next) : next(departed);
@@ -233,11 +257,19 @@ export class Moves {
   onCommit(p: string, c: Extract<Control, { t: 'commit' }>): Promise<unknown> | void {
     const slot = `${p}\u0000${c.key}`;
     const dep = this.departing.get(slot);
-    if (dep === undefined || dep.id !== c.id) return;
-    this.departing.delete(slot);
+    if (dep === undefined || dep.id !== c.id || dep.committed) return;
+    // Still departing until the ownership record has moved: a CONNECT here meanwhile waits, and a
+    // TAKEOVER from a third node is redirected (the session is not this partition's to give).
+    dep.committed = true;
     const vector = this.ctx.vector(p); // now, before anything else in this inbox is applied
     const leaving = p === this.ctx.home() ? this.ctx.host().release(c.key) : this.ctx.offline.release(p, c.key);
-    return leaving.then((stored) => this.release(p, c.key, c.id, dep.replyTo, stored, vector));
+    return leaving.then((stored) => this.release(p, c.key, c.id, dep.replyTo, stored, vector)).finally(() => this.departed(slot, dep));
+  }
+
+  /** A departure is over: the session left (its record moved), or it never will. */
+  private departed(slot: string, dep: Departure): void {
+    if (this.departing.get(slot) === dep) this.departing.delete(slot);
+    dep.end();
   }
 
   /**
@@ -260,7 +292,9 @@ export class Moves {
   /** Departures never committed (the requester went away): the session stays here. */
   sweep(now: number): void {
     const limit = this.ctx.config.moveTimeoutMs * 2;
-    for (const [slot, dep] of this.departing) if (now - dep.at > limit) this.departing.delete(slot);
+    for (const [slot, dep] of this.departing) {
+      if (!dep.committed && now - dep.at > limit) this.departed(slot, dep);
+    }
     // Moves whose other side never answered (it died before SUBS): forgotten; an arriving copy goes.
     for (const [id, move] of this.moves) {
       if (now - move.at <= limit * 5) continue;
@@ -276,6 +310,16 @@ export class Moves {
 }
 
 const OK: ClaimResult = { ok: true };
+
+/** Whether `p` settles within `ms`. */
+function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+    timer.unref();
+  });
+  return Promise.race([p.then(() => true), late]).finally(() => clearTimeout(timer));
+}
 
 /** For JSON messages: a session as SUBS describes it. */
 export type SubsSession = JsonValue;

@@ -18,6 +18,7 @@ import os from 'node:os';
 import type { AuditEvent } from '../audit/types.ts';
 import type { ClaimResult, ClusterHost, ClusterRuntime, Forwarded, LocalShare, RemoteMatch, RemotePartitionRef } from '../broker/cluster-port.ts';
 import type { Message } from '../broker/message.ts';
+import { messageSize } from '../broker/message.ts';
 import type { FlowSource, WriteStatus } from '../broker/ports.ts';
 import type { ClusterConfig } from '../config/cluster-schema.ts';
 import type { Config } from '../config/schema.ts';
@@ -80,6 +81,16 @@ const MAX_SHARE_PASSES = 3;
 /** The longest wait between two tries of a pass that Redis did not take (over maxPendingBytes, or unreachable). */
 const PASS_RETRY_MAX_MS = 500;
 
+/**
+ * The publisher of a group copy passed on by another node, as flow control here sees it. The
+ * node that passed it signed it, so the publisher's node is not known here and nothing is held
+ * (hold and release do nothing). But the copy was acknowledged to its publisher and is on the
+ * bus, like what a publisher on another node sent before a hold reached it: a connected member
+ * keeps it beyond its queue limits within the node's in-transit allowance (Delivery.deliver),
+ * instead of refusing it at the limit (docs/cluster.md, "`$share` groups across nodes").
+ */
+const PASSED_ON: FlowSource = { state: 'connected', remote: true, holdForFlow: () => undefined, releaseFlow: () => undefined };
+
 export class ClusterNode implements ClusterRuntime {
   readonly nodeId: string;
   readonly run: string;
@@ -116,6 +127,13 @@ export class ClusterNode implements ClusterRuntime {
   private shareIndex: ShareIndex | null = null;
   /** Group copies passed on to another partition, and those no partition with members could take. */
   private readonly shareStats = { passed: 0, dropped: 0 };
+  /**
+   * Bytes of group messages that ended sessions handed on ({@link passShared}) waiting for Redis
+   * to take them: nothing else holds them (the sessions are gone, their quotas given back), so they
+   * are bounded by `cluster.maxPendingBytes`; beyond it a message is dropped and counted.
+   */
+  private passWaitingBytes = 0;
+  private passDropLoggedAt = 0;
   /** Sessions of this node's earlier runs, from its own store (a store per node), waiting for their partitions. */
   private localSessions: Map<string, StoredSession> | null = null;
   private timers: NodeJS.Timeout[] = [];
@@ -752,9 +770,11 @@ export class ClusterNode implements ClusterRuntime {
           let w: Promise<WriteStatus> | null;
           if (home) {
             // The publisher is the client of session `origin` on the node that sent the frame (the
-            // node it published on); a passed copy comes from another node, which cannot hold it.
+            // node it published on); a passed copy comes from another node, which cannot hold it,
+            // and is kept within the in-transit allowance without a hold (PASSED_ON).
             let from: FlowSource | null = null;
-            if (m.qos > 0 && m.origin !== undefined && passes === 0) {
+            if (m.qos > 0 && passes > 0) from = PASSED_ON;
+            else if (m.qos > 0 && m.origin !== undefined) {
               if (m.origin !== lastOrigin) {
                 lastFrom = this.flow.of((publishers ??= this.flow.ofRun(frame.sender)), frame.sender, m.origin);
                 lastOrigin = m.origin;
@@ -1108,19 +1128,22 @@ export class ClusterNode implements ClusterRuntime {
     }
     // Not back to where it came from: that partition had no member either.
     const exclude = passes > 0 ? [p, this.homeOfRun(sender)] : [p];
-    return this.sendPasses(m, groups, passes + 1, exclude, 0);
+    return this.sendPasses(m, groups, passes + 1, exclude, 0, false);
   }
 
   /**
    * Writes `m` for `groups` to partitions with members (not those in `exclude`), counted as
    * `passes`. A write Redis does not take (over maxPendingBytes, or unreachable) is tried again
-   * while the node runs (QoS 1/2: the message was acknowledged to its publisher).
+   * while the node runs (QoS 1/2: the message was acknowledged to its publisher), until the
+   * message expires. `ended`: handed on by a session that ended ({@link passShared}), which
+   * nothing else holds: its tries are bounded (see {@link passWaitingBytes}); a copy from an inbox
+   * is bounded by the inbox, which keeps the entry that carried it until Redis has the copy.
    *
    * Each write carries a new stamp of this node's (moves.ts): in the partitions it goes to, it is
    * ordered like this node's own messages, and the publisher's stamps there keep coming in order
    * from the publisher's node alone.
    */
-  private sendPasses(m: Message, groups: readonly string[], passes: number, exclude: readonly string[], attempt: number): Promise<WriteStatus> | null {
+  private sendPasses(m: Message, groups: readonly string[], passes: number, exclude: readonly string[], attempt: number, ended: boolean): Promise<WriteStatus> | null {
     const byTarget = new Map<string, string[]>();
     for (const g of groups) {
       const candidates: string[] = [];
@@ -1142,22 +1165,52 @@ export class ClusterNode implements ClusterRuntime {
       this.shareStats.passed += list.length;
       const w = this.outbox.send(target, this.wire.set(publishHeader(false, list, passes), copy, this.run), wait);
       if (w === null) continue;
-      writes.push(w.then((status) => (status === 'ok' ? status : this.passAgain(m, list, passes, exclude, attempt))));
+      writes.push(w.then((status) => (status === 'ok' ? status : this.passAgain(m, list, passes, exclude, attempt, ended))));
     }
     if (writes.length === 0) return null;
     return writes.length === 1 ? (writes[0] as Promise<WriteStatus>) : Promise.all(writes).then((s) => (s.includes('failed') ? 'failed' : 'ok'));
   }
 
-  /** A pass Redis did not take: tried again after a pause (to the partitions with members then), until the node stops. */
-  private async passAgain(m: Message, groups: string[], passes: number, exclude: readonly string[], attempt: number): Promise<WriteStatus> {
+  /**
+   * A pass Redis did not take: tried again after a pause (to the partitions with members then),
+   * until the node stops or the message expires. One a session that ended handed on waits only
+   * while the bytes waiting so stay within `cluster.maxPendingBytes`: a client that ends sessions
+   * holding full queues (it can take its own session over with a clean start without Redis) would
+   * otherwise pile up memory for as long as Redis is away.
+   */
+  private async passAgain(m: Message, groups: string[], passes: number, exclude: readonly string[], attempt: number, ended: boolean): Promise<WriteStatus> {
     this.shareStats.passed -= groups.length;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(PASS_RETRY_MAX_MS, 25 << Math.min(attempt, 5))));
-    if (!this.running || this.fencing) {
-      this.shareStats.dropped += groups.length;
-      this.log.error({ topic: m.topic, groups }, 'cluster: a $share group message whose member left could not be passed on to another node before this node stopped (Redis did not take it): lost for the group');
-      return 'failed';
+    const size = ended && attempt === 0 ? messageSize(m) : 0;
+    if (size > 0) {
+      if (this.passWaitingBytes + size > this.config.maxPendingBytes) return this.passLost(m, groups, 'more group messages of ended sessions wait for Redis than cluster.maxPendingBytes allows');
+      this.passWaitingBytes += size;
     }
-    return this.sendPasses(m, groups, passes, exclude, attempt + 1) ?? 'ok';
+    await new Promise((resolve) => setTimeout(resolve, Math.min(PASS_RETRY_MAX_MS, 25 << Math.min(attempt, 5))));
+    if (m.expiresAt !== undefined && m.expiresAt <= Date.now()) {
+      this.passWaitingBytes -= size;
+      return 'ok'; // expired meanwhile: delivered to nobody, as anywhere
+    }
+    if (!this.running || this.fencing) {
+      this.passWaitingBytes -= size;
+      return this.passLost(m, groups, 'this node stopped before Redis took it');
+    }
+    const again = this.sendPasses(m, groups, passes, exclude, attempt + 1, ended);
+    if (size === 0) return again ?? 'ok';
+    // Counted until this message is in Redis or given up (the tries after this one count nothing more).
+    const done = again ?? OK;
+    void done.then(() => (this.passWaitingBytes -= size));
+    return done;
+  }
+
+  /** A pass given up: counted, and logged at most once every 5 s. */
+  private passLost(m: Message, groups: string[], why: string): WriteStatus {
+    this.shareStats.dropped += groups.length;
+    const now = Date.now();
+    if (now - this.passDropLoggedAt >= 5000) {
+      this.passDropLoggedAt = now;
+      this.log.error({ topic: m.topic, groups, dropped: this.shareStats.dropped }, `cluster: a $share group message whose member left could not be passed on to another node (${why}): lost for the group`);
+    }
+    return 'failed';
   }
 
   /** A partition held by a node other than the one that made it: its sessions are offline. */
@@ -1220,7 +1273,7 @@ export class ClusterNode implements ClusterRuntime {
   passShared(message: Message, group: string): void {
     // Fenced: the session is another node's now, with what it held.
     if (!this.running || this.fencing) return;
-    void this.sendPasses(message, [group], 1, [this.homeId], 0);
+    void this.sendPasses(message, [group], 1, [this.homeId], 0, true);
   }
 }
 

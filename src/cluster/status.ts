@@ -22,7 +22,8 @@ export interface ClusterStatus {
   /**
    * `$share` group copies that reached this node after its last member of the group left (or
    * that a member took and could not finish before its session ended): passed on to another node
-   * with members, and dropped because no node had members (or after the passes allowed).
+   * with members, and dropped because no node had members (or after the passes allowed, or given
+   * up waiting for Redis: the node stopped, or more of them waited than cluster.maxPendingBytes).
    */
   shares: { passed: number; dropped: number };
   /**
