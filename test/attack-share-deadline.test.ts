@@ -4,7 +4,7 @@
  * for a connection that has since been replaced.
  */
 import test from 'ava';
-import type { Decision } from '../src/auth/types.ts';
+import type { Authenticator, Decision } from '../src/auth/types.ts';
 import type { Authorizer } from '../src/authz/types.ts';
 import { ReasonCode } from '../src/protocol/reason-codes.ts';
 import { pubackCode } from './authz-support.ts';
@@ -67,4 +67,22 @@ test.failing('a persistent subscriber that reconnects while its delivery decisio
   s2.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
   await delay(1200); // the deadline passed for the old question; the new connection's answer comes at once
   t.deepEqual(got, ['dl/x kept'], `asked ${asked.length} time(s); a denial audited: ${JSON.stringify(b.audit.records.filter((r) => r.event === 'deliver' && r.decision === 'deny').map((r) => [r.reasonCode === ReasonCode.UnspecifiedError, r.reason]))}`);
+});
+
+test('an authDeadlineMs longer than a Node.js timer can wait is not a deadline of 1 ms either: a provider that answers in 100 ms admits the client', async (t) => {
+  const slow: Authenticator = {
+    id: 'slow',
+    authenticate: async (req) => {
+      await delay(100);
+      return { kind: 'allow', value: { clientId: req.clientId, username: 'svc', method: 'password', provider: 'slow', roles: [], attributes: {} } };
+    },
+  };
+  const b = await startBroker(
+    { authDeadlineMs: 30 * 24 * 3600 * 1000, listeners: [{ name: 't', type: 'tcp', host: '127.0.0.1', port: 0, auth: [] }] },
+    { authenticators: { t: [slow] } },
+  );
+  t.teardown(() => b.stop());
+  const c = await connect(b.port, { protocolVersion: 5, clientId: 'slow-auth' });
+  t.teardown(() => c.end(true));
+  t.true(c.connected);
 });

@@ -1,4 +1,5 @@
 import { ReasonCode } from '../protocol/reason-codes.ts';
+import { timerDelay } from '../util/timers.ts';
 import type { Authenticator, ConnectRequest, Decision, Principal, ProviderVerdict } from './types.ts';
 
 export interface ChainResult {
@@ -64,7 +65,7 @@ export class AuthenticatorChain {
       timer = setTimeout(() => {
         controller.abort();
         resolve({ kind: 'deny', reason: ReasonCode.ServerUnavailable, detail: `provider ${provider.id} missed its deadline` });
-      }, this.deadlineMs);
+      }, timerDelay(this.deadlineMs));
     });
     try {
       return await Promise.race([provider.authenticate(req, controller.signal), deadline]);

@@ -1,6 +1,7 @@
 import type { Principal } from '../auth/types.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { reservedRoot } from '../protocol/topic.ts';
+import { timerDelay } from '../util/timers.ts';
 import type { AccessContext, Action, AuthzResult, Authorizer } from './types.ts';
 
 const NO_AUTHORIZER: AuthzResult = {
@@ -82,16 +83,10 @@ export class AuthorizerChain {
   }
 }
 
-/**
- * The longest delay a Node.js timer takes (about 24.8 days): a longer one fires after 1 ms, which
- * would turn a deadline meant as "practically never" into a denial of every asynchronous answer.
- */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** The answer, or a denial when it rejects or has not settled within `ms` (what it says later is ignored). */
 function withDeadline(answer: Promise<AuthzResult>, authorizer: Authorizer, ms: number): Promise<AuthzResult> {
   return new Promise<AuthzResult>((resolve) => {
-    const timer = setTimeout(() => resolve(late(authorizer, ms)), Math.min(ms, MAX_TIMER_MS));
+    const timer = setTimeout(() => resolve(late(authorizer, ms)), timerDelay(ms)); // capped: a longer timer fires after 1 ms, denying everything
     // A pending decision must not keep a stopping process alive.
     timer.unref();
     answer.then(

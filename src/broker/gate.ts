@@ -21,13 +21,13 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
+import { timerDelay } from '../util/timers.ts';
 import type { GateApi } from './handler-api.ts';
 import type { Client } from './ports.ts';
 import type { BrokerStats } from './stats.ts';
 
 /** fail-open: how long clients may be held for an audit log that does not catch up. */
 const AUDIT_HOLD_MAX_MS = 2000;
-const MAX_TIMER = 2 ** 31 - 1;
 
 export interface GateParts {
   config: Config;
@@ -88,7 +88,7 @@ export class SecurityGate implements GateApi {
     if (expiresAt === undefined) return;
     conn.expiryTimer = setTimeout(
       () => this.disconnectForSecurity(conn, ReasonCode.MaximumConnectTime, 'credentials-expired', 'credentials expired'),
-      Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
+      timerDelay(expiresAt - Date.now()),
     );
     conn.expiryTimer.unref();
   }

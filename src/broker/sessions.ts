@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import { ReasonCode } from '../protocol/reason-codes.ts';
 import { parseShared } from '../protocol/topic.ts';
 import { sessionKey, type Store, type StoreOpenReport, type StoredMessage, type StoredPrincipal, type StoredSubscription, type StoredWill } from '../store/types.ts';
+import { timerDelay } from '../util/timers.ts';
 import type { ClaimResult, ClusterLink } from './cluster-port.ts';
 import type { SessionsApi } from './handler-api.ts';
 import { forStore, storedAs, type Message } from './message.ts';
@@ -20,7 +21,6 @@ import type { Router } from './router.ts';
 import { Session, type Inflight, type QueuedDelivery } from './session.ts';
 
 const NEVER_EXPIRES = 0xffffffff;
-const MAX_TIMER = 2 ** 31 - 1;
 
 /** What a session's life means elsewhere: wills, and the queue of a session that went offline. */
 export interface SessionHooks {
@@ -257,7 +257,7 @@ export class SessionRegistry implements SessionsApi {
       this.log.info({ clientId: session.clientId }, 'session expired');
       this.hooks.fireWill(session.key); // the session ends: a pending will goes now
       this.destroy(session);
-    }, Math.max(0, Math.min(ms, MAX_TIMER)));
+    }, timerDelay(ms));
     session.expiryTimer.unref();
   }
 

@@ -23,6 +23,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { QoS } from '../protocol/codec.ts';
 import { sessionKey, splitSessionKey, type Store, type StoredSession, type StoredSubscription } from '../store/types.ts';
+import { timerDelay } from '../util/timers.ts';
 import { InterestTable } from './interest.ts';
 
 interface OfflineSession {
@@ -159,7 +160,7 @@ export class OfflinePartitions {
   private arm(partition: Partition, session: OfflineSession): void {
     const now = Date.now();
     if (session.expiresAt !== undefined) {
-      const ms = Math.max(0, Math.min(session.expiresAt - now, 2 ** 31 - 1));
+      const ms = timerDelay(session.expiresAt - now);
       session.expiryTimer = setTimeout(() => this.expire(partition, session), ms);
       session.expiryTimer.unref();
     }
