@@ -29,12 +29,10 @@ test('an authzDeadlineMs longer than a Node.js timer can wait (about 24.8 days) 
   );
 });
 
-// A KNOWN BUG, outside this branch's files (src/broker/delivery.ts `decided`): a deliver decision
-// asked for a connection that has since been replaced is applied to the session when it is a
-// denial (only an allow waits for the next connection), and a denial now includes the deadline.
-// docs/policies.md promises the message is asked again for the next connection. `test.failing`
-// passes while the bug is there: make it a plain `test` once it is fixed.
-test.failing('a persistent subscriber that reconnects while its delivery decision is out: the deadline that passes for the old connection does not withdraw the message; it is asked again for the new connection and delivered', async (t) => {
+// Found by an attack: a deliver decision asked for a connection that has since been replaced was
+// applied when it was a denial (the deadline's included) and withdrew the message, where
+// docs/policies.md promises it is asked again for the next connection (src/broker/delivery.ts `decided`).
+test('a persistent subscriber that reconnects while its delivery decision is out: the deadline that passes for the old connection does not withdraw the message; it is asked again for the new connection and delivered', async (t) => {
   const asked: string[] = [];
   let first = true;
   // The policy service hangs on its first question (a blip) and answers at once afterwards.

@@ -903,7 +903,11 @@ export class Delivery implements DeliveryApi {
     if (session.queue[0] === next) {
       const present = conn.state === 'connected' && session.connection === conn;
       const expired = next.message.expiresAt !== undefined && next.message.expiresAt <= this.clock.now;
-      if (d.kind !== 'allow' || present || expired) {
+      // Asked for a connection that is gone (offline, or replaced by a reconnect): whatever the
+      // answer, it stays first, and the pump asks again for the connection there is now (the
+      // answer was for another connection's principal; a denial, or a missed authzDeadlineMs,
+      // must not withdraw a message the new one may read).
+      if (present || expired) {
         this.takeFront(session, 1, queuedSize(next.message), next.qos > 0 ? 1 : 0, next.qos > 0 ? 0 : 1);
         if (expired) this.stats.messagesExpired++;
         // Too large for the client: counted as a drop where it was found (transmit, encodeFor).
