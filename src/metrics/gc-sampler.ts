@@ -6,8 +6,9 @@
  * Why not prom-client's observer, connected all the time: for every collection Node 20 builds a
  * performance entry in JavaScript (with a detail object and deprecated getters), queues an
  * immediate, and prom-client then hashes a label object per observation. A broker under load
- * runs hundreds of young collections a second, and the observer cost it about 1 to 3 % of its
- * CPU (docs/performance.md, "Metrics on against off"). Sampled one second in ten, a tenth of that. Also,
+ * runs tens to hundreds of young collections a second, and profiles put the observer at 0.4 to
+ * 0.8 % of its CPU (docs/performance.md, "Metrics on against off"). Sampled one second in ten, a
+ * tenth of that. Also,
  * prom-client counts only the first entry of each batch the observer is handed, so it under-counts
  * when two collections fall between two turns of the event loop; every entry counts here.
  */
